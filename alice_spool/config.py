@@ -1,0 +1,443 @@
+"""Settings: config.toml + `ALICE_*` environment + CLI overrides -> frozen `Settings`.
+
+Precedence: CLI override > environment (`ALICE_<SECTION>_<KEY>`) > file > built-in
+defaults. Unknown sections and keys are errors naming them; every value is validated once,
+here. Nothing is read at import time: `load_settings` is called by the edges (CLI, service).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import spec
+from .errors import ConfigError, InvalidParameters
+
+ENV_PREFIX = "ALICE_"
+CONFIG_ENV = "ALICE_CONFIG"
+DEFAULT_CONFIG_FILE = "config.toml"
+
+
+def _fail(key: str, message: str) -> typing.NoReturn:
+    raise ConfigError(f"{key}: {message}", key=key)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        _fail(key, message)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""
+    max_body_bytes: int = 1_048_576
+    request_timeout_s: float = 600.0
+    cors_origins: list[str] = field(default_factory=list)
+    api_keys: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.host.strip()), "server.host", "must not be empty")
+        _check(0 <= self.port <= 65535, "server.port", f"must be 0..65535, got {self.port}")
+        _check(
+            self.public_url == "" or re.match(r"https?://[^/\s]+", self.public_url) is not None,
+            "server.public_url",
+            f"must be empty or an http(s):// URL, got {self.public_url!r}",
+        )
+        _check(self.max_body_bytes >= 1024, "server.max_body_bytes", "must be at least 1024")
+        _check(self.request_timeout_s > 0, "server.request_timeout_s", "must be positive")
+        for name, key in self.api_keys.items():
+            _check(bool(name.strip()), "server.api_keys", "a key's name must not be empty")
+            _check(bool(key.strip()), f"server.api_keys.{name}", "the key must not be empty")
+
+
+@dataclass(frozen=True)
+class PathsSettings:
+    """Paths as given; `resolved()` makes them absolute and fills the derived defaults."""
+
+    data_dir: str = "./var"
+    database_url: str = ""
+    inbox: str = ""
+    outbox: str = ""
+    models: str = ""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.data_dir.strip()), "paths.data_dir", "must not be empty")
+
+    def resolved(self, cwd: Path) -> PathsSettings:
+        data = (cwd / Path(self.data_dir).expanduser()).resolve()
+
+        def under(value: str, default: str) -> str:
+            return str(
+                (data / default) if not value else (cwd / Path(value).expanduser()).resolve()
+            )
+
+        return PathsSettings(
+            data_dir=str(data),
+            database_url=self.database_url or f"sqlite:///{data / 'alice.db'}",
+            inbox=under(self.inbox, "inbox"),
+            outbox=under(self.outbox, "outbox"),
+            models=under(self.models, "models"),
+        )
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    default_model: str = ""
+    default_steps: int = 25
+    default_guidance_scale: float = 7.5
+    default_scheduler: str = "dpm++_sde_karras"
+    max_steps: int = spec.STEPS_MAX
+    max_pixels: int = spec.PIXELS_MAX
+    max_n: int = spec.N_MAX
+    max_queue: int = 10_000
+
+    def __post_init__(self) -> None:
+        try:
+            if self.default_model:
+                object.__setattr__(
+                    self, "default_model", spec.normalise_model_id(self.default_model)
+                )
+            object.__setattr__(
+                self, "default_scheduler", spec.normalise_scheduler(self.default_scheduler)
+            )
+        except InvalidParameters as exc:
+            raise ConfigError(f"generation.{exc.field}: {exc.message}") from None
+        _check(
+            1 <= self.max_steps <= spec.STEPS_MAX,
+            "generation.max_steps",
+            f"must be 1..{spec.STEPS_MAX}, got {self.max_steps}",
+        )
+        _check(
+            1 <= self.default_steps <= self.max_steps,
+            "generation.default_steps",
+            f"must be 1..max_steps ({self.max_steps}), got {self.default_steps}",
+        )
+        _check(
+            0 <= self.default_guidance_scale <= spec.GUIDANCE_MAX,
+            "generation.default_guidance_scale",
+            f"must be 0..{spec.GUIDANCE_MAX:g}, got {self.default_guidance_scale}",
+        )
+        _check(
+            spec.SIZE_MIN**2 <= self.max_pixels <= spec.PIXELS_MAX,
+            "generation.max_pixels",
+            f"must be {spec.SIZE_MIN**2}..{spec.PIXELS_MAX}, got {self.max_pixels}",
+        )
+        _check(
+            1 <= self.max_n <= spec.N_MAX,
+            "generation.max_n",
+            f"must be 1..{spec.N_MAX}, got {self.max_n}",
+        )
+        _check(self.max_queue >= 1, "generation.max_queue", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    device: str = "auto"
+    max_batch: int = 8
+    lease_s: float = 60.0
+    max_attempts: int = 3
+    job_timeout_s: float = 300.0
+    compile: bool = False
+    memory: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check(
+            re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
+            "runner.device",
+            f"must be auto, cuda, cuda:N, mps or cpu, got {self.device!r}",
+        )
+        _check(1 <= self.max_batch <= 64, "runner.max_batch", "must be 1..64")
+        _check(self.lease_s >= 1, "runner.lease_s", "must be at least 1 second")
+        _check(1 <= self.max_attempts <= 100, "runner.max_attempts", "must be 1..100")
+        _check(self.job_timeout_s > 0, "runner.job_timeout_s", "must be positive")
+        _check(
+            self.memory in ("auto", "full", "low", "minimal"),
+            "runner.memory",
+            f"must be auto, full, low or minimal, got {self.memory!r}",
+        )
+
+
+@dataclass(frozen=True)
+class InboxSettings:
+    enabled: bool = True
+    polling: bool = False
+    rescan_interval_s: float = 5.0
+    max_file_bytes: int = 1_048_576
+    after_accept: str = "move"
+
+    def __post_init__(self) -> None:
+        _check(self.rescan_interval_s > 0, "inbox.rescan_interval_s", "must be positive")
+        _check(self.max_file_bytes >= 1, "inbox.max_file_bytes", "must be at least 1")
+        _check(
+            self.after_accept in ("move", "delete"),
+            "inbox.after_accept",
+            f"must be move or delete, got {self.after_accept!r}",
+        )
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    days: float = 7.0
+    max_storage_gb: float = 100.0
+
+    def __post_init__(self) -> None:
+        _check(self.days >= 0, "retention.days", "must be 0 (keep forever) or more")
+        _check(self.max_storage_gb >= 0, "retention.max_storage_gb", "must be 0 (no limit) or more")
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = "INFO"
+    format: str = "text"
+    file: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "level", self.level.upper())
+        _check(
+            self.level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+            "logging.level",
+            f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {self.level!r}",
+        )
+        _check(
+            self.format in ("text", "json"),
+            "logging.format",
+            f"must be text or json, got {self.format!r}",
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    paths: PathsSettings = field(default_factory=PathsSettings)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    runner: RunnerSettings = field(default_factory=RunnerSettings)
+    inbox: InboxSettings = field(default_factory=InboxSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    config_file: str | None = None
+
+    @property
+    def database_url(self) -> str:
+        return self.paths.database_url
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every section and key, as a TOML file would hold them (API keys masked)."""
+        out = {s.name: dataclasses.asdict(getattr(self, s.name)) for s in _sections()}
+        out["server"]["api_keys"] = {name: "***" for name in self.server.api_keys}
+        return out
+
+
+def _sections() -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(Settings) if f.name != "config_file"]
+
+
+def _section_types(section: str) -> dict[str, Any]:
+    cls = typing.get_type_hints(Settings)[section]
+    return typing.get_type_hints(cls)
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    hint = difflib.get_close_matches(name, choices, n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+# -- converting values ------------------------------------------------------------------
+
+
+def _coerce(key: str, kind: Any, value: Any) -> Any:
+    """A value from the TOML file (already typed) checked against the field's type."""
+    origin = typing.get_origin(kind)
+    if kind is bool:
+        _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+    elif kind is int:
+        _check(
+            isinstance(value, int) and not isinstance(value, bool),
+            key,
+            f"must be an integer, got {value!r}",
+        )
+    elif kind is float:
+        _check(
+            isinstance(value, int | float) and not isinstance(value, bool),
+            key,
+            f"must be a number, got {value!r}",
+        )
+        value = float(value)
+    elif kind is str:
+        _check(isinstance(value, str), key, f"must be a string, got {value!r}")
+    elif origin is list:
+        _check(
+            isinstance(value, list) and all(isinstance(v, str) for v in value),
+            key,
+            f"must be a list of strings, got {value!r}",
+        )
+        value = list(value)
+    elif origin is dict:
+        _check(
+            isinstance(value, Mapping)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()),
+            key,
+            f'must be a table of name = "string" entries, got {value!r}',
+        )
+        value = dict(value)
+    return value
+
+
+def _parse_text(key: str, kind: Any, text: str) -> Any:
+    """A value given as text (environment variable, `--set`), parsed for the field's type."""
+    origin = typing.get_origin(kind)
+    raw = text.strip()
+    if kind is bool:
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        _fail(key, f"must be true or false, got {text!r}")
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            _fail(key, f"must be an integer, got {text!r}")
+    if kind is float:
+        try:
+            return float(raw)
+        except ValueError:
+            _fail(key, f"must be a number, got {text!r}")
+    if origin is list:
+        if raw.startswith("["):
+            return _coerce(key, kind, _json(key, raw))
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if origin is dict:
+        if raw.startswith("{"):
+            return _coerce(key, kind, _json(key, raw))
+        entries: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in raw.split(","))):
+            name, sep, value = part.partition("=")
+            _check(bool(sep), key, f"expected name=value entries separated by commas, got {part!r}")
+            entries[name.strip()] = value.strip()
+        return entries
+    return text
+
+
+def _json(key: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        _fail(key, f"is not valid JSON: {exc}")
+
+
+# -- loading ----------------------------------------------------------------------------
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _merge_file(
+    values: dict[str, dict[str, Any]], document: Mapping[str, Any], origin: str
+) -> None:
+    sections = [s.name for s in _sections()]
+    for section, table in document.items():
+        if section not in sections:
+            raise ConfigError(
+                f"{origin}: unknown section [{section}]{_suggest(section, sections)}", key=section
+            )
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{origin}: [{section}] must be a table", key=section)
+        types = _section_types(section)
+        for name, value in table.items():
+            key = f"{section}.{name}"
+            if name not in types:
+                raise ConfigError(
+                    f"{origin}: unknown key {key!r}{_suggest(name, list(types))}", key=key
+                )
+            values[section][name] = _coerce(key, types[name], value)
+
+
+def _merge_env(values: dict[str, dict[str, Any]], env: Mapping[str, str]) -> None:
+    sections = {s.name for s in _sections()}
+    for var, text in env.items():
+        if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
+            continue
+        rest = var[len(ENV_PREFIX) :].lower()
+        section, _, name = rest.partition("_")
+        # Variables of other sections (e.g. test hooks) are not configuration.
+        if section not in sections:
+            continue
+        types = _section_types(section)
+        if name not in types:
+            raise ConfigError(
+                f"environment variable {var}: unknown key {section}.{name!r}"
+                f"{_suggest(name, list(types))}",
+                key=f"{section}.{name}",
+            )
+        values[section][name] = _parse_text(var, types[name], text)
+
+
+def _merge_overrides(values: dict[str, dict[str, Any]], overrides: Mapping[str, Any]) -> None:
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if section not in values:
+            raise ConfigError(f"unknown setting {key!r}: no section [{section}]", key=key)
+        types = _section_types(section)
+        if name not in types:
+            raise ConfigError(f"unknown setting {key!r}{_suggest(name, list(types))}", key=key)
+        kind = types[name]
+        values[section][name] = (
+            _parse_text(key, kind, value)
+            if isinstance(value, str) and kind is not str
+            else _coerce(key, kind, value)
+        )
+
+
+def find_config_file(
+    explicit: str | os.PathLike[str] | None, env: Mapping[str, str], cwd: Path
+) -> Path | None:
+    """`--config`, else `ALICE_CONFIG`, else `./config.toml` if it exists."""
+    if explicit:
+        return Path(explicit)
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    candidate = cwd / DEFAULT_CONFIG_FILE
+    return candidate if candidate.is_file() else None
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Build the settings once. `overrides` maps `section.key` to a value (CLI flags)."""
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else cwd
+    values: dict[str, dict[str, Any]] = {s.name: {} for s in _sections()}
+    path = find_config_file(config_file, env, cwd)
+    if path is not None:
+        _merge_file(values, _read_file(path), str(path))
+    _merge_env(values, env)
+    _merge_overrides(values, overrides or {})
+    hints = typing.get_type_hints(Settings)
+    built = {name: hints[name](**entries) for name, entries in values.items()}
+    built["paths"] = built["paths"].resolved(cwd)
+    return Settings(**built, config_file=str(path) if path else None)

@@ -1,0 +1,139 @@
+"""The error hierarchy: one root, `SpoolError`, and subclasses with stable codes.
+
+Each subclass's docstring is its default message. The codes are part of the public
+interface (HTTP error bodies, CLI messages, a failed job's `error_code`), so they never
+change once released. Translation to HTTP statuses or exit codes happens at the edges.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SpoolError(Exception):
+    """Something went wrong in alice-spool."""
+
+    code: str = "internal_error"
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        self.message = message or (self.__doc__ or self.code).strip().splitlines()[0]
+        self.details = {k: v for k, v in details.items() if v is not None}
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **self.details}
+
+
+# -- configuration ---------------------------------------------------------------------
+
+
+class ConfigError(SpoolError):
+    """The configuration is invalid."""
+
+    code = "config_invalid"
+
+
+# -- requests --------------------------------------------------------------------------
+
+
+class InvalidParameters(SpoolError):
+    """The request's parameters are invalid."""
+
+    code = "invalid_parameters"
+
+    def __init__(self, message: str | None = None, *, field: str | None = None, **details: Any):
+        super().__init__(message, field=field, **details)
+        self.field = field
+
+
+class ModelNotFound(SpoolError):
+    """The requested model is not installed."""
+
+    code = "model_not_found"
+
+
+class IdempotencyConflict(SpoolError):
+    """This idempotency key was already used for a different request."""
+
+    code = "idempotency_conflict"
+
+
+class QueueFull(SpoolError):
+    """The queue is full; try again later."""
+
+    code = "queue_full"
+
+
+# -- jobs ------------------------------------------------------------------------------
+
+
+class JobNotFound(SpoolError):
+    """No such job."""
+
+    code = "not_found"
+
+
+class BatchNotFound(SpoolError):
+    """No such batch."""
+
+    code = "not_found"
+
+
+class IllegalTransition(SpoolError):
+    """The job is not in a state that allows this."""
+
+    code = "invalid_state"
+
+
+class LeaseLost(SpoolError):
+    """This runner no longer holds the job's lease."""
+
+    code = "lease_lost"
+
+
+# -- outcomes recorded on failed jobs ---------------------------------------------------
+
+
+class AttemptsExhausted(SpoolError):
+    """The job was started too many times without finishing."""
+
+    code = "attempts_exhausted"
+
+
+class GpuOutOfMemory(SpoolError):
+    """The GPU ran out of memory."""
+
+    code = "gpu_out_of_memory"
+
+
+class GenerationFailed(SpoolError):
+    """Image generation failed."""
+
+    code = "generation_failed"
+
+
+class JobTimeout(SpoolError):
+    """The job took longer than its time limit."""
+
+    code = "timeout"
+
+
+# -- storage ---------------------------------------------------------------------------
+
+
+class DatabaseError(SpoolError):
+    """The job database could not be used."""
+
+    code = "database_error"
+
+
+class DatabaseBusy(DatabaseError):
+    """The job database stayed locked by other writers for too long."""
+
+    code = "database_busy"
+
+
+class DatabaseNotMigrated(DatabaseError):
+    """The job database's schema is not the one this version expects."""
+
+    code = "database_not_migrated"

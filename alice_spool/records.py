@@ -1,0 +1,194 @@
+"""Frozen snapshots the store hands out: `JobRecord` and the results of its operations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Row
+
+from .models import JobStatus, Source
+from .spec import JobSpec
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A snapshot of one job, detached from any database session."""
+
+    id: str
+    idempotency_key: str | None
+    batch_id: str | None
+    source: Source
+    client: str | None
+    status: JobStatus
+    priority: int
+    not_before: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    max_attempts: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    cancel_requested: bool
+    progress_step: int | None
+    progress_total: int | None
+    model: str | None
+    spec: JobSpec
+    result: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> JobRecord:
+        return cls.from_mapping(row._mapping)
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any]) -> JobRecord:
+        return cls(
+            id=m["id"],
+            idempotency_key=m["idempotency_key"],
+            batch_id=m["batch_id"],
+            source=Source(m["source"]),
+            client=m["client"],
+            status=JobStatus(m["status"]),
+            priority=m["priority"],
+            not_before=m["not_before"],
+            created_at=m["created_at"],
+            started_at=m["started_at"],
+            finished_at=m["finished_at"],
+            attempts=m["attempts"],
+            max_attempts=m["max_attempts"],
+            lease_owner=m["lease_owner"],
+            lease_expires_at=m["lease_expires_at"],
+            cancel_requested=bool(m["cancel_requested"]),
+            progress_step=m["progress_step"],
+            progress_total=m["progress_total"],
+            model=m["model"],
+            # The priority column is the live value (it can be changed while queued).
+            spec=JobSpec.from_dict({**m["spec"], "priority": m["priority"]}),
+            result=m["result"],
+            error_code=m["error_code"],
+            error_message=m["error_message"],
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (ISO 8601 UTC timestamps) for `--json` output and the API."""
+
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat().replace("+00:00", "Z") if value else None
+
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "batch_id": self.batch_id,
+            "idempotency_key": self.idempotency_key,
+            "source": self.source.value,
+            "client": self.client,
+            "priority": self.priority,
+            "model": self.model,
+            "created_at": iso(self.created_at),
+            "not_before": iso(self.not_before),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "cancel_requested": self.cancel_requested,
+            "progress": {"step": self.progress_step, "total": self.progress_total},
+            "lease_owner": self.lease_owner,
+            "lease_expires_at": iso(self.lease_expires_at),
+            "spec": self.spec.to_dict(),
+            "result": self.result,
+            "error": (
+                {"code": self.error_code, "message": self.error_message}
+                if self.error_code
+                else None
+            ),
+        }
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """One job of a batch to enqueue."""
+
+    spec: JobSpec
+    idempotency_key: str | None = None
+    client: str | None = None
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    job: JobRecord
+    created: bool  # False: the idempotency key matched an earlier, identical request
+
+
+@dataclass(frozen=True)
+class BatchEnqueued:
+    batch_id: str
+    jobs: list[JobRecord]
+    created: bool
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    owned: frozenset[str]  # jobs whose lease was renewed
+    cancel_requested: frozenset[str]  # of those, the ones a user asked to cancel
+
+    def lost(self, job_ids: Iterable[str]) -> set[str]:
+        return set(job_ids) - self.owned
+
+
+@dataclass(frozen=True)
+class OrphanReport:
+    requeued: list[str] = field(default_factory=list)
+    exhausted: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BatchCancelReport:
+    cancelled: int  # queued jobs, cancelled at once
+    requested: int  # running jobs, flagged for the runner
+    untouched: int  # already finished
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[JobRecord]
+    next_cursor: str | None  # pass as `before` for the next (older) page
+
+
+@dataclass(frozen=True)
+class Stats:
+    window_s: float
+    counts: dict[JobStatus, int]
+    finished: dict[JobStatus, int]  # jobs that finished within the window, by status
+    images: int  # images made by jobs that succeeded within the window
+    mean_wait_s: float | None  # created -> started, succeeded jobs in the window
+    mean_run_s: float | None  # started -> finished, succeeded jobs in the window
+
+    @property
+    def jobs_per_minute(self) -> float:
+        return self.finished[JobStatus.SUCCEEDED] * 60.0 / self.window_s
+
+    @property
+    def images_per_minute(self) -> float:
+        return self.images * 60.0 / self.window_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "window_s": self.window_s,
+            "depth": {s.value: n for s, n in self.counts.items()},
+            "finished_in_window": {s.value: n for s, n in self.finished.items()},
+            "images_in_window": self.images,
+            "jobs_per_minute": round(self.jobs_per_minute, 3),
+            "images_per_minute": round(self.images_per_minute, 3),
+            "mean_wait_s": self.mean_wait_s,
+            "mean_run_s": self.mean_run_s,
+        }

@@ -1,0 +1,356 @@
+"""`JobSpec`: parse, normalise and validate one generation request (pure, no I/O)."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol
+
+from .errors import InvalidParameters
+
+SCHEDULERS: tuple[str, ...] = (
+    "euler",
+    "euler_a",
+    "ddim",
+    "pndm",
+    "lms",
+    "heun",
+    "dpm++_2m",
+    "dpm++_2m_karras",
+    "dpm++_sde",
+    "dpm++_sde_karras",
+    "unipc",
+)
+
+PROMPT_MAX_CHARS = 4000
+SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE = 64, 2048, 8
+STEPS_MAX = 150
+GUIDANCE_MAX = 30.0
+SEED_MAX = 2**32 - 1
+N_MAX = 16
+PRIORITY_MIN, PRIORITY_MAX = -100, 100
+PIXELS_MAX = SIZE_MAX * SIZE_MAX
+IDEMPOTENCY_KEY_MAX_CHARS = 255
+MODEL_PREFIX = "sd/"
+# A model name is one path component: no separators, no control characters, no leading dot.
+_MODEL_NAME = re.compile(r"[^/\\\x00-\x1f.][^/\\\x00-\x1f]{0,199}")
+
+
+class GenerationDefaults(Protocol):
+    """What the parser needs from the `[generation]` settings (config.py provides it)."""
+
+    @property
+    def default_model(self) -> str: ...
+    @property
+    def default_steps(self) -> int: ...
+    @property
+    def default_guidance_scale(self) -> float: ...
+    @property
+    def default_scheduler(self) -> str: ...
+    @property
+    def max_steps(self) -> int: ...
+    @property
+    def max_pixels(self) -> int: ...
+    @property
+    def max_n(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class BuiltinDefaults:
+    """The defaults of DESIGN section 4, used when no configuration is at hand."""
+
+    default_model: str = ""
+    default_steps: int = 25
+    default_guidance_scale: float = 7.5
+    default_scheduler: str = "dpm++_sde_karras"
+    max_steps: int = STEPS_MAX
+    max_pixels: int = PIXELS_MAX
+    max_n: int = N_MAX
+
+
+BUILTIN_DEFAULTS = BuiltinDefaults()
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One normalised generation request.
+
+    `model`, `width` and `height` are None when the request left them to the server
+    (the default model, the model's native size); `seed` is None until a random one is drawn.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    model: str | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int = 25
+    guidance_scale: float = 7.5
+    seed: int | None = None
+    scheduler: str = "dpm++_sde_karras"
+    n: int = 1
+    priority: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
+        """Rebuild a spec that was stored by `to_dict` (trusted input: no validation)."""
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def fingerprint(self) -> str:
+        """A stable hash of the request, used to tell a repeated request from a different one."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def with_seed(self) -> JobSpec:
+        """This spec with a seed: its own, or a freshly drawn random one (recorded)."""
+        if self.seed is not None:
+            return self
+        return replace(self, seed=secrets.randbelow(SEED_MAX + 1))
+
+    def image_seeds(self) -> list[int]:
+        """The seed of each of the `n` images: consecutive, wrapping at 2**32."""
+        if self.seed is None:
+            raise ValueError("the spec has no seed yet; call with_seed() first")
+        return [(self.seed + i) % (SEED_MAX + 1) for i in range(self.n)]
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request as it arrives in a file or on the command line: a spec and its `id`."""
+
+    spec: JobSpec
+    idempotency_key: str | None = None
+
+
+# -- field parsers ----------------------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+def _string(name: str, value: Any, *, max_chars: int, required: bool) -> str:
+    if not isinstance(value, str):
+        raise InvalidParameters(f"{name} must be a string, got {_type_name(value)}", field=name)
+    text = value.strip()
+    if required and not text:
+        raise InvalidParameters(f"{name} must not be empty", field=name)
+    if len(text) > max_chars:
+        raise InvalidParameters(
+            f"{name} is {len(text)} characters long; the limit is {max_chars}", field=name
+        )
+    if "\x00" in text:
+        raise InvalidParameters(f"{name} must not contain NUL characters", field=name)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidParameters(f"{name} is not valid Unicode text", field=name) from None
+    return text
+
+
+def _integer(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidParameters(f"{name} must be an integer, got {_type_name(value)}", field=name)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise InvalidParameters(f"{name} must be a whole number, got {value}", field=name)
+        value = int(value)
+    if not low <= value <= high:
+        raise InvalidParameters(f"{name} must be between {low} and {high}, got {value}", field=name)
+    return value
+
+
+def _number(name: str, value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidParameters(f"{name} must be a number, got {_type_name(value)}", field=name)
+    value = float(value)
+    if not math.isfinite(value) or not low <= value <= high:
+        raise InvalidParameters(
+            f"{name} must be between {low:g} and {high:g}, got {value}", field=name
+        )
+    return value
+
+
+def _dimension(name: str, value: Any) -> int:
+    size = _integer(name, value, SIZE_MIN, SIZE_MAX)
+    if size % SIZE_MULTIPLE:
+        raise InvalidParameters(
+            f"{name} must be a multiple of {SIZE_MULTIPLE}, got {size}", field=name
+        )
+    return size
+
+
+def normalise_model_id(value: Any, name: str = "model") -> str:
+    """`sd/<name>` from `<name>` or `sd/<name>`; a name is one safe path component."""
+    text = _string(name, value, max_chars=200 + len(MODEL_PREFIX), required=True)
+    bare = text.removeprefix(MODEL_PREFIX)
+    if not _MODEL_NAME.fullmatch(bare):
+        raise InvalidParameters(
+            f"{name} {text!r} is not a valid model id (expected sd/<name>, where the name "
+            "has no slashes and does not start with a dot)",
+            field=name,
+        )
+    return MODEL_PREFIX + bare
+
+
+def normalise_scheduler(value: Any, name: str = "scheduler") -> str:
+    """A scheduler name, case-insensitive, also in the spelling other SD tools use
+    (`DPM++ 2M Karras`, `Euler a`, `dpmpp_sde`)."""
+    text = _string(name, value, max_chars=64, required=True)
+    key = re.sub(r"[\s\-]+", "_", text.lower()).replace("dpmpp", "dpm++")
+    if key not in SCHEDULERS:
+        hint = difflib.get_close_matches(key, SCHEDULERS, n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise InvalidParameters(
+            f"{name} {text!r} is not known{suggestion}; choose one of: {', '.join(SCHEDULERS)}",
+            field=name,
+        )
+    return key
+
+
+def parse_priority(value: Any, name: str = "priority") -> int:
+    return _integer(name, value, PRIORITY_MIN, PRIORITY_MAX)
+
+
+def parse_size(value: Any, name: str = "size") -> tuple[int, int]:
+    """`"WxH"` (as the OpenAI images API writes it) -> (width, height)."""
+    text = _string(name, value, max_chars=32, required=True)
+    match = re.fullmatch(r"(\d{1,5})\s*[xX\u00d7]\s*(\d{1,5})", text)
+    if not match:
+        raise InvalidParameters(f"{name} must look like 512x512, got {text!r}", field=name)
+    return _dimension(name, int(match.group(1))), _dimension(name, int(match.group(2)))
+
+
+def parse_idempotency_key(value: Any, name: str = "id") -> str:
+    return _string(name, value, max_chars=IDEMPOTENCY_KEY_MAX_CHARS, required=True)
+
+
+# -- the request ------------------------------------------------------------------------
+
+_FIELDS = tuple(JobSpec.__dataclass_fields__)
+_ALIASES = {"num_images": "n"}
+_SHORTHANDS = ("size",)  # "WxH" for width and height, as the OpenAI images API has it
+
+
+def _reject_unknown(data: Mapping[Any, Any], allowed: tuple[str, ...]) -> None:
+    for key in data:
+        if key in allowed:
+            continue
+        text = str(key)
+        hint = difflib.get_close_matches(text, allowed, n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise InvalidParameters(f"unknown field {text!r}{suggestion}", field=text)
+
+
+def parse_spec(
+    data: Any,
+    defaults: GenerationDefaults = BUILTIN_DEFAULTS,
+    *,
+    allowed_extra: tuple[str, ...] = (),
+) -> JobSpec:
+    """Validate a request object and return its normalised `JobSpec`.
+
+    Unknown fields are errors (typo protection) unless named in `allowed_extra`, which
+    the caller then reads itself. Every error is an `InvalidParameters` naming the field.
+    """
+    if not isinstance(data, Mapping):
+        raise InvalidParameters(f"a request must be a JSON object, got {_type_name(data)}")
+    _reject_unknown(data, _FIELDS + tuple(_ALIASES) + _SHORTHANDS + allowed_extra)
+    values: dict[str, tuple[str, Any]] = {}  # field -> (name as written, value)
+    for key, value in data.items():
+        target = _ALIASES.get(key, key)
+        if target not in _FIELDS:
+            continue
+        if target in values:
+            raise InvalidParameters(
+                f"give either {values[target][0]!r} or {key!r}, not both", field=key
+            )
+        values[target] = (key, value)
+
+    def given(name: str) -> tuple[str, Any] | None:
+        entry = values.get(name)
+        return None if entry is None or entry[1] is None else entry
+
+    if "prompt" not in values:
+        raise InvalidParameters("prompt is required", field="prompt")
+    prompt = _string("prompt", values["prompt"][1], max_chars=PROMPT_MAX_CHARS, required=True)
+
+    negative = ""
+    if entry := given("negative_prompt"):
+        negative = _string(entry[0], entry[1], max_chars=PROMPT_MAX_CHARS, required=False)
+
+    model: str | None = None
+    if (entry := given("model")) and not (isinstance(entry[1], str) and not entry[1].strip()):
+        model = normalise_model_id(entry[1], entry[0])
+    elif defaults.default_model:
+        model = normalise_model_id(defaults.default_model, "generation.default_model")
+
+    width = _dimension(e[0], e[1]) if (e := given("width")) else None
+    height = _dimension(e[0], e[1]) if (e := given("height")) else None
+    if data.get("size") is not None:
+        if width is not None or height is not None:
+            raise InvalidParameters("give either size or width and height, not both", field="size")
+        width, height = parse_size(data["size"])
+    if width is not None and height is not None and width * height > defaults.max_pixels:
+        raise InvalidParameters(
+            f"width x height = {width * height} pixels; the limit is {defaults.max_pixels}",
+            field="width",
+        )
+
+    steps = _integer(e[0], e[1], 1, defaults.max_steps) if (e := given("steps")) else None
+    guidance = _number(e[0], e[1], 0.0, GUIDANCE_MAX) if (e := given("guidance_scale")) else None
+
+    seed: int | None = None
+    if (entry := given("seed")) and not (isinstance(entry[1], int) and entry[1] == -1):
+        seed = _integer(entry[0], entry[1], 0, SEED_MAX)
+
+    scheduler = (
+        normalise_scheduler(e[1], e[0]) if (e := given("scheduler")) else defaults.default_scheduler
+    )
+    n = _integer(e[0], e[1], 1, defaults.max_n) if (e := given("n")) else 1
+    priority = parse_priority(e[1], e[0]) if (e := given("priority")) else 0
+
+    return JobSpec(
+        prompt=prompt,
+        negative_prompt=negative,
+        model=model,
+        width=width,
+        height=height,
+        steps=steps if steps is not None else defaults.default_steps,
+        guidance_scale=guidance if guidance is not None else float(defaults.default_guidance_scale),
+        seed=seed,
+        scheduler=scheduler,
+        n=n,
+        priority=priority,
+    )
+
+
+def parse_request(data: Any, defaults: GenerationDefaults = BUILTIN_DEFAULTS) -> Request:
+    """A request from a file or the CLI: a spec plus an optional `id` (its idempotency key)."""
+    spec = parse_spec(data, defaults, allowed_extra=("id",))
+    key = None
+    if isinstance(data, Mapping) and data.get("id") is not None:
+        key = parse_idempotency_key(data["id"], "id")
+    return Request(spec=spec, idempotency_key=key)

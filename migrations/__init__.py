@@ -1,0 +1,1 @@
+"""Alembic's migrations for the job database (installed as `alice_spool.migrations`)."""
