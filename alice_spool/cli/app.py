@@ -1,0 +1,161 @@
+"""The `alice-spool` group: global options, shared state, and how errors are shown.
+
+A `SpoolError` raised by any command becomes one line on stderr, `Error: <message>
+[<code>]`, and exit status 3 (4 for a wait that timed out).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import click
+
+from .. import __version__, migrate
+from ..config import Settings, load_settings
+from ..database import Database
+from ..errors import JobTimeout, SpoolError
+from ..store import Store
+
+EXIT_OK = 0
+EXIT_JOBS_FAILED = 1  # `wait` / `submit --wait`: a job failed or was cancelled
+EXIT_USAGE = 2  # click's own code for bad options
+EXIT_ERROR = 3  # a SpoolError: invalid input, no such job, database trouble
+EXIT_TIMEOUT = 4  # `wait --timeout` ran out
+
+
+class CommandError(click.ClickException):
+    """A `SpoolError` as click shows it: `Error: <message> [<code>]`."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, error: SpoolError) -> None:
+        super().__init__(f"{error.message} [{error.code}]")
+        if isinstance(error, JobTimeout):
+            self.exit_code = EXIT_TIMEOUT
+
+
+class SpoolGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SpoolError as exc:
+            raise CommandError(exc) from exc
+
+
+@dataclass
+class App:
+    """What the commands share: settings and the store, built on first use."""
+
+    config_file: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def settings(self) -> Settings:
+        settings = load_settings(self.config_file, overrides=self.overrides)
+        logging.basicConfig(
+            level=settings.logging.level,
+            format="%(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        # Alembic narrates every connection at INFO; its warnings and errors still show.
+        logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
+        return settings
+
+    @cached_property
+    def database(self) -> Database:
+        return Database.open(self.settings.database_url)
+
+    @cached_property
+    def store(self) -> Store:
+        migrate.ensure_current(self.database)
+        return Store(
+            self.database,
+            max_queue=self.settings.generation.max_queue,
+            max_attempts=self.settings.runner.max_attempts,
+        )
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(
+        command
+    )
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def note(message: str) -> None:
+    """Something for the person, not for a script reading stdout."""
+    click.echo(message, err=True)
+
+
+# -- the group ------------------------------------------------------------------------
+
+
+@click.group(
+    cls=SpoolGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "--config",
+    "config_file",
+    metavar="PATH",
+    help="Config file (default: $ALICE_CONFIG, else ./config.toml if present).",
+)
+@click.option("--data-dir", metavar="DIR", help="Override paths.data_dir.")
+@click.option("--database-url", metavar="URL", help="Override paths.database_url.")
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override any setting, e.g. --set runner.max_batch=4 (repeatable).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Override logging.level.",
+)
+@click.version_option(__version__, prog_name="alice-spool")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    config_file: str | None,
+    data_dir: str | None,
+    database_url: str | None,
+    assignments: tuple[str, ...],
+    log_level: str | None,
+) -> None:
+    """alice-spool: a durable job spool for Stable Diffusion images.
+
+    Requests come in through the HTTP API, the inbox directory or this command, wait in
+    one durable job table, and are run by the GPU runner into the outbox.
+
+    \b
+    Settings come from config.toml, ALICE_<SECTION>_<KEY> environment variables and
+    the options below, the later winning. Exit status: 0 ok, 1 a job failed or was
+    cancelled (wait), 2 bad usage, 3 error, 4 timed out waiting.
+    """
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected SECTION.KEY=VALUE, got {assignment!r}")
+        overrides[key.strip()] = value
+    if data_dir is not None:
+        overrides["paths.data_dir"] = data_dir
+    if database_url is not None:
+        overrides["paths.database_url"] = database_url
+    if log_level is not None:
+        overrides["logging.level"] = log_level
+    ctx.obj = App(config_file, overrides)

@@ -1,0 +1,239 @@
+"""Commands that look at and steer jobs: ls, show, cancel, retry, priority, wait,
+stats, purge, and config to show the settings in effect."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from ..models import JobStatus, Source
+from ..spec import normalise_model_id
+from ..terminal import job_details, jobs_table, parse_duration, parse_when, short_duration
+from .app import App, cli, emit_json, json_option, note, pass_app
+from .submit import finish_waiting
+
+STATUS_CHOICE = click.Choice([s.value for s in JobStatus], case_sensitive=False)
+
+
+@cli.command("ls")
+@click.option(
+    "--status",
+    "-s",
+    "statuses",
+    multiple=True,
+    type=STATUS_CHOICE,
+    help="Only jobs in this state (repeatable).",
+)
+@click.option("--batch", "batch_id", help="Only jobs of this batch.")
+@click.option("--model", help="Only jobs for this model.")
+@click.option(
+    "--source",
+    type=click.Choice([s.value for s in Source]),
+    help="Only jobs that came in this way.",
+)
+@click.option("--client", help="Only jobs from this client (API key name, file name, user).")
+@click.option("--since", help="Only jobs created since then: 2h, 7d or a date.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--before", "cursor", metavar="JOB_ID", help="Page on: jobs older than this one.")
+@json_option
+@pass_app
+def list_command(
+    app: App,
+    statuses: tuple[str, ...],
+    batch_id: str | None,
+    model: str | None,
+    source: str | None,
+    client: str | None,
+    since: str | None,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
+) -> None:
+    """List jobs, newest first."""
+    page = app.store.list_jobs(
+        statuses=statuses or None,
+        batch_id=batch_id,
+        model=normalise_model_id(model) if model else None,
+        source=source,
+        client=client,
+        since=parse_when(since, "since") if since else None,
+        before=cursor,
+        limit=limit,
+    )
+    if as_json:
+        emit_json({"jobs": [j.to_dict() for j in page.jobs], "next_cursor": page.next_cursor})
+        return
+    if not page.jobs:
+        note("no jobs")
+        return
+    click.echo(jobs_table(page.jobs))
+    if page.next_cursor:
+        note(f"more: --before {page.next_cursor}")
+
+
+@cli.command()
+@click.argument("job_id")
+@json_option
+@pass_app
+def show(app: App, job_id: str, as_json: bool) -> None:
+    """Show one job in full."""
+    job = app.store.get(job_id)
+    if as_json:
+        emit_json(job.to_dict())
+    else:
+        click.echo(job_details(job))
+
+
+@cli.command()
+@click.argument("job_id", required=False)
+@click.option("--batch", "batch_id", help="Cancel every unfinished job of this batch.")
+@json_option
+@pass_app
+def cancel(app: App, job_id: str | None, batch_id: str | None, as_json: bool) -> None:
+    """Cancel a job (queued: at once; running: at the runner's next step), or a batch."""
+    if (job_id is None) == (batch_id is None):
+        raise click.UsageError("give a JOB_ID or --batch, not both")
+    if batch_id is not None:
+        report = app.store.cancel_batch(batch_id)
+        if as_json:
+            emit_json({"batch_id": batch_id, **report.__dict__})
+        else:
+            click.echo(
+                f"batch {batch_id}: {report.cancelled} cancelled, "
+                f"{report.requested} stopping, {report.untouched} already finished"
+            )
+        return
+    assert job_id is not None
+    job = app.store.cancel(job_id)
+    if as_json:
+        emit_json(job.to_dict())
+    else:
+        state = "stopping at the next step" if job.status is JobStatus.RUNNING else job.status.value
+        click.echo(f"{job.id} {state}")
+
+
+@cli.command()
+@click.argument("job_id", required=False)
+@click.option("--failed", is_flag=True, help="Retry every failed job.")
+@click.option("--batch", "batch_id", help="With --failed: only this batch's.")
+@json_option
+@pass_app
+def retry(app: App, job_id: str | None, failed: bool, batch_id: str | None, as_json: bool) -> None:
+    """Queue a failed or cancelled job again (or every failed job with --failed)."""
+    if (job_id is None) == (not failed):
+        raise click.UsageError("give a JOB_ID or --failed, not both")
+    if batch_id is not None and not failed:
+        raise click.UsageError("--batch goes with --failed")
+    if failed:
+        ids = app.store.retry_failed(batch_id=batch_id)
+        if as_json:
+            emit_json({"retried": ids})
+        else:
+            click.echo(f"{len(ids)} failed job(s) queued again")
+        return
+    assert job_id is not None
+    job = app.store.retry(job_id)
+    if as_json:
+        emit_json(job.to_dict())
+    else:
+        click.echo(f"{job.id} queued again")
+
+
+@cli.command()
+@click.argument("job_id")
+@click.argument("value", type=int, metavar="N")
+@json_option
+@pass_app
+def priority(app: App, job_id: str, value: int, as_json: bool) -> None:
+    """Set a queued job's priority to N (-100..100; higher runs first)."""
+    job = app.store.set_priority(job_id, value)
+    if as_json:
+        emit_json(job.to_dict())
+    else:
+        click.echo(f"{job.id} priority {job.priority}")
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1)
+@click.option("--batch", "batch_id", help="Wait for every job of this batch.")
+@click.option("--timeout", type=float, metavar="SECONDS", help="Give up after this long (exit 4).")
+@json_option
+@pass_app
+def wait(
+    app: App, job_ids: tuple[str, ...], batch_id: str | None, timeout: float | None, as_json: bool
+) -> None:
+    """Block until jobs finish; exit 1 if any failed or was cancelled (for cron)."""
+    if bool(job_ids) == (batch_id is not None):
+        raise click.UsageError("give JOB_IDs or --batch, not both")
+    extra: dict[str, Any] = {}
+    if batch_id is not None:
+        app.store.batch_counts(batch_id)  # a clear error for an unknown batch
+        page = app.store.list_jobs(batch_id=batch_id, limit=10_000, oldest_first=True)
+        job_ids, extra = tuple(j.id for j in page.jobs), {"batch_id": batch_id}
+    final = app.store.wait_for(list(job_ids), timeout_s=timeout)
+    finish_waiting(final, as_json, extra)
+
+
+@cli.command()
+@click.option("--window", default="1h", show_default=True, help="How far back: 15m, 1h, 1d...")
+@json_option
+@pass_app
+def stats(app: App, window: str, as_json: bool) -> None:
+    """Queue depth by state, and throughput and mean wait/run time over a window."""
+    result = app.store.stats(window_s=parse_duration(window, "window").total_seconds())
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    depth = "  ".join(f"{s.value} {n}" for s, n in result.counts.items())
+    finished = "  ".join(f"{s.value} {n}" for s, n in result.finished.items())
+    click.echo(f"depth       {depth}")
+    click.echo(f"last {window:<6} {finished}")
+    click.echo(
+        f"throughput  {result.jobs_per_minute:.2f} jobs/min, "
+        f"{result.images_per_minute:.2f} images/min"
+    )
+    click.echo(f"mean wait   {short_duration(result.mean_wait_s)}")
+    click.echo(f"mean run    {short_duration(result.mean_run_s)}")
+
+
+@cli.command()
+@click.option("--older-than", help="Finished more than this long ago: 30d, 12h...")
+@click.option("--before", "before_text", help="Finished before this date (ISO 8601).")
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@json_option
+@pass_app
+def purge(
+    app: App, older_than: str | None, before_text: str | None, dry_run: bool, as_json: bool
+) -> None:
+    """Delete finished jobs (succeeded, failed, cancelled) from the table.
+
+    Unfinished jobs are never touched. Images in the outbox are left in place."""
+    if (older_than is None) == (before_text is None):
+        raise click.UsageError("give --older-than or --before")
+    before = parse_when(older_than or before_text or "", "older-than" if older_than else "before")
+    ids = app.store.purge(before=before, dry_run=dry_run)
+    if as_json:
+        emit_json({"dry_run": dry_run, "before": before.isoformat(), "jobs": ids})
+    else:
+        verb = "would delete" if dry_run else "deleted"
+        click.echo(f"{verb} {len(ids)} finished job(s)")
+
+
+@cli.command("config")
+@json_option
+@pass_app
+def show_config(app: App, as_json: bool) -> None:
+    """Show the settings in effect (file, environment and options merged)."""
+    settings = app.settings
+    values = settings.to_dict()
+    if as_json:
+        emit_json({"config_file": settings.config_file, **values})
+        return
+    note(f"# from {settings.config_file or 'built-in defaults'} + environment + options")
+    for section, table in values.items():
+        click.echo(f"[{section}]")
+        for key, value in table.items():
+            click.echo(f"{key} = {json.dumps(value)}")
+        click.echo()

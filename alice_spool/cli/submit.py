@@ -1,0 +1,184 @@
+"""`alice-spool submit`: a prompt with options, a JSON request file, or a JSONL batch."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import InvalidParameters
+from ..models import JobStatus, Source
+from ..records import JobRecord, NewJob
+from ..spec import parse_request
+from ..terminal import jobs_table
+from .app import EXIT_JOBS_FAILED, App, cli, emit_json, json_option, note, pass_app
+
+
+def _read_text(path: str, what: str) -> tuple[str, str]:
+    """(text, display name) of a file, or of stdin for `-`."""
+    if path == "-":
+        return sys.stdin.read(), "stdin"
+    try:
+        return Path(path).read_text(encoding="utf-8"), Path(path).name
+    except FileNotFoundError:
+        raise InvalidParameters(f"{what} {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise InvalidParameters(f"{what} {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise InvalidParameters(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def _json_value(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidParameters(f"{where}: invalid JSON: {exc}") from None
+
+
+def _read_batch(text: str, name: str, app: App) -> list[NewJob]:
+    items = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{name} line {number}"
+        try:
+            request = parse_request(_json_value(line, where), app.settings.generation)
+        except InvalidParameters as exc:
+            raise InvalidParameters(
+                exc.message if exc.message.startswith(where) else f"{where}: {exc.message}",
+                field=exc.field,
+                line=number,
+            ) from None
+        items.append(NewJob(request.spec, request.idempotency_key, name))
+    if not items:
+        raise InvalidParameters(f"{name} holds no requests")
+    return items
+
+
+def finish_waiting(jobs: Sequence[JobRecord], as_json: bool, extra: dict[str, Any]) -> None:
+    failed = [j for j in jobs if j.status is not JobStatus.SUCCEEDED]
+    if as_json:
+        emit_json({**extra, "jobs": [j.to_dict() for j in jobs], "ok": not failed})
+    else:
+        click.echo(jobs_table(jobs))
+        for job in failed:
+            note(f"{job.id} {job.status.value}: {job.error_code or '-'} {job.error_message or ''}")
+    if failed:
+        sys.exit(EXIT_JOBS_FAILED)
+
+
+@cli.command()
+@click.argument("prompt", required=False)
+@click.option("--negative-prompt", "--negative", help="What the image should not show.")
+@click.option("--model", "-m", help="Model id, e.g. sd/tiny (default: generation.default_model).")
+@click.option("--width", type=int, help="Width in pixels (multiple of 8).")
+@click.option("--height", type=int, help="Height in pixels (multiple of 8).")
+@click.option("--size", help="Width and height as WxH, e.g. 768x512.")
+@click.option("--steps", type=int, help="Denoising steps.")
+@click.option("--guidance", "--cfg", "guidance_scale", type=float, help="Guidance scale.")
+@click.option("--seed", type=int, help="Seed (-1: random, recorded).")
+@click.option("--scheduler", help="Scheduler, e.g. euler_a or dpm++_2m_karras.")
+@click.option("-n", "--images", "n", type=int, help="Images to make (1-16).")
+@click.option("--priority", type=int, help="Higher runs first (-100..100, default 0).")
+@click.option("--id", "key", help="Idempotency key: submitting the same id again is a no-op.")
+@click.option(
+    "--file", "request_file", metavar="PATH", help="Submit one JSON request file (- = stdin)."
+)
+@click.option(
+    "--batch",
+    "batch_file",
+    metavar="PATH",
+    help="Submit a JSONL batch, one request per line (- = stdin).",
+)
+@click.option("--wait", is_flag=True, help="Block until the job(s) finish; exit 1 if any failed.")
+@click.option(
+    "--timeout",
+    type=float,
+    metavar="SECONDS",
+    help="With --wait: give up after this long (exit 4).",
+)
+@json_option
+@pass_app
+def submit(
+    app: App,
+    prompt: str | None,
+    request_file: str | None,
+    batch_file: str | None,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+    key: str | None,
+    size: str | None,
+    **flags: Any,
+) -> None:
+    """Queue a generation: a PROMPT with options, a request file, or a JSONL batch.
+
+    Prints the job id (or the batch id). Examples:
+
+    \b
+      alice-spool submit "a lighthouse at dusk" --steps 30 --seed 7
+      alice-spool submit --file request.json
+      alice-spool submit --batch nightly.jsonl --wait --timeout 3600
+    """
+    given = {k: v for k, v in flags.items() if v is not None}
+    sources = [s for s in (prompt, request_file, batch_file) if s is not None]
+    if len(sources) != 1:
+        raise click.UsageError("give exactly one of PROMPT, --file or --batch")
+    if (request_file or batch_file) and (given or key or size):
+        raise click.UsageError("generation options apply to a PROMPT; put them in the file instead")
+    if batch_file is not None:
+        text, name = _read_text(batch_file, "batch file")
+        batch = app.store.enqueue_batch(_read_batch(text, name, app), source=Source.CLI)
+        if as_json and not wait:
+            emit_json(
+                {
+                    "batch_id": batch.batch_id,
+                    "created": batch.created,
+                    "jobs": [j.to_dict() for j in batch.jobs],
+                }
+            )
+        elif not as_json:
+            click.echo(batch.batch_id)
+            verb = "queued" if batch.created else "already submitted:"
+            note(f"{verb} {len(batch.jobs)} job(s) in batch {batch.batch_id}")
+        jobs, extra = batch.jobs, {"batch_id": batch.batch_id}
+    else:
+        if request_file is not None:
+            text, name = _read_text(request_file, "request file")
+            data, client = _json_value(text, name), name
+        else:
+            data = {"prompt": prompt, **given}
+            if key is not None:
+                data["id"] = key
+            if size is not None:
+                data["size"] = size
+            client = _user()
+        request = parse_request(data, app.settings.generation)
+        result = app.store.enqueue(
+            request.spec,
+            source=Source.CLI,
+            client=client,
+            idempotency_key=request.idempotency_key,
+        )
+        if as_json and not wait:
+            emit_json({**result.job.to_dict(), "created": result.created})
+        elif not as_json:
+            click.echo(result.job.id)
+            if not result.created:
+                note(f"already submitted with id {request.idempotency_key!r}: job {result.job.id}")
+        jobs, extra = [result.job], {}
+    if wait:
+        final = app.store.wait_for([j.id for j in jobs], timeout_s=timeout)
+        finish_waiting(final, as_json, extra)
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None

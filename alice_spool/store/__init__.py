@@ -1,0 +1,22 @@
+"""The job store: the only place that queries the job table or changes a job's status.
+
+Each operation is one short transaction (`database.py` runs them) named after the job's
+life, and returns frozen records (`records.py`), never live ORM objects. The parts:
+`enqueue` (the doors' side), `leases` (the runner's side), `control` (the user's side)
+and `queries` (reading).
+"""
+
+from __future__ import annotations
+
+from ._base import new_id, utcnow
+from .control import Control
+from .enqueue import Enqueueing
+from .leases import Leasing
+from .queries import Queries
+
+
+class Store(Enqueueing, Leasing, Control, Queries):
+    """Every job-table operation, named after the job's life."""
+
+
+__all__ = ["Store", "new_id", "utcnow"]

@@ -1,0 +1,77 @@
+"""The store's common ground: construction, ids, clocks and shared query pieces."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Self, TypeVar
+
+from sqlalchemy import Connection, func, select
+
+from .. import errors
+from ..database import Database
+from ..models import Job, JobStatus
+from ..records import JobRecord
+
+T = TypeVar("T")
+
+COLUMNS = tuple(Job.__table__.columns)
+_CHUNK = 500  # bound parameters per IN (...) list
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A URL-safe, unguessable id: 120 random bits as 24 lowercase base32 characters."""
+    return base64.b32encode(secrets.token_bytes(15)).decode().lower()
+
+
+def chunks(values: Sequence[T]) -> Iterable[Sequence[T]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+def get_job(conn: Connection, job_id: str) -> JobRecord:
+    row = conn.execute(select(*COLUMNS).where(Job.id == job_id)).first()
+    if row is None:
+        raise errors.JobNotFound(f"no job {job_id}", job_id=job_id)
+    return JobRecord.from_row(row)
+
+
+class StoreBase:
+    """Holds the database and the limits every part of the store applies."""
+
+    def __init__(self, db: Database, *, max_queue: int = 10_000, max_attempts: int = 3) -> None:
+        self.db = db
+        self.max_queue = max_queue
+        self.max_attempts = max_attempts
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        max_queue: int = 10_000,
+        max_attempts: int = 3,
+        busy_timeout_s: float = 30.0,
+        busy_deadline_s: float = 60.0,
+    ) -> Self:
+        db = Database.open(url, busy_timeout_s=busy_timeout_s, busy_deadline_s=busy_deadline_s)
+        return cls(db, max_queue=max_queue, max_attempts=max_attempts)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def check_room(self, conn: Connection, adding: int) -> None:
+        """Refuse new queued jobs past `max_queue` (`queue_full`)."""
+        queued = conn.scalar(
+            select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)
+        )
+        if (queued or 0) + adding > self.max_queue:
+            raise errors.QueueFull(
+                f"the queue is full ({queued} queued, limit {self.max_queue}); try again later"
+            )

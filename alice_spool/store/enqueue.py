@@ -1,0 +1,189 @@
+"""Enqueueing: one job, or a batch all or nothing, with idempotency keys."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+
+from .. import errors
+from ..models import Job, JobStatus, Source
+from ..records import (
+    BatchEnqueued,
+    Enqueued,
+    JobRecord,
+    NewJob,
+)
+from ..spec import JobSpec
+from ._base import COLUMNS, StoreBase, chunks, new_id, utcnow
+
+
+class Enqueueing(StoreBase):
+    """Queue jobs: one, or a batch all or nothing."""
+
+    def _row(
+        self,
+        spec: JobSpec,
+        *,
+        source: Source,
+        client: str | None,
+        key: str | None,
+        batch_id: str | None,
+        max_attempts: int | None,
+        not_before: datetime | None,
+        now: datetime,
+    ) -> dict[str, Any]:
+        fingerprint = spec.fingerprint()  # before the random seed: a repeat must match
+        spec = spec.with_seed()
+        stored = spec.to_dict()
+        stored.pop("priority")  # the column is the live value
+        return {
+            "id": new_id(),
+            "idempotency_key": key,
+            "request_hash": fingerprint,
+            "batch_id": batch_id,
+            "source": Source(source).value,
+            "client": client,
+            "status": JobStatus.QUEUED.value,
+            "priority": spec.priority,
+            "not_before": not_before,
+            "created_at": now,
+            "started_at": None,
+            "finished_at": None,
+            "attempts": 0,
+            "max_attempts": max_attempts or self.max_attempts,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "cancel_requested": False,
+            "progress_step": None,
+            "progress_total": None,
+            "model": spec.model,
+            "spec": stored,
+            "result": None,
+            "error_code": None,
+            "error_message": None,
+        }
+
+    def enqueue(
+        self,
+        spec: JobSpec,
+        *,
+        source: Source | str,
+        client: str | None = None,
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+        not_before: datetime | None = None,
+        now: datetime | None = None,
+    ) -> Enqueued:
+        """Queue one job. With an idempotency key, a repeat of the same request returns
+        the job made the first time; the same key with a different request is an error."""
+        now = now or utcnow()
+        row = self._row(
+            spec,
+            source=Source(source),
+            client=client,
+            key=idempotency_key,
+            batch_id=None,
+            max_attempts=max_attempts,
+            not_before=not_before,
+            now=now,
+        )
+
+        def work(conn: Connection) -> Enqueued:
+            if idempotency_key is not None:
+                existing = conn.execute(
+                    select(*COLUMNS).where(Job.idempotency_key == idempotency_key)
+                ).first()
+                if existing is not None:
+                    if existing.request_hash != row["request_hash"]:
+                        raise errors.IdempotencyConflict(
+                            f"idempotency key {idempotency_key!r} was already used for a "
+                            f"different request (job {existing.id})",
+                            job_id=existing.id,
+                        )
+                    return Enqueued(JobRecord.from_row(existing), created=False)
+            self.check_room(conn, 1)
+            conn.execute(insert(Job), row)
+            return Enqueued(JobRecord.from_mapping(row), created=True)
+
+        return self.db.write_once_more_on_conflict(work)
+
+    def enqueue_batch(
+        self,
+        items: Sequence[NewJob],
+        *,
+        source: Source | str,
+        max_attempts: int | None = None,
+        now: datetime | None = None,
+    ) -> BatchEnqueued:
+        """Queue several jobs under one new `batch_id`, all or nothing.
+
+        If every item carries an idempotency key and all of them name the jobs of one
+        earlier batch with identical requests, that batch is returned unchanged.
+        """
+        if not items:
+            raise errors.InvalidParameters("a batch needs at least one request")
+        keys = [item.idempotency_key for item in items if item.idempotency_key is not None]
+        if len(set(keys)) != len(keys):
+            duplicate = next(k for k in keys if keys.count(k) > 1)
+            raise errors.InvalidParameters(
+                f"the batch uses the id {duplicate!r} more than once", field="id"
+            )
+        now = now or utcnow()
+        batch_id = new_id()
+        rows = [
+            self._row(
+                item.spec,
+                source=Source(source),
+                client=item.client,
+                key=item.idempotency_key,
+                batch_id=batch_id,
+                max_attempts=max_attempts,
+                not_before=None,
+                now=now,
+            )
+            for item in items
+        ]
+
+        def work(conn: Connection) -> BatchEnqueued:
+            existing = {
+                r.idempotency_key: r
+                for chunk in chunks(keys)
+                for r in conn.execute(select(*COLUMNS).where(Job.idempotency_key.in_(chunk)))
+            }
+            if existing:
+                return self._repeated_batch(conn, rows, existing)
+            self.check_room(conn, len(rows))
+            conn.execute(insert(Job), rows)
+            return BatchEnqueued(batch_id, [JobRecord.from_mapping(r) for r in rows], True)
+
+        return self.db.write_once_more_on_conflict(work)
+
+    def _repeated_batch(
+        self, conn: Connection, rows: list[dict[str, Any]], existing: dict[str, Any]
+    ) -> BatchEnqueued:
+        first = next(iter(existing.values()))
+        earlier = conn.execute(
+            select(*COLUMNS).where(Job.batch_id == first.batch_id).order_by(Job.seq)
+        ).all()
+        same = (
+            first.batch_id is not None
+            and len(earlier) == len(rows)
+            and all(
+                r["idempotency_key"] in existing
+                and existing[r["idempotency_key"]].batch_id == first.batch_id
+                and existing[r["idempotency_key"]].request_hash == r["request_hash"]
+                for r in rows
+            )
+        )
+        if not same:
+            clash = next(r for r in rows if r["idempotency_key"] in existing)
+            raise errors.IdempotencyConflict(
+                f"id {clash['idempotency_key']!r} was already used by job "
+                f"{existing[clash['idempotency_key']].id}, and this batch is not an exact "
+                "repeat of that one",
+                job_id=existing[clash["idempotency_key"]].id,
+            )
+        return BatchEnqueued(first.batch_id, [JobRecord.from_row(r) for r in earlier], False)

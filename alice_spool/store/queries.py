@@ -1,0 +1,163 @@
+"""Reading the queue: one job, filtered pages, counts, statistics, waiting."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, func, select
+
+from .. import errors
+from ..models import FINISHED, Job, JobStatus, Source
+from ..records import (
+    JobPage,
+    JobRecord,
+    Stats,
+)
+from ._base import COLUMNS, StoreBase, chunks, get_job, utcnow
+
+
+class Queries(StoreBase):
+    """Read jobs, pages, counts and statistics; wait for jobs to finish."""
+
+    def get(self, job_id: str) -> JobRecord:
+        return self.db.read(lambda conn: get_job(conn, job_id))
+
+    def get_many(self, job_ids: Iterable[str]) -> list[JobRecord]:
+        """The jobs with these ids, in the order asked; a missing one is an error."""
+        ids = list(job_ids)
+
+        def work(conn: Connection) -> list[JobRecord]:
+            found = {
+                row.id: JobRecord.from_row(row)
+                for chunk in chunks(ids)
+                for row in conn.execute(select(*COLUMNS).where(Job.id.in_(chunk)))
+            }
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise errors.JobNotFound(f"no job {missing[0]}", job_id=missing[0])
+            return [found[i] for i in ids]
+
+        return self.db.read(work)
+
+    def list_jobs(
+        self,
+        *,
+        statuses: Iterable[JobStatus | str] | None = None,
+        batch_id: str | None = None,
+        model: str | None = None,
+        source: Source | str | None = None,
+        client: str | None = None,
+        since: datetime | None = None,
+        before: str | None = None,
+        limit: int = 50,
+        oldest_first: bool = False,
+    ) -> JobPage:
+        """Jobs matching every given filter, newest first, `limit` at a time. `before` is
+        the cursor: the `next_cursor` of the previous page."""
+        if not 1 <= limit <= 10_000:
+            raise errors.InvalidParameters("limit must be between 1 and 10000", field="limit")
+        query = select(*COLUMNS)
+        if statuses is not None:
+            query = query.where(Job.status.in_([JobStatus(s).value for s in statuses]))
+        if batch_id is not None:
+            query = query.where(Job.batch_id == batch_id)
+        if model is not None:
+            query = query.where(Job.model == model)
+        if source is not None:
+            query = query.where(Job.source == Source(source).value)
+        if client is not None:
+            query = query.where(Job.client == client)
+        if since is not None:
+            query = query.where(Job.created_at >= since)
+
+        def work(conn: Connection) -> JobPage:
+            nonlocal query
+            if before is not None:
+                anchor = conn.scalar(select(Job.seq).where(Job.id == before))
+                if anchor is None:
+                    raise errors.JobNotFound(f"no job {before} (the page cursor)", job_id=before)
+                query = query.where(Job.seq > anchor if oldest_first else Job.seq < anchor)
+            order = Job.seq.asc() if oldest_first else Job.seq.desc()
+            rows = conn.execute(query.order_by(order).limit(limit + 1)).all()
+            jobs = [JobRecord.from_row(r) for r in rows[:limit]]
+            return JobPage(jobs, jobs[-1].id if len(rows) > limit else None)
+
+        return self.db.read(work)
+
+    def counts(self, *, batch_id: str | None = None) -> dict[JobStatus, int]:
+        """How many jobs are in each state (every state present, zeros included)."""
+        query = select(Job.status, func.count()).group_by(Job.status)
+        if batch_id is not None:
+            query = query.where(Job.batch_id == batch_id)
+        rows = self.db.read(lambda conn: conn.execute(query).all())
+        counts = dict.fromkeys(JobStatus, 0)
+        counts.update({JobStatus(status): n for status, n in rows})
+        return counts
+
+    def batch_counts(self, batch_id: str) -> dict[JobStatus, int]:
+        counts = self.counts(batch_id=batch_id)
+        if not any(counts.values()):
+            raise errors.BatchNotFound(f"no batch {batch_id}", batch_id=batch_id)
+        return counts
+
+    def stats(self, *, window_s: float = 3600.0, now: datetime | None = None) -> Stats:
+        """Queue depth now, and throughput and mean wait/run times over the last window."""
+        if window_s <= 0:
+            raise errors.InvalidParameters("the window must be positive", field="window")
+        now = now or utcnow()
+        counts = self.counts()
+        recent = self.db.read(
+            lambda conn: conn.execute(
+                select(Job.status, Job.created_at, Job.started_at, Job.finished_at, Job.spec)
+                .where(Job.status.in_(FINISHED))
+                .where(Job.finished_at >= now - timedelta(seconds=window_s))
+            ).all()
+        )
+        finished = dict.fromkeys(FINISHED, 0)
+        waits: list[float] = []
+        runs: list[float] = []
+        images = 0
+        for status, created, started, ended, spec in recent:
+            finished[JobStatus(status)] += 1
+            if status == JobStatus.SUCCEEDED and started is not None:
+                waits.append((started - created).total_seconds())
+                runs.append((ended - started).total_seconds())
+                images += int(spec.get("n", 1))
+
+        def mean(values: list[float]) -> float | None:
+            return round(sum(values) / len(values), 4) if values else None
+
+        return Stats(window_s, counts, finished, images, mean(waits), mean(runs))
+
+    def wait_for(
+        self,
+        job_ids: Sequence[str],
+        *,
+        timeout_s: float | None = None,
+        poll_s: float = 0.25,
+        on_change: Callable[[list[JobRecord]], None] | None = None,
+    ) -> list[JobRecord]:
+        """Block until every job has finished; returns the final records. Raises
+        `JobTimeout` if `timeout_s` passes first."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        delay = min(0.05, poll_s)
+        last: list[JobStatus] | None = None
+        while True:
+            jobs = self.get_many(job_ids)
+            states = [j.status for j in jobs]
+            if on_change is not None and states != last:
+                on_change(jobs)
+            last = states
+            if all(j.finished for j in jobs):
+                return jobs
+            if deadline is not None and time.monotonic() >= deadline:
+                pending = sum(not j.finished for j in jobs)
+                raise errors.JobTimeout(
+                    f"{pending} of {len(jobs)} job(s) still unfinished after {timeout_s:g}s"
+                )
+            time.sleep(
+                delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+            )
+            delay = min(delay * 1.5, poll_s)
