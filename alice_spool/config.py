@@ -105,14 +105,14 @@ class GenerationSettings:
     def __post_init__(self) -> None:
         try:
             if self.default_model:
-                object.__setattr__(
-                    self, "default_model", spec.normalise_model_id(self.default_model)
-                )
-            object.__setattr__(
-                self, "default_scheduler", spec.normalise_scheduler(self.default_scheduler)
+                model = spec.normalise_model_id(self.default_model, "generation.default_model")
+                object.__setattr__(self, "default_model", model)
+            scheduler = spec.normalise_scheduler(
+                self.default_scheduler, "generation.default_scheduler"
             )
+            object.__setattr__(self, "default_scheduler", scheduler)
         except InvalidParameters as exc:
-            raise ConfigError(f"generation.{exc.field}: {exc.message}") from None
+            raise ConfigError(exc.message, key=exc.field) from None
         _check(
             1 <= self.max_steps <= spec.STEPS_MAX,
             "generation.max_steps",

@@ -1,0 +1,535 @@
+"""Every store operation and state transition, the illegal ones included, on a real
+Alembic-migrated SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from alice_spool import errors
+from alice_spool.models import JobStatus, Source
+from alice_spool.records import JobRecord, NewJob
+from alice_spool.spec import JobSpec
+from alice_spool.store import Store
+
+Spec = Callable[..., JobSpec]
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def enqueue(store: Store, spec: JobSpec, **kw) -> JobRecord:
+    return store.enqueue(spec, source=kw.pop("source", Source.CLI), **kw).job
+
+
+def running(store: Store, make_spec: Spec, owner: str = "r1", **kw) -> JobRecord:
+    job = enqueue(store, make_spec(**kw), now=at(0))
+    (claimed,) = store.claim_batch(owner, 1, lease_s=30, now=at(1))
+    assert claimed.id == job.id
+    return claimed
+
+
+# -- enqueue ----------------------------------------------------------------------------
+
+
+def test_enqueue_records_every_column(store: Store, make_spec: Spec) -> None:
+    spec = make_spec("a fox", model="tiny", steps=10, n=2, priority=5)
+    job = enqueue(store, spec, client="alice", now=at(0))
+    assert store.get(job.id) == job
+    assert job.status is JobStatus.QUEUED and not job.finished
+    assert (job.source, job.client, job.priority) == (Source.CLI, "alice", 5)
+    assert job.created_at == at(0) and job.created_at.tzinfo is not None
+    assert (job.attempts, job.max_attempts) == (0, 3)
+    assert job.model == "sd/tiny" and job.spec.steps == 10 and job.spec.n == 2
+    assert job.spec.seed is not None  # a random seed is drawn and recorded
+    assert (job.started_at, job.finished_at, job.lease_owner, job.result) == (None,) * 4
+    assert len(job.id) == 24 and job.id.isalnum()
+
+
+def test_ids_are_unique_and_unguessable(store: Store, make_spec: Spec) -> None:
+    ids = {enqueue(store, make_spec()).id for _ in range(200)}
+    assert len(ids) == 200
+    assert len({i[:4] for i in ids}) > 150  # no shared prefix: random, not sequential
+
+
+def test_timestamps_round_trip_as_utc(store: Store, make_spec: Spec) -> None:
+    local = datetime(2026, 11, 1, 14, 0, tzinfo=UTC).astimezone(
+        __import__("datetime").timezone(timedelta(hours=2))
+    )
+    job = enqueue(store, make_spec(), now=local)
+    assert store.get(job.id).created_at == T0 + timedelta(hours=2)
+    assert store.get(job.id).created_at.utcoffset() == timedelta(0)
+
+
+def test_naive_timestamps_are_refused(store: Store, make_spec: Spec) -> None:
+    with pytest.raises(errors.DatabaseError, match="naive datetime"):
+        enqueue(store, make_spec(), now=datetime(2026, 1, 1))
+
+
+def test_idempotent_enqueue_returns_the_first_job(store: Store, make_spec: Spec) -> None:
+    first = store.enqueue(make_spec(), source="api", idempotency_key="k1")
+    again = store.enqueue(make_spec(), source="api", idempotency_key="k1")
+    assert first.created and not again.created
+    assert again.job == first.job
+    assert store.counts()[JobStatus.QUEUED] == 1
+
+
+def test_same_key_different_request_is_a_conflict(store: Store, make_spec: Spec) -> None:
+    first = enqueue(store, make_spec(steps=10), idempotency_key="k1")
+    with pytest.raises(errors.IdempotencyConflict) as info:
+        enqueue(store, make_spec(steps=11), idempotency_key="k1")
+    assert first.id in info.value.message
+    assert store.counts()[JobStatus.QUEUED] == 1
+
+
+def test_batch_is_one_transaction_with_one_batch_id(store: Store, make_spec: Spec) -> None:
+    items = [NewJob(make_spec(f"p{i}"), f"key-{i}", "nightly.jsonl") for i in range(5)]
+    batch = store.enqueue_batch(items, source=Source.INBOX, now=at(0))
+    assert batch.created and len(batch.jobs) == 5
+    assert {j.batch_id for j in batch.jobs} == {batch.batch_id}
+    assert [j.spec.prompt for j in batch.jobs] == [f"p{i}" for i in range(5)]
+    assert store.batch_counts(batch.batch_id)[JobStatus.QUEUED] == 5
+    listed = store.list_jobs(batch_id=batch.batch_id, oldest_first=True).jobs
+    assert [j.id for j in listed] == [j.id for j in batch.jobs]
+
+
+def test_repeated_batch_returns_the_first(store: Store, make_spec: Spec) -> None:
+    items = [NewJob(make_spec(f"p{i}"), f"key-{i}") for i in range(3)]
+    first = store.enqueue_batch(items, source="inbox")
+    again = store.enqueue_batch(items, source="inbox")
+    assert not again.created and again.batch_id == first.batch_id
+    assert [j.id for j in again.jobs] == [j.id for j in first.jobs]
+    assert sum(store.counts().values()) == 3
+
+
+def test_batch_overlapping_an_earlier_one_is_refused_whole(store: Store, make_spec: Spec) -> None:
+    store.enqueue_batch([NewJob(make_spec("a"), "k1")], source="inbox")
+    mixed = [NewJob(make_spec("new"), "k-new"), NewJob(make_spec("a"), "k1")]
+    with pytest.raises(errors.IdempotencyConflict, match="'k1'"):
+        store.enqueue_batch(mixed, source="inbox")
+    assert sum(store.counts().values()) == 1  # nothing of the second batch went in
+
+
+def test_batch_refuses_empty_and_repeated_keys(store: Store, make_spec: Spec) -> None:
+    with pytest.raises(errors.InvalidParameters, match="at least one"):
+        store.enqueue_batch([], source="cli")
+    twice = [NewJob(make_spec("a"), "same"), NewJob(make_spec("b"), "same")]
+    with pytest.raises(errors.InvalidParameters, match="'same' more than once"):
+        store.enqueue_batch(twice, source="cli")
+    assert sum(store.counts().values()) == 0
+
+
+def test_queue_limit(store: Store, make_spec: Spec) -> None:
+    small = Store(store.db, max_queue=3)
+    for _ in range(3):
+        enqueue(small, make_spec())
+    with pytest.raises(errors.QueueFull):
+        enqueue(small, make_spec())
+    with pytest.raises(errors.QueueFull):
+        small.enqueue_batch([NewJob(make_spec())], source="cli")
+    small.claim_batch("r", 1, lease_s=10)  # running jobs do not count
+    enqueue(small, make_spec())
+
+
+def test_unknown_source_is_refused(store: Store, make_spec: Spec) -> None:
+    with pytest.raises(ValueError):
+        store.enqueue(make_spec(), source="fax")
+
+
+# -- claim ------------------------------------------------------------------------------
+
+
+def test_claim_order_is_priority_then_fifo(store: Store, make_spec: Spec) -> None:
+    low = enqueue(store, make_spec("low", priority=-5), now=at(0))
+    a = enqueue(store, make_spec("a"), now=at(1))
+    b = enqueue(store, make_spec("b"), now=at(1))  # same instant: arrival order decides
+    high = enqueue(store, make_spec("high", priority=10), now=at(2))
+    c = enqueue(store, make_spec("c"), now=at(3))
+    claimed = store.claim_batch("r1", 3, lease_s=30, now=at(5))
+    assert [j.id for j in claimed] == [high.id, a.id, b.id]
+    assert [j.id for j in store.claim_batch("r1", 5, lease_s=30, now=at(5))] == [c.id, low.id]
+    assert store.claim_batch("r1", 5, lease_s=30, now=at(5)) == []
+
+
+def test_claim_marks_running_with_a_lease(store: Store, make_spec: Spec) -> None:
+    enqueue(store, make_spec(), now=at(0))
+    (job,) = store.claim_batch("runner-a", 4, lease_s=30, now=at(10))
+    assert job.status is JobStatus.RUNNING
+    assert (job.lease_owner, job.lease_expires_at) == ("runner-a", at(40))
+    assert (job.started_at, job.attempts) == (at(10), 1)
+    assert store.get(job.id) == job
+
+
+def test_claim_honours_not_before(store: Store, make_spec: Spec) -> None:
+    later = enqueue(store, make_spec(), not_before=at(100), now=at(0))
+    assert store.claim_batch("r", 5, lease_s=30, now=at(99)) == []
+    assert [j.id for j in store.claim_batch("r", 5, lease_s=30, now=at(100))] == [later.id]
+
+
+def test_claim_can_stick_to_one_model(store: Store, make_spec: Spec) -> None:
+    enqueue(store, make_spec(model="a"), now=at(0))
+    b = enqueue(store, make_spec(model="b"), now=at(1))
+    assert [j.id for j in store.claim_batch("r", 5, lease_s=9, model="sd/b")] == [b.id]
+
+
+def test_claim_of_zero_is_nothing(store: Store, make_spec: Spec) -> None:
+    enqueue(store, make_spec())
+    assert store.claim_batch("r", 0, lease_s=5) == []
+    assert store.counts()[JobStatus.QUEUED] == 1
+
+
+# -- leases -----------------------------------------------------------------------------
+
+
+def test_heartbeat_renews_only_own_leases_and_reports_cancels(
+    store: Store, make_spec: Spec
+) -> None:
+    mine = running(store, make_spec, "r1")
+    theirs = running(store, make_spec, "r2")
+    store.cancel(mine.id)
+    beat = store.heartbeat("r1", [mine.id, theirs.id, "nope"], lease_s=60, now=at(20))
+    assert beat.owned == {mine.id} and beat.cancel_requested == {mine.id}
+    assert beat.lost([mine.id, theirs.id]) == {theirs.id}
+    assert store.get(mine.id).lease_expires_at == at(80)
+    assert store.get(theirs.id).lease_expires_at == at(31)
+    assert store.heartbeat("r1", [], lease_s=60).owned == frozenset()
+
+
+def test_progress_is_recorded_for_owned_jobs(store: Store, make_spec: Spec) -> None:
+    job = running(store, make_spec)
+    assert store.set_progress("r1", [job.id], 3, 25) == 1
+    assert (store.get(job.id).progress_step, store.get(job.id).progress_total) == (3, 25)
+    assert store.set_progress("other", [job.id], 4, 25) == 0
+    assert store.get(job.id).progress_step == 3
+
+
+def test_succeed(store: Store, make_spec: Spec) -> None:
+    job = running(store, make_spec)
+    done = store.succeed(job.id, "r1", {"images": [{"file": "x.png"}]}, now=at(9))
+    assert done.status is JobStatus.SUCCEEDED and done.finished
+    assert done.result == {"images": [{"file": "x.png"}]} and done.finished_at == at(9)
+    assert (done.lease_owner, done.lease_expires_at) == (None, None)
+
+
+def test_only_the_lease_holder_finishes(store: Store, make_spec: Spec) -> None:
+    job = running(store, make_spec, "r1")
+    with pytest.raises(errors.LeaseLost, match="no longer holds"):
+        store.succeed(job.id, "r2", {})
+    with pytest.raises(errors.LeaseLost):
+        store.fail(job.id, "r2", "generation_failed", "x")
+    assert store.get(job.id).status is JobStatus.RUNNING
+
+
+def test_finishing_twice_is_an_illegal_transition(store: Store, make_spec: Spec) -> None:
+    job = running(store, make_spec)
+    store.succeed(job.id, "r1", {})
+    with pytest.raises(errors.IllegalTransition, match="already succeeded"):
+        store.succeed(job.id, "r1", {})
+    with pytest.raises(errors.IllegalTransition):
+        store.fail(job.id, "r1", "generation_failed", "late")
+    with pytest.raises(errors.JobNotFound):
+        store.succeed("no-such-job", "r1", {})
+
+
+def test_fail_for_good(store: Store, make_spec: Spec) -> None:
+    job = running(store, make_spec)
+    failed = store.fail(job.id, "r1", "generation_failed", "NaN in the latents", now=at(5))
+    assert failed.status is JobStatus.FAILED and failed.finished_at == at(5)
+    assert (failed.error_code, failed.error_message) == ("generation_failed", "NaN in the latents")
+
+
+def test_retryable_failure_requeues_while_attempts_remain(store: Store, make_spec: Spec) -> None:
+    job = running(store, make_spec)
+    again = store.fail(job.id, "r1", "disk_full", "no space left", retryable=True)
+    assert again.status is JobStatus.QUEUED and again.finished_at is None
+    assert again.error_code == "disk_full"  # the last error stays visible
+    for attempt in (2, 3):
+        (claimed,) = store.claim_batch("r1", 1, lease_s=30)
+        assert claimed.attempts == attempt
+        last = store.fail(claimed.id, "r1", "disk_full", "no space left", retryable=True)
+    assert last.status is JobStatus.FAILED and last.attempts == 3
+
+
+def test_release_gives_jobs_back_without_counting(store: Store, make_spec: Spec) -> None:
+    keep = running(store, make_spec)
+    cancelled = running(store, make_spec)
+    store.cancel(cancelled.id)
+    assert store.release("r1", [keep.id, cancelled.id]) == 1
+    released = store.get(keep.id)
+    assert released.status is JobStatus.QUEUED and released.attempts == 0
+    assert released.lease_owner is None
+    assert store.get(cancelled.id).status is JobStatus.CANCELLED
+    assert store.release("r1", []) == 0
+
+
+def test_requeue_orphans(store: Store, make_spec: Spec) -> None:
+    orphan = running(store, make_spec)  # lease until at(31)
+    alive = enqueue(store, make_spec(), now=at(0))
+    store.claim_batch("r2", 1, lease_s=300, now=at(1))
+    assert store.requeue_orphans(now=at(30)).requeued == []  # not expired yet
+    report = store.requeue_orphans(now=at(32))
+    assert report.requeued == [orphan.id] and not report.exhausted
+    job = store.get(orphan.id)
+    assert job.status is JobStatus.QUEUED and job.attempts == 1 and job.lease_owner is None
+    assert store.get(alive.id).status is JobStatus.RUNNING
+
+
+def test_orphans_past_max_attempts_fail_exhausted(store: Store, make_spec: Spec) -> None:
+    job = enqueue(store, make_spec(), max_attempts=2, now=at(0))
+    for attempt in (1, 2):
+        (claimed,) = store.claim_batch("r", 1, lease_s=10, now=at(attempt * 100))
+        assert claimed.attempts == attempt
+        report = store.requeue_orphans(now=at(attempt * 100 + 11))
+    assert report.exhausted == [job.id] and report.requeued == []
+    final = store.get(job.id)
+    assert final.status is JobStatus.FAILED and final.error_code == "attempts_exhausted"
+    assert final.finished_at == at(211)
+
+
+def test_orphan_with_a_pending_cancel_is_cancelled(store: Store, make_spec: Spec) -> None:
+    job = running(store, make_spec)
+    store.cancel(job.id)
+    assert store.requeue_orphans(now=at(100)).cancelled == [job.id]
+    assert store.get(job.id).status is JobStatus.CANCELLED
+
+
+# -- the user's side ----------------------------------------------------------------------
+
+
+def test_cancel_queued_is_immediate(store: Store, make_spec: Spec) -> None:
+    job = enqueue(store, make_spec())
+    cancelled = store.cancel(job.id, now=at(3))
+    assert cancelled.status is JobStatus.CANCELLED and cancelled.finished_at == at(3)
+    assert store.claim_batch("r", 5, lease_s=10) == []
+    assert store.cancel(job.id) == cancelled  # cancelling again changes nothing
+
+
+def test_cancel_running_sets_the_flag_then_the_runner_stops(store: Store, make_spec: Spec) -> None:
+    job = running(store, make_spec)
+    flagged = store.cancel(job.id)
+    assert flagged.status is JobStatus.RUNNING and flagged.cancel_requested
+    stopped = store.finish_cancelled(job.id, "r1", now=at(4))
+    assert stopped.status is JobStatus.CANCELLED and stopped.finished_at == at(4)
+
+
+@pytest.mark.parametrize("outcome", ["succeed", "fail"])
+def test_cancelling_a_finished_job_is_a_clear_error(
+    store: Store, make_spec: Spec, outcome: str
+) -> None:
+    job = running(store, make_spec)
+    if outcome == "succeed":
+        store.succeed(job.id, "r1", {})
+    else:
+        store.fail(job.id, "r1", "generation_failed", "x")
+    before = store.get(job.id)
+    with pytest.raises(errors.IllegalTransition, match="only queued or running"):
+        store.cancel(job.id)
+    assert store.get(job.id) == before
+
+
+def test_cancel_unknown_job(store: Store) -> None:
+    with pytest.raises(errors.JobNotFound, match="no job nope"):
+        store.cancel("nope")
+
+
+def test_cancel_batch(store: Store, make_spec: Spec) -> None:
+    batch = store.enqueue_batch([NewJob(make_spec(f"p{i}")) for i in range(4)], source="cli")
+    first, second = store.claim_batch("r1", 2, lease_s=30)
+    store.succeed(first.id, "r1", {})
+    report = store.cancel_batch(batch.batch_id)
+    assert (report.cancelled, report.requested, report.untouched) == (2, 1, 1)
+    assert store.get(second.id).cancel_requested
+    counts = store.batch_counts(batch.batch_id)
+    assert counts[JobStatus.CANCELLED] == 2 and counts[JobStatus.SUCCEEDED] == 1
+    with pytest.raises(errors.BatchNotFound):
+        store.cancel_batch("nope")
+
+
+def test_retry_failed_and_cancelled(store: Store, make_spec: Spec) -> None:
+    job = running(store, make_spec)
+    store.fail(job.id, "r1", "generation_failed", "x")
+    again = store.retry(job.id)
+    assert again.status is JobStatus.QUEUED and again.attempts == 0
+    assert (again.error_code, again.finished_at, again.result) == (None, None, None)
+    store.cancel(job.id)
+    assert store.retry(job.id).status is JobStatus.QUEUED
+
+
+@pytest.mark.parametrize("state", ["queued", "running", "succeeded"])
+def test_retry_is_only_for_failed_or_cancelled(store: Store, make_spec: Spec, state: str) -> None:
+    job = enqueue(store, make_spec())
+    if state != "queued":
+        store.claim_batch("r", 1, lease_s=9)
+    if state == "succeeded":
+        store.succeed(job.id, "r", {})
+    with pytest.raises(errors.IllegalTransition, match=f"is {state}"):
+        store.retry(job.id)
+    assert store.get(job.id).status.value == state
+
+
+def test_retry_failed_in_bulk(store: Store, make_spec: Spec) -> None:
+    batch = store.enqueue_batch([NewJob(make_spec(f"p{i}")) for i in range(3)], source="cli")
+    other = enqueue(store, make_spec())
+    for job in store.claim_batch("r", 4, lease_s=9):
+        store.fail(job.id, "r", "generation_failed", "x")
+    assert sorted(store.retry_failed(batch_id=batch.batch_id)) == sorted(j.id for j in batch.jobs)
+    assert store.get(other.id).status is JobStatus.FAILED
+    assert store.retry_failed() == [other.id]
+    assert store.retry_failed() == []
+
+
+def test_set_priority(store: Store, make_spec: Spec) -> None:
+    a = enqueue(store, make_spec("a"))
+    b = enqueue(store, make_spec("b"))
+    assert store.set_priority(b.id, 50).priority == 50
+    assert store.get(b.id).spec.priority == 50
+    assert store.claim_batch("r", 1, lease_s=9)[0].id == b.id
+    with pytest.raises(errors.IllegalTransition, match="only a queued job"):
+        store.set_priority(b.id, 1)
+    with pytest.raises(errors.InvalidParameters, match="between -100 and 100"):
+        store.set_priority(a.id, 101)
+    with pytest.raises(errors.JobNotFound):
+        store.set_priority("nope", 1)
+
+
+def test_purge_removes_only_old_finished_jobs(store: Store, make_spec: Spec) -> None:
+    old = running(store, make_spec)
+    store.succeed(old.id, "r1", {}, now=at(10))
+    queued_long_ago = enqueue(store, make_spec(), now=at(0))
+    recent = enqueue(store, make_spec(), now=at(0))
+    store.cancel(recent.id, now=at(500))
+    assert store.purge(before=at(100), dry_run=True) == [old.id]
+    assert store.get(old.id)  # a dry run deletes nothing
+    assert store.purge(before=at(100)) == [old.id]
+    with pytest.raises(errors.JobNotFound):
+        store.get(old.id)
+    assert store.get(queued_long_ago.id).status is JobStatus.QUEUED
+    assert store.get(recent.id).status is JobStatus.CANCELLED
+
+
+# -- reading ----------------------------------------------------------------------------
+
+
+def test_list_filters_and_pages_newest_first(store: Store, make_spec: Spec) -> None:
+    jobs = [
+        enqueue(
+            store, make_spec(f"p{i}", model="a" if i % 2 else "b"), now=at(i), client=f"c{i % 3}"
+        )
+        for i in range(7)
+    ]
+    page = store.list_jobs(limit=3)
+    assert [j.id for j in page.jobs] == [j.id for j in jobs[::-1][:3]]
+    page2 = store.list_jobs(limit=3, before=page.next_cursor)
+    page3 = store.list_jobs(limit=3, before=page2.next_cursor)
+    assert [j.id for j in page.jobs + page2.jobs + page3.jobs] == [j.id for j in jobs[::-1]]
+    assert page3.next_cursor is None
+    assert {j.model for j in store.list_jobs(model="sd/a").jobs} == {"sd/a"}
+    assert len(store.list_jobs(client="c0").jobs) == 3
+    assert [j.id for j in store.list_jobs(since=at(5)).jobs] == [jobs[6].id, jobs[5].id]
+    store.cancel(jobs[0].id)
+    assert [j.id for j in store.list_jobs(statuses=["cancelled"]).jobs] == [jobs[0].id]
+    assert store.list_jobs(source="api").jobs == []
+    with pytest.raises(errors.JobNotFound, match="cursor"):
+        store.list_jobs(before="nope")
+    with pytest.raises(errors.InvalidParameters):
+        store.list_jobs(limit=0)
+
+
+def test_counts_have_every_state(store: Store, make_spec: Spec) -> None:
+    assert store.counts() == dict.fromkeys(JobStatus, 0)
+    running(store, make_spec)
+    enqueue(store, make_spec())
+    counts = store.counts()
+    assert counts[JobStatus.RUNNING] == 1 and counts[JobStatus.QUEUED] == 1
+    with pytest.raises(errors.BatchNotFound):
+        store.batch_counts("nope")
+
+
+def test_get_many_keeps_order_and_names_the_missing(store: Store, make_spec: Spec) -> None:
+    a, b = enqueue(store, make_spec("a")), enqueue(store, make_spec("b"))
+    assert [j.id for j in store.get_many([b.id, a.id])] == [b.id, a.id]
+    with pytest.raises(errors.JobNotFound, match="no job zzz"):
+        store.get_many([a.id, "zzz"])
+
+
+def test_stats_over_a_window(store: Store, make_spec: Spec) -> None:
+    for i, outcome in enumerate(["ok", "ok", "fail"]):
+        enqueue(store, make_spec(n=2), now=at(i))
+        (job,) = store.claim_batch("r", 1, lease_s=99, now=at(10 + i))
+        if outcome == "ok":
+            store.succeed(job.id, "r", {}, now=at(14 + i))
+        else:
+            store.fail(job.id, "r", "generation_failed", "x", now=at(14 + i))
+    enqueue(store, make_spec(), now=at(20))
+    stats = store.stats(window_s=60, now=at(60))
+    assert stats.counts[JobStatus.QUEUED] == 1
+    assert stats.finished[JobStatus.SUCCEEDED] == 2 and stats.finished[JobStatus.FAILED] == 1
+    assert stats.images == 4
+    assert stats.mean_wait_s == 10.0 and stats.mean_run_s == 4.0
+    assert stats.jobs_per_minute == 2.0 and stats.images_per_minute == 4.0
+    assert store.stats(window_s=10, now=at(60)).finished[JobStatus.SUCCEEDED] == 0
+    assert stats.to_dict()["depth"]["queued"] == 1
+    with pytest.raises(errors.InvalidParameters):
+        store.stats(window_s=0)
+
+
+def test_wait_for_returns_when_finished_or_times_out(store: Store, make_spec: Spec) -> None:
+    job = running(store, make_spec)
+    with pytest.raises(errors.JobTimeout, match="1 of 1"):
+        store.wait_for([job.id], timeout_s=0.2, poll_s=0.05)
+    store.succeed(job.id, "r1", {})
+    (final,) = store.wait_for([job.id], timeout_s=1)
+    assert final.status is JobStatus.SUCCEEDED
+
+
+# -- the database itself ----------------------------------------------------------------
+
+
+def test_database_runs_in_wal_mode_with_full_sync(store: Store, db_url: str) -> None:
+    with store.db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+    path = db_url.removeprefix("sqlite:///")
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_unmigrated_database_says_what_to_do(tmp_path) -> None:
+    bare = Store.open(f"sqlite:///{tmp_path / 'bare.db'}")
+    with pytest.raises(errors.DatabaseNotMigrated, match="alice-spool db upgrade"):
+        bare.counts()
+
+
+def test_writer_waits_for_a_held_lock_instead_of_failing(
+    store: Store, make_spec: Spec, db_url: str
+) -> None:
+    import threading
+
+    blocker = sqlite3.connect(
+        db_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
+    )
+    blocker.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.5, blocker.execute, args=("COMMIT",)).start()
+    job = enqueue(store, make_spec())  # waits for the lock, then succeeds
+    assert store.get(job.id).status is JobStatus.QUEUED
+
+
+def test_a_lock_held_past_the_deadline_is_database_busy(
+    make_spec: Spec, db_url: str, store
+) -> None:
+    impatient = Store.open(db_url, busy_timeout_s=0.05, busy_deadline_s=0.3)
+    blocker = sqlite3.connect(
+        db_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
+    )
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(errors.DatabaseBusy):
+            enqueue(impatient, make_spec())
+    finally:
+        blocker.execute("ROLLBACK")
+    assert store.counts()[JobStatus.QUEUED] == 0

@@ -1,0 +1,133 @@
+"""The import direction of DESIGN section 2: the CLI, API and store never load torch;
+only the engine imports the heavy libraries; only the storage modules speak SQL."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import alice_spool
+
+PACKAGE = Path(alice_spool.__file__).parent
+HEAVY = ("torch", "diffusers", "transformers", "accelerate", "safetensors")
+SQL = ("sqlalchemy", "alembic")
+STORAGE = {"models", "records", "database", "migrate", "store"}
+
+
+def internal_imports(path: Path) -> tuple[set[str], set[str]]:
+    """(alice_spool modules, third-party top-level packages) a file imports, anywhere."""
+    module_parts = path.relative_to(PACKAGE).with_suffix("").parts
+    internal: set[str] = set()
+    external: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                root, _, rest = alias.name.partition(".")
+                if root == "alice_spool":
+                    internal.add(rest.split(".")[0])
+                else:
+                    external.add(root)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                root, _, rest = (node.module or "").partition(".")
+                if root == "alice_spool":
+                    internal.add(rest.split(".")[0] if rest else node.names[0].name)
+                else:
+                    external.add(root)
+                continue
+            base = list(module_parts[: len(module_parts) - node.level])
+            target = [*base, *(node.module.split(".") if node.module else [])]
+            if target:
+                internal.add(target[0])
+            else:
+                internal.update(alias.name for alias in node.names)
+    return internal, external
+
+
+def sources() -> dict[Path, str]:
+    """Each source file with the name of the top-level module (or package) it belongs to."""
+    return {
+        path: path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        for path in PACKAGE.rglob("*.py")
+    }
+
+
+def test_the_walker_sees_imports() -> None:
+    internal, external = internal_imports(PACKAGE / "cli" / "app.py")
+    assert {"config", "store", "errors"} <= internal
+    assert "click" in external
+
+
+def test_nothing_imports_the_top_layers() -> None:
+    # Only the CLI builds the API and the runner; only `python -m` starts the CLI.
+    importers = {"cli": {"__main__"}, "api": {"cli"}, "runner": {"cli"}}
+    for path, owner in sources().items():
+        internal, _ = internal_imports(path)
+        for top, allowed in importers.items():
+            if top in internal and owner != top:
+                assert owner in allowed, f"{path} ({owner}) imports {top}"
+
+
+def test_only_the_engine_imports_heavy_libraries() -> None:
+    for path, owner in sources().items():
+        _, external = internal_imports(path)
+        heavy = external & set(HEAVY)
+        assert not heavy or owner == "engine", f"{path} imports {sorted(heavy)}"
+
+
+def test_only_the_storage_modules_speak_sql() -> None:
+    for path, owner in sources().items():
+        _, external = internal_imports(path)
+        sql = external & set(SQL)
+        assert not sql or owner in STORAGE, f"{path} imports {sorted(sql)}"
+
+
+def test_the_bottom_layers_stay_at_the_bottom() -> None:
+    allowed = {"errors": set(), "spec": {"errors"}, "config": {"errors", "spec"}}
+    for path, owner in sources().items():
+        if owner in allowed:
+            internal, external = internal_imports(path)
+            assert internal <= allowed[owner], f"{owner} imports {sorted(internal)}"
+            assert not external & set(SQL + HEAVY)
+
+
+def test_importing_the_cli_store_and_api_loads_no_heavy_library(tmp_path: Path) -> None:
+    # Stand-ins for the heavy libraries that leave a mark and refuse to load, so even a
+    # guarded `try: import torch` is caught.
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    for name in HEAVY:
+        package = tmp_path / "fake" / name
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text(
+            f"open({str(marks / name)!r}, 'w').close()\n"
+            f"raise ImportError('{name} must not be imported here')\n"
+        )
+    probe = textwrap.dedent(
+        """
+        import importlib, sys
+        for name in ("alice_spool.cli", "alice_spool.store", "alice_spool.api",
+                     "alice_spool.config", "alice_spool.migrate"):
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                if exc.name != name:  # a module that does not exist yet is fine
+                    raise
+        from alice_spool.cli import cli
+        cli.main(["--help"], standalone_mode=False)
+        print(sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r}))
+        """
+    ).format(heavy=set(HEAVY))
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={"PYTHONPATH": str(tmp_path / "fake"), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert sorted(p.name for p in marks.iterdir()) == []
