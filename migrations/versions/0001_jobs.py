@@ -45,11 +45,11 @@ def upgrade() -> None:
         sa.Column("error_code", sa.String(length=64), nullable=True),
         sa.Column("error_message", sa.Text(), nullable=True),
         sa.CheckConstraint(
-            "source IN ('api', 'openai', 'inbox', 'cli')", name=op.f("ck_jobs_source")
-        ),
-        sa.CheckConstraint(
             "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')",
             name=op.f("ck_jobs_status"),
+        ),
+        sa.CheckConstraint(
+            "source IN ('api', 'openai', 'inbox', 'cli')", name=op.f("ck_jobs_source")
         ),
         sa.CheckConstraint("attempts >= 0", name=op.f("ck_jobs_attempts")),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_jobs")),
