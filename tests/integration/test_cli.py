@@ -1,0 +1,342 @@
+"""The CLI through click's runner (fast, many cases) and as a real subprocess (exit codes,
+stdout that parses, the console script)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from alice_spool.cli import cli
+from alice_spool.models import JobStatus
+from alice_spool.store import Store
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def run(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)  # no stray ./config.toml
+    for var in [v for v in os.environ if v.startswith("ALICE_")]:
+        monkeypatch.delenv(var)
+
+    def invoke(*args: str, input: str | None = None) -> Result:
+        return CliRunner().invoke(cli, ["--data-dir", str(data_dir), *args], input=input)
+
+    return invoke
+
+
+@pytest.fixture
+def store(run, data_dir: Path) -> Store:
+    assert run("db", "upgrade").exit_code == 0
+    return Store.open(f"sqlite:///{data_dir / 'alice.db'}")
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    return result.stdout
+
+
+def fails(result: Result, code: int, *fragments: str) -> str:
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    for fragment in fragments:
+        assert fragment in result.stderr
+    return result.stderr
+
+
+def test_submit_prints_the_job_id_and_show_finds_it(run, store: Store) -> None:
+    job_id = ok(run("submit", "a lighthouse at dusk")).strip()
+    assert len(job_id) == 24
+    shown = json.loads(ok(run("show", job_id, "--json")))
+    assert shown["id"] == job_id and shown["status"] == "queued"
+    assert shown["source"] == "cli" and shown["spec"]["prompt"] == "a lighthouse at dusk"
+    text = ok(run("show", job_id))
+    assert "a lighthouse at dusk" in text and "queued" in text
+
+
+def test_submit_with_every_option(run, store: Store) -> None:
+    out = run(
+        "submit", "a fox", "--negative", "blurry", "--model", "tiny", "--size", "768x512",
+        "--steps", "30", "--guidance", "6", "--seed", "7", "--scheduler", "Euler a",
+        "-n", "2", "--priority", "5", "--id", "fox-1", "--json",
+    )  # fmt: skip
+    job = json.loads(ok(out))
+    assert job["created"] is True and job["idempotency_key"] == "fox-1"
+    assert job["spec"] == {
+        "prompt": "a fox", "negative_prompt": "blurry", "model": "sd/tiny", "width": 768,
+        "height": 512, "steps": 30, "guidance_scale": 6.0, "seed": 7, "scheduler": "euler_a",
+        "n": 2, "priority": 5,
+    }  # fmt: skip
+
+
+def test_submitting_the_same_id_twice_is_a_no_op(run, store: Store) -> None:
+    first = ok(run("submit", "x", "--id", "k")).strip()
+    again = run("submit", "x", "--id", "k")
+    assert ok(again).strip() == first
+    assert "already submitted" in again.stderr
+    fails(run("submit", "y", "--id", "k"), 3, "[idempotency_conflict]")
+    assert sum(store.counts().values()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["x", "--width", "513"], "width must be a multiple of 8"),
+        (["x", "--steps", "0"], "steps must be between 1 and 150"),
+        (["x", "--scheduler", "fastest"], "scheduler 'fastest' is not known"),
+        (["x", "--size", "huge"], "size must look like 512x512"),
+        (["x", "--size", "512x512", "--width", "512"], "not both"),
+        (["x", "-n", "17"], "n must be between 1 and 16"),
+        (["x", "--model", "../etc"], "not a valid model id"),
+        (["   "], "prompt must not be empty"),
+    ],
+)
+def test_bad_values_are_one_clear_line(run, store: Store, args: list[str], fragment: str) -> None:
+    stderr = fails(run("submit", *args), 3, fragment, "[invalid_parameters]")
+    assert len(stderr.strip().splitlines()) == 1
+    assert sum(store.counts().values()) == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["x", "--file", "r.json"],
+        ["--file", "r.json", "--steps", "5"],
+        ["--batch", "b.jsonl", "--id", "k"],
+        ["x", "--steps", "many"],
+    ],
+)
+def test_usage_errors_exit_2(run, args: list[str]) -> None:
+    assert run("submit", *args).exit_code == 2
+
+
+def test_submit_a_request_file_and_stdin(run, store: Store, tmp_path: Path) -> None:
+    request = tmp_path / "r.json"
+    request.write_text(json.dumps({"prompt": "from a file", "steps": 9, "id": "file-1"}))
+    job_id = ok(run("submit", "--file", str(request))).strip()
+    job = store.get(job_id)
+    assert (job.spec.steps, job.client, job.idempotency_key) == (9, "r.json", "file-1")
+    piped = ok(run("submit", "--file", "-", input='{"prompt": "piped"}')).strip()
+    assert store.get(piped).spec.prompt == "piped"
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("{not json", "invalid JSON"),
+        ('["a list"]', "must be a JSON object"),
+        ('{"prompt": "x", "stpes": 3}', "did you mean 'steps'"),
+        (b"\xff\xfe", "not UTF-8"),
+    ],
+)
+def test_bad_request_files(run, store: Store, tmp_path: Path, content, fragment: str) -> None:
+    request = tmp_path / "r.json"
+    request.write_bytes(content if isinstance(content, bytes) else content.encode())
+    fails(run("submit", "--file", str(request)), 3, fragment)
+    fails(run("submit", "--file", str(tmp_path / "missing.json")), 3, "does not exist")
+    assert sum(store.counts().values()) == 0
+
+
+def test_submit_a_batch(run, store: Store, tmp_path: Path) -> None:
+    lines = [json.dumps({"prompt": f"p{i}", "id": f"b-{i}"}) for i in range(5)]
+    batch_file = tmp_path / "nightly.jsonl"
+    batch_file.write_text("\n".join(lines[:3]) + "\n\n" + "\n".join(lines[3:]) + "\n")
+    result = run("submit", "--batch", str(batch_file))
+    batch_id = ok(result).strip()
+    assert "queued 5 job(s)" in result.stderr
+    counts = store.batch_counts(batch_id)
+    assert counts[JobStatus.QUEUED] == 5
+    again = run("submit", "--batch", str(batch_file), "--json")
+    assert json.loads(ok(again))["batch_id"] == batch_id  # the same batch: a no-op
+    assert sum(store.counts().values()) == 5
+
+
+def test_a_bad_line_rejects_the_whole_batch(run, store: Store, tmp_path: Path) -> None:
+    batch_file = tmp_path / "b.jsonl"
+    batch_file.write_text('{"prompt": "fine"}\n{"prompt": "bad", "steps": 999}\n')
+    fails(run("submit", "--batch", str(batch_file)), 3, "b.jsonl line 2", "steps")
+    batch_file.write_text('{"prompt": "fine"}\n{oops\n')
+    fails(run("submit", "--batch", str(batch_file)), 3, "line 2", "invalid JSON")
+    batch_file.write_text("\n\n")
+    fails(run("submit", "--batch", str(batch_file)), 3, "holds no requests")
+    assert sum(store.counts().values()) == 0
+
+
+def test_ls_filters_and_json(run, store: Store) -> None:
+    ids = [ok(run("submit", f"p{i}", "--model", "a" if i % 2 else "b")).strip() for i in range(4)]
+    table = ok(run("ls"))
+    assert table.splitlines()[0].split()[:3] == ["ID", "STATUS", "PRI"]
+    assert [line.split()[0] for line in table.splitlines()[1:]] == ids[::-1]
+    listed = json.loads(ok(run("ls", "--model", "a", "--json")))
+    assert [j["id"] for j in listed["jobs"]] == [ids[3], ids[1]]
+    ok(run("cancel", ids[0]))
+    cancelled = json.loads(ok(run("ls", "--status", "cancelled", "--json")))["jobs"]
+    assert [j["id"] for j in cancelled] == [ids[0]]
+    page = json.loads(ok(run("ls", "--limit", "2", "--json")))
+    assert page["next_cursor"] == ids[2]
+    rest = json.loads(ok(run("ls", "--before", page["next_cursor"], "--json")))["jobs"]
+    assert [j["id"] for j in rest] == [ids[1], ids[0]]
+    assert len(json.loads(ok(run("ls", "--since", "1h", "--json")))["jobs"]) == 4
+    assert json.loads(ok(run("ls", "--since", "2999-01-01", "--json")))["jobs"] == []
+    fails(run("ls", "--since", "last tuesday"), 3, "neither a duration")
+    assert "no jobs" in run("ls", "--source", "api").stderr
+
+
+def test_cancel_retry_priority(run, store: Store) -> None:
+    job_id = ok(run("submit", "x")).strip()
+    assert "priority 9" in ok(run("priority", job_id, "9"))
+    fails(run("priority", job_id, "101"), 3, "between -100 and 100")
+    assert "cancelled" in ok(run("cancel", job_id))
+    fails(run("priority", job_id, "1"), 3, "[invalid_state]")
+    assert "queued again" in ok(run("retry", job_id))
+    (claimed,) = store.claim_batch("r", 1, lease_s=60)
+    assert "stopping at the next step" in ok(run("cancel", job_id))
+    store.finish_cancelled(claimed.id, "r")
+    ok(run("retry", job_id))
+    (claimed,) = store.claim_batch("r", 1, lease_s=60)
+    store.succeed(claimed.id, "r", {})
+    fails(run("cancel", job_id), 3, "already succeeded", "[invalid_state]")
+    fails(run("retry", job_id), 3, "only failed or cancelled")
+    fails(run("show", "nope"), 3, "no job nope", "[not_found]")
+    assert run("cancel").exit_code == 2
+    assert run("retry", job_id, "--failed").exit_code == 2
+
+
+def test_cancel_and_retry_in_bulk(run, store: Store, tmp_path: Path) -> None:
+    batch_file = tmp_path / "b.jsonl"
+    batch_file.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(3)))
+    batch_id = ok(run("submit", "--batch", str(batch_file))).strip()
+    report = json.loads(ok(run("cancel", "--batch", batch_id, "--json")))
+    assert report["cancelled"] == 3
+    fails(run("cancel", "--batch", "nope"), 3, "no batch nope")
+    other = ok(run("submit", "other")).strip()
+    (claimed,) = store.claim_batch("r", 1, lease_s=60)
+    store.fail(claimed.id, "r", "generation_failed", "boom")
+    assert json.loads(ok(run("retry", "--failed", "--json")))["retried"] == [other]
+
+
+def test_wait_exit_codes(run, store: Store) -> None:
+    good, bad = ok(run("submit", "good")).strip(), ok(run("submit", "bad")).strip()
+    fails(run("wait", good, "--timeout", "0.2"), 4, "still unfinished", "[timeout]")
+    first, second = store.claim_batch("r", 2, lease_s=60)
+    store.succeed(first.id, "r", {})
+    store.fail(second.id, "r", "generation_failed", "all black")
+    assert json.loads(ok(run("wait", good, "--json")))["ok"] is True
+    result = run("wait", good, bad)
+    assert result.exit_code == 1 and "generation_failed" in result.stderr
+    fails(run("wait", "--batch", "nope"), 3, "no batch")
+    assert run("wait").exit_code == 2
+
+
+def test_submit_wait_times_out_without_a_runner(run, store: Store) -> None:
+    fails(run("submit", "x", "--wait", "--timeout", "0.2"), 4, "[timeout]")
+
+
+def test_stats_and_purge(run, store: Store) -> None:
+    ok(run("submit", "x"))
+    (job,) = store.claim_batch("r", 1, lease_s=60)
+    store.succeed(job.id, "r", {})
+    stats = json.loads(ok(run("stats", "--window", "10m", "--json")))
+    assert stats["depth"]["succeeded"] == 1 and stats["finished_in_window"]["succeeded"] == 1
+    assert "throughput" in ok(run("stats"))
+    fails(run("stats", "--window", "soon"), 3, "not a duration")
+    assert json.loads(ok(run("purge", "--older-than", "1h", "--json")))["jobs"] == []
+    assert "would delete 1" in ok(run("purge", "--before", "2999-01-01", "--dry-run"))
+    assert "deleted 1" in ok(run("purge", "--older-than", "0s"))
+    assert sum(store.counts().values()) == 0
+    assert run("purge").exit_code == 2
+
+
+def test_db_commands(run, data_dir: Path) -> None:
+    assert "empty -> 0001" in ok(run("db", "upgrade"))
+    assert "already at revision 0001" in ok(run("db", "upgrade"))
+    assert json.loads(ok(run("db", "current", "--json")))["up_to_date"] is True
+    check = json.loads(ok(run("db", "check", "--json")))
+    assert check["checks"] == {"revision": True, "schema": True, "integrity": True}
+    import sqlite3
+
+    connection = sqlite3.connect(data_dir / "alice.db")
+    connection.execute("DROP INDEX ix_jobs_client")
+    connection.commit()
+    connection.close()
+    result = run("db", "check")
+    assert result.exit_code == 1 and "schema     FAIL" in result.stdout
+
+
+def test_config_errors_and_display(run, tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text("[server]\nprot = 1\n")
+    fails(run("--config", str(tmp_path / "bad.toml"), "ls"), 3, "server.prot", "[config_invalid]")
+    fails(run("--set", "runner.max_batch=lots", "ls"), 3, "runner.max_batch")
+    assert run("--set", "oops", "ls").exit_code == 2
+    (tmp_path / "keys.toml").write_text("[server.api_keys]\nsam = 'hunter2'\n")
+    shown = ok(run("--config", str(tmp_path / "keys.toml"), "config", "--json"))
+    assert "hunter2" not in shown and json.loads(shown)["server"]["api_keys"] == {"sam": "***"}
+
+
+def test_every_command_has_help() -> None:
+    runner = CliRunner()
+    names = ["submit", "ls", "show", "cancel", "retry", "priority", "wait", "stats", "purge"]
+    names += ["config", "db upgrade", "db current", "db check"]
+    for name in names:
+        result = runner.invoke(cli, [*name.split(), "--help"])
+        assert result.exit_code == 0 and "Usage: " in result.stdout
+        assert len(result.stdout.splitlines()) > 4
+    assert "--json" in runner.invoke(cli, ["ls", "--help"]).stdout
+
+
+# -- as a real process --------------------------------------------------------------------
+
+
+def spool(data_dir: Path, *args: str, **kw) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALICE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "alice_spool", "--data-dir", str(data_dir), *args],
+        capture_output=True, text=True, timeout=120, env=env, cwd=data_dir.parent, **kw,
+    )  # fmt: skip
+
+
+def test_subprocess_exit_codes_and_json(data_dir: Path) -> None:
+    submitted = spool(data_dir, "submit", "a real process", "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)
+    listed = json.loads(spool(data_dir, "ls", "--json").stdout)
+    assert [j["id"] for j in listed["jobs"]] == [job["id"]]
+    bad = spool(data_dir, "submit", "x", "--steps", "0")
+    assert bad.returncode == 3 and bad.stderr.startswith("Error: steps must be between")
+    assert spool(data_dir, "submit").returncode == 2
+    assert spool(data_dir, "show", "nope").returncode == 3
+
+
+def test_wait_returns_as_soon_as_the_job_finishes(data_dir: Path) -> None:
+    job_id = spool(data_dir, "submit", "x").stdout.strip()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALICE_")}
+    waiter = subprocess.Popen(
+        [sys.executable, "-m", "alice_spool", "--data-dir", str(data_dir), "wait", job_id],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    time.sleep(1.0)
+    assert waiter.poll() is None  # still waiting
+    store = Store.open(f"sqlite:///{data_dir / 'alice.db'}")
+    (job,) = store.claim_batch("r", 1, lease_s=60)
+    store.succeed(job.id, "r", {})
+    stdout, stderr = waiter.communicate(timeout=30)
+    assert waiter.returncode == 0, stderr
+    assert job_id in stdout and "succeeded" in stdout
+
+
+def test_the_console_script(data_dir: Path) -> None:
+    script = shutil.which("alice-spool", path=str(Path(sys.executable).parent))
+    assert script, "the alice-spool console script is not installed"
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("alice-spool, version ")
