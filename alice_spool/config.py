@@ -92,6 +92,21 @@ class PathsSettings:
 
 
 @dataclass(frozen=True)
+class DatabaseSettings:
+    synchronous: str = "normal"
+    busy_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "synchronous", self.synchronous.lower())
+        _check(
+            self.synchronous in ("normal", "full"),
+            "database.synchronous",
+            f"must be normal or full, got {self.synchronous!r}",
+        )
+        _check(self.busy_timeout_s > 0, "database.busy_timeout_s", "must be positive")
+
+
+@dataclass(frozen=True)
 class GenerationSettings:
     default_model: str = ""
     default_steps: int = 25
@@ -220,6 +235,7 @@ class LoggingSettings:
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     paths: PathsSettings = field(default_factory=PathsSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     runner: RunnerSettings = field(default_factory=RunnerSettings)
     inbox: InboxSettings = field(default_factory=InboxSettings)

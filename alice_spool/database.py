@@ -1,10 +1,16 @@
 """The store's connection setup: engine, SQLite pragmas, and short transactions.
 
-On SQLite the database runs in WAL mode (readers never wait for the writer) with
-`synchronous=FULL` and a busy timeout, and writers take the write lock up front with
-`BEGIN IMMEDIATE`: two writers then queue on the lock instead of failing with
-`database is locked` when one tries to upgrade a read lock. A transaction that still
-meets a busy database is retried until a deadline, then reported as `DatabaseBusy`.
+On SQLite the database runs in WAL mode (readers never wait for the writer) with a busy
+timeout, and writers take the write lock up front with `BEGIN IMMEDIATE`: two writers then
+queue on the lock instead of failing with `database is locked` when one tries to upgrade
+a read lock. A transaction that still meets a busy database is retried until a deadline,
+then reported as `DatabaseBusy`.
+
+Durability (`[database] synchronous`): with `normal`, SQLite's recommended setting for
+WAL, a committed job survives any crash or kill of the process, and the file is never
+corrupted; only a power loss or OS crash can take back the last commits before it. With
+`full`, every commit waits for the disk (fsync), so not even that is lost, at the price
+of one fsync per transaction.
 """
 
 from __future__ import annotations
@@ -28,29 +34,34 @@ T = TypeVar("T")
 _WRITE = "alice_write"  # execution option: this connection's transaction writes
 
 
-def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
-    # Take transaction control from the driver; the "begin" hook below issues BEGIN.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+SYNCHRONOUS = ("normal", "full")
+
+
+def _sqlite_setup(synchronous: str) -> Callable[[sqlite3.Connection, Any], None]:
+    def on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        # Take transaction control from the driver; the "begin" hook below issues BEGIN.
+        dbapi_connection.isolation_level = None
+        mode = dbapi_connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode != "wal":
-            log.warning("SQLite refused WAL mode (journal_mode=%s); concurrency will suffer", mode)
-        # FULL: a commit is on disk before enqueue returns, so an accepted job survives
-        # power loss too, not only a crash of the process.
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-    finally:
-        cursor.close()
+            log.warning("SQLite refused WAL mode (journal_mode=%s): writers block readers", mode)
+        dbapi_connection.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        dbapi_connection.execute("PRAGMA foreign_keys=ON")
+
+    return on_connect
 
 
 def _sqlite_on_begin(connection: Connection) -> None:
+    # Straight to the driver: this runs for every transaction.
     write = connection.get_execution_options().get(_WRITE, False)
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    connection.connection.driver_connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def create_db_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
+def create_db_engine(
+    url: str, *, busy_timeout_s: float = 30.0, synchronous: str = "normal"
+) -> Engine:
     """An engine with the durability and locking settings the daemon uses."""
+    if synchronous not in SYNCHRONOUS:
+        raise errors.DatabaseError(f"synchronous must be normal or full, got {synchronous!r}")
     try:
         parsed = make_url(url)
     except Exception as exc:  # sqlalchemy raises ArgumentError or ValueError
@@ -69,19 +80,21 @@ def create_db_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
         parsed,
         connect_args={"timeout": busy_timeout_s, "check_same_thread": False},
     )
-    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "connect", _sqlite_setup(synchronous))
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
 
 
-def is_busy(exc: OperationalError) -> bool:
-    code = getattr(exc.orig, "sqlite_errorcode", None)
+def is_busy(exc: Exception) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED, raw from the driver or wrapped by SQLAlchemy."""
+    orig = getattr(exc, "orig", exc)
+    code = getattr(orig, "sqlite_errorcode", None)
     return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "database is locked" in str(
-        exc.orig
+        orig
     )
 
 
-def translate(exc: SQLAlchemyError) -> errors.SpoolError:
+def translate(exc: Exception) -> errors.SpoolError:
     """A driver error as the `SpoolError` a user can act on."""
     text = str(getattr(exc, "orig", None) or exc).strip()
     if "no such table" in text or ("relation" in text and "does not exist" in text):
@@ -99,10 +112,16 @@ class Database:
         self.busy_deadline_s = busy_deadline_s
 
     @classmethod
-    def open(cls, url: str, *, busy_timeout_s: float = 30.0, busy_deadline_s: float = 60.0):
-        return cls(
-            create_db_engine(url, busy_timeout_s=busy_timeout_s), busy_deadline_s=busy_deadline_s
-        )
+    def open(
+        cls,
+        url: str,
+        *,
+        synchronous: str = "normal",
+        busy_timeout_s: float = 30.0,
+        busy_deadline_s: float = 60.0,
+    ) -> Database:
+        engine = create_db_engine(url, busy_timeout_s=busy_timeout_s, synchronous=synchronous)
+        return cls(engine, busy_deadline_s=busy_deadline_s)
 
     @property
     def url(self) -> str:
@@ -122,7 +141,8 @@ class Database:
                         conn.execution_options(**{_WRITE: True})
                     with conn.begin():
                         return work(conn)
-            except OperationalError as exc:
+            # The BEGIN hook talks to the driver directly, so its errors come unwrapped.
+            except (OperationalError, sqlite3.OperationalError) as exc:
                 if not is_busy(exc):
                     raise translate(exc) from exc
                 if time.monotonic() >= deadline:

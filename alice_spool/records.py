@@ -131,8 +131,8 @@ class Enqueued:
 @dataclass(frozen=True)
 class BatchEnqueued:
     batch_id: str
-    jobs: list[JobRecord]
-    created: bool
+    job_ids: list[str]  # in the order of the requests
+    created: bool  # False: an exact repeat of an earlier batch, which is returned
 
 
 @dataclass(frozen=True)

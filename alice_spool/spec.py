@@ -9,7 +9,7 @@ import math
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
 from .errors import InvalidParameters
@@ -61,6 +61,16 @@ class GenerationDefaults(Protocol):
     def max_n(self) -> int: ...
 
 
+def request_hash(fields: Mapping[str, Any]) -> str:
+    """The fingerprint of a spec's fields. They are strings, numbers and None, whose
+    `repr` is stable, in a fixed order."""
+    return hashlib.sha256(repr(tuple(fields.items())).encode()).hexdigest()
+
+
+def random_seed() -> int:
+    return secrets.randbelow(SEED_MAX + 1)
+
+
 @dataclass(frozen=True)
 class BuiltinDefaults:
     """The defaults of DESIGN section 4, used when no configuration is at hand."""
@@ -98,7 +108,7 @@ class JobSpec:
     priority: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in _SPEC_FIELDS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
@@ -108,20 +118,22 @@ class JobSpec:
 
     def fingerprint(self) -> str:
         """A stable hash of the request, used to tell a repeated request from a different one."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return request_hash(self.to_dict())
 
     def with_seed(self) -> JobSpec:
         """This spec with a seed: its own, or a freshly drawn random one (recorded)."""
         if self.seed is not None:
             return self
-        return replace(self, seed=secrets.randbelow(SEED_MAX + 1))
+        return replace(self, seed=random_seed())
 
     def image_seeds(self) -> list[int]:
         """The seed of each of the `n` images: consecutive, wrapping at 2**32."""
         if self.seed is None:
             raise ValueError("the spec has no seed yet; call with_seed() first")
         return [(self.seed + i) % (SEED_MAX + 1) for i in range(self.n)]
+
+
+_SPEC_FIELDS = tuple(f.name for f in fields(JobSpec))
 
 
 @dataclass(frozen=True)
@@ -249,7 +261,7 @@ def parse_idempotency_key(value: Any, name: str = "id") -> str:
 
 # -- the request ------------------------------------------------------------------------
 
-_FIELDS = tuple(JobSpec.__dataclass_fields__)
+_FIELDS = _SPEC_FIELDS
 _ALIASES = {"num_images": "n"}
 _SHORTHANDS = ("size",)  # "WxH" for width and height, as the OpenAI images API has it
 
@@ -354,3 +366,33 @@ def parse_request(data: Any, defaults: GenerationDefaults = BUILTIN_DEFAULTS) ->
     if isinstance(data, Mapping) and data.get("id") is not None:
         key = parse_idempotency_key(data["id"], "id")
     return Request(spec=spec, idempotency_key=key)
+
+
+def parse_json(text: str, where: str) -> Any:
+    """JSON text -> value; a syntax error names `where` (a file name, a line)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidParameters(f"{where}: invalid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidParameters(f"{where}: JSON nested too deeply") from None
+
+
+def parse_jsonl(
+    text: str, name: str, defaults: GenerationDefaults = BUILTIN_DEFAULTS
+) -> list[Request]:
+    """A JSONL batch: one request per line, blank lines skipped. The first bad line is
+    an error naming its number (`name line N: ...`), so a batch is all or nothing."""
+    requests = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{name} line {number}"
+        try:
+            requests.append(parse_request(parse_json(line, where), defaults))
+        except InvalidParameters as exc:
+            message = exc.message if exc.message.startswith(where) else f"{where}: {exc.message}"
+            raise InvalidParameters(message, field=exc.field, line=number) from None
+    if not requests:
+        raise InvalidParameters(f"{name} holds no requests")
+    return requests

@@ -69,7 +69,12 @@ class App:
 
     @cached_property
     def database(self) -> Database:
-        return Database.open(self.settings.database_url)
+        options = self.settings.database
+        return Database.open(
+            self.settings.database_url,
+            synchronous=options.synchronous,
+            busy_timeout_s=options.busy_timeout_s,
+        )
 
     @cached_property
     def store(self) -> Store:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +13,7 @@ import click
 from ..errors import InvalidParameters
 from ..models import JobStatus, Source
 from ..records import JobRecord, NewJob
-from ..spec import parse_request
+from ..spec import parse_json, parse_jsonl, parse_request
 from ..terminal import jobs_table
 from .app import EXIT_JOBS_FAILED, App, cli, emit_json, json_option, note, pass_app
 
@@ -33,31 +32,9 @@ def _read_text(path: str, what: str) -> tuple[str, str]:
         raise InvalidParameters(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
-def _json_value(text: str, where: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidParameters(f"{where}: invalid JSON: {exc}") from None
-
-
 def _read_batch(text: str, name: str, app: App) -> list[NewJob]:
-    items = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{name} line {number}"
-        try:
-            request = parse_request(_json_value(line, where), app.settings.generation)
-        except InvalidParameters as exc:
-            raise InvalidParameters(
-                exc.message if exc.message.startswith(where) else f"{where}: {exc.message}",
-                field=exc.field,
-                line=number,
-            ) from None
-        items.append(NewJob(request.spec, request.idempotency_key, name))
-    if not items:
-        raise InvalidParameters(f"{name} holds no requests")
-    return items
+    requests = parse_jsonl(text, name, app.settings.generation)
+    return [NewJob(r.spec, r.idempotency_key, name) for r in requests]
 
 
 def finish_waiting(jobs: Sequence[JobRecord], as_json: bool, extra: dict[str, Any]) -> None:
@@ -139,18 +116,18 @@ def submit(
                 {
                     "batch_id": batch.batch_id,
                     "created": batch.created,
-                    "jobs": [j.to_dict() for j in batch.jobs],
+                    "job_ids": batch.job_ids,
                 }
             )
         elif not as_json:
             click.echo(batch.batch_id)
             verb = "queued" if batch.created else "already submitted:"
-            note(f"{verb} {len(batch.jobs)} job(s) in batch {batch.batch_id}")
-        jobs, extra = batch.jobs, {"batch_id": batch.batch_id}
+            note(f"{verb} {len(batch.job_ids)} job(s) in batch {batch.batch_id}")
+        job_ids, extra = batch.job_ids, {"batch_id": batch.batch_id}
     else:
         if request_file is not None:
             text, name = _read_text(request_file, "request file")
-            data, client = _json_value(text, name), name
+            data, client = parse_json(text, name), name
         else:
             data = {"prompt": prompt, **given}
             if key is not None:
@@ -171,9 +148,9 @@ def submit(
             click.echo(result.job.id)
             if not result.created:
                 note(f"already submitted with id {request.idempotency_key!r}: job {result.job.id}")
-        jobs, extra = [result.job], {}
+        job_ids, extra = [result.job.id], {}
     if wait:
-        final = app.store.wait_for([j.id for j in jobs], timeout_s=timeout)
+        final = app.store.wait_for(job_ids, timeout_s=timeout)
         finish_waiting(final, as_json, extra)
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import secrets
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from sqlalchemy import Connection, func, select
 
@@ -18,6 +17,7 @@ from ..records import JobRecord
 T = TypeVar("T")
 
 COLUMNS = tuple(Job.__table__.columns)
+_QUEUED = select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)
 _CHUNK = 500  # bound parameters per IN (...) list
 
 
@@ -26,8 +26,8 @@ def utcnow() -> datetime:
 
 
 def new_id() -> str:
-    """A URL-safe, unguessable id: 120 random bits as 24 lowercase base32 characters."""
-    return base64.b32encode(secrets.token_bytes(15)).decode().lower()
+    """A URL-safe, unguessable id: 120 random bits as 30 lowercase hex digits."""
+    return secrets.token_hex(15)
 
 
 def chunks(values: Sequence[T]) -> Iterable[Sequence[T]]:
@@ -52,25 +52,17 @@ class StoreBase:
 
     @classmethod
     def open(
-        cls,
-        url: str,
-        *,
-        max_queue: int = 10_000,
-        max_attempts: int = 3,
-        busy_timeout_s: float = 30.0,
-        busy_deadline_s: float = 60.0,
+        cls, url: str, *, max_queue: int = 10_000, max_attempts: int = 3, **database: Any
     ) -> Self:
-        db = Database.open(url, busy_timeout_s=busy_timeout_s, busy_deadline_s=busy_deadline_s)
-        return cls(db, max_queue=max_queue, max_attempts=max_attempts)
+        """A store on its own database (`database` options go to `Database.open`)."""
+        return cls(Database.open(url, **database), max_queue=max_queue, max_attempts=max_attempts)
 
     def close(self) -> None:
         self.db.close()
 
     def check_room(self, conn: Connection, adding: int) -> None:
         """Refuse new queued jobs past `max_queue` (`queue_full`)."""
-        queued = conn.scalar(
-            select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)
-        )
+        queued = conn.scalar(_QUEUED)
         if (queued or 0) + adding > self.max_queue:
             raise errors.QueueFull(
                 f"the queue is full ({queued} queued, limit {self.max_queue}); try again later"

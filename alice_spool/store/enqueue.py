@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 
 from .. import errors
 from ..models import Job, JobStatus, Source
@@ -16,8 +17,27 @@ from ..records import (
     JobRecord,
     NewJob,
 )
-from ..spec import JobSpec
+from ..spec import JobSpec, random_seed, request_hash
 from ._base import COLUMNS, StoreBase, chunks, new_id, utcnow
+
+_UNSET = dict.fromkeys(
+    [
+        "started_at",
+        "finished_at",
+        "lease_owner",
+        "lease_expires_at",
+        "progress_step",
+        "progress_total",
+        "result",
+        "error_code",
+        "error_message",
+    ]
+)
+_INSERT = insert(Job)
+_BY_KEY = select(*COLUMNS).where(Job.idempotency_key == bindparam("key"))
+_KEYS = select(Job.idempotency_key, Job.id, Job.batch_id, Job.request_hash).where(
+    Job.idempotency_key.in_(bindparam("keys", expanding=True))
+)
 
 
 class Enqueueing(StoreBase):
@@ -35,10 +55,12 @@ class Enqueueing(StoreBase):
         not_before: datetime | None,
         now: datetime,
     ) -> dict[str, Any]:
-        fingerprint = spec.fingerprint()  # before the random seed: a repeat must match
-        spec = spec.with_seed()
+        """The columns a new job sets; the others start out NULL (see `_UNSET`)."""
         stored = spec.to_dict()
-        stored.pop("priority")  # the column is the live value
+        fingerprint = request_hash(stored)  # as asked, before any random seed: repeats match
+        if stored["seed"] is None:
+            stored["seed"] = random_seed()  # drawn once, recorded: a rerun is the same image
+        del stored["priority"]  # the column is the live value
         return {
             "id": new_id(),
             "idempotency_key": key,
@@ -50,20 +72,11 @@ class Enqueueing(StoreBase):
             "priority": spec.priority,
             "not_before": not_before,
             "created_at": now,
-            "started_at": None,
-            "finished_at": None,
             "attempts": 0,
             "max_attempts": max_attempts or self.max_attempts,
-            "lease_owner": None,
-            "lease_expires_at": None,
             "cancel_requested": False,
-            "progress_step": None,
-            "progress_total": None,
             "model": spec.model,
             "spec": stored,
-            "result": None,
-            "error_code": None,
-            "error_message": None,
         }
 
     def enqueue(
@@ -93,9 +106,7 @@ class Enqueueing(StoreBase):
 
         def work(conn: Connection) -> Enqueued:
             if idempotency_key is not None:
-                existing = conn.execute(
-                    select(*COLUMNS).where(Job.idempotency_key == idempotency_key)
-                ).first()
+                existing = conn.execute(_BY_KEY, {"key": idempotency_key}).first()
                 if existing is not None:
                     if existing.request_hash != row["request_hash"]:
                         raise errors.IdempotencyConflict(
@@ -105,8 +116,8 @@ class Enqueueing(StoreBase):
                         )
                     return Enqueued(JobRecord.from_row(existing), created=False)
             self.check_room(conn, 1)
-            conn.execute(insert(Job), row)
-            return Enqueued(JobRecord.from_mapping(row), created=True)
+            conn.execute(_INSERT, row)
+            return Enqueued(JobRecord.from_mapping({**_UNSET, **row}), created=True)
 
         return self.db.write_once_more_on_conflict(work)
 
@@ -127,7 +138,7 @@ class Enqueueing(StoreBase):
             raise errors.InvalidParameters("a batch needs at least one request")
         keys = [item.idempotency_key for item in items if item.idempotency_key is not None]
         if len(set(keys)) != len(keys):
-            duplicate = next(k for k in keys if keys.count(k) > 1)
+            duplicate = Counter(keys).most_common(1)[0][0]
             raise errors.InvalidParameters(
                 f"the batch uses the id {duplicate!r} more than once", field="id"
             )
@@ -151,13 +162,13 @@ class Enqueueing(StoreBase):
             existing = {
                 r.idempotency_key: r
                 for chunk in chunks(keys)
-                for r in conn.execute(select(*COLUMNS).where(Job.idempotency_key.in_(chunk)))
+                for r in conn.execute(_KEYS, {"keys": list(chunk)})
             }
             if existing:
                 return self._repeated_batch(conn, rows, existing)
             self.check_room(conn, len(rows))
-            conn.execute(insert(Job), rows)
-            return BatchEnqueued(batch_id, [JobRecord.from_mapping(r) for r in rows], True)
+            conn.execute(_INSERT, rows)
+            return BatchEnqueued(batch_id, [r["id"] for r in rows], True)
 
         return self.db.write_once_more_on_conflict(work)
 
@@ -165,9 +176,11 @@ class Enqueueing(StoreBase):
         self, conn: Connection, rows: list[dict[str, Any]], existing: dict[str, Any]
     ) -> BatchEnqueued:
         first = next(iter(existing.values()))
-        earlier = conn.execute(
-            select(*COLUMNS).where(Job.batch_id == first.batch_id).order_by(Job.seq)
-        ).all()
+        earlier = (
+            conn.execute(select(Job.id).where(Job.batch_id == first.batch_id).order_by(Job.seq))
+            .scalars()
+            .all()
+        )
         same = (
             first.batch_id is not None
             and len(earlier) == len(rows)
@@ -186,4 +199,4 @@ class Enqueueing(StoreBase):
                 "repeat of that one",
                 job_id=existing[clash["idempotency_key"]].id,
             )
-        return BatchEnqueued(first.batch_id, [JobRecord.from_row(r) for r in earlier], False)
+        return BatchEnqueued(first.batch_id, list(earlier), False)

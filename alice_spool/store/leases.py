@@ -3,6 +3,7 @@ rescuing the jobs of runners that died.
 
 The claim is a single `UPDATE ... RETURNING` whose subquery carries `FOR UPDATE SKIP
 LOCKED`: PostgreSQL honours it, and on SQLite the writer lock already serialises claims.
+These statements run for every job, so they are built once, with bound parameters.
 """
 
 from __future__ import annotations
@@ -12,18 +13,106 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, case, or_, select, update
+from sqlalchemy import Connection, Update, bindparam, case, or_, select, update
 
 from .. import errors
-from ..models import Job, JobStatus
-from ..records import (
-    Heartbeat,
-    JobRecord,
-    OrphanReport,
-)
+from ..models import Job, JobStatus, UTCDateTime
+from ..records import Heartbeat, JobRecord, OrphanReport
 from ._base import COLUMNS, StoreBase, chunks, get_job, utcnow
 
 log = logging.getLogger(__name__)
+
+
+def _when(name: str) -> Any:
+    return bindparam(name, type_=UTCDateTime())
+
+
+def _claim_statement(*, by_model: bool) -> Update:
+    candidates = (
+        select(Job.seq)
+        .where(Job.status == JobStatus.QUEUED)
+        .where(or_(Job.not_before.is_(None), Job.not_before <= _when("now")))
+        .order_by(Job.priority.desc(), Job.seq)
+        .limit(bindparam("limit"))
+        .with_for_update(skip_locked=True)
+    )
+    if by_model:
+        candidates = candidates.where(Job.model == bindparam("only_model"))
+    return (
+        update(Job)
+        .where(Job.seq.in_(candidates))
+        .values(
+            status=JobStatus.RUNNING,
+            lease_owner=bindparam("owner"),
+            lease_expires_at=_when("until"),
+            started_at=_when("now"),
+            attempts=Job.attempts + 1,
+            progress_step=None,
+            progress_total=None,
+        )
+        .returning(*COLUMNS)
+    )
+
+
+_CLAIM = _claim_statement(by_model=False)
+_CLAIM_MODEL = _claim_statement(by_model=True)
+
+# The jobs (of a list) that this runner holds.
+_HELD = (
+    update(Job)
+    .where(Job.id.in_(bindparam("ids", expanding=True)))
+    .where(Job.status == JobStatus.RUNNING, Job.lease_owner == bindparam("owner"))
+)
+_HEARTBEAT = _HELD.values(lease_expires_at=_when("until")).returning(Job.id, Job.cancel_requested)
+_PROGRESS = _HELD.values(progress_step=bindparam("step"), progress_total=bindparam("total"))
+_LEASE_CLEARED = {"lease_owner": None, "lease_expires_at": None}
+_RELEASE_CANCELLED = _HELD.where(Job.cancel_requested.is_(True)).values(
+    status=JobStatus.CANCELLED, finished_at=_when("now"), **_LEASE_CLEARED
+)
+_RELEASE = _HELD.values(
+    status=JobStatus.QUEUED,
+    attempts=Job.attempts - 1,
+    progress_step=None,
+    progress_total=None,
+    **_LEASE_CLEARED,
+)
+
+# One running job that this runner holds, finished one way or another.
+_OWNED = update(Job).where(
+    Job.id == bindparam("job_id"),
+    Job.status == JobStatus.RUNNING,
+    Job.lease_owner == bindparam("owner"),
+)
+_AGAIN = Job.attempts < Job.max_attempts
+_FINISH = {
+    "succeed": _OWNED.values(
+        status=JobStatus.SUCCEEDED,
+        finished_at=_when("now"),
+        result=bindparam("outcome"),
+        error_code=None,
+        error_message=None,
+        **_LEASE_CLEARED,
+    ),
+    "fail": _OWNED.values(
+        status=JobStatus.FAILED,
+        finished_at=_when("now"),
+        result=bindparam("outcome"),
+        error_code=bindparam("code"),
+        error_message=bindparam("message"),
+        **_LEASE_CLEARED,
+    ),
+    # A retryable failure goes back to the queue while the job has attempts left.
+    "fail_retryable": _OWNED.values(
+        status=case((_AGAIN, JobStatus.QUEUED.value), else_=JobStatus.FAILED.value),
+        finished_at=case((_AGAIN, None), else_=_when("now")),
+        result=bindparam("outcome"),
+        error_code=bindparam("code"),
+        error_message=bindparam("message"),
+        **_LEASE_CLEARED,
+    ),
+    "cancel": _OWNED.values(status=JobStatus.CANCELLED, finished_at=_when("now"), **_LEASE_CLEARED),
+}
+_FINISH = {action: statement.returning(*COLUMNS) for action, statement in _FINISH.items()}
 
 
 class Leasing(StoreBase):
@@ -44,31 +133,16 @@ class Leasing(StoreBase):
         if limit < 1:
             return []
         now = now or utcnow()
-        candidates = (
-            select(Job.seq)
-            .where(Job.status == JobStatus.QUEUED)
-            .where(or_(Job.not_before.is_(None), Job.not_before <= now))
-            .order_by(Job.priority.desc(), Job.seq)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
+        params: dict[str, Any] = {
+            "now": now,
+            "until": now + timedelta(seconds=lease_s),
+            "owner": owner,
+            "limit": limit,
+        }
+        statement = _CLAIM if model is None else _CLAIM_MODEL
         if model is not None:
-            candidates = candidates.where(Job.model == model)
-        statement = (
-            update(Job)
-            .where(Job.seq.in_(candidates))
-            .values(
-                status=JobStatus.RUNNING,
-                lease_owner=owner,
-                lease_expires_at=now + timedelta(seconds=lease_s),
-                started_at=now,
-                attempts=Job.attempts + 1,
-                progress_step=None,
-                progress_total=None,
-            )
-            .returning(*COLUMNS)
-        )
-        rows = self.db.write(lambda conn: conn.execute(statement).all())
+            params["only_model"] = model
+        rows = self.db.write(lambda conn: conn.execute(statement, params).all())
         # RETURNING gives no order guarantee; hand the jobs out in claim order.
         rows.sort(key=lambda r: (-r.priority, r.seq))
         return [JobRecord.from_row(r) for r in rows]
@@ -80,21 +154,20 @@ class Leasing(StoreBase):
         ids = list(job_ids)
         now = now or utcnow()
 
+        until = now + timedelta(seconds=lease_s)
+
         def work(conn: Connection) -> Heartbeat:
-            owned: set[str] = set()
-            cancel: set[str] = set()
-            for chunk in chunks(ids):
+            rows = [
+                row
+                for chunk in chunks(ids)
                 for row in conn.execute(
-                    update(Job)
-                    .where(Job.id.in_(chunk))
-                    .where(Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
-                    .values(lease_expires_at=now + timedelta(seconds=lease_s))
-                    .returning(Job.id, Job.cancel_requested)
-                ):
-                    owned.add(row.id)
-                    if row.cancel_requested:
-                        cancel.add(row.id)
-            return Heartbeat(frozenset(owned), frozenset(cancel))
+                    _HEARTBEAT, {"ids": list(chunk), "owner": owner, "until": until}
+                )
+            ]
+            return Heartbeat(
+                frozenset(row.id for row in rows),
+                frozenset(row.id for row in rows if row.cancel_requested),
+            )
 
         return self.db.write(work) if ids else Heartbeat(frozenset(), frozenset())
 
@@ -103,40 +176,32 @@ class Leasing(StoreBase):
         ids = list(job_ids)
 
         def work(conn: Connection) -> int:
+            params = {"owner": owner, "step": step, "total": total}
             return sum(
-                conn.execute(
-                    update(Job)
-                    .where(Job.id.in_(chunk))
-                    .where(Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
-                    .values(progress_step=step, progress_total=total)
-                ).rowcount
+                conn.execute(_PROGRESS, {**params, "ids": list(chunk)}).rowcount
                 for chunk in chunks(ids)
             )
 
         return self.db.write(work) if ids else 0
 
     def _finish_owned(
-        self, job_id: str, owner: str, values: dict[str, Any], action: str
+        self, action: str, job_id: str, owner: str, now: datetime | None, **params: Any
     ) -> JobRecord:
-        """Apply `values` to a running job this runner owns, or say precisely why not."""
+        """Finish a running job this runner holds, or say precisely why it cannot."""
+        params.update(job_id=job_id, owner=owner, now=now or utcnow())
+        verb = {"fail_retryable": "fail"}.get(action, action)
 
         def work(conn: Connection) -> JobRecord:
-            row = conn.execute(
-                update(Job)
-                .where(Job.id == job_id)
-                .where(Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
-                .values(**values)
-                .returning(*COLUMNS)
-            ).first()
+            row = conn.execute(_FINISH[action], params).first()
             if row is not None:
                 return JobRecord.from_row(row)
             current = get_job(conn, job_id)
             if current.status.finished:
                 raise errors.IllegalTransition(
-                    f"cannot {action} job {job_id}: it already {current.status.value}"
+                    f"cannot {verb} job {job_id}: it already {current.status.value}"
                 )
             raise errors.LeaseLost(
-                f"cannot {action} job {job_id}: runner {owner} no longer holds its lease "
+                f"cannot {verb} job {job_id}: runner {owner} no longer holds its lease "
                 f"(status {current.status.value})",
                 job_id=job_id,
             )
@@ -146,20 +211,7 @@ class Leasing(StoreBase):
     def succeed(
         self, job_id: str, owner: str, result: dict[str, Any], *, now: datetime | None = None
     ) -> JobRecord:
-        return self._finish_owned(
-            job_id,
-            owner,
-            {
-                "status": JobStatus.SUCCEEDED,
-                "finished_at": now or utcnow(),
-                "result": result,
-                "lease_owner": None,
-                "lease_expires_at": None,
-                "error_code": None,
-                "error_message": None,
-            },
-            "succeed",
-        )
+        return self._finish_owned("succeed", job_id, owner, now, outcome=result)
 
     def fail(
         self,
@@ -174,43 +226,16 @@ class Leasing(StoreBase):
     ) -> JobRecord:
         """Fail a running job. A retryable failure puts it back in the queue while it has
         attempts left (the error stays recorded); otherwise it is `failed` for good."""
-        now = now or utcnow()
-        if retryable:
-            again = Job.attempts < Job.max_attempts
-            status: Any = case((again, JobStatus.QUEUED.value), else_=JobStatus.FAILED.value)
-            finished_at: Any = case((again, None), else_=now)
-        else:
-            status, finished_at = JobStatus.FAILED, now
+        action = "fail_retryable" if retryable else "fail"
         return self._finish_owned(
-            job_id,
-            owner,
-            {
-                "status": status,
-                "finished_at": finished_at,
-                "result": result,
-                "lease_owner": None,
-                "lease_expires_at": None,
-                "error_code": code,
-                "error_message": message,
-            },
-            "fail",
+            action, job_id, owner, now, outcome=result, code=code, message=message
         )
 
     def finish_cancelled(
         self, job_id: str, owner: str, *, now: datetime | None = None
     ) -> JobRecord:
         """The runner stopped a job whose cancel was requested."""
-        return self._finish_owned(
-            job_id,
-            owner,
-            {
-                "status": JobStatus.CANCELLED,
-                "finished_at": now or utcnow(),
-                "lease_owner": None,
-                "lease_expires_at": None,
-            },
-            "cancel",
-        )
+        return self._finish_owned("cancel", job_id, owner, now)
 
     def release(self, owner: str, job_ids: Iterable[str]) -> int:
         """Give jobs back unfinished (graceful shutdown): queued again, the attempt
@@ -221,29 +246,9 @@ class Leasing(StoreBase):
         def work(conn: Connection) -> int:
             released = 0
             for chunk in chunks(ids):
-                base = (
-                    update(Job)
-                    .where(Job.id.in_(chunk))
-                    .where(Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
-                )
-                conn.execute(
-                    base.where(Job.cancel_requested.is_(True)).values(
-                        status=JobStatus.CANCELLED,
-                        finished_at=now,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                    )
-                )
-                released += conn.execute(
-                    base.values(
-                        status=JobStatus.QUEUED,
-                        attempts=Job.attempts - 1,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                        progress_step=None,
-                        progress_total=None,
-                    )
-                ).rowcount
+                params = {"ids": list(chunk), "owner": owner, "now": now}
+                conn.execute(_RELEASE_CANCELLED, params)
+                released += conn.execute(_RELEASE, params).rowcount
             return released
 
         return self.db.write(work) if ids else 0
@@ -256,13 +261,12 @@ class Leasing(StoreBase):
         expired = (
             update(Job).where(Job.status == JobStatus.RUNNING).where(Job.lease_expires_at < now)
         )
-        cleared = {"lease_owner": None, "lease_expires_at": None}
 
         def work(conn: Connection) -> OrphanReport:
             cancelled = (
                 conn.execute(
                     expired.where(Job.cancel_requested.is_(True))
-                    .values(status=JobStatus.CANCELLED, finished_at=now, **cleared)
+                    .values(status=JobStatus.CANCELLED, finished_at=now, **_LEASE_CLEARED)
                     .returning(Job.id)
                 )
                 .scalars()
@@ -279,7 +283,7 @@ class Leasing(StoreBase):
                             "the job's runner stopped before finishing it on each of its "
                             "attempts (max_attempts reached)"
                         ),
-                        **cleared,
+                        **_LEASE_CLEARED,
                     )
                     .returning(Job.id)
                 )
@@ -289,7 +293,10 @@ class Leasing(StoreBase):
             requeued = (
                 conn.execute(
                     expired.values(
-                        status=JobStatus.QUEUED, progress_step=None, progress_total=None, **cleared
+                        status=JobStatus.QUEUED,
+                        progress_step=None,
+                        progress_total=None,
+                        **_LEASE_CLEARED,
                     ).returning(Job.id)
                 )
                 .scalars()

@@ -16,6 +16,11 @@ branch_labels = None
 depends_on = None
 
 
+def _partial(column: str) -> dict[str, sa.TextClause]:
+    where = sa.text(f"{column} IS NOT NULL")
+    return {"sqlite_where": where, "postgresql_where": where}
+
+
 def upgrade() -> None:
     op.create_table(
         "jobs",
@@ -54,27 +59,24 @@ def upgrade() -> None:
         sa.CheckConstraint("attempts >= 0", name=op.f("ck_jobs_attempts")),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_jobs")),
         sa.UniqueConstraint("id", name=op.f("uq_jobs_id")),
-        sa.UniqueConstraint("idempotency_key", name=op.f("uq_jobs_idempotency_key")),
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_jobs_batch_id"), ["batch_id"], unique=False)
         # The claim's order: queued, highest priority first, then oldest.
+        batch_op.create_index("ix_jobs_claim", ["status", sa.text("priority DESC"), "seq"])
         batch_op.create_index(
-            "ix_jobs_claim", ["status", sa.text("priority DESC"), "seq"], unique=False
+            "uq_jobs_idempotency_key",
+            ["idempotency_key"],
+            unique=True,
+            **_partial("idempotency_key"),
         )
-        batch_op.create_index("ix_jobs_client", ["client"], unique=False)
-        batch_op.create_index("ix_jobs_finished", ["status", "finished_at"], unique=False)
-        batch_op.create_index("ix_jobs_lease", ["status", "lease_expires_at"], unique=False)
-        batch_op.create_index("ix_jobs_model", ["model", "seq"], unique=False)
+        batch_op.create_index("ix_jobs_batch_id", ["batch_id"], **_partial("batch_id"))
+        batch_op.create_index("ix_jobs_finished_at", ["finished_at"], **_partial("finished_at"))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.drop_index("ix_jobs_model")
-        batch_op.drop_index("ix_jobs_lease")
-        batch_op.drop_index("ix_jobs_finished")
-        batch_op.drop_index("ix_jobs_client")
+        batch_op.drop_index("ix_jobs_finished_at")
+        batch_op.drop_index("ix_jobs_batch_id")
+        batch_op.drop_index("uq_jobs_idempotency_key")
         batch_op.drop_index("ix_jobs_claim")
-        batch_op.drop_index(batch_op.f("ix_jobs_batch_id"))
-
     op.drop_table("jobs")

@@ -56,7 +56,7 @@ def fails(result: Result, code: int, *fragments: str) -> str:
 
 def test_submit_prints_the_job_id_and_show_finds_it(run, store: Store) -> None:
     job_id = ok(run("submit", "a lighthouse at dusk")).strip()
-    assert len(job_id) == 24
+    assert len(job_id) == 30
     shown = json.loads(ok(run("show", job_id, "--json")))
     assert shown["id"] == job_id and shown["status"] == "queued"
     assert shown["source"] == "cli" and shown["spec"]["prompt"] == "a lighthouse at dusk"
@@ -267,7 +267,7 @@ def test_db_commands(run, data_dir: Path) -> None:
     import sqlite3
 
     connection = sqlite3.connect(data_dir / "alice.db")
-    connection.execute("DROP INDEX ix_jobs_client")
+    connection.execute("DROP INDEX ix_jobs_batch_id")
     connection.commit()
     connection.close()
     result = run("db", "check")

@@ -59,12 +59,12 @@ def test_drift_is_detected(tmp_path: Path) -> None:
     db = Database.open(f"sqlite:///{path}")
     migrate.upgrade(db)
     connection = sqlite3.connect(path)
-    connection.execute("DROP INDEX ix_jobs_model")
+    connection.execute("DROP INDEX ix_jobs_batch_id")
     connection.execute("ALTER TABLE jobs ADD COLUMN stray INTEGER")
     connection.commit()
     connection.close()
     drift = migrate.schema_drift(db)
-    assert any("ix_jobs_model" in d for d in drift)
+    assert any("ix_jobs_batch_id" in d for d in drift)
     assert any("stray" in d for d in drift)
 
 

@@ -48,7 +48,7 @@ def test_enqueue_records_every_column(store: Store, make_spec: Spec) -> None:
     assert job.model == "sd/tiny" and job.spec.steps == 10 and job.spec.n == 2
     assert job.spec.seed is not None  # a random seed is drawn and recorded
     assert (job.started_at, job.finished_at, job.lease_owner, job.result) == (None,) * 4
-    assert len(job.id) == 24 and job.id.isalnum()
+    assert len(job.id) == 30 and all(c in "0123456789abcdef" for c in job.id)
 
 
 def test_ids_are_unique_and_unguessable(store: Store, make_spec: Spec) -> None:
@@ -90,12 +90,16 @@ def test_same_key_different_request_is_a_conflict(store: Store, make_spec: Spec)
 def test_batch_is_one_transaction_with_one_batch_id(store: Store, make_spec: Spec) -> None:
     items = [NewJob(make_spec(f"p{i}"), f"key-{i}", "nightly.jsonl") for i in range(5)]
     batch = store.enqueue_batch(items, source=Source.INBOX, now=at(0))
-    assert batch.created and len(batch.jobs) == 5
-    assert {j.batch_id for j in batch.jobs} == {batch.batch_id}
-    assert [j.spec.prompt for j in batch.jobs] == [f"p{i}" for i in range(5)]
+    assert batch.created and len(batch.job_ids) == 5
+    jobs = store.get_many(batch.job_ids)
+    assert {j.batch_id for j in jobs} == {batch.batch_id}
+    assert [j.spec.prompt for j in jobs] == [f"p{i}" for i in range(5)]
+    assert {(j.source, j.client, j.status) for j in jobs} == {
+        (Source.INBOX, "nightly.jsonl", JobStatus.QUEUED)
+    }
     assert store.batch_counts(batch.batch_id)[JobStatus.QUEUED] == 5
     listed = store.list_jobs(batch_id=batch.batch_id, oldest_first=True).jobs
-    assert [j.id for j in listed] == [j.id for j in batch.jobs]
+    assert [j.id for j in listed] == batch.job_ids
 
 
 def test_repeated_batch_returns_the_first(store: Store, make_spec: Spec) -> None:
@@ -103,7 +107,7 @@ def test_repeated_batch_returns_the_first(store: Store, make_spec: Spec) -> None
     first = store.enqueue_batch(items, source="inbox")
     again = store.enqueue_batch(items, source="inbox")
     assert not again.created and again.batch_id == first.batch_id
-    assert [j.id for j in again.jobs] == [j.id for j in first.jobs]
+    assert again.job_ids == first.job_ids
     assert sum(store.counts().values()) == 3
 
 
@@ -377,7 +381,7 @@ def test_retry_failed_in_bulk(store: Store, make_spec: Spec) -> None:
     other = enqueue(store, make_spec())
     for job in store.claim_batch("r", 4, lease_s=9):
         store.fail(job.id, "r", "generation_failed", "x")
-    assert sorted(store.retry_failed(batch_id=batch.batch_id)) == sorted(j.id for j in batch.jobs)
+    assert sorted(store.retry_failed(batch_id=batch.batch_id)) == sorted(batch.job_ids)
     assert store.get(other.id).status is JobStatus.FAILED
     assert store.retry_failed() == [other.id]
     assert store.retry_failed() == []
@@ -490,13 +494,22 @@ def test_wait_for_returns_when_finished_or_times_out(store: Store, make_spec: Sp
 # -- the database itself ----------------------------------------------------------------
 
 
-def test_database_runs_in_wal_mode_with_full_sync(store: Store, db_url: str) -> None:
+def test_database_runs_in_wal_mode(store: Store, db_url: str) -> None:
     with store.db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
     path = db_url.removeprefix("sqlite:///")
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_full_synchronous_and_busy_timeout_are_configurable(db_url: str, make_spec: Spec) -> None:
+    store = Store.open(db_url, synchronous="full", busy_timeout_s=2.5)
+    with store.db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 2_500
+    with pytest.raises(errors.DatabaseError, match="normal or full"):
+        Store.open(db_url, synchronous="off")
 
 
 def test_unmigrated_database_says_what_to_do(tmp_path) -> None:

@@ -1,0 +1,126 @@
+"""Queue throughput on a file database with the settings the daemon uses (WAL,
+synchronous=FULL, BEGIN IMMEDIATE writers). Prints one JSON object.
+
+    python bench/queue.py [--jobs 2000] [--batch 10000] [--dir /tmp]
+
+Measures: single enqueues/s (one transaction each), batch enqueue jobs/s (one
+10,000-line JSONL batch, parsing included and not), claim+succeed jobs/s claiming one
+job at a time and eight at a time, and claim latency percentiles with the batch's
+10,000 jobs still queued behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from alice_spool import migrate
+from alice_spool.database import Database
+from alice_spool.records import NewJob
+from alice_spool.spec import JobSpec, parse_jsonl
+from alice_spool.store import Store
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def fresh_store(directory: Path, name: str) -> Store:
+    db = Database.open(f"sqlite:///{directory / name}")
+    migrate.upgrade(db)
+    return Store(db, max_queue=1_000_000)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=2000, help="single enqueues and claims")
+    parser.add_argument("--batch", type=int, default=10_000, help="lines in the batch")
+    parser.add_argument("--dir", default=None, help="where the database files go")
+    args = parser.parse_args()
+    directory = Path(tempfile.mkdtemp(prefix="alice-bench-", dir=args.dir))
+    spec = JobSpec(prompt="a lighthouse at dusk, volumetric light", steps=25)
+
+    # 1. Single enqueues, one transaction (and one fsync) each.
+    store = fresh_store(directory, "single.db")
+    start = time.perf_counter()
+    for i in range(args.jobs):
+        store.enqueue(spec, source="cli", idempotency_key=f"single-{i}")
+    single_s = time.perf_counter() - start
+
+    # 2. One batch of `--batch` lines, all or nothing.
+    lines = "\n".join(
+        json.dumps({"prompt": f"batch line {i}", "steps": 20, "id": f"b-{i}"})
+        for i in range(args.batch)
+    )
+    batch_store = fresh_store(directory, "batch.db")
+    start = time.perf_counter()
+    items = [NewJob(r.spec, r.idempotency_key) for r in parse_jsonl(lines, "bench.jsonl")]
+    parsed_s = time.perf_counter() - start
+    batch = batch_store.enqueue_batch(items, source="inbox")
+    batch_total_s = time.perf_counter() - start
+    assert len(batch.jobs) == args.batch
+    store_only = fresh_store(directory, "batch2.db")
+    start = time.perf_counter()
+    store_only.enqueue_batch(items, source="inbox")
+    batch_store_s = time.perf_counter() - start
+
+    # 3. Claim + succeed, one job per claim, with the 10,000-job batch queued behind.
+    latencies: list[float] = []
+    start = time.perf_counter()
+    for _ in range(args.jobs):
+        began = time.perf_counter()
+        (job,) = batch_store.claim_batch("bench", 1, lease_s=60)
+        latencies.append(time.perf_counter() - began)
+        batch_store.succeed(job.id, "bench", {"images": []})
+    claim_one_s = time.perf_counter() - start
+
+    # 4. Claim + succeed, eight jobs per claim (a runner filling a batch).
+    start = time.perf_counter()
+    done = 0
+    while done < args.jobs:
+        jobs = batch_store.claim_batch("bench", 8, lease_s=60)
+        for job in jobs:
+            batch_store.succeed(job.id, "bench", {"images": []})
+        done += len(jobs)
+    claim_eight_s = time.perf_counter() - start
+
+    with batch_store.db.engine.connect() as conn:
+        synchronous = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+    result = {
+        "benchmark": "queue",
+        "single_enqueues_per_s": round(args.jobs / single_s),
+        "batch_enqueue_jobs_per_s": round(args.batch / batch_total_s),
+        "batch_enqueue_store_only_jobs_per_s": round(args.batch / batch_store_s),
+        "batch_parse_jobs_per_s": round(args.batch / parsed_s),
+        "claim_succeed_jobs_per_s": round(args.jobs / claim_one_s),
+        "claim8_succeed_jobs_per_s": round(args.jobs / claim_eight_s),
+        "claim_latency_ms": {
+            "p50": round(statistics.median(latencies) * 1000, 3),
+            "p99": round(percentile(latencies, 0.99) * 1000, 3),
+            "max": round(max(latencies) * 1000, 3),
+        },
+        "settings": {
+            "jobs": args.jobs,
+            "batch_lines": args.batch,
+            "queued_behind_claims": args.batch,
+            "journal_mode": "wal",
+            "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[synchronous],
+            "sqlite": sqlite3.sqlite_version,
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "directory": str(directory),
+        },
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
