@@ -15,14 +15,18 @@ of one fsync per transaction.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, NullPool, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
@@ -31,7 +35,7 @@ from . import errors
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_WRITE = "alice_write"  # execution option: this connection's transaction writes
+_WRITE = "alice_write"  # in Connection.info: this transaction writes (BEGIN IMMEDIATE)
 
 
 SYNCHRONOUS = ("normal", "full")
@@ -52,7 +56,7 @@ def _sqlite_setup(synchronous: str) -> Callable[[sqlite3.Connection, Any], None]
 
 def _sqlite_on_begin(connection: Connection) -> None:
     # Straight to the driver: this runs for every transaction.
-    write = connection.get_execution_options().get(_WRITE, False)
+    write = connection.info.get(_WRITE, False)
     connection.connection.driver_connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
@@ -79,6 +83,8 @@ def create_db_engine(
     engine = create_engine(
         parsed,
         connect_args={"timeout": busy_timeout_s, "check_same_thread": False},
+        # Each thread keeps its own connection (see Database), so there is nothing to pool.
+        poolclass=NullPool,
     )
     event.listen(engine, "connect", _sqlite_setup(synchronous))
     event.listen(engine, "begin", _sqlite_on_begin)
@@ -89,9 +95,7 @@ def is_busy(exc: Exception) -> bool:
     """SQLITE_BUSY / SQLITE_LOCKED, raw from the driver or wrapped by SQLAlchemy."""
     orig = getattr(exc, "orig", exc)
     code = getattr(orig, "sqlite_errorcode", None)
-    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "database is locked" in str(
-        orig
-    )
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "database is locked" in str(orig)
 
 
 def translate(exc: Exception) -> errors.SpoolError:
@@ -104,12 +108,45 @@ def translate(exc: Exception) -> errors.SpoolError:
     return errors.DatabaseError(f"database error: {text}")
 
 
+class _Held:
+    """One thread's own SQLite connection: opened on first use, closed with the thread."""
+
+    __slots__ = ("__weakref__", "connection", "pid")
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.pid = os.getpid()
+
+    @property
+    def usable(self) -> bool:
+        return (
+            self.pid == os.getpid()  # never a connection inherited across fork()
+            and not self.connection.closed
+            and not self.connection.invalidated
+        )
+
+    def close(self) -> None:
+        if self.pid == os.getpid() and not self.connection.closed:
+            self.connection.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
 class Database:
-    """An engine plus the one way the store runs its transactions."""
+    """An engine plus the one way the store runs its transactions.
+
+    On SQLite each thread keeps one connection open and reuses it: checking a connection
+    out of a pool and back costs more than a small transaction does.
+    """
 
     def __init__(self, engine: Engine, *, busy_deadline_s: float = 60.0) -> None:
         self.engine = engine
         self.busy_deadline_s = busy_deadline_s
+        self._hold = engine.dialect.name == "sqlite"
+        self._local = threading.local()
+        self._held: weakref.WeakSet[_Held] = weakref.WeakSet()
 
     @classmethod
     def open(
@@ -128,7 +165,29 @@ class Database:
         return self.engine.url.render_as_string(hide_password=True)
 
     def close(self) -> None:
+        for held in list(self._held):
+            held.close()
+        self._local = threading.local()
         self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        if not self._hold:
+            with self.engine.connect() as conn:
+                yield conn
+            return
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None or not held.usable:
+            held = _Held(self.engine.connect())
+            self._local.held = held
+            self._held.add(held)
+        try:
+            yield held.connection
+        except (SQLAlchemyError, sqlite3.Error):
+            # After a driver error the connection's state is in doubt: start afresh.
+            self._local.held = None
+            held.close()
+            raise
 
     def transaction(self, work: Callable[[Connection], T], *, write: bool) -> T:
         """Run `work` in one transaction; retry while SQLite reports the database busy."""
@@ -136,9 +195,8 @@ class Database:
         deadline = time.monotonic() + self.busy_deadline_s
         while True:
             try:
-                with self.engine.connect() as conn:
-                    if write:
-                        conn.execution_options(**{_WRITE: True})
+                with self._connection() as conn:
+                    conn.info[_WRITE] = write
                     with conn.begin():
                         return work(conn)
             # The BEGIN hook talks to the driver directly, so its errors come unwrapped.
