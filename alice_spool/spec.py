@@ -6,6 +6,7 @@ import difflib
 import hashlib
 import json
 import math
+import random
 import re
 import secrets
 from collections.abc import Mapping
@@ -62,13 +63,17 @@ class GenerationDefaults(Protocol):
 
 
 def request_hash(fields: Mapping[str, Any]) -> str:
-    """The fingerprint of a spec's fields. They are strings, numbers and None, whose
-    `repr` is stable, in a fixed order."""
-    return hashlib.sha256(repr(tuple(fields.items())).encode()).hexdigest()
+    """The fingerprint of a spec's fields (all of them, in their fixed order). They are
+    strings, numbers and None, whose `repr` is stable."""
+    return hashlib.sha256(repr(tuple(fields.values())).encode()).hexdigest()
+
+
+# Seeds need to be unpredictable to nobody, only different: a fast generator will do.
+_SEEDS = random.Random(secrets.randbits(128))
 
 
 def random_seed() -> int:
-    return secrets.randbelow(SEED_MAX + 1)
+    return _SEEDS.getrandbits(32)
 
 
 @dataclass(frozen=True)

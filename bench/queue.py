@@ -34,6 +34,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def fresh_store(directory: Path, name: str, synchronous: str) -> Store:
+    """A new, migrated database file."""
     db = Database.open(f"sqlite:///{directory / name}", synchronous=synchronous)
     migrate.upgrade(db)
     return Store(db, max_queue=1_000_000)
@@ -101,21 +102,44 @@ def measure(synchronous: str, args: argparse.Namespace, directory: Path) -> dict
     }
 
 
+def _median(runs: list[dict]) -> dict:
+    """The per-metric median of several runs' results (nested dicts alike)."""
+    first = runs[0]
+    return {
+        key: _median([r[key] for r in runs])
+        if isinstance(first[key], dict)
+        else statistics.median(r[key] for r in runs)
+        for key in first
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2000, help="single enqueues and claims")
     parser.add_argument("--batch", type=int, default=10_000, help="lines in the batch")
     parser.add_argument("--dir", default=None, help="where the database files go")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per mode; medians shown")
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="alice-bench-", dir=args.dir))
+
+    def median_of_runs(synchronous: str) -> dict:
+        runs = []
+        for run in range(args.repeat):
+            run_dir = directory / f"{synchronous}-{run}"
+            run_dir.mkdir()
+            runs.append(measure(synchronous, args, run_dir))
+        return _median(runs)
+
     result = {
         "benchmark": "queue",
         # [database] synchronous: "normal" is the default, "full" adds an fsync per commit.
         "default": "normal",
-        "normal": measure("normal", args, directory),
-        "full": measure("full", args, directory),
+        "normal": median_of_runs("normal"),
+        "full": median_of_runs("full"),
         "settings": {
             "jobs": args.jobs,
+            "repeat": args.repeat,
+            "statistic": "median of the runs",
             "batch_lines": args.batch,
             "queued_behind_claims": args.batch,
             "journal_mode": "wal",

@@ -57,7 +57,9 @@ class Enqueueing(StoreBase):
     ) -> dict[str, Any]:
         """The columns a new job sets; the others start out NULL (see `_UNSET`)."""
         stored = spec.to_dict()
-        fingerprint = request_hash(stored)  # as asked, before any random seed: repeats match
+        # The request as asked, before any random seed, so that a repeat matches it; only
+        # a job with an idempotency key is ever compared.
+        fingerprint = request_hash(stored) if key is not None else None
         if stored["seed"] is None:
             stored["seed"] = random_seed()  # drawn once, recorded: a rerun is the same image
         del stored["priority"]  # the column is the live value

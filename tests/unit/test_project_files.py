@@ -1,0 +1,60 @@
+"""The project's own files agree with each other: the README's two commands, CI's script,
+the pinned constraints and the package metadata."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- test-command -->\n```sh\n(.+?)\n```\n<!-- /test-command -->", readme)
+    assert block, "README.md lost its test-command block"
+    extracted = subprocess.run(
+        ["bash", str(REPO / ".ci" / "run"), "--print-command"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert extracted == block.group(1)
+    assert "pytest" in extracted and "constraints.txt" in extracted
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    head = (REPO / "README.md").read_text()[:2500]
+    assert "Install and start" in head and "Install and test" in head
+    assert "alice-spool db upgrade" in head
+
+
+def test_every_dependency_is_pinned_for_ci() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    required = project["dependencies"] + project["optional-dependencies"]["test"]
+    pinned = {
+        line.split("==")[0].lower()
+        for line in (REPO / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    for requirement in required:
+        name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower()
+        assert name in pinned, f"{name} is not pinned in constraints.txt"
+
+
+def test_console_script_and_module_entry_point() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["scripts"] == {"alice-spool": "alice_spool.cli:main"}
+    assert (REPO / "alice_spool" / "__main__.py").exists()
+
+
+def test_the_code_is_ruff_clean() -> None:
+    import sys
+
+    for args in (["check", "."], ["format", "--check", "."]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", *args], cwd=REPO, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
