@@ -169,9 +169,7 @@ def wait(
         raise click.UsageError("give JOB_IDs or --batch, not both")
     extra: dict[str, Any] = {}
     if batch_id is not None:
-        app.store.batch_counts(batch_id)  # a clear error for an unknown batch
-        page = app.store.list_jobs(batch_id=batch_id, limit=10_000, oldest_first=True)
-        job_ids, extra = tuple(j.id for j in page.jobs), {"batch_id": batch_id}
+        job_ids, extra = tuple(app.store.batch_job_ids(batch_id)), {"batch_id": batch_id}
     final = app.store.wait_for(list(job_ids), timeout_s=timeout)
     finish_waiting(final, as_json, extra)
 

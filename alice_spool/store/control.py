@@ -1,19 +1,68 @@
-"""The user's side: cancel, retry, reprioritise and purge jobs."""
+"""The user's side: cancel, retry, reprioritise and purge jobs.
+
+Each change is a conditional UPDATE (the job must be in a state that allows it), so a
+concurrent runner can never be overwritten; when nothing matched, the job is read to say
+precisely why.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy.engine import Row
 
 from .. import errors
 from ..models import FINISHED, Job, JobStatus
-from ..records import (
-    BatchCancelReport,
-    JobRecord,
-)
+from ..records import BatchCancelReport, JobRecord
 from ..spec import parse_priority
 from ._base import COLUMNS, StoreBase, get_job, utcnow
+
+# What a retried job starts again with.
+_FRESH = {
+    "status": JobStatus.QUEUED,
+    "attempts": 0,
+    "started_at": None,
+    "finished_at": None,
+    "lease_owner": None,
+    "lease_expires_at": None,
+    "cancel_requested": False,
+    "progress_step": None,
+    "progress_total": None,
+    "result": None,
+    "error_code": None,
+    "error_message": None,
+}
+_RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+def _change(
+    conn: Connection, job_id: str, allowed: Collection[JobStatus], values: dict[str, Any]
+) -> Row[Any] | None:
+    """Apply `values` to the job if its status is one of `allowed`; its new row, or None."""
+    return conn.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(allowed))
+        .values(**values)
+        .returning(*COLUMNS)
+    ).first()
+
+
+_STATE = {
+    JobStatus.QUEUED: "is queued",
+    JobStatus.RUNNING: "is running",
+    JobStatus.SUCCEEDED: "already succeeded",
+    JobStatus.FAILED: "already failed",
+    JobStatus.CANCELLED: "was cancelled",
+}
+
+
+def _refuse(current: JobRecord, allowed: str) -> errors.IllegalTransition:
+    return errors.IllegalTransition(
+        f"job {current.id} {_STATE[current.status]}; only {allowed}", job_id=current.id
+    )
 
 
 class Control(StoreBase):
@@ -25,35 +74,25 @@ class Control(StoreBase):
         now = now or utcnow()
 
         def work(conn: Connection) -> JobRecord:
-            row = (
-                conn.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-                    .values(status=JobStatus.CANCELLED, finished_at=now)
-                    .returning(*COLUMNS)
-                ).first()
-                or conn.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-                    .values(cancel_requested=True)
-                    .returning(*COLUMNS)
-                ).first()
-            )
+            row = _change(
+                conn,
+                job_id,
+                [JobStatus.QUEUED],
+                {"status": JobStatus.CANCELLED, "finished_at": now},
+            ) or _change(conn, job_id, [JobStatus.RUNNING], {"cancel_requested": True})
             if row is not None:
                 return JobRecord.from_row(row)
             current = get_job(conn, job_id)
             if current.status is JobStatus.CANCELLED:
                 return current
-            raise errors.IllegalTransition(
-                f"job {job_id} already {current.status.value}; only queued or running jobs "
-                "can be cancelled",
-                job_id=job_id,
-            )
+            raise _refuse(current, "queued or running jobs can be cancelled")
 
         return self.db.write(work)
 
     def cancel_batch(self, batch_id: str, *, now: datetime | None = None) -> BatchCancelReport:
+        """Cancel every unfinished job of a batch (running ones at their next step)."""
         now = now or utcnow()
+        in_batch = update(Job).where(Job.batch_id == batch_id)
 
         def work(conn: Connection) -> BatchCancelReport:
             total = conn.scalar(
@@ -62,68 +101,39 @@ class Control(StoreBase):
             if not total:
                 raise errors.BatchNotFound(f"no batch {batch_id}", batch_id=batch_id)
             cancelled = conn.execute(
-                update(Job)
-                .where(Job.batch_id == batch_id, Job.status == JobStatus.QUEUED)
-                .values(status=JobStatus.CANCELLED, finished_at=now)
+                in_batch.where(Job.status == JobStatus.QUEUED).values(
+                    status=JobStatus.CANCELLED, finished_at=now
+                )
             ).rowcount
             requested = conn.execute(
-                update(Job)
-                .where(Job.batch_id == batch_id, Job.status == JobStatus.RUNNING)
-                .values(cancel_requested=True)
+                in_batch.where(Job.status == JobStatus.RUNNING).values(cancel_requested=True)
             ).rowcount
             return BatchCancelReport(cancelled, requested, total - cancelled - requested)
 
         return self.db.write(work)
-
-    _RESET = {
-        "status": JobStatus.QUEUED,
-        "attempts": 0,
-        "started_at": None,
-        "finished_at": None,
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "cancel_requested": False,
-        "progress_step": None,
-        "progress_total": None,
-        "result": None,
-        "error_code": None,
-        "error_message": None,
-    }
 
     def retry(self, job_id: str) -> JobRecord:
         """Queue a failed or cancelled job again, with fresh attempts."""
 
         def work(conn: Connection) -> JobRecord:
             self.check_room(conn, 1)
-            row = conn.execute(
-                update(Job)
-                .where(Job.id == job_id)
-                .where(Job.status.in_([JobStatus.FAILED, JobStatus.CANCELLED]))
-                .values(**self._RESET)
-                .returning(*COLUMNS)
-            ).first()
+            row = _change(conn, job_id, _RETRYABLE, _FRESH)
             if row is not None:
                 return JobRecord.from_row(row)
-            current = get_job(conn, job_id)
-            raise errors.IllegalTransition(
-                f"job {job_id} is {current.status.value}; only failed or cancelled jobs "
-                "can be retried",
-                job_id=job_id,
-            )
+            raise _refuse(get_job(conn, job_id), "failed or cancelled jobs can be retried")
 
         return self.db.write(work)
 
     def retry_failed(self, *, batch_id: str | None = None) -> list[str]:
         """Queue every failed job (of one batch, if given) again. Returns their ids."""
+        failed = [Job.status == JobStatus.FAILED]
+        if batch_id is not None:
+            failed.append(Job.batch_id == batch_id)
 
         def work(conn: Connection) -> list[str]:
-            failed = select(func.count()).select_from(Job).where(Job.status == JobStatus.FAILED)
-            statement = update(Job).where(Job.status == JobStatus.FAILED)
-            if batch_id is not None:
-                failed = failed.where(Job.batch_id == batch_id)
-                statement = statement.where(Job.batch_id == batch_id)
-            self.check_room(conn, conn.scalar(failed) or 0)
-            return list(conn.execute(statement.values(**self._RESET).returning(Job.id)).scalars())
+            self.check_room(conn, conn.scalar(select(func.count()).where(*failed)) or 0)
+            retried = conn.execute(update(Job).where(*failed).values(**_FRESH).returning(Job.id))
+            return list(retried.scalars())
 
         return self.db.write(work)
 
@@ -132,19 +142,10 @@ class Control(StoreBase):
         priority = parse_priority(priority)
 
         def work(conn: Connection) -> JobRecord:
-            row = conn.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-                .values(priority=priority)
-                .returning(*COLUMNS)
-            ).first()
+            row = _change(conn, job_id, [JobStatus.QUEUED], {"priority": priority})
             if row is not None:
                 return JobRecord.from_row(row)
-            current = get_job(conn, job_id)
-            raise errors.IllegalTransition(
-                f"job {job_id} is {current.status.value}; only a queued job's priority can change",
-                job_id=job_id,
-            )
+            raise _refuse(get_job(conn, job_id), "a queued job's priority can change")
 
         return self.db.write(work)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, func, select
@@ -131,31 +131,44 @@ class Queries(StoreBase):
 
         return Stats(window_s, counts, finished, images, mean(waits), mean(runs))
 
+    def batch_job_ids(self, batch_id: str) -> list[str]:
+        """The ids of a batch's jobs, in the order they were submitted."""
+        ids = self.db.read(
+            lambda conn: list(
+                conn.execute(
+                    select(Job.id).where(Job.batch_id == batch_id).order_by(Job.seq)
+                ).scalars()
+            )
+        )
+        if not ids:
+            raise errors.BatchNotFound(f"no batch {batch_id}", batch_id=batch_id)
+        return ids
+
     def wait_for(
         self,
         job_ids: Sequence[str],
         *,
         timeout_s: float | None = None,
         poll_s: float = 0.25,
-        on_change: Callable[[list[JobRecord]], None] | None = None,
     ) -> list[JobRecord]:
-        """Block until every job has finished; returns the final records. Raises
-        `JobTimeout` if `timeout_s` passes first."""
+        """Block until every job has finished; returns the final records in the order
+        asked. Raises `JobTimeout` if `timeout_s` passes first. Only the jobs still
+        unfinished are read again at each poll."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         delay = min(0.05, poll_s)
-        last: list[JobStatus] | None = None
+        done: dict[str, JobRecord] = {}
+        pending = list(dict.fromkeys(job_ids))
         while True:
-            jobs = self.get_many(job_ids)
-            states = [j.status for j in jobs]
-            if on_change is not None and states != last:
-                on_change(jobs)
-            last = states
-            if all(j.finished for j in jobs):
-                return jobs
+            for job in self.get_many(pending):
+                if job.finished:
+                    done[job.id] = job
+            pending = [job_id for job_id in pending if job_id not in done]
+            if not pending:
+                return [done[job_id] for job_id in job_ids]
             if deadline is not None and time.monotonic() >= deadline:
-                pending = sum(not j.finished for j in jobs)
                 raise errors.JobTimeout(
-                    f"{pending} of {len(jobs)} job(s) still unfinished after {timeout_s:g}s"
+                    f"{len(pending)} of {len(done) + len(pending)} job(s) still unfinished "
+                    f"after {timeout_s:g}s"
                 )
             time.sleep(
                 delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))

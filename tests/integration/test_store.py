@@ -371,7 +371,7 @@ def test_retry_is_only_for_failed_or_cancelled(store: Store, make_spec: Spec, st
         store.claim_batch("r", 1, lease_s=9)
     if state == "succeeded":
         store.succeed(job.id, "r", {})
-    with pytest.raises(errors.IllegalTransition, match=f"is {state}"):
+    with pytest.raises(errors.IllegalTransition, match=f"(is|already) {state}; only failed"):
         store.retry(job.id)
     assert store.get(job.id).status.value == state
 
@@ -480,6 +480,23 @@ def test_stats_over_a_window(store: Store, make_spec: Spec) -> None:
     assert stats.to_dict()["depth"]["queued"] == 1
     with pytest.raises(errors.InvalidParameters):
         store.stats(window_s=0)
+
+
+def test_batch_job_ids_in_submission_order(store: Store, make_spec: Spec) -> None:
+    batch = store.enqueue_batch([NewJob(make_spec(f"p{i}")) for i in range(5)], source="cli")
+    enqueue(store, make_spec("not in the batch"))
+    assert store.batch_job_ids(batch.batch_id) == batch.job_ids
+    with pytest.raises(errors.BatchNotFound, match="no batch nope"):
+        store.batch_job_ids("nope")
+
+
+def test_wait_for_keeps_the_order_asked(store: Store, make_spec: Spec) -> None:
+    a, b = enqueue(store, make_spec("a")), enqueue(store, make_spec("b"))
+    for job in store.claim_batch("r", 2, lease_s=60):
+        store.succeed(job.id, "r", {})
+    assert [j.id for j in store.wait_for([b.id, a.id, b.id], timeout_s=1)] == [b.id, a.id, b.id]
+    with pytest.raises(errors.JobNotFound):
+        store.wait_for([a.id, "nope"], timeout_s=1)
 
 
 def test_wait_for_returns_when_finished_or_times_out(store: Store, make_spec: Spec) -> None:
