@@ -1,4 +1,4 @@
-"""The job table (SQLAlchemy 2 declarative), its status enum and the frozen `JobRecord`."""
+"""The job table (SQLAlchemy 2 declarative) and its enums, `JobStatus` and `Source`."""
 
 from __future__ import annotations
 

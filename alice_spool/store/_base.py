@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Self, TypeVar
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from .. import errors
 from ..database import Database
@@ -19,6 +19,7 @@ T = TypeVar("T")
 
 COLUMNS = tuple(Job.__table__.columns)
 _QUEUED = select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)
+_BY_ID = select(*COLUMNS).where(Job.id == bindparam("job_id"))
 _CHUNK = 500  # bound parameters per IN (...) list
 _COUNT_FOR_S = 1.0  # how long check_room trusts a count of the queue
 
@@ -38,7 +39,7 @@ def chunks(values: Sequence[T]) -> Iterable[Sequence[T]]:
 
 
 def get_job(conn: Connection, job_id: str) -> JobRecord:
-    row = conn.execute(select(*COLUMNS).where(Job.id == job_id)).first()
+    row = conn.execute(_BY_ID, {"job_id": job_id}).first()
     if row is None:
         raise errors.JobNotFound(f"no job {job_id}", job_id=job_id)
     return JobRecord.from_row(row)
