@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,14 +15,29 @@ from alice_spool.spec import JobSpec, parse_spec
 from alice_spool.store import Store
 
 
+# Set ALICE_TEST_DATABASE_URL (e.g. postgresql+psycopg://user@127.0.0.1/spool) to run the
+# store's tests on another database server; each test starts from an empty schema there.
+OTHER_DATABASE = os.environ.get("ALICE_TEST_DATABASE_URL")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if OTHER_DATABASE:
+        skip = pytest.mark.skip(reason="SQLite-specific, and ALICE_TEST_DATABASE_URL is set")
+        for item in items:
+            if "sqlite_only" in item.keywords:
+                item.add_marker(skip)
+
+
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'alice.db'}"
+    return OTHER_DATABASE or f"sqlite:///{tmp_path / 'alice.db'}"
 
 
 @pytest.fixture
 def database(db_url: str) -> Iterator[Database]:
     db = Database.open(db_url)
+    if OTHER_DATABASE:
+        migrate.downgrade(db, "base")
     migrate.upgrade(db)
     yield db
     db.close()

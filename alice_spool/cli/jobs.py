@@ -26,7 +26,7 @@ STATUS_CHOICE = click.Choice([s.value for s in JobStatus], case_sensitive=False)
     type=STATUS_CHOICE,
     help="Only jobs in this state (repeatable).",
 )
-@click.option("--batch", "batch_id", help="Only jobs of this batch.")
+@click.option("--batch", "batch_id", metavar="BATCH_ID", help="Only jobs of this batch.")
 @click.option("--model", help="Only jobs for this model.")
 @click.option(
     "--source",
@@ -88,7 +88,9 @@ def show(app: App, job_id: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("job_id", required=False)
-@click.option("--batch", "batch_id", help="Cancel every unfinished job of this batch.")
+@click.option(
+    "--batch", "batch_id", metavar="BATCH_ID", help="Cancel every unfinished job of this batch."
+)
 @json_option
 @pass_app
 def cancel(app: App, job_id: str | None, batch_id: str | None, as_json: bool) -> None:
@@ -117,7 +119,7 @@ def cancel(app: App, job_id: str | None, batch_id: str | None, as_json: bool) ->
 @cli.command()
 @click.argument("job_id", required=False)
 @click.option("--failed", is_flag=True, help="Retry every failed job.")
-@click.option("--batch", "batch_id", help="With --failed: only this batch's.")
+@click.option("--batch", "batch_id", metavar="BATCH_ID", help="With --failed: only this batch's.")
 @json_option
 @pass_app
 def retry(app: App, job_id: str | None, failed: bool, batch_id: str | None, as_json: bool) -> None:
@@ -157,7 +159,7 @@ def priority(app: App, job_id: str, value: int, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("job_ids", nargs=-1)
-@click.option("--batch", "batch_id", help="Wait for every job of this batch.")
+@click.option("--batch", "batch_id", metavar="BATCH_ID", help="Wait for every job of this batch.")
 @click.option("--timeout", type=float, metavar="SECONDS", help="Give up after this long (exit 4).")
 @json_option
 @pass_app

@@ -511,6 +511,7 @@ def test_wait_for_returns_when_finished_or_times_out(store: Store, make_spec: Sp
 # -- the database itself ----------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only
 def test_database_runs_in_wal_mode(store: Store, db_url: str) -> None:
     with store.db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -520,6 +521,7 @@ def test_database_runs_in_wal_mode(store: Store, db_url: str) -> None:
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+@pytest.mark.sqlite_only
 def test_full_synchronous_and_busy_timeout_are_configurable(db_url: str, make_spec: Spec) -> None:
     store = Store.open(db_url, synchronous="full", busy_timeout_s=2.5)
     with store.db.engine.connect() as conn:
@@ -535,6 +537,7 @@ def test_unmigrated_database_says_what_to_do(tmp_path) -> None:
         bare.counts()
 
 
+@pytest.mark.sqlite_only
 def test_writer_waits_for_a_held_lock_instead_of_failing(
     store: Store, make_spec: Spec, db_url: str
 ) -> None:
@@ -549,6 +552,7 @@ def test_writer_waits_for_a_held_lock_instead_of_failing(
     assert store.get(job.id).status is JobStatus.QUEUED
 
 
+@pytest.mark.sqlite_only
 def test_a_lock_held_past_the_deadline_is_database_busy(
     make_spec: Spec, db_url: str, store
 ) -> None:
