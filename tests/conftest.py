@@ -14,7 +14,6 @@ from alice_spool.database import Database
 from alice_spool.spec import JobSpec, parse_spec
 from alice_spool.store import Store
 
-
 # Set ALICE_TEST_DATABASE_URL (e.g. postgresql+psycopg://user@127.0.0.1/spool) to run the
 # store's tests on another database server; each test starts from an empty schema there.
 OTHER_DATABASE = os.environ.get("ALICE_TEST_DATABASE_URL")
