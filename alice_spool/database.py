@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, NullPool, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
@@ -83,8 +81,6 @@ def create_db_engine(
     engine = create_engine(
         parsed,
         connect_args={"timeout": busy_timeout_s, "check_same_thread": False},
-        # Each thread keeps its own connection (see Database), so there is nothing to pool.
-        poolclass=NullPool,
     )
     event.listen(engine, "connect", _sqlite_setup(synchronous))
     event.listen(engine, "begin", _sqlite_on_begin)
@@ -108,45 +104,19 @@ def translate(exc: Exception) -> errors.SpoolError:
     return errors.DatabaseError(f"database error: {text}")
 
 
-class _Held:
-    """One thread's own SQLite connection: opened on first use, closed with the thread."""
-
-    __slots__ = ("__weakref__", "connection", "pid")
-
-    def __init__(self, connection: Connection) -> None:
-        self.connection = connection
-        self.pid = os.getpid()
-
-    @property
-    def usable(self) -> bool:
-        return (
-            self.pid == os.getpid()  # never a connection inherited across fork()
-            and not self.connection.closed
-            and not self.connection.invalidated
-        )
-
-    def close(self) -> None:
-        if self.pid == os.getpid() and not self.connection.closed:
-            self.connection.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
-
-
 class Database:
     """An engine plus the one way the store runs its transactions.
 
-    On SQLite each thread keeps one connection open and reuses it: checking a connection
-    out of a pool and back costs more than a small transaction does.
+    Each transaction checks a connection out of the pool and back, which costs about as
+    much as a small transaction itself. A worker loop that runs many of them (the
+    runner, the inbox watcher) wraps itself in `pinned()` to keep one connection for its
+    thread instead.
     """
 
     def __init__(self, engine: Engine, *, busy_deadline_s: float = 60.0) -> None:
         self.engine = engine
         self.busy_deadline_s = busy_deadline_s
-        self._hold = engine.dialect.name == "sqlite"
         self._local = threading.local()
-        self._held: weakref.WeakSet[_Held] = weakref.WeakSet()
 
     @classmethod
     def open(
@@ -165,29 +135,32 @@ class Database:
         return self.engine.url.render_as_string(hide_password=True)
 
     def close(self) -> None:
-        for held in list(self._held):
-            held.close()
-        self._local = threading.local()
         self.engine.dispose()
 
     @contextlib.contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Keep one connection for this thread while the block runs; closed at its end."""
+        if getattr(self._local, "connection", None) is not None:
+            yield  # already pinned further up
+            return
+        self._local.connection = self.engine.connect()
+        try:
+            yield
+        finally:
+            connection, self._local.connection = self._local.connection, None
+            connection.close()
+
+    @contextlib.contextmanager
     def _connection(self) -> Iterator[Connection]:
-        if not self._hold:
+        pinned: Connection | None = getattr(self._local, "connection", None)
+        if pinned is None:
             with self.engine.connect() as conn:
                 yield conn
             return
-        held: _Held | None = getattr(self._local, "held", None)
-        if held is None or not held.usable:
-            held = _Held(self.engine.connect())
-            self._local.held = held
-            self._held.add(held)
-        try:
-            yield held.connection
-        except (SQLAlchemyError, sqlite3.Error):
-            # After a driver error the connection's state is in doubt: start afresh.
-            self._local.held = None
-            held.close()
-            raise
+        if pinned.invalidated:  # the server or the file went away: reconnect
+            pinned.close()
+            pinned = self._local.connection = self.engine.connect()
+        yield pinned
 
     def transaction(self, work: Callable[[Connection], T], *, write: bool) -> T:
         """Run `work` in one transaction; retry while SQLite reports the database busy."""

@@ -76,6 +76,10 @@ class App:
             busy_timeout_s=options.busy_timeout_s,
         )
 
+    def close(self) -> None:
+        if "database" in self.__dict__:  # only if a command opened it
+            self.database.close()
+
     @cached_property
     def store(self) -> Store:
         migrate.ensure_current(self.database)
@@ -164,3 +168,4 @@ def cli(
     if log_level is not None:
         overrides["logging.level"] = log_level
     ctx.obj = App(config_file, overrides)
+    ctx.call_on_close(ctx.obj.close)

@@ -68,7 +68,7 @@ def finish_waiting(jobs: Sequence[JobRecord], as_json: bool, extra: dict[str, An
 @click.option("-n", "--images", "n", type=int, help="Images to make (1-16).")
 @click.option("--priority", type=int, help="Higher runs first (-100..100, default 0).")
 @click.option(
-    "--id", "key", metavar="KEY", help="Idempotency key: submitting the same id again is a no-op."
+    "--id", "id", metavar="KEY", help="Idempotency key: submitting the same id again is a no-op."
 )
 @click.option(
     "--file", "request_file", metavar="PATH", help="Submit one JSON request file (- = stdin)."
@@ -96,8 +96,6 @@ def submit(
     wait: bool,
     timeout: float | None,
     as_json: bool,
-    key: str | None,
-    size: str | None,
     **flags: Any,
 ) -> None:
     """Queue a generation: a PROMPT with options, a request file, or a JSONL batch.
@@ -113,7 +111,7 @@ def submit(
     sources = [s for s in (prompt, request_file, batch_file) if s is not None]
     if len(sources) != 1:
         raise click.UsageError("give exactly one of PROMPT, --file or --batch")
-    if (request_file or batch_file) and (given or key or size):
+    if (request_file or batch_file) and given:
         raise click.UsageError("generation options apply to a PROMPT; put them in the file instead")
     if batch_file is not None:
         text, name = _read_text(batch_file, "batch file")
@@ -136,12 +134,7 @@ def submit(
             text, name = _read_text(request_file, "request file")
             data, client = parse_json(text, name), name
         else:
-            data = {"prompt": prompt, **given}
-            if key is not None:
-                data["id"] = key
-            if size is not None:
-                data["size"] = size
-            client = _user()
+            data, client = {"prompt": prompt, **given}, _user()
         request = parse_request(data, app.settings.generation)
         result = app.store.enqueue(
             request.spec,

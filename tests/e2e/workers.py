@@ -29,7 +29,7 @@ def enqueue(url: str, name: str, count: str) -> None:
 def drain(url: str, owner: str, total: str, out: str, deadline_s: str = "300") -> None:
     store = Store.open(url)
     deadline = time.monotonic() + float(deadline_s)
-    with Path(out).open("a") as finished:
+    with store.db.pinned(), Path(out).open("a") as finished:
         while time.monotonic() < deadline:
             jobs = store.claim_batch(owner, 8, lease_s=60)
             for job in jobs:

@@ -511,6 +511,46 @@ def test_wait_for_returns_when_finished_or_times_out(store: Store, make_spec: Sp
 # -- the database itself ----------------------------------------------------------------
 
 
+def test_pinned_keeps_one_connection_for_the_thread(store: Store, make_spec: Spec) -> None:
+    seen: list[object] = []
+
+    def note(conn) -> None:  # type: ignore[no-untyped-def]
+        seen.append(conn.connection.driver_connection)
+
+    pool = store.db.engine.pool
+    with store.db.pinned():
+        assert pool.checkedout() == 1  # held for the whole block
+        store.db.read(note)
+        job = enqueue(store, make_spec())
+        with store.db.pinned():  # nested: the same connection
+            store.db.write(note)
+        with pytest.raises(errors.IllegalTransition):  # an error inside a transaction...
+            store.retry(job.id)
+        store.db.read(note)  # ...leaves the pinned connection usable
+        assert store.get(job.id).status is JobStatus.QUEUED
+    assert len({id(c) for c in seen}) == 1
+    assert pool.checkedout() == 0  # given back when the block ended
+
+
+def test_pinned_connections_are_per_thread(store: Store, make_spec: Spec) -> None:
+    import threading
+
+    owners: dict[str, object] = {}
+
+    def worker(name: str) -> None:
+        with store.db.pinned():
+            owners[name] = store.db.read(lambda conn: conn.connection.driver_connection)
+            enqueue(store, make_spec(name))
+
+    threads = [threading.Thread(target=worker, args=(f"t{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(c) for c in owners.values()}) == 3
+    assert store.counts()[JobStatus.QUEUED] == 3
+
+
 @pytest.mark.sqlite_only
 def test_database_runs_in_wal_mode(store: Store, db_url: str) -> None:
     with store.db.engine.connect() as conn:
