@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
 from . import errors
 
@@ -69,7 +69,14 @@ def create_db_engine(
     except Exception as exc:  # sqlalchemy raises ArgumentError or ValueError
         raise errors.DatabaseError(f"invalid database URL {url!r}: {exc}") from None
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True)
+        try:
+            return create_engine(parsed, pool_pre_ping=True)
+        except (ArgumentError, ImportError) as exc:  # unknown dialect, driver not installed
+            hint = " (for PostgreSQL: pip install 'alice-spool[postgres]')"
+            raise errors.DatabaseError(
+                f"cannot use the database URL {parsed.render_as_string()}: {exc}"
+                + (hint if parsed.get_backend_name() == "postgresql" else "")
+            ) from None
     if not parsed.database or parsed.database == ":memory:":
         raise errors.DatabaseError(
             "an in-memory SQLite database cannot be shared between processes; use a file"
@@ -96,7 +103,7 @@ def is_busy(exc: Exception) -> bool:
 
 def translate(exc: Exception) -> errors.SpoolError:
     """A driver error as the `SpoolError` a user can act on."""
-    text = str(getattr(exc, "orig", None) or exc).strip()
+    text = " ".join(str(getattr(exc, "orig", None) or exc).split())  # one line
     if "no such table" in text or ("relation" in text and "does not exist" in text):
         return errors.DatabaseNotMigrated(
             f"the database has no job table ({text}): run `alice-spool db upgrade`"

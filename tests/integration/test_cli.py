@@ -274,6 +274,25 @@ def test_db_commands(run, data_dir: Path) -> None:
     assert result.exit_code == 1 and "schema     FAIL" in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("nonsense://", "cannot use the database URL"),
+        ("postgresql+nosuchdriver://u@h/db", "cannot use the database URL"),
+        ("sqlite://", "in-memory SQLite"),
+        ("not a url at all", "invalid database URL"),
+    ],
+)
+def test_bad_database_urls_are_one_clear_line(run, url: str, fragment: str) -> None:
+    stderr = fails(run("--database-url", url, "ls"), 3, fragment, "[database_error]")
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_a_file_that_is_not_a_database(run, tmp_path: Path) -> None:
+    (tmp_path / "junk.db").write_text("hello")
+    fails(run("--database-url", f"sqlite:///{tmp_path / 'junk.db'}", "ls"), 3, "not a database")
+
+
 def test_config_errors_and_display(run, tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("[server]\nprot = 1\n")
     fails(run("--config", str(tmp_path / "bad.toml"), "ls"), 3, "server.prot", "[config_invalid]")
