@@ -115,7 +115,7 @@ class Queries(StoreBase):
                 .where(Job.finished_at >= now - timedelta(seconds=window_s))
             ).all()
         )
-        finished = dict.fromkeys(FINISHED, 0)
+        finished = {status: 0 for status in JobStatus if status.finished}
         waits: list[float] = []
         runs: list[float] = []
         images = 0
