@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select
+from sqlalchemy import Connection, bindparam, exists, insert, select
 
 from .. import errors
 from ..models import Job, JobStatus, Source
@@ -38,6 +38,38 @@ _BY_KEY = select(*COLUMNS).where(Job.idempotency_key == bindparam("key"))
 _KEYS = select(Job.idempotency_key, Job.id, Job.batch_id, Job.request_hash).where(
     Job.idempotency_key.in_(bindparam("keys", expanding=True))
 )
+
+
+# Insert a job unless its idempotency key is taken (RETURNING tells which happened).
+_NEW_COLUMNS = (
+    "id", "idempotency_key", "request_hash", "batch_id", "source", "client", "status",
+    "priority", "not_before", "created_at", "attempts", "max_attempts", "cancel_requested",
+    "model", "spec",
+)  # fmt: skip
+_INSERT_NEW_KEY = (
+    insert(Job)
+    .from_select(
+        _NEW_COLUMNS,
+        select(*(bindparam(f"new_{c}", type_=Job.__table__.c[c].type) for c in _NEW_COLUMNS)).where(
+            ~exists().where(Job.idempotency_key == bindparam("new_idempotency_key"))
+        ),
+    )
+    .returning(Job.seq)
+)
+
+
+def _earlier(conn: Connection, key: str, row: dict[str, Any]) -> Enqueued | None:
+    """The job an earlier request made under `key`, if any; an error if that request
+    was a different one."""
+    existing = conn.execute(_BY_KEY, {"key": key}).first()
+    if existing is None:
+        return None
+    if existing.request_hash != row["request_hash"]:
+        raise errors.IdempotencyConflict(
+            f"idempotency key {key!r} was already used for a different request (job {existing.id})",
+            job_id=existing.id,
+        )
+    return Enqueued(JobRecord.from_row(existing), created=False)
 
 
 class Enqueueing(StoreBase):
@@ -106,22 +138,35 @@ class Enqueueing(StoreBase):
             now=now,
         )
 
-        def work(conn: Connection) -> Enqueued:
-            if idempotency_key is not None:
-                existing = conn.execute(_BY_KEY, {"key": idempotency_key}).first()
-                if existing is not None:
-                    if existing.request_hash != row["request_hash"]:
-                        raise errors.IdempotencyConflict(
-                            f"idempotency key {idempotency_key!r} was already used for a "
-                            f"different request (job {existing.id})",
-                            job_id=existing.id,
-                        )
-                    return Enqueued(JobRecord.from_row(existing), created=False)
-            self.check_room(conn, 1)
-            conn.execute(_INSERT, row)
-            return Enqueued(JobRecord.from_mapping({**_UNSET, **row}), created=True)
+        if idempotency_key is None:
 
-        return self.db.write_once_more_on_conflict(work)
+            def work(conn: Connection) -> Enqueued:
+                self.check_room(conn, 1)
+                conn.execute(_INSERT, row)
+                return Enqueued(JobRecord.from_mapping({**_UNSET, **row}), created=True)
+
+            return self.db.write(work)
+
+        params = {f"new_{name}": value for name, value in row.items()}
+
+        def work_with_key(conn: Connection) -> Enqueued:
+            try:
+                self.check_room(conn, 1)
+            except errors.QueueFull:
+                # A request accepted before is still accepted, full queue or not.
+                earlier = _earlier(conn, idempotency_key, row)
+                if earlier is None:
+                    raise
+                return earlier
+            # One statement in the usual case, a new key; otherwise this is a repeat.
+            if conn.execute(_INSERT_NEW_KEY, params).first() is not None:
+                return Enqueued(JobRecord.from_mapping({**_UNSET, **row}), created=True)
+            earlier = _earlier(conn, idempotency_key, row)
+            if earlier is None:
+                raise errors.DatabaseError(f"job {row['id']} was neither inserted nor found")
+            return earlier
+
+        return self.db.write_once_more_on_conflict(work_with_key)
 
     def enqueue_batch(
         self,

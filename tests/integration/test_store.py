@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from alice_spool import errors
-from alice_spool.models import JobStatus, Source
+from alice_spool.models import Job, JobStatus, Source
 from alice_spool.records import JobRecord, NewJob
 from alice_spool.spec import JobSpec
 from alice_spool.store import Store
@@ -138,6 +138,29 @@ def test_queue_limit(store: Store, make_spec: Spec) -> None:
         small.enqueue_batch([NewJob(make_spec())], source="cli")
     small.claim_batch("r", 1, lease_s=10)  # running jobs do not count
     enqueue(small, make_spec())
+
+
+def test_a_repeat_is_answered_even_when_the_queue_is_full(store: Store, make_spec: Spec) -> None:
+    small = Store(store.db, max_queue=2)
+    first = small.enqueue(make_spec("a"), source="api", idempotency_key="k1")
+    small.enqueue(make_spec("b"), source="api", idempotency_key="k2")
+    again = small.enqueue(make_spec("a"), source="api", idempotency_key="k1")
+    assert again.job.id == first.job.id and not again.created
+    with pytest.raises(errors.IdempotencyConflict):
+        small.enqueue(make_spec("changed"), source="api", idempotency_key="k1")
+    with pytest.raises(errors.QueueFull):
+        small.enqueue(make_spec("c"), source="api", idempotency_key="k3")
+
+
+def test_new_job_rows_set_exactly_the_inserted_columns(store: Store, make_spec: Spec) -> None:
+    from alice_spool.store.enqueue import _NEW_COLUMNS, _UNSET
+
+    row = store._row(
+        make_spec(), source=Source.CLI, client=None, key="k", batch_id=None,
+        max_attempts=None, not_before=None, now=T0,
+    )  # fmt: skip
+    assert tuple(row) == _NEW_COLUMNS
+    assert set(row) | set(_UNSET) | {"seq"} == {c.name for c in Job.__table__.columns}
 
 
 def test_unknown_source_is_refused(store: Store, make_spec: Spec) -> None:
