@@ -33,15 +33,13 @@ from . import errors
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_WRITE = "alice_write"  # in Connection.info: this transaction writes (BEGIN IMMEDIATE)
-
 
 SYNCHRONOUS = ("normal", "full")
 
 
 def _sqlite_setup(synchronous: str) -> Callable[[sqlite3.Connection, Any], None]:
     def on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
-        # Take transaction control from the driver; the "begin" hook below issues BEGIN.
+        # Take transaction control from the driver: Database.transaction issues BEGIN.
         dbapi_connection.isolation_level = None
         mode = dbapi_connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode != "wal":
@@ -50,12 +48,6 @@ def _sqlite_setup(synchronous: str) -> Callable[[sqlite3.Connection, Any], None]
         dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
     return on_connect
-
-
-def _sqlite_on_begin(connection: Connection) -> None:
-    # Straight to the driver: this runs for every transaction.
-    write = connection.info.get(_WRITE, False)
-    connection.connection.driver_connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def create_db_engine(
@@ -89,8 +81,9 @@ def create_db_engine(
         parsed,
         connect_args={"timeout": busy_timeout_s, "check_same_thread": False},
     )
-    event.listen(engine, "connect", _sqlite_setup(synchronous))
-    event.listen(engine, "begin", _sqlite_on_begin)
+    # A pool event, not a connection event: connection events would be dispatched on
+    # every statement, which costs more than a small statement does.
+    event.listen(engine.pool, "connect", _sqlite_setup(synchronous))
     return engine
 
 
@@ -123,6 +116,7 @@ class Database:
     def __init__(self, engine: Engine, *, busy_deadline_s: float = 60.0) -> None:
         self.engine = engine
         self.busy_deadline_s = busy_deadline_s
+        self._sqlite = engine.dialect.name == "sqlite"
         self._local = threading.local()
 
     @classmethod
@@ -175,11 +169,15 @@ class Database:
         deadline = time.monotonic() + self.busy_deadline_s
         while True:
             try:
-                with self._connection() as conn:
-                    conn.info[_WRITE] = write
-                    with conn.begin():
-                        return work(conn)
-            # The BEGIN hook talks to the driver directly, so its errors come unwrapped.
+                with self._connection() as conn, conn.begin():
+                    if self._sqlite:
+                        # SQLAlchemy leaves BEGIN to the driver, which was told not to.
+                        # A writer takes the write lock now, not at its first write.
+                        conn.connection.driver_connection.execute(
+                            "BEGIN IMMEDIATE" if write else "BEGIN"
+                        )
+                    return work(conn)
+            # BEGIN goes to the driver directly, so its errors come unwrapped.
             except (OperationalError, sqlite3.OperationalError) as exc:
                 if not is_busy(exc):
                     raise translate(exc) from exc
