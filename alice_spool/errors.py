@@ -112,6 +112,12 @@ class GenerationFailed(SpoolError):
     code = "generation_failed"
 
 
+class Interrupted(SpoolError):
+    """The generation was stopped before it finished."""
+
+    code = "interrupted"
+
+
 class JobTimeout(SpoolError):
     """The job took longer than its time limit."""
 

@@ -131,6 +131,18 @@ class JobSpec:
             return self
         return replace(self, seed=random_seed())
 
+    def batch_key(self) -> tuple[object, ...]:
+        """Specs with equal keys can run in one pipeline call: same model, size, steps,
+        scheduler and guidance (prompts, seeds and image counts may differ)."""
+        return (
+            self.model,
+            self.width,
+            self.height,
+            self.steps,
+            self.scheduler,
+            self.guidance_scale,
+        )
+
     def image_seeds(self) -> list[int]:
         """The seed of each of the `n` images: consecutive, wrapping at 2**32."""
         if self.seed is None:

@@ -1,0 +1,43 @@
+"""Which device and number format the engine runs on: CUDA in fp16, MPS, or the CPU in
+fp32, chosen automatically (`runner.device = "auto"`) or as configured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def label(self) -> str:
+        return f"{self.device} {str(self.dtype).removeprefix('torch.')}"
+
+
+def choose(setting: str = "auto") -> Placement:
+    """`auto` | `cuda` | `cuda:N` | `mps` | `cpu` -> where to run and in what precision."""
+    if setting == "auto":
+        if torch.cuda.is_available():
+            setting = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            setting = "mps"
+        else:
+            setting = "cpu"
+    device = torch.device(setting)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"runner.device is {setting!r}, but no CUDA GPU is visible")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"runner.device is {setting!r}, but only {torch.cuda.device_count()} GPU(s) exist"
+            )
+        return Placement(device, torch.float16)
+    if device.type == "mps":
+        return Placement(device, torch.float16)
+    return Placement(device, torch.float32)

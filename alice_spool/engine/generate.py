@@ -1,0 +1,180 @@
+"""Loading a pipeline and running one batch of compatible jobs through it.
+
+`generate` follows a diffusers pipeline's own shape: check everything first, then
+prepare prompts, seeds and the scheduler, then denoise with a step callback (progress,
+interrupt), then check and convert the images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers.utils import logging as diffusers_logging
+from PIL import Image
+from transformers.utils import logging as transformers_logging
+
+from ..errors import GenerationFailed, Interrupted, InvalidParameters
+from ..spec import JobSpec
+from .device import Placement
+from .schedulers import make_scheduler
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]  # (step, total)
+StopCheck = Callable[[], bool]
+
+_PIPELINES = {
+    "StableDiffusionPipeline": StableDiffusionPipeline,
+    "StableDiffusionXLPipeline": StableDiffusionXLPipeline,
+}
+
+
+def quiet_libraries() -> None:
+    """No progress bars or advice from the libraries: the spool reports progress itself."""
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+
+
+@dataclass
+class Loaded:
+    """A pipeline on its device, with what the engine needs to know about it."""
+
+    model_id: str
+    pipeline: DiffusionPipeline
+    placement: Placement
+    native_size: int
+    scheduler_config: Any = field(repr=False)
+
+
+def load(path: Path, model_id: str, placement: Placement) -> Loaded:
+    """Load a diffusers folder with the pipeline class it names, offline."""
+    quiet_libraries()
+    index = json.loads((path / "model_index.json").read_text())
+    cls = _PIPELINES.get(index.get("_class_name", ""), StableDiffusionPipeline)
+    options: dict[str, Any] = {"dtype": placement.dtype, "local_files_only": True}
+    if cls is StableDiffusionPipeline:
+        options.update(safety_checker=None, requires_safety_checker=False)
+    pipeline = cls.from_pretrained(path, **options).to(placement.device)
+    pipeline.set_progress_bar_config(disable=True)
+    native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    return Loaded(model_id, pipeline, placement, native, pipeline.scheduler.config)
+
+
+@dataclass(frozen=True)
+class JobImages:
+    """The images of one job of a batch, in order, with the seed of each."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    jobs: list[JobImages]
+    width: int
+    height: int
+    seconds: float  # the whole pipeline call, for every image of the batch
+    steps: int
+
+    @property
+    def image_count(self) -> int:
+        return sum(len(job.images) for job in self.jobs)
+
+
+def generate(
+    loaded: Loaded,
+    specs: Sequence[JobSpec],
+    *,
+    on_step: ProgressCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> BatchOutput:
+    """Run compatible jobs (equal `batch_key`s) as ONE pipeline call, one generator per
+    image, so each image is the one its seed makes, alone or in company."""
+    # 1. Check inputs, before any work.
+    if not specs:
+        raise InvalidParameters("a batch needs at least one job")
+    first = specs[0]
+    if any(spec.batch_key() != first.batch_key() for spec in specs):
+        raise InvalidParameters(
+            "the jobs of a batch must share model, size, steps, scheduler and guidance"
+        )
+    width = first.width or loaded.native_size
+    height = first.height or loaded.native_size
+    multiple = loaded.pipeline.vae_scale_factor
+    for name, size in (("width", width), ("height", height)):
+        if size % multiple:
+            raise InvalidParameters(
+                f"{name} {size} is not a multiple of {multiple}, which this model needs", field=name
+            )
+
+    # 2. One prompt and one seed per image.
+    prompts: list[str] = []
+    negatives: list[str] = []
+    seeds: list[int] = []
+    for spec in specs:
+        image_seeds = spec.with_seed().image_seeds()
+        seeds.extend(image_seeds)
+        prompts.extend([spec.prompt] * len(image_seeds))
+        negatives.extend([spec.negative_prompt] * len(image_seeds))
+
+    # 3. The scheduler, and a CPU generator per image: the same latents on any device.
+    pipeline = loaded.pipeline
+    pipeline.scheduler = make_scheduler(first.scheduler, loaded.scheduler_config, seeds)
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+    # 4. Denoise, reporting each step and stopping at the next one when asked.
+    def step_end(pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if on_step is not None:
+            on_step(index + 1, len(pipe.scheduler.timesteps))
+        if should_stop is not None and should_stop():
+            raise Interrupted(f"stopped after step {index + 1}")
+        return tensors
+
+    started = time.perf_counter()
+    with torch.inference_mode():
+        output = pipeline(
+            prompt=prompts,
+            negative_prompt=negatives,
+            width=width,
+            height=height,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance_scale,
+            generator=generators,
+            output_type="np",
+            callback_on_step_end=step_end,
+        )
+    seconds = time.perf_counter() - started
+
+    # 5. Refuse broken images; convert the rest.
+    arrays = np.asarray(output.images)
+    pixels = _to_uint8(arrays)
+    results: list[JobImages] = []
+    position = 0
+    for spec in specs:
+        count = spec.n
+        images = [Image.fromarray(pixels[position + i]) for i in range(count)]
+        results.append(JobImages(images, seeds[position : position + count]))
+        position += count
+    return BatchOutput(results, width, height, seconds, first.steps)
+
+
+def _to_uint8(arrays: np.ndarray) -> np.ndarray:
+    """float images in [0, 1] -> uint8; NaN or all-black images are failures, not results."""
+    if not np.isfinite(arrays).all():
+        raise GenerationFailed("the generated image contains NaN or infinite values")
+    pixels = (arrays * 255).round().clip(0, 255).astype(np.uint8)
+    black = [i for i, image in enumerate(pixels) if image.max() <= 1]
+    if black:
+        raise GenerationFailed(f"image {black[0] + 1} of the batch came out black")
+    return pixels

@@ -1,0 +1,135 @@
+"""A tiny random-weight Stable Diffusion 1.x-shaped pipeline, written to the models
+directory, so that everything runs offline and in tests without downloading weights.
+
+Its images are noise. It has the real architecture's parts (CLIP text encoder and
+tokenizer, UNet with cross-attention, VAE, an SD 1.5 scheduler config) at a size that
+makes a 64x64 image in a fraction of a second on a CPU. The weights come from a fixed
+seed, so two tiny models made anywhere are identical.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from ..errors import InvalidParameters
+from ..spec import normalise_model_id
+from .generate import quiet_libraries
+
+TINY_NAME = "tiny"
+NATIVE_SIZE = 64
+WEIGHTS_SEED = 20261122
+MARKER = "alice_spool_tiny"  # in model_index.json: a smoke-test model whose images are noise
+
+# The scheduler config Stable Diffusion 1.5 ships with.
+SD15_SCHEDULER = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "clip_sample": False,
+}
+
+
+def _tokenizer(directory: Path) -> CLIPTokenizer:
+    """A CLIP tokenizer with a byte-sized vocabulary and no merges: words become letters."""
+    letters = [chr(c) for c in range(33, 127)]
+    vocab = {letter: i for i, letter in enumerate(letters)}
+    vocab.update({f"{letter}</w>": len(letters) + i for i, letter in enumerate(letters)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(
+        str(directory / "vocab.json"),
+        str(directory / "merges.txt"),
+        model_max_length=77,
+        pad_token="<|endoftext|>",
+    )
+
+
+def build_tiny_pipeline(workdir: Path) -> StableDiffusionPipeline:
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(WEIGHTS_SEED)
+    try:
+        tokenizer = _tokenizer(workdir)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                hidden_size=32,
+                intermediate_size=37,
+                num_attention_heads=4,
+                num_hidden_layers=2,
+                max_position_embeddings=77,
+                projection_dim=32,
+            )
+        )
+        unet = UNet2DConditionModel(
+            sample_size=NATIVE_SIZE // 8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=4,
+            norm_num_groups=8,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            # Four blocks, as in SD: latents are 1/8 of the image's size.
+            block_out_channels=(8, 16, 16, 16),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=NATIVE_SIZE,
+        )
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def create_tiny(models_dir: Path, name: str = TINY_NAME, *, replace: bool = False) -> Path:
+    """Write the tiny pipeline to `models_dir/<name>` (atomically) and return its path."""
+    quiet_libraries()
+    model_id = normalise_model_id(name, "name")
+    target = Path(models_dir) / model_id.removeprefix("sd/")
+    if target.exists() and not replace:
+        raise InvalidParameters(f"{target} already exists", field="name")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as scratch:
+        work = Path(scratch)
+        pipeline = build_tiny_pipeline(work)
+        staged = work / "model"
+        pipeline.save_pretrained(staged, safe_serialization=True)
+        index = json.loads((staged / "model_index.json").read_text())
+        index[MARKER] = "random weights for smoke tests: its images are noise"
+        (staged / "model_index.json").write_text(json.dumps(index, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        staged.rename(target)
+    return target

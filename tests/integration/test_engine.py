@@ -1,0 +1,135 @@
+"""The real diffusers pipeline on the tiny model, on the CPU: every scheduler runs, seeds
+reproduce bit for bit, a batch matches its jobs run one by one, steps are reported and
+a stop request is honoured, broken images are refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alice_spool.engine.device import choose
+from alice_spool.engine.generate import Loaded, generate, load
+from alice_spool.engine.tiny import MARKER, create_tiny
+from alice_spool.errors import GenerationFailed, Interrupted, InvalidParameters
+from alice_spool.spec import SCHEDULERS, JobSpec, parse_spec
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return create_tiny(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir: Path) -> Loaded:
+    return load(tiny_dir, "sd/tiny", choose("cpu"))
+
+
+def spec(**fields: object) -> JobSpec:
+    return parse_spec({"prompt": "a lighthouse", "steps": 3, "seed": 7, **fields})
+
+
+def pixels(image: object) -> np.ndarray:
+    return np.asarray(image).astype(np.int16)
+
+
+def test_create_tiny_writes_a_complete_marked_pipeline(tiny_dir: Path, tmp_path: Path) -> None:
+    names = sorted(p.name for p in tiny_dir.iterdir())
+    assert names == ["model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae"]
+    index = json.loads((tiny_dir / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline" and MARKER in index
+    assert (tiny_dir / "tokenizer" / "tokenizer_config.json").exists()
+    assert sum(f.stat().st_size for f in tiny_dir.rglob("*") if f.is_file()) < 10_000_000
+    with pytest.raises(InvalidParameters, match="already exists"):
+        create_tiny(tiny_dir.parent)
+    again = create_tiny(tmp_path, "tiny2")
+    for part in ("unet", "vae", "text_encoder"):
+        first = tiny_dir / part / "diffusion_pytorch_model.safetensors"
+        first = first if first.exists() else tiny_dir / part / "model.safetensors"
+        second = again / first.relative_to(tiny_dir)
+        assert first.read_bytes() == second.read_bytes()  # fixed-seed weights: identical
+
+
+def test_the_tiny_model_has_the_sd_shape(tiny: Loaded) -> None:
+    assert tiny.native_size == 64
+    assert tiny.pipeline.vae_scale_factor == 8  # latents are 1/8 of the image, as in SD
+    assert tiny.placement.dtype is torch.float32
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_every_scheduler_runs_reproduces_and_batches(tiny: Loaded, name: str) -> None:
+    alone = generate(tiny, [spec(scheduler=name)])
+    assert (alone.width, alone.height, alone.image_count) == (64, 64, 1)
+    image = alone.jobs[0].images[0]
+    assert image.size == (64, 64) and image.mode == "RGB"
+    again = generate(tiny, [spec(scheduler=name)]).jobs[0].images[0]
+    assert np.array_equal(pixels(image), pixels(again))  # the same way twice: bit for bit
+    other = spec(scheduler=name, prompt="a dog in the rain", seed=99, n=2)
+    batch = generate(tiny, [other, spec(scheduler=name)])
+    assert [len(job.images) for job in batch.jobs] == [2, 1]
+    assert batch.jobs[0].seeds == [99, 100] and batch.jobs[1].seeds == [7]
+    # In company, the image differs from the one made alone by at most 2/255 per pixel.
+    assert np.abs(pixels(batch.jobs[1].images[0]) - pixels(image)).max() <= 2
+    first, second = (pixels(i) for i in batch.jobs[0].images)
+    assert not np.array_equal(first, second)
+
+
+def test_four_seeds_give_four_different_images(tiny: Loaded) -> None:
+    jobs = [spec(seed=s) for s in (1, 2, 3, 4)]
+    images = [pixels(job.images[0]) for job in generate(tiny, jobs).jobs]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not np.array_equal(images[i], images[j])
+
+
+def test_progress_sees_every_step(tiny: Loaded) -> None:
+    seen: list[tuple[int, int]] = []
+    generate(tiny, [spec(steps=5, scheduler="euler")], on_step=lambda s, t: seen.append((s, t)))
+    assert seen == [(step, 5) for step in range(1, 6)]
+
+
+def test_a_stop_request_interrupts_at_the_next_step(tiny: Loaded) -> None:
+    seen: list[int] = []
+    with pytest.raises(Interrupted, match="after step 2"):
+        generate(
+            tiny,
+            [spec(steps=20, scheduler="euler")],
+            on_step=lambda step, _total: seen.append(step),
+            should_stop=lambda: len(seen) >= 2,
+        )
+    assert seen == [1, 2]
+    assert generate(tiny, [spec()]).image_count == 1  # the pipeline is fine afterwards
+
+
+def test_incompatible_jobs_and_bad_sizes_fail_before_any_work(tiny: Loaded) -> None:
+    calls: list[int] = []
+    with pytest.raises(InvalidParameters, match="must share"):
+        generate(tiny, [spec(), spec(steps=4)], on_step=lambda s, t: calls.append(s))
+    with pytest.raises(InvalidParameters, match="at least one"):
+        generate(tiny, [])
+    assert calls == []
+    # A size the spec allows (a multiple of 8) but this model cannot do is refused.
+    tiny.pipeline.vae_scale_factor = 16
+    try:
+        with pytest.raises(InvalidParameters, match="multiple of 16"):
+            generate(tiny, [spec(width=72, height=64)], on_step=lambda s, t: calls.append(s))
+    finally:
+        tiny.pipeline.vae_scale_factor = 8
+    assert calls == []
+
+
+def test_nan_and_black_images_are_failures(tiny_dir: Path) -> None:
+    broken = load(tiny_dir, "sd/tiny", choose("cpu"))
+    conv_out = broken.pipeline.vae.decoder.conv_out
+    with torch.no_grad():
+        conv_out.weight.zero_()
+        conv_out.bias.fill_(-50.0)  # every pixel far below black
+    with pytest.raises(GenerationFailed, match="black"):
+        generate(broken, [spec()])
+    with torch.no_grad():
+        conv_out.bias.fill_(float("nan"))
+    with pytest.raises(GenerationFailed, match="NaN"):
+        generate(broken, [spec()])
