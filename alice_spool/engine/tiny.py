@@ -19,13 +19,13 @@ from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ..errors import InvalidParameters
+from ..registry import TINY_MARKER
 from ..spec import normalise_model_id
 from .generate import quiet_libraries
 
 TINY_NAME = "tiny"
 NATIVE_SIZE = 64
 WEIGHTS_SEED = 20261122
-MARKER = "alice_spool_tiny"  # in model_index.json: a smoke-test model whose images are noise
 
 # The scheduler config Stable Diffusion 1.5 ships with.
 SD15_SCHEDULER = {
@@ -127,7 +127,7 @@ def create_tiny(models_dir: Path, name: str = TINY_NAME, *, replace: bool = Fals
         staged = work / "model"
         pipeline.save_pretrained(staged, safe_serialization=True)
         index = json.loads((staged / "model_index.json").read_text())
-        index[MARKER] = "random weights for smoke tests: its images are noise"
+        index[TINY_MARKER] = "random weights for smoke tests: its images are noise"
         (staged / "model_index.json").write_text(json.dumps(index, indent=2))
         if target.exists():
             shutil.rmtree(target)

@@ -13,8 +13,9 @@ import torch
 
 from alice_spool.engine.device import choose
 from alice_spool.engine.generate import Loaded, generate, load
-from alice_spool.engine.tiny import MARKER, create_tiny
+from alice_spool.engine.tiny import create_tiny
 from alice_spool.errors import GenerationFailed, Interrupted, InvalidParameters
+from alice_spool.registry import TINY_MARKER as MARKER
 from alice_spool.spec import SCHEDULERS, JobSpec, parse_spec
 
 

@@ -1,0 +1,237 @@
+"""The models on disk: what `models_dir` holds, listed as `sd/<name>` with family, size
+and native resolution, from the files' configs and headers alone (no torch), so the API
+and the CLI can list and check models without loading any.
+
+- A diffusers folder (`model_index.json`): the family from its pipeline class and its
+  UNet's config (cross-attention width 768: SD 1.x, 1024: SD 2.x, XL pipeline: SDXL).
+- A single-file `.safetensors` checkpoint: the family from its tensor names, read from
+  the file's JSON header.
+
+A model that cannot be read is listed as broken, with the reason; other files are not
+models and are left out. The listing is rebuilt only when the directory changes.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelNotFound
+from .spec import MODEL_PREFIX, normalise_model_id
+
+TINY_MARKER = "alice_spool_tiny"  # written into model_index.json by `models create-tiny`
+NATIVE = {"sd1": 512, "sd2": 768, "sdxl": 1024}
+FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+_HEADER_LIMIT = 100 * 1024 * 1024  # a safetensors header larger than this is not one
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str  # sd/<name>
+    name: str
+    path: Path
+    format: str  # "diffusers" | "single_file"
+    family: str | None  # "sd1" | "sd2" | "sdxl"; None when broken
+    size_bytes: int
+    native_size: int | None
+    broken: str | None = None  # why it cannot be used
+    smoke_test: bool = False  # the tiny random-weight model: its images are noise
+
+    @property
+    def ok(self) -> bool:
+        return self.broken is None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        data["status"] = "ok" if self.ok else "broken"
+        data["family_name"] = FAMILY_NAMES.get(self.family or "")
+        return data
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name} is not a JSON object")
+    return data
+
+
+def _diffusers_folder(path: Path, name: str) -> ModelInfo:
+    def broken(reason: str) -> ModelInfo:
+        return ModelInfo(
+            MODEL_PREFIX + name, name, path, "diffusers", None, _size(path), None, reason
+        )
+
+    try:
+        index = _read_json(path / "model_index.json")
+        unet = _read_json(path / "unet" / "config.json")
+        vae = _read_json(path / "vae" / "config.json")
+    except FileNotFoundError as exc:
+        return broken(f"missing {Path(exc.filename).relative_to(path)}")
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return broken(f"unreadable config: {exc}")
+    pipeline = str(index.get("_class_name", ""))
+    cross = unet.get("cross_attention_dim")
+    if "XL" in pipeline or unet.get("addition_embed_type") == "text_time":
+        family = "sdxl"
+    elif cross == 1024:
+        family = "sd2"
+    elif "StableDiffusion" in pipeline:
+        family = "sd1"
+    else:
+        return broken(f"not a Stable Diffusion pipeline ({pipeline or 'no _class_name'})")
+    try:
+        scale = 2 ** (len(vae["block_out_channels"]) - 1)
+        native = int(unet["sample_size"]) * scale
+    except (KeyError, TypeError, ValueError):
+        native = NATIVE[family]
+    return ModelInfo(
+        MODEL_PREFIX + name,
+        name,
+        path,
+        "diffusers",
+        family,
+        _size(path),
+        native,
+        smoke_test=TINY_MARKER in index,
+    )
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a .safetensors file: tensor names, shapes, and metadata."""
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) != 8:
+            raise ValueError("too short to be a safetensors file")
+        (length,) = struct.unpack("<Q", prefix)
+        if not 2 <= length <= _HEADER_LIMIT:
+            raise ValueError("no safetensors header")
+        header = json.loads(handle.read(length).decode("utf-8"))
+    if not isinstance(header, dict):
+        raise ValueError("the safetensors header is not a JSON object")
+    return header
+
+
+def _single_file(path: Path, name: str) -> ModelInfo:
+    size = path.stat().st_size
+    try:
+        keys = read_safetensors_header(path).keys()
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return ModelInfo(MODEL_PREFIX + name, name, path, "single_file", None, size, None, str(exc))
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        family = "sdxl"
+    elif any(k.startswith("cond_stage_model.model.") for k in keys):
+        family = "sd2"
+    elif any(k.startswith("cond_stage_model.transformer.") for k in keys):
+        family = "sd1"
+    else:
+        return ModelInfo(
+            MODEL_PREFIX + name,
+            name,
+            path,
+            "single_file",
+            None,
+            size,
+            None,
+            "not a Stable Diffusion checkpoint (no known text encoder tensors)",
+        )
+    return ModelInfo(MODEL_PREFIX + name, name, path, "single_file", family, size, NATIVE[family])
+
+
+class ModelRegistry:
+    """The models in one directory, rescanned when the directory changes."""
+
+    def __init__(self, models_dir: Path | str) -> None:
+        self.models_dir = Path(models_dir)
+        self._lock = threading.Lock()
+        self._signature: tuple[Any, ...] | None = None
+        self._models: dict[str, ModelInfo] = {}
+
+    def _current_signature(self) -> tuple[Any, ...]:
+        """What changes when a model is added, removed or replaced: a stat per entry."""
+
+        def stamp(path: Path) -> tuple[int, int]:
+            try:
+                info = path.stat()
+            except OSError:
+                return (0, 0)
+            return (info.st_mtime_ns, info.st_size)
+
+        try:
+            entries = sorted(self.models_dir.iterdir())
+        except FileNotFoundError:
+            return ()
+        return tuple(
+            (e.name, stamp(e), stamp(e / "model_index.json") if e.is_dir() else None)
+            for e in entries
+        )
+
+    def scan(self, *, force: bool = False) -> list[ModelInfo]:
+        """Every model, by name (rescanned only if the directory changed, or `force`)."""
+        with self._lock:
+            signature = self._current_signature()
+            if force or signature != self._signature:
+                self._models = self._read_all()
+                self._signature = signature
+            return list(self._models.values())
+
+    def _read_all(self) -> dict[str, ModelInfo]:
+        found: dict[str, ModelInfo] = {}
+        if not self.models_dir.is_dir():
+            return found
+        for entry in sorted(self.models_dir.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir() and (entry / "model_index.json").exists():
+                info = _diffusers_folder(entry, entry.name)
+            elif entry.is_file() and entry.suffix == ".safetensors":
+                info = _single_file(entry, entry.stem)
+            else:
+                continue  # not a model
+            try:
+                normalise_model_id(info.name)
+            except Exception:  # a name that cannot be a model id
+                continue
+            if info.id in found:
+                info = ModelInfo(
+                    info.id, info.name, info.path, info.format, None, info.size_bytes, None,
+                    f"the name {info.name!r} is taken by {found[info.id].path.name}",
+                )  # fmt: skip
+                found[f"{info.id} ({info.path.name})"] = info
+                continue
+            found[info.id] = info
+        return found
+
+    def get(self, model_id: str) -> ModelInfo:
+        """A usable model by id (`sd/` optional); `model_not_found` otherwise."""
+        wanted = normalise_model_id(model_id)
+        models = {m.id: m for m in self.scan() if m.ok}
+        if wanted not in models:
+            known = ", ".join(sorted(models)) or "none installed"
+            raise ModelNotFound(
+                f"model {wanted} is not installed (installed: {known})", model=wanted
+            )
+        return models[wanted]
+
+    def default(self, configured: str = "") -> ModelInfo:
+        """The configured default model, else the only or first usable one."""
+        if configured:
+            return self.get(configured)
+        usable = sorted((m for m in self.scan() if m.ok), key=lambda m: (m.smoke_test, m.id))
+        if not usable:
+            raise ModelNotFound(
+                f"no model is installed in {self.models_dir}: "
+                "run `alice-spool models create-tiny` for a smoke-test model, "
+                "or `alice-spool models pull <repo>`"
+            )
+        return usable[0]
