@@ -223,10 +223,31 @@ class ModelRegistry:
             )
         return models[wanted]
 
+    @property
+    def default_file(self) -> Path:
+        return self.models_dir / ".default"
+
+    def chosen_default(self) -> str | None:
+        """The model `models default NAME` chose, if any."""
+        try:
+            return self.default_file.read_text(encoding="utf-8").strip() or None
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
+    def set_default(self, model_id: str) -> ModelInfo:
+        """Make a usable model the default (kept in `<models_dir>/.default`)."""
+        model = self.get(model_id)
+        scratch = self.default_file.with_name(".default.tmp")
+        scratch.write_text(model.id + "\n", encoding="utf-8")
+        scratch.replace(self.default_file)
+        return model
+
     def default(self, configured: str = "") -> ModelInfo:
-        """The configured default model, else the only or first usable one."""
-        if configured:
-            return self.get(configured)
+        """The default model: `generation.default_model` if configured, else the one
+        `models default` chose, else the only or first usable one (real before tiny)."""
+        chosen = configured or self.chosen_default()
+        if chosen:
+            return self.get(chosen)
         usable = sorted((m for m in self.scan() if m.ok), key=lambda m: (m.smoke_test, m.id))
         if not usable:
             raise ModelNotFound(

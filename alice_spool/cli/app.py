@@ -20,6 +20,7 @@ from .. import __version__, migrate
 from ..config import Settings, load_settings
 from ..database import Database
 from ..errors import JobTimeout, SpoolError
+from ..registry import ModelRegistry
 from ..store import Store
 
 EXIT_OK = 0
@@ -75,6 +76,10 @@ class App:
             synchronous=options.synchronous,
             busy_timeout_s=options.busy_timeout_s,
         )
+
+    @cached_property
+    def registry(self) -> ModelRegistry:
+        return ModelRegistry(self.settings.paths.models)
 
     def close(self) -> None:
         if "database" in self.__dict__:  # only if a command opened it

@@ -32,11 +32,10 @@ def choose(setting: str = "auto") -> Placement:
     device = torch.device(setting)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"runner.device is {setting!r}, but no CUDA GPU is visible")
+            raise ConfigError(f"device {setting!r} was asked for, but no CUDA GPU is visible")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"runner.device is {setting!r}, but only {torch.cuda.device_count()} GPU(s) exist"
-            )
+            count = torch.cuda.device_count()
+            raise ConfigError(f"device {setting!r} was asked for, but only {count} GPU(s) exist")
         return Placement(device, torch.float16)
     if device.type == "mps":
         return Placement(device, torch.float16)

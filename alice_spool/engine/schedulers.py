@@ -3,6 +3,7 @@ scheduler config (its betas and timestep spacing), as other SD tools name them."
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from diffusers import (
@@ -20,6 +21,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..errors import InvalidParameters
 from ..spec import SCHEDULERS
+
+# torchsde's Brownian tree warns when float rounding puts a time a hair past the end.
+warnings.filterwarnings("ignore", message="Should have tb<=t1", module="torchsde")
 
 _RECIPES: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "euler": (EulerDiscreteScheduler, {}),

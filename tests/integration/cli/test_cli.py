@@ -12,46 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from alice_spool.cli import cli
 from alice_spool.models import JobStatus
 from alice_spool.store import Store
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def run(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.chdir(tmp_path)  # no stray ./config.toml
-    for var in [v for v in os.environ if v.startswith("ALICE_")]:
-        monkeypatch.delenv(var)
-
-    def invoke(*args: str, input: str | None = None) -> Result:
-        return CliRunner().invoke(cli, ["--data-dir", str(data_dir), *args], input=input)
-
-    return invoke
-
-
-@pytest.fixture
-def store(run, data_dir: Path) -> Store:
-    assert run("db", "upgrade").exit_code == 0
-    return Store.open(f"sqlite:///{data_dir / 'alice.db'}")
-
-
-def ok(result: Result) -> str:
-    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-    return result.stdout
-
-
-def fails(result: Result, code: int, *fragments: str) -> str:
-    assert result.exit_code == code, (result.stdout, result.stderr)
-    for fragment in fragments:
-        assert fragment in result.stderr
-    return result.stderr
+from tests.integration.cli.results import fails, ok
 
 
 def test_submit_prints_the_job_id_and_show_finds_it(run, store: Store) -> None:

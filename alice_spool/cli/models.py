@@ -1,0 +1,205 @@
+"""`alice-spool models` (list, create the tiny model, choose the default, remove) and
+`alice-spool generate`, a one-off generation that bypasses the queue.
+
+Listing reads files only; the commands that build or run a pipeline import the engine
+(torch, diffusers) when they run, never before.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import InvalidParameters, ModelNotFound
+from ..registry import FAMILY_NAMES, ModelInfo
+from ..spec import parse_spec
+from ..terminal import table
+from .app import App, SpoolGroup, cli, emit_json, json_option, note, pass_app
+
+
+@cli.group(cls=SpoolGroup)
+def models() -> None:
+    """List, create and choose the models in the models directory."""
+
+
+def _size(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _default_id(app: App) -> str | None:
+    try:
+        return app.registry.default(app.settings.generation.default_model).id
+    except ModelNotFound:
+        return None
+
+
+@models.command("ls")
+@json_option
+@pass_app
+def models_ls(app: App, as_json: bool) -> None:
+    """List the models: family, size on disk, native size, and whether they work."""
+    listing = app.registry.scan()
+    default = _default_id(app)
+    if as_json:
+        emit_json(
+            {
+                "models_dir": str(app.registry.models_dir),
+                "default": default,
+                "models": [m.to_dict() for m in listing],
+            }
+        )
+        return
+    if not listing:
+        note(f"no models in {app.registry.models_dir}; try: alice-spool models create-tiny")
+        return
+
+    def status(m: ModelInfo) -> str:
+        if not m.ok:
+            return f"broken: {m.broken}"
+        return "ok (smoke test: images are noise)" if m.smoke_test else "ok"
+
+    rows = [
+        [
+            ("* " if m.id == default else "  ") + m.id,
+            FAMILY_NAMES.get(m.family or "", "-"),
+            m.format.replace("_", "-"),
+            _size(m.size_bytes),
+            f"{m.native_size}px" if m.native_size else "-",
+            status(m),
+        ]
+        for m in listing
+    ]
+    click.echo(table(["  MODEL", "FAMILY", "FORMAT", "SIZE", "NATIVE", "STATUS"], rows))
+
+
+@models.command("create-tiny")
+@click.option("--name", default="tiny", show_default=True, help="Model name (sd/<name>).")
+@click.option("--replace", is_flag=True, help="Overwrite a model of that name.")
+@pass_app
+def models_create_tiny(app: App, name: str, replace: bool) -> None:
+    """Write a tiny random-weight SD 1.x-shaped pipeline (its images are noise).
+
+    For smoke tests and for running everything offline: no download needed."""
+    from ..engine.tiny import create_tiny
+
+    path = create_tiny(Path(app.settings.paths.models), name, replace=replace)
+    click.echo(path)
+
+
+@models.command("default")
+@click.argument("name")
+@pass_app
+def models_default(app: App, name: str) -> None:
+    """Make NAME the default model (unless generation.default_model is configured)."""
+    model = app.registry.set_default(name)
+    click.echo(f"default model: {model.id}")
+    configured = app.settings.generation.default_model
+    if configured and configured != model.id:
+        note(f"note: generation.default_model = {configured!r} is configured and wins")
+
+
+@models.command("rm")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def models_rm(app: App, name: str, yes: bool) -> None:
+    """Delete a model's folder or file from the models directory."""
+    wanted = name if name.startswith("sd/") else f"sd/{name}"
+    matches = [m for m in app.registry.scan(force=True) if m.id == wanted]
+    if not matches:
+        raise ModelNotFound(f"model {wanted} is not in {app.registry.models_dir}")
+    model = matches[0]
+    if not yes:
+        click.confirm(f"delete {model.path} ({_size(model.size_bytes)})?", abort=True)
+    if model.path.is_dir():
+        shutil.rmtree(model.path)
+    else:
+        model.path.unlink()
+    if app.registry.chosen_default() == model.id:
+        app.registry.default_file.unlink(missing_ok=True)
+    click.echo(f"deleted {model.id}")
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option(
+    "--output",
+    "-o",
+    default="out.png",
+    show_default=True,
+    metavar="PATH",
+    help="Where to write the PNG (-1, -2... added for several images).",
+)
+@click.option("--negative-prompt", "--negative", help="What the image should not show.")
+@click.option("--model", "-m", metavar="MODEL", help="Model id (default: the default model).")
+@click.option("--size", metavar="WxH", help="Width and height, e.g. 512x512 (default: native).")
+@click.option("--steps", type=int, help="Denoising steps.")
+@click.option("--guidance", "--cfg", "guidance_scale", type=float, help="Guidance scale.")
+@click.option("--seed", type=int, help="Seed (-1: random).")
+@click.option("--scheduler", metavar="NAME", help="Scheduler, e.g. euler_a.")
+@click.option("-n", "--images", "n", type=int, help="Images to make.")
+@click.option("--device", help="auto, cpu, cuda, cuda:N or mps (default: runner.device).")
+@json_option
+@pass_app
+def generate(
+    app: App, prompt: str, output: str, device: str | None, as_json: bool, **flags: Any
+) -> None:
+    """Make an image now, without the queue: handy for checking a model."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    request = parse_spec({"prompt": prompt, **given}, app.settings.generation).with_seed()
+    model = app.registry.get(request.model) if request.model else app.registry.default()
+    if request.model is None:
+        request = replace(request, model=model.id)
+    if model.format != "diffusers":
+        raise InvalidParameters(
+            f"{model.id} is a single-file checkpoint; loading those is not built yet"
+        )
+    from ..engine.device import choose
+    from ..engine.generate import generate as run
+    from ..engine.generate import load
+
+    started = time.perf_counter()
+    loaded = load(model.path, model.id, choose(device or app.settings.runner.device))
+    loaded_s = time.perf_counter() - started
+    result = run(loaded, [request])
+    job = result.jobs[0]
+    target = Path(output)
+    paths = (
+        [target]
+        if len(job.images) == 1
+        else [
+            target.with_name(f"{target.stem}-{i + 1}{target.suffix}")
+            for i in range(len(job.images))
+        ]
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for image, path in zip(job.images, paths, strict=True):
+        image.save(path)
+    summary = {
+        "model": model.id,
+        "device": loaded.placement.label,
+        "files": [str(p) for p in paths],
+        "seeds": job.seeds,
+        "width": result.width,
+        "height": result.height,
+        "steps": result.steps,
+        "load_s": round(loaded_s, 3),
+        "generate_s": round(result.seconds, 3),
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    for path, seed in zip(paths, job.seeds, strict=True):
+        click.echo(f"{path}  (seed {seed})")
+    note(
+        f"{model.id} on {loaded.placement.label}: {result.width}x{result.height}, "
+        f"{result.steps} steps, {result.seconds:.2f}s (loading {loaded_s:.2f}s)"
+    )

@@ -1,0 +1,67 @@
+"""`alice-spool models ...` and `alice-spool generate` through click's runner, on the
+real tiny pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from tests.integration.cli.results import fails, ok
+
+
+def test_models_lifecycle(run, data_dir: Path) -> None:
+    assert "no models" in run("models", "ls").stderr
+    assert json.loads(ok(run("models", "ls", "--json")))["models"] == []
+    path = Path(ok(run("models", "create-tiny")).strip())
+    assert path == data_dir / "models" / "tiny" and (path / "model_index.json").exists()
+    fails(run("models", "create-tiny"), 3, "already exists")
+    ok(run("models", "create-tiny", "--name", "tiny2"))
+    listing = json.loads(ok(run("models", "ls", "--json")))
+    assert [m["id"] for m in listing["models"]] == ["sd/tiny", "sd/tiny2"]
+    assert listing["default"] == "sd/tiny"
+    tiny = listing["models"][0]
+    assert (tiny["family"], tiny["status"], tiny["native_size"], tiny["smoke_test"]) == (
+        "sd1",
+        "ok",
+        64,
+        True,
+    )
+    table = ok(run("models", "ls"))
+    assert "* sd/tiny" in table and "SD 1.x" in table and "smoke test" in table
+    assert "sd/tiny2" in ok(run("models", "default", "tiny2"))
+    assert json.loads(ok(run("models", "ls", "--json")))["default"] == "sd/tiny2"
+    fails(run("models", "default", "nope"), 3, "[model_not_found]")
+    assert "deleted sd/tiny2" in ok(run("models", "rm", "tiny2", "--yes"))
+    assert json.loads(ok(run("models", "ls", "--json")))["default"] == "sd/tiny"
+    fails(run("models", "rm", "tiny2", "--yes"), 3, "not in")
+    assert run("models", "rm", "tiny", input="n\n").exit_code == 1  # declined: kept
+    assert (data_dir / "models" / "tiny").exists()
+
+
+def test_generate_writes_pngs(run, tmp_path: Path) -> None:
+    ok(run("models", "create-tiny"))
+    out = tmp_path / "out" / "fox.png"
+    summary = json.loads(
+        ok(run("generate", "a fox", "-o", str(out), "--seed", "5", "--steps", "3", "--json"))
+    )
+    assert summary["files"] == [str(out)] and summary["seeds"] == [5]
+    assert (summary["model"], summary["width"], summary["height"]) == ("sd/tiny", 64, 64)
+    with Image.open(out) as image:
+        assert image.size == (64, 64) and image.format == "PNG"
+    first = out.read_bytes()
+    ok(run("generate", "a fox", "-o", str(out), "--seed", "5", "--steps", "3"))
+    assert out.read_bytes() == first  # the same seed: the same image
+    two = run("generate", "a fox", "-o", str(tmp_path / "b.png"), "-n", "2", "--steps", "2")
+    assert ok(two).count("seed") == 2
+    assert (tmp_path / "b-1.png").exists() and (tmp_path / "b-2.png").exists()
+
+
+def test_generate_refuses_bad_requests_before_loading(run, tmp_path: Path) -> None:
+    fails(run("generate", "x", "-o", str(tmp_path / "x.png")), 3, "models create-tiny")
+    ok(run("models", "create-tiny"))
+    fails(run("generate", "x", "--steps", "0"), 3, "[invalid_parameters]")
+    fails(run("generate", "x", "--model", "nope"), 3, "[model_not_found]")
+    fails(run("generate", "x", "--device", "cuda:7"), 3, "no CUDA GPU")
+    assert not (tmp_path / "out.png").exists()
