@@ -165,6 +165,7 @@ class RunnerSettings:
     job_timeout_s: float = 300.0
     compile: bool = False
     memory: str = "auto"
+    keep_in_ram: bool = False
 
     def __post_init__(self) -> None:
         _check(

@@ -52,6 +52,12 @@ class ModelNotFound(SpoolError):
     code = "model_not_found"
 
 
+class ModelLoadFailed(SpoolError):
+    """The model could not be loaded."""
+
+    code = "model_load_failed"
+
+
 class IdempotencyConflict(SpoolError):
     """This idempotency key was already used for a different request."""
 

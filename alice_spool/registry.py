@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import struct
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelNotFound
-from .spec import MODEL_PREFIX, normalise_model_id
+from .spec import MODEL_PREFIX, JobSpec, normalise_model_id
 
 TINY_MARKER = "alice_spool_tiny"  # written into model_index.json by `models create-tiny`
 NATIVE = {"sd1": 512, "sd2": 768, "sdxl": 1024}
@@ -256,3 +256,12 @@ class ModelRegistry:
                 "or `alice-spool models pull <repo>`"
             )
         return usable[0]
+
+    def resolve(self, spec: JobSpec, configured_default: str = "") -> JobSpec:
+        """The spec with what it left to the server filled in: the default model, and the
+        model's native size. `model_not_found` for a model that is not installed."""
+        model = self.get(spec.model) if spec.model else self.default(configured_default)
+        native = model.native_size or NATIVE.get(model.family or "sd1", 512)
+        return replace(
+            spec, model=model.id, width=spec.width or native, height=spec.height or native
+        )

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..errors import InvalidParameters, ModelNotFound
+from ..errors import ModelNotFound
 from ..registry import FAMILY_NAMES, ModelInfo
 from ..spec import parse_spec
 from ..terminal import table
@@ -83,11 +82,15 @@ def models_ls(app: App, as_json: bool) -> None:
 @models.command("create-tiny")
 @click.option("--name", default="tiny", show_default=True, help="Model name (sd/<name>).")
 @click.option("--replace", is_flag=True, help="Overwrite a model of that name.")
+@click.option("--if-none", is_flag=True, help="Only if no usable model is installed.")
 @pass_app
-def models_create_tiny(app: App, name: str, replace: bool) -> None:
+def models_create_tiny(app: App, name: str, replace: bool, if_none: bool) -> None:
     """Write a tiny random-weight SD 1.x-shaped pipeline (its images are noise).
 
     For smoke tests and for running everything offline: no download needed."""
+    if if_none and any(m.ok for m in app.registry.scan()):
+        note("a model is installed already; nothing to do")
+        return
     from ..engine.tiny import create_tiny
 
     path = create_tiny(Path(app.settings.paths.models), name, replace=replace)
@@ -153,23 +156,23 @@ def generate(
     app: App, prompt: str, output: str, device: str | None, as_json: bool, **flags: Any
 ) -> None:
     """Make an image now, without the queue: handy for checking a model."""
+    from ..engine.device import choose
+    from ..engine.resident import Engine
+
     given = {k: v for k, v in flags.items() if v is not None}
     request = parse_spec({"prompt": prompt, **given}, app.settings.generation).with_seed()
-    model = app.registry.get(request.model) if request.model else app.registry.default()
-    if request.model is None:
-        request = replace(request, model=model.id)
-    if model.format != "diffusers":
-        raise InvalidParameters(
-            f"{model.id} is a single-file checkpoint; loading those is not built yet"
-        )
-    from ..engine.device import choose
-    from ..engine.generate import generate as run
-    from ..engine.generate import load
-
+    settings = app.settings
+    engine = Engine(
+        app.registry,
+        choose(device or settings.runner.device),
+        memory=settings.runner.memory,
+        default_model=settings.generation.default_model,
+    )
+    request = engine.resolve(request)  # model_not_found before any loading
     started = time.perf_counter()
-    loaded = load(model.path, model.id, choose(device or app.settings.runner.device))
+    loaded = engine.ensure(str(request.model))
     loaded_s = time.perf_counter() - started
-    result = run(loaded, [request])
+    result = engine.generate([request])
     job = result.jobs[0]
     target = Path(output)
     paths = (
@@ -184,7 +187,7 @@ def generate(
     for image, path in zip(job.images, paths, strict=True):
         image.save(path)
     summary = {
-        "model": model.id,
+        "model": loaded.model_id,
         "device": loaded.placement.label,
         "files": [str(p) for p in paths],
         "seeds": job.seeds,
@@ -200,6 +203,7 @@ def generate(
     for path, seed in zip(paths, job.seeds, strict=True):
         click.echo(f"{path}  (seed {seed})")
     note(
-        f"{model.id} on {loaded.placement.label}: {result.width}x{result.height}, "
+        f"{loaded.model_id} on {loaded.placement.label} ({loaded.memory_mode} memory): "
+        f"{result.width}x{result.height}, "
         f"{result.steps} steps, {result.seconds:.2f}s (loading {loaded_s:.2f}s)"
     )

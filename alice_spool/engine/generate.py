@@ -22,9 +22,11 @@ from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from transformers.utils import logging as transformers_logging
 
-from ..errors import GenerationFailed, Interrupted, InvalidParameters
+from ..errors import GenerationFailed, Interrupted, InvalidParameters, ModelLoadFailed
 from ..spec import JobSpec
 from .device import Placement
+from .memory import free_memory, place
+from .memory import plan as memory_plan
 from .schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -54,21 +56,31 @@ class Loaded:
     pipeline: DiffusionPipeline
     placement: Placement
     native_size: int
+    memory_mode: str
     scheduler_config: Any = field(repr=False)
 
 
-def load(path: Path, model_id: str, placement: Placement) -> Loaded:
-    """Load a diffusers folder with the pipeline class it names, offline."""
+def load(
+    path: Path, model_id: str, placement: Placement, *, memory: str = "auto", family: str = "sd1"
+) -> Loaded:
+    """Load a diffusers folder with the pipeline class it names, offline, and place it
+    on the device as the memory mode says (see memory.py)."""
     quiet_libraries()
-    index = json.loads((path / "model_index.json").read_text())
-    cls = _PIPELINES.get(index.get("_class_name", ""), StableDiffusionPipeline)
-    options: dict[str, Any] = {"dtype": placement.dtype, "local_files_only": True}
-    if cls is StableDiffusionPipeline:
-        options.update(safety_checker=None, requires_safety_checker=False)
-    pipeline = cls.from_pretrained(path, **options).to(placement.device)
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+        cls = _PIPELINES.get(index.get("_class_name", ""), StableDiffusionPipeline)
+        options: dict[str, Any] = {"dtype": placement.dtype, "local_files_only": True}
+        if cls is StableDiffusionPipeline:
+            options.update(safety_checker=None, requires_safety_checker=False)
+        pipeline = cls.from_pretrained(path, **options)
+        mode = memory_plan(memory, free_bytes=free_memory(placement), family=family)
+        place(pipeline, placement, mode)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise ModelLoadFailed(f"cannot load {model_id} from {path}: {exc}", model=model_id) from exc
     pipeline.set_progress_bar_config(disable=True)
     native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
-    return Loaded(model_id, pipeline, placement, native, pipeline.scheduler.config)
+    log.info("loaded %s on %s (memory %s)", model_id, placement.label, mode)
+    return Loaded(model_id, pipeline, placement, native, mode, pipeline.scheduler.config)
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,18 @@ from PIL import Image
 from tests.integration.cli.results import fails, ok
 
 
+def ok_stderr(result) -> str:  # type: ignore[no-untyped-def]
+    ok(result)
+    return result.stderr
+
+
 def test_models_lifecycle(run, data_dir: Path) -> None:
     assert "no models" in run("models", "ls").stderr
     assert json.loads(ok(run("models", "ls", "--json")))["models"] == []
-    path = Path(ok(run("models", "create-tiny")).strip())
+    path = Path(ok(run("models", "create-tiny", "--if-none")).strip())
     assert path == data_dir / "models" / "tiny" and (path / "model_index.json").exists()
     fails(run("models", "create-tiny"), 3, "already exists")
+    assert "nothing to do" in ok_stderr(run("models", "create-tiny", "--if-none"))
     ok(run("models", "create-tiny", "--name", "tiny2"))
     listing = json.loads(ok(run("models", "ls", "--json")))
     assert [m["id"] for m in listing["models"]] == ["sd/tiny", "sd/tiny2"]

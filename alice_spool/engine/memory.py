@@ -1,0 +1,61 @@
+"""Fitting a model into the GPU's memory (`runner.memory`): all on the GPU, or with
+attention and VAE slicing/tiling and CPU offload for small cards (6-8 GB, a GTX 1060).
+
+- `full`: everything on the device.
+- `low`: attention slicing, VAE slicing and tiling, and model CPU offload (accelerate
+  moves each whole model part to the GPU while it runs).
+- `minimal`: the same with sequential CPU offload (layer by layer): slowest, smallest.
+- `auto`: chosen from the card's free memory and the model family.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from diffusers import DiffusionPipeline
+
+from .device import Placement
+
+log = logging.getLogger(__name__)
+
+GB = 1024**3
+# Free GPU memory (bytes) a family needs to run `full`, and to run `low`, at fp16
+# with a batch of a few images.
+THRESHOLDS = {"sd1": (4 * GB, 2 * GB), "sd2": (5 * GB, 2.5 * GB), "sdxl": (12 * GB, 6 * GB)}
+
+
+def plan(mode: str, *, free_bytes: int | None, family: str) -> str:
+    """The mode to use: `mode` itself unless it is `auto`. Without a GPU (free_bytes
+    None) there is nothing to save: `full`."""
+    if mode != "auto":
+        return mode
+    if free_bytes is None:
+        return "full"
+    full, low = THRESHOLDS.get(family, THRESHOLDS["sd1"])
+    if free_bytes >= full:
+        return "full"
+    return "low" if free_bytes >= low else "minimal"
+
+
+def free_memory(placement: Placement) -> int | None:
+    if placement.device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(placement.device)
+    return int(free)
+
+
+def place(pipeline: DiffusionPipeline, placement: Placement, mode: str) -> None:
+    """Put a pipeline loaded on the CPU where `mode` says it goes."""
+    if mode == "full" or placement.device.type != "cuda":
+        pipeline.to(placement.device)
+        return
+    pipeline.enable_attention_slicing()
+    pipeline.enable_vae_slicing()
+    pipeline.enable_vae_tiling()
+    if mode == "low":
+        pipeline.enable_model_cpu_offload(device=placement.device)
+    elif mode == "minimal":
+        pipeline.enable_sequential_cpu_offload(device=placement.device)
+    else:
+        raise ValueError(f"unknown memory mode {mode!r}")

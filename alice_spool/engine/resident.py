@@ -1,0 +1,111 @@
+"""The one resident model: loaded when a job needs it, the previous one freed (or, with
+`runner.keep_in_ram`, parked in host memory for a fast switch back)."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from ..errors import InvalidParameters, ModelLoadFailed
+from ..registry import ModelRegistry
+from ..spec import JobSpec
+from .device import Placement
+from .generate import BatchOutput, Loaded, ProgressCallback, StopCheck, generate, load
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """Generates batches on one device, keeping one model resident."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        placement: Placement,
+        *,
+        memory: str = "auto",
+        default_model: str = "",
+        keep_in_ram: bool = False,
+    ) -> None:
+        self.registry = registry
+        self.placement = placement
+        self.memory = memory
+        self.default_model = default_model
+        self.keep_in_ram = keep_in_ram
+        self.current: Loaded | None = None
+        self._parked: Loaded | None = None  # in host RAM, when keep_in_ram
+
+    def resolve(self, spec: JobSpec) -> JobSpec:
+        return self.registry.resolve(spec, self.default_model)
+
+    def ensure(self, model_id: str) -> Loaded:
+        """The pipeline for `model_id`, loading it (and putting the resident one away)."""
+        if self.current is not None and self.current.model_id == model_id:
+            return self.current
+        info = self.registry.get(model_id)
+        parked = self._parked
+        if parked is not None and parked.model_id == model_id:
+            self._parked = None  # taken out before the resident one is parked in its place
+        else:
+            parked = None
+        if parked is None and info.format != "diffusers":
+            raise ModelLoadFailed(
+                f"{model_id} is a single-file checkpoint, which this version cannot load yet; "
+                "use a diffusers folder (alice-spool models pull <repo>)",
+                model=model_id,
+            )
+        self._put_away_current()
+        if parked is not None:
+            parked.pipeline.to(self.placement.device)
+            self.current = parked
+            log.info("switched back to %s from host memory", model_id)
+            return parked
+        self.current = load(
+            info.path, info.id, self.placement, memory=self.memory, family=info.family or "sd1"
+        )
+        return self.current
+
+    def _put_away_current(self) -> None:
+        current, self.current = self.current, None
+        if current is None:
+            return
+        if self.keep_in_ram and current.memory_mode == "full":
+            self._drop(self._parked)
+            current.pipeline.to("cpu")
+            self._parked = current
+        else:
+            self._drop(current)
+        self._free()
+
+    def _drop(self, loaded: Loaded | None) -> None:
+        if loaded is not None:
+            loaded.pipeline = None  # type: ignore[assignment]
+
+    def _free(self) -> None:
+        gc.collect()
+        if self.placement.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def unload(self) -> None:
+        """Free every model (the resident one and a parked one)."""
+        self._drop(self.current)
+        self._drop(self._parked)
+        self.current = self._parked = None
+        self._free()
+
+    def generate(
+        self,
+        specs: Sequence[JobSpec],
+        *,
+        on_step: ProgressCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> BatchOutput:
+        """Resolve defaults, make sure the model is resident, run the batch."""
+        if not specs:
+            raise InvalidParameters("a batch needs at least one job")
+        resolved = [self.resolve(spec) for spec in specs]
+        loaded = self.ensure(str(resolved[0].model))
+        return generate(loaded, resolved, on_step=on_step, should_stop=should_stop)

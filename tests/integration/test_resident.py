@@ -1,0 +1,78 @@
+"""The resident-model engine on two tiny models: defaults resolved, one model resident,
+switching, parking in host RAM, a model that fails to load."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alice_spool.engine.device import choose
+from alice_spool.engine.resident import Engine
+from alice_spool.engine.tiny import create_tiny
+from alice_spool.errors import InvalidParameters, ModelLoadFailed, ModelNotFound
+from alice_spool.registry import ModelRegistry
+from alice_spool.spec import parse_spec
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("models")
+    create_tiny(directory, "tiny")
+    create_tiny(directory, "other")
+    return directory
+
+
+def spec(**fields: object):
+    return parse_spec({"prompt": "a lighthouse", "steps": 2, "seed": 3, **fields})
+
+
+def test_defaults_are_resolved_from_the_registry(models: Path) -> None:
+    registry = ModelRegistry(models)
+    resolved = registry.resolve(spec())
+    assert (resolved.model, resolved.width, resolved.height) == ("sd/other", 64, 64)
+    assert registry.resolve(spec(), "tiny").model == "sd/tiny"
+    assert registry.resolve(spec(model="tiny", width=128)).height == 64
+    with pytest.raises(ModelNotFound):
+        registry.resolve(spec(model="nope"))
+
+
+def test_one_model_resident_switching_on_demand(models: Path) -> None:
+    engine = Engine(ModelRegistry(models), choose("cpu"), default_model="tiny")
+    first = engine.generate([spec()])
+    assert engine.current is not None and engine.current.model_id == "sd/tiny"
+    assert engine.current.memory_mode == "full"
+    resident = engine.current
+    engine.generate([spec()])
+    assert engine.current is resident  # not loaded again
+    engine.generate([spec(model="other")])
+    assert engine.current.model_id == "sd/other" and resident.pipeline is None  # freed
+    again = engine.generate([spec(model="tiny")])
+    # The two tiny models have the same weights: the same image, whichever is loaded.
+    assert np.array_equal(np.asarray(first.jobs[0].images[0]), np.asarray(again.jobs[0].images[0]))
+    with pytest.raises(InvalidParameters):
+        engine.generate([])
+    engine.unload()
+    assert engine.current is None
+
+
+def test_keep_in_ram_parks_the_previous_model(models: Path) -> None:
+    engine = Engine(ModelRegistry(models), choose("cpu"), keep_in_ram=True)
+    engine.generate([spec(model="tiny")])
+    tiny = engine.current
+    engine.generate([spec(model="other")])
+    assert tiny is not None and tiny.pipeline is not None  # parked, not freed
+    engine.generate([spec(model="tiny")])
+    assert engine.current is tiny  # back without loading from disk
+
+
+def test_a_model_that_fails_to_load(models: Path, tmp_path: Path) -> None:
+    shutil.copytree(models, tmp_path / "models")
+    weights = next((tmp_path / "models" / "other" / "unet").glob("*.safetensors"))
+    weights.write_bytes(b"not weights")
+    engine = Engine(ModelRegistry(tmp_path / "models"), choose("cpu"))
+    with pytest.raises(ModelLoadFailed, match="cannot load sd/other"):
+        engine.generate([spec(model="other")])
+    assert engine.generate([spec(model="tiny")]).image_count == 1  # the engine lives on
