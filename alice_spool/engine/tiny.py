@@ -15,8 +15,21 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 
 from ..errors import InvalidParameters
 from ..registry import TINY_MARKER
@@ -57,53 +70,52 @@ def _tokenizer(directory: Path) -> CLIPTokenizer:
     )
 
 
-def build_tiny_pipeline(workdir: Path) -> StableDiffusionPipeline:
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(WEIGHTS_SEED)
-    try:
-        tokenizer = _tokenizer(workdir)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                hidden_size=32,
-                intermediate_size=37,
-                num_attention_heads=4,
-                num_hidden_layers=2,
-                max_position_embeddings=77,
-                projection_dim=32,
-            )
-        )
-        unet = UNet2DConditionModel(
-            sample_size=NATIVE_SIZE // 8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=4,
-            norm_num_groups=8,
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            # Four blocks, as in SD: latents are 1/8 of the image's size.
-            block_out_channels=(8, 16, 16, 16),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=NATIVE_SIZE,
-        )
-    finally:
-        torch.random.set_rng_state(generator_state)
+def _text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        projection_dim=32,
+    )
+
+
+def _vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        # Four blocks, as in SD: latents are 1/8 of the image's size.
+        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=NATIVE_SIZE,
+    )
+
+
+def _sd1(workdir: Path) -> StableDiffusionPipeline:
+    tokenizer = _tokenizer(workdir)
+    unet = UNet2DConditionModel(
+        sample_size=NATIVE_SIZE // 8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
     return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
+        vae=_vae(),
+        text_encoder=CLIPTextModel(_text_config(tokenizer)),
         tokenizer=tokenizer,
         unet=unet,
         scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
@@ -113,8 +125,58 @@ def build_tiny_pipeline(workdir: Path) -> StableDiffusionPipeline:
     )
 
 
-def create_tiny(models_dir: Path, name: str = TINY_NAME, *, replace: bool = False) -> Path:
-    """Write the tiny pipeline to `models_dir/<name>` (atomically) and return its path."""
+def _sdxl(workdir: Path) -> StableDiffusionXLPipeline:
+    """SDXL's shape: two text encoders (one with a pooled projection) and a UNet that
+    also takes the pooled text and the size/crop conditioning ("text_time")."""
+    tokenizer = _tokenizer(workdir)
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=NATIVE_SIZE // 8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * time_dim + 32,  # six size numbers + pooled
+        cross_attention_dim=64,  # both encoders' hidden states side by side
+        norm_num_groups=8,
+    )
+    return StableDiffusionXLPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(_text_config(tokenizer)),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(tokenizer)),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler.from_config(SD15_SCHEDULER),
+        add_watermarker=False,
+    )
+
+
+def build_tiny_pipeline(workdir: Path, family: str = "sd1") -> DiffusionPipeline:
+    """A tiny pipeline of the family's shape, with weights from a fixed seed."""
+    builders = {"sd1": _sd1, "sdxl": _sdxl}
+    if family not in builders:
+        raise InvalidParameters(f"no tiny model of family {family!r}", field="family")
+    state = torch.random.get_rng_state()
+    torch.manual_seed(WEIGHTS_SEED)
+    try:
+        return builders[family](workdir)
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def create_tiny(
+    models_dir: Path, name: str = TINY_NAME, *, replace: bool = False, family: str = "sd1"
+) -> Path:
+    """Write a tiny pipeline (SD 1.x-shaped, or `family="sdxl"`) to `models_dir/<name>`,
+    atomically, and return its path."""
     quiet_libraries()
     model_id = normalise_model_id(name, "name")
     target = Path(models_dir) / model_id.removeprefix("sd/")
@@ -123,7 +185,7 @@ def create_tiny(models_dir: Path, name: str = TINY_NAME, *, replace: bool = Fals
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as scratch:
         work = Path(scratch)
-        pipeline = build_tiny_pipeline(work)
+        pipeline = build_tiny_pipeline(work, family)
         staged = work / "model"
         pipeline.save_pretrained(staged, safe_serialization=True)
         index = json.loads((staged / "model_index.json").read_text())

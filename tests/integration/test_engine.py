@@ -134,3 +134,20 @@ def test_nan_and_black_images_are_failures(tiny_dir: Path) -> None:
         conv_out.bias.fill_(float("nan"))
     with pytest.raises(GenerationFailed, match="NaN"):
         generate(broken, [spec()])
+
+
+def test_an_sdxl_shaped_pipeline(tmp_path: Path) -> None:
+    from alice_spool.registry import ModelRegistry
+
+    path = create_tiny(tmp_path, "xl", family="sdxl")
+    (info,) = ModelRegistry(tmp_path).scan()
+    assert (info.id, info.family, info.native_size, info.ok) == ("sd/xl", "sdxl", 64, True)
+    xl = load(path, "sd/xl", choose("cpu"), family="sdxl")
+    assert type(xl.pipeline).__name__ == "StableDiffusionXLPipeline"
+    alone = generate(xl, [spec(scheduler="euler_a")]).jobs[0].images[0]
+    again = generate(xl, [spec(scheduler="euler_a")]).jobs[0].images[0]
+    assert np.array_equal(pixels(alone), pixels(again))
+    batch = generate(xl, [spec(scheduler="euler_a", seed=1, n=2), spec(scheduler="euler_a")])
+    assert np.abs(pixels(batch.jobs[1].images[0]) - pixels(alone)).max() <= 2
+    with pytest.raises(InvalidParameters, match="no tiny model of family"):
+        create_tiny(tmp_path, "sd2", family="sd2")
