@@ -58,6 +58,12 @@ class ModelLoadFailed(SpoolError):
     code = "model_load_failed"
 
 
+class DownloadFailed(SpoolError):
+    """The model could not be downloaded."""
+
+    code = "download_failed"
+
+
 class IdempotencyConflict(SpoolError):
     """This idempotency key was already used for a different request."""
 

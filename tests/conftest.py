@@ -14,12 +14,23 @@ from alice_spool.database import Database
 from alice_spool.spec import JobSpec, parse_spec
 from alice_spool.store import Store
 
+# Tests never reach the network: the Hugging Face Hub client stays offline.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 # Set ALICE_TEST_DATABASE_URL (e.g. postgresql+psycopg://user@127.0.0.1/spool) to run the
 # store's tests on another database server; each test starts from an empty schema there.
 OTHER_DATABASE = os.environ.get("ALICE_TEST_DATABASE_URL")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if any("gpu" in item.keywords for item in items):
+        import torch  # only when GPU tests were collected
+
+        if not torch.cuda.is_available():
+            skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+            for item in items:
+                if "gpu" in item.keywords:
+                    item.add_marker(skip_gpu)
     if OTHER_DATABASE:
         skip = pytest.mark.skip(reason="SQLite-specific, and ALICE_TEST_DATABASE_URL is set")
         for item in items:

@@ -14,9 +14,9 @@ from typing import Any
 
 import click
 
-from ..errors import ModelNotFound
+from ..errors import DownloadFailed, InvalidParameters, ModelNotFound
 from ..registry import FAMILY_NAMES, ModelInfo
-from ..spec import parse_spec
+from ..spec import normalise_model_id, parse_spec
 from ..terminal import table
 from .app import App, SpoolGroup, cli, emit_json, json_option, note, pass_app
 
@@ -95,6 +95,62 @@ def models_create_tiny(app: App, name: str, replace: bool, if_none: bool) -> Non
 
     path = create_tiny(Path(app.settings.paths.models), name, replace=replace)
     click.echo(path)
+
+
+# What a diffusers pipeline needs: configs, tokenizers, and safetensors weights, not the
+# duplicate .bin/.ckpt files, fp16 or EMA variants, or sample images.
+PULL_PATTERNS = [
+    "model_index.json",
+    "scheduler/*.json",
+    "tokenizer*/*",
+    "text_encoder*/*.json",
+    "text_encoder*/model.safetensors",
+    "text_encoder*/model-*.safetensors",
+    "unet/*.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "unet/diffusion_pytorch_model-*.safetensors",
+    "vae/*.json",
+    "vae/diffusion_pytorch_model.safetensors",
+]
+
+
+@models.command("pull")
+@click.argument("repo")
+@click.option("--name", help="Local name (default: the repository's name).")
+@click.option("--revision", help="A branch, tag or commit of the repository.")
+@pass_app
+def models_pull(app: App, repo: str, name: str | None, revision: str | None) -> None:
+    """Download a diffusers model from the Hugging Face Hub (only the files it needs).
+
+    REPO is like stable-diffusion-v1-5/stable-diffusion-v1-5. The model appears in the
+    models directory only once it is complete."""
+    from huggingface_hub import snapshot_download
+
+    name = name or repo.rstrip("/").split("/")[-1]
+    model_id = normalise_model_id(name, "name")
+    models_dir = Path(app.settings.paths.models)
+    target = models_dir / model_id.removeprefix("sd/")
+    if target.exists():
+        raise InvalidParameters(f"{target} already exists; remove it first", field="name")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    staging = models_dir / f".pull-{target.name}"  # a dot-name: not listed until complete
+    try:
+        snapshot_download(
+            repo_id=repo, revision=revision, local_dir=staging, allow_patterns=PULL_PATTERNS
+        )
+        if not (staging / "model_index.json").exists():
+            raise DownloadFailed(f"{repo} is not a diffusers pipeline (no model_index.json)")
+        staging.rename(target)
+    except DownloadFailed:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except Exception as exc:  # the hub client's network, auth and not-found errors
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DownloadFailed(
+            f"cannot download {repo}: {reason} (models pull needs the Hugging Face Hub)"
+        ) from exc
+    click.echo(target)
 
 
 @models.command("default")

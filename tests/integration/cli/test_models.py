@@ -71,3 +71,13 @@ def test_generate_refuses_bad_requests_before_loading(run, tmp_path: Path) -> No
     fails(run("generate", "x", "--model", "nope"), 3, "[model_not_found]")
     fails(run("generate", "x", "--device", "cuda:7"), 3, "no CUDA GPU")
     assert not (tmp_path / "out.png").exists()
+
+
+def test_pull_offline_is_a_clear_error_and_leaves_nothing(run, data_dir: Path) -> None:
+    stderr = fails(run("models", "pull", "someone/some-model"), 3, "[download_failed]")
+    assert "cannot download someone/some-model" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not any((data_dir / "models").glob(".pull-*"))
+    ok(run("models", "create-tiny"))
+    fails(run("models", "pull", "someone/tiny"), 3, "already exists")
+    fails(run("models", "pull", "someone/x", "--name", "../up"), 3, "not a valid model id")
