@@ -98,6 +98,8 @@ class BatchOutput:
     height: int
     seconds: float  # the whole pipeline call, for every image of the batch
     steps: int
+    device: str  # e.g. "cuda:0 float16": recorded with each result
+    memory_mode: str  # full | low | minimal: recorded with each result
 
     @property
     def image_count(self) -> int:
@@ -178,7 +180,15 @@ def generate(
         images = [Image.fromarray(pixels[position + i]) for i in range(count)]
         results.append(JobImages(images, seeds[position : position + count]))
         position += count
-    return BatchOutput(results, width, height, seconds, first.steps)
+    return BatchOutput(
+        results,
+        width,
+        height,
+        seconds,
+        first.steps,
+        device=loaded.placement.label,
+        memory_mode=loaded.memory_mode,
+    )
 
 
 def _to_uint8(arrays: np.ndarray) -> np.ndarray:

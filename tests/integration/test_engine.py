@@ -55,9 +55,15 @@ def test_create_tiny_writes_a_complete_marked_pipeline(tiny_dir: Path, tmp_path:
 
 
 def test_the_tiny_model_has_the_sd_shape(tiny: Loaded) -> None:
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
     assert tiny.native_size == 64
     assert tiny.pipeline.vae_scale_factor == 8  # latents are 1/8 of the image, as in SD
     assert tiny.placement.dtype is torch.float32
+    processors = set(map(type, tiny.pipeline.unet.attn_processors.values()))
+    assert processors == {AttnProcessor2_0}  # PyTorch's scaled-dot-product attention
+    output = generate(tiny, [spec()])
+    assert (output.device, output.memory_mode) == ("cpu float32", "full")
 
 
 @pytest.mark.parametrize("name", SCHEDULERS)
