@@ -23,6 +23,7 @@ from PIL import Image
 from transformers.utils import logging as transformers_logging
 
 from ..errors import GenerationFailed, Interrupted, InvalidParameters, ModelLoadFailed
+from ..registry import FAMILY_NAMES
 from ..spec import JobSpec
 from .device import Placement
 from .memory import free_memory, place
@@ -80,6 +81,59 @@ def load(
     pipeline.set_progress_bar_config(disable=True)
     native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
     log.info("loaded %s on %s (memory %s)", model_id, placement.label, mode)
+    return Loaded(model_id, pipeline, placement, native, mode, pipeline.scheduler.config)
+
+
+# The repository whose configs and tokenizer a family's single-file checkpoints need.
+BASE_REPOS = {
+    "sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sd2": "stabilityai/stable-diffusion-2-1",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+}
+
+
+def load_single_file(
+    path: Path,
+    model_id: str,
+    placement: Placement,
+    *,
+    family: str,
+    config_dir: Path | None,
+    memory: str = "auto",
+) -> Loaded:
+    """Load an original-layout .safetensors checkpoint, offline. Its configs and
+    tokenizer come from `config_dir`: an installed diffusers model of the same family, or
+    the family's base model in the Hugging Face cache. Without one, the error says what
+    to install."""
+    quiet_libraries()
+    if config_dir is None:
+        raise ModelLoadFailed(
+            f"cannot load {model_id}: a single-file {FAMILY_NAMES.get(family, family)} "
+            "checkpoint needs the configs and tokenizer of a diffusers model of its family, "
+            f"and none is installed: run `alice-spool models pull {BASE_REPOS[family]}`",
+            model=model_id,
+        )
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    options: dict[str, Any] = {
+        "dtype": placement.dtype,
+        "local_files_only": True,
+        "config": str(config_dir),
+    }
+    if cls is StableDiffusionPipeline:
+        options.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        pipeline = cls.from_single_file(str(path), **options)
+        mode = memory_plan(memory, free_bytes=free_memory(placement), family=family)
+        place(pipeline, placement, mode)
+    except Exception as exc:  # diffusers reports bad or mismatched weights variously
+        reason = " ".join(str(exc).split())[:300]
+        raise ModelLoadFailed(
+            f"cannot load {model_id} with the configs of {config_dir.name}: {reason}",
+            model=model_id,
+        ) from exc
+    pipeline.set_progress_bar_config(disable=True)
+    native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    log.info("loaded %s (single file) on %s (memory %s)", model_id, placement.label, mode)
     return Loaded(model_id, pipeline, placement, native, mode, pipeline.scheduler.config)
 
 

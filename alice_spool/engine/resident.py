@@ -6,16 +6,36 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-from ..errors import InvalidParameters, ModelLoadFailed
+from ..errors import InvalidParameters
 from ..registry import ModelRegistry
 from ..spec import JobSpec
 from .device import Placement
-from .generate import BatchOutput, Loaded, ProgressCallback, StopCheck, generate, load
+from .generate import (
+    BASE_REPOS,
+    BatchOutput,
+    Loaded,
+    ProgressCallback,
+    StopCheck,
+    generate,
+    load,
+    load_single_file,
+)
 
 log = logging.getLogger(__name__)
+
+
+def cached_base_model(family: str) -> Path | None:
+    """The family's base model in the Hugging Face cache, if it is there (no network)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(BASE_REPOS[family], local_files_only=True))
+    except Exception:  # not cached (the hub client raises several kinds)
+        return None
 
 
 class Engine:
@@ -51,22 +71,40 @@ class Engine:
             self._parked = None  # taken out before the resident one is parked in its place
         else:
             parked = None
-        if parked is None and info.format != "diffusers":
-            raise ModelLoadFailed(
-                f"{model_id} is a single-file checkpoint, which this version cannot load yet; "
-                "use a diffusers folder (alice-spool models pull <repo>)",
-                model=model_id,
-            )
         self._put_away_current()
         if parked is not None:
             parked.pipeline.to(self.placement.device)
             self.current = parked
             log.info("switched back to %s from host memory", model_id)
             return parked
-        self.current = load(
-            info.path, info.id, self.placement, memory=self.memory, family=info.family or "sd1"
-        )
+        family = info.family or "sd1"
+        if info.format == "single_file":
+            self.current = load_single_file(
+                info.path,
+                info.id,
+                self.placement,
+                family=family,
+                config_dir=self._configs_for(family),
+                memory=self.memory,
+            )
+        else:
+            self.current = load(
+                info.path, info.id, self.placement, memory=self.memory, family=family
+            )
         return self.current
+
+    def _configs_for(self, family: str) -> Path | None:
+        """An installed diffusers model of `family` to take a single file's configs from:
+        a real one before the tiny smoke-test model."""
+        folders = [
+            m
+            for m in self.registry.scan()
+            if m.ok and m.format == "diffusers" and m.family == family
+        ]
+        folders.sort(key=lambda m: (m.smoke_test, m.id))
+        if folders:
+            return folders[0].path
+        return cached_base_model(family)
 
     def _put_away_current(self) -> None:
         current, self.current = self.current, None
