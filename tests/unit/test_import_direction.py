@@ -115,7 +115,7 @@ def test_importing_the_cli_store_and_api_loads_no_heavy_library(tmp_path: Path) 
         """
         import importlib, sys
         for name in ("alice_spool.cli", "alice_spool.store", "alice_spool.api",
-                     "alice_spool.config", "alice_spool.migrate"):
+                     "alice_spool.registry", "alice_spool.config", "alice_spool.migrate"):
             try:
                 importlib.import_module(name)
             except ModuleNotFoundError as exc:
