@@ -136,6 +136,12 @@ class JobTimeout(SpoolError):
     code = "timeout"
 
 
+class OutboxWriteFailed(SpoolError):
+    """The job's outputs could not be written to the outbox."""
+
+    code = "outbox_write_failed"
+
+
 # -- storage ---------------------------------------------------------------------------
 
 

@@ -1,0 +1,162 @@
+"""The outbox (DESIGN section 6): one directory per finished job, `outbox/<job_id>/`, that
+appears whole or not at all.
+
+Each job's files are written under a temporary dot-name, fsynced, and renamed into place;
+`result.json` is written last, so its presence means the job's outputs are complete. PNGs
+carry the generation parameters in a `parameters` text chunk, in the "infotext" form other
+Stable Diffusion tools read, so an image alone says how it was made.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from .errors import OutboxWriteFailed
+from .spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+RESULT = "result.json"
+_STAGING = ".tmp-"  # staging directories: never a job's directory
+
+# How other SD tools (AUTOMATIC1111, ComfyUI's readers, civitai) name the samplers.
+SAMPLER_NAMES = {
+    "euler": "Euler",
+    "euler_a": "Euler a",
+    "ddim": "DDIM",
+    "pndm": "PLMS",
+    "lms": "LMS",
+    "heun": "Heun",
+    "dpm++_2m": "DPM++ 2M",
+    "dpm++_2m_karras": "DPM++ 2M Karras",
+    "dpm++_sde": "DPM++ SDE",
+    "dpm++_sde_karras": "DPM++ SDE Karras",
+    "unipc": "UniPC",
+}
+
+
+def infotext(spec: JobSpec, seed: int, width: int, height: int) -> str:
+    """The parameters of one image as AUTOMATIC1111 writes them (and others read them)."""
+    lines = [spec.prompt]
+    if spec.negative_prompt:
+        lines.append(f"Negative prompt: {spec.negative_prompt}")
+    settings = [
+        ("Steps", spec.steps),
+        ("Sampler", SAMPLER_NAMES.get(spec.scheduler, spec.scheduler)),
+        ("CFG scale", f"{spec.guidance_scale:g}"),
+        ("Seed", seed),
+        ("Size", f"{width}x{height}"),
+        ("Model", (spec.model or "").removeprefix("sd/")),
+    ]
+    lines.append(", ".join(f"{key}: {value}" for key, value in settings))
+    return "\n".join(lines)
+
+
+def image_name(job_id: str, index: int) -> str:
+    return f"{job_id}-{index}.png"
+
+
+@dataclass(frozen=True)
+class Written:
+    directory: Path
+    files: list[str]  # image file names, in order
+    already_there: bool  # an earlier run of the job had written it completely
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class Outbox:
+    """Writes and reads job directories under one root."""
+
+    def __init__(self, root: Path | str, *, png_compress_level: int = 1) -> None:
+        self.root = Path(root)
+        self.png_compress_level = png_compress_level
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / job_id
+
+    def read_result(self, job_id: str) -> dict[str, Any] | None:
+        """The job's result.json, if its directory is complete."""
+        try:
+            return json.loads((self.job_dir(job_id) / RESULT).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+
+    def write(
+        self,
+        job_id: str,
+        result: dict[str, Any],
+        images: Sequence[Image.Image] = (),
+        parameters: Sequence[str] = (),
+    ) -> Written:
+        """Write the job's images (each with its `parameters` text) and then
+        `result.json`, durably, and move them into place at once.
+
+        If a complete directory for the job is there already (the job ran before and the
+        runner died before recording it), it is kept and nothing is written twice.
+        """
+        target = self.job_dir(job_id)
+        names = [image_name(job_id, i) for i in range(len(images))]
+        if (target / RESULT).exists():
+            return Written(target, names, already_there=True)
+        # Everything that can be refused is refused before any file exists.
+        encoded = json.dumps(result, indent=2, ensure_ascii=False)
+        texts = list(parameters) or [""] * len(names)
+        if len(texts) != len(names):
+            raise ValueError(f"{len(names)} images but {len(texts)} parameters texts")
+        staging = self.root / f"{_STAGING}{job_id}-{secrets.token_hex(4)}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            staging.mkdir()
+            for image, name, text in zip(images, names, texts, strict=True):
+                info = PngInfo()
+                if text:
+                    info.add_text("parameters", text)
+                path = staging / name
+                image.save(path, format="PNG", pnginfo=info, compress_level=self.png_compress_level)
+                _fsync(path)
+            result_path = staging / RESULT
+            result_path.write_text(encoded, "utf-8")
+            _fsync(result_path)
+            _fsync(staging)
+            if target.exists():  # an incomplete directory from an older version or by hand
+                shutil.rmtree(target)
+            staging.rename(target)
+            _fsync(self.root)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise OutboxWriteFailed(
+                f"cannot write the outputs of job {job_id} to {self.root}: {exc.strerror or exc}",
+                job_id=job_id,
+            ) from exc
+        return Written(target, names, already_there=False)
+
+    def remove_stale(self) -> list[str]:
+        """Delete staging directories left by a writer that died (run at start-up)."""
+        removed = []
+        if not self.root.is_dir():
+            return removed
+        for entry in self.root.iterdir():
+            if entry.name.startswith(_STAGING) and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+        if removed:
+            log.info("removed %d unfinished outbox directories", len(removed))
+        return removed
