@@ -174,3 +174,24 @@ def cli(
         overrides["logging.level"] = log_level
     ctx.obj = App(config_file, overrides)
     ctx.call_on_close(ctx.obj.close)
+
+
+def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The request fields as options, shared by `submit` and `generate`."""
+    options = [
+        click.option("--negative-prompt", "--negative", help="What the image should not show."),
+        click.option("--model", "-m", metavar="MODEL", help="Model id, e.g. sd/tiny."),
+        click.option("--width", type=int, help="Width in pixels (multiple of 8)."),
+        click.option("--height", type=int, help="Height in pixels (multiple of 8)."),
+        click.option("--size", metavar="WxH", help="Width and height, e.g. 768x512."),
+        click.option("--steps", type=int, help="Denoising steps."),
+        click.option("--guidance", "--cfg", "guidance_scale", type=float, help="Guidance scale."),
+        click.option("--seed", type=int, help="Seed (-1: random, recorded)."),
+        click.option(
+            "--scheduler", metavar="NAME", help="Scheduler, e.g. euler_a or dpm++_2m_karras."
+        ),
+        click.option("-n", "--images", "n", type=int, help="Images to make (1-16)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command

@@ -18,7 +18,16 @@ from ..errors import DownloadFailed, InvalidParameters, ModelNotFound
 from ..registry import FAMILY_NAMES, ModelInfo
 from ..spec import normalise_model_id, parse_spec
 from ..terminal import table
-from .app import App, SpoolGroup, cli, emit_json, json_option, note, pass_app
+from .app import (
+    App,
+    SpoolGroup,
+    cli,
+    emit_json,
+    generation_options,
+    json_option,
+    note,
+    pass_app,
+)
 
 
 @cli.group(cls=SpoolGroup)
@@ -197,14 +206,7 @@ def models_rm(app: App, name: str, yes: bool) -> None:
     metavar="PATH",
     help="Where to write the PNG (-1, -2... added for several images).",
 )
-@click.option("--negative-prompt", "--negative", help="What the image should not show.")
-@click.option("--model", "-m", metavar="MODEL", help="Model id (default: the default model).")
-@click.option("--size", metavar="WxH", help="Width and height, e.g. 512x512 (default: native).")
-@click.option("--steps", type=int, help="Denoising steps.")
-@click.option("--guidance", "--cfg", "guidance_scale", type=float, help="Guidance scale.")
-@click.option("--seed", type=int, help="Seed (-1: random).")
-@click.option("--scheduler", metavar="NAME", help="Scheduler, e.g. euler_a.")
-@click.option("-n", "--images", "n", type=int, help="Images to make.")
+@generation_options
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps (default: runner.device).")
 @json_option
 @pass_app

@@ -15,7 +15,16 @@ from ..models import JobStatus, Source
 from ..records import JobRecord, NewJob
 from ..spec import parse_json, parse_jsonl, parse_request
 from ..terminal import jobs_table
-from .app import EXIT_JOBS_FAILED, App, cli, emit_json, json_option, note, pass_app
+from .app import (
+    EXIT_JOBS_FAILED,
+    App,
+    cli,
+    emit_json,
+    generation_options,
+    json_option,
+    note,
+    pass_app,
+)
 
 
 def _read_text(path: str, what: str) -> tuple[str, str]:
@@ -51,21 +60,7 @@ def finish_waiting(jobs: Sequence[JobRecord], as_json: bool, extra: dict[str, An
 
 @cli.command()
 @click.argument("prompt", required=False)
-@click.option("--negative-prompt", "--negative", help="What the image should not show.")
-@click.option(
-    "--model",
-    "-m",
-    metavar="MODEL",
-    help="Model id, e.g. sd/tiny (default: generation.default_model).",
-)
-@click.option("--width", type=int, help="Width in pixels (multiple of 8).")
-@click.option("--height", type=int, help="Height in pixels (multiple of 8).")
-@click.option("--size", metavar="WxH", help="Width and height as WxH, e.g. 768x512.")
-@click.option("--steps", type=int, help="Denoising steps.")
-@click.option("--guidance", "--cfg", "guidance_scale", type=float, help="Guidance scale.")
-@click.option("--seed", type=int, help="Seed (-1: random, recorded).")
-@click.option("--scheduler", metavar="NAME", help="Scheduler, e.g. euler_a or dpm++_2m_karras.")
-@click.option("-n", "--images", "n", type=int, help="Images to make (1-16).")
+@generation_options
 @click.option("--priority", type=int, help="Higher runs first (-100..100, default 0).")
 @click.option(
     "--id", "id", metavar="KEY", help="Idempotency key: submitting the same id again is a no-op."

@@ -13,6 +13,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -99,19 +100,25 @@ def _vae() -> AutoencoderKL:
     )
 
 
-def _sd1(workdir: Path) -> StableDiffusionPipeline:
-    tokenizer = _tokenizer(workdir)
-    unet = UNet2DConditionModel(
+def _unet(**shape: Any) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
         sample_size=NATIVE_SIZE // 8,
         in_channels=4,
         out_channels=4,
         block_out_channels=(32, 64),
         layers_per_block=1,
+        norm_num_groups=8,
+        **shape,
+    )
+
+
+def _sd1(workdir: Path) -> StableDiffusionPipeline:
+    tokenizer = _tokenizer(workdir)
+    unet = _unet(
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32,
         attention_head_dim=4,
-        norm_num_groups=8,
     )
     return StableDiffusionPipeline(
         vae=_vae(),
@@ -130,12 +137,7 @@ def _sdxl(workdir: Path) -> StableDiffusionXLPipeline:
     also takes the pooled text and the size/crop conditioning ("text_time")."""
     tokenizer = _tokenizer(workdir)
     time_dim = 8
-    unet = UNet2DConditionModel(
-        sample_size=NATIVE_SIZE // 8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
+    unet = _unet(
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4),
@@ -145,7 +147,6 @@ def _sdxl(workdir: Path) -> StableDiffusionXLPipeline:
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=6 * time_dim + 32,  # six size numbers + pooled
         cross_attention_dim=64,  # both encoders' hidden states side by side
-        norm_num_groups=8,
     )
     return StableDiffusionXLPipeline(
         vae=_vae(),
