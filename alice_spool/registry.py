@@ -54,9 +54,17 @@ class ModelInfo:
 
 
 def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    """Bytes on disk; files that vanish or cannot be read (a dangling link) count 0."""
+
+    def size(file: Path) -> int:
+        try:
+            return file.stat().st_size if file.is_file() else 0
+        except OSError:
+            return 0
+
+    if not path.is_dir():
+        return size(path)
+    return sum(size(f) for f in path.rglob("*"))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

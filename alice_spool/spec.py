@@ -62,12 +62,6 @@ class GenerationDefaults(Protocol):
     def max_n(self) -> int: ...
 
 
-def request_hash(fields: Mapping[str, Any]) -> str:
-    """The fingerprint of a spec's fields (all of them, in their fixed order). They are
-    strings, numbers and None, whose `repr` is stable."""
-    return hashlib.sha256(repr(tuple(fields.values())).encode()).hexdigest()
-
-
 # Seeds need to be unpredictable to nobody, only different: a fast generator will do.
 _SEEDS = random.Random(secrets.randbits(128))
 
@@ -118,12 +112,14 @@ class JobSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
         """Rebuild a spec that was stored by `to_dict` (trusted input: no validation)."""
-        names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: v for k, v in data.items() if k in _SPEC_FIELD_SET})
 
     def fingerprint(self) -> str:
-        """A stable hash of the request, used to tell a repeated request from a different one."""
-        return request_hash(self.to_dict())
+        """A stable hash of the request, used to tell a repeated request from a different
+        one. The fields are strings, numbers and None, whose `repr` is stable, in a fixed
+        order."""
+        values = tuple(getattr(self, name) for name in _SPEC_FIELDS)
+        return hashlib.sha256(repr(values).encode()).hexdigest()
 
     def with_seed(self) -> JobSpec:
         """This spec with a seed: its own, or a freshly drawn random one (recorded)."""
@@ -151,6 +147,7 @@ class JobSpec:
 
 
 _SPEC_FIELDS = tuple(f.name for f in fields(JobSpec))
+_SPEC_FIELD_SET = frozenset(_SPEC_FIELDS)
 
 
 @dataclass(frozen=True)

@@ -215,6 +215,7 @@ def generate(
 ) -> None:
     """Make an image now, without the queue: handy for checking a model."""
     from ..engine.device import choose
+    from ..engine.generate import generate as run_batch
     from ..engine.resident import Engine
 
     given = {k: v for k, v in flags.items() if v is not None}
@@ -230,7 +231,7 @@ def generate(
     started = time.perf_counter()
     loaded = engine.ensure(str(request.model))
     loaded_s = time.perf_counter() - started
-    result = engine.generate([request])
+    result = run_batch(loaded, [request])  # resolved above: straight to the pipeline
     job = result.jobs[0]
     target = Path(output)
     paths = (

@@ -61,27 +61,51 @@ class Loaded:
     scheduler_config: Any = field(repr=False)
 
 
+def _options(cls: type[DiffusionPipeline], placement: Placement) -> dict[str, Any]:
+    options: dict[str, Any] = {"dtype": placement.dtype, "local_files_only": True}
+    if cls is StableDiffusionPipeline:
+        options.update(safety_checker=None, requires_safety_checker=False)
+    return options
+
+
+def _load_and_place(
+    make: Callable[[], DiffusionPipeline],
+    model_id: str,
+    placement: Placement,
+    *,
+    memory: str,
+    family: str,
+    source: str,
+) -> Loaded:
+    """Build a pipeline with `make` and place it as the memory mode says (memory.py);
+    any failure is `model_load_failed`, in one line, naming the `source`."""
+    quiet_libraries()
+    try:
+        pipeline = make()
+        mode = memory_plan(memory, free_bytes=free_memory(placement), family=family)
+        place(pipeline, placement, mode)
+    except Exception as exc:  # diffusers, transformers and torch report it variously
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ModelLoadFailed(f"cannot load {model_id} {source}: {reason}", model=model_id) from exc
+    pipeline.set_progress_bar_config(disable=True)
+    native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    log.info("loaded %s %s on %s (memory %s)", model_id, source, placement.label, mode)
+    return Loaded(model_id, pipeline, placement, native, mode, pipeline.scheduler.config)
+
+
 def load(
     path: Path, model_id: str, placement: Placement, *, memory: str = "auto", family: str = "sd1"
 ) -> Loaded:
-    """Load a diffusers folder with the pipeline class it names, offline, and place it
-    on the device as the memory mode says (see memory.py)."""
-    quiet_libraries()
-    try:
+    """Load a diffusers folder with the pipeline class it names, offline."""
+
+    def make() -> DiffusionPipeline:
         index = json.loads((path / "model_index.json").read_text())
         cls = _PIPELINES.get(index.get("_class_name", ""), StableDiffusionPipeline)
-        options: dict[str, Any] = {"dtype": placement.dtype, "local_files_only": True}
-        if cls is StableDiffusionPipeline:
-            options.update(safety_checker=None, requires_safety_checker=False)
-        pipeline = cls.from_pretrained(path, **options)
-        mode = memory_plan(memory, free_bytes=free_memory(placement), family=family)
-        place(pipeline, placement, mode)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise ModelLoadFailed(f"cannot load {model_id} from {path}: {exc}", model=model_id) from exc
-    pipeline.set_progress_bar_config(disable=True)
-    native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
-    log.info("loaded %s on %s (memory %s)", model_id, placement.label, mode)
-    return Loaded(model_id, pipeline, placement, native, mode, pipeline.scheduler.config)
+        return cls.from_pretrained(path, **_options(cls, placement))
+
+    return _load_and_place(
+        make, model_id, placement, memory=memory, family=family, source=f"from {path}"
+    )
 
 
 # The repository whose configs and tokenizer a family's single-file checkpoints need.
@@ -105,7 +129,6 @@ def load_single_file(
     tokenizer come from `config_dir`: an installed diffusers model of the same family, or
     the family's base model in the Hugging Face cache. Without one, the error says what
     to install."""
-    quiet_libraries()
     if config_dir is None:
         raise ModelLoadFailed(
             f"cannot load {model_id}: a single-file {FAMILY_NAMES.get(family, family)} "
@@ -114,27 +137,15 @@ def load_single_file(
             model=model_id,
         )
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    options: dict[str, Any] = {
-        "dtype": placement.dtype,
-        "local_files_only": True,
-        "config": str(config_dir),
-    }
-    if cls is StableDiffusionPipeline:
-        options.update(safety_checker=None, requires_safety_checker=False)
-    try:
-        pipeline = cls.from_single_file(str(path), **options)
-        mode = memory_plan(memory, free_bytes=free_memory(placement), family=family)
-        place(pipeline, placement, mode)
-    except Exception as exc:  # diffusers reports bad or mismatched weights variously
-        reason = " ".join(str(exc).split())[:300]
-        raise ModelLoadFailed(
-            f"cannot load {model_id} with the configs of {config_dir.name}: {reason}",
-            model=model_id,
-        ) from exc
-    pipeline.set_progress_bar_config(disable=True)
-    native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
-    log.info("loaded %s (single file) on %s (memory %s)", model_id, placement.label, mode)
-    return Loaded(model_id, pipeline, placement, native, mode, pipeline.scheduler.config)
+    options = {**_options(cls, placement), "config": str(config_dir)}
+    return _load_and_place(
+        lambda: cls.from_single_file(str(path), **options),
+        model_id,
+        placement,
+        memory=memory,
+        family=family,
+        source=f"with the configs of {config_dir.name}",
+    )
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from ..records import (
     JobRecord,
     NewJob,
 )
-from ..spec import JobSpec, random_seed, request_hash
+from ..spec import JobSpec
 from ._base import COLUMNS, StoreBase, chunks, new_id, utcnow
 
 _UNSET = dict.fromkeys(
@@ -88,12 +88,10 @@ class Enqueueing(StoreBase):
         now: datetime,
     ) -> dict[str, Any]:
         """The columns a new job sets; the others start out NULL (see `_UNSET`)."""
-        stored = spec.to_dict()
         # The request as asked, before any random seed, so that a repeat matches it; only
         # a job with an idempotency key is ever compared.
-        fingerprint = request_hash(stored) if key is not None else None
-        if stored["seed"] is None:
-            stored["seed"] = random_seed()  # drawn once, recorded: a rerun is the same image
+        fingerprint = spec.fingerprint() if key is not None else None
+        stored = spec.with_seed().to_dict()  # the seed drawn once, recorded: reruns match
         del stored["priority"]  # the column is the live value
         return {
             "id": new_id(),

@@ -33,6 +33,17 @@ def schema_sql(path: Path) -> dict[str, str]:
     return {name: " ".join(sql.split()) for name, sql in rows}
 
 
+def run_sql(path: Path, *statements: str) -> None:
+    """Change a database file behind the store's back."""
+    connection = sqlite3.connect(path)
+    try:
+        for statement in statements:
+            connection.execute(statement)
+        connection.commit()
+    finally:
+        connection.close()
+
+
 def test_upgrade_head_on_an_empty_file_gives_the_models_schema(tmp_path: Path) -> None:
     migrated = Database.open(f"sqlite:///{tmp_path / 'migrated.db'}")
     state = migrate.upgrade(migrated)
@@ -58,11 +69,7 @@ def test_drift_is_detected(tmp_path: Path) -> None:
     path = tmp_path / "a.db"
     db = Database.open(f"sqlite:///{path}")
     migrate.upgrade(db)
-    connection = sqlite3.connect(path)
-    connection.execute("DROP INDEX ix_jobs_batch_id")
-    connection.execute("ALTER TABLE jobs ADD COLUMN stray INTEGER")
-    connection.commit()
-    connection.close()
+    run_sql(path, "DROP INDEX ix_jobs_batch_id", "ALTER TABLE jobs ADD COLUMN stray INTEGER")
     drift = migrate.schema_drift(db)
     assert any("ix_jobs_batch_id" in d for d in drift)
     assert any("stray" in d for d in drift)
@@ -111,20 +118,14 @@ def test_ensure_current_refuses_a_database_at_another_revision(tmp_path: Path) -
     path = tmp_path / "a.db"
     db = Database.open(f"sqlite:///{path}")
     migrate.upgrade(db)
-    connection = sqlite3.connect(path)
-    connection.execute("UPDATE alembic_version SET version_num = 'f00d'")
-    connection.commit()
-    connection.close()
+    run_sql(path, "UPDATE alembic_version SET version_num = 'f00d'")
     with pytest.raises(errors.DatabaseNotMigrated, match=r"revision f00d.*alice-spool db upgrade"):
         migrate.ensure_current(db)
 
 
 def test_ensure_current_refuses_a_foreign_database(tmp_path: Path) -> None:
     path = tmp_path / "foreign.db"
-    connection = sqlite3.connect(path)
-    connection.execute("CREATE TABLE photos (id INTEGER)")
-    connection.commit()
-    connection.close()
+    run_sql(path, "CREATE TABLE photos (id INTEGER)")
     with pytest.raises(errors.DatabaseNotMigrated, match="not made by alice-spool"):
         migrate.ensure_current(Database.open(f"sqlite:///{path}"))
     with pytest.raises(errors.DatabaseNotMigrated, match="db upgrade"):

@@ -75,6 +75,7 @@ def test_a_directory_of_every_kind(tmp_path: Path, tiny_source: Path) -> None:
     (models / "half").mkdir()
     (models / "half" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     (models / "README.txt").write_text("not a model")
+    (models / "tiny" / "dangling").symlink_to(models / "nowhere")  # never crashes the listing
     (models / "not-a-model").mkdir()
     (models / ".partial-download").mkdir()
 
