@@ -166,6 +166,9 @@ class RunnerSettings:
     compile: bool = False
     memory: str = "auto"
     keep_in_ram: bool = False
+    name: str = ""
+    switch_model_after_s: float = 30.0
+    png_compress_level: int = 1
 
     def __post_init__(self) -> None:
         _check(
@@ -182,6 +185,13 @@ class RunnerSettings:
             "runner.memory",
             f"must be auto, full, low or minimal, got {self.memory!r}",
         )
+        _check(
+            self.name == "" or re.fullmatch(r"[A-Za-z0-9._-]{1,64}", self.name) is not None,
+            "runner.name",
+            "must be 1..64 letters, digits, '.', '_' or '-' (or empty for the host name)",
+        )
+        _check(self.switch_model_after_s >= 0, "runner.switch_model_after_s", "must be >= 0")
+        _check(0 <= self.png_compress_level <= 9, "runner.png_compress_level", "must be 0..9")
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,12 @@ class AttemptsExhausted(SpoolError):
     code = "attempts_exhausted"
 
 
+class RunnerBusy(SpoolError):
+    """Another runner of the same name is running on this host."""
+
+    code = "runner_busy"
+
+
 class GpuOutOfMemory(SpoolError):
     """The GPU ran out of memory."""
 

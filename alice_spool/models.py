@@ -88,6 +88,9 @@ def _partial(name: str, column: str, *, unique: bool = False) -> Index:
     return Index(name, column, unique=unique, sqlite_where=where, postgresql_where=where)
 
 
+_QUEUED_ONLY = text("status = 'queued'")
+
+
 def _sql_list(values: Any) -> str:
     return ", ".join(f"'{v.value}'" for v in values)
 
@@ -121,6 +124,10 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # Jobs with equal batch keys can share one pipeline call (JobSpec.batch_digest);
+    # `images` is the job's image count, which a batch's size is measured in.
+    batch_key: Mapped[str | None] = mapped_column(String(32))
+    images: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     __table_args__ = (
         CheckConstraint(f"status IN ({_sql_list(JobStatus)})", name="status"),
@@ -131,6 +138,15 @@ class Job(Base):
         # for optional columns are partial. The claim index also serves counts by status
         # and the orphan scan (status = 'running').
         Index("ix_jobs_claim", "status", desc("priority"), "seq"),
+        # The runner's claim of the jobs that can join a batch's head job.
+        Index(
+            "ix_jobs_compatible",
+            "batch_key",
+            desc("priority"),
+            "seq",
+            sqlite_where=_QUEUED_ONLY,
+            postgresql_where=_QUEUED_ONLY,
+        ),
         _partial("uq_jobs_idempotency_key", "idempotency_key", unique=True),
         _partial("ix_jobs_batch_id", "batch_id"),
         _partial("ix_jobs_finished_at", "finished_at"),
@@ -140,7 +156,7 @@ class Job(Base):
 # SQLite cannot reflect an index on an expression (`priority DESC`), so Alembic's
 # comparison would always see the claim index as changed. It is left out of the
 # comparison; the migration tests compare it through its SQL instead.
-UNREFLECTABLE_INDEXES = frozenset({"ix_jobs_claim"})
+UNREFLECTABLE_INDEXES = frozenset({"ix_jobs_claim", "ix_jobs_compatible"})
 
 
 def include_in_comparison(obj: Any, name: str | None, type_: str, *_: Any) -> bool:

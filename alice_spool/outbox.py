@@ -22,6 +22,7 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from . import faults
 from .errors import OutboxWriteFailed
 from .spec import JobSpec
 
@@ -93,10 +94,10 @@ class Outbox:
         return self.root / job_id
 
     def read_result(self, job_id: str) -> dict[str, Any] | None:
-        """The job's result.json, if its directory is complete."""
+        """The job's result.json, if its directory is complete (and readable)."""
         try:
             return json.loads((self.job_dir(job_id) / RESULT).read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        except (OSError, ValueError):
             return None
 
     def write(
@@ -109,12 +110,14 @@ class Outbox:
         """Write the job's images (each with its `parameters` text) and then
         `result.json`, durably, and move them into place at once.
 
-        If a complete directory for the job is there already (the job ran before and the
-        runner died before recording it), it is kept and nothing is written twice.
+        If a complete directory of a success is there already (the job ran before and the
+        runner died before recording it), it is kept and nothing is written twice; that of
+        a failure (the job was retried) is replaced.
         """
         target = self.job_dir(job_id)
         names = [image_name(job_id, i) for i in range(len(images))]
-        if (target / RESULT).exists():
+        earlier = self.read_result(job_id)
+        if earlier is not None and earlier.get("status") == "succeeded":
             return Written(target, names, already_there=True)
         # Everything that can be refused is refused before any file exists.
         encoded = json.dumps(result, indent=2, ensure_ascii=False)
@@ -136,6 +139,7 @@ class Outbox:
             result_path.write_text(encoded, "utf-8")
             _fsync(result_path)
             _fsync(staging)
+            faults.crash_point("outbox_staged")
             if target.exists():  # an incomplete directory from an older version or by hand
                 shutil.rmtree(target)
             staging.rename(target)

@@ -139,6 +139,11 @@ class JobSpec:
             self.guidance_scale,
         )
 
+    def batch_digest(self) -> str:
+        """`batch_key` as a short stable string: the store's column for finding jobs that
+        can share a pipeline call."""
+        return hashlib.sha256(repr(self.batch_key()).encode()).hexdigest()[:32]
+
     def image_seeds(self) -> list[int]:
         """The seed of each of the `n` images: consecutive, wrapping at 2**32."""
         if self.seed is None:

@@ -233,6 +233,8 @@ def generate(
     loaded_s = time.perf_counter() - started
     result = run_batch(loaded, [request])  # resolved above: straight to the pipeline
     job = result.jobs[0]
+    if job.error is not None:
+        raise job.error
     target = Path(output)
     paths = (
         [target]

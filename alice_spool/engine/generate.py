@@ -7,6 +7,7 @@ interrupt), then check and convert the images.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -22,7 +23,15 @@ from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from transformers.utils import logging as transformers_logging
 
-from ..errors import GenerationFailed, Interrupted, InvalidParameters, ModelLoadFailed
+from .. import faults
+from ..errors import (
+    GenerationFailed,
+    GpuOutOfMemory,
+    Interrupted,
+    InvalidParameters,
+    ModelLoadFailed,
+    SpoolError,
+)
 from ..registry import FAMILY_NAMES
 from ..spec import JobSpec
 from .device import Placement
@@ -150,10 +159,12 @@ def load_single_file(
 
 @dataclass(frozen=True)
 class JobImages:
-    """The images of one job of a batch, in order, with the seed of each."""
+    """The images of one job of a batch, in order, with the seed of each; or, when one
+    of them came out broken (NaN, black), no images and the error."""
 
     images: list[Image.Image]
     seeds: list[int]
+    error: SpoolError | None = None
 
 
 @dataclass(frozen=True)
@@ -221,29 +232,48 @@ def generate(
         return tensors
 
     started = time.perf_counter()
-    with torch.inference_mode():
-        output = pipeline(
-            prompt=prompts,
-            negative_prompt=negatives,
-            width=width,
-            height=height,
-            num_inference_steps=first.steps,
-            guidance_scale=first.guidance_scale,
-            generator=generators,
-            output_type="np",
-            callback_on_step_end=step_end,
-        )
+    try:
+        limit = faults.oom_above()
+        if limit is not None and len(seeds) > limit:
+            raise torch.cuda.OutOfMemoryError(f"injected: more than {limit} images per call")
+        with torch.inference_mode():
+            output = pipeline(
+                prompt=prompts,
+                negative_prompt=negatives,
+                width=width,
+                height=height,
+                num_inference_steps=first.steps,
+                guidance_scale=first.guidance_scale,
+                generator=generators,
+                output_type="np",
+                callback_on_step_end=step_end,
+            )
+    except RuntimeError as exc:  # CUDA's OutOfMemoryError, MPS's plain RuntimeError
+        if not _out_of_memory(exc):
+            raise
+        _release_cached_memory(loaded)
+        raise GpuOutOfMemory(
+            f"out of GPU memory generating {len(seeds)} image(s) at {width}x{height} "
+            f"on {loaded.placement.label}",
+            images=len(seeds),
+        ) from exc
     seconds = time.perf_counter() - started
 
-    # 5. Refuse broken images; convert the rest.
-    arrays = np.asarray(output.images)
-    pixels = _to_uint8(arrays)
+    # 5. Convert; a job with a broken image (NaN, black) fails alone.
+    pixels, broken = _to_uint8(np.asarray(output.images))
     results: list[JobImages] = []
     position = 0
     for spec in specs:
         count = spec.n
-        images = [Image.fromarray(pixels[position + i]) for i in range(count)]
-        results.append(JobImages(images, seeds[position : position + count]))
+        job_seeds = seeds[position : position + count]
+        bad = [i for i in range(count) if broken[position + i]]
+        if bad:
+            reason = broken[position + bad[0]]
+            error = GenerationFailed(f"image {bad[0] + 1} of the job {reason}")
+            results.append(JobImages([], job_seeds, error))
+        else:
+            images = [Image.fromarray(pixels[position + i]) for i in range(count)]
+            results.append(JobImages(images, job_seeds))
         position += count
     return BatchOutput(
         results,
@@ -256,12 +286,32 @@ def generate(
     )
 
 
-def _to_uint8(arrays: np.ndarray) -> np.ndarray:
-    """float images in [0, 1] -> uint8; NaN or all-black images are failures, not results."""
-    if not np.isfinite(arrays).all():
-        raise GenerationFailed("the generated image contains NaN or infinite values")
-    pixels = (arrays * 255).round().clip(0, 255).astype(np.uint8)
-    black = [i for i, image in enumerate(pixels) if image.max() <= 1]
-    if black:
-        raise GenerationFailed(f"image {black[0] + 1} of the batch came out black")
-    return pixels
+def _out_of_memory(exc: RuntimeError) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _release_cached_memory(loaded: Loaded) -> None:
+    """After an out-of-memory error: give the allocator's cache back before a retry."""
+    gc.collect()
+    if loaded.placement.device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif loaded.placement.device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def _to_uint8(arrays: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+    """float images in [0, 1] -> uint8, and for each image what is wrong with it, if
+    anything: NaN or all-black images are failures, not results."""
+    flat = arrays.reshape(len(arrays), -1)
+    finite = np.isfinite(flat).all(axis=1)
+    pixels = (np.nan_to_num(arrays) * 255).round().clip(0, 255).astype(np.uint8)
+    brightest = pixels.reshape(len(pixels), -1).max(axis=1)
+    broken: list[str | None] = []
+    for ok, top in zip(finite, brightest, strict=True):
+        if not ok:
+            broken.append("contains NaN or infinite values")
+        elif top <= 1:
+            broken.append("came out black")
+        else:
+            broken.append(None)
+    return pixels, broken

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InvalidParameters
+from ..errors import InvalidParameters, ModelNotFound
 from ..registry import ModelRegistry
 from ..spec import JobSpec
 from .device import Placement
@@ -60,6 +60,18 @@ class Engine:
 
     def resolve(self, spec: JobSpec) -> JobSpec:
         return self.registry.resolve(spec, self.default_model)
+
+    @property
+    def resident_model(self) -> str | None:
+        """The model on the device now, if any."""
+        return self.current.model_id if self.current is not None else None
+
+    def default_model_id(self) -> str | None:
+        """The model a job that names none runs on (None while none is installed)."""
+        try:
+            return self.registry.default(self.default_model).id
+        except ModelNotFound:
+            return None
 
     def ensure(self, model_id: str) -> Loaded:
         """The pipeline for `model_id`, loading it (and putting the resident one away)."""

@@ -44,7 +44,7 @@ _KEYS = select(Job.idempotency_key, Job.id, Job.batch_id, Job.request_hash).wher
 _NEW_COLUMNS = (
     "id", "idempotency_key", "request_hash", "batch_id", "source", "client", "status",
     "priority", "not_before", "created_at", "attempts", "max_attempts", "cancel_requested",
-    "model", "spec",
+    "model", "spec", "batch_key", "images",
 )  # fmt: skip
 _INSERT_NEW_KEY = (
     insert(Job)
@@ -109,6 +109,8 @@ class Enqueueing(StoreBase):
             "cancel_requested": False,
             "model": spec.model,
             "spec": stored,
+            "batch_key": spec.batch_digest(),
+            "images": spec.n,
         }
 
     def enqueue(

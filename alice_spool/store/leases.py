@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Update, bindparam, case, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Update, bindparam, case, func, or_, select, update
 
 from .. import errors
 from ..models import Job, JobStatus, UTCDateTime
@@ -27,35 +27,87 @@ def _when(name: str) -> Any:
     return bindparam(name, type_=UTCDateTime())
 
 
+def _ready() -> ColumnElement[bool]:
+    """Queued and not held back by `not_before`."""
+    return (Job.status == JobStatus.QUEUED) & or_(
+        Job.not_before.is_(None), Job.not_before <= _when("now")
+    )
+
+
+_TAKE = {
+    "status": JobStatus.RUNNING,
+    "lease_owner": bindparam("owner"),
+    "lease_expires_at": _when("until"),
+    "started_at": _when("now"),
+    "attempts": Job.attempts + 1,
+    "progress_step": None,
+    "progress_total": None,
+}
+
+
 def _claim_statement(*, by_model: bool) -> Update:
     candidates = (
         select(Job.seq)
-        .where(Job.status == JobStatus.QUEUED)
-        .where(or_(Job.not_before.is_(None), Job.not_before <= _when("now")))
+        .where(_ready())
         .order_by(Job.priority.desc(), Job.seq)
         .limit(bindparam("limit"))
         .with_for_update(skip_locked=True)
     )
     if by_model:
         candidates = candidates.where(Job.model == bindparam("only_model"))
-    return (
-        update(Job)
-        .where(Job.seq.in_(candidates))
-        .values(
-            status=JobStatus.RUNNING,
-            lease_owner=bindparam("owner"),
-            lease_expires_at=_when("until"),
-            started_at=_when("now"),
-            attempts=Job.attempts + 1,
-            progress_step=None,
-            progress_total=None,
-        )
-        .returning(*COLUMNS)
-    )
+    return update(Job).where(Job.seq.in_(candidates)).values(**_TAKE).returning(*COLUMNS)
 
 
 _CLAIM = _claim_statement(by_model=False)
 _CLAIM_MODEL = _claim_statement(by_model=True)
+
+# The compatible claim: first the head job (the queue's next job, or the resident
+# model's next one of the same priority), then it and the jobs that can share its
+# pipeline call, in queue order, up to an image budget.
+_HEAD = (
+    select(Job.seq, Job.batch_key, Job.model, Job.priority, Job.created_at)
+    .where(_ready())
+    .order_by(Job.priority.desc(), Job.seq)
+    .limit(1)
+)
+
+
+def _preferred_head(*, default_too: bool) -> Any:
+    models: ColumnElement[bool] = Job.model.in_(bindparam("models", expanding=True))
+    if default_too:  # jobs that name no model run on the default, which is resident
+        models = or_(models, Job.model.is_(None))
+    return _HEAD.where(models, Job.priority == bindparam("priority"))
+
+
+_PREFERRED_HEAD = {flag: _preferred_head(default_too=flag) for flag in (False, True)}
+
+
+def _compatible_statement() -> Update:
+    candidates = (
+        select(Job.seq, Job.images, Job.priority)
+        .where(_ready(), Job.batch_key == bindparam("key"))
+        .order_by(Job.priority.desc(), Job.seq)
+        .limit(bindparam("limit"))
+        .with_for_update(skip_locked=True)
+        .subquery("candidates")
+    )
+    running = select(
+        candidates.c.seq,
+        func.sum(candidates.c.images)
+        .over(order_by=(candidates.c.priority.desc(), candidates.c.seq))
+        .label("images_so_far"),
+    ).subquery("running")
+    chosen = select(running.c.seq).where(
+        or_(running.c.images_so_far <= bindparam("budget"), running.c.seq == bindparam("head"))
+    )
+    return update(Job).where(Job.seq.in_(chosen)).values(**_TAKE).returning(*COLUMNS)
+
+
+_CLAIM_COMPATIBLE = _compatible_statement()
+# A job without a batch key (queued before keys existed) runs alone.
+_CLAIM_ONE = (
+    update(Job).where(Job.seq == bindparam("head"), _ready()).values(**_TAKE).returning(*COLUMNS)
+)
 
 # The jobs (of a list) that this runner holds.
 _HELD = (
@@ -64,7 +116,9 @@ _HELD = (
     .where(Job.status == JobStatus.RUNNING, Job.lease_owner == bindparam("owner"))
 )
 _HEARTBEAT = _HELD.values(lease_expires_at=_when("until")).returning(Job.id, Job.cancel_requested)
-_PROGRESS = _HELD.values(progress_step=bindparam("step"), progress_total=bindparam("total"))
+_PROGRESS = _HELD.values(
+    progress_step=bindparam("step"), progress_total=bindparam("total")
+).returning(Job.id, Job.cancel_requested)
 _LEASE_CLEARED = {"lease_owner": None, "lease_expires_at": None}
 _RELEASE_CANCELLED = _HELD.where(Job.cancel_requested.is_(True)).values(
     status=JobStatus.CANCELLED, finished_at=_when("now"), **_LEASE_CLEARED
@@ -88,6 +142,7 @@ _FINISH = {
     "succeed": _OWNED.values(
         status=JobStatus.SUCCEEDED,
         finished_at=_when("now"),
+        progress_step=Job.progress_total,
         result=bindparam("outcome"),
         error_code=None,
         error_message=None,
@@ -105,6 +160,9 @@ _FINISH = {
     "fail_retryable": _OWNED.values(
         status=case((_AGAIN, JobStatus.QUEUED.value), else_=JobStatus.FAILED.value),
         finished_at=case((_AGAIN, None), else_=_when("now")),
+        not_before=case((_AGAIN, _when("retry_at")), else_=Job.not_before),
+        progress_step=None,
+        progress_total=None,
         result=bindparam("outcome"),
         error_code=bindparam("code"),
         error_message=bindparam("message"),
@@ -147,6 +205,70 @@ class Leasing(StoreBase):
         rows.sort(key=lambda r: (-r.priority, r.seq))
         return [JobRecord.from_row(r) for r in rows]
 
+    def claim_compatible(
+        self,
+        owner: str,
+        *,
+        max_images: int,
+        lease_s: float,
+        prefer_models: Iterable[str] = (),
+        prefer_default: bool = False,
+        switch_for_jobs_queued_before: datetime | None = None,
+        now: datetime | None = None,
+    ) -> list[JobRecord]:
+        """Atomically take the next job and the queued jobs that can share its pipeline
+        call (equal batch keys), in queue order, up to `max_images` images (a first job
+        with more images than that is taken alone).
+
+        The next job is the queue's head, unless jobs for a resident model
+        (`prefer_models`, and jobs naming no model when `prefer_default`) wait at the
+        same priority: then one of those, so the runner need not switch models, except
+        when the head was queued before `switch_for_jobs_queued_before` (the runner's
+        bound on how long another model's jobs may wait). None: never switch while
+        the resident model has work at that priority.
+        """
+        now = now or utcnow()
+        models = list(prefer_models)
+        params: dict[str, Any] = {
+            "now": now,
+            "until": now + timedelta(seconds=lease_s),
+            "owner": owner,
+        }
+
+        def work(conn: Connection) -> list[JobRecord]:
+            head = conn.execute(_HEAD, params).first()
+            if head is None:
+                return []
+            resident = head.model in models or (prefer_default and head.model is None)
+            patient = (
+                switch_for_jobs_queued_before is None
+                or head.created_at >= switch_for_jobs_queued_before
+            )
+            if (models or prefer_default) and not resident and patient:
+                preferred = conn.execute(
+                    _PREFERRED_HEAD[prefer_default],
+                    {**params, "models": models, "priority": head.priority},
+                ).first()
+                head = preferred or head
+            if head.batch_key is None:
+                return list(conn.execute(_CLAIM_ONE, {**params, "head": head.seq}))
+            return list(
+                conn.execute(
+                    _CLAIM_COMPATIBLE,
+                    {
+                        **params,
+                        "key": head.batch_key,
+                        "head": head.seq,
+                        "budget": max_images,
+                        "limit": max(max_images, 1),
+                    },
+                )
+            )
+
+        rows = self.db.write(work)
+        rows.sort(key=lambda r: (-r.priority, r.seq))
+        return [JobRecord.from_row(r) for r in rows]
+
     def heartbeat(
         self, owner: str, job_ids: Iterable[str], *, lease_s: float, now: datetime | None = None
     ) -> Heartbeat:
@@ -171,18 +293,24 @@ class Leasing(StoreBase):
 
         return self.db.write(work) if ids else Heartbeat(frozenset(), frozenset())
 
-    def set_progress(self, owner: str, job_ids: Iterable[str], step: int, total: int) -> int:
-        """Record denoising progress for the jobs of one pipeline call."""
+    def set_progress(self, owner: str, job_ids: Iterable[str], step: int, total: int) -> Heartbeat:
+        """Record denoising progress for the jobs of one pipeline call; report which
+        of them this runner still holds and which were asked to cancel."""
         ids = list(job_ids)
 
-        def work(conn: Connection) -> int:
+        def work(conn: Connection) -> Heartbeat:
             params = {"owner": owner, "step": step, "total": total}
-            return sum(
-                conn.execute(_PROGRESS, {**params, "ids": list(chunk)}).rowcount
+            rows = [
+                row
                 for chunk in chunks(ids)
+                for row in conn.execute(_PROGRESS, {**params, "ids": list(chunk)})
+            ]
+            return Heartbeat(
+                frozenset(row.id for row in rows),
+                frozenset(row.id for row in rows if row.cancel_requested),
             )
 
-        return self.db.write(work) if ids else 0
+        return self.db.write(work) if ids else Heartbeat(frozenset(), frozenset())
 
     def _finish_owned(
         self, action: str, job_id: str, owner: str, now: datetime | None, **params: Any
@@ -221,14 +349,27 @@ class Leasing(StoreBase):
         message: str,
         *,
         retryable: bool = False,
+        retry_after_s: float = 0.0,
         result: dict[str, Any] | None = None,
         now: datetime | None = None,
     ) -> JobRecord:
         """Fail a running job. A retryable failure puts it back in the queue while it has
-        attempts left (the error stays recorded); otherwise it is `failed` for good."""
-        action = "fail_retryable" if retryable else "fail"
+        attempts left, not to be claimed for `retry_after_s` (the error stays recorded);
+        otherwise it is `failed` for good."""
+        now = now or utcnow()
+        if not retryable:
+            return self._finish_owned(
+                "fail", job_id, owner, now, outcome=result, code=code, message=message
+            )
         return self._finish_owned(
-            action, job_id, owner, now, outcome=result, code=code, message=message
+            "fail_retryable",
+            job_id,
+            owner,
+            now,
+            outcome=result,
+            code=code,
+            message=message,
+            retry_at=now + timedelta(seconds=retry_after_s),
         )
 
     def finish_cancelled(
@@ -253,14 +394,21 @@ class Leasing(StoreBase):
 
         return self.db.write(work) if ids else 0
 
-    def requeue_orphans(self, *, now: datetime | None = None) -> OrphanReport:
+    def requeue_orphans(
+        self, *, held_by: str | None = None, now: datetime | None = None
+    ) -> OrphanReport:
         """Rescue running jobs whose lease expired (their runner died): back to the
         queue, or `failed` with `attempts_exhausted` once they used all their attempts,
-        or `cancelled` if a cancel was waiting for them."""
+        or `cancelled` if a cancel was waiting for them.
+
+        `held_by`: an owner prefix whose jobs are orphans whatever their leases say (a
+        runner starting under a name that no other live runner holds passes its own
+        name, so that its dead predecessor's jobs rerun at once)."""
         now = now or utcnow()
-        expired = (
-            update(Job).where(Job.status == JobStatus.RUNNING).where(Job.lease_expires_at < now)
-        )
+        orphaned = Job.lease_expires_at < now
+        if held_by is not None:
+            orphaned = or_(orphaned, Job.lease_owner.startswith(held_by, autoescape=True))
+        expired = update(Job).where(Job.status == JobStatus.RUNNING).where(orphaned)
 
         def work(conn: Connection) -> OrphanReport:
             cancelled = (

@@ -17,12 +17,22 @@ from ..records import (
 )
 from ._base import COLUMNS, StoreBase, chunks, get_job, utcnow
 
+_QUEUE_MARKER = select(func.count(), func.max(Job.seq)).where(Job.status == JobStatus.QUEUED)
+
 
 class Queries(StoreBase):
     """Read jobs, pages, counts and statistics; wait for jobs to finish."""
 
     def get(self, job_id: str) -> JobRecord:
         return self.db.read(lambda conn: get_job(conn, job_id))
+
+    def change_marker(self) -> object:
+        """A value that changes when other connections change the database: a cheap
+        question an idle worker can ask often. SQLite answers from a counter, without
+        reading any table; other databases from the queued jobs' count and newest one."""
+        if self.db.engine.dialect.name == "sqlite":
+            return self.db.read(lambda conn: conn.exec_driver_sql("PRAGMA data_version").scalar())
+        return self.db.read(lambda conn: tuple(conn.execute(_QUEUE_MARKER).one()))
 
     def get_many(self, job_ids: Iterable[str]) -> list[JobRecord]:
         """The jobs with these ids, in the order asked; a missing one is an error."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import torch
 from alice_spool.engine.device import choose
 from alice_spool.engine.generate import Loaded, generate, load
 from alice_spool.engine.tiny import create_tiny
-from alice_spool.errors import GenerationFailed, Interrupted, InvalidParameters
+from alice_spool.errors import GenerationFailed, GpuOutOfMemory, Interrupted, InvalidParameters
 from alice_spool.registry import TINY_MARKER as MARKER
 from alice_spool.spec import SCHEDULERS, JobSpec, parse_spec
 
@@ -134,12 +135,43 @@ def test_nan_and_black_images_are_failures(tiny_dir: Path) -> None:
     with torch.no_grad():
         conv_out.weight.zero_()
         conv_out.bias.fill_(-50.0)  # every pixel far below black
-    with pytest.raises(GenerationFailed, match="black"):
-        generate(broken, [spec()])
+    (job,) = generate(broken, [spec()]).jobs
+    assert job.images == [] and isinstance(job.error, GenerationFailed)
+    assert "black" in job.error.message
     with torch.no_grad():
         conv_out.bias.fill_(float("nan"))
-    with pytest.raises(GenerationFailed, match="NaN"):
-        generate(broken, [spec()])
+    (job,) = generate(broken, [spec()]).jobs
+    assert job.images == [] and "NaN" in str(job.error)
+
+
+def test_a_broken_image_fails_only_its_own_job(tiny: Loaded) -> None:
+    """NaN in the second image of a three-image batch: its job fails, the others keep
+    their images."""
+
+    def poison_second(_module: Any, _inputs: Any, output: Any) -> Any:
+        output[1].fill_(float("nan"))
+        return output
+
+    hook = tiny.pipeline.vae.decoder.register_forward_hook(poison_second)
+    try:
+        out = generate(tiny, [spec(seed=1), spec(seed=2, n=2)])
+    finally:
+        hook.remove()
+    first, second = out.jobs
+    assert first.error is None and len(first.images) == 1
+    assert second.images == [] and isinstance(second.error, GenerationFailed)
+    assert second.error.message == "image 1 of the job contains NaN or infinite values"
+    assert second.seeds == [2, 3]
+
+
+def test_out_of_memory_becomes_gpu_out_of_memory(
+    tiny: Loaded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALICE_INJECT_OOM_ABOVE", "2")
+    assert len(generate(tiny, [spec(n=2)]).jobs[0].images) == 2
+    with pytest.raises(GpuOutOfMemory, match="3 image") as caught:
+        generate(tiny, [spec(n=3)])
+    assert caught.value.code == "gpu_out_of_memory" and caught.value.details["images"] == 3
 
 
 def test_an_sdxl_shaped_pipeline(tmp_path: Path) -> None:

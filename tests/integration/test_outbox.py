@@ -72,12 +72,22 @@ def test_a_failed_job_gets_a_result_too(tmp_path: Path) -> None:
 
 def test_an_earlier_complete_write_is_kept(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path)
-    outbox.write("j", {"run": 1}, images(1), ["first run"])
-    again = outbox.write("j", {"run": 2}, images(1), ["second run"])
+    outbox.write("j", {"run": 1, "status": "succeeded"}, images(1), ["first run"])
+    again = outbox.write("j", {"run": 2, "status": "succeeded"}, images(1), ["second run"])
     assert again.already_there
-    assert outbox.read_result("j") == {"run": 1}
+    assert outbox.read_result("j") == {"run": 1, "status": "succeeded"}
     with Image.open(tmp_path / "j" / "j-0.png") as png:
         assert png.text["parameters"] == "first run"
+
+
+def test_a_failure_is_replaced_when_the_retried_job_succeeds(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path)
+    outbox.write("j", {"status": "failed", "error": {"code": "timeout"}})
+    written = outbox.write("j", {"status": "succeeded"}, images(2), ["a", "b"])
+    assert not written.already_there
+    assert outbox.read_result("j") == {"status": "succeeded"}
+    assert sorted(p.name for p in (tmp_path / "j").iterdir()) == ["j-0.png", "j-1.png", RESULT]
+    assert [p.name for p in tmp_path.iterdir()] == ["j"]  # no staging left behind
 
 
 def test_an_incomplete_directory_is_replaced(tmp_path: Path) -> None:

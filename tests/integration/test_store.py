@@ -229,9 +229,9 @@ def test_heartbeat_renews_only_own_leases_and_reports_cancels(
 
 def test_progress_is_recorded_for_owned_jobs(store: Store, make_spec: Spec) -> None:
     job = running(store, make_spec)
-    assert store.set_progress("r1", [job.id], 3, 25) == 1
+    assert store.set_progress("r1", [job.id], 3, 25).owned == {job.id}
     assert (store.get(job.id).progress_step, store.get(job.id).progress_total) == (3, 25)
-    assert store.set_progress("other", [job.id], 4, 25) == 0
+    assert store.set_progress("other", [job.id], 4, 25).owned == set()
     assert store.get(job.id).progress_step == 3
 
 
@@ -559,11 +559,14 @@ def test_pinned_connections_are_per_thread(store: Store, make_spec: Spec) -> Non
     import threading
 
     owners: dict[str, object] = {}
+    together = threading.Barrier(3)  # all three hold their connections at once
 
     def worker(name: str) -> None:
         with store.db.pinned():
             owners[name] = store.db.read(lambda conn: conn.connection.driver_connection)
             enqueue(store, make_spec(name))
+            assert store.db.read(lambda conn: conn.connection.driver_connection) is owners[name]
+            together.wait(10)
 
     threads = [threading.Thread(target=worker, args=(f"t{i}",)) for i in range(3)]
     for thread in threads:

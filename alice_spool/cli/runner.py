@@ -1,0 +1,55 @@
+"""`alice-spool runner`: the GPU runner process on its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .app import App, cli, pass_app
+
+
+@cli.command()
+@click.option("--name", help="This runner's name in leases (default: runner.name, else host).")
+@click.option("--device", help="auto, cpu, cuda, cuda:N or mps (default: runner.device).")
+@click.option(
+    "--max-batch", type=click.IntRange(1, 64), help="Images per pipeline call (runner.max_batch)."
+)
+@click.option(
+    "--exit-when-idle",
+    is_flag=True,
+    help="Stop once nothing is left to claim (for cron jobs and benchmarks).",
+)
+@pass_app
+def runner(
+    app: App, name: str | None, device: str | None, max_batch: int | None, exit_when_idle: bool
+) -> None:
+    """Run queued jobs on the GPU until stopped (SIGTERM or Ctrl-C: finish up and release
+    the jobs held; a second one: exit at once)."""
+    from ..engine.device import choose
+    from ..engine.generate import quiet_libraries
+    from ..engine.resident import Engine
+    from ..outbox import Outbox
+    from ..runner import Runner, RunnerOptions
+
+    settings = app.settings
+    if name is not None:
+        RunnerOptions.check_name(name)
+    options = RunnerOptions.from_settings(
+        settings, name=name, max_batch=max_batch, exit_when_idle=exit_when_idle or None
+    )
+    quiet_libraries()
+    engine = Engine(
+        app.registry,
+        choose(device or settings.runner.device),
+        memory=settings.runner.memory,
+        default_model=settings.generation.default_model,
+        keep_in_ram=settings.runner.keep_in_ram,
+    )
+    outbox = Outbox(settings.paths.outbox, png_compress_level=settings.runner.png_compress_level)
+    worker = Runner(app.store, outbox, engine, options, lock_dir=Path(settings.paths.data_dir))
+    worker.install_signal_handlers()
+    try:
+        worker.run()
+    finally:
+        engine.unload()

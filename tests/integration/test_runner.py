@@ -1,0 +1,503 @@
+"""The runner loop in-process, on a real migrated database and a real outbox, with a
+stand-in engine that makes solid-colour images fast and can be told to be slow, run out
+of memory, hang or break an image. The real pipeline runs in tests/e2e/test_runner_process.py."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from alice_spool.errors import (
+    GenerationFailed,
+    GpuOutOfMemory,
+    Interrupted,
+    ModelNotFound,
+    RunnerBusy,
+)
+from alice_spool.models import JobStatus
+from alice_spool.outbox import RESULT, Outbox
+from alice_spool.records import JobRecord
+from alice_spool.runner import Runner, RunnerOptions
+from alice_spool.spec import JobSpec
+from alice_spool.store import Store
+from alice_spool.store._base import utcnow
+
+MODELS = ("sd/a", "sd/b")
+
+
+def colour(seed: int) -> tuple[int, int, int]:
+    return (seed % 200 + 20, seed // 7 % 200 + 20, 99)
+
+
+class FakeEngine:
+    """The engine's interface: resolve, generate (with steps, a stop check and progress),
+    a resident model, the default model."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[JobSpec]] = []
+        self.resident_model: str | None = None
+        self.step_s = 0.0
+        self.oom_above: int | None = None
+        self.broken_prompts: set[str] = set()
+        self.hang: threading.Event | None = None  # generate blocks until it is set
+        self.started = threading.Event()  # set when a call begins
+
+    def default_model_id(self) -> str:
+        return "sd/a"
+
+    def resolve(self, spec: JobSpec) -> JobSpec:
+        model = spec.model or "sd/a"
+        if model not in MODELS:
+            raise ModelNotFound(f"model {model} is not installed")
+        return replace(spec, model=model, width=spec.width or 64, height=spec.height or 64)
+
+    def unload(self) -> None:
+        self.resident_model = None
+
+    def generate(
+        self,
+        specs: Sequence[JobSpec],
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Any:
+        resolved = [self.resolve(s) for s in specs]
+        self.calls.append(resolved)
+        self.resident_model = resolved[0].model
+        self.started.set()
+        images = sum(s.n for s in resolved)
+        if self.oom_above is not None and images > self.oom_above:
+            raise GpuOutOfMemory(f"out of GPU memory generating {images} image(s)")
+        if self.hang is not None:
+            self.hang.wait(30)
+        steps = resolved[0].steps
+        for step in range(1, steps + 1):
+            time.sleep(self.step_s)
+            if on_step:
+                on_step(step, steps)
+            if should_stop and should_stop():
+                raise Interrupted(f"stopped after step {step}")
+        jobs = []
+        for spec in resolved:
+            seeds = spec.image_seeds()
+            if spec.prompt in self.broken_prompts:
+                jobs.append(SimpleNamespace(images=[], seeds=seeds, error=GenerationFailed("NaN")))
+                continue
+            size = (spec.width, spec.height)
+            images_ = [Image.new("RGB", size, colour(seed)) for seed in seeds]
+            jobs.append(SimpleNamespace(images=images_, seeds=seeds, error=None))
+        return SimpleNamespace(jobs=jobs, seconds=0.01, device="fake", memory_mode="full")
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Outbox:
+    return Outbox(tmp_path / "outbox")
+
+
+@pytest.fixture
+def make_runner(
+    store: Store, outbox: Outbox, engine: FakeEngine, tmp_path: Path
+) -> Callable[..., Runner]:
+    def make(**options: Any) -> Runner:
+        values: dict[str, Any] = {"name": "test", "exit_when_idle": True, **options}
+        return Runner(store, outbox, engine, RunnerOptions(**values), lock_dir=tmp_path)
+
+    return make
+
+
+def submit(store: Store, prompt: str = "a cat", **fields: Any) -> JobRecord:
+    spec = JobSpec(prompt=prompt, **{"steps": 4, "seed": 10, **fields})
+    return store.enqueue(spec, source="cli").job
+
+
+@pytest.fixture
+def background() -> Iterator[Callable[[Runner], threading.Thread]]:
+    threads: list[tuple[Runner, threading.Thread]] = []
+
+    def start(runner: Runner) -> threading.Thread:
+        thread = threading.Thread(target=runner.run, daemon=True)
+        thread.start()
+        threads.append((runner, thread))
+        return thread
+
+    yield start
+    for runner, thread in threads:
+        runner.request_stop()
+        thread.join(10)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+def status(store: Store, job: JobRecord) -> JobStatus:
+    return store.get(job.id).status
+
+
+# -- the happy path --------------------------------------------------------------------
+
+
+def test_compatible_jobs_run_as_one_call_and_each_gets_its_directory(
+    store: Store, outbox: Outbox, engine: FakeEngine, make_runner: Callable[..., Runner]
+) -> None:
+    jobs = [submit(store, f"cat {i}", seed=100 * i) for i in range(3)]
+    two = submit(store, "two cats", n=2, seed=7)
+    make_runner().run()
+
+    assert len(engine.calls) == 1  # four compatible jobs, five images: one call
+    assert [s.prompt for s in engine.calls[0]] == ["cat 0", "cat 1", "cat 2", "two cats"]
+    for job in [*jobs, two]:
+        done = store.get(job.id)
+        assert done.status is JobStatus.SUCCEEDED and done.attempts == 1
+        result = outbox.read_result(job.id)
+        assert result is not None and done.result == result
+        assert result["status"] == "succeeded" and result["job_id"] == job.id
+        assert result["spec"]["model"] == "sd/a"  # resolved
+        assert result["timings"]["batch_images"] == 5
+        assert result["timings"]["wait_s"] >= 0 and result["error"] is None
+    result = outbox.read_result(two.id)
+    assert [(i["file"], i["seed"]) for i in result["images"]] == [
+        (f"{two.id}-0.png", 7),
+        (f"{two.id}-1.png", 8),
+    ]
+    for index, seed in enumerate((7, 8)):
+        with Image.open(outbox.job_dir(two.id) / f"{two.id}-{index}.png") as png:
+            assert png.getpixel((0, 0)) == colour(seed)
+            assert f"Seed: {seed}, Size: 64x64, Model: a" in png.text["parameters"]
+    assert sorted(p.name for p in outbox.root.iterdir()) == sorted(j.id for j in [*jobs, two])
+
+
+def test_batches_hold_at_most_max_batch_images_in_queue_order(
+    store: Store, engine: FakeEngine, make_runner: Callable[..., Runner]
+) -> None:
+    a = [submit(store, f"a{i}", n=2) for i in range(3)]  # 6 images
+    b = submit(store, "b", steps=5)  # another batch key
+    c = submit(store, "c", n=4)
+    big = submit(store, "big", n=6)  # alone over the budget of 4: runs alone
+    make_runner(max_batch=4).run()
+    prompts = [[s.prompt for s in call] for call in engine.calls]
+    # a2 and c would make 6 images: c waits for the next call rather than overfill
+    assert prompts == [["a0", "a1"], ["a2"], ["b"], ["c"], ["big"]]
+    assert all(status(store, j) is JobStatus.SUCCEEDED for j in [*a, b, c, big])
+
+
+def test_priority_comes_before_batching(
+    store: Store, engine: FakeEngine, make_runner: Callable[..., Runner]
+) -> None:
+    submit(store, "low 1")
+    submit(store, "other size", width=128)
+    submit(store, "low 2")
+    submit(store, "urgent", width=128, priority=5)
+    make_runner().run()
+    prompts = [[s.prompt for s in call] for call in engine.calls]
+    assert prompts == [["urgent", "other size"], ["low 1", "low 2"]]
+
+
+def test_the_resident_model_is_preferred_within_a_bound(
+    store: Store, engine: FakeEngine, make_runner: Callable[..., Runner]
+) -> None:
+    """Jobs for a, b, a, b at one priority: with a loaded, both a jobs run before the
+    b jobs (one switch instead of three); with no patience, strict queue order."""
+    engine.resident_model = "sd/a"
+    for i in range(2):
+        submit(store, f"a{i}", model="sd/a", steps=4 + i)  # different keys: one call each
+        submit(store, f"b{i}", model="sd/b", steps=4 + i)
+    make_runner(switch_model_after_s=60).run()
+    order = [call[0].prompt for call in engine.calls]
+    assert order == ["a0", "a1", "b0", "b1"]
+
+    engine.calls.clear()
+    engine.resident_model = "sd/a"
+    for i in range(2):
+        submit(store, f"b{i}", model="sd/b", steps=4 + i)
+        submit(store, f"a{i}", model="sd/a", steps=4 + i)
+    make_runner(switch_model_after_s=0).run()
+    assert [call[0].prompt for call in engine.calls] == ["b0", "a0", "b1", "a1"]
+
+
+def test_jobs_for_another_model_wait_no_longer_than_the_bound(
+    store: Store, engine: FakeEngine, make_runner: Callable[..., Runner]
+) -> None:
+    """b's job is first in the queue but a is loaded: a's jobs go first, until b's job
+    has waited `switch_model_after_s`; then b gets its switch, before a's queue is done."""
+    engine.resident_model = "sd/a"
+    engine.step_s = 0.025  # about 0.1 s a job
+    submit(store, "b", model="sd/b")
+    for i in range(6):
+        submit(store, f"a{i}", model="sd/a", steps=4 + i % 2, seed=i)
+        submit(store, f"a{i}", model="sd/a", steps=4 + (i + 1) % 2, seed=i + 100)
+    make_runner(switch_model_after_s=0.3, max_batch=1).run()
+    order = [call[0].prompt for call in engine.calls]
+    assert 1 <= order.index("b") < len(order) - 1, order
+
+
+# -- faults ---------------------------------------------------------------------------
+
+
+def test_out_of_memory_splits_the_batch_until_it_fits(
+    store: Store, outbox: Outbox, engine: FakeEngine, make_runner: Callable[..., Runner]
+) -> None:
+    engine.oom_above = 2
+    jobs = [submit(store, f"cat {i}", seed=i * 10) for i in range(3)]
+    three = submit(store, "three", n=3, seed=50)
+    make_runner().run()
+    sizes = [sum(s.n for s in call) for call in engine.calls]
+    assert sizes == [6, 3, 2, 1, 3, 1, 2]  # halves of about equal images, then a job by image
+    for job in [*jobs, three]:
+        assert status(store, job) is JobStatus.SUCCEEDED
+    result = outbox.read_result(three.id)
+    assert [i["seed"] for i in result["images"]] == [50, 51, 52]  # split by image, in order
+    with Image.open(outbox.job_dir(three.id) / f"{three.id}-2.png") as png:
+        assert png.getpixel((0, 0)) == colour(52)
+
+
+def test_an_image_that_fits_nowhere_fails_only_its_job(
+    store: Store, outbox: Outbox, engine: FakeEngine, make_runner: Callable[..., Runner]
+) -> None:
+    engine.oom_above = 0
+    job = submit(store, "too big")
+    make_runner().run()
+    failed = store.get(job.id)
+    assert (failed.status, failed.error_code) == (JobStatus.FAILED, "gpu_out_of_memory")
+    result = outbox.read_result(job.id)
+    assert result["status"] == "failed" and result["error"]["code"] == "gpu_out_of_memory"
+    assert [p.name for p in outbox.job_dir(job.id).iterdir()] == [RESULT]
+
+
+def test_a_broken_image_fails_its_job_and_not_the_batch(
+    store: Store, engine: FakeEngine, make_runner: Callable[..., Runner]
+) -> None:
+    engine.broken_prompts = {"nan"}
+    good, bad = submit(store, "fine"), submit(store, "nan")
+    make_runner().run()
+    assert len(engine.calls) == 1
+    assert status(store, good) is JobStatus.SUCCEEDED
+    assert store.get(bad.id).error_code == "generation_failed"
+
+
+def test_a_job_for_a_missing_model_fails_and_the_runner_goes_on(
+    store: Store, outbox: Outbox, make_runner: Callable[..., Runner]
+) -> None:
+    missing = submit(store, "gone", model="sd/removed")
+    after = submit(store, "next")
+    make_runner().run()
+    failed = store.get(missing.id)
+    assert (failed.status, failed.error_code) == (JobStatus.FAILED, "model_not_found")
+    assert "sd/removed" in failed.error_message
+    assert outbox.read_result(missing.id)["error"]["code"] == "model_not_found"
+    assert status(store, after) is JobStatus.SUCCEEDED
+
+
+def test_a_failing_outbox_write_leaves_the_job_retryable_and_nothing_half_written(
+    store: Store,
+    outbox: Outbox,
+    make_runner: Callable[..., Runner],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job = submit(store, "disk full", n=2)
+    real_save = Image.Image.save
+    calls = {"n": 0}
+
+    def full_disk(self: Image.Image, fp: Any, *args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first PNG is written, the second finds the disk full
+            raise OSError(28, "No space left on device")
+        real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    make_runner(retry_after_s=3600).run()
+    again = store.get(job.id)
+    assert again.status is JobStatus.QUEUED and again.error_code == "outbox_write_failed"
+    assert "No space left on device" in again.error_message
+    assert again.not_before is not None and again.not_before > utcnow() + timedelta(minutes=59)
+    assert list(outbox.root.iterdir()) == []  # no directory, no staging left
+
+    store.db.write(lambda c: c.exec_driver_sql("UPDATE jobs SET not_before = NULL"))
+    make_runner().run()  # the disk has room again
+    done = store.get(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.attempts == 2
+    assert len(outbox.read_result(job.id)["images"]) == 2
+
+
+def test_a_job_that_runs_too_long_fails_with_timeout(
+    store: Store, outbox: Outbox, engine: FakeEngine, make_runner: Callable[..., Runner]
+) -> None:
+    engine.step_s = 0.05
+    job = submit(store, "slow", steps=100)
+    make_runner(job_timeout_s=0.3).run()
+    failed = store.get(job.id)
+    assert (failed.status, failed.error_code) == (JobStatus.FAILED, "timeout")
+    assert outbox.read_result(job.id)["error"]["code"] == "timeout"
+    assert failed.progress_step is not None and failed.progress_step < 100
+
+
+def test_a_hung_device_fails_the_batch_with_timeout(
+    store: Store, engine: FakeEngine, make_runner: Callable[..., Runner], tmp_path: Path
+) -> None:
+    """A call that never reaches its next step: the monitor gives up on it."""
+    engine.hang = threading.Event()
+    job = submit(store, "stuck")
+    gave_up = threading.Event()
+    runner = Runner(
+        store,
+        Outbox(tmp_path / "outbox"),
+        engine,
+        RunnerOptions(
+            name="hang", job_timeout_s=0.2, hang_grace_s=0.2, progress_s=0.05, exit_when_idle=True
+        ),
+        lock_dir=tmp_path,
+        on_hang=lambda: (gave_up.set(), engine.hang.set()),
+    )
+    runner.run()
+    assert gave_up.is_set()
+    failed = store.get(job.id)
+    assert (failed.status, failed.error_code) == (JobStatus.FAILED, "timeout")
+    assert "did not return" in failed.error_message
+
+
+# -- cancel, stop, restart -----------------------------------------------------------------
+
+
+def test_cancelling_a_running_job_stops_it_at_the_next_step(
+    store: Store,
+    outbox: Outbox,
+    engine: FakeEngine,
+    make_runner: Callable[..., Runner],
+    background: Callable[[Runner], threading.Thread],
+) -> None:
+    engine.step_s = 0.02
+    job = submit(store, "long", steps=500)
+    thread = background(make_runner(exit_when_idle=False, progress_s=0.05))
+    wait_until(lambda: (store.get(job.id).progress_step or 0) > 2)
+    store.cancel(job.id)
+    wait_until(lambda: status(store, job) is JobStatus.CANCELLED, timeout=5)
+    step = store.get(job.id).progress_step
+    assert step is not None and step < 500
+    assert not outbox.job_dir(job.id).exists()
+    assert thread.is_alive()  # the runner goes on
+
+
+def test_a_cancelled_job_leaves_its_batch_mates_alone(
+    store: Store,
+    engine: FakeEngine,
+    make_runner: Callable[..., Runner],
+    background: Callable[[Runner], threading.Thread],
+) -> None:
+    engine.step_s = 0.02
+    keep, drop = submit(store, "keep", steps=40), submit(store, "drop", steps=40)
+    background(make_runner(exit_when_idle=False, progress_s=0.05))
+    wait_until(lambda: (store.get(drop.id).progress_step or 0) > 1)
+    store.cancel(drop.id)
+    wait_until(lambda: status(store, keep) is JobStatus.SUCCEEDED)
+    assert status(store, drop) is JobStatus.CANCELLED
+    assert len(engine.calls) == 1
+
+
+def test_stopping_mid_batch_releases_the_jobs_uncounted(
+    store: Store,
+    outbox: Outbox,
+    engine: FakeEngine,
+    make_runner: Callable[..., Runner],
+    background: Callable[[Runner], threading.Thread],
+) -> None:
+    engine.step_s = 0.02
+    jobs = [submit(store, f"job {i}", steps=500) for i in range(3)]
+    runner = make_runner(exit_when_idle=False)
+    thread = background(runner)
+    engine.started.wait(5)
+    runner.request_stop()
+    thread.join(5)
+    assert not thread.is_alive()
+    for job in jobs:
+        again = store.get(job.id)
+        assert (again.status, again.attempts, again.lease_owner) == (JobStatus.QUEUED, 0, None)
+    assert list(outbox.root.iterdir()) == []
+
+
+def test_a_restarted_runner_reruns_its_predecessors_jobs_at_once(
+    store: Store, outbox: Outbox, make_runner: Callable[..., Runner]
+) -> None:
+    """Jobs held by a dead runner of the same name rerun without waiting out the lease;
+    another runner's live lease is left alone."""
+    mine = submit(store, "mine")
+    theirs = submit(store, "theirs", steps=5)
+    store.claim_batch("test/999/dead", 1, lease_s=3600)  # takes `mine`, the oldest
+    store.claim_batch("elsewhere/1/x", 1, lease_s=3600)
+    make_runner().run()
+    done = store.get(mine.id)
+    assert done.status is JobStatus.SUCCEEDED and done.attempts == 2
+    assert store.get(theirs.id).lease_owner == "elsewhere/1/x"
+
+
+def test_a_job_written_before_a_crash_is_finished_from_its_directory(
+    store: Store, outbox: Outbox, engine: FakeEngine, make_runner: Callable[..., Runner]
+) -> None:
+    job = submit(store, "written")
+    store.claim_batch("test/999/dead", 1, lease_s=3600)
+    earlier = {"job_id": job.id, "status": "succeeded", "images": [], "run": "earlier"}
+    outbox.write(job.id, earlier)
+    make_runner().run()
+    assert engine.calls == []
+    done = store.get(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.result == earlier
+
+
+def test_a_second_runner_of_the_same_name_is_refused(
+    store: Store,
+    make_runner: Callable[..., Runner],
+    background: Callable[[Runner], threading.Thread],
+) -> None:
+    first = make_runner(exit_when_idle=False)
+    background(first)
+    wait_until(lambda: first.lock.path.exists() and first.lock._fd is not None)
+    with pytest.raises(RunnerBusy, match="already running"):
+        make_runner().run()
+    make_runner(name="other").run()  # another name is fine
+
+
+def test_an_idle_runner_wakes_for_a_new_job(
+    store: Store,
+    engine: FakeEngine,
+    make_runner: Callable[..., Runner],
+    background: Callable[[Runner], threading.Thread],
+) -> None:
+    background(make_runner(exit_when_idle=False, recheck_s=3600))
+    time.sleep(0.2)  # idle, watching for changes
+    job = submit(store, "wake up")
+    wait_until(lambda: status(store, job) is JobStatus.SUCCEEDED, timeout=5)
+
+
+def test_progress_reaches_the_row_while_a_batch_runs(
+    store: Store,
+    engine: FakeEngine,
+    make_runner: Callable[..., Runner],
+    background: Callable[[Runner], threading.Thread],
+) -> None:
+    engine.step_s = 0.01
+    job = submit(store, "steps", steps=150)
+    background(make_runner(exit_when_idle=False, progress_s=0.05))
+    seen: set[int] = set()
+    wait_until(lambda: seen.add(store.get(job.id).progress_step or 0) or len(seen) > 3)
+    wait_until(lambda: status(store, job) is JobStatus.SUCCEEDED)
+    done = store.get(job.id)
+    assert (done.progress_step, done.progress_total) == (150, 150)
+    assert len(seen) < 150  # throttled, not one write per step
+    assert json.dumps(done.result)  # stored as JSON
