@@ -86,6 +86,8 @@ def _compatible_statement() -> Update:
     candidates = (
         select(Job.seq, Job.images, Job.priority)
         .where(_ready(), Job.batch_key == bindparam("key"))
+        # a job bigger than a whole batch waits to be a head; it blocks no one behind it
+        .where(or_(Job.images <= bindparam("budget"), Job.seq == bindparam("head")))
         .order_by(Job.priority.desc(), Job.seq)
         .limit(bindparam("limit"))
         .with_for_update(skip_locked=True)

@@ -102,6 +102,38 @@ def test_downgrade_to_base_and_up_again(tmp_path: Path, make_spec) -> None:
     assert sum(Store(db).counts().values()) == 0
 
 
+def test_jobs_queued_before_0002_keep_their_image_count_and_run_alone(tmp_path: Path) -> None:
+    """0002 adds batch keys and image counts; a job queued under 0001 gets its count from
+    its stored request and no key, and the runner's claim still takes it (alone)."""
+    from alice_spool.store import Store
+
+    path = tmp_path / "old.db"
+    db = Database.open(f"sqlite:///{path}")
+    migrate.upgrade(db, "0001")
+    run_sql(
+        path,
+        *(
+            "INSERT INTO jobs (id, source, status, priority, created_at, attempts, "
+            "max_attempts, cancel_requested, spec) VALUES "
+            f"('old{i}', 'cli', 'queued', 0, '2026-11-01 12:00:0{i}', 0, 3, 0, "
+            f'\'{{"prompt": "old {i}", "n": {n}, "steps": 20, "seed": 1}}\')'
+            for i, n in enumerate((3, 1))
+        ),
+    )
+    migrate.upgrade(db)
+    store = Store(db)
+    rows = db.read(
+        lambda conn: conn.exec_driver_sql(
+            "SELECT id, images, batch_key FROM jobs ORDER BY seq"
+        ).all()
+    )
+    assert [tuple(r) for r in rows] == [("old0", 3, None), ("old1", 1, None)]
+    (first,) = store.claim_compatible("r", max_images=8, lease_s=60)
+    assert first.id == "old0" and first.spec.n == 3
+    assert [j.id for j in store.claim_compatible("r", max_images=8, lease_s=60)] == ["old1"]
+    db.close()
+
+
 def test_unknown_revision_is_a_clear_error(tmp_path: Path) -> None:
     db = Database.open(f"sqlite:///{tmp_path / 'a.db'}")
     with pytest.raises(errors.DatabaseError, match="migration failed"):

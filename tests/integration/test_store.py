@@ -210,6 +210,82 @@ def test_claim_of_zero_is_nothing(store: Store, make_spec: Spec) -> None:
     assert store.counts()[JobStatus.QUEUED] == 1
 
 
+def compatible(store: Store, *, max_images: int = 8, seconds: float = 10, **kw) -> list[str]:
+    jobs = store.claim_compatible("r1", max_images=max_images, lease_s=60, now=at(seconds), **kw)
+    return [job.spec.prompt for job in jobs]
+
+
+def test_the_compatible_claim_takes_the_head_and_its_batch_mates(
+    store: Store, make_spec: Spec
+) -> None:
+    for prompt, fields in [
+        ("a", {}),
+        ("other size", {"width": 768}),
+        ("b", {"n": 3}),
+        ("other model", {"model": "sd/x"}),
+        ("c", {"n": 4}),  # exactly fills the budget of 8
+        ("d", {}),  # one too many: next time
+    ]:
+        enqueue(store, make_spec(prompt, **fields), now=at(0))
+    assert compatible(store) == ["a", "b", "c"]  # 1 + 3 + 4 images
+    assert compatible(store) == ["other size"]
+    assert compatible(store) == ["other model"]
+    assert compatible(store) == ["d"]
+    assert compatible(store) == []
+
+
+def test_a_head_over_the_budget_runs_alone_and_priority_leads(
+    store: Store, make_spec: Spec
+) -> None:
+    enqueue(store, make_spec("big", n=6), now=at(0))
+    enqueue(store, make_spec("small"), now=at(0))
+    enqueue(store, make_spec("urgent", priority=3), now=at(0))
+    assert compatible(store, max_images=4) == ["urgent", "small"]
+    assert compatible(store, max_images=4) == ["big"]
+    held = store.list_jobs(statuses=[JobStatus.RUNNING]).jobs
+    assert {j.lease_owner for j in held} == {"r1"} and {j.attempts for j in held} == {1}
+
+
+def test_the_compatible_claim_skips_jobs_not_yet_due(store: Store, make_spec: Spec) -> None:
+    enqueue(store, make_spec("later"), now=at(0), not_before=at(100))
+    enqueue(store, make_spec("now"), now=at(0))
+    assert compatible(store) == ["now"]
+    assert compatible(store, seconds=101) == ["later"]
+
+
+def test_the_resident_model_is_preferred_at_equal_priority(store: Store, make_spec: Spec) -> None:
+    enqueue(store, make_spec("x first", model="sd/x"), now=at(0))
+    enqueue(store, make_spec("default"), now=at(1))
+    enqueue(store, make_spec("y", model="sd/y"), now=at(2))
+    enqueue(store, make_spec("y urgent", model="sd/x", priority=1, steps=30), now=at(3))
+    # a higher priority goes first whatever is loaded
+    assert compatible(store, prefer_models=["sd/y"]) == ["y urgent"]
+    assert compatible(store, prefer_models=["sd/y"]) == ["y"]
+    # the default model counts as resident when it is the one loaded
+    assert compatible(store, prefer_models=["sd/tiny"], prefer_default=True) == ["default"]
+    assert compatible(store, prefer_models=["sd/tiny"], prefer_default=True) == ["x first"]
+
+
+def test_the_preference_gives_way_to_jobs_waiting_past_the_bound(
+    store: Store, make_spec: Spec
+) -> None:
+    enqueue(store, make_spec("x", model="sd/x"), now=at(0))
+    enqueue(store, make_spec("y", model="sd/y"), now=at(50))
+    prefer = {"prefer_models": ["sd/y"], "seconds": 60}
+    # x was queued at 0: before the bound of 30 s ago, so it gets its switch
+    assert compatible(store, switch_for_jobs_queued_before=at(30), **prefer) == ["x"]
+    enqueue(store, make_spec("x again", model="sd/x"), now=at(55))
+    assert compatible(store, switch_for_jobs_queued_before=at(30), **prefer) == ["y"]
+
+
+def test_jobs_queued_before_batch_keys_existed_run_alone(store: Store, make_spec: Spec) -> None:
+    old = [enqueue(store, make_spec(f"old {i}"), now=at(0)) for i in range(2)]
+    store.db.write(lambda conn: conn.exec_driver_sql("UPDATE jobs SET batch_key = NULL"))
+    assert compatible(store) == ["old 0"]
+    assert compatible(store) == ["old 1"]
+    assert {store.get(j.id).status for j in old} == {JobStatus.RUNNING}
+
+
 # -- leases -----------------------------------------------------------------------------
 
 
