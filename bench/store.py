@@ -1,7 +1,7 @@
 """Queue throughput on a file database with the settings the daemon uses (WAL, BEGIN
 IMMEDIATE writers), for both `[database] synchronous` modes. Prints one JSON object.
 
-    python bench/queue.py [--jobs 2000] [--batch 10000] [--dir /tmp]
+    python bench/store.py [--jobs 2000] [--batch 10000] [--dir /tmp]
 
 Measures: single enqueues/s (one transaction each), batch enqueue jobs/s (one
 10,000-line JSONL batch, parsing included and not), claim+succeed jobs/s claiming one
@@ -141,7 +141,7 @@ def main() -> None:
         return _median(runs)
 
     result = {
-        "benchmark": "queue",
+        "benchmark": "store",
         # [database] synchronous: "normal" is the default, "full" adds an fsync per commit.
         "default": "normal",
         "normal": median_of_runs("normal"),

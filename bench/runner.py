@@ -1,0 +1,215 @@
+"""The runner's overhead and wake-up latency on the tiny model on CPU. Prints one JSON object.
+
+    python bench/runner.py [--jobs 32] [--rounds 3] [--steps 25] [--size 64] [--max-batch 8]
+
+In one process, on the same loaded pipeline and the same jobs:
+
+- `direct`: the engine called in a loop on the batches the runner would make (no queue,
+  no files): the best the spool could do;
+- `direct_one_by_one`: the engine called once per job, as a spool without batching would;
+- `runner`: the jobs enqueued, then the real runner (claim, generate, PNG + result.json
+  written and fsynced, succeed) until the last job is marked succeeded.
+
+The two alternate for `--rounds` rounds (this machine's speed drifts by 10-20% over a
+minute); `ratio` = best runner jobs/s / best direct jobs/s (the spool's overhead;
+target >= 0.95), with the ratio of the medians beside it.
+Wake-up latency: an idle runner, one job enqueued at a time; the time from the commit
+of the enqueue to the runner's claim (the job's `started_at`). Target p99 < 100 ms.
+Idle CPU: the runner process's CPU time while idle, as a share of one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from alice_spool import migrate
+from alice_spool.database import Database
+from alice_spool.engine.device import choose
+from alice_spool.engine.generate import quiet_libraries
+from alice_spool.engine.resident import Engine
+from alice_spool.engine.tiny import create_tiny
+from alice_spool.models import JobStatus
+from alice_spool.outbox import Outbox
+from alice_spool.registry import ModelRegistry
+from alice_spool.runner import Runner, RunnerOptions
+from alice_spool.spec import JobSpec
+from alice_spool.store import Store
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def jobs_for(args: argparse.Namespace) -> list[JobSpec]:
+    return [
+        JobSpec(
+            prompt=f"a lighthouse at dusk #{i}",
+            model="sd/tiny",
+            width=args.size,
+            height=args.size,
+            steps=args.steps,
+            seed=1000 + i,
+        )
+        for i in range(args.jobs)
+    ]
+
+
+def direct(engine: Engine, specs: list[JobSpec], batch: int) -> float:
+    started = time.perf_counter()
+    for start in range(0, len(specs), batch):
+        engine.generate(specs[start : start + batch])
+    return time.perf_counter() - started
+
+
+def through_runner(
+    engine: Engine, specs: list[JobSpec], root: Path, args: argparse.Namespace, name: str
+) -> float:
+    db = Database.open(f"sqlite:///{root / f'{name}.db'}")
+    migrate.upgrade(db)
+    store = Store(db, max_queue=1_000_000)
+    for spec in specs:
+        store.enqueue(spec, source="cli")
+    runner = Runner(
+        store,
+        Outbox(root / f"outbox-{name}"),
+        engine,
+        RunnerOptions(name=name, max_batch=args.max_batch, exit_when_idle=True),
+        lock_dir=root,
+    )
+    started = time.perf_counter()
+    runner.run()  # returns once every job is claimed and every write is done
+    elapsed = time.perf_counter() - started
+    counts = store.counts()
+    assert counts[JobStatus.SUCCEEDED] == len(specs), counts
+    db.close()
+    return elapsed
+
+
+def wake_ups(engine: Engine, root: Path, args: argparse.Namespace) -> dict[str, float]:
+    db = Database.open(f"sqlite:///{root / 'wake.db'}")
+    migrate.upgrade(db)
+    store = Store(db)
+    runner = Runner(
+        store,
+        Outbox(root / "outbox-wake"),
+        engine,
+        RunnerOptions(name="wake", max_batch=args.max_batch),
+        lock_dir=root,
+    )
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    rng = random.Random(7)
+    spec = JobSpec(prompt="wake up", model="sd/tiny", width=64, height=64, steps=1, seed=1)
+    time.sleep(1.0)  # idle
+
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+    idle_s = 3.0
+    time.sleep(idle_s)
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    idle_cpu = (
+        cpu_after.ru_utime - cpu_before.ru_utime + cpu_after.ru_stime - cpu_before.ru_stime
+    ) / idle_s
+
+    latencies: list[float] = []
+    for _ in range(args.wakeups):
+        time.sleep(rng.uniform(0.1, 0.4))  # the runner is idle again
+        job = store.enqueue(spec, source="cli").job
+        committed = datetime.now(UTC)
+        deadline = time.monotonic() + 10
+        while (record := store.get(job.id)).status is not JobStatus.SUCCEEDED:
+            assert time.monotonic() < deadline, "the runner did not wake"
+            time.sleep(0.01)
+        assert record.started_at is not None
+        latencies.append(max(0.0, (record.started_at - committed).total_seconds()) * 1000)
+    runner.request_stop()
+    thread.join(10)
+    db.close()
+    return {
+        "samples": len(latencies),
+        "p50_ms": round(statistics.median(latencies), 1),
+        "p99_ms": round(percentile(latencies, 0.99), 1),
+        "max_ms": round(max(latencies), 1),
+        "idle_cpu_percent_of_one_core": round(idle_cpu * 100, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--wakeups", type=int, default=60)
+    parser.add_argument("--dir", default=None, help="where the databases and outboxes go")
+    args = parser.parse_args()
+
+    quiet_libraries()
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        root = Path(tmp)
+        create_tiny(root / "models")
+        engine = Engine(ModelRegistry(root / "models"), choose("cpu"))
+        specs = jobs_for(args)
+        engine.generate(specs[: args.max_batch])  # load and warm up
+        engine.generate(specs[:1])
+
+        # Interleaved rounds, so that the machine's drift hits both sides alike.
+        direct_s: list[float] = []
+        runner_s: list[float] = []
+        for round_ in range(args.rounds):
+            direct_s.append(direct(engine, specs, args.max_batch))
+            runner_s.append(through_runner(engine, specs, root, args, f"round{round_}"))
+        one_by_one_s = direct(engine, specs, 1)
+        wake = wake_ups(engine, root, args)
+
+    best_direct, best_runner = min(direct_s), min(runner_s)
+    result = {
+        "benchmark": "runner",
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "workload": {
+            "jobs": args.jobs,
+            "rounds": args.rounds,
+            "model": "sd/tiny (random weights)",
+            "size": f"{args.size}x{args.size}",
+            "steps": args.steps,
+            "scheduler": specs[0].scheduler,
+            "max_batch": args.max_batch,
+            "device": "cpu",
+        },
+        "jobs_per_s": {
+            "direct": round(args.jobs / best_direct, 2),
+            "direct_one_by_one": round(args.jobs / one_by_one_s, 2),
+            "runner": round(args.jobs / best_runner, 2),
+        },
+        "seconds": {
+            "direct": [round(s, 3) for s in direct_s],
+            "runner": [round(s, 3) for s in runner_s],
+            "direct_one_by_one": round(one_by_one_s, 3),
+        },
+        "ratio_runner_to_direct": round(best_direct / best_runner, 3),
+        "ratio_runner_to_direct_median": round(
+            statistics.median(direct_s) / statistics.median(runner_s), 3
+        ),
+        "ratio_runner_to_one_by_one": round(one_by_one_s / best_runner, 3),
+        "wake_up": wake,
+        "targets": {"ratio": ">= 0.95", "wake_up_p99_ms": "< 100"},
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
