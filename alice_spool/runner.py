@@ -38,6 +38,7 @@ from . import faults
 from .config import Settings
 from .errors import (
     ConfigError,
+    DatabaseError,
     GenerationFailed,
     GpuOutOfMemory,
     IllegalTransition,
@@ -56,6 +57,7 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+DB_RETRY_S = 1.0
 HANG_EXIT_CODE = 70  # the process gives up on a stuck device; its supervisor restarts it
 SECOND_SIGNAL_EXIT_CODE = 143
 
@@ -232,10 +234,10 @@ class Runner:
         self._held: dict[str, JobRecord] = {}  # jobs this runner holds a lease on
         self._cancelled: set[str] = set()  # of those, the ones a user cancelled
         self._running: Running | None = None
-        self._writes: queue.Queue[tuple[Outcome, float] | None] = queue.Queue(maxsize=2)
+        # Outcomes waiting for the writer: at most two batches ahead of the disk.
+        self._writes: queue.Queue[Outcome | None] = queue.Queue(maxsize=2 * options.max_batch)
         self._resident_since = time.monotonic()
         self._resident: str | None = None
-        self.batches = 0  # pipeline calls made, for tests and benchmarks
 
     # -- the outside world -------------------------------------------------------------
 
@@ -286,19 +288,18 @@ class Runner:
     def _start_up(self) -> None:
         self.outbox.root.mkdir(parents=True, exist_ok=True)
         self.outbox.remove_stale()
-        report = self.store.requeue_orphans(held_by=f"{self.options.name}/")
-        for job in self.store.get_many(report.exhausted):
-            self._write_failure(job, None)  # result.json for the jobs that ran out
-        log.info(
-            "runner %s started: %d orphaned job(s) requeued, %d out of attempts",
-            self.owner,
-            len(report.requeued),
-            len(report.exhausted),
-        )
+        log.info("runner %s starting", self.owner)
+        # The lock says no live runner has this name: its jobs are a dead one's.
+        self._rescue_orphans(held_by=f"{self.options.name}/")
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            jobs = self._claim()
+            try:
+                jobs = self._claim()
+            except DatabaseError as exc:  # away or locked for long: wait, then try again
+                log.error("cannot claim jobs: %s; retrying in %g s", exc.message, DB_RETRY_S)
+                self._stop.wait(DB_RETRY_S)
+                continue
             if jobs:
                 self._run_batch(jobs)
             elif self.options.exit_when_idle:
@@ -403,8 +404,6 @@ class Runner:
             for half in _halves(pieces):
                 self._generate(half, by_id, deadline)
             return
-        finally:
-            self.batches += 1
         for piece, made in zip(pieces, output.jobs, strict=True):
             outcome = by_id[piece.job.id]
             outcome.seconds += output.seconds
@@ -446,7 +445,7 @@ class Runner:
         if cancelled:
             self._finish(job_id, lambda: self.store.finish_cancelled(job_id, self.owner))
         elif complete:
-            self._writes.put((outcome, time.monotonic()))
+            self._writes.put(outcome)
         elif outcome.error is not None and not isinstance(outcome.error, Interrupted):
             self._fail(outcome)
         elif reason == "timeout":
@@ -581,14 +580,14 @@ class Runner:
     def _write_loop(self) -> None:
         with self.store.db.pinned():
             while True:
-                item = self._writes.get()
-                if item is None:
+                outcome = self._writes.get()
+                if outcome is None:
                     return
                 try:
-                    self._write(item[0])
+                    self._write(outcome)
                 except Exception:  # never let the writer die with jobs in its queue
-                    log.exception("writing the outputs of job %s failed", item[0].job.id)
-                    self._fail(replace(item[0], error=_unexpected(None), retryable=True))
+                    log.exception("writing the outputs of job %s failed", outcome.job.id)
+                    self._fail(replace(outcome, error=_unexpected(None), retryable=True))
 
     def _write(self, outcome: Outcome) -> None:
         job, spec = outcome.job, outcome.spec
@@ -627,7 +626,7 @@ class Runner:
 
     def _monitor_loop(self) -> None:
         renew_every = self.options.lease_s / 3
-        last_renewal = time.monotonic()
+        last_renewal = last_rescue = time.monotonic()
         with self.store.db.pinned():
             while not self._done.wait(self.options.progress_s):
                 try:
@@ -635,8 +634,24 @@ class Runner:
                     if time.monotonic() - last_renewal >= renew_every:
                         self._renew_leases()
                         last_renewal = time.monotonic()
+                    if time.monotonic() - last_rescue >= self.options.lease_s:
+                        self._rescue_orphans()
+                        last_rescue = time.monotonic()
                 except SpoolError as exc:  # the database is busy or away: try again
                     log.warning("monitor: %s", exc.message)
+
+    def _rescue_orphans(self, held_by: str | None = None) -> None:
+        """Requeue the jobs of runners whose leases expired (another host's runner that
+        died, say); the ones out of attempts fail, with a result.json saying so."""
+        report = self.store.requeue_orphans(held_by=held_by)
+        for job in self.store.get_many(report.exhausted):
+            self._write_failure(job, None)
+        if report.requeued or report.exhausted or held_by is not None:
+            log.info(
+                "%d orphaned job(s) requeued, %d out of attempts",
+                len(report.requeued),
+                len(report.exhausted),
+            )
 
     def _check_running(self) -> None:
         running = self._running

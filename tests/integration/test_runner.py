@@ -447,6 +447,20 @@ def test_a_restarted_runner_reruns_its_predecessors_jobs_at_once(
     assert store.get(theirs.id).lease_owner == "elsewhere/1/x"
 
 
+def test_a_running_runner_rescues_jobs_whose_leases_expired(
+    store: Store,
+    make_runner: Callable[..., Runner],
+    background: Callable[[Runner], threading.Thread],
+) -> None:
+    """Another host's runner died holding a job: once its lease runs out, this runner
+    (which never restarted) requeues and runs it."""
+    job = submit(store, "orphan")
+    store.claim_batch("elsewhere/1/x", 1, lease_s=0.5)
+    background(make_runner(exit_when_idle=False, lease_s=1.0, progress_s=0.05))
+    wait_until(lambda: status(store, job) is JobStatus.SUCCEEDED, timeout=10)
+    assert store.get(job.id).attempts == 2
+
+
 def test_a_job_written_before_a_crash_is_finished_from_its_directory(
     store: Store, outbox: Outbox, engine: FakeEngine, make_runner: Callable[..., Runner]
 ) -> None:
