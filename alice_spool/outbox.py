@@ -152,6 +152,10 @@ class Outbox:
             ) from exc
         return Written(target, names, already_there=False)
 
+    def remove(self, job_id: str) -> None:
+        """Delete a job's directory (a job cancelled while it was being written)."""
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
     def remove_stale(self) -> list[str]:
         """Delete staging directories left by a writer that died (run at start-up)."""
         removed = []

@@ -49,6 +49,7 @@ from .errors import (
     RunnerBusy,
     SpoolError,
 )
+from .models import JobStatus
 from .outbox import Outbox, image_name, infotext
 from .records import JobRecord
 from .spec import SEED_MAX, JobSpec
@@ -167,7 +168,6 @@ class Running:
     step: int = 0
     total: int = 0
     reported: tuple[int, int] = (0, 0)
-    cancelled: set[str] = field(default_factory=set)
     stop_reason: str | None = None  # shutdown | timeout | cancelled
 
 
@@ -231,8 +231,10 @@ class Runner:
         self._stop = threading.Event()
         self._done = threading.Event()  # the main loop has ended; helpers stop too
         self._lock = threading.Lock()
-        self._held: dict[str, JobRecord] = {}  # jobs this runner holds a lease on
-        self._cancelled: set[str] = set()  # of those, the ones a user cancelled
+        # The jobs this runner holds a lease on. A job leaves it when it is finished, or
+        # cancelled (the monitor finishes it at once), or its lease is lost: whatever is
+        # still working on it then drops its result.
+        self._held: dict[str, JobRecord] = {}
         self._running: Running | None = None
         # Outcomes waiting for the writer: at most two batches ahead of the disk.
         self._writes: queue.Queue[Outcome | None] = queue.Queue(maxsize=2 * options.max_batch)
@@ -387,7 +389,6 @@ class Runner:
             job_ids=sorted({p.job.id for p in pieces}), deadline=deadline, started=time.monotonic()
         )
         with self._lock:
-            running.cancelled = self._cancelled & set(running.job_ids)
             self._running = running
         images = sum(p.spec.n for p in pieces)
         try:
@@ -429,22 +430,19 @@ class Runner:
             running.stop_reason = "shutdown"
         elif time.monotonic() > running.deadline:
             running.stop_reason = "timeout"
-        elif running.cancelled.issuperset(running.job_ids):
-            running.stop_reason = "cancelled"
+        elif not any(job_id in self._held for job_id in running.job_ids):
+            running.stop_reason = "cancelled"  # (or their leases were lost)
         return running.stop_reason is not None
 
     def _settle(self, outcome: Outcome, reason: str | None) -> None:
         """Send one job of the batch on its way: to the writer, or finished otherwise."""
         job_id = outcome.job.id
         with self._lock:
-            cancelled = job_id in self._cancelled
             held = job_id in self._held
         if not held:
-            return  # its lease was lost meanwhile: its new owner decides
+            return  # cancelled or taken over meanwhile: its images are dropped
         complete = outcome.error is None and len(outcome.images) == outcome.spec.n
-        if cancelled:
-            self._finish(job_id, lambda: self.store.finish_cancelled(job_id, self.owner))
-        elif complete:
+        if complete:
             self._writes.put(outcome)
         elif outcome.error is not None and not isinstance(outcome.error, Interrupted):
             self._fail(outcome)
@@ -478,7 +476,6 @@ class Runner:
             record = None
         with self._lock:
             self._held.pop(job_id, None)
-            self._cancelled.discard(job_id)
         if record is not None:
             _log_transition(record)
         return record
@@ -491,7 +488,7 @@ class Runner:
         result = self._result(outcome, status="failed") if final else None
         if final:
             self._write_failure(job, result)
-        self._finish(
+        done = self._finish(
             job.id,
             lambda: self.store.fail(
                 job.id,
@@ -503,6 +500,8 @@ class Runner:
                 result=result,
             ),
         )
+        if final and done is None:  # cancelled or taken over meanwhile: not our failure
+            self.outbox.remove(job.id)
 
     def _write_failure(self, job: JobRecord, result: dict[str, Any] | None) -> None:
         """A failed job's directory holds a result.json with the error, and no images."""
@@ -524,7 +523,6 @@ class Runner:
         with self._lock:
             for job_id in job_ids:
                 self._held.pop(job_id, None)
-                self._cancelled.discard(job_id)
         log.info("released %d job(s) back to the queue", len(job_ids))
 
     def _release_held(self) -> None:
@@ -592,13 +590,9 @@ class Runner:
     def _write(self, outcome: Outcome) -> None:
         job, spec = outcome.job, outcome.spec
         with self._lock:
-            cancelled = job.id in self._cancelled
             held = job.id in self._held
         if not held:
-            return  # its lease was lost while it waited; its new owner runs it
-        if cancelled:
-            self._finish(job.id, lambda: self.store.finish_cancelled(job.id, self.owner))
-            return
+            return  # cancelled or taken over while it waited
         result = self._result(outcome, status="succeeded")
         order = sorted(outcome.images)
         try:
@@ -620,7 +614,9 @@ class Runner:
             return
         faults.crash_point("after_outbox_write")
         faults.crash_point("before_succeed")
-        self._finish(job.id, lambda: self.store.succeed(job.id, self.owner, result))
+        done = self._finish(job.id, lambda: self.store.succeed(job.id, self.owner, result))
+        if done is None and self.store.get(job.id).status is JobStatus.CANCELLED:
+            self.outbox.remove(job.id)  # cancelled while its files were being written
 
     # -- the monitor thread ---------------------------------------------------------------
 
@@ -667,8 +663,6 @@ class Runner:
         else:
             beat = self.store.heartbeat(self.owner, running.job_ids, lease_s=self.options.lease_s)
         self._note(beat.cancel_requested, beat.lost(running.job_ids))
-        running.cancelled |= beat.cancel_requested
-        running.cancelled |= beat.lost(running.job_ids)  # not ours to finish any more
 
     def _renew_leases(self) -> None:
         with self._lock:
@@ -677,14 +671,16 @@ class Runner:
         self._note(beat.cancel_requested, beat.lost(held))
 
     def _note(self, cancelled: frozenset[str], lost: set[str]) -> None:
+        """Act on a heartbeat: cancelled jobs are finished as cancelled now (the batch
+        they are in drops their images, or stops if nothing else is left in it); jobs
+        whose lease was lost are let go."""
         with self._lock:
-            for job_id in cancelled:
-                if job_id in self._held and job_id not in self._cancelled:
-                    log.info("job %s: cancel requested", job_id, extra={"job_id": job_id})
-                    self._cancelled.add(job_id)
             for job_id in lost:
                 if self._held.pop(job_id, None) is not None:
                     log.warning("lost the lease of job %s", job_id, extra={"job_id": job_id})
+            to_cancel = [job_id for job_id in cancelled if job_id in self._held]
+        for job_id in to_cancel:
+            self._finish(job_id, lambda j=job_id: self.store.finish_cancelled(j, self.owner))
 
     def _hung(self, running: Running) -> None:
         """The device has not come back from a call long past its deadline: fail its jobs

@@ -397,6 +397,7 @@ def test_cancelling_a_running_job_stops_it_at_the_next_step(
 
 def test_a_cancelled_job_leaves_its_batch_mates_alone(
     store: Store,
+    outbox: Outbox,
     engine: FakeEngine,
     make_runner: Callable[..., Runner],
     background: Callable[[Runner], threading.Thread],
@@ -406,8 +407,10 @@ def test_a_cancelled_job_leaves_its_batch_mates_alone(
     background(make_runner(exit_when_idle=False, progress_s=0.05))
     wait_until(lambda: (store.get(drop.id).progress_step or 0) > 1)
     store.cancel(drop.id)
+    wait_until(lambda: status(store, drop) is JobStatus.CANCELLED)
+    assert status(store, keep) is JobStatus.RUNNING  # cancelled at once, not after the batch
     wait_until(lambda: status(store, keep) is JobStatus.SUCCEEDED)
-    assert status(store, drop) is JobStatus.CANCELLED
+    assert status(store, drop) is JobStatus.CANCELLED and not outbox.job_dir(drop.id).exists()
     assert len(engine.calls) == 1
 
 
