@@ -201,9 +201,11 @@ class InboxSettings:
     rescan_interval_s: float = 5.0
     max_file_bytes: int = 1_048_576
     after_accept: str = "move"
+    settle_s: float = 0.5
 
     def __post_init__(self) -> None:
         _check(self.rescan_interval_s > 0, "inbox.rescan_interval_s", "must be positive")
+        _check(0 < self.settle_s <= 60, "inbox.settle_s", "must be 0..60 seconds")
         _check(self.max_file_bytes >= 1, "inbox.max_file_bytes", "must be at least 1")
         _check(
             self.after_accept in ("move", "delete"),

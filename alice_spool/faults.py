@@ -2,8 +2,9 @@
 
 `ALICE_CRASH_AT=POINT` (or `POINT:N`) makes the process `os._exit` the first (or Nth)
 time it reaches the named point, as a SIGKILL or power cut would stop it there. The
-points: `after_claim`, `after_generate`, `outbox_staged` (files written, not yet moved
-into place), `after_outbox_write`, `before_succeed`.
+points: the runner's `after_claim`, `after_generate`, `outbox_staged` (files written, not
+yet moved into place), `after_outbox_write`, `before_succeed`; the inbox's
+`inbox_committed` (a file's jobs committed, the file not yet moved to accepted/).
 
 `ALICE_INJECT_OOM_ABOVE=K` makes every pipeline call of more than K images fail as CUDA
 out-of-memory does, so the runner's split-and-retry path runs on any machine.
@@ -19,9 +20,11 @@ log = logging.getLogger(__name__)
 
 CRASH_ENV = "ALICE_CRASH_AT"
 OOM_ENV = "ALICE_INJECT_OOM_ABOVE"
-CRASH_POINTS = frozenset(
+RUNNER_CRASH_POINTS = frozenset(
     {"after_claim", "after_generate", "outbox_staged", "after_outbox_write", "before_succeed"}
 )
+INBOX_CRASH_POINTS = frozenset({"inbox_committed"})
+CRASH_POINTS = RUNNER_CRASH_POINTS | INBOX_CRASH_POINTS
 CRASH_EXIT_CODE = 86
 
 _reached: Counter[str] = Counter()

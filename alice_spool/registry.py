@@ -225,7 +225,7 @@ class ModelRegistry:
         wanted = normalise_model_id(model_id)
         models = {m.id: m for m in self.scan() if m.ok}
         if wanted not in models:
-            known = ", ".join(sorted(models)) or "none installed"
+            known = ", ".join(sorted(models)) or "none"
             raise ModelNotFound(
                 f"model {wanted} is not installed (installed: {known})", model=wanted
             )

@@ -49,7 +49,7 @@ from .errors import (
     RunnerBusy,
     SpoolError,
 )
-from .models import JobStatus
+from .models import JobStatus, Source
 from .outbox import Outbox, image_name, infotext
 from .records import JobRecord
 from .spec import SEED_MAX, JobSpec
@@ -538,6 +538,8 @@ class Runner:
             "batch_id": job.batch_id,
             "source": job.source.value,
             "client": job.client,
+            # the request file's name, for jobs from the inbox
+            "source_file": job.client if job.source is Source.INBOX else None,
             "spec": spec.to_dict(),
             "attempt": job.attempts,
         }

@@ -4,6 +4,7 @@ stats, purge, and config to show the settings in effect."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -34,6 +35,11 @@ STATUS_CHOICE = click.Choice([s.value for s in JobStatus], case_sensitive=False)
     help="Only jobs that came in this way.",
 )
 @click.option("--client", help="Only jobs from this client (API key name, file name, user).")
+@click.option(
+    "--source-file",
+    metavar="NAME",
+    help="Only jobs from this inbox request file (its name, or a path to it).",
+)
 @click.option("--since", help="Only jobs created since then: 2h, 7d or a date.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--before", "cursor", metavar="JOB_ID", help="Page on: jobs older than this one.")
@@ -46,12 +52,17 @@ def list_command(
     model: str | None,
     source: str | None,
     client: str | None,
+    source_file: str | None,
     since: str | None,
     limit: int,
     cursor: str | None,
     as_json: bool,
 ) -> None:
     """List jobs, newest first."""
+    if source_file is not None:
+        if source not in (None, Source.INBOX.value) or client is not None:
+            raise click.UsageError("--source-file stands for --source inbox --client NAME")
+        source, client = Source.INBOX.value, Path(source_file).name
     page = app.store.list_jobs(
         statuses=statuses or None,
         batch_id=batch_id,

@@ -168,6 +168,71 @@ class Enqueueing(StoreBase):
 
         return self.db.write_once_more_on_conflict(work_with_key)
 
+    def enqueue_keyed(
+        self,
+        items: Sequence[NewJob],
+        *,
+        source: Source | str,
+        now: datetime | None = None,
+    ) -> list[Enqueued | errors.IdempotencyConflict]:
+        """Queue several independent jobs, each with its own idempotency key, in one
+        transaction (the inbox taking many files at once). Each item is answered as
+        `enqueue` would answer it alone: a new job, the earlier job of a repeat, or the
+        conflict of a key used for another request (which queues nothing for that item
+        and does not stop the others). A full queue refuses them all."""
+        if any(item.idempotency_key is None for item in items):
+            raise ValueError("enqueue_keyed needs an idempotency key on every item")
+        now = now or utcnow()
+        rows = [
+            self._row(
+                item.spec,
+                source=Source(source),
+                client=item.client,
+                key=item.idempotency_key,
+                batch_id=None,
+                max_attempts=None,
+                not_before=None,
+                now=now,
+            )
+            for item in items
+        ]
+
+        def work(conn: Connection) -> list[Enqueued | errors.IdempotencyConflict]:
+            self.check_room(conn, len(rows))
+            keys = [row["idempotency_key"] for row in rows]
+            taken = {
+                r.idempotency_key: r.request_hash
+                for chunk in chunks(keys)
+                for r in conn.execute(_KEYS, {"keys": list(chunk)})
+            }
+            fresh: dict[str, dict[str, Any]] = {}  # new in this call, by key
+            for row in rows:
+                key = row["idempotency_key"]
+                if key not in taken and key not in fresh:
+                    fresh[key] = row
+            if fresh:
+                # One statement for all of them. (On PostgreSQL a concurrent writer may
+                # commit one of these keys first: the unique index then raises, and
+                # write_once_more_on_conflict runs this again, finding it taken.)
+                conn.execute(_INSERT, list(fresh.values()))
+            answers: list[Enqueued | errors.IdempotencyConflict] = []
+            for row in rows:
+                key = row["idempotency_key"]
+                if fresh.get(key) is row:
+                    answers.append(Enqueued(JobRecord.from_mapping({**_UNSET, **row}), True))
+                    continue
+                try:  # a repeat: of an earlier job, or of a row above
+                    earlier = _earlier(conn, key, row)
+                except errors.IdempotencyConflict as conflict:
+                    answers.append(conflict)
+                    continue
+                if earlier is None:
+                    raise errors.DatabaseError(f"job {row['id']} was neither inserted nor found")
+                answers.append(earlier)
+            return answers
+
+        return self.db.write_once_more_on_conflict(work) if rows else []
+
     def enqueue_batch(
         self,
         items: Sequence[NewJob],

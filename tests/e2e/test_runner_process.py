@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from alice_spool import migrate
-from alice_spool.faults import CRASH_EXIT_CODE, CRASH_POINTS
+from alice_spool.faults import CRASH_EXIT_CODE, RUNNER_CRASH_POINTS
 from alice_spool.models import JobStatus
 from alice_spool.outbox import RESULT
 from alice_spool.records import JobRecord
@@ -180,7 +180,7 @@ def test_alice_spool_runner_end_to_end(site: Site) -> None:
 # -- crashes ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("point", sorted(CRASH_POINTS))
+@pytest.mark.parametrize("point", sorted(RUNNER_CRASH_POINTS))
 def test_a_crash_at_any_point_loses_and_repeats_nothing(site: Site, point: str) -> None:
     """Ten runs per crash point: the runner dies there (as os._exit, no cleanup), a new
     one starts; after it every job has succeeded exactly once."""

@@ -168,6 +168,32 @@ def test_unknown_source_is_refused(store: Store, make_spec: Spec) -> None:
         store.enqueue(make_spec(), source="fax")
 
 
+def test_enqueue_keyed_answers_each_item_as_enqueue_would(store: Store, make_spec: Spec) -> None:
+    earlier = store.enqueue(make_spec("fox"), source="inbox", idempotency_key="fox").job
+    items = [
+        NewJob(make_spec("new"), "new", "a.json"),
+        NewJob(make_spec("fox"), "fox", "b.json"),  # a repeat of an earlier job
+        NewJob(make_spec("wolf"), "fox", "c.json"),  # the key of another request
+        NewJob(make_spec("new"), "new", "d.json"),  # a repeat within the call
+        NewJob(make_spec("other"), "other", "e.json"),
+    ]
+    new, repeat, conflict, again, other = store.enqueue_keyed(items, source=Source.INBOX)
+    assert new.created and other.created and not repeat.created and not again.created
+    assert repeat.job.id == earlier.id and again.job.id == new.job.id
+    assert (
+        isinstance(conflict, errors.IdempotencyConflict)
+        and conflict.details["job_id"] == earlier.id
+    )
+    assert store.get(new.job.id).client == "a.json"
+    assert store.counts()[JobStatus.QUEUED] == 3
+    with pytest.raises(ValueError):
+        store.enqueue_keyed([NewJob(make_spec("x"), None, "x.json")], source=Source.INBOX)
+    full = Store(store.db, max_queue=3)
+    with pytest.raises(errors.QueueFull):
+        full.enqueue_keyed([NewJob(make_spec("y"), "y", "y.json")], source=Source.INBOX)
+    assert store.enqueue_keyed([], source=Source.INBOX) == []
+
+
 # -- claim ------------------------------------------------------------------------------
 
 

@@ -95,6 +95,7 @@ def test_the_bottom_layers_stay_at_the_bottom() -> None:
         "outbox": {"errors", "spec", "config", "faults"},
         # The runner is handed its engine; it never imports it (nor torch).
         "runner": {"store", "outbox", "config", "errors", "spec", "models", "records", "faults"},
+        "inbox": {"store", "spec", "config", "errors", "models", "records", "registry", "faults"},
     }
     for path, owner in sources().items():
         if owner in allowed:

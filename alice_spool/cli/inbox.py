@@ -1,0 +1,54 @@
+"""`alice-spool watch`: the inbox watcher on its own."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+import click
+
+from .app import App, cli, emit_json, json_option, pass_app
+
+
+@cli.command()
+@click.option(
+    "--polling/--native",
+    default=None,
+    help="Poll the directory (NFS, SMB) instead of the native events (inbox.polling).",
+)
+@click.option("--once", is_flag=True, help="Take the request files there now, then exit.")
+@json_option
+@pass_app
+def watch(app: App, polling: bool | None, once: bool, as_json: bool) -> None:
+    """Turn request files dropped into the inbox into jobs, until stopped.
+
+    `*.json`: one request; `*.jsonl`: a batch, one request per line, all or nothing.
+    Taken files move to inbox/accepted/, bad ones to inbox/rejected/ with NAME.error.json.
+    """
+    from ..inbox import Inbox
+
+    inbox = Inbox.from_settings(app.settings, app.store, polling=polling)
+    if once:
+        inbox.run_once()
+    else:
+        stop = threading.Event()
+
+        def handle(_signum: int, _frame: FrameType | None) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+        inbox.start()
+        try:
+            stop.wait()
+        finally:
+            inbox.stop()
+    summary = inbox.health()
+    if as_json:
+        emit_json(summary)
+    else:
+        click.echo(
+            f"{summary['accepted']} file(s) taken, {summary['duplicates']} already taken before, "
+            f"{summary['rejected']} rejected"
+        )

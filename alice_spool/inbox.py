@@ -1,0 +1,598 @@
+"""The inbox (DESIGN section 5): request files dropped into a directory become jobs,
+each file exactly once, even across crashes, bursts and files still being written.
+
+How a file is found: a scan when the watcher starts, then watchdog's events (inotify on
+Linux, or a polling observer for network filesystems), then a rescan every
+`inbox.rescan_interval_s` for anything an event missed. Found files wait in `pending`
+until they are complete:
+
+- renamed into the inbox, or closed after writing (inotify's close-write): at once;
+- a `.json` file whose text is one whole JSON value: at once (no proper prefix of a JSON
+  object is valid JSON);
+- otherwise when its size and modification time have not changed for `inbox.settle_s`;
+  a `.json` file that is not valid JSON waits ten times as long before it is rejected,
+  in case its writer is only pausing.
+
+How it is taken: its jobs are committed with idempotency keys (the request's `id`, else
+a hash of the file's name and content, and the line number in a `.jsonl`), and only then
+is the file moved to `inbox/accepted/` (or deleted). A crash between the two leaves the
+file in place; taking it again finds the same keys and adds nothing. A bad file moves to
+`inbox/rejected/` with `NAME.error.json` beside it saying why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import stat as stat_module
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+    FileSystemMovedEvent,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from . import faults
+from .config import Settings
+from .errors import IdempotencyConflict, InvalidParameters, ModelNotFound, SpoolError
+from .models import Source
+from .records import NewJob
+from .registry import ModelRegistry
+from .spec import GenerationDefaults, Request, parse_json, parse_jsonl, parse_request
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+ACCEPTED = "accepted"
+MOVE_PAIRING_S = 0.02
+GROUP_SIZE = 200  # single-request files committed per transaction
+COALESCE_S = 0.01  # after a wake-up, how long the files of a burst may gather
+ACTIVE_WINDOW_S = 5.0  # for this long after a file was taken ...
+QUICK_RESCAN_S = 0.5  # ... the directory is rescanned this often
+REJECTED = "rejected"
+SUFFIXES = (".json", ".jsonl")
+# Names that are never requests: hidden files, partial downloads, editor droppings.
+_IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", ".swx", ".bak", "~")
+
+
+def is_request_name(name: str) -> bool:
+    """Whether a file name in the inbox names a request file."""
+    if name.startswith((".", "#", "~")) or name.endswith(_IGNORED_SUFFIXES):
+        return False
+    return name.endswith(SUFFIXES) and name not in SUFFIXES
+
+
+@dataclass
+class Pending:
+    """A request file seen but not yet taken."""
+
+    path: Path
+    stat: tuple[int, int] | None = None  # (size, mtime_ns) when last looked at
+    changed_at: float = field(default_factory=time.monotonic)
+    complete_at: tuple[int, int] | None = None  # the stat at a rename-in or close-write
+    written: bool = False  # seen growing in place
+
+
+@dataclass
+class InboxStats:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    observer_restarts: int = 0
+    last_scan_at: datetime | None = None
+
+
+# The events that matter. Natively there is no IN_MODIFY (an event per write call, a
+# flood in a burst): a file still growing is seen from its size; the polling observer's
+# "modified" is its only sign of a file rewritten in place.
+_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileClosedEvent,  # inotify's close-write
+    DirCreatedEvent,
+    DirMovedEvent,
+]
+_POLLED_EVENTS: list[type[FileSystemEvent]] = [*_EVENTS, FileModifiedEvent]
+
+
+class _Events(FileSystemEventHandler):
+    """Watchdog's thread hands file names to the inbox; nothing slow happens here."""
+
+    def __init__(self, inbox: Inbox) -> None:
+        self.inbox = inbox
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileSystemMovedEvent):  # renamed in: written elsewhere
+            self.inbox.notice(Path(os.fsdecode(event.dest_path)), complete=True)
+        elif isinstance(event, FileClosedEvent):
+            self.inbox.notice(Path(os.fsdecode(event.src_path)), complete=True)
+        else:
+            self.inbox.notice(Path(os.fsdecode(event.src_path)), complete=False)
+
+
+class Inbox:
+    """Watches one directory and turns its request files into jobs."""
+
+    def __init__(
+        self,
+        directory: Path,
+        store: Store,
+        registry: ModelRegistry | None,
+        *,
+        defaults: GenerationDefaults,
+        polling: bool = False,
+        rescan_interval_s: float = 5.0,
+        settle_s: float = 0.5,
+        max_file_bytes: int = 1_048_576,
+        after_accept: str = "move",
+        default_model: str = "",
+    ) -> None:
+        self.directory = Path(directory)
+        self.store = store
+        self.registry = registry
+        self.defaults = defaults
+        self.polling = polling
+        self.rescan_interval_s = rescan_interval_s
+        self.settle_s = settle_s
+        self.max_file_bytes = max_file_bytes
+        self.after_accept = after_accept
+        self.default_model = default_model
+        self.stats = InboxStats()
+        self._pending: dict[Path, Pending] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._observer: BaseObserver | None = None
+        self._worker: threading.Thread | None = None
+        self._root = self.directory.resolve() if self.directory.exists() else self.directory
+        self._last_taken = float("-inf")  # monotonic time a file was last taken
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: Store, **overrides: Any) -> Inbox:
+        options = settings.inbox
+        values: dict[str, Any] = {
+            "defaults": settings.generation,
+            "polling": options.polling,
+            "rescan_interval_s": options.rescan_interval_s,
+            "settle_s": options.settle_s,
+            "max_file_bytes": options.max_file_bytes,
+            "after_accept": options.after_accept,
+            "default_model": settings.generation.default_model,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        registry = ModelRegistry(settings.paths.models)
+        return cls(Path(settings.paths.inbox), store, registry, **values)
+
+    # -- running -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Scan what is there, start watching, and take files in a worker thread."""
+        for sub in (self.directory, self.directory / ACCEPTED, self.directory / REJECTED):
+            sub.mkdir(parents=True, exist_ok=True)
+        self._root = self.directory.resolve()
+        self._start_observer()
+        self.scan()
+        self._worker = threading.Thread(target=self._work, name="inbox", daemon=True)
+        self._worker.start()
+        log.info(
+            "watching %s (%s observer, rescan every %g s)",
+            self.directory,
+            "polling" if self.polling else "native",
+            self.rescan_interval_s,
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._worker is not None:
+            self._worker.join()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(5)
+
+    def run_once(self) -> None:
+        """Take every complete request file there now (no watching), then return."""
+        for sub in (self.directory, self.directory / ACCEPTED, self.directory / REJECTED):
+            sub.mkdir(parents=True, exist_ok=True)
+        self._root = self.directory.resolve()
+        self.scan()
+        deadline = time.monotonic() + self.settle_s * 10 + 1
+        with self.store.db.pinned():
+            while self._pending and time.monotonic() < deadline:
+                self.process_pending()
+                if self._pending:
+                    time.sleep(min(0.05, self.settle_s))
+
+    def _start_observer(self) -> None:
+        if not self.polling:
+            _shorten_inotify_move_wait()
+        observer: BaseObserver = PollingObserver(timeout=0.25) if self.polling else Observer()
+        events = _POLLED_EVENTS if self.polling else _EVENTS
+        observer.schedule(_Events(self), str(self.directory), event_filter=events)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+
+    def health(self) -> dict[str, Any]:
+        observer = self._observer
+        last = self.stats.last_scan_at
+        return {
+            "directory": str(self.directory),
+            "observer": "polling" if self.polling else "native",
+            "observer_alive": bool(observer is not None and observer.is_alive()),
+            "observer_restarts": self.stats.observer_restarts,
+            "last_scan_at": last.isoformat().replace("+00:00", "Z") if last else None,
+            "pending": len(self._pending),
+            "accepted": self.stats.accepted,
+            "duplicates": self.stats.duplicates,
+            "rejected": self.stats.rejected,
+        }
+
+    def _work(self) -> None:
+        next_scan = time.monotonic() + self.rescan_interval_s
+        with self.store.db.pinned():
+            while not self._stop.is_set():
+                now = time.monotonic()
+                # While files come in, the kernel may drop events under the load (its
+                # inotify queue overflows): rescan often then, rarely when all is quiet.
+                active = now - self._last_taken < ACTIVE_WINDOW_S
+                if active:
+                    next_scan = min(next_scan, now + QUICK_RESCAN_S)
+                # Pending files are looked at again soon; the observer each second.
+                timeout = 0.05 if self._pending else min(1.0, next_scan - now)
+                if self._wake.wait(max(0.0, timeout)):
+                    # Let the files of a burst gather, to commit them together.
+                    self._stop.wait(COALESCE_S)
+                self._wake.clear()
+                if self._stop.is_set():
+                    return
+                try:
+                    self._keep_observer_alive()
+                    if time.monotonic() >= next_scan:
+                        self.scan()
+                        next_scan = time.monotonic() + self.rescan_interval_s
+                    self.process_pending()
+                except SpoolError as exc:  # the database is away: the files wait
+                    log.error("inbox: %s; retrying", exc.message)
+                    self._stop.wait(1.0)
+                except Exception:  # never let the worker die; the rescan retries
+                    log.exception("inbox: unexpected error")
+                    self._stop.wait(1.0)
+
+    def _keep_observer_alive(self) -> None:
+        observer = self._observer
+        if observer is not None and not observer.is_alive() and not self._stop.is_set():
+            log.error("the inbox observer thread died; starting a new one and rescanning")
+            self.stats.observer_restarts += 1
+            self._start_observer()
+            self.scan()
+
+    # -- finding files -------------------------------------------------------------------
+
+    def notice(self, path: Path, *, complete: bool) -> None:
+        """A file appeared or changed (from an event or a scan)."""
+        if path.parent != self.directory or not is_request_name(path.name):
+            return
+        with self._lock:
+            pending = self._pending.get(path)
+            if pending is None:
+                pending = self._pending[path] = Pending(path)
+            if complete:
+                pending.complete_at = _stat(path)
+        self._wake.set()
+
+    def scan(self) -> None:
+        """Every request file in the inbox now (the start-up scan and each rescan)."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            names = []
+        for name in names:
+            if is_request_name(name):
+                self.notice(self.directory / name, complete=False)
+        self.stats.last_scan_at = datetime.now(UTC)
+
+    # -- taking files ----------------------------------------------------------------------
+
+    def process_pending(self) -> None:
+        """Take every pending file that is complete. Single requests are committed in
+        groups, one transaction each, which is what makes a burst fast."""
+        with self._lock:
+            waiting = list(self._pending.values())
+        group: list[_Ready] = []
+        for pending in waiting:
+            if self._stop.is_set():
+                break
+            outcome = self._try(pending)
+            if isinstance(outcome, _Ready):
+                if outcome.path.name.endswith(".jsonl"):
+                    self._take_batch(outcome)
+                    self._forget(pending)
+                else:
+                    group.append(outcome)
+                    if len(group) >= GROUP_SIZE:
+                        self._take_singles(group)
+                        group = []
+            elif outcome:
+                self._forget(pending)
+        if group:
+            self._take_singles(group)
+
+    def _forget(self, pending: Pending) -> None:
+        with self._lock:
+            if self._pending.get(pending.path) is pending:
+                del self._pending[pending.path]
+
+    def _try(self, pending: Pending) -> _Ready | bool:
+        """The file's requests if it is complete and valid; True when it was dealt with
+        otherwise (rejected, or gone); False while it is not complete yet."""
+        path = pending.path
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            return True  # moved or deleted by someone else
+        now = time.monotonic()
+        stat = (info.st_size, info.st_mtime_ns)
+        if stat != pending.stat:
+            if pending.stat is not None and not self.polling:
+                pending.written = True  # growing in place: its close-write will come
+            pending.stat, pending.changed_at = stat, now
+        complete = pending.complete_at == stat
+        # Unchanged for settle_s; one seen being written in place (inotify), for longer,
+        # as its close-write should come.
+        settle = self.settle_s * (10 if pending.written else 1)
+        quiet = now - pending.changed_at >= settle or time.time() - info.st_mtime >= settle
+
+        problem = self._refuse_kind(path, info)
+        if problem is not None:
+            self._reject(path, problem)
+            return True
+        if info.st_size > self.max_file_bytes:
+            self._reject(
+                path,
+                InvalidParameters(
+                    f"{path.name} is {info.st_size} bytes; inbox.max_file_bytes is "
+                    f"{self.max_file_bytes}"
+                ),
+            )
+            return True
+        is_json = path.name.endswith(".json")
+        if not (complete or quiet or is_json):
+            return False
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            log.warning("cannot read %s yet: %s", path.name, exc.strerror)
+            return False
+        if len(data) != info.st_size:
+            return False  # it changed while we read it: look again
+        try:
+            text = data.decode("utf-8")
+            requests = self._parse(text, path.name)
+        except UnicodeDecodeError as exc:
+            if not (complete or quiet):
+                return False
+            self._reject(
+                path,
+                InvalidParameters(
+                    f"{path.name} is not UTF-8 text (byte {exc.start}: {data[exc.start]:#04x})"
+                ),
+            )
+            return True
+        except _Incomplete as exc:
+            # A .json that is not (yet) valid JSON: its writer may only be pausing.
+            patient = not complete and now - pending.changed_at < self.settle_s * 10
+            if patient and time.time() - info.st_mtime < self.settle_s * 10:
+                return False
+            self._reject(path, exc.error)
+            return True
+        except SpoolError as exc:
+            if not (complete or quiet):
+                return False
+            self._reject(path, exc)
+            return True
+        if not is_json and not (complete or quiet):
+            return False
+        return _Ready(pending, data, requests)
+
+    def _refuse_kind(self, path: Path, info: os.stat_result) -> SpoolError | None:
+        """Directories, and links that lead out of the inbox, are not request files."""
+        if stat_module.S_ISLNK(info.st_mode):
+            target = path.resolve()
+            if target.parent != self._root:
+                return InvalidParameters(
+                    f"{path.name} is a symbolic link to {target}, outside the inbox"
+                )
+            if not target.is_file():
+                return InvalidParameters(f"{path.name} is a symbolic link to no regular file")
+            return None
+        if stat_module.S_ISDIR(info.st_mode):
+            return InvalidParameters(f"{path.name} is a directory, not a request file")
+        if not stat_module.S_ISREG(info.st_mode):
+            return InvalidParameters(f"{path.name} is not a regular file")
+        return None
+
+    def _parse(self, text: str, name: str) -> list[Request]:
+        if name.endswith(".jsonl"):
+            requests = parse_jsonl(text, name, self.defaults)
+        else:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError:
+                try:
+                    parse_json(text, name)
+                except InvalidParameters as exc:
+                    raise _Incomplete(exc) from None
+                raise
+            except RecursionError:
+                raise InvalidParameters(f"{name}: JSON nested too deeply") from None
+            try:
+                requests = [parse_request(data, self.defaults)]
+            except InvalidParameters as exc:
+                raise InvalidParameters(f"{name}: {exc.message}", field=exc.field) from None
+        for number, request in enumerate(requests, start=1):
+            self._check_model(request, name, number if name.endswith(".jsonl") else None)
+        return requests
+
+    def _check_model(self, request: Request, name: str, line: int | None) -> None:
+        """An unknown model is refused now, as the API refuses it, not at run time."""
+        if self.registry is None:
+            return
+        try:
+            if request.spec.model:
+                self.registry.get(request.spec.model)
+        except ModelNotFound as exc:
+            where = f"{name} line {line}" if line else name
+            raise ModelNotFound(f"{where}: {exc.message}", line=line) from None
+
+    def _take_singles(self, group: list[_Ready]) -> None:
+        items = [
+            NewJob(
+                ready.requests[0].spec,
+                ready.requests[0].idempotency_key or ready.key,
+                ready.path.name,
+            )
+            for ready in group
+        ]
+        answers = self.store.enqueue_keyed(items, source=Source.INBOX)
+        faults.crash_point("inbox_committed")
+        for ready, answer in zip(group, answers, strict=True):
+            if isinstance(answer, IdempotencyConflict):
+                self._reject(ready.path, answer)
+            else:
+                self._accepted(ready.path, answer.created, f"job {answer.job.id}")
+            self._forget(ready.pending)
+
+    def _take_batch(self, ready: _Ready) -> None:
+        items = [
+            NewJob(r.spec, r.idempotency_key or f"{ready.key}:{i}", ready.path.name)
+            for i, r in enumerate(ready.requests, start=1)
+        ]
+        try:
+            batch = self.store.enqueue_batch(items, source=Source.INBOX)
+        except (InvalidParameters, IdempotencyConflict) as exc:
+            self._reject(ready.path, exc)
+            return
+        faults.crash_point("inbox_committed")
+        what = f"batch {batch.batch_id} ({len(items)} jobs)"
+        self._accepted(ready.path, batch.created, what)
+
+    def _accepted(self, path: Path, created: bool, what: str) -> None:
+        """The file's jobs are committed: move it out of the way (or delete it)."""
+        name = path.name
+        if self.after_accept == "delete":
+            path.unlink(missing_ok=True)
+        else:
+            _move_aside(path, self.directory / ACCEPTED)
+        self._last_taken = time.monotonic()
+        if created:
+            self.stats.accepted += 1
+            log.info("took %s as %s", name, what, extra={"file": name})
+        else:
+            self.stats.duplicates += 1
+            log.info("%s was taken before, as %s; nothing new queued", name, what)
+
+    def _reject(self, path: Path, error: SpoolError) -> None:
+        log.warning("rejected %s: %s", path.name, error.message, extra={"file": path.name})
+        target = _move_aside(path, self.directory / REJECTED)
+        report = {
+            "file": path.name,
+            "rejected_as": target.name if target else None,
+            "rejected_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "error": error.to_dict(),
+        }
+        name = (target.name if target else path.name) + ".error.json"
+        _write_atomically(self.directory / REJECTED / name, json.dumps(report, indent=2))
+        self.stats.rejected += 1
+
+
+@dataclass
+class _Ready:
+    """A complete, valid request file, about to be taken."""
+
+    pending: Pending
+    data: bytes
+    requests: list[Request]
+
+    @property
+    def path(self) -> Path:
+        return self.pending.path
+
+    @property
+    def key(self) -> str:
+        """The idempotency key of a request without an `id`: the file's name and content."""
+        digest = hashlib.sha256(self.path.name.encode() + b"\0" + self.data).hexdigest()
+        return f"inbox:{digest[:40]}"
+
+
+class _Incomplete(Exception):
+    """A .json file whose text is not valid JSON (perhaps not yet)."""
+
+    def __init__(self, error: SpoolError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _shorten_inotify_move_wait() -> None:
+    """Watchdog's inotify emitter holds each IN_MOVED_FROM for half a second, hoping for
+    its IN_MOVED_TO, and its reader sleeps that half second even when the pair arrives
+    at once; every file this inbox moves to accepted/ is such an unpaired event, so all
+    events would lag by half a second. The kernel writes both halves of a rename
+    together, so a few milliseconds still pair them."""
+    try:
+        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+    except ImportError:  # not Linux
+        return
+    InotifyMoveEventGrouper.delay = min(InotifyMoveEventGrouper.delay, MOVE_PAIRING_S)
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    return (info.st_size, info.st_mtime_ns)
+
+
+def _move_aside(path: Path, folder: Path) -> Path | None:
+    """Move a file (or link, or directory) into `folder`, never over another."""
+    folder.mkdir(exist_ok=True)
+    target = folder / path.name
+    if target.exists() or target.is_symlink():
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        stem, dot, suffix = path.name.partition(".")
+        target = folder / f"{stem}.{stamp}{dot}{suffix}"
+    try:
+        os.rename(path, target)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        shutil.move(str(path), str(target))
+    return target
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
