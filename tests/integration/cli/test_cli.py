@@ -325,3 +325,22 @@ def test_the_console_script(data_dir: Path) -> None:
     assert script, "the alice-spool console script is not installed"
     result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("alice-spool, version ")
+
+
+def test_watch_once_and_ls_by_source_file(run, store: Store, data_dir: Path) -> None:
+    inbox = data_dir / "inbox"
+    inbox.mkdir(parents=True)
+    (inbox / "night.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
+    (inbox / "one.json").write_text('{"prompt": "c"}')
+    (inbox / "bad.json").write_text('{"prompt": "d", "steps": "many"}')
+    summary = json.loads(ok(run("watch", "--once", "--json")))
+    assert (summary["accepted"], summary["rejected"], summary["duplicates"]) == (2, 1, 0)
+    listed = json.loads(ok(run("ls", "--source-file", "night.jsonl", "--json")))["jobs"]
+    assert sorted(j["spec"]["prompt"] for j in listed) == ["a", "b"]
+    by_path = json.loads(ok(run("ls", "--source-file", str(inbox / "one.json"), "--json")))
+    assert [j["source"] for j in by_path["jobs"]] == ["inbox"]
+    assert json.loads(ok(run("ls", "--source-file", "bad.json", "--json")))["jobs"] == []
+    result = run("ls", "--source-file", "x.json", "--client", "y")
+    assert result.exit_code == 2 and "--source-file" in result.output
+    assert "0 file(s) taken" in ok(run("watch", "--once"))  # nothing left to take
+    assert (inbox / "rejected" / "bad.json.error.json").exists()
