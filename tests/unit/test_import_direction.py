@@ -141,3 +141,22 @@ def test_importing_the_cli_store_and_api_loads_no_heavy_library(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert sorted(p.name for p in marks.iterdir()) == []
+
+
+def test_every_third_party_import_is_a_declared_dependency() -> None:
+    """A fresh install (CI, a user's machine) has only what pyproject.toml declares."""
+    import importlib.metadata
+    import re
+    import tomllib
+
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    declared = {
+        re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("_", "-")
+        for requirement in project["dependencies"]
+    }
+    providers = importlib.metadata.packages_distributions()
+    for path in sources():
+        _, external = internal_imports(path)
+        for module in sorted(external - set(sys.stdlib_module_names) - {"__future__"}):
+            distributions = {d.lower().replace("_", "-") for d in providers.get(module, [])}
+            assert distributions & declared, f"{path.name} imports {module}, not a dependency"
