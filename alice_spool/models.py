@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -157,6 +158,28 @@ class Job(Base):
 # comparison would always see the claim index as changed. It is left out of the
 # comparison; the migration tests compare it through its SQL instead.
 UNREFLECTABLE_INDEXES = frozenset({"ix_jobs_claim", "ix_jobs_compatible"})
+
+
+class Runner(Base):
+    """What each runner last said about itself (it reports about once a second): what
+    `/health`, `/metrics` and the dashboard show of the GPU side."""
+
+    __tablename__ = "runners"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    state: Mapped[str] = mapped_column(String(16))  # idle | busy | stopped
+    device: Mapped[str | None] = mapped_column(String(64))
+    gpu_available: Mapped[bool] = mapped_column(Boolean, default=False)
+    gpu_name: Mapped[str | None] = mapped_column(String(128))
+    memory_used: Mapped[int | None] = mapped_column(BigInteger)
+    memory_total: Mapped[int | None] = mapped_column(BigInteger)
+    model: Mapped[str | None] = mapped_column(String(255))  # resident
+    job_id: Mapped[str | None] = mapped_column(String(32))  # the running batch's first job
+    step: Mapped[int | None] = mapped_column(Integer)
+    total: Mapped[int | None] = mapped_column(Integer)
 
 
 def include_in_comparison(obj: Any, name: str | None, type_: str, *_: Any) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -192,3 +192,30 @@ class Stats:
             "mean_wait_s": self.mean_wait_s,
             "mean_run_s": self.mean_run_s,
         }
+
+
+@dataclass(frozen=True)
+class RunnerReport:
+    """What a runner says about itself, about once a second."""
+
+    name: str
+    owner: str
+    started_at: datetime
+    heartbeat_at: datetime
+    state: str  # idle | busy | stopped
+    device: str | None = None
+    gpu_available: bool = False
+    gpu_name: str | None = None
+    memory_used: int | None = None
+    memory_total: int | None = None
+    model: str | None = None
+    job_id: str | None = None
+    step: int | None = None
+    total: int | None = None
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> RunnerReport:
+        return cls(**{f.name: row._mapping[f.name] for f in fields(cls)})
+
+    def age_s(self, now: datetime) -> float:
+        return max(0.0, (now - self.heartbeat_at).total_seconds())

@@ -51,7 +51,7 @@ from .errors import (
 )
 from .models import JobStatus, Source
 from .outbox import Outbox, image_name, infotext
-from .records import JobRecord
+from .records import JobRecord, RunnerReport
 from .spec import SEED_MAX, JobSpec
 from .store import Store
 
@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 DB_RETRY_S = 1.0
+REPORT_S = 1.0  # how often the runner reports itself (runners table)
 HANG_EXIT_CODE = 70  # the process gives up on a stuck device; its supervisor restarts it
 SECOND_SIGNAL_EXIT_CODE = 143
 
@@ -83,6 +84,9 @@ class BatchGenerator(Protocol):
     ) -> Any: ...
 
     def unload(self) -> None: ...
+
+    # Optional: {"device", "gpu_available", "gpu_name", "memory_used", "memory_total"}
+    # def device_info(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -240,6 +244,7 @@ class Runner:
         self._writes: queue.Queue[Outcome | None] = queue.Queue(maxsize=2 * options.max_batch)
         self._resident_since = time.monotonic()
         self._resident: str | None = None
+        self._started_at = utcnow()
 
     # -- the outside world -------------------------------------------------------------
 
@@ -283,6 +288,7 @@ class Runner:
                 self._done.set()
                 threads[1].join()
                 self._release_held()
+                self._report_quietly("stopped")
         finally:
             self.lock.release()
         log.info("runner %s stopped", self.owner)
@@ -291,6 +297,7 @@ class Runner:
         self.outbox.root.mkdir(parents=True, exist_ok=True)
         self.outbox.remove_stale()
         log.info("runner %s starting", self.owner)
+        self._report_quietly("idle")
         # The lock says no live runner has this name: its jobs are a dead one's.
         self._rescue_orphans(held_by=f"{self.options.name}/")
 
@@ -625,10 +632,14 @@ class Runner:
     def _monitor_loop(self) -> None:
         renew_every = self.options.lease_s / 3
         last_renewal = last_rescue = time.monotonic()
+        last_report = float("-inf")
         with self.store.db.pinned():
             while not self._done.wait(self.options.progress_s):
                 try:
                     self._check_running()
+                    if time.monotonic() - last_report >= REPORT_S:
+                        self._report()
+                        last_report = time.monotonic()
                     if time.monotonic() - last_renewal >= renew_every:
                         self._renew_leases()
                         last_renewal = time.monotonic()
@@ -637,6 +648,36 @@ class Runner:
                         last_rescue = time.monotonic()
                 except SpoolError as exc:  # the database is busy or away: try again
                     log.warning("monitor: %s", exc.message)
+
+    def _report(self, state: str | None = None) -> None:
+        """Tell /health and /metrics what this runner is doing (about once a second)."""
+        running = self._running
+        info_of = getattr(self.generator, "device_info", None)
+        info: dict[str, Any] = info_of() if info_of is not None else {}
+        self.store.report_runner(
+            RunnerReport(
+                name=self.options.name,
+                owner=self.owner,
+                started_at=self._started_at,
+                heartbeat_at=utcnow(),
+                state=state or ("busy" if running is not None else "idle"),
+                device=info.get("device"),
+                gpu_available=bool(info.get("gpu_available", False)),
+                gpu_name=info.get("gpu_name"),
+                memory_used=info.get("memory_used"),
+                memory_total=info.get("memory_total"),
+                model=self.generator.resident_model,
+                job_id=running.job_ids[0] if running is not None else None,
+                step=running.step if running is not None else None,
+                total=running.total if running is not None else None,
+            )
+        )
+
+    def _report_quietly(self, state: str) -> None:
+        try:
+            self._report(state)
+        except SpoolError as exc:
+            log.warning("could not report the runner %s: %s", state, exc.message)
 
     def _rescue_orphans(self, held_by: str | None = None) -> None:
         """Requeue the jobs of runners whose leases expired (another host's runner that

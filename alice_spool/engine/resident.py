@@ -66,6 +66,24 @@ class Engine:
         """The model on the device now, if any."""
         return self.current.model_id if self.current is not None else None
 
+    def device_info(self) -> dict[str, object]:
+        """The device, for the runner's reports (/health, /metrics)."""
+        device = self.placement.device
+        info: dict[str, object] = {
+            "device": self.placement.label,
+            "gpu_available": device.type in ("cuda", "mps"),
+        }
+        if device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(device)
+            info.update(
+                gpu_name=torch.cuda.get_device_name(device),
+                memory_used=int(total - free),
+                memory_total=int(total),
+            )
+        elif device.type == "mps":
+            info.update(gpu_name="Apple GPU", memory_used=int(torch.mps.current_allocated_memory()))
+        return info
+
     def default_model_id(self) -> str | None:
         """The model a job that names none runs on (None while none is installed)."""
         try:

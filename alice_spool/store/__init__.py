@@ -13,9 +13,10 @@ from .control import Control
 from .enqueue import Enqueueing
 from .leases import Leasing
 from .queries import Queries
+from .runners import Runners
 
 
-class Store(Enqueueing, Leasing, Control, Queries):
+class Store(Enqueueing, Leasing, Control, Queries, Runners):
     """Every job-table operation, named after the job's life."""
 
 

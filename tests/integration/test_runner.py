@@ -518,3 +518,31 @@ def test_progress_reaches_the_row_while_a_batch_runs(
     assert (done.progress_step, done.progress_total) == (150, 150)
     assert len(seen) < 150  # throttled, not one write per step
     assert json.dumps(done.result)  # stored as JSON
+
+
+def test_the_runner_reports_itself(
+    store: Store,
+    engine: FakeEngine,
+    make_runner: Callable[..., Runner],
+    background: Callable[[Runner], threading.Thread],
+) -> None:
+    engine.step_s = 0.01
+    job = submit(store, "reported", steps=150)
+    runner = make_runner(exit_when_idle=False, progress_s=0.05)
+    thread = background(runner)
+
+    def busy_with_the_job() -> bool:
+        return any(
+            r.state == "busy" and r.job_id == job.id and (r.step or 0) > 0 and r.total == 150
+            for r in store.runners()
+        )
+
+    wait_until(busy_with_the_job)
+    wait_until(lambda: status(store, job) is JobStatus.SUCCEEDED)
+    wait_until(lambda: store.runners()[0].state == "idle")
+    (report,) = store.runners()
+    assert (report.name, report.owner, report.model) == ("test", runner.owner, "sd/a")
+    assert report.age_s(utcnow()) < 5
+    runner.request_stop()
+    thread.join(10)
+    assert store.runners()[0].state == "stopped"

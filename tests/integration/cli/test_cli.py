@@ -225,8 +225,8 @@ def test_stats_and_purge(run, store: Store) -> None:
 
 
 def test_db_commands(run, data_dir: Path) -> None:
-    assert "empty -> 0002" in ok(run("db", "upgrade"))
-    assert "already at revision 0002" in ok(run("db", "upgrade"))
+    assert "empty -> 0003" in ok(run("db", "upgrade"))
+    assert "already at revision 0003" in ok(run("db", "upgrade"))
     assert json.loads(ok(run("db", "current", "--json")))["up_to_date"] is True
     check = json.loads(ok(run("db", "check", "--json")))
     assert check["checks"] == {"revision": True, "schema": True, "integrity": True}
