@@ -172,6 +172,8 @@ class Stats:
     images: int  # images made by jobs that succeeded within the window
     mean_wait_s: float | None  # created -> started, succeeded jobs in the window
     mean_run_s: float | None  # started -> finished, succeeded jobs in the window
+    waits: tuple[float, ...] = ()  # each succeeded job's wait, in the window
+    runs: tuple[float, ...] = ()  # and its run
 
     @property
     def jobs_per_minute(self) -> float:

@@ -152,6 +152,7 @@ class JobSpec:
 
 
 _SPEC_FIELDS = tuple(f.name for f in fields(JobSpec))
+SPEC_FIELDS = _SPEC_FIELDS  # the request fields a JobSpec has
 _SPEC_FIELD_SET = frozenset(_SPEC_FIELDS)
 
 

@@ -139,7 +139,9 @@ class Queries(StoreBase):
         def mean(values: list[float]) -> float | None:
             return round(sum(values) / len(values), 4) if values else None
 
-        return Stats(window_s, counts, finished, images, mean(waits), mean(runs))
+        return Stats(
+            window_s, counts, finished, images, mean(waits), mean(runs), tuple(waits), tuple(runs)
+        )
 
     def batch_job_ids(self, batch_id: str) -> list[str]:
         """The ids of a batch's jobs, in the order they were submitted."""

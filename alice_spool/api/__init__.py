@@ -1,0 +1,128 @@
+"""The HTTP API (DESIGN section 7): a Starlette app over the store. It never imports
+torch; it talks to the runner only through the database and the outbox.
+
+`create_app(settings, store, registry)` builds it; `alice-spool api` and `alice-spool
+serve` run it under uvicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..config import Settings
+from ..registry import ModelRegistry
+from ..store import Store
+from . import native, openai, status
+from .context import Api, route
+from .http import Keys, RateLimiter, error_response
+from .openapi import describe
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent.parent / "web"
+
+
+@route(auth=False)
+async def image(request: Request, api: Api, client: str | None) -> Response:
+    """A job's PNG. Image names are unguessable; only names a job can have are served."""
+    path = await run_in_threadpool(api.image_path, request.path_params["name"])
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
+
+
+@route(auth=False)
+async def openapi_json(request: Request, api: Api, client: str | None) -> Response:
+    return JSONResponse(describe(request.app.routes, api))
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    status_code = getattr(exc, "status_code", 404)
+    if status_code == 405:
+        return error_response("method_not_allowed", f"{request.method} is not allowed here")
+    if status_code == 404:
+        return error_response("not_found", f"no route {request.url.path}")
+    detail = getattr(exc, "detail", "") or "bad request"
+    return error_response("invalid_parameters", str(detail), status=status_code)
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return error_response("internal_error", "internal error; see the server's log", status=500)
+
+
+def routes() -> list[Any]:
+    return [
+        Route("/health", status.health, methods=["GET"]),
+        Route("/metrics", status.metrics, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/images/{name}", image, methods=["GET"]),
+        Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
+        Route("/v1/images/generations", openai.image_generations, methods=["POST"]),
+        Route("/v1/models", openai.list_models, methods=["GET"]),
+        Route("/v1/models/refresh", openai.refresh_models, methods=["POST"]),
+        Route("/v1/jobs", native.create_job, methods=["POST"]),
+        Route("/v1/jobs", native.list_jobs, methods=["GET"]),
+        Route("/v1/jobs/{job_id}", native.get_job, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/cancel", native.cancel_job, methods=["POST"]),
+        Route("/v1/jobs/{job_id}/retry", native.retry_job, methods=["POST"]),
+        Route("/v1/jobs/{job_id}/events", native.job_events, methods=["GET"]),
+        Route("/v1/batches", native.create_batch, methods=["POST"]),
+        Route("/v1/batches/{batch_id}", native.get_batch, methods=["GET"]),
+    ]
+
+
+def create_app(
+    settings: Settings,
+    store: Store,
+    registry: ModelRegistry | None = None,
+    *,
+    inbox_health: Any = None,
+) -> Starlette:
+    server = settings.server
+    api = Api(
+        settings=settings,
+        store=store,
+        registry=registry or ModelRegistry(settings.paths.models),
+        keys=Keys(server.api_keys),
+        limiter=RateLimiter(server.rate_limit_per_minute),
+        outbox=Path(settings.paths.outbox),
+        inbox_health=inbox_health,
+    )
+    web: list[Any] = []
+    if WEB_DIR.is_dir():
+        web = [
+            Route("/", lambda request: RedirectResponse("/web/"), methods=["GET"]),
+            Route("/docs", lambda request: RedirectResponse("/web/#/docs"), methods=["GET"]),
+            Mount("/web", StaticFiles(directory=WEB_DIR, html=True), name="web"),
+        ]
+    middleware = []
+    if server.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=server.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "X-Api-Key", "Content-Type", "Idempotency-Key"],
+            )
+        )
+    app = Starlette(
+        routes=[*routes(), *web],
+        middleware=middleware,
+        exception_handlers={HTTPException: _not_found, Exception: _internal},
+    )
+    app.state.api = api
+    return app
+
+
+__all__ = ["create_app"]

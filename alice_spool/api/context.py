@@ -1,0 +1,101 @@
+"""What every route shares, and the wrapper that makes a function a route: API key,
+rate limit, and every `SpoolError` turned into its HTTP answer."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .. import __version__, errors
+from ..config import Settings
+from ..outbox import image_name
+from ..records import JobRecord
+from ..registry import ModelRegistry
+from ..spec import JobSpec
+from ..store import Store
+from .http import Keys, RateLimiter, spool_error_response
+
+log = logging.getLogger(__name__)
+
+IMAGE_NAME = re.compile(r"(?P<job>[0-9a-f]{30})-(?P<index>[0-9]{1,2})\.png")
+
+
+@dataclass
+class Api:
+    settings: Settings
+    store: Store
+    registry: ModelRegistry
+    keys: Keys
+    limiter: RateLimiter
+    outbox: Path
+    started: float = field(default_factory=time.time)
+    version: str = __version__
+    inbox_health: Callable[[], dict[str, Any]] | None = None
+
+    def base_url(self, request: Request) -> str:
+        configured = self.settings.server.public_url
+        return configured.rstrip("/") if configured else str(request.base_url).rstrip("/")
+
+    def image_urls(self, request: Request, job: JobRecord) -> list[str]:
+        images = (job.result or {}).get("images") or []
+        base = self.base_url(request)
+        return [f"{base}/images/{image['file']}" for image in images if "file" in image]
+
+    def job_view(self, request: Request, job: JobRecord) -> dict[str, Any]:
+        view = job.to_dict()
+        view["object"] = "job"
+        view["image_urls"] = self.image_urls(request, job)
+        return view
+
+    def image_path(self, name: str) -> Path:
+        """The file of `/images/NAME`, only for names a job could have written."""
+        match = IMAGE_NAME.fullmatch(name)
+        if match is None:
+            raise errors.JobNotFound(f"no image {name!r}")
+        path = self.outbox / match["job"] / image_name(match["job"], int(match["index"]))
+        if not path.is_file():
+            raise errors.JobNotFound(f"no image {name!r}")
+        return path
+
+    async def resolve_model(self, spec: JobSpec) -> JobSpec:
+        """`model_not_found` (404) before anything is queued; the model id filled in."""
+        default = self.settings.generation.default_model
+        resolved = await run_in_threadpool(self.registry.resolve, spec, default)
+        return replace(spec, model=resolved.model)
+
+
+Handler = Callable[[Request, Api, str | None], Awaitable[Response]]
+
+
+def route(*, auth: bool = True) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    """Make `handler(request, api, client)` a Starlette endpoint. `client` is the name of
+    the API key used (None when keys are off, or for open routes)."""
+
+    def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            api: Api = request.app.state.api
+            try:
+                client = api.keys.identify(request) if auth else None
+                if auth:
+                    address = request.client.host if request.client else "unknown"
+                    api.limiter.check(client or address)
+                return await handler(request, api, client)
+            except errors.SpoolError as exc:
+                if exc.code in ("database_error", "database_not_migrated"):
+                    log.error("%s %s: %s", request.method, request.url.path, exc.message)
+                return spool_error_response(exc)
+
+        endpoint.__name__ = handler.__name__
+        endpoint.__doc__ = handler.__doc__
+        return endpoint
+
+    return wrap

@@ -1,0 +1,223 @@
+"""The API's edge: errors as `{"error": {message, type, code}}` with the right status,
+request bodies read within their size limit and parsed without ever a 500, API keys,
+rate limits, and waiting for jobs without holding a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import math
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from .. import errors
+from ..records import JobRecord
+from ..store import Store
+
+# The HTTP status of each error code; anything else a client caused is a 400.
+STATUS = {
+    "invalid_parameters": 400,
+    "invalid_json": 400,
+    "unauthorized": 401,
+    "not_found": 404,
+    "model_not_found": 404,
+    "method_not_allowed": 405,
+    "idempotency_conflict": 409,
+    "invalid_state": 409,
+    "body_too_large": 413,
+    "rate_limit_exceeded": 429,
+    "queue_full": 503,
+    "database_busy": 503,
+    "gpu_out_of_memory": 503,
+    "timeout": 504,
+    "generation_failed": 500,
+    "model_load_failed": 500,
+    "attempts_exhausted": 500,
+    "outbox_write_failed": 500,
+    "database_error": 500,
+    "database_not_migrated": 500,
+    "cancelled": 409,
+}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "server_error",
+    504: "server_error",
+}
+QUEUE_FULL_RETRY_AFTER_S = 5
+MAX_JSON_DEPTH = 32
+
+
+class ApiError(errors.SpoolError):
+    """An error of the HTTP layer itself, with its own code."""
+
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.code = code
+
+
+def error_response(
+    code: str, message: str, *, status: int | None = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    status = status or STATUS.get(code, 400)
+    body = {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "code": code}}
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def spool_error_response(exc: errors.SpoolError) -> JSONResponse:
+    headers = {}
+    if exc.code == "queue_full":
+        headers["Retry-After"] = str(QUEUE_FULL_RETRY_AFTER_S)
+    if exc.code == "rate_limit_exceeded" and "retry_after" in exc.details:
+        headers["Retry-After"] = str(exc.details["retry_after"])
+    response = error_response(exc.code, exc.message, headers=headers)
+    if "field" in exc.details:  # which parameter, for clients that show it
+        body = json.loads(response.body)
+        body["error"]["param"] = exc.details["field"]
+        response = JSONResponse(body, status_code=response.status_code, headers=headers)
+    return response
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The request's JSON body: 413 over `max_bytes` (counted as it arrives, whatever
+    Content-Length says), 400 for anything that is not JSON or nests too deeply."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise ApiError("body_too_large", f"the request body is over {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise ApiError("body_too_large", f"the request body is over {max_bytes} bytes")
+    if not body:
+        raise ApiError("invalid_json", "the request has no body; send a JSON object")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError("invalid_json", "the request body is not UTF-8") from None
+    if _nesting(text) > MAX_JSON_DEPTH:
+        raise ApiError("invalid_json", f"the JSON nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ApiError("invalid_json", f"the request body is not valid JSON: {exc}") from None
+
+
+def _nesting(text: str) -> int:
+    """How deep brackets nest (outside strings), without parsing."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def require_object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise errors.InvalidParameters("the request body must be a JSON object")
+    return data
+
+
+class Keys:
+    """The configured API keys, compared in constant time; none configured = open."""
+
+    def __init__(self, keys: Mapping[str, str]) -> None:
+        self._keys = [(name, key.encode()) for name, key in keys.items()]
+
+    @property
+    def required(self) -> bool:
+        return bool(self._keys)
+
+    def identify(self, request: Request) -> str | None:
+        """The name of the key the request carries; None when keys are off. 401 when
+        they are on and the request has none, or a wrong one."""
+        if not self._keys:
+            return None
+        given = request.headers.get("x-api-key")
+        authorization = request.headers.get("authorization", "")
+        if given is None and authorization[:7].lower() == "bearer ":
+            given = authorization[7:].strip()
+        if not given:
+            raise ApiError(
+                "unauthorized", "an API key is required (Authorization: Bearer or X-Api-Key)"
+            )
+        offered = given.encode()
+        found = None
+        for name, key in self._keys:  # every key compared, so timing tells nothing
+            if hmac.compare_digest(offered, key):
+                found = name
+        if found is None:
+            raise ApiError("unauthorized", "the API key is not valid")
+        return found
+
+
+class RateLimiter:
+    """A token bucket per client (API key name, else address): `per_minute` requests a
+    minute, in bursts of up to a tenth of that (at least 5). 0 = no limit."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = max(5.0, per_minute / 10.0)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, client: str) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            tokens, since = self._buckets.get(client, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - since) * self.rate)
+            if tokens < 1:
+                wait = math.ceil((1 - tokens) / self.rate)
+                self._buckets[client] = (tokens, now)
+                raise ApiError(
+                    "rate_limit_exceeded",
+                    f"too many requests; try again in {wait} s",
+                    retry_after=wait,
+                )
+            self._buckets[client] = (tokens - 1, now)
+
+
+async def wait_for_job(store: Store, job_id: str, timeout_s: float) -> JobRecord:
+    """Poll the job until it finishes (or `timeout` is raised), sleeping in between
+    without holding a worker thread."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        job = await run_in_threadpool(store.get, job_id)
+        if job.finished:
+            return job
+        if time.monotonic() >= deadline:
+            raise errors.JobTimeout(
+                f"job {job_id} did not finish within {timeout_s:g} s; it is still "
+                f"{job.status.value} and can be fetched at /v1/jobs/{job_id}",
+                job_id=job_id,
+            )
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 0.25)

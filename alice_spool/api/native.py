@@ -1,0 +1,179 @@
+"""The native, asynchronous API: jobs and batches, with progress as server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sse_starlette.sse import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .. import errors
+from ..models import JobStatus, Source
+from ..records import NewJob
+from ..spec import parse_idempotency_key, parse_request
+from .context import Api, route
+from .http import read_json, require_object
+
+MAX_PAGE = 500
+
+
+@route()
+async def create_job(request: Request, api: Api, client: str | None) -> Response:
+    """Queue one job: 202 with the job and its `Location`; the same `Idempotency-Key`
+    (or body `id`) with the same request answers the first job again (200)."""
+    body = require_object(await read_json(request, api.settings.server.max_body_bytes))
+    parsed = parse_request(body, api.settings.generation)
+    key = parsed.idempotency_key
+    header = request.headers.get("idempotency-key")
+    if header is not None:
+        key = parse_idempotency_key(header, "Idempotency-Key")
+    spec = await api.resolve_model(parsed.spec)
+    done = await run_in_threadpool(
+        lambda: api.store.enqueue(spec, source=Source.API, client=client, idempotency_key=key)
+    )
+    view = {**api.job_view(request, done.job), "created": done.created}
+    headers = {"Location": f"/v1/jobs/{done.job.id}"}
+    return JSONResponse(view, status_code=202 if done.created else 200, headers=headers)
+
+
+def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise errors.InvalidParameters(f"{name} must be a whole number", field=name) from None
+    if not low <= value <= high:
+        raise errors.InvalidParameters(f"{name} must be {low}..{high}", field=name)
+    return value
+
+
+@route()
+async def list_jobs(request: Request, api: Api, client: str | None) -> Response:
+    """Jobs, newest first: filter by `status` (repeatable), `batch_id`, `model`, `source`;
+    page with `limit` and `before` (the `next_cursor` of the previous page)."""
+    query = request.query_params
+    statuses = query.getlist("status")
+    for status in statuses:
+        if status not in {s.value for s in JobStatus}:
+            raise errors.InvalidParameters(f"unknown status {status!r}", field="status")
+    source = query.get("source")
+    if source is not None and source not in {s.value for s in Source}:
+        raise errors.InvalidParameters(f"unknown source {source!r}", field="source")
+    page = await run_in_threadpool(
+        lambda: api.store.list_jobs(
+            statuses=statuses or None,
+            batch_id=query.get("batch_id"),
+            model=query.get("model"),
+            source=source,
+            before=query.get("before"),
+            limit=_query_int(request, "limit", 50, 1, MAX_PAGE),
+        )
+    )
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [api.job_view(request, job) for job in page.jobs],
+            "next_cursor": page.next_cursor,
+        }
+    )
+
+
+@route()
+async def get_job(request: Request, api: Api, client: str | None) -> Response:
+    job = await run_in_threadpool(api.store.get, request.path_params["job_id"])
+    return JSONResponse(api.job_view(request, job))
+
+
+@route()
+async def cancel_job(request: Request, api: Api, client: str | None) -> Response:
+    """Queued: cancelled at once. Running: stops at its next step."""
+    job = await run_in_threadpool(api.store.cancel, request.path_params["job_id"])
+    return JSONResponse(api.job_view(request, job))
+
+
+@route()
+async def retry_job(request: Request, api: Api, client: str | None) -> Response:
+    job = await run_in_threadpool(api.store.retry, request.path_params["job_id"])
+    return JSONResponse(api.job_view(request, job))
+
+
+@route()
+async def job_events(request: Request, api: Api, client: str | None) -> Response:
+    """Server-sent events: `progress` whenever the job's status or step changes, then
+    one `done` with the whole job when it ends."""
+    job = await run_in_threadpool(api.store.get, request.path_params["job_id"])
+    return EventSourceResponse(_events(api, request, job.id), ping=15)
+
+
+async def _events(api: Api, request: Request, job_id: str) -> AsyncIterator[dict[str, Any]]:
+    last: tuple[Any, ...] = ()
+    while True:
+        job = await run_in_threadpool(api.store.get, job_id)
+        state = (job.status, job.progress_step, job.progress_total)
+        if state != last:
+            last = state
+            progress = {
+                "id": job.id,
+                "status": job.status.value,
+                "step": job.progress_step,
+                "total": job.progress_total,
+            }
+            yield {"event": "progress", "data": json.dumps(progress)}
+        if job.finished:
+            yield {"event": "done", "data": json.dumps(api.job_view(request, job))}
+            return
+        await asyncio.sleep(0.2)
+
+
+@route()
+async def create_batch(request: Request, api: Api, client: str | None) -> Response:
+    """Queue several jobs as one batch, all or nothing: `{"requests": [...]}`."""
+    body = require_object(await read_json(request, api.settings.server.max_body_bytes))
+    requests = body.get("requests")
+    if not isinstance(requests, list) or not requests:
+        raise errors.InvalidParameters("requests must be a non-empty list", field="requests")
+    items = []
+    for index, item in enumerate(requests):
+        try:
+            parsed = parse_request(item, api.settings.generation)
+            spec = await api.resolve_model(parsed.spec)
+        except errors.SpoolError as exc:
+            exc.message = f"requests[{index}]: {exc.message}"
+            exc.details["index"] = index
+            raise
+        items.append(NewJob(spec, parsed.idempotency_key, client))
+    batch = await run_in_threadpool(lambda: api.store.enqueue_batch(items, source=Source.API))
+    view = {
+        "object": "batch",
+        "id": batch.batch_id,
+        "job_ids": batch.job_ids,
+        "created": batch.created,
+    }
+    headers = {"Location": f"/v1/batches/{batch.batch_id}"}
+    return JSONResponse(view, status_code=202 if batch.created else 200, headers=headers)
+
+
+@route()
+async def get_batch(request: Request, api: Api, client: str | None) -> Response:
+    batch_id = request.path_params["batch_id"]
+    job_ids = await run_in_threadpool(api.store.batch_job_ids, batch_id)
+    jobs = await run_in_threadpool(api.store.get_many, job_ids)
+    counts = {status.value: 0 for status in JobStatus}
+    for job in jobs:
+        counts[job.status.value] += 1
+    return JSONResponse(
+        {
+            "object": "batch",
+            "id": batch_id,
+            "counts": counts,
+            "finished": all(job.finished for job in jobs),
+            "jobs": [api.job_view(request, job) for job in jobs],
+        }
+    )

@@ -1,0 +1,282 @@
+"""The OpenAI-shaped doors: chat completions (ALICE's and SAM's), image generations, and
+the model list."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sse_starlette.sse import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .. import errors
+from ..models import JobStatus, Source
+from ..records import JobRecord
+from ..spec import SPEC_FIELDS, JobSpec, parse_size, parse_spec
+from .context import Api, route
+from .http import read_json, require_object, wait_for_job
+
+# Where a chat request carries the image parameters (SAM sends `metadata`).
+_CONFIG_KEYS = ("sam_config", "samConfig", "metadata")
+# OpenAI image-API fields that have no meaning here and are accepted and ignored.
+_IGNORED_IMAGE_FIELDS = (
+    "quality", "style", "user", "background", "moderation", "output_format",
+    "output_compression", "partial_images", "stream", "response_format",
+)  # fmt: skip
+
+
+def _last_user_text(messages: Any) -> str:
+    if not isinstance(messages, list) or not messages:
+        raise errors.InvalidParameters("messages must be a non-empty list", field="messages")
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):  # content parts: take the text ones
+                content = " ".join(
+                    part.get("text", "")
+                    for part in content
+                    if isinstance(part, dict) and part.get("type") == "text"
+                )
+            if isinstance(content, str) and content.strip():
+                return content
+    raise errors.InvalidParameters("no user message with text in messages", field="messages")
+
+
+def chat_spec(body: dict[str, Any], api: Api) -> tuple[JobSpec, bool]:
+    """(spec, stream) from a chat request: the prompt is the last user message, the
+    parameters come from `sam_config`, `samConfig` or `metadata` (the spec's fields
+    there are read and checked; other keys, which other clients put in `metadata`, are
+    left alone)."""
+    prompt = _last_user_text(body.get("messages"))
+    config: dict[str, Any] = {}
+    for key in _CONFIG_KEYS:
+        value = body.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise errors.InvalidParameters(f"{key} must be an object", field=key)
+        config.update(
+            {k: v for k, v in value.items() if k in SPEC_FIELDS or k in ("size", "num_images")}
+        )
+    fields: dict[str, Any] = {**config, "prompt": prompt}
+    if body.get("model") is not None:
+        fields["model"] = body["model"]
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise errors.InvalidParameters("stream must be true or false", field="stream")
+    return parse_spec(fields, api.settings.generation), stream
+
+
+def _metadata(job: JobRecord) -> dict[str, Any]:
+    spec = (job.result or {}).get("spec") or job.spec.to_dict()
+    return {
+        "prompt": spec.get("prompt"),
+        "negative_prompt": spec.get("negative_prompt"),
+        "steps": spec.get("steps"),
+        "guidance_scale": spec.get("guidance_scale"),
+        "seed": spec.get("seed"),
+        "model": spec.get("model"),
+        "scheduler": spec.get("scheduler"),
+        "width": spec.get("width"),
+        "height": spec.get("height"),
+        "job_id": job.id,
+    }
+
+
+def _usage(prompt: str) -> dict[str, int]:
+    tokens = len(prompt.split())
+    return {
+        "prompt_tokens": tokens,
+        "completion_tokens": 0,
+        "total_tokens": tokens,
+        # SAM decodes only these
+        "promptTokens": tokens,
+        "completionTokens": 0,
+        "totalTokens": tokens,
+    }
+
+
+def _finished_or_raise(job: JobRecord) -> JobRecord:
+    if job.status is JobStatus.SUCCEEDED:
+        return job
+    if job.status is JobStatus.CANCELLED:
+        raise errors.IllegalTransition(f"job {job.id} was cancelled", job_id=job.id)
+    error = errors.SpoolError(job.error_message or "the job failed", job_id=job.id)
+    error.code = job.error_code or "generation_failed"
+    raise error
+
+
+def _completion(api: Api, request: Request, job: JobRecord, prompt: str) -> dict[str, Any]:
+    urls = api.image_urls(request, job)
+    content = f"Generated {len(urls)} image(s): " + " ".join(urls)
+    return {
+        "id": f"chatcmpl-{job.id}",
+        "object": "chat.completion",
+        "created": int(job.created_at.timestamp()),
+        "model": job.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": content,
+                    "image_urls": urls,
+                    "metadata": _metadata(job),
+                },
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": _usage(prompt),
+    }
+
+
+async def _enqueue(api: Api, spec: JobSpec, source: Source, client: str | None) -> JobRecord:
+    spec = await api.resolve_model(spec)
+    done = await run_in_threadpool(api.store.enqueue, spec, source=source, client=client)
+    return done.job
+
+
+@route()
+async def chat_completions(request: Request, api: Api, client: str | None) -> Response:
+    """ALICE's and SAM's door: generate, wait, answer a chat completion with image URLs."""
+    body = require_object(await read_json(request, api.settings.server.max_body_bytes))
+    spec, stream = chat_spec(body, api)
+    job = await _enqueue(api, spec, Source.OPENAI, client)
+    timeout = api.settings.server.request_timeout_s
+    if stream:
+        return EventSourceResponse(_chat_stream(api, request, job, spec.prompt, timeout))
+    # The job is committed: if this client goes away now, it still runs and stays
+    # fetchable at /v1/jobs/<id>.
+    done = _finished_or_raise(await wait_for_job(api.store, job.id, timeout))
+    return JSONResponse(_completion(api, request, done, spec.prompt))
+
+
+async def _chat_stream(
+    api: Api, request: Request, job: JobRecord, prompt: str, timeout: float
+) -> AsyncIterator[str]:
+    """`chat.completion.chunk` events: one per progress change, then the result."""
+    created = int(job.created_at.timestamp())
+    deadline = time.monotonic() + timeout
+    last: tuple[Any, ...] = ()
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        return json.dumps(
+            {
+                "id": f"chatcmpl-{job.id}",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": job.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+        )
+
+    yield chunk({"role": "assistant", "content": ""})
+    while True:
+        current = await run_in_threadpool(api.store.get, job.id)
+        state = (current.status, current.progress_step, current.progress_total)
+        if state != last:
+            last = state
+            progress = {
+                "status": current.status.value,
+                "step": current.progress_step,
+                "total": current.progress_total,
+            }
+            yield chunk({"content": "", "progress": progress})
+        if current.finished:
+            break
+        if time.monotonic() >= deadline:
+            error = {"code": "timeout", "message": f"job {job.id} is still running"}
+            yield json.dumps({"error": error})
+            return
+        await asyncio.sleep(0.2)
+    try:
+        done = _finished_or_raise(current)
+    except errors.SpoolError as exc:
+        yield json.dumps({"error": {"code": exc.code, "message": exc.message}})
+        return
+    message = _completion(api, request, done, prompt)["choices"][0]["message"]
+    yield chunk(
+        {
+            "content": message["content"],
+            "image_urls": message["image_urls"],
+            "metadata": message["metadata"],
+        },
+        finish="stop",
+    )
+    yield "[DONE]"
+
+
+@route()
+async def image_generations(request: Request, api: Api, client: str | None) -> Response:
+    """The OpenAI images API: `prompt`, `model`, `n`, `size`, `response_format`, plus
+    the spec's own fields."""
+    body = require_object(await read_json(request, api.settings.server.max_body_bytes))
+    response_format = body.get("response_format") or "url"
+    if response_format not in ("url", "b64_json"):
+        raise errors.InvalidParameters(
+            "response_format must be url or b64_json", field="response_format"
+        )
+    fields = {k: v for k, v in body.items() if k not in _IGNORED_IMAGE_FIELDS}
+    if isinstance(fields.get("size"), str) and fields["size"] in ("auto",):
+        del fields["size"]
+    if "size" in fields:
+        width, height = parse_size(fields.pop("size"))
+        fields.setdefault("width", width)
+        fields.setdefault("height", height)
+    spec = parse_spec(fields, api.settings.generation)
+    job = await _enqueue(api, spec, Source.OPENAI, client)
+    timeout = api.settings.server.request_timeout_s
+    done = _finished_or_raise(await wait_for_job(api.store, job.id, timeout))
+    data: list[dict[str, Any]] = []
+    if response_format == "url":
+        data = [
+            {"url": url, "revised_prompt": spec.prompt} for url in api.image_urls(request, done)
+        ]
+    else:
+        for image in (done.result or {}).get("images", []):
+            png = await run_in_threadpool(api.image_path(image["file"]).read_bytes)
+            data.append({"b64_json": base64.b64encode(png).decode(), "revised_prompt": spec.prompt})
+    return JSONResponse({"created": int(done.created_at.timestamp()), "data": data})
+
+
+@route()
+async def list_models(request: Request, api: Api, client: str | None) -> Response:
+    """The installed models, as OpenAI lists models (plus what they are)."""
+    models = await run_in_threadpool(api.registry.scan)
+    try:
+        default = (
+            await run_in_threadpool(api.registry.default, api.settings.generation.default_model)
+        ).id
+    except errors.ModelNotFound:
+        default = None
+    data = []
+    for model in sorted(models, key=lambda m: m.id):
+        if not model.ok:
+            continue
+        entry = {
+            "id": model.id,
+            "object": "model",
+            "created": int(model.path.stat().st_mtime) if model.path.exists() else 0,
+            "owned_by": "alice",
+            "family": model.family,
+            "native_size": model.native_size,
+            "default": model.id == default,
+            "smoke_test": model.smoke_test,
+        }
+        if model.smoke_test:
+            entry["note"] = "smoke-test model with random weights: its images are noise"
+        data.append(entry)
+    return JSONResponse({"object": "list", "data": data})
+
+
+@route()
+async def refresh_models(request: Request, api: Api, client: str | None) -> Response:
+    """Rescan the models directory (as ALICE does)."""
+    models = await run_in_threadpool(api.registry.scan, force=True)
+    return JSONResponse({"status": "ok", "models_found": sum(1 for m in models if m.ok)})

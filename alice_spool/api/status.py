@@ -1,0 +1,165 @@
+"""`/health` (ALICE's and SAM's fields, both spellings) and `/metrics` (ALICE's JSON by
+default; the Prometheus text format for scrapers, from prometheus_client)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..models import JobStatus
+from ..records import RunnerReport
+from .context import Api, route
+
+RUNNER_STALE_S = 15.0  # a runner not heard from for this long is taken for dead
+GIB = 1024**3
+_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))
+
+
+def live_runners(reports: list[RunnerReport], now: datetime) -> list[RunnerReport]:
+    return [r for r in reports if r.state != "stopped" and r.age_s(now) < RUNNER_STALE_S]
+
+
+def _snapshot(api: Api) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    counts = api.store.counts()
+    reports = api.store.runners()
+    live = live_runners(reports, now)
+    stats = api.store.stats(window_s=3600)
+    return {"now": now, "counts": counts, "reports": reports, "live": live, "stats": stats}
+
+
+@route(auth=False)
+async def health(request: Request, api: Api, client: str | None) -> Response:
+    """Up, version, GPU, models loaded, queue depth, the runners' liveness."""
+    snap = await run_in_threadpool(_snapshot, api)
+    live: list[RunnerReport] = snap["live"]
+    gpu = any(r.gpu_available for r in live)
+    loaded = len({r.model for r in live if r.model})
+    depth = snap["counts"][JobStatus.QUEUED]
+    newest = max(snap["reports"], key=lambda r: r.heartbeat_at, default=None)
+    body: dict[str, Any] = {
+        "status": "ok",
+        "version": api.version,
+        "gpu_available": gpu,
+        "gpuAvailable": gpu,
+        "models_loaded": loaded,
+        "modelsLoaded": loaded,
+        "queue_depth": depth,
+        "queueDepth": depth,
+        "runner_alive": bool(live),
+        "runner_heartbeat_age_s": round(newest.age_s(snap["now"]), 3) if newest else None,
+        "runners": [
+            {
+                "name": r.name,
+                "state": r.state if r in live else "gone",
+                "heartbeat_age_s": round(r.age_s(snap["now"]), 3),
+                "device": r.device,
+                "gpu_name": r.gpu_name,
+                "model": r.model,
+                "job_id": r.job_id,
+                "step": r.step,
+                "total": r.total,
+            }
+            for r in snap["reports"]
+        ],
+        "uptime_s": round(datetime.now(UTC).timestamp() - api.started, 1),
+    }
+    if api.inbox_health is not None:
+        body["inbox"] = api.inbox_health()
+    return JSONResponse(body)
+
+
+def _wants_prometheus(request: Request) -> tuple[bool, str]:
+    accept = request.headers.get("accept", "")
+    if request.query_params.get("format") == "prometheus":
+        return True, accept
+    return ("text/plain" in accept or "application/openmetrics-text" in accept), accept
+
+
+@route(auth=False)
+async def metrics(request: Request, api: Api, client: str | None) -> Response:
+    prometheus, accept = _wants_prometheus(request)
+    snap = await run_in_threadpool(_snapshot, api)
+    if prometheus:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Snapshot(snap, api))
+        encoder, content_type = choose_encoder(accept)
+        return Response(encoder(registry), media_type=content_type)
+    live: list[RunnerReport] = snap["live"]
+    used = sum(r.memory_used or 0 for r in live)
+    total = sum(r.memory_total or 0 for r in live)
+    counts = snap["counts"]
+    stats = snap["stats"]
+    return JSONResponse(
+        {
+            "queueDepth": counts[JobStatus.QUEUED],
+            "activeGenerations": counts[JobStatus.RUNNING],
+            # No utilisation counter is read from the card: the share of live runners busy.
+            "gpuUtilization": (
+                round(sum(r.state == "busy" for r in live) / len(live), 3) if live else 0.0
+            ),
+            "gpuMemoryUsed": round(used / GIB, 3),  # GiB
+            "gpuMemoryTotal": round(total / GIB, 3),  # GiB
+            "modelsLoaded": len({r.model for r in live if r.model}),
+            "totalGenerations": counts[JobStatus.SUCCEEDED],
+            "avgGenerationTime": float(stats.mean_run_s or 0.0),  # seconds, last hour
+        }
+    )
+
+
+class _Snapshot(Collector):
+    """The Prometheus families, from one read of the database."""
+
+    def __init__(self, snap: dict[str, Any], api: Api) -> None:
+        self.snap = snap
+        self.api = api
+
+    def collect(self) -> Iterator[Any]:
+        snap = self.snap
+        depth = GaugeMetricFamily("alice_jobs", "Jobs in the table, by state", labels=["state"])
+        for status, count in snap["counts"].items():
+            depth.add_metric([status.value], count)
+        yield depth
+        stats = snap["stats"]
+        finished = GaugeMetricFamily(
+            "alice_jobs_finished_last_hour", "Jobs finished in the last hour", labels=["state"]
+        )
+        for status, count in stats.finished.items():
+            finished.add_metric([status.value], count)
+        yield finished
+        yield GaugeMetricFamily(
+            "alice_images_last_hour", "Images made in the last hour", value=stats.images
+        )
+        live = snap["live"]
+        up = GaugeMetricFamily(
+            "alice_runner_up", "1 if the runner reported lately", labels=["runner"]
+        )
+        memory = GaugeMetricFamily(
+            "alice_gpu_memory_bytes", "GPU memory of each runner", labels=["runner", "kind"]
+        )
+        for report in snap["reports"]:
+            up.add_metric([report.name], 1.0 if report in live else 0.0)
+            if report.memory_total is not None:
+                memory.add_metric([report.name, "total"], report.memory_total)
+                memory.add_metric([report.name, "used"], report.memory_used or 0)
+        yield up
+        yield memory
+        for name, helptext, values in (
+            ("alice_job_wait_seconds", "Queued to started, jobs of the last hour", "waits"),
+            ("alice_job_run_seconds", "Started to finished, jobs of the last hour", "runs"),
+        ):
+            yield _histogram(name, helptext, getattr(stats, values, []))
+
+
+def _histogram(name: str, helptext: str, values: list[float]) -> HistogramMetricFamily:
+    buckets = [(str(bound), sum(v <= bound for v in values)) for bound in _BUCKETS]
+    return HistogramMetricFamily(name, helptext, buckets=buckets, sum_value=sum(values))

@@ -1,0 +1,181 @@
+"""`alice-spool api` (the HTTP API and the inbox watcher) and `alice-spool serve` (those
+plus the GPU runner as a supervised child process): the daemon."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from types import FrameType
+
+import click
+
+from .. import migrate
+from .app import App, cli, pass_app
+
+log = logging.getLogger("alice_spool.serve")
+
+RESTART_MIN_S = 1.0
+RESTART_MAX_S = 60.0
+HEALTHY_AFTER_S = 60.0  # a runner that lived this long restarts without waiting
+STOP_GRACE_S = 30.0  # how long the runner may take to release its jobs on shutdown
+
+
+def _child_argv(app: App, *command: str) -> list[str]:
+    """This same configuration, for a child `alice-spool` process."""
+    argv = [sys.executable, "-m", "alice_spool"]
+    if app.config_file:
+        argv += ["--config", app.config_file]
+    for key, value in app.overrides.items():
+        argv += ["--set", f"{key}={value}"]
+    return [*argv, *command]
+
+
+class Supervisor:
+    """Runs `alice-spool runner` as a child process and starts it again if it dies,
+    waiting longer after each quick death (1 s, 2 s, 4 s, ... 60 s)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._supervise, name="runner-supervisor", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _supervise(self) -> None:
+        delay = RESTART_MIN_S
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            self.process = subprocess.Popen(self.argv)
+            log.info("runner started (pid %d)", self.process.pid)
+            code = self.process.wait()
+            if self._stopping.is_set():
+                return
+            lived = time.monotonic() - started
+            if lived >= HEALTHY_AFTER_S:
+                delay = RESTART_MIN_S
+            log.error(
+                "the runner exited with code %s after %.1f s; restarting in %.0f s",
+                code,
+                lived,
+                delay,
+            )
+            self.restarts += 1
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, RESTART_MAX_S)
+
+    def stop(self) -> None:
+        """SIGTERM the runner (it releases its jobs and exits), SIGKILL if it hangs."""
+        self._stopping.set()
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                log.error("the runner did not stop in %.0f s; killing it", STOP_GRACE_S)
+                process.kill()
+                process.wait()
+        self._thread.join(5)
+
+
+def _ensure_a_model(app: App) -> None:
+    """A fresh data dir with no model gets the tiny smoke-test model, so the daemon
+    works offline from the first command; a real model is never replaced as default."""
+    if any(model.ok for model in app.registry.scan(force=True)):
+        return
+    subprocess.run(_child_argv(app, "models", "create-tiny", "--if-none"), check=True)
+    log.warning(
+        "no model was installed: created the tiny smoke-test model sd/tiny in %s. Its "
+        "weights are random and its IMAGES ARE NOISE; install a real model with "
+        "`alice-spool models pull <repo>`",
+        app.registry.models_dir,
+    )
+
+
+def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> None:
+    import uvicorn
+
+    from ..api import create_app
+    from ..inbox import Inbox
+
+    settings = app.settings
+    # The daemon brings its database up to date itself (all or nothing, idempotent).
+    before = migrate.schema_state(app.database).current
+    after = migrate.upgrade(app.database).current
+    if before != after:
+        log.info("database upgraded: %s -> %s", before or "empty", after)
+    store = app.store
+    inbox = None
+    if settings.inbox.enabled:
+        inbox = Inbox.from_settings(settings, store)
+        inbox.start()
+    supervisor = None
+    if with_runner:
+        _ensure_a_model(app)
+        supervisor = Supervisor(_child_argv(app, "runner"))
+        supervisor.start()
+    application = create_app(
+        settings, store, app.registry, inbox_health=inbox.health if inbox else None
+    )
+    config = uvicorn.Config(
+        application,
+        host=host or settings.server.host,
+        port=settings.server.port if port is None else port,
+        log_level=settings.logging.level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    # uvicorn answers SIGTERM/SIGINT while it runs, then puts these back and raises the
+    # signal again: with them in place (not the default, which kills the process) the
+    # runner and the inbox below are stopped cleanly.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        server.run()  # until SIGTERM or SIGINT
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+        if inbox is not None:
+            inbox.stop()
+    if not server.started:
+        raise click.ClickException(
+            f"could not listen on {config.host}:{config.port} (in use, or not allowed?)"
+        )
+
+
+_host = click.option("--host", help="Address to listen on (server.host).")
+_port = click.option("--port", type=click.IntRange(0, 65535), help="Port (server.port).")
+
+
+@cli.command()
+@_host
+@_port
+@pass_app
+def api(app: App, host: str | None, port: int | None) -> None:
+    """Serve the HTTP API and watch the inbox (no runner: run `alice-spool runner`)."""
+    _run(app, with_runner=False, host=host, port=port)
+
+
+@cli.command()
+@_host
+@_port
+@pass_app
+def serve(app: App, host: str | None, port: int | None) -> None:
+    """Run everything on this host: the HTTP API, the inbox watcher, and the GPU runner
+    as a child process that is restarted if it dies. SIGTERM stops all of it cleanly."""
+    _run(app, with_runner=True, host=host, port=port)
