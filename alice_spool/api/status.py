@@ -60,6 +60,7 @@ async def health(request: Request, api: Api, client: str | None) -> Response:
         "runners": [
             {
                 "name": r.name,
+                "owner": r.owner,  # name/pid/token
                 "state": r.state if r in live else "gone",
                 "heartbeat_age_s": round(r.age_s(snap["now"]), 3),
                 "device": r.device,

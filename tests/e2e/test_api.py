@@ -1,0 +1,528 @@
+"""The HTTP API on a real uvicorn server on 127.0.0.1.
+
+- `live`: `alice-spool serve` as a subprocess (API + inbox + the runner child on the
+  tiny model, created by serve itself on its fresh data dir), with API keys on. The
+  official openai SDK and SAM's exact requests run against it.
+- `bare`: the app in-process under uvicorn in a thread, without a runner and without
+  keys (or with, per test), for every bad input and limit.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from PIL import Image
+
+from alice_spool import migrate
+from alice_spool.api import create_app
+from alice_spool.config import load_settings
+from alice_spool.store import Store
+
+pytestmark = pytest.mark.slow
+
+SAM_KEY = "sam-secret-key"
+SCRIPT_KEY = "script-secret-key"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.1)
+
+
+@dataclass
+class Live:
+    url: str
+    root: Path
+    process: subprocess.Popen[bytes]
+
+    def client(self, key: str = SAM_KEY, **options: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, **options)
+
+    def get(self, path: str, **options: Any) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", timeout=30, **options)
+
+    def post(self, path: str, **options: Any) -> httpx.Response:
+        options.setdefault("headers", {"Authorization": f"Bearer {SAM_KEY}"})
+        return httpx.post(f"{self.url}{path}", timeout=120, **options)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    root = tmp_path_factory.mktemp("serve")
+    port = free_port()
+    (root / "config.toml").write_text(
+        f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+request_timeout_s = 120
+[server.api_keys]
+sam = "{SAM_KEY}"
+scripts = "{SCRIPT_KEY}"
+[paths]
+data_dir = "{root / "var"}"
+[runner]
+device = "cpu"
+lease_s = 10
+[generation]
+default_steps = 2
+[logging]
+level = "WARNING"
+"""
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALICE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "alice_spool", "--config", str(root / "config.toml"), "serve"],
+        cwd=root,
+        env=env,
+    )
+    server = Live(f"http://127.0.0.1:{port}", root, process)
+
+    def runner_up() -> bool:
+        assert process.poll() is None, "serve exited"
+        try:
+            return server.get("/health").json()["runner_alive"]
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(runner_up, timeout=120)
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            assert process.wait(60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+# -- the openai SDK -------------------------------------------------------------------------
+
+
+def test_the_sdk_lists_models(live: Live) -> None:
+    models = live.client().models.list()
+    (tiny,) = models.data
+    assert (tiny.id, tiny.object, tiny.owned_by) == ("sd/tiny", "model", "alice")
+    assert isinstance(tiny.created, int)
+    assert tiny.model_extra["smoke_test"] is True  # and says its images are noise
+
+
+def test_the_sdk_generates_images_as_urls_and_as_base64(live: Live) -> None:
+    client = live.client()
+    result = client.images.generate(
+        model="sd/tiny", prompt="a red fox", size="64x64", n=2, extra_body={"seed": 5}
+    )
+    assert len(result.data) == 2
+    for item in result.data:
+        png = httpx.get(item.url)  # a plain GET, no key, as SAM fetches images
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        with Image.open(io.BytesIO(png.content)) as image:
+            assert image.size == (64, 64) and "Seed:" in image.text["parameters"]
+    encoded = client.images.generate(
+        model="tiny", prompt="a red fox", size="64x64", response_format="b64_json"
+    )
+    with Image.open(io.BytesIO(base64.b64decode(encoded.data[0].b64_json))) as image:
+        assert image.format == "PNG" and image.size == (64, 64)
+
+
+def test_the_sdk_chat_with_sam_config(live: Live) -> None:
+    completion = live.client().chat.completions.create(
+        model="sd/tiny",
+        messages=[
+            {"role": "system", "content": "you make images"},
+            {"role": "user", "content": "a lighthouse at dusk"},
+        ],
+        extra_body={"sam_config": {"steps": 3, "width": 64, "height": 96, "seed": 9}},
+    )
+    message = completion.choices[0].message
+    urls = message.model_extra["image_urls"]
+    assert len(urls) == 1 and urls[0].startswith(live.url + "/images/")
+    metadata = message.model_extra["metadata"]
+    assert (metadata["prompt"], metadata["steps"], metadata["seed"]) == (
+        "a lighthouse at dusk",
+        3,
+        9,
+    )
+    assert (metadata["width"], metadata["height"], metadata["model"]) == (64, 96, "sd/tiny")
+    assert completion.choices[0].finish_reason == "stop"
+    assert urls[0] in message.content
+
+
+def test_the_sdk_streams_progress_then_the_result(live: Live) -> None:
+    stream = live.client().chat.completions.create(
+        model="sd/tiny",
+        messages=[{"role": "user", "content": "streamed"}],
+        stream=True,
+        extra_body={"metadata": {"steps": 20, "width": 64, "height": 64}},
+    )
+    chunks = list(stream)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices[0].delta.model_extra["image_urls"]
+    statuses = [
+        c.choices[0].delta.model_extra.get("progress", {}).get("status") for c in chunks[:-1]
+    ]
+    assert "succeeded" in statuses
+
+
+def test_the_sdk_error_classes(live: Live) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        live.client("wrong").models.list()
+    with pytest.raises(openai.NotFoundError) as missing:
+        live.client().images.generate(model="dall-e-3", prompt="x")
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        live.client().images.generate(model="sd/tiny", prompt="x", extra_body={"steps": 0})
+    assert bad.value.code == "invalid_parameters"
+
+
+# -- SAM ----------------------------------------------------------------------------------
+
+
+def test_sams_exact_request_and_decoding_rules(live: Live) -> None:
+    health = live.get("/health").json()  # no key: /health is open
+    assert isinstance(health["status"], str) and isinstance(health["version"], str)
+    assert isinstance(health["gpuAvailable"], bool) and isinstance(health["modelsLoaded"], int)
+    assert isinstance(health["gpu_available"], bool) and isinstance(health["models_loaded"], int)
+    models = live.get("/v1/models", headers={"X-Api-Key": SAM_KEY}).json()
+    for model in models["data"]:
+        assert isinstance(model["id"], str) and isinstance(model["created"], int)
+        assert model["object"] == "model" and isinstance(model["owned_by"], str)
+    response = live.post(
+        "/v1/chat/completions",
+        headers={"X-Api-Key": SAM_KEY, "Content-Type": "application/json"},
+        json={
+            "model": "sd/tiny",
+            "messages": [{"role": "user", "content": "a harbour at dawn"}],
+            "metadata": {
+                "steps": 4,
+                "guidance_scale": 6.5,
+                "scheduler": "dpm++_2m_karras",
+                "width": 64,
+                "height": 64,
+                "negative_prompt": "fog",
+                "seed": 1234,
+            },
+        },
+    )
+    assert response.status_code == 200
+    body = response.json()
+    message = body["choices"][0]["message"]
+    assert message["image_urls"] and all(isinstance(u, str) for u in message["image_urls"])
+    assert message["metadata"]["scheduler"] == "dpm++_2m_karras"
+    assert message["metadata"]["negative_prompt"] == "fog"
+    usage = body["usage"]
+    for key in ("promptTokens", "completionTokens", "totalTokens"):
+        assert isinstance(usage[key], int)
+    image = httpx.get(message["image_urls"][0])
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+    # SAM's messages for 401 and 400
+    assert (
+        live.post("/v1/chat/completions", headers={"X-Api-Key": "nope"}, json={}).status_code == 401
+    )
+    no_user = live.post(
+        "/v1/chat/completions",
+        headers={"X-Api-Key": SAM_KEY},
+        json={"model": "sd/tiny", "messages": [{"role": "system", "content": "x"}]},
+    )
+    assert no_user.status_code == 400 and no_user.json()["error"]["code"] == "invalid_parameters"
+
+
+def test_a_client_that_disconnects_does_not_cancel_its_job(live: Live) -> None:
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{live.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {SCRIPT_KEY}"},
+            json={
+                "model": "sd/tiny",
+                "messages": [{"role": "user", "content": "left behind"}],
+                "metadata": {"steps": 120, "width": 64, "height": 64, "n": 2},
+            },
+            timeout=1.0,
+        )
+    listed = live.get("/v1/jobs?limit=5", headers={"X-Api-Key": SCRIPT_KEY}).json()["data"]
+    (job,) = [j for j in listed if j["spec"]["prompt"] == "left behind"]
+    assert job["client"] == "scripts" and job["source"] == "openai"
+
+    def finished() -> bool:
+        return live.get(f"/v1/jobs/{job['id']}", headers={"X-Api-Key": SCRIPT_KEY}).json()[
+            "status"
+        ] in ("succeeded", "failed", "cancelled")
+
+    wait_until(finished, timeout=120)
+    done = live.get(f"/v1/jobs/{job['id']}", headers={"X-Api-Key": SCRIPT_KEY}).json()
+    assert done["status"] == "succeeded" and len(done["image_urls"]) == 2
+
+
+def test_job_events_show_progress_then_the_result(live: Live) -> None:
+    created = live.post(
+        "/v1/jobs", json={"prompt": "watched", "steps": 40, "width": 64, "height": 64}
+    )
+    assert created.status_code == 202
+    job_id = created.json()["id"]
+    assert created.headers["location"] == f"/v1/jobs/{job_id}"
+    events: list[tuple[str, dict[str, Any]]] = []
+    with httpx.stream(
+        "GET",
+        f"{live.url}/v1/jobs/{job_id}/events",
+        headers={"Authorization": f"Bearer {SAM_KEY}"},
+        timeout=120,
+    ) as stream:
+        name = None
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and name:
+                events.append((name, json.loads(line.split(":", 1)[1])))
+    assert events[-1][0] == "done" and events[-1][1]["status"] == "succeeded"
+    steps = [data["step"] for name, data in events if name == "progress" and data["step"]]
+    assert steps == sorted(steps) and len(steps) >= 1
+    assert events[-1][1]["image_urls"]
+
+
+def test_metrics_in_both_dialects(live: Live) -> None:
+    alice = live.get("/metrics").json()
+    for key in ("queueDepth", "activeGenerations", "modelsLoaded", "totalGenerations"):
+        assert isinstance(alice[key], int), key
+    for key in ("gpuUtilization", "gpuMemoryUsed", "gpuMemoryTotal", "avgGenerationTime"):
+        assert isinstance(alice[key], float), key
+    assert alice["totalGenerations"] >= 1
+    text = live.get("/metrics", headers={"Accept": "text/plain"})
+    assert text.headers["content-type"].startswith("text/plain")
+    assert 'alice_jobs{state="queued"}' in text.text and "alice_runner_up" in text.text
+    assert "alice_job_run_seconds_bucket" in text.text
+    openmetrics = live.get("/metrics", headers={"Accept": "application/openmetrics-text"})
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert live.get("/metrics?format=prometheus").text.startswith("# HELP")
+
+
+def test_serve_restarts_a_runner_that_dies(live: Live) -> None:
+    (runner,) = live.get("/health").json()["runners"]
+    pid = int(runner["owner"].split("/")[1])
+    os.kill(pid, signal.SIGKILL)
+    job = live.post("/v1/jobs", json={"prompt": "after the crash", "steps": 2}).json()
+
+    def done() -> bool:
+        return (
+            live.get(f"/v1/jobs/{job['id']}", headers={"X-Api-Key": SAM_KEY}).json()["status"]
+            == "succeeded"
+        )
+
+    wait_until(done, timeout=120)
+    (again,) = live.get("/health").json()["runners"]
+    assert again["owner"] != runner["owner"]
+
+
+# -- every bad input, on an in-process server ---------------------------------------------------
+
+
+@dataclass
+class Bare:
+    url: str
+    store: Store
+    outbox: Path
+
+
+@pytest.fixture
+def make_bare(tmp_path: Path) -> Iterator[Callable[..., Bare]]:
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def make(**overrides: Any) -> Bare:
+        settings = load_settings(
+            None,
+            env={},
+            overrides={"paths.data_dir": str(tmp_path / "var"), **overrides},
+            cwd=tmp_path,
+        )
+        store = Store.open(settings.database_url, max_queue=settings.generation.max_queue)
+        migrate.upgrade(store.db)
+        models = Path(settings.paths.models) / "tiny"
+        models.mkdir(parents=True, exist_ok=True)
+        from tests.support.fake_model import write_fake_model
+
+        write_fake_model(models)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings, store), host="127.0.0.1", port=free_port(), log_level="error"
+            )
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        wait_until(lambda: server.started, timeout=10)
+        servers.append((server, thread))
+        port = server.config.port
+        return Bare(f"http://127.0.0.1:{port}", store, Path(settings.paths.outbox))
+
+    yield make
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_bad_requests_get_clear_json_errors_never_a_500(make_bare: Callable[..., Bare]) -> None:
+    bare = make_bare(**{"server.max_body_bytes": "2048"})
+    post = lambda path, **kw: httpx.post(bare.url + path, timeout=10, **kw)  # noqa: E731
+
+    def error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+        assert response.status_code == status, response.text
+        body = response.json()["error"]
+        assert body["code"] == code and body["message"] and body["type"]
+        return body
+
+    error(post("/v1/jobs", content=b"{not json"), 400, "invalid_json")
+    error(post("/v1/jobs", content=b"[" * 900 + b"]" * 900), 400, "invalid_json")
+    error(post("/v1/jobs", content=b"\xff\xfe"), 400, "invalid_json")
+    error(post("/v1/jobs", content=b""), 400, "invalid_json")
+    error(post("/v1/jobs", content=b'{"prompt": "' + b"x" * 5000 + b'"}'), 413, "body_too_large")
+    error(post("/v1/jobs", json=[1, 2]), 400, "invalid_parameters")
+    bad = error(post("/v1/jobs", json={"prompt": "x", "steps": 1000}), 400, "invalid_parameters")
+    assert bad["param"] == "steps"
+    error(post("/v1/jobs", json={"prompt": "x", "stpes": 3}), 400, "invalid_parameters")
+    error(post("/v1/jobs", json={"prompt": ""}), 400, "invalid_parameters")
+    error(post("/v1/jobs", json={"prompt": "x", "model": "sd/none"}), 404, "model_not_found")
+    error(post("/v1/chat/completions", json={"messages": "hi"}), 400, "invalid_parameters")
+    error(
+        post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "x"}], "metadata": {"steps": -1}},
+        ),
+        400,
+        "invalid_parameters",
+    )
+    error(
+        post("/v1/images/generations", json={"prompt": "x", "size": "big"}),
+        400,
+        "invalid_parameters",
+    )
+    error(
+        post("/v1/images/generations", json={"prompt": "x", "response_format": "gif"}),
+        400,
+        "invalid_parameters",
+    )
+    error(httpx.get(bare.url + "/v1/nowhere"), 404, "not_found")
+    error(httpx.delete(bare.url + "/v1/jobs"), 405, "method_not_allowed")
+    error(httpx.get(bare.url + "/v1/jobs/0123"), 404, "not_found")
+    error(httpx.get(bare.url + "/v1/jobs?limit=0"), 400, "invalid_parameters")
+    error(httpx.get(bare.url + "/v1/jobs?status=lost"), 400, "invalid_parameters")
+    error(httpx.get(bare.url + "/v1/batches/none"), 404, "not_found")
+    error(
+        post("/v1/batches", json={"requests": [{"prompt": "a"}, {"prompt": 3}]}),
+        400,
+        "invalid_parameters",
+    )
+    assert sum(bare.store.counts().values()) == 0  # nothing half-done
+    assert httpx.get(bare.url + "/openapi.json").json()["paths"]["/v1/jobs"]["post"]
+
+
+def test_idempotency_keys_and_the_native_job_api(make_bare: Callable[..., Bare]) -> None:
+    bare = make_bare()
+    first = httpx.post(
+        bare.url + "/v1/jobs", json={"prompt": "once"}, headers={"Idempotency-Key": "k1"}
+    )
+    again = httpx.post(
+        bare.url + "/v1/jobs", json={"prompt": "once"}, headers={"Idempotency-Key": "k1"}
+    )
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert first.json()["id"] == again.json()["id"] and again.json()["created"] is False
+    clash = httpx.post(
+        bare.url + "/v1/jobs", json={"prompt": "other"}, headers={"Idempotency-Key": "k1"}
+    )
+    assert clash.status_code == 409 and clash.json()["error"]["code"] == "idempotency_conflict"
+    job_id = first.json()["id"]
+    cancelled = httpx.post(f"{bare.url}/v1/jobs/{job_id}/cancel").json()
+    assert cancelled["status"] == "cancelled"
+    assert httpx.post(f"{bare.url}/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    other = httpx.post(bare.url + "/v1/jobs", json={"prompt": "finished"}).json()["id"]
+    (claimed,) = bare.store.claim_batch("r", 1, lease_s=60)
+    bare.store.succeed(claimed.id, "r", {"images": []})
+    refused = httpx.post(f"{bare.url}/v1/jobs/{other}/cancel")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "invalid_state"
+    assert httpx.post(f"{bare.url}/v1/jobs/{job_id}/retry").json()["status"] == "queued"
+    batch = httpx.post(
+        bare.url + "/v1/batches", json={"requests": [{"prompt": "a"}, {"prompt": "b"}]}
+    )
+    assert batch.status_code == 202
+    view = httpx.get(f"{bare.url}/v1/batches/{batch.json()['id']}").json()
+    assert view["counts"]["queued"] == 2 and len(view["jobs"]) == 2
+    listed = httpx.get(f"{bare.url}/v1/jobs?batch_id={batch.json()['id']}").json()
+    assert len(listed["data"]) == 2
+
+
+def test_auth_on_and_off(make_bare: Callable[..., Bare]) -> None:
+    open_server = make_bare()
+    assert httpx.get(open_server.url + "/v1/models").status_code == 200
+    locked = make_bare(**{"server.api_keys": {"ops": "k-ops", "sam": "k-sam"}})
+    assert httpx.get(locked.url + "/v1/models").json()["error"]["code"] == "unauthorized"
+    assert httpx.get(locked.url + "/v1/models", headers={"X-Api-Key": "k-ops"}).status_code == 200
+    ok = httpx.post(
+        locked.url + "/v1/jobs",
+        json={"prompt": "mine"},
+        headers={"Authorization": "Bearer k-sam"},
+    )
+    assert ok.status_code == 202 and ok.json()["client"] == "sam"  # which key submitted it
+    assert (
+        httpx.get(locked.url + "/v1/jobs", headers={"Authorization": "Bearer k-sa"}).status_code
+        == 401
+    )
+    assert httpx.get(locked.url + "/health").status_code == 200  # open
+    assert httpx.get(locked.url + "/metrics").status_code == 200
+
+
+def test_queue_full_and_rate_limits(make_bare: Callable[..., Bare]) -> None:
+    full = make_bare(**{"generation.max_queue": "1"})
+    assert httpx.post(full.url + "/v1/jobs", json={"prompt": "a"}).status_code == 202
+    refused = httpx.post(full.url + "/v1/jobs", json={"prompt": "b"})
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "queue_full"
+    assert int(refused.headers["retry-after"]) > 0
+    limited = make_bare(**{"server.rate_limit_per_minute": "30"})
+    answers = [httpx.get(limited.url + "/v1/jobs").status_code for _ in range(12)]
+    assert answers[:5] == [200] * 5 and 429 in answers
+    client = openai.OpenAI(base_url=limited.url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.RateLimitError):
+        client.models.list()
+
+
+def test_images_are_served_only_by_their_exact_names(make_bare: Callable[..., Bare]) -> None:
+    bare = make_bare()
+    job_id = "0123456789abcdef0123456789abcd"
+    (bare.outbox / job_id).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(bare.outbox / job_id / f"{job_id}-0.png")
+    (bare.outbox.parent / "secret.txt").write_text("no")
+    assert httpx.get(f"{bare.url}/images/{job_id}-0.png").status_code == 200
+    for attempt in (
+        f"/images/{job_id}-1.png",
+        "/images/..%2Fsecret.txt",
+        "/images/%2e%2e%2f%2e%2e%2falice.db",
+        f"/images/{job_id}%2F{job_id}-0.png",
+        "/images/../alice.db",
+        f"/images/{job_id.upper()}-0.png",
+        "/images/result.json",
+    ):
+        response = httpx.get(bare.url + attempt)
+        assert response.status_code == 404, attempt
+        assert response.json()["error"]["code"] == "not_found"
