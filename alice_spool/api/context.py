@@ -66,11 +66,14 @@ class Api:
             raise errors.JobNotFound(f"no image {name!r}")
         return path
 
-    async def resolve_model(self, spec: JobSpec) -> JobSpec:
-        """`model_not_found` (404) before anything is queued; the model id filled in."""
-        default = self.settings.generation.default_model
-        resolved = await run_in_threadpool(self.registry.resolve, spec, default)
+    def with_model(self, spec: JobSpec) -> JobSpec:
+        """`model_not_found` (404) before anything is queued; the model id filled in.
+        (Reads the models directory: call it from a worker thread.)"""
+        resolved = self.registry.resolve(spec, self.settings.generation.default_model)
         return replace(spec, model=resolved.model)
+
+    async def resolve_model(self, spec: JobSpec) -> JobSpec:
+        return await run_in_threadpool(self.with_model, spec)
 
 
 Handler = Callable[[Request, Api, str | None], Awaitable[Response]]

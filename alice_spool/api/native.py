@@ -32,9 +32,10 @@ async def create_job(request: Request, api: Api, client: str | None) -> Response
     header = request.headers.get("idempotency-key")
     if header is not None:
         key = parse_idempotency_key(header, "Idempotency-Key")
-    spec = await api.resolve_model(parsed.spec)
-    done = await run_in_threadpool(
-        lambda: api.store.enqueue(spec, source=Source.API, client=client, idempotency_key=key)
+    done = await run_in_threadpool(  # one trip to a worker thread: check, then commit
+        lambda: api.store.enqueue(
+            api.with_model(parsed.spec), source=Source.API, client=client, idempotency_key=key
+        )
     )
     view = {**api.job_view(request, done.job), "created": done.created}
     headers = {"Location": f"/v1/jobs/{done.job.id}"}

@@ -137,8 +137,9 @@ def _completion(api: Api, request: Request, job: JobRecord, prompt: str) -> dict
 
 
 async def _enqueue(api: Api, spec: JobSpec, source: Source, client: str | None) -> JobRecord:
-    spec = await api.resolve_model(spec)
-    done = await run_in_threadpool(api.store.enqueue, spec, source=source, client=client)
+    done = await run_in_threadpool(
+        lambda: api.store.enqueue(api.with_model(spec), source=source, client=client)
+    )
     return done.job
 
 
