@@ -46,6 +46,30 @@ class InvalidParameters(SpoolError):
         self.field = field
 
 
+class InvalidJson(SpoolError):
+    """The request body is not valid JSON."""
+
+    code = "invalid_json"
+
+
+class BodyTooLarge(SpoolError):
+    """The request body is too large."""
+
+    code = "body_too_large"
+
+
+class Unauthorized(SpoolError):
+    """A valid API key is required."""
+
+    code = "unauthorized"
+
+
+class RateLimited(SpoolError):
+    """Too many requests; try again later."""
+
+    code = "rate_limit_exceeded"
+
+
 class ModelNotFound(SpoolError):
     """The requested model is not installed."""
 

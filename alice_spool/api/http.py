@@ -60,14 +60,6 @@ QUEUE_FULL_RETRY_AFTER_S = 5
 MAX_JSON_DEPTH = 32
 
 
-class ApiError(errors.SpoolError):
-    """An error of the HTTP layer itself, with its own code."""
-
-    def __init__(self, code: str, message: str, **details: Any) -> None:
-        super().__init__(message, **details)
-        self.code = code
-
-
 def error_response(
     code: str, message: str, *, status: int | None = None, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
@@ -95,24 +87,24 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     Content-Length says), 400 for anything that is not JSON or nests too deeply."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise ApiError("body_too_large", f"the request body is over {max_bytes} bytes")
+        raise errors.BodyTooLarge(f"the request body is over {max_bytes} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > max_bytes:
-            raise ApiError("body_too_large", f"the request body is over {max_bytes} bytes")
+            raise errors.BodyTooLarge(f"the request body is over {max_bytes} bytes")
     if not body:
-        raise ApiError("invalid_json", "the request has no body; send a JSON object")
+        raise errors.InvalidJson("the request has no body; send a JSON object")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise ApiError("invalid_json", "the request body is not UTF-8") from None
+        raise errors.InvalidJson("the request body is not UTF-8") from None
     if _nesting(text) > MAX_JSON_DEPTH:
-        raise ApiError("invalid_json", f"the JSON nests deeper than {MAX_JSON_DEPTH} levels")
+        raise errors.InvalidJson(f"the JSON nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
-        raise ApiError("invalid_json", f"the request body is not valid JSON: {exc}") from None
+        raise errors.InvalidJson(f"the request body is not valid JSON: {exc}") from None
 
 
 def _nesting(text: str) -> int:
@@ -163,16 +155,14 @@ class Keys:
         if given is None and authorization[:7].lower() == "bearer ":
             given = authorization[7:].strip()
         if not given:
-            raise ApiError(
-                "unauthorized", "an API key is required (Authorization: Bearer or X-Api-Key)"
-            )
+            raise errors.Unauthorized("an API key is required (Authorization: Bearer or X-Api-Key)")
         offered = given.encode()
         found = None
         for name, key in self._keys:  # every key compared, so timing tells nothing
             if hmac.compare_digest(offered, key):
                 found = name
         if found is None:
-            raise ApiError("unauthorized", "the API key is not valid")
+            raise errors.Unauthorized("the API key is not valid")
         return found
 
 
@@ -196,8 +186,7 @@ class RateLimiter:
             if tokens < 1:
                 wait = math.ceil((1 - tokens) / self.rate)
                 self._buckets[client] = (tokens, now)
-                raise ApiError(
-                    "rate_limit_exceeded",
+                raise errors.RateLimited(
                     f"too many requests; try again in {wait} s",
                     retry_after=wait,
                 )

@@ -28,7 +28,7 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 def test_readme_opens_with_the_two_commands() -> None:
     head = (REPO / "README.md").read_text()[:2500]
     assert "Install and start" in head and "Install and test" in head
-    assert "alice-spool db upgrade" in head
+    assert "alice-spool serve" in head  # the daemon, which upgrades its database itself
 
 
 def test_every_dependency_is_pinned_for_ci() -> None:
