@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -206,6 +207,47 @@ class Database:
         return self.read(
             lambda conn: [row[0] for row in conn.exec_driver_sql("PRAGMA integrity_check")]
         )
+
+    def _sqlite_path(self, what: str) -> Path:
+        if not self._sqlite:
+            raise errors.DatabaseError(
+                f"{what} works on SQLite; for PostgreSQL use its own tools (pg_dump, ...)"
+            )
+        return Path(str(self.engine.url.database)).expanduser()
+
+    def backup(self, target: Path) -> int:
+        """A consistent copy of the live database at `target` (SQLite's online backup:
+        writers go on meanwhile), written under a temporary name and renamed into place.
+        Returns its size in bytes."""
+        source_path = self._sqlite_path("backup")
+        target = Path(target)
+        if target.exists():
+            raise errors.DatabaseError(f"{target} exists already; choose a new name")
+        temporary = target.with_name(f".{target.name}.tmp")
+        temporary.unlink(missing_ok=True)
+        source = sqlite3.connect(source_path, timeout=self.busy_deadline_s)
+        try:
+            copy = sqlite3.connect(temporary)
+            try:
+                source.backup(copy, pages=1024)
+                copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+            finally:
+                copy.close()
+        except sqlite3.Error as exc:
+            temporary.unlink(missing_ok=True)
+            raise errors.DatabaseError(f"backup to {target} failed: {exc}") from None
+        finally:
+            source.close()
+        os.replace(temporary, target)
+        return target.stat().st_size
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Fold the write-ahead log into the database file and truncate it:
+        (busy, log pages, pages checkpointed), as SQLite reports them."""
+        self._sqlite_path("checkpoint")
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+        return (int(row[0]), int(row[1]), int(row[2]))
 
     def write(self, work: Callable[[Connection], T]) -> T:
         return self.transaction(work, write=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -75,3 +76,29 @@ def db_check(app: App, as_json: bool) -> None:
                 click.echo(f"           {line}")
     if not all(checks.values()):
         sys.exit(EXIT_JOBS_FAILED)
+
+
+@db.command("backup")
+@click.argument("target", type=click.Path(dir_okay=False))
+@json_option
+@pass_app
+def db_backup(app: App, target: str, as_json: bool) -> None:
+    """Copy the live SQLite database to TARGET (a new file), consistently, while the
+    daemon keeps running."""
+    size = app.database.backup(Path(target))
+    if as_json:
+        emit_json({"backup": target, "bytes": size})
+    else:
+        click.echo(f"{app.database.url} -> {target} ({size} bytes)")
+
+
+@db.command("checkpoint")
+@json_option
+@pass_app
+def db_checkpoint(app: App, as_json: bool) -> None:
+    """Fold SQLite's write-ahead log into the database file and truncate the log."""
+    busy, log_pages, done = app.database.checkpoint()
+    if as_json:
+        emit_json({"busy": bool(busy), "log_pages": log_pages, "checkpointed": done})
+    else:
+        click.echo(f"checkpointed {done} of {log_pages} log pages" + (" (busy)" if busy else ""))

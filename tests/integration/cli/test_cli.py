@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from alice_spool.cli import cli
 from alice_spool.models import JobStatus
+from alice_spool.spec import JobSpec
 from alice_spool.store import Store
 from tests.integration.cli.results import fails, ok
 
@@ -344,3 +345,36 @@ def test_watch_once_and_ls_by_source_file(run, store: Store, data_dir: Path) -> 
     assert result.exit_code == 2 and "--source-file" in result.output
     assert "0 file(s) taken" in ok(run("watch", "--once"))  # nothing left to take
     assert (inbox / "rejected" / "bad.json.error.json").exists()
+
+
+def test_db_backup_while_writing_and_checkpoint(run, store: Store, tmp_path: Path) -> None:
+    import threading
+
+    from alice_spool.database import Database
+
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        i = 0
+        while not stop.is_set():
+            store.enqueue(JobSpec(prompt=f"during {i}"), source="cli")
+            i += 1
+
+    for i in range(50):
+        store.enqueue(JobSpec(prompt=f"before {i}"), source="cli")
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        copy = tmp_path / "backups" / "copy.db"
+        copy.parent.mkdir()
+        summary = json.loads(ok(run("db", "backup", str(copy), "--json")))
+    finally:
+        stop.set()
+        writer.join()
+    assert summary["bytes"] == copy.stat().st_size > 0
+    assert [p.name for p in copy.parent.iterdir()] == ["copy.db"]  # one file, no temporary
+    restored = Store(Database.open(f"sqlite:///{copy}"))
+    assert restored.db.integrity_check() == ["ok"]
+    assert 50 <= sum(restored.counts().values()) <= sum(store.counts().values())
+    fails(run("db", "backup", str(copy)), 3, "exists already")
+    assert "checkpointed" in ok(run("db", "checkpoint"))
