@@ -231,9 +231,13 @@ class LoggingSettings:
     level: str = "INFO"
     format: str = "text"
     file: str = ""
+    file_max_bytes: int = 10_485_760
+    file_backups: int = 5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level", self.level.upper())
+        _check(self.file_max_bytes >= 1024, "logging.file_max_bytes", "must be at least 1024")
+        _check(0 <= self.file_backups <= 100, "logging.file_backups", "must be 0..100")
         _check(
             self.level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
             "logging.level",

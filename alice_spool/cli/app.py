@@ -7,8 +7,6 @@ A `SpoolError` raised by any command becomes one line on stderr, `Error: <messag
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,7 +14,7 @@ from typing import Any
 
 import click
 
-from .. import __version__, migrate
+from .. import __version__, logs, migrate
 from ..config import Settings, load_settings
 from ..database import Database
 from ..errors import JobTimeout, SpoolError
@@ -59,13 +57,7 @@ class App:
     @cached_property
     def settings(self) -> Settings:
         settings = load_settings(self.config_file, overrides=self.overrides)
-        logging.basicConfig(
-            level=settings.logging.level,
-            format="%(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
-        # Alembic narrates every connection at INFO; its warnings and errors still show.
-        logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
+        logs.configure(settings.logging)
         return settings
 
     @cached_property
