@@ -102,6 +102,7 @@ class RunnerOptions:
     retry_after_s: float = 30.0  # a job whose outputs could not be written waits this long
     hang_grace_s: float = 60.0  # beyond the job timeout, before a stuck device is given up
     exit_when_idle: bool = False  # drain the queue, then stop (cron, benchmarks)
+    parent_pid: int | None = None  # serve's pid: stop when it is gone (serve was killed)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> RunnerOptions:
@@ -637,6 +638,7 @@ class Runner:
             while not self._done.wait(self.options.progress_s):
                 try:
                     self._check_running()
+                    self._check_parent()
                     if time.monotonic() - last_report >= REPORT_S:
                         self._report()
                         last_report = time.monotonic()
@@ -648,6 +650,12 @@ class Runner:
                         last_rescue = time.monotonic()
                 except SpoolError as exc:  # the database is busy or away: try again
                     log.warning("monitor: %s", exc.message)
+
+    def _check_parent(self) -> None:
+        parent = self.options.parent_pid
+        if parent is not None and os.getppid() != parent and not self._stop.is_set():
+            log.warning("serve (pid %d) is gone: stopping", parent)
+            self._stop.set()
 
     def _report(self, state: str | None = None) -> None:
         """Tell /health and /metrics what this runner is doing (about once a second)."""

@@ -20,9 +20,15 @@ from .app import App, cli, pass_app
     is_flag=True,
     help="Stop once nothing is left to claim (for cron jobs and benchmarks).",
 )
+@click.option("--parent-pid", type=int, hidden=True, help="Stop when this process is gone.")
 @pass_app
 def runner(
-    app: App, name: str | None, device: str | None, max_batch: int | None, exit_when_idle: bool
+    app: App,
+    name: str | None,
+    device: str | None,
+    max_batch: int | None,
+    exit_when_idle: bool,
+    parent_pid: int | None,
 ) -> None:
     """Run queued jobs on the GPU until stopped (SIGTERM or Ctrl-C: finish up and release
     the jobs held; a second one: exit at once)."""
@@ -36,7 +42,11 @@ def runner(
     if name is not None:
         RunnerOptions.check_name(name)
     options = RunnerOptions.from_settings(
-        settings, name=name, max_batch=max_batch, exit_when_idle=exit_when_idle or None
+        settings,
+        name=name,
+        max_batch=max_batch,
+        exit_when_idle=exit_when_idle or None,
+        parent_pid=parent_pid,
     )
     quiet_libraries()
     engine = Engine(

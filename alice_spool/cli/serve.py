@@ -4,16 +4,22 @@ plus the GPU runner as a supervised child process): the daemon."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from types import FrameType
+from typing import Any
 
 import click
 
 from .. import migrate
+from ..errors import SpoolError
+from ..service import sd_notify, watchdog_interval_s
+from ..store import Store
 from .app import App, cli, pass_app
 
 log = logging.getLogger("alice_spool.serve")
@@ -41,6 +47,7 @@ class Supervisor:
     def __init__(self, argv: list[str]) -> None:
         self.argv = argv
         self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = time.monotonic()
         self.restarts = 0
         self._stopping = threading.Event()
         self._thread = threading.Thread(
@@ -53,8 +60,8 @@ class Supervisor:
     def _supervise(self) -> None:
         delay = RESTART_MIN_S
         while not self._stopping.is_set():
-            started = time.monotonic()
-            self.process = subprocess.Popen(self.argv)
+            started = self.started_at = time.monotonic()
+            self.process = subprocess.Popen([*self.argv, "--parent-pid", str(os.getpid())])
             log.info("runner started (pid %d)", self.process.pid)
             code = self.process.wait()
             if self._stopping.is_set():
@@ -72,6 +79,18 @@ class Supervisor:
             if self._stopping.wait(delay):
                 return
             delay = min(delay * 2, RESTART_MAX_S)
+
+    def runner_healthy(self, store: Store, within_s: float) -> bool:
+        """Not hung: the running child reported within `within_s` (or only just started).
+        A child that is not running is being restarted here, which is not a hang."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return True
+        if time.monotonic() - self.started_at < within_s:
+            return True
+        now = datetime.now(UTC)
+        mine = [r for r in store.runners() if r.owner.split("/")[1:2] == [str(process.pid)]]
+        return any(r.age_s(now) < within_s for r in mine)
 
     def stop(self) -> None:
         """SIGTERM the runner (it releases its jobs and exits), SIGKILL if it hangs."""
@@ -136,6 +155,11 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
+    done = threading.Event()
+    notifier = threading.Thread(
+        target=_notify_systemd, args=(server, store, supervisor, done), daemon=True
+    )
+    notifier.start()
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         server.should_exit = True
@@ -148,6 +172,8 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
     try:
         server.run()  # until SIGTERM or SIGINT
     finally:
+        done.set()
+        sd_notify("STOPPING=1")
         if supervisor is not None:
             supervisor.stop()
         if inbox is not None:
@@ -156,6 +182,35 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
         raise click.ClickException(
             f"could not listen on {config.host}:{config.port} (in use, or not allowed?)"
         )
+
+
+def _notify_systemd(
+    server: Any, store: Store, supervisor: Supervisor | None, done: threading.Event
+) -> None:
+    """READY=1 once the server listens; then, if systemd asked for a watchdog, WATCHDOG=1
+    at half its interval while the runner keeps reporting (a hung runner stops the
+    pings, and systemd restarts the service)."""
+    while not server.started:
+        if done.wait(0.05):
+            return
+    sd_notify("READY=1")
+    interval = watchdog_interval_s()
+    if interval is None:
+        return
+    was_healthy = True
+    while not done.wait(interval / 2):
+        try:
+            healthy = supervisor is None or supervisor.runner_healthy(store, interval)
+        except SpoolError as exc:
+            log.error("watchdog: cannot read the runner's reports: %s", exc.message)
+            healthy = False
+        if healthy:
+            sd_notify("WATCHDOG=1")
+            if not was_healthy:
+                log.warning("the runner reports again: pinging the watchdog again")
+        elif was_healthy:
+            log.error("the runner has not reported for %.0f s: not pinging the watchdog", interval)
+        was_healthy = healthy
 
 
 _host = click.option("--host", help="Address to listen on (server.host).")
@@ -179,3 +234,20 @@ def serve(app: App, host: str | None, port: int | None) -> None:
     """Run everything on this host: the HTTP API, the inbox watcher, and the GPU runner
     as a child process that is restarted if it dies. SIGTERM stops all of it cleanly."""
     _run(app, with_runner=True, host=host, port=port)
+
+
+@cli.command("install-service")
+@click.option("--print", "print_", is_flag=True, required=True, help="Print the unit to stdout.")
+@click.option("--prefix", default="/opt/alice/venv", show_default=True, help="The venv.")
+@click.option("--user", default="alice", show_default=True)
+@click.option("--config", "config_path", default="/etc/alice/config.toml", show_default=True)
+@click.option("--state-dir", default="/var/lib/alice", show_default=True)
+def install_service(print_: bool, prefix: str, user: str, config_path: str, state_dir: str) -> None:
+    """Render alice.service for an install (see README.md, "Install as a service"):
+
+    \b
+      alice-spool install-service --print > /etc/systemd/system/alice.service
+    """
+    from ..service import UnitOptions, render_unit
+
+    click.echo(render_unit(UnitOptions(prefix, user, config_path, state_dir)), nl=False)
