@@ -129,6 +129,8 @@ class Job(Base):
     # `images` is the job's image count, which a batch's size is measured in.
     batch_key: Mapped[str | None] = mapped_column(String(32))
     images: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # When retention deleted the job's outbox directory (its images are gone).
+    images_expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         CheckConstraint(f"status IN ({_sql_list(JobStatus)})", name="status"),

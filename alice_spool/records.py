@@ -40,6 +40,7 @@ class JobRecord:
     result: dict[str, Any] | None
     error_code: str | None
     error_message: str | None
+    images_expired_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> JobRecord:
@@ -72,6 +73,7 @@ class JobRecord:
             result=m["result"],
             error_code=m["error_code"],
             error_message=m["error_message"],
+            images_expired_at=m.get("images_expired_at"),
         )
 
     @property
@@ -110,6 +112,8 @@ class JobRecord:
                 if self.error_code
                 else None
             ),
+            # retention deleted the job's images (and its outbox directory) then
+            "images_expired_at": iso(self.images_expired_at),
         }
 
 

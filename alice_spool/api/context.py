@@ -46,6 +46,8 @@ class Api:
         return configured.rstrip("/") if configured else str(request.base_url).rstrip("/")
 
     def image_urls(self, request: Request, job: JobRecord) -> list[str]:
+        if job.images_expired_at is not None:
+            return []  # retention deleted them; the job says when (images_expired_at)
         images = (job.result or {}).get("images") or []
         base = self.base_url(request)
         return [f"{base}/images/{image['file']}" for image in images if "file" in image]

@@ -212,17 +212,34 @@ def stats(app: App, window: str, as_json: bool) -> None:
 @cli.command()
 @click.option("--older-than", help="Finished more than this long ago: 30d, 12h...")
 @click.option("--before", "before_text", help="Finished before this date (ISO 8601).")
+@click.option(
+    "--images",
+    is_flag=True,
+    help="Instead: apply the retention limits to the outbox now (retention.days, "
+    "retention.max_storage_gb).",
+)
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 @json_option
 @pass_app
 def purge(
-    app: App, older_than: str | None, before_text: str | None, dry_run: bool, as_json: bool
+    app: App,
+    older_than: str | None,
+    before_text: str | None,
+    images: bool,
+    dry_run: bool,
+    as_json: bool,
 ) -> None:
-    """Delete finished jobs (succeeded, failed, cancelled) from the table.
+    """Delete finished jobs (succeeded, failed, cancelled) from the table; or, with
+    --images, their outbox directories by the retention limits.
 
-    Unfinished jobs are never touched. Images in the outbox are left in place."""
+    Unfinished jobs are never touched. Without --images, images stay in place."""
+    if images:
+        if older_than or before_text:
+            raise click.UsageError("--images uses the retention settings; no dates")
+        _purge_images(app, dry_run, as_json)
+        return
     if (older_than is None) == (before_text is None):
-        raise click.UsageError("give --older-than or --before")
+        raise click.UsageError("give --older-than or --before (or --images)")
     before = parse_when(older_than or before_text or "", "older-than" if older_than else "before")
     ids = app.store.purge(before=before, dry_run=dry_run)
     if as_json:
@@ -230,6 +247,29 @@ def purge(
     else:
         verb = "would delete" if dry_run else "deleted"
         click.echo(f"{verb} {len(ids)} finished job(s)")
+
+
+def _purge_images(app: App, dry_run: bool, as_json: bool) -> None:
+    from ..outbox import Outbox
+    from ..retention import apply_retention
+
+    retention = app.settings.retention
+    report = apply_retention(
+        app.store,
+        Outbox(app.settings.paths.outbox),
+        days=retention.days,
+        max_storage_gb=retention.max_storage_gb,
+        dry_run=dry_run,
+    )
+    if as_json:
+        emit_json({"dry_run": dry_run, **report.to_dict()})
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(
+        f"{verb} the images of {len(report.deleted)} job(s) ({len(report.by_age)} by age, "
+        f"{len(report.by_size)} by size), {report.bytes_freed / 1e6:.1f} MB; "
+        f"{report.bytes_kept / 1e6:.1f} MB kept"
+    )
 
 
 @cli.command("config")

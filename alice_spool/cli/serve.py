@@ -160,6 +160,10 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
         target=_notify_systemd, args=(server, store, supervisor, done), daemon=True
     )
     notifier.start()
+    keeper = threading.Thread(
+        target=_retention_loop, args=(app, store, done), name="retention", daemon=True
+    )
+    keeper.start()
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         server.should_exit = True
@@ -182,6 +186,27 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
         raise click.ClickException(
             f"could not listen on {config.host}:{config.port} (in use, or not allowed?)"
         )
+
+
+RETENTION_EVERY_S = 3600.0
+
+
+def _retention_loop(app: App, store: Store, done: threading.Event) -> None:
+    """Apply the retention limits at start and every hour."""
+    from ..outbox import Outbox
+    from ..retention import apply_retention
+
+    retention = app.settings.retention
+    outbox = Outbox(app.settings.paths.outbox)
+    while True:
+        try:
+            apply_retention(
+                store, outbox, days=retention.days, max_storage_gb=retention.max_storage_gb
+            )
+        except (SpoolError, OSError) as exc:
+            log.error("retention: %s", exc)
+        if done.wait(RETENTION_EVERY_S):
+            return
 
 
 def _notify_systemd(

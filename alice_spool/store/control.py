@@ -7,7 +7,7 @@ precisely why.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +18,7 @@ from .. import errors
 from ..models import FINISHED, Job, JobStatus
 from ..records import BatchCancelReport, JobRecord
 from ..spec import parse_priority
-from ._base import COLUMNS, StoreBase, get_job, utcnow
+from ._base import COLUMNS, StoreBase, chunks, get_job, utcnow
 
 # What a retried job starts again with.
 _FRESH = {
@@ -148,6 +148,23 @@ class Control(StoreBase):
             raise _refuse(get_job(conn, job_id), "a queued job's priority can change")
 
         return self.db.write(work)
+
+    def mark_images_expired(self, job_ids: Iterable[str], *, now: datetime | None = None) -> int:
+        """Record that retention deleted these finished jobs' images."""
+        ids = list(job_ids)
+        now = now or utcnow()
+
+        def work(conn: Connection) -> int:
+            return sum(
+                conn.execute(
+                    update(Job)
+                    .where(Job.id.in_(list(chunk)), Job.status.in_(FINISHED))
+                    .values(images_expired_at=now)
+                ).rowcount
+                for chunk in chunks(ids)
+            )
+
+        return self.db.write(work) if ids else 0
 
     def purge(self, *, before: datetime, dry_run: bool = False) -> list[str]:
         """Delete finished jobs that finished before `before`; returns their ids. With

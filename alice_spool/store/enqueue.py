@@ -31,6 +31,7 @@ _UNSET = dict.fromkeys(
         "result",
         "error_code",
         "error_message",
+        "images_expired_at",
     ]
 )
 _INSERT = insert(Job)

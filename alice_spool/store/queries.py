@@ -34,8 +34,9 @@ class Queries(StoreBase):
             return self.db.read(lambda conn: conn.exec_driver_sql("PRAGMA data_version").scalar())
         return self.db.read(lambda conn: tuple(conn.execute(_QUEUE_MARKER).one()))
 
-    def get_many(self, job_ids: Iterable[str]) -> list[JobRecord]:
-        """The jobs with these ids, in the order asked; a missing one is an error."""
+    def get_many(self, job_ids: Iterable[str], *, missing_ok: bool = False) -> list[JobRecord]:
+        """The jobs with these ids, in the order asked; a missing one is an error (or,
+        with `missing_ok`, left out)."""
         ids = list(job_ids)
 
         def work(conn: Connection) -> list[JobRecord]:
@@ -45,6 +46,8 @@ class Queries(StoreBase):
                 for row in conn.execute(select(*COLUMNS).where(Job.id.in_(chunk)))
             }
             missing = [i for i in ids if i not in found]
+            if missing and missing_ok:
+                return [found[i] for i in ids if i in found]
             if missing:
                 raise errors.JobNotFound(f"no job {missing[0]}", job_id=missing[0])
             return [found[i] for i in ids]

@@ -226,8 +226,8 @@ def test_stats_and_purge(run, store: Store) -> None:
 
 
 def test_db_commands(run, data_dir: Path) -> None:
-    assert "empty -> 0003" in ok(run("db", "upgrade"))
-    assert "already at revision 0003" in ok(run("db", "upgrade"))
+    assert "empty -> 0004" in ok(run("db", "upgrade"))
+    assert "already at revision 0004" in ok(run("db", "upgrade"))
     assert json.loads(ok(run("db", "current", "--json")))["up_to_date"] is True
     check = json.loads(ok(run("db", "check", "--json")))
     assert check["checks"] == {"revision": True, "schema": True, "integrity": True}
@@ -378,3 +378,29 @@ def test_db_backup_while_writing_and_checkpoint(run, store: Store, tmp_path: Pat
     assert 50 <= sum(restored.counts().values()) <= sum(store.counts().values())
     fails(run("db", "backup", str(copy)), 3, "exists already")
     assert "checkpointed" in ok(run("db", "checkpoint"))
+
+
+def test_purge_images_applies_the_retention_settings(run, store: Store, data_dir: Path) -> None:
+    job = store.enqueue(JobSpec(prompt="old"), source="cli").job
+    (claimed,) = store.claim_batch("r", 1, lease_s=60)
+    directory = data_dir / "outbox" / job.id
+    directory.mkdir(parents=True)
+    (directory / f"{job.id}-0.png").write_bytes(b"x" * 100)
+    store.succeed(job.id, "r", {"images": [{"file": f"{job.id}-0.png"}]})
+    report = json.loads(
+        ok(
+            run(
+                "--set",
+                "retention.days=0",
+                "--set",
+                "retention.max_storage_gb=0.00000005",
+                "purge",
+                "--images",
+                "--json",
+            )
+        )
+    )
+    assert report["deleted_by_size"] == [job.id] and not directory.exists()
+    assert store.get(job.id).images_expired_at is not None
+    assert "deleted the images of 0 job(s)" in ok(run("purge", "--images"))
+    assert run("purge", "--images", "--older-than", "1d").exit_code == 2

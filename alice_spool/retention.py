@@ -1,0 +1,126 @@
+"""Retention (DESIGN section 6): finished jobs' outbox directories older than
+`retention.days`, or beyond `retention.max_storage_gb` (oldest first), are deleted, and
+their jobs marked `images_expired_at`. A directory of a job that is not finished (queued
+again, or running) is never touched; one whose job was purged from the table goes by
+the same rules."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from .outbox import RESULT, Outbox
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+GB = 1_000_000_000
+_JOB_ID_LENGTH = 30
+
+
+@dataclass(frozen=True)
+class Entry:
+    job_id: str
+    path: Path
+    size: int
+    finished_at: datetime  # the job's, else when its result.json was written
+
+
+@dataclass
+class RetentionReport:
+    by_age: list[str] = field(default_factory=list)
+    by_size: list[str] = field(default_factory=list)
+    kept_unfinished: list[str] = field(default_factory=list)
+    bytes_freed: int = 0
+    bytes_kept: int = 0
+
+    @property
+    def deleted(self) -> list[str]:
+        return [*self.by_age, *self.by_size]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "deleted_by_age": self.by_age,
+            "deleted_by_size": self.by_size,
+            "kept_unfinished": self.kept_unfinished,
+            "bytes_freed": self.bytes_freed,
+            "bytes_kept": self.bytes_kept,
+        }
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+
+
+def apply_retention(
+    store: Store,
+    outbox: Outbox,
+    *,
+    days: float,
+    max_storage_gb: float,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> RetentionReport:
+    """Delete what the limits say must go (0 = no limit); report what was done."""
+    now = now or datetime.now(UTC)
+    report = RetentionReport()
+    if not outbox.root.is_dir():
+        return report
+    dirs = {
+        entry.name: entry
+        for entry in outbox.root.iterdir()
+        if entry.is_dir() and len(entry.name) == _JOB_ID_LENGTH and not entry.name.startswith(".")
+    }
+    jobs = {job.id: job for job in store.get_many(list(dirs), missing_ok=True)}
+    entries: list[Entry] = []
+    for job_id, path in dirs.items():
+        job = jobs.get(job_id)
+        if job is not None and not job.finished:
+            report.kept_unfinished.append(job_id)  # running again, or queued for a retry
+            continue
+        try:
+            size = _size(path)
+            written = (
+                (path / RESULT).stat().st_mtime
+                if (path / RESULT).exists()
+                else path.stat().st_mtime
+            )
+        except OSError:
+            continue  # gone meanwhile
+        finished = job.finished_at if job is not None and job.finished_at else None
+        entries.append(Entry(job_id, path, size, finished or datetime.fromtimestamp(written, UTC)))
+    entries.sort(key=lambda e: e.finished_at)
+
+    keep: list[Entry] = []
+    for entry in entries:
+        if days > 0 and entry.finished_at < now - timedelta(days=days):
+            report.by_age.append(entry.job_id)
+            report.bytes_freed += entry.size
+        else:
+            keep.append(entry)
+    total = sum(e.size for e in keep)
+    limit = max_storage_gb * GB
+    for entry in keep:  # oldest first
+        if limit > 0 and total > limit:
+            report.by_size.append(entry.job_id)
+            report.bytes_freed += entry.size
+            total -= entry.size
+    report.bytes_kept = total + sum(
+        _size(dirs[job_id]) for job_id in report.kept_unfinished if dirs[job_id].exists()
+    )
+    if dry_run or not report.deleted:
+        return report
+    for job_id in report.deleted:
+        shutil.rmtree(dirs[job_id], ignore_errors=True)
+    store.mark_images_expired(report.deleted, now=now)
+    log.info(
+        "retention: deleted %d job director(ies) (%d by age, %d by size), %.1f MB freed",
+        len(report.deleted),
+        len(report.by_age),
+        len(report.by_size),
+        report.bytes_freed / 1e6,
+    )
+    return report

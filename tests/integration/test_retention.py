@@ -1,0 +1,73 @@
+"""Retention on real outbox directories: by age, by total size (oldest first), never a
+file of an unfinished job; jobs whose images are gone say so."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from alice_spool.models import JobStatus
+from alice_spool.outbox import Outbox
+from alice_spool.records import JobRecord
+from alice_spool.retention import GB, apply_retention
+from alice_spool.spec import JobSpec
+from alice_spool.store import Store
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def finished(store: Store, outbox: Outbox, prompt: str, *, days_ago: float, size: int) -> JobRecord:
+    """A job that succeeded `days_ago`, with `size` bytes of images in its directory."""
+    job = store.enqueue(JobSpec(prompt=prompt), source="cli").job
+    when = NOW - timedelta(days=days_ago)
+    (claimed,) = store.claim_batch("r", 1, lease_s=60, now=when - timedelta(seconds=5))
+    assert claimed.id == job.id
+    outbox.write(job.id, {"status": "succeeded"})
+    (outbox.job_dir(job.id) / f"{job.id}-0.png").write_bytes(b"x" * size)
+    return store.succeed(job.id, "r", {"images": [{"file": f"{job.id}-0.png"}]}, now=when)
+
+
+def test_by_age_and_by_size_oldest_first(store: Store, tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox")
+    ancient = finished(store, outbox, "ancient", days_ago=30, size=1000)
+    old = finished(store, outbox, "old", days_ago=5, size=4000)
+    middle = finished(store, outbox, "middle", days_ago=3, size=4000)
+    new = finished(store, outbox, "new", days_ago=1, size=4000)
+    # A job whose complete directory is there but which runs again (its runner died
+    # before recording it): never touched, however old and big.
+    rerun = store.enqueue(JobSpec(prompt="rerun"), source="cli").job
+    outbox.write(rerun.id, {"status": "succeeded"})
+    (outbox.job_dir(rerun.id) / "big.png").write_bytes(b"y" * 50_000)
+    store.claim_batch("r2", 1, lease_s=60)
+
+    limit_gb = 9000 / GB  # room for two of the 4000-byte directories
+    preview = apply_retention(store, outbox, days=7, max_storage_gb=limit_gb, dry_run=True, now=NOW)
+    assert preview.by_age == [ancient.id] and preview.by_size == [old.id]
+    assert outbox.job_dir(ancient.id).exists()  # a dry run deletes nothing
+
+    report = apply_retention(store, outbox, days=7, max_storage_gb=limit_gb, now=NOW)
+    assert report.by_age == [ancient.id] and report.by_size == [old.id]
+    assert (
+        report.kept_unfinished == [rerun.id] and 5000 < report.bytes_freed < 5200
+    )  # + result.json
+    assert sorted(p.name for p in outbox.root.iterdir()) == sorted([middle.id, new.id, rerun.id])
+    for job in (ancient, old):
+        assert store.get(job.id).images_expired_at == NOW
+        assert store.get(job.id).to_dict()["images_expired_at"] == "2026-11-22T12:00:00Z"
+    assert store.get(new.id).images_expired_at is None
+    assert store.get(rerun.id).status is JobStatus.RUNNING
+
+    again = apply_retention(store, outbox, days=7, max_storage_gb=limit_gb, now=NOW)
+    assert again.deleted == []  # within the limits now
+
+
+def test_zero_means_no_limit_and_orphans_follow_the_rules(store: Store, tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox")
+    job = finished(store, outbox, "kept", days_ago=400, size=10)
+    assert apply_retention(store, outbox, days=0, max_storage_gb=0, now=NOW).deleted == []
+    store.purge(before=NOW)  # the row is gone, the directory stays
+    assert store.list_jobs().jobs == []
+    report = apply_retention(
+        store, outbox, days=7, max_storage_gb=0, now=datetime.now(UTC) + timedelta(days=30)
+    )
+    assert report.by_age == [job.id] and not outbox.job_dir(job.id).exists()
