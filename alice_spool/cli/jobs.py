@@ -4,6 +4,7 @@ stats, purge, and config to show the settings in effect."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import click
 from ..models import JobStatus, Source
 from ..spec import normalise_model_id
 from ..terminal import job_details, jobs_table, parse_duration, parse_when, short_duration
-from .app import App, cli, emit_json, json_option, note, pass_app
+from .app import EXIT_JOBS_FAILED, App, cli, emit_json, json_option, note, pass_app
 from .submit import finish_waiting
 
 STATUS_CHOICE = click.Choice([s.value for s in JobStatus], case_sensitive=False)
@@ -185,6 +186,53 @@ def wait(
         job_ids, extra = tuple(app.store.batch_job_ids(batch_id)), {"batch_id": batch_id}
     final = app.store.wait_for(list(job_ids), timeout_s=timeout)
     finish_waiting(final, as_json, extra)
+
+
+@cli.command("batch-report")
+@click.argument("batch_id")
+@json_option
+@pass_app
+def batch_report(app: App, batch_id: str, as_json: bool) -> None:
+    """Summarise a batch: counts by state, each failure with its reason, and where each
+    finished job's files are. Exits 1 unless every job succeeded."""
+    jobs = app.store.get_many(app.store.batch_job_ids(batch_id))
+    counts = {status.value: 0 for status in JobStatus}
+    for job in jobs:
+        counts[job.status.value] += 1
+    outbox = Path(app.settings.paths.outbox)
+    rows = [
+        {
+            "id": job.id,
+            "status": job.status.value,
+            "prompt": job.spec.prompt,
+            "error": {"code": job.error_code, "message": job.error_message}
+            if job.error_code and job.status is not JobStatus.SUCCEEDED
+            else None,
+            "directory": str(outbox / job.id) if job.finished else None,
+            "files": [
+                str(outbox / job.id / image["file"])
+                for image in (job.result or {}).get("images", [])
+                if job.images_expired_at is None
+            ],
+        }
+        for job in jobs
+    ]
+    ok = counts[JobStatus.SUCCEEDED.value] == len(jobs)
+    if as_json:
+        emit_json({"batch_id": batch_id, "counts": counts, "ok": ok, "jobs": rows})
+    else:
+        click.echo(f"batch {batch_id}: {len(jobs)} job(s)")
+        click.echo("  ".join(f"{state} {n}" for state, n in counts.items() if n))
+        for row in rows:
+            if row["error"]:
+                click.echo(f"FAILED {row['id']}: {row['error']['code']}: {row['error']['message']}")
+            elif row["status"] != JobStatus.SUCCEEDED.value:
+                click.echo(f"{row['status'].upper()} {row['id']}")
+        for row in rows:
+            for file in row["files"]:
+                click.echo(file)
+    if not ok:
+        sys.exit(EXIT_JOBS_FAILED)
 
 
 @cli.command()

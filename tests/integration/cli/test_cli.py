@@ -383,6 +383,7 @@ def test_db_backup_while_writing_and_checkpoint(run, store: Store, tmp_path: Pat
 def test_purge_images_applies_the_retention_settings(run, store: Store, data_dir: Path) -> None:
     job = store.enqueue(JobSpec(prompt="old"), source="cli").job
     (claimed,) = store.claim_batch("r", 1, lease_s=60)
+    assert claimed.id == job.id
     directory = data_dir / "outbox" / job.id
     directory.mkdir(parents=True)
     (directory / f"{job.id}-0.png").write_bytes(b"x" * 100)
