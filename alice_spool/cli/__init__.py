@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from . import db, inbox, jobs, models, runner, serve, submit  # noqa: F401  (each registers its commands)
+from . import db, doctor, inbox, jobs, models, runner, serve, submit  # noqa: F401  (each registers its commands)
 from .app import cli
 
 
