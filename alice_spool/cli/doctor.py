@@ -72,19 +72,18 @@ def _disk(app: App) -> Check:
 
 
 def _gpu(app: App) -> Check:
-    import torch
-
-    from ..engine.device import choose
+    from ..engine.device import choose, describe
 
     wanted = app.settings.runner.device
-    placement = choose(wanted)
-    device = placement.device
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        name = torch.cuda.get_device_name(device)
-        return Check("gpu", "ok", f"{name}: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB")
-    if device.type == "mps":
-        return Check("gpu", "ok", "Apple GPU (MPS)")
+    info = describe(choose(wanted))
+    if info.get("memory_total"):
+        used, total = int(info["memory_used"]), int(info["memory_total"])  # type: ignore[call-overload]
+        free = (total - used) / 2**30
+        return Check(
+            "gpu", "ok", f"{info['gpu_name']}: {free:.1f} GiB free of {total / 2**30:.1f} GiB"
+        )
+    if info["gpu_available"]:
+        return Check("gpu", "ok", str(info.get("gpu_name") or info["device"]))
     if wanted != "cpu":
         return Check("gpu", "warn", "no GPU is visible: generation runs on the CPU (slowly)")
     return Check("gpu", "ok", "runner.device = cpu")

@@ -40,3 +40,23 @@ def choose(setting: str = "auto") -> Placement:
     if device.type == "mps":
         return Placement(device, torch.float16)
     return Placement(device, torch.float32)
+
+
+def describe(placement: Placement) -> dict[str, object]:
+    """The device as the runner reports it and `doctor` shows it: label, whether it is a
+    GPU, and for CUDA its name and memory in use and in all (bytes)."""
+    device = placement.device
+    info: dict[str, object] = {
+        "device": placement.label,
+        "gpu_available": device.type in ("cuda", "mps"),
+    }
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        info.update(
+            gpu_name=torch.cuda.get_device_name(device),
+            memory_used=int(total - free),
+            memory_total=int(total),
+        )
+    elif device.type == "mps":
+        info.update(gpu_name="Apple GPU", memory_used=int(torch.mps.current_allocated_memory()))
+    return info

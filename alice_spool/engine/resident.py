@@ -13,7 +13,7 @@ import torch
 from ..errors import InvalidParameters, ModelNotFound
 from ..registry import ModelRegistry
 from ..spec import JobSpec
-from .device import Placement
+from .device import Placement, describe
 from .generate import (
     BASE_REPOS,
     BatchOutput,
@@ -68,21 +68,7 @@ class Engine:
 
     def device_info(self) -> dict[str, object]:
         """The device, for the runner's reports (/health, /metrics)."""
-        device = self.placement.device
-        info: dict[str, object] = {
-            "device": self.placement.label,
-            "gpu_available": device.type in ("cuda", "mps"),
-        }
-        if device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(device)
-            info.update(
-                gpu_name=torch.cuda.get_device_name(device),
-                memory_used=int(total - free),
-                memory_total=int(total),
-            )
-        elif device.type == "mps":
-            info.update(gpu_name="Apple GPU", memory_used=int(torch.mps.current_allocated_memory()))
-        return info
+        return describe(self.placement)
 
     def default_model_id(self) -> str | None:
         """The model a job that names none runs on (None while none is installed)."""
