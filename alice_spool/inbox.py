@@ -281,8 +281,8 @@ class Inbox:
         observer = self._observer
         if observer is not None and not observer.is_alive() and not self._stop.is_set():
             log.error("the inbox observer thread died; starting a new one and rescanning")
-            self.stats.observer_restarts += 1
             self._start_observer()
+            self.stats.observer_restarts += 1
             self.scan()
 
     # -- finding files -------------------------------------------------------------------
