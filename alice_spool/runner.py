@@ -349,6 +349,16 @@ class Runner:
         if jobs:
             with self._lock:
                 self._held.update((job.id, job) for job in jobs)
+            for job in jobs:
+                log.info(
+                    "job %s running (attempt %d of %d, %d job(s) in the call, waited %.2f s)",
+                    job.id,
+                    job.attempts,
+                    job.max_attempts,
+                    len(jobs),
+                    (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0,
+                    extra={"job_id": job.id, "status": "running"},
+                )
             faults.crash_point("after_claim")
         return jobs
 

@@ -192,7 +192,7 @@ RETENTION_EVERY_S = 3600.0
 
 
 def _retention_loop(app: App, store: Store, done: threading.Event) -> None:
-    """Apply the retention limits at start and every hour."""
+    """Apply the retention limits, and checkpoint SQLite's log, at start and hourly."""
     from ..outbox import Outbox
     from ..retention import apply_retention
 
@@ -205,6 +205,11 @@ def _retention_loop(app: App, store: Store, done: threading.Event) -> None:
             )
         except (SpoolError, OSError) as exc:
             log.error("retention: %s", exc)
+        if app.database.engine.dialect.name == "sqlite":
+            try:  # keep the write-ahead log small (SQLite also does this as it goes)
+                app.database.checkpoint()
+            except SpoolError as exc:
+                log.warning("WAL checkpoint: %s", exc.message)
         if done.wait(RETENTION_EVERY_S):
             return
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
@@ -19,6 +20,8 @@ from ..records import (
 )
 from ..spec import JobSpec
 from ._base import COLUMNS, StoreBase, chunks, new_id, utcnow
+
+log = logging.getLogger(__name__)
 
 _UNSET = dict.fromkeys(
     [
@@ -71,6 +74,28 @@ def _earlier(conn: Connection, key: str, row: dict[str, Any]) -> Enqueued | None
             job_id=existing.id,
         )
     return Enqueued(JobRecord.from_row(existing), created=False)
+
+
+def _log_queued(
+    job_id: str, source: str, client: str | None, model: str | None, batch_id: str | None
+) -> None:
+    log.info(
+        "job %s queued (source %s, client %s, model %s%s)",
+        job_id,
+        source,
+        client or "-",
+        model or "default",
+        f", batch {batch_id}" if batch_id else "",
+        extra={"job_id": job_id, "status": "queued", "source": source},
+    )
+
+
+def _logged(done: Enqueued) -> Enqueued:
+    """One log line per job transition: this one, queued."""
+    if done.created:
+        job = done.job
+        _log_queued(job.id, job.source.value, job.client, job.model, job.batch_id)
+    return done
 
 
 class Enqueueing(StoreBase):
@@ -146,7 +171,7 @@ class Enqueueing(StoreBase):
                 conn.execute(_INSERT, row)
                 return Enqueued(JobRecord.from_mapping({**_UNSET, **row}), created=True)
 
-            return self.db.write(work)
+            return _logged(self.db.write(work))
 
         params = {f"new_{name}": value for name, value in row.items()}
 
@@ -167,7 +192,7 @@ class Enqueueing(StoreBase):
                 raise errors.DatabaseError(f"job {row['id']} was neither inserted nor found")
             return earlier
 
-        return self.db.write_once_more_on_conflict(work_with_key)
+        return _logged(self.db.write_once_more_on_conflict(work_with_key))
 
     def enqueue_keyed(
         self,
@@ -232,7 +257,11 @@ class Enqueueing(StoreBase):
                 answers.append(earlier)
             return answers
 
-        return self.db.write_once_more_on_conflict(work) if rows else []
+        answers = self.db.write_once_more_on_conflict(work) if rows else []
+        for answer in answers:
+            if isinstance(answer, Enqueued):
+                _logged(answer)
+        return answers
 
     def enqueue_batch(
         self,
@@ -283,7 +312,11 @@ class Enqueueing(StoreBase):
             conn.execute(_INSERT, rows)
             return BatchEnqueued(batch_id, [r["id"] for r in rows], True)
 
-        return self.db.write_once_more_on_conflict(work)
+        batch = self.db.write_once_more_on_conflict(work)
+        if batch.created:
+            for row in rows:
+                _log_queued(row["id"], row["source"], row["client"], row["model"], batch_id)
+        return batch
 
     def _repeated_batch(
         self, conn: Connection, rows: list[dict[str, Any]], existing: dict[str, Any]

@@ -546,3 +546,16 @@ def test_the_runner_reports_itself(
     runner.request_stop()
     thread.join(10)
     assert store.runners()[0].state == "stopped"
+
+
+def test_each_transition_is_one_log_line(
+    store: Store, make_runner: Callable[..., Runner], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="alice_spool")
+    job = submit(store, "logged")
+    make_runner().run()
+    mine = [r for r in caplog.records if getattr(r, "job_id", None) == job.id]
+    assert [r.status for r in mine] == ["queued", "running", "succeeded"]
+    assert "source cli" in mine[0].getMessage() and "waited" in mine[2].getMessage()
