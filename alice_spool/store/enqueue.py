@@ -139,6 +139,31 @@ class Enqueueing(StoreBase):
             "images": spec.n,
         }
 
+    def _rows(
+        self,
+        items: Sequence[NewJob],
+        *,
+        source: Source | str,
+        batch_id: str | None,
+        max_attempts: int | None,
+        now: datetime | None,
+    ) -> list[dict[str, Any]]:
+        """The rows of several new jobs, made at one moment."""
+        now = now or utcnow()
+        return [
+            self._row(
+                item.spec,
+                source=Source(source),
+                client=item.client,
+                key=item.idempotency_key,
+                batch_id=batch_id,
+                max_attempts=max_attempts,
+                not_before=None,
+                now=now,
+            )
+            for item in items
+        ]
+
     def enqueue(
         self,
         spec: JobSpec,
@@ -208,20 +233,7 @@ class Enqueueing(StoreBase):
         and does not stop the others). A full queue refuses them all."""
         if any(item.idempotency_key is None for item in items):
             raise ValueError("enqueue_keyed needs an idempotency key on every item")
-        now = now or utcnow()
-        rows = [
-            self._row(
-                item.spec,
-                source=Source(source),
-                client=item.client,
-                key=item.idempotency_key,
-                batch_id=None,
-                max_attempts=None,
-                not_before=None,
-                now=now,
-            )
-            for item in items
-        ]
+        rows = self._rows(items, source=source, batch_id=None, max_attempts=None, now=now)
 
         def work(conn: Connection) -> list[Enqueued | errors.IdempotencyConflict]:
             self.check_room(conn, len(rows))
@@ -284,21 +296,10 @@ class Enqueueing(StoreBase):
             raise errors.InvalidParameters(
                 f"the batch uses the id {duplicate!r} more than once", field="id"
             )
-        now = now or utcnow()
         batch_id = new_id()
-        rows = [
-            self._row(
-                item.spec,
-                source=Source(source),
-                client=item.client,
-                key=item.idempotency_key,
-                batch_id=batch_id,
-                max_attempts=max_attempts,
-                not_before=None,
-                now=now,
-            )
-            for item in items
-        ]
+        rows = self._rows(
+            items, source=source, batch_id=batch_id, max_attempts=max_attempts, now=now
+        )
 
         def work(conn: Connection) -> BatchEnqueued:
             existing = {
