@@ -426,6 +426,10 @@ class Inbox:
                 )
             if not target.is_file():
                 return InvalidParameters(f"{path.name} is a symbolic link to no regular file")
+            if is_request_name(target.name):  # that file is taken itself: not twice
+                return InvalidParameters(
+                    f"{path.name} is a symbolic link to {target.name}, a request file of its own"
+                )
             return None
         if stat_module.S_ISDIR(info.st_mode):
             return InvalidParameters(f"{path.name} is a directory, not a request file")

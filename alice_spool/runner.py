@@ -603,9 +603,16 @@ class Runner:
                     return
                 try:
                     self._write(outcome)
-                except Exception:  # never let the writer die with jobs in its queue
+                except Exception:  # the writer never dies with jobs in its queue
                     log.exception("writing the outputs of job %s failed", outcome.job.id)
-                    self._fail(replace(outcome, error=_unexpected(None), retryable=True))
+                    self._let_go(outcome.job.id)
+
+    def _let_go(self, job_id: str) -> None:
+        """Stop renewing a job's lease whose end could not be recorded (the database was
+        away): it lapses, the job is rescued, and whoever claims it next finishes it from
+        its outbox directory if that was written, or runs it again."""
+        with self._lock:
+            self._held.pop(job_id, None)
 
     def _write(self, outcome: Outcome) -> None:
         job, spec = outcome.job, outcome.spec

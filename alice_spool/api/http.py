@@ -57,7 +57,7 @@ _TYPES = {
     504: "server_error",
 }
 QUEUE_FULL_RETRY_AFTER_S = 5
-MAX_JSON_DEPTH = 32
+MAX_BUCKETS = 10_000  # rate-limit buckets kept before idle ones are dropped
 
 
 def error_response(
@@ -84,7 +84,8 @@ def spool_error_response(exc: errors.SpoolError) -> JSONResponse:
 
 async def read_json(request: Request, max_bytes: int) -> Any:
     """The request's JSON body: 413 over `max_bytes` (counted as it arrives, whatever
-    Content-Length says), 400 for anything that is not JSON or nests too deeply."""
+    Content-Length says), 400 for anything that is not JSON or nests too deeply (a
+    deep value that parses is refused later: no request field takes nested lists)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise errors.BodyTooLarge(f"the request body is over {max_bytes} bytes")
@@ -99,34 +100,12 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise errors.InvalidJson("the request body is not UTF-8") from None
-    if _nesting(text) > MAX_JSON_DEPTH:
-        raise errors.InvalidJson(f"the JSON nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except json.JSONDecodeError as exc:
         raise errors.InvalidJson(f"the request body is not valid JSON: {exc}") from None
-
-
-def _nesting(text: str) -> int:
-    """How deep brackets nest (outside strings), without parsing."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
+    except RecursionError:  # nested deeper than the interpreter's recursion limit
+        raise errors.InvalidJson("the request body's JSON nests too deeply") from None
 
 
 def require_object(data: Any) -> dict[str, Any]:
@@ -191,6 +170,9 @@ class RateLimiter:
                     retry_after=wait,
                 )
             self._buckets[client] = (tokens - 1, now)
+            if len(self._buckets) > MAX_BUCKETS:  # forget clients whose buckets refilled
+                full_after = self.burst / self.rate
+                self._buckets = {c: b for c, b in self._buckets.items() if now - b[1] < full_after}
 
 
 async def wait_for_job(store: Store, job_id: str, timeout_s: float) -> JobRecord:

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from .. import errors
 from ..models import JobStatus, Source
 from ..records import JobRecord
-from ..spec import SPEC_FIELDS, JobSpec, parse_size, parse_spec
+from ..spec import SPEC_FIELDS, JobSpec, parse_spec
 from .context import Api, route
 from .http import read_json, require_object, wait_for_job
 
@@ -224,13 +224,9 @@ async def image_generations(request: Request, api: Api, client: str | None) -> R
             "response_format must be url or b64_json", field="response_format"
         )
     fields = {k: v for k, v in body.items() if k not in _IGNORED_IMAGE_FIELDS}
-    if isinstance(fields.get("size"), str) and fields["size"] in ("auto",):
+    if fields.get("size") == "auto":  # OpenAI's default: here, the model's native size
         del fields["size"]
-    if "size" in fields:
-        width, height = parse_size(fields.pop("size"))
-        fields.setdefault("width", width)
-        fields.setdefault("height", height)
-    spec = parse_spec(fields, api.settings.generation)
+    spec = parse_spec(fields, api.settings.generation)  # "WxH" sizes included
     job = await _enqueue(api, spec, Source.OPENAI, client)
     timeout = api.settings.server.request_timeout_s
     done = _finished_or_raise(await wait_for_job(api.store, job.id, timeout))

@@ -28,19 +28,21 @@ def live_runners(reports: list[RunnerReport], now: datetime) -> list[RunnerRepor
     return [r for r in reports if r.state != "stopped" and r.age_s(now) < RUNNER_STALE_S]
 
 
-def _snapshot(api: Api) -> dict[str, Any]:
+def _snapshot(api: Api, *, with_stats: bool) -> dict[str, Any]:
+    """One read of what /health (cheap: polled often) or /metrics (also the last hour's
+    finished jobs) shows."""
     now = datetime.now(UTC)
     counts = api.store.counts()
     reports = api.store.runners()
     live = live_runners(reports, now)
-    stats = api.store.stats(window_s=3600)
+    stats = api.store.stats(window_s=3600) if with_stats else None
     return {"now": now, "counts": counts, "reports": reports, "live": live, "stats": stats}
 
 
 @route(auth=False)
 async def health(request: Request, api: Api, client: str | None) -> Response:
     """Up, version, GPU, models loaded, queue depth, the runners' liveness."""
-    snap = await run_in_threadpool(_snapshot, api)
+    snap = await run_in_threadpool(lambda: _snapshot(api, with_stats=False))
     live: list[RunnerReport] = snap["live"]
     gpu = any(r.gpu_available for r in live)
     loaded = len({r.model for r in live if r.model})
@@ -89,7 +91,7 @@ def _wants_prometheus(request: Request) -> tuple[bool, str]:
 @route(auth=False)
 async def metrics(request: Request, api: Api, client: str | None) -> Response:
     prometheus, accept = _wants_prometheus(request)
-    snap = await run_in_threadpool(_snapshot, api)
+    snap = await run_in_threadpool(lambda: _snapshot(api, with_stats=True))
     if prometheus:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Snapshot(snap, api))

@@ -395,7 +395,10 @@ def test_bad_requests_get_clear_json_errors_never_a_500(make_bare: Callable[...,
         return body
 
     error(post("/v1/jobs", content=b"{not json"), 400, "invalid_json")
-    error(post("/v1/jobs", content=b"[" * 900 + b"]" * 900), 400, "invalid_json")
+    error(post("/v1/jobs", content=b"[" * 1024 + b"]" * 1024), 400, "invalid_json")
+    error(post("/v1/jobs", json={"prompt": [[[["deep"]]]]}), 400, "invalid_parameters")
+    both = post("/v1/images/generations", json={"prompt": "x", "size": "64x64", "width": 64})
+    assert error(both, 400, "invalid_parameters")["param"] == "size"
     error(post("/v1/jobs", content=b"\xff\xfe"), 400, "invalid_json")
     error(post("/v1/jobs", content=b""), 400, "invalid_json")
     error(post("/v1/jobs", content=b'{"prompt": "' + b"x" * 5000 + b'"}'), 413, "body_too_large")

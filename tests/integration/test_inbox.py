@@ -213,8 +213,14 @@ def test_every_bad_file_is_rejected_with_its_reason(
     (inbox_dir / "folder.json").mkdir()
     (inbox_dir / "link.json").symlink_to(outside)
     wait_until(settled(watching, 10), timeout=30)
+    drop(inbox_dir, "real.json", request("the real one"))
+    (inbox_dir / "alias.json").symlink_to(inbox_dir / "real.json")
+    wait_until(settled(watching, 12), timeout=30)
+    assert [j.spec.prompt for j in jobs(store)] == ["the real one"]  # once, not twice
+    assert "a request file of its own" in rejection(inbox_dir, "alias.json")["error"]["message"]
+    bare_store_jobs = [j for j in jobs(store) if j.client != "real.json"]
 
-    assert jobs(store) == []  # nothing queued for any of them, not even the good lines
+    assert bare_store_jobs == []  # nothing queued for any of them, not even the good lines
     reasons = {
         name: rejection(inbox_dir, name)["error"]
         for name in (

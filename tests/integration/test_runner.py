@@ -559,3 +559,34 @@ def test_each_transition_is_one_log_line(
     mine = [r for r in caplog.records if getattr(r, "job_id", None) == job.id]
     assert [r.status for r in mine] == ["queued", "running", "succeeded"]
     assert "source cli" in mine[0].getMessage() and "waited" in mine[2].getMessage()
+
+
+def test_a_finish_the_database_refused_is_rescued_not_lost(
+    store: Store,
+    outbox: Outbox,
+    engine: FakeEngine,
+    make_runner: Callable[..., Runner],
+    background: Callable[[Runner], threading.Thread],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The database refuses the writer's `succeed` once: the writer lives on, the job's
+    lease lapses, and the rescued job is finished from its outbox directory."""
+    from alice_spool.errors import DatabaseBusy
+
+    real_succeed = store.succeed
+    refusals = []
+
+    def succeed_once_refused(*args: Any, **kwargs: Any) -> JobRecord:
+        if not refusals:
+            refusals.append(args[0])
+            raise DatabaseBusy()
+        return real_succeed(*args, **kwargs)
+
+    monkeypatch.setattr(store, "succeed", succeed_once_refused)
+    first = submit(store, "refused once")
+    background(make_runner(exit_when_idle=False, lease_s=1.0, progress_s=0.05))
+    wait_until(lambda: status(store, first) is JobStatus.SUCCEEDED, timeout=15)
+    after = submit(store, "the writer lives", steps=5)
+    wait_until(lambda: status(store, after) is JobStatus.SUCCEEDED, timeout=15)
+    assert refusals == [first.id] and len(engine.calls) == 2  # not generated twice
+    assert store.get(first.id).attempts == 2
