@@ -71,14 +71,17 @@ def routes() -> list[Any]:
         Route("/v1/images/generations", openai.image_generations, methods=["POST"]),
         Route("/v1/models", openai.list_models, methods=["GET"]),
         Route("/v1/models/refresh", openai.refresh_models, methods=["POST"]),
+        Route("/v1/models/default", openai.set_default_model, methods=["POST"]),
         Route("/v1/jobs", native.create_job, methods=["POST"]),
         Route("/v1/jobs", native.list_jobs, methods=["GET"]),
         Route("/v1/jobs/{job_id}", native.get_job, methods=["GET"]),
         Route("/v1/jobs/{job_id}/cancel", native.cancel_job, methods=["POST"]),
         Route("/v1/jobs/{job_id}/retry", native.retry_job, methods=["POST"]),
+        Route("/v1/jobs/{job_id}/priority", native.set_priority, methods=["POST"]),
         Route("/v1/jobs/{job_id}/events", native.job_events, methods=["GET"]),
         Route("/v1/batches", native.create_batch, methods=["POST"]),
         Route("/v1/batches/{batch_id}", native.get_batch, methods=["GET"]),
+        Route("/v1/stats", native.stats, methods=["GET"]),
     ]
 
 

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from .. import errors
 from ..models import JobStatus, Source
 from ..records import NewJob
-from ..spec import parse_idempotency_key, parse_request
+from ..spec import parse_idempotency_key, parse_priority, parse_request
 from .context import Api, route
 from .http import read_json, require_object
 
@@ -103,6 +103,37 @@ async def cancel_job(request: Request, api: Api, client: str | None) -> Response
 async def retry_job(request: Request, api: Api, client: str | None) -> Response:
     job = await run_in_threadpool(api.store.retry, request.path_params["job_id"])
     return JSONResponse(api.job_view(request, job))
+
+
+@route()
+async def set_priority(request: Request, api: Api, client: str | None) -> Response:
+    """Change a queued job's priority: `{"priority": N}`, -100..100, higher runs first."""
+    body = require_object(await read_json(request, api.settings.server.max_body_bytes))
+    if "priority" not in body:
+        raise errors.InvalidParameters("priority is required", field="priority")
+    priority = parse_priority(body["priority"])
+    job = await run_in_threadpool(
+        lambda: api.store.set_priority(request.path_params["job_id"], priority)
+    )
+    return JSONResponse(api.job_view(request, job))
+
+
+@route()
+async def stats(request: Request, api: Api, client: str | None) -> Response:
+    """The queue now (jobs by state) and the last hour: jobs finished by state, images
+    made, mean wait and run times, and images per minute (`images_per_minute_series`,
+    60 numbers, oldest minute first)."""
+    window = _query_int(request, "window_s", 3600, 60, 86_400)
+
+    def read() -> dict[str, Any]:
+        return {
+            **api.store.stats(window_s=window).to_dict(),
+            "images_per_minute_series": api.store.images_timeline(
+                window_s=window, bucket_s=window / 60
+            ),
+        }
+
+    return JSONResponse({"object": "stats", **await run_in_threadpool(read)})
 
 
 @route()

@@ -273,6 +273,25 @@ async def list_models(request: Request, api: Api, client: str | None) -> Respons
 
 
 @route()
+async def set_default_model(request: Request, api: Api, client: str | None) -> Response:
+    """Make an installed model the default for requests that name none:
+    `{"model": "sd/<name>"}`. Refused while config.toml pins `generation.default_model`."""
+    body = require_object(await read_json(request, api.settings.server.max_body_bytes))
+    wanted = body.get("model")
+    if not isinstance(wanted, str) or not wanted.strip():
+        raise errors.InvalidParameters("model must be a model id such as sd/tiny", field="model")
+    pinned = api.settings.generation.default_model
+    if pinned:
+        raise errors.IllegalTransition(
+            f"the default model is {pinned}, set by generation.default_model in the "
+            "configuration; change it there",
+            field="model",
+        )
+    model = await run_in_threadpool(api.registry.set_default, wanted.strip())
+    return JSONResponse({"object": "model", "id": model.id, "default": True})
+
+
+@route()
 async def refresh_models(request: Request, api: Api, client: str | None) -> Response:
     """Rescan the models directory (as ALICE does)."""
     models = await run_in_threadpool(api.registry.scan, force=True)

@@ -53,6 +53,16 @@ _BODIES: dict[str, dict[str, Any]] = {
         "required": ["requests"],
         "properties": {"requests": {"type": "array", "items": _SPEC_SCHEMA}},
     },
+    "/v1/jobs/{job_id}/priority": {
+        "type": "object",
+        "required": ["priority"],
+        "properties": {"priority": {"type": "integer", "minimum": -100, "maximum": 100}},
+    },
+    "/v1/models/default": {
+        "type": "object",
+        "required": ["model"],
+        "properties": {"model": {"type": "string", "example": "sd/tiny"}},
+    },
 }
 _EXAMPLES = {
     "/v1/jobs": {"prompt": "a lighthouse at dusk", "steps": 25, "seed": 7},
@@ -63,14 +73,17 @@ _EXAMPLES = {
         "metadata": {"steps": 25, "guidance_scale": 7.5, "width": 512, "height": 512},
     },
     "/v1/batches": {"requests": [{"prompt": "one"}, {"prompt": "two", "id": "two-1"}]},
+    "/v1/jobs/{job_id}/priority": {"priority": 10},
+    "/v1/models/default": {"model": "sd/tiny"},
 }
 _OPEN = ("/health", "/metrics", "/openapi.json")
+_UI = ("/", "/docs")  # redirects into the web UI, not API routes
 
 
 def describe(routes: list[Any], api: Any) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for item in routes:
-        if not isinstance(item, Route) or item.path.startswith("/web"):
+        if not isinstance(item, Route) or item.path in _UI or item.path.startswith("/web"):
             continue
         doc = (item.endpoint.__doc__ or item.name or "").strip()
         summary = doc.splitlines()[0] if doc else item.path

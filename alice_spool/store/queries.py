@@ -146,6 +146,30 @@ class Queries(StoreBase):
             window_s, counts, finished, images, mean(waits), mean(runs), tuple(waits), tuple(runs)
         )
 
+    def images_timeline(
+        self, *, window_s: float = 3600.0, bucket_s: float = 60.0, now: datetime | None = None
+    ) -> list[int]:
+        """Images made in each `bucket_s` of the last `window_s`, oldest bucket first
+        (what the web UI's throughput chart draws)."""
+        if window_s <= 0 or bucket_s <= 0 or window_s / bucket_s > 1440:
+            raise errors.InvalidParameters(
+                "the window must be positive and at most 1440 buckets", field="window"
+            )
+        now = now or utcnow()
+        start = now - timedelta(seconds=window_s)
+        rows = self.db.read(
+            lambda conn: conn.execute(
+                select(Job.finished_at, Job.images)
+                .where(Job.status == JobStatus.SUCCEEDED)
+                .where(Job.finished_at >= start, Job.finished_at < now)
+            ).all()
+        )
+        buckets = [0] * round(window_s / bucket_s)
+        for finished_at, images in rows:
+            index = int((finished_at - start).total_seconds() // bucket_s)
+            buckets[min(max(index, 0), len(buckets) - 1)] += images or 0
+        return buckets
+
     def batch_job_ids(self, batch_id: str) -> list[str]:
         """The ids of a batch's jobs, in the order they were submitted."""
         ids = self.db.read(

@@ -529,3 +529,58 @@ def test_images_are_served_only_by_their_exact_names(make_bare: Callable[..., Ba
         response = httpx.get(bare.url + attempt)
         assert response.status_code == 404, attempt
         assert response.json()["error"]["code"] == "not_found"
+
+
+def test_priority_default_model_and_stats(make_bare: Callable[..., Bare]) -> None:
+    bare = make_bare()
+    post = lambda path, **kw: httpx.post(bare.url + path, timeout=10, **kw)  # noqa: E731
+    low, high = (post("/v1/jobs", json={"prompt": p}).json()["id"] for p in ("low", "high"))
+    raised = post(f"/v1/jobs/{high}/priority", json={"priority": 50})
+    assert raised.status_code == 200 and raised.json()["priority"] == 50
+    (first,) = bare.store.claim_batch("r", 1, lease_s=60)
+    assert first.id == high  # the raised job runs first
+    for body, code in (
+        ({}, "invalid_parameters"),
+        ({"priority": 101}, "invalid_parameters"),
+        ({"priority": "up"}, "invalid_parameters"),
+    ):
+        refused = post(f"/v1/jobs/{low}/priority", json=body)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (400, code)
+    running = post(f"/v1/jobs/{high}/priority", json={"priority": 1})
+    assert running.status_code == 409 and running.json()["error"]["code"] == "invalid_state"
+    missing = post("/v1/jobs/nope/priority", json={"priority": 1})
+    assert missing.status_code == 404
+    assert bare.store.get(low).priority == 0  # nothing half-done
+
+    models_dir = bare.outbox.parent / "models"
+    from tests.support.fake_model import write_fake_model
+
+    write_fake_model(models_dir / "other")
+    chosen = post("/v1/models/default", json={"model": "other"})
+    assert chosen.status_code == 200 and chosen.json()["id"] == "sd/other"
+    listed = {m["id"]: m["default"] for m in httpx.get(bare.url + "/v1/models").json()["data"]}
+    assert listed == {"sd/other": True, "sd/tiny": False}
+    queued = post("/v1/jobs", json={"prompt": "defaults"}).json()
+    assert queued["model"] == "sd/other"
+    for body, status, code in (
+        ({"model": "sd/none"}, 404, "model_not_found"),
+        ({"model": ""}, 400, "invalid_parameters"),
+        ({}, 400, "invalid_parameters"),
+    ):
+        refused = post("/v1/models/default", json=body)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (status, code)
+    assert (models_dir / ".default").read_text().strip() == "sd/other"
+    pinned = make_bare(**{"generation.default_model": "sd/tiny"})
+    refused = httpx.post(pinned.url + "/v1/models/default", json={"model": "sd/other"})
+    assert refused.status_code == 409 and "generation.default_model" in refused.text
+
+    stats = httpx.get(bare.url + "/v1/stats").json()
+    assert stats["depth"]["queued"] == 2 and stats["depth"]["running"] == 1
+    assert len(stats["images_per_minute_series"]) == 60
+    bare.store.succeed(first.id, "r", {"images": []})
+    stats = httpx.get(bare.url + "/v1/stats").json()
+    assert stats["images_per_minute_series"][-1] == 1 and stats["images_in_window"] == 1
+    assert httpx.get(bare.url + "/v1/stats?window_s=5").status_code == 400
+    paths = httpx.get(bare.url + "/openapi.json").json()["paths"]
+    assert "/v1/jobs/{job_id}/priority" in paths and "/v1/stats" in paths
+    assert "/" not in paths and "/docs" not in paths

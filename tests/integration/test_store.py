@@ -607,6 +607,24 @@ def test_stats_over_a_window(store: Store, make_spec: Spec) -> None:
         store.stats(window_s=0)
 
 
+def test_images_timeline_counts_each_minutes_images(store: Store, make_spec: Spec) -> None:
+    for finish_at, n, outcome in [(20, 2, "ok"), (50, 1, "ok"), (170, 3, "ok"), (175, 4, "fail")]:
+        enqueue(store, make_spec(n=n), now=at(finish_at - 10))
+        (job,) = store.claim_batch("r", 1, lease_s=999, now=at(finish_at - 5))
+        if outcome == "ok":
+            store.succeed(job.id, "r", {}, now=at(finish_at))
+        else:
+            store.fail(job.id, "r", "generation_failed", "x", now=at(finish_at))
+    # The window is [0 s, 180 s): three minutes, oldest first; failures make no images,
+    # and what finished after `now` is not in it.
+    assert store.images_timeline(window_s=180, bucket_s=60, now=at(180)) == [3, 0, 3]
+    assert store.images_timeline(window_s=120, bucket_s=60, now=at(180)) == [0, 3]
+    assert store.images_timeline(window_s=60, bucket_s=30, now=at(60)) == [2, 1]
+    for window, bucket in ((0, 60), (60, 0), (86_400, 1)):
+        with pytest.raises(errors.InvalidParameters):
+            store.images_timeline(window_s=window, bucket_s=bucket)
+
+
 def test_batch_job_ids_in_submission_order(store: Store, make_spec: Spec) -> None:
     batch = store.enqueue_batch([NewJob(make_spec(f"p{i}")) for i in range(5)], source="cli")
     enqueue(store, make_spec("not in the batch"))
