@@ -244,7 +244,9 @@ async def image_generations(request: Request, api: Api, client: str | None) -> R
 
 @route()
 async def list_models(request: Request, api: Api, client: str | None) -> Response:
-    """The installed models, as OpenAI lists models (plus what they are)."""
+    """The installed models, as OpenAI lists models (plus what they are);
+    `?include_broken=true` lists the unusable ones too, with the reason."""
+    include_broken = request.query_params.get("include_broken", "").lower() in ("1", "true")
     models = await run_in_threadpool(api.registry.scan)
     try:
         default = (
@@ -254,7 +256,7 @@ async def list_models(request: Request, api: Api, client: str | None) -> Respons
         default = None
     data = []
     for model in sorted(models, key=lambda m: m.id):
-        if not model.ok:
+        if not model.ok and not include_broken:
             continue
         entry = {
             "id": model.id,
@@ -263,9 +265,14 @@ async def list_models(request: Request, api: Api, client: str | None) -> Respons
             "owned_by": "alice",
             "family": model.family,
             "native_size": model.native_size,
+            "size_bytes": model.size_bytes,
+            "format": model.format,
+            "status": "ok" if model.ok else "broken",
             "default": model.id == default,
             "smoke_test": model.smoke_test,
         }
+        if model.broken:
+            entry["reason"] = model.broken
         if model.smoke_test:
             entry["note"] = "smoke-test model with random weights: its images are noise"
         data.append(entry)

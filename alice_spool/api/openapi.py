@@ -7,63 +7,119 @@ from typing import Any
 
 from starlette.routing import Route
 
+from .. import spec
 from ..spec import SPEC_FIELDS
 
-_SPEC_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["prompt"],
-    "properties": {
-        "prompt": {"type": "string", "maxLength": 4000},
-        "negative_prompt": {"type": "string"},
-        "model": {"type": "string", "example": "sd/tiny"},
-        "width": {"type": "integer", "multipleOf": 8},
-        "height": {"type": "integer", "multipleOf": 8},
-        "size": {"type": "string", "example": "512x512"},
-        "steps": {"type": "integer", "minimum": 1},
-        "guidance_scale": {"type": "number"},
-        "seed": {"type": "integer"},
-        "scheduler": {"type": "string", "example": "dpm++_sde_karras"},
-        "n": {"type": "integer", "minimum": 1},
-        "priority": {"type": "integer", "minimum": -100, "maximum": 100},
-        "id": {"type": "string", "description": "idempotency key"},
-    },
-}
-_BODIES: dict[str, dict[str, Any]] = {
-    "/v1/jobs": _SPEC_SCHEMA,
-    "/v1/images/generations": {
-        **_SPEC_SCHEMA,
+
+def spec_schema(generation: Any) -> dict[str, Any]:
+    """A request's fields with this server's limits and defaults (the web UI's submit
+    form is built from it)."""
+    return {
+        "type": "object",
+        "required": ["prompt"],
         "properties": {
-            **_SPEC_SCHEMA["properties"],
-            "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+            "prompt": {"type": "string", "maxLength": spec.PROMPT_MAX_CHARS},
+            "negative_prompt": {"type": "string", "default": ""},
+            "model": {
+                "type": "string",
+                "example": "sd/tiny",
+                "description": "an installed model; the default model when left out",
+            },
+            "width": {
+                "type": "integer",
+                "multipleOf": spec.SIZE_MULTIPLE,
+                "minimum": spec.SIZE_MIN,
+                "maximum": spec.SIZE_MAX,
+                "description": "the model's native size when left out",
+            },
+            "height": {
+                "type": "integer",
+                "multipleOf": spec.SIZE_MULTIPLE,
+                "minimum": spec.SIZE_MIN,
+                "maximum": spec.SIZE_MAX,
+            },
+            "size": {"type": "string", "example": "512x512", "description": "instead of both"},
+            "steps": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": generation.max_steps,
+                "default": generation.default_steps,
+            },
+            "guidance_scale": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": spec.GUIDANCE_MAX,
+                "default": generation.default_guidance_scale,
+            },
+            "seed": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": spec.SEED_MAX,
+                "description": "random when left out (and recorded)",
+            },
+            "scheduler": {
+                "type": "string",
+                "enum": list(spec.SCHEDULERS),
+                "default": generation.default_scheduler,
+            },
+            "n": {"type": "integer", "minimum": 1, "maximum": generation.max_n, "default": 1},
+            "priority": {
+                "type": "integer",
+                "minimum": spec.PRIORITY_MIN,
+                "maximum": spec.PRIORITY_MAX,
+                "default": 0,
+            },
+            "id": {"type": "string", "description": "idempotency key"},
         },
-    },
-    "/v1/chat/completions": {
-        "type": "object",
-        "required": ["messages"],
-        "properties": {
-            "model": {"type": "string"},
-            "messages": {"type": "array", "items": {"type": "object"}},
-            "stream": {"type": "boolean"},
-            "metadata": {"type": "object", "description": "image parameters (SAM)"},
-            "sam_config": {"type": "object", "description": "image parameters (ALICE)"},
+    }
+
+
+def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
+    request = spec_schema(generation)
+    return {
+        "/v1/jobs": request,
+        "/v1/images/generations": {
+            **request,
+            "properties": {
+                **request["properties"],
+                "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+            },
         },
-    },
-    "/v1/batches": {
-        "type": "object",
-        "required": ["requests"],
-        "properties": {"requests": {"type": "array", "items": _SPEC_SCHEMA}},
-    },
-    "/v1/jobs/{job_id}/priority": {
-        "type": "object",
-        "required": ["priority"],
-        "properties": {"priority": {"type": "integer", "minimum": -100, "maximum": 100}},
-    },
-    "/v1/models/default": {
-        "type": "object",
-        "required": ["model"],
-        "properties": {"model": {"type": "string", "example": "sd/tiny"}},
-    },
-}
+        "/v1/chat/completions": {
+            "type": "object",
+            "required": ["messages"],
+            "properties": {
+                "model": {"type": "string"},
+                "messages": {"type": "array", "items": {"type": "object"}},
+                "stream": {"type": "boolean"},
+                "metadata": {"type": "object", "description": "image parameters (SAM)"},
+                "sam_config": {"type": "object", "description": "image parameters (ALICE)"},
+            },
+        },
+        "/v1/batches": {
+            "type": "object",
+            "required": ["requests"],
+            "properties": {"requests": {"type": "array", "items": request}},
+        },
+        "/v1/jobs/{job_id}/priority": {
+            "type": "object",
+            "required": ["priority"],
+            "properties": {
+                "priority": {
+                    "type": "integer",
+                    "minimum": spec.PRIORITY_MIN,
+                    "maximum": spec.PRIORITY_MAX,
+                }
+            },
+        },
+        "/v1/models/default": {
+            "type": "object",
+            "required": ["model"],
+            "properties": {"model": {"type": "string", "example": "sd/tiny"}},
+        },
+    }
+
+
 _EXAMPLES = {
     "/v1/jobs": {"prompt": "a lighthouse at dusk", "steps": 25, "seed": 7},
     "/v1/images/generations": {"prompt": "a red fox", "size": "512x512", "n": 1},
@@ -82,6 +138,7 @@ _UI = ("/", "/docs")  # redirects into the web UI, not API routes
 
 def describe(routes: list[Any], api: Any) -> dict[str, Any]:
     paths: dict[str, Any] = {}
+    bodies = _bodies(api.settings.generation)
     for item in routes:
         if not isinstance(item, Route) or item.path in _UI or item.path.startswith("/web"):
             continue
@@ -99,12 +156,12 @@ def describe(routes: list[Any], api: Any) -> dict[str, Any]:
             ]
             if parameters:
                 operation["parameters"] = parameters
-            if method == "POST" and item.path in _BODIES:
+            if method == "POST" and item.path in bodies:
                 operation["requestBody"] = {
                     "required": True,
                     "content": {
                         "application/json": {
-                            "schema": _BODIES[item.path],
+                            "schema": bodies[item.path],
                             "example": _EXAMPLES[item.path],
                         }
                     },

@@ -67,6 +67,8 @@ async def health(request: Request, api: Api, client: str | None) -> Response:
                 "heartbeat_age_s": round(r.age_s(snap["now"]), 3),
                 "device": r.device,
                 "gpu_name": r.gpu_name,
+                "memory_used": r.memory_used,  # bytes, None off a GPU
+                "memory_total": r.memory_total,
                 "model": r.model,
                 "job_id": r.job_id,
                 "step": r.step,

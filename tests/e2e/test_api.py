@@ -560,6 +560,16 @@ def test_priority_default_model_and_stats(make_bare: Callable[..., Bare]) -> Non
     assert chosen.status_code == 200 and chosen.json()["id"] == "sd/other"
     listed = {m["id"]: m["default"] for m in httpx.get(bare.url + "/v1/models").json()["data"]}
     assert listed == {"sd/other": True, "sd/tiny": False}
+    (models_dir / "halfway" / "unet").mkdir(parents=True)  # a copy that never finished
+    (models_dir / "halfway" / "model_index.json").write_text("{}")
+    everything = httpx.get(bare.url + "/v1/models?include_broken=true").json()["data"]
+    halfway = next(m for m in everything if m["id"] == "sd/halfway")
+    assert halfway["status"] == "broken" and "missing" in halfway["reason"]
+    assert all(m["size_bytes"] > 0 for m in everything if m["status"] == "ok")
+    usable = httpx.get(bare.url + "/v1/models").json()["data"]
+    assert {m["id"] for m in usable} == {"sd/other", "sd/tiny"}
+    refused = post("/v1/models/default", json={"model": "sd/halfway"})
+    assert refused.status_code == 404
     queued = post("/v1/jobs", json={"prompt": "defaults"}).json()
     assert queued["model"] == "sd/other"
     for body, status, code in (
