@@ -7,6 +7,7 @@ serve` run it under uvicorn.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,14 @@ from .openapi import describe
 
 log = logging.getLogger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parent.parent.parent / "web"
+
+def web_dir() -> Path | None:
+    """The web UI's files: installed as `alice_spool.web`, or `web/` beside the package
+    in a source checkout."""
+    found = importlib.util.find_spec("alice_spool.web")
+    candidates = [Path(p) for p in (found.submodule_search_locations or [])] if found else []
+    candidates.append(Path(__file__).resolve().parent.parent.parent / "web")
+    return next((c for c in candidates if (c / "index.html").is_file()), None)
 
 
 @route(auth=False)
@@ -43,6 +51,7 @@ async def image(request: Request, api: Api, client: str | None) -> Response:
 
 @route(auth=False)
 async def openapi_json(request: Request, api: Api, client: str | None) -> Response:
+    """This description of the API (OpenAPI 3.1)."""
     return JSONResponse(describe(request.app.routes, api))
 
 
@@ -103,11 +112,12 @@ def create_app(
         inbox_health=inbox_health,
     )
     web: list[Any] = []
-    if WEB_DIR.is_dir():
+    files = web_dir()
+    if files is not None:
         web = [
             Route("/", lambda request: RedirectResponse("/web/"), methods=["GET"]),
             Route("/docs", lambda request: RedirectResponse("/web/#/docs"), methods=["GET"]),
-            Mount("/web", StaticFiles(directory=WEB_DIR, html=True), name="web"),
+            Mount("/web", StaticFiles(directory=files, html=True), name="web"),
         ]
     middleware = []
     if server.cors_origins:

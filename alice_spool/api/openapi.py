@@ -143,11 +143,12 @@ def describe(routes: list[Any], api: Any) -> dict[str, Any]:
         if not isinstance(item, Route) or item.path in _UI or item.path.startswith("/web"):
             continue
         doc = (item.endpoint.__doc__ or item.name or "").strip()
-        summary = doc.splitlines()[0] if doc else item.path
+        paragraphs = [" ".join(part.split()) for part in doc.split("\n\n") if part.strip()]
+        summary = paragraphs[0] if paragraphs else item.path
         for method in sorted((item.methods or set()) - {"HEAD"}):
             operation: dict[str, Any] = {
                 "summary": summary,
-                "description": doc,
+                "description": "\n\n".join(paragraphs),
                 "responses": {"200": {"description": "OK"}},
             }
             parameters = [

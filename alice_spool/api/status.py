@@ -92,6 +92,8 @@ def _wants_prometheus(request: Request) -> tuple[bool, str]:
 
 @route(auth=False)
 async def metrics(request: Request, api: Api, client: str | None) -> Response:
+    """ALICE's JSON metrics; Prometheus text for `Accept: text/plain` or
+    `?format=prometheus`."""
     prometheus, accept = _wants_prometheus(request)
     snap = await run_in_threadpool(lambda: _snapshot(api, with_stats=True))
     if prometheus:

@@ -14,11 +14,8 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,24 +31,12 @@ from alice_spool import migrate
 from alice_spool.api import create_app
 from alice_spool.config import load_settings
 from alice_spool.store import Store
+from tests.support.live_server import free_port, serve, wait_until
 
 pytestmark = pytest.mark.slow
 
 SAM_KEY = "sam-secret-key"
 SCRIPT_KEY = "script-secret-key"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.1)
 
 
 @dataclass
@@ -73,53 +58,9 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    root = tmp_path_factory.mktemp("serve")
-    port = free_port()
-    (root / "config.toml").write_text(
-        f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-request_timeout_s = 120
-[server.api_keys]
-sam = "{SAM_KEY}"
-scripts = "{SCRIPT_KEY}"
-[paths]
-data_dir = "{root / "var"}"
-[runner]
-device = "cpu"
-lease_s = 10
-[generation]
-default_steps = 2
-[logging]
-level = "WARNING"
-"""
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALICE_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "alice_spool", "--config", str(root / "config.toml"), "serve"],
-        cwd=root,
-        env=env,
-    )
-    server = Live(f"http://127.0.0.1:{port}", root, process)
-
-    def runner_up() -> bool:
-        assert process.poll() is None, "serve exited"
-        try:
-            return server.get("/health").json()["runner_alive"]
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(runner_up, timeout=120)
-        yield server
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            assert process.wait(60) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
+    keys = f'[server.api_keys]\nsam = "{SAM_KEY}"\nscripts = "{SCRIPT_KEY}"\n'
+    with serve(tmp_path_factory.mktemp("serve"), keys) as server:
+        yield Live(server.url, server.root, server.process)
 
 
 # -- the openai SDK -------------------------------------------------------------------------

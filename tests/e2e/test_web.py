@@ -1,0 +1,355 @@
+"""The web UI in headless Chromium (Debian's `chromium`, driven by Playwright) against a
+real `alice-spool serve` on 127.0.0.1 with API keys on and the runner on the tiny model.
+
+Every page is saved as a screenshot under `test-artifacts/web/` (or
+`$ALICE_TEST_ARTIFACTS/web/`), and every page must run without a console error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    expect,
+    sync_playwright,
+)
+
+from tests.support.live_server import Served, serve, wait_until
+
+pytestmark = pytest.mark.slow
+
+KEY = "web-secret-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("ALICE_TEST_ARTIFACTS", REPO / "test-artifacts")) / "web"
+WAIT_MS = 60_000
+
+
+def chromium_path() -> str:
+    path = os.environ.get("ALICE_CHROMIUM") or shutil.which("chromium")
+    assert path, "Chromium is needed: apt-get install chromium (.ci/run installs it)"
+    return path
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    config = f'[server.api_keys]\nops = "{KEY}"\n'
+    with serve(tmp_path_factory.mktemp("web"), config, scheduler="euler") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path())
+        yield browser
+        browser.close()
+
+
+class Console:
+    """Console errors and uncaught exceptions of every page of a browser context."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def watch(self, page: Page) -> None:
+        page.on("console", self._message)
+        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+
+    def _message(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(f"{message.text} at {message.location.get('url')}")
+
+
+def new_page(browser: Browser, console: Console, *, key: str | None = KEY, **options: Any) -> Page:
+    context: BrowserContext = browser.new_context(**options)
+    if key is not None:  # as if the key had been entered once before
+        context.add_init_script(f"localStorage.setItem('alice-spool.api-key', {key!r})")
+    page = context.new_page()
+    console.watch(page)
+    return page
+
+
+@pytest.fixture
+def console() -> Iterator[Console]:
+    watched = Console()
+    yield watched
+    assert watched.errors == [], "console errors"
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+
+
+def submit_job(site: Served, **fields: Any) -> dict[str, Any]:
+    answer = httpx.post(f"{site.url}/v1/jobs", json=fields, headers=AUTH, timeout=30)
+    assert answer.status_code == 202, answer.text
+    return answer.json()
+
+
+def job(site: Served, job_id: str) -> dict[str, Any]:
+    return httpx.get(f"{site.url}/v1/jobs/{job_id}", headers=AUTH, timeout=30).json()
+
+
+def wait_for_status(site: Served, job_id: str, *statuses: str) -> dict[str, Any]:
+    wait_until(lambda: job(site, job_id)["status"] in statuses, timeout=120)
+    return job(site, job_id)
+
+
+# -- the tests ---------------------------------------------------------------------------------
+
+
+def test_the_ui_asks_for_a_key_refuses_a_wrong_one_and_keeps_a_right_one(
+    site: Served, browser: Browser
+) -> None:
+    console = Console()
+    page = new_page(browser, console, key=None)
+    page.goto(f"{site.url}/")  # / leads to the UI
+    assert page.url.endswith("/web/")
+    dialog = page.locator("#key-dialog")
+    expect(dialog).to_be_visible()
+    shot(page, "key-prompt")
+    page.fill("#key-input", "not-the-key")
+    page.click("#key-save")
+    expect(page.locator("#key-error")).to_contain_text("That key was refused")
+    expect(dialog).to_be_visible()
+    shot(page, "key-refused")
+    page.fill("#key-input", KEY)
+    page.click("#key-save")
+    expect(dialog).to_be_hidden()
+    expect(page.locator("#runners .runner")).to_be_visible()
+    assert page.evaluate("localStorage.getItem('alice-spool.api-key')") == KEY
+    page.reload()  # kept in the browser: no prompt the second time
+    expect(page.locator("#runners .runner")).to_be_visible()
+    expect(dialog).to_be_hidden()
+    # The only console error is the browser's note of the refused key's 401.
+    assert [e for e in console.errors if "401" not in e] == []
+    assert len(console.errors) == 1
+    page.context.close()
+
+
+def test_dashboard_shows_the_runner_queue_and_throughput(
+    site: Served, browser: Browser, console: Console
+) -> None:
+    done = submit_job(site, prompt="a dashboard warm-up", size="64x64", n=3, seed=1)
+    wait_for_status(site, done["id"], "succeeded")
+    page = new_page(browser, console, viewport={"width": 1280, "height": 900})
+    page.goto(f"{site.url}/web/")
+    runner = page.locator("#runners .runner")
+    expect(runner).to_contain_text("cpu")
+    expect(runner.locator(".badge")).to_have_text(["idle"])
+    expect(page.locator("#queue-counts strong[data-status=succeeded]")).not_to_have_text("0")
+    expect(page.locator("#throughput")).to_contain_text("images in the last hour")
+    bars = page.locator("#throughput svg rect")
+    expect(bars).to_have_count(60)
+    assert float(bars.nth(59).get_attribute("height")) > 0  # this minute made images
+    expect(page.locator("#recent img").first).to_be_visible()
+    shot(page, "dashboard")
+    page.context.close()
+
+
+def test_submit_from_the_form_watch_it_finish_and_find_it_in_the_gallery(
+    site: Served, browser: Browser, console: Console
+) -> None:
+    page = new_page(browser, console, viewport={"width": 1280, "height": 900})
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.goto(f"{site.url}/web/#/submit")
+    page.fill("#f-prompt", "a red fox in fresh snow")
+    page.fill("#f-negative_prompt", "blurry")
+    page.fill("#f-width", "64")
+    page.fill("#f-height", "64")
+    page.fill("#f-seed", "4242")
+    page.fill("#f-n", "2")
+    page.select_option("#f-scheduler", "euler")
+    page.click("#submit-button")
+    panel = page.locator("#submitted .card").first
+    expect(panel.locator(".badge")).to_have_text("succeeded", timeout=WAIT_MS)
+    expect(panel.locator(".thumbs img")).to_have_count(2)
+    shot(page, "submit")
+    job_id = panel.get_attribute("data-id")
+    made = job(site, job_id)
+    spec = made["spec"]
+    assert (spec["prompt"], spec["negative_prompt"], spec["seed"], spec["n"]) == (
+        "a red fox in fresh snow",
+        "blurry",
+        4242,
+        2,
+    )
+    assert (spec["width"], spec["height"], spec["scheduler"]) == (64, 64, "euler")
+
+    page.goto(f"{site.url}/web/#/gallery")
+    first = page.locator(".gallery .tile").first
+    expect(first.locator("figcaption")).to_contain_text("a red fox in fresh snow")
+    shot(page, "gallery")
+    first.locator("a").click()
+    lightbox = page.locator("#lightbox")
+    expect(lightbox).to_be_visible()
+    expect(page.locator("#lightbox-prompt")).to_have_text("a red fox in fresh snow")
+    expect(page.locator("#lightbox-params")).to_contain_text("4242")
+    page.wait_for_function("document.querySelector('#lightbox-image').naturalWidth === 64")
+    page.click("#lightbox-copy")
+    expect(page.locator("#notice")).to_have_text("Prompt copied")
+    assert page.evaluate("navigator.clipboard.readText()") == "a red fox in fresh snow"
+    shot(page, "gallery-image")
+    page.click("#lightbox-close")
+
+    page.goto(f"{site.url}/web/#/jobs/{job_id}")
+    expect(page.locator("pre.json")).to_contain_text(f'"job_id": "{job_id}"')
+    expect(page.locator("#view .params")).to_contain_text("a red fox in fresh snow")
+    shot(page, "job")
+    page.click("button.again")  # submit again: a new job with the same request
+    page.wait_for_url(lambda url: job_id not in url)
+    again = page.url.rsplit("/", 1)[1]
+    expect(page.locator(".job-head .badge")).to_have_text("succeeded", timeout=WAIT_MS)
+    assert job(site, again)["spec"] == spec and again != job_id
+    page.context.close()
+
+
+def test_gallery_pages_through_older_images(
+    site: Served, browser: Browser, console: Console
+) -> None:
+    ids = [submit_job(site, prompt=f"page {i}", size="64x64", seed=i)["id"] for i in range(26)]
+    wait_for_status(site, ids[-1], "succeeded")
+    for job_id in ids:
+        wait_for_status(site, job_id, "succeeded")
+    page = new_page(browser, console)
+    page.goto(f"{site.url}/web/#/gallery")
+    expect(page.locator(".gallery .tile")).to_have_count(24)  # one image per job, 24 jobs
+    expect(page.locator(".gallery .tile").first).to_contain_text("page 25")
+    page.click("text=Older →")
+    expect(page.locator(".gallery .tile").first).to_contain_text("page 1")
+    page.click("text=← Newer")
+    expect(page.locator(".gallery .tile").first).to_contain_text("page 25")
+    page.context.close()
+
+
+def test_queue_cancels_and_reprioritises_queued_jobs(
+    site: Served, browser: Browser, console: Console
+) -> None:
+    # A long job holds the runner; the next two (another size: no batching with it) wait.
+    blocker = submit_job(site, prompt="the long one", size="64x64", steps=150, n=16)
+    wait_for_status(site, blocker["id"], "running")
+    first = submit_job(site, prompt="waiting first", size="72x72")
+    second = submit_job(site, prompt="waiting second", size="72x72")
+    page = new_page(browser, console, viewport={"width": 1280, "height": 900})
+    page.goto(f"{site.url}/web/#/queue")
+    row = lambda job: page.locator(f"tr[data-id='{job['id']}']")  # noqa: E731
+    expect(row(second).locator(".badge")).to_have_text("queued")
+    expect(row(blocker).locator(".badge")).to_have_text("running")
+    progress = row(blocker).locator(".progress")
+    expect(progress).to_have_attribute("title", re.compile(r"step \d+ of 150"), timeout=WAIT_MS)
+    row(second).locator("button.raise").click()
+    expect(row(second).locator(".priority .value")).to_have_text("10")
+    row(second).locator("button.raise").click()
+    expect(row(second).locator(".priority .value")).to_have_text("20")
+    row(first).locator("button.lower").click()
+    expect(row(first).locator(".priority .value")).to_have_text("-10")
+    assert (job(site, second["id"])["priority"], job(site, first["id"])["priority"]) == (20, -10)
+    shot(page, "queue")
+    row(first).locator("button.cancel").click()
+    expect(row(first).locator(".badge")).to_have_text("cancelled")
+    expect(row(first).locator("button.retry")).to_be_visible()
+    row(blocker).locator("button.cancel").click()  # a running job stops at its next step
+    expect(row(blocker).locator(".badge")).to_have_text("cancelled", timeout=WAIT_MS)
+    expect(row(second).locator(".badge")).to_have_text("succeeded", timeout=WAIT_MS)
+    assert job(site, first["id"])["status"] == "cancelled"
+    assert job(site, blocker["id"])["status"] == "cancelled"
+    page.select_option("select[name=status]", "cancelled")  # the filter
+    expect(page.locator("tbody tr")).to_have_count(2)
+    shot(page, "queue-cancelled")
+    page.context.close()
+
+
+def test_retry_a_failed_job_from_its_page(site: Served, browser: Browser, console: Console) -> None:
+    models = site.root / "var" / "models"
+    shutil.copytree(models / "tiny", models / "fragile")
+    weights = models / "fragile" / "unet" / "diffusion_pytorch_model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(b"not safetensors at all")  # the copy broke on its way
+    httpx.post(f"{site.url}/v1/models/refresh", headers=AUTH, timeout=30)
+    failing = submit_job(site, prompt="needs the fragile model", model="sd/fragile")
+    failed = wait_for_status(site, failing["id"], "failed", "succeeded")
+    assert failed["status"] == "failed" and failed["error"]["code"] == "model_load_failed"
+    page = new_page(browser, console, viewport={"width": 1280, "height": 900})
+    page.goto(f"{site.url}/web/#/jobs/{failing['id']}")
+    expect(page.locator(".error.box")).to_contain_text("model_load_failed")
+    shot(page, "job-failed")
+    weights.write_bytes(good)  # mended
+    page.click("button.retry")
+    expect(page.locator(".job-head .badge")).to_have_text("succeeded", timeout=WAIT_MS)
+    expect(page.locator(".thumbs img")).to_have_count(1)
+    assert job(site, failing["id"])["status"] == "succeeded"
+    shot(page, "job-retried")
+    page.context.close()
+
+
+def test_models_page_sets_the_default(site: Served, browser: Browser, console: Console) -> None:
+    models = site.root / "var" / "models"
+    if not (models / "spare").exists():
+        shutil.copytree(models / "tiny", models / "spare")
+    page = new_page(browser, console, viewport={"width": 1280, "height": 900})
+    page.goto(f"{site.url}/web/#/models")
+    page.click("text=Rescan models directory")
+    spare = page.locator("tr[data-id='sd/spare']")
+    expect(spare).to_contain_text("sd1")
+    spare.locator("button.make-default").click()
+    expect(spare.locator(".badge.default")).to_be_visible()
+    listed = httpx.get(f"{site.url}/v1/models", headers=AUTH).json()["data"]
+    assert [m["id"] for m in listed if m["default"]] == ["sd/spare"]
+    shot(page, "models")
+    page.locator("tr[data-id='sd/tiny'] button.make-default").click()  # and back
+    expect(page.locator("tr[data-id='sd/tiny'] .badge.default")).to_be_visible()
+    page.context.close()
+
+
+def test_api_docs_render_openapi_with_examples(
+    site: Served, browser: Browser, console: Console
+) -> None:
+    page = new_page(browser, console, viewport={"width": 1280, "height": 900})
+    page.goto(f"{site.url}/docs")
+    assert page.url.endswith("/web/#/docs")
+    jobs = page.locator("section.operation[id='post-/v1/jobs']")
+    expect(jobs).to_contain_text("Queue one job")
+    expect(jobs.locator("pre.example")).to_contain_text("Authorization: Bearer $ALICE_API_KEY")
+    expect(jobs.locator("pre.example")).to_contain_text('"prompt":"a lighthouse at dusk"')
+    expect(jobs.locator("table.fields")).to_contain_text("dpm++_sde_karras")
+    paths = httpx.get(f"{site.url}/openapi.json").json()["paths"]
+    count = sum(len(methods) for methods in paths.values())
+    expect(page.locator("section.operation")).to_have_count(count)
+    shot(page, "docs")
+    page.context.close()
+
+
+def test_every_page_fits_a_phone(site: Served, browser: Browser, console: Console) -> None:
+    done = submit_job(site, prompt="for the phone", size="64x64", seed=3)
+    wait_for_status(site, done["id"], "succeeded")
+    page = new_page(
+        browser, console, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+    )
+    for name, marker in (
+        ("", "#runners .runner"),
+        ("queue", "table.jobs tbody tr"),
+        (f"jobs/{done['id']}", ".job-head"),
+        ("gallery", ".gallery .tile"),
+        ("models", "table.models tbody tr"),
+        ("submit", "#submit-form"),
+        ("docs", "section.operation"),
+    ):
+        page.goto(f"{site.url}/web/#/{name}")
+        expect(page.locator(marker).first).to_be_visible()
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{name} is wider than the phone by {overflow}px"
+        shot(page, f"phone-{name.split('/')[0] or 'dashboard'}")
+    page.context.close()

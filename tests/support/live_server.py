@@ -1,0 +1,94 @@
+"""`alice-spool serve` as a real subprocess on 127.0.0.1 (API + inbox + runner child on
+the tiny model, which serve creates on its fresh data dir), for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.1)
+
+
+@dataclass
+class Served:
+    url: str
+    root: Path
+    process: subprocess.Popen[bytes]
+
+    def get(self, path: str, **options: object) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", timeout=30, **options)
+
+
+@contextmanager
+def serve(
+    root: Path, config: str = "", *, steps: int = 2, scheduler: str = "dpm++_sde_karras"
+) -> Iterator[Served]:
+    """Start serve with `root/config.toml` (server, paths, runner on the CPU, plus
+    `config`, TOML sections of the test's own); wait until its runner reports; on exit
+    SIGTERM it and check it stopped cleanly."""
+    port = free_port()
+    (root / "config.toml").write_text(
+        f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+request_timeout_s = 120
+[paths]
+data_dir = "{root / "var"}"
+[runner]
+device = "cpu"
+lease_s = 10
+[generation]
+default_steps = {steps}
+default_scheduler = "{scheduler}"
+[logging]
+level = "WARNING"
+{config}
+"""
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALICE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "alice_spool", "--config", str(root / "config.toml"), "serve"],
+        cwd=root,
+        env=env,
+    )
+    server = Served(f"http://127.0.0.1:{port}", root, process)
+
+    def runner_up() -> bool:
+        assert process.poll() is None, "serve exited"
+        try:
+            return server.get("/health").json()["runner_alive"]
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(runner_up, timeout=120)
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            assert process.wait(60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()

@@ -1,0 +1,992 @@
+// alice-spool's web UI: a small single-page app over the public HTTP API (no build step,
+// no dependencies). Pages are hash routes: #/ dashboard, #/queue, #/jobs/<id>, #/gallery,
+// #/models, #/submit, #/docs. Every page registers its timers and requests on a Page, which
+// the router stops when the page is left.
+"use strict";
+
+const KEY_STORE = "alice-spool.api-key";
+const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
+const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+
+// -- small helpers ---------------------------------------------------------------------------
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+/** An element: h("a", {href: "#/", class: "x", onclick: fn}, "text", child, ...). */
+function h(tag, attrs = {}, ...children) {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on")) element.addEventListener(name.slice(2), value);
+    else if (name === "class") element.className = value;
+    else if (name === "dataset") Object.assign(element.dataset, value);
+    else if (value === true) element.setAttribute(name, "");
+    else element.setAttribute(name, String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false) continue;
+    element.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return element;
+}
+
+/** Set a node's text only when it changed (no needless repaint, no flicker). */
+function setText(node, text) {
+  text = String(text ?? "");
+  if (node.textContent !== text) node.textContent = text;
+}
+
+function age(iso) {
+  if (!iso) return "";
+  const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  if (seconds < 60) return `${Math.floor(seconds)} s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min`;
+  if (seconds < 86400) return `${Math.floor(seconds / 3600)} h`;
+  return `${Math.floor(seconds / 86400)} d`;
+}
+
+function when(iso) {
+  return iso ? new Date(iso).toLocaleString() : "";
+}
+
+function gib(bytes) {
+  return bytes == null ? "" : `${(bytes / 1024 ** 3).toFixed(1)} GiB`;
+}
+
+function megabytes(bytes) {
+  if (bytes == null) return "";
+  return bytes >= 1024 ** 3 ? gib(bytes) : `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
+}
+
+function excerpt(text, length = 80) {
+  text = text || "";
+  return text.length > length ? `${text.slice(0, length - 1)}…` : text;
+}
+
+function badge(status) {
+  return h("span", { class: `badge ${status}`, dataset: { status } }, status);
+}
+
+function progressBar(step, total, status) {
+  const bar = h("div", { class: "progress", role: "progressbar" }, h("span"));
+  updateProgress(bar, step, total, status);
+  return bar;
+}
+
+function updateProgress(bar, step, total, status) {
+  let share = 0;
+  if (status === "succeeded") share = 1;
+  else if (total) share = Math.min(1, (step || 0) / total);
+  const width = `${Math.round(share * 100)}%`;
+  const fill = bar.firstChild;
+  if (fill.style.width !== width) fill.style.width = width;
+  bar.setAttribute("aria-valuenow", String(Math.round(share * 100)));
+  bar.title = total ? `step ${step || 0} of ${total}` : status;
+  bar.dataset.status = status;
+}
+
+function notify(message, kind = "info") {
+  const notice = $("#notice");
+  notice.className = kind;
+  notice.textContent = message;
+  notice.hidden = false;
+  clearTimeout(notify.timer);
+  notify.timer = setTimeout(() => (notice.hidden = true), kind === "error" ? 8000 : 3000);
+}
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    const area = h("textarea", { class: "offscreen" }, text);
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  notify("Prompt copied");
+}
+
+// -- the API ---------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, code, message, param, retryAfter) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.param = param;
+    this.retryAfter = retryAfter;
+  }
+}
+
+function storedKey() {
+  return localStorage.getItem(KEY_STORE) || "";
+}
+
+async function api(path, { method = "GET", body, signal, key } = {}) {
+  const headers = { Accept: "application/json" };
+  const useKey = key ?? storedKey();
+  if (useKey) headers.Authorization = `Bearer ${useKey}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal,
+    });
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new ApiError(0, "unreachable", `The server cannot be reached (${error.message}).`);
+  }
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    const error = (data && data.error) || {};
+    const failure = new ApiError(
+      response.status,
+      error.code || `http_${response.status}`,
+      error.message || response.statusText || `HTTP ${response.status}`,
+      error.param,
+      Number(response.headers.get("Retry-After")) || 0,
+    );
+    if (response.status === 401 && key === undefined) {
+      askForKey(
+        useKey
+          ? `The server refused the stored key: ${failure.message}`
+          : "This server asks for an API key.",
+      );
+    }
+    throw failure;
+  }
+  return data;
+}
+
+let openapiDocument = null;
+
+async function openapi() {
+  if (!openapiDocument) openapiDocument = await api("/openapi.json");
+  return openapiDocument;
+}
+
+function keysRequired(document) {
+  return Object.values(document.paths).some((methods) =>
+    Object.values(methods).some((operation) => operation.security),
+  );
+}
+
+/** Server-sent events over fetch (EventSource cannot send an API key). */
+async function streamEvents(path, signal, onEvent) {
+  const headers = { Accept: "text/event-stream" };
+  if (storedKey()) headers.Authorization = `Bearer ${storedKey()}`;
+  const response = await fetch(path, { headers, signal });
+  if (!response.ok || !response.body) throw new ApiError(response.status, "stream", "no stream");
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value.replace(/\r\n?/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let event = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (data.length) onEvent(event, JSON.parse(data.join("\n")));
+    }
+  }
+}
+
+// -- the API key dialog -------------------------------------------------------------------------
+
+function askForKey(reason) {
+  const dialog = $("#key-dialog");
+  $("#key-reason").textContent = reason || "This server asks for an API key.";
+  $("#key-error").hidden = true;
+  $("#key-input").value = "";
+  if (!dialog.open) dialog.showModal();
+  $("#key-input").focus();
+}
+
+function setUpKeyDialog() {
+  const dialog = $("#key-dialog");
+  $("#key-button").addEventListener("click", () =>
+    askForKey(storedKey() ? "A key is stored in this browser; enter another to replace it." : ""),
+  );
+  $("#key-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const key = $("#key-input").value.trim();
+    const problem = $("#key-error");
+    if (!key) return;
+    try {
+      await api("/v1/models", { key });
+    } catch (error) {
+      problem.textContent =
+        error.status === 401
+          ? `That key was refused: ${error.message}`
+          : `The key could not be checked: ${error.message}`;
+      problem.hidden = false;
+      return;
+    }
+    localStorage.setItem(KEY_STORE, key);
+    dialog.close();
+    notify("Key saved in this browser");
+    route();
+  });
+  $("#key-forget").addEventListener("click", () => {
+    localStorage.removeItem(KEY_STORE);
+    dialog.close();
+    notify("Key forgotten");
+    route();
+  });
+}
+
+// -- pages and the router -------------------------------------------------------------------------
+
+class Page {
+  constructor(view, params) {
+    this.view = view;
+    this.params = params;
+    this.alive = true;
+    this.controller = new AbortController();
+    this.timers = new Set();
+  }
+
+  get signal() {
+    return this.controller.signal;
+  }
+
+  api(path, options = {}) {
+    return api(path, { ...options, signal: this.signal });
+  }
+
+  /** Run `task` now and then every `ms` after it finishes; 429 answers slow it down. */
+  every(ms, task) {
+    const tick = async () => {
+      let delay = ms;
+      try {
+        await task();
+      } catch (error) {
+        if (!this.alive || error.name === "AbortError") return;
+        if (error.status === 429) delay = Math.max(ms, (error.retryAfter || 5) * 1000);
+        this.problem(error);
+      }
+      if (this.alive) {
+        const timer = setTimeout(() => {
+          this.timers.delete(timer);
+          tick();
+        }, delay);
+        this.timers.add(timer);
+      }
+    };
+    tick();
+  }
+
+  problem(error) {
+    if (!this.alive || error.name === "AbortError") return;
+    if (error.status === 401) return; // the key dialog says it
+    notify(error.message, "error");
+  }
+
+  stop() {
+    this.alive = false;
+    this.controller.abort();
+    for (const timer of this.timers) clearTimeout(timer);
+  }
+}
+
+const ROUTES = [
+  [/^\/?$/, dashboardPage, "dashboard"],
+  [/^\/queue$/, queuePage, "queue"],
+  [/^\/jobs\/([0-9a-zA-Z_-]+)$/, jobPage, "queue"],
+  [/^\/gallery$/, galleryPage, "gallery"],
+  [/^\/models$/, modelsPage, "models"],
+  [/^\/submit$/, submitPage, "submit"],
+  [/^\/docs$/, docsPage, "docs"],
+];
+
+let current = null;
+
+async function route() {
+  if (current) current.stop();
+  const hash = location.hash.replace(/^#/, "") || "/";
+  const [path, query = ""] = hash.split("?");
+  const view = $("#view");
+  view.replaceChildren();
+  const page = new Page(view, new URLSearchParams(query));
+  current = page;
+  const found = ROUTES.find(([pattern]) => pattern.test(path));
+  for (const link of document.querySelectorAll("#nav a")) {
+    link.classList.toggle("active", Boolean(found) && link.dataset.page === found[2]);
+  }
+  if (!found) {
+    view.append(h("h1", {}, "Not here"), h("p", {}, "No page at ", h("code", {}, hash), "."));
+    return;
+  }
+  try {
+    const document_ = await openapi();
+    $("#key-button").hidden = !keysRequired(document_);
+    if (found[2] !== "docs" && keysRequired(document_) && !storedKey()) {
+      view.append(
+        h("h1", {}, "An API key is needed"),
+        h("p", {}, "This server asks for an API key. ",
+          h("button", { type: "button", onclick: () => askForKey() }, "Enter a key")),
+      );
+      askForKey("This server asks for an API key.");
+      return;
+    }
+    await found[1](page, ...path.match(found[0]).slice(1));
+  } catch (error) {
+    if (error.name === "AbortError") return;
+    page.problem(error);
+    if (page.alive && !view.childElementCount) {
+      view.append(h("h1", {}, "Something went wrong"), h("p", { class: "error" }, error.message));
+    }
+  }
+}
+
+// -- dashboard -------------------------------------------------------------------------------------
+
+async function dashboardPage(page) {
+  const runners = h("div", { class: "cards", id: "runners" });
+  const queue = h("div", { class: "counts", id: "queue-counts" });
+  const chart = h("div", { class: "chart", id: "throughput" });
+  const recent = h("div", { class: "thumbs", id: "recent" });
+  page.view.append(
+    h("h1", {}, "Dashboard"),
+    h("section", {}, h("h2", {}, "Runner"), runners),
+    h("section", {}, h("h2", {}, "Queue"), queue),
+    h("section", {}, h("h2", {}, "Images per minute, last hour"), chart),
+    h("section", {}, h("h2", {}, "Latest images"), recent),
+  );
+  const seen = {};
+  const changed = (name, value) => {
+    const text = JSON.stringify(value);
+    if (seen[name] === text) return false;
+    seen[name] = text;
+    return true;
+  };
+  page.every(2000, async () => {
+    const health = await page.api("/health");
+    const list = health.runners.filter((r) => r.state !== "gone" || health.runners.length === 1);
+    const view = list.map((r) => ({ ...r, heartbeat_age_s: Math.round(r.heartbeat_age_s) }));
+    if (changed("runners", view)) runners.replaceChildren(...runnerCards(view));
+  });
+  page.every(5000, async () => {
+    const [stats, latest] = await Promise.all([
+      page.api("/v1/stats"),
+      page.api("/v1/jobs?status=succeeded&limit=8"),
+    ]);
+    if (changed("depth", stats.depth)) {
+      queue.replaceChildren(
+        ...STATUSES.map((status) =>
+          h("a", { class: `count ${status}`, href: `#/queue?status=${status}` },
+            h("strong", { dataset: { status } }, stats.depth[status] ?? 0), h("span", {}, status)),
+        ),
+      );
+    }
+    if (changed("chart", stats.images_per_minute_series)) {
+      chart.replaceChildren(barChart(stats.images_per_minute_series), h("p", { class: "small" },
+        `${stats.images_in_window} images in the last hour; `,
+        stats.mean_run_s != null ? `mean run ${stats.mean_run_s.toFixed(1)} s, ` : "",
+        stats.mean_wait_s != null ? `mean wait ${stats.mean_wait_s.toFixed(1)} s` : "no finished jobs"));
+    }
+    const images = latest.data.flatMap((job) => job.image_urls.slice(0, 1).map((url) => [job, url]));
+    if (changed("recent", images.map(([job]) => job.id))) {
+      recent.replaceChildren(
+        ...(images.length
+          ? images.map(([job, url]) =>
+              h("a", { href: `#/jobs/${job.id}`, title: job.spec.prompt },
+                h("img", { src: url, alt: excerpt(job.spec.prompt, 60), loading: "lazy" })))
+          : [h("p", { class: "muted" }, "No images yet: submit one.")]),
+      );
+    }
+  });
+}
+
+function runnerCards(runners) {
+  if (!runners.length) {
+    return [h("div", { class: "card" }, h("p", {}, "No runner has reported. ",
+      h("code", {}, "alice-spool serve"), " starts one; or run ", h("code", {}, "alice-spool runner"), "."))];
+  }
+  return runners.map((r) => {
+    const up = r.state !== "gone" && r.state !== "stopped";
+    const rows = [
+      ["Device", [r.device, r.gpu_name].filter(Boolean).join(" · ") || "unknown"],
+      ["Model", r.model || "none loaded"],
+      ["Heard from", `${r.heartbeat_age_s} s ago`],
+    ];
+    if (r.memory_total) rows.push(["GPU memory", `${gib(r.memory_used)} of ${gib(r.memory_total)}`]);
+    const card = h("div", { class: "card runner", dataset: { state: r.state } },
+      h("h3", {}, r.name, " ", badge(up ? r.state : r.state === "gone" ? "down" : r.state)),
+      h("dl", { class: "params" }, rows.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])));
+    if (r.job_id) {
+      card.append(h("p", {}, "Working on ", h("a", { href: `#/jobs/${r.job_id}` }, r.job_id.slice(0, 10)),
+        r.total ? ` · step ${r.step || 0} of ${r.total}` : ""),
+        progressBar(r.step, r.total, "running"));
+    }
+    return card;
+  });
+}
+
+function barChart(values) {
+  const width = values.length * 10;
+  const height = 100;
+  const top = Math.max(1, ...values);
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `images per minute over the last hour, at most ${top}`);
+  values.forEach((value, i) => {
+    const bar = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+    const barHeight = (value / top) * height;
+    for (const [k, v] of Object.entries({ x: i * 10 + 1, y: height - barHeight, width: 8, height: barHeight })) {
+      bar.setAttribute(k, String(v));
+    }
+    bar.setAttribute("class", "bar");
+    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+    title.textContent = `${values.length - i} min ago: ${value} images`;
+    bar.append(title);
+    svg.append(bar);
+  });
+  return h("figure", { class: "bars" },
+    h("span", { class: "label top" }, `${top}/min`),
+    svg,
+    h("figcaption", {}, h("span", {}, "60 min ago"), h("span", {}, "now")));
+}
+
+// -- the queue -------------------------------------------------------------------------------------
+
+async function queuePage(page) {
+  const status = page.params.get("status") || "";
+  const batch = page.params.get("batch") || "";
+  const form = h("form", { class: "filters", onsubmit: (event) => {
+    event.preventDefault();
+    const query = new URLSearchParams();
+    const data = new FormData(event.target);
+    if (data.get("status")) query.set("status", data.get("status"));
+    if (data.get("batch").trim()) query.set("batch", data.get("batch").trim());
+    location.hash = `#/queue${query.size ? `?${query}` : ""}`;
+  } },
+    h("label", {}, "Status ", h("select", { name: "status", onchange: (e) => e.target.form.requestSubmit() },
+      h("option", { value: "" }, "all"),
+      STATUSES.map((s) => h("option", { value: s, selected: s === status }, s)))),
+    h("label", {}, "Batch ", h("input", { name: "batch", value: batch, placeholder: "batch id", size: 14 })),
+    h("button", { type: "submit" }, "Filter"));
+  const body = h("tbody");
+  const table = h("table", { class: "jobs" },
+    h("thead", {}, h("tr", {}, ["Status", "Priority", "Model", "Prompt", "Age", "Progress", ""].map((t) => h("th", {}, t)))),
+    body);
+  const empty = h("p", { class: "muted", hidden: true }, "No jobs here.");
+  const more = h("p", { class: "small muted", hidden: true }, "Showing the newest 100.");
+  page.view.append(h("h1", {}, "Queue"), form, table, empty, more);
+
+  const query = new URLSearchParams({ limit: "100" });
+  if (status) query.set("status", status);
+  if (batch) query.set("batch_id", batch);
+  const rows = new Map();
+  const refresh = async () => {
+    const list = await page.api(`/v1/jobs?${query}`);
+    const ids = new Set(list.data.map((job) => job.id));
+    for (const [id, row] of rows) {
+      if (!ids.has(id)) {
+        row.element.remove();
+        rows.delete(id);
+      }
+    }
+    let previous = null;
+    for (const job of list.data) {
+      let row = rows.get(job.id);
+      if (!row) {
+        row = queueRow(job, page, refresh);
+        rows.set(job.id, row);
+      }
+      row.update(job);
+      const expected = previous ? previous.nextSibling : body.firstChild;
+      if (expected !== row.element) body.insertBefore(row.element, expected);
+      previous = row.element;
+    }
+    empty.hidden = list.data.length > 0;
+    more.hidden = !list.next_cursor;
+  };
+  page.every(1000, refresh);
+}
+
+function queueRow(job, page, refresh) {
+  const cells = {
+    status: h("td", { "data-label": "Status" }),
+    priority: h("td", { "data-label": "Priority", class: "priority" }),
+    model: h("td", { "data-label": "Model" }),
+    prompt: h("td", { "data-label": "Prompt", class: "prompt-cell" }),
+    age: h("td", { "data-label": "Age" }),
+    progress: h("td", { "data-label": "Progress" }),
+    actions: h("td", { class: "actions" }),
+  };
+  const element = h("tr", { dataset: { id: job.id } }, Object.values(cells));
+  const statusBadge = badge(job.status);
+  cells.status.append(statusBadge);
+  const priorityValue = h("span", { class: "value" });
+  const act = (label, title, run) =>
+    h("button", { type: "button", class: "small", title, onclick: async (event) => {
+      event.target.disabled = true;
+      try {
+        await run();
+        await refresh();
+      } catch (error) {
+        page.problem(error);
+      } finally {
+        event.target.disabled = false;
+      }
+    } }, label);
+  const up = act("▲", "raise priority", () => changePriority(shown.priority + 10));
+  const down = act("▼", "lower priority", () => changePriority(shown.priority - 10));
+  up.classList.add("raise");
+  down.classList.add("lower");
+  cells.priority.append(down, priorityValue, up);
+  const link = h("a", { href: `#/jobs/${job.id}` });
+  cells.prompt.append(link);
+  const bar = progressBar(0, 0, job.status);
+  cells.progress.append(bar);
+  const cancel = act("Cancel", "cancel this job", () => page.api(`/v1/jobs/${shown.id}/cancel`, { method: "POST" }));
+  cancel.classList.add("cancel");
+  const retry = act("Retry", "queue it again", () => page.api(`/v1/jobs/${shown.id}/retry`, { method: "POST" }));
+  retry.classList.add("retry");
+  cells.actions.append(cancel, retry);
+  let shown = job;
+  const changePriority = (value) =>
+    page.api(`/v1/jobs/${shown.id}/priority`, {
+      method: "POST",
+      body: { priority: Math.max(-100, Math.min(100, value)) },
+    });
+  return {
+    element,
+    update(next) {
+      shown = next;
+      if (statusBadge.dataset.status !== next.status) {
+        statusBadge.className = `badge ${next.status}`;
+        statusBadge.dataset.status = next.status;
+        setText(statusBadge, next.status);
+      }
+      element.dataset.status = next.status;
+      setText(priorityValue, next.priority);
+      const queued = next.status === "queued";
+      up.hidden = down.hidden = !queued;
+      up.disabled = next.priority >= 100;
+      down.disabled = next.priority <= -100;
+      setText(cells.model, next.model || "default");
+      setText(link, excerpt(next.spec.prompt) || "(no prompt)");
+      link.title = next.spec.prompt;
+      setText(cells.age, age(next.created_at));
+      updateProgress(bar, next.progress.step, next.progress.total, next.status);
+      cancel.hidden = !(queued || next.status === "running") || next.cancel_requested;
+      retry.hidden = !(next.status === "failed" || next.status === "cancelled");
+    },
+  };
+}
+
+// -- one job ---------------------------------------------------------------------------------------
+
+async function jobPage(page, jobId) {
+  const job = await page.api(`/v1/jobs/${jobId}`);
+  page.view.append(h("h1", {}, "Job ", h("code", {}, job.id)));
+  const panel = h("div");
+  page.view.append(panel);
+  showJobLive(page, panel, job, { withActions: true });
+}
+
+/** Draw a job into `panel` and keep it current (server-sent events, polling as fallback). */
+function showJobLive(page, panel, job, { withActions = false } = {}) {
+  let drawn = drawJob(page, panel, job, withActions);
+  if (FINISHED.has(job.status)) return;
+  const controller = new AbortController();
+  page.signal.addEventListener("abort", () => controller.abort());
+  const follow = async () => {
+    try {
+      await streamEvents(`/v1/jobs/${job.id}/events`, controller.signal, (event, data) => {
+        if (event === "progress") drawn.progress(data);
+        if (event === "done") drawn = drawJob(page, panel, data, withActions);
+      });
+    } catch (error) {
+      if (error.name === "AbortError" || !page.alive) return;
+      // No stream (a proxy that buffers, a dropped connection): poll instead.
+      while (page.alive) {
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        try {
+          const fresh = await page.api(`/v1/jobs/${job.id}`);
+          if (FINISHED.has(fresh.status)) {
+            drawn = drawJob(page, panel, fresh, withActions);
+            return;
+          }
+          drawn.progress({ status: fresh.status, step: fresh.progress.step, total: fresh.progress.total });
+        } catch (failure) {
+          page.problem(failure);
+        }
+      }
+    }
+  };
+  follow();
+}
+
+function drawJob(page, panel, job, withActions) {
+  const spec = job.spec;
+  const status = badge(job.status);
+  const bar = progressBar(job.progress.step, job.progress.total, job.status);
+  const stepText = h("span", { class: "small muted" });
+  const header = h("div", { class: "job-head" }, status, h("span", { class: "job-id" }, job.id), stepText);
+  const actions = h("div", { class: "buttons" });
+  const act = (label, cls, run) => h("button", { type: "button", class: cls, onclick: async (event) => {
+    event.target.disabled = true;
+    try {
+      await run();
+    } catch (error) {
+      page.problem(error);
+      event.target.disabled = false;
+    }
+  } }, label);
+  if (withActions) {
+    if (!FINISHED.has(job.status) && !job.cancel_requested) {
+      actions.append(act("Cancel", "cancel", async () => {
+        await page.api(`/v1/jobs/${job.id}/cancel`, { method: "POST" });
+        notify("Cancel requested");
+        route();
+      }));
+    }
+    if (job.status === "failed" || job.status === "cancelled") {
+      actions.append(act("Retry", "retry", async () => {
+        await page.api(`/v1/jobs/${job.id}/retry`, { method: "POST" });
+        notify("Queued again");
+        route();
+      }));
+    }
+    actions.append(act("Submit again", "again", async () => {
+      const body = { ...spec };
+      const made = await page.api("/v1/jobs", { method: "POST", body });
+      location.hash = `#/jobs/${made.id}`;
+    }));
+    actions.append(h("a", { class: "button quiet", href: `#/submit?from=${job.id}` }, "Edit and submit"));
+  }
+  const params = [
+    ["Prompt", spec.prompt],
+    ["Negative prompt", spec.negative_prompt || "—"],
+    ["Model", job.model || spec.model || "default"],
+    ["Size", spec.width && spec.height ? `${spec.width}×${spec.height}` : "model's native"],
+    ["Steps", spec.steps],
+    ["Guidance", spec.guidance_scale],
+    ["Scheduler", spec.scheduler],
+    ["Seed", spec.seed ?? (job.result?.images?.[0]?.seed ?? "random")],
+    ["Images", spec.n],
+    ["Priority", job.priority],
+    ["Source", [job.source, job.client].filter(Boolean).join(" · ")],
+    ["Batch", job.batch_id ? h("a", { href: `#/queue?batch=${job.batch_id}` }, job.batch_id) : "—"],
+    ["Queued", when(job.created_at)],
+    ["Started", when(job.started_at) || "—"],
+    ["Finished", when(job.finished_at) || "—"],
+    ["Attempts", `${job.attempts} of ${job.max_attempts}`],
+  ];
+  const images = h("div", { class: "thumbs large" },
+    job.image_urls.map((url, i) => h("a", { href: url, onclick: (event) => {
+      event.preventDefault();
+      openLightbox(job, i);
+    } }, h("img", { src: url, alt: `image ${i + 1} of job ${job.id}` }))));
+  const parts = [
+    header,
+    bar,
+    actions,
+    job.error ? h("div", { class: "error box" }, h("strong", {}, job.error.code), ": ", job.error.message) : "",
+    job.images_expired_at ? h("p", { class: "muted" }, `Images deleted by retention on ${when(job.images_expired_at)}.`) : "",
+    job.image_urls.length ? images : "",
+    h("h2", {}, "Parameters"),
+    h("dl", { class: "params" }, params.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
+    job.result ? [h("h2", {}, "result.json"), h("pre", { class: "json" }, JSON.stringify(job.result, null, 2))] : "",
+  ];
+  panel.replaceChildren(...parts.flat().filter(Boolean));
+  const progress = (data) => {
+    if (status.dataset.status !== data.status) {
+      status.className = `badge ${data.status}`;
+      status.dataset.status = data.status;
+      setText(status, data.status);
+    }
+    updateProgress(bar, data.step, data.total, data.status);
+    setText(stepText, data.total ? `step ${data.step || 0} of ${data.total}` : "");
+  };
+  progress({ status: job.status, step: job.progress.step, total: job.progress.total });
+  return { progress };
+}
+
+// -- the gallery -----------------------------------------------------------------------------------
+
+const galleryCursors = [];
+
+async function galleryPage(page) {
+  const before = page.params.get("before");
+  const query = new URLSearchParams({ status: "succeeded", limit: "24" });
+  if (before) query.set("before", before);
+  const list = await page.api(`/v1/jobs?${query}`);
+  const tiles = list.data.flatMap((job) =>
+    job.image_urls.map((url, i) =>
+      h("figure", { class: "tile" },
+        h("a", { href: url, onclick: (event) => {
+          event.preventDefault();
+          openLightbox(job, i);
+        } }, h("img", { src: url, alt: excerpt(job.spec.prompt, 60), loading: "lazy" })),
+        h("figcaption", {}, excerpt(job.spec.prompt, 50)))),
+  );
+  if (!before) galleryCursors.length = 0;
+  const newer = h("button", { type: "button", class: "quiet", disabled: !before, onclick: () => {
+    galleryCursors.pop();
+    const previous = galleryCursors[galleryCursors.length - 1];
+    location.hash = previous ? `#/gallery?before=${previous}` : "#/gallery";
+  } }, "← Newer");
+  const older = h("button", { type: "button", class: "quiet", disabled: !list.next_cursor, onclick: () => {
+    galleryCursors.push(list.next_cursor);
+    location.hash = `#/gallery?before=${list.next_cursor}`;
+  } }, "Older →");
+  page.view.append(
+    h("h1", {}, "Gallery"),
+    tiles.length ? h("div", { class: "gallery" }, tiles) : h("p", { class: "muted" }, "No images yet."),
+    h("div", { class: "pager" }, newer, older),
+  );
+}
+
+function openLightbox(job, index) {
+  const url = job.image_urls[index];
+  const image = (job.result?.images || [])[index] || {};
+  const spec = job.spec;
+  $("#lightbox-image").src = url;
+  $("#lightbox-image").alt = spec.prompt;
+  $("#lightbox-prompt").textContent = spec.prompt;
+  $("#lightbox-open").href = url;
+  $("#lightbox-job").href = `#/jobs/${job.id}`;
+  const rows = [
+    ["Negative", spec.negative_prompt || "—"],
+    ["Model", job.model],
+    ["Size", `${image.width || spec.width}×${image.height || spec.height}`],
+    ["Steps", spec.steps],
+    ["Guidance", spec.guidance_scale],
+    ["Scheduler", spec.scheduler],
+    ["Seed", image.seed ?? spec.seed ?? "—"],
+    ["Made", when(job.finished_at)],
+  ];
+  $("#lightbox-params").replaceChildren(...rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+  $("#lightbox-copy").onclick = () => copyText(spec.prompt);
+  $("#lightbox").showModal();
+}
+
+function setUpLightbox() {
+  const box = $("#lightbox");
+  $("#lightbox-close").addEventListener("click", () => box.close());
+  $("#lightbox-job").addEventListener("click", () => box.close());
+  box.addEventListener("click", (event) => {
+    if (event.target === box) box.close();
+  });
+}
+
+// -- models ----------------------------------------------------------------------------------------
+
+async function modelsPage(page) {
+  const body = h("tbody");
+  const rescan = h("button", { type: "button", class: "quiet", onclick: async () => {
+    try {
+      const answer = await page.api("/v1/models/refresh", { method: "POST" });
+      notify(`${answer.models_found} usable models found`);
+      await draw();
+    } catch (error) {
+      page.problem(error);
+    }
+  } }, "Rescan models directory");
+  page.view.append(
+    h("h1", {}, "Models"),
+    h("table", { class: "models" },
+      h("thead", {}, h("tr", {}, ["Model", "Family", "Native size", "On disk", "Status", "Default"].map((t) => h("th", {}, t)))),
+      body),
+    h("p", {}, rescan),
+    h("p", { class: "small muted" }, "Install models with ", h("code", {}, "alice-spool models pull <repo>"),
+      " or by copying them into the models directory, then rescan."),
+  );
+  const draw = async () => {
+    const list = await page.api("/v1/models?include_broken=true");
+    body.replaceChildren(...list.data.map((model) => {
+      const makeDefault = h("button", { type: "button", class: "small make-default", onclick: async () => {
+        try {
+          await page.api("/v1/models/default", { method: "POST", body: { model: model.id } });
+          notify(`${model.id} is now the default`);
+          await draw();
+        } catch (error) {
+          page.problem(error);
+        }
+      } }, "Make default");
+      return h("tr", { dataset: { id: model.id } },
+        h("td", { "data-label": "Model" }, h("strong", {}, model.id),
+          model.note ? h("div", { class: "small muted" }, model.note) : ""),
+        h("td", { "data-label": "Family" }, model.family || "—"),
+        h("td", { "data-label": "Native size" }, model.native_size ? `${model.native_size}×${model.native_size}` : "—"),
+        h("td", { "data-label": "On disk" }, megabytes(model.size_bytes)),
+        h("td", { "data-label": "Status" }, badge(model.status === "ok" ? "ok" : "broken"),
+          model.reason ? h("div", { class: "small error" }, model.reason) : ""),
+        h("td", { "data-label": "Default", class: "default-cell" },
+          model.default ? h("span", { class: "badge default" }, "default") : model.status === "ok" ? makeDefault : "—"));
+    }));
+    if (!list.data.length) {
+      body.append(h("tr", {}, h("td", { colspan: 6 }, "No models installed: ",
+        h("code", {}, "alice-spool models create-tiny"), " makes a smoke-test one.")));
+    }
+  };
+  await draw();
+}
+
+// -- submit ----------------------------------------------------------------------------------------
+
+async function submitPage(page) {
+  const [document_, models] = await Promise.all([openapi(), page.api("/v1/models")]);
+  const schema = document_.paths["/v1/jobs"].post.requestBody.content["application/json"].schema.properties;
+  const from = page.params.get("from");
+  const earlier = from ? (await page.api(`/v1/jobs/${from}`)).spec : {};
+  const number = (name, attrs = {}) => {
+    const field = schema[name] || {};
+    return h("input", {
+      type: "number", name, id: `f-${name}`, min: field.minimum, max: field.maximum,
+      step: field.type === "number" ? "0.5" : field.multipleOf || 1,
+      placeholder: field.default ?? "", value: earlier[name] ?? "", ...attrs,
+    });
+  };
+  const label = (text, input, hint) => h("label", { for: input.id }, h("span", {}, text), input,
+    hint ? h("small", { class: "muted" }, hint) : "");
+  const defaultModel = models.data.find((m) => m.default);
+  const form = h("form", { class: "submit", id: "submit-form", novalidate: true },
+    label("Prompt", h("textarea", { name: "prompt", id: "f-prompt", rows: 3, required: true,
+      maxlength: schema.prompt.maxLength, placeholder: "a lighthouse at dusk" }, earlier.prompt || "")),
+    label("Negative prompt", h("textarea", { name: "negative_prompt", id: "f-negative_prompt", rows: 2 },
+      earlier.negative_prompt || "")),
+    h("div", { class: "row" },
+      label("Model", h("select", { name: "model", id: "f-model" },
+        h("option", { value: "" }, `default${defaultModel ? ` (${defaultModel.id})` : ""}`),
+        models.data.map((m) => h("option", { value: m.id, selected: m.id === earlier.model }, m.id)))),
+      label("Scheduler", h("select", { name: "scheduler", id: "f-scheduler" },
+        schema.scheduler.enum.map((s) => h("option", {
+          value: s, selected: s === (earlier.scheduler || schema.scheduler.default) }, s))))),
+    h("div", { class: "row" },
+      label("Width", number("width", { placeholder: "native" })),
+      label("Height", number("height", { placeholder: "native" })),
+      label("Steps", number("steps")),
+      label("Guidance", number("guidance_scale"))),
+    h("div", { class: "row" },
+      label("Seed", number("seed", { placeholder: "random" })),
+      label("Images", number("n")),
+      label("Priority", number("priority"))),
+    h("p", { id: "submit-error", class: "error", hidden: true }),
+    h("div", { class: "buttons" }, h("button", { type: "submit", id: "submit-button" }, "Generate")),
+  );
+  const live = h("div", { id: "submitted" });
+  page.view.append(h("h1", {}, "Submit"), form, live);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const problem = $("#submit-error");
+    problem.hidden = true;
+    for (const field of form.querySelectorAll(".invalid")) field.classList.remove("invalid");
+    const body = {};
+    for (const [name, value] of new FormData(form)) {
+      const text = String(value).trim();
+      if (text === "" && name !== "prompt") continue;
+      body[name] = schema[name] && ["integer", "number"].includes(schema[name].type) ? Number(text) : text;
+    }
+    const button = $("#submit-button");
+    button.disabled = true;
+    try {
+      const job = await page.api("/v1/jobs", { method: "POST", body });
+      notify("Queued");
+      const panel = h("div", { class: "card submitted", dataset: { id: job.id } });
+      live.prepend(panel);
+      panel.before(h("h2", {}, h("a", { href: `#/jobs/${job.id}` }, `Job ${job.id.slice(0, 10)}…`)));
+      showJobLive(page, panel, job);
+    } catch (error) {
+      if (error.name === "AbortError") return;
+      problem.textContent = error.message;
+      problem.hidden = false;
+      const field = error.param && form.elements[error.param === "size" ? "width" : error.param];
+      if (field) {
+        field.classList.add("invalid");
+        field.focus();
+      }
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+// -- API docs --------------------------------------------------------------------------------------
+
+async function docsPage(page) {
+  const document_ = await openapi();
+  const base = location.origin;
+  const locked = keysRequired(document_);
+  const sections = Object.entries(document_.paths).flatMap(([path, methods]) =>
+    Object.entries(methods).map(([method, operation]) => {
+      const body = operation.requestBody?.content?.["application/json"];
+      const example = body?.example;
+      const url = base + path.replace(/\{(\w+)\}/g, (_, name) => name.toUpperCase());
+      const curl = [
+        `curl -sS${method === "get" ? "" : ` -X ${method.toUpperCase()}`} '${url}'`,
+        operation.security ? `  -H "Authorization: Bearer $ALICE_API_KEY"` : null,
+        example ? `  -H 'Content-Type: application/json'` : null,
+        example ? `  -d '${JSON.stringify(example)}'` : null,
+      ].filter(Boolean).join(" \\\n");
+      const fields = body?.schema?.properties || {};
+      return h("section", { class: "operation", id: `${method}-${path}` },
+        h("h2", {}, h("span", { class: `method ${method}` }, method.toUpperCase()), " ", h("code", {}, path),
+          operation.security ? h("span", { class: "badge key" }, "key") : ""),
+        h("p", {}, operation.summary),
+        operation.description.split("\n\n").slice(1).map((text) => h("p", { class: "small muted" }, text)),
+        Object.keys(fields).length ? h("table", { class: "fields" },
+          h("thead", {}, h("tr", {}, ["Field", "Type", "Limits", "Default", ""].map((t) => h("th", {}, t)))),
+          h("tbody", {}, Object.entries(fields).map(([name, field]) => h("tr", {},
+            h("td", {}, h("code", {}, name), (body.schema.required || []).includes(name) ? " *" : ""),
+            h("td", {}, field.type),
+            h("td", {}, limits(field)),
+            h("td", {}, field.default ?? ""),
+            h("td", { class: "small" }, field.description || ""))))) : "",
+        h("pre", { class: "example" }, curl));
+    }),
+  );
+  page.view.append(
+    h("h1", {}, "API"),
+    h("p", {}, "Every route this server answers, from ", h("a", { href: "/openapi.json" }, "/openapi.json"),
+      `. ${locked ? "Routes marked key need Authorization: Bearer <key> (or X-Api-Key)." : "This server asks for no API key."}`,
+      " Errors are JSON: ", h("code", {}, '{"error": {"message", "type", "code"}}'), "."),
+    h("nav", { class: "toc" }, Object.entries(document_.paths).flatMap(([path, methods]) =>
+      Object.keys(methods).map((method) => h("a", { href: `#/docs`, onclick: (event) => {
+        event.preventDefault();
+        document.getElementById(`${method}-${path}`).scrollIntoView();
+      } }, `${method.toUpperCase()} ${path}`)))),
+    ...sections,
+  );
+}
+
+function limits(field) {
+  const parts = [];
+  if (field.enum) parts.push(field.enum.join(", "));
+  if (field.minimum !== undefined || field.maximum !== undefined) {
+    parts.push(`${field.minimum ?? ""}..${field.maximum ?? ""}`);
+  }
+  if (field.multipleOf) parts.push(`×${field.multipleOf}`);
+  if (field.maxLength) parts.push(`≤ ${field.maxLength} chars`);
+  return parts.join(" ");
+}
+
+// -- start -----------------------------------------------------------------------------------------
+
+setUpKeyDialog();
+setUpLightbox();
+window.addEventListener("hashchange", route);
+route();
