@@ -166,6 +166,7 @@ class RunnerSettings:
     max_attempts: int = 3
     job_timeout_s: float = 300.0
     compile: bool = False
+    compile_sizes: list[str] = field(default_factory=list)  # "WxH"; empty: native size
     memory: str = "auto"
     keep_in_ram: bool = False
     name: str = ""
@@ -194,6 +195,16 @@ class RunnerSettings:
         )
         _check(self.switch_model_after_s >= 0, "runner.switch_model_after_s", "must be >= 0")
         _check(0 <= self.png_compress_level <= 9, "runner.png_compress_level", "must be 0..9")
+        for size in self.compile_sizes:
+            try:
+                spec.parse_size(size, "runner.compile_sizes")
+            except InvalidParameters as exc:
+                raise ConfigError(exc.message, key="runner.compile_sizes") from None
+
+    @property
+    def compile_size_pairs(self) -> list[tuple[int, int]]:
+        """`compile_sizes` as (width, height) pairs."""
+        return [spec.parse_size(size, "runner.compile_sizes") for size in self.compile_sizes]
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,10 @@ class BatchGenerator(Protocol):
 
     # Optional: {"device", "gpu_available", "gpu_name", "memory_used", "memory_total"}
     # def device_info(self) -> dict[str, Any]: ...
+    # Optional: the images one call may take for this spec (its family, size, memory)
+    # def batch_limit(self, spec: JobSpec) -> int: ...
+    # Optional: compile and warm up the default model before the first claim
+    # def warm_up_default(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,7 @@ class Runner:
         self._running: Running | None = None
         # Outcomes waiting for the writer: at most two batches ahead of the disk.
         self._writes: queue.Queue[Outcome | None] = queue.Queue(maxsize=2 * options.max_batch)
+        self._warming = False  # compiling the default model before the first claim
         self._resident_since = time.monotonic()
         self._resident: str | None = None
         self._started_at = utcnow()
@@ -281,6 +286,7 @@ class Runner:
             for thread in threads:
                 thread.start()
             try:
+                self._warm_up()
                 with self.store.db.pinned():
                     self._loop()
             finally:
@@ -301,6 +307,20 @@ class Runner:
         self._report_quietly("idle")
         # The lock says no live runner has this name: its jobs are a dead one's.
         self._rescue_orphans(held_by=f"{self.options.name}/")
+
+    def _warm_up(self) -> None:
+        """Compile the default model before the first claim (runner.compile), while the
+        monitor thread reports this runner as `warming`."""
+        warm = getattr(self.generator, "warm_up_default", None)
+        if warm is None:
+            return
+        self._warming = True
+        try:
+            warm()
+        except SpoolError as exc:  # no model yet, or it does not load: jobs will say so
+            log.warning("warm-up skipped: %s", exc.message)
+        finally:
+            self._warming = False
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -403,12 +423,18 @@ class Runner:
     def _generate(self, pieces: list[Piece], by_id: dict[str, Outcome], deadline: float) -> None:
         """Run the pieces as one call; out of memory, as two halves, down to single
         images; an image that does not fit alone fails its job."""
+        images = sum(p.spec.n for p in pieces)
+        limit_of = getattr(self.generator, "batch_limit", None)
+        limit = limit_of(pieces[0].spec) if limit_of is not None else images
+        if images > max(1, limit):  # more than fits this family and size: in parts
+            for half in _halves(pieces):
+                self._generate(half, by_id, deadline)
+            return
         running = Running(
             job_ids=sorted({p.job.id for p in pieces}), deadline=deadline, started=time.monotonic()
         )
         with self._lock:
             self._running = running
-        images = sum(p.spec.n for p in pieces)
         try:
             output = self.generator.generate(
                 [p.spec for p in pieces],
@@ -685,7 +711,7 @@ class Runner:
                 owner=self.owner,
                 started_at=self._started_at,
                 heartbeat_at=utcnow(),
-                state=state or ("busy" if running is not None else "idle"),
+                state=state or ("busy" if running is not None else self._idle_state()),
                 device=info.get("device"),
                 gpu_available=bool(info.get("gpu_available", False)),
                 gpu_name=info.get("gpu_name"),
@@ -697,6 +723,9 @@ class Runner:
                 total=running.total if running is not None else None,
             )
         )
+
+    def _idle_state(self) -> str:
+        return "warming" if self._warming else "idle"
 
     def _report_quietly(self, state: str) -> None:
         try:

@@ -709,7 +709,9 @@ function drawJob(page, panel, job, withActions) {
     job.image_urls.length ? images : "",
     h("h2", {}, "Parameters"),
     h("dl", { class: "params" }, params.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
-    job.result ? [h("h2", {}, "result.json"), h("pre", { class: "json" }, JSON.stringify(job.result, null, 2))] : "",
+    withActions && job.result
+      ? [h("h2", {}, "result.json"), h("pre", { class: "json" }, JSON.stringify(job.result, null, 2))]
+      : "",
   ];
   panel.replaceChildren(...parts.flat().filter(Boolean));
   const progress = (data) => {

@@ -55,6 +55,9 @@ def runner(
         memory=settings.runner.memory,
         default_model=settings.generation.default_model,
         keep_in_ram=settings.runner.keep_in_ram,
+        max_batch=options.max_batch,
+        compile=settings.runner.compile,
+        compile_sizes=settings.runner.compile_size_pairs,
     )
     outbox = Outbox(settings.paths.outbox, png_compress_level=settings.runner.png_compress_level)
     worker = Runner(app.store, outbox, engine, options, lock_dir=Path(settings.paths.data_dir))

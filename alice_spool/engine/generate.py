@@ -188,9 +188,11 @@ def generate(
     *,
     on_step: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    pad_to: int | None = None,
 ) -> BatchOutput:
     """Run compatible jobs (equal `batch_key`s) as ONE pipeline call, one generator per
-    image, so each image is the one its seed makes, alone or in company."""
+    image, so each image is the one its seed makes, alone or in company. `pad_to`: run
+    the call at that many images (a compiled pipeline's batch size), dropping the extra."""
     # 1. Check inputs, before any work.
     if not specs:
         raise InvalidParameters("a batch needs at least one job")
@@ -218,6 +220,13 @@ def generate(
         prompts.extend([spec.prompt] * len(image_seeds))
         negatives.extend([spec.negative_prompt] * len(image_seeds))
 
+    real = len(seeds)
+    if pad_to is not None and pad_to > real:  # filler images, made and thrown away
+        extra = pad_to - real
+        seeds.extend([0] * extra)
+        prompts.extend([""] * extra)
+        negatives.extend([""] * extra)
+
     # 3. The scheduler, and a CPU generator per image: the same latents on any device.
     pipeline = loaded.pipeline
     pipeline.scheduler = make_scheduler(first.scheduler, loaded.scheduler_config, seeds)
@@ -234,7 +243,7 @@ def generate(
     started = time.perf_counter()
     try:
         limit = faults.oom_above()
-        if limit is not None and len(seeds) > limit:
+        if limit is not None and real > limit:
             raise torch.cuda.OutOfMemoryError(f"injected: more than {limit} images per call")
         with torch.inference_mode():
             output = pipeline(
@@ -255,12 +264,12 @@ def generate(
         raise GpuOutOfMemory(
             f"out of GPU memory generating {len(seeds)} image(s) at {width}x{height} "
             f"on {loaded.placement.label}",
-            images=len(seeds),
+            images=real,
         ) from exc
     seconds = time.perf_counter() - started
 
     # 5. Convert; a job with a broken image (NaN, black) fails alone.
-    pixels, broken = _to_uint8(np.asarray(output.images))
+    pixels, broken = _to_uint8(np.asarray(output.images)[:real])
     results: list[JobImages] = []
     position = 0
     for spec in specs:

@@ -1,18 +1,22 @@
 """The one resident model: loaded when a job needs it, the previous one freed (or, with
-`runner.keep_in_ram`, parked in host memory for a fast switch back)."""
+`runner.keep_in_ram`, parked in host memory for a fast switch back); with
+`runner.compile`, compiled and warmed up for its sizes and batch sizes as it loads."""
 
 from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..errors import InvalidParameters, ModelNotFound
 from ..registry import ModelRegistry
 from ..spec import JobSpec
+from . import speed
 from .device import Placement, describe
 from .generate import (
     BASE_REPOS,
@@ -24,6 +28,7 @@ from .generate import (
     load,
     load_single_file,
 )
+from .memory import free_memory
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +54,24 @@ class Engine:
         memory: str = "auto",
         default_model: str = "",
         keep_in_ram: bool = False,
+        max_batch: int = 8,
+        compile: bool = False,
+        compile_sizes: Sequence[tuple[int, int]] = (),
+        compile_backend: Any = "inductor",  # torch.compile's backend (tests: a counting one)
     ) -> None:
         self.registry = registry
         self.placement = placement
         self.memory = memory
         self.default_model = default_model
         self.keep_in_ram = keep_in_ram
+        self.max_batch = max_batch
+        self.compile = compile
+        self.compile_sizes = list(compile_sizes)  # (width, height); empty: the native size
+        self.compile_backend = compile_backend
+        self.buckets = speed.batch_buckets(max_batch)
         self.current: Loaded | None = None
         self._parked: Loaded | None = None  # in host RAM, when keep_in_ram
+        self._compiled: dict[str, speed.Compiled] = {}  # model id -> its compiled parts
 
     def resolve(self, spec: JobSpec) -> JobSpec:
         return self.registry.resolve(spec, self.default_model)
@@ -78,9 +93,92 @@ class Engine:
             return None
 
     def ensure(self, model_id: str) -> Loaded:
-        """The pipeline for `model_id`, loading it (and putting the resident one away)."""
+        """The pipeline for `model_id`, loading it (and putting the resident one away);
+        compiled and warmed up first when `compile` is on."""
         if self.current is not None and self.current.model_id == model_id:
             return self.current
+        loaded = self._load(model_id)
+        if self.compile and model_id not in self._compiled:
+            self._optimise(loaded)
+        return loaded
+
+    def adopt(self, model_id: str, pipeline: Any, *, family: str = "sd1") -> Loaded:
+        """Make a pipeline built in this process (a benchmark's random-weight model of a
+        real shape) the resident model for `model_id`, which the registry must list."""
+        info = self.registry.get(model_id)
+        self._put_away_current()
+        pipeline.set_progress_bar_config(disable=True)
+        native = info.native_size or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+        self.current = Loaded(
+            info.id, pipeline, self.placement, native, "full", pipeline.scheduler.config
+        )
+        self._compiled.pop(info.id, None)
+        if self.compile:
+            self._optimise(self.current)
+        return self.current
+
+    def _optimise(self, loaded: Loaded) -> None:
+        started = time.perf_counter()
+        compiled = speed.optimise(
+            loaded.pipeline, self.placement.device, backend=self.compile_backend
+        )
+        sizes = self.compile_sizes or [(loaded.native_size, loaded.native_size)]
+        speed.allow_compiled_shapes(len(sizes) * len(self.buckets))
+        self.warm_up(loaded, sizes)
+        compiled.sizes.update(sizes)
+        self._compiled[loaded.model_id] = compiled
+        log.info(
+            "compiled %s (%s) for sizes %s and batch sizes %s in %.1f s",
+            loaded.model_id,
+            compiled.description,
+            ", ".join(f"{w}x{h}" for w, h in sizes),
+            self.buckets,
+            time.perf_counter() - started,
+        )
+
+    def warm_up(self, loaded: Loaded, sizes: Sequence[tuple[int, int]]) -> None:
+        """Run every size at every batch size once (two steps), so that no job waits for
+        a compilation."""
+        for width, height in sizes:
+            for bucket in self.buckets:
+                spec = JobSpec(
+                    prompt="warm-up",
+                    model=loaded.model_id,
+                    width=width,
+                    height=height,
+                    steps=2,
+                    seed=0,
+                    scheduler="euler",
+                    n=1,
+                )
+                generate(loaded, [spec], pad_to=bucket)
+
+    def warm_up_default(self) -> None:
+        """With `compile` on: load, compile and warm up the default model now (the runner
+        does this before its first claim), so the first job does not wait for it."""
+        model = self.default_model_id() if self.compile else None
+        if model is not None:
+            self.ensure(model)
+
+    def batch_limit(self, spec: JobSpec) -> int:
+        """Images one call may take for this spec's model and size: `max_batch`, fewer
+        when the GPU's free memory (with the model loaded) holds fewer."""
+        resolved = self.resolve(spec)
+        family = self.registry.get(str(resolved.model)).family or "sd1"
+        free = free_memory(self.placement)
+        if free is not None and self.placement.device.type == "cuda":
+            device = self.placement.device
+            cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            free += max(0, cached)  # the allocator's cache is free to this process
+        return speed.batch_limit(
+            family,
+            int(resolved.width or 512),
+            int(resolved.height or 512),
+            free_bytes=free,
+            cap=self.max_batch,
+        )
+
+    def _load(self, model_id: str) -> Loaded:
         info = self.registry.get(model_id)
         parked = self._parked
         if parked is not None and parked.model_id == model_id:
@@ -126,7 +224,9 @@ class Engine:
         current, self.current = self.current, None
         if current is None:
             return
-        if self.keep_in_ram and current.memory_mode == "full":
+        # A compiled model is not parked: its compiled code (CUDA graphs) belongs to the
+        # device it was made on.
+        if self.keep_in_ram and not self.compile and current.memory_mode == "full":
             self._drop(self._parked)
             current.pipeline.to("cpu")
             self._parked = current
@@ -136,6 +236,7 @@ class Engine:
 
     def _drop(self, loaded: Loaded | None) -> None:
         if loaded is not None:
+            self._compiled.pop(loaded.model_id, None)
             loaded.pipeline = None  # type: ignore[assignment]
 
     def _free(self) -> None:
@@ -162,4 +263,15 @@ class Engine:
             raise InvalidParameters("a batch needs at least one job")
         resolved = [self.resolve(spec) for spec in specs]
         loaded = self.ensure(str(resolved[0].model))
-        return generate(loaded, resolved, on_step=on_step, should_stop=should_stop)
+        compiled = self._compiled.get(loaded.model_id)
+        if compiled is None:
+            return generate(loaded, resolved, on_step=on_step, should_stop=should_stop)
+        size = (int(resolved[0].width or 0), int(resolved[0].height or 0))
+        if size not in compiled.sizes:  # not warmed up: eager, never compiled for a job
+            compiled.use(loaded.pipeline, compiled=False)
+            try:
+                return generate(loaded, resolved, on_step=on_step, should_stop=should_stop)
+            finally:
+                compiled.use(loaded.pipeline, compiled=True)
+        pad_to = speed.bucket_for(sum(spec.n for spec in resolved), self.buckets)
+        return generate(loaded, resolved, on_step=on_step, should_stop=should_stop, pad_to=pad_to)

@@ -51,6 +51,9 @@ class FakeEngine:
         self.broken_prompts: set[str] = set()
         self.hang: threading.Event | None = None  # generate blocks until it is set
         self.started = threading.Event()  # set when a call begins
+        self.limit: int | None = None  # images one call may take (family, size, memory)
+        self.warming: threading.Event | None = None  # warm_up_default blocks until set
+        self.warmed = False
 
     def default_model_id(self) -> str:
         return "sd/a"
@@ -63,6 +66,14 @@ class FakeEngine:
 
     def unload(self) -> None:
         self.resident_model = None
+
+    def batch_limit(self, spec: JobSpec) -> int:
+        return self.limit if self.limit is not None else 1_000
+
+    def warm_up_default(self) -> None:
+        if self.warming is not None:
+            self.warming.wait(30)
+        self.warmed = True
 
     def generate(
         self,
@@ -267,6 +278,38 @@ def test_out_of_memory_splits_the_batch_until_it_fits(
     assert [i["seed"] for i in result["images"]] == [50, 51, 52]  # split by image, in order
     with Image.open(outbox.job_dir(three.id) / f"{three.id}-2.png") as png:
         assert png.getpixel((0, 0)) == colour(52)
+
+
+def test_calls_never_exceed_what_the_engine_says_fits(
+    store: Store, outbox: Outbox, engine: FakeEngine, make_runner: Callable[..., Runner]
+) -> None:
+    engine.limit = 2  # e.g. SDXL at 1024x1024 on a small card
+    jobs = [submit(store, f"cat {i}", seed=i * 10) for i in range(3)]
+    three = submit(store, "three", n=3, seed=50)
+    make_runner(max_batch=8).run()
+    sizes = [sum(s.n for s in call) for call in engine.calls]
+    assert sizes == [2, 1, 1, 2]  # split before the call, never tried whole
+    for job in [*jobs, three]:
+        assert status(store, job) is JobStatus.SUCCEEDED
+    result = outbox.read_result(three.id)
+    assert [i["seed"] for i in result["images"]] == [50, 51, 52]
+
+
+def test_the_runner_warms_up_before_its_first_claim_and_says_so(
+    store: Store,
+    engine: FakeEngine,
+    make_runner: Callable[..., Runner],
+    background: Callable[[Runner], threading.Thread],
+) -> None:
+    engine.warming = threading.Event()
+    job = submit(store, "waits for the warm-up")
+    background(make_runner(exit_when_idle=False))
+    wait_until(lambda: [r.state for r in store.runners()] == ["warming"])
+    assert status(store, job) is JobStatus.QUEUED and engine.calls == []
+    engine.warming.set()
+    wait_until(lambda: status(store, job) is JobStatus.SUCCEEDED)
+    assert engine.warmed
+    wait_until(lambda: [r.state for r in store.runners()] == ["idle"])
 
 
 def test_an_image_that_fits_nowhere_fails_only_its_job(

@@ -1,0 +1,118 @@
+"""Throughput: how many images one pipeline call may take, and the optional compiled
+pipeline (`runner.compile`).
+
+- Batch size: `runner.max_batch` caps it; on a GPU, the free memory after the model is
+  loaded caps it too, by the model family's memory per image at the asked size.
+- Compilation: fused QKV projections, channels_last, and `torch.compile` of the UNet and
+  the VAE decoder (CUDA graphs on a GPU: mode "reduce-overhead"). Compiled code is made
+  once per shape, so calls run at fixed batch sizes (`batch_buckets`; a call is padded
+  up to the next one) and every size and bucket is compiled by `Engine.warm_up` before
+  the first job; a size that was not warmed up runs on the eager modules. Nothing is
+  compiled while a job waits.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+# GPU memory one image takes during a call at the family's native size, at fp16 with
+# PyTorch's SDPA attention: the UNet's activations with classifier-free guidance (two
+# samples) and the VAE decoder's, which is the larger. Grows with the pixel count.
+PER_IMAGE_BYTES = {"sd1": 0.75 * GIB, "sd2": 1.0 * GIB, "sdxl": 2.5 * GIB}
+NATIVE_PIXELS = {"sd1": 512 * 512, "sd2": 768 * 768, "sdxl": 1024 * 1024}
+HEADROOM_BYTES = int(1.5 * GIB)  # kept free for the allocator's fragmentation and cuDNN
+
+
+def batch_limit(family: str, width: int, height: int, *, free_bytes: int | None, cap: int) -> int:
+    """Images per call for this family and size: `cap`, or fewer when the GPU's free
+    memory (None: not a GPU, no limit but `cap`) holds fewer. Never less than 1."""
+    if free_bytes is None:
+        return cap
+    per_image = PER_IMAGE_BYTES.get(family, PER_IMAGE_BYTES["sd1"])
+    per_image *= (width * height) / NATIVE_PIXELS.get(family, NATIVE_PIXELS["sd1"])
+    fits = int((free_bytes - HEADROOM_BYTES) // max(per_image, 1))
+    return max(1, min(cap, fits))
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """The batch sizes a compiled pipeline runs at: powers of two up to `max_batch`,
+    and `max_batch` itself."""
+    sizes = {1, max_batch}
+    size = 2
+    while size < max_batch:
+        sizes.add(size)
+        size *= 2
+    return sorted(sizes)
+
+
+def bucket_for(images: int, buckets: list[int]) -> int:
+    """The smallest bucket that holds `images` (the largest if none does)."""
+    return next((b for b in buckets if b >= images), buckets[-1])
+
+
+@dataclass
+class Compiled:
+    """A pipeline's UNet and VAE decoder, compiled and as they were (fused and laid out
+    alike): the compiled ones for the sizes they were warmed up for, the eager ones for
+    any other size, so that no job ever waits for a compilation."""
+
+    description: str
+    sizes: set[tuple[int, int]]
+    unet: Any
+    decode: Any
+    eager_unet: Any
+    eager_decode: Any
+
+    def use(self, pipeline: DiffusionPipeline, *, compiled: bool) -> None:
+        pipeline.unet = self.unet if compiled else self.eager_unet
+        pipeline.vae.decode = self.decode if compiled else self.eager_decode
+
+
+def optimise(pipeline: DiffusionPipeline, device: torch.device, *, backend: Any) -> Compiled:
+    """Fuse, lay out and compile a pipeline's UNet and VAE decoder (in place: the
+    compiled ones are put in). `backend` is torch.compile's ("inductor"; tests use a
+    counting one to check the wiring without code generation)."""
+    done = []
+    try:
+        pipeline.fuse_qkv_projections()
+        done.append("fused QKV")
+    except Exception as exc:  # an attention processor that cannot fuse: go on without
+        log.info("QKV projections not fused: %s", exc)
+    pipeline.unet.to(memory_format=torch.channels_last)
+    pipeline.vae.to(memory_format=torch.channels_last)
+    done.append("channels_last")
+    options: dict[str, Any] = {"backend": backend, "dynamic": False}
+    if backend == "inductor" and device.type == "cuda":
+        options["mode"] = "reduce-overhead"  # CUDA graphs: no per-kernel launch cost
+    eager_unet, eager_decode = pipeline.unet, pipeline.vae.decode
+    compiled = Compiled(
+        description=", ".join([*done, f"torch.compile({options})"]),
+        sizes=set(),
+        unet=torch.compile(eager_unet, **options),
+        decode=torch.compile(eager_decode, **options),
+        eager_unet=eager_unet,
+        eager_decode=eager_decode,
+    )
+    compiled.use(pipeline, compiled=True)
+    return compiled
+
+
+def allow_compiled_shapes(count: int) -> None:
+    """Let dynamo keep `count` compiled shapes per function (sizes x buckets) rather
+    than fall back to eager after its default few."""
+    import torch._dynamo
+
+    limit = max(int(torch._dynamo.config.cache_size_limit), count + 2)
+    torch._dynamo.config.cache_size_limit = limit
+    if hasattr(torch._dynamo.config, "accumulated_cache_size_limit"):
+        torch._dynamo.config.accumulated_cache_size_limit = max(
+            int(torch._dynamo.config.accumulated_cache_size_limit), 4 * limit
+        )

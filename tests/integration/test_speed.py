@@ -1,0 +1,127 @@
+"""Throughput features of the engine on the tiny model (CPU): the compiled pipeline is
+compiled for every size and batch size before the first job and never again, calls are
+padded to those batch sizes without changing any image; and the real SD 1.5 and SDXL
+architectures the benchmarks build in code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from alice_spool.engine.device import choose
+from alice_spool.engine.resident import Engine
+from alice_spool.engine.shapes import build_parts, write_model_folder
+from alice_spool.engine.tiny import create_tiny
+from alice_spool.errors import InvalidParameters
+from alice_spool.registry import ModelRegistry
+from alice_spool.spec import parse_spec
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("models")
+    create_tiny(directory, "tiny")
+    return directory
+
+
+def spec(**fields: Any):
+    return parse_spec({"prompt": "a lighthouse", "steps": 3, "scheduler": "euler", **fields})
+
+
+class CountingBackend:
+    """A torch.compile backend that runs the traced graph as it is and counts how many
+    graphs were compiled."""
+
+    def __init__(self) -> None:
+        self.compiled = 0
+
+    def __call__(self, graph: torch.fx.GraphModule, inputs: list[Any]) -> Any:
+        self.compiled += 1
+        return graph.forward
+
+
+def pixels(output: Any) -> list[np.ndarray]:
+    return [np.asarray(image, dtype=np.int16) for job in output.jobs for image in job.images]
+
+
+def test_compiled_once_per_size_and_batch_size_then_never_per_job(models: Path) -> None:
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    backend = CountingBackend()
+    engine = Engine(
+        ModelRegistry(models),
+        choose("cpu"),
+        max_batch=4,
+        compile=True,
+        compile_sizes=[(64, 64)],
+        compile_backend=backend,
+    )
+    assert engine.buckets == [1, 2, 4]
+    engine.warm_up_default()  # what the runner does before its first claim
+    assert engine.resident_model == "sd/tiny"
+    after_warm_up = backend.compiled
+    assert after_warm_up > 0
+    # Jobs of every batch size up to max_batch, with other prompts, steps and seeds:
+    # padded to 1, 2 or 4 images, nothing compiled any more.
+    outputs = [
+        engine.generate([spec(seed=11, n=1)]),
+        engine.generate([spec(seed=12, n=2, steps=5)]),
+        engine.generate([spec(seed=13, n=3, prompt="another prompt")]),
+        engine.generate([spec(seed=14, n=1), spec(seed=20, n=3)]),
+    ]
+    # A size that was not warmed up runs on the eager modules: nothing compiled either.
+    other_size = engine.generate([spec(seed=15, n=2, width=72, height=72)])
+    assert backend.compiled == after_warm_up
+    assert [o.image_count for o in outputs] == [1, 2, 3, 4]  # the filler images dropped
+    assert other_size.image_count == 2 and other_size.width == 72
+
+    plain = Engine(ModelRegistry(models), choose("cpu"))
+    for fields, compiled in (
+        ({"seed": 11, "n": 1}, outputs[0]),
+        ({"seed": 13, "n": 3, "prompt": "another prompt"}, outputs[2]),
+    ):
+        reference = pixels(plain.generate([spec(**fields)]))
+        for got, want in zip(pixels(compiled), reference, strict=True):
+            # The same image (fused QKV and channels_last round differently, a little).
+            assert np.abs(got - want).mean() < 1.0
+    engine.unload()
+    torch._dynamo.reset()
+
+
+def test_the_real_architectures_built_in_code(tmp_path: Path) -> None:
+    """Parameter counts of the published models: SD 1.5's UNet 859,520,964, its VAE
+    83,653,863, CLIP ViT-L's text tower 123,060,480; SDXL's UNet 2,567,463,684 and
+    OpenCLIP bigG's text tower with projection 694,659,840 (built on the meta device:
+    no memory, no weights)."""
+    counts = {}
+    for shape in ("sd15", "sdxl"):
+        with torch.device("meta"):
+            parts = build_parts(shape, tmp_path)
+        counts[shape] = {
+            name: sum(p.numel() for p in part.parameters())
+            for name, part in parts.items()
+            if hasattr(part, "parameters")
+        }
+    assert counts["sd15"] == {
+        "unet": 859_520_964,
+        "vae": 83_653_863,
+        "text_encoder": 123_060_480,
+    }
+    assert counts["sdxl"] == {
+        "unet": 2_567_463_684,
+        "vae": 83_653_863,
+        "text_encoder": 123_060_480,
+        "text_encoder_2": 694_659_840,
+    }
+    registry = ModelRegistry(tmp_path / "models")
+    write_model_folder("sd15", tmp_path / "models" / "sd15")
+    write_model_folder("sdxl", tmp_path / "models" / "sdxl")
+    listed = {m.id: (m.family, m.native_size) for m in registry.scan()}
+    assert listed == {"sd/sd15": ("sd1", 512), "sd/sdxl": ("sdxl", 1024)}
+    with pytest.raises(InvalidParameters, match="no model shape"):
+        write_model_folder("sd3", tmp_path / "x")
