@@ -309,8 +309,8 @@ class Runner:
         self._rescue_orphans(held_by=f"{self.options.name}/")
 
     def _warm_up(self) -> None:
-        """Compile the default model before the first claim (runner.compile), while the
-        monitor thread reports this runner as `warming`."""
+        """Load the default model (and compile it, with runner.compile) before the first
+        claim, while the monitor thread reports this runner as `warming`."""
         warm = getattr(self.generator, "warm_up_default", None)
         if warm is None:
             return

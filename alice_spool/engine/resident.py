@@ -154,9 +154,9 @@ class Engine:
                 generate(loaded, [spec], pad_to=bucket)
 
     def warm_up_default(self) -> None:
-        """With `compile` on: load, compile and warm up the default model now (the runner
-        does this before its first claim), so the first job does not wait for it."""
-        model = self.default_model_id() if self.compile else None
+        """Load the default model now, and with `compile` on compile and warm it up (the
+        runner does this before its first claim), so the first job does not wait."""
+        model = self.default_model_id()
         if model is not None:
             self.ensure(model)
 

@@ -58,6 +58,31 @@ def bucket_for(images: int, buckets: list[int]) -> int:
     return next((b for b in buckets if b >= images), buckets[-1])
 
 
+class FloatTimesteps(torch.nn.Module):
+    """A compiled UNet that is always handed its timestep as float32. Schedulers give it
+    as float32 (Euler), float64 (the k-diffusion SDE ones) or int64 (DDIM, DPM++ 2M):
+    each would be a compilation of its own. The UNet's time embedding turns it into
+    float32 first anyway, so the images are the same. Everything else (`config`, `dtype`,
+    submodules) is the UNet's."""
+
+    def __init__(self, unet: Any) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample: Any, timestep: Any, *args: Any, **kwargs: Any) -> Any:
+        if torch.is_tensor(timestep) and timestep.dtype != torch.float32:
+            timestep = timestep.to(torch.float32)
+        elif not torch.is_tensor(timestep):
+            timestep = torch.tensor(timestep, dtype=torch.float32, device=sample.device)
+        return self.unet(sample, timestep, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("unet"), name)
+
+
 @dataclass
 class Compiled:
     """A pipeline's UNet and VAE decoder, compiled and as they were (fused and laid out
@@ -96,7 +121,7 @@ def optimise(pipeline: DiffusionPipeline, device: torch.device, *, backend: Any)
     compiled = Compiled(
         description=", ".join([*done, f"torch.compile({options})"]),
         sizes=set(),
-        unet=torch.compile(eager_unet, **options),
+        unet=FloatTimesteps(torch.compile(eager_unet, **options)),
         decode=torch.compile(eager_decode, **options),
         eager_unet=eager_unet,
         eager_decode=eager_decode,

@@ -66,12 +66,14 @@ def test_compiled_once_per_size_and_batch_size_then_never_per_job(models: Path) 
     assert engine.resident_model == "sd/tiny"
     after_warm_up = backend.compiled
     assert after_warm_up > 0
-    # Jobs of every batch size up to max_batch, with other prompts, steps and seeds:
-    # padded to 1, 2 or 4 images, nothing compiled any more.
+    # Jobs of every batch size up to max_batch, with other prompts, steps, seeds and
+    # schedulers (whose timesteps come as float32, float64 or int64): padded to 1, 2 or 4
+    # images, nothing compiled any more.
+    third = {"seed": 13, "n": 3, "prompt": "another prompt", "scheduler": "dpm++_sde_karras"}
     outputs = [
         engine.generate([spec(seed=11, n=1)]),
-        engine.generate([spec(seed=12, n=2, steps=5)]),
-        engine.generate([spec(seed=13, n=3, prompt="another prompt")]),
+        engine.generate([spec(seed=12, n=2, steps=5, scheduler="ddim")]),
+        engine.generate([spec(**third)]),
         engine.generate([spec(seed=14, n=1), spec(seed=20, n=3)]),
     ]
     # A size that was not warmed up runs on the eager modules: nothing compiled either.
@@ -81,10 +83,7 @@ def test_compiled_once_per_size_and_batch_size_then_never_per_job(models: Path) 
     assert other_size.image_count == 2 and other_size.width == 72
 
     plain = Engine(ModelRegistry(models), choose("cpu"))
-    for fields, compiled in (
-        ({"seed": 11, "n": 1}, outputs[0]),
-        ({"seed": 13, "n": 3, "prompt": "another prompt"}, outputs[2]),
-    ):
+    for fields, compiled in (({"seed": 11, "n": 1}, outputs[0]), (third, outputs[2])):
         reference = pixels(plain.generate([spec(**fields)]))
         for got, want in zip(pixels(compiled), reference, strict=True):
             # The same image (fused QKV and channels_last round differently, a little).
@@ -125,3 +124,26 @@ def test_the_real_architectures_built_in_code(tmp_path: Path) -> None:
     assert listed == {"sd/sd15": ("sd1", 512), "sd/sdxl": ("sdxl", 1024)}
     with pytest.raises(InvalidParameters, match="no model shape"):
         write_model_folder("sd3", tmp_path / "x")
+
+
+@pytest.mark.gpu
+def test_compiled_with_cuda_graphs_on_a_gpu(models: Path) -> None:
+    """The real thing on a CUDA device: inductor with CUDA graphs, fp16; the compiled
+    images match the eager ones (fp16 rounding aside)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    engine = Engine(
+        ModelRegistry(models),
+        choose("cuda"),
+        max_batch=2,
+        compile=True,
+        compile_sizes=[(64, 64)],
+    )
+    engine.warm_up_default()
+    compiled = pixels(engine.generate([spec(seed=7, n=2)]))
+    engine.unload()
+    torch._dynamo.reset()
+    eager = pixels(Engine(ModelRegistry(models), choose("cuda")).generate([spec(seed=7, n=2)]))
+    for got, want in zip(compiled, eager, strict=True):
+        assert np.abs(got - want).mean() < 3.0
