@@ -165,6 +165,7 @@ class RunnerSettings:
     lease_s: float = 60.0
     max_attempts: int = 3
     job_timeout_s: float = 300.0
+    preload: bool = True
     compile: bool = False
     compile_sizes: list[str] = field(default_factory=list)  # "WxH"; empty: native size
     memory: str = "auto"

@@ -56,6 +56,7 @@ def runner(
         default_model=settings.generation.default_model,
         keep_in_ram=settings.runner.keep_in_ram,
         max_batch=options.max_batch,
+        preload=settings.runner.preload,
         compile=settings.runner.compile,
         compile_sizes=settings.runner.compile_size_pairs,
     )

@@ -55,6 +55,7 @@ class Engine:
         default_model: str = "",
         keep_in_ram: bool = False,
         max_batch: int = 8,
+        preload: bool = True,
         compile: bool = False,
         compile_sizes: Sequence[tuple[int, int]] = (),
         compile_backend: Any = "inductor",  # torch.compile's backend (tests: a counting one)
@@ -65,6 +66,7 @@ class Engine:
         self.default_model = default_model
         self.keep_in_ram = keep_in_ram
         self.max_batch = max_batch
+        self.preload = preload
         self.compile = compile
         self.compile_sizes = list(compile_sizes)  # (width, height); empty: the native size
         self.compile_backend = compile_backend
@@ -154,9 +156,10 @@ class Engine:
                 generate(loaded, [spec], pad_to=bucket)
 
     def warm_up_default(self) -> None:
-        """Load the default model now, and with `compile` on compile and warm it up (the
-        runner does this before its first claim), so the first job does not wait."""
-        model = self.default_model_id()
+        """Load the default model now (`preload`), and with `compile` on compile and warm
+        it up (always: nothing is compiled while a job waits). The runner does this before
+        its first claim, so that the first job does not wait."""
+        model = self.default_model_id() if self.preload or self.compile else None
         if model is not None:
             self.ensure(model)
 

@@ -102,6 +102,8 @@ def site(tmp_path: Path, models_dir: Path, forkserver: ForkServerContext) -> Ite
         "ALICE_PATHS_DATA_DIR": str(tmp_path / "var"),
         "ALICE_PATHS_MODELS": str(models_dir),
         "ALICE_RUNNER_DEVICE": "cpu",
+        # Dozens of runner starts here: each loads the model when its first job needs it.
+        "ALICE_RUNNER_PRELOAD": "false",
         "ALICE_LOGGING_LEVEL": "WARNING",
     }
     yield Site(tmp_path, store, env, forkserver)

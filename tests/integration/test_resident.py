@@ -76,3 +76,17 @@ def test_a_model_that_fails_to_load(models: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadFailed, match="cannot load sd/other"):
         engine.generate([spec(model="other")])
     assert engine.generate([spec(model="tiny")]).image_count == 1  # the engine lives on
+
+
+def test_the_default_model_is_loaded_before_the_first_job_unless_told_not_to(
+    models: Path,
+) -> None:
+    eager = Engine(ModelRegistry(models), choose("cpu"), default_model="tiny")
+    eager.warm_up_default()  # what the runner does before its first claim
+    assert eager.resident_model == "sd/tiny"
+    lazy = Engine(ModelRegistry(models), choose("cpu"), default_model="tiny", preload=False)
+    lazy.warm_up_default()
+    assert lazy.resident_model is None
+    empty = Engine(ModelRegistry(models / "none"), choose("cpu"))
+    empty.warm_up_default()  # no model installed yet: nothing to load, no error
+    assert empty.resident_model is None
