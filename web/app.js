@@ -279,8 +279,14 @@ class Page {
         await task();
       } catch (error) {
         if (!this.alive || error.name === "AbortError") return;
-        if (error.status === 429) delay = Math.max(ms, (error.retryAfter || 5) * 1000);
-        this.problem(error);
+        if (error.status === 429) {
+          // The key's rate limit (server.rate_limit_per_minute): refresh less often.
+          delay = Math.max(ms, (error.retryAfter || 5) * 1000);
+          if (!this.slowed) notify("Rate limited: refreshing less often", "info");
+          this.slowed = true;
+        } else {
+          this.problem(error);
+        }
       }
       if (this.alive) {
         const timer = setTimeout(() => {
