@@ -214,6 +214,33 @@ def test_submit_from_the_form_watch_it_finish_and_find_it_in_the_gallery(
     again = page.url.rsplit("/", 1)[1]
     expect(page.locator(".job-head .badge")).to_have_text("succeeded", timeout=WAIT_MS)
     assert job(site, again)["spec"] == spec and again != job_id
+    page.click("text=Edit and submit")  # the form, filled in from the job
+    expect(page.locator("#f-prompt")).to_have_value("a red fox in fresh snow")
+    expect(page.locator("#f-seed")).to_have_value("4242")
+    expect(page.locator("#f-scheduler")).to_have_value("euler")
+    expect(page.locator("#f-model")).to_have_value("sd/tiny")
+    page.context.close()
+
+
+def test_the_form_says_what_is_wrong_and_queues_nothing(site: Served, browser: Browser) -> None:
+    console = Console()
+    page = new_page(browser, console, viewport={"width": 1280, "height": 900})
+    page.goto(f"{site.url}/web/#/submit")
+    before = httpx.get(f"{site.url}/v1/stats", headers=AUTH).json()["depth"]
+    page.click("#submit-button")  # no prompt
+    expect(page.locator("#submit-error")).to_contain_text("prompt")
+    expect(page.locator("#f-prompt")).to_have_class(re.compile("invalid"))
+    page.fill("#f-prompt", "too many steps")
+    page.fill("#f-steps", "1000")
+    page.click("#submit-button")
+    expect(page.locator("#submit-error")).to_contain_text("steps")
+    expect(page.locator("#f-steps")).to_have_class(re.compile("invalid"))
+    expect(page.locator("#f-prompt")).not_to_have_class(re.compile("invalid"))
+    shot(page, "submit-refused")
+    assert httpx.get(f"{site.url}/v1/stats", headers=AUTH).json()["depth"] == before
+    assert page.locator("#submitted .card").count() == 0
+    # The browser logs each refused request (HTTP 400); nothing else went wrong.
+    assert len(console.errors) == 2 and all("400" in e for e in console.errors)
     page.context.close()
 
 
