@@ -48,7 +48,7 @@ from alice_spool.engine.device import choose, describe
 from alice_spool.engine.generate import quiet_libraries
 from alice_spool.engine.resident import Engine
 from alice_spool.engine.schedulers import make_scheduler
-from alice_spool.engine.shapes import FAMILY, NATIVE, build_pipeline, write_model_folder
+from alice_spool.engine.shapes import NATIVE, build_pipeline, write_model_folder
 from alice_spool.engine.speed import batch_buckets
 from alice_spool.engine.tiny import create_tiny
 from alice_spool.inbox import Inbox
@@ -244,7 +244,7 @@ def main() -> None:
             loaded = engine.ensure(model)
         else:
             pipeline = build_pipeline(args.shape, root, device=device, dtype=placement.dtype)
-            loaded = engine.adopt(model, pipeline, family=FAMILY[args.shape])
+            loaded = engine.adopt(model, pipeline)
         result["build_s"] = round(time.perf_counter() - started, 1)
         pipeline = loaded.pipeline
         config = loaded.scheduler_config
@@ -270,7 +270,7 @@ def main() -> None:
             engine.max_batch = max_batch
             engine.buckets = batch_buckets(max_batch)
             started = time.perf_counter()
-            loaded = engine.adopt(model, pipeline, family=FAMILY.get(args.shape, "sd1"))
+            loaded = engine.adopt(model, pipeline)
             result["compile_s"] = round(time.perf_counter() - started, 1)
             pipeline = loaded.pipeline
             bare(

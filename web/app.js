@@ -252,6 +252,21 @@ function setUpKeyDialog() {
   });
 }
 
+/** A button that runs `run` (an API call), disabled meanwhile; a failure is shown. */
+function actionButton(page, label, attrs, run) {
+  return h("button", { type: "button", ...attrs, onclick: async (event) => {
+    const button = event.currentTarget;
+    button.disabled = true;
+    try {
+      await run();
+    } catch (error) {
+      page.problem(error);
+    } finally {
+      button.disabled = false;
+    }
+  } }, label);
+}
+
 // -- pages and the router -------------------------------------------------------------------------
 
 class Page {
@@ -545,17 +560,10 @@ function queueRow(job, page, refresh) {
   cells.status.append(statusBadge);
   const priorityValue = h("span", { class: "value" });
   const act = (label, title, run) =>
-    h("button", { type: "button", class: "small", title, onclick: async (event) => {
-      event.target.disabled = true;
-      try {
-        await run();
-        await refresh();
-      } catch (error) {
-        page.problem(error);
-      } finally {
-        event.target.disabled = false;
-      }
-    } }, label);
+    actionButton(page, label, { class: "small", title }, async () => {
+      await run();
+      await refresh();
+    });
   const up = act("▲", "raise priority", () => changePriority(shown.priority + 10));
   const down = act("▼", "lower priority", () => changePriority(shown.priority - 10));
   up.classList.add("raise");
@@ -616,11 +624,9 @@ async function jobPage(page, jobId) {
 function showJobLive(page, panel, job, { withActions = false } = {}) {
   let drawn = drawJob(page, panel, job, withActions);
   if (FINISHED.has(job.status)) return;
-  const controller = new AbortController();
-  page.signal.addEventListener("abort", () => controller.abort());
   const follow = async () => {
     try {
-      await streamEvents(`/v1/jobs/${job.id}/events`, controller.signal, (event, data) => {
+      await streamEvents(`/v1/jobs/${job.id}/events`, page.signal, (event, data) => {
         if (event === "progress") drawn.progress(data);
         if (event === "done") drawn = drawJob(page, panel, data, withActions);
       });
@@ -652,15 +658,7 @@ function drawJob(page, panel, job, withActions) {
   const stepText = h("span", { class: "small muted" });
   const header = h("div", { class: "job-head" }, status, h("span", { class: "job-id" }, job.id), stepText);
   const actions = h("div", { class: "buttons" });
-  const act = (label, cls, run) => h("button", { type: "button", class: cls, onclick: async (event) => {
-    event.target.disabled = true;
-    try {
-      await run();
-    } catch (error) {
-      page.problem(error);
-      event.target.disabled = false;
-    }
-  } }, label);
+  const act = (label, cls, run) => actionButton(page, label, { class: cls }, run);
   if (withActions) {
     if (!FINISHED.has(job.status) && !job.cancel_requested) {
       actions.append(act("Cancel", "cancel", async () => {
@@ -805,15 +803,11 @@ function setUpLightbox() {
 
 async function modelsPage(page) {
   const body = h("tbody");
-  const rescan = h("button", { type: "button", class: "quiet", onclick: async () => {
-    try {
-      const answer = await page.api("/v1/models/refresh", { method: "POST" });
-      notify(`${answer.models_found} usable models found`);
-      await draw();
-    } catch (error) {
-      page.problem(error);
-    }
-  } }, "Rescan models directory");
+  const rescan = actionButton(page, "Rescan models directory", { class: "quiet" }, async () => {
+    const answer = await page.api("/v1/models/refresh", { method: "POST" });
+    notify(`${answer.models_found} usable models found`);
+    await draw();
+  });
   page.view.append(
     h("h1", {}, "Models"),
     h("table", { class: "models" },
@@ -826,15 +820,11 @@ async function modelsPage(page) {
   const draw = async () => {
     const list = await page.api("/v1/models?include_broken=true");
     body.replaceChildren(...list.data.map((model) => {
-      const makeDefault = h("button", { type: "button", class: "small make-default", onclick: async () => {
-        try {
-          await page.api("/v1/models/default", { method: "POST", body: { model: model.id } });
-          notify(`${model.id} is now the default`);
-          await draw();
-        } catch (error) {
-          page.problem(error);
-        }
-      } }, "Make default");
+      const makeDefault = actionButton(page, "Make default", { class: "small make-default" }, async () => {
+        await page.api("/v1/models/default", { method: "POST", body: { model: model.id } });
+        notify(`${model.id} is now the default`);
+        await draw();
+      });
       return h("tr", { dataset: { id: model.id } },
         h("td", { "data-label": "Model" }, h("strong", {}, model.id),
           model.note ? h("div", { class: "small muted" }, model.note) : ""),

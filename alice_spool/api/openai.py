@@ -246,7 +246,12 @@ async def image_generations(request: Request, api: Api, client: str | None) -> R
 async def list_models(request: Request, api: Api, client: str | None) -> Response:
     """The installed models, as OpenAI lists models (plus what they are);
     `?include_broken=true` lists the unusable ones too, with the reason."""
-    include_broken = request.query_params.get("include_broken", "").lower() in ("1", "true")
+    flag = request.query_params.get("include_broken", "false").lower()
+    if flag not in ("true", "false", "1", "0"):
+        raise errors.InvalidParameters(
+            "include_broken must be true or false", field="include_broken"
+        )
+    include_broken = flag in ("true", "1")
     models = await run_in_threadpool(api.registry.scan)
     try:
         default = (

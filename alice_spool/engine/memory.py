@@ -39,10 +39,14 @@ def plan(mode: str, *, free_bytes: int | None, family: str) -> str:
 
 
 def free_memory(placement: Placement) -> int | None:
+    """Bytes this process can still use on the GPU (None off CUDA): what the card has
+    free, plus what PyTorch's allocator holds cached but unused."""
     if placement.device.type != "cuda":
         return None
-    free, _total = torch.cuda.mem_get_info(placement.device)
-    return int(free)
+    device = placement.device
+    free, _total = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(free) + max(0, int(cached))
 
 
 def place(pipeline: DiffusionPipeline, placement: Placement, mode: str) -> None:

@@ -74,6 +74,7 @@ class Engine:
         self.current: Loaded | None = None
         self._parked: Loaded | None = None  # in host RAM, when keep_in_ram
         self._compiled: dict[str, speed.Compiled] = {}  # model id -> its compiled parts
+        self._uncompilable: set[str] = set()  # models whose compilation failed
 
     def resolve(self, spec: JobSpec) -> JobSpec:
         return self.registry.resolve(spec, self.default_model)
@@ -104,7 +105,7 @@ class Engine:
             self._optimise(loaded)
         return loaded
 
-    def adopt(self, model_id: str, pipeline: Any, *, family: str = "sd1") -> Loaded:
+    def adopt(self, model_id: str, pipeline: Any) -> Loaded:
         """Make a pipeline built in this process (a benchmark's random-weight model of a
         real shape) the resident model for `model_id`, which the registry must list."""
         info = self.registry.get(model_id)
@@ -120,13 +121,23 @@ class Engine:
         return self.current
 
     def _optimise(self, loaded: Loaded) -> None:
+        """Compile and warm up; if that fails (a compiler error, the largest batch out of
+        memory), the model runs uncompiled rather than compiling while jobs wait."""
+        if loaded.model_id in self._uncompilable:
+            return
         started = time.perf_counter()
         compiled = speed.optimise(
             loaded.pipeline, self.placement.device, backend=self.compile_backend
         )
         sizes = self.compile_sizes or [(loaded.native_size, loaded.native_size)]
         speed.allow_compiled_shapes(len(sizes) * len(self.buckets))
-        self.warm_up(loaded, sizes)
+        try:
+            self.warm_up(loaded, sizes)
+        except Exception:  # torch's compiler and the device fail in many ways
+            log.exception("compiling %s failed: it runs uncompiled", loaded.model_id)
+            compiled.use(loaded.pipeline, compiled=False)
+            self._uncompilable.add(loaded.model_id)
+            return
         compiled.sizes.update(sizes)
         self._compiled[loaded.model_id] = compiled
         log.info(
@@ -166,13 +177,11 @@ class Engine:
     def batch_limit(self, spec: JobSpec) -> int:
         """Images one call may take for this spec's model and size: `max_batch`, fewer
         when the GPU's free memory (with the model loaded) holds fewer."""
+        free = free_memory(self.placement)
+        if free is None:  # not a GPU: nothing to measure
+            return self.max_batch
         resolved = self.resolve(spec)
         family = self.registry.get(str(resolved.model)).family or "sd1"
-        free = free_memory(self.placement)
-        if free is not None and self.placement.device.type == "cuda":
-            device = self.placement.device
-            cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-            free += max(0, cached)  # the allocator's cache is free to this process
         return speed.batch_limit(
             family,
             int(resolved.width or 512),

@@ -98,7 +98,6 @@ SDXL_SCHEDULER = {**SD15_SCHEDULER, "timestep_spacing": "leading"}
 
 SHAPES = ("sd15", "sdxl")
 NATIVE = {"sd15": 512, "sdxl": 1024}
-FAMILY = {"sd15": "sd1", "sdxl": "sdxl"}
 
 
 def _check(shape: str) -> None:

@@ -123,7 +123,7 @@ class Queries(StoreBase):
         counts = self.counts()
         recent = self.db.read(
             lambda conn: conn.execute(
-                select(Job.status, Job.created_at, Job.started_at, Job.finished_at, Job.spec)
+                select(Job.status, Job.created_at, Job.started_at, Job.finished_at, Job.images)
                 .where(Job.status.in_(FINISHED))
                 .where(Job.finished_at >= now - timedelta(seconds=window_s))
             ).all()
@@ -132,12 +132,12 @@ class Queries(StoreBase):
         waits: list[float] = []
         runs: list[float] = []
         images = 0
-        for status, created, started, ended, spec in recent:
+        for status, created, started, ended, made in recent:
             finished[JobStatus(status)] += 1
             if status == JobStatus.SUCCEEDED and started is not None:
                 waits.append((started - created).total_seconds())
                 runs.append((ended - started).total_seconds())
-                images += int(spec.get("n", 1))
+                images += made
 
         def mean(values: list[float]) -> float | None:
             return round(sum(values) / len(values), 4) if values else None

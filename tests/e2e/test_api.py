@@ -507,6 +507,8 @@ def test_priority_default_model_and_stats(make_bare: Callable[..., Bare]) -> Non
     halfway = next(m for m in everything if m["id"] == "sd/halfway")
     assert halfway["status"] == "broken" and "missing" in halfway["reason"]
     assert all(m["size_bytes"] > 0 for m in everything if m["status"] == "ok")
+    unclear = httpx.get(bare.url + "/v1/models?include_broken=perhaps")
+    assert unclear.status_code == 400 and unclear.json()["error"]["param"] == "include_broken"
     usable = httpx.get(bare.url + "/v1/models").json()["data"]
     assert {m["id"] for m in usable} == {"sd/other", "sd/tiny"}
     refused = post("/v1/models/default", json={"model": "sd/halfway"})

@@ -92,6 +92,33 @@ def test_compiled_once_per_size_and_batch_size_then_never_per_job(models: Path) 
     torch._dynamo.reset()
 
 
+def test_a_compilation_that_fails_leaves_the_model_running_uncompiled(models: Path) -> None:
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    calls = []
+
+    def broken(graph: torch.fx.GraphModule, inputs: list[Any]) -> Any:
+        calls.append(1)
+        raise RuntimeError("the compiler gives up")
+
+    engine = Engine(
+        ModelRegistry(models),
+        choose("cpu"),
+        max_batch=2,
+        compile=True,
+        compile_backend=broken,
+    )
+    engine.warm_up_default()  # logged, not raised: the runner starts anyway
+    tried = len(calls)
+    assert tried > 0 and engine.resident_model == "sd/tiny"
+    output = engine.generate([spec(seed=3, n=2)])
+    assert output.image_count == 2
+    assert len(calls) == tried  # the jobs ran eagerly: no compilation for them
+    engine.unload()
+    torch._dynamo.reset()
+
+
 def test_the_real_architectures_built_in_code(tmp_path: Path) -> None:
     """Parameter counts of the published models: SD 1.5's UNet 859,520,964, its VAE
     83,653,863, CLIP ViT-L's text tower 123,060,480; SDXL's UNet 2,567,463,684 and
