@@ -26,12 +26,12 @@ THRESHOLDS = {"sd1": (4 * GB, 2 * GB), "sd2": (5 * GB, 2.5 * GB), "sdxl": (12 * 
 
 
 def plan(mode: str, *, free_bytes: int | None, family: str) -> str:
-    """The mode to use: `mode` itself unless it is `auto`. Without a GPU (free_bytes
-    None) there is nothing to save: `full`."""
-    if mode != "auto":
-        return mode
+    """The mode to use: `mode` itself unless it is `auto`. Without a CUDA GPU
+    (free_bytes None) nothing is offloaded, whatever the setting: `full`."""
     if free_bytes is None:
         return "full"
+    if mode != "auto":
+        return mode
     full, low = THRESHOLDS.get(family, THRESHOLDS["sd1"])
     if free_bytes >= full:
         return "full"

@@ -125,6 +125,16 @@ class Engine:
         memory), the model runs uncompiled rather than compiling while jobs wait."""
         if loaded.model_id in self._uncompilable:
             return
+        if loaded.memory_mode != "full":
+            # CPU offload moves the weights on and off the GPU around every call: compiled
+            # code (CUDA graphs) would see new weights each time. Small cards run eager.
+            log.warning(
+                "not compiling %s: it runs in memory mode %s (CPU offload); "
+                "runner.compile needs the whole model on the GPU",
+                loaded.model_id,
+                loaded.memory_mode,
+            )
+            return  # (asked again at its next load: `auto` may choose `full` then)
         started = time.perf_counter()
         compiled = speed.optimise(
             loaded.pipeline, self.placement.device, backend=self.compile_backend

@@ -22,8 +22,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from ..errors import InvalidParameters
 from ..spec import SCHEDULERS
 
-# torchsde's Brownian tree warns when float rounding puts a time a hair past the end.
-warnings.filterwarnings("ignore", message="Should have tb<=t1", module="torchsde")
+# torchsde's Brownian tree warns when float rounding puts a time a hair past an end.
+warnings.filterwarnings("ignore", message="Should have (tb<=t1|ta>=t0)", module="torchsde")
 
 _RECIPES: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "euler": (EulerDiscreteScheduler, {}),

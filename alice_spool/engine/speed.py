@@ -118,16 +118,39 @@ def optimise(pipeline: DiffusionPipeline, device: torch.device, *, backend: Any)
     if backend == "inductor" and device.type == "cuda":
         options["mode"] = "reduce-overhead"  # CUDA graphs: no per-kernel launch cost
     eager_unet, eager_decode = pipeline.unet, pipeline.vae.decode
+    decode = torch.compile(eager_decode, **options)
+    if _upcasts_per_call(pipeline.vae):
+        # SDXL's VAE overflows in fp16, so its pipeline converts the VAE to fp32 and
+        # back around every decode: new weight tensors each call, which compiled code
+        # (CUDA graphs above all) would take for new inputs. Keep it in fp32 instead
+        # and hand it fp32 latents; the pipeline then leaves it alone.
+        pipeline.vae.to(torch.float32)
+        eager_decode, decode = _float32_input(eager_decode), _float32_input(decode)
+        done.append("VAE kept in float32")
     compiled = Compiled(
         description=", ".join([*done, f"torch.compile({options})"]),
         sizes=set(),
         unet=FloatTimesteps(torch.compile(eager_unet, **options)),
-        decode=torch.compile(eager_decode, **options),
+        decode=decode,
         eager_unet=eager_unet,
         eager_decode=eager_decode,
     )
     compiled.use(pipeline, compiled=True)
     return compiled
+
+
+def _upcasts_per_call(vae: Any) -> bool:
+    """Whether the pipeline would convert this VAE to fp32 and back around each decode."""
+    return vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+
+
+def _float32_input(decode: Any) -> Any:
+    """`decode`, handed its latents in float32 (for a VAE kept in float32)."""
+
+    def float32_decode(latents: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return decode(latents.to(torch.float32), *args, **kwargs)
+
+    return float32_decode
 
 
 def allow_compiled_shapes(count: int) -> None:

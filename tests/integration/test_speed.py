@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from alice_spool.engine.device import choose
+from alice_spool.engine.device import Placement, choose
 from alice_spool.engine.resident import Engine
 from alice_spool.engine.shapes import build_parts, write_model_folder
 from alice_spool.engine.tiny import create_tiny
@@ -117,6 +117,79 @@ def test_a_compilation_that_fails_leaves_the_model_running_uncompiled(models: Pa
     assert len(calls) == tried  # the jobs ran eagerly: no compilation for them
     engine.unload()
     torch._dynamo.reset()
+
+
+def test_an_fp16_sdxl_vae_stays_in_float32_when_compiled(tmp_path: Path) -> None:
+    """SDXL's pipeline converts an fp16 VAE to fp32 and back around every decode (it
+    overflows in fp16): new weight tensors each call, which compiled code would take for
+    new inputs (CUDA graphs re-recorded per call). Compiled, the VAE is kept in fp32 with
+    its weights in place; nothing is compiled after the warm-up, with the SDXL UNet's
+    extra conditioning and four schedulers; the images are the uncompiled pipeline's."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    create_tiny(tmp_path, "tinyxl", family="sdxl")
+    fp16 = Placement(torch.device("cpu"), torch.float16)  # as on a GPU
+    backend = CountingBackend()
+    engine = Engine(
+        ModelRegistry(tmp_path),
+        fp16,
+        max_batch=1,
+        compile=True,
+        compile_sizes=[(64, 64)],
+        compile_backend=backend,
+    )
+    engine.warm_up_default()
+    vae = engine.current.pipeline.vae
+    assert engine.current.pipeline.unet.dtype == torch.float16
+    weights = {name: p.data_ptr() for name, p in vae.named_parameters()}
+    assert {p.dtype for p in vae.parameters()} == {torch.float32}
+    after_warm_up = backend.compiled
+    jobs = [
+        {"seed": 5, "scheduler": "euler"},
+        {"seed": 6, "scheduler": "dpm++_sde_karras"},
+        {"seed": 7, "scheduler": "ddim"},
+        {"seed": 8, "scheduler": "dpm++_2m_karras"},
+    ]
+    outputs = [engine.generate([spec(model="tinyxl", **job)]) for job in jobs]
+    assert backend.compiled == after_warm_up
+    assert {name: p.data_ptr() for name, p in vae.named_parameters()} == weights
+    assert {p.dtype for p in vae.parameters()} == {torch.float32}
+    engine.unload()
+    torch._dynamo.reset()
+
+    plain = Engine(ModelRegistry(tmp_path), fp16)
+    for job, compiled in zip(jobs[:2], outputs, strict=False):
+        reference = pixels(plain.generate([spec(model="tinyxl", **job)]))
+        assert len(reference) == 1
+        for got, want in zip(pixels(compiled), reference, strict=True):
+            assert np.abs(got - want).mean() < 1.0  # fp16 and fused QKV round a little
+    # Uncompiled, the pipeline's own upcast-and-back is left as diffusers does it.
+    assert plain.current.pipeline.vae.dtype == torch.float16
+    plain.unload()
+
+
+def test_a_model_offloaded_to_the_cpu_runs_uncompiled(
+    models: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a small card (`runner.memory` low or minimal), accelerate moves the weights on
+    and off the GPU around every call, which compiled code cannot follow: the model
+    runs uncompiled, and the log says why."""
+    import alice_spool.engine.generate as generate_module
+
+    monkeypatch.setattr(generate_module, "memory_plan", lambda *args, **kwargs: "low")
+    backend = CountingBackend()
+    engine = Engine(
+        ModelRegistry(models), choose("cpu"), max_batch=2, compile=True, compile_backend=backend
+    )
+    with caplog.at_level("WARNING", logger="alice_spool.engine.resident"):
+        engine.warm_up_default()
+    assert engine.resident_model == "sd/tiny" and backend.compiled == 0
+    assert "not compiling sd/tiny: it runs in memory mode low" in caplog.text
+    output = engine.generate([spec(seed=3, n=2)])
+    assert output.image_count == 2 and output.memory_mode == "low"
+    assert backend.compiled == 0
+    engine.unload()
 
 
 def test_the_real_architectures_built_in_code(tmp_path: Path) -> None:
