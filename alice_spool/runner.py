@@ -365,6 +365,7 @@ class Runner:
             prefer_models=[resident] if resident else [],
             prefer_default=resident is not None and resident == self.generator.default_model_id(),
             switch_for_jobs_queued_before=cutoff,
+            images_for=self._images_per_call,
         )
         if jobs:
             with self._lock:
@@ -424,9 +425,7 @@ class Runner:
         """Run the pieces as one call; out of memory, as two halves, down to single
         images; an image that does not fit alone fails its job."""
         images = sum(p.spec.n for p in pieces)
-        limit_of = getattr(self.generator, "batch_limit", None)
-        limit = limit_of(pieces[0].spec) if limit_of is not None else images
-        if images > max(1, limit):  # more than fits this family and size: in parts
+        if images > self._images_per_call(pieces[0].spec):  # more than fits: in parts
             for half in _halves(pieces):
                 self._generate(half, by_id, deadline)
             return
@@ -460,6 +459,19 @@ class Runner:
             for offset, (image, seed) in enumerate(zip(made.images, made.seeds, strict=True)):
                 outcome.images[piece.first + offset] = image
                 outcome.seeds[piece.first + offset] = seed
+
+    def _images_per_call(self, spec: JobSpec) -> int:
+        """How many images one call may take for this spec's model and size: what the
+        engine says fits (on a GPU, by free memory), at most `max_batch`. Asked when
+        claiming, so that no claimed job waits as `running` for a later call, and again
+        before the call (the model may have changed since)."""
+        limit_of = getattr(self.generator, "batch_limit", None)
+        if limit_of is None:
+            return self.options.max_batch
+        try:
+            return max(1, min(self.options.max_batch, limit_of(spec)))
+        except SpoolError:  # e.g. its model is gone: the job fails with that when it runs
+            return self.options.max_batch
 
     def _on_step(self, step: int, total: int) -> None:
         running = self._running

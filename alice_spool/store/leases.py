@@ -9,7 +9,7 @@ These statements run for every job, so they are built once, with bound parameter
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, Connection, Update, bindparam, case, func,
 from .. import errors
 from ..models import Job, JobStatus, UTCDateTime
 from ..records import Heartbeat, JobRecord, OrphanReport
+from ..spec import JobSpec
 from ._base import COLUMNS, StoreBase, chunks, get_job, utcnow
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ _CLAIM_MODEL = _claim_statement(by_model=True)
 # model's next one of the same priority), then it and the jobs that can share its
 # pipeline call, in queue order, up to an image budget.
 _HEAD = (
-    select(Job.seq, Job.batch_key, Job.model, Job.priority, Job.created_at)
+    select(Job.seq, Job.batch_key, Job.model, Job.priority, Job.created_at, Job.spec)
     .where(_ready())
     .order_by(Job.priority.desc(), Job.seq)
     .limit(1)
@@ -216,10 +217,12 @@ class Leasing(StoreBase):
         prefer_models: Iterable[str] = (),
         prefer_default: bool = False,
         switch_for_jobs_queued_before: datetime | None = None,
+        images_for: Callable[[JobSpec], int] | None = None,
         now: datetime | None = None,
     ) -> list[JobRecord]:
         """Atomically take the next job and the queued jobs that can share its pipeline
-        call (equal batch keys), in queue order, up to `max_images` images (a first job
+        call (equal batch keys), in queue order, up to `max_images` images, or fewer when
+        `images_for(the next job's spec)` says fewer fit its model and size (a first job
         with more images than that is taken alone).
 
         The next job is the queue's head, unless jobs for a resident model
@@ -254,6 +257,9 @@ class Leasing(StoreBase):
                 head = preferred or head
             if head.batch_key is None:
                 return list(conn.execute(_CLAIM_ONE, {**params, "head": head.seq}))
+            budget = max_images
+            if images_for is not None:
+                budget = max(1, min(budget, images_for(JobSpec.from_dict(head.spec))))
             return list(
                 conn.execute(
                     _CLAIM_COMPATIBLE,
@@ -261,8 +267,8 @@ class Leasing(StoreBase):
                         **params,
                         "key": head.batch_key,
                         "head": head.seq,
-                        "budget": max_images,
-                        "limit": max(max_images, 1),
+                        "budget": budget,
+                        "limit": max(budget, 1),
                     },
                 )
             )

@@ -202,11 +202,14 @@ def test_batches_hold_at_most_max_batch_images_in_queue_order(
     a = [submit(store, f"a{i}", n=2) for i in range(3)]  # 6 images
     b = submit(store, "b", steps=5)  # another batch key
     c = submit(store, "c", n=4)
-    big = submit(store, "big", n=6)  # alone over the budget of 4: runs alone
+    big = submit(store, "big", n=6, seed=100)  # alone over the budget of 4
     make_runner(max_batch=4).run()
     prompts = [[s.prompt for s in call] for call in engine.calls]
-    # a2 and c would make 6 images: c waits for the next call rather than overfill
-    assert prompts == [["a0", "a1"], ["a2"], ["b"], ["c"], ["big"]]
+    # a2 and c would make 6 images: c waits for the next call rather than overfill; big
+    # is claimed alone and made in two calls (never more than max_batch in one)
+    assert prompts == [["a0", "a1"], ["a2"], ["b"], ["c"], ["big"], ["big"]]
+    assert [call[0].n for call in engine.calls[-2:]] == [3, 3]
+    assert [call[0].seed for call in engine.calls[-2:]] == [100, 103]
     assert all(status(store, j) is JobStatus.SUCCEEDED for j in [*a, b, c, big])
 
 
@@ -286,9 +289,22 @@ def test_calls_never_exceed_what_the_engine_says_fits(
     engine.limit = 2  # e.g. SDXL at 1024x1024 on a small card
     jobs = [submit(store, f"cat {i}", seed=i * 10) for i in range(3)]
     three = submit(store, "three", n=3, seed=50)
+    waiting_per_call: list[list[str]] = []  # claimed, not yet in a call (or being written)
+    generate = engine.generate
+
+    def count_running(specs: Sequence[JobSpec], **kwargs: Any) -> Any:
+        made = {spec.prompt for call in engine.calls for spec in call}
+        running = store.list_jobs(statuses=[JobStatus.RUNNING]).jobs
+        waiting_per_call.append(sorted(j.spec.prompt for j in running if j.spec.prompt not in made))
+        return generate(specs, **kwargs)
+
+    engine.generate = count_running  # type: ignore[method-assign]
     make_runner(max_batch=8).run()
     sizes = [sum(s.n for s in call) for call in engine.calls]
-    assert sizes == [2, 1, 1, 2]  # split before the call, never tried whole
+    assert sizes == [2, 1, 1, 2]  # never more than fits in a call, never tried whole
+    # Claimed only as many as one call takes: no job waits as running for a later call
+    # (another runner could have had it); the job too big for one call runs in two.
+    assert waiting_per_call == [["cat 0", "cat 1"], ["cat 2"], ["three"], []]
     for job in [*jobs, three]:
         assert status(store, job) is JobStatus.SUCCEEDED
     result = outbox.read_result(three.id)

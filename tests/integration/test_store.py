@@ -272,6 +272,33 @@ def test_a_head_over_the_budget_runs_alone_and_priority_leads(
     assert {j.lease_owner for j in held} == {"r1"} and {j.attempts for j in held} == {1}
 
 
+def test_the_compatible_claim_takes_only_what_fits_the_heads_model_and_size(
+    store: Store, make_spec: Spec
+) -> None:
+    """`images_for` (the runner asks the engine: free GPU memory by family and size) is
+    asked with the head's spec and lowers the budget; never below one job."""
+    for prompt, fields in [
+        ("xl 1", {"width": 1024, "height": 1024}),
+        ("xl 2", {"width": 1024, "height": 1024}),
+        ("xl 3", {"width": 1024, "height": 1024}),
+        ("small 1", {}),
+        ("small 2", {}),
+        ("small 3", {}),
+    ]:
+        enqueue(store, make_spec(prompt, **fields), now=at(0))
+    asked: list[tuple[str, int | None]] = []
+
+    def images_for(spec: JobSpec) -> int:
+        asked.append((spec.prompt, spec.width))
+        return 2 if spec.width == 1024 else 0
+
+    assert compatible(store, images_for=images_for) == ["xl 1", "xl 2"]
+    assert compatible(store, images_for=images_for) == ["xl 3"]
+    assert compatible(store, images_for=images_for) == ["small 1"]  # 0 fits: one anyway
+    assert compatible(store, images_for=lambda spec: 99, max_images=8) == ["small 2", "small 3"]
+    assert asked == [("xl 1", 1024), ("xl 3", 1024), ("small 1", None)]
+
+
 def test_the_compatible_claim_skips_jobs_not_yet_due(store: Store, make_spec: Spec) -> None:
     enqueue(store, make_spec("later"), now=at(0), not_before=at(100))
     enqueue(store, make_spec("now"), now=at(0))
