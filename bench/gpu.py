@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
+import sys
 import tempfile
 import threading
 import time
@@ -57,6 +59,8 @@ from alice_spool.registry import ModelRegistry
 from alice_spool.runner import Runner, RunnerOptions
 from alice_spool.spec import BUILTIN_DEFAULTS
 from alice_spool.store import Store
+
+log = logging.getLogger("bench.gpu")
 
 
 def sync(device: torch.device) -> None:
@@ -202,6 +206,10 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
 
     quiet_libraries()
+    # Each phase's figure goes to stderr as it is measured, so that a run cut short by a
+    # time limit still tells what it got; the JSON at the end goes to stdout.
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(message)s")
+    log.setLevel(logging.INFO)
     placement = choose(args.device)
     device = placement.device
     result: dict[str, Any] = {
@@ -246,6 +254,7 @@ def main() -> None:
             pipeline = build_pipeline(args.shape, root, device=device, dtype=placement.dtype)
             loaded = engine.adopt(model, pipeline)
         result["build_s"] = round(time.perf_counter() - started, 1)
+        log.info("built %s on %s in %.1f s", args.shape, placement.label, result["build_s"])
         pipeline = loaded.pipeline
         config = loaded.scheduler_config
 
@@ -254,12 +263,14 @@ def main() -> None:
         speeds["a"] = bare(
             pipeline, args, device, per_call=1, images=args.one_at_a_time, scheduler_config=config
         )
+        log.info("(a) bare, one at a time: %.3f images/s", speeds["a"])
         by_batch = {}
         for batch in batches:
             bare(pipeline, args, device, per_call=batch, images=batch, scheduler_config=config)
             by_batch[batch] = bare(
                 pipeline, args, device, per_call=batch, images=2 * batch, scheduler_config=config
             )
+            log.info("(b) bare, %d per call: %.3f images/s", batch, by_batch[batch])
         best = max(by_batch, key=lambda b: by_batch[b])
         result["bare_batched_images_per_s"] = {str(b): round(v, 3) for b, v in by_batch.items()}
         speeds["b"] = by_batch[best]
@@ -272,6 +283,7 @@ def main() -> None:
             started = time.perf_counter()
             loaded = engine.adopt(model, pipeline)
             result["compile_s"] = round(time.perf_counter() - started, 1)
+            log.info("compiled and warmed up for %s in %.1f s", engine.buckets, result["compile_s"])
             pipeline = loaded.pipeline
             bare(
                 pipeline,
@@ -289,6 +301,7 @@ def main() -> None:
                 images=2 * max_batch,
                 scheduler_config=config,
             )
+            log.info("(b) compiled, %d per call: %.3f images/s", max_batch, speeds["b_compiled"])
 
         spool = Spool(engine, root, max_batch, model)
 
@@ -297,15 +310,26 @@ def main() -> None:
             first = time.perf_counter()
             spool.wait(spool.drop(args, 1), timeout=600)
             result["first_image_s"] = round(time.perf_counter() - first, 3)
+            log.info("first image on an idle runner: %.3f s", result["first_image_s"])
             time.sleep(0.5)  # idle again
             started = time.perf_counter()
             spool.wait(spool.drop(args, args.jobs), timeout=3600)
             speeds["c"] = args.jobs / (time.perf_counter() - started)
+            log.info("(c) spool, %d jobs: %.3f images/s", args.jobs, speeds["c"])
+            finished = spool.store.list_jobs(limit=10_000).jobs
             batches_run = {
-                (j.result or {}).get("timings", {}).get("batch_images")
-                for j in spool.store.list_jobs(limit=10_000).jobs
+                (j.result or {}).get("timings", {}).get("batch_images") for j in finished
             }
             result["spool_batch_images"] = sorted(b for b in batches_run if b)
+            # Random weights can overflow in fp16 (NaN images fail their jobs): the time
+            # is still the GPU's work, but say so.
+            outcomes: dict[str, int] = {}
+            for job in finished:
+                key = job.error_code or job.status.value
+                outcomes[key] = outcomes.get(key, 0) + 1
+            result["spool_jobs"] = outcomes
+            if set(outcomes) != {"succeeded"}:
+                log.warning("not every job succeeded: %s", outcomes)
 
         spool.run(drive)
 

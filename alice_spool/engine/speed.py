@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def optimise(pipeline: DiffusionPipeline, device: torch.device, *, backend: Any)
         options["mode"] = "reduce-overhead"  # CUDA graphs: no per-kernel launch cost
     eager_unet, eager_decode = pipeline.unet, pipeline.vae.decode
     decode = torch.compile(eager_decode, **options)
-    if _upcasts_per_call(pipeline.vae):
+    if _upcasts_per_call(pipeline):
         # SDXL's VAE overflows in fp16, so its pipeline converts the VAE to fp32 and
         # back around every decode: new weight tensors each call, which compiled code
         # (CUDA graphs above all) would take for new inputs. Keep it in fp32 instead
@@ -139,9 +139,16 @@ def optimise(pipeline: DiffusionPipeline, device: torch.device, *, backend: Any)
     return compiled
 
 
-def _upcasts_per_call(vae: Any) -> bool:
-    """Whether the pipeline would convert this VAE to fp32 and back around each decode."""
-    return vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+def _upcasts_per_call(pipeline: DiffusionPipeline) -> bool:
+    """Whether the pipeline converts its VAE to fp32 and back around each decode: SDXL's
+    does when the VAE is fp16 and says `force_upcast` (SD 1.x/2.x pipelines never do,
+    whatever their VAE's config says)."""
+    vae = pipeline.vae
+    return (
+        isinstance(pipeline, StableDiffusionXLPipeline)
+        and vae.dtype == torch.float16
+        and bool(getattr(vae.config, "force_upcast", False))
+    )
 
 
 def _float32_input(decode: Any) -> Any:

@@ -15,7 +15,8 @@ import torch
 from alice_spool.engine.device import Placement, choose
 from alice_spool.engine.resident import Engine
 from alice_spool.engine.shapes import build_parts, write_model_folder
-from alice_spool.engine.tiny import create_tiny
+from alice_spool.engine.speed import optimise
+from alice_spool.engine.tiny import build_tiny_pipeline, create_tiny
 from alice_spool.errors import InvalidParameters
 from alice_spool.registry import ModelRegistry
 from alice_spool.spec import parse_spec
@@ -168,6 +169,13 @@ def test_an_fp16_sdxl_vae_stays_in_float32_when_compiled(tmp_path: Path) -> None
     assert plain.current.pipeline.vae.dtype == torch.float16
     plain.unload()
 
+    # An SD 1.x pipeline never upcasts (its VAE's config says force_upcast all the same):
+    # its VAE stays in fp16, as fast as it is.
+    sd1 = build_tiny_pipeline(tmp_path, "sd1").to(torch.float16)
+    assert sd1.vae.config.force_upcast
+    optimise(sd1, torch.device("cpu"), backend=CountingBackend())
+    assert {p.dtype for p in sd1.vae.parameters()} == {torch.float16}
+
 
 def test_a_model_offloaded_to_the_cpu_runs_uncompiled(
     models: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
@@ -227,23 +235,31 @@ def test_the_real_architectures_built_in_code(tmp_path: Path) -> None:
 
 
 @pytest.mark.gpu
-def test_compiled_with_cuda_graphs_on_a_gpu(models: Path) -> None:
-    """The real thing on a CUDA device: inductor with CUDA graphs, fp16; the compiled
-    images match the eager ones (fp16 rounding aside)."""
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_compiled_with_cuda_graphs_on_a_gpu(tmp_path: Path, family: str) -> None:
+    """The real thing on a CUDA device: inductor with CUDA graphs, fp16 (an SDXL VAE
+    kept in fp32, its weights in place); the compiled images match the eager ones (fp16
+    rounding aside)."""
     import torch._dynamo
 
+    create_tiny(tmp_path, "tiny", family=family)
     torch._dynamo.reset()
     engine = Engine(
-        ModelRegistry(models),
+        ModelRegistry(tmp_path),
         choose("cuda"),
         max_batch=2,
         compile=True,
         compile_sizes=[(64, 64)],
     )
     engine.warm_up_default()
-    compiled = pixels(engine.generate([spec(seed=7, n=2)]))
+    vae = engine.current.pipeline.vae
+    weights = [p.data_ptr() for p in vae.parameters()]
+    compiled = [pixels(engine.generate([spec(seed=7, n=n)])) for n in (2, 1)]
+    assert [p.data_ptr() for p in vae.parameters()] == weights
+    assert vae.dtype == (torch.float32 if family == "sdxl" else torch.float16)
     engine.unload()
     torch._dynamo.reset()
-    eager = pixels(Engine(ModelRegistry(models), choose("cuda")).generate([spec(seed=7, n=2)]))
-    for got, want in zip(compiled, eager, strict=True):
-        assert np.abs(got - want).mean() < 3.0
+    eager = Engine(ModelRegistry(tmp_path), choose("cuda"))
+    for n, images in zip((2, 1), compiled, strict=True):
+        for got, want in zip(images, pixels(eager.generate([spec(seed=7, n=n)])), strict=True):
+            assert np.abs(got - want).mean() < 3.0
