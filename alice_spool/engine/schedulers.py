@@ -3,9 +3,10 @@ scheduler config (its betas and timestep spacing), as other SD tools name them.
 
 The stochastic DPM++ SDE samplers draw Brownian-motion noise for each image from that
 image's seed (`SeededBrownianNoise`), so that an image is the same alone or in a batch,
-at the cost of a few small random draws per step rather than a Brownian tree per image
-(torchsde's, what diffusers uses for a list of seeds: about 50 draws and 150 small tensor
-operations per image per query, in Python, which on a GPU holds the whole batch back).
+at the cost of one random draw per image per new point of the path rather than a
+Brownian tree per image (torchsde's, what diffusers uses for a list of seeds: about 50
+draws and 120 interval updates per image per query, in Python, which on a GPU holds the
+whole batch back; `bench/noise.py`).
 """
 
 from __future__ import annotations
