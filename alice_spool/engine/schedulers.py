@@ -108,8 +108,12 @@ class SeededBrownianNoise:
 
     def __call__(self, sigma: Any, sigma_next: Any) -> torch.Tensor:
         a, b = float(sigma), float(sigma_next)
-        step = (self._at(b) - self._at(a)) / abs(b - a) ** 0.5
-        return step.to(device=self.device, dtype=self.dtype)
+        step = ((self._at(b) - self._at(a)) / abs(b - a) ** 0.5).to(self.dtype)
+        if self.device.type != "cuda":
+            return step.to(self.device)
+        # From pinned memory without waiting: a plain copy would wait for the GPU to
+        # finish the UNet call before it, and the GPU would then wait for the CPU.
+        return step.pin_memory().to(self.device, non_blocking=True)
 
 
 class SeededSDEScheduler(DPMSolverSDEScheduler):

@@ -85,3 +85,13 @@ def test_the_sde_schedulers_use_it_and_stay_reproducible() -> None:
     assert not torch.equal(run([5])[0], run([6])[0])
     plain = make_scheduler("dpm++_sde", SD15_SCHEDULER, [1])
     assert isinstance(plain, SeededSDEScheduler) and not plain.config.use_karras_sigmas
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_path_is_the_one_drawn_on_the_cpu() -> None:
+    on_cpu = noise([1, 2])
+    on_gpu = SeededBrownianNoise(torch.zeros((2, *SHAPE), device="cuda"), [1, 2])
+    for a, b in [(14.6, 7.0), (14.6, 3.0), (3.0, 1.0)]:
+        step = on_gpu(a, b)
+        assert step.device.type == "cuda"
+        assert torch.equal(on_cpu(a, b), step.cpu())
