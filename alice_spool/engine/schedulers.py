@@ -5,8 +5,8 @@ The stochastic DPM++ SDE samplers draw Brownian-motion noise for each image from
 image's seed (`SeededBrownianNoise`), so that an image is the same alone or in a batch,
 at the cost of one random draw per image per new point of the path rather than a
 Brownian tree per image (torchsde's, what diffusers uses for a list of seeds: about 50
-draws and 120 interval updates per image per query, in Python, which on a GPU holds the
-whole batch back; `bench/noise.py`).
+draws and 120 interval updates per image per query, in Python, which on a GPU can hold
+the whole batch back; `bench/noise.py`).
 """
 
 from __future__ import annotations
