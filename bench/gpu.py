@@ -1,6 +1,6 @@
 """Throughput on one device, bare diffusers against the whole spool. Prints one JSON object.
 
-    python bench/gpu.py [--shape sd15|sdxl|tiny] [--compile] [--jobs 64] [--steps 25]
+    python bench/gpu.py [--shape sd15|sdxl|tiny] [--compile] [--stock] [--jobs 64] [--steps 25]
                         [--size 512] [--scheduler dpm++_sde_karras] [--batches 8,16]
 
 In ONE process, on the same device and the same pipeline (random weights of the real
@@ -17,6 +17,11 @@ model for a CPU run):
   is there;
 - `first_image_s`: an idle runner, one request file dropped, until its result.json is
   there.
+
+(a) and (b) use the spool's schedulers (for DPM++ SDE: Brownian noise per image seed, as
+the spool runs it), so (c) compares with the same arithmetic; `--stock` measures them
+again with diffusers' own schedulers (one Brownian tree per call) as
+`stock_diffusers_images_per_s`.
 
 With `--compile`, (a) and (b) run eager first; then the engine compiles the pipeline
 (fused QKV, channels_last, torch.compile of the UNet and VAE decoder, CUDA graphs on a
@@ -49,7 +54,7 @@ from alice_spool.database import Database
 from alice_spool.engine.device import choose, describe
 from alice_spool.engine.generate import quiet_libraries
 from alice_spool.engine.resident import Engine
-from alice_spool.engine.schedulers import make_scheduler
+from alice_spool.engine.schedulers import make_scheduler, stock_scheduler
 from alice_spool.engine.shapes import NATIVE, build_pipeline, write_model_folder
 from alice_spool.engine.speed import batch_buckets
 from alice_spool.engine.tiny import create_tiny
@@ -76,13 +81,18 @@ def bare(
     per_call: int,
     images: int,
     scheduler_config: Any,
+    stock: bool = False,
 ) -> float:
-    """Images per second of the bare pipeline, `per_call` images a call."""
+    """Images per second of the bare pipeline, `per_call` images a call; with the
+    spool's schedulers (per-image noise), or `stock` as diffusers makes them."""
     calls = max(1, images // per_call)
     started = time.perf_counter()
     for call in range(calls):
         seeds = [1000 + call * per_call + i for i in range(per_call)]
-        pipeline.scheduler = make_scheduler(args.scheduler, scheduler_config, seeds)
+        if stock:
+            pipeline.scheduler = stock_scheduler(args.scheduler, scheduler_config)
+        else:
+            pipeline.scheduler = make_scheduler(args.scheduler, scheduler_config, seeds)
         with torch.inference_mode():
             pipeline(
                 prompt=[f"a lighthouse at dusk #{s}" for s in seeds],
@@ -199,6 +209,9 @@ def main() -> None:
     parser.add_argument("--batches", default="8,16", help="images per call for (b)")
     parser.add_argument("--max-batch", type=int, default=None, help="default: best of (b)")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument(
+        "--stock", action="store_true", help="also (a) and (b) with diffusers' own schedulers"
+    )
     parser.add_argument("--dir", default=None, help="where the database and outbox go")
     args = parser.parse_args()
     args.size = args.size or (64 if args.shape == "tiny" else NATIVE[args.shape])
@@ -275,6 +288,19 @@ def main() -> None:
         result["bare_batched_images_per_s"] = {str(b): round(v, 3) for b, v in by_batch.items()}
         speeds["b"] = by_batch[best]
         max_batch = args.max_batch or best
+        if args.stock:  # (a) and (b) again, with diffusers' own schedulers
+            stock = {"pipeline": pipeline, "args": args, "device": device, "stock": True}
+            bare(**stock, per_call=best, images=best, scheduler_config=config)
+            result["stock_diffusers_images_per_s"] = {
+                "a_one_at_a_time": round(
+                    bare(**stock, per_call=1, images=args.one_at_a_time, scheduler_config=config),
+                    3,
+                ),
+                f"b_{best}_per_call": round(
+                    bare(**stock, per_call=best, images=2 * best, scheduler_config=config), 3
+                ),
+            }
+            log.info("stock diffusers schedulers: %s", result["stock_diffusers_images_per_s"])
 
         if args.compile:
             engine.compile = True

@@ -130,20 +130,26 @@ class SeededSDEScheduler(DPMSolverSDEScheduler):
         return super().step(model_output, timestep, sample, *args, **kwargs)
 
 
+def stock_scheduler(name: str, base_config: Any) -> SchedulerMixin:
+    """The scheduler called `name` as diffusers makes it, without per-image noise (DPM++
+    SDE then draws one Brownian tree for the whole call, from a random seed): what a plain
+    diffusers program runs, for comparisons."""
+    try:
+        cls, options = _RECIPES[name]
+    except KeyError:
+        raise InvalidParameters(f"scheduler {name!r} is not known", field="scheduler") from None
+    config = {k: v for k, v in dict(base_config).items() if k not in _NOT_CARRIED}
+    return cls.from_config(config, **options)
+
+
 def make_scheduler(name: str, base_config: Any, seeds: list[int]) -> SchedulerMixin:
     """A fresh scheduler called `name`, for one pipeline call making images with `seeds`.
 
     Stochastic samplers draw their noise per image from its own seed, so an image comes
     out the same whether it is made alone or in a batch.
     """
-    try:
-        cls, options = _RECIPES[name]
-    except KeyError:
-        raise InvalidParameters(f"scheduler {name!r} is not known", field="scheduler") from None
-    config = {k: v for k, v in dict(base_config).items() if k not in _NOT_CARRIED}
-    if cls is DPMSolverSDEScheduler:
-        cls = SeededSDEScheduler
-    scheduler = cls.from_config(config, **options)
-    if isinstance(scheduler, SeededSDEScheduler):
+    scheduler = stock_scheduler(name, base_config)
+    if isinstance(scheduler, DPMSolverSDEScheduler):
+        scheduler = SeededSDEScheduler.from_config(scheduler.config)
         scheduler.image_seeds = list(seeds)
     return scheduler

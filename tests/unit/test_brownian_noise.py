@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from diffusers import DPMSolverSDEScheduler
 
 from alice_spool.engine.schedulers import (
     SeededBrownianNoise,
     SeededSDEScheduler,
     make_scheduler,
+    stock_scheduler,
 )
 from alice_spool.engine.tiny import SD15_SCHEDULER
+from alice_spool.errors import InvalidParameters
 
 SHAPE = (4, 32, 32)  # 4096 numbers an image: enough for the statistics below
 
@@ -85,6 +88,11 @@ def test_the_sde_schedulers_use_it_and_stay_reproducible() -> None:
     assert not torch.equal(run([5])[0], run([6])[0])
     plain = make_scheduler("dpm++_sde", SD15_SCHEDULER, [1])
     assert isinstance(plain, SeededSDEScheduler) and not plain.config.use_karras_sigmas
+    # diffusers' own, for the benchmarks' comparison: one tree, no seeds of ours
+    stock = stock_scheduler("dpm++_sde_karras", SD15_SCHEDULER)
+    assert type(stock) is DPMSolverSDEScheduler and stock.config.use_karras_sigmas
+    with pytest.raises(InvalidParameters, match="'dpm\\+\\+_3m' is not known"):
+        stock_scheduler("dpm++_3m", SD15_SCHEDULER)
 
 
 @pytest.mark.gpu
