@@ -20,14 +20,12 @@ from diffusers import (
     DiffusionPipeline,
     EulerDiscreteScheduler,
     PNDMScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from ..errors import InvalidParameters
-from .tiny import SD15_SCHEDULER, _tokenizer
+from .tiny import SD15_SCHEDULER, assemble, letter_tokenizer
 
 # stable-diffusion-v1-5: unet/config.json (what differs from UNet2DConditionModel's
 # defaults, which are SD 1.x's) and vae/config.json.
@@ -120,7 +118,7 @@ def build_parts(shape: str, workdir: Path) -> dict[str, Any]:
     """The shape's parts with random weights, on the current default device (use
     `with torch.device("meta"):` to build them without memory)."""
     _check(shape)
-    tokenizer = _tokenizer(workdir)  # a letter tokenizer: prompts tokenize offline
+    tokenizer = letter_tokenizer(workdir)  # a letter tokenizer: prompts tokenize offline
     if shape == "sd15":
         return {
             "unet": UNet2DConditionModel(**SD15_UNET),
@@ -148,21 +146,8 @@ def build_pipeline(
         if name in parts:
             parts[name] = parts[name].to(dtype=dtype).eval()
     if shape == "sd15":
-        pipeline: DiffusionPipeline = StableDiffusionPipeline(
-            **parts,
-            scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    else:
-        pipeline = StableDiffusionXLPipeline(
-            **parts,
-            scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER),
-            add_watermarker=False,
-        )
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+        return assemble(parts, PNDMScheduler.from_config(SD15_SCHEDULER))
+    return assemble(parts, EulerDiscreteScheduler.from_config(SDXL_SCHEDULER))
 
 
 def write_model_folder(shape: str, folder: Path) -> Path:

@@ -54,7 +54,7 @@ SD15_SCHEDULER = {
 }
 
 
-def _tokenizer(directory: Path) -> CLIPTokenizer:
+def letter_tokenizer(directory: Path) -> CLIPTokenizer:
     """A CLIP tokenizer with a byte-sized vocabulary and no merges: words become letters."""
     letters = [chr(c) for c in range(33, 127)]
     vocab = {letter: i for i, letter in enumerate(letters)}
@@ -113,29 +113,26 @@ def _unet(**shape: Any) -> UNet2DConditionModel:
 
 
 def _sd1(workdir: Path) -> StableDiffusionPipeline:
-    tokenizer = _tokenizer(workdir)
+    tokenizer = letter_tokenizer(workdir)
     unet = _unet(
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32,
         attention_head_dim=4,
     )
-    return StableDiffusionPipeline(
-        vae=_vae(),
-        text_encoder=CLIPTextModel(_text_config(tokenizer)),
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    parts = {
+        "vae": _vae(),
+        "text_encoder": CLIPTextModel(_text_config(tokenizer)),
+        "tokenizer": tokenizer,
+        "unet": unet,
+    }
+    return assemble(parts, PNDMScheduler.from_config(SD15_SCHEDULER))
 
 
 def _sdxl(workdir: Path) -> StableDiffusionXLPipeline:
     """SDXL's shape: two text encoders (one with a pooled projection) and a UNet that
     also takes the pooled text and the size/crop conditioning ("text_time")."""
-    tokenizer = _tokenizer(workdir)
+    tokenizer = letter_tokenizer(workdir)
     time_dim = 8
     unet = _unet(
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -148,16 +145,33 @@ def _sdxl(workdir: Path) -> StableDiffusionXLPipeline:
         projection_class_embeddings_input_dim=6 * time_dim + 32,  # six size numbers + pooled
         cross_attention_dim=64,  # both encoders' hidden states side by side
     )
-    return StableDiffusionXLPipeline(
-        vae=_vae(),
-        text_encoder=CLIPTextModel(_text_config(tokenizer)),
-        text_encoder_2=CLIPTextModelWithProjection(_text_config(tokenizer)),
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
-        unet=unet,
-        scheduler=EulerDiscreteScheduler.from_config(SD15_SCHEDULER),
-        add_watermarker=False,
-    )
+    parts = {
+        "vae": _vae(),
+        "text_encoder": CLIPTextModel(_text_config(tokenizer)),
+        "text_encoder_2": CLIPTextModelWithProjection(_text_config(tokenizer)),
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer,
+        "unet": unet,
+    }
+    return assemble(parts, EulerDiscreteScheduler.from_config(SD15_SCHEDULER))
+
+
+def assemble(parts: dict[str, Any], scheduler: Any) -> DiffusionPipeline:
+    """A pipeline from its parts: SDXL's when there is a second text encoder, else SD's;
+    without a safety checker or a watermarker, its progress bar off."""
+    pipeline: DiffusionPipeline
+    if "text_encoder_2" in parts:
+        pipeline = StableDiffusionXLPipeline(**parts, scheduler=scheduler, add_watermarker=False)
+    else:
+        pipeline = StableDiffusionPipeline(
+            **parts,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def build_tiny_pipeline(workdir: Path, family: str = "sd1") -> DiffusionPipeline:
