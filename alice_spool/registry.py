@@ -268,8 +268,15 @@ class ModelRegistry:
     def resolve(self, spec: JobSpec, configured_default: str = "") -> JobSpec:
         """The spec with what it left to the server filled in: the default model, and the
         model's native size. `model_not_found` for a model that is not installed."""
+        return self.resolve_with_model(spec, configured_default)[0]
+
+    def resolve_with_model(
+        self, spec: JobSpec, configured_default: str = ""
+    ) -> tuple[JobSpec, ModelInfo]:
+        """`resolve`, and the model it resolved to (one look at the directory)."""
         model = self.get(spec.model) if spec.model else self.default(configured_default)
         native = model.native_size or NATIVE.get(model.family or "sd1", 512)
-        return replace(
+        filled = replace(
             spec, model=model.id, width=spec.width or native, height=spec.height or native
         )
+        return filled, model

@@ -190,10 +190,9 @@ class Engine:
         free = free_memory(self.placement)
         if free is None:  # not a GPU: nothing to measure
             return self.max_batch
-        resolved = self.resolve(spec)
-        family = self.registry.get(str(resolved.model)).family or "sd1"
+        resolved, model = self.registry.resolve_with_model(spec, self.default_model)
         return speed.batch_limit(
-            family,
+            model.family or "sd1",
             int(resolved.width or 512),
             int(resolved.height or 512),
             free_bytes=free,
@@ -289,11 +288,15 @@ class Engine:
         if compiled is None:
             return generate(loaded, resolved, on_step=on_step, should_stop=should_stop)
         size = (int(resolved[0].width or 0), int(resolved[0].height or 0))
-        if size not in compiled.sizes:  # not warmed up: eager, never compiled for a job
+        images = sum(spec.n for spec in resolved)
+        if size not in compiled.sizes or images > self.buckets[-1]:
+            # Not warmed up for this size or this many images: eager, never compiled
+            # while a job waits (the runner keeps calls within max_batch; this is for
+            # any other caller).
             compiled.use(loaded.pipeline, compiled=False)
             try:
                 return generate(loaded, resolved, on_step=on_step, should_stop=should_stop)
             finally:
                 compiled.use(loaded.pipeline, compiled=True)
-        pad_to = speed.bucket_for(sum(spec.n for spec in resolved), self.buckets)
+        pad_to = speed.bucket_for(images, self.buckets)
         return generate(loaded, resolved, on_step=on_step, should_stop=should_stop, pad_to=pad_to)

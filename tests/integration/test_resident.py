@@ -37,6 +37,10 @@ def test_defaults_are_resolved_from_the_registry(models: Path) -> None:
     assert registry.resolve(spec(model="tiny", width=128)).height == 64
     with pytest.raises(ModelNotFound):
         registry.resolve(spec(model="nope"))
+    # With the model it resolved to (the engine's batch limit needs its family).
+    filled, model = registry.resolve_with_model(spec(), "tiny")
+    assert filled == registry.resolve(spec(), "tiny")
+    assert (model.id, model.family) == ("sd/tiny", "sd1")
 
 
 def test_one_model_resident_switching_on_demand(models: Path) -> None:

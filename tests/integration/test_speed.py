@@ -79,7 +79,10 @@ def test_compiled_once_per_size_and_batch_size_then_never_per_job(models: Path) 
     ]
     # A size that was not warmed up runs on the eager modules: nothing compiled either.
     other_size = engine.generate([spec(seed=15, n=2, width=72, height=72)])
+    # More images than the largest batch size (a caller other than the runner): eager too.
+    too_many = engine.generate([spec(seed=16, n=5)])
     assert backend.compiled == after_warm_up
+    assert too_many.image_count == 5
     assert [o.image_count for o in outputs] == [1, 2, 3, 4]  # the filler images dropped
     assert other_size.image_count == 2 and other_size.width == 72
 
