@@ -23,7 +23,6 @@ import os
 import queue
 import re
 import secrets
-import signal
 import socket
 import threading
 import time
@@ -31,7 +30,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any, Protocol
 
 from . import faults
@@ -53,6 +51,7 @@ from .models import JobStatus, Source
 from .outbox import Outbox, image_name, infotext
 from .records import JobRecord, RunnerReport
 from .spec import SEED_MAX, JobSpec
+from .stopping import StopSignals, exit_now
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,6 @@ NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 DB_RETRY_S = 1.0
 REPORT_S = 1.0  # how often the runner reports itself (runners table)
 HANG_EXIT_CODE = 70  # the process gives up on a stuck device; its supervisor restarts it
-SECOND_SIGNAL_EXIT_CODE = 143
 
 
 class BatchGenerator(Protocol):
@@ -251,6 +249,7 @@ class Runner:
         self._resident_since = time.monotonic()
         self._resident: str | None = None
         self._started_at = utcnow()
+        self._signals: StopSignals | None = None
 
     # -- the outside world -------------------------------------------------------------
 
@@ -259,19 +258,16 @@ class Runner:
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
-        """First SIGTERM/SIGINT: stop gracefully. Second: exit at once (the jobs held are
-        rescued when a runner of this name starts again)."""
+        """SIGTERM/SIGINT: stop gracefully, giving the jobs of the batch back to the queue
+        with their attempts uncounted; the same signal again within a second is that stop
+        delivered twice (a process group's signal and its parent's); later, exit at once
+        (the jobs held are rescued when a runner of this name starts again)."""
+        self._signals = StopSignals(self._on_warm_stop, exit_now)
+        self._signals.install()
 
-        def handle(signum: int, _frame: FrameType | None) -> None:
-            if self._stop.is_set():
-                log.warning("second %s: exiting now", signal.Signals(signum).name)
-                logging.shutdown()
-                os._exit(SECOND_SIGNAL_EXIT_CODE)
-            log.info("%s: finishing up; send it again to exit at once", signal.Signals(signum).name)
-            self._stop.set()
-
-        signal.signal(signal.SIGTERM, handle)
-        signal.signal(signal.SIGINT, handle)
+    def _on_warm_stop(self, name: str) -> None:
+        log.info("%s: finishing up; send it again after a second to exit at once", name)
+        self._stop.set()
 
     # -- the main loop -------------------------------------------------------------------
 

@@ -32,7 +32,10 @@ WorkingDirectory={state_dir}
 ExecStart={prefix}/bin/alice-spool serve
 Restart=on-failure
 RestartSec=5
-# SIGTERM: the runner interrupts its batch and puts its jobs back in the queue.
+# Stop: SIGTERM to serve alone (mixed), which passes one SIGTERM to its runner; the runner
+# interrupts its batch and puts its jobs back in the queue, attempts uncounted. Whatever is
+# left after TimeoutStopSec is SIGKILLed, the whole control group.
+KillMode=mixed
 KillSignal=SIGTERM
 TimeoutStopSec=90
 

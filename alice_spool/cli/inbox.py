@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import signal
 import threading
-from types import FrameType
 
 import click
 
+from ..stopping import StopSignals, exit_now
 from .app import App, cli, emit_json, json_option, pass_app
 
 
@@ -33,12 +32,7 @@ def watch(app: App, polling: bool | None, once: bool, as_json: bool) -> None:
         inbox.run_once()
     else:
         stop = threading.Event()
-
-        def handle(_signum: int, _frame: FrameType | None) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, handle)
-        signal.signal(signal.SIGINT, handle)
+        StopSignals(lambda _name: stop.set(), exit_now).install()
         inbox.start()
         try:
             stop.wait()

@@ -19,6 +19,7 @@ import click
 from .. import migrate
 from ..errors import SpoolError
 from ..service import sd_notify, watchdog_interval_s
+from ..stopping import StopSignals, exit_now
 from ..store import Store
 from .app import App, cli, pass_app
 
@@ -42,7 +43,11 @@ def _child_argv(app: App, *command: str) -> list[str]:
 
 class Supervisor:
     """Runs `alice-spool runner` as a child process and starts it again if it dies,
-    waiting longer after each quick death (1 s, 2 s, 4 s, ... 60 s)."""
+    waiting longer after each quick death (1 s, 2 s, 4 s, ... 60 s).
+
+    The child runs in a session of its own, so a signal to serve's process group (Ctrl-C
+    in a terminal, `kill -TERM -PGID`) reaches serve alone, and serve passes exactly one
+    SIGTERM on: the runner sees one stop, never a stop and a hurry."""
 
     def __init__(self, argv: list[str]) -> None:
         self.argv = argv
@@ -50,6 +55,8 @@ class Supervisor:
         self.started_at = time.monotonic()
         self.restarts = 0
         self._stopping = threading.Event()
+        self._lock = threading.Lock()  # starting a child vs. stopping: one at a time
+        self._signalled: subprocess.Popen[bytes] | None = None
         self._thread = threading.Thread(
             target=self._supervise, name="runner-supervisor", daemon=True
         )
@@ -59,9 +66,14 @@ class Supervisor:
 
     def _supervise(self) -> None:
         delay = RESTART_MIN_S
-        while not self._stopping.is_set():
-            started = self.started_at = time.monotonic()
-            self.process = subprocess.Popen([*self.argv, "--parent-pid", str(os.getpid())])
+        while True:
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                started = self.started_at = time.monotonic()
+                self.process = subprocess.Popen(
+                    [*self.argv, "--parent-pid", str(os.getpid())], start_new_session=True
+                )
             log.info("runner started (pid %d)", self.process.pid)
             code = self.process.wait()
             if self._stopping.is_set():
@@ -92,19 +104,37 @@ class Supervisor:
         mine = [r for r in store.runners() if r.owner.split("/")[1:2] == [str(process.pid)]]
         return any(r.age_s(now) < within_s for r in mine)
 
+    def begin_stop(self) -> None:
+        """Start no new runner, and SIGTERM the running one (once: it releases its jobs
+        and exits)."""
+        with self._lock:
+            self._stopping.set()
+            process = self.process
+            if process is None or process is self._signalled or process.poll() is not None:
+                return
+            self._signalled = process
+            process.send_signal(signal.SIGTERM)
+
     def stop(self) -> None:
-        """SIGTERM the runner (it releases its jobs and exits), SIGKILL if it hangs."""
-        self._stopping.set()
+        """`begin_stop`, then wait for the runner; SIGKILL it if it hangs."""
+        self.begin_stop()
         process = self.process
         if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
             try:
                 process.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 log.error("the runner did not stop in %.0f s; killing it", STOP_GRACE_S)
-                process.kill()
-                process.wait()
+                self.kill()
         self._thread.join(5)
+
+    def kill(self) -> None:
+        """A cold stop: SIGKILL the runner now (its jobs are rescued when it starts again)."""
+        with self._lock:
+            self._stopping.set()
+            process = self.process
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def _ensure_a_model(app: App) -> None:
@@ -128,21 +158,38 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
     from ..inbox import Inbox
 
     settings = app.settings
+    stopping = threading.Event()
+    server: uvicorn.Server | None = None
+    supervisor: Supervisor | None = None
+
+    def warm_stop(name: str) -> None:
+        log.info("%s: stopping; send it again after a second to exit at once", name)
+        stopping.set()
+        if server is not None:
+            server.should_exit = True
+        if supervisor is not None:  # the runner releases its jobs while the API drains
+            supervisor.begin_stop()
+
+    def cold_stop(name: str) -> None:
+        if supervisor is not None:
+            supervisor.kill()
+        exit_now(name)
+
+    signals = StopSignals(warm_stop, cold_stop)
+    signals.install()  # from the start: a stop while starting up is a stop too
+
     # The daemon brings its database up to date itself (all or nothing, idempotent).
     before = migrate.schema_state(app.database).current
     after = migrate.upgrade(app.database).current
     if before != after:
         log.info("database upgraded: %s -> %s", before or "empty", after)
     store = app.store
+    if with_runner:  # before the inbox: every door queues jobs for a model that exists
+        _ensure_a_model(app)
     inbox = None
     if settings.inbox.enabled:
         inbox = Inbox.from_settings(settings, store)
         inbox.start()
-    supervisor = None
-    if with_runner:
-        _ensure_a_model(app)
-        supervisor = Supervisor(_child_argv(app, "runner"))
-        supervisor.start()
     application = create_app(
         settings, store, app.registry, inbox_health=inbox.health if inbox else None
     )
@@ -154,7 +201,21 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
         access_log=False,
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # uvicorn's SIGTERM/SIGINT handler while it serves (it puts serve's back
+            # afterwards): the signal takes serve's way, whenever it comes
+            signals.record(sig, frame)
+
+    server = Server(config)
+    if with_runner:
+        supervisor = Supervisor(_child_argv(app, "runner"))
+        supervisor.start()
+    if stopping.is_set():  # stopped while starting up
+        server.should_exit = True
+        if supervisor is not None:
+            supervisor.begin_stop()
     done = threading.Event()
     notifier = threading.Thread(
         target=_notify_systemd, args=(server, store, supervisor, done), daemon=True
@@ -164,15 +225,6 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
         target=_retention_loop, args=(app, store, done), name="retention", daemon=True
     )
     keeper.start()
-
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        server.should_exit = True
-
-    # uvicorn answers SIGTERM/SIGINT while it runs, then puts these back and raises the
-    # signal again: with them in place (not the default, which kills the process) the
-    # runner and the inbox below are stopped cleanly.
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     try:
         server.run()  # until SIGTERM or SIGINT
     finally:
@@ -182,7 +234,7 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
             supervisor.stop()
         if inbox is not None:
             inbox.stop()
-    if not server.started:
+    if not server.started and not stopping.is_set():
         raise click.ClickException(
             f"could not listen on {config.host}:{config.port} (in use, or not allowed?)"
         )
