@@ -21,14 +21,39 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
         text=True,
         check=True,
     ).stdout
-    assert extracted == block.group(1)
-    assert "pytest" in extracted and "constraints.txt" in extracted
+    assert extracted == block.group(1) == "make test"
+
+
+def _make_dry_run(target: str) -> str:
+    """What `make TARGET` would run in a checkout with no virtual environment yet."""
+    result = subprocess.run(
+        ["make", "-s", "-n", "--no-print-directory", target, "VENV=/nonexistent"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    return "\n".join(line.rstrip() for line in result.stdout.splitlines())
+
+
+def test_the_make_targets_install_what_they_run() -> None:
+    test = _make_dry_run("test")
+    # the system packages, a venv, the package with its test tools at the pinned versions
+    assert "scripts/install-system-packages chromium systemd" in test
+    assert "-m venv /nonexistent" in test
+    assert "pip install -q -c constraints.txt -e '.[test]'" in test
+    assert test.rstrip().endswith("/nonexistent/bin/python -m pytest")
+    run = _make_dry_run("run")
+    assert "pip install -q -c constraints.txt -e ." in run
+    assert run.rstrip().endswith("/nonexistent/bin/alice-spool serve")
+    for target in ("lint", "bench", "clean"):
+        assert _make_dry_run(target)
 
 
 def test_readme_opens_with_the_two_commands() -> None:
     head = (REPO / "README.md").read_text()[:2500]
     assert "Install and start" in head and "Install and test" in head
-    assert "alice-spool serve" in head  # the daemon, which upgrades its database itself
+    assert "```sh\nmake run\n```" in head  # serve, which upgrades its database itself
 
 
 def test_every_dependency_is_pinned_for_ci() -> None:
