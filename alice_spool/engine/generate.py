@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -182,6 +183,14 @@ class BatchOutput:
         return sum(len(job.images) for job in self.jobs)
 
 
+def steps_done(calls: int, total_calls: int, steps: int) -> tuple[int, int]:
+    """(step, steps) after `calls` of a run's `total_calls` UNet calls for `steps` steps:
+    the first call shows step 1, the last `steps`, never going back."""
+    if total_calls <= 0 or steps <= 0:
+        return calls, total_calls
+    return min(steps, max(1, math.ceil(calls * steps / total_calls))), steps
+
+
 def generate(
     loaded: Loaded,
     specs: Sequence[JobSpec],
@@ -232,10 +241,12 @@ def generate(
     pipeline.scheduler = make_scheduler(first.scheduler, loaded.scheduler_config, seeds)
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
-    # 4. Denoise, reporting each step and stopping at the next one when asked.
+    # 4. Denoise, reporting each step and stopping at the next one when asked. Progress
+    # counts the steps asked for: second-order schedulers (Heun, DPM++ SDE) call the UNet
+    # about twice a step, and PNDM a few times more at its start.
     def step_end(pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         if on_step is not None:
-            on_step(index + 1, len(pipe.scheduler.timesteps))
+            on_step(*steps_done(index + 1, len(pipe.scheduler.timesteps), first.steps))
         if should_stop is not None and should_stop():
             raise Interrupted(f"stopped after step {index + 1}")
         return tensors

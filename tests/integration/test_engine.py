@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from alice_spool.engine.device import choose
-from alice_spool.engine.generate import Loaded, generate, load
+from alice_spool.engine.generate import Loaded, generate, load, steps_done
 from alice_spool.engine.tiny import create_tiny
 from alice_spool.errors import GenerationFailed, GpuOutOfMemory, Interrupted, InvalidParameters
 from alice_spool.registry import TINY_MARKER as MARKER
@@ -97,6 +97,26 @@ def test_progress_sees_every_step(tiny: Loaded) -> None:
     seen: list[tuple[int, int]] = []
     generate(tiny, [spec(steps=5, scheduler="euler")], on_step=lambda s, t: seen.append((s, t)))
     assert seen == [(step, 5) for step in range(1, 6)]
+
+
+@pytest.mark.parametrize("name", ["heun", "dpm++_sde", "dpm++_sde_karras", "pndm"])
+def test_progress_counts_the_steps_asked_for_not_unet_calls(tiny: Loaded, name: str) -> None:
+    """10 steps of DPM++ SDE are 19 UNet calls: progress still ends at 10/10."""
+    seen: list[tuple[int, int]] = []
+    generate(tiny, [spec(steps=10, scheduler=name)], on_step=lambda s, t: seen.append((s, t)))
+    assert len(seen) > 10  # more calls than steps with these schedulers
+    assert {total for _, total in seen} == {10}
+    steps = [step for step, _ in seen]
+    assert steps[0] == 1 and steps[-1] == 10
+    assert steps == sorted(steps) and set(steps) == set(range(1, 11))
+
+
+def test_steps_done() -> None:
+    assert [steps_done(c, 19, 10)[0] for c in range(1, 20)] == [
+        1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10
+    ]  # fmt: skip
+    assert steps_done(3, 5, 5) == (3, 5)
+    assert steps_done(4, 0, 0) == (4, 0)  # nothing known: as reported
 
 
 def test_a_stop_request_interrupts_at_the_next_step(tiny: Loaded) -> None:
