@@ -30,7 +30,7 @@ import shutil
 import stat as stat_module
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -455,20 +455,23 @@ class Inbox:
                 requests = [parse_request(data, self.defaults)]
             except InvalidParameters as exc:
                 raise InvalidParameters(f"{name}: {exc.message}", field=exc.field) from None
-        for number, request in enumerate(requests, start=1):
-            self._check_model(request, name, number if name.endswith(".jsonl") else None)
-        return requests
+        line = name.endswith(".jsonl")
+        return [
+            self._with_model(request, name, number if line else None)
+            for number, request in enumerate(requests, start=1)
+        ]
 
-    def _check_model(self, request: Request, name: str, line: int | None) -> None:
-        """An unknown model is refused now, as the API refuses it, not at run time."""
+    def _with_model(self, request: Request, name: str, line: int | None) -> Request:
+        """An unknown model is refused now, as the API refuses it, not at run time; a
+        request that names none gets the default model's name, as at every door."""
         if self.registry is None:
-            return
+            return request
         try:
-            if request.spec.model:
-                self.registry.get(request.spec.model)
+            spec = self.registry.with_model(request.spec, self.default_model)
         except ModelNotFound as exc:
             where = f"{name} line {line}" if line else name
             raise ModelNotFound(f"{where}: {exc.message}", line=line) from None
+        return replace(request, spec=spec)
 
     def _take_singles(self, group: list[_Ready]) -> None:
         items = [

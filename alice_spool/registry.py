@@ -265,6 +265,13 @@ class ModelRegistry:
             )
         return usable[0]
 
+    def with_model(self, spec: JobSpec, configured_default: str = "") -> JobSpec:
+        """The spec as it is queued, at every door: its model checked (`model_not_found`
+        for one that is not installed), or the default model named, so that the job's
+        record says which model it runs on."""
+        model = self.get(spec.model) if spec.model else self.default(configured_default)
+        return replace(spec, model=model.id)
+
     def resolve(self, spec: JobSpec, configured_default: str = "") -> JobSpec:
         """The spec with what it left to the server filled in: the default model, and the
         model's native size. `model_not_found` for a model that is not installed."""

@@ -18,7 +18,13 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -27,6 +33,7 @@ from ..registry import ModelRegistry
 from ..store import Store
 from . import native, openai, status
 from .context import Api, route
+from .docs_page import render_docs
 from .http import Keys, RateLimiter, error_response
 from .openapi import describe
 
@@ -55,6 +62,12 @@ async def openapi_json(request: Request, api: Api, client: str | None) -> Respon
     return JSONResponse(describe(request.app.routes, api))
 
 
+@route(auth=False)
+async def docs(request: Request, api: Api, client: str | None) -> Response:
+    """The API reference as an HTML page (the same description as /openapi.json)."""
+    return HTMLResponse(render_docs(describe(request.app.routes, api)))
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     status_code = getattr(exc, "status_code", 404)
     if status_code == 405:
@@ -75,6 +88,7 @@ def routes() -> list[Any]:
         Route("/health", status.health, methods=["GET"]),
         Route("/metrics", status.metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/docs", docs, methods=["GET"]),
         Route("/images/{name}", image, methods=["GET"]),
         Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
         Route("/v1/images/generations", openai.image_generations, methods=["POST"]),
@@ -116,7 +130,6 @@ def create_app(
     if files is not None:
         web = [
             Route("/", lambda request: RedirectResponse("/web/"), methods=["GET"]),
-            Route("/docs", lambda request: RedirectResponse("/web/#/docs"), methods=["GET"]),
             Mount("/web", StaticFiles(directory=files, html=True), name="web"),
         ]
     middleware = []

@@ -7,7 +7,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +71,7 @@ class Api:
     def with_model(self, spec: JobSpec) -> JobSpec:
         """`model_not_found` (404) before anything is queued; the model id filled in.
         (Reads the models directory: call it from a worker thread.)"""
-        resolved = self.registry.resolve(spec, self.settings.generation.default_model)
-        return replace(spec, model=resolved.model)
+        return self.registry.with_model(spec, self.settings.generation.default_model)
 
     async def resolve_model(self, spec: JobSpec) -> JobSpec:
         return await run_in_threadpool(self.with_model, spec)

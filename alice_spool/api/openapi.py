@@ -133,7 +133,7 @@ _EXAMPLES = {
     "/v1/models/default": {"model": "sd/tiny"},
 }
 _OPEN = ("/health", "/metrics", "/openapi.json")
-_UI = ("/", "/docs")  # redirects into the web UI, not API routes
+_UI = ("/", "/docs")  # pages for people (the web UI, the API page), not API routes
 
 
 def describe(routes: list[Any], api: Any) -> dict[str, Any]:

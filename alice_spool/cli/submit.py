@@ -10,10 +10,10 @@ from typing import Any
 
 import click
 
-from ..errors import InvalidParameters
+from ..errors import InvalidParameters, ModelNotFound
 from ..models import JobStatus, Source
 from ..records import JobRecord, NewJob
-from ..spec import parse_json, parse_jsonl, parse_request
+from ..spec import JobSpec, parse_json, parse_jsonl, parse_request
 from ..terminal import jobs_table
 from .app import (
     EXIT_JOBS_FAILED,
@@ -43,7 +43,19 @@ def _read_text(path: str, what: str) -> tuple[str, str]:
 
 def _read_batch(text: str, name: str, app: App) -> list[NewJob]:
     requests = parse_jsonl(text, name, app.settings.generation)
-    return [NewJob(r.spec, r.idempotency_key, name) for r in requests]
+    jobs = []
+    for line, request in enumerate(requests, start=1):
+        try:
+            spec = _with_model(app, request.spec)
+        except ModelNotFound as exc:
+            raise ModelNotFound(f"{name} line {line}: {exc.message}", line=line) from None
+        jobs.append(NewJob(spec, request.idempotency_key, name))
+    return jobs
+
+
+def _with_model(app: App, spec: JobSpec) -> JobSpec:
+    """The model checked, or the default one named, as at every door."""
+    return app.registry.with_model(spec, app.settings.generation.default_model)
 
 
 def finish_waiting(jobs: Sequence[JobRecord], as_json: bool, extra: dict[str, Any]) -> None:
@@ -132,7 +144,7 @@ def submit(
             data, client = {"prompt": prompt, **given}, _user()
         request = parse_request(data, app.settings.generation)
         result = app.store.enqueue(
-            request.spec,
+            _with_model(app, request.spec),
             source=Source.CLI,
             client=client,
             idempotency_key=request.idempotency_key,

@@ -435,6 +435,24 @@ def test_auth_on_and_off(make_bare: Callable[..., Bare]) -> None:
     )
     assert httpx.get(locked.url + "/health").status_code == 200  # open
     assert httpx.get(locked.url + "/metrics").status_code == 200
+    assert httpx.get(locked.url + "/docs").status_code == 200
+
+
+def test_docs_is_the_api_reference_as_html(make_bare: Callable[..., Bare]) -> None:
+    """ALICE's own API tests expect GET /docs to answer 200 with HTML (no redirect)."""
+    bare = make_bare(**{"server.api_keys": {"ops": "k-ops"}})
+    page = httpx.get(bare.url + "/docs", follow_redirects=False)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.text.startswith("<!doctype html>")
+    paths = httpx.get(bare.url + "/openapi.json").json()["paths"]
+    for path, methods in paths.items():
+        for method in methods:
+            assert f'<span class="method">{method.upper()}</span> <code>{path}</code>' in page.text
+    assert "Queue one job" in page.text  # the handlers' own descriptions
+    assert "&quot;prompt&quot;: &quot;a lighthouse at dusk&quot;" in page.text  # escaped
+    assert "Needs an API key." in page.text
+    assert 'href="/web/#/docs"' in page.text and 'href="/openapi.json"' in page.text
 
 
 def test_queue_full_and_rate_limits(make_bare: Callable[..., Bare]) -> None:

@@ -23,6 +23,7 @@ from alice_spool.models import JobStatus, Source
 from alice_spool.registry import ModelRegistry
 from alice_spool.spec import BUILTIN_DEFAULTS
 from alice_spool.store import Store
+from tests.support.fake_model import write_fake_model
 
 SETTLE_S = 0.2
 
@@ -51,7 +52,8 @@ def make_inbox(
             "rescan_interval_s": 5.0,
             **options,
         }
-        (tmp_path / "models").mkdir(exist_ok=True)
+        if not (tmp_path / "models").exists():  # the default model every request gets
+            write_fake_model(tmp_path / "models" / "base")
         inbox = Inbox(inbox_dir, store, ModelRegistry(tmp_path / "models"), **values)
         made.append(inbox)
         return inbox
@@ -109,6 +111,7 @@ def test_a_renamed_in_file_becomes_one_job(store: Store, watching: Inbox, inbox_
     (job,) = jobs(store)
     assert (job.source, job.client, job.priority) == (Source.INBOX, "cat.json", 5)
     assert job.spec.prompt == "a cat" and job.spec.steps == 30
+    assert job.spec.model == job.model == "sd/base"  # the default, named at enqueue
     assert not (inbox_dir / "cat.json").exists()
     assert store.list_jobs(source=Source.INBOX, client="cat.json").jobs == [job]
 
@@ -121,6 +124,7 @@ def test_a_jsonl_file_is_one_batch(store: Store, watching: Inbox, inbox_dir: Pat
     assert len(made) == 3 and len({j.batch_id for j in made}) == 1
     assert sorted(j.idempotency_key for j in made) == ["night-0", "night-1", "night-2"]
     assert {j.client for j in made} == {"night.jsonl"}
+    assert {j.model for j in made} == {"sd/base"}
 
 
 def test_a_slow_writer_in_place_is_read_whole(
@@ -307,6 +311,7 @@ def test_a_crash_between_commit_and_move_does_not_queue_twice(
     store: Store, inbox_dir: Path, tmp_path: Path, db_url: str
 ) -> None:
     inbox_dir.mkdir()
+    write_fake_model(tmp_path / "models" / "base")
     drop(inbox_dir, "once.json", request("only once"))
     drop(inbox_dir, "batch.jsonl", request("a") + "\n" + request("b"))
     env = {

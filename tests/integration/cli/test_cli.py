@@ -19,6 +19,15 @@ from alice_spool.models import JobStatus
 from alice_spool.spec import JobSpec
 from alice_spool.store import Store
 from tests.integration.cli.results import fails, ok
+from tests.support.fake_model import write_fake_model
+
+
+@pytest.fixture(autouse=True)
+def installed_models(data_dir: Path) -> None:
+    """(Weightless) models installed, `a` the default (the first by name): every door
+    names the model a job runs on when it is queued, and refuses one not installed."""
+    for name in ("a", "b", "tiny"):
+        write_fake_model(data_dir / "models" / name)
 
 
 def test_submit_prints_the_job_id_and_show_finds_it(run, store: Store) -> None:
@@ -44,6 +53,23 @@ def test_submit_with_every_option(run, store: Store) -> None:
         "height": 512, "steps": 30, "guidance_scale": 6.0, "seed": 7, "scheduler": "euler_a",
         "n": 2, "priority": 5,
     }  # fmt: skip
+
+
+def test_submit_names_the_default_model_and_refuses_an_unknown_one(
+    run, store: Store, data_dir: Path
+) -> None:
+    job_id = ok(run("submit", "a fox")).strip()
+    assert store.get(job_id).spec.model == "sd/a"  # the default, named at enqueue
+    assert "sd/a" in ok(run("ls"))
+    batch = data_dir / "batch.jsonl"
+    batch.write_text('{"prompt": "x"}\n{"prompt": "y", "model": "tiny"}\n')
+    ok(run("submit", "--batch", str(batch)))
+    assert sorted(j.spec.model for j in store.list_jobs().jobs) == ["sd/a", "sd/a", "sd/tiny"]
+
+    fails(run("submit", "a fox", "--model", "nope"), 3, "model sd/nope is not installed")
+    batch.write_text('{"prompt": "x"}\n{"prompt": "y", "model": "nope"}\n')
+    fails(run("submit", "--batch", str(batch)), 3, "batch.jsonl line 2: model sd/nope")
+    assert sum(store.counts().values()) == 3  # nothing of the refused ones
 
 
 def test_submitting_the_same_id_twice_is_a_no_op(run, store: Store) -> None:
