@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from alice_spool.spec import parse_jsonl
+from tests.support.fake_model import write_fake_model
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -80,15 +81,29 @@ def test_the_nightly_script_on_the_tiny_model(env: dict[str, str], tmp_path: Pat
     again = nightly(env, good)  # cron ran it twice: the same batch, nothing new
     assert again.returncode == 0 and again.stdout.split()[1] == batch_id
 
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(
+    refused = tmp_path / "refused.jsonl"  # a model that is not installed: refused whole
+    refused.write_text(
         json.dumps({"prompt": "fine", "steps": 2})
         + "\n"
         + json.dumps({"prompt": "no such model", "model": "sd/missing", "steps": 2})
     )
+    nothing = nightly(env, refused)
+    assert nothing.returncode == 3  # submit's error, before anything is queued
+    assert "refused.jsonl line 2: model sd/missing is not installed" in nothing.stderr
+    assert "batch" not in nothing.stdout
+
+    # A model that is installed but cannot load (configs, no weights) fails at run time.
+    # (Not being the smoke-test model, it is the default now: the good line names tiny.)
+    write_fake_model(Path(env["ALICE_PATHS_DATA_DIR"]) / "models" / "weightless")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        json.dumps({"prompt": "fine", "model": "sd/tiny", "steps": 2})
+        + "\n"
+        + json.dumps({"prompt": "cannot load", "model": "sd/weightless", "steps": 2})
+    )
     failed = nightly(env, bad)
-    assert failed.returncode == 1
-    assert "FAILED" in failed.stdout and "model_not_found" in failed.stdout
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "FAILED" in failed.stdout and "model_load_failed" in failed.stdout
     report = subprocess.run(
         [sys.executable, "-m", "alice_spool", "batch-report", failed.stdout.split()[1], "--json"],
         env=env,
@@ -97,5 +112,5 @@ def test_the_nightly_script_on_the_tiny_model(env: dict[str, str], tmp_path: Pat
     )
     assert report.returncode == 1
     summary = json.loads(report.stdout)
-    assert summary["counts"]["succeeded"] == 1 and summary["counts"]["failed"] == 1
+    assert summary["counts"]["succeeded"] == 1 and summary["counts"]["failed"] == 1, summary
     assert not summary["ok"]
