@@ -46,6 +46,12 @@ class InvalidParameters(SpoolError):
         self.field = field
 
 
+class BatchTooLarge(InvalidParameters):
+    """The batch has more requests than the queue can ever hold."""
+
+    code = "batch_too_large"
+
+
 class InvalidJson(SpoolError):
     """The request body is not valid JSON."""
 

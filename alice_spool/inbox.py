@@ -52,7 +52,14 @@ from watchdog.observers.polling import PollingObserver
 
 from . import faults
 from .config import Settings
-from .errors import IdempotencyConflict, InvalidParameters, ModelNotFound, SpoolError
+from .errors import (
+    DatabaseError,
+    IdempotencyConflict,
+    InvalidParameters,
+    ModelNotFound,
+    QueueFull,
+    SpoolError,
+)
 from .models import Source
 from .records import NewJob
 from .registry import ModelRegistry
@@ -69,6 +76,10 @@ ACTIVE_WINDOW_S = 5.0  # for this long after a file was taken ...
 QUICK_RESCAN_S = 0.5  # ... the directory is rescanned this often
 REJECTED = "rejected"
 SUFFIXES = (".json", ".jsonl")
+ERROR_SUFFIX = ".error.json"  # beside a rejected file: why
+NAME_MAX = 255  # bytes in a file name (Linux, macOS, most file systems)
+# What makes files wait rather than be rejected: conditions that pass.
+PASSING = (DatabaseError, QueueFull)
 # Names that are never requests: hidden files, partial downloads, editor droppings.
 _IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", ".swx", ".bak", "~")
 
@@ -89,6 +100,7 @@ class Pending:
     changed_at: float = field(default_factory=time.monotonic)
     complete_at: tuple[int, int] | None = None  # the stat at a rename-in or close-write
     written: bool = False  # seen growing in place
+    stuck_at: tuple[int, int] | None = None  # its stat when it could not be moved aside
 
 
 @dataclass
@@ -322,20 +334,57 @@ class Inbox:
         for pending in waiting:
             if self._stop.is_set():
                 break
-            outcome = self._try(pending)
+            if pending.stuck_at is not None and pending.stuck_at == _stat(pending.path):
+                continue  # taken, but it could not be moved out: left alone until it changes
+            try:
+                outcome = self._try(pending)
+                if isinstance(outcome, _Ready) and outcome.path.name.endswith(".jsonl"):
+                    if self._take_batch(outcome):
+                        self._forget(pending)
+                    continue
+            except PASSING:
+                raise  # every file waits until the database is back, or the queue has room
+            except Exception as exc:  # whatever else: this file is rejected, and only it
+                self._reject_unexpected(pending, exc)
+                continue
             if isinstance(outcome, _Ready):
-                if outcome.path.name.endswith(".jsonl"):
-                    self._take_batch(outcome)
-                    self._forget(pending)
-                else:
-                    group.append(outcome)
-                    if len(group) >= GROUP_SIZE:
-                        self._take_singles(group)
-                        group = []
+                group.append(outcome)
+                if len(group) >= GROUP_SIZE:
+                    self._take_group(group)
+                    group = []
             elif outcome:
                 self._forget(pending)
         if group:
+            self._take_group(group)
+
+    def _take_group(self, group: list[_Ready]) -> None:
+        """Commit the single requests together; if that fails for any reason but the
+        database, take them one by one, so that only a file that fails alone is
+        rejected."""
+        try:
             self._take_singles(group)
+        except PASSING:
+            raise
+        except Exception as exc:
+            if len(group) == 1:
+                self._reject_unexpected(group[0].pending, exc)
+                return
+            for ready in group:
+                self._take_group([ready])
+
+    def _reject_unexpected(self, pending: Pending, exc: Exception) -> None:
+        """A file whose taking failed in a way no rule foresaw: one rejection, logged with
+        its traceback, and the inbox goes on."""
+        name = _shown(pending.path.name)
+        log.error("inbox: taking %s failed", name, exc_info=exc)
+        reason = InvalidParameters(f"{name} could not be taken: {type(exc).__name__}: {exc}")
+        try:
+            self._reject(pending.path, reason)
+        except OSError as error:  # it cannot even be moved: leave it until it changes
+            log.error("inbox: cannot move %s aside: %s", name, error)
+            pending.stuck_at = _stat(pending.path)
+            return
+        self._forget(pending)
 
     def _forget(self, pending: Pending) -> None:
         with self._lock:
@@ -350,6 +399,15 @@ class Inbox:
             info = path.lstat()
         except FileNotFoundError:
             return True  # moved or deleted by someone else
+        problem = self._refuse_name(path.name) or self._refuse_kind(path, info)
+        if problem is not None:
+            self._reject(path, problem)
+            return True
+        if stat_module.S_ISLNK(info.st_mode):  # a link to a file in the inbox: that file
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                return True
         now = time.monotonic()
         stat = (info.st_size, info.st_mtime_ns)
         if stat != pending.stat:
@@ -362,10 +420,6 @@ class Inbox:
         settle = self.settle_s * (10 if pending.written else 1)
         quiet = now - pending.changed_at >= settle or time.time() - info.st_mtime >= settle
 
-        problem = self._refuse_kind(path, info)
-        if problem is not None:
-            self._reject(path, problem)
-            return True
         if info.st_size > self.max_file_bytes:
             self._reject(
                 path,
@@ -416,6 +470,17 @@ class Inbox:
             return False
         return _Ready(pending, data, requests)
 
+    @staticmethod
+    def _refuse_name(name: str) -> SpoolError | None:
+        """A name that is not valid UTF-8 (it cannot be recorded as the job's client)."""
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            return InvalidParameters(
+                f"the file name {_shown(name)!r} is not valid UTF-8; rename the file"
+            )
+        return None
+
     def _refuse_kind(self, path: Path, info: os.stat_result) -> SpoolError | None:
         """Directories, and links that lead out of the inbox, are not request files."""
         if stat_module.S_ISLNK(info.st_mode):
@@ -449,8 +514,9 @@ class Inbox:
                 except InvalidParameters as exc:
                     raise _Incomplete(exc) from None
                 raise
-            except RecursionError:
-                raise InvalidParameters(f"{name}: JSON nested too deeply") from None
+            except (ValueError, RecursionError):  # too deep, or a number too long
+                parse_json(text, name)  # raises with the reason
+                raise
             try:
                 requests = [parse_request(data, self.defaults)]
             except InvalidParameters as exc:
@@ -485,13 +551,24 @@ class Inbox:
         answers = self.store.enqueue_keyed(items, source=Source.INBOX)
         faults.crash_point("inbox_committed")
         for ready, answer in zip(group, answers, strict=True):
-            if isinstance(answer, IdempotencyConflict):
-                self._reject(ready.path, answer)
-            else:
-                self._accepted(ready.path, answer.created, f"job {answer.job.id}")
+            try:
+                if isinstance(answer, IdempotencyConflict):
+                    self._reject(ready.path, answer)
+                else:
+                    self._accepted(ready.path, answer.created, f"job {answer.job.id}")
+            except OSError as exc:  # committed, but it cannot be moved out
+                self._cannot_move(ready.pending, exc)
+                continue
             self._forget(ready.pending)
 
-    def _take_batch(self, ready: _Ready) -> None:
+    def _cannot_move(self, pending: Pending, exc: OSError) -> None:
+        """Its jobs are committed (taking it again adds nothing), but the file cannot be
+        moved or deleted: left where it is, and not looked at again until it changes."""
+        log.error("inbox: cannot move %s out of the inbox: %s", _shown(pending.path.name), exc)
+        pending.stuck_at = _stat(pending.path)
+
+    def _take_batch(self, ready: _Ready) -> bool:
+        """Commit a JSONL file's jobs as one batch; False if the file stays (stuck)."""
         items = [
             NewJob(r.spec, r.idempotency_key or f"{ready.key}:{i}", ready.path.name)
             for i, r in enumerate(ready.requests, start=1)
@@ -500,10 +577,15 @@ class Inbox:
             batch = self.store.enqueue_batch(items, source=Source.INBOX)
         except (InvalidParameters, IdempotencyConflict) as exc:
             self._reject(ready.path, exc)
-            return
+            return True
         faults.crash_point("inbox_committed")
         what = f"batch {batch.batch_id} ({len(items)} jobs)"
-        self._accepted(ready.path, batch.created, what)
+        try:
+            self._accepted(ready.path, batch.created, what)
+        except OSError as exc:
+            self._cannot_move(ready.pending, exc)
+            return False
+        return True
 
     def _accepted(self, path: Path, created: bool, what: str) -> None:
         """The file's jobs are committed: move it out of the way (or delete it)."""
@@ -521,15 +603,16 @@ class Inbox:
             log.info("%s was taken before, as %s; nothing new queued", name, what)
 
     def _reject(self, path: Path, error: SpoolError) -> None:
-        log.warning("rejected %s: %s", path.name, error.message, extra={"file": path.name})
-        target = _move_aside(path, self.directory / REJECTED)
+        shown = _shown(path.name)
+        log.warning("rejected %s: %s", shown, error.message, extra={"file": shown})
+        target = _move_aside(path, self.directory / REJECTED, reserve=len(ERROR_SUFFIX))
         report = {
-            "file": path.name,
-            "rejected_as": target.name if target else None,
+            "file": shown,
+            "rejected_as": _shown(target.name) if target else None,
             "rejected_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
             "error": error.to_dict(),
         }
-        name = (target.name if target else path.name) + ".error.json"
+        name = _fit_name(target.name if target else path.name, ending=ERROR_SUFFIX)
         _write_atomically(self.directory / REJECTED / name, json.dumps(report, indent=2))
         self.stats.rejected += 1
 
@@ -575,21 +658,41 @@ def _shorten_inotify_move_wait() -> None:
 
 
 def _stat(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns) of the file, or of the file a link leads to."""
     try:
-        info = path.lstat()
+        info = path.stat()
     except OSError:
-        return None
+        try:
+            info = path.lstat()
+        except OSError:
+            return None
     return (info.st_size, info.st_mtime_ns)
 
 
-def _move_aside(path: Path, folder: Path) -> Path | None:
-    """Move a file (or link, or directory) into `folder`, never over another."""
+def _shown(name: str) -> str:
+    """A file name as text that encodes: bytes that are not UTF-8 shown as U+FFFD."""
+    return os.fsencode(name).decode("utf-8", "replace")
+
+
+def _fit_name(name: str, tag: str = "", ending: str = "", *, reserve: int = 0) -> str:
+    """`stem[tag].ext[ending]` in at most NAME_MAX - `reserve` bytes (the file system's
+    limit, less what will be added to it): the stem is shortened, never the request's
+    extension, the tag or the ending."""
+    extension = next((s for s in SUFFIXES if name.endswith(s)), "")
+    stem = name[: len(name) - len(extension)] if extension else name
+    while len(os.fsencode(f"{stem}{tag}{extension}{ending}")) > NAME_MAX - reserve and stem:
+        stem = stem[:-1]
+    return f"{stem or 'file'}{tag}{extension}{ending}"
+
+
+def _move_aside(path: Path, folder: Path, *, reserve: int = 0) -> Path | None:
+    """Move a file (or link, or directory) into `folder`, never over another; its name
+    there leaves `reserve` bytes for a name of its own beside it (`NAME.error.json`)."""
     folder.mkdir(exist_ok=True)
-    target = folder / path.name
+    target = folder / _fit_name(path.name, reserve=reserve)
     if target.exists() or target.is_symlink():
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        stem, dot, suffix = path.name.partition(".")
-        target = folder / f"{stem}.{stamp}{dot}{suffix}"
+        target = folder / _fit_name(path.name, f".{stamp}", reserve=reserve)
     try:
         os.rename(path, target)
     except FileNotFoundError:
@@ -600,6 +703,6 @@ def _move_aside(path: Path, folder: Path) -> Path | None:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".writing-{os.getpid()}-{threading.get_ident()}.tmp")
     temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)

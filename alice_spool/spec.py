@@ -9,6 +9,7 @@ import math
 import random
 import re
 import secrets
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
@@ -388,14 +389,28 @@ def parse_request(data: Any, defaults: GenerationDefaults = BUILTIN_DEFAULTS) ->
     return Request(spec=spec, idempotency_key=key)
 
 
-def parse_json(text: str, where: str) -> Any:
-    """JSON text -> value; a syntax error names `where` (a file name, a line)."""
+def load_json(text: str) -> Any:
+    """`json.loads` for text from outside: every way it can refuse the text is a
+    ValueError that says why in a few words (a syntax error, nesting deeper than the
+    interpreter recurses, an integer of more digits than Python converts)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidParameters(f"{where}: invalid JSON: {exc}") from None
+        raise ValueError(f"invalid JSON: {exc}") from None
     except RecursionError:
-        raise InvalidParameters(f"{where}: JSON nested too deeply") from None
+        raise ValueError("JSON nested too deeply") from None
+    except ValueError:  # int() refuses over sys.get_int_max_str_digits() digits
+        raise ValueError(
+            f"a number in the JSON has more than {sys.get_int_max_str_digits()} digits"
+        ) from None
+
+
+def parse_json(text: str, where: str) -> Any:
+    """JSON text -> value; a refusal names `where` (a file name, a line)."""
+    try:
+        return load_json(text)
+    except ValueError as exc:
+        raise InvalidParameters(f"{where}: {exc}") from None
 
 
 def parse_jsonl(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import math
 import threading
 import time
@@ -19,6 +18,7 @@ from starlette.responses import JSONResponse
 
 from .. import errors
 from ..records import JobRecord
+from ..spec import load_json
 from ..store import Store
 
 # The HTTP status of each error code; anything else a client caused is a 400.
@@ -32,6 +32,7 @@ STATUS = {
     "idempotency_conflict": 409,
     "invalid_state": 409,
     "body_too_large": 413,
+    "batch_too_large": 413,
     "rate_limit_exceeded": 429,
     "queue_full": 503,
     "database_busy": 503,
@@ -61,11 +62,25 @@ MAX_BUCKETS = 10_000  # rate-limit buckets kept before idle ones are dropped
 
 
 def error_response(
-    code: str, message: str, *, status: int | None = None, headers: Mapping[str, str] | None = None
+    code: str,
+    message: str,
+    *,
+    status: int | None = None,
+    headers: Mapping[str, str] | None = None,
+    param: str | None = None,
 ) -> JSONResponse:
     status = status or STATUS.get(code, 400)
-    body = {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "code": code}}
-    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+    error = {"message": _encodable(message), "type": _TYPES.get(status, "server_error")}
+    error["code"] = code
+    if param is not None:  # which parameter, for clients that show it
+        error["param"] = _encodable(param)
+    return JSONResponse({"error": error}, status_code=status, headers=dict(headers or {}))
+
+
+def _encodable(text: str) -> str:
+    """Text that encodes as UTF-8: a lone surrogate that came in a client's JSON (as a
+    key, say) is shown as its escape instead of failing the answer."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def spool_error_response(exc: errors.SpoolError) -> JSONResponse:
@@ -74,12 +89,10 @@ def spool_error_response(exc: errors.SpoolError) -> JSONResponse:
         headers["Retry-After"] = str(QUEUE_FULL_RETRY_AFTER_S)
     if exc.code == "rate_limit_exceeded" and "retry_after" in exc.details:
         headers["Retry-After"] = str(exc.details["retry_after"])
-    response = error_response(exc.code, exc.message, headers=headers)
-    if "field" in exc.details:  # which parameter, for clients that show it
-        body = json.loads(response.body)
-        body["error"]["param"] = exc.details["field"]
-        response = JSONResponse(body, status_code=response.status_code, headers=headers)
-    return response
+    field = exc.details.get("field")
+    return error_response(
+        exc.code, exc.message, headers=headers, param=None if field is None else str(field)
+    )
 
 
 async def read_json(request: Request, max_bytes: int) -> Any:
@@ -101,11 +114,9 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     except UnicodeDecodeError:
         raise errors.InvalidJson("the request body is not UTF-8") from None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise errors.InvalidJson(f"the request body is not valid JSON: {exc}") from None
-    except RecursionError:  # nested deeper than the interpreter's recursion limit
-        raise errors.InvalidJson("the request body's JSON nests too deeply") from None
+        return load_json(text)
+    except ValueError as exc:
+        raise errors.InvalidJson(f"the request body: {exc}") from None
 
 
 def require_object(data: Any) -> dict[str, Any]:

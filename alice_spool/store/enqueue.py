@@ -290,6 +290,11 @@ class Enqueueing(StoreBase):
         """
         if not items:
             raise errors.InvalidParameters("a batch needs at least one request")
+        if len(items) > self.max_queue:  # it could never fit: waiting would not help
+            raise errors.BatchTooLarge(
+                f"the batch has {len(items)} requests and the queue holds at most "
+                f"{self.max_queue} (generation.max_queue): split it into smaller batches"
+            )
         keys = [item.idempotency_key for item in items if item.idempotency_key is not None]
         if len(set(keys)) != len(keys):
             duplicate = Counter(keys).most_common(1)[0][0]

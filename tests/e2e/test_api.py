@@ -383,6 +383,36 @@ def test_bad_requests_get_clear_json_errors_never_a_500(make_bare: Callable[...,
     assert httpx.get(bare.url + "/openapi.json").json()["paths"]["/v1/jobs"]["post"]
 
 
+def test_hostile_json_gets_a_4xx_at_every_door(make_bare: Callable[..., Bare]) -> None:
+    """Integers of more digits than Python converts, and a key that is a lone surrogate,
+    once answered 500; a batch larger than the queue can ever hold once answered 503."""
+    bare = make_bare(**{"generation.max_queue": "3"})
+    digits = b"9" * 5000
+    for path in ("/v1/jobs", "/v1/images/generations", "/v1/chat/completions", "/v1/batches"):
+        long_number = httpx.post(
+            bare.url + path, content=b'{"prompt": "x", "seed": ' + digits + b"}"
+        )
+        assert long_number.status_code == 400, (path, long_number.text)
+        error = long_number.json()["error"]
+        assert error["code"] == "invalid_json" and "more than 4300 digits" in error["message"]
+        surrogate = httpx.post(
+            bare.url + path,
+            content=b'{"prompt": "a", "\\ud800": 1}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert surrogate.status_code == 400, (path, surrogate.text)
+        assert surrogate.json()["error"]["code"] == "invalid_parameters"
+    unknown = httpx.post(bare.url + "/v1/jobs", content=b'{"prompt": "a", "\\ud800": 1}')
+    assert unknown.json()["error"]["param"] == "\\ud800"  # shown escaped
+    too_many = httpx.post(
+        bare.url + "/v1/batches", json={"requests": [{"prompt": str(i)} for i in range(4)]}
+    )
+    assert too_many.status_code == 413, too_many.text
+    assert too_many.json()["error"]["code"] == "batch_too_large"
+    assert "Retry-After" not in too_many.headers  # waiting would not help
+    assert sum(bare.store.counts().values()) == 0
+
+
 def test_idempotency_keys_and_the_native_job_api(make_bare: Callable[..., Bare]) -> None:
     bare = make_bare()
     first = httpx.post(

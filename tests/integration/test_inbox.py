@@ -252,6 +252,75 @@ def test_every_bad_file_is_rejected_with_its_reason(
     assert sorted(p.name for p in inbox_dir.iterdir()) == [ACCEPTED, REJECTED]
 
 
+def test_no_bad_file_holds_back_another(
+    store: Store, inbox_dir: Path, tmp_path: Path, observer: str
+) -> None:
+    """Each of these once jammed the inbox (never taken nor rejected, retried forever,
+    the files after it waiting). Now each costs one rejection with its reason, or is
+    taken, and the good files dropped among them are taken."""
+    small = Store(store.db, max_queue=5, max_attempts=3)  # a batch of 6 can never fit
+    write_fake_model(tmp_path / "models" / "base")
+    inbox = Inbox(
+        inbox_dir,
+        small,
+        ModelRegistry(tmp_path / "models"),
+        defaults=BUILTIN_DEFAULTS,
+        polling=observer == "polling",
+        settle_s=SETTLE_S,
+        max_file_bytes=12_000,
+    )
+    inbox_dir.mkdir()
+    long_name = "L" * 240 + ".json"  # 245 bytes: with a time stamp, over 255
+    drop(inbox_dir, long_name, request("long name"))
+    with open(os.fsencode(inbox_dir) + b"/bad\xff.json", "wb") as handle:  # not UTF-8
+        handle.write(request("bad name").encode())
+    digits = "9" * 5000  # more digits than Python turns into an int
+    drop(inbox_dir, "digits.json", '{"prompt": "x", "seed": ' + digits + "}")
+    drop(inbox_dir, "digits.jsonl", request("fine") + '\n{"prompt": "y", "steps": ' + digits + "}")
+    drop(inbox_dir, "six.jsonl", "\n".join(request(f"line {i}") for i in range(6)))
+    (inbox_dir / ("R" * 250 + ".json")).write_text("{not json")  # +.error.json: 266 bytes
+    (inbox_dir / "data.txt").write_text(request("through a link"))
+    (inbox_dir / "linked.json").symlink_to(inbox_dir / "data.txt")
+    (inbox_dir / "big.txt").write_text(request("x" * 13_000))
+    (inbox_dir / "big-link.json").symlink_to(inbox_dir / "big.txt")
+    drop(inbox_dir, "good-1.json", request("good one"))
+    inbox.start()
+    try:
+        wait_until(settled(inbox, 9), timeout=30)
+        drop(inbox_dir, long_name, request("long name"))  # again: the same file, taken before
+        drop(inbox_dir, "good-2.json", request("good two"))
+        wait_until(settled(inbox, 11), timeout=30)
+        wait_until(lambda: not inbox._pending, timeout=10)
+    finally:
+        inbox.stop()
+
+    prompts = sorted(j.spec.prompt for j in jobs(small))
+    assert prompts == ["good one", "good two", "long name", "through a link"]
+    assert (inbox.stats.accepted, inbox.stats.duplicates, inbox.stats.rejected) == (4, 1, 6)
+    assert sorted(os.listdir(inbox_dir)) == sorted([ACCEPTED, REJECTED, "big.txt", "data.txt"])
+    accepted = os.listdir(inbox_dir / ACCEPTED)
+    assert sum(name.startswith("L" * 200) for name in accepted) == 2  # both moved out
+    rejected = os.listdir(os.fsencode(inbox_dir / REJECTED))
+    assert all(len(name) <= 255 for name in [*accepted, *rejected])
+    assert b"bad\xff.json" in rejected and b"bad\xff.json.error.json" in rejected
+    assert len([n for n in rejected if n.startswith(b"RRR")]) == 2  # the file and its reason
+
+    def reason(name: str) -> str:
+        return rejection(inbox_dir, name)["error"]["message"]
+
+    assert (
+        "not valid UTF-8"
+        in json.loads((inbox_dir / REJECTED / os.fsdecode(b"bad\xff.json.error.json")).read_text())[
+            "error"
+        ]["message"]
+    )
+    assert "more than 4300 digits" in reason("digits.json")
+    assert "digits.jsonl line 2" in reason("digits.jsonl")
+    six = rejection(inbox_dir, "six.jsonl")["error"]
+    assert six["code"] == "batch_too_large" and "generation.max_queue" in six["message"]
+    assert "inbox.max_file_bytes" in reason("big-link.json")
+
+
 # -- many files, restarts, crashes -------------------------------------------------------------
 
 
