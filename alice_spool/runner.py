@@ -611,7 +611,8 @@ class Runner:
         return {
             **self._base_result(job, spec),
             "status": status,
-            "images": files,
+            # a failed job's directory holds no images: none are listed, whatever was made
+            "images": files if status == "succeeded" else [],
             "device": getattr(outcome, "device", None),
             "memory_mode": getattr(outcome, "memory_mode", None),
             "timings": {
@@ -795,10 +796,24 @@ class Runner:
             f"(+{self.options.hang_grace_s:g} s grace); the runner restarted"
         )
         log.critical("%s; failing %d job(s)", message, len(running.job_ids))
+        error = JobTimeout(message)
         for job_id in running.job_ids:
+            with self._lock:
+                job = self._held.get(job_id)
+            if job is None:  # cancelled or taken over meanwhile
+                continue
+            # Like every finished job, it gets its result.json (the error, no images).
+            result = {**self._base_result(job, job.spec), "status": "failed"}
+            result.update(images=[], error=error.to_dict())
+            self._write_failure(job, result)
             try:
-                self.store.fail(job_id, self.owner, JobTimeout.code, message)
-            except SpoolError as exc:
+                self._finish(
+                    job_id,
+                    lambda job_id=job_id, result=result: self.store.fail(
+                        job_id, self.owner, error.code, message, result=result
+                    ),
+                )
+            except SpoolError as exc:  # the database is away too: its lease will lapse
                 log.warning("%s", exc.message)
         self._on_hang()
 

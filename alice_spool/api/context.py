@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from .. import __version__, errors
 from ..config import Settings
+from ..models import JobStatus
 from ..outbox import image_name
 from ..records import JobRecord
 from ..registry import ModelRegistry
@@ -46,6 +47,8 @@ class Api:
         return configured.rstrip("/") if configured else str(request.base_url).rstrip("/")
 
     def image_urls(self, request: Request, job: JobRecord) -> list[str]:
+        if job.status is not JobStatus.SUCCEEDED:
+            return []  # only a succeeded job's directory holds images
         if job.images_expired_at is not None:
             return []  # retention deleted them; the job says when (images_expired_at)
         images = (job.result or {}).get("images") or []

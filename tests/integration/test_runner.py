@@ -396,6 +396,28 @@ def test_a_failing_outbox_write_leaves_the_job_retryable_and_nothing_half_writte
     assert len(outbox.read_result(job.id)["images"]) == 2
 
 
+def test_a_job_failed_for_good_lists_no_images(
+    store: Store,
+    outbox: Outbox,
+    make_runner: Callable[..., Runner],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its images were made but never written (the disk stayed full): none are listed."""
+    job = submit(store, "disk full for good", n=2)
+
+    def full_disk(self: Image.Image, fp: Any, *args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    for _ in range(3):  # max_attempts
+        make_runner(retry_after_s=0).run()
+    failed = store.get(job.id)
+    assert (failed.status, failed.error_code) == (JobStatus.FAILED, "outbox_write_failed")
+    assert failed.result is not None and failed.result["images"] == []
+    assert outbox.read_result(job.id)["images"] == []
+    assert [p.name for p in outbox.job_dir(job.id).iterdir()] == ["result.json"]
+
+
 def test_a_job_that_runs_too_long_fails_with_timeout(
     store: Store, outbox: Outbox, engine: FakeEngine, make_runner: Callable[..., Runner]
 ) -> None:
@@ -430,6 +452,10 @@ def test_a_hung_device_fails_the_batch_with_timeout(
     failed = store.get(job.id)
     assert (failed.status, failed.error_code) == (JobStatus.FAILED, "timeout")
     assert "did not return" in failed.error_message
+    # Like every finished job: a result.json in its directory, and on the job.
+    written = Outbox(tmp_path / "outbox").read_result(job.id)
+    assert written["status"] == "failed" and written["error"]["code"] == "timeout"
+    assert written["images"] == [] and failed.result == written
 
 
 # -- cancel, stop, restart -----------------------------------------------------------------
