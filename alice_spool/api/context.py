@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -67,7 +68,11 @@ class Api:
         if match is None:
             raise errors.JobNotFound(f"no image {name!r}")
         path = self.outbox / match["job"] / image_name(match["job"], int(match["index"]))
-        if not path.is_file():
+        try:
+            info = path.lstat()  # a link is never one the spool wrote: not followed
+        except OSError:
+            raise errors.JobNotFound(f"no image {name!r}") from None
+        if not stat.S_ISREG(info.st_mode):
             raise errors.JobNotFound(f"no image {name!r}")
         return path
 

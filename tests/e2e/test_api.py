@@ -520,6 +520,24 @@ def test_images_are_served_only_by_their_exact_names(make_bare: Callable[..., Ba
         assert response.json()["error"]["code"] == "not_found"
 
 
+def test_images_are_only_regular_files_not_links(make_bare: Callable[..., Bare]) -> None:
+    bare = make_bare()
+    job_id = "0123456789abcdef0123456789abcd"
+    folder = bare.outbox / job_id
+    folder.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(folder / f"{job_id}-0.png")
+    secret = bare.outbox.parent / "secret.png"
+    Image.new("RGB", (8, 8), "red").save(secret)
+    (folder / f"{job_id}-2.png").symlink_to(secret)  # to a file outside the outbox
+    (folder / f"{job_id}-3.png").symlink_to(folder / f"{job_id}-0.png")  # not one it wrote
+    (folder / f"{job_id}-4.png").mkdir()
+    assert httpx.get(f"{bare.url}/images/{job_id}-0.png").status_code == 200
+    for index in (2, 3, 4):
+        response = httpx.get(f"{bare.url}/images/{job_id}-{index}.png")
+        assert response.status_code == 404, index
+        assert response.json()["error"]["code"] == "not_found"
+
+
 def test_priority_default_model_and_stats(make_bare: Callable[..., Bare]) -> None:
     bare = make_bare()
     post = lambda path, **kw: httpx.post(bare.url + path, timeout=10, **kw)  # noqa: E731
