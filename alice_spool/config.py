@@ -45,6 +45,7 @@ class ServerSettings:
     request_timeout_s: float = 600.0
     cors_origins: list[str] = field(default_factory=list)
     rate_limit_per_minute: int = 0
+    auth_failures_per_minute: int = 30
     api_keys: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -58,6 +59,9 @@ class ServerSettings:
         _check(self.max_body_bytes >= 1024, "server.max_body_bytes", "must be at least 1024")
         _check(self.request_timeout_s > 0, "server.request_timeout_s", "must be positive")
         _check(self.rate_limit_per_minute >= 0, "server.rate_limit_per_minute", "must be >= 0")
+        _check(
+            self.auth_failures_per_minute >= 0, "server.auth_failures_per_minute", "must be >= 0"
+        )
         for name, key in self.api_keys.items():
             _check(bool(name.strip()), "server.api_keys", "a key's name must not be empty")
             _check(bool(key.strip()), f"server.api_keys.{name}", "the key must not be empty")

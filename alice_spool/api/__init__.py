@@ -122,6 +122,10 @@ def create_app(
         registry=registry or ModelRegistry(settings.paths.models),
         keys=Keys(server.api_keys),
         limiter=RateLimiter(server.rate_limit_per_minute),
+        # a minute's worth at once (a person mistyping a key never notices), then slowly
+        auth_failures=RateLimiter(
+            server.auth_failures_per_minute, burst=server.auth_failures_per_minute
+        ),
         outbox=Path(settings.paths.outbox),
         inbox_health=inbox_health,
     )

@@ -3,6 +3,7 @@ rate limit, and every `SpoolError` turned into its HTTP answer."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import stat
@@ -38,6 +39,7 @@ class Api:
     registry: ModelRegistry
     keys: Keys
     limiter: RateLimiter
+    auth_failures: RateLimiter  # per address: guessing keys is slowed down
     outbox: Path
     started: float = field(default_factory=time.time)
     version: str = __version__
@@ -88,6 +90,18 @@ class Api:
 Handler = Callable[[Request, Api, str | None], Awaitable[Response]]
 
 
+def _identify(api: Api, request: Request, address: str) -> str | None:
+    """The API key's name. An address that failed too often is refused for a while
+    (429), whatever key it sends now, so that keys cannot be guessed at speed."""
+    api.auth_failures.check(address, spend=False)
+    try:
+        return api.keys.identify(request)
+    except errors.Unauthorized:
+        with contextlib.suppress(errors.RateLimited):
+            api.auth_failures.check(address)  # one failure spent
+        raise
+
+
 def route(*, auth: bool = True) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
     """Make `handler(request, api, client)` a Starlette endpoint. `client` is the name of
     the API key used (None when keys are off, or for open routes)."""
@@ -96,9 +110,10 @@ def route(*, auth: bool = True) -> Callable[[Handler], Callable[[Request], Await
         async def endpoint(request: Request) -> Response:
             api: Api = request.app.state.api
             try:
-                client = api.keys.identify(request) if auth else None
+                client = None
                 if auth:
                     address = request.client.host if request.client else "unknown"
+                    client = _identify(api, request, address)
                     api.limiter.check(client or address)
                 return await handler(request, api, client)
             except errors.SpoolError as exc:

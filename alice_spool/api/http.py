@@ -160,13 +160,15 @@ class RateLimiter:
     """A token bucket per client (API key name, else address): `per_minute` requests a
     minute, in bursts of up to a tenth of that (at least 5). 0 = no limit."""
 
-    def __init__(self, per_minute: int) -> None:
+    def __init__(self, per_minute: int, *, burst: float | None = None) -> None:
         self.rate = per_minute / 60.0
-        self.burst = max(5.0, per_minute / 10.0)
+        self.burst = max(5.0, per_minute / 10.0) if burst is None else burst
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def check(self, client: str) -> None:
+    def check(self, client: str, *, spend: bool = True) -> None:
+        """`rate_limit_exceeded` when the client's bucket is empty; else take a token
+        from it (or, with `spend=False`, only look)."""
         if self.rate <= 0:
             return
         now = time.monotonic()
@@ -180,7 +182,7 @@ class RateLimiter:
                     f"too many requests; try again in {wait} s",
                     retry_after=wait,
                 )
-            self._buckets[client] = (tokens - 1, now)
+            self._buckets[client] = (tokens - 1 if spend else tokens, now)
             if len(self._buckets) > MAX_BUCKETS:  # forget clients whose buckets refilled
                 full_after = self.burst / self.rate
                 self._buckets = {c: b for c, b in self._buckets.items() if now - b[1] < full_after}

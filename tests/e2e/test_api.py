@@ -485,6 +485,33 @@ def test_docs_is_the_api_reference_as_html(make_bare: Callable[..., Bare]) -> No
     assert 'href="/web/#/docs"' in page.text and 'href="/openapi.json"' in page.text
 
 
+def test_guessing_keys_is_rate_limited_by_address(make_bare: Callable[..., Bare]) -> None:
+    """A minute's worth of wrong keys is answered 401; then the address gets 429 with
+    Retry-After, even with the right key, while other requests are not slowed."""
+    locked = make_bare(
+        **{"server.api_keys": {"ops": "k-ops"}, "server.auth_failures_per_minute": "10"}
+    )
+    with httpx.Client(base_url=locked.url) as client:
+        wrong = [client.get("/v1/jobs", headers={"X-Api-Key": f"guess-{i}"}) for i in range(10)]
+        assert [r.status_code for r in wrong] == [401] * 10
+        blocked = client.get("/v1/jobs", headers={"X-Api-Key": "guess-10"})
+        assert blocked.status_code == 429 and blocked.json()["error"]["code"] == (
+            "rate_limit_exceeded"
+        )
+        assert int(blocked.headers["Retry-After"]) >= 1
+        right_key = client.get("/v1/jobs", headers={"X-Api-Key": "k-ops"})
+        assert right_key.status_code == 429  # no more guesses, not even a right one
+        assert client.get("/health").status_code == 200  # open routes are not limited
+    unlimited = make_bare(
+        **{"server.api_keys": {"ops": "k-ops"}, "server.auth_failures_per_minute": "0"}
+    )
+    statuses = {
+        httpx.get(unlimited.url + "/v1/jobs", headers={"X-Api-Key": "no"}).status_code
+        for _ in range(40)
+    }
+    assert statuses == {401}
+
+
 def test_queue_full_and_rate_limits(make_bare: Callable[..., Bare]) -> None:
     full = make_bare(**{"generation.max_queue": "1"})
     assert httpx.post(full.url + "/v1/jobs", json={"prompt": "a"}).status_code == 202
