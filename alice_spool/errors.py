@@ -52,6 +52,12 @@ class BatchTooLarge(InvalidParameters):
     code = "batch_too_large"
 
 
+class ClientDisconnected(SpoolError):
+    """The client went away before its request was read whole."""
+
+    code = "client_disconnected"
+
+
 class InvalidJson(SpoolError):
     """The request body is not valid JSON."""
 

@@ -116,6 +116,9 @@ def route(*, auth: bool = True) -> Callable[[Handler], Callable[[Request], Await
                     client = _identify(api, request, address)
                     api.limiter.check(client or address)
                 return await handler(request, api, client)
+            except errors.ClientDisconnected as exc:  # nobody to answer: one line, no trace
+                log.info("%s %s: %s", request.method, request.url.path, exc.message)
+                return Response(status_code=400)
             except errors.SpoolError as exc:
                 if exc.code in ("database_error", "database_not_migrated"):
                     log.error("%s %s: %s", request.method, request.url.path, exc.message)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from .. import errors
@@ -103,10 +103,15 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise errors.BodyTooLarge(f"the request body is over {max_bytes} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise errors.BodyTooLarge(f"the request body is over {max_bytes} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise errors.BodyTooLarge(f"the request body is over {max_bytes} bytes")
+    except ClientDisconnect:
+        raise errors.ClientDisconnected(
+            f"the client went away after {len(body)} bytes of the request body"
+        ) from None
     if not body:
         raise errors.InvalidJson("the request has no body; send a JSON object")
     try:

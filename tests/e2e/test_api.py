@@ -12,10 +12,13 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -483,6 +486,27 @@ def test_docs_is_the_api_reference_as_html(make_bare: Callable[..., Bare]) -> No
     assert "&quot;prompt&quot;: &quot;a lighthouse at dusk&quot;" in page.text  # escaped
     assert "Needs an API key." in page.text
     assert 'href="/web/#/docs"' in page.text and 'href="/openapi.json"' in page.text
+
+
+def test_a_client_gone_mid_body_is_one_info_line(
+    make_bare: Callable[..., Bare], caplog: pytest.LogCaptureFixture
+) -> None:
+    bare = make_bare()
+    host, port = bare.url.removeprefix("http://").split(":")
+    caplog.set_level(logging.INFO)
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"prompt": "half'
+        )
+        time.sleep(0.2)
+    wait_until(lambda: any("went away" in r.getMessage() for r in caplog.records), timeout=10)
+    time.sleep(0.3)
+    gone = [r for r in caplog.records if "went away" in r.getMessage()]
+    assert len(gone) == 1 and gone[0].levelno == logging.INFO and gone[0].exc_info is None
+    assert "after 16 bytes" in gone[0].getMessage()  # what it sent of the body
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert sum(bare.store.counts().values()) == 0
 
 
 def test_guessing_keys_is_rate_limited_by_address(make_bare: Callable[..., Bare]) -> None:
