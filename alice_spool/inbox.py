@@ -50,7 +50,6 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from . import faults
 from .config import Settings
 from .errors import (
     DatabaseError,
@@ -60,6 +59,7 @@ from .errors import (
     QueueFull,
     SpoolError,
 )
+from .faults import NO_FAULTS, Faults
 from .models import Source
 from .records import NewJob
 from .registry import ModelRegistry
@@ -156,6 +156,7 @@ class Inbox:
         max_file_bytes: int = 1_048_576,
         after_accept: str = "move",
         default_model: str = "",
+        faults: Faults = NO_FAULTS,
     ) -> None:
         self.directory = Path(directory)
         self.store = store
@@ -167,6 +168,7 @@ class Inbox:
         self.max_file_bytes = max_file_bytes
         self.after_accept = after_accept
         self.default_model = default_model
+        self.faults = faults
         self.stats = InboxStats()
         self._pending: dict[Path, Pending] = {}
         self._lock = threading.Lock()
@@ -549,7 +551,7 @@ class Inbox:
             for ready in group
         ]
         answers = self.store.enqueue_keyed(items, source=Source.INBOX)
-        faults.crash_point("inbox_committed")
+        self.faults.crash_point("inbox_committed")
         for ready, answer in zip(group, answers, strict=True):
             try:
                 if isinstance(answer, IdempotencyConflict):
@@ -578,7 +580,7 @@ class Inbox:
         except (InvalidParameters, IdempotencyConflict) as exc:
             self._reject(ready.path, exc)
             return True
-        faults.crash_point("inbox_committed")
+        self.faults.crash_point("inbox_committed")
         what = f"batch {batch.batch_id} ({len(items)} jobs)"
         try:
             self._accepted(ready.path, batch.created, what)

@@ -22,8 +22,8 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from . import faults
 from .errors import OutboxWriteFailed
+from .faults import NO_FAULTS, Faults
 from .spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,12 @@ def _fsync(path: Path) -> None:
 class Outbox:
     """Writes and reads job directories under one root."""
 
-    def __init__(self, root: Path | str, *, png_compress_level: int = 1) -> None:
+    def __init__(
+        self, root: Path | str, *, png_compress_level: int = 1, faults: Faults = NO_FAULTS
+    ) -> None:
         self.root = Path(root)
         self.png_compress_level = png_compress_level
+        self.faults = faults
 
     def job_dir(self, job_id: str) -> Path:
         return self.root / job_id
@@ -139,7 +142,7 @@ class Outbox:
             result_path.write_text(encoded, "utf-8")
             _fsync(result_path)
             _fsync(staging)
-            faults.crash_point("outbox_staged")
+            self.faults.crash_point("outbox_staged")
             if target.exists():  # an incomplete directory from an older version or by hand
                 shutil.rmtree(target)
             staging.rename(target)

@@ -32,7 +32,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import faults
 from .config import Settings
 from .errors import (
     ConfigError,
@@ -47,6 +46,7 @@ from .errors import (
     RunnerBusy,
     SpoolError,
 )
+from .faults import NO_FAULTS, Faults
 from .models import JobStatus, Source
 from .outbox import Outbox, image_name, infotext
 from .records import JobRecord, RunnerReport
@@ -227,8 +227,10 @@ class Runner:
         *,
         lock_dir: Path,
         on_hang: Callable[[], None] | None = None,
+        faults: Faults = NO_FAULTS,
     ) -> None:
         self.store = store
+        self.faults = faults
         self.outbox = outbox
         self.generator = generator
         self.options = options
@@ -376,7 +378,7 @@ class Runner:
                     (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0,
                     extra={"job_id": job.id, "status": "running"},
                 )
-            faults.crash_point("after_claim")
+            self.faults.crash_point("after_claim")
         return jobs
 
     # -- one batch -------------------------------------------------------------------------
@@ -413,7 +415,7 @@ class Runner:
         reason = self._running.stop_reason if self._running else None
         with self._lock:
             self._running = None
-        faults.crash_point("after_generate")
+        self.faults.crash_point("after_generate")
         for outcome in pending:
             self._settle(outcome, reason)
 
@@ -437,8 +439,14 @@ class Runner:
                 should_stop=self._should_stop,
             )
         except GpuOutOfMemory as exc:
+            # Only the message is kept: the error's traceback holds the failed call's
+            # frames, which must be gone before a smaller call is tried.
+            out_of_memory: GpuOutOfMemory | None = GpuOutOfMemory(exc.message, **exc.details)
+        else:
+            out_of_memory = None
+        if out_of_memory is not None:
             if images == 1:
-                by_id[pieces[0].job.id].error = exc
+                by_id[pieces[0].job.id].error = out_of_memory
                 return
             log.warning("out of memory with %d images in one call: splitting", images)
             for half in _halves(pieces):
@@ -674,8 +682,8 @@ class Runner:
             outcome.error, outcome.retryable = exc, True
             self._fail(outcome)
             return
-        faults.crash_point("after_outbox_write")
-        faults.crash_point("before_succeed")
+        self.faults.crash_point("after_outbox_write")
+        self.faults.crash_point("before_succeed")
         done = self._finish(job.id, lambda: self.store.succeed(job.id, self.owner, result))
         if done is None and self.store.get(job.id).status is JobStatus.CANCELLED:
             self.outbox.remove(job.id)  # cancelled while its files were being written

@@ -18,6 +18,7 @@ from .. import __version__, logs, migrate
 from ..config import Settings, load_settings
 from ..database import Database
 from ..errors import JobTimeout, SpoolError
+from ..faults import Faults
 from ..registry import ModelRegistry
 from ..store import Store
 
@@ -53,6 +54,7 @@ class App:
 
     config_file: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    faults: Faults = field(default_factory=Faults)  # the hidden --crash-at... (tests)
 
     @cached_property
     def settings(self) -> Settings:
@@ -132,6 +134,8 @@ def note(message: str) -> None:
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="Override logging.level.",
 )
+@click.option("--crash-at", hidden=True, metavar="POINT[:N]", help="Tests: crash there.")
+@click.option("--inject-oom-above", type=int, hidden=True, help="Tests: fail bigger calls.")
 @click.version_option(__version__, prog_name="alice-spool")
 @click.pass_context
 def cli(
@@ -141,6 +145,8 @@ def cli(
     database_url: str | None,
     assignments: tuple[str, ...],
     log_level: str | None,
+    crash_at: str | None,
+    inject_oom_above: int | None,
 ) -> None:
     """alice-spool: a durable job spool for Stable Diffusion images.
 
@@ -164,7 +170,11 @@ def cli(
         overrides["paths.database_url"] = database_url
     if log_level is not None:
         overrides["logging.level"] = log_level
-    ctx.obj = App(config_file, overrides)
+    try:
+        faults = Faults.parse(crash_at, inject_oom_above)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--crash-at/--inject-oom-above") from None
+    ctx.obj = App(config_file, overrides, faults)
     ctx.call_on_close(ctx.obj.close)
 
 

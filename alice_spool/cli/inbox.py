@@ -27,7 +27,7 @@ def watch(app: App, polling: bool | None, once: bool, as_json: bool) -> None:
     """
     from ..inbox import Inbox
 
-    inbox = Inbox.from_settings(app.settings, app.store, polling=polling)
+    inbox = Inbox.from_settings(app.settings, app.store, polling=polling, faults=app.faults)
     if once:
         inbox.run_once()
     else:

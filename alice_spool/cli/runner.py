@@ -59,9 +59,21 @@ def runner(
         preload=settings.runner.preload,
         compile=settings.runner.compile,
         compile_sizes=settings.runner.compile_size_pairs,
+        oom_above=app.faults.oom_above,
     )
-    outbox = Outbox(settings.paths.outbox, png_compress_level=settings.runner.png_compress_level)
-    worker = Runner(app.store, outbox, engine, options, lock_dir=Path(settings.paths.data_dir))
+    outbox = Outbox(
+        settings.paths.outbox,
+        png_compress_level=settings.runner.png_compress_level,
+        faults=app.faults,
+    )
+    worker = Runner(
+        app.store,
+        outbox,
+        engine,
+        options,
+        lock_dir=Path(settings.paths.data_dir),
+        faults=app.faults,
+    )
     worker.install_signal_handlers()
     try:
         worker.run()

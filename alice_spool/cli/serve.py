@@ -33,7 +33,7 @@ STOP_GRACE_S = 30.0  # how long the runner may take to release its jobs on shutd
 
 def _child_argv(app: App, *command: str) -> list[str]:
     """This same configuration, for a child `alice-spool` process."""
-    argv = [sys.executable, "-m", "alice_spool"]
+    argv = [sys.executable, "-m", "alice_spool", *app.faults.arguments()]
     if app.config_file:
         argv += ["--config", app.config_file]
     for key, value in app.overrides.items():
@@ -188,7 +188,7 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
         _ensure_a_model(app)
     inbox = None
     if settings.inbox.enabled:
-        inbox = Inbox.from_settings(settings, store)
+        inbox = Inbox.from_settings(settings, store, faults=app.faults)
         inbox.start()
     application = create_app(
         settings, store, app.registry, inbox_health=inbox.health if inbox else None

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,6 @@ from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from transformers.utils import logging as transformers_logging
 
-from .. import faults
 from ..errors import (
     GenerationFailed,
     GpuOutOfMemory,
@@ -198,10 +198,12 @@ def generate(
     on_step: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     pad_to: int | None = None,
+    oom_above: int | None = None,
 ) -> BatchOutput:
     """Run compatible jobs (equal `batch_key`s) as ONE pipeline call, one generator per
     image, so each image is the one its seed makes, alone or in company. `pad_to`: run
-    the call at that many images (a compiled pipeline's batch size), dropping the extra."""
+    the call at that many images (a compiled pipeline's batch size), dropping the extra.
+    `oom_above` (fault injection, for tests): a call of more images runs out of memory."""
     # 1. Check inputs, before any work.
     if not specs:
         raise InvalidParameters("a batch needs at least one job")
@@ -252,10 +254,10 @@ def generate(
         return tensors
 
     started = time.perf_counter()
+    out_of_memory = False
     try:
-        limit = faults.oom_above()
-        if limit is not None and real > limit:
-            raise torch.cuda.OutOfMemoryError(f"injected: more than {limit} images per call")
+        if oom_above is not None and real > oom_above:
+            _injected_out_of_memory(loaded, real, oom_above)
         with torch.inference_mode():
             output = pipeline(
                 prompt=prompts,
@@ -271,12 +273,16 @@ def generate(
     except RuntimeError as exc:  # CUDA's OutOfMemoryError, MPS's plain RuntimeError
         if not _out_of_memory(exc):
             raise
+        out_of_memory = True  # handled below, once this error (and its frames) are gone
+    if out_of_memory:
+        # The failed call's activations live in the frames of that error's traceback:
+        # only now, outside the handler, can they be freed before anyone retries.
         _release_cached_memory(loaded)
         raise GpuOutOfMemory(
             f"out of GPU memory generating {len(seeds)} image(s) at {width}x{height} "
             f"on {loaded.placement.label}",
             images=real,
-        ) from exc
+        )
     seconds = time.perf_counter() - started
 
     # 5. Convert; a job with a broken image (NaN, black) fails alone.
@@ -308,6 +314,19 @@ def generate(
 
 def _out_of_memory(exc: RuntimeError) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+# The memory an injected out-of-memory error held, for tests to see it freed.
+injected_ballast: weakref.ref[torch.Tensor] | None = None
+
+
+def _injected_out_of_memory(loaded: Loaded, images: int, limit: int) -> None:
+    """Fail as a real call that runs out of memory does: holding memory when it raises
+    (a tensor in this frame, as activations are in the pipeline's)."""
+    global injected_ballast
+    ballast = torch.empty(images, 4, 64, 64, device=loaded.placement.device)
+    injected_ballast = weakref.ref(ballast)
+    raise torch.cuda.OutOfMemoryError(f"injected: more than {limit} images per call")
 
 
 def _release_cached_memory(loaded: Loaded) -> None:

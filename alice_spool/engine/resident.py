@@ -59,7 +59,9 @@ class Engine:
         compile: bool = False,
         compile_sizes: Sequence[tuple[int, int]] = (),
         compile_backend: Any = "inductor",  # torch.compile's backend (tests: a counting one)
+        oom_above: int | None = None,  # fault injection (tests): calls of more images fail
     ) -> None:
+        self.oom_above = oom_above
         self.registry = registry
         self.placement = placement
         self.memory = memory
@@ -286,7 +288,9 @@ class Engine:
         loaded = self.ensure(str(resolved[0].model))
         compiled = self._compiled.get(loaded.model_id)
         if compiled is None:
-            return generate(loaded, resolved, on_step=on_step, should_stop=should_stop)
+            return generate(
+                loaded, resolved, on_step=on_step, should_stop=should_stop, oom_above=self.oom_above
+            )
         size = (int(resolved[0].width or 0), int(resolved[0].height or 0))
         images = sum(spec.n for spec in resolved)
         if size not in compiled.sizes or images > self.buckets[-1]:
@@ -295,8 +299,21 @@ class Engine:
             # any other caller).
             compiled.use(loaded.pipeline, compiled=False)
             try:
-                return generate(loaded, resolved, on_step=on_step, should_stop=should_stop)
+                return generate(
+                    loaded,
+                    resolved,
+                    on_step=on_step,
+                    should_stop=should_stop,
+                    oom_above=self.oom_above,
+                )
             finally:
                 compiled.use(loaded.pipeline, compiled=True)
         pad_to = speed.bucket_for(images, self.buckets)
-        return generate(loaded, resolved, on_step=on_step, should_stop=should_stop, pad_to=pad_to)
+        return generate(
+            loaded,
+            resolved,
+            on_step=on_step,
+            should_stop=should_stop,
+            pad_to=pad_to,
+            oom_above=self.oom_above,
+        )

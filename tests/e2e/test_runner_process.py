@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
@@ -69,11 +69,13 @@ class Site:
         spec = JobSpec(prompt=prompt, **{"steps": 2, "width": 64, "height": 64, **fields})
         return self.store.enqueue(spec, source="cli").job
 
-    def start(self, *args: str, **env: str) -> BaseProcess:
-        return runner_process.start_cli(self.ctx, ["runner", *args], {**self.env, **env}, self.root)
+    def start(self, *args: str, faults: Sequence[str] = ()) -> BaseProcess:
+        """`alice-spool [FAULTS] runner ARGS` (FAULTS: the hidden fault-injection options)."""
+        argv = [*faults, "runner", *args]
+        return runner_process.start_cli(self.ctx, argv, self.env, self.root)
 
-    def run(self, *args: str, timeout: float = 120, **env: str) -> int | None:
-        process = self.start(*args, **env)
+    def run(self, *args: str, timeout: float = 120, faults: Sequence[str] = ()) -> int | None:
+        process = self.start(*args, faults=faults)
         process.join(timeout)
         if process.is_alive():
             process.kill()
@@ -192,7 +194,8 @@ def test_a_crash_at_any_point_loses_and_repeats_nothing(site: Site, point: str) 
             site.submit(f"run {run} job {i}", n=1 + i % 2, seed=run * 10 + i) for i in range(3)
         ]
         nth = 1 + run % 2  # crash on the first or the second time the point is reached
-        assert site.run("--max-batch", "2", ALICE_CRASH_AT=f"{point}:{nth}") == CRASH_EXIT_CODE
+        crash = [f"--crash-at={point}:{nth}"]
+        assert site.run("--max-batch", "2", faults=crash) == CRASH_EXIT_CODE
         site.drain()
         assert_each_succeeded_once(site, jobs)
         assert site.leftovers() == []
@@ -293,7 +296,7 @@ def test_a_job_for_a_missing_model_fails_and_the_runner_goes_on(site: Site) -> N
 
 def test_simulated_out_of_memory_splits_and_recovers(site: Site) -> None:
     jobs = [site.submit(f"oom {i}", seed=i * 10, n=1 + (i == 1)) for i in range(3)]
-    assert site.run("--exit-when-idle", ALICE_INJECT_OOM_ABOVE="1") == 0
+    assert site.run("--exit-when-idle", faults=["--inject-oom-above=1"]) == 0
     assert_each_succeeded_once(site, jobs)
     for job in jobs:
         assert site.store.get(job.id).result["timings"]["batch_images"] == 1
@@ -312,7 +315,7 @@ def test_a_poisoned_job_ends_attempts_exhausted(site: Site) -> None:
     instead of taking the runner down forever."""
     job = site.submit("poison")
     for _ in range(3):
-        assert site.run(ALICE_CRASH_AT="after_claim") == CRASH_EXIT_CODE
+        assert site.run(faults=["--crash-at=after_claim"]) == CRASH_EXIT_CODE
     assert site.store.get(job.id).attempts == 3
     site.drain()
     failed = site.store.get(job.id)

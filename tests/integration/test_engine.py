@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from alice_spool.engine import generate as generate_module
 from alice_spool.engine.device import choose
 from alice_spool.engine.generate import Loaded, generate, load, steps_done
 from alice_spool.engine.tiny import create_tiny
@@ -184,14 +185,15 @@ def test_a_broken_image_fails_only_its_own_job(tiny: Loaded) -> None:
     assert second.seeds == [2, 3]
 
 
-def test_out_of_memory_becomes_gpu_out_of_memory(
-    tiny: Loaded, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("ALICE_INJECT_OOM_ABOVE", "2")
-    assert len(generate(tiny, [spec(n=2)]).jobs[0].images) == 2
+def test_out_of_memory_becomes_gpu_out_of_memory(tiny: Loaded) -> None:
+    assert len(generate(tiny, [spec(n=2)], oom_above=2).jobs[0].images) == 2
     with pytest.raises(GpuOutOfMemory, match="3 image") as caught:
-        generate(tiny, [spec(n=3)])
+        generate(tiny, [spec(n=3)], oom_above=2)
     assert caught.value.code == "gpu_out_of_memory" and caught.value.details["images"] == 3
+    # It does not carry the failed call's frames (and the memory they hold) along.
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
+    assert generate_module.injected_ballast is not None
+    assert generate_module.injected_ballast() is None  # freed before anyone retries
 
 
 def test_an_sdxl_shaped_pipeline(tmp_path: Path) -> None:

@@ -392,7 +392,7 @@ def test_a_crash_between_commit_and_move_does_not_queue_twice(
     }
     command = [sys.executable, "-m", "alice_spool", "watch", "--once", "--json"]
     crashed = subprocess.run(
-        command, env={**env, "ALICE_CRASH_AT": "inbox_committed"}, capture_output=True
+        [*command[:3], "--crash-at", "inbox_committed", *command[3:]], env=env, capture_output=True
     )
     assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr.decode()
     # the first file's jobs (one, or the batch's two) are committed; no file was moved

@@ -9,12 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from alice_spool.database import Database
+from alice_spool.engine import generate as generate_module
 from alice_spool.engine.device import choose
 from alice_spool.engine.resident import Engine
 from alice_spool.engine.tiny import create_tiny
 from alice_spool.errors import InvalidParameters, ModelLoadFailed, ModelNotFound
+from alice_spool.models import JobStatus
+from alice_spool.outbox import Outbox
 from alice_spool.registry import ModelRegistry
+from alice_spool.runner import Runner, RunnerOptions
 from alice_spool.spec import parse_spec
+from alice_spool.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +100,34 @@ def test_the_default_model_is_loaded_before_the_first_job_unless_told_not_to(
     empty = Engine(ModelRegistry(models / "none"), choose("cpu"))
     empty.warm_up_default()  # no model installed yet: nothing to load, no error
     assert empty.resident_model is None
+
+
+def test_an_out_of_memory_call_is_freed_before_its_halves_run(
+    models: Path, database: Database, tmp_path: Path
+) -> None:
+    """The runner splits a call that ran out of memory, and each smaller call starts only
+    once the failed one's memory (held in its error's frames) is gone."""
+    engine = Engine(ModelRegistry(models), choose("cpu"), oom_above=1, preload=False)
+    alive_at_each_call: list[bool] = []
+    real_generate = engine.generate
+
+    def watched(specs, **options):
+        ballast = generate_module.injected_ballast
+        alive_at_each_call.append(ballast is not None and ballast() is not None)
+        return real_generate(specs, **options)
+
+    engine.generate = watched  # type: ignore[method-assign]
+    store = Store(database, max_queue=100, max_attempts=3)
+    job = store.enqueue(spec(n=2, model="tiny"), source="cli").job
+    runner = Runner(
+        store,
+        Outbox(tmp_path / "outbox"),
+        engine,
+        RunnerOptions(name="oom", exit_when_idle=True),
+        lock_dir=tmp_path,
+    )
+    runner.run()
+    done = store.get(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.attempts == 1
+    assert len(alive_at_each_call) == 3  # 2 images: out of memory; then 1 and 1
+    assert alive_at_each_call == [False, False, False]
