@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import stat as stat_module
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -646,17 +647,33 @@ class _Incomplete(Exception):
         self.error = error
 
 
-def _shorten_inotify_move_wait() -> None:
+def _shorten_inotify_move_wait() -> bool:
     """Watchdog's inotify emitter holds each IN_MOVED_FROM for half a second, hoping for
     its IN_MOVED_TO, and its reader sleeps that half second even when the pair arrives
     at once; every file this inbox moves to accepted/ is such an unpaired event, so all
     events would lag by half a second. The kernel writes both halves of a rename
-    together, so a few milliseconds still pair them."""
+    together, so a few milliseconds still pair them.
+
+    This sets a class attribute of watchdog's that is not public API (pyproject.toml pins
+    the versions that have it, and a test checks it); a watchdog without it is said in
+    the log, once, rather than silently lagging. True when the wait was shortened."""
+    if not sys.platform.startswith("linux"):
+        return False  # no inotify: another emitter, no such wait
     try:
         from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
-    except ImportError:  # not Linux
-        return
-    InotifyMoveEventGrouper.delay = min(InotifyMoveEventGrouper.delay, MOVE_PAIRING_S)
+    except ImportError:
+        grouper = None
+    else:
+        grouper = InotifyMoveEventGrouper
+    delay = getattr(grouper, "delay", None)
+    if grouper is None or not isinstance(delay, int | float):
+        log.warning(
+            "this watchdog has no InotifyMoveEventGrouper.delay: inbox events may lag by "
+            "half a second (the polling observer, inbox.polling = true, does not)"
+        )
+        return False
+    grouper.delay = min(delay, MOVE_PAIRING_S)
+    return True
 
 
 def _stat(path: Path) -> tuple[int, int] | None:

@@ -321,6 +321,18 @@ def test_no_bad_file_holds_back_another(
     assert "inbox.max_file_bytes" in reason("big-link.json")
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+def test_the_inotify_move_wait_is_shortened_on_this_watchdog() -> None:
+    """inbox.py sets a watchdog class attribute that is not public API: the pinned
+    watchdog must have it (a newer one that lacks it fails here, not silently)."""
+    from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+
+    from alice_spool.inbox import MOVE_PAIRING_S, _shorten_inotify_move_wait
+
+    assert _shorten_inotify_move_wait() is True
+    assert InotifyMoveEventGrouper.delay == MOVE_PAIRING_S
+
+
 # -- many files, restarts, crashes -------------------------------------------------------------
 
 
