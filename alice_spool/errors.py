@@ -203,3 +203,15 @@ class DatabaseNotMigrated(DatabaseError):
     """The job database's schema is not the one this version expects."""
 
     code = "database_not_migrated"
+
+
+def from_code(code: str | None, message: str, **details: Any) -> SpoolError:
+    """The error that a stored code names (a failed job's `error_code`), as its own
+    class; `generation_failed` for a code this version does not know."""
+    pending = list(SpoolError.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        if cls.code == code:
+            return cls(message, **details)
+        pending.extend(cls.__subclasses__())
+    return GenerationFailed(message, **details)

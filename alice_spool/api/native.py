@@ -177,9 +177,8 @@ async def create_batch(request: Request, api: Api, client: str | None) -> Respon
             parsed = parse_request(item, api.settings.generation)
             spec = await api.resolve_model(parsed.spec)
         except errors.SpoolError as exc:
-            exc.message = f"requests[{index}]: {exc.message}"
-            exc.details["index"] = index
-            raise
+            details = {**exc.details, "index": index}
+            raise type(exc)(f"requests[{index}]: {exc.message}", **details) from None
         items.append(NewJob(spec, parsed.idempotency_key, client))
     batch = await run_in_threadpool(lambda: api.store.enqueue_batch(items, source=Source.API))
     view = {

@@ -107,9 +107,7 @@ def _finished_or_raise(job: JobRecord) -> JobRecord:
         return job
     if job.status is JobStatus.CANCELLED:
         raise errors.IllegalTransition(f"job {job.id} was cancelled", job_id=job.id)
-    error = errors.SpoolError(job.error_message or "the job failed", job_id=job.id)
-    error.code = job.error_code or "generation_failed"
-    raise error
+    raise errors.from_code(job.error_code, job.error_message or "the job failed", job_id=job.id)
 
 
 def _completion(api: Api, request: Request, job: JobRecord, prompt: str) -> dict[str, Any]:

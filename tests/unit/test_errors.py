@@ -58,3 +58,16 @@ def test_details_are_kept_and_none_dropped() -> None:
         "code": "not_found",
         "message": "no job x",
     }
+
+
+def test_a_stored_code_becomes_its_own_class() -> None:
+    timeout = errors.from_code("timeout", "ran too long", job_id="j")
+    assert type(timeout) is errors.JobTimeout and timeout.to_dict() == {
+        "code": "timeout",
+        "message": "ran too long",
+        "job_id": "j",
+    }
+    assert type(errors.from_code("model_not_found", "gone")) is errors.ModelNotFound
+    unknown = errors.from_code("from_a_future_version", "?")
+    assert type(unknown) is errors.GenerationFailed and unknown.code == "generation_failed"
+    assert type(errors.from_code(None, "?")) is errors.GenerationFailed
