@@ -33,7 +33,8 @@ from ..registry import ModelRegistry
 from ..store import Store
 from . import native, openai, status
 from .context import Api, route
-from .docs_page import render_docs
+from .docs_page import DOCS_POLICY, render_docs
+from .headers import SecurityHeaders
 from .http import Keys, RateLimiter, error_response
 from .openapi import describe
 
@@ -65,7 +66,8 @@ async def openapi_json(request: Request, api: Api, client: str | None) -> Respon
 @route(auth=False)
 async def docs(request: Request, api: Api, client: str | None) -> Response:
     """The API reference as an HTML page (the same description as /openapi.json)."""
-    return HTMLResponse(render_docs(describe(request.app.routes, api)))
+    page = render_docs(describe(request.app.routes, api))
+    return HTMLResponse(page, headers={"Content-Security-Policy": DOCS_POLICY})
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -136,7 +138,7 @@ def create_app(
             Route("/", lambda request: RedirectResponse("/web/"), methods=["GET"]),
             Mount("/web", StaticFiles(directory=files, html=True), name="web"),
         ]
-    middleware = []
+    middleware = [Middleware(SecurityHeaders, public_url=server.public_url)]
     if server.cors_origins:
         middleware.append(
             Middleware(

@@ -4,6 +4,8 @@ The web UI's richer page is at `/web/#/docs`."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from html import escape
 from typing import Any
@@ -16,6 +18,12 @@ pre { background: #f4f4f4; padding: .6rem; overflow-x: auto; }
 .method { display: inline-block; min-width: 3.5rem; font-weight: bold; }
 .note { color: #555; }
 """
+# Its own policy: nothing but this page's one style element (by its hash), no script.
+_STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
+DOCS_POLICY = (
+    f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
 
 
 def render_docs(description: dict[str, Any]) -> str:

@@ -88,6 +88,7 @@ async def list_jobs(request: Request, api: Api, client: str | None) -> Response:
 
 @route()
 async def get_job(request: Request, api: Api, client: str | None) -> Response:
+    """One job: its state, progress, request, result and `image_urls`."""
     job = await run_in_threadpool(api.store.get, request.path_params["job_id"])
     return JSONResponse(api.job_view(request, job))
 
@@ -101,6 +102,7 @@ async def cancel_job(request: Request, api: Api, client: str | None) -> Response
 
 @route()
 async def retry_job(request: Request, api: Api, client: str | None) -> Response:
+    """Queue a failed or cancelled job again (409 for a job in another state)."""
     job = await run_in_threadpool(api.store.retry, request.path_params["job_id"])
     return JSONResponse(api.job_view(request, job))
 
@@ -193,6 +195,7 @@ async def create_batch(request: Request, api: Api, client: str | None) -> Respon
 
 @route()
 async def get_batch(request: Request, api: Api, client: str | None) -> Response:
+    """A batch: its jobs, and how many are in each state."""
     batch_id = request.path_params["batch_id"]
     job_ids = await run_in_threadpool(api.store.batch_job_ids, batch_id)
     jobs = await run_in_threadpool(api.store.get_many, job_ids)

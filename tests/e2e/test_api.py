@@ -509,6 +509,34 @@ def test_a_client_gone_mid_body_is_one_info_line(
     assert sum(bare.store.counts().values()) == 0
 
 
+def test_every_answer_carries_the_security_headers(make_bare: Callable[..., Bare]) -> None:
+    bare = make_bare(**{"server.public_url": "https://images.example.org/spool"})
+    job = httpx.post(bare.url + "/v1/jobs", json={"prompt": "x"}).json()
+    answers = {
+        "json": httpx.get(bare.url + "/v1/models"),
+        "open": httpx.get(bare.url + "/health"),
+        "error": httpx.get(bare.url + "/v1/nowhere"),
+        "web": httpx.get(bare.url + "/web/"),
+        "script": httpx.get(bare.url + "/web/app.js"),
+        "docs": httpx.get(bare.url + "/docs"),
+    }
+    with httpx.stream("GET", f"{bare.url}/v1/jobs/{job['id']}/events", timeout=10) as stream:
+        answers["stream"] = stream
+    for name, answer in answers.items():
+        headers = answer.headers
+        assert headers["x-content-type-options"] == "nosniff", name
+        assert headers["x-frame-options"] == "DENY", name
+        assert headers["referrer-policy"] == "no-referrer", name
+        policy = headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "unsafe-inline" not in policy, name
+    web_policy = answers["web"].headers["content-security-policy"]
+    assert "script-src 'self'" in web_policy
+    assert "img-src 'self' data: blob: https://images.example.org" in web_policy
+    assert "<script>" not in answers["web"].text  # nothing inline for the policy to refuse
+    docs_policy = answers["docs"].headers["content-security-policy"]
+    assert docs_policy.startswith("default-src 'none'; style-src 'sha256-")
+
+
 def test_guessing_keys_is_rate_limited_by_address(make_bare: Callable[..., Bare]) -> None:
     """A minute's worth of wrong keys is answered 401; then the address gets 429 with
     Retry-After, even with the right key, while other requests are not slowed."""

@@ -363,6 +363,21 @@ def test_api_docs_render_openapi_with_examples(
     page.context.close()
 
 
+def test_the_plain_api_page_renders_under_its_policy(
+    site: Served, browser: Browser, console: Console
+) -> None:
+    """/docs: styled by its one style element, allowed by hash (a refused style would be
+    a console error), every route listed."""
+    page = new_page(browser, console, viewport={"width": 1280, "height": 900})
+    page.goto(f"{site.url}/docs")
+    expect(page.locator("h1")).to_contain_text("the HTTP API")
+    expect(page.locator("h2#post--v1-jobs")).to_contain_text("/v1/jobs")
+    weight = page.locator("span.method").first.evaluate("e => getComputedStyle(e).fontWeight")
+    assert weight == "700"  # the page's own style applies
+    shot(page, "docs-plain")
+    page.context.close()
+
+
 def test_every_page_fits_a_phone(site: Served, browser: Browser, console: Console) -> None:
     done = submit_job(site, prompt="for the phone", size="64x64", seed=3)
     wait_for_status(site, done["id"], "succeeded")
