@@ -101,6 +101,13 @@ def is_busy(exc: Exception) -> bool:
 def translate(exc: Exception) -> errors.SpoolError:
     """A driver error as the `SpoolError` a user can act on."""
     text = " ".join(str(getattr(exc, "orig", None) or exc).split())  # one line
+    orig = getattr(exc, "orig", exc)
+    full = getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    if full or "disk is full" in text or "No space left on device" in text:
+        return errors.DatabaseFull(
+            f"the job database's disk is full ({text}); new requests are refused until "
+            "there is room again"
+        )
     if "no such table" in text or ("relation" in text and "does not exist" in text):
         return errors.DatabaseNotMigrated(
             f"the database has no job table ({text}): run `alice-spool db upgrade`"

@@ -199,6 +199,12 @@ class DatabaseBusy(DatabaseError):
     code = "database_busy"
 
 
+class DatabaseFull(DatabaseError):
+    """The job database's disk is full: nothing new can be recorded until there is room."""
+
+    code = "database_full"
+
+
 class DatabaseNotMigrated(DatabaseError):
     """The job database's schema is not the one this version expects."""
 

@@ -44,6 +44,7 @@ class Api:
     started: float = field(default_factory=time.time)
     version: str = __version__
     inbox_health: Callable[[], dict[str, Any]] | None = None
+    database_trouble: DatabaseTrouble = field(default_factory=lambda: DatabaseTrouble())
 
     def base_url(self, request: Request) -> str:
         configured = self.settings.server.public_url
@@ -90,6 +91,24 @@ class Api:
 Handler = Callable[[Request, Api, str | None], Awaitable[Response]]
 
 
+class DatabaseTrouble:
+    """The last database error a request met (a full disk, a lock held too long), for
+    /health to report as `degraded` while it is recent."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, errors.SpoolError] | None = None
+
+    def note(self, exc: errors.SpoolError) -> None:
+        self._last = (time.monotonic(), exc)
+
+    def recent(self, within_s: float) -> dict[str, Any] | None:
+        last = self._last
+        if last is None or time.monotonic() - last[0] > within_s:
+            return None
+        at, exc = last
+        return {**exc.to_dict(), "age_s": round(time.monotonic() - at, 1)}
+
+
 def _identify(api: Api, request: Request, address: str) -> str | None:
     """The API key's name. An address that failed too often is refused for a while
     (429), whatever key it sends now, so that keys cannot be guessed at speed."""
@@ -120,7 +139,8 @@ def route(*, auth: bool = True) -> Callable[[Handler], Callable[[Request], Await
                 log.info("%s %s: %s", request.method, request.url.path, exc.message)
                 return Response(status_code=400)
             except errors.SpoolError as exc:
-                if exc.code in ("database_error", "database_not_migrated"):
+                if isinstance(exc, errors.DatabaseError):  # /health says so for a while
+                    api.database_trouble.note(exc)
                     log.error("%s %s: %s", request.method, request.url.path, exc.message)
                 return spool_error_response(exc)
 

@@ -36,6 +36,7 @@ STATUS = {
     "rate_limit_exceeded": 429,
     "queue_full": 503,
     "database_busy": 503,
+    "database_full": 503,
     "gpu_out_of_memory": 503,
     "timeout": 504,
     "generation_failed": 500,
@@ -58,6 +59,7 @@ _TYPES = {
     504: "server_error",
 }
 QUEUE_FULL_RETRY_AFTER_S = 5
+DATABASE_RETRY_AFTER_S = 30  # a full disk or a long lock: not gone in a second
 MAX_BUCKETS = 10_000  # rate-limit buckets kept before idle ones are dropped
 
 
@@ -87,6 +89,8 @@ def spool_error_response(exc: errors.SpoolError) -> JSONResponse:
     headers = {}
     if exc.code == "queue_full":
         headers["Retry-After"] = str(QUEUE_FULL_RETRY_AFTER_S)
+    if exc.code in ("database_full", "database_busy"):
+        headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
     if exc.code == "rate_limit_exceeded" and "retry_after" in exc.details:
         headers["Retry-After"] = str(exc.details["retry_after"])
     field = exc.details.get("field")

@@ -39,6 +39,9 @@ def _snapshot(api: Api, *, with_stats: bool) -> dict[str, Any]:
     return {"now": now, "counts": counts, "reports": reports, "live": live, "stats": stats}
 
 
+DEGRADED_FOR_S = 120.0  # how long /health reports a database error a request met
+
+
 @route(auth=False)
 async def health(request: Request, api: Api, client: str | None) -> Response:
     """Up, version, GPU, models loaded, queue depth, the runners' liveness."""
@@ -48,8 +51,11 @@ async def health(request: Request, api: Api, client: str | None) -> Response:
     loaded = len({r.model for r in live if r.model})
     depth = snap["counts"][JobStatus.QUEUED]
     newest = max(snap["reports"], key=lambda r: r.heartbeat_at, default=None)
+    trouble = api.database_trouble.recent(DEGRADED_FOR_S)
     body: dict[str, Any] = {
-        "status": "ok",
+        # degraded: requests met a database error (a full disk, say) in the last minutes
+        "status": "degraded" if trouble else "ok",
+        "problems": [trouble] if trouble else [],
         "version": api.version,
         "gpu_available": gpu,
         "gpuAvailable": gpu,

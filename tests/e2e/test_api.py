@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import sqlalchemy
 import uvicorn
 from PIL import Image
 
@@ -535,6 +536,42 @@ def test_every_answer_carries_the_security_headers(make_bare: Callable[..., Bare
     assert "<script>" not in answers["web"].text  # nothing inline for the policy to refuse
     docs_policy = answers["docs"].headers["content-security-policy"]
     assert docs_policy.startswith("default-src 'none'; style-src 'sha256-")
+
+
+@pytest.mark.sqlite_only
+def test_a_full_database_disk_is_503_and_health_says_degraded(
+    make_bare: Callable[..., Bare],
+) -> None:
+    """A real SQLite file that cannot grow (max_page_count: as a full disk answers)."""
+    bare = make_bare()
+    assert httpx.get(bare.url + "/health").json()["status"] == "ok"
+    engine = bare.store.db.engine
+    with engine.connect() as conn:
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+
+    def cap(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")
+
+    sqlalchemy.event.listen(engine.pool, "connect", cap)
+    engine.dispose()  # every connection from now on has the cap
+    answers = [
+        httpx.post(bare.url + "/v1/jobs", json={"prompt": f"fill {i} " + "x" * 2000})
+        for i in range(40)
+    ]
+    refused = [a for a in answers if a.status_code != 202]
+    assert refused, "the database never filled up"
+    full = refused[0]
+    assert full.status_code == 503, full.text
+    assert full.json()["error"]["code"] == "database_full"
+    assert "disk is full" in full.json()["error"]["message"]
+    assert full.headers["Retry-After"] == "30"
+    health = httpx.get(bare.url + "/health")
+    assert health.status_code == 200
+    body = health.json()
+    assert body["status"] == "degraded"
+    assert body["problems"][0]["code"] == "database_full"
+    accepted = sum(a.status_code == 202 for a in answers)
+    assert sum(bare.store.counts().values()) == accepted  # nothing half-recorded
 
 
 def test_guessing_keys_is_rate_limited_by_address(make_bare: Callable[..., Bare]) -> None:
