@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -46,6 +47,7 @@ class ServerSettings:
     cors_origins: list[str] = field(default_factory=list)
     rate_limit_per_minute: int = 0
     auth_failures_per_minute: int = 30
+    trusted_proxies: list[str] = field(default_factory=list)
     api_keys: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -62,6 +64,11 @@ class ServerSettings:
         _check(
             self.auth_failures_per_minute >= 0, "server.auth_failures_per_minute", "must be >= 0"
         )
+        for address in self.trusted_proxies:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                _check(False, "server.trusted_proxies", f"{address!r} is not an IP address")
         for name, key in self.api_keys.items():
             _check(bool(name.strip()), "server.api_keys", "a key's name must not be empty")
             _check(bool(key.strip()), f"server.api_keys.{name}", "the key must not be empty")

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 IMAGE_NAME = re.compile(r"(?P<job>[0-9a-f]{30})-(?P<index>[0-9]{1,2})\.png")
 
 
+FORWARDED_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
 @dataclass
 class Api:
     settings: Settings
@@ -47,8 +50,37 @@ class Api:
     database_trouble: DatabaseTrouble = field(default_factory=lambda: DatabaseTrouble())
 
     def base_url(self, request: Request) -> str:
+        """Where image URLs point: `server.public_url`, else where this request came
+        to (X-Forwarded-Host/-Proto believed only from `server.trusted_proxies`)."""
         configured = self.settings.server.public_url
-        return configured.rstrip("/") if configured else str(request.base_url).rstrip("/")
+        if configured:
+            return configured.rstrip("/")
+        own = str(request.base_url).rstrip("/")
+        if not self._via_trusted_proxy(request):
+            return own
+        host = request.headers.get("x-forwarded-host", "").split(",")[0].strip()
+        proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        if not host or not FORWARDED_HOST.fullmatch(host):
+            return own
+        scheme = proto if proto in ("http", "https") else request.url.scheme
+        return f"{scheme}://{host}{request.scope.get('root_path', '')}".rstrip("/")
+
+    def client_address(self, request: Request) -> str:
+        """The client's address: the peer's, or, behind a trusted proxy, the last address
+        in X-Forwarded-For that is not one of the trusted proxies."""
+        peer = request.client.host if request.client else "unknown"
+        if not self._via_trusted_proxy(request):
+            return peer
+        hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",")]
+        trusted = set(self.settings.server.trusted_proxies)
+        for hop in reversed(hops):
+            if hop and hop not in trusted:
+                return hop
+        return peer
+
+    def _via_trusted_proxy(self, request: Request) -> bool:
+        peer = request.client.host if request.client else None
+        return peer is not None and peer in self.settings.server.trusted_proxies
 
     def image_urls(self, request: Request, job: JobRecord) -> list[str]:
         if job.status is not JobStatus.SUCCEEDED:
@@ -131,7 +163,7 @@ def route(*, auth: bool = True) -> Callable[[Handler], Callable[[Request], Await
             try:
                 client = None
                 if auth:
-                    address = request.client.host if request.client else "unknown"
+                    address = api.client_address(request)
                     client = _identify(api, request, address)
                     api.limiter.check(client or address)
                 return await handler(request, api, client)

@@ -200,6 +200,9 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
         log_level=settings.logging.level.lower(),
         access_log=False,
         timeout_graceful_shutdown=5,
+        # The app believes forwarded headers itself, only from server.trusted_proxies
+        # (uvicorn's own default would believe any from 127.0.0.1).
+        proxy_headers=False,
     )
 
     class Server(uvicorn.Server):

@@ -34,6 +34,7 @@ from PIL import Image
 from alice_spool import migrate
 from alice_spool.api import create_app
 from alice_spool.config import load_settings
+from alice_spool.spec import JobSpec
 from alice_spool.store import Store
 from tests.support.live_server import free_port, serve, wait_until
 
@@ -313,7 +314,11 @@ def make_bare(tmp_path: Path) -> Iterator[Callable[..., Bare]]:
         write_fake_model(models)
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(settings, store), host="127.0.0.1", port=free_port(), log_level="error"
+                create_app(settings, store),
+                host="127.0.0.1",
+                port=free_port(),
+                log_level="error",
+                proxy_headers=False,  # as serve runs it
             )
         )
         thread = threading.Thread(target=server.run, daemon=True)
@@ -572,6 +577,47 @@ def test_a_full_database_disk_is_503_and_health_says_degraded(
     assert body["problems"][0]["code"] == "database_full"
     accepted = sum(a.status_code == 202 for a in answers)
     assert sum(bare.store.counts().values()) == accepted  # nothing half-recorded
+
+
+def test_forwarded_headers_are_believed_only_from_trusted_proxies(
+    make_bare: Callable[..., Bare],
+) -> None:
+    forwarded = {
+        "X-Forwarded-Host": "spool.example.org",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-For": "203.0.113.7",
+    }
+
+    def image_urls(bare: Bare, headers: dict[str, str]) -> list[str]:
+        job = bare.store.enqueue(JobSpec(prompt="x", model="sd/tiny"), source="api").job
+        (claimed,) = bare.store.claim_batch("r", 1, lease_s=60)
+        bare.store.succeed(claimed.id, "r", {"images": [{"file": f"{job.id}-0.png"}]})
+        return httpx.get(f"{bare.url}/v1/jobs/{job.id}", headers=headers).json()["image_urls"]
+
+    direct = make_bare()  # no trusted proxies: a client cannot choose the URLs' host
+    (url,) = image_urls(direct, forwarded)
+    assert url.startswith(direct.url + "/images/")
+    proxied = make_bare(**{"server.trusted_proxies": ["127.0.0.1"]})
+    (url,) = image_urls(proxied, forwarded)
+    assert url.startswith("https://spool.example.org/images/")
+    (url,) = image_urls(proxied, {"X-Forwarded-Host": "bad host/with space"})
+    assert url.startswith(proxied.url + "/images/")  # nonsense is not believed
+
+    # The client's address (for rate limits) is the forwarded one, behind the proxy.
+    limited = make_bare(
+        **{
+            "server.trusted_proxies": ["127.0.0.1"],
+            "server.api_keys": {"ops": "k"},
+            "server.auth_failures_per_minute": "5",
+        }
+    )
+    for _ in range(5):
+        wrong = {"X-Api-Key": "no", "X-Forwarded-For": "203.0.113.7"}
+        assert httpx.get(limited.url + "/v1/jobs", headers=wrong).status_code == 401
+    again = {"X-Api-Key": "no", "X-Forwarded-For": "203.0.113.7"}
+    assert httpx.get(limited.url + "/v1/jobs", headers=again).status_code == 429
+    other = {"X-Api-Key": "k", "X-Forwarded-For": "198.51.100.9"}
+    assert httpx.get(limited.url + "/v1/jobs", headers=other).status_code == 200
 
 
 def test_guessing_keys_is_rate_limited_by_address(make_bare: Callable[..., Bare]) -> None:
