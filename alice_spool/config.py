@@ -48,6 +48,7 @@ class ServerSettings:
     rate_limit_per_minute: int = 0
     auth_failures_per_minute: int = 30
     trusted_proxies: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = field(default_factory=list)
     api_keys: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -64,6 +65,12 @@ class ServerSettings:
         _check(
             self.auth_failures_per_minute >= 0, "server.auth_failures_per_minute", "must be >= 0"
         )
+        for name in self.allowed_hosts:
+            _check(
+                bool(name.strip()) and "/" not in name and " " not in name,
+                "server.allowed_hosts",
+                f"{name!r} is not a host name",
+            )
         for address in self.trusted_proxies:
             try:
                 ipaddress.ip_address(address)

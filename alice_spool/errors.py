@@ -70,6 +70,24 @@ class BodyTooLarge(SpoolError):
     code = "body_too_large"
 
 
+class InvalidHost(SpoolError):
+    """This server does not answer to that host name."""
+
+    code = "invalid_host"
+
+
+class CrossOriginRefused(SpoolError):
+    """A change requested from another site is refused."""
+
+    code = "cross_origin_refused"
+
+
+class UnsupportedMediaType(SpoolError):
+    """The request body must be JSON."""
+
+    code = "unsupported_media_type"
+
+
 class Unauthorized(SpoolError):
     """A valid API key is required."""
 

@@ -34,6 +34,7 @@ from ..store import Store
 from . import native, openai, status
 from .context import Api, route
 from .docs_page import DOCS_POLICY, render_docs
+from .guard import RequestGuard
 from .headers import SecurityHeaders
 from .http import Keys, RateLimiter, error_response
 from .openapi import describe
@@ -138,7 +139,16 @@ def create_app(
             Route("/", lambda request: RedirectResponse("/web/"), methods=["GET"]),
             Mount("/web", StaticFiles(directory=files, html=True), name="web"),
         ]
-    middleware = [Middleware(SecurityHeaders, public_url=server.public_url)]
+    middleware = [
+        Middleware(SecurityHeaders, public_url=server.public_url),
+        Middleware(
+            RequestGuard,
+            bind_host=server.host,
+            public_url=server.public_url,
+            allowed=server.allowed_hosts,
+            cors_origins=server.cors_origins,
+        ),
+    ]
     if server.cors_origins:
         middleware.append(
             Middleware(

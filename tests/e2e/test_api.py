@@ -502,7 +502,7 @@ def test_a_client_gone_mid_body_is_one_info_line(
     caplog.set_level(logging.INFO)
     with socket.create_connection((host, int(port))) as raw:
         raw.sendall(
-            b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b'Content-Length: 1000\r\n\r\n{"prompt": "half'
         )
         time.sleep(0.2)
@@ -618,6 +618,73 @@ def test_forwarded_headers_are_believed_only_from_trusted_proxies(
     assert httpx.get(limited.url + "/v1/jobs", headers=again).status_code == 429
     other = {"X-Api-Key": "k", "X-Forwarded-For": "198.51.100.9"}
     assert httpx.get(limited.url + "/v1/jobs", headers=other).status_code == 200
+
+
+def test_a_page_on_another_site_cannot_change_anything(make_bare: Callable[..., Bare]) -> None:
+    """With no keys (the default), what a browser can be made to send on its user's
+    behalf: a form post, a no-preflight fetch, a request to a rebound DNS name."""
+    bare = make_bare(**{"server.cors_origins": ["https://friend.example"]})
+    job = {"prompt": "x"}
+    text = json.dumps(job)
+    own_origin = bare.url
+
+    def post(path: str, **options: Any) -> httpx.Response:
+        return httpx.post(bare.url + path, timeout=10, **options)
+
+    refused = {
+        "form": post(
+            "/v1/jobs", content=text, headers={"Content-Type": "application/x-www-form-urlencoded"}
+        ),
+        "text": post("/v1/jobs", content=text, headers={"Content-Type": "text/plain"}),
+        "multipart": post("/v1/jobs", files={"prompt": ("p", b"x")}),
+        "origin": post("/v1/jobs", json=job, headers={"Origin": "https://evil.example"}),
+        "null-origin": post("/v1/jobs", json=job, headers={"Origin": "null"}),
+        "fetch-site": post("/v1/jobs", content=text, headers={"Sec-Fetch-Site": "cross-site"}),
+        "default-model": post(
+            "/v1/models/default",
+            json={"model": "sd/tiny"},
+            headers={"Origin": "https://evil.example"},
+        ),
+        "rebinding": post("/v1/jobs", json=job, headers={"Host": "evil.example"}),
+        "rebinding-read": httpx.get(bare.url + "/v1/jobs", headers={"Host": "evil.example:80"}),
+    }
+    expected = {
+        "form": (415, "unsupported_media_type"),
+        "text": (415, "unsupported_media_type"),
+        "multipart": (415, "unsupported_media_type"),
+        "origin": (403, "cross_origin_refused"),
+        "null-origin": (403, "cross_origin_refused"),
+        "fetch-site": (403, "cross_origin_refused"),
+        "default-model": (403, "cross_origin_refused"),
+        "rebinding": (421, "invalid_host"),
+        "rebinding-read": (421, "invalid_host"),
+    }
+    for name, answer in refused.items():
+        got = (answer.status_code, answer.json()["error"]["code"])
+        assert got == expected[name], (name, answer.text)
+    assert sum(bare.store.counts().values()) == 0
+    assert not (bare.outbox.parent / "models" / ".default").exists()
+
+    # What is allowed: the same origin, an origin CORS allows, no Origin (scripts, SAM),
+    # JSON with a charset, loopback names.
+    allowed = [
+        post("/v1/jobs", json=job, headers={"Origin": own_origin}),
+        post("/v1/jobs", json=job, headers={"Origin": "https://friend.example"}),
+        post("/v1/jobs", content=text),
+        post("/v1/jobs", content=text, headers={"Content-Type": "application/json; charset=utf-8"}),
+        post("/v1/jobs", json=job, headers={"Host": "localhost"}),
+    ]
+    assert [a.status_code for a in allowed] == [202] * 5, [a.text for a in allowed]
+
+
+def test_allowed_hosts_widen_and_a_public_bind_answers_any_name(
+    make_bare: Callable[..., Bare],
+) -> None:
+    named = make_bare(**{"server.allowed_hosts": ["spool.lan"]})
+    assert httpx.get(named.url + "/health", headers={"Host": "spool.lan:8080"}).status_code == 200
+    assert httpx.get(named.url + "/health", headers={"Host": "other.lan"}).status_code == 421
+    public = make_bare(**{"server.host": "0.0.0.0"})
+    assert httpx.get(public.url + "/health", headers={"Host": "gpu-box.lan"}).status_code == 200
 
 
 def test_guessing_keys_is_rate_limited_by_address(make_bare: Callable[..., Bare]) -> None:
