@@ -35,7 +35,7 @@ from . import native, openai, status
 from .context import Api, route
 from .docs_page import DOCS_POLICY, render_docs
 from .guard import RequestGuard
-from .headers import SecurityHeaders
+from .headers import JsonErrors, SecurityHeaders
 from .http import Keys, RateLimiter, error_response
 from .openapi import describe
 
@@ -141,6 +141,7 @@ def create_app(
         ]
     middleware = [
         Middleware(SecurityHeaders, public_url=server.public_url),
+        Middleware(JsonErrors),
         Middleware(
             RequestGuard,
             bind_host=server.host,

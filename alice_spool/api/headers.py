@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from .http import error_response
+
 Scope = dict[str, Any]
 Receive = Any
 Send = Any
@@ -61,3 +63,69 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+# The codes of the plain-text errors Starlette answers by itself, by status.
+_PLAIN_CODES = {
+    400: "invalid_request",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    416: "range_not_satisfiable",
+}
+
+
+class JsonErrors:
+    """Errors that Starlette's own parts answer in plain text (a refused CORS preflight,
+    a bad or unsatisfiable Range on an image or web file) become this API's JSON error
+    body, with the same status and headers. (A request line too broken to reach the app
+    is answered by the HTTP server itself, before any of this.)"""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: dict[str, Any] | None = None
+        body = bytearray()
+
+        async def reshape(message: dict[str, Any]) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers", []))
+                plain = headers.get(b"content-type", b"").startswith(b"text/plain")
+                if message["status"] >= 400 and plain:
+                    held = message  # the body comes next: answer once it is whole
+                    return
+                await send(message)
+            elif held is not None and message["type"] == "http.response.body":
+                body.extend(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await self._send_json(held, bytes(body), send)
+            else:
+                await send(message)
+
+        await self.app(scope, receive, reshape)
+
+    @staticmethod
+    async def _send_json(start: dict[str, Any], text: bytes, send: Send) -> None:
+        status = start["status"]
+        message = text.decode("utf-8", "replace").strip() or "the request was refused"
+        response = error_response(
+            _PLAIN_CODES.get(status, "invalid_request"), message, status=status
+        )
+        keep = [
+            (name, value)
+            for name, value in start.get("headers", [])
+            if name.lower() not in (b"content-type", b"content-length")
+        ]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": keep + [(k, v) for k, v in response.raw_headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})

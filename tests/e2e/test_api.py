@@ -687,6 +687,36 @@ def test_allowed_hosts_widen_and_a_public_bind_answers_any_name(
     assert httpx.get(public.url + "/health", headers={"Host": "gpu-box.lan"}).status_code == 200
 
 
+def test_errors_starlette_answers_itself_are_json_too(make_bare: Callable[..., Bare]) -> None:
+    bare = make_bare(**{"server.cors_origins": ["https://friend.example"]})
+    job_id = "0123456789abcdef0123456789abcd"
+    (bare.outbox / job_id).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(bare.outbox / job_id / f"{job_id}-0.png")
+    image = f"{bare.url}/images/{job_id}-0.png"
+    answers = {
+        "cors": httpx.options(
+            bare.url + "/v1/jobs",
+            headers={
+                "Origin": "https://evil.example",
+                "Access-Control-Request-Method": "POST",
+            },
+        ),
+        "range": httpx.get(image, headers={"Range": "bytes=999999-"}),
+        "bad-range": httpx.get(image, headers={"Range": "bytes=9-2"}),
+        "static-range": httpx.get(bare.url + "/web/app.js", headers={"Range": "bytes=99999999-"}),
+    }
+    for name, answer in answers.items():
+        assert answer.status_code in (400, 416), (name, answer.status_code)
+        assert answer.headers["content-type"] == "application/json", (name, answer.text)
+        error = answer.json()["error"]
+        assert error["message"] and error["code"], name
+    assert answers["cors"].json()["error"]["code"] == "invalid_request"
+    assert "CORS" in answers["cors"].json()["error"]["message"]
+    assert answers["range"].json()["error"]["code"] == "range_not_satisfiable"
+    whole = httpx.get(image, headers={"Range": "bytes=0-9"})  # a good range still works
+    assert whole.status_code == 206 and len(whole.content) == 10
+
+
 def test_guessing_keys_is_rate_limited_by_address(make_bare: Callable[..., Bare]) -> None:
     """A minute's worth of wrong keys is answered 401; then the address gets 429 with
     Retry-After, even with the right key, while other requests are not slowed."""
