@@ -58,6 +58,12 @@ class ClientDisconnected(SpoolError):
     code = "client_disconnected"
 
 
+class RequestTimeout(SpoolError):
+    """The request body did not arrive in time."""
+
+    code = "request_timeout"
+
+
 class InvalidJson(SpoolError):
     """The request body is not valid JSON."""
 

@@ -36,7 +36,7 @@ from .context import Api, route
 from .docs_page import DOCS_POLICY, render_docs
 from .guard import RequestGuard
 from .headers import JsonErrors, SecurityHeaders
-from .http import Keys, RateLimiter, error_response
+from .http import Keys, RateLimiter, StreamSlots, error_response
 from .openapi import describe
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ def create_app(
         registry=registry or ModelRegistry(settings.paths.models),
         keys=Keys(server.api_keys),
         limiter=RateLimiter(server.rate_limit_per_minute),
+        streams=StreamSlots(server.max_streams_per_client),
         # a minute's worth at once (a person mistyping a key never notices), then slowly
         auth_failures=RateLimiter(
             server.auth_failures_per_minute, burst=server.auth_failures_per_minute

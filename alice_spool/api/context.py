@@ -25,7 +25,7 @@ from ..records import JobRecord
 from ..registry import ModelRegistry
 from ..spec import JobSpec
 from ..store import Store
-from .http import Keys, RateLimiter, spool_error_response
+from .http import Keys, RateLimiter, StreamSlots, read_json, spool_error_response
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,12 @@ class Api:
     version: str = __version__
     inbox_health: Callable[[], dict[str, Any]] | None = None
     database_trouble: DatabaseTrouble = field(default_factory=lambda: DatabaseTrouble())
+    streams: StreamSlots = field(default_factory=lambda: StreamSlots(8))
+
+    async def read_body(self, request: Request) -> Any:
+        """The request's JSON body, within this server's size and time limits."""
+        server = self.settings.server
+        return await read_json(request, server.max_body_bytes, server.body_timeout_s)
 
     def base_url(self, request: Request) -> str:
         """Where image URLs point: `server.public_url`, else where this request came

@@ -32,6 +32,7 @@ STATUS = {
     "idempotency_conflict": 409,
     "invalid_state": 409,
     "cross_origin_refused": 403,
+    "request_timeout": 408,
     "body_too_large": 413,
     "unsupported_media_type": 415,
     "invalid_host": 421,
@@ -57,6 +58,7 @@ _TYPES = {
     405: "invalid_request_error",
     409: "invalid_request_error",
     403: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
     421: "invalid_request_error",
@@ -105,7 +107,7 @@ def spool_error_response(exc: errors.SpoolError) -> JSONResponse:
     )
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
+async def read_json(request: Request, max_bytes: int, timeout_s: float = 30.0) -> Any:
     """The request's JSON body: 413 over `max_bytes` (counted as it arrives, whatever
     Content-Length says), 400 for anything that is not JSON or nests too deeply (a
     deep value that parses is refused later: no request field takes nested lists)."""
@@ -114,10 +116,15 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         raise errors.BodyTooLarge(f"the request body is over {max_bytes} bytes")
     body = bytearray()
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_bytes:
-                raise errors.BodyTooLarge(f"the request body is over {max_bytes} bytes")
+        async with asyncio.timeout(timeout_s):  # a body sent slowly holds a connection
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise errors.BodyTooLarge(f"the request body is over {max_bytes} bytes")
+    except TimeoutError:
+        raise errors.RequestTimeout(
+            f"the request body did not arrive within {timeout_s:g} s (server.body_timeout_s)"
+        ) from None
     except ClientDisconnect:
         raise errors.ClientDisconnected(
             f"the client went away after {len(body)} bytes of the request body"
@@ -201,6 +208,39 @@ class RateLimiter:
             if len(self._buckets) > MAX_BUCKETS:  # forget clients whose buckets refilled
                 full_after = self.burst / self.rate
                 self._buckets = {c: b for c, b in self._buckets.items() if now - b[1] < full_after}
+
+
+class StreamSlots:
+    """Open event streams per client (API key name, else address): at most `limit`; one
+    more is `rate_limit_exceeded` until one of them ends."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, client: str) -> None:
+        with self._lock:
+            count = self._open.get(client, 0)
+            if count >= self.limit:
+                raise errors.RateLimited(
+                    f"{count} event streams are open for this client already "
+                    f"(server.max_streams_per_client); close one first",
+                    retry_after=5,
+                )
+            self._open[client] = count + 1
+
+    def give_back(self, client: str) -> None:
+        with self._lock:
+            count = self._open.get(client, 0) - 1
+            if count > 0:
+                self._open[client] = count
+            else:
+                self._open.pop(client, None)
+
+    def count(self, client: str) -> int:
+        with self._lock:
+            return self._open.get(client, 0)
 
 
 async def wait_for_job(store: Store, job_id: str, timeout_s: float) -> JobRecord:

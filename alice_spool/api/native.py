@@ -17,7 +17,7 @@ from ..models import JobStatus, Source
 from ..records import NewJob
 from ..spec import parse_idempotency_key, parse_priority, parse_request
 from .context import Api, route
-from .http import read_json, require_object
+from .http import require_object
 
 MAX_PAGE = 500
 
@@ -26,7 +26,7 @@ MAX_PAGE = 500
 async def create_job(request: Request, api: Api, client: str | None) -> Response:
     """Queue one job: 202 with the job and its `Location`; the same `Idempotency-Key`
     (or body `id`) with the same request answers the first job again (200)."""
-    body = require_object(await read_json(request, api.settings.server.max_body_bytes))
+    body = require_object(await api.read_body(request))
     parsed = parse_request(body, api.settings.generation)
     key = parsed.idempotency_key
     header = request.headers.get("idempotency-key")
@@ -110,7 +110,7 @@ async def retry_job(request: Request, api: Api, client: str | None) -> Response:
 @route()
 async def set_priority(request: Request, api: Api, client: str | None) -> Response:
     """Change a queued job's priority: `{"priority": N}`, -100..100, higher runs first."""
-    body = require_object(await read_json(request, api.settings.server.max_body_bytes))
+    body = require_object(await api.read_body(request))
     if "priority" not in body:
         raise errors.InvalidParameters("priority is required", field="priority")
     priority = parse_priority(body["priority"])
@@ -143,10 +143,24 @@ async def job_events(request: Request, api: Api, client: str | None) -> Response
     """Server-sent events: `progress` whenever the job's status or step changes, then
     one `done` with the whole job when it ends."""
     job = await run_in_threadpool(api.store.get, request.path_params["job_id"])
-    return EventSourceResponse(_events(api, request, job.id), ping=15)
+    holder = client or api.client_address(request)
+    api.streams.take(holder)  # server.max_streams_per_client: 429 past it
+    return EventSourceResponse(_events(api, request, job.id, holder), ping=15)
 
 
-async def _events(api: Api, request: Request, job_id: str) -> AsyncIterator[dict[str, Any]]:
+async def _events(
+    api: Api, request: Request, job_id: str, holder: str
+) -> AsyncIterator[dict[str, Any]]:
+    try:
+        async for event in _progress_events(api, request, job_id):
+            yield event
+    finally:  # the job ended, or the client went away
+        api.streams.give_back(holder)
+
+
+async def _progress_events(
+    api: Api, request: Request, job_id: str
+) -> AsyncIterator[dict[str, Any]]:
     last: tuple[Any, ...] = ()
     while True:
         job = await run_in_threadpool(api.store.get, job_id)
@@ -169,7 +183,7 @@ async def _events(api: Api, request: Request, job_id: str) -> AsyncIterator[dict
 @route()
 async def create_batch(request: Request, api: Api, client: str | None) -> Response:
     """Queue several jobs as one batch, all or nothing: `{"requests": [...]}`."""
-    body = require_object(await read_json(request, api.settings.server.max_body_bytes))
+    body = require_object(await api.read_body(request))
     requests = body.get("requests")
     if not isinstance(requests, list) or not requests:
         raise errors.InvalidParameters("requests must be a non-empty list", field="requests")

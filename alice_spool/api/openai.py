@@ -20,7 +20,7 @@ from ..models import JobStatus, Source
 from ..records import JobRecord
 from ..spec import SPEC_FIELDS, JobSpec, parse_spec
 from .context import Api, route
-from .http import read_json, require_object, wait_for_job
+from .http import require_object, wait_for_job
 
 # Where a chat request carries the image parameters (SAM sends `metadata`).
 _CONFIG_KEYS = ("sam_config", "samConfig", "metadata")
@@ -144,16 +144,35 @@ async def _enqueue(api: Api, spec: JobSpec, source: Source, client: str | None) 
 @route()
 async def chat_completions(request: Request, api: Api, client: str | None) -> Response:
     """ALICE's and SAM's door: generate, wait, answer a chat completion with image URLs."""
-    body = require_object(await read_json(request, api.settings.server.max_body_bytes))
+    body = require_object(await api.read_body(request))
     spec, stream = chat_spec(body, api)
-    job = await _enqueue(api, spec, Source.OPENAI, client)
+    holder = client or api.client_address(request)
+    if stream:  # a slot before the job is queued: a refused stream queues nothing
+        api.streams.take(holder)
+    try:
+        job = await _enqueue(api, spec, Source.OPENAI, client)
+    except BaseException:
+        if stream:
+            api.streams.give_back(holder)
+        raise
     timeout = api.settings.server.request_timeout_s
     if stream:
-        return EventSourceResponse(_chat_stream(api, request, job, spec.prompt, timeout))
+        return EventSourceResponse(
+            _held(api, holder, _chat_stream(api, request, job, spec.prompt, timeout))
+        )
     # The job is committed: if this client goes away now, it still runs and stays
     # fetchable at /v1/jobs/<id>.
     done = _finished_or_raise(await wait_for_job(api.store, job.id, timeout))
     return JSONResponse(_completion(api, request, done, spec.prompt))
+
+
+async def _held(api: Api, holder: str, events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """`events`, giving the client's stream slot back when they end (or it goes away)."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        api.streams.give_back(holder)
 
 
 async def _chat_stream(
@@ -215,7 +234,7 @@ async def _chat_stream(
 async def image_generations(request: Request, api: Api, client: str | None) -> Response:
     """The OpenAI images API: `prompt`, `model`, `n`, `size`, `response_format`, plus
     the spec's own fields."""
-    body = require_object(await read_json(request, api.settings.server.max_body_bytes))
+    body = require_object(await api.read_body(request))
     response_format = body.get("response_format") or "url"
     if response_format not in ("url", "b64_json"):
         raise errors.InvalidParameters(
@@ -286,7 +305,7 @@ async def list_models(request: Request, api: Api, client: str | None) -> Respons
 async def set_default_model(request: Request, api: Api, client: str | None) -> Response:
     """Make an installed model the default for requests that name none:
     `{"model": "sd/<name>"}`. Refused while config.toml pins `generation.default_model`."""
-    body = require_object(await read_json(request, api.settings.server.max_body_bytes))
+    body = require_object(await api.read_body(request))
     wanted = body.get("model")
     if not isinstance(wanted, str) or not wanted.strip():
         raise errors.InvalidParameters("model must be a model id such as sd/tiny", field="model")

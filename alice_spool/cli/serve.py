@@ -203,6 +203,7 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
         # The app believes forwarded headers itself, only from server.trusted_proxies
         # (uvicorn's own default would believe any from 127.0.0.1).
         proxy_headers=False,
+        limit_concurrency=settings.server.max_connections,  # more: uvicorn answers 503
     )
 
     class Server(uvicorn.Server):

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -715,6 +716,50 @@ def test_errors_starlette_answers_itself_are_json_too(make_bare: Callable[..., B
     assert answers["range"].json()["error"]["code"] == "range_not_satisfiable"
     whole = httpx.get(image, headers={"Range": "bytes=0-9"})  # a good range still works
     assert whole.status_code == 206 and len(whole.content) == 10
+
+
+def test_open_event_streams_are_capped_per_client(make_bare: Callable[..., Bare]) -> None:
+    bare = make_bare(**{"server.max_streams_per_client": "2"})
+    job = httpx.post(bare.url + "/v1/jobs", json={"prompt": "waits: no runner"}).json()
+    events = f"{bare.url}/v1/jobs/{job['id']}/events"
+    chat = {"messages": [{"role": "user", "content": "x"}], "stream": True}
+    with contextlib.ExitStack() as open_streams:
+        for _ in range(2):
+            stream = open_streams.enter_context(httpx.stream("GET", events, timeout=10))
+            assert stream.status_code == 200
+        third = httpx.get(events, timeout=10)
+        assert third.status_code == 429 and third.json()["error"]["code"] == "rate_limit_exceeded"
+        assert "max_streams_per_client" in third.json()["error"]["message"]
+        refused_chat = httpx.post(bare.url + "/v1/chat/completions", json=chat, timeout=10)
+        assert refused_chat.status_code == 429
+        assert sum(bare.store.counts().values()) == 1  # the refused chat queued nothing
+    # Closed: their slots come back as the server notices, both of them.
+    wait_until(lambda: _streams_open_at_once(events, 2), timeout=10)
+
+
+def _streams_open_at_once(url: str, count: int) -> bool:
+    with contextlib.ExitStack() as open_streams:
+        statuses = [
+            open_streams.enter_context(httpx.stream("GET", url, timeout=10)).status_code
+            for _ in range(count)
+        ]
+    return statuses == [200] * count
+
+
+def test_a_body_sent_too_slowly_is_refused(make_bare: Callable[..., Bare]) -> None:
+    bare = make_bare(**{"server.body_timeout_s": "1"})
+    host, port = bare.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(
+            b'POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{"prompt": '
+        )
+        started = time.monotonic()
+        answer = raw.recv(65536).decode()
+        waited = time.monotonic() - started
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert '"request_timeout"' in answer and "server.body_timeout_s" in answer
+    assert 0.8 < waited < 8
+    assert sum(bare.store.counts().values()) == 0
 
 
 def test_guessing_keys_is_rate_limited_by_address(make_bare: Callable[..., Bare]) -> None:
