@@ -1,0 +1,191 @@
+"""Finishing jobs, and the writer thread: each job's images are encoded and its outbox
+directory written durably, and only then is the job marked succeeded, while the main loop
+already runs the next batch. A failure is recorded with its result.json."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import (
+    IllegalTransition,
+    LeaseLost,
+    OutboxWriteFailed,
+    SpoolError,
+)
+from ..models import JobStatus, Source
+from ..outbox import image_name, infotext
+from ..records import JobRecord
+from ..spec import JobSpec
+from .parts import Outcome, iso, log_transition, rounded, utcnow
+
+log = logging.getLogger("alice_spool.runner")
+
+
+class Finishing:
+    """The runner's finishing and writing (a part of `Runner`, by thread)."""
+
+    # -- finishing ---------------------------------------------------------------------------
+
+    def _finish(self, job_id: str, change: Callable[[], JobRecord]) -> JobRecord | None:
+        """Apply a final status change to a held job; a job whose lease was lost (another
+        runner took it over) or that was finished meanwhile is left to its new owner."""
+        try:
+            record = change()
+        except (LeaseLost, IllegalTransition) as exc:
+            log.warning("%s", exc.message, extra={"job_id": job_id})
+            record = None
+        with self._lock:
+            self._held.pop(job_id, None)
+        if record is not None:
+            log_transition(record)
+        return record
+
+    def _fail(self, outcome: Outcome) -> None:
+        error = outcome.error or SpoolError("unknown failure")
+        job = outcome.job
+        retryable = outcome.retryable
+        final = not retryable or job.attempts >= job.max_attempts
+        result = self._result(outcome, status="failed") if final else None
+        if final:
+            self._write_failure(job, result)
+        done = self._finish(
+            job.id,
+            lambda: self.store.fail(
+                job.id,
+                self.owner,
+                error.code,
+                error.message,
+                retryable=retryable,
+                retry_after_s=self.options.retry_after_s if retryable else 0.0,
+                result=result,
+            ),
+        )
+        if final and done is None:  # cancelled or taken over meanwhile: not our failure
+            self.outbox.remove(job.id)
+
+    def _write_failure(self, job: JobRecord, result: dict[str, Any] | None) -> None:
+        """A failed job's directory holds a result.json with the error, and no images."""
+        if result is None:
+            result = {
+                **self._base_result(job, job.spec),
+                "status": "failed",
+                "error": {"code": job.error_code, "message": job.error_message},
+            }
+        try:
+            self.outbox.write(job.id, result)
+        except OutboxWriteFailed as exc:
+            log.error("%s", exc.message, extra={"job_id": job.id})
+
+    def _release(self, job_ids: list[str]) -> None:
+        if not job_ids:
+            return
+        self.store.release(self.owner, job_ids)
+        with self._lock:
+            for job_id in job_ids:
+                self._held.pop(job_id, None)
+        log.info("released %d job(s) back to the queue", len(job_ids))
+
+    def _release_held(self) -> None:
+        with self._lock:
+            held = list(self._held)
+        self._release(held)
+
+    # -- results -------------------------------------------------------------------------------
+
+    def _base_result(self, job: JobRecord, spec: JobSpec) -> dict[str, Any]:
+        return {
+            "job_id": job.id,
+            "batch_id": job.batch_id,
+            "source": job.source.value,
+            "client": job.client,
+            # the request file's name, for jobs from the inbox
+            "source_file": job.client if job.source is Source.INBOX else None,
+            "spec": spec.to_dict(),
+            "attempt": job.attempts,
+        }
+
+    def _result(self, outcome: Outcome, *, status: str) -> dict[str, Any]:
+        job, spec = outcome.job, outcome.spec
+        now = utcnow()
+        files = [
+            {
+                "file": image_name(job.id, i),
+                "seed": outcome.seeds[i],
+                "width": outcome.images[i].width,
+                "height": outcome.images[i].height,
+            }
+            for i in sorted(outcome.images)
+        ]
+        return {
+            **self._base_result(job, spec),
+            "status": status,
+            # a failed job's directory holds no images: none are listed, whatever was made
+            "images": files if status == "succeeded" else [],
+            "device": getattr(outcome, "device", None),
+            "memory_mode": getattr(outcome, "memory_mode", None),
+            "timings": {
+                "queued_at": iso(job.created_at),
+                "started_at": iso(job.started_at),
+                "finished_at": iso(now),
+                "wait_s": rounded((job.started_at - job.created_at).total_seconds())
+                if job.started_at
+                else None,
+                "generate_s": rounded(outcome.seconds),
+                "batch_images": outcome.batch_images,
+            },
+            "error": outcome.error.to_dict() if outcome.error else None,
+        }
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        with self.store.db.pinned():
+            while True:
+                outcome = self._writes.get()
+                if outcome is None:
+                    return
+                try:
+                    self._write(outcome)
+                except Exception:  # the writer never dies with jobs in its queue
+                    log.exception("writing the outputs of job %s failed", outcome.job.id)
+                    self._let_go(outcome.job.id)
+
+    def _let_go(self, job_id: str) -> None:
+        """Stop renewing a job's lease whose end could not be recorded (the database was
+        away): it lapses, the job is rescued, and whoever claims it next finishes it from
+        its outbox directory if that was written, or runs it again."""
+        with self._lock:
+            self._held.pop(job_id, None)
+
+    def _write(self, outcome: Outcome) -> None:
+        job, spec = outcome.job, outcome.spec
+        with self._lock:
+            held = job.id in self._held
+        if not held:
+            return  # cancelled or taken over while it waited
+        result = self._result(outcome, status="succeeded")
+        order = sorted(outcome.images)
+        try:
+            self.outbox.write(
+                job.id,
+                result,
+                [outcome.images[i] for i in order],
+                [
+                    infotext(
+                        spec, outcome.seeds[i], outcome.images[i].width, outcome.images[i].height
+                    )
+                    for i in order
+                ],
+            )
+        except OutboxWriteFailed as exc:
+            log.error("%s; the job goes back to the queue", exc.message, extra={"job_id": job.id})
+            outcome.error, outcome.retryable = exc, True
+            self._fail(outcome)
+            return
+        self.faults.crash_point("after_outbox_write")
+        self.faults.crash_point("before_succeed")
+        done = self._finish(job.id, lambda: self.store.succeed(job.id, self.owner, result))
+        if done is None and self.store.get(job.id).status is JobStatus.CANCELLED:
+            self.outbox.remove(job.id)  # cancelled while its files were being written
