@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import stat as stat_module
 import sys
 import threading
@@ -61,6 +60,19 @@ from .errors import (
     SpoolError,
 )
 from .faults import NO_FAULTS, Faults
+from .inbox_files import (
+    ERROR_SUFFIX,
+    Seen,
+    file_stat,
+    fit_name,
+    is_request_name,
+    move_aside,
+    settled,
+    shown,
+    still_writing,
+    worth_reading,
+    write_atomically,
+)
 from .models import Source
 from .records import NewJob
 from .registry import ModelRegistry
@@ -76,20 +88,8 @@ COALESCE_S = 0.01  # after a wake-up, how long the files of a burst may gather
 ACTIVE_WINDOW_S = 5.0  # for this long after a file was taken ...
 QUICK_RESCAN_S = 0.5  # ... the directory is rescanned this often
 REJECTED = "rejected"
-SUFFIXES = (".json", ".jsonl")
-ERROR_SUFFIX = ".error.json"  # beside a rejected file: why
-NAME_MAX = 255  # bytes in a file name (Linux, macOS, most file systems)
 # What makes files wait rather than be rejected: conditions that pass.
 PASSING = (DatabaseError, QueueFull)
-# Names that are never requests: hidden files, partial downloads, editor droppings.
-_IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", ".swx", ".bak", "~")
-
-
-def is_request_name(name: str) -> bool:
-    """Whether a file name in the inbox names a request file."""
-    if name.startswith((".", "#", "~")) or name.endswith(_IGNORED_SUFFIXES):
-        return False
-    return name.endswith(SUFFIXES) and name not in SUFFIXES
 
 
 @dataclass
@@ -311,7 +311,7 @@ class Inbox:
             if pending is None:
                 pending = self._pending[path] = Pending(path)
             if complete:
-                pending.complete_at = _stat(path)
+                pending.complete_at = file_stat(path)
         self._wake.set()
 
     def scan(self) -> None:
@@ -337,7 +337,7 @@ class Inbox:
         for pending in waiting:
             if self._stop.is_set():
                 break
-            if pending.stuck_at is not None and pending.stuck_at == _stat(pending.path):
+            if pending.stuck_at is not None and pending.stuck_at == file_stat(pending.path):
                 continue  # taken, but it could not be moved out: left alone until it changes
             try:
                 outcome = self._try(pending)
@@ -378,14 +378,14 @@ class Inbox:
     def _reject_unexpected(self, pending: Pending, exc: Exception) -> None:
         """A file whose taking failed in a way no rule foresaw: one rejection, logged with
         its traceback, and the inbox goes on."""
-        name = _shown(pending.path.name)
+        name = shown(pending.path.name)
         log.error("inbox: taking %s failed", name, exc_info=exc)
         reason = InvalidParameters(f"{name} could not be taken: {type(exc).__name__}: {exc}")
         try:
             self._reject(pending.path, reason)
         except OSError as error:  # it cannot even be moved: leave it until it changes
             log.error("inbox: cannot move %s aside: %s", name, error)
-            pending.stuck_at = _stat(pending.path)
+            pending.stuck_at = file_stat(pending.path)
             return
         self._forget(pending)
 
@@ -417,11 +417,13 @@ class Inbox:
             if pending.stat is not None and not self.polling:
                 pending.written = True  # growing in place: its close-write will come
             pending.stat, pending.changed_at = stat, now
-        complete = pending.complete_at == stat
-        # Unchanged for settle_s; one seen being written in place (inotify), for longer,
-        # as its close-write should come.
-        settle = self.settle_s * (10 if pending.written else 1)
-        quiet = now - pending.changed_at >= settle or time.time() - info.st_mtime >= settle
+        seen = Seen(
+            complete=pending.complete_at == stat,
+            written=pending.written,
+            changed_ago_s=now - pending.changed_at,
+            modified_ago_s=time.time() - info.st_mtime,
+        )
+        complete, quiet = seen.complete, settled(seen, self.settle_s)
 
         if info.st_size > self.max_file_bytes:
             self._reject(
@@ -433,7 +435,7 @@ class Inbox:
             )
             return True
         is_json = path.name.endswith(".json")
-        if not (complete or quiet or is_json):
+        if not worth_reading(seen, self.settle_s, path.name):
             return False
         try:
             data = path.read_bytes()
@@ -458,9 +460,7 @@ class Inbox:
             )
             return True
         except _Incomplete as exc:
-            # A .json that is not (yet) valid JSON: its writer may only be pausing.
-            patient = not complete and now - pending.changed_at < self.settle_s * 10
-            if patient and time.time() - info.st_mtime < self.settle_s * 10:
+            if still_writing(seen, self.settle_s):  # its writer may only be pausing
                 return False
             self._reject(path, exc.error)
             return True
@@ -480,7 +480,7 @@ class Inbox:
             name.encode("utf-8")
         except UnicodeEncodeError:
             return InvalidParameters(
-                f"the file name {_shown(name)!r} is not valid UTF-8; rename the file"
+                f"the file name {shown(name)!r} is not valid UTF-8; rename the file"
             )
         return None
 
@@ -567,8 +567,8 @@ class Inbox:
     def _cannot_move(self, pending: Pending, exc: OSError) -> None:
         """Its jobs are committed (taking it again adds nothing), but the file cannot be
         moved or deleted: left where it is, and not looked at again until it changes."""
-        log.error("inbox: cannot move %s out of the inbox: %s", _shown(pending.path.name), exc)
-        pending.stuck_at = _stat(pending.path)
+        log.error("inbox: cannot move %s out of the inbox: %s", shown(pending.path.name), exc)
+        pending.stuck_at = file_stat(pending.path)
 
     def _take_batch(self, ready: _Ready) -> bool:
         """Commit a JSONL file's jobs as one batch; False if the file stays (stuck)."""
@@ -596,7 +596,7 @@ class Inbox:
         if self.after_accept == "delete":
             path.unlink(missing_ok=True)
         else:
-            _move_aside(path, self.directory / ACCEPTED)
+            move_aside(path, self.directory / ACCEPTED)
         self._last_taken = time.monotonic()
         if created:
             self.stats.accepted += 1
@@ -606,17 +606,17 @@ class Inbox:
             log.info("%s was taken before, as %s; nothing new queued", name, what)
 
     def _reject(self, path: Path, error: SpoolError) -> None:
-        shown = _shown(path.name)
-        log.warning("rejected %s: %s", shown, error.message, extra={"file": shown})
-        target = _move_aside(path, self.directory / REJECTED, reserve=len(ERROR_SUFFIX))
+        name = shown(path.name)
+        log.warning("rejected %s: %s", name, error.message, extra={"file": name})
+        target = move_aside(path, self.directory / REJECTED, reserve=len(ERROR_SUFFIX))
         report = {
-            "file": shown,
-            "rejected_as": _shown(target.name) if target else None,
+            "file": name,
+            "rejected_as": shown(target.name) if target else None,
             "rejected_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
             "error": error.to_dict(),
         }
-        name = _fit_name(target.name if target else path.name, ending=ERROR_SUFFIX)
-        _write_atomically(self.directory / REJECTED / name, json.dumps(report, indent=2))
+        why = fit_name(target.name if target else path.name, ending=ERROR_SUFFIX)
+        write_atomically(self.directory / REJECTED / why, json.dumps(report, indent=2))
         self.stats.rejected += 1
 
 
@@ -674,54 +674,3 @@ def _shorten_inotify_move_wait() -> bool:
         return False
     grouper.delay = min(delay, MOVE_PAIRING_S)
     return True
-
-
-def _stat(path: Path) -> tuple[int, int] | None:
-    """(size, mtime_ns) of the file, or of the file a link leads to."""
-    try:
-        info = path.stat()
-    except OSError:
-        try:
-            info = path.lstat()
-        except OSError:
-            return None
-    return (info.st_size, info.st_mtime_ns)
-
-
-def _shown(name: str) -> str:
-    """A file name as text that encodes: bytes that are not UTF-8 shown as U+FFFD."""
-    return os.fsencode(name).decode("utf-8", "replace")
-
-
-def _fit_name(name: str, tag: str = "", ending: str = "", *, reserve: int = 0) -> str:
-    """`stem[tag].ext[ending]` in at most NAME_MAX - `reserve` bytes (the file system's
-    limit, less what will be added to it): the stem is shortened, never the request's
-    extension, the tag or the ending."""
-    extension = next((s for s in SUFFIXES if name.endswith(s)), "")
-    stem = name[: len(name) - len(extension)] if extension else name
-    while len(os.fsencode(f"{stem}{tag}{extension}{ending}")) > NAME_MAX - reserve and stem:
-        stem = stem[:-1]
-    return f"{stem or 'file'}{tag}{extension}{ending}"
-
-
-def _move_aside(path: Path, folder: Path, *, reserve: int = 0) -> Path | None:
-    """Move a file (or link, or directory) into `folder`, never over another; its name
-    there leaves `reserve` bytes for a name of its own beside it (`NAME.error.json`)."""
-    folder.mkdir(exist_ok=True)
-    target = folder / _fit_name(path.name, reserve=reserve)
-    if target.exists() or target.is_symlink():
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        target = folder / _fit_name(path.name, f".{stamp}", reserve=reserve)
-    try:
-        os.rename(path, target)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        shutil.move(str(path), str(target))
-    return target
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".writing-{os.getpid()}-{threading.get_ident()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
