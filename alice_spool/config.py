@@ -133,14 +133,10 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True)
-class GenerationSettings:
-    default_model: str = ""
-    default_steps: int = 25
-    default_guidance_scale: float = 7.5
-    default_scheduler: str = "dpm++_sde_karras"
-    max_steps: int = spec.STEPS_MAX
-    max_pixels: int = spec.PIXELS_MAX
-    max_n: int = spec.N_MAX
+class GenerationSettings(spec.BuiltinDefaults):
+    """`[generation]`: the request defaults and limits (their built-in values are
+    spec.py's, the one place they are defined), and the queue's size."""
+
     max_queue: int = 10_000
 
     def __post_init__(self) -> None:

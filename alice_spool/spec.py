@@ -44,6 +44,13 @@ MODEL_PREFIX = "sd/"
 _MODEL_NAME = re.compile(r"[^/\\\x00-\x1f.][^/\\\x00-\x1f]{0,199}")
 
 
+# The request defaults of DESIGN section 4, defined here only (config.py's
+# [generation] settings start from them).
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE_SCALE = 7.5
+DEFAULT_SCHEDULER = "dpm++_sde_karras"
+
+
 class GenerationDefaults(Protocol):
     """What the parser needs from the `[generation]` settings (config.py provides it)."""
 
@@ -76,9 +83,9 @@ class BuiltinDefaults:
     """The defaults of DESIGN section 4, used when no configuration is at hand."""
 
     default_model: str = ""
-    default_steps: int = 25
-    default_guidance_scale: float = 7.5
-    default_scheduler: str = "dpm++_sde_karras"
+    default_steps: int = DEFAULT_STEPS
+    default_guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    default_scheduler: str = DEFAULT_SCHEDULER
     max_steps: int = STEPS_MAX
     max_pixels: int = PIXELS_MAX
     max_n: int = N_MAX
@@ -100,10 +107,10 @@ class JobSpec:
     model: str | None = None
     width: int | None = None
     height: int | None = None
-    steps: int = 25
-    guidance_scale: float = 7.5
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
     seed: int | None = None
-    scheduler: str = "dpm++_sde_karras"
+    scheduler: str = DEFAULT_SCHEDULER
     n: int = 1
     priority: int = 0
 
