@@ -189,9 +189,9 @@ class Database:
                     if self._sqlite:
                         # SQLAlchemy leaves BEGIN to the driver, which was told not to.
                         # A writer takes the write lock now, not at its first write.
-                        conn.connection.driver_connection.execute(
-                            "BEGIN IMMEDIATE" if write else "BEGIN"
-                        )
+                        driver = conn.connection.driver_connection
+                        assert driver is not None  # a live connection from the pool
+                        driver.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                     return work(conn)
             # BEGIN goes to the driver directly, so its errors come unwrapped.
             except (OperationalError, sqlite3.OperationalError) as exc:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
+from typing import Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -74,7 +76,7 @@ def downgrade(db: Database, revision: str) -> SchemaState:
     return schema_state(db)
 
 
-def _run(db: Database, action) -> None:  # type: ignore[no-untyped-def]
+def _run(db: Database, action: Callable[..., Any]) -> None:
     def work(conn: Connection) -> None:
         config = alembic_config()
         config.attributes["connection"] = conn

@@ -161,7 +161,7 @@ class Outbox:
 
     def remove_stale(self) -> list[str]:
         """Delete staging directories left by a writer that died (run at start-up)."""
-        removed = []
+        removed: list[str] = []
         if not self.root.is_dir():
             return removed
         for entry in self.root.iterdir():

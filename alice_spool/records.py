@@ -44,7 +44,7 @@ class JobRecord:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> JobRecord:
-        return cls.from_mapping(row._mapping)
+        return cls.from_mapping(dict(row._mapping))
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> JobRecord:

@@ -36,14 +36,20 @@ class CommandError(click.ClickException):
 
     def __init__(self, error: SpoolError) -> None:
         super().__init__(f"{error.message} [{error.code}]")
-        if isinstance(error, JobTimeout):
-            self.exit_code = EXIT_TIMEOUT
+
+
+class TimedOut(CommandError):
+    """`wait --timeout` ran out (its own exit status)."""
+
+    exit_code = EXIT_TIMEOUT
 
 
 class SpoolGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except JobTimeout as exc:
+            raise TimedOut(exc) from exc
         except SpoolError as exc:
             raise CommandError(exc) from exc
 

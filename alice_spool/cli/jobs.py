@@ -200,7 +200,7 @@ def batch_report(app: App, batch_id: str, as_json: bool) -> None:
     for job in jobs:
         counts[job.status.value] += 1
     outbox = Path(app.settings.paths.outbox)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "id": job.id,
             "status": job.status.value,

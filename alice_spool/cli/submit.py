@@ -137,6 +137,7 @@ def submit(
             note(f"{verb} {len(batch.job_ids)} job(s) in batch {batch.batch_id}")
         job_ids, extra = batch.job_ids, {"batch_id": batch.batch_id}
     else:
+        client: str | None
         if request_file is not None:
             text, name = _read_text(request_file, "request file")
             data, client = parse_json(text, name), name

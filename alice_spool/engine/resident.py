@@ -260,7 +260,7 @@ class Engine:
     def _drop(self, loaded: Loaded | None) -> None:
         if loaded is not None:
             self._compiled.pop(loaded.model_id, None)
-            loaded.pipeline = None  # type: ignore[assignment]
+            loaded.pipeline = None
 
     def _free(self) -> None:
         gc.collect()

@@ -121,6 +121,7 @@ class SeededSDEScheduler(DPMSolverSDEScheduler):
     instead of a torchsde Brownian tree per image."""
 
     image_seeds: list[int] = []
+    noise_sampler: Any  # diffusers' own attribute, None until the first step
 
     def step(
         self, model_output: Any, timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any

@@ -51,12 +51,11 @@ from .parts import (
     unexpected,
     utcnow,
 )
-from .writer import Finishing
 
 log = logging.getLogger("alice_spool.runner")
 
 
-class Runner(Finishing, Monitoring):
+class Runner(Monitoring):
     def __init__(
         self,
         store: Store,

@@ -4,6 +4,7 @@ given up on."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -15,11 +16,12 @@ from ..errors import (
 )
 from ..records import RunnerReport
 from .parts import HANG_EXIT_CODE, REPORT_S, Running, utcnow
+from .writer import Finishing
 
 log = logging.getLogger("alice_spool.runner")
 
 
-class Monitoring:
+class Monitoring(Finishing):
     """The runner's monitor thread (a part of `Runner`, by thread)."""
 
     # -- the monitor thread ---------------------------------------------------------------
@@ -128,7 +130,7 @@ class Monitoring:
                     log.warning("lost the lease of job %s", job_id, extra={"job_id": job_id})
             to_cancel = [job_id for job_id in cancelled if job_id in self._held]
         for job_id in to_cancel:
-            self._finish(job_id, lambda j=job_id: self.store.finish_cancelled(j, self.owner))
+            self._finish(job_id, functools.partial(self.store.finish_cancelled, job_id, self.owner))
 
     def _hung(self, running: Running) -> None:
         """The device has not come back from a call long past its deadline: fail its jobs
@@ -151,8 +153,8 @@ class Monitoring:
             try:
                 self._finish(
                     job_id,
-                    lambda job_id=job_id, result=result: self.store.fail(
-                        job_id, self.owner, error.code, message, result=result
+                    functools.partial(
+                        self.store.fail, job_id, self.owner, error.code, message, result=result
                     ),
                 )
             except SpoolError as exc:  # the database is away too: its lease will lapse

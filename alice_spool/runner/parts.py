@@ -6,8 +6,10 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import queue
 import re
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -21,8 +23,11 @@ from ..errors import (
     RunnerBusy,
     SpoolError,
 )
+from ..faults import Faults
+from ..outbox import Outbox
 from ..records import JobRecord
 from ..spec import SEED_MAX, JobSpec
+from ..store import Store
 
 log = logging.getLogger("alice_spool.runner")
 
@@ -228,3 +233,24 @@ def log_transition(job: JobRecord) -> None:
         f"{run:.2f}" if run is not None else "-",
         extra={"job_id": job.id, "status": job.status.value},
     )
+
+
+class RunnerState:
+    """What the runner's threads share (set by `Runner.__init__`), declared once for the
+    parts of the runner that live in other modules (the writer, the monitor)."""
+
+    store: Store
+    outbox: Outbox
+    generator: BatchGenerator
+    options: RunnerOptions
+    faults: Faults
+    owner: str
+    _on_hang: Callable[[], None]
+    _stop: threading.Event
+    _done: threading.Event
+    _lock: threading.Lock
+    _held: dict[str, JobRecord]
+    _running: Running | None
+    _writes: queue.Queue[Outcome | None]
+    _warming: bool
+    _started_at: datetime

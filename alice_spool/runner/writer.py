@@ -18,12 +18,12 @@ from ..models import JobStatus, Source
 from ..outbox import image_name, infotext
 from ..records import JobRecord
 from ..spec import JobSpec
-from .parts import Outcome, iso, log_transition, rounded, utcnow
+from .parts import Outcome, RunnerState, iso, log_transition, rounded, utcnow
 
 log = logging.getLogger("alice_spool.runner")
 
 
-class Finishing:
+class Finishing(RunnerState):
     """The runner's finishing and writing (a part of `Runner`, by thread)."""
 
     # -- finishing ---------------------------------------------------------------------------

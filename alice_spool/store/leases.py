@@ -13,7 +13,18 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Update, bindparam, case, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Update,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
 
 from .. import errors
 from ..models import Job, JobStatus, UTCDateTime
@@ -203,7 +214,7 @@ class Leasing(StoreBase):
         statement = _CLAIM if model is None else _CLAIM_MODEL
         if model is not None:
             params["only_model"] = model
-        rows = self.db.write(lambda conn: conn.execute(statement, params).all())
+        rows = list(self.db.write(lambda conn: conn.execute(statement, params).all()))
         # RETURNING gives no order guarantee; hand the jobs out in claim order.
         rows.sort(key=lambda r: (-r.priority, r.seq))
         return [JobRecord.from_row(r) for r in rows]
@@ -240,7 +251,7 @@ class Leasing(StoreBase):
             "owner": owner,
         }
 
-        def work(conn: Connection) -> list[JobRecord]:
+        def work(conn: Connection) -> list[Row[Any]]:
             head = conn.execute(_HEAD, params).first()
             if head is None:
                 return []

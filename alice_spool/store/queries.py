@@ -134,7 +134,7 @@ class Queries(StoreBase):
         images = 0
         for status, created, started, ended, made in recent:
             finished[JobStatus(status)] += 1
-            if status == JobStatus.SUCCEEDED and started is not None:
+            if status == JobStatus.SUCCEEDED and started is not None and ended is not None:
                 waits.append((started - created).total_seconds())
                 runs.append((ended - started).total_seconds())
                 images += made
@@ -166,6 +166,8 @@ class Queries(StoreBase):
         )
         buckets = [0] * round(window_s / bucket_s)
         for finished_at, images in rows:
+            if finished_at is None:  # (the query's WHERE rules it out)
+                continue
             index = int((finished_at - start).total_seconds() // bucket_s)
             buckets[min(max(index, 0), len(buckets) - 1)] += images or 0
         return buckets
