@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -182,6 +183,16 @@ class Runner(Base):
     job_id: Mapped[str | None] = mapped_column(String(32))  # the running batch's first job
     step: Mapped[int | None] = mapped_column(Integer)
     total: Mapped[int | None] = mapped_column(Integer)
+
+
+class Counter(Base):
+    """Totals that only grow (for Prometheus' counters and histograms): added to in the
+    same transaction that finishes a job, so purging or retrying jobs never lowers them."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(96), primary_key=True)
+    value: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 def include_in_comparison(obj: Any, name: str | None, type_: str, *_: Any) -> bool:

@@ -8,7 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
@@ -17,11 +21,11 @@ from starlette.responses import JSONResponse, Response
 
 from ..models import JobStatus
 from ..records import RunnerReport
+from ..store.counters import BUCKETS, bucket_name
 from .context import Api, route
 
 RUNNER_STALE_S = 15.0  # a runner not heard from for this long is taken for dead
 GIB = 1024**3
-_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))
 
 
 def live_runners(reports: list[RunnerReport], now: datetime) -> list[RunnerReport]:
@@ -36,7 +40,15 @@ def _snapshot(api: Api, *, with_stats: bool) -> dict[str, Any]:
     reports = api.store.runners()
     live = live_runners(reports, now)
     stats = api.store.stats(window_s=3600) if with_stats else None
-    return {"now": now, "counts": counts, "reports": reports, "live": live, "stats": stats}
+    totals = api.store.counters() if with_stats else {}
+    return {
+        "now": now,
+        "counts": counts,
+        "reports": reports,
+        "live": live,
+        "stats": stats,
+        "totals": totals,
+    }
 
 
 DEGRADED_FOR_S = 120.0  # how long /health reports a database error a request met
@@ -123,7 +135,7 @@ async def metrics(request: Request, api: Api, client: str | None) -> Response:
             "gpuMemoryUsed": round(used / GIB, 3),  # GiB
             "gpuMemoryTotal": round(total / GIB, 3),  # GiB
             "modelsLoaded": len({r.model for r in live if r.model}),
-            "totalGenerations": counts[JobStatus.SUCCEEDED],
+            "totalGenerations": int(snap["totals"].get("jobs_finished:succeeded", 0)),
             "avgGenerationTime": float(stats.mean_run_s or 0.0),  # seconds, last hour
         }
     )
@@ -166,13 +178,31 @@ class _Snapshot(Collector):
                 memory.add_metric([report.name, "used"], report.memory_used or 0)
         yield up
         yield memory
-        for name, helptext, values in (
-            ("alice_job_wait_seconds", "Queued to started, jobs of the last hour", "waits"),
-            ("alice_job_run_seconds", "Started to finished, jobs of the last hour", "runs"),
+        # Totals that only grow (kept as jobs finish): what rate() and
+        # histogram_quantile() need.
+        totals: dict[str, float] = snap["totals"]
+        finished_total = CounterMetricFamily(
+            "alice_jobs_finished", "Jobs finished since the database was made", labels=["state"]
+        )
+        for status in JobStatus:
+            if status.finished:
+                finished_total.add_metric([status.value], totals.get(f"jobs_finished:{status}", 0))
+        yield finished_total
+        yield CounterMetricFamily(
+            "alice_images", "Images made since the database was made", value=totals.get("images", 0)
+        )
+        for name, helptext in (
+            ("job_wait_seconds", "Queued to started, every succeeded job"),
+            ("job_run_seconds", "Started to finished, every succeeded job"),
         ):
-            yield _histogram(name, helptext, getattr(stats, values, []))
+            yield _histogram(name, helptext, totals)
 
 
-def _histogram(name: str, helptext: str, values: list[float]) -> HistogramMetricFamily:
-    buckets = [(str(bound), sum(v <= bound for v in values)) for bound in _BUCKETS]
-    return HistogramMetricFamily(name, helptext, buckets=buckets, sum_value=sum(values))
+def _histogram(name: str, helptext: str, totals: dict[str, float]) -> HistogramMetricFamily:
+    buckets = [
+        ("+Inf" if bound == float("inf") else str(bound), totals.get(bucket_name(name, bound), 0))
+        for bound in BUCKETS
+    ]
+    return HistogramMetricFamily(
+        f"alice_{name}", helptext, buckets=buckets, sum_value=totals.get(f"{name}:sum", 0.0)
+    )

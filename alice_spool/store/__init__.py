@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from ._base import new_id, utcnow
 from .control import Control
+from .counters import Counters
 from .enqueue import Enqueueing
 from .leases import Leasing
 from .queries import Queries
 from .runners import Runners
 
 
-class Store(Enqueueing, Leasing, Control, Queries, Runners):
+class Store(Enqueueing, Leasing, Control, Queries, Runners, Counters):
     """Every job-table operation, named after the job's life."""
 
 

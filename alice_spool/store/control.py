@@ -19,6 +19,7 @@ from ..models import FINISHED, Job, JobStatus
 from ..records import BatchCancelReport, JobRecord
 from ..spec import parse_priority
 from ._base import COLUMNS, StoreBase, chunks, get_job, utcnow
+from .counters import count_finished
 
 # What a retried job starts again with.
 _FRESH = {
@@ -79,7 +80,11 @@ class Control(StoreBase):
                 job_id,
                 [JobStatus.QUEUED],
                 {"status": JobStatus.CANCELLED, "finished_at": now},
-            ) or _change(conn, job_id, [JobStatus.RUNNING], {"cancel_requested": True})
+            )
+            if row is not None:
+                count_finished(conn, [job_id])
+                return JobRecord.from_row(row)
+            row = _change(conn, job_id, [JobStatus.RUNNING], {"cancel_requested": True})
             if row is not None:
                 return JobRecord.from_row(row)
             current = get_job(conn, job_id)
@@ -100,11 +105,17 @@ class Control(StoreBase):
             )
             if not total:
                 raise errors.BatchNotFound(f"no batch {batch_id}", batch_id=batch_id)
-            cancelled = conn.execute(
-                in_batch.where(Job.status == JobStatus.QUEUED).values(
-                    status=JobStatus.CANCELLED, finished_at=now
+            cancelled_ids = (
+                conn.execute(
+                    in_batch.where(Job.status == JobStatus.QUEUED)
+                    .values(status=JobStatus.CANCELLED, finished_at=now)
+                    .returning(Job.id)
                 )
-            ).rowcount
+                .scalars()
+                .all()
+            )
+            count_finished(conn, cancelled_ids)
+            cancelled = len(cancelled_ids)
             requested = conn.execute(
                 in_batch.where(Job.status == JobStatus.RUNNING).values(cancel_requested=True)
             ).rowcount

@@ -31,6 +31,7 @@ from ..models import Job, JobStatus, UTCDateTime
 from ..records import Heartbeat, JobRecord, OrphanReport
 from ..spec import JobSpec
 from ._base import COLUMNS, StoreBase, chunks, get_job, utcnow
+from .counters import count_finished
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +135,10 @@ _PROGRESS = _HELD.values(
     progress_step=bindparam("step"), progress_total=bindparam("total")
 ).returning(Job.id, Job.cancel_requested)
 _LEASE_CLEARED = {"lease_owner": None, "lease_expires_at": None}
-_RELEASE_CANCELLED = _HELD.where(Job.cancel_requested.is_(True)).values(
-    status=JobStatus.CANCELLED, finished_at=_when("now"), **_LEASE_CLEARED
+_RELEASE_CANCELLED = (
+    _HELD.where(Job.cancel_requested.is_(True))
+    .values(status=JobStatus.CANCELLED, finished_at=_when("now"), **_LEASE_CLEARED)
+    .returning(Job.id)
 )
 _RELEASE = _HELD.values(
     status=JobStatus.QUEUED,
@@ -341,7 +344,10 @@ class Leasing(StoreBase):
         def work(conn: Connection) -> JobRecord:
             row = conn.execute(_FINISH[action], params).first()
             if row is not None:
-                return JobRecord.from_row(row)
+                record = JobRecord.from_row(row)
+                if record.status.finished:  # (a retryable failure may be queued again)
+                    count_finished(conn, [record.id])
+                return record
             current = get_job(conn, job_id)
             if current.status.finished:
                 raise errors.IllegalTransition(
@@ -407,7 +413,7 @@ class Leasing(StoreBase):
             released = 0
             for chunk in chunks(ids):
                 params = {"ids": list(chunk), "owner": owner, "now": now}
-                conn.execute(_RELEASE_CANCELLED, params)
+                count_finished(conn, conn.execute(_RELEASE_CANCELLED, params).scalars().all())
                 released += conn.execute(_RELEASE, params).rowcount
             return released
 
@@ -457,6 +463,7 @@ class Leasing(StoreBase):
                 .scalars()
                 .all()
             )
+            count_finished(conn, [*cancelled, *exhausted])
             requeued = (
                 conn.execute(
                     expired.values(

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,8 @@ def test_metrics_in_both_dialects(live: Live) -> None:
     assert text.headers["content-type"].startswith("text/plain")
     assert 'alice_jobs{state="queued"}' in text.text and "alice_runner_up" in text.text
     assert "alice_job_run_seconds_bucket" in text.text
+    assert 'alice_jobs_finished_total{state="succeeded"}' in text.text
+    assert "alice_images_total" in text.text and "alice_job_wait_seconds_count" in text.text
     openmetrics = live.get("/metrics", headers={"Accept": "application/openmetrics-text"})
     assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
     assert live.get("/metrics?format=prometheus").text.startswith("# HELP")
@@ -760,6 +763,36 @@ def test_a_body_sent_too_slowly_is_refused(make_bare: Callable[..., Bare]) -> No
     assert '"request_timeout"' in answer and "server.body_timeout_s" in answer
     assert 0.8 < waited < 8
     assert sum(bare.store.counts().values()) == 0
+
+
+def test_prometheus_totals_only_grow(make_bare: Callable[..., Bare]) -> None:
+    """Counters and histograms are totals kept as jobs finish: purging the jobs (or an
+    hour passing) does not lower them, so rate() and histogram_quantile() work."""
+    bare = make_bare()
+
+    def scrape() -> dict[str, float]:
+        text = httpx.get(bare.url + "/metrics?format=prometheus").text
+        values = {}
+        for line in text.splitlines():
+            if line.startswith(
+                ("alice_jobs_finished_total", "alice_images_total", "alice_job_run")
+            ):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    for i in range(3):
+        bare.store.enqueue(JobSpec(prompt=f"x{i}", model="sd/tiny", n=2), source="api")
+        (job,) = bare.store.claim_batch("r", 1, lease_s=60)
+        bare.store.succeed(job.id, "r", {"images": []})
+    before = scrape()
+    assert before['alice_jobs_finished_total{state="succeeded"}'] == 3
+    assert before["alice_images_total"] == 6
+    assert before["alice_job_run_seconds_count"] == 3
+    assert before['alice_job_run_seconds_bucket{le="+Inf"}'] == 3
+    bare.store.purge(before=datetime.now(UTC) + timedelta(days=1))
+    assert sum(bare.store.counts().values()) == 0
+    assert scrape() == before
 
 
 def test_guessing_keys_is_rate_limited_by_address(make_bare: Callable[..., Bare]) -> None:

@@ -134,6 +134,28 @@ def test_jobs_queued_before_0002_keep_their_image_count_and_run_alone(tmp_path: 
     db.close()
 
 
+def test_jobs_finished_before_0005_are_counted_from_the_start(tmp_path: Path) -> None:
+    from alice_spool.store import Store
+
+    path = tmp_path / "old.db"
+    db = Database.open(f"sqlite:///{path}")
+    migrate.upgrade(db, "0004")
+    run_sql(
+        path,
+        *(
+            "INSERT INTO jobs (id, source, status, priority, created_at, attempts, "
+            "max_attempts, cancel_requested, spec, images) VALUES "
+            f"('old{i}', 'cli', '{status}', 0, '2026-11-01 12:00:0{i}', 1, 3, 0, "
+            f'\'{{"prompt": "old", "n": {n}}}\', {n})'
+            for i, (status, n) in enumerate((("succeeded", 3), ("succeeded", 1), ("failed", 1)))
+        ),
+    )
+    migrate.upgrade(db)
+    totals = Store(db).counters()
+    assert totals == {"jobs_finished:succeeded": 2, "jobs_finished:failed": 1, "images": 4}
+    db.close()
+
+
 def test_unknown_revision_is_a_clear_error(tmp_path: Path) -> None:
     db = Database.open(f"sqlite:///{tmp_path / 'a.db'}")
     with pytest.raises(errors.DatabaseError, match="migration failed"):
