@@ -25,7 +25,7 @@ from starlette.responses import (
     RedirectResponse,
     Response,
 )
-from starlette.routing import Mount, Route
+from starlette.routing import Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..config import Settings
@@ -73,12 +73,28 @@ async def docs(request: Request, api: Api, client: str | None) -> Response:
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     status_code = getattr(exc, "status_code", 404)
-    if status_code == 405:
-        return error_response("method_not_allowed", f"{request.method} is not allowed here")
+    if status_code == 405:  # with the methods that are (Allow, as RFC 9110 asks)
+        allowed = sorted(_methods_for(request))
+        return error_response(
+            "method_not_allowed",
+            f"{request.method} is not allowed here; {', '.join(allowed)} are",
+            headers={"Allow": ", ".join(allowed)},
+        )
     if status_code == 404:
         return error_response("not_found", f"no route {request.url.path}")
     detail = getattr(exc, "detail", "") or "bad request"
     return error_response("invalid_parameters", str(detail), status=status_code)
+
+
+def _methods_for(request: Request) -> set[str]:
+    """Every method some route takes at this path (one path may have several routes)."""
+    methods: set[str] = set()
+    for candidate in request.app.routes:
+        if isinstance(candidate, Route):
+            match, _ = candidate.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= candidate.methods or set()
+    return methods
 
 
 async def _internal(request: Request, exc: Exception) -> Response:

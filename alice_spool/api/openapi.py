@@ -8,7 +8,27 @@ from typing import Any
 from starlette.routing import Route
 
 from .. import spec
+from ..models import JobStatus, Source
 from ..spec import SPEC_FIELDS
+
+_TEXT = r"^[^\x00]*\S[^\x00]*$"  # something that is not blank, and no NUL
+# The error body of every error answer.
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "code": {"type": "string"},
+                "param": {"type": "string"},
+            },
+        }
+    },
+}
 
 
 def spec_schema(generation: Any) -> dict[str, Any]:
@@ -17,8 +37,16 @@ def spec_schema(generation: Any) -> dict[str, Any]:
     return {
         "type": "object",
         "required": ["prompt"],
+        "additionalProperties": False,  # an unknown field is refused (a typo protection)
+        # `size` is instead of `width` and `height`, never with them
+        "not": {"anyOf": [{"required": ["size", "width"]}, {"required": ["size", "height"]}]},
         "properties": {
-            "prompt": {"type": "string", "maxLength": spec.PROMPT_MAX_CHARS},
+            "prompt": {
+                "type": "string",
+                "maxLength": spec.PROMPT_MAX_CHARS,
+                "pattern": _TEXT,
+                "description": "not blank; no NUL characters",
+            },
             "negative_prompt": {"type": "string", "default": ""},
             "model": {
                 "type": "string",
@@ -81,7 +109,7 @@ def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
         "/v1/images/generations": {
             **request,
             "properties": {
-                **request["properties"],
+                **{k: v for k, v in request["properties"].items() if k != "id"},
                 "response_format": {"type": "string", "enum": ["url", "b64_json"]},
             },
         },
@@ -90,7 +118,31 @@ def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
             "required": ["messages"],
             "properties": {
                 "model": {"type": "string"},
-                "messages": {"type": "array", "items": {"type": "object"}},
+                "messages": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["role", "content"],
+                        "properties": {
+                            "role": {"type": "string"},
+                            "content": {
+                                "anyOf": [
+                                    {"type": "string"},
+                                    {"type": "array", "items": {"type": "object"}},
+                                ],
+                                "description": "text, or OpenAI's content parts",
+                            },
+                        },
+                    },
+                    "contains": {
+                        "properties": {
+                            "role": {"const": "user"},
+                            "content": {"type": "string", "pattern": _TEXT},
+                        }
+                    },
+                    "description": "the prompt is the last user message's text",
+                },
                 "stream": {"type": "boolean"},
                 "metadata": {"type": "object", "description": "image parameters (SAM)"},
                 "sam_config": {"type": "object", "description": "image parameters (ALICE)"},
@@ -136,6 +188,85 @@ _OPEN = ("/health", "/metrics", "/openapi.json")
 _UI = ("/", "/docs")  # pages for people (the web UI, the API page), not API routes
 
 
+# The query parameters each route reads.
+_QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("GET", "/v1/jobs"): [
+        {
+            "name": "status",
+            "in": "query",
+            "schema": {"type": "array", "items": {"enum": [s.value for s in JobStatus]}},
+            "style": "form",
+            "explode": True,
+            "description": "repeatable",
+        },
+        {"name": "batch_id", "in": "query", "schema": {"type": "string"}},
+        {"name": "model", "in": "query", "schema": {"type": "string"}},
+        {"name": "source", "in": "query", "schema": {"enum": [s.value for s in Source]}},
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+        },
+        {
+            "name": "before",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "the next_cursor of the previous page",
+        },
+    ],
+    ("GET", "/v1/models"): [
+        {"name": "include_broken", "in": "query", "schema": {"enum": ["true", "false", "1", "0"]}}
+    ],
+    ("GET", "/v1/stats"): [
+        {
+            "name": "window_s",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 60, "maximum": 86400, "default": 3600},
+        }
+    ],
+    ("GET", "/metrics"): [{"name": "format", "in": "query", "schema": {"enum": ["prometheus"]}}],
+}
+_CREATES = {("POST", "/v1/jobs"), ("POST", "/v1/batches")}  # 202 new, 200 a repeat
+_WAITS = {("POST", "/v1/chat/completions"), ("POST", "/v1/images/generations")}
+_ERROR = {"application/json": {"schema": ERROR_SCHEMA}}
+
+
+def _responses(path: str, method: str, has_body: bool, needs_key: bool) -> dict[str, Any]:
+    """The statuses a route answers, as the code gives them."""
+    answers: dict[str, Any] = {"200": {"description": "OK"}}
+    if (method, path) in _CREATES:
+        answers["202"] = {"description": "Queued"}
+    errors = {"421": "not this server's host name (server.allowed_hosts)"}
+    if path.startswith("/v1/") or (method, path) in _QUERY:
+        errors["400"] = "invalid parameters"
+    if needs_key:
+        errors["401"] = "a valid API key is needed"
+    if path.startswith("/v1/"):
+        errors["429"] = "rate limited (keys, failed keys, open streams)"
+        errors["503"] = "queue full, or the database busy or its disk full (Retry-After)"
+    if "{" in path or path in ("/images/{name}", "/v1/models/default"):
+        errors["404"] = "no such job, batch, model or image"
+    if method == "POST":
+        errors["403"] = "a change requested from another site"
+        errors["409"] = "not possible in the job's state, or an idempotency conflict"
+    if has_body:
+        errors.update(
+            {
+                "400": "invalid JSON or parameters",
+                "404": "the model is not installed",
+                "408": "the body did not arrive in time",
+                "413": "the body, or the batch, is too large",
+                "415": "the body is not JSON",
+            }
+        )
+    if (method, path) in _WAITS:
+        errors["504"] = "the job did not finish in server.request_timeout_s"
+    for status, text in errors.items():
+        answers[status] = {"description": text, "content": _ERROR}
+    answers["default"] = {"description": "an error", "content": _ERROR}
+    return answers
+
+
 def describe(routes: list[Any], api: Any) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     bodies = _bodies(api.settings.generation)
@@ -146,15 +277,16 @@ def describe(routes: list[Any], api: Any) -> dict[str, Any]:
         paragraphs = [" ".join(part.split()) for part in doc.split("\n\n") if part.strip()]
         summary = paragraphs[0] if paragraphs else item.path
         for method in sorted((item.methods or set()) - {"HEAD"}):
+            needs_key = item.path.startswith("/v1/") and api.keys.required
             operation: dict[str, Any] = {
                 "summary": summary,
                 "description": "\n\n".join(paragraphs),
-                "responses": {"200": {"description": "OK"}},
+                "responses": _responses(item.path, method, item.path in bodies, needs_key),
             }
             parameters = [
                 {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                 for name in item.param_convertors
-            ]
+            ] + _QUERY.get((method, item.path), [])
             if parameters:
                 operation["parameters"] = parameters
             if method == "POST" and item.path in bodies:
@@ -167,7 +299,7 @@ def describe(routes: list[Any], api: Any) -> dict[str, Any]:
                         }
                     },
                 }
-            if item.path.startswith("/v1/") and api.keys.required:
+            if needs_key:
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]
             paths.setdefault(item.path, {})[method.lower()] = operation
     return {

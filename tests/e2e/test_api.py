@@ -795,6 +795,36 @@ def test_prometheus_totals_only_grow(make_bare: Callable[..., Bare]) -> None:
     assert scrape() == before
 
 
+def test_the_openapi_description_says_what_the_server_does(make_bare: Callable[..., Bare]) -> None:
+    bare = make_bare(**{"server.api_keys": {"ops": "k"}})
+    key = {"X-Api-Key": "k"}
+    paths = httpx.get(bare.url + "/openapi.json").json()["paths"]
+    images = paths["/v1/images/generations"]["post"]["requestBody"]["content"]["application/json"]
+    assert "id" not in images["schema"]["properties"]  # it refuses an id
+    refused = httpx.post(
+        bare.url + "/v1/images/generations", json={"prompt": "x", "id": "a"}, headers=key
+    )
+    assert refused.status_code == 400
+    jobs = paths["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert jobs["additionalProperties"] is False and jobs["properties"]["prompt"]["pattern"]
+    for text in ("", "   "):  # what the pattern refuses, the server refuses
+        blank = httpx.post(bare.url + "/v1/jobs", json={"prompt": text}, headers=key)
+        assert blank.status_code == 400
+    listed = {p["name"] for p in paths["/v1/jobs"]["get"]["parameters"]}
+    assert listed == {"status", "batch_id", "model", "source", "limit", "before"}
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            answers = operation["responses"]
+            assert "200" in answers and "421" in answers and "default" in answers, (path, method)
+            if path.startswith("/v1/"):
+                assert {"400", "401", "429", "503"} <= set(answers), (path, method)
+    assert "202" in paths["/v1/jobs"]["post"]["responses"]
+    assert "504" in paths["/v1/chat/completions"]["post"]["responses"]
+    wrong_method = httpx.request("TRACE", bare.url + "/v1/jobs", headers=key)
+    assert wrong_method.status_code == 405
+    assert set(wrong_method.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+
+
 def test_guessing_keys_is_rate_limited_by_address(make_bare: Callable[..., Bare]) -> None:
     """A minute's worth of wrong keys is answered 401; then the address gets 429 with
     Retry-After, even with the right key, while other requests are not slowed."""
