@@ -45,6 +45,7 @@ class ServerSettings:
     max_body_bytes: int = 1_048_576
     request_timeout_s: float = 600.0
     body_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
     max_streams_per_client: int = 8
     max_connections: int = 1000
     cors_origins: list[str] = field(default_factory=list)
@@ -65,6 +66,7 @@ class ServerSettings:
         _check(self.max_body_bytes >= 1024, "server.max_body_bytes", "must be at least 1024")
         _check(self.request_timeout_s > 0, "server.request_timeout_s", "must be positive")
         _check(self.body_timeout_s > 0, "server.body_timeout_s", "must be positive")
+        _check(self.header_timeout_s > 0, "server.header_timeout_s", "must be positive")
         _check(self.max_streams_per_client >= 1, "server.max_streams_per_client", "must be >= 1")
         _check(self.max_connections >= 1, "server.max_connections", "must be >= 1")
         _check(self.rate_limit_per_minute >= 0, "server.rate_limit_per_minute", "must be >= 0")

@@ -155,6 +155,7 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
     import uvicorn
 
     from ..api import create_app
+    from ..api.deadline import http_protocol
     from ..inbox import Inbox
 
     settings = app.settings
@@ -204,6 +205,7 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
         # (uvicorn's own default would believe any from 127.0.0.1).
         proxy_headers=False,
         limit_concurrency=settings.server.max_connections,  # more: uvicorn answers 503
+        http=http_protocol(settings.server.header_timeout_s),
     )
 
     class Server(uvicorn.Server):

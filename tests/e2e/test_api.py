@@ -35,6 +35,7 @@ from PIL import Image
 
 from alice_spool import migrate
 from alice_spool.api import create_app
+from alice_spool.api.deadline import http_protocol
 from alice_spool.config import load_settings
 from alice_spool.spec import JobSpec
 from alice_spool.store import Store
@@ -323,6 +324,7 @@ def make_bare(tmp_path: Path) -> Iterator[Callable[..., Bare]]:
                 port=free_port(),
                 log_level="error",
                 proxy_headers=False,  # as serve runs it
+                http=http_protocol(settings.server.header_timeout_s),
             )
         )
         thread = threading.Thread(target=server.run, daemon=True)
@@ -823,6 +825,34 @@ def test_the_openapi_description_says_what_the_server_does(make_bare: Callable[.
     wrong_method = httpx.request("TRACE", bare.url + "/v1/jobs", headers=key)
     assert wrong_method.status_code == 405
     assert set(wrong_method.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+
+
+def test_a_request_head_sent_too_slowly_is_cut_off(make_bare: Callable[..., Bare]) -> None:
+    """A byte-at-a-time client (slowloris) loses its connection at
+    server.header_timeout_s; normal requests are unaffected."""
+    bare = make_bare(**{"server.header_timeout_s": "1"})
+    host, port = bare.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        started = time.monotonic()
+        closed = False
+        for _ in range(20):  # a header line every 0.25 s, never the blank line
+            time.sleep(0.25)
+            try:
+                raw.sendall(b"X-Slow: y\r\n")
+                raw.settimeout(0.01)
+                closed = raw.recv(1024) == b""
+            except (BlockingIOError, TimeoutError):
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+            if closed:
+                break
+        waited = time.monotonic() - started
+    assert closed, "the slow client kept its connection"
+    assert 0.9 < waited < 3
+    with httpx.Client(base_url=bare.url) as client:
+        assert [client.get("/health").status_code for _ in range(3)] == [200] * 3
 
 
 def test_guessing_keys_is_rate_limited_by_address(make_bare: Callable[..., Bare]) -> None:
