@@ -30,6 +30,12 @@ function h(tag, attrs = {}, ...children) {
   return element;
 }
 
+/** A schema field's type, without the "null" of a field that may be sent as null. */
+function kindOf(field) {
+  const type = field.type;
+  return Array.isArray(type) ? type.find((t) => t !== "null") : type;
+}
+
 /** Set a node's text only when it changed (no needless repaint, no flicker). */
 function setText(node, text) {
   text = String(text ?? "");
@@ -855,7 +861,7 @@ async function submitPage(page) {
     const field = schema[name] || {};
     return h("input", {
       type: "number", name, id: `f-${name}`, min: field.minimum, max: field.maximum,
-      step: field.type === "number" ? "0.5" : field.multipleOf || 1,
+      step: kindOf(field) === "number" ? "0.5" : field.multipleOf || 1,
       placeholder: field.default ?? "", value: earlier[name] ?? "", ...attrs,
     });
   };
@@ -897,7 +903,7 @@ async function submitPage(page) {
     for (const [name, value] of new FormData(form)) {
       const text = String(value).trim();
       if (text === "" && name !== "prompt") continue;
-      body[name] = schema[name] && ["integer", "number"].includes(schema[name].type) ? Number(text) : text;
+      body[name] = schema[name] && ["integer", "number"].includes(kindOf(schema[name])) ? Number(text) : text;
     }
     const button = $("#submit-button");
     button.disabled = true;
@@ -950,7 +956,7 @@ async function docsPage(page) {
           h("thead", {}, h("tr", {}, ["Field", "Type", "Limits", "Default", ""].map((t) => h("th", {}, t)))),
           h("tbody", {}, Object.entries(fields).map(([name, field]) => h("tr", {},
             h("td", {}, h("code", {}, name), (body.schema.required || []).includes(name) ? " *" : ""),
-            h("td", {}, field.type),
+            h("td", {}, kindOf(field)),
             h("td", {}, limits(field)),
             h("td", {}, field.default ?? ""),
             h("td", { class: "small" }, field.description || ""))))) : "",

@@ -31,9 +31,86 @@ ERROR_SCHEMA = {
 }
 
 
+def _sizes() -> str:
+    """Every size a request may name: multiples of SIZE_MULTIPLE in SIZE_MIN..SIZE_MAX."""
+    return "|".join(
+        str(size) for size in range(spec.SIZE_MIN, spec.SIZE_MAX + 1, spec.SIZE_MULTIPLE)
+    )
+
+
+# `sd/<name>` or `<name>`: one safe path component (spec.normalise_model_id).
+_MODEL_ID = r"^(sd/)?[^/\\\x00-\x1f.\s][^/\\\x00-\x1f]{0,199}$"
+
+
+def _optional(schema: dict[str, Any]) -> dict[str, Any]:
+    """A field a request may leave out or send as null (the same to the server)."""
+    kind = schema.get("type")
+    return {**schema, "type": [kind, "null"]} if isinstance(kind, str) else schema
+
+
 def spec_schema(generation: Any) -> dict[str, Any]:
     """A request's fields with this server's limits and defaults (the web UI's submit
     form is built from it)."""
+    sizes = _sizes()
+    optional: dict[str, dict[str, Any]] = {
+        "negative_prompt": {"type": "string", "default": "", "pattern": r"^[^\x00]*$"},
+        "model": {
+            "type": "string",
+            "pattern": _MODEL_ID,
+            "example": "sd/tiny",
+            "description": "an installed model; the default model when left out",
+        },
+        "width": {
+            "type": "integer",
+            "multipleOf": spec.SIZE_MULTIPLE,
+            "minimum": spec.SIZE_MIN,
+            "maximum": spec.SIZE_MAX,
+            "description": "the model's native size when left out",
+        },
+        "height": {
+            "type": "integer",
+            "multipleOf": spec.SIZE_MULTIPLE,
+            "minimum": spec.SIZE_MIN,
+            "maximum": spec.SIZE_MAX,
+        },
+        "size": {
+            "type": "string",
+            "pattern": f"^({sizes})x({sizes})$",
+            "example": "512x512",
+            "description": "WIDTHxHEIGHT, instead of both",
+        },
+        "steps": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": generation.max_steps,
+            "default": generation.default_steps,
+        },
+        "guidance_scale": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": spec.GUIDANCE_MAX,
+            "default": generation.default_guidance_scale,
+        },
+        "seed": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": spec.SEED_MAX,
+            "description": "random when left out (and recorded)",
+        },
+        "scheduler": {
+            "type": "string",
+            "enum": list(spec.SCHEDULERS),
+            "default": generation.default_scheduler,
+        },
+        "n": {"type": "integer", "minimum": 1, "maximum": generation.max_n, "default": 1},
+        "priority": {
+            "type": "integer",
+            "minimum": spec.PRIORITY_MIN,
+            "maximum": spec.PRIORITY_MAX,
+            "default": 0,
+        },
+        "id": {"type": "string", "description": "idempotency key"},
+    }
     return {
         "type": "object",
         "required": ["prompt"],
@@ -47,57 +124,7 @@ def spec_schema(generation: Any) -> dict[str, Any]:
                 "pattern": _TEXT,
                 "description": "not blank; no NUL characters",
             },
-            "negative_prompt": {"type": "string", "default": ""},
-            "model": {
-                "type": "string",
-                "example": "sd/tiny",
-                "description": "an installed model; the default model when left out",
-            },
-            "width": {
-                "type": "integer",
-                "multipleOf": spec.SIZE_MULTIPLE,
-                "minimum": spec.SIZE_MIN,
-                "maximum": spec.SIZE_MAX,
-                "description": "the model's native size when left out",
-            },
-            "height": {
-                "type": "integer",
-                "multipleOf": spec.SIZE_MULTIPLE,
-                "minimum": spec.SIZE_MIN,
-                "maximum": spec.SIZE_MAX,
-            },
-            "size": {"type": "string", "example": "512x512", "description": "instead of both"},
-            "steps": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": generation.max_steps,
-                "default": generation.default_steps,
-            },
-            "guidance_scale": {
-                "type": "number",
-                "minimum": 0,
-                "maximum": spec.GUIDANCE_MAX,
-                "default": generation.default_guidance_scale,
-            },
-            "seed": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": spec.SEED_MAX,
-                "description": "random when left out (and recorded)",
-            },
-            "scheduler": {
-                "type": "string",
-                "enum": list(spec.SCHEDULERS),
-                "default": generation.default_scheduler,
-            },
-            "n": {"type": "integer", "minimum": 1, "maximum": generation.max_n, "default": 1},
-            "priority": {
-                "type": "integer",
-                "minimum": spec.PRIORITY_MIN,
-                "maximum": spec.PRIORITY_MAX,
-                "default": 0,
-            },
-            "id": {"type": "string", "description": "idempotency key"},
+            **{name: _optional(field) for name, field in optional.items()},
         },
     }
 
@@ -151,7 +178,7 @@ def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
         "/v1/batches": {
             "type": "object",
             "required": ["requests"],
-            "properties": {"requests": {"type": "array", "items": request}},
+            "properties": {"requests": {"type": "array", "minItems": 1, "items": request}},
         },
         "/v1/jobs/{job_id}/priority": {
             "type": "object",
@@ -224,7 +251,14 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
             "schema": {"type": "integer", "minimum": 60, "maximum": 86400, "default": 3600},
         }
     ],
-    ("GET", "/metrics"): [{"name": "format", "in": "query", "schema": {"enum": ["prometheus"]}}],
+    ("GET", "/metrics"): [
+        {
+            "name": "format",
+            "in": "query",
+            "schema": {"enum": ["prometheus", "json"]},
+            "description": "else by Accept",
+        }
+    ],
 }
 _CREATES = {("POST", "/v1/jobs"), ("POST", "/v1/batches")}  # 202 new, 200 a repeat
 _WAITS = {("POST", "/v1/chat/completions"), ("POST", "/v1/images/generations")}

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .. import errors
 from ..models import JobStatus
 from ..records import RunnerReport
 from ..store.counters import BUCKETS, bucket_name
@@ -103,8 +104,11 @@ async def health(request: Request, api: Api, client: str | None) -> Response:
 
 def _wants_prometheus(request: Request) -> tuple[bool, str]:
     accept = request.headers.get("accept", "")
-    if request.query_params.get("format") == "prometheus":
-        return True, accept
+    chosen = request.query_params.getlist("format")
+    if any(value not in ("prometheus", "json") for value in chosen) or len(chosen) > 1:
+        raise errors.InvalidParameters("format must be prometheus or json", field="format")
+    if chosen:
+        return chosen[0] == "prometheus", accept
     return ("text/plain" in accept or "application/openmetrics-text" in accept), accept
 
 
