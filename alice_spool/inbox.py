@@ -384,8 +384,7 @@ class Inbox:
         try:
             self._reject(pending.path, reason)
         except OSError as error:  # it cannot even be moved: leave it until it changes
-            log.error("inbox: cannot move %s aside: %s", name, error)
-            pending.stuck_at = file_stat(pending.path)
+            self._cannot_move(pending, error)
             return
         self._forget(pending)
 
@@ -565,8 +564,8 @@ class Inbox:
             self._forget(ready.pending)
 
     def _cannot_move(self, pending: Pending, exc: OSError) -> None:
-        """Its jobs are committed (taking it again adds nothing), but the file cannot be
-        moved or deleted: left where it is, and not looked at again until it changes."""
+        """The file cannot be moved or deleted (its jobs, if any, are committed: taking it
+        again adds nothing): left where it is, not looked at again until it changes."""
         log.error("inbox: cannot move %s out of the inbox: %s", shown(pending.path.name), exc)
         pending.stuck_at = file_stat(pending.path)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.engine import Row
 
@@ -44,7 +44,7 @@ class JobRecord:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> JobRecord:
-        return cls.from_mapping(dict(row._mapping))
+        return cls.from_mapping(cast(Mapping[str, Any], row._mapping))
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> JobRecord:

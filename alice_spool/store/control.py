@@ -19,7 +19,7 @@ from ..models import FINISHED, Job, JobStatus
 from ..records import BatchCancelReport, JobRecord
 from ..spec import parse_priority
 from ._base import COLUMNS, StoreBase, chunks, get_job, utcnow
-from .counters import count_finished
+from .counters import count_finished, count_records
 
 # What a retried job starts again with.
 _FRESH = {
@@ -82,8 +82,9 @@ class Control(StoreBase):
                 {"status": JobStatus.CANCELLED, "finished_at": now},
             )
             if row is not None:
-                count_finished(conn, [job_id])
-                return JobRecord.from_row(row)
+                cancelled = JobRecord.from_row(row)
+                count_records(conn, [cancelled])
+                return cancelled
             row = _change(conn, job_id, [JobStatus.RUNNING], {"cancel_requested": True})
             if row is not None:
                 return JobRecord.from_row(row)

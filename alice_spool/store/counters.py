@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Iterable
+from datetime import datetime
 
 from sqlalchemy import Connection, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..models import Counter, Job, JobStatus
+from ..records import JobRecord
 from ._base import StoreBase, chunks
 
 # Histogram bounds, in seconds (the last, +Inf, is every job).
@@ -21,35 +23,53 @@ def bucket_name(histogram: str, bound: float) -> str:
     return f"{histogram}:le:{'+Inf' if bound == float('inf') else bound}"
 
 
+# What the totals need of a finished job: (status, created_at, started_at, finished_at,
+# images).
+Facts = tuple[str, datetime, datetime | None, datetime | None, int | None]
+
+
 def count_finished(conn: Connection, job_ids: Iterable[str]) -> None:
-    """Add just-finished jobs to the totals: by state; a succeeded job's images, its
-    wait (queued to started) and its run (started to finished)."""
-    ids = list(job_ids)
-    if not ids:
-        return
-    tally: Tally[str] = Tally()
-    sums: dict[str, float] = {}
-    for chunk in chunks(ids):
-        rows = conn.execute(
+    """Add just-finished jobs, by id, to the totals (reading what they need)."""
+    facts: list[Facts] = []
+    for chunk in chunks(list(job_ids)):
+        facts += conn.execute(
             select(Job.status, Job.created_at, Job.started_at, Job.finished_at, Job.images)
             .where(Job.id.in_(list(chunk)))
             .where(Job.status.in_([s for s in JobStatus if s.finished]))
-        )
-        for status, created, started, finished, images in rows:
-            tally[f"jobs_finished:{JobStatus(status).value}"] += 1
-            if status != JobStatus.SUCCEEDED or started is None or finished is None:
-                continue
-            tally["images"] += images or 0
-            for histogram, seconds in (
-                ("job_wait_seconds", (started - created).total_seconds()),
-                ("job_run_seconds", (finished - started).total_seconds()),
-            ):
-                tally[f"{histogram}:count"] += 1
-                sums[f"{histogram}:sum"] = sums.get(f"{histogram}:sum", 0.0) + seconds
-                for bound in BUCKETS:
-                    if seconds <= bound:
-                        tally[bucket_name(histogram, bound)] += 1
-    _add(conn, {**{k: float(v) for k, v in tally.items()}, **sums})
+        ).tuples()
+    _add(conn, _tally(facts))
+
+
+def count_records(conn: Connection, jobs: Iterable[JobRecord]) -> None:
+    """Add just-finished jobs to the totals from their records (no read)."""
+    facts: list[Facts] = [
+        (j.status, j.created_at, j.started_at, j.finished_at, j.spec.n)
+        for j in jobs
+        if j.status.finished
+    ]
+    _add(conn, _tally(facts))
+
+
+def _tally(facts: Iterable[Facts]) -> dict[str, float]:
+    """By state; a succeeded job's images, its wait (queued to started) and its run
+    (started to finished), into histogram buckets."""
+    tally: Tally[str] = Tally()
+    sums: dict[str, float] = {}
+    for status, created, started, finished, images in facts:
+        tally[f"jobs_finished:{JobStatus(status).value}"] += 1
+        if status != JobStatus.SUCCEEDED or started is None or finished is None:
+            continue
+        tally["images"] += images or 0
+        for histogram, seconds in (
+            ("job_wait_seconds", (started - created).total_seconds()),
+            ("job_run_seconds", (finished - started).total_seconds()),
+        ):
+            tally[f"{histogram}:count"] += 1
+            sums[f"{histogram}:sum"] = sums.get(f"{histogram}:sum", 0.0) + seconds
+            for bound in BUCKETS:
+                if seconds <= bound:
+                    tally[bucket_name(histogram, bound)] += 1
+    return {**{k: float(v) for k, v in tally.items()}, **sums}
 
 
 def _add(conn: Connection, amounts: dict[str, float]) -> None:

@@ -31,7 +31,7 @@ from ..models import Job, JobStatus, UTCDateTime
 from ..records import Heartbeat, JobRecord, OrphanReport
 from ..spec import JobSpec
 from ._base import COLUMNS, StoreBase, chunks, get_job, utcnow
-from .counters import count_finished
+from .counters import count_finished, count_records
 
 log = logging.getLogger(__name__)
 
@@ -345,8 +345,7 @@ class Leasing(StoreBase):
             row = conn.execute(_FINISH[action], params).first()
             if row is not None:
                 record = JobRecord.from_row(row)
-                if record.status.finished:  # (a retryable failure may be queued again)
-                    count_finished(conn, [record.id])
+                count_records(conn, [record])  # (a retryable failure may be queued again)
                 return record
             current = get_job(conn, job_id)
             if current.status.finished:

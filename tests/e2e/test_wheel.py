@@ -10,6 +10,7 @@ checks that `alice_spool` is the installed copy.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +31,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 @dataclass(frozen=True)
 class Installed:
-    wheel: Path
     venv: Path
     home: Path  # where the commands run, outside the checkout
     env: dict[str, str]
@@ -52,8 +52,14 @@ PIP = [sys.executable, "-m", "pip"]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dist = tmp_path_factory.mktemp("dist")
+    # From a copy: an old build/ in the checkout would lend the wheel stale modules.
+    source = tmp_path_factory.mktemp("source") / "alice-spool"
+    leftovers = shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "var"
+    )
+    shutil.copytree(REPO, source, ignore=leftovers)
     options = ["--no-build-isolation", "--no-deps", "-q", "--wheel-dir", str(dist)]
-    built = subprocess.run([*PIP, "wheel", *options, str(REPO)], capture_output=True, text=True)
+    built = subprocess.run([*PIP, "wheel", *options, str(source)], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
     (made,) = dist.glob("alice_spool-*.whl")
     return made
@@ -81,7 +87,7 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Installe
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ALICE_", "PYTHON"))}
     env["HF_HUB_OFFLINE"] = "1"
-    return Installed(wheel, venv, home, env)
+    return Installed(venv, home, env)
 
 
 def test_the_wheel_holds_the_whole_package_and_nothing_else(wheel: Path) -> None:

@@ -102,25 +102,47 @@ def test_downgrade_to_base_and_up_again(tmp_path: Path, make_spec) -> None:
     assert sum(Store(db).counts().values()) == 0
 
 
+def _old_database(tmp_path: Path, revision: str, jobs: list[dict[str, object]]) -> Database:
+    """A database at an older `revision` holding `jobs` (their own columns, as SQL
+    literals are made of them), then upgraded to the newest."""
+    path = tmp_path / "old.db"
+    db = Database.open(f"sqlite:///{path}")
+    migrate.upgrade(db, revision)
+    inserts = []
+    for i, job in enumerate(jobs):
+        columns = {
+            "id": f"old{i}",
+            "source": "cli",
+            "priority": 0,
+            "created_at": f"2026-11-01 12:00:0{i}",
+            "max_attempts": 3,
+            "cancel_requested": 0,
+            **job,
+        }
+        values = ", ".join(f"'{v}'" if isinstance(v, str) else str(v) for v in columns.values())
+        inserts.append(f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({values})")
+    run_sql(path, *inserts)
+    migrate.upgrade(db)
+    return db
+
+
 def test_jobs_queued_before_0002_keep_their_image_count_and_run_alone(tmp_path: Path) -> None:
     """0002 adds batch keys and image counts; a job queued under 0001 gets its count from
     its stored request and no key, and the runner's claim still takes it (alone)."""
     from alice_spool.store import Store
 
-    path = tmp_path / "old.db"
-    db = Database.open(f"sqlite:///{path}")
-    migrate.upgrade(db, "0001")
-    run_sql(
-        path,
-        *(
-            "INSERT INTO jobs (id, source, status, priority, created_at, attempts, "
-            "max_attempts, cancel_requested, spec) VALUES "
-            f"('old{i}', 'cli', 'queued', 0, '2026-11-01 12:00:0{i}', 0, 3, 0, "
-            f'\'{{"prompt": "old {i}", "n": {n}, "steps": 20, "seed": 1}}\')'
+    db = _old_database(
+        tmp_path,
+        "0001",
+        [
+            {
+                "status": "queued",
+                "attempts": 0,
+                "spec": f'{{"prompt": "old {i}", "n": {n}, "steps": 20, "seed": 1}}',
+            }
             for i, n in enumerate((3, 1))
-        ),
+        ],
     )
-    migrate.upgrade(db)
     store = Store(db)
     rows = db.read(
         lambda conn: conn.exec_driver_sql(
@@ -137,20 +159,14 @@ def test_jobs_queued_before_0002_keep_their_image_count_and_run_alone(tmp_path: 
 def test_jobs_finished_before_0005_are_counted_from_the_start(tmp_path: Path) -> None:
     from alice_spool.store import Store
 
-    path = tmp_path / "old.db"
-    db = Database.open(f"sqlite:///{path}")
-    migrate.upgrade(db, "0004")
-    run_sql(
-        path,
-        *(
-            "INSERT INTO jobs (id, source, status, priority, created_at, attempts, "
-            "max_attempts, cancel_requested, spec, images) VALUES "
-            f"('old{i}', 'cli', '{status}', 0, '2026-11-01 12:00:0{i}', 1, 3, 0, "
-            f'\'{{"prompt": "old", "n": {n}}}\', {n})'
-            for i, (status, n) in enumerate((("succeeded", 3), ("succeeded", 1), ("failed", 1)))
-        ),
+    db = _old_database(
+        tmp_path,
+        "0004",
+        [
+            {"status": status, "attempts": 1, "spec": f'{{"prompt": "old", "n": {n}}}', "images": n}
+            for status, n in (("succeeded", 3), ("succeeded", 1), ("failed", 1))
+        ],
     )
-    migrate.upgrade(db)
     totals = Store(db).counters()
     assert totals == {"jobs_finished:succeeded": 2, "jobs_finished:failed": 1, "images": 4}
     db.close()
