@@ -93,9 +93,9 @@ def spec_schema(generation: Any) -> dict[str, Any]:
         },
         "seed": {
             "type": "integer",
-            "minimum": 0,
+            "minimum": -1,
             "maximum": spec.SEED_MAX,
-            "description": "random when left out (and recorded)",
+            "description": "random when -1 or left out (and recorded)",
         },
         "scheduler": {
             "type": "string",
@@ -194,7 +194,7 @@ def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
         "/v1/models/default": {
             "type": "object",
             "required": ["model"],
-            "properties": {"model": {"type": "string", "example": "sd/tiny"}},
+            "properties": {"model": {"type": "string", "pattern": _MODEL_ID, "example": "sd/tiny"}},
         },
     }
 

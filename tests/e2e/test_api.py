@@ -809,6 +809,11 @@ def test_the_openapi_description_says_what_the_server_does(make_bare: Callable[.
     assert refused.status_code == 400
     jobs = paths["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert jobs["additionalProperties"] is False and jobs["properties"]["prompt"]["pattern"]
+    assert jobs["properties"]["seed"]["minimum"] == -1  # -1: random, as the server takes it
+    random_seed = httpx.post(bare.url + "/v1/jobs", json={"prompt": "x", "seed": -1}, headers=key)
+    assert random_seed.status_code == 202
+    default = paths["/v1/models/default"]["post"]["requestBody"]["content"]["application/json"]
+    assert default["schema"]["properties"]["model"]["pattern"]
     for text in ("", "   "):  # what the pattern refuses, the server refuses
         blank = httpx.post(bare.url + "/v1/jobs", json={"prompt": text}, headers=key)
         assert blank.status_code == 400
