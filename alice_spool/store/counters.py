@@ -32,11 +32,15 @@ def count_finished(conn: Connection, job_ids: Iterable[str]) -> None:
     """Add just-finished jobs, by id, to the totals (reading what they need)."""
     facts: list[Facts] = []
     for chunk in chunks(list(job_ids)):
-        facts += conn.execute(
+        rows = conn.execute(
             select(Job.status, Job.created_at, Job.started_at, Job.finished_at, Job.images)
             .where(Job.id.in_(list(chunk)))
             .where(Job.status.in_([s for s in JobStatus if s.finished]))
-        ).tuples()
+        )
+        facts += [
+            (status, created, started, finished, n)
+            for status, created, started, finished, n in rows
+        ]
     _add(conn, _tally(facts))
 
 
