@@ -35,7 +35,7 @@ from . import native, openai, status
 from .context import Api, route
 from .docs_page import DOCS_POLICY, render_docs
 from .guard import RequestGuard
-from .headers import JsonErrors, SecurityHeaders
+from .headers import SecurityHeaders
 from .http import Keys, RateLimiter, StreamSlots, error_response
 from .openapi import describe
 
@@ -158,7 +158,6 @@ def create_app(
         ]
     middleware = [
         Middleware(SecurityHeaders, public_url=server.public_url),
-        Middleware(JsonErrors),
         Middleware(
             RequestGuard,
             bind_host=server.host,

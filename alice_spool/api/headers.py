@@ -36,35 +36,6 @@ def content_security_policy(public_url: str = "") -> str:
     )
 
 
-class SecurityHeaders:
-    """Adds the headers an answer does not set itself (a page with a policy of its own,
-    like /docs, keeps it)."""
-
-    def __init__(self, app: Any, *, public_url: str = "") -> None:
-        self.app = app
-        self.headers = [
-            (b"x-content-type-options", b"nosniff"),
-            (b"x-frame-options", b"DENY"),
-            (b"referrer-policy", b"no-referrer"),
-            (b"content-security-policy", content_security_policy(public_url).encode()),
-        ]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def with_headers(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                headers += [(k, v) for k, v in self.headers if k not in present]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
-
-
 # The codes of the plain-text errors Starlette answers by itself, by status.
 _PLAIN_CODES = {
     400: "invalid_request",
@@ -75,42 +46,56 @@ _PLAIN_CODES = {
 }
 
 
-class JsonErrors:
-    """Errors that Starlette's own parts answer in plain text (a refused CORS preflight,
-    a bad or unsatisfiable Range on an image or web file) become this API's JSON error
-    body, with the same status and headers. (A request line too broken to reach the app
-    is answered by the HTTP server itself, before any of this.)"""
+class SecurityHeaders:
+    """One pass over every answer's start:
 
-    def __init__(self, app: Any) -> None:
+    - adds the security headers it does not set itself (a page with a policy of its own,
+      like /docs, keeps it);
+    - makes the errors Starlette's own parts answer in plain text (a refused CORS
+      preflight, a bad or unsatisfiable Range on an image or web file) this API's JSON
+      error body, with the same status and headers. (A request line too broken to reach
+      the app is answered by the HTTP server itself, before any of this.)"""
+
+    def __init__(self, app: Any, *, public_url: str = "") -> None:
         self.app = app
+        self.headers = [
+            (b"x-content-type-options", b"nosniff"),
+            (b"x-frame-options", b"DENY"),
+            (b"referrer-policy", b"no-referrer"),
+            (b"content-security-policy", content_security_policy(public_url).encode()),
+        ]
+
+    def _secured(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        present = {name.lower() for name, _ in headers}
+        return headers + [(k, v) for k, v in self.headers if k not in present]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        held: dict[str, Any] | None = None
+        held: dict[str, Any] | None = None  # a plain-text error's start, until its body
         body = bytearray()
 
-        async def reshape(message: dict[str, Any]) -> None:
+        async def shaped(message: dict[str, Any]) -> None:
             nonlocal held
-            if message["type"] == "http.response.start":
-                headers = dict(message.get("headers", []))
-                plain = headers.get(b"content-type", b"").startswith(b"text/plain")
+            kind = message["type"]
+            if kind == "http.response.start":
+                headers = list(message.get("headers", []))
+                plain = dict(headers).get(b"content-type", b"").startswith(b"text/plain")
                 if message["status"] >= 400 and plain:
-                    held = message  # the body comes next: answer once it is whole
+                    held = message
                     return
-                await send(message)
-            elif held is not None and message["type"] == "http.response.body":
+                await send({**message, "headers": self._secured(headers)})
+            elif held is not None and kind == "http.response.body":
                 body.extend(message.get("body", b""))
                 if not message.get("more_body", False):
                     await self._send_json(held, bytes(body), send)
             else:
                 await send(message)
 
-        await self.app(scope, receive, reshape)
+        await self.app(scope, receive, shaped)
 
-    @staticmethod
-    async def _send_json(start: dict[str, Any], text: bytes, send: Send) -> None:
+    async def _send_json(self, start: dict[str, Any], text: bytes, send: Send) -> None:
         status = start["status"]
         message = text.decode("utf-8", "replace").strip() or "the request was refused"
         response = error_response(
@@ -121,11 +106,6 @@ class JsonErrors:
             for name, value in start.get("headers", [])
             if name.lower() not in (b"content-type", b"content-length")
         ]
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": keep + [(k, v) for k, v in response.raw_headers],
-            }
-        )
+        headers = self._secured(keep + [(k, v) for k, v in response.raw_headers])
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
