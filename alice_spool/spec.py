@@ -363,8 +363,10 @@ def parse_spec(
     guidance = _number(e[0], e[1], 0.0, GUIDANCE_MAX) if (e := given("guidance_scale")) else None
 
     seed: int | None = None
-    if (entry := given("seed")) and not (isinstance(entry[1], int) and entry[1] == -1):
-        seed = _integer(entry[0], entry[1], 0, SEED_MAX)
+    if entry := given("seed"):
+        seed = _integer(entry[0], entry[1], -1, SEED_MAX)
+        if seed == -1:  # -1 (or -1.0): a random seed, as A1111 and ALICE take it
+            seed = None
 
     scheduler = (
         normalise_scheduler(e[1], e[0]) if (e := given("scheduler")) else defaults.default_scheduler

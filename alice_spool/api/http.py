@@ -159,13 +159,20 @@ class Keys:
 
     def identify(self, request: Request) -> str | None:
         """The name of the key the request carries; None when keys are off. 401 when
-        they are on and the request has none, or a wrong one."""
+        they are on and the request has none, a wrong one, or two that differ."""
         if not self._keys:
             return None
         given = request.headers.get("x-api-key")
-        authorization = request.headers.get("authorization", "")
-        if given is None and authorization[:7].lower() == "bearer ":
-            given = authorization[7:].strip()
+        authorization = request.headers.get("authorization")
+        if authorization is not None:  # every credential a request carries must be right
+            scheme, _, token = authorization.strip().partition(" ")
+            if scheme.lower() != "bearer":
+                raise errors.Unauthorized("Authorization must be Bearer followed by an API key")
+            if given is not None and given != token.strip():  # which one is meant? neither
+                raise errors.Unauthorized(
+                    "the request carries two different API keys (Authorization and X-Api-Key)"
+                )
+            given = token.strip()
         if not given:
             raise errors.Unauthorized("an API key is required (Authorization: Bearer or X-Api-Key)")
         offered = given.encode()

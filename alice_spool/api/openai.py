@@ -34,14 +34,30 @@ _IGNORED_IMAGE_FIELDS = (
 def _last_user_text(messages: Any) -> str:
     if not isinstance(messages, list) or not messages:
         raise errors.InvalidParameters("messages must be a non-empty list", field="messages")
+    for index, message in enumerate(messages):  # each one well formed, as OpenAI asks
+        where = f"messages[{index}]"
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise errors.InvalidParameters(
+                f"{where} must be an object with a role", field="messages"
+            )
+        content = message.get("content")
+        if isinstance(content, list):
+            if not all(isinstance(part, dict) for part in content):
+                raise errors.InvalidParameters(
+                    f"{where}.content parts must be objects", field="messages"
+                )
+        elif content is not None and not isinstance(content, str):
+            raise errors.InvalidParameters(
+                f"{where}.content must be text, a list of parts, or null", field="messages"
+            )
     for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
+        if message["role"] == "user":
             content = message.get("content")
             if isinstance(content, list):  # content parts: take the text ones
                 content = " ".join(
-                    part.get("text", "")
+                    part["text"]
                     for part in content
-                    if isinstance(part, dict) and part.get("type") == "text"
+                    if part.get("type") == "text" and isinstance(part.get("text"), str)
                 )
             if isinstance(content, str) and content.strip():
                 return content

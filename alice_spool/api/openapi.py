@@ -11,7 +11,9 @@ from .. import spec
 from ..models import JobStatus, Source
 from ..spec import SPEC_FIELDS
 
-_TEXT = r"^[^\x00]*\S[^\x00]*$"  # something that is not blank, and no NUL
+# Python's whitespace (what the server strips), spelled out: regex engines disagree on \s.
+_BLANK = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_TEXT = rf"^[^\x00]*[^\x00{_BLANK}][^\x00]*$"  # something that is not blank, and no NUL
 # The error body of every error answer.
 ERROR_SCHEMA = {
     "type": "object",
@@ -56,9 +58,9 @@ def spec_schema(generation: Any) -> dict[str, Any]:
         "negative_prompt": {"type": "string", "default": "", "pattern": r"^[^\x00]*$"},
         "model": {
             "type": "string",
-            "pattern": _MODEL_ID,
+            "pattern": "^$|" + _MODEL_ID,  # "" is the default model, as null is
             "example": "sd/tiny",
-            "description": "an installed model; the default model when left out",
+            "description": "an installed model; the default model when left out or empty",
         },
         "width": {
             "type": "integer",
@@ -109,7 +111,12 @@ def spec_schema(generation: Any) -> dict[str, Any]:
             "maximum": spec.PRIORITY_MAX,
             "default": 0,
         },
-        "id": {"type": "string", "description": "idempotency key"},
+        "id": {
+            "type": "string",
+            "maxLength": spec.IDEMPOTENCY_KEY_MAX_CHARS,
+            "pattern": _TEXT,
+            "description": "idempotency key: not blank; no NUL characters",
+        },
     }
     return {
         "type": "object",
@@ -144,29 +151,46 @@ def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
             "type": "object",
             "required": ["messages"],
             "properties": {
-                "model": {"type": "string"},
+                "model": request["properties"]["model"],
                 "messages": {
                     "type": "array",
                     "minItems": 1,
                     "items": {
                         "type": "object",
-                        "required": ["role", "content"],
+                        "required": ["role"],
                         "properties": {
                             "role": {"type": "string"},
                             "content": {
                                 "anyOf": [
                                     {"type": "string"},
                                     {"type": "array", "items": {"type": "object"}},
+                                    {"type": "null"},
                                 ],
-                                "description": "text, or OpenAI's content parts",
+                                "description": "text, OpenAI's content parts, or null",
                             },
                         },
                     },
-                    "contains": {
+                    "contains": {  # a user message with text, as a string or in parts
+                        "required": ["role", "content"],
                         "properties": {
                             "role": {"const": "user"},
-                            "content": {"type": "string", "pattern": _TEXT},
-                        }
+                            "content": {
+                                "anyOf": [
+                                    {"type": "string", "pattern": _TEXT},
+                                    {
+                                        "type": "array",
+                                        "contains": {
+                                            "type": "object",
+                                            "required": ["type", "text"],
+                                            "properties": {
+                                                "type": {"const": "text"},
+                                                "text": {"type": "string", "pattern": _TEXT},
+                                            },
+                                        },
+                                    },
+                                ]
+                            },
+                        },
                     },
                     "description": "the prompt is the last user message's text",
                 },
@@ -301,6 +325,26 @@ def _responses(path: str, method: str, has_body: bool, needs_key: bool) -> dict[
     return answers
 
 
+def _link(paths: dict[str, Any], collection: str, parameter: str) -> None:
+    """OpenAPI links: the id a POST to `collection` answers with is the `parameter` of
+    every operation on one of its members (what a client does next)."""
+    creating = paths.get(collection, {}).get("post")
+    if creating is None:
+        return
+    member = f"{collection}/{{{parameter}}}"
+    links = {
+        operation["operationId"]: {
+            "operationId": operation["operationId"],
+            "parameters": {parameter: "$response.body#/id"},
+        }
+        for path, operations in paths.items()
+        if path == member or path.startswith(member + "/")
+        for operation in operations.values()
+    }
+    for status in ("200", "202"):
+        creating["responses"][status]["links"] = links
+
+
 def describe(routes: list[Any], api: Any) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     bodies = _bodies(api.settings.generation)
@@ -310,9 +354,11 @@ def describe(routes: list[Any], api: Any) -> dict[str, Any]:
         doc = (item.endpoint.__doc__ or item.name or "").strip()
         paragraphs = [" ".join(part.split()) for part in doc.split("\n\n") if part.strip()]
         summary = paragraphs[0] if paragraphs else item.path
-        for method in sorted((item.methods or set()) - {"HEAD"}):
+        methods = sorted((item.methods or set()) - {"HEAD"})
+        for method in methods:
             needs_key = item.path.startswith("/v1/") and api.keys.required
             operation: dict[str, Any] = {
+                "operationId": item.name if len(methods) == 1 else f"{item.name}_{method.lower()}",
                 "summary": summary,
                 "description": "\n\n".join(paragraphs),
                 "responses": _responses(item.path, method, item.path in bodies, needs_key),
@@ -336,6 +382,8 @@ def describe(routes: list[Any], api: Any) -> dict[str, Any]:
             if needs_key:
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]
             paths.setdefault(item.path, {})[method.lower()] = operation
+    _link(paths, "/v1/jobs", "job_id")
+    _link(paths, "/v1/batches", "batch_id")
     return {
         "openapi": "3.1.0",
         "info": {"title": "alice-spool", "version": api.version},

@@ -15,9 +15,11 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -365,6 +367,12 @@ def test_bad_requests_get_clear_json_errors_never_a_500(make_bare: Callable[...,
     error(post("/v1/jobs", json={"prompt": ""}), 400, "invalid_parameters")
     error(post("/v1/jobs", json={"prompt": "x", "model": "sd/none"}), 404, "model_not_found")
     error(post("/v1/chat/completions", json={"messages": "hi"}), 400, "invalid_parameters")
+    user = {"role": "user", "content": "a fox"}
+    for broken in ({"content": "no role"}, {"role": "user", "content": 7}, "text"):
+        answer = post("/v1/chat/completions", json={"messages": [broken, user]})
+        assert error(answer, 400, "invalid_parameters")["param"] == "messages"
+    parts = {"role": "user", "content": ["not a part"]}
+    error(post("/v1/chat/completions", json={"messages": [parts, user]}), 400, "invalid_parameters")
     error(
         post(
             "/v1/chat/completions",
@@ -478,6 +486,16 @@ def test_auth_on_and_off(make_bare: Callable[..., Bare]) -> None:
         httpx.get(locked.url + "/v1/jobs", headers={"Authorization": "Bearer k-sa"}).status_code
         == 401
     )
+    both = {"X-Api-Key": "k-ops", "Authorization": "Bearer k-ops"}
+    assert httpx.get(locked.url + "/v1/models", headers=both).status_code == 200
+    for wrong in ("Bearer k-sam", "Bearer", "Basic b3BzOms=", "k-ops"):
+        # every credential a request carries must be right: a second, different or
+        # malformed one beside a good X-Api-Key is refused, never ignored
+        answer = httpx.get(
+            locked.url + "/v1/models", headers={"X-Api-Key": "k-ops", "Authorization": wrong}
+        )
+        assert answer.status_code == 401, wrong
+        assert answer.json()["error"]["code"] == "unauthorized"
     assert httpx.get(locked.url + "/health").status_code == 200  # open
     assert httpx.get(locked.url + "/metrics").status_code == 200
     assert httpx.get(locked.url + "/docs").status_code == 200
@@ -814,9 +832,12 @@ def test_the_openapi_description_says_what_the_server_does(make_bare: Callable[.
     assert random_seed.status_code == 202
     default = paths["/v1/models/default"]["post"]["requestBody"]["content"]["application/json"]
     assert default["schema"]["properties"]["model"]["pattern"]
-    for text in ("", "   "):  # what the pattern refuses, the server refuses
+    pattern = re.compile(jobs["properties"]["prompt"]["pattern"])
+    for text in ("", "   ", "\x1d\u3000", "a\x00"):  # what the pattern refuses, the server does
+        assert not pattern.search(text)
         blank = httpx.post(bare.url + "/v1/jobs", json={"prompt": text}, headers=key)
         assert blank.status_code == 400
+    assert pattern.search("\ufeff") and pattern.search(" a ")
     listed = {p["name"] for p in paths["/v1/jobs"]["get"]["parameters"]}
     assert listed == {"status", "batch_id", "model", "source", "limit", "before"}
     for path, operations in paths.items():
@@ -1005,3 +1026,59 @@ def test_priority_default_model_and_stats(make_bare: Callable[..., Bare]) -> Non
     paths = httpx.get(bare.url + "/openapi.json").json()["paths"]
     assert "/v1/jobs/{job_id}/priority" in paths and "/v1/stats" in paths
     assert "/" not in paths and "/docs" not in paths
+
+
+@contextlib.contextmanager
+def instant_runner(store: Store) -> Iterator[None]:
+    """A stand-in runner for tests of the API alone: it claims every queued job and
+    finishes it at once with no images, so routes that wait for their job answer."""
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            for job in store.claim_batch("instant", 16, lease_s=30):
+                store.succeed(job.id, "instant", {"images": []})
+            stop.wait(0.02)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_schemathesis_finds_the_server_as_its_description_says(
+    make_bare: Callable[..., Bare], tmp_path: Path
+) -> None:
+    """Every conformance check schemathesis has, against /openapi.json, bounded by
+    examples per operation, a fixed seed and a time budget."""
+    bare = make_bare(
+        **{
+            "server.api_keys": {"ops": "schemathesis-ops-key"},
+            "server.request_timeout_s": "5",
+            "server.auth_failures_per_minute": "0",  # its missing-key probes are many
+        }
+    )
+    with instant_runner(bare.store):
+        run = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("schemathesis")),
+                "run",
+                f"{bare.url}/openapi.json",
+                "--checks=all",
+                "--max-examples=20",
+                "--seed=1",
+                "--request-timeout=20",
+                "--header=X-Api-Key: schemathesis-ops-key",
+                "--no-color",
+                "--output-sanitize=false",  # the key is this test's own
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=400,
+        )
+    assert run.returncode == 0, run.stdout[-30000:] + run.stderr[-2000:]
+    assert "passed" in run.stdout

@@ -194,6 +194,7 @@ def test_seed_edges_and_random() -> None:
     assert parse(seed=0).seed == 0
     assert parse(seed=2**32 - 1).seed == 2**32 - 1
     assert parse(seed=-1).seed is None
+    assert parse(seed=-1.0).seed is None  # JSON's -1.0 is -1
     assert parse(seed=None).seed is None
     rejects("seed", seed=2**32)
     rejects("seed", seed=-2)
