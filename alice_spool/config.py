@@ -178,6 +178,11 @@ class GenerationSettings(spec.BuiltinDefaults):
             f"must be 1..{spec.N_MAX}, got {self.max_n}",
         )
         _check(self.max_queue >= 1, "generation.max_queue", "must be at least 1")
+        _check(
+            0 <= self.max_loras <= spec.LORAS_LIMIT,
+            "generation.max_loras",
+            f"must be 0..{spec.LORAS_LIMIT}, got {self.max_loras}",
+        )
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,7 @@ class RunnerSettings:
     name: str = ""
     switch_model_after_s: float = 30.0
     png_compress_level: int = 1
+    max_cached_loras: int = 8  # LoRA adapters kept loaded (least recently used unloaded)
 
     def __post_init__(self) -> None:
         _check(
@@ -218,6 +224,7 @@ class RunnerSettings:
         )
         _check(self.switch_model_after_s >= 0, "runner.switch_model_after_s", "must be >= 0")
         _check(0 <= self.png_compress_level <= 9, "runner.png_compress_level", "must be 0..9")
+        _check(1 <= self.max_cached_loras <= 64, "runner.max_cached_loras", "must be 1..64")
         for size in self.compile_sizes:
             try:
                 spec.parse_size(size, "runner.compile_sizes")

@@ -112,6 +112,12 @@ class ModelNotFound(SpoolError):
     code = "model_not_found"
 
 
+class LoraNotFound(SpoolError):
+    """The requested LoRA is not installed."""
+
+    code = "lora_not_found"
+
+
 class ModelLoadFailed(SpoolError):
     """The model could not be loaded."""
 

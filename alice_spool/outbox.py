@@ -14,7 +14,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +47,22 @@ SAMPLER_NAMES = {
 }
 
 
-def infotext(spec: JobSpec, seed: int, width: int, height: int) -> str:
-    """The parameters of one image as AUTOMATIC1111 writes them (and others read them)."""
-    lines = [spec.prompt]
+def infotext(
+    spec: JobSpec,
+    seed: int,
+    width: int,
+    height: int,
+    *,
+    loras: Sequence[Mapping[str, Any]] = (),
+) -> str:
+    """The parameters of one image as AUTOMATIC1111 writes them (and others read them):
+    LoRAs as `<lora:name:scale>` tags in the prompt and their `Lora hashes` (the first
+    12 hex digits of each file's SHA-256)."""
+    tags = " ".join(
+        f"<lora:{str(lora['name']).removeprefix('lora/')}:{float(lora['scale']):g}>"
+        for lora in loras
+    )
+    lines = [f"{spec.prompt} {tags}" if tags else spec.prompt]
     if spec.negative_prompt:
         lines.append(f"Negative prompt: {spec.negative_prompt}")
     settings = [
@@ -60,6 +73,12 @@ def infotext(spec: JobSpec, seed: int, width: int, height: int) -> str:
         ("Size", f"{width}x{height}"),
         ("Model", (spec.model or "").removeprefix("sd/")),
     ]
+    if loras:
+        hashes = ", ".join(
+            f"{str(lora['name']).removeprefix('lora/')}: {str(lora.get('sha256', ''))[:12]}"
+            for lora in loras
+        )
+        settings.append(("Lora hashes", f'"{hashes}"'))
     lines.append(", ".join(f"{key}: {value}" for key, value in settings))
     return "\n".join(lines)
 

@@ -14,19 +14,19 @@ models and are left out. The listing is rebuilt only when the directory changes.
 from __future__ import annotations
 
 import json
-import struct
 import threading
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelNotFound
+from .errors import InvalidParameters, ModelNotFound
+from .loras import LoraRegistry
+from .safetensors_file import read_safetensors_header
 from .spec import MODEL_PREFIX, JobSpec, normalise_model_id
 
 TINY_MARKER = "alice_spool_tiny"  # written into model_index.json by `models create-tiny`
 NATIVE = {"sd1": 512, "sd2": 768, "sdxl": 1024}
 FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
-_HEADER_LIMIT = 100 * 1024 * 1024  # a safetensors header larger than this is not one
 
 
 @dataclass(frozen=True)
@@ -115,21 +115,6 @@ def _diffusers_folder(path: Path, name: str) -> ModelInfo:
     )
 
 
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a .safetensors file: tensor names, shapes, and metadata."""
-    with path.open("rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) != 8:
-            raise ValueError("too short to be a safetensors file")
-        (length,) = struct.unpack("<Q", prefix)
-        if not 2 <= length <= _HEADER_LIMIT:
-            raise ValueError("no safetensors header")
-        header = json.loads(handle.read(length).decode("utf-8"))
-    if not isinstance(header, dict):
-        raise ValueError("the safetensors header is not a JSON object")
-    return header
-
-
 def _single_file(path: Path, name: str) -> ModelInfo:
     size = path.stat().st_size
     try:
@@ -161,6 +146,7 @@ class ModelRegistry:
 
     def __init__(self, models_dir: Path | str) -> None:
         self.models_dir = Path(models_dir)
+        self.loras = LoraRegistry(self.models_dir)
         self._lock = threading.Lock()
         self._signature: tuple[Any, ...] | None = None
         self._models: dict[str, ModelInfo] = {}
@@ -270,7 +256,21 @@ class ModelRegistry:
         for one that is not installed), or the default model named, so that the job's
         record says which model it runs on."""
         model = self.get(spec.model) if spec.model else self.default(configured_default)
+        self.check_loras(spec, model)
         return replace(spec, model=model.id)
+
+    def check_loras(self, spec: JobSpec, model: ModelInfo) -> None:
+        """Each of the spec's LoRAs installed (`lora_not_found`) and made for the model's
+        family (400 naming the LoRA)."""
+        for name in spec.lora_names:
+            lora = self.loras.get(name)
+            if model.family is not None and lora.family != model.family:
+                raise InvalidParameters(
+                    f"{lora.id} is a {FAMILY_NAMES.get(str(lora.family), lora.family)} LoRA "
+                    f"and {model.id} is a {FAMILY_NAMES.get(model.family, model.family)} "
+                    "model: it cannot be applied to it",
+                    field="loras",
+                )
 
     def resolve(self, spec: JobSpec, configured_default: str = "") -> JobSpec:
         """The spec with what it left to the server filled in: the default model, and the

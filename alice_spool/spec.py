@@ -40,6 +40,12 @@ PRIORITY_MIN, PRIORITY_MAX = -100, 100
 PIXELS_MAX = SIZE_MAX * SIZE_MAX
 IDEMPOTENCY_KEY_MAX_CHARS = 255
 MODEL_PREFIX = "sd/"
+LORA_PREFIX = "lora/"
+LORAS_MAX = 4  # generation.max_loras's default
+LORAS_LIMIT = 16  # and the most it may be
+LORA_SCALE_MIN, LORA_SCALE_MAX = -4.0, 4.0
+# `<lora:name:scale>` in a prompt (A1111's and ALICE's tag); the scale is optional.
+_LORA_TAG = re.compile(r"<lora:([^:<>]+?)(?::([^:<>]*))?>", re.IGNORECASE)
 # A model name is one path component: no separators, no control characters, no leading dot.
 _MODEL_NAME = re.compile(r"[^/\\\x00-\x1f.][^/\\\x00-\x1f]{0,199}")
 
@@ -68,6 +74,8 @@ class GenerationDefaults(Protocol):
     def max_pixels(self) -> int: ...
     @property
     def max_n(self) -> int: ...
+    @property
+    def max_loras(self) -> int: ...
 
 
 # Seeds need to be unpredictable to nobody, only different: a fast generator will do.
@@ -89,6 +97,7 @@ class BuiltinDefaults:
     max_steps: int = STEPS_MAX
     max_pixels: int = PIXELS_MAX
     max_n: int = N_MAX
+    max_loras: int = LORAS_MAX
 
 
 BUILTIN_DEFAULTS = BuiltinDefaults()
@@ -113,20 +122,34 @@ class JobSpec:
     scheduler: str = DEFAULT_SCHEDULER
     n: int = 1
     priority: int = 0
+    # LoRA adapters as (lora/<name>, scale), sorted by name: the set, not an order.
+    loras: tuple[tuple[str, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _SPEC_FIELDS}
+        data = {name: getattr(self, name) for name in _SPEC_FIELDS}
+        data["loras"] = [{"name": name, "scale": scale} for name, scale in self.loras]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
         """Rebuild a spec that was stored by `to_dict` (trusted input: no validation)."""
-        return cls(**{k: v for k, v in data.items() if k in _SPEC_FIELD_SET})
+        values = {k: v for k, v in data.items() if k in _SPEC_FIELD_SET}
+        values["loras"] = tuple(
+            (entry["name"], float(entry["scale"])) for entry in values.get("loras") or ()
+        )
+        return cls(**values)
+
+    @property
+    def lora_names(self) -> list[str]:
+        return [name for name, _ in self.loras]
 
     def fingerprint(self) -> str:
         """A stable hash of the request, used to tell a repeated request from a different
         one. The fields are strings, numbers and None, whose `repr` is stable, in a fixed
         order."""
-        values = tuple(getattr(self, name) for name in _SPEC_FIELDS)
+        values = tuple(getattr(self, name) for name in _SPEC_FIELDS if name != "loras")
+        if self.loras:  # only then: a plain request hashes as it did before LoRAs
+            values += (self.loras,)
         return hashlib.sha256(repr(values).encode()).hexdigest()
 
     def with_seed(self) -> JobSpec:
@@ -137,8 +160,8 @@ class JobSpec:
 
     def batch_key(self) -> tuple[object, ...]:
         """Specs with equal keys can run in one pipeline call: same model, size, steps,
-        scheduler and guidance (prompts, seeds and image counts may differ)."""
-        return (
+        scheduler, guidance and LoRA set (prompts, seeds and image counts may differ)."""
+        key: tuple[object, ...] = (
             self.model,
             self.width,
             self.height,
@@ -146,6 +169,9 @@ class JobSpec:
             self.scheduler,
             self.guidance_scale,
         )
+        # Only a spec with LoRAs adds them, so that the digests of plain jobs queued
+        # before LoRAs existed still match new plain jobs.
+        return (*key, ("loras", self.loras)) if self.loras else key
 
     def batch_digest(self) -> str:
         """`batch_key` as a short stable string: the store's column for finding jobs that
@@ -255,6 +281,116 @@ def normalise_model_id(value: Any, name: str = "model") -> str:
     return MODEL_PREFIX + bare
 
 
+def normalise_lora_id(value: Any, name: str = "loras") -> str:
+    """`lora/<name>` from `<name>` or `lora/<name>`; a name is one safe path component."""
+    text = _string(name, value, max_chars=200 + len(LORA_PREFIX), required=True)
+    bare = text.removeprefix(LORA_PREFIX)
+    if not _MODEL_NAME.fullmatch(bare) or bare != bare.strip():
+        raise InvalidParameters(
+            f"{name}: {text!r} is not a valid LoRA name (expected lora/<name>, where the "
+            "name has no slashes and does not start with a dot)",
+            field=name,
+        )
+    return LORA_PREFIX + bare
+
+
+def _lora_scale(name: str, value: Any) -> float:
+    if value is None:
+        return 1.0
+    return _number(name, value, LORA_SCALE_MIN, LORA_SCALE_MAX)
+
+
+def parse_loras(
+    given: Any, paths: Any, scales: Any, prompt: str, max_loras: int
+) -> tuple[str, tuple[tuple[str, float], ...]]:
+    """(the prompt without its `<lora:name:scale>` tags, the LoRA set) from the `loras`
+    field (`[{"name", "scale"}]`, or names), ALICE's `lora_paths` + `lora_scales` (a
+    path's file name is the LoRA's name) and the prompt's tags. A LoRA named twice is
+    an error, as are more than `max_loras`."""
+    found: list[tuple[str, float, str]] = []  # (id, scale, the field it came from)
+    if given is not None:
+        if not isinstance(given, list):
+            raise InvalidParameters(
+                f"loras must be a list of {{name, scale}} objects, got {_type_name(given)}",
+                field="loras",
+            )
+        for index, entry in enumerate(given):
+            where = f"loras[{index}]"
+            if isinstance(entry, str):
+                entry = {"name": entry}
+            if not isinstance(entry, Mapping):
+                raise InvalidParameters(
+                    f"{where} must be an object with a name and a scale", field="loras"
+                )
+            unknown = set(entry) - {"name", "scale"}
+            if unknown:
+                raise InvalidParameters(
+                    f"{where}: unknown field {sorted(map(str, unknown))[0]!r}", field="loras"
+                )
+            found.append(
+                (
+                    normalise_lora_id(entry.get("name"), "loras"),
+                    _lora_scale("loras", entry.get("scale")),
+                    "loras",
+                )
+            )
+    if paths is not None:
+        if not isinstance(paths, list):
+            raise InvalidParameters("lora_paths must be a list of file names", field="lora_paths")
+        if scales is not None and (not isinstance(scales, list) or len(scales) > len(paths)):
+            raise InvalidParameters(
+                "lora_scales must be a list of numbers, one per lora_paths entry",
+                field="lora_scales",
+            )
+        for index, path in enumerate(paths):
+            text = _string("lora_paths", path, max_chars=1024, required=True)
+            stem = re.split(r"[/\\]", text)[-1].removesuffix(".safetensors")
+            scale = scales[index] if scales is not None and index < len(scales) else None
+            found.append(
+                (
+                    normalise_lora_id(stem, "lora_paths"),
+                    _lora_scale("lora_scales", scale),
+                    "lora_paths",
+                )
+            )
+    elif scales is not None:
+        raise InvalidParameters("lora_scales needs lora_paths", field="lora_scales")
+
+    def tag(match: re.Match[str]) -> str:
+        scale_text = (match.group(2) or "").strip()
+        try:
+            scale = float(scale_text) if scale_text else None
+        except ValueError:
+            raise InvalidParameters(
+                f"prompt: the scale of {match.group(0)} is not a number", field="prompt"
+            ) from None
+        found.append(
+            (
+                normalise_lora_id(match.group(1).strip(), "prompt"),
+                _lora_scale("prompt", scale),
+                "prompt",
+            )
+        )
+        return ""
+
+    text = _LORA_TAG.sub(tag, prompt)
+    if text != prompt:
+        text = re.sub(r"\s+,", ",", re.sub(r"\s{2,}", " ", text)).strip(" ,")
+        if not text.strip():
+            raise InvalidParameters("prompt has nothing but LoRA tags", field="prompt")
+    seen: dict[str, str] = {}
+    for lora_id, _, field in found:
+        if lora_id in seen:
+            raise InvalidParameters(f"{lora_id} is given more than once", field=field)
+        seen[lora_id] = field
+    if len(found) > max_loras:
+        raise InvalidParameters(
+            f"{len(found)} LoRAs; the limit is {max_loras} (generation.max_loras)",
+            field=found[-1][2],
+        )
+    return text, tuple(sorted((lora_id, scale) for lora_id, scale, _ in found))
+
+
 def normalise_scheduler(value: Any, name: str = "scheduler") -> str:
     """A scheduler name, case-insensitive, also in the spelling other SD tools use
     (`DPM++ 2M Karras`, `Euler a`, `dpmpp_sde`)."""
@@ -291,7 +427,8 @@ def parse_idempotency_key(value: Any, name: str = "id") -> str:
 
 _FIELDS = _SPEC_FIELDS
 _ALIASES = {"num_images": "n"}
-_SHORTHANDS = ("size",)  # "WxH" for width and height, as the OpenAI images API has it
+# "WxH" for width and height, as the OpenAI images API has it; ALICE's LoRA fields.
+_SHORTHANDS = ("size", "lora_paths", "lora_scales")
 
 
 def _reject_unknown(data: Mapping[Any, Any], allowed: tuple[str, ...]) -> None:
@@ -336,6 +473,14 @@ def parse_spec(
     if "prompt" not in values:
         raise InvalidParameters("prompt is required", field="prompt")
     prompt = _string("prompt", values["prompt"][1], max_chars=PROMPT_MAX_CHARS, required=True)
+    entry = given("loras")
+    prompt, loras = parse_loras(
+        entry[1] if entry else None,
+        data.get("lora_paths"),
+        data.get("lora_scales"),
+        prompt,
+        defaults.max_loras,
+    )
 
     negative = ""
     if entry := given("negative_prompt"):
@@ -386,6 +531,7 @@ def parse_spec(
         scheduler=scheduler,
         n=n,
         priority=priority,
+        loras=loras,
     )
 
 

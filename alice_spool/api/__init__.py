@@ -113,6 +113,7 @@ def routes() -> list[Any]:
         Route("/v1/images/generations", openai.image_generations, methods=["POST"]),
         Route("/v1/models", openai.list_models, methods=["GET"]),
         Route("/v1/models/refresh", openai.refresh_models, methods=["POST"]),
+        Route("/v1/loras", openai.list_loras, methods=["GET"]),
         Route("/v1/models/default", openai.set_default_model, methods=["POST"]),
         Route("/v1/jobs", native.create_job, methods=["POST"]),
         Route("/v1/jobs", native.list_jobs, methods=["GET"]),

@@ -28,6 +28,7 @@ STATUS = {
     "unauthorized": 401,
     "not_found": 404,
     "model_not_found": 404,
+    "lora_not_found": 404,
     "method_not_allowed": 405,
     "idempotency_conflict": 409,
     "invalid_state": 409,

@@ -31,6 +31,10 @@ _IGNORED_IMAGE_FIELDS = (
 )  # fmt: skip
 
 
+# What else the chat's parameter objects may hold: OpenAI's size, ALICE's names.
+_CONFIG_EXTRAS = ("size", "num_images", "lora_paths", "lora_scales")
+
+
 def _last_user_text(messages: Any) -> str:
     if not isinstance(messages, list) or not messages:
         raise errors.InvalidParameters("messages must be a non-empty list", field="messages")
@@ -77,9 +81,7 @@ def chat_spec(body: dict[str, Any], api: Api) -> tuple[JobSpec, bool]:
             continue
         if not isinstance(value, dict):
             raise errors.InvalidParameters(f"{key} must be an object", field=key)
-        config.update(
-            {k: v for k, v in value.items() if k in SPEC_FIELDS or k in ("size", "num_images")}
-        )
+        config.update({k: v for k, v in value.items() if k in SPEC_FIELDS or k in _CONFIG_EXTRAS})
     fields: dict[str, Any] = {**config, "prompt": prompt}
     if body.get("model") is not None:
         fields["model"] = body["model"]
@@ -273,6 +275,17 @@ async def image_generations(request: Request, api: Api, client: str | None) -> R
             png = await run_in_threadpool(api.image_path(image["file"]).read_bytes)
             data.append({"b64_json": base64.b64encode(png).decode(), "revised_prompt": spec.prompt})
     return JSONResponse({"created": int(done.created_at.timestamp()), "data": data})
+
+
+@route()
+async def list_loras(request: Request, api: Api, client: str | None) -> Response:
+    """The installed LoRAs (`<models>/loras/*.safetensors`) with the model family each
+    was made for; a request names them in `loras` or as `<lora:name:scale>` tags."""
+    loras = await run_in_threadpool(api.registry.loras.scan)
+    data = [{"object": "lora", **lora.to_dict()} for lora in sorted(loras, key=lambda x: x.id)]
+    for entry in data:
+        del entry["path"]  # where the server keeps its files is not the client's business
+    return JSONResponse({"object": "list", "data": data})
 
 
 @route()

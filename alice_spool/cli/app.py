@@ -184,6 +184,22 @@ def cli(
     ctx.call_on_close(ctx.obj.close)
 
 
+def _lora_option(
+    _context: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> list[dict[str, Any]] | None:
+    """`--lora NAME[:SCALE]` -> the `loras` field (checked with the rest of the request)."""
+    if not values:
+        return None
+    loras: list[dict[str, Any]] = []
+    for value in values:
+        name, _, scale = value.rpartition(":")
+        try:
+            loras.append({"name": name, "scale": float(scale)} if name else {"name": value})
+        except ValueError:
+            loras.append({"name": value})  # a colon that is part of no scale: the name decides
+    return loras
+
+
 def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The request fields as options, shared by `submit` and `generate`."""
     options = [
@@ -199,6 +215,14 @@ def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--scheduler", metavar="NAME", help="Scheduler, e.g. euler_a or dpm++_2m_karras."
         ),
         click.option("-n", "--images", "n", type=int, help="Images to make (1-16)."),
+        click.option(
+            "--lora",
+            "loras",
+            metavar="NAME[:SCALE]",
+            multiple=True,
+            callback=_lora_option,
+            help="A LoRA from <models>/loras/ (lora/NAME), scale 1 unless given; repeatable.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)

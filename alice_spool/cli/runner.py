@@ -55,6 +55,7 @@ def runner(
         memory=settings.runner.memory,
         default_model=settings.generation.default_model,
         keep_in_ram=settings.runner.keep_in_ram,
+        max_cached_loras=settings.runner.max_cached_loras,
         max_batch=options.max_batch,
         preload=settings.runner.preload,
         compile=settings.runner.compile,

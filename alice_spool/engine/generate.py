@@ -69,6 +69,7 @@ class Loaded:
     native_size: int
     memory_mode: str
     scheduler_config: Any = field(repr=False)
+    adapters: Any = field(default=None, repr=False)  # its LoRAs (adapters.Adapters)
 
 
 def _options(cls: type[DiffusionPipeline], placement: Placement) -> dict[str, Any]:
@@ -177,6 +178,8 @@ class BatchOutput:
     steps: int
     device: str  # e.g. "cuda:0 float16": recorded with each result
     memory_mode: str  # full | low | minimal: recorded with each result
+    # The LoRAs the call ran with: [{"name", "scale", "sha256"}], recorded with each result.
+    loras: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def image_count(self) -> int:

@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -17,6 +17,7 @@ from ..errors import InvalidParameters, ModelNotFound
 from ..registry import ModelRegistry
 from ..spec import JobSpec
 from . import speed
+from .adapters import Adapters, AdapterUse
 from .device import Placement, describe
 from .generate import (
     BASE_REPOS,
@@ -60,8 +61,10 @@ class Engine:
         compile_sizes: Sequence[tuple[int, int]] = (),
         compile_backend: Any = "inductor",  # torch.compile's backend (tests: a counting one)
         oom_above: int | None = None,  # fault injection (tests): calls of more images fail
+        max_cached_loras: int = 8,
     ) -> None:
         self.oom_above = oom_above
+        self.max_cached_loras = max_cached_loras
         self.registry = registry
         self.placement = placement
         self.memory = memory
@@ -267,6 +270,34 @@ class Engine:
         if self.placement.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def adapters(self, loaded: Loaded) -> Adapters:
+        """The LoRA cache of a loaded pipeline."""
+        if loaded.adapters is None:
+            loaded.adapters = Adapters(loaded.pipeline, self.max_cached_loras)
+        return cast(Adapters, loaded.adapters)
+
+    def _activate_loras(
+        self, loaded: Loaded, spec: JobSpec, compiled: bool
+    ) -> list[dict[str, Any]]:
+        """The batch's LoRA set (one per batch: it is part of the batch key) on, or
+        every adapter off for a batch without; what it is, for the records."""
+        if spec.loras and compiled:
+            # A compiled pipeline has its QKV projections fused, which LoRA layers on the
+            # separate projections would not reach, and new layers would make it
+            # recompile while jobs wait. Refused rather than run wrong or slow.
+            raise InvalidParameters(
+                "LoRA jobs do not run on a runner with runner.compile = true yet",
+                field="loras",
+            )
+        found = [(self.registry.loras.get(name), scale) for name, scale in spec.loras]
+        uses = [AdapterUse(lora.id, lora.path, scale) for lora, scale in found]
+        if uses or loaded.adapters is not None:
+            self.adapters(loaded).activate(uses)
+        return [
+            {"name": lora.id, "scale": scale, "sha256": self.registry.loras.sha256(lora)}
+            for lora, scale in found
+        ]
+
     def unload(self) -> None:
         """Free every model (the resident one and a parked one)."""
         self._drop(self.current)
@@ -287,6 +318,19 @@ class Engine:
         resolved = [self.resolve(spec) for spec in specs]
         loaded = self.ensure(str(resolved[0].model))
         compiled = self._compiled.get(loaded.model_id)
+        loras = self._activate_loras(loaded, resolved[0], compiled is not None)
+        output = self._run(loaded, resolved, compiled, on_step, should_stop)
+        output.loras.extend(loras)
+        return output
+
+    def _run(
+        self,
+        loaded: Loaded,
+        resolved: list[JobSpec],
+        compiled: speed.Compiled | None,
+        on_step: ProgressCallback | None,
+        should_stop: StopCheck | None,
+    ) -> BatchOutput:
         if compiled is None:
             return generate(
                 loaded, resolved, on_step=on_step, should_stop=should_stop, oom_above=self.oom_above

@@ -33,8 +33,9 @@ from transformers import (
 )
 
 from ..errors import InvalidParameters
+from ..loras import LORAS_DIR
 from ..registry import TINY_MARKER
-from ..spec import normalise_model_id
+from ..spec import normalise_lora_id, normalise_model_id
 from .generate import quiet_libraries
 
 TINY_NAME = "tiny"
@@ -209,4 +210,50 @@ def create_tiny(
         if target.exists():
             shutil.rmtree(target)
         staged.rename(target)
+    return target
+
+
+TINY_LORA_NAME = "tiny-lora"
+LORA_SEED = 20261201
+
+
+def create_tiny_lora(
+    models_dir: Path, name: str = TINY_LORA_NAME, *, replace: bool = False
+) -> Path:
+    """Write a random LoRA for the tiny model (diffusers/PEFT keys, rank 4, on the UNet's
+    attention projections) to `models_dir/loras/<name>.safetensors`, atomically. Its
+    weights come from a fixed seed and are strong enough to change the tiny model's
+    images visibly at scale 1."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    quiet_libraries()
+    lora_id = normalise_lora_id(name, "name")
+    target = Path(models_dir) / LORAS_DIR / f"{lora_id.removeprefix('lora/')}.safetensors"
+    if target.exists() and not replace:
+        raise InvalidParameters(f"{target} already exists", field="name")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.stem}.") as scratch:
+        state = torch.random.get_rng_state()
+        try:
+            unet = build_tiny_pipeline(Path(scratch)).unet
+            torch.manual_seed(LORA_SEED)
+            config = LoraConfig(
+                r=4,
+                lora_alpha=4,
+                target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                init_lora_weights=False,  # random A and B: a LoRA that does something
+            )
+            unet.add_adapter(config, adapter_name="tiny")
+            weights = get_peft_model_state_dict(unet, adapter_name="tiny")
+        finally:
+            torch.random.set_rng_state(state)
+        staged = Path(scratch) / "lora.safetensors"
+        save_file(
+            {f"unet.{key}": (3 * value).contiguous() for key, value in weights.items()},
+            str(staged),
+            metadata={"alice_spool": "random LoRA for the tiny model, for smoke tests"},
+        )
+        staged.replace(target)
     return target

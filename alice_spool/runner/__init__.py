@@ -295,6 +295,7 @@ class Runner(Monitoring):
             outcome.seconds += output.seconds
             outcome.batch_images = max(outcome.batch_images, images)
             outcome.device, outcome.memory_mode = output.device, output.memory_mode
+            outcome.loras = list(getattr(output, "loras", []))
             if made.error is not None:
                 outcome.error = outcome.error or made.error
                 continue

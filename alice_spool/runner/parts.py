@@ -138,6 +138,7 @@ class Outcome:
     batch_images: int = 0  # images in the largest call it was part of
     device: str | None = None
     memory_mode: str | None = None
+    loras: list[dict[str, Any]] = field(default_factory=list)  # name, scale, sha256
 
 
 @dataclass

@@ -123,6 +123,8 @@ class Finishing(RunnerState):
             "status": status,
             # a failed job's directory holds no images: none are listed, whatever was made
             "images": files if status == "succeeded" else [],
+            "mode": "txt2img",
+            "loras": outcome.loras,
             "device": getattr(outcome, "device", None),
             "memory_mode": getattr(outcome, "memory_mode", None),
             "timings": {
@@ -174,7 +176,11 @@ class Finishing(RunnerState):
                 [outcome.images[i] for i in order],
                 [
                     infotext(
-                        spec, outcome.seeds[i], outcome.images[i].width, outcome.images[i].height
+                        spec,
+                        outcome.seeds[i],
+                        outcome.images[i].width,
+                        outcome.images[i].height,
+                        loras=outcome.loras,
                     )
                     for i in order
                 ],

@@ -30,6 +30,7 @@ def test_the_codes_clients_rely_on() -> None:
     codes = {cls.code for cls in all_errors()}
     expected = {
         "model_not_found",
+        "lora_not_found",
         "invalid_parameters",
         "queue_full",
         "gpu_out_of_memory",

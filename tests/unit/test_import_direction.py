@@ -92,7 +92,9 @@ def test_the_bottom_layers_stay_at_the_bottom() -> None:
         "stopping": set(),
         "spec": {"errors"},
         "config": {"errors", "spec"},
-        "registry": {"errors", "spec"},
+        "safetensors_file": set(),
+        "loras": {"errors", "spec", "safetensors_file"},
+        "registry": {"errors", "spec", "loras", "safetensors_file"},
         "outbox": {"errors", "spec", "config", "faults"},
         # The runner is handed its engine; it never imports it (nor torch).
         "runner": {

@@ -62,6 +62,7 @@ def test_configured_defaults_are_used() -> None:
         max_steps: int = 10
         max_pixels: int = 512 * 512
         max_n: int = 2
+        max_loras: int = 1
 
     spec = parse_spec({"prompt": "x"}, Gen())
     assert (spec.model, spec.steps, spec.guidance_scale, spec.scheduler) == (
@@ -76,6 +77,62 @@ def test_configured_defaults_are_used() -> None:
         parse_spec({"prompt": "x", "width": 1024, "height": 512}, Gen())
     with pytest.raises(InvalidParameters, match="between 1 and 2"):
         parse_spec({"prompt": "x", "n": 3}, Gen())
+    with pytest.raises(InvalidParameters, match=r"2 LoRAs; the limit is 1 \(generation"):
+        parse_spec({"prompt": "x <lora:a> <lora:b>"}, Gen())
+
+
+# -- LoRAs ---------------------------------------------------------------------------
+
+
+def test_loras_from_the_field_alices_fields_and_prompt_tags() -> None:
+    spec = parse(
+        prompt="a fox <lora:Film Grain:0.6>, in snow <LORA:b>",
+        loras=[{"name": "lora/c", "scale": -1.5}, "d"],
+    )
+    assert spec.prompt == "a fox, in snow"  # the tags are not for the text encoder
+    assert spec.loras == (
+        ("lora/Film Grain", 0.6),
+        ("lora/b", 1.0),
+        ("lora/c", -1.5),
+        ("lora/d", 1.0),
+    )
+    alice = parse(lora_paths=["C:\\loras\\e.safetensors", "/x/f"], lora_scales=[0.25])
+    assert alice.loras == (("lora/e", 0.25), ("lora/f", 1.0))
+    assert JobSpec.from_dict(spec.to_dict()) == spec  # stored and read back
+    assert spec.to_dict()["loras"][0] == {"name": "lora/Film Grain", "scale": 0.6}
+
+
+def test_the_lora_set_is_part_of_the_batch_key_and_the_fingerprint() -> None:
+    plain, once, other_scale = parse(), parse(loras=["a"]), parse(loras=[{"name": "a", "scale": 2}])
+    assert len({plain.batch_key(), once.batch_key(), other_scale.batch_key()}) == 3
+    assert parse(loras=["a", "b"]).batch_key() == parse(loras=["b", "a"]).batch_key()  # a set
+    assert len({plain.fingerprint(), once.fingerprint(), other_scale.fingerprint()}) == 3
+    # A plain request's key and hash are what they were before LoRAs existed, so that
+    # jobs queued then still batch and repeat with jobs queued now.
+    assert plain.batch_key() == (plain.model, None, None, 25, "dpm++_sde_karras", 7.5)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"loras": "a"}, "loras", "must be a list"),
+        ({"loras": [7]}, "loras", "must be an object"),
+        ({"loras": [{"name": "a", "weight": 1}]}, "loras", "unknown field 'weight'"),
+        ({"loras": [{"name": "a", "scale": 4.5}]}, "loras", "between -4 and 4"),
+        ({"loras": [{"name": "../a"}]}, "loras", "not a valid LoRA name"),
+        ({"loras": ["a", "lora/a"]}, "loras", "lora/a is given more than once"),
+        ({"prompt": "x <lora:a:big>"}, "prompt", "is not a number"),
+        ({"prompt": "<lora:a:1>"}, "prompt", "nothing but LoRA tags"),
+        ({"lora_scales": [1]}, "lora_scales", "needs lora_paths"),
+        ({"lora_paths": "a"}, "lora_paths", "must be a list"),
+        ({"lora_paths": ["a"], "lora_scales": [1, 2]}, "lora_scales", "one per lora_paths"),
+        ({"loras": ["a", "b", "c", "d", "e"]}, "loras", "5 LoRAs; the limit is 4"),
+    ],
+)
+def test_bad_loras_name_their_field(fields: dict[str, Any], field: str, message: str) -> None:
+    with pytest.raises(InvalidParameters, match=message) as info:
+        parse_spec({"prompt": "x", **fields})
+    assert info.value.field == field
 
 
 # -- prompt --------------------------------------------------------------------------

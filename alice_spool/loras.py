@@ -1,0 +1,158 @@
+"""LoRA adapters: the `.safetensors` files in `<models>/loras/`, listed as `lora/<name>`,
+each with the model family it was trained for, read from its tensor names and shapes
+(stdlib only: the API and CLI list and check LoRAs without torch).
+
+Two key styles are read:
+- kohya (A1111, CivitAI): `lora_unet_<module>.lora_down.weight`, text encoders as
+  `lora_te_` (SD 1.x/2.x) or `lora_te1_` and `lora_te2_` (SDXL);
+- diffusers / PEFT: `unet.<module>.lora_A.weight` (or `lora.down`), text encoders as
+  `text_encoder.` and, for SDXL, `text_encoder_2.`.
+
+The family follows from a second text encoder (SDXL), else from the width of the text
+embedding the cross-attention keys take: 2048 SDXL, 1024 SD 2.x, anything else SD 1.x
+(768, and the tiny model's 32).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidParameters, LoraNotFound
+from .safetensors_file import read_safetensors_header
+from .spec import LORA_PREFIX, normalise_lora_id
+
+LORAS_DIR = "loras"
+
+
+@dataclass(frozen=True)
+class LoraInfo:
+    id: str  # lora/<name>
+    name: str
+    path: Path
+    family: str | None
+    size_bytes: int
+    broken: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.broken is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "path": str(self.path),
+            "family": self.family,
+            "size_bytes": self.size_bytes,
+            "status": "ok" if self.ok else "broken",
+            **({"reason": self.broken} if self.broken else {}),
+        }
+
+
+def lora_family(header: dict[str, Any]) -> str | None:
+    """The family a LoRA's tensors were made for; None if they are no LoRA's."""
+    keys = [k for k in header if k != "__metadata__"]
+    lora_keys = [
+        k for k in keys if any(m in k for m in ("lora_down", "lora_A", "lora.down", "lora_up"))
+    ]
+    if not lora_keys:
+        return None
+    if any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in keys):
+        return "sdxl"
+    if any(k.startswith("lora_unet_input_blocks_") for k in keys):
+        return "sdxl"  # kohya's SDXL UNet naming
+    for key in lora_keys:
+        down = "lora_down" in key or "lora_A" in key or "lora.down" in key
+        cross = "attn2_to_k" in key or "attn2.to_k" in key
+        shape = header[key].get("shape") if isinstance(header[key], dict) else None
+        if down and cross and isinstance(shape, list) and len(shape) == 2:
+            width = shape[1]
+            return {2048: "sdxl", 1024: "sd2"}.get(width, "sd1")
+    return "sd1"
+
+
+def _read(path: Path) -> LoraInfo:
+    name = path.stem
+    size = path.stat().st_size
+    try:
+        family = lora_family(read_safetensors_header(path))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return LoraInfo(LORA_PREFIX + name, name, path, None, size, str(exc))
+    if family is None:
+        return LoraInfo(LORA_PREFIX + name, name, path, None, size, "no LoRA tensors in it")
+    return LoraInfo(LORA_PREFIX + name, name, path, family, size)
+
+
+class LoraRegistry:
+    """The LoRAs of `<models>/loras/`, rescanned when the directory changes."""
+
+    def __init__(self, models_dir: Path | str) -> None:
+        self.directory = Path(models_dir) / LORAS_DIR
+        self._lock = threading.Lock()
+        self._signature: tuple[Any, ...] | None = None
+        self._loras: dict[str, LoraInfo] = {}
+        self._hashes: dict[tuple[Path, int, int], str] = {}
+
+    def _current_signature(self) -> tuple[Any, ...]:
+        try:
+            entries = sorted(self.directory.glob("*.safetensors"))
+        except OSError:
+            return ()
+        stamps = []
+        for entry in entries:
+            try:
+                info = entry.stat()
+            except OSError:
+                continue
+            stamps.append((entry.name, info.st_mtime_ns, info.st_size))
+        return tuple(stamps)
+
+    def scan(self) -> list[LoraInfo]:
+        with self._lock:
+            signature = self._current_signature()
+            if signature != self._signature:
+                found: dict[str, LoraInfo] = {}
+                for name, _, _ in signature:
+                    path = self.directory / name
+                    try:
+                        normalise_lora_id(path.stem)
+                    except InvalidParameters:
+                        continue  # a name that cannot be a LoRA id
+                    try:
+                        found[LORA_PREFIX + path.stem] = _read(path)
+                    except OSError:
+                        continue  # removed while scanning
+                self._loras, self._signature = found, signature
+            return list(self._loras.values())
+
+    def get(self, lora_id: str) -> LoraInfo:
+        """A usable LoRA by id (`lora/` optional); `lora_not_found` otherwise."""
+        wanted = normalise_lora_id(lora_id)
+        loras = {lora.id: lora for lora in self.scan() if lora.ok}
+        if wanted not in loras:
+            known = ", ".join(sorted(loras)) or "none"
+            raise LoraNotFound(
+                f"LoRA {wanted} is not installed in {self.directory} (installed: {known})",
+                field="loras",
+            )
+        return loras[wanted]
+
+    def sha256(self, lora: LoraInfo) -> str:
+        """The file's SHA-256 (cached by path, time and size)."""
+        info = lora.path.stat()
+        key = (lora.path, info.st_mtime_ns, info.st_size)
+        with self._lock:
+            known = self._hashes.get(key)
+        if known is not None:
+            return known
+        digest = hashlib.sha256()
+        with lora.path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        with self._lock:
+            self._hashes[key] = digest.hexdigest()
+        return digest.hexdigest()
