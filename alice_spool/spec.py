@@ -308,6 +308,8 @@ def parse_loras(
     path's file name is the LoRA's name) and the prompt's tags. A LoRA named twice is
     an error, as are more than `max_loras`."""
     found: list[tuple[str, float, str]] = []  # (id, scale, the field it came from)
+    if given is not None and paths is not None:
+        raise InvalidParameters("give either loras or lora_paths, not both", field="lora_paths")
     if given is not None:
         if not isinstance(given, list):
             raise InvalidParameters(
@@ -334,14 +336,14 @@ def parse_loras(
                     "loras",
                 )
             )
+    if scales is not None and not isinstance(scales, list):
+        raise InvalidParameters(
+            "lora_scales must be a list of numbers, one per lora_paths entry", field="lora_scales"
+        )
     if paths is not None:
+        # As ALICE takes them: scales padded with 1; one without a path applies to nothing.
         if not isinstance(paths, list):
             raise InvalidParameters("lora_paths must be a list of file names", field="lora_paths")
-        if scales is not None and (not isinstance(scales, list) or len(scales) > len(paths)):
-            raise InvalidParameters(
-                "lora_scales must be a list of numbers, one per lora_paths entry",
-                field="lora_scales",
-            )
         for index, path in enumerate(paths):
             text = _string("lora_paths", path, max_chars=1024, required=True)
             stem = re.split(r"[/\\]", text)[-1].removesuffix(".safetensors")
@@ -353,8 +355,6 @@ def parse_loras(
                     "lora_paths",
                 )
             )
-    elif scales is not None:
-        raise InvalidParameters("lora_scales needs lora_paths", field="lora_scales")
 
     def tag(match: re.Match[str]) -> str:
         scale_text = (match.group(2) or "").strip()

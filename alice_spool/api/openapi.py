@@ -41,7 +41,19 @@ def _sizes() -> str:
 
 
 # `sd/<name>` or `<name>`: one safe path component (spec.normalise_model_id).
-_MODEL_ID = r"^(sd/)?[^/\\\x00-\x1f.\s][^/\\\x00-\x1f]{0,199}$"
+_NAME = rf"[^/\\\x00-\x1f.{_BLANK}][^/\\\x00-\x1f]{{0,199}}$"
+_MODEL_ID = r"^(sd/)?" + _NAME
+_LORA_ID = r"^(lora/)?" + _NAME
+
+
+_LORA_SCALE = {
+    "type": "number",
+    "minimum": spec.LORA_SCALE_MIN,
+    "maximum": spec.LORA_SCALE_MAX,
+    "default": 1,
+}
+# A path whose last component (less .safetensors) is a LoRA name.
+_LORA_PATH = rf"^(.*[/\\])?{_NAME.removesuffix('$')}$"
 
 
 def _optional(schema: dict[str, Any]) -> dict[str, Any]:
@@ -111,6 +123,38 @@ def spec_schema(generation: Any) -> dict[str, Any]:
             "maximum": spec.PRIORITY_MAX,
             "default": 0,
         },
+        "loras": {
+            "type": "array",
+            "maxItems": generation.max_loras,
+            "items": {
+                "anyOf": [
+                    {"type": "string", "pattern": _LORA_ID},
+                    {
+                        "type": "object",
+                        "required": ["name"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string", "pattern": _LORA_ID},
+                            "scale": _optional(_LORA_SCALE),
+                        },
+                    },
+                ]
+            },
+            "description": "LoRAs from <models>/loras/ (GET /v1/loras), each named once; "
+            "prompt tags <lora:name:scale> count too",
+        },
+        "lora_paths": {
+            "type": "array",
+            "maxItems": generation.max_loras,
+            "items": {"type": "string", "maxLength": 1024, "pattern": _LORA_PATH},
+            "description": "ALICE's: LoRA file names (the name is the file's)",
+        },
+        "lora_scales": {
+            "type": "array",
+            "items": _optional(_LORA_SCALE),
+            "description": "ALICE's: the scale of each lora_paths entry (1 when missing; "
+            "one without an entry applies to nothing)",
+        },
         "id": {
             "type": "string",
             "maxLength": spec.IDEMPOTENCY_KEY_MAX_CHARS,
@@ -123,7 +167,16 @@ def spec_schema(generation: Any) -> dict[str, Any]:
         "required": ["prompt"],
         "additionalProperties": False,  # an unknown field is refused (a typo protection)
         # `size` is instead of `width` and `height`, never with them
-        "not": {"anyOf": [{"required": ["size", "width"]}, {"required": ["size", "height"]}]},
+        "not": {
+            "anyOf": [
+                {"required": ["size", "width"]},
+                {"required": ["size", "height"]},
+                {  # one spelling of LoRAs or the other
+                    "required": ["loras", "lora_paths"],
+                    "properties": {"loras": {"type": "array"}, "lora_paths": {"type": "array"}},
+                },
+            ]
+        },
         "properties": {
             "prompt": {
                 "type": "string",

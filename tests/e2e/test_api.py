@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import openai
 import pytest
 import sqlalchemy
@@ -299,6 +300,15 @@ class Bare:
     url: str
     store: Store
     outbox: Path
+    models: Path
+
+
+def write_lora_file(path: Path, tensors: dict[str, tuple[int, ...]]) -> None:
+    """A LoRA's header as the registry reads it (zero weights)."""
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: np.zeros(shape, dtype=np.float16) for key, shape in tensors.items()}, path)
 
 
 @pytest.fixture
@@ -334,7 +344,12 @@ def make_bare(tmp_path: Path) -> Iterator[Callable[..., Bare]]:
         wait_until(lambda: server.started, timeout=10)
         servers.append((server, thread))
         port = server.config.port
-        return Bare(f"http://127.0.0.1:{port}", store, Path(settings.paths.outbox))
+        return Bare(
+            f"http://127.0.0.1:{port}",
+            store,
+            Path(settings.paths.outbox),
+            Path(settings.paths.models),
+        )
 
     yield make
     for server, thread in servers:
@@ -959,6 +974,61 @@ def test_images_are_only_regular_files_not_links(make_bare: Callable[..., Bare])
         response = httpx.get(f"{bare.url}/images/{job_id}-{index}.png")
         assert response.status_code == 404, index
         assert response.json()["error"]["code"] == "not_found"
+
+
+def test_loras_at_every_door_are_checked_before_anything_is_queued(
+    make_bare: Callable[..., Bare],
+) -> None:
+    bare = make_bare()
+    loras = bare.models / "loras"
+    to_k = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight"
+    for name, width in (("grain", 768), ("xl", 2048)):
+        write_lora_file(loras / f"{name}.safetensors", {to_k: (4, width)})
+    post = lambda path, **kw: httpx.post(bare.url + path, timeout=30, **kw)  # noqa: E731
+
+    listed = httpx.get(bare.url + "/v1/loras").json()["data"]
+    assert [(x["id"], x["family"], x["status"]) for x in listed] == [
+        ("lora/grain", "sd1", "ok"),
+        ("lora/xl", "sdxl", "ok"),
+    ]
+    assert "path" not in listed[0]  # the server's file layout stays its own
+
+    job = post("/v1/jobs", json={"prompt": "a fox <lora:grain:0.5>", "loras": ["lora/xl"]})
+    assert job.status_code == 400 and job.json()["error"]["param"] == "loras"
+    assert "lora/xl is a SDXL LoRA" in job.json()["error"]["message"]
+    missing = post("/v1/jobs", json={"prompt": "a fox", "loras": [{"name": "nope"}]})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "lora_not_found"
+    batch = post(
+        "/v1/batches",
+        json={"requests": [{"prompt": "one", "loras": ["grain"]}, {"prompt": "two <lora:nope>"}]},
+    )
+    assert batch.status_code == 404  # all or nothing
+    chat = post(
+        "/v1/chat/completions",
+        json={
+            "messages": [{"role": "user", "content": "x"}],
+            "sam_config": {"lora_paths": ["/srv/loras/nope.safetensors"]},
+        },
+    )
+    assert chat.status_code == 404 and chat.json()["error"]["code"] == "lora_not_found"
+    images = post("/v1/images/generations", json={"prompt": "x", "loras": [{"name": "xl"}]})
+    assert images.status_code == 400
+    assert not any(bare.store.counts().values())  # none of them queued anything
+
+    made = post("/v1/jobs", json={"prompt": "a fox <lora:grain:0.5>", "seed": 3})
+    assert made.status_code == 202, made.text
+    spec = made.json()["spec"]
+    assert spec["prompt"] == "a fox" and spec["loras"] == [{"name": "lora/grain", "scale": 0.5}]
+    alice = post(
+        "/v1/jobs",
+        json={
+            "prompt": "a fox",
+            "seed": 3,
+            "lora_paths": ["grain.safetensors"],
+            "lora_scales": [0.5],
+        },
+    )
+    assert alice.json()["spec"] == spec
 
 
 def test_priority_default_model_and_stats(make_bare: Callable[..., Bare]) -> None:

@@ -98,6 +98,8 @@ def test_loras_from_the_field_alices_fields_and_prompt_tags() -> None:
     )
     alice = parse(lora_paths=["C:\\loras\\e.safetensors", "/x/f"], lora_scales=[0.25])
     assert alice.loras == (("lora/e", 0.25), ("lora/f", 1.0))
+    assert parse(lora_paths=["e"], lora_scales=[0.5, 2]).loras == (("lora/e", 0.5),)
+    assert parse(lora_scales=[0.5]).loras == ()  # scales without paths apply to nothing
     assert JobSpec.from_dict(spec.to_dict()) == spec  # stored and read back
     assert spec.to_dict()["loras"][0] == {"name": "lora/Film Grain", "scale": 0.6}
 
@@ -123,9 +125,10 @@ def test_the_lora_set_is_part_of_the_batch_key_and_the_fingerprint() -> None:
         ({"loras": ["a", "lora/a"]}, "loras", "lora/a is given more than once"),
         ({"prompt": "x <lora:a:big>"}, "prompt", "is not a number"),
         ({"prompt": "<lora:a:1>"}, "prompt", "nothing but LoRA tags"),
-        ({"lora_scales": [1]}, "lora_scales", "needs lora_paths"),
         ({"lora_paths": "a"}, "lora_paths", "must be a list"),
-        ({"lora_paths": ["a"], "lora_scales": [1, 2]}, "lora_scales", "one per lora_paths"),
+        ({"lora_paths": ["a"], "loras": ["b"]}, "lora_paths", "either loras or lora_paths"),
+        ({"lora_paths": ["a"], "lora_scales": 1}, "lora_scales", "one per lora_paths"),
+        ({"lora_paths": ["a"], "lora_scales": ["x"]}, "lora_scales", "must be a number"),
         ({"loras": ["a", "b", "c", "d", "e"]}, "loras", "5 LoRAs; the limit is 4"),
     ],
 )
