@@ -139,6 +139,14 @@ def job_details(job: JobRecord) -> str:
         ("seed", str(spec.seed)),
         ("images", str(spec.n)),
     ]
+    if spec.loras:
+        hashes = {
+            str(lora.get("name")): str(lora.get("sha256", ""))[:12]
+            for lora in (job.result or {}).get("loras", [])
+        }
+        for name, scale in spec.loras:
+            used = f" (sha256 {hashes[name]})" if hashes.get(name) else ""
+            lines.append(("lora", f"{name} at {scale:g}{used}"))
     if job.lease_owner:
         lines.append(("lease", f"{job.lease_owner} until {_iso(job.lease_expires_at)}"))
     if job.error_code:

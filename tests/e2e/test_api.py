@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -255,6 +256,48 @@ def test_job_events_show_progress_then_the_result(live: Live) -> None:
     steps = [data["step"] for name, data in events if name == "progress" and data["step"]]
     assert steps == sorted(steps) and len(steps) >= 1
     assert events[-1][1]["image_urls"]
+
+
+def test_a_lora_job_and_a_plain_one_run_and_record_their_loras(live: Live) -> None:
+    """Through serve's real runner: a LoRA job queued with a plain one gets the pixels
+    it has alone (scale 0: the plain image), and its records say which LoRA made it."""
+    from alice_spool.engine.tiny import create_tiny_lora
+
+    lora = create_tiny_lora(live.root / "var" / "models", "e2e-lora")
+    request = {"prompt": "a harbour", "steps": 3, "seed": 11, "scheduler": "euler"}
+    jobs = {
+        name: live.post("/v1/jobs", json={**request, **extra}).json()["id"]
+        for name, extra in {
+            "plain": {},
+            "zero": {"loras": [{"name": "e2e-lora", "scale": 0}]},
+            "tagged": {"prompt": "a harbour <lora:e2e-lora:1>"},
+        }.items()
+    }
+
+    def finished() -> bool:
+        states = [
+            live.get(f"/v1/jobs/{i}", headers={"X-Api-Key": SAM_KEY}).json()["status"]
+            for i in jobs.values()
+        ]
+        assert "failed" not in states, states
+        return all(state == "succeeded" for state in states)
+
+    wait_until(finished, timeout=120)
+    outbox = live.root / "var" / "outbox"
+    image = {n: Image.open(outbox / i / f"{i}-0.png") for n, i in jobs.items()}
+    plain, zero, tagged = (np.asarray(image[n], np.int16) for n in ("plain", "zero", "tagged"))
+    assert np.array_equal(plain, zero)
+    assert (np.abs(tagged - plain) > 2).mean() >= 0.01
+    result = json.loads((outbox / jobs["tagged"] / "result.json").read_text())
+    sha = hashlib.sha256(lora.read_bytes()).hexdigest()
+    assert result["loras"] == [{"name": "lora/e2e-lora", "scale": 1.0, "sha256": sha}]
+    assert result["mode"] == "txt2img" and result["spec"]["prompt"] == "a harbour"
+    text = image["tagged"].text["parameters"]
+    assert text.startswith("a harbour <lora:e2e-lora:1>\n")
+    assert f'Lora hashes: "e2e-lora: {sha[:12]}"' in text
+    record = live.get(f"/v1/jobs/{jobs['tagged']}", headers={"X-Api-Key": SAM_KEY}).json()
+    assert record["result"]["loras"] == result["loras"]
+    assert json.loads((outbox / jobs["plain"] / "result.json").read_text())["loras"] == []
 
 
 def test_metrics_in_both_dialects(live: Live) -> None:

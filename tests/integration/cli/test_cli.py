@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -39,6 +40,29 @@ def test_submit_prints_the_job_id_and_show_finds_it(run, store: Store) -> None:
     assert shown["source"] == "cli" and shown["spec"]["prompt"] == "a lighthouse at dusk"
     text = ok(run("show", job_id))
     assert "a lighthouse at dusk" in text and "queued" in text
+
+
+def test_submit_with_loras_and_show_lists_them(run, store: Store, data_dir: Path) -> None:
+    from safetensors.numpy import save_file
+
+    (data_dir / "models" / "loras").mkdir()
+    to_k = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight"
+    for name in ("grain", "glow"):
+        save_file(
+            {to_k: np.zeros((4, 768), np.float16)},
+            data_dir / "models" / "loras" / f"{name}.safetensors",
+        )
+    job_id = ok(run("submit", "a fox <lora:glow>", "--lora", "grain:0.5")).strip()
+    job = store.get(job_id)
+    assert job.spec.prompt == "a fox"
+    assert job.spec.loras == (("lora/glow", 1.0), ("lora/grain", 0.5))
+    text = ok(run("show", job_id))
+    assert "lora/glow at 1" in text and "lora/grain at 0.5" in text
+    fails(run("submit", "x", "--lora", "nope"), 3, "lora/nope is not installed", "[lora_not_found]")
+    fails(run("submit", "x", "--lora", "grain:9"), 3, "between -4 and 4", "[invalid_parameters]")
+    assert sum(store.counts().values()) == 1  # the refused ones queued nothing
+    listed = json.loads(ok(run("models", "ls", "--json")))["loras"]
+    assert [(x["id"], x["family"]) for x in listed] == [("lora/glow", "sd1"), ("lora/grain", "sd1")]
 
 
 def test_submit_with_every_option(run, store: Store) -> None:
