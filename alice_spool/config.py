@@ -43,6 +43,7 @@ class ServerSettings:
     port: int = 8080
     public_url: str = ""
     max_body_bytes: int = 1_048_576
+    max_image_body_bytes: int = 33_554_432  # routes whose requests may carry images
     request_timeout_s: float = 600.0
     body_timeout_s: float = 30.0
     header_timeout_s: float = 10.0
@@ -64,6 +65,11 @@ class ServerSettings:
             f"must be empty or an http(s):// URL, got {self.public_url!r}",
         )
         _check(self.max_body_bytes >= 1024, "server.max_body_bytes", "must be at least 1024")
+        _check(
+            self.max_image_body_bytes >= self.max_body_bytes,
+            "server.max_image_body_bytes",
+            "must be at least server.max_body_bytes",
+        )
         _check(self.request_timeout_s > 0, "server.request_timeout_s", "must be positive")
         _check(self.body_timeout_s > 0, "server.body_timeout_s", "must be positive")
         _check(self.header_timeout_s > 0, "server.header_timeout_s", "must be positive")
@@ -140,6 +146,7 @@ class GenerationSettings(spec.BuiltinDefaults):
     spec.py's, the one place they are defined), and the queue's size."""
 
     max_queue: int = 10_000
+    max_input_pixels: int = 4_194_304  # an input image's width x height, at most
 
     def __post_init__(self) -> None:
         try:
@@ -178,6 +185,7 @@ class GenerationSettings(spec.BuiltinDefaults):
             f"must be 1..{spec.N_MAX}, got {self.max_n}",
         )
         _check(self.max_queue >= 1, "generation.max_queue", "must be at least 1")
+        _check(self.max_input_pixels >= 4096, "generation.max_input_pixels", "must be >= 4096")
         _check(
             0 <= self.max_loras <= spec.LORAS_LIMIT,
             "generation.max_loras",

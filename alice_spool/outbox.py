@@ -73,6 +73,8 @@ def infotext(
         ("Size", f"{width}x{height}"),
         ("Model", (spec.model or "").removeprefix("sd/")),
     ]
+    if spec.strength is not None:
+        settings.append(("Denoising strength", f"{spec.strength:g}"))
     if loras:
         hashes = ", ".join(
             f"{str(lora['name']).removeprefix('lora/')}: {str(lora.get('sha256', ''))[:12]}"

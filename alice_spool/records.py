@@ -124,6 +124,7 @@ class NewJob:
     spec: JobSpec
     idempotency_key: str | None = None
     client: str | None = None
+    job_id: str | None = None  # given when its inputs were stored under it first
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import random
 import re
 import secrets
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
@@ -31,6 +31,8 @@ SCHEDULERS: tuple[str, ...] = (
 )
 
 PROMPT_MAX_CHARS = 4000
+DEFAULT_STRENGTH = 0.75
+_IMAGE_REFERENCE = re.compile(r"sha256:[0-9a-f]{64}")
 SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE = 64, 2048, 8
 STEPS_MAX = 150
 GUIDANCE_MAX = 30.0
@@ -124,6 +126,16 @@ class JobSpec:
     priority: int = 0
     # LoRA adapters as (lora/<name>, scale), sorted by name: the set, not an order.
     loras: tuple[tuple[str, float], ...] = ()
+    # Image inputs, as `sha256:<hex>` of the files stored with the job (inputs.py).
+    init_image: str | None = None
+    mask_image: str | None = None  # white = repaint, black = keep
+    strength: float | None = None  # img2img/inpainting: how much to change (0 < s <= 1)
+
+    @property
+    def mode(self) -> str:
+        if self.init_image is None:
+            return "txt2img"
+        return "inpaint" if self.mask_image is not None else "img2img"
 
     def to_dict(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in _SPEC_FIELDS}
@@ -136,7 +148,7 @@ class JobSpec:
         values = {k: v for k, v in data.items() if k in _SPEC_FIELD_SET}
         values["loras"] = tuple(
             (entry["name"], float(entry["scale"])) for entry in values.get("loras") or ()
-        )
+        )  # the others added later are None, or absent from older records
         return cls(**values)
 
     @property
@@ -147,9 +159,9 @@ class JobSpec:
         """A stable hash of the request, used to tell a repeated request from a different
         one. The fields are strings, numbers and None, whose `repr` is stable, in a fixed
         order."""
-        values = tuple(getattr(self, name) for name in _SPEC_FIELDS if name != "loras")
-        if self.loras:  # only then: a plain request hashes as it did before LoRAs
-            values += (self.loras,)
+        values = tuple(getattr(self, name) for name in _SPEC_FIELDS if name not in _LATER)
+        # The fields added later count only when set: a plain request hashes as before.
+        values += tuple((name, getattr(self, name)) for name in _LATER if getattr(self, name))
         return hashlib.sha256(repr(values).encode()).hexdigest()
 
     def with_seed(self) -> JobSpec:
@@ -169,9 +181,13 @@ class JobSpec:
             self.scheduler,
             self.guidance_scale,
         )
-        # Only a spec with LoRAs adds them, so that the digests of plain jobs queued
-        # before LoRAs existed still match new plain jobs.
-        return (*key, ("loras", self.loras)) if self.loras else key
+        # Only a spec with LoRAs or an input image adds them, so that the digests of
+        # plain jobs queued before these existed still match new plain jobs.
+        if self.loras:
+            key = (*key, ("loras", self.loras))
+        if self.init_image is not None:
+            key = (*key, (self.mode, self.strength))
+        return key
 
     def batch_digest(self) -> str:
         """`batch_key` as a short stable string: the store's column for finding jobs that
@@ -186,6 +202,7 @@ class JobSpec:
 
 
 _SPEC_FIELDS = tuple(f.name for f in fields(JobSpec))
+_LATER = ("loras", "init_image", "mask_image", "strength")  # not in the first fingerprints
 SPEC_FIELDS = _SPEC_FIELDS  # the request fields a JobSpec has
 _SPEC_FIELD_SET = frozenset(_SPEC_FIELDS)
 
@@ -519,6 +536,7 @@ def parse_spec(
     n = _integer(e[0], e[1], 1, defaults.max_n) if (e := given("n")) else 1
     priority = parse_priority(e[1], e[0]) if (e := given("priority")) else 0
 
+    init_image, mask_image, strength = _image_fields(given)
     return JobSpec(
         prompt=prompt,
         negative_prompt=negative,
@@ -532,7 +550,41 @@ def parse_spec(
         n=n,
         priority=priority,
         loras=loras,
+        init_image=init_image,
+        mask_image=mask_image,
+        strength=strength,
     )
+
+
+def _image_fields(
+    given: Callable[[str], tuple[str, Any] | None],
+) -> tuple[str | None, str | None, float | None]:
+    """init_image and mask_image, as the door's image intake (inputs.take) left them:
+    `sha256:<hex>` of an image it decoded and stored; and strength, with an image."""
+    references: list[str | None] = []
+    for role in ("init_image", "mask_image"):
+        entry = given(role)
+        if entry is None:
+            references.append(None)
+            continue
+        if not (isinstance(entry[1], str) and _IMAGE_REFERENCE.fullmatch(entry[1])):
+            raise InvalidParameters(f"{role} is not taken here (no image inputs)", field=role)
+        references.append(entry[1])
+    init_image, mask_image = references
+    if mask_image is not None and init_image is None:
+        raise InvalidParameters("mask_image needs an init_image", field="mask_image")
+    strength = None
+    if (entry := given("strength")) is not None:
+        strength = _number(entry[0], entry[1], 0.0, 1.0)
+        if strength <= 0:
+            raise InvalidParameters(
+                f"{entry[0]} must be more than 0 and at most 1, got {strength:g}", field=entry[0]
+            )
+    if init_image is None:
+        strength = None  # without an image there is nothing to keep
+    elif strength is None:
+        strength = DEFAULT_STRENGTH
+    return init_image, mask_image, strength
 
 
 def parse_request(data: Any, defaults: GenerationDefaults = BUILTIN_DEFAULTS) -> Request:

@@ -9,7 +9,7 @@ import re
 import stat
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +17,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import __version__, errors
+from .. import __version__, errors, inputs
 from ..config import Settings
-from ..models import JobStatus
+from ..models import JobStatus, Source
 from ..outbox import image_name
-from ..records import JobRecord
+from ..records import BatchEnqueued, Enqueued, JobRecord, NewJob
 from ..registry import ModelRegistry
 from ..spec import JobSpec
-from ..store import Store
+from ..store import Store, new_id
 from .http import Keys, RateLimiter, StreamSlots, read_json, spool_error_response
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,74 @@ class Api:
     database_trouble: DatabaseTrouble = field(default_factory=lambda: DatabaseTrouble())
     streams: StreamSlots = field(default_factory=lambda: StreamSlots(8))
 
-    async def read_body(self, request: Request) -> Any:
-        """The request's JSON body, within this server's size and time limits."""
+    async def read_body(self, request: Request, *, images: bool = False) -> Any:
+        """The request's JSON body, within this server's size and time limits (the
+        larger `server.max_image_body_bytes` for a route whose requests carry images)."""
         server = self.settings.server
-        return await read_json(request, server.max_body_bytes, server.body_timeout_s)
+        limit = server.max_image_body_bytes if images else server.max_body_bytes
+        return await read_json(request, limit, server.body_timeout_s)
+
+    def take_images(self, body: Any) -> tuple[Any, inputs.Staged]:
+        """A request object with its images decoded, checked and replaced by their
+        hashes, and the images to store with its job (CPU work: in a worker thread)."""
+        if not isinstance(body, dict):
+            return body, inputs.Staged()
+        return inputs.take(body, self.settings.generation.max_input_pixels)
+
+    def enqueue(
+        self,
+        spec: JobSpec,
+        staged: inputs.Staged,
+        *,
+        source: Source,
+        client: str | None,
+        idempotency_key: str | None = None,
+    ) -> Enqueued:
+        """Check the spec's model and LoRAs, store its inputs under a new job id, and
+        queue it; the inputs go again if it is refused or is a repeat of an earlier
+        job (which has its own). In a worker thread."""
+        spec = self.with_model(spec)
+        data_dir = Path(self.settings.paths.data_dir)
+        job_id = new_id() if staged else None
+        if job_id is not None:
+            inputs.store(data_dir, job_id, staged)
+        try:
+            done = self.store.enqueue(
+                spec,
+                source=source,
+                client=client,
+                idempotency_key=idempotency_key,
+                job_id=job_id,
+            )
+        except BaseException:
+            if job_id is not None:
+                inputs.remove(data_dir, job_id)
+            raise
+        if job_id is not None and done.job.id != job_id:
+            inputs.remove(data_dir, job_id)
+        return done
+
+    def enqueue_batch(
+        self, items: list[tuple[NewJob, inputs.Staged]], source: Source
+    ) -> BatchEnqueued:
+        """`enqueue` for a batch, all or nothing (specs already checked)."""
+        data_dir = Path(self.settings.paths.data_dir)
+        jobs, stored = [], []
+        try:
+            for job, staged in items:
+                if staged:
+                    job = replace(job, job_id=new_id())
+                    inputs.store(data_dir, str(job.job_id), staged)
+                    stored.append(str(job.job_id))
+                jobs.append(job)
+            batch = self.store.enqueue_batch(jobs, source=source)
+        except BaseException:
+            for job_id in stored:
+                inputs.remove(data_dir, job_id)
+            raise
+        for job_id in set(stored) - set(batch.job_ids):  # a repeat: the earlier jobs' own
+            inputs.remove(data_dir, job_id)
+        return batch
 
     def base_url(self, request: Request) -> str:
         """Where image URLs point: `server.public_url`, else where this request came

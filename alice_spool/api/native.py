@@ -26,15 +26,16 @@ MAX_PAGE = 500
 async def create_job(request: Request, api: Api, client: str | None) -> Response:
     """Queue one job: 202 with the job and its `Location`; the same `Idempotency-Key`
     (or body `id`) with the same request answers the first job again (200)."""
-    body = require_object(await api.read_body(request))
+    body = require_object(await api.read_body(request, images=True))
+    body, staged = await run_in_threadpool(api.take_images, body)
     parsed = parse_request(body, api.settings.generation)
     key = parsed.idempotency_key
     header = request.headers.get("idempotency-key")
     if header is not None:
         key = parse_idempotency_key(header, "Idempotency-Key")
-    done = await run_in_threadpool(  # one trip to a worker thread: check, then commit
-        lambda: api.store.enqueue(
-            api.with_model(parsed.spec), source=Source.API, client=client, idempotency_key=key
+    done = await run_in_threadpool(  # one trip to a worker thread: check, store, commit
+        lambda: api.enqueue(
+            parsed.spec, staged, source=Source.API, client=client, idempotency_key=key
         )
     )
     view = {**api.job_view(request, done.job), "created": done.created}
@@ -183,20 +184,21 @@ async def _progress_events(
 @route()
 async def create_batch(request: Request, api: Api, client: str | None) -> Response:
     """Queue several jobs as one batch, all or nothing: `{"requests": [...]}`."""
-    body = require_object(await api.read_body(request))
+    body = require_object(await api.read_body(request, images=True))
     requests = body.get("requests")
     if not isinstance(requests, list) or not requests:
         raise errors.InvalidParameters("requests must be a non-empty list", field="requests")
     items = []
     for index, item in enumerate(requests):
         try:
+            item, staged = await run_in_threadpool(api.take_images, item)
             parsed = parse_request(item, api.settings.generation)
             spec = await api.resolve_model(parsed.spec)
         except errors.SpoolError as exc:
             details = {**exc.details, "index": index}
             raise type(exc)(f"requests[{index}]: {exc.message}", **details) from None
-        items.append(NewJob(spec, parsed.idempotency_key, client))
-    batch = await run_in_threadpool(lambda: api.store.enqueue_batch(items, source=Source.API))
+        items.append((NewJob(spec, parsed.idempotency_key, client), staged))
+    batch = await run_in_threadpool(api.enqueue_batch, items, Source.API)
     view = {
         "object": "batch",
         "id": batch.batch_id,

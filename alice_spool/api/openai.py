@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import errors
+from .. import errors, inputs
 from ..models import JobStatus, Source
 from ..records import JobRecord
 from ..spec import SPEC_FIELDS, JobSpec, parse_spec
@@ -32,7 +32,7 @@ _IGNORED_IMAGE_FIELDS = (
 
 
 # What else the chat's parameter objects may hold: OpenAI's size, ALICE's names.
-_CONFIG_EXTRAS = ("size", "num_images", "lora_paths", "lora_scales")
+_CONFIG_EXTRAS = ("size", "num_images", "lora_paths", "lora_scales", "input_images")
 
 
 def _last_user_text(messages: Any) -> str:
@@ -68,7 +68,7 @@ def _last_user_text(messages: Any) -> str:
     raise errors.InvalidParameters("no user message with text in messages", field="messages")
 
 
-def chat_spec(body: dict[str, Any], api: Api) -> tuple[JobSpec, bool]:
+def chat_spec(body: dict[str, Any], api: Api) -> tuple[JobSpec, inputs.Staged, bool]:
     """(spec, stream) from a chat request: the prompt is the last user message, the
     parameters come from `sam_config`, `samConfig` or `metadata` (the spec's fields
     there are read and checked; other keys, which other clients put in `metadata`, are
@@ -88,7 +88,8 @@ def chat_spec(body: dict[str, Any], api: Api) -> tuple[JobSpec, bool]:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise errors.InvalidParameters("stream must be true or false", field="stream")
-    return parse_spec(fields, api.settings.generation), stream
+    fields, staged = api.take_images(fields)  # ALICE's input_images, and init_image
+    return parse_spec(fields, api.settings.generation), staged, stream
 
 
 def _metadata(job: JobRecord) -> dict[str, Any]:
@@ -103,6 +104,8 @@ def _metadata(job: JobRecord) -> dict[str, Any]:
         "scheduler": spec.get("scheduler"),
         "width": spec.get("width"),
         "height": spec.get("height"),
+        "mode": job.spec.mode,
+        "input_image_count": int(job.spec.init_image is not None),
         "job_id": job.id,
     }
 
@@ -152,9 +155,15 @@ def _completion(api: Api, request: Request, job: JobRecord, prompt: str) -> dict
     }
 
 
-async def _enqueue(api: Api, spec: JobSpec, source: Source, client: str | None) -> JobRecord:
+async def _enqueue(
+    api: Api,
+    spec: JobSpec,
+    source: Source,
+    client: str | None,
+    staged: inputs.Staged | None = None,
+) -> JobRecord:
     done = await run_in_threadpool(
-        lambda: api.store.enqueue(api.with_model(spec), source=source, client=client)
+        lambda: api.enqueue(spec, staged or inputs.Staged(), source=source, client=client)
     )
     return done.job
 
@@ -162,13 +171,13 @@ async def _enqueue(api: Api, spec: JobSpec, source: Source, client: str | None) 
 @route()
 async def chat_completions(request: Request, api: Api, client: str | None) -> Response:
     """ALICE's and SAM's door: generate, wait, answer a chat completion with image URLs."""
-    body = require_object(await api.read_body(request))
-    spec, stream = chat_spec(body, api)
+    body = require_object(await api.read_body(request, images=True))
+    spec, staged, stream = await run_in_threadpool(chat_spec, body, api)
     holder = client or api.client_address(request)
     if stream:  # a slot before the job is queued: a refused stream queues nothing
         api.streams.take(holder)
     try:
-        job = await _enqueue(api, spec, Source.OPENAI, client)
+        job = await _enqueue(api, spec, Source.OPENAI, client, staged)
     except BaseException:
         if stream:
             api.streams.give_back(holder)

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ class Loaded:
     memory_mode: str
     scheduler_config: Any = field(repr=False)
     adapters: Any = field(default=None, repr=False)  # its LoRAs (adapters.Adapters)
+    derived: dict[str, Any] = field(default_factory=dict, repr=False)  # img2img, inpaint
 
 
 def _options(cls: type[DiffusionPipeline], placement: Placement) -> dict[str, Any]:
@@ -202,11 +203,14 @@ def generate(
     should_stop: StopCheck | None = None,
     pad_to: int | None = None,
     oom_above: int | None = None,
+    images: Sequence[Mapping[str, Image.Image]] | None = None,
 ) -> BatchOutput:
     """Run compatible jobs (equal `batch_key`s) as ONE pipeline call, one generator per
     image, so each image is the one its seed makes, alone or in company. `pad_to`: run
     the call at that many images (a compiled pipeline's batch size), dropping the extra.
-    `oom_above` (fault injection, for tests): a call of more images runs out of memory."""
+    `oom_above` (fault injection, for tests): a call of more images runs out of memory.
+    `images`: each job's inputs by role (`init_image`, `mask_image`), for img2img and
+    inpainting jobs (their `mode` is part of the batch key: one mode per call)."""
     # 1. Check inputs, before any work.
     if not specs:
         raise InvalidParameters("a batch needs at least one job")
@@ -224,15 +228,30 @@ def generate(
                 f"{name} {size} is not a multiple of {multiple}, which this model needs", field=name
             )
 
-    # 2. One prompt and one seed per image.
+    mode = first.mode
+    if mode != "txt2img" and (images is None or len(images) != len(specs)):
+        raise InvalidParameters(f"{mode} jobs need their input images", field="init_image")
+
+    # 2. One prompt and one seed per image; for img2img and inpainting, its input and
+    # mask at the output's size.
     prompts: list[str] = []
     negatives: list[str] = []
     seeds: list[int] = []
-    for spec in specs:
+    inits: list[Image.Image] = []
+    masks: list[Image.Image] = []
+    for index, spec in enumerate(specs):
         image_seeds = spec.with_seed().image_seeds()
         seeds.extend(image_seeds)
         prompts.extend([spec.prompt] * len(image_seeds))
         negatives.extend([spec.negative_prompt] * len(image_seeds))
+        if mode != "txt2img":
+            assert images is not None
+            given = images[index]
+            if "init_image" not in given or (mode == "inpaint" and "mask_image" not in given):
+                raise InvalidParameters("a job's input image is missing", field="init_image")
+            inits.extend([_fit(given["init_image"], width, height, "RGB")] * len(image_seeds))
+            if mode == "inpaint":
+                masks.extend([_fit(given["mask_image"], width, height, "L")] * len(image_seeds))
 
     real = len(seeds)
     if pad_to is not None and pad_to > real:  # filler images, made and thrown away
@@ -240,10 +259,19 @@ def generate(
         seeds.extend([0] * extra)
         prompts.extend([""] * extra)
         negatives.extend([""] * extra)
+        inits.extend(inits[:1] * extra)
+        masks.extend(masks[:1] * extra)
 
     # 3. The scheduler, and a CPU generator per image: the same latents on any device.
-    pipeline = loaded.pipeline
+    # img2img and inpainting run a pipeline made from the resident one (`from_pipe`:
+    # the same modules, no second copy of the weights).
+    pipeline = _pipeline_for(loaded, mode)
     pipeline.scheduler = make_scheduler(first.scheduler, loaded.scheduler_config, seeds)
+    extra_arguments: dict[str, Any] = {}
+    if mode != "txt2img":
+        extra_arguments.update(image=inits, strength=first.strength)
+    if mode == "inpaint":
+        extra_arguments.update(mask_image=masks)
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
     # 4. Denoise, reporting each step and stopping at the next one when asked. Progress
@@ -272,6 +300,7 @@ def generate(
                 generator=generators,
                 output_type="np",
                 callback_on_step_end=step_end,
+                **extra_arguments,
             )
     except RuntimeError as exc:  # CUDA's OutOfMemoryError, MPS's plain RuntimeError
         if not _out_of_memory(exc):
@@ -301,8 +330,14 @@ def generate(
             error = GenerationFailed(f"image {bad[0] + 1} of the job {reason}")
             results.append(JobImages([], job_seeds, error))
         else:
-            images = [Image.fromarray(pixels[position + i]) for i in range(count)]
-            results.append(JobImages(images, job_seeds))
+            made = [Image.fromarray(pixels[position + i]) for i in range(count)]
+            if mode == "inpaint":
+                # Outside the mask, exactly the input's pixels (as A1111 does).
+                made = [
+                    Image.composite(image, inits[position + i], masks[position + i])
+                    for i, image in enumerate(made)
+                ]
+            results.append(JobImages(made, job_seeds))
         position += count
     return BatchOutput(
         results,
@@ -313,6 +348,42 @@ def generate(
         device=loaded.placement.label,
         memory_mode=loaded.memory_mode,
     )
+
+
+def _fit(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
+    """An input at the output's size (resized, as A1111 does, when it differs)."""
+    image = image.convert(mode)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return image
+
+
+_DERIVED = {
+    ("StableDiffusionPipeline", "img2img"): "StableDiffusionImg2ImgPipeline",
+    ("StableDiffusionPipeline", "inpaint"): "StableDiffusionInpaintPipeline",
+    ("StableDiffusionXLPipeline", "img2img"): "StableDiffusionXLImg2ImgPipeline",
+    ("StableDiffusionXLPipeline", "inpaint"): "StableDiffusionXLInpaintPipeline",
+}
+
+
+def _pipeline_for(loaded: Loaded, mode: str) -> Any:
+    """The resident pipeline, or one for img2img or inpainting made from it (sharing
+    its modules), kept with it for the next call."""
+    if mode == "txt2img":
+        return loaded.pipeline
+    derived = loaded.derived.get(mode)
+    if derived is None:
+        import diffusers
+
+        name = _DERIVED.get((type(loaded.pipeline).__name__, mode))
+        if name is None:
+            raise InvalidParameters(f"{loaded.model_id} cannot do {mode}", field="init_image")
+        derived = getattr(diffusers, name).from_pipe(loaded.pipeline)
+        derived.set_progress_bar_config(disable=True)
+        loaded.derived[mode] = derived
+    # The resident pipeline's current modules (a compiled UNet swaps in and out).
+    derived.unet, derived.vae = loaded.pipeline.unet, loaded.pipeline.vae
+    return derived
 
 
 def _out_of_memory(exc: RuntimeError) -> bool:

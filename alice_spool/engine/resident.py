@@ -7,7 +7,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -311,15 +311,17 @@ class Engine:
         *,
         on_step: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
+        images: Sequence[Mapping[str, Any]] | None = None,
     ) -> BatchOutput:
-        """Resolve defaults, make sure the model is resident, run the batch."""
+        """Resolve defaults, make sure the model is resident, run the batch (`images`:
+        each job's inputs, for img2img and inpainting)."""
         if not specs:
             raise InvalidParameters("a batch needs at least one job")
         resolved = [self.resolve(spec) for spec in specs]
         loaded = self.ensure(str(resolved[0].model))
         compiled = self._compiled.get(loaded.model_id)
         loras = self._activate_loras(loaded, resolved[0], compiled is not None)
-        output = self._run(loaded, resolved, compiled, on_step, should_stop)
+        output = self._run(loaded, resolved, compiled, on_step, should_stop, images)
         output.loras.extend(loras)
         return output
 
@@ -330,10 +332,16 @@ class Engine:
         compiled: speed.Compiled | None,
         on_step: ProgressCallback | None,
         should_stop: StopCheck | None,
+        inputs: Sequence[Mapping[str, Any]] | None,
     ) -> BatchOutput:
         if compiled is None:
             return generate(
-                loaded, resolved, on_step=on_step, should_stop=should_stop, oom_above=self.oom_above
+                loaded,
+                resolved,
+                on_step=on_step,
+                should_stop=should_stop,
+                oom_above=self.oom_above,
+                images=inputs,
             )
         size = (int(resolved[0].width or 0), int(resolved[0].height or 0))
         images = sum(spec.n for spec in resolved)
@@ -349,6 +357,7 @@ class Engine:
                     on_step=on_step,
                     should_stop=should_stop,
                     oom_above=self.oom_above,
+                    images=inputs,
                 )
             finally:
                 compiled.use(loaded.pipeline, compiled=True)
@@ -360,4 +369,5 @@ class Engine:
             should_stop=should_stop,
             pad_to=pad_to,
             oom_above=self.oom_above,
+            images=inputs,
         )

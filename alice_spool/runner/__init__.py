@@ -30,7 +30,9 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+from .. import inputs
 from ..errors import DatabaseError, GpuOutOfMemory, Interrupted, JobTimeout, SpoolError
 from ..faults import NO_FAULTS, Faults
 from ..outbox import Outbox
@@ -271,10 +273,14 @@ class Runner(Monitoring):
         with self._lock:
             self._running = running
         try:
+            extra: dict[str, Any] = {}
+            if pieces[0].spec.init_image is not None:  # img2img or inpainting: its inputs
+                extra["images"] = [self._inputs(p.job.id) for p in pieces]
             output = self.generator.generate(
                 [p.spec for p in pieces],
                 on_step=self._on_step,
                 should_stop=self._should_stop,
+                **extra,
             )
         except GpuOutOfMemory as exc:
             # Only the message is kept: the error's traceback holds the failed call's
@@ -302,6 +308,12 @@ class Runner(Monitoring):
             for offset, (image, seed) in enumerate(zip(made.images, made.seeds, strict=True)):
                 outcome.images[piece.first + offset] = image
                 outcome.seeds[piece.first + offset] = seed
+
+    def _inputs(self, job_id: str) -> dict[str, Any]:
+        """A job's stored input images (inputs.py), by role."""
+        if self.options.data_dir is None:
+            return {}
+        return inputs.load(self.options.data_dir, job_id)
 
     def _images_per_call(self, spec: JobSpec) -> int:
         """How many images one call may take for this spec's model and size: what the

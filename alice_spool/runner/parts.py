@@ -10,7 +10,7 @@ import queue
 import re
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +54,7 @@ class BatchGenerator(Protocol):
         *,
         on_step: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        images: Sequence[Mapping[str, Any]] | None = None,  # img2img and inpainting inputs
     ) -> Any: ...
 
     def unload(self) -> None: ...
@@ -80,6 +81,7 @@ class RunnerOptions:
     hang_grace_s: float = 60.0  # beyond the job timeout, before a stuck device is given up
     exit_when_idle: bool = False  # drain the queue, then stop (cron, benchmarks)
     parent_pid: int | None = None  # serve's pid: stop when it is gone (serve was killed)
+    data_dir: Path | None = None  # where img2img and inpainting jobs' inputs are stored
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> RunnerOptions:
@@ -91,6 +93,7 @@ class RunnerOptions:
             "job_timeout_s": runner.job_timeout_s,
             "switch_model_after_s": runner.switch_model_after_s,
             "hang_grace_s": max(60.0, runner.lease_s),
+            "data_dir": Path(settings.paths.data_dir),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

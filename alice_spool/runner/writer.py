@@ -123,7 +123,16 @@ class Finishing(RunnerState):
             "status": status,
             # a failed job's directory holds no images: none are listed, whatever was made
             "images": files if status == "succeeded" else [],
-            "mode": "txt2img",
+            "mode": spec.mode,
+            "strength": spec.strength,
+            "inputs": {
+                f"{role}_sha256": reference.removeprefix("sha256:")
+                for role, reference in (
+                    ("init_image", spec.init_image),
+                    ("mask_image", spec.mask_image),
+                )
+                if reference
+            },
             "loras": outcome.loras,
             "device": getattr(outcome, "device", None),
             "memory_mode": getattr(outcome, "memory_mode", None),

@@ -112,6 +112,7 @@ class Enqueueing(StoreBase):
         max_attempts: int | None,
         not_before: datetime | None,
         now: datetime,
+        job_id: str | None = None,
     ) -> dict[str, Any]:
         """The columns a new job sets; the others start out NULL (see `_UNSET`)."""
         # The request as asked, before any random seed, so that a repeat matches it; only
@@ -120,7 +121,7 @@ class Enqueueing(StoreBase):
         stored = spec.with_seed().to_dict()  # the seed drawn once, recorded: reruns match
         del stored["priority"]  # the column is the live value
         return {
-            "id": new_id(),
+            "id": job_id or new_id(),
             "idempotency_key": key,
             "request_hash": fingerprint,
             "batch_id": batch_id,
@@ -160,6 +161,7 @@ class Enqueueing(StoreBase):
                 max_attempts=max_attempts,
                 not_before=None,
                 now=now,
+                job_id=item.job_id,
             )
             for item in items
         ]
@@ -174,9 +176,12 @@ class Enqueueing(StoreBase):
         max_attempts: int | None = None,
         not_before: datetime | None = None,
         now: datetime | None = None,
+        job_id: str | None = None,
     ) -> Enqueued:
         """Queue one job. With an idempotency key, a repeat of the same request returns
-        the job made the first time; the same key with a different request is an error."""
+        the job made the first time; the same key with a different request is an error.
+        `job_id`: the id to give it (one made by `new_job_id`, whose inputs were stored
+        under it first); a new one otherwise."""
         now = now or utcnow()
         row = self._row(
             spec,
@@ -187,6 +192,7 @@ class Enqueueing(StoreBase):
             max_attempts=max_attempts,
             not_before=not_before,
             now=now,
+            job_id=job_id,
         )
 
         if idempotency_key is None:

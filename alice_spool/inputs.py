@@ -1,0 +1,223 @@
+"""Image inputs (img2img and inpainting): taken from a request, decoded and checked, and
+stored with the job before it is committed (`<data_dir>/inputs/<job id>/`), so that a
+queued job's inputs survive crashes and restarts.
+
+A request names an image as base64 (with or without a `data:` prefix) or, in an inbox
+file, as a file name relative to the inbox. ALICE's `input_images` (the first is used)
+stands for `init_image`. What is stored is the file as it was sent; the job's spec
+records its SHA-256, so a repeated request is recognised as the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InvalidParameters
+from .spec import DEFAULT_STRENGTH
+
+FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+ROLES = ("init_image", "mask_image")
+_DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+INPUTS_DIR = "inputs"
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One input image: the bytes as sent, their format and size, and their hash."""
+
+    role: str
+    data: bytes
+    extension: str
+    width: int
+    height: int
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.role.removesuffix('_image')}.{self.extension}"
+
+
+@dataclass
+class Staged:
+    """A request's decoded inputs, before they are stored with its job."""
+
+    images: dict[str, Decoded] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.images)
+
+
+def decode(role: str, data: bytes, max_pixels: int) -> Decoded:
+    """Check that `data` is a whole PNG, JPEG or WebP image of at most `max_pixels`."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind = image.format or ""
+            width, height = image.size
+            if kind not in FORMATS:
+                raise InvalidParameters(
+                    f"{role} must be a PNG, JPEG or WebP image, not {kind or 'this format'}",
+                    field=role,
+                )
+            if width * height > max_pixels:
+                raise InvalidParameters(
+                    f"{role} is {width}x{height} = {width * height} pixels; the limit is "
+                    f"{max_pixels} (generation.max_input_pixels)",
+                    field=role,
+                )
+            image.load()  # the whole file decodes: not truncated, not a bomb
+    except InvalidParameters:
+        raise
+    except UnidentifiedImageError:
+        raise InvalidParameters(f"{role} is not a PNG, JPEG or WebP image", field=role) from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidParameters(f"{role} is not a readable image: {exc}", field=role) from None
+    return Decoded(role, data, FORMATS[kind], width, height)
+
+
+def _from_base64(role: str, text: str) -> bytes:
+    body = _DATA_URL.sub("", text.strip(), count=1)
+    try:
+        return base64.b64decode("".join(body.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidParameters(f"{role} is not valid base64", field=role) from None
+
+
+def _from_inbox(role: str, name: str, inbox: Path) -> bytes:
+    """A file beside the request, never outside the inbox (no `..`, no links out)."""
+    root = inbox.resolve()
+    path = (root / name).resolve()
+    if name.startswith(("/", "\\")) or not path.is_relative_to(root) or path == root:
+        raise InvalidParameters(f"{role}: {name!r} is outside the inbox", field=role)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidParameters(
+            f"{role}: cannot read {name!r} in the inbox: {exc.strerror or exc}", field=role
+        ) from None
+
+
+def take(
+    data: Mapping[str, Any], max_pixels: int, *, inbox: Path | None = None
+) -> tuple[dict[str, Any], Staged]:
+    """The request with its images decoded and checked, each replaced by
+    `sha256:<hex>`, and the images to store with the job. With no size given, the
+    output takes the input's, rounded down to a multiple of 8."""
+    fields = dict(data)
+    staged = Staged()
+    images = fields.pop("input_images", None)
+    if images is not None:
+        if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+            raise InvalidParameters("input_images must be a list of images", field="input_images")
+        if images:
+            if fields.get("init_image") is not None:
+                raise InvalidParameters(
+                    "give either init_image or input_images, not both", field="input_images"
+                )
+            fields["init_image"] = images[0]  # ALICE uses the first
+    for role in ROLES:
+        value = fields.get(role)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidParameters(f"{role} must be an image as base64 text", field=role)
+        if inbox is not None and not _looks_like_base64(value):
+            raw = _from_inbox(role, value.strip(), inbox)
+        else:
+            raw = _from_base64(role, value)
+        decoded = decode(role, raw, max_pixels)
+        staged.images[role] = decoded
+        fields[role] = f"sha256:{decoded.sha256}"
+    init, mask = staged.images.get("init_image"), staged.images.get("mask_image")
+    if mask is not None and init is None:
+        raise InvalidParameters("mask_image needs an init_image", field="mask_image")
+    if (
+        init is not None
+        and mask is not None
+        and (mask.width, mask.height)
+        != (
+            init.width,
+            init.height,
+        )
+    ):
+        raise InvalidParameters(
+            f"mask_image is {mask.width}x{mask.height} and init_image "
+            f"{init.width}x{init.height}: they must be the same size",
+            field="mask_image",
+        )
+    if init is not None:
+        if fields.get("strength") is None:
+            fields["strength"] = DEFAULT_STRENGTH
+        no_size = all(fields.get(k) is None for k in ("size", "width", "height"))
+        if no_size:
+            fields["width"] = max(64, min(2048, init.width // 8 * 8))
+            fields["height"] = max(64, min(2048, init.height // 8 * 8))
+    return fields, staged
+
+
+def _looks_like_base64(value: str) -> bool:
+    """A data URL, or text too long or too plain to be a file name."""
+    text = value.strip()
+    return bool(_DATA_URL.match(text)) or (len(text) > 255 and "/" not in text[:64])
+
+
+def is_reference(value: Any) -> bool:
+    """`sha256:<hex>`: an image that `take` decoded and stored."""
+    return isinstance(value, str) and _SHA256.fullmatch(value) is not None
+
+
+def job_dir(data_dir: Path, job_id: str) -> Path:
+    return Path(data_dir) / INPUTS_DIR / job_id
+
+
+def store(data_dir: Path, job_id: str, staged: Staged) -> Path:
+    """Write the inputs durably under `<data_dir>/inputs/<job id>/` (before the job is
+    committed: a crash in between leaves a directory with no job, which purge removes)."""
+    target = job_dir(data_dir, job_id)
+    target.mkdir(parents=True, exist_ok=True)
+    for decoded in staged.images.values():
+        path = target / decoded.file_name
+        with path.open("wb") as handle:
+            handle.write(decoded.data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    descriptor = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    return target
+
+
+def remove(data_dir: Path, job_id: str) -> None:
+    shutil.rmtree(job_dir(data_dir, job_id), ignore_errors=True)
+
+
+def load(data_dir: Path, job_id: str) -> dict[str, Image.Image]:
+    """A job's stored inputs as RGB (init) and L (mask) images, by role."""
+    found: dict[str, Image.Image] = {}
+    directory = job_dir(data_dir, job_id)
+    for role in ROLES:
+        stem = role.removesuffix("_image")
+        for extension in FORMATS.values():
+            path = directory / f"{stem}.{extension}"
+            if path.exists():
+                with Image.open(path) as image:
+                    found[role] = image.convert("L" if role == "mask_image" else "RGB")
+                break
+    return found
