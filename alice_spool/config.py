@@ -146,7 +146,7 @@ class GenerationSettings(spec.BuiltinDefaults):
     spec.py's, the one place they are defined), and the queue's size."""
 
     max_queue: int = 10_000
-    max_input_pixels: int = 4_194_304  # an input image's width x height, at most
+    max_input_pixels: int = 4_194_304  # an input image's width x height, at most (inputs.py)
 
     def __post_init__(self) -> None:
         try:

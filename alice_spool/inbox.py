@@ -50,11 +50,13 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from . import inputs
 from .config import Settings
 from .errors import (
     DatabaseError,
     IdempotencyConflict,
     InvalidParameters,
+    LoraNotFound,
     ModelNotFound,
     QueueFull,
     SpoolError,
@@ -77,7 +79,7 @@ from .models import Source
 from .records import NewJob
 from .registry import ModelRegistry
 from .spec import GenerationDefaults, Request, parse_json, parse_jsonl, parse_request
-from .store import Store
+from .store import Store, new_id
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +160,10 @@ class Inbox:
         after_accept: str = "move",
         default_model: str = "",
         faults: Faults = NO_FAULTS,
+        data_dir: Path | None = None,  # where image inputs are stored; None: no images
     ) -> None:
         self.directory = Path(directory)
+        self.data_dir = data_dir
         self.store = store
         self.registry = registry
         self.defaults = defaults
@@ -191,6 +195,7 @@ class Inbox:
             "max_file_bytes": options.max_file_bytes,
             "after_accept": options.after_accept,
             "default_model": settings.generation.default_model,
+            "data_dir": Path(settings.paths.data_dir),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         registry = ModelRegistry(settings.paths.models)
@@ -447,7 +452,7 @@ class Inbox:
             return False  # it changed while we read it: look again
         try:
             text = data.decode("utf-8")
-            requests = self._parse(text, path.name)
+            requests, staged = self._parse(text, path.name)
         except UnicodeDecodeError as exc:
             if not (complete or quiet):
                 return False
@@ -470,7 +475,7 @@ class Inbox:
             return True
         if not is_json and not (complete or quiet):
             return False
-        return _Ready(pending, data, requests)
+        return _Ready(pending, data, requests, staged)
 
     @staticmethod
     def _refuse_name(name: str) -> SpoolError | None:
@@ -504,9 +509,25 @@ class Inbox:
             return InvalidParameters(f"{path.name} is not a regular file")
         return None
 
-    def _parse(self, text: str, name: str) -> list[Request]:
+    def _parse(self, text: str, name: str) -> tuple[list[Request], list[inputs.Staged]]:
+        """The file's requests, and the images each one names (decoded, checked)."""
+        staged: list[inputs.Staged] = []
+
+        def take_images(data: Any) -> Any:
+            if not isinstance(data, dict) or not any(
+                data.get(k) is not None for k in ("init_image", "mask_image", "input_images")
+            ):
+                staged.append(inputs.Staged())
+                return data
+            if self.data_dir is None:
+                raise InvalidParameters("this inbox takes no image inputs", field="init_image")
+            pixels = getattr(self.defaults, "max_input_pixels", inputs.MAX_INPUT_PIXELS)
+            data, images = inputs.take(data, pixels, inbox=self.directory)
+            staged.append(images)
+            return data
+
         if name.endswith(".jsonl"):
-            requests = parse_jsonl(text, name, self.defaults)
+            requests = parse_jsonl(text, name, self.defaults, prepare=take_images)
         else:
             try:
                 data = json.loads(text)
@@ -520,14 +541,15 @@ class Inbox:
                 parse_json(text, name)  # raises with the reason
                 raise
             try:
-                requests = [parse_request(data, self.defaults)]
+                requests = [parse_request(take_images(data), self.defaults)]
             except InvalidParameters as exc:
                 raise InvalidParameters(f"{name}: {exc.message}", field=exc.field) from None
         line = name.endswith(".jsonl")
-        return [
+        checked = [
             self._with_model(request, name, number if line else None)
             for number, request in enumerate(requests, start=1)
         ]
+        return checked, staged
 
     def _with_model(self, request: Request, name: str, line: int | None) -> Request:
         """An unknown model is refused now, as the API refuses it, not at run time; a
@@ -536,21 +558,43 @@ class Inbox:
             return request
         try:
             spec = self.registry.with_model(request.spec, self.default_model)
-        except ModelNotFound as exc:
+        except (ModelNotFound, LoraNotFound, InvalidParameters) as exc:
             where = f"{name} line {line}" if line else name
-            raise ModelNotFound(f"{where}: {exc.message}", line=line) from None
+            raise type(exc)(f"{where}: {exc.message}", **{**exc.details, "line": line}) from None
         return replace(request, spec=spec)
 
+    def _store_inputs(self, staged: inputs.Staged) -> str | None:
+        """A new job id with the request's images stored under it (None: no images)."""
+        if not staged or self.data_dir is None:
+            return None
+        job_id = new_id()
+        inputs.store(self.data_dir, job_id, staged)
+        return job_id
+
+    def _drop_inputs(self, job_ids: list[str | None], kept: set[str]) -> None:
+        """Inputs stored for jobs that were not made (refused, or repeats of earlier ones)."""
+        for job_id in job_ids:
+            if job_id is not None and job_id not in kept and self.data_dir is not None:
+                inputs.remove(self.data_dir, job_id)
+
     def _take_singles(self, group: list[_Ready]) -> None:
+        job_ids = [self._store_inputs(ready.staged[0]) for ready in group]
         items = [
             NewJob(
                 ready.requests[0].spec,
                 ready.requests[0].idempotency_key or ready.key,
                 ready.path.name,
+                job_id,
             )
-            for ready in group
+            for ready, job_id in zip(group, job_ids, strict=True)
         ]
-        answers = self.store.enqueue_keyed(items, source=Source.INBOX)
+        try:
+            answers = self.store.enqueue_keyed(items, source=Source.INBOX)
+        except BaseException:
+            self._drop_inputs(job_ids, set())
+            raise
+        made = {a.job.id for a in answers if not isinstance(a, IdempotencyConflict) and a.created}
+        self._drop_inputs(job_ids, made)
         self.faults.crash_point("inbox_committed")
         for ready, answer in zip(group, answers, strict=True):
             try:
@@ -571,15 +615,21 @@ class Inbox:
 
     def _take_batch(self, ready: _Ready) -> bool:
         """Commit a JSONL file's jobs as one batch; False if the file stays (stuck)."""
+        job_ids = [self._store_inputs(staged) for staged in ready.staged]
         items = [
-            NewJob(r.spec, r.idempotency_key or f"{ready.key}:{i}", ready.path.name)
-            for i, r in enumerate(ready.requests, start=1)
+            NewJob(r.spec, r.idempotency_key or f"{ready.key}:{i}", ready.path.name, job_id)
+            for i, (r, job_id) in enumerate(zip(ready.requests, job_ids, strict=True), start=1)
         ]
         try:
             batch = self.store.enqueue_batch(items, source=Source.INBOX)
         except (InvalidParameters, IdempotencyConflict) as exc:
+            self._drop_inputs(job_ids, set())
             self._reject(ready.path, exc)
             return True
+        except BaseException:
+            self._drop_inputs(job_ids, set())
+            raise
+        self._drop_inputs(job_ids, set(batch.job_ids) if batch.created else set())
         self.faults.crash_point("inbox_committed")
         what = f"batch {batch.batch_id} ({len(items)} jobs)"
         try:
@@ -626,6 +676,7 @@ class _Ready:
     pending: Pending
     data: bytes
     requests: list[Request]
+    staged: list[inputs.Staged]  # each request's images, stored with its job
 
     @property
     def path(self) -> Path:

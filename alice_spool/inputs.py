@@ -32,6 +32,7 @@ ROLES = ("init_image", "mask_image")
 _DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 INPUTS_DIR = "inputs"
+MAX_INPUT_PIXELS = 4_194_304  # generation.max_input_pixels's default
 
 
 @dataclass(frozen=True)

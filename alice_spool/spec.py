@@ -621,17 +621,23 @@ def parse_json(text: str, where: str) -> Any:
 
 
 def parse_jsonl(
-    text: str, name: str, defaults: GenerationDefaults = BUILTIN_DEFAULTS
+    text: str,
+    name: str,
+    defaults: GenerationDefaults = BUILTIN_DEFAULTS,
+    *,
+    prepare: Callable[[Any], Any] | None = None,
 ) -> list[Request]:
     """A JSONL batch: one request per line, blank lines skipped. The first bad line is
-    an error naming its number (`name line N: ...`), so a batch is all or nothing."""
+    an error naming its number (`name line N: ...`), so a batch is all or nothing.
+    `prepare`: applied to each line's value before it is parsed (the image intake)."""
     requests = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{name} line {number}"
         try:
-            requests.append(parse_request(parse_json(line, where), defaults))
+            value = parse_json(line, where)
+            requests.append(parse_request(prepare(value) if prepare else value, defaults))
         except InvalidParameters as exc:
             message = exc.message if exc.message.startswith(where) else f"{where}: {exc.message}"
             raise InvalidParameters(message, field=exc.field, line=number) from None

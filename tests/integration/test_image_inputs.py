@@ -118,9 +118,7 @@ def test_an_inbox_request_names_files_beside_it_and_nothing_outside(tmp_path: Pa
     (inbox / "pictures" / "boat.png").write_bytes(encoded(4))
     (tmp_path / "secret.png").write_bytes(encoded(5))
     (inbox / "link.png").symlink_to(tmp_path / "secret.png")
-    _, staged = inputs.take(
-        {"prompt": "x", "init_image": "pictures/boat.png"}, 10**6, inbox=inbox
-    )
+    _, staged = inputs.take({"prompt": "x", "init_image": "pictures/boat.png"}, 10**6, inbox=inbox)
     assert staged.images["init_image"].data == (inbox / "pictures" / "boat.png").read_bytes()
     for name in ("../secret.png", "/etc/passwd", "link.png", "pictures/../../secret.png"):
         with pytest.raises(InvalidParameters, match="outside the inbox") as info:

@@ -103,7 +103,7 @@ def test_the_bottom_layers_stay_at_the_bottom() -> None:
         },
         "inbox": {
             *("store", "spec", "config", "errors", "models", "records", "registry", "faults"),
-            "inbox_files",
+            *("inbox_files", "inputs"),
         },
         "inbox_files": set(),
         "inputs": {"errors", "spec"},  # pure rules and file moves: nothing of the spool's
