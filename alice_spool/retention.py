@@ -2,7 +2,9 @@
 `retention.days`, or beyond `retention.max_storage_gb` (oldest first), are deleted, and
 their jobs marked `images_expired_at`. A directory of a job that is not finished (queued
 again, or running) is never touched; one whose job was purged from the table goes by
-the same rules."""
+the same rules. A job's stored inputs (img2img, inpainting) go with its images; inputs
+whose job was never committed (a crash between storing and committing) go after an
+hour."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from . import inputs
 from .outbox import RESULT, Outbox
 from .store import Store
 
@@ -19,6 +22,7 @@ log = logging.getLogger(__name__)
 
 GB = 1_000_000_000
 _JOB_ID_LENGTH = 30
+ORPHAN_INPUTS_AFTER = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class RetentionReport:
     kept_unfinished: list[str] = field(default_factory=list)
     bytes_freed: int = 0
     bytes_kept: int = 0
+    orphan_inputs: list[str] = field(default_factory=list)  # no job was ever committed
 
     @property
     def deleted(self) -> list[str]:
@@ -48,6 +53,7 @@ class RetentionReport:
             "kept_unfinished": self.kept_unfinished,
             "bytes_freed": self.bytes_freed,
             "bytes_kept": self.bytes_kept,
+            "orphan_inputs": self.orphan_inputs,
         }
 
 
@@ -63,10 +69,16 @@ def apply_retention(
     max_storage_gb: float,
     dry_run: bool = False,
     now: datetime | None = None,
+    data_dir: Path | None = None,  # where jobs' inputs are stored
 ) -> RetentionReport:
     """Delete what the limits say must go (0 = no limit); report what was done."""
     now = now or datetime.now(UTC)
     report = RetentionReport()
+    if data_dir is not None:
+        report.orphan_inputs = _orphan_inputs(store, data_dir, now)
+        if not dry_run:
+            for job_id in report.orphan_inputs:
+                inputs.remove(data_dir, job_id)
     if not outbox.root.is_dir():
         return report
     dirs = {
@@ -115,6 +127,8 @@ def apply_retention(
         return report
     for job_id in report.deleted:
         shutil.rmtree(dirs[job_id], ignore_errors=True)
+        if data_dir is not None:
+            inputs.remove(data_dir, job_id)
     store.mark_images_expired(report.deleted, now=now)
     log.info(
         "retention: deleted %d job director(ies) (%d by age, %d by size), %.1f MB freed",
@@ -124,3 +138,20 @@ def apply_retention(
         report.bytes_freed / 1e6,
     )
     return report
+
+
+def _orphan_inputs(store: Store, data_dir: Path, now: datetime) -> list[str]:
+    """Input directories older than an hour whose job is not in the table."""
+    root = Path(data_dir) / inputs.INPUTS_DIR
+    if not root.is_dir():
+        return []
+    old = []
+    for entry in root.iterdir():
+        try:
+            changed = datetime.fromtimestamp(entry.stat().st_mtime, UTC)
+        except OSError:
+            continue
+        if entry.is_dir() and changed < now - ORPHAN_INPUTS_AFTER:
+            old.append(entry.name)
+    known = {job.id for job in store.get_many(old, missing_ok=True)}
+    return [job_id for job_id in old if job_id not in known]

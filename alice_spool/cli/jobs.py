@@ -290,6 +290,11 @@ def purge(
         raise click.UsageError("give --older-than or --before (or --images)")
     before = parse_when(older_than or before_text or "", "older-than" if older_than else "before")
     ids = app.store.purge(before=before, dry_run=dry_run)
+    if not dry_run:
+        from .. import inputs
+
+        for job_id in ids:  # a purged job's inputs go with it (its images stay)
+            inputs.remove(Path(app.settings.paths.data_dir), job_id)
     if as_json:
         emit_json({"dry_run": dry_run, "before": before.isoformat(), "jobs": ids})
     else:
@@ -308,6 +313,7 @@ def _purge_images(app: App, dry_run: bool, as_json: bool) -> None:
         days=retention.days,
         max_storage_gb=retention.max_storage_gb,
         dry_run=dry_run,
+        data_dir=Path(app.settings.paths.data_dir),
     )
     if as_json:
         emit_json({"dry_run": dry_run, **report.to_dict()})

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -259,7 +260,11 @@ def _retention_loop(app: App, store: Store, done: threading.Event) -> None:
     while True:
         try:
             apply_retention(
-                store, outbox, days=retention.days, max_storage_gb=retention.max_storage_gb
+                store,
+                outbox,
+                days=retention.days,
+                max_storage_gb=retention.max_storage_gb,
+                data_dir=Path(app.settings.paths.data_dir),
             )
         except (SpoolError, OSError) as exc:
             log.error("retention: %s", exc)

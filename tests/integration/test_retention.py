@@ -71,3 +71,29 @@ def test_zero_means_no_limit_and_orphans_follow_the_rules(store: Store, tmp_path
         store, outbox, days=7, max_storage_gb=0, now=datetime.now(UTC) + timedelta(days=30)
     )
     assert report.by_age == [job.id] and not outbox.job_dir(job.id).exists()
+
+
+def test_inputs_go_with_their_job_and_orphans_after_an_hour(store: Store, tmp_path: Path) -> None:
+    import os
+
+    from alice_spool import inputs
+
+    outbox, data_dir = Outbox(tmp_path / "outbox"), tmp_path / "var"
+    staged = inputs.Staged({"init_image": inputs.Decoded("init_image", b"png", "png", 8, 8)})
+    old = finished(store, outbox, "old", days_ago=30, size=10)
+    kept = finished(store, outbox, "kept", days_ago=1, size=10)
+    queued = store.enqueue(JobSpec(prompt="waiting"), source="cli").job
+    for job_id in (old.id, kept.id, queued.id, "f" * 30, "e" * 30):
+        inputs.store(data_dir, job_id, staged)
+    hour_ago = (NOW - timedelta(minutes=61)).timestamp()
+    for job_id in (queued.id, "f" * 30):  # both old; only one has a job
+        os.utime(inputs.job_dir(data_dir, job_id), (hour_ago, hour_ago))
+    fresh_orphan = inputs.job_dir(data_dir, "e" * 30)  # its job may be committing now
+    report = apply_retention(
+        store, outbox, days=7, max_storage_gb=0, now=NOW, dry_run=True, data_dir=data_dir
+    )
+    assert report.orphan_inputs == ["f" * 30] and inputs.job_dir(data_dir, "f" * 30).exists()
+    report = apply_retention(store, outbox, days=7, max_storage_gb=0, now=NOW, data_dir=data_dir)
+    assert report.deleted == [old.id] and report.orphan_inputs == ["f" * 30]
+    left = sorted(p.name for p in (data_dir / "inputs").iterdir())
+    assert left == sorted([kept.id, queued.id, fresh_orphan.name])
