@@ -17,10 +17,10 @@ import io
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
@@ -32,6 +32,7 @@ ROLES = ("init_image", "mask_image")
 _DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 INPUTS_DIR = "inputs"
+T = TypeVar("T")
 MAX_INPUT_PIXELS = 4_194_304  # generation.max_input_pixels's default
 
 
@@ -222,3 +223,26 @@ def load(data_dir: Path, job_id: str) -> dict[str, Image.Image]:
                     found[role] = image.convert("L" if role == "mask_image" else "RGB")
                 break
     return found
+
+
+def queue_with(
+    data_dir: Path,
+    staged: Staged,
+    job_id: str,
+    enqueue: Callable[[str | None], T],
+    made: Callable[[T], bool],
+) -> T:
+    """Store `staged` under `job_id`, then `enqueue(job_id)`; without images,
+    `enqueue(None)`. The inputs go again if the enqueue raises, or if `made(answer)`
+    says it made no new job under that id (a repeat of an earlier one)."""
+    if not staged:
+        return enqueue(None)
+    store(data_dir, job_id, staged)
+    try:
+        answer = enqueue(job_id)
+    except BaseException:
+        remove(data_dir, job_id)
+        raise
+    if not made(answer):
+        remove(data_dir, job_id)
+    return answer

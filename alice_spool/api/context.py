@@ -77,25 +77,16 @@ class Api:
         queue it; the inputs go again if it is refused or is a repeat of an earlier
         job (which has its own). In a worker thread."""
         spec = self.with_model(spec)
-        data_dir = Path(self.settings.paths.data_dir)
-        job_id = new_id() if staged else None
-        if job_id is not None:
-            inputs.store(data_dir, job_id, staged)
-        try:
-            done = self.store.enqueue(
-                spec,
-                source=source,
-                client=client,
-                idempotency_key=idempotency_key,
-                job_id=job_id,
-            )
-        except BaseException:
-            if job_id is not None:
-                inputs.remove(data_dir, job_id)
-            raise
-        if job_id is not None and done.job.id != job_id:
-            inputs.remove(data_dir, job_id)
-        return done
+        job_id = new_id()
+        return inputs.queue_with(
+            Path(self.settings.paths.data_dir),
+            staged,
+            job_id,
+            lambda given: self.store.enqueue(
+                spec, source=source, client=client, idempotency_key=idempotency_key, job_id=given
+            ),
+            lambda done: done.job.id == job_id,
+        )
 
     def enqueue_batch(
         self, items: list[tuple[NewJob, inputs.Staged]], source: Source

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import getpass
 import sys
 from collections.abc import Sequence
@@ -10,10 +11,12 @@ from typing import Any
 
 import click
 
+from .. import inputs
 from ..errors import InvalidParameters, ModelNotFound
 from ..models import JobStatus, Source
 from ..records import JobRecord, NewJob
 from ..spec import JobSpec, parse_json, parse_jsonl, parse_request
+from ..store import new_id
 from ..terminal import jobs_table
 from .app import (
     EXIT_JOBS_FAILED,
@@ -53,6 +56,19 @@ def _read_batch(text: str, name: str, app: App) -> list[NewJob]:
     return jobs
 
 
+def _image_files(given: dict[str, Any]) -> dict[str, Any]:
+    """--init-image and --mask: the files' bytes, as base64 (what the intake reads)."""
+    images = {}
+    for role in ("init_image", "mask_image"):
+        path = given.pop(role, None)
+        if path is not None:
+            try:
+                images[role] = base64.b64encode(Path(path).read_bytes()).decode()
+            except OSError as exc:
+                raise InvalidParameters(f"cannot read {path}: {exc.strerror}", field=role) from None
+    return images
+
+
 def _with_model(app: App, spec: JobSpec) -> JobSpec:
     """The model checked, or the default one named, as at every door."""
     return app.registry.with_model(spec, app.settings.generation.default_model)
@@ -86,6 +102,19 @@ def finish_waiting(jobs: Sequence[JobRecord], as_json: bool, extra: dict[str, An
     metavar="PATH",
     help="Submit a JSONL batch, one request per line (- = stdin).",
 )
+@click.option(
+    "--init-image",
+    "init_image",
+    type=click.Path(dir_okay=False),
+    help="img2img: start from this image (PNG, JPEG or WebP).",
+)
+@click.option(
+    "--mask",
+    "mask_image",
+    type=click.Path(dir_okay=False),
+    help="Inpainting: white = repaint, black = keep (needs --init-image).",
+)
+@click.option("--strength", type=float, help="How much of the input to change (0 < s <= 1).")
 @click.option("--wait", is_flag=True, help="Block until the job(s) finish; exit 1 if any failed.")
 @click.option(
     "--timeout",
@@ -138,17 +167,31 @@ def submit(
         job_ids, extra = batch.job_ids, {"batch_id": batch.batch_id}
     else:
         client: str | None
+        here: Path | None = None  # where a request file's image names are looked up
         if request_file is not None:
             text, name = _read_text(request_file, "request file")
             data, client = parse_json(text, name), name
+            here = Path(request_file).parent if request_file != "-" else Path.cwd()
         else:
-            data, client = {"prompt": prompt, **given}, _user()
+            data, client = {"prompt": prompt, **given, **_image_files(given)}, _user()
+        if isinstance(data, dict):
+            data, staged = inputs.take(data, app.settings.generation.max_input_pixels, inbox=here)
+        else:
+            staged = inputs.Staged()
         request = parse_request(data, app.settings.generation)
-        result = app.store.enqueue(
-            _with_model(app, request.spec),
-            source=Source.CLI,
-            client=client,
-            idempotency_key=request.idempotency_key,
+        spec, job_id = _with_model(app, request.spec), new_id()
+        result = inputs.queue_with(
+            Path(app.settings.paths.data_dir),
+            staged,
+            job_id,
+            lambda given_id: app.store.enqueue(
+                spec,
+                source=Source.CLI,
+                client=client,
+                idempotency_key=request.idempotency_key,
+                job_id=given_id,
+            ),
+            lambda done: done.job.id == job_id,
         )
         if as_json and not wait:
             emit_json({**result.job.to_dict(), "created": result.created})

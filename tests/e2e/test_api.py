@@ -1074,6 +1074,71 @@ def test_loras_at_every_door_are_checked_before_anything_is_queued(
     assert alice.json()["spec"] == spec
 
 
+def png_base64(size: tuple[int, int] = (64, 64), seed: int | None = 1) -> str:
+    """A PNG of noise (of white when `seed` is None), as base64."""
+    if seed is None:
+        pixels = np.full((size[1], size[0], 3), 255, np.uint8)
+    else:
+        pixels = (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_image_inputs_at_the_doors_and_every_bad_one_refused(
+    make_bare: Callable[..., Bare], tmp_path: Path
+) -> None:
+    bare = make_bare(**{"server.max_body_bytes": "2048"})
+    inputs_dir = tmp_path / "var" / "inputs"
+    post = lambda path, **kw: httpx.post(bare.url + path, timeout=30, **kw)  # noqa: E731
+    image, mask = png_base64((96, 64)), png_base64((96, 64), seed=None)
+
+    def refused(path: str, body: dict[str, Any], field: str, status: int = 400) -> None:
+        answer = post(path, json=body)
+        assert answer.status_code == status, answer.text
+        assert answer.json()["error"].get("param") == field, answer.text
+
+    chat = {"messages": [{"role": "user", "content": "a boat"}]}
+    refused("/v1/jobs", {"prompt": "x", "init_image": "@@@"}, "init_image")
+    refused(
+        "/v1/jobs", {"prompt": "x", "init_image": base64.b64encode(b"no").decode()}, "init_image"
+    )
+    refused("/v1/jobs", {"prompt": "x", "mask_image": mask}, "mask_image")
+    refused("/v1/jobs", {"prompt": "x", "init_image": image, "strength": 0}, "strength")
+    refused("/v1/jobs", {"prompt": "x", "init_image": image, "strength": 1.01}, "strength")
+    refused("/v1/batches", {"requests": [{"prompt": "x", "init_image": "@@@"}]}, "init_image")
+    refused("/v1/chat/completions", {**chat, "sam_config": {"input_images": ["@@@"]}}, "init_image")
+    big = png_base64((2100, 2100), seed=None)
+    refused("/v1/jobs", {"prompt": "x", "init_image": big}, "init_image")  # max_input_pixels
+    assert not any(bare.store.counts().values()) and not inputs_dir.exists()
+    # The image routes take bodies up to max_image_body_bytes; the others keep the small one.
+    assert len(image) > 2048
+    assert post("/v1/models/default", json={"model": "x" * 3000}).status_code == 413
+
+    made = post("/v1/jobs", json={"prompt": "a boat", "init_image": image, "id": "boat-1"})
+    assert made.status_code == 202, made.text
+    job = made.json()
+    assert job["spec"]["init_image"].startswith("sha256:") and job["spec"]["strength"] == 0.75
+    assert (job["spec"]["width"], job["spec"]["height"]) == (96, 64)
+    assert (inputs_dir / job["id"] / "init.png").exists()
+    again = post("/v1/jobs", json={"prompt": "a boat", "init_image": image, "id": "boat-1"})
+    assert again.status_code == 200 and again.json()["id"] == job["id"]
+    assert sorted(p.name for p in inputs_dir.iterdir()) == [job["id"]]  # the repeat's went
+    batch = post(
+        "/v1/batches",
+        json={
+            "requests": [{"prompt": "a", "init_image": image, "mask_image": mask}, {"prompt": "b"}]
+        },
+    )
+    assert batch.status_code == 202, batch.text
+    first, second = batch.json()["job_ids"]
+    assert sorted(p.name for p in (inputs_dir / first).iterdir()) == ["init.png", "mask.png"]
+    assert not (inputs_dir / second).exists()
+    conflict = post("/v1/jobs", json={"prompt": "other", "init_image": image, "id": "boat-1"})
+    assert conflict.status_code == 409
+    assert len(list(inputs_dir.iterdir())) == 2  # a refused request leaves nothing
+
+
 def test_priority_default_model_and_stats(make_bare: Callable[..., Bare]) -> None:
     bare = make_bare()
     post = lambda path, **kw: httpx.post(bare.url + path, timeout=10, **kw)  # noqa: E731

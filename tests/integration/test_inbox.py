@@ -127,6 +127,40 @@ def test_a_jsonl_file_is_one_batch(store: Store, watching: Inbox, inbox_dir: Pat
     assert {j.model for j in made} == {"sd/base"}
 
 
+def test_requests_name_images_beside_them_and_never_outside(
+    store: Store, make_inbox: Callable[..., Inbox], inbox_dir: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    data_dir = tmp_path / "var"
+    inbox = make_inbox(data_dir=data_dir)
+    inbox.start()
+    (inbox_dir / "pictures").mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (72, 64), (1, 2, 3)).save(inbox_dir / "pictures" / "boat.png")
+    Image.new("L", (72, 64), 255).save(inbox_dir / "pictures" / "mask.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "private.png")
+    drop(inbox_dir, "boat.json", request("a boat", init_image="pictures/boat.png", strength=0.3))
+    lines = [
+        request("masked", init_image="pictures/boat.png", mask_image="pictures/mask.png"),
+        request("plain"),
+    ]
+    drop(inbox_dir, "night.jsonl", "\n".join(lines) + "\n")
+    drop(inbox_dir, "escape.json", request("x", init_image="../private.png"))
+    drop(inbox_dir, "escape.jsonl", request("y", init_image="/etc/hostname") + "\n")
+    wait_until(settled(inbox, 4))
+    made = {j.spec.prompt: j for j in jobs(store)}
+    assert sorted(made) == ["a boat", "masked", "plain"]
+    assert made["a boat"].spec.mode == "img2img" and made["a boat"].spec.strength == 0.3
+    assert made["masked"].spec.mode == "inpaint" and made["plain"].spec.mode == "txt2img"
+    stored = sorted(p.name for p in (data_dir / "inputs").iterdir())
+    assert stored == sorted([made["a boat"].id, made["masked"].id])
+    for name in ("escape.json", "escape.jsonl"):
+        error = rejection(inbox_dir, name)["error"]
+        assert "outside the inbox" in error["message"] and error["field"] == "init_image"
+    no_images = make_inbox()  # an inbox given no data directory takes no images
+    assert no_images.data_dir is None
+
+
 def test_a_slow_writer_in_place_is_read_whole(
     store: Store, watching: Inbox, inbox_dir: Path, observer: str
 ) -> None:

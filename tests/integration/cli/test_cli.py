@@ -65,6 +65,39 @@ def test_submit_with_loras_and_show_lists_them(run, store: Store, data_dir: Path
     assert [(x["id"], x["family"]) for x in listed] == [("lora/glow", "sd1"), ("lora/grain", "sd1")]
 
 
+def test_submit_img2img_and_inpainting_from_files(
+    run, store: Store, data_dir: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (80, 64), (10, 120, 200)).save(tmp_path / "boat.png")
+    Image.new("L", (80, 64), 0).save(tmp_path / "mask.png")
+    job_id = ok(
+        run("submit", "a boat", "--init-image", str(tmp_path / "boat.png"), "--strength", "0.4")
+    ).strip()
+    job = store.get(job_id)
+    assert (job.spec.mode, job.spec.strength, job.spec.width, job.spec.height) == (
+        "img2img", 0.4, 80, 64,
+    )  # fmt: skip
+    stored = data_dir / "inputs" / job_id / "init.png"
+    assert stored.read_bytes() == (tmp_path / "boat.png").read_bytes()
+    masked = ok(
+        run("submit", "a boat", "--init-image", str(tmp_path / "boat.png"),
+            "--mask", str(tmp_path / "mask.png"))
+    ).strip()  # fmt: skip
+    assert store.get(masked).spec.mode == "inpaint"
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"prompt": "from a file", "init_image": "boat.png"}))
+    from_file = ok(run("submit", "--file", str(request))).strip()
+    assert (data_dir / "inputs" / from_file / "init.png").exists()
+    fails(run("submit", "x", "--mask", str(tmp_path / "mask.png")), 3, "needs an init_image")
+    fails(run("submit", "x", "--init-image", str(tmp_path / "nope.png")), 3, "cannot read")
+    (tmp_path / "text.png").write_text("not an image")
+    fails(run("submit", "x", "--init-image", str(tmp_path / "text.png")), 3, "not a PNG")
+    assert sum(store.counts().values()) == 3
+    assert len(list((data_dir / "inputs").iterdir())) == 3  # nothing left by the refusals
+
+
 def test_submit_with_every_option(run, store: Store) -> None:
     out = run(
         "submit", "a fox", "--negative", "blurry", "--model", "tiny", "--size", "768x512",
