@@ -111,6 +111,7 @@ def routes() -> list[Any]:
         Route("/images/{name}", image, methods=["GET"]),
         Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
         Route("/v1/images/generations", openai.image_generations, methods=["POST"]),
+        Route("/v1/images/edits", openai.image_edits, methods=["POST"]),
         Route("/v1/models", openai.list_models, methods=["GET"]),
         Route("/v1/models/refresh", openai.refresh_models, methods=["POST"]),
         Route("/v1/loras", openai.list_loras, methods=["GET"]),

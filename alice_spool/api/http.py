@@ -112,6 +112,22 @@ async def read_json(request: Request, max_bytes: int, timeout_s: float = 30.0) -
     """The request's JSON body: 413 over `max_bytes` (counted as it arrives, whatever
     Content-Length says), 400 for anything that is not JSON or nests too deeply (a
     deep value that parses is refused later: no request field takes nested lists)."""
+    body = await read_bytes(request, max_bytes, timeout_s)
+    if not body:
+        raise errors.InvalidJson("the request has no body; send a JSON object")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.InvalidJson("the request body is not UTF-8") from None
+    try:
+        return load_json(text)
+    except ValueError as exc:
+        raise errors.InvalidJson(f"the request body: {exc}") from None
+
+
+async def read_bytes(request: Request, max_bytes: int, timeout_s: float = 30.0) -> bytes:
+    """The request's body: 413 over `max_bytes`, counted as it arrives; 408 when it
+    comes too slowly; a client gone midway is `client_disconnected`."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise errors.BodyTooLarge(f"the request body is over {max_bytes} bytes")
@@ -130,16 +146,7 @@ async def read_json(request: Request, max_bytes: int, timeout_s: float = 30.0) -
         raise errors.ClientDisconnected(
             f"the client went away after {len(body)} bytes of the request body"
         ) from None
-    if not body:
-        raise errors.InvalidJson("the request has no body; send a JSON object")
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise errors.InvalidJson("the request body is not UTF-8") from None
-    try:
-        return load_json(text)
-    except ValueError as exc:
-        raise errors.InvalidJson(f"the request body: {exc}") from None
+    return bytes(body)
 
 
 def require_object(data: Any) -> dict[str, Any]:

@@ -338,7 +338,12 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
     ],
 }
 _CREATES = {("POST", "/v1/jobs"), ("POST", "/v1/batches")}  # 202 new, 200 a repeat
-_WAITS = {("POST", "/v1/chat/completions"), ("POST", "/v1/images/generations")}
+_WAITS = {
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/images/generations"),
+    ("POST", "/v1/images/edits"),
+}
+_FORMS = ("/v1/images/edits",)  # multipart bodies
 _ERROR = {"application/json": {"schema": ERROR_SCHEMA}}
 
 
@@ -398,6 +403,29 @@ def _link(paths: dict[str, Any], collection: str, parameter: str) -> None:
         creating["responses"][status]["links"] = links
 
 
+def _edits_form(bodies: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's image edits form: files, and the request's fields as text."""
+    fields = bodies["/v1/jobs"]["properties"]
+    skip = ("prompt", "init_image", "mask_image", "id", "loras", "lora_paths", "lora_scales")
+    skip += ("width", "height")  # OpenAI's form has size
+    text = {name: field for name, field in fields.items() if name not in skip}
+    return {
+        "type": "object",
+        "required": ["image", "prompt"],
+        "properties": {
+            "image": {"type": "string", "format": "binary", "description": "PNG, JPEG or WebP"},
+            "mask": {
+                "type": "string",
+                "format": "binary",
+                "description": "same size as image; its fully transparent pixels are edited",
+            },
+            "prompt": fields["prompt"],
+            "response_format": {"enum": ["url", "b64_json"]},
+            **text,
+        },
+    }
+
+
 def describe(routes: list[Any], api: Any) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     bodies = _bodies(api.settings.generation)
@@ -414,7 +442,9 @@ def describe(routes: list[Any], api: Any) -> dict[str, Any]:
                 "operationId": item.name if len(methods) == 1 else f"{item.name}_{method.lower()}",
                 "summary": summary,
                 "description": "\n\n".join(paragraphs),
-                "responses": _responses(item.path, method, item.path in bodies, needs_key),
+                "responses": _responses(
+                    item.path, method, item.path in bodies or item.path in _FORMS, needs_key
+                ),
             }
             parameters = [
                 {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -431,6 +461,11 @@ def describe(routes: list[Any], api: Any) -> dict[str, Any]:
                             "example": _EXAMPLES[item.path],
                         }
                     },
+                }
+            if method == "POST" and item.path in _FORMS:
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {"multipart/form-data": {"schema": _edits_form(bodies)}},
                 }
             if needs_key:
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]

@@ -300,6 +300,40 @@ def test_a_lora_job_and_a_plain_one_run_and_record_their_loras(live: Live) -> No
     assert json.loads((outbox / jobs["plain"] / "result.json").read_text())["loras"] == []
 
 
+def test_the_sdk_edits_an_image_with_and_without_a_mask(live: Live, tmp_path: Path) -> None:
+    """OpenAI's images.edit: without a mask, img2img; with one, inpainting where the mask
+    is fully transparent, every other pixel kept exactly."""
+    rng = np.random.default_rng(3)
+    source = Image.fromarray((rng.random((64, 80, 3)) * 255).astype(np.uint8))
+    source.save(tmp_path / "photo.png")
+    mask = Image.new("RGBA", (80, 64), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (20, 16, 60, 48))  # transparent: edit here
+    mask.save(tmp_path / "mask.png")
+    client = live.client()
+    with open(tmp_path / "photo.png", "rb") as image:
+        plain = client.images.edit(
+            image=image, prompt="a painting", response_format="b64_json", extra_body={"steps": 3}
+        )
+    edited = Image.open(io.BytesIO(base64.b64decode(plain.data[0].b64_json)))
+    assert edited.size == (80, 64)  # the input's size
+    with open(tmp_path / "photo.png", "rb") as image, open(tmp_path / "mask.png", "rb") as marks:
+        masked = client.images.edit(
+            image=image,
+            mask=marks,
+            prompt="a painting",
+            response_format="b64_json",
+            extra_body={"steps": 3, "strength": 1},
+        )
+    painted = np.asarray(Image.open(io.BytesIO(base64.b64decode(masked.data[0].b64_json))))
+    keep = np.asarray(mask.getchannel("A")) == 255
+    assert np.array_equal(painted[keep], np.asarray(source)[keep])
+    assert (painted[~keep] != np.asarray(source)[~keep]).mean() > 0.5
+    with open(tmp_path / "mask.png", "rb") as wrong, pytest.raises(openai.BadRequestError):
+        client.images.edit(image=wrong, mask=io.BytesIO(b"not a png"), prompt="x")
+    url = client.images.edit(image=(tmp_path / "photo.png").read_bytes(), prompt="x")
+    assert live.get(url.data[0].url.removeprefix(live.url)).status_code == 200
+
+
 def test_metrics_in_both_dialects(live: Live) -> None:
     alice = live.get("/metrics").json()
     for key in ("queueDepth", "activeGenerations", "modelsLoaded", "totalGenerations"):
@@ -1252,6 +1286,10 @@ def test_schemathesis_finds_the_server_as_its_description_says(
                 "--header=X-Api-Key: schemathesis-ops-key",
                 "--no-color",
                 "--output-sanitize=false",  # the key is this test's own
+                # A multipart upload's file must be a real image, which a schema cannot say
+                # (and schemathesis 4.32's coverage phase stops at a binary field): the
+                # edits route is tested with the official SDK instead, good and bad files.
+                "--exclude-path=/v1/images/edits",
             ],
             capture_output=True,
             text=True,
