@@ -38,6 +38,9 @@ class Adapters:
         self.loads = 0  # from disk
         self.hits = 0  # from the cache
         self.last_load_s = 0.0
+        # What the pipeline has on now: (adapter names, scales), or () for none. Setting
+        # adapters walks every LoRA layer, so a call like the last one skips it.
+        self._active: tuple[tuple[str, ...], tuple[float, ...]] | None = None
 
     @property
     def loaded(self) -> int:
@@ -47,8 +50,9 @@ class Adapters:
         """Make exactly these LoRAs, at these scales, act in the next call (none: the
         plain model)."""
         if not uses:
-            if self._loaded:
+            if self._loaded and self._active != ():
                 self.pipeline.disable_lora()
+                self._active = ()
             return
         keys = [self._key(use.path) for use in uses]
         names = []
@@ -62,13 +66,17 @@ class Adapters:
                 self.hits += 1
             names.append(name)
         self._trim(keep=set(keys), limit=self.capacity)
-        self.pipeline.enable_lora()
-        self.pipeline.set_adapters(names, adapter_weights=[use.scale for use in uses])
+        wanted = (tuple(names), tuple(use.scale for use in uses))
+        if wanted != self._active:
+            self.pipeline.enable_lora()
+            self.pipeline.set_adapters(names, adapter_weights=[use.scale for use in uses])
+            self._active = wanted
 
     def clear(self) -> None:
         if self._loaded:
             self.pipeline.unload_lora_weights()
             self._loaded.clear()
+        self._active = None
 
     @staticmethod
     def _key(path: Path) -> tuple[str, int, int]:
@@ -85,6 +93,7 @@ class Adapters:
                 return  # every loaded one is needed now: go over for this call
             name = self._loaded.pop(victim)
             self.pipeline.delete_adapters(name)
+            self._active = None  # deleting changes what is set
             log.info("unloaded LoRA %s (least recently used)", Path(victim[0]).stem)
 
     def _load(self, use: AdapterUse, key: tuple[str, int, int]) -> str:
@@ -98,6 +107,7 @@ class Adapters:
             raise ModelLoadFailed(f"cannot load {use.lora_id} from {use.path}: {reason}") from exc
         self.last_load_s = time.perf_counter() - started
         self.loads += 1
+        self._active = None  # a new adapter may be active as it loads
         self._loaded[key] = name
         log.info("loaded LoRA %s in %.2f s", use.lora_id, self.last_load_s)
         return name
