@@ -210,18 +210,24 @@ def remove(data_dir: Path, job_id: str) -> None:
     shutil.rmtree(job_dir(data_dir, job_id), ignore_errors=True)
 
 
+def stored_file(data_dir: Path, job_id: str, role: str) -> Path | None:
+    """The file a job's input of `role` was stored in (a regular file, not a link)."""
+    stem = role.removesuffix("_image")
+    for extension in FORMATS.values():
+        path = job_dir(data_dir, job_id) / f"{stem}.{extension}"
+        if path.is_file() and not path.is_symlink():
+            return path
+    return None
+
+
 def load(data_dir: Path, job_id: str) -> dict[str, Image.Image]:
     """A job's stored inputs as RGB (init) and L (mask) images, by role."""
     found: dict[str, Image.Image] = {}
-    directory = job_dir(data_dir, job_id)
     for role in ROLES:
-        stem = role.removesuffix("_image")
-        for extension in FORMATS.values():
-            path = directory / f"{stem}.{extension}"
-            if path.exists():
-                with Image.open(path) as image:
-                    found[role] = image.convert("L" if role == "mask_image" else "RGB")
-                break
+        path = stored_file(data_dir, job_id, role)
+        if path is not None:
+            with Image.open(path) as image:
+                found[role] = image.convert("L" if role == "mask_image" else "RGB")
     return found
 
 

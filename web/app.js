@@ -682,10 +682,23 @@ function drawJob(page, panel, job, withActions) {
     }
     actions.append(act("Submit again", "again", async () => {
       const body = { ...spec };
+      if (spec.init_image) {  // the same input and mask, sent again
+        body.init_image = await jobInput(page, job.id, "init");
+        if (spec.mask_image) body.mask_image = await jobInput(page, job.id, "mask");
+      }
       const made = await page.api("/v1/jobs", { method: "POST", body });
       location.hash = `#/jobs/${made.id}`;
     }));
     actions.append(h("a", { class: "button quiet", href: `#/submit?from=${job.id}` }, "Edit and submit"));
+  }
+  const inputs = h("div", { class: "thumbs inputs" });
+  if (spec.init_image) {  // the input (and mask) beside the result
+    for (const [name, label] of [["init", "input"], ["mask", "mask"]]) {
+      if (name === "mask" && !spec.mask_image) continue;
+      jobInput(page, job.id, name).then((url) => inputs.append(
+        h("figure", {}, h("img", { src: url, alt: `${label} of job ${job.id}`, class: `input-${name}` }),
+          h("figcaption", { class: "small muted" }, label)))).catch(() => {});
+    }
   }
   const params = [
     ["Prompt", spec.prompt],
@@ -697,6 +710,8 @@ function drawJob(page, panel, job, withActions) {
     ["Scheduler", spec.scheduler],
     ["Seed", spec.seed ?? (job.result?.images?.[0]?.seed ?? "random")],
     ["Images", spec.n],
+    ...(spec.init_image ? [["Mode", spec.mask_image ? "inpainting" : "img2img"], ["Strength", spec.strength]] : []),
+    ...((spec.loras || []).length ? [["LoRAs", spec.loras.map((l) => `${l.name} at ${l.scale}`).join(", ")]] : []),
     ["Priority", job.priority],
     ["Source", [job.source, job.client].filter(Boolean).join(" · ")],
     ["Batch", job.batch_id ? h("a", { href: `#/queue?batch=${job.batch_id}` }, job.batch_id) : "—"],
@@ -716,6 +731,7 @@ function drawJob(page, panel, job, withActions) {
     actions,
     job.error ? h("div", { class: "error box" }, h("strong", {}, job.error.code), ": ", job.error.message) : "",
     job.images_expired_at ? h("p", { class: "muted" }, `Images deleted by retention on ${when(job.images_expired_at)}.`) : "",
+    spec.init_image ? inputs : "",
     job.image_urls.length ? images : "",
     h("h2", {}, "Parameters"),
     h("dl", { class: "params" }, params.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
@@ -853,10 +869,18 @@ async function modelsPage(page) {
 // -- submit ----------------------------------------------------------------------------------------
 
 async function submitPage(page) {
-  const [document_, models] = await Promise.all([openapi(), page.api("/v1/models")]);
+  const [document_, models, loraList] = await Promise.all([
+    openapi(), page.api("/v1/models"), page.api("/v1/loras")]);
   const schema = document_.paths["/v1/jobs"].post.requestBody.content["application/json"].schema.properties;
   const from = page.params.get("from");
   const earlier = from ? (await page.api(`/v1/jobs/${from}`)).spec : {};
+  const inputs = imageInputs(earlier.strength);
+  const loras = loraPicker(loraList.data.filter((l) => l.status === "ok"), earlier.loras || []);
+  if (from && earlier.init_image) {  // "edit and submit": the same input and mask
+    const [init, mask] = await Promise.all([jobInput(page, from, "init"),
+      earlier.mask_image ? jobInput(page, from, "mask") : null]);
+    await inputs.load(init, mask);
+  }
   const number = (name, attrs = {}) => {
     const field = schema[name] || {};
     return h("input", {
@@ -889,6 +913,8 @@ async function submitPage(page) {
       label("Seed", number("seed", { placeholder: "random" })),
       label("Images", number("n")),
       label("Priority", number("priority"))),
+    loras.element,
+    inputs.element,
     h("p", { id: "submit-error", class: "error", hidden: true }),
     h("div", { class: "buttons" }, h("button", { type: "submit", id: "submit-button" }, "Generate")),
   );
@@ -905,6 +931,7 @@ async function submitPage(page) {
       if (text === "" && name !== "prompt") continue;
       body[name] = schema[name] && ["integer", "number"].includes(kindOf(schema[name])) ? Number(text) : text;
     }
+    Object.assign(body, inputs.fields(), loras.fields());
     const button = $("#submit-button");
     button.disabled = true;
     try {
@@ -927,6 +954,156 @@ async function submitPage(page) {
       button.disabled = false;
     }
   });
+}
+
+/** A job's stored input (`init` or `mask`) as a data URL. */
+async function jobInput(page, jobId, name) {
+  const headers = storedKey() ? { Authorization: `Bearer ${storedKey()}` } : {};
+  const response = await fetch(`/v1/jobs/${jobId}/inputs/${name}`, { headers, signal: page.signal });
+  if (!response.ok) throw new Error(`the job's ${name} image cannot be read (${response.status})`);
+  const blob = await response.blob();
+  return await new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(blob);
+  });
+}
+
+/** The Submit form's image input: a file (chosen or dropped), its strength, and a mask
+ * painted over it (brush, eraser, clear; white = repaint). */
+function imageInputs(strength) {
+  let source = null;  // the input as a data URL
+  let painted = false;
+  const file = h("input", { type: "file", id: "f-init", accept: "image/png,image/jpeg,image/webp" });
+  const shown = h("output", { id: "strength-value" }, String(strength ?? 0.75));
+  const slider = h("input", { type: "range", id: "f-strength", min: 0.05, max: 1, step: 0.05,
+    value: strength ?? 0.75, oninput: () => setText(shown, slider.value) });
+  const picture = h("img", { id: "init-preview", alt: "the input image" });
+  const canvas = h("canvas", { id: "f-mask", class: "mask" });
+  const pen = canvas.getContext("2d");
+  let tool = "brush";
+  const size = h("input", { type: "range", id: "brush-size", min: 2, max: 64, value: 16 });
+  const toolButton = (name, text) => h("button", { type: "button", class: `quiet tool-${name}`,
+    onclick: () => { tool = name; } }, text);
+  const painter = h("div", { class: "painter", id: "painter", hidden: true },
+    h("div", { class: "canvas-stack" }, picture, canvas),
+    h("div", { class: "buttons" }, toolButton("brush", "Brush"), toolButton("eraser", "Eraser"),
+      h("button", { type: "button", class: "quiet", id: "mask-clear", onclick: () => {
+        pen.clearRect(0, 0, canvas.width, canvas.height);
+        painted = false;
+      } }, "Clear mask"),
+      h("label", { class: "inline" }, h("span", {}, "Brush"), size),
+      h("button", { type: "button", class: "quiet", id: "init-remove", onclick: () => show(null, null) },
+        "Remove image")),
+    h("small", { class: "muted" }, "Paint where the image should change (inpainting); leave the mask empty to change it all (img2img)."));
+  let drawing = false;
+  const at = (event) => {
+    const box = canvas.getBoundingClientRect();
+    return [(event.clientX - box.left) * canvas.width / box.width,
+      (event.clientY - box.top) * canvas.height / box.height];
+  };
+  const stroke = (event) => {
+    if (!drawing) return;
+    const [x, y] = at(event);
+    pen.globalCompositeOperation = tool === "eraser" ? "destination-out" : "source-over";
+    pen.fillStyle = "rgba(255, 255, 255, 1)";
+    pen.beginPath();
+    pen.arc(x, y, Number(size.value) * canvas.width / Math.max(1, canvas.getBoundingClientRect().width), 0, 2 * Math.PI);
+    pen.fill();
+    if (tool === "brush") painted = true;
+  };
+  canvas.addEventListener("pointerdown", (event) => { drawing = true; canvas.setPointerCapture(event.pointerId); stroke(event); });
+  canvas.addEventListener("pointermove", stroke);
+  canvas.addEventListener("pointerup", () => { drawing = false; });
+  const show = async (url, mask) => {
+    source = url;
+    painted = false;
+    painter.hidden = !url;
+    if (!url) {
+      file.value = "";
+      return;
+    }
+    picture.src = url;
+    await picture.decode();
+    canvas.width = picture.naturalWidth;
+    canvas.height = picture.naturalHeight;
+    pen.clearRect(0, 0, canvas.width, canvas.height);
+    if (mask) {  // white in a stored mask: paint it back
+      const marks = h("img", { src: mask });
+      await marks.decode();
+      const scratch = h("canvas", { width: canvas.width, height: canvas.height });
+      const context = scratch.getContext("2d");
+      context.drawImage(marks, 0, 0, canvas.width, canvas.height);
+      const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
+      for (let i = 0; i < pixels.data.length; i += 4) {  // white, as opaque as the mask is bright
+        pixels.data[i + 3] = pixels.data[i];
+        pixels.data[i] = pixels.data[i + 1] = pixels.data[i + 2] = 255;
+      }
+      pen.putImageData(pixels, 0, 0);
+      painted = true;
+    }
+  };
+  const read = (chosen) => new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(chosen);
+  });
+  file.addEventListener("change", async () => file.files[0] && show(await read(file.files[0]), null));
+  const element = h("fieldset", { class: "image-input" }, h("legend", {}, "Image input (optional)"),
+    h("div", { class: "row" },
+      h("label", { for: "f-init", class: "drop" }, h("span", {}, "Start from an image (drop or choose)"), file),
+      h("label", { for: "f-strength" }, h("span", {}, "Strength "), slider, shown)),
+    painter);
+  element.addEventListener("dragover", (event) => event.preventDefault());
+  element.addEventListener("drop", async (event) => {
+    event.preventDefault();
+    const chosen = event.dataTransfer?.files?.[0];
+    if (chosen) await show(await read(chosen), null);
+  });
+  return {
+    element,
+    load: show,
+    fields() {
+      if (!source) return {};
+      const fields = { init_image: source, strength: Number(slider.value) };
+      if (painted) {  // the painted strokes as white on black, at the image's size
+        const mask = h("canvas", { width: canvas.width, height: canvas.height });
+        const context = mask.getContext("2d");
+        context.fillStyle = "#000";
+        context.fillRect(0, 0, mask.width, mask.height);
+        context.drawImage(canvas, 0, 0);
+        fields.mask_image = mask.toDataURL("image/png");
+      }
+      return fields;
+    },
+  };
+}
+
+/** The Submit form's LoRA picker: installed LoRAs, each with a weight. */
+function loraPicker(installed, chosen) {
+  const list = h("ul", { class: "lora-list", id: "lora-list" });
+  const add = (name, scale) => {
+    const weight = h("input", { type: "number", class: "lora-scale", min: -4, max: 4, step: 0.05, value: scale });
+    list.append(h("li", { dataset: { name } }, h("code", {}, name), " ", weight,
+      h("button", { type: "button", class: "quiet", onclick: (event) => event.target.closest("li").remove() }, "Remove")));
+  };
+  for (const lora of chosen) add(lora.name, lora.scale);
+  const select = h("select", { id: "f-lora" }, h("option", { value: "" }, installed.length ? "add a LoRA…" : "no LoRAs installed"),
+    installed.map((lora) => h("option", { value: lora.id }, `${lora.id} (${lora.family})`)));
+  select.addEventListener("change", () => {
+    if (select.value && !list.querySelector(`li[data-name="${CSS.escape(select.value)}"]`)) add(select.value, 1);
+    select.value = "";
+  });
+  return {
+    element: h("fieldset", { class: "loras", hidden: !installed.length && !chosen.length }, h("legend", {}, "LoRAs"), select, list),
+    fields() {
+      const loras = [...list.querySelectorAll("li")].map((item) => ({
+        name: item.dataset.name, scale: Number(item.querySelector(".lora-scale").value) }));
+      return loras.length ? { loras } : {};
+    },
+  };
 }
 
 // -- API docs --------------------------------------------------------------------------------------

@@ -123,6 +123,7 @@ def routes() -> list[Any]:
         Route("/v1/jobs/{job_id}/retry", native.retry_job, methods=["POST"]),
         Route("/v1/jobs/{job_id}/priority", native.set_priority, methods=["POST"]),
         Route("/v1/jobs/{job_id}/events", native.job_events, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/inputs/{name}", native.job_input, methods=["GET"]),
         Route("/v1/batches", native.create_batch, methods=["POST"]),
         Route("/v1/batches/{batch_id}", native.get_batch, methods=["GET"]),
         Route("/v1/stats", native.stats, methods=["GET"]),

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 
-from .. import errors
+from .. import errors, inputs
 from ..models import JobStatus, Source
 from ..records import NewJob
 from ..spec import parse_idempotency_key, parse_priority, parse_request
@@ -92,6 +93,22 @@ async def get_job(request: Request, api: Api, client: str | None) -> Response:
     """One job: its state, progress, request, result and `image_urls`."""
     job = await run_in_threadpool(api.store.get, request.path_params["job_id"])
     return JSONResponse(api.job_view(request, job))
+
+
+@route()
+async def job_input(request: Request, api: Api, client: str | None) -> Response:
+    """An img2img or inpainting job's input as it was sent: `init` or `mask`."""
+    job = await run_in_threadpool(api.store.get, request.path_params["job_id"])
+    role = f"{request.path_params['name']}_image"
+    if role not in inputs.ROLES or getattr(job.spec, role) is None:
+        raise errors.JobNotFound(f"job {job.id} has no {request.path_params['name']} image")
+    path = await run_in_threadpool(
+        inputs.stored_file, Path(api.settings.paths.data_dir), job.id, role
+    )
+    if path is None:
+        raise errors.JobNotFound(f"the {request.path_params['name']} image of {job.id} is gone")
+    kind = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}[path.suffix[1:]]
+    return FileResponse(path, media_type=kind, headers={"Cache-Control": "max-age=86400"})
 
 
 @route()

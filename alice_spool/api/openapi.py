@@ -406,7 +406,8 @@ def _link(paths: dict[str, Any], collection: str, parameter: str) -> None:
 def _edits_form(bodies: dict[str, Any]) -> dict[str, Any]:
     """OpenAI's image edits form: files, and the request's fields as text."""
     fields = bodies["/v1/jobs"]["properties"]
-    skip = ("prompt", "init_image", "mask_image", "id", "loras", "lora_paths", "lora_scales")
+    skip: tuple[str, ...] = ("prompt", "init_image", "mask_image", "id", "loras")
+    skip += ("lora_paths", "lora_scales")
     skip += ("width", "height")  # OpenAI's form has size
     text = {name: field for name, field in fields.items() if name not in skip}
     return {

@@ -40,7 +40,7 @@ class Adapters:
         self.last_load_s = 0.0
         # What the pipeline has on now: (adapter names, scales), or () for none. Setting
         # adapters walks every LoRA layer, so a call like the last one skips it.
-        self._active: tuple[tuple[str, ...], tuple[float, ...]] | None = None
+        self._active: tuple[tuple[str, ...], tuple[float, ...]] | tuple[()] | None = None
 
     @property
     def loaded(self) -> int:

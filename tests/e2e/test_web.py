@@ -227,6 +227,74 @@ def test_submit_from_the_form_watch_it_finish_and_find_it_in_the_gallery(
     page.context.close()
 
 
+def test_upload_paint_a_mask_pick_a_lora_and_see_the_result(
+    site: Served, browser: Browser, console: Console, tmp_path: Path
+) -> None:
+    """The Submit form's image input, mask painter and LoRA picker; the job page shows
+    the input and mask beside the result, and "Edit and submit" keeps them."""
+    import numpy as np
+    from PIL import Image
+
+    from alice_spool.engine.tiny import create_tiny_lora
+
+    create_tiny_lora(site.root / "var" / "models", "web-lora")
+    pixels = (np.random.default_rng(5).random((64, 80, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    page = new_page(browser, console, viewport={"width": 1280, "height": 1000})
+    page.goto(f"{site.url}/web/#/submit")
+    page.fill("#f-prompt", "a painted harbour")
+    page.fill("#f-steps", "3")
+    page.set_input_files("#f-init", str(tmp_path / "photo.png"))
+    expect(page.locator("#painter")).to_be_visible()
+    page.fill("#f-strength", "0.9")
+    box = page.locator("#f-mask").bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.5, steps=8)
+    page.mouse.up()
+    page.select_option("#f-lora", "lora/web-lora")
+    page.fill("#lora-list .lora-scale", "0.6")
+    shot(page, "submit-image")
+    page.click("#submit-button")
+    panel = page.locator("#submitted .card").first
+    expect(panel.locator(".badge")).to_have_text("succeeded", timeout=WAIT_MS)
+    job_id = panel.get_attribute("data-id")
+    made = job(site, job_id)
+    spec = made["spec"]
+    assert spec["init_image"].startswith("sha256:") and spec["mask_image"].startswith("sha256:")
+    assert (spec["strength"], spec["width"], spec["height"]) == (0.9, 80, 64)
+    assert spec["loras"] == [{"name": "lora/web-lora", "scale": 0.6}]
+    mask = np.asarray(Image.open(site.root / "var" / "inputs" / job_id / "mask.png").convert("L"))
+    assert mask[32, 40] == 255 and mask[2, 2] == 0  # painted across the middle, not the corner
+    result = np.asarray(Image.open(site.root / "var" / "outbox" / job_id / f"{job_id}-0.png"))
+    keep = mask == 0
+    assert np.array_equal(result[keep], pixels[keep])  # outside the mask: the input's
+
+    page.goto(f"{site.url}/web/#/jobs/{job_id}")
+    expect(page.locator("img.input-init")).to_be_visible()
+    expect(page.locator("img.input-mask")).to_be_visible()
+    expect(page.locator("#view .params")).to_contain_text("inpainting")
+    expect(page.locator("#view .params")).to_contain_text("lora/web-lora at 0.6")
+    shot(page, "job-image")
+    page.click("text=Edit and submit")
+    expect(page.locator("#painter")).to_be_visible()
+    expect(page.locator("#lora-list li")).to_have_count(1)
+    expect(page.locator("#f-strength")).to_have_value("0.9")
+    page.click("#submit-button")
+    again = page.locator("#submitted .card").first
+    expect(again.locator(".badge")).to_have_text("succeeded", timeout=WAIT_MS)
+    second_id = again.get_attribute("data-id")
+    second = job(site, second_id)["spec"]
+    assert second["init_image"] == spec["init_image"]  # the very file, sent again
+    assert second["loras"] == spec["loras"] and second["strength"] == 0.9
+    # The mask is painted back into the painter and drawn out again: the same pixels
+    # (a PNG encoded anew, so not the same bytes).
+    repainted = Image.open(site.root / "var" / "inputs" / second_id / "mask.png").convert("L")
+    assert np.abs(np.asarray(repainted, np.int16) - mask.astype(np.int16)).max() <= 1
+    page.context.close()
+
+
 def test_the_form_says_what_is_wrong_and_queues_nothing(site: Served, browser: Browser) -> None:
     console = Console()
     page = new_page(browser, console, viewport={"width": 1280, "height": 900})
