@@ -122,6 +122,13 @@ def take(
     output takes the input's, rounded down to a multiple of 8."""
     fields = dict(data)
     staged = Staged()
+    if fields.get("input_image_urls"):
+        raise InvalidParameters(
+            "input_image_urls is not taken yet: send the images themselves, as input_images "
+            "or init_image (base64)",
+            field="input_image_urls",
+        )
+    fields.pop("input_image_urls", None)  # an empty list or null: nothing asked
     images = fields.pop("input_images", None)
     if images is not None:
         if not isinstance(images, list) or not all(isinstance(i, str) for i in images):

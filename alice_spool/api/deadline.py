@@ -1,11 +1,16 @@
 """A deadline for a request's head: a client that sends its request line and headers
 slowly (a byte at a time, say) is cut off after `server.header_timeout_s`, instead of
 holding a connection forever. uvicorn's HTTP/1.1 protocol, with a timer: armed when a
-connection opens and again after each answer, cancelled once a request's head is whole."""
+connection opens and again after each answer, cancelled once a request's head is whole.
+
+It also answers a request too broken to parse (a garbled request line, a bad header) as
+every other error is answered: this API's JSON error body with the security headers,
+instead of uvicorn's plain text."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -13,6 +18,14 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
+
+# What every answer carries (headers.py adds them to the app's); no page here to frame.
+BROKEN_REQUEST_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+]
 
 
 class HeadDeadline(H11Protocol):
@@ -51,6 +64,31 @@ class HeadDeadline(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request h11 cannot parse, as JSON."""
+        body = json.dumps(
+            {
+                "error": {
+                    "message": f"the request cannot be read as HTTP/1.1: {msg}",
+                    "type": "invalid_request_error",
+                    "code": "invalid_request",
+                }
+            }
+        ).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            *BROKEN_REQUEST_HEADERS,
+        ]
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
 
     def _head_late(self) -> None:
         self._head_due = None

@@ -54,7 +54,7 @@ class SecurityHeaders:
     - makes the errors Starlette's own parts answer in plain text (a refused CORS
       preflight, a bad or unsatisfiable Range on an image or web file) this API's JSON
       error body, with the same status and headers. (A request line too broken to reach
-      the app is answered by the HTTP server itself, before any of this.)"""
+      the app is answered by the HTTP protocol, deadline.py, in the same shape.)"""
 
     def __init__(self, app: Any, *, public_url: str = "") -> None:
         self.app = app

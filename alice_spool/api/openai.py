@@ -35,7 +35,9 @@ _IGNORED_IMAGE_FIELDS = (
 
 
 # What else the chat's parameter objects may hold: OpenAI's size, ALICE's names.
-_CONFIG_EXTRAS = ("size", "num_images", "lora_paths", "lora_scales", "input_images")
+_CONFIG_EXTRAS = (
+    "size", "num_images", "lora_paths", "lora_scales", "input_images", "input_image_urls",
+)  # fmt: skip
 
 
 def _last_user_text(messages: Any) -> str:

@@ -831,6 +831,18 @@ def test_errors_starlette_answers_itself_are_json_too(make_bare: Callable[..., B
     assert answers["range"].json()["error"]["code"] == "range_not_satisfiable"
     whole = httpx.get(image, headers={"Range": "bytes=0-9"})  # a good range still works
     assert whole.status_code == 206 and len(whole.content) == 10
+    host, port = bare.url.removeprefix("http://").split(":")
+    for garbage in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nno colon\r\n\r\n"):
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            raw.sendall(garbage)  # never reaches the app: the HTTP protocol answers
+            answer = b""
+            while chunk := raw.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400"), answer
+        assert b"content-type: application/json" in head.lower()
+        assert b"x-content-type-options: nosniff" in head.lower()
+        assert json.loads(body)["error"]["code"] == "invalid_request"
 
 
 def test_open_event_streams_are_capped_per_client(make_bare: Callable[..., Bare]) -> None:
