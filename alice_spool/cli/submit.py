@@ -173,7 +173,8 @@ def submit(
             data, client = parse_json(text, name), name
             here = Path(request_file).parent if request_file != "-" else Path.cwd()
         else:
-            data, client = {"prompt": prompt, **given, **_image_files(given)}, _user()
+            images = _image_files(given)  # takes --init-image and --mask out of `given`
+            data, client = {"prompt": prompt, **given, **images}, _user()
         if isinstance(data, dict):
             data, staged = inputs.take(data, app.settings.generation.max_input_pixels, inbox=here)
         else:

@@ -334,40 +334,29 @@ class Engine:
         should_stop: StopCheck | None,
         inputs: Sequence[Mapping[str, Any]] | None,
     ) -> BatchOutput:
-        if compiled is None:
+        """One pipeline call: compiled at a warmed-up size and bucket (padded up to it),
+        else eager: never compiled while a job waits (the runner keeps calls within
+        max_batch; the eager path is for any other caller)."""
+
+        def call(pad_to: int | None = None) -> BatchOutput:
             return generate(
                 loaded,
                 resolved,
                 on_step=on_step,
                 should_stop=should_stop,
+                pad_to=pad_to,
                 oom_above=self.oom_above,
                 images=inputs,
             )
+
+        if compiled is None:
+            return call()
         size = (int(resolved[0].width or 0), int(resolved[0].height or 0))
         images = sum(spec.n for spec in resolved)
-        if size not in compiled.sizes or images > self.buckets[-1]:
-            # Not warmed up for this size or this many images: eager, never compiled
-            # while a job waits (the runner keeps calls within max_batch; this is for
-            # any other caller).
-            compiled.use(loaded.pipeline, compiled=False)
-            try:
-                return generate(
-                    loaded,
-                    resolved,
-                    on_step=on_step,
-                    should_stop=should_stop,
-                    oom_above=self.oom_above,
-                    images=inputs,
-                )
-            finally:
-                compiled.use(loaded.pipeline, compiled=True)
-        pad_to = speed.bucket_for(images, self.buckets)
-        return generate(
-            loaded,
-            resolved,
-            on_step=on_step,
-            should_stop=should_stop,
-            pad_to=pad_to,
-            oom_above=self.oom_above,
-            images=inputs,
-        )
+        if size in compiled.sizes and images <= self.buckets[-1]:
+            return call(speed.bucket_for(images, self.buckets))
+        compiled.use(loaded.pipeline, compiled=False)
+        try:
+            return call()
+        finally:
+            compiled.use(loaded.pipeline, compiled=True)
