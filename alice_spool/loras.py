@@ -53,6 +53,21 @@ class LoraInfo:
         }
 
 
+@dataclass(frozen=True)
+class LoraHashes:
+    """A LoRA file's SHA-256 (what CivitAI lists as `SHA256`), and the SHA-256 of its
+    tensor data alone (everything after the safetensors header: kohya's hash, which
+    AUTOMATIC1111 writes in `Lora hashes` as its first 12 hex digits and CivitAI lists
+    as `AutoV3`)."""
+
+    sha256: str
+    tensors_sha256: str
+
+    @property
+    def a1111_short(self) -> str:
+        return self.tensors_sha256[:12]
+
+
 def lora_family(header: dict[str, Any]) -> str | None:
     """The family a LoRA's tensors were made for; None if they are no LoRA's."""
     keys = [k for k in header if k != "__metadata__"]
@@ -95,7 +110,7 @@ class LoraRegistry:
         self._lock = threading.Lock()
         self._signature: tuple[Any, ...] | None = None
         self._loras: dict[str, LoraInfo] = {}
-        self._hashes: dict[tuple[Path, int, int], str] = {}
+        self._hashes: dict[tuple[Path, int, int], LoraHashes] = {}
 
     def _current_signature(self) -> tuple[Any, ...]:
         try:
@@ -141,18 +156,27 @@ class LoraRegistry:
             )
         return loras[wanted]
 
-    def sha256(self, lora: LoraInfo) -> str:
-        """The file's SHA-256 (cached by path, time and size)."""
+    def hashes(self, lora: LoraInfo) -> LoraHashes:
+        """The file's hashes (cached by path, time and size), read in one pass."""
         info = lora.path.stat()
         key = (lora.path, info.st_mtime_ns, info.st_size)
         with self._lock:
             known = self._hashes.get(key)
         if known is not None:
             return known
-        digest = hashlib.sha256()
+        whole, tensors = hashlib.sha256(), hashlib.sha256()
         with lora.path.open("rb") as handle:
+            prefix = handle.read(8)
+            whole.update(prefix)
+            # kohya's and A1111's hash: the bytes after the 8-byte length and the header.
+            header_left = int.from_bytes(prefix, "little") if len(prefix) == 8 else 0
+            while header_left > 0 and (chunk := handle.read(min(header_left, 1 << 20))):
+                whole.update(chunk)
+                header_left -= len(chunk)
             while chunk := handle.read(1 << 20):
-                digest.update(chunk)
+                whole.update(chunk)
+                tensors.update(chunk)
+        found = LoraHashes(whole.hexdigest(), tensors.hexdigest())
         with self._lock:
-            self._hashes[key] = digest.hexdigest()
-        return digest.hexdigest()
+            self._hashes[key] = found
+        return found

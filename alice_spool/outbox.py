@@ -56,8 +56,10 @@ def infotext(
     loras: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """The parameters of one image as AUTOMATIC1111 writes them (and others read them):
-    LoRAs as `<lora:name:scale>` tags in the prompt and their `Lora hashes` (the first
-    12 hex digits of each file's SHA-256)."""
+    LoRAs as `<lora:name:scale>` tags in the prompt and their `Lora hashes`: each name
+    (less `:` and `,`) with the first 12 hex digits of its tensor data's SHA-256, the
+    hash A1111 computes for a safetensors LoRA, so its tools and CivitAI (`AutoV3`)
+    recognise the file."""
     tags = " ".join(
         f"<lora:{str(lora['name']).removeprefix('lora/')}:{float(lora['scale']):g}>"
         for lora in loras
@@ -77,12 +79,16 @@ def infotext(
         settings.append(("Denoising strength", f"{spec.strength:g}"))
     if loras:
         hashes = ", ".join(
-            f"{str(lora['name']).removeprefix('lora/')}: {str(lora.get('sha256', ''))[:12]}"
+            f"{_a1111_lora_name(lora)}: {str(lora.get('tensors_sha256', ''))[:12]}"
             for lora in loras
         )
         settings.append(("Lora hashes", f'"{hashes}"'))
     lines.append(", ".join(f"{key}: {value}" for key, value in settings))
     return "\n".join(lines)
+
+
+def _a1111_lora_name(lora: Mapping[str, Any]) -> str:
+    return str(lora["name"]).removeprefix("lora/").replace(":", "").replace(",", "")
 
 
 def image_name(job_id: str, index: int) -> str:

@@ -276,27 +276,25 @@ class Engine:
             loaded.adapters = Adapters(loaded.pipeline, self.max_cached_loras)
         return cast(Adapters, loaded.adapters)
 
-    def _activate_loras(
-        self, loaded: Loaded, spec: JobSpec, compiled: bool
-    ) -> list[dict[str, Any]]:
+    def _activate_loras(self, loaded: Loaded, spec: JobSpec) -> list[dict[str, Any]]:
         """The batch's LoRA set (one per batch: it is part of the batch key) on, or
         every adapter off for a batch without; what it is, for the records."""
-        if spec.loras and compiled:
-            # A compiled pipeline has its QKV projections fused, which LoRA layers on the
-            # separate projections would not reach, and new layers would make it
-            # recompile while jobs wait. Refused rather than run wrong or slow.
-            raise InvalidParameters(
-                "LoRA jobs do not run on a runner with runner.compile = true yet",
-                field="loras",
-            )
         found = [(self.registry.loras.get(name), scale) for name, scale in spec.loras]
         uses = [AdapterUse(lora.id, lora.path, scale) for lora, scale in found]
         if uses or loaded.adapters is not None:
             self.adapters(loaded).activate(uses)
-        return [
-            {"name": lora.id, "scale": scale, "sha256": self.registry.loras.sha256(lora)}
-            for lora, scale in found
-        ]
+        records = []
+        for lora, scale in found:
+            hashes = self.registry.loras.hashes(lora)
+            records.append(
+                {
+                    "name": lora.id,
+                    "scale": scale,
+                    "sha256": hashes.sha256,
+                    "tensors_sha256": hashes.tensors_sha256,
+                }
+            )
+        return records
 
     def unload(self) -> None:
         """Free every model (the resident one and a parked one)."""
@@ -320,8 +318,25 @@ class Engine:
         resolved = [self.resolve(spec) for spec in specs]
         loaded = self.ensure(str(resolved[0].model))
         compiled = self._compiled.get(loaded.model_id)
-        loras = self._activate_loras(loaded, resolved[0], compiled is not None)
-        output = self._run(loaded, resolved, compiled, on_step, should_stop, images)
+        if compiled is not None and resolved[0].loras:
+            # LoRA layers would change the module tree the compiled code was traced
+            # with (a recompilation while jobs wait), and fused QKV bypasses the ones on
+            # Q, K and V: LoRA batches run eager, unfused. Their adapters stay loaded
+            # for a run of LoRA batches and are unloaded before the next plain one.
+            with compiled.eager_unfused(loaded.pipeline):
+                loras = self._activate_loras(loaded, resolved[0])
+                output = self._run(loaded, resolved, None, on_step, should_stop, images)
+        else:
+            if compiled is not None and loaded.adapters is not None and loaded.adapters.loaded:
+                # Unloaded from the eager modules: diffusers finds no UNet to take the
+                # LoRA layers out of behind the compiled wrapper.
+                compiled.use(loaded.pipeline, compiled=False)
+                try:
+                    self.adapters(loaded).clear()
+                finally:
+                    compiled.use(loaded.pipeline, compiled=True)
+            loras = self._activate_loras(loaded, resolved[0])
+            output = self._run(loaded, resolved, compiled, on_step, should_stop, images)
         output.loras.extend(loras)
         return output
 

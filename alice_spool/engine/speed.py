@@ -9,11 +9,17 @@ pipeline (`runner.compile`).
   up to the next one) and every size and bucket is compiled by `Engine.warm_up` before
   the first job; a size that was not warmed up runs on the eager modules. Nothing is
   compiled while a job waits.
+- LoRA batches on a compiled pipeline run on the eager modules with the QKV projections
+  unfused (`Compiled.eager_unfused`); their adapters are unloaded before the next plain
+  batch, so the compiled modules always run exactly the module tree they were traced
+  with (no recompilation, no LoRA layer left in a plain call).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,10 +101,32 @@ class Compiled:
     decode: Any
     eager_unet: Any
     eager_decode: Any
+    # The UNet's attention processors fused and as they were (None: its QKV projections
+    # are not fused).
+    fused_processors: dict[str, Any] | None = None
+    unfused_processors: dict[str, Any] | None = None
 
     def use(self, pipeline: DiffusionPipeline, *, compiled: bool) -> None:
         pipeline.unet = self.unet if compiled else self.eager_unet
         pipeline.vae.decode = self.decode if compiled else self.eager_decode
+
+    @contextmanager
+    def eager_unfused(self, pipeline: DiffusionPipeline) -> Iterator[None]:
+        """Run the eager modules with the UNet's separate Q, K and V projections (where
+        LoRA layers sit; the fused projection would bypass them), then put the fused
+        processors (the very objects the compiled code was traced with) and the
+        compiled modules back."""
+        # (Not the UNet's unfuse_qkv_projections: set_attn_processor empties the dict it
+        # is given, and that method gives it the one it keeps, so it works only once.)
+        self.use(pipeline, compiled=False)
+        if self.unfused_processors is not None:
+            self.eager_unet.set_attn_processor(dict(self.unfused_processors))
+        try:
+            yield
+        finally:
+            if self.fused_processors is not None:
+                self.eager_unet.set_attn_processor(dict(self.fused_processors))
+            self.use(pipeline, compiled=True)
 
 
 def optimise(pipeline: DiffusionPipeline, device: torch.device, *, backend: Any) -> Compiled:
@@ -106,11 +134,19 @@ def optimise(pipeline: DiffusionPipeline, device: torch.device, *, backend: Any)
     compiled ones are put in). `backend` is torch.compile's ("inductor"; tests use a
     counting one to check the wiring without code generation)."""
     done = []
+    fused_processors = unfused_processors = None
     try:
+        unfused = dict(pipeline.unet.attn_processors)
         pipeline.fuse_qkv_projections()
+        fused_processors, unfused_processors = dict(pipeline.unet.attn_processors), unfused
         done.append("fused QKV")
     except Exception as exc:  # an attention processor that cannot fuse: go on without
         log.info("QKV projections not fused: %s", exc)
+    # Inference only: and loading a LoRA (PEFT) turns requires_grad off on the weights
+    # it leaves alone, which compiled code guards on; off from the start, a LoRA batch
+    # changes nothing the compiled code sees.
+    pipeline.unet.requires_grad_(False)
+    pipeline.vae.requires_grad_(False)
     pipeline.unet.to(memory_format=torch.channels_last)
     pipeline.vae.to(memory_format=torch.channels_last)
     done.append("channels_last")
@@ -134,6 +170,8 @@ def optimise(pipeline: DiffusionPipeline, device: torch.device, *, backend: Any)
         decode=decode,
         eager_unet=eager_unet,
         eager_decode=eager_decode,
+        fused_processors=fused_processors,
+        unfused_processors=unfused_processors,
     )
     compiled.use(pipeline, compiled=True)
     return compiled

@@ -289,12 +289,18 @@ def test_a_lora_job_and_a_plain_one_run_and_record_their_loras(live: Live) -> No
     assert np.array_equal(plain, zero)
     assert (np.abs(tagged - plain) > 2).mean() >= 0.01
     result = json.loads((outbox / jobs["tagged"] / "result.json").read_text())
-    sha = hashlib.sha256(lora.read_bytes()).hexdigest()
-    assert result["loras"] == [{"name": "lora/e2e-lora", "scale": 1.0, "sha256": sha}]
+    data = lora.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    # A1111's hash: the tensor data after the 8-byte header length and the header.
+    tensors = hashlib.sha256(data[8 + int.from_bytes(data[:8], "little") :]).hexdigest()
+    assert tensors != sha
+    assert result["loras"] == [
+        {"name": "lora/e2e-lora", "scale": 1.0, "sha256": sha, "tensors_sha256": tensors}
+    ]
     assert result["mode"] == "txt2img" and result["spec"]["prompt"] == "a harbour"
     text = image["tagged"].text["parameters"]
     assert text.startswith("a harbour <lora:e2e-lora:1>\n")
-    assert f'Lora hashes: "e2e-lora: {sha[:12]}"' in text
+    assert f'Lora hashes: "e2e-lora: {tensors[:12]}"' in text
     record = live.get(f"/v1/jobs/{jobs['tagged']}", headers={"X-Api-Key": SAM_KEY}).json()
     assert record["result"]["loras"] == result["loras"]
     assert json.loads((outbox / jobs["plain"] / "result.json").read_text())["loras"] == []

@@ -5,6 +5,7 @@ a call without LoRAs is the plain model's)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -190,22 +191,38 @@ def test_a_lora_batch_and_a_plain_batch_each_match_their_jobs_alone(engine: Engi
 
 def test_infotext_writes_loras_as_a1111_does() -> None:
     job = spec(loras=[{"name": "tiny-lora", "scale": 0.5}])
-    text = infotext(
-        job, 7, 64, 64, loras=[{"name": "lora/tiny-lora", "scale": 0.5, "sha256": "ab" * 32}]
-    )
-    first, settings = text.splitlines()
-    assert first == "a lighthouse <lora:tiny-lora:0.5>"
-    assert settings.endswith('Lora hashes: "tiny-lora: abababababab"')
+    records = [
+        {"name": "lora/tiny-lora", "scale": 0.5, "sha256": "ab" * 32, "tensors_sha256": "cd" * 32},
+        {"name": "lora/odd,name", "scale": -1, "sha256": "ef" * 32, "tensors_sha256": "01" * 32},
+    ]
+    first, settings = infotext(job, 7, 64, 64, loras=records).splitlines()
+    assert first == "a lighthouse <lora:tiny-lora:0.5> <lora:odd,name:-1>"
+    # The tensor data's hash, not the file's; A1111 drops ':' and ',' from the names.
+    assert settings.endswith('Lora hashes: "tiny-lora: cdcdcdcdcdcd, oddname: 010101010101"')
 
 
-def test_a_compiled_runner_refuses_lora_jobs_clearly(models: Path) -> None:
-    engine = Engine(ModelRegistry(models), choose("cpu"))
-    loaded = engine.ensure("sd/tiny")
-    from alice_spool.engine import speed
+def test_a_loras_hashes_are_the_files_and_its_tensor_datas(models: Path) -> None:
+    from alice_spool.loras import LoraRegistry
 
-    engine._compiled[loaded.model_id] = speed.Compiled("test", set(), None, None, None, None)
-    with pytest.raises(InvalidParameters, match=r"runner\.compile"):
-        engine.generate([spec(loras=["tiny-lora"])])
+    registry = LoraRegistry(models)
+    lora = registry.get("tiny-lora")
+    data = lora.path.read_bytes()
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    hashes = registry.hashes(lora)
+    assert hashes.sha256 == hashlib.sha256(data).hexdigest()
+    assert hashes.tensors_sha256 == hashlib.sha256(data[header_end:]).hexdigest()
+    # Metadata lives in the header: a file that differs only there keeps A1111's hash.
+    from safetensors.torch import load_file, save_file
+
+    other = models / "loras" / "renamed-copy.safetensors"
+    save_file(load_file(str(lora.path)), str(other), metadata={"note": "other metadata"})
+    try:
+        copy = registry.hashes(registry.get("renamed-copy"))
+        assert copy.sha256 != hashes.sha256
+        assert copy.tensors_sha256 == hashes.tensors_sha256
+        assert copy.a1111_short == hashes.tensors_sha256[:12]
+    finally:
+        other.unlink()
 
 
 def test_the_cli_generates_with_a_lora(models: Path, tmp_path: Path) -> None:

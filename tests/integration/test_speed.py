@@ -16,7 +16,7 @@ from alice_spool.engine.device import Placement, choose
 from alice_spool.engine.resident import Engine
 from alice_spool.engine.shapes import build_parts, write_model_folder
 from alice_spool.engine.speed import optimise
-from alice_spool.engine.tiny import build_tiny_pipeline, create_tiny
+from alice_spool.engine.tiny import build_tiny_pipeline, create_tiny, create_tiny_lora
 from alice_spool.errors import InvalidParameters
 from alice_spool.registry import ModelRegistry
 from alice_spool.spec import parse_spec
@@ -26,6 +26,7 @@ from alice_spool.spec import parse_spec
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("models")
     create_tiny(directory, "tiny")
+    create_tiny_lora(directory)
     return directory
 
 
@@ -121,6 +122,49 @@ def test_a_compilation_that_fails_leaves_the_model_running_uncompiled(models: Pa
     assert len(calls) == tried  # the jobs ran eagerly: no compilation for them
     engine.unload()
     torch._dynamo.reset()
+
+
+def test_a_compiled_runner_runs_lora_batches_eager_and_never_recompiles(models: Path) -> None:
+    """A LoRA batch on a compiled pipeline runs on the eager modules with Q, K and V
+    unfused (where the LoRA layers sit), gives the uncompiled engine's images, keeps its
+    adapters for a run of LoRA batches, and unloads them before the next plain batch:
+    nothing is compiled after the warm-up, and the plain images are as before."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    backend = CountingBackend()
+    engine = Engine(
+        ModelRegistry(models),
+        choose("cpu"),
+        max_batch=2,
+        compile=True,
+        compile_sizes=[(64, 64)],
+        compile_backend=backend,
+    )
+    engine.warm_up_default()
+    after_warm_up = backend.compiled
+    lora = {"name": "tiny-lora", "scale": 1.0}
+    plain_before = engine.generate([spec(seed=21, n=2)])
+    with_lora = engine.generate([spec(seed=21, n=2, loras=[lora])])
+    again = engine.generate([spec(seed=22, loras=[lora])])
+    adapters = engine.current.adapters
+    assert adapters.loads == 1 and adapters.hits == 1  # kept for the run of LoRA batches
+    plain_after = engine.generate([spec(seed=21, n=2)])
+    assert adapters.loaded == 0  # unloaded before the plain batch
+    assert backend.compiled == after_warm_up
+    assert with_lora.loras[0]["name"] == "lora/tiny-lora" and again.image_count == 1
+    for before, after in zip(pixels(plain_before), pixels(plain_after), strict=True):
+        assert np.array_equal(before, after)
+    for plain, lora_image in zip(pixels(plain_before), pixels(with_lora), strict=True):
+        assert (np.abs(lora_image - plain) > 2).mean() >= 0.01  # the LoRA acts
+    engine.unload()
+    torch._dynamo.reset()
+
+    uncompiled = Engine(ModelRegistry(models), choose("cpu"))
+    reference = pixels(uncompiled.generate([spec(seed=21, n=2, loras=[lora])]))
+    for got, want in zip(pixels(with_lora), reference, strict=True):
+        assert np.abs(got - want).mean() < 1.0  # channels_last rounds a little
+    uncompiled.unload()
 
 
 def test_an_fp16_sdxl_vae_stays_in_float32_when_compiled(tmp_path: Path) -> None:
