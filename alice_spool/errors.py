@@ -196,6 +196,12 @@ class GenerationFailed(SpoolError):
     code = "generation_failed"
 
 
+class InputUnavailable(SpoolError):
+    """A stored input image of the job is missing or damaged."""
+
+    code = "input_unavailable"
+
+
 class Interrupted(SpoolError):
     """The generation was stopped before it finished."""
 

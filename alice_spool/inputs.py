@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InvalidParameters
+from .errors import InputUnavailable, InvalidParameters
 from .spec import DEFAULT_STRENGTH
 
 FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
@@ -227,14 +227,35 @@ def stored_file(data_dir: Path, job_id: str, role: str) -> Path | None:
     return None
 
 
-def load(data_dir: Path, job_id: str) -> dict[str, Image.Image]:
-    """A job's stored inputs as RGB (init) and L (mask) images, by role."""
+def load(data_dir: Path, job_id: str, wanted: Mapping[str, str | None]) -> dict[str, Image.Image]:
+    """A job's stored inputs as RGB (init) and L (mask) images, by role: each role that
+    `wanted` names (`{role: "sha256:<hex>"}`, as the job's spec records it) must be
+    there with exactly those bytes, else `input_unavailable` (deleted or damaged since
+    the job was queued)."""
     found: dict[str, Image.Image] = {}
     for role in ROLES:
+        reference = wanted.get(role)
+        if reference is None:
+            continue
         path = stored_file(data_dir, job_id, role)
-        if path is not None:
-            with Image.open(path) as image:
+        if path is None:
+            raise InputUnavailable(
+                f"the job's {role} is no longer stored in {job_dir(data_dir, job_id)}",
+                field=role,
+            )
+        try:
+            data = path.read_bytes()
+            if "sha256:" + hashlib.sha256(data).hexdigest() != reference:
+                raise InputUnavailable(
+                    f"the job's stored {role} ({path}) is not the image it was queued with",
+                    field=role,
+                )
+            with Image.open(io.BytesIO(data)) as image:
                 found[role] = image.convert("L" if role == "mask_image" else "RGB")
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+            raise InputUnavailable(
+                f"the job's stored {role} ({path}) cannot be read: {exc}", field=role
+            ) from exc
     return found
 
 

@@ -45,6 +45,7 @@ STATUS = {
     "gpu_out_of_memory": 503,
     "timeout": 504,
     "generation_failed": 500,
+    "input_unavailable": 500,
     "model_load_failed": 500,
     "attempts_exhausted": 500,
     "outbox_write_failed": 500,

@@ -230,10 +230,13 @@ class Runner(Monitoring):
                 continue
             try:
                 resolved = self.generator.resolve(job.spec.with_seed())
+                # Each job's own inputs, read now: one whose files were deleted or damaged
+                # fails alone instead of failing the call it would share.
+                stored = self._inputs(job.id, resolved)
             except SpoolError as exc:  # e.g. the model was removed since it was queued
                 self._fail(Outcome(job, job.spec, error=exc))
                 continue
-            pending.append(Outcome(job, resolved))
+            pending.append(Outcome(job, resolved, inputs=stored))
         if not pending:
             return
         pieces = [Piece(o.job, o.spec, 0) for o in pending]
@@ -275,7 +278,7 @@ class Runner(Monitoring):
         try:
             extra: dict[str, Any] = {}
             if pieces[0].spec.init_image is not None:  # img2img or inpainting: its inputs
-                extra["images"] = [self._inputs(p.job.id) for p in pieces]
+                extra["images"] = [by_id[p.job.id].inputs for p in pieces]
             output = self.generator.generate(
                 [p.spec for p in pieces],
                 on_step=self._on_step,
@@ -309,11 +312,13 @@ class Runner(Monitoring):
                 outcome.images[piece.first + offset] = image
                 outcome.seeds[piece.first + offset] = seed
 
-    def _inputs(self, job_id: str) -> dict[str, Any]:
-        """A job's stored input images (inputs.py), by role."""
-        if self.options.data_dir is None:
+    def _inputs(self, job_id: str, spec: JobSpec) -> dict[str, Any]:
+        """A job's stored input images (inputs.py), by role, checked against the hashes
+        its spec records; none for a txt2img job."""
+        if self.options.data_dir is None or spec.init_image is None:
             return {}
-        return inputs.load(self.options.data_dir, job_id)
+        wanted = {"init_image": spec.init_image, "mask_image": spec.mask_image}
+        return inputs.load(self.options.data_dir, job_id, wanted)
 
     def _images_per_call(self, spec: JobSpec) -> int:
         """How many images one call may take for this spec's model and size: what the

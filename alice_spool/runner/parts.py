@@ -141,7 +141,8 @@ class Outcome:
     batch_images: int = 0  # images in the largest call it was part of
     device: str | None = None
     memory_mode: str | None = None
-    loras: list[dict[str, Any]] = field(default_factory=list)  # name, scale, sha256
+    loras: list[dict[str, Any]] = field(default_factory=list)  # name, scale, hashes
+    inputs: dict[str, Any] = field(default_factory=dict)  # role -> PIL image (img2img)
 
 
 @dataclass

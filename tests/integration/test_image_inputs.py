@@ -17,7 +17,7 @@ from alice_spool import inputs
 from alice_spool.engine.device import choose
 from alice_spool.engine.resident import Engine
 from alice_spool.engine.tiny import create_tiny
-from alice_spool.errors import InvalidParameters
+from alice_spool.errors import InputUnavailable, InvalidParameters
 from alice_spool.registry import ModelRegistry
 from alice_spool.spec import JobSpec, parse_spec
 
@@ -132,17 +132,27 @@ def test_an_inbox_request_names_files_beside_it_and_nothing_outside(tmp_path: Pa
 def test_a_door_without_an_intake_refuses_raw_images() -> None:
     with pytest.raises(InvalidParameters, match="not taken here") as info:
         parse_spec({"prompt": "x", "init_image": b64(encoded(1))})
-    assert info.value.field == "init_image"
+    assert info.value.details["field"] == "init_image"
 
 
 def test_inputs_are_stored_durably_and_read_back(tmp_path: Path) -> None:
-    _, staged = taken(init_image=b64(encoded(6)), mask_image=b64(mask_png()))
+    spec, staged = taken(init_image=b64(encoded(6)), mask_image=b64(mask_png()))
+    wanted = {"init_image": spec.init_image, "mask_image": spec.mask_image}
     directory = inputs.store(tmp_path, "job1", staged)
     assert sorted(p.name for p in directory.iterdir()) == ["init.png", "mask.png"]
-    loaded = inputs.load(tmp_path, "job1")
+    loaded = inputs.load(tmp_path, "job1", wanted)
     assert loaded["init_image"].mode == "RGB" and loaded["mask_image"].mode == "L"
+    assert inputs.load(tmp_path, "job1", {"init_image": None}) == {}  # txt2img: none read
+    # Damaged since it was queued (other bytes than its spec's hash): refused by name.
+    (directory / "mask.png").write_bytes(encoded(7))
+    with pytest.raises(InputUnavailable, match="not the image it was queued with") as info:
+        inputs.load(tmp_path, "job1", wanted)
+    assert info.value.details["field"] == "mask_image" and info.value.code == "input_unavailable"
     inputs.remove(tmp_path, "job1")
-    assert not directory.exists() and inputs.load(tmp_path, "job1") == {}
+    assert not directory.exists()
+    with pytest.raises(InputUnavailable, match="no longer stored") as info:
+        inputs.load(tmp_path, "job1", wanted)
+    assert info.value.details["field"] == "init_image"
 
 
 def test_img2img_is_reproducible_and_depends_on_its_input(engine: Engine) -> None:

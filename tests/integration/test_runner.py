@@ -4,6 +4,8 @@ of memory, hang or break an image. The real pipeline runs in tests/e2e/test_runn
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import threading
 import time
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from alice_spool import inputs
 from alice_spool.errors import (
     GenerationFailed,
     GpuOutOfMemory,
@@ -28,9 +31,9 @@ from alice_spool.models import JobStatus
 from alice_spool.outbox import RESULT, Outbox
 from alice_spool.records import JobRecord
 from alice_spool.runner import Runner, RunnerOptions
-from alice_spool.spec import JobSpec
+from alice_spool.spec import JobSpec, parse_spec
 from alice_spool.store import Store
-from alice_spool.store._base import utcnow
+from alice_spool.store._base import new_id, utcnow
 
 MODELS = ("sd/a", "sd/b")
 
@@ -45,6 +48,7 @@ class FakeEngine:
 
     def __init__(self) -> None:
         self.calls: list[list[JobSpec]] = []
+        self.inputs: list[Sequence[dict[str, Any]] | None] = []  # each call's input images
         self.resident_model: str | None = None
         self.step_s = 0.0
         self.oom_above: int | None = None
@@ -81,9 +85,11 @@ class FakeEngine:
         *,
         on_step: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        images: Sequence[dict[str, Any]] | None = None,
     ) -> Any:
         resolved = [self.resolve(s) for s in specs]
         self.calls.append(resolved)
+        self.inputs.append(images)
         self.resident_model = resolved[0].model
         self.started.set()
         images = sum(s.n for s in resolved)
@@ -350,6 +356,42 @@ def test_a_broken_image_fails_its_job_and_not_the_batch(
     assert len(engine.calls) == 1
     assert status(store, good) is JobStatus.SUCCEEDED
     assert store.get(bad.id).error_code == "generation_failed"
+
+
+def test_a_job_whose_stored_inputs_are_gone_or_damaged_fails_alone(
+    store: Store, outbox: Outbox, engine: FakeEngine, tmp_path: Path
+) -> None:
+    """Three img2img jobs that would share a call: one's input was deleted, one's
+    overwritten since they were queued. Those two fail with input_unavailable naming
+    the role; the third runs, in a call of its own, with its own input."""
+    data_dir = tmp_path / "data"
+    queued = []
+    for seed in (1, 2, 3):
+        png = io.BytesIO()
+        Image.new("RGB", (64, 64), colour(seed)).save(png, format="PNG")
+        request = {"prompt": "a boat", "init_image": base64.b64encode(png.getvalue()).decode()}
+        fields, staged = inputs.take({**request, "steps": 4, "seed": seed}, 10**6)
+        spec, job_id = parse_spec(fields), new_id()
+        inputs.store(data_dir, job_id, staged)
+        queued.append(store.enqueue(spec, source="cli", job_id=job_id).job)
+    gone, damaged, fine = queued
+    inputs.remove(data_dir, gone.id)
+    other = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(other, format="PNG")
+    (inputs.job_dir(data_dir, damaged.id) / "init.png").write_bytes(other.getvalue())
+    options = RunnerOptions(name="test", exit_when_idle=True, data_dir=data_dir)
+    Runner(store, outbox, engine, options, lock_dir=tmp_path).run()
+
+    for job, says in ((gone, "no longer stored"), (damaged, "not the image it was queued")):
+        failed = store.get(job.id)
+        assert (failed.status, failed.error_code) == (JobStatus.FAILED, "input_unavailable")
+        assert says in failed.error_message and "init_image" in failed.error_message
+        assert failed.attempts == 1
+        assert outbox.read_result(job.id)["error"]["code"] == "input_unavailable"
+    assert status(store, fine) is JobStatus.SUCCEEDED
+    assert [[s.seed for s in call] for call in engine.calls] == [[3]]
+    (given,) = engine.inputs[0]
+    assert given["init_image"].getpixel((0, 0)) == colour(3)
 
 
 def test_a_job_for_a_missing_model_fails_and_the_runner_goes_on(
