@@ -276,6 +276,13 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class ModelsSettings:
+    # Let URLs (image inputs' input_image_urls) lead to loopback, private and other
+    # non-public addresses: for a trusted network only (urls.py).
+    allow_private_urls: bool = False
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "INFO"
     format: str = "text"
@@ -308,6 +315,7 @@ class Settings:
     runner: RunnerSettings = field(default_factory=RunnerSettings)
     inbox: InboxSettings = field(default_factory=InboxSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    models: ModelsSettings = field(default_factory=ModelsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     config_file: str | None = None
 

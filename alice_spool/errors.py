@@ -112,6 +112,12 @@ class ModelNotFound(SpoolError):
     code = "model_not_found"
 
 
+class ForbiddenUrl(SpoolError):
+    """The URL leads to an address that may not be fetched."""
+
+    code = "forbidden_url"
+
+
 class LoraNotFound(SpoolError):
     """The requested LoRA is not installed."""
 

@@ -50,7 +50,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from . import inputs
+from . import inputs, urls
 from .config import Settings
 from .errors import (
     DatabaseError,
@@ -161,9 +161,11 @@ class Inbox:
         default_model: str = "",
         faults: Faults = NO_FAULTS,
         data_dir: Path | None = None,  # where image inputs are stored; None: no images
+        fetch: inputs.Fetch | None = None,  # input_image_urls (urls.py); None: refused
     ) -> None:
         self.directory = Path(directory)
         self.data_dir = data_dir
+        self.fetch = fetch
         self.store = store
         self.registry = registry
         self.defaults = defaults
@@ -196,6 +198,10 @@ class Inbox:
             "after_accept": options.after_accept,
             "default_model": settings.generation.default_model,
             "data_dir": Path(settings.paths.data_dir),
+            "fetch": urls.fetcher(
+                allow_private=settings.models.allow_private_urls,
+                max_bytes=settings.server.max_image_body_bytes,
+            ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         registry = ModelRegistry(settings.paths.models)
@@ -515,14 +521,15 @@ class Inbox:
 
         def take_images(data: Any) -> Any:
             if not isinstance(data, dict) or not any(
-                data.get(k) is not None for k in ("init_image", "mask_image", "input_images")
+                data.get(k) is not None
+                for k in ("init_image", "mask_image", "input_images", "input_image_urls")
             ):
                 staged.append(inputs.Staged())
                 return data
             if self.data_dir is None:
                 raise InvalidParameters("this inbox takes no image inputs", field="init_image")
             pixels = getattr(self.defaults, "max_input_pixels", inputs.MAX_INPUT_PIXELS)
-            data, images = inputs.take(data, pixels, inbox=self.directory)
+            data, images = inputs.take(data, pixels, inbox=self.directory, fetch=self.fetch)
             staged.append(images)
             return data
 

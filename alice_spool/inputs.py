@@ -33,6 +33,7 @@ _DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 INPUTS_DIR = "inputs"
 T = TypeVar("T")
+Fetch = Callable[[str, str], bytes]  # (url, the field it came in) -> the body
 MAX_INPUT_PIXELS = 4_194_304  # generation.max_input_pixels's default
 
 
@@ -65,30 +66,32 @@ class Staged:
         return bool(self.images)
 
 
-def decode(role: str, data: bytes, max_pixels: int) -> Decoded:
-    """Check that `data` is a whole PNG, JPEG or WebP image of at most `max_pixels`."""
+def decode(role: str, data: bytes, max_pixels: int, *, field: str | None = None) -> Decoded:
+    """Check that `data` is a whole PNG, JPEG or WebP image of at most `max_pixels`
+    (errors name `field`, by default the role)."""
+    name = field or role
     try:
         with Image.open(io.BytesIO(data)) as image:
             kind = image.format or ""
             width, height = image.size
             if kind not in FORMATS:
                 raise InvalidParameters(
-                    f"{role} must be a PNG, JPEG or WebP image, not {kind or 'this format'}",
-                    field=role,
+                    f"{name} must be a PNG, JPEG or WebP image, not {kind or 'this format'}",
+                    field=name,
                 )
             if width * height > max_pixels:
                 raise InvalidParameters(
-                    f"{role} is {width}x{height} = {width * height} pixels; the limit is "
+                    f"{name} is {width}x{height} = {width * height} pixels; the limit is "
                     f"{max_pixels} (generation.max_input_pixels)",
-                    field=role,
+                    field=name,
                 )
             image.load()  # the whole file decodes: not truncated, not a bomb
     except InvalidParameters:
         raise
     except UnidentifiedImageError:
-        raise InvalidParameters(f"{role} is not a PNG, JPEG or WebP image", field=role) from None
+        raise InvalidParameters(f"{name} is not a PNG, JPEG or WebP image", field=name) from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidParameters(f"{role} is not a readable image: {exc}", field=role) from None
+        raise InvalidParameters(f"{name} is not a readable image: {exc}", field=name) from None
     return Decoded(role, data, FORMATS[kind], width, height)
 
 
@@ -114,42 +117,60 @@ def _from_inbox(role: str, name: str, inbox: Path) -> bytes:
         ) from None
 
 
+def _strings(fields: dict[str, Any], name: str, what: str) -> list[str]:
+    values = fields.pop(name, None)
+    if values is None:
+        return []
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise InvalidParameters(f"{name} must be a list of {what}", field=name)
+    return values
+
+
 def take(
-    data: Mapping[str, Any], max_pixels: int, *, inbox: Path | None = None
+    data: Mapping[str, Any],
+    max_pixels: int,
+    *,
+    inbox: Path | None = None,
+    fetch: Fetch | None = None,
 ) -> tuple[dict[str, Any], Staged]:
     """The request with its images decoded and checked, each replaced by
     `sha256:<hex>`, and the images to store with the job. With no size given, the
-    output takes the input's, rounded down to a multiple of 8."""
+    output takes the input's, rounded down to a multiple of 8. `fetch(url, field)`
+    gets what ALICE's `input_image_urls` name (urls.py's rules); a door without it
+    refuses them."""
     fields = dict(data)
     staged = Staged()
-    if fields.get("input_image_urls"):
-        raise InvalidParameters(
-            "input_image_urls is not taken yet: send the images themselves, as input_images "
-            "or init_image (base64)",
-            field="input_image_urls",
-        )
-    fields.pop("input_image_urls", None)  # an empty list or null: nothing asked
-    images = fields.pop("input_images", None)
-    if images is not None:
-        if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
-            raise InvalidParameters("input_images must be a list of images", field="input_images")
-        if images:
-            if fields.get("init_image") is not None:
-                raise InvalidParameters(
-                    "give either init_image or input_images, not both", field="input_images"
-                )
-            fields["init_image"] = images[0]  # ALICE uses the first
+    images = _strings(fields, "input_images", "images")
+    links = _strings(fields, "input_image_urls", "URLs")
+    given = [
+        name for name, there in (("input_images", images), ("input_image_urls", links)) if there
+    ]
+    if fields.get("init_image") is not None:
+        given.insert(0, "init_image")
+    if len(given) > 1:
+        raise InvalidParameters(f"give one of {' or '.join(given)}, not both", field=given[1])
+    if images:
+        fields["init_image"] = images[0]  # ALICE uses the first
+    fetched: bytes | None = None
+    if links:
+        if fetch is None:
+            raise InvalidParameters(
+                "input_image_urls are not taken here: send the image itself (init_image)",
+                field="input_image_urls",
+            )
+        fetched = fetch(links[0], "input_image_urls")  # the first, as input_images
     for role in ROLES:
         value = fields.get(role)
-        if value is None:
+        if role == "init_image" and fetched is not None:
+            decoded = decode(role, fetched, max_pixels, field="input_image_urls")
+        elif value is None:
             continue
-        if not isinstance(value, str) or not value.strip():
+        elif not isinstance(value, str) or not value.strip():
             raise InvalidParameters(f"{role} must be an image as base64 text", field=role)
-        if inbox is not None and not _looks_like_base64(value):
-            raw = _from_inbox(role, value.strip(), inbox)
+        elif inbox is not None and not _looks_like_base64(value):
+            decoded = decode(role, _from_inbox(role, value.strip(), inbox), max_pixels)
         else:
-            raw = _from_base64(role, value)
-        decoded = decode(role, raw, max_pixels)
+            decoded = decode(role, _from_base64(role, value), max_pixels)
         staged.images[role] = decoded
         fields[role] = f"sha256:{decoded.sha256}"
     init, mask = staged.images.get("init_image"), staged.images.get("mask_image")

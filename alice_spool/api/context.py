@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import __version__, errors, inputs
+from .. import __version__, errors, inputs, urls
 from ..config import Settings
 from ..models import JobStatus, Source
 from ..outbox import image_name
@@ -50,6 +50,14 @@ class Api:
     database_trouble: DatabaseTrouble = field(default_factory=lambda: DatabaseTrouble())
     streams: StreamSlots = field(default_factory=lambda: StreamSlots(8))
 
+    @property
+    def fetch(self) -> inputs.Fetch:
+        """ALICE's input_image_urls, fetched under the address rules (urls.py)."""
+        return urls.fetcher(
+            allow_private=self.settings.models.allow_private_urls,
+            max_bytes=self.settings.server.max_image_body_bytes,
+        )
+
     async def read_body(self, request: Request, *, images: bool = False) -> Any:
         """The request's JSON body, within this server's size and time limits (the
         larger `server.max_image_body_bytes` for a route whose requests carry images)."""
@@ -62,7 +70,7 @@ class Api:
         hashes, and the images to store with its job (CPU work: in a worker thread)."""
         if not isinstance(body, dict):
             return body, inputs.Staged()
-        return inputs.take(body, self.settings.generation.max_input_pixels)
+        return inputs.take(body, self.settings.generation.max_input_pixels, fetch=self.fetch)
 
     def enqueue(
         self,

@@ -25,6 +25,7 @@ from ..store import Store
 STATUS = {
     "invalid_parameters": 400,
     "invalid_json": 400,
+    "forbidden_url": 400,
     "unauthorized": 401,
     "not_found": 404,
     "model_not_found": 404,

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from .. import inputs
+from .. import inputs, urls
 from ..errors import InvalidParameters, ModelNotFound
 from ..models import JobStatus, Source
 from ..records import JobRecord, NewJob
@@ -176,7 +176,15 @@ def submit(
             images = _image_files(given)  # takes --init-image and --mask out of `given`
             data, client = {"prompt": prompt, **given, **images}, _user()
         if isinstance(data, dict):
-            data, staged = inputs.take(data, app.settings.generation.max_input_pixels, inbox=here)
+            data, staged = inputs.take(
+                data,
+                app.settings.generation.max_input_pixels,
+                inbox=here,
+                fetch=urls.fetcher(
+                    allow_private=app.settings.models.allow_private_urls,
+                    max_bytes=app.settings.server.max_image_body_bytes,
+                ),
+            )
         else:
             staged = inputs.Staged()
         request = parse_request(data, app.settings.generation)

@@ -97,7 +97,7 @@ def test_the_intake_decodes_checks_and_names_the_inputs() -> None:
         ({"init_image": b64(encoded(1)), "strength": 0}, "strength", "more than 0"),
         ({"init_image": b64(encoded(1)), "strength": 1.5}, "strength", "between 0 and 1"),
         ({"input_images": "x"}, "input_images", "a list of images"),
-        ({"input_image_urls": ["http://127.0.0.1/a.png"]}, "input_image_urls", "not taken yet"),
+        ({"input_image_urls": ["http://127.0.0.1/a.png"]}, "input_image_urls", "not taken here"),
         (
             {"init_image": b64(encoded(1)), "input_images": [b64(encoded(2))]},
             "input_images",

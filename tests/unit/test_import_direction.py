@@ -103,10 +103,11 @@ def test_the_bottom_layers_stay_at_the_bottom() -> None:
         },
         "inbox": {
             *("store", "spec", "config", "errors", "models", "records", "registry", "faults"),
-            *("inbox_files", "inputs"),
+            *("inbox_files", "inputs", "urls"),
         },
         "inbox_files": set(),
         "inputs": {"errors", "spec"},  # pure rules and file moves: nothing of the spool's
+        "urls": {"errors"},  # fetching under the address rules
     }
     for path, owner in sources().items():
         if owner in allowed:
