@@ -44,6 +44,7 @@ from alice_spool.config import load_settings
 from alice_spool.spec import JobSpec
 from alice_spool.store import Store
 from tests.support.live_server import free_port, serve, wait_until
+from tests.support.remote import Remote, serving
 
 pytestmark = pytest.mark.slow
 
@@ -1190,6 +1191,50 @@ def test_image_inputs_at_the_doors_and_every_bad_one_refused(
     conflict = post("/v1/jobs", json={"prompt": "other", "init_image": image, "id": "boat-1"})
     assert conflict.status_code == 409
     assert len(list(inputs_dir.iterdir())) == 2  # a refused request leaves nothing
+
+
+def test_input_image_urls_are_fetched_under_the_address_rules(
+    make_bare: Callable[..., Bare], tmp_path: Path
+) -> None:
+    """ALICE's input_image_urls: by default a loopback URL is 400 forbidden_url with
+    nothing queued or stored; on a server that allows private URLs the image is fetched
+    and stored with the job, at the native and batch doors."""
+    image = base64.b64decode(png_base64((96, 64)))
+    with serving(Remote(files={"/in.png": image})) as remote:
+        link = f"{remote.url}/in.png"
+        strict = make_bare()
+        answer = httpx.post(
+            strict.url + "/v1/jobs", json={"prompt": "a boat", "input_image_urls": [link]}
+        )
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert (error["code"], error["param"]) == ("forbidden_url", "input_image_urls")
+        assert "allow_private_urls" in error["message"]
+        assert not any(strict.store.counts().values()) and remote.requests == []
+        assert not (tmp_path / "var" / "inputs").exists()
+
+        trusting = make_bare(**{"models.allow_private_urls": "true"})
+        made = httpx.post(
+            trusting.url + "/v1/jobs", json={"prompt": "a boat", "input_image_urls": [link]}
+        )
+        assert made.status_code == 202, made.text
+        job = made.json()
+        assert job["spec"]["init_image"] == "sha256:" + hashlib.sha256(image).hexdigest()
+        assert (job["spec"]["width"], job["spec"]["height"]) == (96, 64)
+        stored = tmp_path / "var" / "inputs" / job["id"] / "init.png"
+        assert stored.read_bytes() == image
+        batch = httpx.post(
+            trusting.url + "/v1/batches",
+            json={"requests": [{"prompt": "a", "input_image_urls": [link]}, {"prompt": "b"}]},
+        )
+        assert batch.status_code == 202, batch.text
+        missing = httpx.post(
+            trusting.url + "/v1/jobs",
+            json={"prompt": "a boat", "input_image_urls": [f"{remote.url}/gone.png"]},
+        )
+        assert missing.status_code == 400 and "answered 404" in missing.text
+        assert missing.json()["error"]["param"] == "input_image_urls"
+        assert len(remote.requests) == 3
 
 
 def test_priority_default_model_and_stats(make_bare: Callable[..., Bare]) -> None:

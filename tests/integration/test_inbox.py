@@ -161,6 +161,54 @@ def test_requests_name_images_beside_them_and_never_outside(
     assert no_images.data_dir is None
 
 
+def test_requests_name_image_urls_fetched_under_the_address_rules(
+    store: Store, make_inbox: Callable[..., Inbox], inbox_dir: Path, tmp_path: Path
+) -> None:
+    """ALICE's input_image_urls in a request file: fetched by an inbox whose rules allow
+    private addresses; a loopback URL is refused by the default rules (the file
+    rejected, saying forbidden_url); an inbox with no fetcher refuses them by name."""
+    import io
+
+    from PIL import Image
+
+    from alice_spool import urls
+    from tests.support.remote import Remote, serving
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (72, 64), (9, 8, 7)).save(buffer, "PNG")
+    with serving(Remote(files={"/boat.png": buffer.getvalue()})) as remote:
+        link = [f"{remote.url}/boat.png"]
+        allowing = make_inbox(
+            data_dir=tmp_path / "var",
+            fetch=urls.fetcher(allow_private=True, max_bytes=10**6),
+        )
+        allowing.start()
+        drop(inbox_dir, "fetched.json", request("fetched", input_image_urls=link))
+        wait_until(settled(allowing, 1))
+        allowing.stop()
+        strict = make_inbox(
+            data_dir=tmp_path / "var",
+            fetch=urls.fetcher(allow_private=False, max_bytes=10**6),
+        )
+        strict.start()
+        drop(inbox_dir, "refused.json", request("refused", input_image_urls=link))
+        wait_until(settled(strict, 1))
+        strict.stop()
+        no_fetcher = make_inbox(data_dir=tmp_path / "var")
+        no_fetcher.start()
+        drop(inbox_dir, "unfetched.json", request("unfetched", input_image_urls=link))
+        wait_until(settled(no_fetcher, 1))
+    (job,) = jobs(store)
+    assert job.spec.prompt == "fetched" and job.spec.mode == "img2img"
+    stored = tmp_path / "var" / "inputs" / job.id / "init.png"
+    assert stored.read_bytes() == buffer.getvalue()
+    refused = rejection(inbox_dir, "refused.json")["error"]
+    assert refused["code"] == "forbidden_url" and refused["field"] == "input_image_urls"
+    unfetched = rejection(inbox_dir, "unfetched.json")["error"]
+    assert "not taken here" in unfetched["message"]
+    assert len(remote.requests) == 1
+
+
 def test_a_slow_writer_in_place_is_read_whole(
     store: Store, watching: Inbox, inbox_dir: Path, observer: str
 ) -> None:
