@@ -10,6 +10,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install -q -c constraints.txt
 PYTEST_ARGS ?=
+# Two workers, a test file each at a time (its module fixtures, such as a live server,
+# start once): half the suite waits on processes and servers, so two share two cores.
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint bench clean
 
@@ -18,7 +21,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	@scripts/install-system-packages chromium systemd
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

@@ -2,6 +2,7 @@
 
     python bench/gpu.py [--shape sd15|sdxl|tiny] [--compile] [--stock] [--jobs 64] [--steps 25]
                         [--size 512] [--scheduler dpm++_sde_karras] [--batches 8,16]
+                        [--mix 48] [--mix-rounds 1]
 
 In ONE process, on the same device and the same pipeline (random weights of the real
 architecture for `sd15`/`sdxl`, built in code by `alice_spool.engine.shapes`; the tiny
@@ -28,6 +29,12 @@ With `--compile`, (a) and (b) run eager first; then the engine compiles the pipe
 GPU) and warms it up for the size and batch sizes 1, 2, 4, ... `--max-batch` (timed as
 `compile_s`), and (b) is measured again compiled (`bare_batched_compiled`) before (c),
 so (c)/(b) compares like with like.
+
+With `--mix N`, after (c): N jobs, plain, LoRA (a random LoRA of the shape's
+architecture, at 0.8) and img2img (strength 0.6) in turn, through the runner against
+the engine called directly on the runner's batches (`mix.ratio_runner_to_direct`,
+target >= 0.95; per kind in `direct_jobs_per_s_by_kind`: compiled, LoRA batches run
+eager), and one LoRA call loaded from disk against one from the cache (`lora_call_ms`).
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import diffusers
+import mix  # bench/mix.py, beside this script
 import torch
 
 from alice_spool import migrate
@@ -212,6 +220,10 @@ def main() -> None:
     parser.add_argument(
         "--stock", action="store_true", help="also (a) and (b) with diffusers' own schedulers"
     )
+    parser.add_argument(
+        "--mix", type=int, default=0, help="plain/LoRA/img2img jobs after (c) (0: none)"
+    )
+    parser.add_argument("--mix-rounds", type=int, default=1)
     parser.add_argument("--dir", default=None, help="where the database and outbox go")
     args = parser.parse_args()
     args.size = args.size or (64 if args.shape == "tiny" else NATIVE[args.shape])
@@ -358,6 +370,30 @@ def main() -> None:
                 log.warning("not every job succeeded: %s", outcomes)
 
         spool.run(drive)
+
+        if args.mix:
+            # The mix: through the runner vs the engine on the same batches, then the
+            # LoRA switch. Compiled, plain and img2img batches run compiled and LoRA
+            # batches eager (engine/speed.py), which the per-kind figures show.
+            work = mix.Workload(
+                model=model,
+                lora="lora/bench-lora",
+                size=args.size,
+                steps=args.steps,
+                scheduler=args.scheduler,
+                max_batch=max_batch,
+            )
+            for name, seed in (("bench-lora", 7), ("bench-lora-2", 8)):
+                mix.write_random_lora(pipeline.unet, models, name, seed=seed)
+            started = time.perf_counter()
+            result["mix"] = mix.mix(
+                engine, work, args.mix, args.mix_rounds, root, sync=lambda: sync(device)
+            )
+            log.info("mix: %s (%.0f s)", result["mix"]["jobs_per_s"], time.perf_counter() - started)
+            result["mix"]["lora_call_ms"] = mix.lora_switch(
+                engine, work, ("lora/bench-lora", "lora/bench-lora-2"), sync=lambda: sync(device)
+            )
+            log.info("LoRA call: %s", result["mix"]["lora_call_ms"])
 
     reference = speeds.get("b_compiled", speeds["b"])
     result["images_per_s"] = {

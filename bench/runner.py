@@ -27,7 +27,6 @@ call whose LoRA is in the cache vs. one that loads it from disk.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -37,15 +36,15 @@ import statistics
 import tempfile
 import threading
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from PIL import Image
 
-from alice_spool import inputs, migrate
+import mix  # bench/mix.py, beside this script
+
+from alice_spool import migrate
 from alice_spool.database import Database
 from alice_spool.engine.device import choose
 from alice_spool.engine.generate import quiet_libraries
@@ -56,7 +55,7 @@ from alice_spool.outbox import Outbox
 from alice_spool.registry import ModelRegistry
 from alice_spool.runner import Runner, RunnerOptions
 from alice_spool.spec import JobSpec
-from alice_spool.store import Store, new_id
+from alice_spool.store import Store
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -107,115 +106,6 @@ def through_runner(
     assert counts[JobStatus.SUCCEEDED] == len(specs), counts
     db.close()
     return elapsed
-
-
-def mix_jobs(args: argparse.Namespace, root: Path) -> list[tuple[JobSpec, inputs.Staged]]:
-    """Plain, LoRA and img2img jobs, in turn, each img2img with its own input."""
-    jobs = []
-    rng = random.Random(7)
-    for i in range(args.mix_jobs):
-        base = JobSpec(
-            prompt=f"a harbour #{i}",
-            model="sd/tiny",
-            width=args.size,
-            height=args.size,
-            steps=args.steps,
-            seed=2000 + i,
-        )
-        kind = i % 3
-        if kind == 0:
-            jobs.append((base, inputs.Staged()))
-        elif kind == 1:
-            jobs.append((replace(base, loras=(("lora/tiny-lora", 0.8),)), inputs.Staged()))
-        else:
-            path = root / f"input-{i}.png"
-            colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
-            Image.new("RGB", (args.size, args.size), colour).save(path)
-            decoded = inputs.decode("init_image", path.read_bytes(), 10**7)
-            spec = replace(base, init_image=f"sha256:{decoded.sha256}", strength=0.6)
-            jobs.append((spec, inputs.Staged({"init_image": decoded})))
-    return jobs
-
-
-def mix_direct(engine: Engine, jobs: list[tuple[JobSpec, inputs.Staged]], batch: int) -> float:
-    """The engine on the runner's batches: compatible jobs together, in queue order."""
-    groups: dict[tuple[object, ...], list[tuple[JobSpec, inputs.Staged]]] = {}
-    for job in jobs:
-        groups.setdefault(job[0].batch_key(), []).append(job)
-    started = time.perf_counter()
-    for group in groups.values():
-        for start in range(0, len(group), batch):
-            part = group[start : start + batch]
-            images = [
-                {r: Image.open(io.BytesIO(d.data)) for r, d in staged.images.items()}
-                for _, staged in part
-            ]
-            engine.generate(
-                [spec for spec, _ in part],
-                images=images if part[0][0].init_image else None,
-            )
-    return time.perf_counter() - started
-
-
-def mix_runner(
-    engine: Engine,
-    jobs: list[tuple[JobSpec, inputs.Staged]],
-    root: Path,
-    args: argparse.Namespace,
-    name: str,
-) -> float:
-    db = Database.open(f"sqlite:///{root / f'{name}.db'}")
-    migrate.upgrade(db)
-    store = Store(db, max_queue=1_000_000)
-    data_dir = root / f"data-{name}"
-    for spec, staged in jobs:  # as the API queues them: inputs stored first
-        job_id = new_id()
-        inputs.queue_with(
-            data_dir,
-            staged,
-            job_id,
-            lambda given, spec=spec: store.enqueue(spec, source="cli", job_id=given),
-            lambda done, job_id=job_id: done.job.id == job_id,
-        )
-    runner = Runner(
-        store,
-        Outbox(root / f"outbox-{name}"),
-        engine,
-        RunnerOptions(name=name, max_batch=args.max_batch, exit_when_idle=True, data_dir=data_dir),
-        lock_dir=root,
-    )
-    started = time.perf_counter()
-    runner.run()
-    elapsed = time.perf_counter() - started
-    counts = store.counts()
-    assert counts[JobStatus.SUCCEEDED] == len(jobs), counts
-    db.close()
-    return elapsed
-
-
-def lora_switch(root: Path, args: argparse.Namespace) -> dict[str, float]:
-    """ms for one call with a LoRA: loaded from disk (a cache of one, two LoRAs in turn)
-    vs. already in the cache (a cache of two)."""
-    create_tiny_lora(root / "models", "other-lora")
-    specs = [
-        JobSpec(prompt="x", model="sd/tiny", width=args.size, height=args.size, steps=1, seed=1,
-                scheduler="euler",  # the SDE schedulers cost more per call than a LoRA
-                loras=((name, 1.0),))
-        for name in ("lora/tiny-lora", "lora/other-lora")
-    ]  # fmt: skip
-    timings = {}
-    for label, capacity in (("from_disk", 1), ("from_cache", 2)):
-        engine = Engine(ModelRegistry(root / "models"), choose("cpu"), max_cached_loras=capacity)
-        engine.generate(specs[:1])
-        engine.generate(specs[1:])  # both seen once
-        calls = []
-        for i in range(20):
-            started = time.perf_counter()
-            engine.generate(specs[i % 2 : i % 2 + 1])
-            calls.append(time.perf_counter() - started)
-        timings[label] = round(statistics.median(calls) * 1000, 1)
-    timings["switch_cost_ms"] = round(timings["from_disk"] - timings["from_cache"], 1)
-    return timings
 
 
 def wake_ups(engine: Engine, root: Path, args: argparse.Namespace) -> dict[str, float]:
@@ -296,30 +186,22 @@ def main() -> None:
         one_by_one_s = direct(engine, specs, 1)
         wake = wake_ups(engine, root, args)
 
-        mix: dict[str, object] = {}
+        mixed: dict[str, object] = {}
         if args.mix_jobs:
             create_tiny_lora(root / "models")
-            jobs = mix_jobs(args, root)
-            mix_direct(engine, jobs[: 3 * args.max_batch], args.max_batch)  # warm up
-            mixed_direct: list[float] = []
-            mixed_runner: list[float] = []
-            for round_ in range(args.rounds):
-                mixed_direct.append(mix_direct(engine, jobs, args.max_batch))
-                mixed_runner.append(mix_runner(engine, jobs, root, args, f"mix{round_}"))
-            mix = {
-                "jobs": args.mix_jobs,
-                "kinds": "plain, LoRA (lora/tiny-lora at 0.8), img2img (strength 0.6), in turn",
-                "jobs_per_s": {
-                    "direct": round(args.mix_jobs / min(mixed_direct), 2),
-                    "runner": round(args.mix_jobs / min(mixed_runner), 2),
-                },
-                "seconds": {
-                    "direct": [round(s, 3) for s in mixed_direct],
-                    "runner": [round(s, 3) for s in mixed_runner],
-                },
-                "ratio_runner_to_direct": round(min(mixed_direct) / min(mixed_runner), 3),
-                "lora_call_ms": lora_switch(root, args),
-            }
+            create_tiny_lora(root / "models", "other-lora")
+            work = mix.Workload(
+                model="sd/tiny",
+                lora="lora/tiny-lora",
+                size=args.size,
+                steps=args.steps,
+                scheduler=specs[0].scheduler,
+                max_batch=args.max_batch,
+            )
+            mixed = mix.mix(engine, work, args.mix_jobs, args.rounds, root)
+            mixed["lora_call_ms"] = mix.lora_switch(
+                engine, work, ("lora/tiny-lora", "lora/other-lora")
+            )
 
     best_direct, best_runner = min(direct_s), min(runner_s)
     result = {
@@ -351,7 +233,7 @@ def main() -> None:
         ),
         "ratio_runner_to_one_by_one": round(one_by_one_s / best_runner, 3),
         "wake_up": wake,
-        "mix": mix,
+        "mix": mixed,
         "targets": {"ratio": ">= 0.95", "mix_ratio": ">= 0.95", "wake_up_p99_ms": "< 100"},
     }
     print(json.dumps(result, indent=2))

@@ -17,6 +17,13 @@ from alice_spool.store import Store
 # Tests never reach the network: the Hugging Face Hub client stays offline.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+# Several workers on few cores (`make test` runs two on two): torch keeps to one thread
+# in each test process and in every server and runner the tests start (they inherit
+# this), or OpenMP's spinning threads oversubscribe the cores and slow all of them
+# several times over. Set before anything imports torch.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Set ALICE_TEST_DATABASE_URL (e.g. postgresql+psycopg://user@127.0.0.1/spool) to run the
 # store's tests on another database server; each test starts from an empty schema there.
 OTHER_DATABASE = os.environ.get("ALICE_TEST_DATABASE_URL")

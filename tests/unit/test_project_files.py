@@ -3,6 +3,7 @@ the pinned constraints and the package metadata."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import tomllib
@@ -26,11 +27,14 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 
 def _make_dry_run(target: str) -> str:
     """What `make TARGET` would run in a checkout with no virtual environment yet."""
+    # Not the variables of a make that runs these tests (`make test PYTEST_ARGS=...`).
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     result = subprocess.run(
         ["make", "-s", "-n", "--no-print-directory", target, "VENV=/nonexistent"],
         cwd=REPO,
         capture_output=True,
         text=True,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     return "\n".join(line.rstrip() for line in result.stdout.splitlines())
@@ -42,7 +46,7 @@ def test_the_make_targets_install_what_they_run() -> None:
     assert "scripts/install-system-packages chromium systemd" in test
     assert "-m venv /nonexistent" in test
     assert "pip install -q -c constraints.txt -e '.[test]'" in test
-    assert test.rstrip().endswith("/nonexistent/bin/python -m pytest")
+    assert test.rstrip().endswith("/nonexistent/bin/python -m pytest -n 2 --dist loadfile")
     run = _make_dry_run("run")
     assert "pip install -q -c constraints.txt -e ." in run
     assert run.rstrip().endswith("/nonexistent/bin/alice-spool serve")
