@@ -28,7 +28,11 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 def _make_dry_run(target: str) -> str:
     """What `make TARGET` would run in a checkout with no virtual environment yet."""
     # Not the variables of a make that runs these tests (`make test PYTEST_ARGS=...`).
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTEST_ARGS", "TEST_WORKERS")
+    }
     result = subprocess.run(
         ["make", "-s", "-n", "--no-print-directory", target, "VENV=/nonexistent"],
         cwd=REPO,

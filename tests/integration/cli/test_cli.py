@@ -98,6 +98,31 @@ def test_submit_img2img_and_inpainting_from_files(
     assert len(list((data_dir / "inputs").iterdir())) == 3  # nothing left by the refusals
 
 
+def test_submit_takes_alices_input_image_urls_under_the_address_rules(
+    run, store: Store, data_dir: Path, tmp_path: Path
+) -> None:
+    import io
+
+    from PIL import Image
+
+    from tests.support.remote import Remote, serving
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (80, 64), (10, 120, 200)).save(buffer, "PNG")
+    with serving(Remote(files={"/boat.png": buffer.getvalue()})) as remote:
+        request = tmp_path / "request.json"
+        request.write_text(
+            json.dumps({"prompt": "a boat", "input_image_urls": [f"{remote.url}/boat.png"]})
+        )
+        fails(run("submit", "--file", str(request)), 3, "forbidden_url")
+        assert remote.requests == [] and sum(store.counts().values()) == 0
+        allowed = ["--set", "models.allow_private_urls=true"]
+        job_id = ok(run(*allowed, "submit", "--file", str(request))).strip()
+    job = store.get(job_id)
+    assert (job.spec.mode, job.spec.width, job.spec.height) == ("img2img", 80, 64)
+    assert (data_dir / "inputs" / job_id / "init.png").read_bytes() == buffer.getvalue()
+
+
 def test_submit_with_every_option(run, store: Store) -> None:
     out = run(
         "submit", "a fox", "--negative", "blurry", "--model", "tiny", "--size", "768x512",
