@@ -282,6 +282,9 @@ def main() -> None:
         log.info("built %s on %s in %.1f s", args.shape, placement.label, result["build_s"])
         pipeline = loaded.pipeline
         config = loaded.scheduler_config
+        if args.mix:  # LoRAs for the mix, shaped from the eager UNet (before any compiling)
+            for name, seed in (("bench-lora", 7), ("bench-lora-2", 8)):
+                mix.write_random_lora(pipeline.unet, models, name, seed=seed)
 
         bare(pipeline, args, device, per_call=1, images=2, scheduler_config=config)  # warm
         speeds: dict[str, float] = {}
@@ -383,8 +386,6 @@ def main() -> None:
                 scheduler=args.scheduler,
                 max_batch=max_batch,
             )
-            for name, seed in (("bench-lora", 7), ("bench-lora-2", 8)):
-                mix.write_random_lora(pipeline.unet, models, name, seed=seed)
             started = time.perf_counter()
             result["mix"] = mix.mix(
                 engine, work, args.mix, args.mix_rounds, root, sync=lambda: sync(device)
