@@ -163,6 +163,12 @@ class BatchNotFound(SpoolError):
     code = "not_found"
 
 
+class DownloadNotFound(SpoolError):
+    """No such download."""
+
+    code = "not_found"
+
+
 class IllegalTransition(SpoolError):
     """The job is not in a state that allows this."""
 

@@ -195,6 +195,68 @@ class Counter(Base):
     value: Mapped[float] = mapped_column(Float, default=0.0)
 
 
+class DownloadStatus(enum.StrEnum):
+    QUEUED = "queued"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (DownloadStatus.SUCCEEDED, DownloadStatus.FAILED, DownloadStatus.CANCELLED)
+
+
+DOWNLOAD_SOURCES = ("huggingface", "civitai", "url")
+DOWNLOAD_KINDS = ("diffusers", "checkpoint", "lora")
+_DOWNLOAD_QUEUED = text("status = 'queued'")
+
+
+class Download(Base):
+    """A model download (DESIGN section 11): the row is the truth, so a restart resumes
+    every unfinished one and two workers never take the same (claimed as jobs are)."""
+
+    __tablename__ = "downloads"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(32), unique=True)
+    source: Mapped[str] = mapped_column(String(16))
+    # What to fetch: repo and revision (and file), CivitAI ids, or the URL. Never a
+    # token: those live in the configuration and travel only in headers.
+    reference: Mapped[dict[str, Any]] = mapped_column(JSON)
+    kind: Mapped[str | None] = mapped_column(String(16))  # known once resolved
+    name: Mapped[str | None] = mapped_column(String(255))  # the target name
+    status: Mapped[str] = mapped_column(String(16))
+    client: Mapped[str | None] = mapped_column(String(255))
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_total: Mapped[int | None] = mapped_column(BigInteger)
+    speed_bps: Mapped[float | None] = mapped_column(Float)
+    model: Mapped[str | None] = mapped_column(String(255))  # sd/<name> or lora/<name>
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_sql_list(DownloadStatus)})", name="status"),
+        CheckConstraint(
+            "source IN (" + ", ".join(f"'{s}'" for s in DOWNLOAD_SOURCES) + ")", name="source"
+        ),
+        CheckConstraint(
+            "kind IS NULL OR kind IN (" + ", ".join(f"'{k}'" for k in DOWNLOAD_KINDS) + ")",
+            name="kind",
+        ),
+        CheckConstraint("bytes_done >= 0", name="bytes_done"),
+        Index("ix_downloads_status_seq", "status", "seq"),
+    )
+
+
 def include_in_comparison(obj: Any, name: str | None, type_: str, *_: Any) -> bool:
     """Alembic's `include_object` hook for autogenerate and `alembic check`."""
     return not (type_ == "index" and name in UNREFLECTABLE_INDEXES)

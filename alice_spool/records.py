@@ -9,8 +9,12 @@ from typing import Any, cast
 
 from sqlalchemy.engine import Row
 
-from .models import JobStatus, Source
+from .models import DownloadStatus, JobStatus, Source
 from .spec import JobSpec
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 @dataclass(frozen=True)
@@ -82,10 +86,6 @@ class JobRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view (ISO 8601 UTC timestamps) for `--json` output and the API."""
-
-        def iso(value: datetime | None) -> str | None:
-            return value.isoformat().replace("+00:00", "Z") if value else None
-
         return {
             "id": self.id,
             "status": self.status.value,
@@ -95,16 +95,16 @@ class JobRecord:
             "client": self.client,
             "priority": self.priority,
             "model": self.model,
-            "created_at": iso(self.created_at),
-            "not_before": iso(self.not_before),
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
+            "created_at": _iso(self.created_at),
+            "not_before": _iso(self.not_before),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
             "attempts": self.attempts,
             "max_attempts": self.max_attempts,
             "cancel_requested": self.cancel_requested,
             "progress": {"step": self.progress_step, "total": self.progress_total},
             "lease_owner": self.lease_owner,
-            "lease_expires_at": iso(self.lease_expires_at),
+            "lease_expires_at": _iso(self.lease_expires_at),
             "spec": self.spec.to_dict(),
             "result": self.result,
             "error": (
@@ -113,7 +113,7 @@ class JobRecord:
                 else None
             ),
             # retention deleted the job's images (and its outbox directory) then
-            "images_expired_at": iso(self.images_expired_at),
+            "images_expired_at": _iso(self.images_expired_at),
         }
 
 
@@ -226,3 +226,56 @@ class RunnerReport:
 
     def age_s(self, now: datetime) -> float:
         return max(0.0, (now - self.heartbeat_at).total_seconds())
+
+
+@dataclass(frozen=True)
+class DownloadRecord:
+    """A snapshot of one model download (DESIGN section 11)."""
+
+    id: str
+    source: str
+    reference: dict[str, Any]
+    kind: str | None
+    name: str | None
+    status: DownloadStatus
+    client: str | None
+    bytes_done: int
+    bytes_total: int | None
+    speed_bps: float | None
+    model: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    cancel_requested: bool
+    error_code: str | None
+    error_message: str | None
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> DownloadRecord:
+        values = {f.name: row._mapping[f.name] for f in fields(cls)}
+        values["status"] = DownloadStatus(values["status"])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the API shows a download (DESIGN section 11)."""
+        error = (
+            {"code": self.error_code, "message": self.error_message} if self.error_code else None
+        )
+        return {
+            "id": self.id,
+            "source": self.source,
+            "kind": self.kind,
+            "name": self.name,
+            "status": self.status.value,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "speed_bps": self.speed_bps,
+            "model": self.model,
+            "error": error,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+        }

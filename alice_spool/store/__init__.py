@@ -3,7 +3,7 @@
 Each operation is one short transaction (`database.py` runs them) named after the job's
 life, and returns frozen records (`records.py`), never live ORM objects. The parts:
 `enqueue` (the doors' side), `leases` (the runner's side), `control` (the user's side)
-and `queries` (reading).
+and `queries` (reading); `downloads` holds the model downloads' rows the same way.
 """
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ from __future__ import annotations
 from ._base import new_id, utcnow
 from .control import Control
 from .counters import Counters
+from .downloads import Downloads
 from .enqueue import Enqueueing
 from .leases import Leasing
 from .queries import Queries
 from .runners import Runners
 
 
-class Store(Enqueueing, Leasing, Control, Queries, Runners, Counters):
-    """Every job-table operation, named after the job's life."""
+class Store(Enqueueing, Leasing, Control, Queries, Runners, Counters, Downloads):
+    """Every job-table operation, named after the job's life (and the downloads')."""
 
 
 __all__ = ["Store", "new_id", "utcnow"]
