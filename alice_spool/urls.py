@@ -103,11 +103,11 @@ def check(url: str, rules: UrlRules, *, field: str) -> Hop:
     return Hop(url, host, addresses[0])
 
 
-def _request(client: httpx.Client, hop: Hop) -> httpx.Request:
+def _request(client: httpx.Client, hop: Hop, extra: dict[str, str] | None = None) -> httpx.Request:
     """A GET for the hop, sent to the checked address with the host's name in the Host
     header and (https) in TLS's server name, which the certificate is verified against."""
     parts = urlsplit(hop.url)
-    headers = {"User-Agent": USER_AGENT, "Accept": "image/*"}
+    headers = {"User-Agent": USER_AGENT, **(extra or {})}
     if hop.address is None:
         return client.build_request("GET", hop.url, headers=headers)
     address = f"[{hop.address}]" if ":" in hop.address else hop.address
@@ -118,6 +118,36 @@ def _request(client: httpx.Client, hop: Hop) -> httpx.Request:
     return client.build_request("GET", target, headers=headers, extensions=extensions)
 
 
+def open_stream(
+    client: httpx.Client,
+    url: str,
+    rules: UrlRules,
+    *,
+    field: str,
+    headers: dict[str, str] | None = None,
+) -> tuple[httpx.Response, str]:
+    """The streaming answer of the last hop (following up to MAX_REDIRECTS redirects,
+    each hop checked) and that hop's URL; the caller closes it. `headers` go to every
+    hop, so they must never carry a credential. httpx's errors are the caller's."""
+    hop = check(url, rules, field=field)
+    for _ in range(MAX_REDIRECTS + 1):
+        answer = client.send(_request(client, hop, headers), stream=True)
+        if answer.is_redirect and "location" in answer.headers:
+            answer.close()
+            hop = check(urljoin(hop.url, answer.headers["location"]), rules, field=field)
+            continue
+        return answer, hop.url
+    raise InvalidParameters(
+        f"{field}: {shown(url)} redirects more than {MAX_REDIRECTS} times", field=field
+    )
+
+
+def client(timeout_s: float = TIMEOUT_S) -> httpx.Client:
+    """An HTTP client as these rules want it: redirects followed by `open_stream`, hop
+    by hop; no proxy or netrc from the environment."""
+    return httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False)
+
+
 def fetch(
     url: str,
     rules: UrlRules,
@@ -126,41 +156,30 @@ def fetch(
     field: str,
     timeout_s: float = TIMEOUT_S,
 ) -> bytes:
-    """The body `url` answers with (following up to MAX_REDIRECTS redirects, each hop
-    checked), at most `max_bytes`. Any failure is `invalid_parameters` naming `field`
-    (or `forbidden_url`)."""
-    hop = check(url, rules, field=field)
-    with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
-        for _ in range(MAX_REDIRECTS + 1):
+    """The body `url` answers with (redirects followed, each hop checked), at most
+    `max_bytes`. Any failure is `invalid_parameters` naming `field` (or
+    `forbidden_url`)."""
+    with client(timeout_s) as http:
+        try:
+            answer, last = open_stream(http, url, rules, field=field, headers={"Accept": "image/*"})
             try:
-                answer = client.send(_request(client, hop), stream=True)
-                try:
-                    if answer.is_redirect and "location" in answer.headers:
-                        following = urljoin(hop.url, answer.headers["location"])
-                        hop = check(following, rules, field=field)
-                        continue
-                    if answer.status_code != 200:
-                        raise InvalidParameters(
-                            f"{field}: {shown(hop.url)} answered {answer.status_code}",
-                            field=field,
-                        )
-                    return _read(answer, hop, max_bytes, field)
-                finally:
-                    answer.close()
-            except httpx.HTTPError as exc:
-                raise InvalidParameters(
-                    f"{field}: fetching {shown(hop.url)} failed: {type(exc).__name__}",
-                    field=field,
-                ) from None
-    raise InvalidParameters(
-        f"{field}: {shown(url)} redirects more than {MAX_REDIRECTS} times", field=field
-    )
+                if answer.status_code != 200:
+                    raise InvalidParameters(
+                        f"{field}: {shown(last)} answered {answer.status_code}", field=field
+                    )
+                return _read(answer, last, max_bytes, field)
+            finally:
+                answer.close()
+        except httpx.HTTPError as exc:
+            raise InvalidParameters(
+                f"{field}: fetching {shown(url)} failed: {type(exc).__name__}", field=field
+            ) from None
 
 
-def _read(answer: httpx.Response, hop: Hop, max_bytes: int, field: str) -> bytes:
+def _read(answer: httpx.Response, url: str, max_bytes: int, field: str) -> bytes:
     declared = answer.headers.get("content-length", "")
     too_big = InvalidParameters(
-        f"{field}: {shown(hop.url)} is larger than {max_bytes} bytes", field=field
+        f"{field}: {shown(url)} is larger than {max_bytes} bytes", field=field
     )
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_big
