@@ -136,6 +136,24 @@ class DownloadFailed(SpoolError):
     code = "download_failed"
 
 
+class InsufficientStorage(SpoolError):
+    """There is not enough free disk space for the download."""
+
+    code = "insufficient_storage"
+
+
+class UnsafeFormat(SpoolError):
+    """The file is in a format that can run code when loaded."""
+
+    code = "unsafe_format"
+
+
+class ModelExists(SpoolError):
+    """A model of that name is already installed."""
+
+    code = "model_exists"
+
+
 class IdempotencyConflict(SpoolError):
     """This idempotency key was already used for a different request."""
 

@@ -4,6 +4,7 @@ bodies)."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +19,14 @@ class Remote:
 
     files: dict[str, bytes] = field(default_factory=dict)
     redirects: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)  # extra, by path
+    statuses: dict[str, int] = field(default_factory=dict)  # path -> an empty answer's code
     slow_s: float = 2.0  # how long /slow waits before answering
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Host)
+    ranges: list[str | None] = field(default_factory=list)  # each file request's Range
+    honour_ranges: bool = True  # as servers with a strong ETag do; False: always 200
+    # path -> bytes: the next answer for it sends that many body bytes, then hangs up
+    drop_after: dict[str, int] = field(default_factory=dict)
     port: int = 0
 
     @property
@@ -35,18 +42,17 @@ def _handler(remote: Remote) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             remote.requests.append((path, self.headers.get("Host")))
-            if path in remote.redirects:
+            if path in remote.statuses:
+                self.send_response(remote.statuses[path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif path in remote.redirects:
                 self.send_response(302)
                 self.send_header("Location", remote.redirects[path])
                 self.send_header("Content-Length", "0")
                 self.end_headers()
             elif path in remote.files:
-                body = remote.files[path]
-                self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self._file(path, remote.files[path])
             elif path == "/endless":  # no Content-Length: read until the cap
                 self.send_response(200)
                 self.send_header("Connection", "close")
@@ -62,6 +68,31 @@ def _handler(remote: Remote) -> type[BaseHTTPRequestHandler]:
                 self.send_response(404)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+        def _file(self, path: str, body: bytes) -> None:
+            etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+            asked = self.headers.get("Range")
+            remote.ranges.append(asked)
+            start = 0
+            if asked and remote.honour_ranges and self.headers.get("If-Range") in (None, etag):
+                start = int(asked.removeprefix("bytes=").split("-")[0])
+            part = body[start:]
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(part)))
+            self.send_header("ETag", etag)
+            if start:
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            for name, value in remote.headers.get(path, {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            cut = remote.drop_after.pop(path, None)
+            if cut is not None:  # hang up mid-body
+                self.wfile.write(part[:cut])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(part)
 
     return Handler
 

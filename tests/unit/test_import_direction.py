@@ -108,6 +108,10 @@ def test_the_bottom_layers_stay_at_the_bottom() -> None:
         "inbox_files": set(),
         "inputs": {"errors", "spec"},  # pure rules and file moves: nothing of the spool's
         "urls": {"errors"},  # fetching under the address rules
+        "downloads": {
+            *("store", "config", "errors", "urls", "loras", "models", "records"),
+            "safetensors_file",
+        },
     }
     for path, owner in sources().items():
         if owner in allowed:

@@ -1,0 +1,157 @@
+"""One file fetched into its staging path, resumable: the bytes already there are asked
+for no more (`Range` with `If-Range`, the validator the server gave kept beside the
+file); a server that answers 200 instead starts the file again from 0. The SHA-256 is
+computed as the bytes arrive (the kept bytes first), the disk's room is checked before
+and while writing, and the first bytes must not be a web page."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from .. import urls
+from ..errors import DownloadFailed, SpoolError, Unauthorized
+from .files import check_first_bytes, check_room, safe_name
+
+CHUNK = 1 << 20
+ROOM_EVERY = 64 << 20  # bytes written between free-space checks
+HEAD_BYTES = 64  # what the page check reads of a body
+_FILENAME_STAR = re.compile(r"filename\*\s*=\s*(?:UTF-8|utf-8)''([^;]+)")
+_FILENAME = re.compile(r'filename\s*=\s*"?([^";]+)"?')
+Progress = Callable[[int, int | None], bool]  # (bytes done, total) -> go on?
+
+
+class Stopped(SpoolError):
+    """The transfer was stopped (cancelled)."""
+
+    code = "cancelled"
+
+
+class Transient(DownloadFailed):
+    """The connection failed in a way that a resume may get past."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    path: Path
+    size: int
+    sha256: str
+    name: str  # from Content-Disposition, else the URL's path (one safe component)
+
+
+def name_from(answer: httpx.Response, url: str) -> str:
+    disposition = answer.headers.get("content-disposition", "")
+    if found := _FILENAME_STAR.search(disposition):
+        return safe_name(unquote(found.group(1)))
+    if found := _FILENAME.search(disposition):
+        return safe_name(found.group(1))
+    return safe_name(unquote(urlsplit(url).path))
+
+
+def _validator(answer: httpx.Response) -> str | None:
+    etag = answer.headers.get("etag")
+    if etag and not etag.startswith("W/"):  # a weak one cannot vouch for bytes
+        return etag
+    return answer.headers.get("last-modified")
+
+
+def fetch_to_file(
+    url: str,
+    path: Path,
+    rules: urls.UrlRules,
+    *,
+    on_progress: Progress,
+    token_setting: str | None = None,
+    timeout_s: float = urls.TIMEOUT_S,
+) -> Fetched:
+    """Fetch `url` into `path`, resuming what is there. `on_progress` is called after
+    each chunk; when it says stop, `Stopped` is raised (the file is left for the caller
+    to remove)."""
+    validator_file = path.with_name(path.name + ".validator")
+    have = path.stat().st_size if path.exists() else 0
+    validator = validator_file.read_text() if have and validator_file.exists() else None
+    headers = {"Accept": "*/*"}
+    if validator:
+        headers.update({"Range": f"bytes={have}-", "If-Range": validator})
+    try:
+        with urls.client(timeout_s) as http:
+            answer, last = urls.open_stream(http, url, rules, field="url", headers=headers)
+            try:
+                return _receive(
+                    answer, last, path, validator_file, have, on_progress, token_setting
+                )
+            finally:
+                answer.close()
+    except httpx.HTTPError as exc:
+        raise Transient(f"fetching {urls.shown(url)} failed: {type(exc).__name__}") from None
+
+
+def _receive(
+    answer: httpx.Response,
+    url: str,
+    path: Path,
+    validator_file: Path,
+    have: int,
+    on_progress: Progress,
+    token_setting: str | None,
+) -> Fetched:
+    status = answer.status_code
+    if status in (401, 403):
+        setting = f" (set {token_setting})" if token_setting else ""
+        raise Unauthorized(
+            f"{urls.shown(url)} answered {status}: not allowed without a token{setting}"
+        )
+    if status >= 500 or status == 429:
+        raise Transient(f"{urls.shown(url)} answered {status}")
+    if status not in (200, 206):
+        raise DownloadFailed(f"{urls.shown(url)} answered {status}")
+    resumed = status == 206 and answer.headers.get("content-range", "").startswith(f"bytes {have}-")
+    digest = hashlib.sha256()
+    if resumed:
+        with path.open("rb") as kept:
+            while chunk := kept.read(CHUNK):
+                digest.update(chunk)
+    else:
+        have = 0  # a 200 (or a range we did not ask for): the file from the start
+    length = answer.headers.get("content-length", "")
+    total = have + int(length) if length.isdigit() else None
+    check_room(path.parent, (total or 0) - have)
+    validator = _validator(answer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if validator:
+        validator_file.write_text(validator)
+    else:
+        validator_file.unlink(missing_ok=True)
+    content_type = answer.headers.get("content-type", "")
+    head = b"" if not resumed else None  # the body's first bytes, until they are checked
+    done, since_room_check = have, 0
+    with path.open("ab" if resumed else "wb") as out:
+        for chunk in answer.iter_bytes():  # as they come: a hang-up loses none of them
+            if head is not None:
+                head += chunk[:HEAD_BYTES]
+                if len(head) >= HEAD_BYTES:
+                    check_first_bytes(head, content_type, token_setting)
+                    head = None
+            out.write(chunk)
+            digest.update(chunk)
+            done += len(chunk)
+            since_room_check += len(chunk)
+            if since_room_check >= ROOM_EVERY:
+                out.flush()
+                check_room(path.parent, (total or done) - done)
+                since_room_check = 0
+            if not on_progress(done, total):
+                raise Stopped("the download was cancelled")
+        out.flush()
+    if head is not None:  # a body shorter than HEAD_BYTES
+        check_first_bytes(head, content_type, token_setting)
+    if total is not None and done != total:
+        raise Transient(f"{urls.shown(url)} ended after {done} of {total} bytes")
+    validator_file.unlink(missing_ok=True)
+    return Fetched(path, done, digest.hexdigest(), name_from(answer, url))

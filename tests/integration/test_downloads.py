@@ -1,0 +1,217 @@
+"""URL downloads through the download worker (downloads/), against a real HTTP server on
+127.0.0.1 that serves real files: installed where they belong, resumed with Range after
+a dropped connection or a worker that died, restarted when the server ignores Range, and
+every bad file refused with its code, leaving nothing in the models directory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from alice_spool.downloads import files
+from alice_spool.downloads.transfer import fetch_to_file
+from alice_spool.downloads.worker import PART, DownloadWorker, WorkerOptions
+from alice_spool.engine.tiny import create_tiny_lora
+from alice_spool.loras import LoraRegistry
+from alice_spool.models import DownloadStatus
+from alice_spool.store import Store
+from alice_spool.urls import UrlRules
+from tests.support.remote import Remote, serving
+
+
+@pytest.fixture(scope="module")
+def lora_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return create_tiny_lora(tmp_path_factory.mktemp("made")).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A 3 MiB safetensors file with a checkpoint's (not a LoRA's) tensor names."""
+    path = tmp_path_factory.mktemp("made") / "checkpoint.safetensors"
+    rng = np.random.default_rng(5)
+    weights = rng.standard_normal(3 * 1024 * 256).astype(np.float32)
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": weights}, str(path))
+    return path.read_bytes()
+
+
+@pytest.fixture
+def remote(lora_bytes: bytes, checkpoint_bytes: bytes) -> Iterator[Remote]:
+    served = Remote(
+        files={
+            "/style.safetensors": lora_bytes,
+            "/base.safetensors": checkpoint_bytes,
+            "/named": lora_bytes,
+            "/page.safetensors": b"<!DOCTYPE html><html>Log in to download</html>",
+            "/pickled.ckpt": b"\x80\x04\x95 not weights, a pickle",
+        },
+        headers={
+            "/named": {"Content-Disposition": 'attachment; filename="../../escape.safetensors"'}
+        },
+        statuses={"/private.safetensors": 401},
+    )
+    with serving(served) as running:
+        yield running
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    return tmp_path / "models"
+
+
+def worker(store: Store, models: Path, **options: object) -> DownloadWorker:
+    values = {"owner": "host/1", "allow_private_urls": True, "progress_every_s": 0.0, **options}
+    return DownloadWorker(store, models, WorkerOptions(**values), sleep=lambda s: None)  # type: ignore[arg-type]
+
+
+def queue(store: Store, remote: Remote, path: str, **fields: object):
+    reference = {"url": remote.url + path, **fields.pop("reference", {})}  # type: ignore[dict-item]
+    return store.queue_download("url", reference, **fields)  # type: ignore[arg-type]
+
+
+def leftovers(models: Path) -> list[str]:
+    staging = models / files.STAGING_DIR
+    return sorted(p.name for p in staging.iterdir()) if staging.exists() else []
+
+
+def test_a_lora_by_url_is_verified_and_installed_where_the_registry_sees_it(
+    store: Store, remote: Remote, models: Path, lora_bytes: bytes
+) -> None:
+    sha = hashlib.sha256(lora_bytes).hexdigest()
+    made = queue(store, remote, "/style.safetensors", reference={"sha256": sha.upper()})
+    done = worker(store, models).run_once()
+    assert done is not None and done.id == made.id
+    shown = done.to_dict()
+    assert (shown["status"], shown["model"], shown["error"]) == ("succeeded", "lora/style", None)
+    assert (done.bytes_done, done.bytes_total) == (len(lora_bytes), len(lora_bytes))
+    assert (models / "loras" / "style.safetensors").read_bytes() == lora_bytes
+    assert LoraRegistry(models).get("style").family == "sd1"
+    assert leftovers(models) == []
+    assert worker(store, models).run_once() is None  # nothing else queued
+
+
+def test_a_checkpoint_is_named_as_asked_and_a_disposition_cannot_lead_outside(
+    store: Store, remote: Remote, models: Path, checkpoint_bytes: bytes, lora_bytes: bytes
+) -> None:
+    queue(store, remote, "/base.safetensors", name="my-base")
+    queue(store, remote, "/named")  # Content-Disposition: ../../escape.safetensors
+    run = worker(store, models)
+    first, second = run.run_once(), run.run_once()
+    assert (first.model, second.model) == ("sd/my-base", "lora/escape")
+    assert (models / "my-base.safetensors").read_bytes() == checkpoint_bytes
+    assert (models / "loras" / "escape.safetensors").read_bytes() == lora_bytes
+    assert not (models.parent / "escape.safetensors").exists()
+    assert files.safe_name("../../x y?.safetensors") == "x_y_.safetensors"
+    assert files.safe_name("..") == "model" and files.safe_name("a\\..\\.hidden") == "hidden"
+
+
+def test_a_dropped_connection_resumes_with_range(
+    store: Store, remote: Remote, models: Path, checkpoint_bytes: bytes
+) -> None:
+    remote.drop_after["/base.safetensors"] = 1_500_000
+    done = worker(store, models).run_once() if queue(store, remote, "/base.safetensors") else None
+    assert done is not None and done.status is DownloadStatus.SUCCEEDED, done
+    first, resumed = remote.ranges
+    start = int(resumed.removeprefix("bytes=").removesuffix("-"))
+    assert first is None and 1_000_000 < start <= 1_500_000  # the done bytes not again
+    assert (models / "base.safetensors").read_bytes() == checkpoint_bytes
+
+
+def test_a_server_that_ignores_range_restarts_the_file(
+    store: Store, remote: Remote, models: Path, checkpoint_bytes: bytes
+) -> None:
+    remote.honour_ranges = False
+    remote.drop_after["/base.safetensors"] = 1_500_000
+    queue(store, remote, "/base.safetensors")
+    done = worker(store, models).run_once()
+    assert done is not None and done.status is DownloadStatus.SUCCEEDED
+    assert remote.ranges[0] is None and remote.ranges[1] is not None  # asked; got a 200
+    assert (models / "base.safetensors").read_bytes() == checkpoint_bytes
+
+
+def test_a_worker_that_died_mid_file_is_resumed_by_the_next_without_the_done_bytes(
+    store: Store, remote: Remote, models: Path, checkpoint_bytes: bytes
+) -> None:
+    made = queue(store, remote, "/base.safetensors")
+    held = store.claim_download("host/1", lease_s=60)
+    part = files.staging_dir(models, made.id) / PART
+
+    class Died(Exception):
+        pass
+
+    def die_after_the_first_chunk(done: int, total: int | None) -> bool:
+        raise Died  # as a SIGKILL would leave it: the bytes so far on disk, the row held
+
+    with pytest.raises(Died):
+        fetch_to_file(remote.url + "/base.safetensors", part, UrlRules(allow_private=True),
+                      on_progress=die_after_the_first_chunk)  # fmt: skip
+    kept = part.stat().st_size
+    assert 0 < kept < len(checkpoint_bytes) and held.status is DownloadStatus.DOWNLOADING
+    again = worker(store, models)  # the same host and process name, started again
+    assert again.start() == [made.id]
+    done = again.run_once()
+    assert done is not None and done.status is DownloadStatus.SUCCEEDED and done.attempts == 2
+    assert remote.ranges == [None, f"bytes={kept}-"]
+    assert (models / "base.safetensors").read_bytes() == checkpoint_bytes
+    assert leftovers(models) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "code", "message"),
+    [
+        ("/style.safetensors", {"reference": {"sha256": "0" * 64}}, "download_failed", "SHA-256"),
+        ("/page.safetensors", {}, "download_failed", "web page"),
+        ("/pickled.ckpt", {}, "unsafe_format", "models.allow_pickle"),
+        ("/private.safetensors", {}, "unauthorized", "answered 401"),
+        ("/gone.safetensors", {}, "download_failed", "answered 404"),
+        ("/base.safetensors", {"kind": "diffusers"}, "download_failed", "folder"),
+    ],
+)
+def test_every_bad_download_fails_with_its_code_and_installs_nothing(
+    store: Store, remote: Remote, models: Path, path: str, fields: dict, code: str, message: str
+) -> None:
+    queue(store, remote, path, **fields)
+    failed = worker(store, models).run_once()
+    assert failed is not None and failed.status is DownloadStatus.FAILED
+    assert failed.error_code == code and message in failed.error_message, failed.error_message
+    installed = [p for p in models.rglob("*") if p.is_file()] if models.exists() else []
+    assert installed == [] and leftovers(models) == []
+
+
+def test_loopback_is_refused_by_default_and_an_existing_model_is_never_overwritten(
+    store: Store, remote: Remote, models: Path, lora_bytes: bytes
+) -> None:
+    queue(store, remote, "/style.safetensors")
+    refused = worker(store, models, allow_private_urls=False).run_once()
+    assert refused.error_code == "forbidden_url" and remote.requests == []
+    (models / "loras").mkdir(parents=True)
+    (models / "loras" / "style.safetensors").write_bytes(b"the one already there")
+    queue(store, remote, "/style.safetensors")
+    exists = worker(store, models).run_once()
+    assert exists.error_code == "model_exists"
+    assert (models / "loras" / "style.safetensors").read_bytes() == b"the one already there"
+    assert leftovers(models) == []
+
+
+def test_a_cancel_stops_the_download_and_removes_its_files(
+    store: Store, remote: Remote, models: Path
+) -> None:
+    made = queue(store, remote, "/base.safetensors")
+    held = store.claim_download("host/1", lease_s=60)
+    store.cancel_download(made.id)  # asked while it runs: the worker sees it at its report
+    ended = worker(store, models).run_download(held)
+    assert ended.status is DownloadStatus.CANCELLED
+    assert leftovers(models) == [] and not (models / "base.safetensors").exists()
+
+
+def test_too_little_room_is_refused_before_writing(tmp_path: Path) -> None:
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    files.check_room(tmp_path, 1024)  # fine
+    with pytest.raises(Exception, match="bytes free") as info:
+        files.check_room(tmp_path, free)  # the headroom of 1 GiB no longer fits
+    assert info.value.code == "insufficient_storage"
