@@ -280,6 +280,9 @@ class ModelsSettings:
     # Let URLs (image inputs' input_image_urls) lead to loopback, private and other
     # non-public addresses: for a trusted network only (urls.py).
     allow_private_urls: bool = False
+    # Install downloaded pickle checkpoints (.ckpt, .pt, .bin), which can run code when
+    # they are loaded; off: only safetensors are installed (downloads/).
+    allow_pickle: bool = False
 
 
 @dataclass(frozen=True)

@@ -153,14 +153,35 @@ PULL_PATTERNS = [
 
 @models.command("pull")
 @click.argument("repo")
-@click.option("--name", help="Local name (default: the repository's name).")
+@click.option("--name", help="Local name (default: the repository's or file's name).")
 @click.option("--revision", help="A branch, tag or commit of the repository.")
+@click.option(
+    "--kind",
+    type=click.Choice(["checkpoint", "lora"]),
+    help="For a URL: what the file is (default: told from its tensor names).",
+)
+@click.option("--sha256", help="For a URL: the file's SHA-256, checked before installing.")
 @pass_app
-def models_pull(app: App, repo: str, name: str | None, revision: str | None) -> None:
-    """Download a diffusers model from the Hugging Face Hub (only the files it needs).
+def models_pull(
+    app: App,
+    repo: str,
+    name: str | None,
+    revision: str | None,
+    kind: str | None,
+    sha256: str | None,
+) -> None:
+    """Download a diffusers model from the Hugging Face Hub (only the files it needs),
+    or one checkpoint or LoRA file from an http(s) URL.
 
-    REPO is like stable-diffusion-v1-5/stable-diffusion-v1-5. The model appears in the
-    models directory only once it is complete."""
+    REPO is like stable-diffusion-v1-5/stable-diffusion-v1-5, or a URL of a
+    .safetensors file (resumed if the connection drops; the address rules of
+    models.allow_private_urls apply). The model appears in the models directory only
+    once it is complete."""
+    if repo.startswith(("http://", "https://")):
+        _pull_url(app, repo, name=name, kind=kind, sha256=sha256)
+        return
+    if kind is not None or sha256 is not None:
+        raise InvalidParameters("--kind and --sha256 are for URLs", field="kind")
     from huggingface_hub import snapshot_download
 
     name = name or repo.rstrip("/").split("/")[-1]
@@ -188,6 +209,36 @@ def models_pull(app: App, repo: str, name: str | None, revision: str | None) -> 
             f"cannot download {repo}: {reason} (models pull needs the Hugging Face Hub)"
         ) from exc
     click.echo(target)
+
+
+def _pull_url(
+    app: App, url: str, *, name: str | None, kind: str | None, sha256: str | None
+) -> None:
+    """Queue a URL download and run it here, to its end (a durable row: a pull cut
+    short resumes when pulled again)."""
+    import os
+    import socket
+
+    from .. import urls
+    from ..downloads.worker import DownloadWorker, WorkerOptions
+
+    rules = urls.UrlRules(allow_private=app.settings.models.allow_private_urls)
+    urls.check(url, rules, field="url")  # refused at once, nothing queued
+    reference: dict[str, Any] = {"url": url, **({"sha256": sha256} if sha256 else {})}
+    store = app.store
+    queued = store.queue_download("url", reference, kind=kind, name=name, client="cli")
+    options = WorkerOptions(
+        owner=f"{socket.gethostname()}/{os.getpid()}/pull",
+        allow_private_urls=app.settings.models.allow_private_urls,
+        allow_pickle=app.settings.models.allow_pickle,
+    )
+    held = store.claim_download(options.owner, lease_s=options.lease_s, download_id=queued.id)
+    if held is None:  # a worker elsewhere took it first
+        raise DownloadFailed(f"download {queued.id} was taken by another worker")
+    done = DownloadWorker(store, Path(app.settings.paths.models), options).run_download(held)
+    if done.error_code:
+        raise DownloadFailed(f"download {done.id} failed ({done.error_code}): {done.error_message}")
+    click.echo(done.model)
 
 
 @models.command("default")

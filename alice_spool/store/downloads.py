@@ -19,17 +19,15 @@ from ._base import StoreBase, new_id, utcnow
 _COLUMNS = tuple(Download.__table__.columns)
 _BY_ID = select(*_COLUMNS).where(Download.id == bindparam("download_id"))
 _HELD = (DownloadStatus.DOWNLOADING, DownloadStatus.VERIFYING)
-_CLAIM = (
+_OLDEST_QUEUED = (
+    select(Download.seq)
+    .where(Download.status == DownloadStatus.QUEUED)
+    .order_by(Download.seq)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
+_TAKE = (
     update(Download)
-    .where(
-        Download.seq.in_(
-            select(Download.seq)
-            .where(Download.status == DownloadStatus.QUEUED)
-            .order_by(Download.seq)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
-    )
     .values(
         status=DownloadStatus.DOWNLOADING,
         lease_owner=bindparam("owner"),
@@ -39,6 +37,10 @@ _CLAIM = (
         speed_bps=None,
     )
     .returning(*_COLUMNS)
+)
+_CLAIM = _TAKE.where(Download.seq.in_(_OLDEST_QUEUED))
+_CLAIM_ONE = _TAKE.where(
+    Download.seq.in_(_OLDEST_QUEUED.where(Download.id == bindparam("download_id")))
 )
 
 
@@ -99,13 +101,22 @@ class Downloads(StoreBase):
         return self.db.write(work)
 
     def claim_download(
-        self, owner: str, *, lease_s: float, now: datetime | None = None
+        self,
+        owner: str,
+        *,
+        lease_s: float,
+        download_id: str | None = None,
+        now: datetime | None = None,
     ) -> DownloadRecord | None:
-        """The oldest queued download, now `downloading` under `owner`'s lease; None if
-        there is none. Two workers never get the same one."""
+        """The oldest queued download (or that one, if it is still queued), now
+        `downloading` under `owner`'s lease; None if there is none. Two workers never
+        get the same one."""
         now = now or utcnow()
         params = {"owner": owner, "until": now + timedelta(seconds=lease_s), "now": now}
-        row = self.db.write(lambda conn: conn.execute(_CLAIM, params).first())
+        statement = _CLAIM
+        if download_id is not None:
+            statement, params = _CLAIM_ONE, {**params, "download_id": download_id}
+        row = self.db.write(lambda conn: conn.execute(statement, params).first())
         return None if row is None else DownloadRecord.from_row(row)
 
     def download_progress(

@@ -46,6 +46,14 @@ def test_a_download_is_queued_claimed_reported_and_finished(store: Store) -> Non
     assert store.get_download(made.id) == done
 
 
+def test_one_download_can_be_claimed_by_its_id_while_it_is_queued(store: Store) -> None:
+    older, mine = queue(store, "https://example.com/a"), queue(store, "https://example.com/b")
+    taken = store.claim_download("cli", lease_s=30, download_id=mine.id)
+    assert taken is not None and taken.id == mine.id
+    assert store.claim_download("cli", lease_s=30, download_id=mine.id) is None  # held
+    assert store.get_download(older.id).status is DownloadStatus.QUEUED  # left alone
+
+
 def test_downloads_are_claimed_in_order_and_never_twice(store: Store) -> None:
     made = [queue(store, f"https://example.com/{i}.safetensors") for i in range(40)]
     taken: list[tuple[str, str]] = []

@@ -81,3 +81,39 @@ def test_pull_offline_is_a_clear_error_and_leaves_nothing(run, data_dir: Path) -
     ok(run("models", "create-tiny"))
     fails(run("models", "pull", "someone/tiny"), 3, "already exists")
     fails(run("models", "pull", "someone/x", "--name", "../up"), 3, "not a valid model id")
+
+
+def test_pull_a_lora_by_url_resumes_verifies_and_refuses_clearly(
+    run, data_dir: Path, tmp_path: Path
+) -> None:
+    """`models pull URL`: a queued download run in the command, resumed when the
+    connection drops; loopback refused by default with nothing queued; a wrong SHA-256
+    fails and installs nothing; the durable row says how it went."""
+    import hashlib
+
+    from alice_spool.engine.tiny import create_tiny_lora
+    from alice_spool.store import Store
+    from tests.support.remote import Remote, serving
+
+    lora = create_tiny_lora(tmp_path / "made").read_bytes()
+    with serving(Remote(files={"/style.safetensors": lora})) as remote:
+        url = f"{remote.url}/style.safetensors"
+        fails(run("models", "pull", url), 3, "[forbidden_url]")
+        assert remote.requests == []
+        allowed = ("--set", "models.allow_private_urls=true")
+        fails(run(*allowed, "models", "pull", url, "--sha256", "0" * 64), 3, "SHA-256")
+        remote.drop_after["/style.safetensors"] = 20_000
+        sha = hashlib.sha256(lora).hexdigest()
+        pulled = ok(run(*allowed, "models", "pull", url, "--name", "my-style", "--sha256", sha))
+        assert pulled.strip() == "lora/my-style"
+        assert remote.ranges[-1] is not None  # the second try resumed
+    assert (data_dir / "models" / "loras" / "my-style.safetensors").read_bytes() == lora
+    assert not (data_dir / "models" / "loras" / "style.safetensors").exists()
+    listed = json.loads(ok(run("models", "ls", "--json")))
+    assert [entry["id"] for entry in listed["loras"]] == ["lora/my-style"]
+    rows = Store.open(f"sqlite:///{data_dir / 'alice.db'}").list_downloads()
+    assert [(d.status.value, d.error_code) for d in rows] == [
+        ("succeeded", None),
+        ("failed", "download_failed"),
+    ]
+    fails(run("models", "pull", "someone/x", "--kind", "lora"), 3, "for URLs")
