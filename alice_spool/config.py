@@ -286,6 +286,15 @@ class ModelsSettings:
 
 
 @dataclass(frozen=True)
+class DownloadsSettings:
+    enabled: bool = True  # run download workers inside `serve` and `api`
+    concurrency: int = 2  # downloads at once
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.concurrency <= 16, "downloads.concurrency", "must be 1..16")
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "INFO"
     format: str = "text"
@@ -319,6 +328,7 @@ class Settings:
     inbox: InboxSettings = field(default_factory=InboxSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     models: ModelsSettings = field(default_factory=ModelsSettings)
+    downloads: DownloadsSettings = field(default_factory=DownloadsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     config_file: str | None = None
 

@@ -31,7 +31,7 @@ from starlette.staticfiles import StaticFiles
 from ..config import Settings
 from ..registry import ModelRegistry
 from ..store import Store
-from . import native, openai, status
+from . import downloads, native, openai, status
 from .context import Api, route
 from .docs_page import DOCS_POLICY, render_docs
 from .guard import RequestGuard
@@ -127,6 +127,10 @@ def routes() -> list[Any]:
         Route("/v1/batches", native.create_batch, methods=["POST"]),
         Route("/v1/batches/{batch_id}", native.get_batch, methods=["GET"]),
         Route("/v1/stats", native.stats, methods=["GET"]),
+        Route("/v1/downloads", downloads.create_download, methods=["POST"]),
+        Route("/v1/downloads", downloads.list_downloads, methods=["GET"]),
+        Route("/v1/downloads/{download_id}", downloads.get_download, methods=["GET"]),
+        Route("/v1/downloads/{download_id}/cancel", downloads.cancel_download, methods=["POST"]),
     ]
 
 

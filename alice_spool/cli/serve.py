@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -192,6 +193,19 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
     if settings.inbox.enabled:
         inbox = Inbox.from_settings(settings, store, faults=app.faults)
         inbox.start()
+    pool = None
+    if settings.downloads.enabled:
+        from ..downloads.worker import WorkerPool
+
+        pool = WorkerPool(
+            store,
+            Path(settings.paths.models),
+            host=socket.gethostname(),
+            count=settings.downloads.concurrency,
+            allow_private_urls=settings.models.allow_private_urls,
+            allow_pickle=settings.models.allow_pickle,
+        )
+        pool.start()
     application = create_app(
         settings, store, app.registry, inbox_health=inbox.health if inbox else None
     )
@@ -241,6 +255,8 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
             supervisor.stop()
         if inbox is not None:
             inbox.stop()
+        if pool is not None:
+            pool.stop()
     if not server.started and not stopping.is_set():
         raise click.ClickException(
             f"could not listen on {config.host}:{config.port} (in use, or not allowed?)"

@@ -197,3 +197,50 @@ class DownloadWorker:
         return self.store.finish_download(
             download.id, self.options.owner, status, model=model, error=error
         )
+
+
+class WorkerPool:
+    """`count` download workers in threads of this process (inside `serve` and `api`),
+    named `<host>:download-<i>` so that a restart takes back at once what they held."""
+
+    def __init__(
+        self,
+        store: Store,
+        models_dir: Path,
+        *,
+        host: str,
+        count: int,
+        allow_private_urls: bool,
+        allow_pickle: bool,
+        installed: Callable[[], None] | None = None,
+    ) -> None:
+        self.workers = [
+            DownloadWorker(
+                store,
+                models_dir,
+                WorkerOptions(
+                    owner=f"{host}:download-{i}",
+                    allow_private_urls=allow_private_urls,
+                    allow_pickle=allow_pickle,
+                ),
+                installed=installed,
+            )
+            for i in range(count)
+        ]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for worker in self.workers:
+            thread = threading.Thread(
+                target=worker.run, args=(self._stop,), name=worker.options.owner, daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop taking downloads; one in progress goes on in its daemon thread until the
+        process ends, and its row is taken back when the workers start again."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout_s)

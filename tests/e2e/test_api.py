@@ -41,6 +41,7 @@ from alice_spool import migrate
 from alice_spool.api import create_app
 from alice_spool.api.deadline import http_protocol
 from alice_spool.config import load_settings
+from alice_spool.models import DownloadStatus
 from alice_spool.spec import JobSpec
 from alice_spool.store import Store
 from tests.support.live_server import free_port, serve, wait_until
@@ -72,6 +73,8 @@ class Live:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     keys = f'[server.api_keys]\nsam = "{SAM_KEY}"\nscripts = "{SCRIPT_KEY}"\n'
+    # Downloads from the tests' own HTTP server on 127.0.0.1.
+    keys += "[models]\nallow_private_urls = true\n"
     with serve(tmp_path_factory.mktemp("serve"), keys) as server:
         yield Live(server.url, server.root, server.process)
 
@@ -305,6 +308,38 @@ def test_a_lora_job_and_a_plain_one_run_and_record_their_loras(live: Live) -> No
     record = live.get(f"/v1/jobs/{jobs['tagged']}", headers={"X-Api-Key": SAM_KEY}).json()
     assert record["result"]["loras"] == result["loras"]
     assert json.loads((outbox / jobs["plain"] / "result.json").read_text())["loras"] == []
+
+
+def test_serve_runs_a_url_download_and_the_lora_is_there_at_once(live: Live) -> None:
+    """POST /v1/downloads to serve: its download workers fetch the file (from the tests'
+    server on 127.0.0.1, which this serve allows), verify and install it; GET /v1/loras
+    lists it without a refresh."""
+    from alice_spool.engine.tiny import create_tiny_lora
+
+    lora = create_tiny_lora(live.root / "made", "fetched-style").read_bytes()
+    sha = hashlib.sha256(lora).hexdigest()
+    with serving(Remote(files={"/fetched-style.safetensors": lora})) as remote:
+        made = live.post(
+            "/v1/downloads",
+            json={"source": "url", "url": f"{remote.url}/fetched-style.safetensors", "sha256": sha},
+        )
+        assert made.status_code == 202, made.text
+        download_id = made.json()["id"]
+        headers = {"X-Api-Key": SAM_KEY}
+
+        def finished() -> bool:
+            shown = live.get(f"/v1/downloads/{download_id}", headers=headers).json()
+            assert shown["status"] != "failed", shown
+            return shown["status"] == "succeeded"
+
+        wait_until(finished, timeout=60)
+    done = live.get(f"/v1/downloads/{download_id}", headers=headers).json()
+    assert (done["model"], done["bytes_done"], done["bytes_total"]) == (
+        "lora/fetched-style", len(lora), len(lora),
+    )  # fmt: skip
+    loras = live.get("/v1/loras", headers=headers).json()["data"]
+    assert "lora/fetched-style" in [entry["id"] for entry in loras]
+    assert live.get("/v1/downloads", headers={}).status_code == 401  # keys are on here
 
 
 def test_the_sdk_edits_an_image_with_and_without_a_mask(live: Live, tmp_path: Path) -> None:
@@ -1240,6 +1275,61 @@ def test_input_image_urls_are_fetched_under_the_address_rules(
         assert missing.status_code == 400 and "answered 404" in missing.text
         assert missing.json()["error"]["param"] == "input_image_urls"
         assert len(remote.requests) == 3
+
+
+def test_the_download_routes_queue_list_read_and_cancel(make_bare: Callable[..., Bare]) -> None:
+    """Every bad body is a 400 naming its field with nothing queued (a loopback URL is
+    forbidden_url at once); a good one is 202 with the download in DESIGN's shape; list,
+    read, cancel (again: the same), and a finished one's cancel is 409."""
+    bare = make_bare()
+    post = lambda path, body: httpx.post(bare.url + path, json=body, timeout=10)  # noqa: E731
+    for body, field in [
+        ({"url": "https://example.com/a.safetensors"}, "source"),
+        ({"source": "ftp", "url": "x"}, "source"),
+        ({"source": "huggingface", "repo": "org/name"}, "source"),  # not built yet
+        ({"source": "url"}, "url"),
+        ({"source": "url", "url": "ftp://example.com/a"}, "url"),
+        ({"source": "url", "url": "https://8.8.8.8/a", "kind": "vae"}, "kind"),
+        ({"source": "url", "url": "https://8.8.8.8/a", "name": "../x"}, "name"),
+        ({"source": "url", "url": "https://8.8.8.8/a", "sha256": "abc"}, "sha256"),
+        ({"source": "url", "url": "https://8.8.8.8/a", "token": "x"}, "token"),
+    ]:
+        answer = post("/v1/downloads", body)
+        assert answer.status_code == 400, (body, answer.text)
+        assert answer.json()["error"]["param"] == field, answer.text
+    refused = post("/v1/downloads", {"source": "url", "url": "http://127.0.0.1:9/a"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "forbidden_url"
+    assert bare.store.list_downloads() == []
+
+    good = {
+        "source": "url",
+        "url": "https://8.8.8.8/a.safetensors",
+        "name": "a",
+        "sha256": "A" * 64,
+    }
+    made = post("/v1/downloads", good)  # checked, queued: no worker runs in this server
+    assert made.status_code == 202, made.text
+    shown = made.json()
+    assert made.headers["location"] == f"/v1/downloads/{shown['id']}"
+    assert set(shown) == {
+        *("id", "source", "kind", "name", "status", "bytes_done", "bytes_total", "speed_bps"),
+        *("model", "error", "created_at", "started_at", "finished_at"),
+    }
+    assert (shown["status"], shown["name"], shown["error"]) == ("queued", "a", None)
+    assert bare.store.get_download(shown["id"]).reference["sha256"] == "a" * 64
+    listed = httpx.get(bare.url + "/v1/downloads?status=queued").json()["data"]
+    assert [d["id"] for d in listed] == [shown["id"]]
+    assert httpx.get(bare.url + "/v1/downloads?status=nope").status_code == 400
+    assert httpx.get(bare.url + "/v1/downloads?limit=0").status_code == 400
+    assert httpx.get(f"{bare.url}/v1/downloads/{shown['id']}").json() == shown
+    assert httpx.get(f"{bare.url}/v1/downloads/{'0' * 30}").status_code == 404
+    cancelled = post(f"/v1/downloads/{shown['id']}/cancel", {})
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert post(f"/v1/downloads/{shown['id']}/cancel", {}).json()["status"] == "cancelled"
+    other = bare.store.queue_download("url", {"url": "https://8.8.8.8/b"})
+    bare.store.claim_download("w", lease_s=30)
+    bare.store.finish_download(other.id, "w", DownloadStatus.SUCCEEDED, model="sd/b")
+    assert post(f"/v1/downloads/{other.id}/cancel", {}).status_code == 409
 
 
 def test_priority_default_model_and_stats(make_bare: Callable[..., Bare]) -> None:
