@@ -32,6 +32,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/inbox.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/runner.py
+	$(BIN)/python bench/downloads.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis test-artifacts

@@ -8,7 +8,7 @@ from typing import Any
 from starlette.routing import Route
 
 from .. import spec
-from ..models import JobStatus, Source
+from ..models import DownloadStatus, JobStatus, Source
 from ..spec import SPEC_FIELDS
 
 # Python's whitespace (what the server strips), spelled out: regex engines disagree on \s.
@@ -273,6 +273,23 @@ def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
             "required": ["model"],
             "properties": {"model": {"type": "string", "pattern": _MODEL_ID, "example": "sd/tiny"}},
         },
+        "/v1/downloads": {
+            "type": "object",
+            "required": ["source", "url"],
+            "additionalProperties": False,
+            "properties": {
+                "source": {"enum": ["url"], "description": "huggingface and civitai: not yet"},
+                "url": {
+                    "type": "string",
+                    "pattern": "^[ \t]*[Hh][Tt][Tt][Pp][Ss]?://",
+                    "description": "its host must resolve to public addresses only, unless "
+                    "models.allow_private_urls (400 forbidden_url)",
+                },
+                "kind": {"enum": ["checkpoint", "lora"]},
+                "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+                "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+            },
+        },
     }
 
 
@@ -287,6 +304,11 @@ _EXAMPLES = {
     "/v1/batches": {"requests": [{"prompt": "one"}, {"prompt": "two", "id": "two-1"}]},
     "/v1/jobs/{job_id}/priority": {"priority": 10},
     "/v1/models/default": {"model": "sd/tiny"},
+    "/v1/downloads": {
+        "source": "url",
+        "url": "https://example.com/models/style.safetensors",
+        "kind": "lora",
+    },
 }
 _OPEN = ("/health", "/metrics", "/openapi.json")
 _UI = ("/", "/docs")  # pages for people (the web UI, the API page), not API routes
@@ -318,6 +340,21 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
             "description": "the next_cursor of the previous page",
         },
     ],
+    ("GET", "/v1/downloads"): [
+        {
+            "name": "status",
+            "in": "query",
+            "schema": {"type": "array", "items": {"enum": [s.value for s in DownloadStatus]}},
+            "style": "form",
+            "explode": True,
+            "description": "repeatable",
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
+        },
+    ],
     ("GET", "/v1/models"): [
         {"name": "include_broken", "in": "query", "schema": {"enum": ["true", "false", "1", "0"]}}
     ],
@@ -337,7 +374,8 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         }
     ],
 }
-_CREATES = {("POST", "/v1/jobs"), ("POST", "/v1/batches")}  # 202 new, 200 a repeat
+# 202 new (200 a repeat, for jobs and batches)
+_CREATES = {("POST", "/v1/jobs"), ("POST", "/v1/batches"), ("POST", "/v1/downloads")}
 _WAITS = {
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/images/generations"),
@@ -473,6 +511,7 @@ def describe(routes: list[Any], api: Any) -> dict[str, Any]:
             paths.setdefault(item.path, {})[method.lower()] = operation
     _link(paths, "/v1/jobs", "job_id")
     _link(paths, "/v1/batches", "batch_id")
+    _link(paths, "/v1/downloads", "download_id")
     return {
         "openapi": "3.1.0",
         "info": {"title": "alice-spool", "version": api.version},
