@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
+from .durable import fsync_path
 from .errors import InputUnavailable, InvalidParameters
 from .spec import DEFAULT_STRENGTH
 
@@ -226,11 +227,7 @@ def store(data_dir: Path, job_id: str, staged: Staged) -> Path:
             handle.write(decoded.data)
             handle.flush()
             os.fsync(handle.fileno())
-    descriptor = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    fsync_path(target)
     return target
 
 

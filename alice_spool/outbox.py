@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import shutil
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from .durable import fsync_path
 from .errors import OutboxWriteFailed
 from .faults import NO_FAULTS, Faults
 from .spec import JobSpec
@@ -102,14 +102,6 @@ class Written:
     already_there: bool  # an earlier run of the job had written it completely
 
 
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 class Outbox:
     """Writes and reads job directories under one root."""
 
@@ -164,16 +156,16 @@ class Outbox:
                     info.add_text("parameters", text)
                 path = staging / name
                 image.save(path, format="PNG", pnginfo=info, compress_level=self.png_compress_level)
-                _fsync(path)
+                fsync_path(path)
             result_path = staging / RESULT
             result_path.write_text(encoded, "utf-8")
-            _fsync(result_path)
-            _fsync(staging)
+            fsync_path(result_path)
+            fsync_path(staging)
             self.faults.crash_point("outbox_staged")
             if target.exists():  # an incomplete directory from an older version or by hand
                 shutil.rmtree(target)
             staging.rename(target)
-            _fsync(self.root)
+            fsync_path(self.root)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise OutboxWriteFailed(

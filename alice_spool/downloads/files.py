@@ -10,6 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
+from ..durable import fsync_path
 from ..errors import DownloadFailed, InsufficientStorage, ModelExists, UnsafeFormat
 from ..safetensors_file import read_safetensors_header
 
@@ -73,14 +74,6 @@ def check_weights(path: Path, *, allow_pickle: bool) -> str:
             "are installed (models.allow_pickle = true allows it)"
         )
     raise DownloadFailed(f"{path.name} is not a safetensors file")
-
-
-def fsync_path(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def install(staged: Path, target: Path) -> Path:

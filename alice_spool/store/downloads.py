@@ -59,6 +59,20 @@ def _held_by(download_id: str, owner: str) -> Any:
     )
 
 
+def _change_held(
+    conn: Connection, download_id: str, owner: str, values: dict[str, Any]
+) -> DownloadRecord:
+    """Change a download `owner` holds; `lease_lost` if it does not (any more)."""
+    changed = conn.execute(
+        update(Download).where(_held_by(download_id, owner)).values(**values)
+    ).rowcount
+    if not changed:
+        raise errors.LeaseLost(
+            f"download {download_id} is not held by {owner}", download_id=download_id
+        )
+    return _get(conn, download_id)
+
+
 class Downloads(StoreBase):
     def queue_download(
         self,
@@ -137,25 +151,14 @@ class Downloads(StoreBase):
         if status not in _HELD:
             raise ValueError(f"progress is for held downloads, not {status}")
 
-        def work(conn: Connection) -> DownloadRecord:
-            changed = conn.execute(
-                update(Download)
-                .where(_held_by(download_id, owner))
-                .values(
-                    bytes_done=bytes_done,
-                    bytes_total=bytes_total,
-                    speed_bps=speed_bps,
-                    status=status,
-                    lease_expires_at=now + timedelta(seconds=lease_s),
-                )
-            ).rowcount
-            if not changed:
-                raise errors.LeaseLost(
-                    f"download {download_id} is not held by {owner}", download_id=download_id
-                )
-            return _get(conn, download_id)
-
-        return self.db.write(work)
+        values = {
+            "bytes_done": bytes_done,
+            "bytes_total": bytes_total,
+            "speed_bps": speed_bps,
+            "status": status,
+            "lease_expires_at": now + timedelta(seconds=lease_s),
+        }
+        return self.db.write(lambda conn: _change_held(conn, download_id, owner, values))
 
     def finish_download(
         self,
@@ -186,17 +189,7 @@ class Downloads(StoreBase):
             "error_message": error.message if error else None,
         }
 
-        def work(conn: Connection) -> DownloadRecord:
-            changed = conn.execute(
-                update(Download).where(_held_by(download_id, owner)).values(**values)
-            ).rowcount
-            if not changed:
-                raise errors.LeaseLost(
-                    f"download {download_id} is not held by {owner}", download_id=download_id
-                )
-            return _get(conn, download_id)
-
-        return self.db.write(work)
+        return self.db.write(lambda conn: _change_held(conn, download_id, owner, values))
 
     def cancel_download(self, download_id: str, *, now: datetime | None = None) -> DownloadRecord:
         """Cancel a queued download at once, or ask its worker to stop a running one

@@ -95,7 +95,8 @@ def test_the_bottom_layers_stay_at_the_bottom() -> None:
         "safetensors_file": set(),
         "loras": {"errors", "spec", "safetensors_file"},
         "registry": {"errors", "spec", "loras", "safetensors_file"},
-        "outbox": {"errors", "spec", "config", "faults"},
+        "durable": set(),
+        "outbox": {"errors", "spec", "config", "faults", "durable"},
         # The runner is handed its engine; it never imports it (nor torch).
         "runner": {
             *("store", "outbox", "config", "errors", "spec", "models", "records", "faults"),
@@ -106,11 +107,11 @@ def test_the_bottom_layers_stay_at_the_bottom() -> None:
             *("inbox_files", "inputs", "urls"),
         },
         "inbox_files": set(),
-        "inputs": {"errors", "spec"},  # pure rules and file moves: nothing of the spool's
+        "inputs": {"errors", "spec", "durable"},  # rules and file moves: nothing of the spool's
         "urls": {"errors"},  # fetching under the address rules
         "downloads": {
             *("store", "config", "errors", "urls", "loras", "models", "records"),
-            "safetensors_file",
+            *("safetensors_file", "durable"),
         },
     }
     for path, owner in sources().items():
