@@ -5,6 +5,7 @@ into place that never overwrites a model."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -88,3 +89,15 @@ def install(staged: Path, target: Path) -> Path:
     staged.unlink()
     fsync_path(target.parent)
     return target
+
+
+def same_content(path: Path, sha256: str) -> bool:
+    """Whether the file at `path` has exactly this SHA-256."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return False
+    return digest.hexdigest() == sha256

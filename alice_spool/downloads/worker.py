@@ -159,7 +159,14 @@ class DownloadWorker:
             raise DownloadFailed(f"a URL gives one file; a {kind} model is a folder of them")
         if (self.models_dir / stem).exists() and kind == "checkpoint":
             raise ModelExists(f"a model named {stem} is already installed")
-        files.install(fetched.path, target)
+        try:
+            files.install(fetched.path, target)
+        except ModelExists:
+            # The same bytes there already: an earlier attempt of this download installed
+            # them and died before its row said so. Anything else is never overwritten.
+            if not files.same_content(target, fetched.sha256):
+                raise
+            fetched.path.unlink()
         return model
 
     @staticmethod

@@ -198,6 +198,20 @@ def test_loopback_is_refused_by_default_and_an_existing_model_is_never_overwritt
     assert leftovers(models) == []
 
 
+def test_a_download_installed_by_an_attempt_that_died_before_its_row_said_so_succeeds(
+    store: Store, remote: Remote, models: Path, lora_bytes: bytes
+) -> None:
+    """The same bytes already in place (an earlier attempt linked them in, then died):
+    the download succeeds with that model instead of failing model_exists."""
+    (models / "loras").mkdir(parents=True)
+    (models / "loras" / "style.safetensors").write_bytes(lora_bytes)
+    queue(store, remote, "/style.safetensors")
+    done = worker(store, models).run_once()
+    assert done.status is DownloadStatus.SUCCEEDED and done.model == "lora/style"
+    assert (models / "loras" / "style.safetensors").read_bytes() == lora_bytes
+    assert leftovers(models) == []
+
+
 def test_a_cancel_stops_the_download_and_removes_its_files(
     store: Store, remote: Remote, models: Path
 ) -> None:
