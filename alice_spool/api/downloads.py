@@ -12,11 +12,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import errors, urls
+from ..downloads import files
 from ..models import DOWNLOAD_SOURCES, DownloadStatus
 from .context import Api, route
 from .http import require_object
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _URL_FIELDS = {"source", "url", "kind", "name", "sha256"}
 MAX_PAGE = 500
@@ -44,7 +44,16 @@ def _url_download(body: dict[str, Any], api: Api) -> dict[str, Any]:
     kind = body.get("kind")
     if kind is not None and kind not in ("checkpoint", "lora"):
         raise errors.InvalidParameters("kind must be checkpoint or lora", field="kind")
-    name = _optional(body, "name", _NAME, "letters, digits, '.', '_' and '-' (1..128)")
+    name = body.get("name")
+    if name is not None and (
+        not isinstance(name, str) or not name or files.safe_name(name, fallback="") != name
+    ):
+        # The worker's own rule for installed names, so what is queued installs as named.
+        raise errors.InvalidParameters(
+            "name must be letters, digits, '.', '_' and '-' (1..128), neither starting with "
+            "'.' or '_' nor ending with '_'",
+            field="name",
+        )
     sha256 = _optional(body, "sha256", _SHA256, "64 hex digits")
     reference = {"url": url.strip(), **({"sha256": sha256.lower()} if sha256 else {})}
     return {"reference": reference, "kind": kind, "name": name}

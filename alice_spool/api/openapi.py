@@ -286,7 +286,10 @@ def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
                     "models.allow_private_urls (400 forbidden_url)",
                 },
                 "kind": {"enum": ["checkpoint", "lora"]},
-                "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+                "name": {
+                    "type": "string",
+                    "pattern": "^[A-Za-z0-9-]([A-Za-z0-9._-]{0,126}[A-Za-z0-9.-])?$",
+                },
                 "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
             },
         },

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import urls
-from ..errors import DownloadFailed, LeaseLost, ModelExists, SpoolError
+from ..errors import DownloadFailed, DownloadNotFound, LeaseLost, ModelExists, SpoolError
 from ..loras import LORAS_DIR, lora_family
 from ..models import DownloadStatus
 from ..records import DownloadRecord
@@ -27,6 +27,10 @@ from .transfer import Fetched, Stopped, Transient, fetch_to_file
 
 log = logging.getLogger(__name__)
 PART = "file.part"
+
+
+class Released(Exception):
+    """The worker is stopping: the download goes back in the queue, its bytes kept."""
 
 
 @dataclass(frozen=True)
@@ -48,23 +52,35 @@ class DownloadWorker:
         models_dir: Path,
         options: WorkerOptions,
         *,
-        installed: Callable[[], None] | None = None,  # tell the registry to look again
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.store = store
         self.models_dir = Path(models_dir)
         self.options = options
         self.rules = urls.UrlRules(allow_private=options.allow_private_urls)
-        self.installed = installed
         self.sleep = sleep
+        self._stop: threading.Event | None = None  # set: hand the download back
 
     def start(self) -> list[str]:
-        """What this worker held when it last stopped goes back in the queue."""
-        return self.store.requeue_download_orphans(owner=self.options.owner)
+        """What this worker held when it last stopped goes back in the queue (its bytes
+        kept); the staging files of downloads that ended meanwhile (cancelled while
+        their worker was down, say) are removed. Returns the ids put back."""
+        back = self.store.requeue_download_orphans(owner=self.options.owner)
+        staging = self.models_dir / files.STAGING_DIR
+        for entry in sorted(staging.iterdir()) if staging.is_dir() else []:
+            try:
+                ended = self.store.get_download(entry.name).status.finished
+            except DownloadNotFound:
+                ended = True
+            if ended:
+                shutil.rmtree(entry, ignore_errors=True)
+        return back
 
     def run(self, stop: threading.Event) -> None:
-        """Take downloads until `stop` is set; idle, look again every `poll_s` (and
-        rescue downloads whose workers died)."""
+        """Take downloads until `stop` is set (one in progress goes back in the queue
+        at its next report, its bytes kept for the resume); idle, look again every
+        `poll_s` (and rescue downloads whose workers died)."""
+        self._stop = stop
         self.start()
         while not stop.is_set():
             if self.run_once() is None:
@@ -94,9 +110,15 @@ class DownloadWorker:
         try:
             if download.source != "url":
                 raise DownloadFailed(f"{download.source} downloads are not available yet")
+            if download.kind == "diffusers":  # refused before a byte is fetched
+                raise DownloadFailed("a URL gives one file; a diffusers model is a folder")
             fetched = self._fetch(download, staging / PART)
             self._report(download, fetched.size, fetched.size, None, DownloadStatus.VERIFYING)
             model = self._install(download, fetched)
+        except Released:
+            log.info("download %s handed back on stop; it resumes later", download.id)
+            self.store.requeue_download_orphans(owner=self.options.owner)
+            return self.store.get_download(download.id)
         except Stopped:
             shutil.rmtree(staging, ignore_errors=True)
             log.info("download %s cancelled", download.id)
@@ -113,8 +135,6 @@ class DownloadWorker:
             error = DownloadFailed(f"the download failed: {type(exc).__name__}: {exc}")
             return self._finish(download, DownloadStatus.FAILED, error=error)
         shutil.rmtree(staging, ignore_errors=True)
-        if self.installed is not None:
-            self.installed()
         log.info("download %s installed %s", download.id, model)
         return self._finish(download, DownloadStatus.SUCCEEDED, model=model)
 
@@ -123,6 +143,8 @@ class DownloadWorker:
         reported = [time.monotonic(), download.bytes_done]
 
         def progress(done: int, total: int | None) -> bool:
+            if self._stop is not None and self._stop.is_set():
+                raise Released
             now = time.monotonic()
             elapsed = now - reported[0]
             if elapsed < self.options.progress_every_s:
@@ -156,7 +178,7 @@ class DownloadWorker:
         elif kind == "checkpoint":
             target, model = self.models_dir / f"{stem}{suffix}", f"sd/{stem}"
         else:
-            raise DownloadFailed(f"a URL gives one file; a {kind} model is a folder of them")
+            raise DownloadFailed(f"a URL gives one file, not a {kind} model")
         if (self.models_dir / stem).exists() and kind == "checkpoint":
             raise ModelExists(f"a model named {stem} is already installed")
         try:
@@ -219,7 +241,6 @@ class WorkerPool:
         count: int,
         allow_private_urls: bool,
         allow_pickle: bool,
-        installed: Callable[[], None] | None = None,
     ) -> None:
         self.workers = [
             DownloadWorker(
@@ -230,7 +251,6 @@ class WorkerPool:
                     allow_private_urls=allow_private_urls,
                     allow_pickle=allow_pickle,
                 ),
-                installed=installed,
             )
             for i in range(count)
         ]
@@ -246,8 +266,9 @@ class WorkerPool:
             self._threads.append(thread)
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop taking downloads; one in progress goes on in its daemon thread until the
-        process ends, and its row is taken back when the workers start again."""
+        """Stop taking downloads; one in progress goes back in the queue at its next
+        progress report (its bytes kept), or, if it does not come to one in time, when
+        the workers start again."""
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout_s)

@@ -1291,6 +1291,8 @@ def test_the_download_routes_queue_list_read_and_cancel(make_bare: Callable[...,
         ({"source": "url", "url": "ftp://example.com/a"}, "url"),
         ({"source": "url", "url": "https://8.8.8.8/a", "kind": "vae"}, "kind"),
         ({"source": "url", "url": "https://8.8.8.8/a", "name": "../x"}, "name"),
+        ({"source": "url", "url": "https://8.8.8.8/a", "name": ""}, "name"),
+        ({"source": "url", "url": "https://8.8.8.8/a", "name": "a_"}, "name"),  # renamed else
         ({"source": "url", "url": "https://8.8.8.8/a", "sha256": "abc"}, "sha256"),
         ({"source": "url", "url": "https://8.8.8.8/a", "token": "x"}, "token"),
     ]:

@@ -212,6 +212,48 @@ def test_a_download_installed_by_an_attempt_that_died_before_its_row_said_so_suc
     assert leftovers(models) == []
 
 
+def test_a_stopping_worker_hands_its_download_back_with_its_bytes(
+    store: Store, remote: Remote, models: Path, checkpoint_bytes: bytes
+) -> None:
+    """serve stopping mid-download: the download goes back in the queue at the next
+    progress report, its bytes kept, and the next run resumes from them."""
+    import threading
+
+    made = queue(store, remote, "/base.safetensors")
+    stopping = worker(store, models)
+    stopping._stop = threading.Event()
+    stopping._stop.set()  # as WorkerPool.stop sets it while the transfer runs
+    held = store.claim_download("host/1", lease_s=60)
+    back = stopping.run_download(held)
+    assert (back.status, back.lease_owner) == (DownloadStatus.QUEUED, None)
+    kept = (files.staging_dir(models, made.id) / PART).stat().st_size
+    assert 0 < kept < len(checkpoint_bytes)
+    done = worker(store, models).run_once()
+    assert done.status is DownloadStatus.SUCCEEDED and remote.ranges == [None, f"bytes={kept}-"]
+    assert (models / "base.safetensors").read_bytes() == checkpoint_bytes
+
+
+def test_a_starting_worker_removes_the_files_of_downloads_that_ended(
+    store: Store, remote: Remote, models: Path
+) -> None:
+    waiting = queue(store, remote, "/a")
+    gone = queue(store, remote, "/b")
+    store.cancel_download(gone.id)  # cancelled while no worker ran
+    for name in (waiting.id, gone.id, "0" * 30):  # the last: no row at all
+        (files.staging_dir(models, name) / PART).parent.mkdir(parents=True)
+        (files.staging_dir(models, name) / PART).write_bytes(b"partial")
+    worker(store, models).start()
+    assert leftovers(models) == [waiting.id]
+
+
+def test_a_diffusers_kind_is_refused_before_anything_is_fetched(
+    store: Store, remote: Remote, models: Path
+) -> None:
+    queue(store, remote, "/base.safetensors", kind="diffusers")
+    failed = worker(store, models).run_once()
+    assert failed.error_code == "download_failed" and remote.requests == []
+
+
 def test_a_cancel_stops_the_download_and_removes_its_files(
     store: Store, remote: Remote, models: Path
 ) -> None:

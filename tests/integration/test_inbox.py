@@ -178,26 +178,17 @@ def test_requests_name_image_urls_fetched_under_the_address_rules(
     Image.new("RGB", (72, 64), (9, 8, 7)).save(buffer, "PNG")
     with serving(Remote(files={"/boat.png": buffer.getvalue()})) as remote:
         link = [f"{remote.url}/boat.png"]
-        allowing = make_inbox(
-            data_dir=tmp_path / "var",
-            fetch=urls.fetcher(allow_private=True, max_bytes=10**6),
-        )
-        allowing.start()
-        drop(inbox_dir, "fetched.json", request("fetched", input_image_urls=link))
-        wait_until(settled(allowing, 1))
-        allowing.stop()
-        strict = make_inbox(
-            data_dir=tmp_path / "var",
-            fetch=urls.fetcher(allow_private=False, max_bytes=10**6),
-        )
-        strict.start()
-        drop(inbox_dir, "refused.json", request("refused", input_image_urls=link))
-        wait_until(settled(strict, 1))
-        strict.stop()
-        no_fetcher = make_inbox(data_dir=tmp_path / "var")
-        no_fetcher.start()
-        drop(inbox_dir, "unfetched.json", request("unfetched", input_image_urls=link))
-        wait_until(settled(no_fetcher, 1))
+        fetchers = {
+            "fetched": urls.fetcher(allow_private=True, max_bytes=10**6),
+            "refused": urls.fetcher(allow_private=False, max_bytes=10**6),
+            "unfetched": None,  # an inbox given no fetcher
+        }
+        for prompt, fetch in fetchers.items():
+            inbox = make_inbox(data_dir=tmp_path / "var", fetch=fetch)
+            inbox.start()
+            drop(inbox_dir, f"{prompt}.json", request(prompt, input_image_urls=link))
+            wait_until(settled(inbox, 1))
+            inbox.stop()
     (job,) = jobs(store)
     assert job.spec.prompt == "fetched" and job.spec.mode == "img2img"
     stored = tmp_path / "var" / "inputs" / job.id / "init.png"
