@@ -283,6 +283,42 @@ class ModelsSettings:
     # Install downloaded pickle checkpoints (.ckpt, .pt, .bin), which can run code when
     # they are loaded; off: only safetensors are installed (downloads/).
     allow_pickle: bool = False
+    # The Hugging Face Hub: "" is the library's default (https://huggingface.co); a token
+    # for gated and private repositories (sent only in the Authorization header).
+    hf_endpoint: str = ""
+    hf_token: str = ""
+    # Which weights a diffusers repository gives: "fp16" takes its fp16 variant where it
+    # has one, "" never; "auto" is fp16 unless runner.device is cpu.
+    hf_variant: str = "auto"
+    # CivitAI's public REST API and a token (needed for most downloads; header only).
+    civitai_url: str = "https://civitai.com"
+    civitai_token: str = ""
+
+    def __post_init__(self) -> None:
+        for key in ("hf_endpoint", "civitai_url"):
+            value = getattr(self, key)
+            object.__setattr__(self, key, value.rstrip("/"))
+            _check(
+                (value == "" and key == "hf_endpoint")
+                or re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", value) is not None,
+                f"models.{key}",
+                f"must be an http(s) URL, got {value!r}",
+            )
+        _check(
+            self.hf_variant in ("auto", "fp16", ""),
+            "models.hf_variant",
+            f'must be auto, fp16 or "", got {self.hf_variant!r}',
+        )
+
+    def masked(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key in SECRET_KEYS:
+            if out[key]:
+                out[key] = "***"
+        return out
+
+
+SECRET_KEYS = ("hf_token", "civitai_token")
 
 
 @dataclass(frozen=True)
@@ -337,9 +373,10 @@ class Settings:
         return self.paths.database_url
 
     def to_dict(self) -> dict[str, Any]:
-        """Every section and key, as a TOML file would hold them (API keys masked)."""
+        """Every section and key, as a TOML file would hold them (keys and tokens masked)."""
         out = {s.name: dataclasses.asdict(getattr(self, s.name)) for s in _sections()}
         out["server"]["api_keys"] = {name: "***" for name in self.server.api_keys}
+        out["models"] = self.models.masked()
         return out
 
 

@@ -148,6 +148,24 @@ class UnsafeFormat(SpoolError):
     code = "unsafe_format"
 
 
+class UnsafeFile(SpoolError):
+    """The source's own scans found the file dangerous (or could not scan it)."""
+
+    code = "unsafe_file"
+
+
+class UnsupportedModel(SpoolError):
+    """The source offers a kind of model this server cannot install (yet)."""
+
+    code = "unsupported_model"
+
+
+class SourceUnavailable(SpoolError):
+    """A model source (the Hugging Face Hub, CivitAI) did not answer as it should."""
+
+    code = "source_unavailable"
+
+
 class ModelExists(SpoolError):
     """A model of that name is already installed."""
 

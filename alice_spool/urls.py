@@ -125,13 +125,20 @@ def open_stream(
     *,
     field: str,
     headers: dict[str, str] | None = None,
+    secret_headers: dict[str, str] | None = None,
 ) -> tuple[httpx.Response, str]:
     """The streaming answer of the last hop (following up to MAX_REDIRECTS redirects,
     each hop checked) and that hop's URL; the caller closes it. `headers` go to every
-    hop, so they must never carry a credential. httpx's errors are the caller's."""
+    hop; `secret_headers` (a token) only to hops on the first URL's origin (scheme, host
+    and port), never to the storage host a source redirects to. httpx's errors are the
+    caller's."""
     hop = check(url, rules, field=field)
+    origin = _origin(hop.url)
     for _ in range(MAX_REDIRECTS + 1):
-        answer = client.send(_request(client, hop, headers), stream=True)
+        sent = {**(headers or {})}
+        if secret_headers and _origin(hop.url) == origin:
+            sent.update(secret_headers)
+        answer = client.send(_request(client, hop, sent), stream=True)
         if answer.is_redirect and "location" in answer.headers:
             answer.close()
             hop = check(urljoin(hop.url, answer.headers["location"]), rules, field=field)
@@ -140,6 +147,11 @@ def open_stream(
     raise InvalidParameters(
         f"{field}: {shown(url)} redirects more than {MAX_REDIRECTS} times", field=field
     )
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return (parts.scheme, (parts.hostname or "").lower(), parts.port)
 
 
 def client(timeout_s: float = TIMEOUT_S) -> httpx.Client:

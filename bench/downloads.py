@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 
 from alice_spool import migrate
+from alice_spool.downloads.sources import SourceSettings
 from alice_spool.downloads.worker import DownloadWorker, WorkerOptions
 from alice_spool.store import Store
 
@@ -96,7 +97,9 @@ def manager(url: str, root: Path, round_: int) -> float:
     migrate.upgrade(store.db)
     models = root / f"models-{round_}"
     store.queue_download("url", {"url": url}, name=f"base-{round_}")
-    worker = DownloadWorker(store, models, WorkerOptions(owner="bench", allow_private_urls=True))
+    worker = DownloadWorker(
+        store, models, WorkerOptions(owner="bench"), SourceSettings(allow_private_urls=True)
+    )
     started = time.perf_counter()
     done = worker.run_once()
     elapsed = time.perf_counter() - started

@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -31,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 from ..config import Settings
 from ..registry import ModelRegistry
 from ..store import Store
-from . import downloads, native, openai, status
+from . import catalog, downloads, native, openai, status
 from .context import Api, route
 from .docs_page import DOCS_POLICY, render_docs
 from .guard import RequestGuard
@@ -102,6 +103,22 @@ async def _internal(request: Request, exc: Exception) -> Response:
     return error_response("internal_error", "internal error; see the server's log", status=500)
 
 
+class SpoolId(Convertor[str]):
+    """An id the store made (30 hex digits): where a path's last part may be a word
+    (ALICE's `/v1/models/download/status`) or an id."""
+
+    regex = "[0-9a-f]{30}"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("spool_id", SpoolId())
+
+
 def routes() -> list[Any]:
     return [
         Route("/health", status.health, methods=["GET"]),
@@ -116,6 +133,35 @@ def routes() -> list[Any]:
         Route("/v1/models/refresh", openai.refresh_models, methods=["POST"]),
         Route("/v1/loras", openai.list_loras, methods=["GET"]),
         Route("/v1/models/default", openai.set_default_model, methods=["POST"]),
+        Route("/v1/models/search", downloads.search_models, methods=["GET"]),
+        Route("/v1/models/loras", catalog.alice_list_loras, methods=["GET"]),
+        Route("/v1/models/search/civitai", downloads.alice_search_civitai, methods=["POST"]),
+        Route(
+            "/v1/models/search/huggingface", downloads.alice_search_huggingface, methods=["POST"]
+        ),
+        Route("/v1/models/download/civitai", downloads.alice_download_civitai, methods=["POST"]),
+        Route(
+            "/v1/models/download/huggingface",
+            downloads.alice_download_huggingface,
+            methods=["POST"],
+        ),
+        Route("/v1/models/download/url", downloads.alice_download_url, methods=["POST"]),
+        Route("/v1/models/download/status", downloads.alice_download_status, methods=["GET"]),
+        Route(
+            "/v1/models/download/status/{download_id}",
+            downloads.alice_download_status_one,
+            methods=["GET"],
+        ),
+        Route(
+            "/v1/models/download/{download_id:spool_id}",  # not .../status
+            downloads.alice_cancel_download,
+            methods=["DELETE"],
+        ),
+        # A model's id is sd/<name>: its routes under /v1/models/sd/ never meet the others.
+        Route("/v1/models/sd/{name}/info", catalog.model_info, methods=["GET"]),
+        Route("/v1/models/sd/{name}", catalog.get_model, methods=["GET"]),
+        Route("/v1/models/sd/{name}", catalog.delete_model, methods=["DELETE"]),
+        Route("/v1/loras/{lora_id:path}", catalog.delete_lora, methods=["DELETE"]),
         Route("/v1/jobs", native.create_job, methods=["POST"]),
         Route("/v1/jobs", native.list_jobs, methods=["GET"]),
         Route("/v1/jobs/{job_id}", native.get_job, methods=["GET"]),
@@ -131,6 +177,7 @@ def routes() -> list[Any]:
         Route("/v1/downloads", downloads.list_downloads, methods=["GET"]),
         Route("/v1/downloads/{download_id}", downloads.get_download, methods=["GET"]),
         Route("/v1/downloads/{download_id}/cancel", downloads.cancel_download, methods=["POST"]),
+        Route("/v1/downloads/{download_id}/events", downloads.download_events, methods=["GET"]),
     ]
 
 

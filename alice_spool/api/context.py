@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from .. import __version__, errors, inputs, urls
 from ..config import Settings
+from ..downloads.sources import SourceSettings
 from ..models import JobStatus, Source
 from ..outbox import image_name
 from ..records import BatchEnqueued, Enqueued, JobRecord, NewJob
@@ -49,6 +50,11 @@ class Api:
     inbox_health: Callable[[], dict[str, Any]] | None = None
     database_trouble: DatabaseTrouble = field(default_factory=lambda: DatabaseTrouble())
     streams: StreamSlots = field(default_factory=lambda: StreamSlots(8))
+
+    @property
+    def sources(self) -> SourceSettings:
+        """The model sources' endpoints and tokens (DESIGN section 11)."""
+        return SourceSettings.from_settings(self.settings)
 
     @property
     def fetch(self) -> inputs.Fetch:

@@ -1,100 +1,80 @@
-"""The native download routes (DESIGN section 11): queue a model download (202; the
-workers inside `serve`/`api` run it), list, read and cancel them. URL downloads today;
-Hugging Face and CivitAI are refused clearly until they are built."""
+"""The download routes (DESIGN section 11): queue a model download from Hugging Face,
+CivitAI or a URL (202; the workers inside `serve`/`api` run it), list, read, follow
+(server-sent events) and cancel them, and search both sources. ALICE's routes give the
+same in ALICE's shapes (reference/alice-today.md); its CivitAI links carry no token."""
 
 from __future__ import annotations
 
-import re
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import errors, urls
-from ..downloads import files
-from ..models import DOWNLOAD_SOURCES, DownloadStatus
+from .. import errors
+from ..downloads import civitai, huggingface, requests
+from ..downloads.files import safe_name
+from ..downloads.plan import SearchPage
+from ..models import DownloadStatus
+from ..records import DownloadRecord
 from .context import Api, route
 from .http import require_object
 
-_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-_URL_FIELDS = {"source", "url", "kind", "name", "sha256"}
 MAX_PAGE = 500
+SEARCH_LIMIT = 100
+EVERY_S = 0.25  # how often a stream looks at its download
 
 
-def _optional(body: dict[str, Any], field: str, pattern: re.Pattern[str], what: str) -> str | None:
-    value = body.get(field)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise errors.InvalidParameters(f"{field} must be {what}", field=field)
-    return value
+async def _queue(api: Api, body: dict[str, Any], client: str | None) -> DownloadRecord:
+    """Check a native body (a URL's host resolved, an installed name refused) and queue it."""
+    sources = api.sources
 
-
-def _url_download(body: dict[str, Any], api: Api) -> dict[str, Any]:
-    """The row's fields for `{"source": "url", "url", "kind"?, "name"?, "sha256"?}`."""
-    unknown = sorted(set(body) - _URL_FIELDS)
-    if unknown:
-        raise errors.InvalidParameters(f"unknown field {unknown[0]!r}", field=unknown[0])
-    url = body.get("url")
-    if not isinstance(url, str) or not url.strip():
-        raise errors.InvalidParameters("url must be an http or https URL", field="url")
-    rules = urls.UrlRules(allow_private=api.settings.models.allow_private_urls)
-    urls.check(url.strip(), rules, field="url")  # refused now, not once it runs
-    kind = body.get("kind")
-    if kind is not None and kind not in ("checkpoint", "lora"):
-        raise errors.InvalidParameters("kind must be checkpoint or lora", field="kind")
-    name = body.get("name")
-    if name is not None and (
-        not isinstance(name, str) or not name or files.safe_name(name, fallback="") != name
-    ):
-        # The worker's own rule for installed names, so what is queued installs as named.
-        raise errors.InvalidParameters(
-            "name must be letters, digits, '.', '_' and '-' (1..128), neither starting with "
-            "'.' or '_' nor ending with '_'",
-            field="name",
+    def work() -> DownloadRecord:
+        asked = requests.parse(body, allow_private_urls=sources.allow_private_urls)
+        asked.check_name_free(Path(api.settings.paths.models))
+        return api.store.queue_download(
+            asked.source, asked.reference, kind=asked.kind, name=asked.name, client=client
         )
-    sha256 = _optional(body, "sha256", _SHA256, "64 hex digits")
-    reference = {"url": url.strip(), **({"sha256": sha256.lower()} if sha256 else {})}
-    return {"reference": reference, "kind": kind, "name": name}
+
+    return await run_in_threadpool(work)
 
 
 @route()
 async def create_download(request: Request, api: Api, client: str | None) -> Response:
     """Queue a download: 202 with it and its `Location`."""
     body = require_object(await api.read_body(request))
-    source = body.get("source")
-    if source not in DOWNLOAD_SOURCES:
-        raise errors.InvalidParameters(
-            f"source must be one of {', '.join(DOWNLOAD_SOURCES)}", field="source"
-        )
-    if source != "url":
-        raise errors.InvalidParameters(
-            f"{source} downloads are not available yet: give an http(s) URL of the file "
-            '({"source": "url", "url": ...})',
-            field="source",
-        )
-    fields = await run_in_threadpool(_url_download, body, api)  # resolves the host
-    made = await run_in_threadpool(lambda: api.store.queue_download("url", client=client, **fields))
+    made = await _queue(api, body, client)
     headers = {"Location": f"/v1/downloads/{made.id}"}
     return JSONResponse(made.to_dict(), status_code=202, headers=headers)
 
 
-@route()
-async def list_downloads(request: Request, api: Api, client: str | None) -> Response:
-    """Downloads, newest first; `status` (repeatable) filters, `limit` (1..500)."""
+def _statuses(request: Request) -> list[DownloadStatus] | None:
     statuses = request.query_params.getlist("status")
     known = {s.value for s in DownloadStatus}
     for status in statuses:
         if status not in known:
             raise errors.InvalidParameters(f"unknown status {status!r}", field="status")
-    text = request.query_params.get("limit", "100")
-    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
-        raise errors.InvalidParameters(f"limit must be 1..{MAX_PAGE}", field="limit")
+    return [DownloadStatus(s) for s in statuses] or None
+
+
+def _limit(request: Request, default: int, most: int) -> int:
+    text = request.query_params.get("limit", str(default))
+    if not text.isdigit() or not 1 <= int(text) <= most:
+        raise errors.InvalidParameters(f"limit must be 1..{most}", field="limit")
+    return int(text)
+
+
+@route()
+async def list_downloads(request: Request, api: Api, client: str | None) -> Response:
+    """Downloads, newest first; `status` (repeatable) filters, `limit` (1..500)."""
+    statuses, limit = _statuses(request), _limit(request, 100, MAX_PAGE)
     found = await run_in_threadpool(
-        lambda: api.store.list_downloads(
-            statuses=[DownloadStatus(s) for s in statuses] or None, limit=int(text)
-        )
+        lambda: api.store.list_downloads(statuses=statuses, limit=limit)
     )
     return JSONResponse({"object": "list", "data": [d.to_dict() for d in found]})
 
@@ -111,3 +91,366 @@ async def cancel_download(request: Request, api: Api, client: str | None) -> Res
     removes the partial files. Finished: 409."""
     found = await run_in_threadpool(api.store.cancel_download, request.path_params["download_id"])
     return JSONResponse(found.to_dict())
+
+
+@route()
+async def download_events(request: Request, api: Api, client: str | None) -> Response:
+    """Server-sent events: `progress` with the download whenever it changes (its worker
+    writes at most 4 times a second), then one `done` with it when it ends."""
+    found = await run_in_threadpool(api.store.get_download, request.path_params["download_id"])
+    holder = client or api.client_address(request)
+    api.streams.take(holder)  # server.max_streams_per_client: 429 past it
+    return EventSourceResponse(_events(api, found.id, holder), ping=15)
+
+
+async def _events(api: Api, download_id: str, holder: str) -> AsyncIterator[dict[str, Any]]:
+    try:
+        last: dict[str, Any] | None = None
+        while True:
+            found = await run_in_threadpool(api.store.get_download, download_id)
+            shown = found.to_dict()
+            if shown != last:
+                last = shown
+                yield {"event": "progress", "data": json.dumps(shown)}
+            if found.status.finished:
+                yield {"event": "done", "data": json.dumps(shown)}
+                return
+            await asyncio.sleep(EVERY_S)
+    finally:  # it ended, or the client went away
+        api.streams.give_back(holder)
+
+
+# -- search -------------------------------------------------------------------------------
+
+
+def _flag(text: str | None, field: str) -> bool:
+    if text is None:
+        return False
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise errors.InvalidParameters(f"{field} must be true or false", field=field)
+    return text.lower() in ("true", "1")
+
+
+def _types(values: list[str]) -> list[str]:
+    """CivitAI's type names, repeated or comma-separated, matched without case."""
+    by_lower = {t.lower(): t for t in civitai.TYPES}
+    chosen = []
+    for value in values:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            if part.lower() not in by_lower:
+                raise errors.InvalidParameters(
+                    f"unknown type {part!r}: one of {', '.join(civitai.TYPES)}", field="types"
+                )
+            chosen.append(by_lower[part.lower()])
+    return chosen
+
+
+def _search(
+    api: Api,
+    source: str,
+    query: str,
+    *,
+    types: list[str],
+    sort: str | None,
+    nsfw: bool,
+    limit: int,
+    cursor: str | None,
+) -> SearchPage:
+    if len(query) > 200:
+        raise errors.InvalidParameters("query must be at most 200 characters", field="query")
+    if cursor is not None and (len(cursor) > 200 or not cursor.isprintable()):
+        raise errors.InvalidParameters("cursor is not one this server gave", field="cursor")
+    if source == "civitai":
+        if sort is not None and sort not in civitai.SORTS:
+            raise errors.InvalidParameters(
+                f"sort must be one of {', '.join(civitai.SORTS)}", field="sort"
+            )
+        if cursor is not None and not query and not cursor.isdigit():
+            raise errors.InvalidParameters("cursor is not one this server gave", field="cursor")
+        return civitai.search(
+            api.sources,
+            query,
+            types=types,
+            sort=sort,
+            nsfw=nsfw,
+            limit=min(limit, civitai.MAX_LIMIT),
+            cursor=cursor,
+        )
+    if source == "huggingface":
+        if sort is not None and sort not in huggingface.SORTS:
+            raise errors.InvalidParameters(
+                f"sort must be one of {', '.join(huggingface.SORTS)}", field="sort"
+            )
+        if cursor is not None and not cursor.isdigit():
+            raise errors.InvalidParameters("cursor is not one this server gave", field="cursor")
+        return huggingface.search(
+            api.sources, query, sort=sort or "downloads", limit=limit, cursor=cursor
+        )
+    raise errors.InvalidParameters("source must be civitai or huggingface", field="source")
+
+
+@route()
+async def search_models(request: Request, api: Api, client: str | None) -> Response:
+    """`?source=civitai|huggingface&query=&types=&sort=&nsfw=false&cursor=&limit=` ->
+    `{"data": [...], "next_cursor"}` (null on the last page)."""
+    params = request.query_params
+    page = await run_in_threadpool(
+        lambda: _search(
+            api,
+            params.get("source", "civitai"),
+            params.get("query", ""),
+            types=_types(params.getlist("types")),
+            sort=params.get("sort") or None,
+            nsfw=_flag(params.get("nsfw"), "nsfw"),
+            limit=_limit(request, 20, SEARCH_LIMIT),
+            cursor=params.get("cursor") or None,
+        )
+    )
+    return JSONResponse({"object": "list", "data": page.data, "next_cursor": page.next_cursor})
+
+
+# -- ALICE's routes, in ALICE's shapes ---------------------------------------------------
+
+_ALICE_STATUS = {
+    DownloadStatus.QUEUED: "queued",
+    DownloadStatus.DOWNLOADING: "downloading",
+    DownloadStatus.VERIFYING: "downloading",
+    DownloadStatus.SUCCEEDED: "completed",
+    DownloadStatus.FAILED: "failed",
+    DownloadStatus.CANCELLED: "cancelled",
+}
+
+
+def alice_task(download: DownloadRecord) -> dict[str, Any]:
+    total, done = download.bytes_total, download.bytes_done
+    if download.status is DownloadStatus.SUCCEEDED:
+        progress = 100.0
+    else:
+        progress = round(100.0 * done / total, 1) if total else 0.0
+    return {
+        "id": download.id,
+        "source": download.source,
+        "name": download.name or "",
+        "status": _ALICE_STATUS[download.status],
+        "progress": progress,
+        "totalSize": total or 0,
+        "downloadedSize": done,
+        "speed": download.speed_bps or 0,
+        "error": download.error_message,
+        "model": download.model,
+    }
+
+
+def _alice_body(body: Any, fields: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
+    body = require_object(body)
+    for key, kind in fields.items():
+        value = body.get(key)
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if value is None:
+            continue
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise errors.InvalidParameters(f"{key} has the wrong type", field=key)
+    return body
+
+
+@route()
+async def alice_search_civitai(request: Request, api: Api, client: str | None) -> Response:
+    body = _alice_body(
+        await api.read_body(request),
+        {"query": str, "types": (list, str), "sort": str, "nsfw": bool, "limit": int, "page": int},
+    )
+    types = body.get("types") or []
+    types = _types([types] if isinstance(types, str) else [str(t) for t in types])
+    limit = body.get("limit") or 20
+    number = body.get("page") or 1
+    if not 1 <= limit <= civitai.MAX_LIMIT or not 1 <= number <= 50:
+        raise errors.InvalidParameters("limit must be 1..100 and page 1..50", field="limit")
+    query = body.get("query") or ""
+
+    def work() -> SearchPage:
+        cursor: str | None = None if query else str(number)
+        for _ in range(number - 1 if query else 0):  # a search pages by cursor: walk to it
+            page = _search(
+                api,
+                "civitai",
+                query,
+                types=types,
+                sort=body.get("sort"),
+                nsfw=bool(body.get("nsfw")),
+                limit=limit,
+                cursor=cursor,
+            )
+            if page.next_cursor is None:
+                return SearchPage([], None)
+            cursor = page.next_cursor
+        return _search(
+            api,
+            "civitai",
+            query,
+            types=types,
+            sort=body.get("sort"),
+            nsfw=bool(body.get("nsfw")),
+            limit=limit,
+            cursor=cursor,
+        )
+
+    page = await run_in_threadpool(work)
+    base = api.settings.models.civitai_url
+    data = [
+        {
+            "id": item["id"],
+            "name": item["name"],
+            "type": item["type"],
+            "creator": item["creator"],
+            "images": item["images"],
+            "rating": item["rating"],
+            "download_count": item["downloads"],
+            "tags": item["tags"],
+            "nsfw": item["nsfw"],
+            "versions": [
+                {
+                    "id": version["id"],
+                    "name": version["name"],
+                    "baseModel": version["base_model"],
+                    "files": [
+                        {
+                            "id": f["id"],
+                            "name": f["name"],
+                            "sizeKB": f["size_kb"],
+                            # CivitAI's own link, without a token (it needs the
+                            # caller's own key; downloads through us need none)
+                            "downloadUrl": f"{base}/api/download/models/{version['id']}"
+                            f"?fileId={f['id']}",
+                        }
+                        for f in version["files"]
+                    ],
+                }
+                for version in item["versions"]
+            ],
+        }
+        for item in page.data
+    ]
+    more = page.next_cursor is not None
+    return JSONResponse(
+        {"object": "list", "data": data, "page": number, "has_more": more, "cached": False}
+    )
+
+
+@route()
+async def alice_search_huggingface(request: Request, api: Api, client: str | None) -> Response:
+    body = _alice_body(
+        await api.read_body(request),
+        {"query": str, "filterTags": list, "sort": str, "limit": int},
+    )
+    limit = body.get("limit") or 20
+    if not 1 <= limit <= SEARCH_LIMIT:
+        raise errors.InvalidParameters(f"limit must be 1..{SEARCH_LIMIT}", field="limit")
+    tags = [str(t) for t in body.get("filterTags") or []]
+    page = await run_in_threadpool(
+        lambda: _search(
+            api,
+            "huggingface",
+            body.get("query") or "",
+            types=[],
+            sort=body.get("sort"),
+            nsfw=False,
+            limit=limit,
+            cursor=None,
+        )
+    )
+    data = [
+        {
+            "id": item["id"],
+            "author": item["author"],
+            "last_modified": item["last_modified"],
+            "downloads": item["downloads"],
+            "likes": item["likes"],
+            "tags": item["tags"],
+            "pipeline_tag": item["pipeline_tag"],
+        }
+        for item in page.data
+        if set(tags) <= set(item["tags"])
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def _alice_queued(api: Api, body: dict[str, Any], client: str | None) -> Response:
+    made = await _queue(api, body, client)
+    return JSONResponse(
+        {"status": "queued", "task_id": made.id, "task": alice_task(made)},
+        status_code=202,
+        headers={"Location": f"/v1/downloads/{made.id}"},
+    )
+
+
+def _alice_name(filename: Any) -> str | None:
+    if filename is None:
+        return None
+    if not isinstance(filename, str) or not filename.strip():
+        raise errors.InvalidParameters("filename must be a file name", field="filename")
+    stem = filename.strip().rsplit("/", 1)[-1].removesuffix(".safetensors")
+    return safe_name(stem, fallback="model")
+
+
+@route()
+async def alice_download_civitai(request: Request, api: Api, client: str | None) -> Response:
+    """`{modelId, versionId?, fileId?, modelType?}`: the type comes from CivitAI."""
+    body = _alice_body(
+        await api.read_body(request),
+        {"modelId": (int, str), "versionId": (int, str), "fileId": (int, str), "modelType": str},
+    )
+    native = {
+        "source": "civitai",
+        "model_id": body.get("modelId"),
+        "version_id": body.get("versionId"),
+        "file_id": body.get("fileId"),
+    }
+    return await _alice_queued(api, {k: v for k, v in native.items() if v is not None}, client)
+
+
+@route()
+async def alice_download_huggingface(request: Request, api: Api, client: str | None) -> Response:
+    """`{modelId, filename?, revision?}`."""
+    body = _alice_body(
+        await api.read_body(request), {"modelId": str, "filename": str, "revision": str}
+    )
+    native = {
+        "source": "huggingface",
+        "repo": body.get("modelId"),
+        "file": body.get("filename"),
+        "revision": body.get("revision"),
+    }
+    if native["repo"] is None:
+        raise errors.InvalidParameters("modelId is required: org/name", field="modelId")
+    return await _alice_queued(api, {k: v for k, v in native.items() if v is not None}, client)
+
+
+@route()
+async def alice_download_url(request: Request, api: Api, client: str | None) -> Response:
+    """`{url, filename?, isLora?}`."""
+    body = _alice_body(await api.read_body(request), {"url": str, "filename": str, "isLora": bool})
+    native: dict[str, Any] = {"source": "url", "url": body.get("url")}
+    if (name := _alice_name(body.get("filename"))) is not None:
+        native["name"] = name
+    if body.get("isLora") is not None:
+        native["kind"] = "lora" if body["isLora"] else "checkpoint"
+    return await _alice_queued(api, native, client)
+
+
+@route()
+async def alice_download_status(request: Request, api: Api, client: str | None) -> Response:
+    found = await run_in_threadpool(lambda: api.store.list_downloads(limit=MAX_PAGE))
+    return JSONResponse({"object": "list", "data": [alice_task(d) for d in found]})
+
+
+@route()
+async def alice_download_status_one(request: Request, api: Api, client: str | None) -> Response:
+    found = await run_in_threadpool(api.store.get_download, request.path_params["download_id"])
+    return JSONResponse(alice_task(found))
+
+
+@route()
+async def alice_cancel_download(request: Request, api: Api, client: str | None) -> Response:
+    found = await run_in_threadpool(api.store.cancel_download, request.path_params["download_id"])
+    # Running, it stops at its worker's next report: cancelled as far as the caller goes.
+    return JSONResponse({"status": "cancelled", "task_id": found.id})

@@ -3,11 +3,15 @@ the handler's docstring), with the request bodies the doors take."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.routing import Route
 
 from .. import spec
+from ..downloads.civitai import SORTS as _CIVITAI_SORTS
+from ..downloads.civitai import TYPES as _CIVITAI_TYPES
+from ..downloads.huggingface import SORTS as _HF_SORTS
 from ..models import DownloadStatus, JobStatus, Source
 from ..spec import SPEC_FIELDS
 
@@ -43,6 +47,14 @@ def _sizes() -> str:
 # `sd/<name>` or `<name>`: one safe path component (spec.normalise_model_id).
 _NAME = rf"[^/\\\x00-\x1f.{_BLANK}][^/\\\x00-\x1f]{{0,199}}$"
 _MODEL_ID = r"^(sd/)?" + _NAME
+_CONVERTOR = re.compile(r"\{(\w+):\w+\}")
+_HF_REPO = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$"
+_CIVITAI_ID = {"type": "integer", "minimum": 1, "maximum": 2**53 - 1}
+_DOWNLOAD_NAME = {
+    "type": "string",
+    "pattern": "^[A-Za-z0-9-]([A-Za-z0-9._-]{0,126}[A-Za-z0-9.-])?$",
+    "description": "the installed name (else the source's)",
+}
 _LORA_ID = r"^(lora/)?" + _NAME
 
 
@@ -274,29 +286,106 @@ def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
             "properties": {"model": {"type": "string", "pattern": _MODEL_ID, "example": "sd/tiny"}},
         },
         "/v1/downloads": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["source", "repo"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "source": {"const": "huggingface"},
+                        "repo": {"type": "string", "pattern": _HF_REPO, "example": "org/name"},
+                        "revision": {
+                            "type": "string",
+                            "pattern": r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$",
+                        },
+                        "file": {"type": "string", "description": "one file of the repository"},
+                        "kind": {"enum": ["diffusers", "checkpoint", "lora"]},
+                        "name": _DOWNLOAD_NAME,
+                    },
+                },
+                {
+                    "type": "object",
+                    "required": ["source"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "source": {"const": "civitai"},
+                        "model_id": _CIVITAI_ID,
+                        "version_id": _CIVITAI_ID,
+                        "file_id": _CIVITAI_ID,
+                        "name": _DOWNLOAD_NAME,
+                    },
+                    "description": "model_id or version_id is required",
+                },
+                {
+                    "type": "object",
+                    "required": ["source", "url"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "source": {"const": "url"},
+                        "url": {
+                            "type": "string",
+                            "pattern": "^[ \t]*[Hh][Tt][Tt][Pp][Ss]?://",
+                            "description": "its host must resolve to public addresses only, "
+                            "unless models.allow_private_urls (400 forbidden_url)",
+                        },
+                        "kind": {"enum": ["checkpoint", "lora"]},
+                        "name": _DOWNLOAD_NAME,
+                        "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+                    },
+                },
+            ]
+        },
+        "/v1/models/search/civitai": {
             "type": "object",
-            "required": ["source", "url"],
-            "additionalProperties": False,
             "properties": {
-                "source": {"enum": ["url"], "description": "huggingface and civitai: not yet"},
-                "url": {
-                    "type": "string",
-                    "pattern": "^[ \t]*[Hh][Tt][Tt][Pp][Ss]?://",
-                    "description": "its host must resolve to public addresses only, unless "
-                    "models.allow_private_urls (400 forbidden_url)",
-                },
-                "kind": {"enum": ["checkpoint", "lora"]},
-                "name": {
-                    "type": "string",
-                    "pattern": "^[A-Za-z0-9-]([A-Za-z0-9._-]{0,126}[A-Za-z0-9.-])?$",
-                },
-                "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+                "query": {"type": "string", "maxLength": 200},
+                "types": {"type": "array", "items": {"enum": list(_CIVITAI_TYPES)}},
+                "sort": {"enum": list(_CIVITAI_SORTS)},
+                "nsfw": {"type": "boolean"},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 100},
+                "page": {"type": "integer", "minimum": 1, "maximum": 50},
+            },
+        },
+        "/v1/models/search/huggingface": {
+            "type": "object",
+            "properties": {
+                "query": {"type": "string", "maxLength": 200},
+                "filterTags": {"type": "array", "items": {"type": "string"}},
+                "sort": {"enum": list(_HF_SORTS)},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 100},
+            },
+        },
+        "/v1/models/download/civitai": {
+            "type": "object",
+            "properties": {
+                "modelId": _CIVITAI_ID,
+                "versionId": _CIVITAI_ID,
+                "fileId": _CIVITAI_ID,
+                "modelType": {"type": "string", "description": "ignored: CivitAI's type wins"},
+            },
+        },
+        "/v1/models/download/huggingface": {
+            "type": "object",
+            "required": ["modelId"],
+            "properties": {
+                "modelId": {"type": "string", "pattern": _HF_REPO},
+                "filename": {"type": "string"},
+                "revision": {"type": "string"},
+            },
+        },
+        "/v1/models/download/url": {
+            "type": "object",
+            "required": ["url"],
+            "properties": {
+                "url": {"type": "string"},
+                "filename": {"type": "string"},
+                "isLora": {"type": "boolean"},
             },
         },
     }
 
 
-_EXAMPLES = {
+_EXAMPLES: dict[str, Any] = {
     "/v1/jobs": {"prompt": "a lighthouse at dusk", "steps": 25, "seed": 7},
     "/v1/images/generations": {"prompt": "a red fox", "size": "512x512", "n": 1},
     "/v1/chat/completions": {
@@ -307,11 +396,12 @@ _EXAMPLES = {
     "/v1/batches": {"requests": [{"prompt": "one"}, {"prompt": "two", "id": "two-1"}]},
     "/v1/jobs/{job_id}/priority": {"priority": 10},
     "/v1/models/default": {"model": "sd/tiny"},
-    "/v1/downloads": {
-        "source": "url",
-        "url": "https://example.com/models/style.safetensors",
-        "kind": "lora",
-    },
+    "/v1/downloads": {"source": "huggingface", "repo": "stabilityai/sd-turbo"},
+    "/v1/models/search/civitai": {"query": "", "types": ["LORA"], "sort": "Highest Rated"},
+    "/v1/models/search/huggingface": {"query": "stable diffusion", "sort": "downloads"},
+    "/v1/models/download/civitai": {"modelId": 4201, "versionId": 130072},
+    "/v1/models/download/huggingface": {"modelId": "stabilityai/sd-turbo"},
+    "/v1/models/download/url": {"url": "https://example.com/style.safetensors", "isLora": True},
 }
 _OPEN = ("/health", "/metrics", "/openapi.json")
 _UI = ("/", "/docs")  # pages for people (the web UI, the API page), not API routes
@@ -358,6 +448,26 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
             "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
         },
     ],
+    ("GET", "/v1/models/search"): [
+        {"name": "source", "in": "query", "schema": {"enum": ["civitai", "huggingface"]}},
+        {"name": "query", "in": "query", "schema": {"type": "string", "maxLength": 200}},
+        {
+            "name": "types",
+            "in": "query",
+            "schema": {"type": "array", "items": {"type": "string"}},
+            "style": "form",
+            "explode": True,
+            "description": "CivitAI's type names, repeated or comma-separated",
+        },
+        {"name": "sort", "in": "query", "schema": {"type": "string"}},
+        {"name": "nsfw", "in": "query", "schema": {"enum": ["true", "false", "1", "0"]}},
+        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+        },
+    ],
     ("GET", "/v1/models"): [
         {"name": "include_broken", "in": "query", "schema": {"enum": ["true", "false", "1", "0"]}}
     ],
@@ -378,7 +488,14 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
     ],
 }
 # 202 new (200 a repeat, for jobs and batches)
-_CREATES = {("POST", "/v1/jobs"), ("POST", "/v1/batches"), ("POST", "/v1/downloads")}
+_CREATES = {
+    ("POST", "/v1/jobs"),
+    ("POST", "/v1/batches"),
+    ("POST", "/v1/downloads"),
+    ("POST", "/v1/models/download/civitai"),
+    ("POST", "/v1/models/download/huggingface"),
+    ("POST", "/v1/models/download/url"),
+}
 _WAITS = {
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/images/generations"),
@@ -474,44 +591,43 @@ def describe(routes: list[Any], api: Any) -> dict[str, Any]:
     for item in routes:
         if not isinstance(item, Route) or item.path in _UI or item.path.startswith("/web"):
             continue
+        path = _CONVERTOR.sub(r"{\1}", item.path)  # {model_id:path} is {model_id}
         doc = (item.endpoint.__doc__ or item.name or "").strip()
         paragraphs = [" ".join(part.split()) for part in doc.split("\n\n") if part.strip()]
-        summary = paragraphs[0] if paragraphs else item.path
+        summary = paragraphs[0] if paragraphs else path
         methods = sorted((item.methods or set()) - {"HEAD"})
         for method in methods:
-            needs_key = item.path.startswith("/v1/") and api.keys.required
+            needs_key = path.startswith("/v1/") and api.keys.required
             operation: dict[str, Any] = {
                 "operationId": item.name if len(methods) == 1 else f"{item.name}_{method.lower()}",
                 "summary": summary,
                 "description": "\n\n".join(paragraphs),
-                "responses": _responses(
-                    item.path, method, item.path in bodies or item.path in _FORMS, needs_key
-                ),
+                "responses": _responses(path, method, path in bodies or path in _FORMS, needs_key),
             }
             parameters = [
                 {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                 for name in item.param_convertors
-            ] + _QUERY.get((method, item.path), [])
+            ] + _QUERY.get((method, path), [])
             if parameters:
                 operation["parameters"] = parameters
-            if method == "POST" and item.path in bodies:
+            if method == "POST" and path in bodies:
                 operation["requestBody"] = {
                     "required": True,
                     "content": {
                         "application/json": {
-                            "schema": bodies[item.path],
-                            "example": _EXAMPLES[item.path],
+                            "schema": bodies[path],
+                            "example": _EXAMPLES[path],
                         }
                     },
                 }
-            if method == "POST" and item.path in _FORMS:
+            if method == "POST" and path in _FORMS:
                 operation["requestBody"] = {
                     "required": True,
                     "content": {"multipart/form-data": {"schema": _edits_form(bodies)}},
                 }
             if needs_key:
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]
-            paths.setdefault(item.path, {})[method.lower()] = operation
+            paths.setdefault(path, {})[method.lower()] = operation
     _link(paths, "/v1/jobs", "job_id")
     _link(paths, "/v1/batches", "batch_id")
     _link(paths, "/v1/downloads", "download_id")

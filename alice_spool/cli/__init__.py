@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from . import db, doctor, inbox, jobs, models, runner, serve, submit  # noqa: F401  (each registers its commands)
+from . import (  # noqa: F401  (each registers its commands)
+    db,
+    doctor,
+    downloads,
+    inbox,
+    jobs,
+    models,
+    runner,
+    serve,
+    submit,
+)
 from .app import cli
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import click
 
-from ..errors import DownloadFailed, InvalidParameters, ModelNotFound
+from ..errors import ModelNotFound
 from ..registry import FAMILY_NAMES, ModelInfo
-from ..spec import normalise_model_id, parse_spec
+from ..spec import parse_spec
 from ..terminal import table
 from .app import (
     App,
@@ -132,113 +132,6 @@ def models_create_tiny_lora(app: App, name: str, replace: bool) -> None:
 
     path = create_tiny_lora(Path(app.settings.paths.models), name, replace=replace)
     click.echo(path)
-
-
-# What a diffusers pipeline needs: configs, tokenizers, and safetensors weights, not the
-# duplicate .bin/.ckpt files, fp16 or EMA variants, or sample images.
-PULL_PATTERNS = [
-    "model_index.json",
-    "scheduler/*.json",
-    "tokenizer*/*",
-    "text_encoder*/*.json",
-    "text_encoder*/model.safetensors",
-    "text_encoder*/model-*.safetensors",
-    "unet/*.json",
-    "unet/diffusion_pytorch_model.safetensors",
-    "unet/diffusion_pytorch_model-*.safetensors",
-    "vae/*.json",
-    "vae/diffusion_pytorch_model.safetensors",
-]
-
-
-@models.command("pull")
-@click.argument("repo")
-@click.option("--name", help="Local name (default: the repository's or file's name).")
-@click.option("--revision", help="A branch, tag or commit of the repository.")
-@click.option(
-    "--kind",
-    type=click.Choice(["checkpoint", "lora"]),
-    help="For a URL: what the file is (default: told from its tensor names).",
-)
-@click.option("--sha256", help="For a URL: the file's SHA-256, checked before installing.")
-@pass_app
-def models_pull(
-    app: App,
-    repo: str,
-    name: str | None,
-    revision: str | None,
-    kind: str | None,
-    sha256: str | None,
-) -> None:
-    """Download a diffusers model from the Hugging Face Hub (only the files it needs),
-    or one checkpoint or LoRA file from an http(s) URL.
-
-    REPO is like stable-diffusion-v1-5/stable-diffusion-v1-5, or a URL of a
-    .safetensors file (resumed if the connection drops; the address rules of
-    models.allow_private_urls apply). The model appears in the models directory only
-    once it is complete."""
-    if repo.startswith(("http://", "https://")):
-        _pull_url(app, repo, name=name, kind=kind, sha256=sha256)
-        return
-    if kind is not None or sha256 is not None:
-        raise InvalidParameters("--kind and --sha256 are for URLs", field="kind")
-    from huggingface_hub import snapshot_download
-
-    name = name or repo.rstrip("/").split("/")[-1]
-    model_id = normalise_model_id(name, "name")
-    models_dir = Path(app.settings.paths.models)
-    target = models_dir / model_id.removeprefix("sd/")
-    if target.exists():
-        raise InvalidParameters(f"{target} already exists; remove it first", field="name")
-    models_dir.mkdir(parents=True, exist_ok=True)
-    staging = models_dir / f".pull-{target.name}"  # a dot-name: not listed until complete
-    try:
-        snapshot_download(
-            repo_id=repo, revision=revision, local_dir=staging, allow_patterns=PULL_PATTERNS
-        )
-        if not (staging / "model_index.json").exists():
-            raise DownloadFailed(f"{repo} is not a diffusers pipeline (no model_index.json)")
-        staging.rename(target)
-    except DownloadFailed:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    except Exception as exc:  # the hub client's network, auth and not-found errors
-        shutil.rmtree(staging, ignore_errors=True)
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise DownloadFailed(
-            f"cannot download {repo}: {reason} (models pull needs the Hugging Face Hub)"
-        ) from exc
-    click.echo(target)
-
-
-def _pull_url(
-    app: App, url: str, *, name: str | None, kind: str | None, sha256: str | None
-) -> None:
-    """Queue a URL download and run it here, to its end (a durable row: a pull cut
-    short resumes when pulled again)."""
-    import os
-    import socket
-
-    from .. import urls
-    from ..downloads.worker import DownloadWorker, WorkerOptions
-
-    rules = urls.UrlRules(allow_private=app.settings.models.allow_private_urls)
-    urls.check(url, rules, field="url")  # refused at once, nothing queued
-    reference: dict[str, Any] = {"url": url, **({"sha256": sha256} if sha256 else {})}
-    store = app.store
-    queued = store.queue_download("url", reference, kind=kind, name=name, client="cli")
-    options = WorkerOptions(
-        owner=f"{socket.gethostname()}/{os.getpid()}/pull",
-        allow_private_urls=app.settings.models.allow_private_urls,
-        allow_pickle=app.settings.models.allow_pickle,
-    )
-    held = store.claim_download(options.owner, lease_s=options.lease_s, download_id=queued.id)
-    if held is None:  # a worker elsewhere took it first
-        raise DownloadFailed(f"download {queued.id} was taken by another worker")
-    done = DownloadWorker(store, Path(app.settings.paths.models), options).run_download(held)
-    if done.error_code:
-        raise DownloadFailed(f"download {done.id} failed ({done.error_code}): {done.error_message}")
-    click.echo(done.model)
 
 
 @models.command("default")

@@ -195,15 +195,15 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
         inbox.start()
     pool = None
     if settings.downloads.enabled:
+        from ..downloads.sources import SourceSettings
         from ..downloads.worker import WorkerPool
 
         pool = WorkerPool(
             store,
             Path(settings.paths.models),
+            SourceSettings.from_settings(settings),
             host=socket.gethostname(),
             count=settings.downloads.concurrency,
-            allow_private_urls=settings.models.allow_private_urls,
-            allow_pickle=settings.models.allow_pickle,
         )
         pool.start()
     application = create_app(

@@ -18,7 +18,7 @@ from ..safetensors_file import read_safetensors_header
 STAGING_DIR = ".downloads"
 HEADROOM_BYTES = 1 << 30  # kept free beyond the bytes still to come
 _UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
-_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 def safe_name(name: str, *, fallback: str = "model") -> str:
@@ -44,13 +44,13 @@ def check_room(directory: Path, still_to_come: int) -> None:
         )
 
 
-def check_first_bytes(head: bytes, content_type: str, token_setting: str | None) -> None:
+def check_first_bytes(head: bytes, content_type: str, token_hint: str | None) -> None:
     """Refuse a page where weights were expected (an error or login page, often what a
     missing token gets)."""
     text = head.lstrip()[:16].lower()
     page = content_type.split(";")[0].strip().lower() in ("text/html", "application/json")
     if page or text.startswith((b"<!doctype", b"<html", b"{", b"[")):
-        hint = f" (a token may be needed: {token_setting})" if token_setting else ""
+        hint = f" ({token_hint})" if token_hint else ""
         raise DownloadFailed(f"the server sent a web page or JSON, not model weights{hint}")
 
 
@@ -67,7 +67,7 @@ def check_weights(path: Path, *, allow_pickle: bool) -> str:
     pickled = head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or head == (
         b"PK\x03\x04"  # torch.save's zip
     )
-    if pickled or path.suffix.lower() in _PICKLE_SUFFIXES:
+    if pickled or path.suffix.lower() in PICKLE_SUFFIXES:
         if allow_pickle:
             return "pickle"
         raise UnsafeFormat(
@@ -101,3 +101,20 @@ def same_content(path: Path, sha256: str) -> bool:
     except OSError:
         return False
     return digest.hexdigest() == sha256
+
+
+def install_folder(staged: Path, target: Path) -> Path:
+    """Move a complete, checked model folder into place: every file and folder in it
+    fsynced, then renamed (never over an existing model: `model_exists`)."""
+    for path in sorted(staged.rglob("*"), reverse=True):  # files before their folders
+        fsync_path(path)
+    fsync_path(staged)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        raise ModelExists(f"{target.name} is already installed in {target.parent}")
+    try:
+        os.rename(staged, target)  # an existing non-empty folder is never replaced
+    except OSError as exc:
+        raise ModelExists(f"{target.name} is already installed in {target.parent}") from exc
+    fsync_path(target.parent)
+    return target

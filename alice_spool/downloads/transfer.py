@@ -67,13 +67,18 @@ def fetch_to_file(
     rules: urls.UrlRules,
     *,
     on_progress: Progress,
-    token_setting: str | None = None,
+    token_hint: str | None = None,
+    secret_headers: dict[str, str] | None = None,
+    weights: bool = True,
+    validator_file: Path | None = None,
     timeout_s: float = urls.TIMEOUT_S,
 ) -> Fetched:
     """Fetch `url` into `path`, resuming what is there. `on_progress` is called after
     each chunk; when it says stop, `Stopped` is raised (the file is left for the caller
-    to remove)."""
-    validator_file = path.with_name(path.name + ".validator")
+    to remove). `secret_headers` (a token) go only to the URL's own origin; `weights`:
+    the body must not be a web page or JSON (off for a repository's config files). The
+    server's validator is kept in `validator_file` (beside the file by default)."""
+    validator_file = validator_file or path.with_name(path.name + ".validator")
     have = path.stat().st_size if path.exists() else 0
     validator = validator_file.read_text() if have and validator_file.exists() else None
     headers = {"Accept": "*/*"}
@@ -81,11 +86,14 @@ def fetch_to_file(
         headers.update({"Range": f"bytes={have}-", "If-Range": validator})
     try:
         with urls.client(timeout_s) as http:
-            answer, last = urls.open_stream(http, url, rules, field="url", headers=headers)
+            answer, last = urls.open_stream(
+                http, url, rules, field="url", headers=headers, secret_headers=secret_headers
+            )
             try:
                 return _receive(
-                    answer, last, path, validator_file, have, on_progress, token_setting
-                )
+                    answer, last, path, validator_file, have, on_progress,
+                    token_hint, check_page=weights,
+                )  # fmt: skip
             finally:
                 answer.close()
     except httpx.HTTPError as exc:
@@ -99,14 +107,14 @@ def _receive(
     validator_file: Path,
     have: int,
     on_progress: Progress,
-    token_setting: str | None,
+    token_hint: str | None,
+    *,
+    check_page: bool,
 ) -> Fetched:
     status = answer.status_code
     if status in (401, 403):
-        setting = f" (set {token_setting})" if token_setting else ""
-        raise Unauthorized(
-            f"{urls.shown(url)} answered {status}: not allowed without a token{setting}"
-        )
+        hint = f": {token_hint}" if token_hint else ": not allowed without a token"
+        raise Unauthorized(f"{urls.shown(url)} answered {status}{hint}")
     if status >= 500 or status == 429:
         raise Transient(f"{urls.shown(url)} answered {status}")
     if status not in (200, 206):
@@ -124,19 +132,21 @@ def _receive(
     check_room(path.parent, (total or 0) - have)
     validator = _validator(answer)
     path.parent.mkdir(parents=True, exist_ok=True)
+    validator_file.parent.mkdir(parents=True, exist_ok=True)
     if validator:
         validator_file.write_text(validator)
     else:
         validator_file.unlink(missing_ok=True)
     content_type = answer.headers.get("content-type", "")
-    head = b"" if not resumed else None  # the body's first bytes, until they are checked
+    # The body's first bytes, until they are checked.
+    head = b"" if check_page and not resumed else None
     done, since_room_check = have, 0
     with path.open("ab" if resumed else "wb") as out:
         for chunk in answer.iter_bytes():  # as they come: a hang-up loses none of them
             if head is not None:
                 head += chunk[:HEAD_BYTES]
                 if len(head) >= HEAD_BYTES:
-                    check_first_bytes(head, content_type, token_setting)
+                    check_first_bytes(head, content_type, token_hint)
                     head = None
             out.write(chunk)
             digest.update(chunk)
@@ -150,7 +160,7 @@ def _receive(
                 raise Stopped("the download was cancelled")
         out.flush()
     if head is not None:  # a body shorter than HEAD_BYTES
-        check_first_bytes(head, content_type, token_setting)
+        check_first_bytes(head, content_type, token_hint)
     if total is not None and done != total:
         raise Transient(f"{urls.shown(url)} ended after {done} of {total} bytes")
     validator_file.unlink(missing_ok=True)

@@ -2,11 +2,17 @@
 runs each to its end: fetched into `<models>/.downloads/<id>/` (resumed after a dropped
 connection or a restart), verified (size, SHA-256 where the source gives one, the
 safetensors header), installed without overwriting anything, and finished in its row.
-Cancel and failure remove the partial files. Today it runs `url` downloads; the other
-sources fail clearly until they are built."""
+Cancel and failure remove the partial files.
+
+What a download fetches is its plan (plan.py), asked of its source (sources.py) once and
+kept in the row: a URL's one file, a Hugging Face repository's pipeline files at one
+commit, or a CivitAI file. Each file is fetched and verified on its own, so a restart
+asks only for the bytes still missing of the file it was in."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import threading
@@ -14,8 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from .. import urls
 from ..errors import DownloadFailed, DownloadNotFound, LeaseLost, ModelExists, SpoolError
 from ..loras import LORAS_DIR, lora_family
 from ..models import DownloadStatus
@@ -23,10 +29,23 @@ from ..records import DownloadRecord
 from ..safetensors_file import read_safetensors_header
 from ..store import Store
 from . import files
+from .plan import SINGLE as PART
+from .plan import Access, Plan, RemoteFile
+from .sources import SourceSettings
 from .transfer import Fetched, Stopped, Transient, fetch_to_file
 
 log = logging.getLogger(__name__)
-PART = "file.part"
+MODEL = "model"  # a diffusers model's files, under the staging folder
+META = "meta"  # what the transfers keep about each file (validator, verified)
+T = TypeVar("T")
+
+
+def staged(staging: Path, path: str) -> tuple[Path, Path, Path]:
+    """Where a file of a download is staged, where its server's validator is kept (for
+    the resume), and where it is marked fetched and verified."""
+    meta = staging / META / path.replace("/", "__")
+    landing = staging / path if path == PART else staging / MODEL / path
+    return landing, meta.with_name(meta.name + ".validator"), meta.with_name(meta.name + ".ok")
 
 
 class Released(Exception):
@@ -36,10 +55,8 @@ class Released(Exception):
 @dataclass(frozen=True)
 class WorkerOptions:
     owner: str  # the lease owner's name: a host and process
-    allow_private_urls: bool = False
-    allow_pickle: bool = False
     lease_s: float = 60.0
-    retries: int = 3  # transfers per claim after a dropped connection, each resumed
+    retries: int = 3  # tries per claim after a dropped connection, each resumed
     retry_wait_s: float = 1.0
     progress_every_s: float = 0.25  # at most 4 row writes a second
     poll_s: float = 1.0
@@ -51,13 +68,14 @@ class DownloadWorker:
         store: Store,
         models_dir: Path,
         options: WorkerOptions,
+        sources: SourceSettings,
         *,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.store = store
         self.models_dir = Path(models_dir)
         self.options = options
-        self.rules = urls.UrlRules(allow_private=options.allow_private_urls)
+        self.sources = sources
         self.sleep = sleep
         self._stop: threading.Event | None = None  # set: hand the download back
 
@@ -94,8 +112,13 @@ class DownloadWorker:
             return None
         return self.run_download(claimed)
 
-    def run_download(self, download: DownloadRecord) -> DownloadRecord:
-        """Run a download this worker holds to its end (success, failure or cancel)."""
+    def run_download(
+        self, download: DownloadRecord, *, stop: threading.Event | None = None
+    ) -> DownloadRecord:
+        """Run a download this worker holds to its end (success, failure or cancel);
+        `stop` set hands it back to the queue at its next report, bytes kept."""
+        if stop is not None:
+            self._stop = stop
         log.info("download %s started (%s)", download.id, download.source)
         try:
             return self._run(download)
@@ -108,13 +131,16 @@ class DownloadWorker:
     def _run(self, download: DownloadRecord) -> DownloadRecord:
         staging = files.staging_dir(self.models_dir, download.id)
         try:
-            if download.source != "url":
-                raise DownloadFailed(f"{download.source} downloads are not available yet")
-            if download.kind == "diffusers":  # refused before a byte is fetched
-                raise DownloadFailed("a URL gives one file; a diffusers model is a folder")
-            fetched = self._fetch(download, staging / PART)
-            self._report(download, fetched.size, fetched.size, None, DownloadStatus.VERIFYING)
-            model = self._install(download, fetched)
+            plan = self._retrying(download, lambda: self._plan(download))
+            access = self.sources.access(download.source)
+            installed = self._installed_already(plan)
+            if installed is None:
+                fetched = self._retrying(
+                    download, lambda: self._fetch_all(download, plan, access, staging)
+                )
+                done = sum(f.size for f in fetched)
+                self._report(download, done, done, None, DownloadStatus.VERIFYING)
+                installed = self._install(download, plan, fetched, staging)
         except Released:
             log.info("download %s handed back on stop; it resumes later", download.id)
             self.store.requeue_download_orphans(owner=self.options.owner)
@@ -127,7 +153,7 @@ class DownloadWorker:
             raise
         except SpoolError as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            log.warning("download %s failed: %s", download.id, exc.message)
+            log.warning("download %s failed (%s): %s", download.id, exc.code, exc.message)
             return self._finish(download, DownloadStatus.FAILED, error=exc)
         except Exception as exc:  # a bug or the disk: the row must still end
             shutil.rmtree(staging, ignore_errors=True)
@@ -135,60 +161,187 @@ class DownloadWorker:
             error = DownloadFailed(f"the download failed: {type(exc).__name__}: {exc}")
             return self._finish(download, DownloadStatus.FAILED, error=error)
         shutil.rmtree(staging, ignore_errors=True)
-        log.info("download %s installed %s", download.id, model)
-        return self._finish(download, DownloadStatus.SUCCEEDED, model=model)
+        log.info("download %s installed %s", download.id, installed)
+        return self._finish(download, DownloadStatus.SUCCEEDED, model=installed)
 
-    def _fetch(self, download: DownloadRecord, part: Path) -> Fetched:
-        url = str(download.reference.get("url", ""))
-        reported = [time.monotonic(), download.bytes_done]
+    def _retrying(self, download: DownloadRecord, step: Callable[[], T]) -> T:
+        """`step()`, tried again (resuming) after a dropped connection or a source that
+        answered 5xx, `retries` times in all."""
+        for attempt in range(1, self.options.retries + 1):
+            try:
+                return step()
+            except Transient as exc:
+                if attempt == self.options.retries:
+                    raise DownloadFailed(f"{exc.message} ({attempt} tries)") from None
+                log.info("download %s: %s; trying again", download.id, exc.message)
+                self.sleep(self.options.retry_wait_s * attempt)
+        raise AssertionError("unreachable")
 
-        def progress(done: int, total: int | None) -> bool:
+    def _plan(self, download: DownloadRecord) -> Plan:
+        """The plan kept in the row (a resumed download fetches what it began), else the
+        source's, kept now. A name already installed fails here, before any fetching,
+        unless it is this download's own, complete (an earlier attempt installed it and
+        died before its row said so)."""
+        kept = download.reference.get("plan")
+        if kept is not None:
+            return Plan.from_dict(kept)
+        reference = {k: v for k, v in download.reference.items() if k != "plan"}
+        plan = self.sources.plan(download.source, reference, download.kind, download.name)
+        if plan.name and plan.kind and self._installed_already(plan) is None:
+            target, _ = self._target(plan.kind, plan.name, ".safetensors")
+            if target.exists() or (self.models_dir / plan.name).exists():
+                raise ModelExists(f"a model named {plan.name} is already installed")
+        self.store.plan_download(
+            download.id,
+            self.options.owner,
+            plan.to_dict(),
+            kind=plan.kind or download.kind,
+            name=plan.name or download.name,
+            bytes_total=plan.total,
+        )
+        return plan
+
+    def _fetch_all(
+        self, download: DownloadRecord, plan: Plan, access: Access, staging: Path
+    ) -> list[Fetched]:
+        """Each file of the plan in the staging folder, verified; a file fetched and
+        verified before (a resumed download) is not asked for again."""
+        fetched: list[Fetched] = []
+        total = plan.total
+        for remote in plan.files:
+            before = sum(f.size for f in fetched)
+            fetched.append(self._fetch_one(download, remote, access, staging, before, total))
+        return fetched
+
+    def _fetch_one(
+        self,
+        download: DownloadRecord,
+        remote: RemoteFile,
+        access: Access,
+        staging: Path,
+        before: int,
+        total: int | None,
+    ) -> Fetched:
+        path, validator, verified = staged(staging, remote.path)
+        if verified.exists() and path.exists():  # fetched and verified before a restart
+            kept = json.loads(verified.read_text())
+            if path.stat().st_size == kept["size"]:
+                return Fetched(path, kept["size"], kept["sha256"], kept["name"])
+        reported = [time.monotonic(), before + (path.stat().st_size if path.exists() else 0)]
+
+        def progress(done: int, size: int | None) -> bool:
             if self._stop is not None and self._stop.is_set():
                 raise Released
             now = time.monotonic()
             elapsed = now - reported[0]
             if elapsed < self.options.progress_every_s:
                 return True
-            speed = (done - reported[1]) / elapsed if elapsed > 0 else None
-            reported[:] = [now, done]
-            return not self._report(download, done, total, speed).cancel_requested
+            speed = (before + done - reported[1]) / elapsed if elapsed > 0 else None
+            reported[:] = [now, before + done]
+            whole = total if total is not None else (before + size if size is not None else None)
+            return not self._report(download, before + done, whole, speed).cancel_requested
 
-        for attempt in range(1, self.options.retries + 1):
-            try:
-                return fetch_to_file(url, part, self.rules, on_progress=progress)
-            except Transient as exc:
-                if attempt == self.options.retries:
-                    raise DownloadFailed(f"{exc.message} ({attempt} tries)") from None
-                log.info("download %s: %s; resuming", download.id, exc.message)
-                self.sleep(self.options.retry_wait_s * attempt)
-        raise AssertionError("unreachable")
+        got = fetch_to_file(
+            remote.url,
+            path,
+            access.rules,
+            on_progress=progress,
+            token_hint=access.token_hint,
+            secret_headers=access.secret_headers,
+            weights=remote.weights,
+            validator_file=validator,
+        )
+        try:
+            self._verify(remote, got)
+        except DownloadFailed:
+            path.unlink(missing_ok=True)  # not these bytes again
+            raise
+        verified.parent.mkdir(parents=True, exist_ok=True)
+        verified.write_text(json.dumps({"name": got.name, "size": got.size, "sha256": got.sha256}))
+        return got
 
-    def _install(self, download: DownloadRecord, fetched: Fetched) -> str:
-        expected = download.reference.get("sha256")
-        if expected and str(expected).lower() != fetched.sha256:
+    @staticmethod
+    def _verify(remote: RemoteFile, got: Fetched) -> None:
+        shown = remote.path if remote.path != PART else got.name
+        if remote.size is not None and got.size != remote.size:
             raise DownloadFailed(
-                f"the file's SHA-256 is {fetched.sha256}, not the {expected} the source gave"
+                f"{shown} is {got.size} bytes, not the {remote.size} the source gave"
             )
-        form = files.check_weights(fetched.path, allow_pickle=self.options.allow_pickle)
-        kind = download.kind or self._kind_of(fetched.path, form)
-        stem = files.safe_name(download.name or fetched.name.rsplit(".", 1)[0])
-        suffix = ".safetensors" if form == "safetensors" else ".ckpt"
+        if remote.sha256 and remote.sha256.lower() != got.sha256:
+            raise DownloadFailed(
+                f"{shown}'s SHA-256 is {got.sha256}, not the {remote.sha256.lower()} the "
+                "source gave"
+            )
+        if remote.git_blob:
+            digest = hashlib.sha1(b"blob %d\0" % got.size)
+            with got.path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+            if digest.hexdigest() != remote.git_blob:
+                raise DownloadFailed(f"{shown} is not the file the repository lists")
+
+    def _target(self, kind: str, name: str, suffix: str) -> tuple[Path, str]:
         if kind == "lora":
-            target, model = self.models_dir / LORAS_DIR / f"{stem}{suffix}", f"lora/{stem}"
-        elif kind == "checkpoint":
-            target, model = self.models_dir / f"{stem}{suffix}", f"sd/{stem}"
-        else:
-            raise DownloadFailed(f"a URL gives one file, not a {kind} model")
+            return self.models_dir / LORAS_DIR / f"{name}{suffix}", f"lora/{name}"
+        if kind == "checkpoint":
+            return self.models_dir / f"{name}{suffix}", f"sd/{name}"
+        return self.models_dir / name, f"sd/{name}"
+
+    def _installed_already(self, plan: Plan) -> str | None:
+        """The model id if this plan's model is installed with exactly its files (an
+        earlier attempt of this download did it, and died before its row said so)."""
+        if not plan.name or not plan.kind or not all(f.sha256 for f in plan.files if f.weights):
+            return None
+        if plan.kind == "diffusers":
+            target, model = self._target("diffusers", plan.name, "")
+            complete = target.is_dir() and all(
+                (target / f.path).is_file()
+                and (f.size is None or (target / f.path).stat().st_size == f.size)
+                and (not f.sha256 or files.same_content(target / f.path, f.sha256))
+                for f in plan.files
+            )
+            return model if complete else None
+        target, model = self._target(plan.kind, plan.name, ".safetensors")
+        sha = plan.files[0].sha256
+        return model if sha and target.is_file() and files.same_content(target, sha) else None
+
+    def _install(
+        self, download: DownloadRecord, plan: Plan, fetched: list[Fetched], staging: Path
+    ) -> str:
+        if plan.kind == "diffusers":
+            return self._install_folder(plan, staging / MODEL)
+        got = fetched[0]
+        form = files.check_weights(got.path, allow_pickle=self.sources.allow_pickle)
+        kind = plan.kind or self._kind_of(got.path, form)
+        stem = files.safe_name(plan.name or got.name.rsplit(".", 1)[0])
+        suffix = ".safetensors" if form == "safetensors" else ".ckpt"
+        if kind not in ("lora", "checkpoint"):
+            raise DownloadFailed(f"one file is not a {kind} model")
+        target, model = self._target(kind, stem, suffix)
         if (self.models_dir / stem).exists() and kind == "checkpoint":
             raise ModelExists(f"a model named {stem} is already installed")
         try:
-            files.install(fetched.path, target)
+            files.install(got.path, target)
         except ModelExists:
             # The same bytes there already: an earlier attempt of this download installed
             # them and died before its row said so. Anything else is never overwritten.
-            if not files.same_content(target, fetched.sha256):
+            if not files.same_content(target, got.sha256):
                 raise
-            fetched.path.unlink()
+            got.path.unlink()
+        return model
+
+    def _install_folder(self, plan: Plan, folder: Path) -> str:
+        """A diffusers model: every weights file's header checked, each file and
+        folder fsynced, the folder renamed into place (never over an existing one)."""
+        for remote in plan.files:
+            if remote.path.endswith(".safetensors"):
+                files.check_weights(folder / remote.path, allow_pickle=False)
+        if not (folder / "model_index.json").is_file():
+            raise DownloadFailed("the repository gave no model_index.json")
+        target, model = self._target("diffusers", plan.name, "")
+        if target.exists() or (self.models_dir / f"{plan.name}.safetensors").exists():
+            raise ModelExists(f"a model named {plan.name} is already installed")
+        files.install_folder(folder, target)
         return model
 
     @staticmethod
@@ -233,25 +386,10 @@ class WorkerPool:
     named `<host>:download-<i>` so that a restart takes back at once what they held."""
 
     def __init__(
-        self,
-        store: Store,
-        models_dir: Path,
-        *,
-        host: str,
-        count: int,
-        allow_private_urls: bool,
-        allow_pickle: bool,
+        self, store: Store, models_dir: Path, sources: SourceSettings, *, host: str, count: int
     ) -> None:
         self.workers = [
-            DownloadWorker(
-                store,
-                models_dir,
-                WorkerOptions(
-                    owner=f"{host}:download-{i}",
-                    allow_private_urls=allow_private_urls,
-                    allow_pickle=allow_pickle,
-                ),
-            )
+            DownloadWorker(store, models_dir, WorkerOptions(owner=f"{host}:download-{i}"), sources)
             for i in range(count)
         ]
         self._stop = threading.Event()

@@ -296,6 +296,17 @@ class Engine:
             )
         return records
 
+    def drop_deleted(self) -> bool:
+        """Unload the resident (and parked) models if they were deleted from the models
+        directory (`DELETE /v1/models/{id}`); whether anything was unloaded."""
+        held = [m.model_id for m in (self.current, self._parked) if m is not None]
+        installed = {m.id for m in self.registry.scan()}
+        if all(model_id in installed for model_id in held):
+            return False
+        log.info("unloading %s: deleted from the models directory", ", ".join(held))
+        self.unload()
+        return True
+
     def unload(self) -> None:
         """Free every model (the resident one and a parked one)."""
         self._drop(self.current)

@@ -179,6 +179,9 @@ class Runner(Monitoring):
         """Sleep until the database changes (checked every `poll_s`, a cheap read of a
         counter) or `recheck_s` passes, whichever comes first."""
         marker = self.store.change_marker()
+        drop_deleted = getattr(self.generator, "drop_deleted", None)  # optional
+        if drop_deleted is not None:
+            drop_deleted()  # a model deleted while it was loaded is not kept in memory
         deadline = time.monotonic() + self.options.recheck_s
         while time.monotonic() < deadline:
             if self._stop.wait(self.options.poll_s):

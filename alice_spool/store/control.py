@@ -95,6 +95,31 @@ class Control(StoreBase):
 
         return self.db.write(work)
 
+    def fail_queued_for_model(
+        self, model_id: str, error: errors.SpoolError, *, now: datetime | None = None
+    ) -> list[str]:
+        """End every queued job for `model_id` as failed with `error` (the model was
+        deleted); running jobs finish as they are. Returns their ids."""
+        now = now or utcnow()
+
+        def work(conn: Connection) -> list[str]:
+            rows = conn.execute(
+                update(Job)
+                .where(Job.status == JobStatus.QUEUED, Job.model == model_id)
+                .values(
+                    status=JobStatus.FAILED,
+                    finished_at=now,
+                    error_code=error.code,
+                    error_message=error.message,
+                )
+                .returning(*COLUMNS)
+            ).all()
+            failed = [JobRecord.from_row(row) for row in rows]
+            count_records(conn, failed)
+            return [job.id for job in failed]
+
+        return self.db.write(work)
+
     def cancel_batch(self, batch_id: str, *, now: datetime | None = None) -> BatchCancelReport:
         """Cancel every unfinished job of a batch (running ones at their next step)."""
         now = now or utcnow()

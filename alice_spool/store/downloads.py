@@ -160,6 +160,32 @@ class Downloads(StoreBase):
         }
         return self.db.write(lambda conn: _change_held(conn, download_id, owner, values))
 
+    def plan_download(
+        self,
+        download_id: str,
+        owner: str,
+        plan: dict[str, Any],
+        *,
+        kind: str | None,
+        name: str | None,
+        bytes_total: int | None,
+    ) -> DownloadRecord:
+        """Keep what a held download fetches (`reference["plan"]`), decided once from its
+        source so that a resume fetches the same files, and the kind and name it now
+        knows; `lease_lost` if `owner` does not hold it."""
+
+        def work(conn: Connection) -> DownloadRecord:
+            reference = {**_get(conn, download_id).reference, "plan": plan}
+            values = {
+                "reference": reference,
+                "kind": kind,
+                "name": name,
+                "bytes_total": bytes_total,
+            }
+            return _change_held(conn, download_id, owner, values)
+
+        return self.db.write(work)
+
     def finish_download(
         self,
         download_id: str,

@@ -15,8 +15,9 @@ import pytest
 from safetensors.numpy import save_file
 
 from alice_spool.downloads import files
+from alice_spool.downloads.sources import SourceSettings
 from alice_spool.downloads.transfer import fetch_to_file
-from alice_spool.downloads.worker import PART, DownloadWorker, WorkerOptions
+from alice_spool.downloads.worker import PART, DownloadWorker, WorkerOptions, staged
 from alice_spool.engine.tiny import create_tiny_lora
 from alice_spool.loras import LoraRegistry
 from alice_spool.models import DownloadStatus
@@ -64,9 +65,12 @@ def models(tmp_path: Path) -> Path:
     return tmp_path / "models"
 
 
-def worker(store: Store, models: Path, **options: object) -> DownloadWorker:
-    values = {"owner": "host/1", "allow_private_urls": True, "progress_every_s": 0.0, **options}
-    return DownloadWorker(store, models, WorkerOptions(**values), sleep=lambda s: None)  # type: ignore[arg-type]
+def worker(
+    store: Store, models: Path, *, sources: SourceSettings | None = None, **options: object
+) -> DownloadWorker:
+    values = {"owner": "host/1", "progress_every_s": 0.0, **options}
+    sources = sources or SourceSettings(allow_private_urls=True)
+    return DownloadWorker(store, models, WorkerOptions(**values), sources, sleep=lambda s: None)  # type: ignore[arg-type]
 
 
 def queue(store: Store, remote: Remote, path: str, **fields: object):
@@ -139,7 +143,7 @@ def test_a_worker_that_died_mid_file_is_resumed_by_the_next_without_the_done_byt
 ) -> None:
     made = queue(store, remote, "/base.safetensors")
     held = store.claim_download("host/1", lease_s=60)
-    part = files.staging_dir(models, made.id) / PART
+    part, validator, _ = staged(files.staging_dir(models, made.id), PART)
 
     class Died(Exception):
         pass
@@ -149,7 +153,7 @@ def test_a_worker_that_died_mid_file_is_resumed_by_the_next_without_the_done_byt
 
     with pytest.raises(Died):
         fetch_to_file(remote.url + "/base.safetensors", part, UrlRules(allow_private=True),
-                      on_progress=die_after_the_first_chunk)  # fmt: skip
+                      on_progress=die_after_the_first_chunk, validator_file=validator)  # fmt: skip
     kept = part.stat().st_size
     assert 0 < kept < len(checkpoint_bytes) and held.status is DownloadStatus.DOWNLOADING
     again = worker(store, models)  # the same host and process name, started again
@@ -187,7 +191,7 @@ def test_loopback_is_refused_by_default_and_an_existing_model_is_never_overwritt
     store: Store, remote: Remote, models: Path, lora_bytes: bytes
 ) -> None:
     queue(store, remote, "/style.safetensors")
-    refused = worker(store, models, allow_private_urls=False).run_once()
+    refused = worker(store, models, sources=SourceSettings()).run_once()
     assert refused.error_code == "forbidden_url" and remote.requests == []
     (models / "loras").mkdir(parents=True)
     (models / "loras" / "style.safetensors").write_bytes(b"the one already there")

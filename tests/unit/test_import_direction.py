@@ -113,6 +113,7 @@ def test_the_bottom_layers_stay_at_the_bottom() -> None:
             *("store", "config", "errors", "urls", "loras", "models", "records"),
             *("safetensors_file", "durable"),
         },
+        "removal": {"errors", "loras", "registry", "spec", "store"},
     }
     for path, owner in sources().items():
         if owner in allowed:

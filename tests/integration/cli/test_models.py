@@ -74,13 +74,19 @@ def test_generate_refuses_bad_requests_before_loading(run, tmp_path: Path) -> No
 
 
 def test_pull_offline_is_a_clear_error_and_leaves_nothing(run, data_dir: Path) -> None:
+    # The suite runs huggingface_hub offline (HF_HUB_OFFLINE): the download fails saying so.
     stderr = fails(run("models", "pull", "someone/some-model"), 3, "[download_failed]")
-    assert "cannot download someone/some-model" in stderr
-    assert len(stderr.strip().splitlines()) == 1
-    assert not any((data_dir / "models").glob(".pull-*"))
+    assert "(source_unavailable)" in stderr and "HF_HUB_OFFLINE" in stderr
+    assert not any(p for p in (data_dir / "models").rglob("*") if ".downloads" in p.parts)
     ok(run("models", "create-tiny"))
-    fails(run("models", "pull", "someone/tiny"), 3, "already exists")
-    fails(run("models", "pull", "someone/x", "--name", "../up"), 3, "not a valid model id")
+    fails(run("models", "pull", "someone/tiny"), 3, "[model_exists]")
+    fails(run("models", "pull", "someone/x", "--name", "../up"), 3, "[invalid_parameters]")
+    fails(run("models", "pull", "civitai:abc"), 3, "takes numbers")
+    fails(run("models", "pull", "someone/x", "--sha256", "0" * 64), 3, "unknown field 'sha256'")
+    listed = json.loads(ok(run("models", "downloads", "--json")))
+    assert [(d["name"], d["status"], d["error"]["code"]) for d in listed] == [
+        ("some-model", "failed", "source_unavailable")
+    ]
 
 
 def test_pull_a_lora_by_url_resumes_verifies_and_refuses_clearly(
@@ -116,4 +122,4 @@ def test_pull_a_lora_by_url_resumes_verifies_and_refuses_clearly(
         ("succeeded", None),
         ("failed", "download_failed"),
     ]
-    fails(run("models", "pull", "someone/x", "--kind", "lora"), 3, "for URLs")
+    fails(run(*allowed, "models", "pull", url, "--kind", "diffusers"), 3, "kind must be")

@@ -1,0 +1,114 @@
+"""The installed models and LoRAs, one at a time (DESIGN section 11): details, ALICE's
+`info` shape, delete (queued jobs for a deleted model fail `model_not_found`; a runner
+that has it loaded unloads it), and ALICE's LoRA list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .. import removal
+from ..registry import FAMILY_NAMES, ModelInfo
+from .context import Api, route
+
+RECOMMENDED = {
+    "sd1": ["512x512", "512x768", "768x512"],
+    "sd2": ["768x768", "768x1024", "1024x768"],
+    "sdxl": ["1024x1024", "832x1216", "1216x832", "896x1152", "1152x896"],
+}
+
+
+def _details(model: ModelInfo, api: Api) -> dict[str, Any]:
+    try:
+        created = int(model.path.stat().st_mtime)
+    except OSError:
+        created = 0
+    default = api.registry.chosen_default() or api.settings.generation.default_model or None
+    return {
+        "id": model.id,
+        "object": "model",
+        "name": model.name,
+        "created": created,
+        "owned_by": "alice",
+        "family": model.family,
+        "family_name": FAMILY_NAMES.get(model.family or ""),
+        "native_size": model.native_size,
+        "recommended_sizes": RECOMMENDED.get(model.family or "", []),
+        "size_bytes": model.size_bytes,
+        "format": model.format,
+        "status": "ok" if model.ok else "broken",
+        **({"reason": model.broken} if model.broken else {}),
+        "smoke_test": model.smoke_test,
+        "default": model.id == default,
+    }
+
+
+@route()
+async def get_model(request: Request, api: Api, client: str | None) -> Response:
+    """One installed model (`sd/<name>`, or the name alone), usable or broken."""
+    model = await run_in_threadpool(
+        removal.find_model, api.registry, "sd/" + request.path_params["name"]
+    )
+    return JSONResponse(_details(model, api))
+
+
+@route()
+async def model_info(request: Request, api: Api, client: str | None) -> Response:
+    """ALICE's `GET /v1/models/{id}/info`."""
+    model = await run_in_threadpool(
+        removal.find_model, api.registry, "sd/" + request.path_params["name"]
+    )
+    native = model.native_size or 512
+    return JSONResponse(
+        {
+            "id": model.id,
+            "name": model.name,
+            "model_type": FAMILY_NAMES.get(model.family or "", "unknown"),
+            "native_resolution": native,
+            "recommended_resolutions": RECOMMENDED.get(model.family or "", [f"{native}x{native}"]),
+            "size_mb": round(model.size_bytes / 1_048_576, 1),
+            "created": _details(model, api)["created"],
+        }
+    )
+
+
+@route()
+async def delete_model(request: Request, api: Api, client: str | None) -> Response:
+    """Delete an installed model: its queued jobs fail `model_not_found` first."""
+    model, failed = await run_in_threadpool(
+        removal.delete_model, api.registry, api.store, "sd/" + request.path_params["name"]
+    )
+    return JSONResponse({"id": model.id, "object": "model", "deleted": True, "failed_jobs": failed})
+
+
+@route()
+async def alice_list_loras(request: Request, api: Api, client: str | None) -> Response:
+    """ALICE's `GET /v1/models/loras`: `{id, name, created, sizeMb, baseModel}`."""
+    loras = await run_in_threadpool(api.registry.loras.scan)
+    data = []
+    for lora in sorted(loras, key=lambda x: x.id):
+        try:
+            created = int(lora.path.stat().st_mtime)
+        except OSError:
+            created = 0
+        data.append(
+            {
+                "id": lora.id,
+                "name": lora.name,
+                "created": created,
+                "sizeMb": round(lora.size_bytes / 1_048_576, 2),
+                "baseModel": FAMILY_NAMES.get(lora.family or "", "unknown"),
+            }
+        )
+    return JSONResponse({"object": "list", "data": data})
+
+
+@route()
+async def delete_lora(request: Request, api: Api, client: str | None) -> Response:
+    lora = await run_in_threadpool(
+        removal.delete_lora, api.registry, request.path_params["lora_id"]
+    )
+    return JSONResponse({"id": lora.id, "object": "lora", "deleted": True})

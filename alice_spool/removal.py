@@ -1,0 +1,61 @@
+"""Deleting an installed model or LoRA (the API's DELETE routes and `models rm`): the
+jobs still queued for a model fail `model_not_found` first, so none starts on it; the
+files are moved aside in one rename (a runner never loads half a model) and then
+removed. A runner that has the model loaded unloads it when it is next idle."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+from .errors import LoraNotFound, ModelNotFound
+from .loras import LoraInfo
+from .registry import ModelInfo, ModelRegistry
+from .spec import MODEL_PREFIX
+from .store import Store
+
+ASIDE = ".deleting-"  # a dot-name: no registry lists it
+
+
+def find_model(registry: ModelRegistry, model_id: str) -> ModelInfo:
+    """An installed model by id (`sd/` optional), usable or broken."""
+    wanted = model_id if model_id.startswith(MODEL_PREFIX) else MODEL_PREFIX + model_id
+    for model in registry.scan(force=True):
+        if model.id == wanted:
+            return model
+    raise ModelNotFound(f"model {wanted} is not installed", model=wanted)
+
+
+def _remove(path: Path) -> None:
+    aside = path.with_name(f"{ASIDE}{secrets.token_hex(4)}-{path.name}")
+    os.rename(path, aside)  # gone from the registry at once, whole
+    if aside.is_dir():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink(missing_ok=True)
+
+
+def delete_model(
+    registry: ModelRegistry, store: Store, model_id: str
+) -> tuple[ModelInfo, list[str]]:
+    """Delete an installed model; returns it and the ids of the queued jobs that failed."""
+    model = find_model(registry, model_id)
+    error = ModelNotFound(f"model {model.id} was deleted", model=model.id)
+    failed = store.fail_queued_for_model(model.id, error)
+    _remove(model.path)
+    if registry.chosen_default() == model.id:
+        registry.default_file.unlink(missing_ok=True)
+    registry.scan(force=True)
+    return model, failed
+
+
+def delete_lora(registry: ModelRegistry, lora_id: str) -> LoraInfo:
+    """Delete an installed LoRA (`lora/` optional), usable or broken."""
+    wanted = lora_id if lora_id.startswith("lora/") else f"lora/{lora_id}"
+    for lora in registry.loras.scan():
+        if lora.id == wanted:
+            _remove(lora.path)
+            return lora
+    raise LoraNotFound(f"LoRA {wanted} is not installed", lora=wanted)
