@@ -312,7 +312,7 @@ def downloader(app: App, concurrency: int | None) -> None:
         app.store,
         Path(settings.paths.models),
         _sources(app),
-        host=f"{socket.gethostname()}/downloader",
+        host=socket.gethostname(),
         count=concurrency or settings.downloads.concurrency,
     )
     stopped = threading.Event()

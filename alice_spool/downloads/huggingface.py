@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from huggingface_hub import HfApi, hf_hub_url
+from huggingface_hub import HfApi, constants, hf_hub_url
 from huggingface_hub import errors as hub_errors
 
 from .. import urls
@@ -62,6 +62,10 @@ def _token_hint(settings: SourceSettings) -> str:
 
 
 def _api(settings: SourceSettings) -> HfApi:
+    # With telemetry on, huggingface_hub 2.x asks huggingface.co itself for a list of
+    # agents to name in its User-Agent, whatever the endpoint: a configured Hub (or an
+    # offline host) must be the only one asked. Off for this process.
+    constants.HF_HUB_DISABLE_TELEMETRY = True
     return HfApi(
         endpoint=settings.hf_endpoint or None,
         token=settings.hf_token or False,  # False: never a token from the environment

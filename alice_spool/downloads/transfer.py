@@ -141,7 +141,9 @@ def _receive(
     # The body's first bytes, until they are checked.
     head = b"" if check_page and not resumed else None
     done, since_room_check = have, 0
-    with path.open("ab" if resumed else "wb") as out:
+    # Unbuffered: each chunk is one write, in the file the moment it arrived (a process
+    # killed now keeps every byte it received, and the resume asks for none again).
+    with path.open("ab" if resumed else "wb", buffering=0) as out:
         for chunk in answer.iter_bytes():  # as they come: a hang-up loses none of them
             if head is not None:
                 head += chunk[:HEAD_BYTES]

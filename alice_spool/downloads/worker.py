@@ -11,9 +11,11 @@ asks only for the bytes still missing of the file it was in."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -139,7 +141,10 @@ class DownloadWorker:
                     download, lambda: self._fetch_all(download, plan, access, staging)
                 )
                 done = sum(f.size for f in fetched)
-                self._report(download, done, done, None, DownloadStatus.VERIFYING)
+                if self._report(
+                    download, done, done, None, DownloadStatus.VERIFYING
+                ).cancel_requested:
+                    raise Stopped("the download was cancelled")  # asked before it was installed
                 installed = self._install(download, plan, fetched, staging)
         except Released:
             log.info("download %s handed back on stop; it resumes later", download.id)
@@ -381,16 +386,49 @@ class DownloadWorker:
         )
 
 
+LOCKS_DIR = ".download-workers"
+MAX_SLOTS = 64
+
+
+def take_names(lock_dir: Path, host: str, count: int) -> tuple[list[str], list[int]]:
+    """`count` worker names `<host>:download-<i>`, the lowest no other live process
+    holds, each held by an flock on `<lock_dir>/<name>.lock` (the kernel drops it when
+    the process dies, however it dies). Stable names let a restarted worker take back
+    at once what it held; the locks keep two processes on one host from sharing one.
+    Returns the names and the open lock files (closed to let them go)."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
+    held: list[int] = []
+    for i in range(MAX_SLOTS):
+        if len(names) == count:
+            break
+        name = f"{host}:download-{i}"
+        fd = os.open(lock_dir / f"{files.safe_name(name)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        names.append(name)
+        held.append(fd)
+    if len(names) < count:
+        for fd in held:
+            os.close(fd)
+        raise DownloadFailed(f"more than {MAX_SLOTS} download workers on {host}")
+    return names, held
+
+
 class WorkerPool:
-    """`count` download workers in threads of this process (inside `serve` and `api`),
-    named `<host>:download-<i>` so that a restart takes back at once what they held."""
+    """`count` download workers in threads of this process (inside `serve`, `api` and
+    `downloader`), named `<host>:download-<i>` with the lowest slots free on this host
+    (`take_names`), so that a restart takes back at once what they held."""
 
     def __init__(
         self, store: Store, models_dir: Path, sources: SourceSettings, *, host: str, count: int
     ) -> None:
+        names, self._locks = take_names(Path(models_dir) / LOCKS_DIR, host, count)
         self.workers = [
-            DownloadWorker(store, models_dir, WorkerOptions(owner=f"{host}:download-{i}"), sources)
-            for i in range(count)
+            DownloadWorker(store, models_dir, WorkerOptions(owner=name), sources) for name in names
         ]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -410,3 +448,6 @@ class WorkerPool:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout_s)
+        for fd in self._locks:
+            os.close(fd)
+        self._locks = []

@@ -1365,6 +1365,41 @@ def test_the_download_routes_queue_list_read_and_cancel(make_bare: Callable[...,
     assert post(f"/v1/downloads/{other.id}/cancel", {}).status_code == 409
 
 
+def test_model_and_lora_routes_read_and_delete(make_bare: Callable[..., Bare]) -> None:
+    """A model's details and ALICE's info; delete fails its queued jobs model_not_found
+    and removes it (a second delete is a 404); LoRAs listed in ALICE's shape and
+    deleted."""
+    bare = make_bare()
+    write_lora_file(
+        bare.models / "loras" / "ink.safetensors",
+        {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 32)},
+    )
+    details = httpx.get(bare.url + "/v1/models/sd/tiny").json()
+    assert (details["id"], details["object"], details["status"]) == ("sd/tiny", "model", "ok")
+    assert httpx.get(bare.url + "/v1/models/sd/tiny/info").json()["id"] == "sd/tiny"
+    assert httpx.get(bare.url + "/v1/models/sd/absent").status_code == 404
+    loras = httpx.get(bare.url + "/v1/models/loras").json()
+    assert [(e["id"], e["name"]) for e in loras["data"]] == [("lora/ink", "ink")]
+    assert set(loras["data"][0]) == {"id", "name", "created", "sizeMb", "baseModel"}
+    job = httpx.post(bare.url + "/v1/jobs", json={"prompt": "x", "model": "sd/tiny"}).json()
+    deleted = httpx.delete(bare.url + "/v1/models/sd/tiny")  # no runner here: still queued
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json() == {
+        "id": "sd/tiny",
+        "object": "model",
+        "deleted": True,
+        "failed_jobs": [job["id"]],
+    }
+    failed = bare.store.get(job["id"])
+    assert (failed.status.value, failed.error_code) == ("failed", "model_not_found")
+    assert not (bare.models / "tiny").exists()
+    assert not [p for p in bare.models.iterdir() if p.name.startswith(".deleting-")]
+    assert httpx.delete(bare.url + "/v1/models/sd/tiny").status_code == 404
+    assert httpx.delete(bare.url + "/v1/loras/lora/ink").json()["deleted"] is True
+    assert httpx.get(bare.url + "/v1/loras").json()["data"] == []
+    assert httpx.delete(bare.url + "/v1/loras/ink").status_code == 404
+
+
 def test_priority_default_model_and_stats(make_bare: Callable[..., Bare]) -> None:
     bare = make_bare()
     post = lambda path, **kw: httpx.post(bare.url + path, timeout=10, **kw)  # noqa: E731

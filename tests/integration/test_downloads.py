@@ -275,3 +275,20 @@ def test_too_little_room_is_refused_before_writing(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="bytes free") as info:
         files.check_room(tmp_path, free)  # the headroom of 1 GiB no longer fits
     assert info.value.code == "insufficient_storage"
+
+
+def test_worker_names_are_stable_per_host_and_never_shared_by_two_processes(
+    tmp_path: Path,
+) -> None:
+    from alice_spool.downloads.worker import take_names
+
+    first, held = take_names(tmp_path, "host", 2)
+    assert first == ["host:download-0", "host:download-1"]
+    second, more = take_names(tmp_path, "host", 2)  # another pool while the first runs
+    assert second == ["host:download-2", "host:download-3"]
+    for fd in held:
+        os.close(fd)  # the first stops (or dies): its names are free again, as they were
+    again, rest = take_names(tmp_path, "host", 1)
+    assert again == ["host:download-0"]
+    for fd in more + rest:
+        os.close(fd)

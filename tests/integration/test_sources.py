@@ -30,8 +30,10 @@ from tests.support.sources import (
     Civitai,
     Hub,
     Repo,
+    checkpoint_bytes,
     civitai_model,
     civitai_serving,
+    files_of,
     hub_serving,
 )
 
@@ -57,10 +59,7 @@ def hub_reachable(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """The tiny pipeline's real files, by path in the model."""
-    folder = create_tiny(tmp_path_factory.mktemp("made"))
-    return {
-        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-    }
+    return files_of(create_tiny(tmp_path_factory.mktemp("made")))
 
 
 @pytest.fixture(scope="module")
@@ -369,22 +368,19 @@ def test_hugging_face_search_in_offline_mode_says_so(
 # -- CivitAI --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def checkpoint_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    path = tmp_path_factory.mktemp("made") / "checkpoint.safetensors"
-    weights = np.random.default_rng(5).standard_normal(3 * 1024 * 256).astype(np.float32)
-    save_file({"model.diffusion_model.input_blocks.0.0.weight": weights}, str(path))
-    return path.read_bytes()
+@pytest.fixture(scope="module")
+def checkpoint() -> bytes:
+    return checkpoint_bytes()
 
 
 @pytest.fixture
-def civitai_service(lora_bytes: bytes, checkpoint_bytes: bytes) -> Iterator[Civitai]:
+def civitai_service(lora_bytes: bytes, checkpoint: bytes) -> Iterator[Civitai]:
     page = b"<!DOCTYPE html><html>Please log in</html>" * 4
     served = Civitai(
         models=[
             civitai_model(1, "Ink Style", "LORA", [(11, "inkStyle_v1.safetensors", lora_bytes)]),
             civitai_model(
-                2, "Dream Base", "Checkpoint", [(21, "dreamBase_v2.safetensors", checkpoint_bytes)]
+                2, "Dream Base", "Checkpoint", [(21, "dreamBase_v2.safetensors", checkpoint)]
             ),
             civitai_model(
                 3, "Risky", "LORA", [(31, "risky.safetensors", lora_bytes)], scan="Danger"
@@ -399,7 +395,7 @@ def civitai_service(lora_bytes: bytes, checkpoint_bytes: bytes) -> Iterator[Civi
             civitai_model(
                 5, "Wrong Hash", "LORA", [(51, "wrong.safetensors", lora_bytes)], sha256="0" * 64
             ),
-            civitai_model(6, "A VAE", "VAE", [(61, "vae.safetensors", checkpoint_bytes)]),
+            civitai_model(6, "A VAE", "VAE", [(61, "vae.safetensors", checkpoint)]),
             civitai_model(
                 7,
                 "Login Page",
@@ -410,20 +406,18 @@ def civitai_service(lora_bytes: bytes, checkpoint_bytes: bytes) -> Iterator[Civi
             civitai_model(
                 8, "Spicy Style", "LORA", [(81, "spicy.safetensors", lora_bytes)], nsfw=True
             ),
-            civitai_model(
-                9, "Ink Base", "Checkpoint", [(91, "inkBase.safetensors", checkpoint_bytes)]
-            ),
+            civitai_model(9, "Ink Base", "Checkpoint", [(91, "inkBase.safetensors", checkpoint)]),
         ],
         blobs={
             11: lora_bytes,
-            21: checkpoint_bytes,
+            21: checkpoint,
             31: lora_bytes,
             41: b"\x80\x04pickle",
             51: lora_bytes,
-            61: checkpoint_bytes,
+            61: checkpoint,
             71: page,
             81: lora_bytes,
-            91: checkpoint_bytes,
+            91: checkpoint,
         },
     )
     with civitai_serving(served) as running:
@@ -453,13 +447,13 @@ def test_a_civitai_lora_lands_among_the_loras_and_the_storage_host_never_sees_th
 
 
 def test_a_civitai_checkpoint_by_version_id_lands_in_the_models_folder(
-    store: Store, civitai_service: Civitai, models: Path, checkpoint_bytes: bytes
+    store: Store, civitai_service: Civitai, models: Path, checkpoint: bytes
 ) -> None:
     store.queue_download("civitai", {"version_id": 20}, name="dream")
     done = run(store, models, cv(civitai_service))
     assert done.status is DownloadStatus.SUCCEEDED, done.error_message
     assert done.model == "sd/dream"
-    assert (models / "dream.safetensors").read_bytes() == checkpoint_bytes
+    assert (models / "dream.safetensors").read_bytes() == checkpoint
 
 
 @pytest.mark.parametrize(

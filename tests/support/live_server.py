@@ -42,12 +42,20 @@ class Served:
 
 @contextmanager
 def serve(
-    root: Path, config: str = "", *, steps: int = 2, scheduler: str = "dpm++_sde_karras"
+    root: Path,
+    config: str = "",
+    *,
+    steps: int = 2,
+    scheduler: str = "dpm++_sde_karras",
+    logging: str = 'level = "WARNING"',
+    hub_offline: bool = True,
+    port: int | None = None,
 ) -> Iterator[Served]:
     """Start serve with `root/config.toml` (server, paths, runner on the CPU, plus
-    `config`, TOML sections of the test's own); wait until its runner reports; on exit
-    SIGTERM it and check it stopped cleanly."""
-    port = free_port()
+    `config`, TOML sections of the test's own, and `logging`, the [logging] section's
+    lines); wait until its runner reports; on exit SIGTERM it and check it stopped
+    cleanly. `hub_offline=False` lets huggingface_hub reach a stand-in of the Hub."""
+    port = port or free_port()
     (root / "config.toml").write_text(
         f"""
 [server]
@@ -63,11 +71,13 @@ lease_s = 10
 default_steps = {steps}
 default_scheduler = "{scheduler}"
 [logging]
-level = "WARNING"
+{logging}
 {config}
 """
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALICE_")}
+    if not hub_offline:
+        env.pop("HF_HUB_OFFLINE", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "alice_spool", "--config", str(root / "config.toml"), "serve"],
         cwd=root,

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -460,3 +461,21 @@ def civitai_model(
             }
         ],
     }
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    """A model folder's files by relative path, as a repository holds them."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def checkpoint_bytes(mib: float = 3, seed: int = 5) -> bytes:
+    """A safetensors file with a checkpoint's (not a LoRA's) tensor names, `mib` MiB of
+    seeded random weights."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    count = int(mib * 1024 * 256)
+    weights = np.random.default_rng(seed).standard_normal(count).astype(np.float32)
+    return save({"model.diffusion_model.input_blocks.0.0.weight": weights})
