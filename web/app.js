@@ -1,6 +1,6 @@
 // alice-spool's web UI: a small single-page app over the public HTTP API (no build step,
 // no dependencies). Pages are hash routes: #/ dashboard, #/queue, #/jobs/<id>, #/gallery,
-// #/models, #/submit, #/docs. Every page registers its timers and requests on a Page, which
+// #/models, #/download, #/submit, #/docs. Every page registers its timers and requests on a Page, which
 // the router stops when the page is left.
 "use strict";
 
@@ -339,6 +339,7 @@ const ROUTES = [
   [/^\/jobs\/([0-9a-zA-Z_-]+)$/, jobPage, "queue"],
   [/^\/gallery$/, galleryPage, "gallery"],
   [/^\/models$/, modelsPage, "models"],
+  [/^\/download$/, downloadPage, "download"],
   [/^\/submit$/, submitPage, "submit"],
   [/^\/docs$/, docsPage, "docs"],
 ];
@@ -825,6 +826,7 @@ function setUpLightbox() {
 
 async function modelsPage(page) {
   const body = h("tbody");
+  const loraBody = h("tbody", { id: "loras" });
   const rescan = actionButton(page, "Rescan models directory", { class: "quiet" }, async () => {
     const answer = await page.api("/v1/models/refresh", { method: "POST" });
     notify(`${answer.models_found} usable models found`);
@@ -833,11 +835,16 @@ async function modelsPage(page) {
   page.view.append(
     h("h1", {}, "Models"),
     h("table", { class: "models" },
-      h("thead", {}, h("tr", {}, ["Model", "Family", "Native size", "On disk", "Status", "Default"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["Model", "Family", "Native size", "On disk", "Status", "Default", ""].map((t) => h("th", {}, t)))),
       body),
+    h("h2", {}, "LoRAs"),
+    h("table", { class: "models loras" },
+      h("thead", {}, h("tr", {}, ["LoRA", "For", "On disk", ""].map((t) => h("th", {}, t)))),
+      loraBody),
     h("p", {}, rescan),
-    h("p", { class: "small muted" }, "Install models with ", h("code", {}, "alice-spool models pull <repo>"),
-      " or by copying them into the models directory, then rescan."),
+    h("p", { class: "small muted" }, "Install models from the ", h("a", { href: "#/download" }, "Download"),
+      " page, with ", h("code", {}, "alice-spool models pull <ref>"),
+      ", or by copying them into the models directory, then rescan."),
   );
   const draw = async () => {
     const list = await page.api("/v1/models?include_broken=true");
@@ -845,6 +852,12 @@ async function modelsPage(page) {
       const makeDefault = actionButton(page, "Make default", { class: "small make-default" }, async () => {
         await page.api("/v1/models/default", { method: "POST", body: { model: model.id } });
         notify(`${model.id} is now the default`);
+        await draw();
+      });
+      const remove = actionButton(page, "Delete", { class: "small quiet delete-model" }, async () => {
+        if (!confirm(`Delete ${model.id} from the models directory? Its queued jobs fail.`)) return;
+        const answer = await page.api(`/v1/models/${model.id}`, { method: "DELETE" });
+        notify(`${model.id} deleted` + (answer.failed_jobs.length ? `; ${answer.failed_jobs.length} queued job(s) failed` : ""));
         await draw();
       });
       return h("tr", { dataset: { id: model.id } },
@@ -856,14 +869,173 @@ async function modelsPage(page) {
         h("td", { "data-label": "Status" }, badge(model.status === "ok" ? "ok" : "broken"),
           model.reason ? h("div", { class: "small error" }, model.reason) : ""),
         h("td", { "data-label": "Default", class: "default-cell" },
-          model.default ? h("span", { class: "badge default" }, "default") : model.status === "ok" ? makeDefault : "—"));
+          model.default ? h("span", { class: "badge default" }, "default") : model.status === "ok" ? makeDefault : "—"),
+        h("td", { "data-label": "" }, remove));
     }));
     if (!list.data.length) {
-      body.append(h("tr", {}, h("td", { colspan: 6 }, "No models installed: ",
-        h("code", {}, "alice-spool models create-tiny"), " makes a smoke-test one.")));
+      body.append(h("tr", {}, h("td", { colspan: 7 }, "No models installed: ",
+        h("code", {}, "alice-spool models create-tiny"), " makes a smoke-test one, or ",
+        h("a", { href: "#/download" }, "download one"), ".")));
     }
+    const loraList = await page.api("/v1/loras");
+    loraBody.replaceChildren(...loraList.data.map((lora) => h("tr", { dataset: { id: lora.id } },
+      h("td", { "data-label": "LoRA" }, h("strong", {}, lora.id)),
+      h("td", { "data-label": "For" }, lora.family || "—"),
+      h("td", { "data-label": "On disk" }, megabytes(lora.size_bytes)),
+      h("td", { "data-label": "" }, actionButton(page, "Delete", { class: "small quiet delete-lora" }, async () => {
+        if (!confirm(`Delete ${lora.id}?`)) return;
+        await page.api(`/v1/loras/${lora.id}`, { method: "DELETE" });
+        notify(`${lora.id} deleted`);
+        await draw();
+      })))));
+    if (!loraList.data.length) loraBody.append(h("tr", {}, h("td", { colspan: 4 }, "No LoRAs installed.")));
   };
   await draw();
+}
+
+// -- download --------------------------------------------------------------------------------------
+
+const CIVITAI_TYPES = { "": "Checkpoints and LoRAs", Checkpoint: "Checkpoints", "LORA,LoCon,DoRA": "LoRAs" };
+const DOWNLOAD_ACTIVE = new Set(["queued", "downloading", "verifying"]);
+
+/** A CivitAI preview, fetched through this server (the browser never contacts CivitAI,
+ * and the page's policy stays 'self'), shown as a blob URL. */
+async function thumbnail(page, url, image) {
+  const headers = storedKey() ? { Authorization: `Bearer ${storedKey()}` } : {};
+  try {
+    const response = await fetch(`/v1/models/thumbnail?url=${encodeURIComponent(url)}`, { headers, signal: page.signal });
+    if (!response.ok) return;
+    image.src = URL.createObjectURL(await response.blob());
+  } catch (error) {
+    if (error.name !== "AbortError") image.alt = "no preview";
+  }
+}
+
+async function queueDownload(page, body, label) {
+  const made = await page.api("/v1/downloads", { method: "POST", body });
+  notify(`Downloading ${made.name || label}`);
+  return made;
+}
+
+function civitaiCard(page, item, refresh) {
+  const image = h("img", { alt: item.name, loading: "lazy", class: "preview" });
+  if (item.thumbnail) thumbnail(page, item.thumbnail, image);
+  const version = item.versions[0];
+  const file = version ? version.files.find((f) => f.primary) || version.files[0] : null;
+  const go = item.installs_as && version
+    ? actionButton(page, `Download ${item.installs_as === "lora" ? "LoRA" : "model"}`, { class: "small get" }, async () => {
+      await queueDownload(page, { source: "civitai", model_id: item.id, version_id: version.id }, item.name);
+      await refresh();
+    })
+    : h("span", { class: "small muted" }, `${item.type}: not installable yet`);
+  return h("article", { class: "card result", dataset: { id: String(item.id) } },
+    image,
+    h("h3", {}, item.name),
+    h("p", { class: "small muted" }, [item.type, version && version.base_model, item.creator && `by ${item.creator}`]
+      .filter(Boolean).join(" · ")),
+    h("p", { class: "small" }, `${item.downloads ?? 0} downloads`, file && file.size_kb ? ` · ${megabytes(file.size_kb * 1024)}` : ""),
+    go);
+}
+
+async function downloadPage(page) {
+  const queueBody = h("tbody", { id: "download-queue" });
+  const results = h("div", { class: "cards results", id: "civitai-results" });
+  const more = h("p");
+  const hubResults = h("tbody", { id: "hub-results" });
+  const query = h("input", { type: "search", id: "civitai-query", placeholder: "Search CivitAI (empty: browse)" });
+  const types = h("select", { id: "civitai-type" }, Object.entries(CIVITAI_TYPES).map(([v, t]) => h("option", { value: v }, t)));
+  const sort = h("select", { id: "civitai-sort" }, ["Highest Rated", "Most Downloaded", "Newest"].map((v) => h("option", { value: v }, v)));
+  const nsfw = h("input", { type: "checkbox", id: "civitai-nsfw" });
+  const hubQuery = h("input", { type: "search", id: "hub-query", placeholder: "Search the Hugging Face Hub" });
+  const url = h("input", { type: "url", id: "download-url", placeholder: "https://…/model.safetensors", required: true });
+  const urlName = h("input", { type: "text", id: "download-name", placeholder: "name (optional)" });
+  const urlKind = h("select", { id: "download-kind" }, [["", "told by its contents"], ["checkpoint", "checkpoint"], ["lora", "LoRA"]]
+    .map(([v, t]) => h("option", { value: v }, t)));
+
+  const drawQueue = async () => {
+    const list = await page.api("/v1/downloads?limit=50");
+    queueBody.replaceChildren(...list.data.map((d) => {
+      const bar = progressBar(d.bytes_done, d.bytes_total, d.status === "succeeded" ? "succeeded" : d.status);
+      bar.title = d.bytes_total ? `${megabytes(d.bytes_done)} of ${megabytes(d.bytes_total)}` : megabytes(d.bytes_done);
+      const cancel = DOWNLOAD_ACTIVE.has(d.status)
+        ? actionButton(page, "Cancel", { class: "small quiet cancel-download" }, async () => {
+          await page.api(`/v1/downloads/${d.id}/cancel`, { method: "POST", body: {} });
+          notify(`Cancelling ${d.name || d.id}`);
+          await drawQueue();
+        })
+        : "";
+      return h("tr", { dataset: { id: d.id, status: d.status } },
+        h("td", { "data-label": "Download" }, h("strong", {}, d.name || d.id), h("div", { class: "small muted" }, d.source)),
+        h("td", { "data-label": "Status" }, badge(d.status),
+          d.error ? h("div", { class: "small error" }, `${d.error.code}: ${d.error.message}`) : ""),
+        h("td", { "data-label": "Progress" }, bar,
+          h("div", { class: "small muted" }, d.speed_bps ? `${megabytes(d.speed_bps)}/s` : d.model || "")),
+        h("td", { "data-label": "" }, cancel));
+    }));
+    if (!list.data.length) queueBody.append(h("tr", {}, h("td", { colspan: 4 }, "No downloads yet.")));
+  };
+
+  let cursor = null;
+  const searchCivitai = async (append = false) => {
+    const params = new URLSearchParams({ source: "civitai", limit: "12", nsfw: String(nsfw.checked) });
+    if (query.value.trim()) params.set("query", query.value.trim());
+    params.set("types", types.value || "Checkpoint,LORA,LoCon,DoRA");
+    params.set("sort", sort.value);
+    if (append && cursor) params.set("cursor", cursor);
+    const page_ = await page.api(`/v1/models/search?${params}`);
+    cursor = page_.next_cursor;
+    const cards = page_.data.map((item) => civitaiCard(page, item, drawQueue));
+    if (append) results.append(...cards);
+    else results.replaceChildren(...cards);
+    if (!results.childElementCount) results.append(h("p", { class: "muted" }, "Nothing found."));
+    more.replaceChildren(cursor ? actionButton(page, "More", { class: "quiet", id: "civitai-more" }, () => searchCivitai(true)) : "");
+  };
+  const searchHub = async () => {
+    const params = new URLSearchParams({ source: "huggingface", limit: "20", query: hubQuery.value.trim() });
+    const found = await page.api(`/v1/models/search?${params}`);
+    hubResults.replaceChildren(...found.data.map((item) => h("tr", { dataset: { id: item.id } },
+      h("td", { "data-label": "Repository" }, h("strong", {}, item.id), item.gated ? h("span", { class: "small muted" }, " (gated)") : ""),
+      h("td", { "data-label": "Type" }, item.type),
+      h("td", { "data-label": "Downloads" }, String(item.downloads ?? 0)),
+      h("td", { "data-label": "" }, actionButton(page, "Download", { class: "small get" }, async () => {
+        await queueDownload(page, { source: "huggingface", repo: item.id }, item.id);
+        await drawQueue();
+      })))));
+    if (!found.data.length) hubResults.append(h("tr", {}, h("td", { colspan: 4 }, "Nothing found.")));
+  };
+  const onSubmit = (run) => async (event) => {
+    event.preventDefault();
+    try {
+      await run();
+    } catch (error) {
+      page.problem(error);
+    }
+  };
+
+  page.view.append(
+    h("h1", {}, "Download models"),
+    h("section", {}, h("h2", {}, "Queue"),
+      h("table", { class: "downloads" },
+        h("thead", {}, h("tr", {}, ["Download", "Status", "Progress", ""].map((t) => h("th", {}, t)))), queueBody)),
+    h("section", {}, h("h2", {}, "CivitAI"),
+      h("form", { class: "search", id: "civitai-form", onsubmit: onSubmit(() => searchCivitai()) },
+        query, types, sort, h("label", { class: "check" }, nsfw, " NSFW"), h("button", { type: "submit" }, "Search")),
+      results, more),
+    h("section", {}, h("h2", {}, "Hugging Face"),
+      h("form", { class: "search", id: "hub-form", onsubmit: onSubmit(searchHub) }, hubQuery, h("button", { type: "submit" }, "Search")),
+      h("table", { class: "hub" }, h("thead", {}, h("tr", {}, ["Repository", "Type", "Downloads", ""].map((t) => h("th", {}, t)))), hubResults)),
+    h("section", {}, h("h2", {}, "From a URL"),
+      h("form", { class: "search", id: "url-form", onsubmit: onSubmit(async () => {
+        const body = { source: "url", url: url.value.trim() };
+        if (urlName.value.trim()) body.name = urlName.value.trim();
+        if (urlKind.value) body.kind = urlKind.value;
+        await queueDownload(page, body, body.url);
+        url.value = "";
+        await drawQueue();
+      }) }, url, urlName, urlKind, h("button", { type: "submit" }, "Download"))),
+  );
+  page.every(1000, drawQueue);
+  await searchCivitai().catch((error) => page.problem(error));
 }
 
 // -- submit ----------------------------------------------------------------------------------------

@@ -134,6 +134,7 @@ def routes() -> list[Any]:
         Route("/v1/loras", openai.list_loras, methods=["GET"]),
         Route("/v1/models/default", openai.set_default_model, methods=["POST"]),
         Route("/v1/models/search", downloads.search_models, methods=["GET"]),
+        Route("/v1/models/thumbnail", downloads.thumbnail, methods=["GET"]),
         Route("/v1/models/loras", catalog.alice_list_loras, methods=["GET"]),
         Route("/v1/models/search/civitai", downloads.alice_search_civitai, methods=["POST"]),
         Route(

@@ -10,13 +10,14 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import errors
+from .. import errors, urls
 from ..downloads import civitai, huggingface, requests
 from ..downloads.files import safe_name
 from ..downloads.plan import SearchPage
@@ -207,6 +208,36 @@ async def search_models(request: Request, api: Api, client: str | None) -> Respo
         )
     )
     return JSONResponse({"object": "list", "data": page.data, "next_cursor": page.next_cursor})
+
+
+THUMBNAIL_HOSTS = ("image.civitai.com",)  # where CivitAI keeps its preview images
+MAX_THUMBNAIL_BYTES = 8 << 20
+_IMAGE_TYPES = {
+    b"\x89PNG": "image/png",
+    b"\xff\xd8\xff": "image/jpeg",
+    b"RIFF": "image/webp",
+    b"GIF8": "image/gif",
+}
+
+
+@route()
+async def thumbnail(request: Request, api: Api, client: str | None) -> Response:
+    """A search result's preview image, fetched by this server from CivitAI's image
+    host (or the configured CivitAI), never from anywhere else: the web UI shows
+    thumbnails under its own strict policy, and a browser never contacts CivitAI."""
+    url = request.query_params.get("url", "")
+    base = urlsplit(api.settings.models.civitai_url).hostname or ""
+    host = (urlsplit(url).hostname or "").lower() if url else ""
+    if host not in (base, *THUMBNAIL_HOSTS):
+        raise errors.ForbiddenUrl("only CivitAI's preview images are fetched", field="url")
+    rules = urls.UrlRules(allow_private=False, trusted_hosts=frozenset({base}))
+    body = await run_in_threadpool(
+        lambda: urls.fetch(url, rules, max_bytes=MAX_THUMBNAIL_BYTES, field="url")
+    )
+    kind = next((t for magic, t in _IMAGE_TYPES.items() if body.startswith(magic)), None)
+    if kind is None:
+        raise errors.InvalidParameters("url: the preview is not an image", field="url")
+    return Response(body, media_type=kind, headers={"Cache-Control": "private, max-age=86400"})
 
 
 # -- ALICE's routes, in ALICE's shapes ---------------------------------------------------

@@ -468,6 +468,15 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
             "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
         },
     ],
+    ("GET", "/v1/models/thumbnail"): [
+        {
+            "name": "url",
+            "in": "query",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "a search result's thumbnail (CivitAI's image host only)",
+        }
+    ],
     ("GET", "/v1/models"): [
         {"name": "include_broken", "in": "query", "schema": {"enum": ["true", "false", "1", "0"]}}
     ],

@@ -7,15 +7,18 @@ Every page is saved as a screenshot under `test-artifacts/web/` (or
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 from playwright.sync_api import (
     Browser,
     BrowserContext,
@@ -25,7 +28,17 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
+from alice_spool.engine.tiny import create_tiny_lora
 from tests.support.live_server import Served, serve, wait_until
+from tests.support.sources import (
+    Civitai,
+    Hub,
+    Repo,
+    checkpoint_bytes,
+    civitai_model,
+    civitai_serving,
+    hub_serving,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -48,9 +61,61 @@ if not CHROMIUM:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, Civitai]]:
+    """CivitAI (with preview images) and the Hub, as the Download page meets them."""
+    made = tmp_path_factory.mktemp("made")
+    lora = create_tiny_lora(made).read_bytes()
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 120, 40)).save(buffer, "PNG")
+    big = checkpoint_bytes(3)  # over 1 MiB: a transfer the test can hold mid-way
+    hub = Hub(repos={"org/web-lora": Repo({"web.safetensors": big}, tags=["diffusers", "lora"])})
+    civitai = Civitai(blobs={11: lora, 21: lora, 31: lora})
+    with hub_serving(hub), civitai_serving(civitai):
+        civitai.images = {f"/images/{i}.png": buffer.getvalue() for i in range(1, 5)}
+        civitai.models += [
+            civitai_model(
+                1,
+                "Ink Style",
+                "LORA",
+                [(11, "inkStyle.safetensors", lora)],
+                image=f"{civitai.url}/images/1.png",
+            ),
+            civitai_model(
+                2,
+                "Dream Base",
+                "Checkpoint",
+                [(21, "dream.safetensors", lora)],
+                image=f"{civitai.url}/images/2.png",
+            ),
+            civitai_model(
+                3,
+                "Night Style",
+                "LORA",
+                [(31, "night.safetensors", lora)],
+                nsfw=True,
+                image=f"{civitai.url}/images/3.png",
+            ),
+            civitai_model(
+                4,
+                "A VAE",
+                "VAE",
+                [(41, "vae.safetensors", lora)],
+                image=f"{civitai.url}/images/4.png",
+            ),
+        ]
+        yield hub, civitai
+
+
+@pytest.fixture(scope="module")
+def site(
+    tmp_path_factory: pytest.TempPathFactory, stand_ins: tuple[Hub, Civitai]
+) -> Iterator[Served]:
+    hub, civitai = stand_ins
     config = f'[server.api_keys]\nops = "{KEY}"\n'
-    with serve(tmp_path_factory.mktemp("web"), config, scheduler="euler") as server:
+    config += f'[models]\nhf_endpoint = "{hub.url}"\ncivitai_url = "{civitai.url}"\n'
+    config += f'civitai_token = "{civitai.token}"\n'
+    root = tmp_path_factory.mktemp("web")
+    with serve(root, config, scheduler="euler", hub_offline=False) as server:
         yield server
 
 
@@ -414,6 +479,90 @@ def test_models_page_sets_the_default(site: Served, browser: Browser, console: C
     page.context.close()
 
 
+def test_the_download_page_browses_searches_downloads_and_cancels(
+    site: Served, browser: Browser, console: Console, stand_ins: tuple[Hub, Civitai]
+) -> None:
+    hub, _ = stand_ins
+    page = new_page(browser, console, viewport={"width": 1280, "height": 1000})
+    page.goto(f"{site.url}/web/#/download")
+    cards = page.locator("#civitai-results article.result")
+    expect(cards).to_have_count(2)  # browsing: checkpoints and LoRAs, no NSFW, no VAE
+    ink = page.locator("article.result[data-id='1']")
+    wait_until(lambda: ink.locator("img.preview").evaluate("i => i.naturalWidth") == 64, 30)
+    assert "image.civitai.com" not in ink.locator("img.preview").get_attribute("src")
+    page.select_option("#civitai-type", "LORA,LoCon,DoRA")
+    page.click("#civitai-form button[type=submit]")
+    expect(cards).to_have_count(1)
+    page.check("#civitai-nsfw")
+    page.click("#civitai-form button[type=submit]")
+    expect(cards).to_have_count(2)  # and the NSFW LoRA
+    page.fill("#civitai-query", "night")
+    page.click("#civitai-form button[type=submit]")
+    expect(cards).to_have_count(1)
+    expect(cards.first).to_contain_text("Night Style")
+    page.uncheck("#civitai-nsfw")
+    page.fill("#civitai-query", "")
+    page.click("#civitai-form button[type=submit]")
+    expect(cards).to_have_count(1)
+    ink.locator("button.get").click()
+    row = page.locator("#download-queue tr[data-status]").first
+    expect(row).to_contain_text("inkStyle")
+    expect(page.locator("#download-queue tr[data-status='succeeded']")).to_have_count(
+        1, timeout=WAIT_MS
+    )
+    assert (site.root / "var" / "models" / "loras" / "inkStyle.safetensors").exists()
+    page.fill("#hub-query", "web")
+    page.click("#hub-form button[type=submit]")
+    expect(page.locator("#hub-results tr[data-id='org/web-lora']")).to_contain_text("lora")
+    shot(page, "download")
+    hub.files.hold = threading.Event()
+    try:
+        page.locator("#hub-results tr[data-id='org/web-lora'] button.get").click()
+        held = page.locator("#download-queue tr[data-status='downloading']")
+        expect(held).to_have_count(1, timeout=WAIT_MS)
+        held.locator("button.cancel-download").click()
+        hub.files.hold.set()
+        expect(page.locator("#download-queue tr[data-status='cancelled']")).to_have_count(
+            1, timeout=WAIT_MS
+        )
+    finally:
+        hub.files.hold.set()
+        hub.files.hold = None
+    assert not (site.root / "var" / "models" / "web.safetensors").exists()
+    page.context.close()
+    # A refused URL: the server's 400 (which the browser logs as a failed resource) shown.
+    refused = new_page(browser, Console(), viewport={"width": 1280, "height": 900})
+    refused.goto(f"{site.url}/web/#/download")
+    refused.fill("#download-url", "http://127.0.0.1:9/x.safetensors")
+    refused.click("#url-form button[type=submit]")
+    expect(refused.locator("#notice")).to_contain_text("not a public address")
+    listed = httpx.get(f"{site.url}/v1/downloads", headers=AUTH).json()["data"]
+    assert not [d for d in listed if d["source"] == "url"]
+    refused.context.close()
+
+
+def test_the_models_page_deletes_a_model_and_a_lora(
+    site: Served, browser: Browser, console: Console
+) -> None:
+    models = site.root / "var" / "models"
+    shutil.copytree(models / "tiny", models / "doomed")
+    loras = models / "loras"
+    loras.mkdir(exist_ok=True)
+    create_tiny_lora(models, "doomed-lora", replace=True)
+    page = new_page(browser, console, viewport={"width": 1280, "height": 900})
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(f"{site.url}/web/#/models")
+    page.click("text=Rescan models directory")
+    page.locator("tr[data-id='sd/doomed'] button.delete-model").click()
+    expect(page.locator("tr[data-id='sd/doomed']")).to_have_count(0)
+    assert not (models / "doomed").exists()
+    page.locator("tr[data-id='lora/doomed-lora'] button.delete-lora").click()
+    expect(page.locator("tr[data-id='lora/doomed-lora']")).to_have_count(0)
+    assert not (loras / "doomed-lora.safetensors").exists()
+    expect(page.locator("tr[data-id='sd/tiny']")).to_be_visible()
+    page.context.close()
+
+
 def test_api_docs_render_openapi_with_examples(
     site: Served, browser: Browser, console: Console
 ) -> None:
@@ -458,6 +607,7 @@ def test_every_page_fits_a_phone(site: Served, browser: Browser, console: Consol
         (f"jobs/{done['id']}", ".job-head"),
         ("gallery", ".gallery .tile"),
         ("models", "table.models tbody tr"),
+        ("download", "#civitai-results article.result"),
         ("submit", "#submit-form"),
         ("docs", "section.operation"),
     ):

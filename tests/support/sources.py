@@ -279,6 +279,7 @@ class Civitai:
     token: str = "civitai_standin_secret_token"
     files: Files = field(default_factory=Files)
     storage: Storage | None = None
+    images: dict[str, bytes] = field(default_factory=dict)  # path -> a preview image
     port: int = 0
 
     @property
@@ -288,7 +289,9 @@ class Civitai:
     def answer(
         self, handler: _Handler, method: str, path: str, query: dict[str, list[str]]
     ) -> None:
-        if path == "/api/v1/models":
+        if path in self.images:
+            handler.send(200, self.images[path], {"Content-Type": "image/png"})
+        elif path == "/api/v1/models":
             self._list(handler, query)
         elif path.startswith("/api/v1/models/"):
             found = [m for m in self.models if str(m["id"]) == path.rsplit("/", 1)[1]]
@@ -420,8 +423,10 @@ def civitai_model(
     scan: str = "Success",
     file_format: str = "SafeTensor",
     sha256: str | None = None,
+    image: str | None = None,
 ) -> dict[str, Any]:
-    """One model as CivitAI lists it, one version, its files (id, name, bytes)."""
+    """One model as CivitAI lists it, one version, its files (id, name, bytes); `image`
+    its preview's URL."""
     version = version_id or model_id * 10
     return {
         "id": model_id,
@@ -438,7 +443,9 @@ def civitai_model(
                 "name": "v1.0",
                 "baseModel": "SD 1.5",
                 "trainedWords": ["lighthouse"],
-                "images": [{"url": f"https://image.civitai.com/{model_id}.jpeg", "nsfwLevel": 1}],
+                "images": [
+                    {"url": image or f"https://image.civitai.com/{model_id}.jpeg", "nsfwLevel": 1}
+                ],
                 "downloadUrl": f"https://civitai.com/api/download/models/{version}",
                 "files": [
                     {
