@@ -7,10 +7,14 @@ and while writing, and the first bytes must not be a web page."""
 from __future__ import annotations
 
 import hashlib
+import os
+import queue
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -20,7 +24,8 @@ from ..errors import DownloadFailed, SpoolError, Unauthorized
 from .files import check_first_bytes, check_room, safe_name
 
 CHUNK = 1 << 20
-ROOM_EVERY = 64 << 20  # bytes written between free-space checks
+ROOM_EVERY = 64 << 20  # bytes written between free-space checks (and write-back starts)
+HASH_BATCH = 4 << 20  # bytes handed to the hashing thread at once
 HEAD_BYTES = 64  # what the page check reads of a body
 _FILENAME_STAR = re.compile(r"filename\*\s*=\s*(?:UTF-8|utf-8)''([^;]+)")
 _FILENAME = re.compile(r'filename\s*=\s*"?([^";]+)"?')
@@ -43,6 +48,63 @@ class Fetched:
     size: int
     sha256: str
     name: str  # from Content-Disposition, else the URL's path (one safe component)
+
+
+class Hashing:
+    """SHA-256 of the bytes as they arrive, computed in a thread of its own (hashlib lets
+    go of the GIL for large buffers) so that it overlaps the receiving and writing
+    instead of adding to them. Batches of chunks are handed over, not each chunk."""
+
+    def __init__(self, digest: Any) -> None:
+        self.digest = digest
+        self._batch: list[bytes] = []
+        self._size = 0
+        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._failed: BaseException | None = None
+
+    def __enter__(self) -> Hashing:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def add(self, chunk: bytes) -> None:
+        self._batch.append(chunk)
+        self._size += len(chunk)
+        if self._size >= HASH_BATCH:
+            self._queue.put(self._batch)
+            self._batch, self._size = [], 0
+
+    def hexdigest(self) -> str:
+        self._close()
+        if self._failed is not None:
+            raise self._failed
+        return str(self.digest.hexdigest())
+
+    def _close(self) -> None:
+        if self._thread.is_alive():
+            if self._batch:
+                self._queue.put(self._batch)
+                self._batch, self._size = [], 0
+            self._queue.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            try:
+                for chunk in batch:
+                    self.digest.update(chunk)
+            except BaseException as exc:  # said by hexdigest
+                self._failed = exc
+
+
+def write_back(fd: int) -> None:
+    """Start writing what is written so far to the disk, without waiting (so the fsync
+    at the end has little left to do); the pages need not stay cached."""
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def name_from(answer: httpx.Response, url: str) -> str:
@@ -143,7 +205,8 @@ def _receive(
     done, since_room_check = have, 0
     # Unbuffered: each chunk is one write, in the file the moment it arrived (a process
     # killed now keeps every byte it received, and the resume asks for none again).
-    with path.open("ab" if resumed else "wb", buffering=0) as out:
+    hashing = Hashing(digest)
+    with hashing, path.open("ab" if resumed else "wb", buffering=0) as out:
         for chunk in answer.iter_bytes():  # as they come: a hang-up loses none of them
             if head is not None:
                 head += chunk[:HEAD_BYTES]
@@ -151,19 +214,19 @@ def _receive(
                     check_first_bytes(head, content_type, token_hint)
                     head = None
             out.write(chunk)
-            digest.update(chunk)
+            hashing.add(chunk)
             done += len(chunk)
             since_room_check += len(chunk)
             if since_room_check >= ROOM_EVERY:
-                out.flush()
                 check_room(path.parent, (total or done) - done)
+                write_back(out.fileno())
                 since_room_check = 0
             if not on_progress(done, total):
                 raise Stopped("the download was cancelled")
-        out.flush()
+    sha256 = hashing.hexdigest()
     if head is not None:  # a body shorter than HEAD_BYTES
         check_first_bytes(head, content_type, token_hint)
     if total is not None and done != total:
         raise Transient(f"{urls.shown(url)} ended after {done} of {total} bytes")
     validator_file.unlink(missing_ok=True)
-    return Fetched(path, done, digest.hexdigest(), name_from(answer, url))
+    return Fetched(path, done, sha256, name_from(answer, url))
