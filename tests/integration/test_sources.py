@@ -528,3 +528,17 @@ def test_civitai_search_uses_cursors_and_filters_types_again_on_our_side(
     assert [m["id"] for m in rest.data] == [9] and rest.next_cursor is None
     asked = [path for _, path, _ in civitai_service.files.requests]
     assert asked and all(path == "/api/v1/models" for path in asked)
+
+
+def test_a_civitai_file_by_its_id_and_a_version_by_its_id_name_the_same_file(
+    store: Store, civitai_service: Civitai, models: Path, lora_bytes: bytes
+) -> None:
+    store.queue_download("civitai", {"model_id": 1, "file_id": 11}, name="by-file")
+    store.queue_download("civitai", {"version_id": 10}, name="by-version")
+    for _ in range(2):
+        done = run(store, models, cv(civitai_service))
+        assert done.status is DownloadStatus.SUCCEEDED, done.error_message
+    for name in ("by-file", "by-version"):
+        assert (models / "loras" / f"{name}.safetensors").read_bytes() == lora_bytes
+    asked = [path for _, path, _ in civitai_service.files.requests if "/download/" in path]
+    assert asked == ["/api/download/models/10", "/api/download/models/10"]

@@ -123,3 +123,46 @@ def test_pull_a_lora_by_url_resumes_verifies_and_refuses_clearly(
         ("failed", "download_failed"),
     ]
     fails(run(*allowed, "models", "pull", url, "--kind", "diffusers"), 3, "kind must be")
+
+
+def test_search_pull_follow_as_json_list_and_cancel_downloads(
+    run, data_dir: Path, tmp_path: Path
+) -> None:
+    """`models search` against a CivitAI stand-in says what to pull; `models pull
+    civitai:ID --json` prints the download as JSON lines to its end; `models downloads`
+    lists it; `models cancel` ends a queued one."""
+    from alice_spool.engine.tiny import create_tiny_lora
+    from tests.support.sources import Civitai, civitai_model, civitai_serving
+
+    lora = create_tiny_lora(tmp_path / "made").read_bytes()
+    service = Civitai(
+        models=[
+            civitai_model(1, "Ink Style", "LORA", [(11, "inkStyle.safetensors", lora)]),
+            civitai_model(2, "Ink Base", "Checkpoint", [(21, "inkBase.safetensors", lora)]),
+        ],
+        blobs={11: lora, 21: lora},
+    )
+    with civitai_serving(service):
+        given = ("--set", f"models.civitai_url={service.url}",
+                 "--set", f"models.civitai_token={service.token}")  # fmt: skip
+        found = ok(run(*given, "models", "search", "ink", "--type", "lora"))
+        assert "civitai:1" in found and "civitai:2" not in found
+        listed = json.loads(ok(run(*given, "models", "search", "--json")))
+        assert [item["id"] for item in listed["data"]] == [1, 2]
+        lines = ok(run(*given, "models", "pull", "civitai:1", "--json")).strip().splitlines()
+        shown = [json.loads(line) for line in lines]
+        assert (
+            shown[0]["status"] in ("queued", "downloading") and shown[-1]["status"] == "succeeded"
+        )
+        assert shown[-1]["model"] == "lora/inkStyle"
+        assert service.token not in "\n".join(lines)
+    assert (data_dir / "models" / "loras" / "inkStyle.safetensors").read_bytes() == lora
+    table = ok(run("models", "downloads"))
+    assert "inkStyle" in table and "succeeded" in table
+    from alice_spool.store import Store
+
+    store = Store.open(f"sqlite:///{data_dir / 'alice.db'}")
+    queued = store.queue_download("civitai", {"model_id": 2})
+    assert ok(run("models", "cancel", queued.id)).strip() == f"{queued.id}: cancelled"
+    assert store.get_download(queued.id).status.value == "cancelled"
+    fails(run("models", "cancel", queued.id + "0"), 3, "[not_found]")
