@@ -225,3 +225,17 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     settings = load(tmp_path)
     with pytest.raises(AttributeError):
         settings.server.port = 1  # type: ignore[misc]
+
+
+def test_source_tokens_are_masked_when_shown_and_endpoints_checked(tmp_path: Path) -> None:
+    settings = load(tmp_path, "[models]\nhf_token = 'hf_abc'\ncivitai_token = 'cv_def'\n")
+    assert (settings.models.hf_token, settings.models.civitai_token) == ("hf_abc", "cv_def")
+    shown = settings.to_dict()["models"]
+    assert (shown["hf_token"], shown["civitai_token"]) == ("***", "***")
+    assert "hf_abc" not in repr(settings.to_dict()) and "cv_def" not in repr(settings.to_dict())
+    assert load(tmp_path, "").to_dict()["models"]["hf_token"] == ""  # none set: nothing masked
+    for bad in ("hf_endpoint = 'ftp://x'", "civitai_url = ''", "hf_variant = 'bf16'"):
+        with pytest.raises(ConfigError, match=r"models\."):
+            load(tmp_path, f"[models]\n{bad}\n")
+    trailing = load(tmp_path, "[models]\ncivitai_url = 'https://civitai.red/'\n")
+    assert trailing.models.civitai_url == "https://civitai.red"
