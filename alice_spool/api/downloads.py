@@ -299,9 +299,8 @@ async def alice_search_civitai(request: Request, api: Api, client: str | None) -
     query = body.get("query") or ""
 
     def work() -> SearchPage:
-        cursor: str | None = None if query else str(number)
-        for _ in range(number - 1 if query else 0):  # a search pages by cursor: walk to it
-            page = _search(
+        def ask(cursor: str | None) -> SearchPage:
+            return _search(
                 api,
                 "civitai",
                 query,
@@ -311,19 +310,15 @@ async def alice_search_civitai(request: Request, api: Api, client: str | None) -
                 limit=limit,
                 cursor=cursor,
             )
+
+        if not query:
+            return ask(str(number))  # browsing pages by number
+        page = ask(None)
+        for _ in range(number - 1):  # a search pages by cursor: walk to the page asked for
             if page.next_cursor is None:
                 return SearchPage([], None)
-            cursor = page.next_cursor
-        return _search(
-            api,
-            "civitai",
-            query,
-            types=types,
-            sort=body.get("sort"),
-            nsfw=bool(body.get("nsfw")),
-            limit=limit,
-            cursor=cursor,
-        )
+            page = ask(page.next_cursor)
+        return page
 
     page = await run_in_threadpool(work)
     base = api.settings.models.civitai_url

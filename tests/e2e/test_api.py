@@ -335,8 +335,10 @@ def test_serve_runs_a_url_download_and_the_lora_is_there_at_once(live: Live) -> 
         wait_until(finished, timeout=60)
     done = live.get(f"/v1/downloads/{download_id}", headers=headers).json()
     assert (done["model"], done["bytes_done"], done["bytes_total"]) == (
-        "lora/fetched-style", len(lora), len(lora),
-    )  # fmt: skip
+        "lora/fetched-style",
+        len(lora),
+        len(lora),
+    )
     loras = live.get("/v1/loras", headers=headers).json()["data"]
     assert "lora/fetched-style" in [entry["id"] for entry in loras]
     assert live.get("/v1/downloads", headers={}).status_code == 401  # keys are on here
@@ -1402,6 +1404,41 @@ def test_model_and_lora_routes_read_and_delete(make_bare: Callable[..., Bare]) -
         refused = httpx.get(bare.url + "/v1/models/thumbnail", params={"url": url})
         assert refused.status_code == 400, url  # only CivitAI's image hosts are fetched
         assert refused.json()["error"]["code"] == "forbidden_url"
+
+
+def test_alice_civitai_search_pages_by_number_in_both_modes(
+    make_bare: Callable[..., Bare],
+) -> None:
+    """ALICE's `page`: a browse asks CivitAI for that page; a search (which CivitAI
+    pages by cursor) walks the cursors to it; past the last page it is empty."""
+    from tests.support.sources import Civitai, civitai_model, civitai_serving
+
+    blob = b"weights"
+    service = Civitai(
+        models=[
+            civitai_model(i, f"Ink {i}", "LORA", [(i * 10, f"ink{i}.safetensors", blob)])
+            for i in (1, 2, 3)
+        ]
+    )
+    with civitai_serving(service):
+        bare = make_bare(**{"models.civitai_url": service.url})
+        for query in ("", "ink"):
+            shown = []
+            for number in (1, 2, 3, 4):
+                answer = httpx.post(
+                    bare.url + "/v1/models/search/civitai",
+                    json={"query": query, "limit": 1, "page": number},
+                )
+                assert answer.status_code == 200, answer.text
+                shown.append([item["id"] for item in answer.json()["data"]])
+            assert shown == [[1], [2], [3], []], query
+        bad = httpx.post(bare.url + "/v1/models/search/civitai", json={"types": ["Nope"]})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "types"
+        native = httpx.get(bare.url + "/v1/models/search", params={"source": "civitai", "limit": 2})
+        assert native.json()["next_cursor"] == "2"
+        for params in ({"source": "x"}, {"limit": "0"}, {"nsfw": "maybe"}, {"sort": "Best"}):
+            refused = httpx.get(bare.url + "/v1/models/search", params=params)
+            assert refused.status_code == 400, params
 
 
 def test_priority_default_model_and_stats(make_bare: Callable[..., Bare]) -> None:

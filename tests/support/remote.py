@@ -71,30 +71,60 @@ def _handler(remote: Remote) -> type[BaseHTTPRequestHandler]:
 
         def _file(self, path: str, body: bytes) -> None:
             etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
-            asked = self.headers.get("Range")
-            remote.ranges.append(asked)
-            start = 0
-            if asked and remote.honour_ranges and self.headers.get("If-Range") in (None, etag):
-                start = int(asked.removeprefix("bytes=").split("-")[0])
-            part = body[start:]
-            self.send_response(206 if start else 200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(part)))
-            self.send_header("ETag", etag)
-            if start:
-                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-            for name, value in remote.headers.get(path, {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            cut = remote.drop_after.pop(path, None)
-            if cut is not None:  # hang up mid-body
-                self.wfile.write(part[:cut])
-                self.wfile.flush()
-                self.close_connection = True
-                return
-            self.wfile.write(part)
+            remote.ranges.append(self.headers.get("Range"))
+            send_ranged(
+                self,
+                body,
+                etag,
+                honour_ranges=remote.honour_ranges,
+                headers=remote.headers.get(path, {}),
+                cut=remote.drop_after.pop(path, None),
+            )
 
     return Handler
+
+
+def send_ranged(
+    handler: BaseHTTPRequestHandler,
+    body: bytes,
+    etag: str,
+    *,
+    honour_ranges: bool,
+    headers: dict[str, str],
+    cut: int | None = None,
+    hold: threading.Event | None = None,
+) -> None:
+    """A file's answer as a server with a strong ETag gives it: 206 from the asked
+    offset when `Range` (and `If-Range`, if sent) allow, else 200 and all of it; `cut`
+    bytes and a hang-up, or `hold`: the first MiB, then a wait until it is set."""
+    asked = handler.headers.get("Range")
+    start = 0
+    if asked and honour_ranges and handler.headers.get("If-Range") in (None, etag):
+        start = int(asked.removeprefix("bytes=").split("-")[0])
+    part = body[start:]
+    handler.send_response(206 if start else 200)
+    handler.send_header("Content-Type", "application/octet-stream")
+    handler.send_header("Content-Length", str(len(part)))
+    handler.send_header("ETag", etag)
+    handler.send_header("Accept-Ranges", "bytes")
+    if start:
+        handler.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+    for name, value in headers.items():
+        handler.send_header(name, value)
+    handler.end_headers()
+    if handler.command == "HEAD":
+        return
+    if cut is not None:  # hang up mid-body
+        handler.wfile.write(part[:cut])
+        handler.wfile.flush()
+        handler.close_connection = True
+        return
+    if hold is not None and len(part) > 1 << 20:
+        handler.wfile.write(part[: 1 << 20])
+        handler.wfile.flush()
+        hold.wait(60)
+        part = part[1 << 20 :]
+    handler.wfile.write(part)
 
 
 @contextmanager

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from .remote import send_ranged
+
 Seen = tuple[str, str, str | None]  # (method, path, Authorization)
 
 
@@ -81,37 +83,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_file(self, key: str, body: bytes, etag: str, headers: dict[str, str]) -> None:
         files: Files = self.app.files
-        asked = self.headers.get("Range")
         if self.command == "GET":
-            files.ranges.setdefault(key, []).append(asked)
-        start = 0
-        if asked and files.honour_ranges and self.headers.get("If-Range") in (None, etag):
-            start = int(asked.removeprefix("bytes=").split("-")[0])
-        part = body[start:]
-        self.send_response(206 if start else 200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(part)))
-        self.send_header("ETag", etag)
-        self.send_header("Accept-Ranges", "bytes")
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command == "HEAD":
-            return
-        cut = files.drop_after.pop(key, None)
-        if cut is not None:  # hang up mid-body
-            self.wfile.write(part[:cut])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        if files.hold is not None and len(part) > 1 << 20:
-            self.wfile.write(part[: 1 << 20])
-            self.wfile.flush()
-            files.hold.wait(60)
-            part = part[1 << 20 :]
-        self.wfile.write(part)
+            files.ranges.setdefault(key, []).append(self.headers.get("Range"))
+        send_ranged(
+            self,
+            body,
+            etag,
+            honour_ranges=files.honour_ranges,
+            headers=headers,
+            cut=files.drop_after.pop(key, None) if self.command == "GET" else None,
+            hold=files.hold,
+        )
 
 
 @contextmanager
