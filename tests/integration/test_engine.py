@@ -211,3 +211,24 @@ def test_an_sdxl_shaped_pipeline(tmp_path: Path) -> None:
     assert np.abs(pixels(batch.jobs[1].images[0]) - pixels(alone)).max() <= 2
     with pytest.raises(InvalidParameters, match="no tiny model of family"):
         create_tiny(tmp_path, "sd2", family="sd2")
+
+
+def test_a_model_deleted_while_loaded_is_unloaded_when_asked(tmp_path: Path) -> None:
+    from alice_spool import removal
+    from alice_spool.engine.device import choose
+    from alice_spool.engine.resident import Engine
+    from alice_spool.registry import ModelRegistry
+
+    create_tiny(tmp_path, "kept")
+    create_tiny(tmp_path, "doomed")
+    registry = ModelRegistry(tmp_path)
+    engine = Engine(registry, choose("cpu"))
+    engine.ensure("sd/doomed")
+    assert engine.resident_model == "sd/doomed"
+    assert engine.drop_deleted() is False  # still installed: kept
+    removal.find_model(registry, "sd/doomed")  # found while it exists
+    (tmp_path / "doomed").rename(tmp_path / ".gone")  # as DELETE moves it aside
+    assert engine.drop_deleted() is True
+    assert engine.resident_model is None
+    engine.ensure("sd/kept")
+    assert engine.drop_deleted() is False and engine.resident_model == "sd/kept"

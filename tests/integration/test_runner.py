@@ -717,3 +717,15 @@ def test_a_finish_the_database_refused_is_rescued_not_lost(
     wait_until(lambda: status(store, after) is JobStatus.SUCCEEDED, timeout=15)
     assert refusals == [first.id] and len(engine.calls) == 2  # not generated twice
     assert store.get(first.id).attempts == 2
+
+
+def test_an_idle_runner_asks_its_engine_to_drop_deleted_models(
+    store: Store,
+    engine: FakeEngine,
+    make_runner: Callable[..., Runner],
+    background: Callable[[Runner], threading.Thread],
+) -> None:
+    asked: list[float] = []
+    engine.drop_deleted = lambda: asked.append(time.monotonic()) or False  # type: ignore[attr-defined]
+    background(make_runner(exit_when_idle=False, recheck_s=0.1))
+    wait_until(lambda: len(asked) >= 2, timeout=5)  # at every idle wait, not once
