@@ -54,10 +54,16 @@ class ServerSettings:
     auth_failures_per_minute: int = 30
     trusted_proxies: list[str] = field(default_factory=list)
     allowed_hosts: list[str] = field(default_factory=list)
+    registration: str = "disabled"  # POST /v1/auth/register: disabled | invite | open
     api_keys: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check(bool(self.host.strip()), "server.host", "must not be empty")
+        _check(
+            self.registration in ("disabled", "invite", "open"),
+            "server.registration",
+            f"must be disabled, invite or open, got {self.registration!r}",
+        )
         _check(0 <= self.port <= 65535, "server.port", f"must be 0..65535, got {self.port}")
         _check(
             self.public_url == "" or re.match(r"https?://[^/\s]+", self.public_url) is not None,

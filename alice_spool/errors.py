@@ -172,6 +172,24 @@ class ModelExists(SpoolError):
     code = "model_exists"
 
 
+class Forbidden(SpoolError):
+    """The key is valid but may not do this (an admin's route, registration off)."""
+
+    code = "forbidden"
+
+
+class KeyExists(SpoolError):
+    """An API key of that name exists."""
+
+    code = "key_exists"
+
+
+class InviteInvalid(SpoolError):
+    """The invite code is unknown, used up or expired."""
+
+    code = "invite_invalid"
+
+
 class IdempotencyConflict(SpoolError):
     """This idempotency key was already used for a different request."""
 
@@ -195,6 +213,18 @@ class JobNotFound(SpoolError):
 
 class BatchNotFound(SpoolError):
     """No such batch."""
+
+    code = "not_found"
+
+
+class KeyNotFound(SpoolError):
+    """No API key has that id or name."""
+
+    code = "not_found"
+
+
+class InviteNotFound(SpoolError):
+    """No invite has that id or code."""
 
     code = "not_found"
 

@@ -257,6 +257,49 @@ class Download(Base):
     )
 
 
+ROLES = ("admin", "user")
+
+
+class ApiKey(Base):
+    """An API key (DESIGN section 13): only its SHA-256 is kept; the key itself is shown
+    once, when it is made."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # at most per minute
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)  # None: the server's
+    created_by: Mapped[str | None] = mapped_column(String(64))  # an admin, an invite, the CLI
+
+    __table_args__ = (
+        CheckConstraint("role IN ('admin', 'user')", name="role"),
+        CheckConstraint(
+            "rate_limit_per_minute IS NULL OR rate_limit_per_minute >= 0", name="rate_limit"
+        ),
+    )
+
+
+class Invite(Base):
+    """An invite code for `POST /v1/auth/register` (a user key); kept as its SHA-256."""
+
+    __tablename__ = "invites"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    code_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    hint: Mapped[str] = mapped_column(String(8))  # the code's first characters, to tell them apart
+    uses_left: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (CheckConstraint("uses_left >= 0", name="uses_left"),)
+
+
 def include_in_comparison(obj: Any, name: str | None, type_: str, *_: Any) -> bool:
     """Alembic's `include_object` hook for autogenerate and `alembic check`."""
     return not (type_ == "index" and name in UNREFLECTABLE_INDEXES)

@@ -279,3 +279,62 @@ class DownloadRecord:
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
         }
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An API key as the store keeps it: never the key itself (DESIGN section 13)."""
+
+    id: str
+    name: str
+    role: str  # admin | user
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    rate_limit_per_minute: int | None
+    created_by: str | None
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> KeyRecord:
+        return cls(**{f.name: row._mapping[f.name] for f in fields(cls)})
+
+    @property
+    def enabled(self) -> bool:
+        return self.revoked_at is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """As ALICE's key routes show it (`info`), plus the role and limit."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "role": self.role,
+            "isAdmin": self.role == "admin",
+            "enabled": self.enabled,
+            "createdAt": _iso(self.created_at),
+            "lastUsed": _iso(self.last_used_at),
+            "revokedAt": _iso(self.revoked_at),
+            "rateLimitPerMinute": self.rate_limit_per_minute,
+        }
+
+
+@dataclass(frozen=True)
+class InviteRecord:
+    id: str
+    hint: str
+    uses_left: int
+    expires_at: datetime | None
+    created_at: datetime
+    created_by: str | None
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> InviteRecord:
+        return cls(**{f.name: row._mapping[f.name] for f in fields(cls)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "hint": self.hint,
+            "uses_remaining": self.uses_left,
+            "expires_at": _iso(self.expires_at),
+            "created_at": _iso(self.created_at),
+        }

@@ -32,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 from ..config import Settings
 from ..registry import ModelRegistry
 from ..store import Store
-from . import catalog, downloads, native, openai, status
+from . import auth, catalog, downloads, native, openai, status
 from .context import Api, route
 from .docs_page import DOCS_POLICY, render_docs
 from .guard import RequestGuard
@@ -174,6 +174,16 @@ def routes() -> list[Any]:
         Route("/v1/batches", native.create_batch, methods=["POST"]),
         Route("/v1/batches/{batch_id}", native.get_batch, methods=["GET"]),
         Route("/v1/stats", native.stats, methods=["GET"]),
+        Route("/v1/auth/keys/generate", auth.generate_key, methods=["POST"]),
+        Route("/v1/auth/keys", auth.list_keys, methods=["GET"]),
+        Route("/v1/auth/keys/{key_id}/revoke", auth.revoke_key, methods=["POST"]),
+        Route("/v1/auth/keys/{key_id}", auth.delete_key, methods=["DELETE"]),
+        Route("/v1/auth/me", auth.me, methods=["GET"]),
+        Route("/v1/auth/registration-mode", auth.registration_mode, methods=["GET"]),
+        Route("/v1/auth/register", auth.register, methods=["POST"]),
+        Route("/v1/auth/invites", auth.create_invite, methods=["POST"]),
+        Route("/v1/auth/invites", auth.list_invites, methods=["GET"]),
+        Route("/v1/auth/invites/{code}", auth.delete_invite, methods=["DELETE"]),
         Route("/v1/downloads", downloads.create_download, methods=["POST"]),
         Route("/v1/downloads", downloads.list_downloads, methods=["GET"]),
         Route("/v1/downloads/{download_id}", downloads.get_download, methods=["GET"]),
@@ -194,7 +204,7 @@ def create_app(
         settings=settings,
         store=store,
         registry=registry or ModelRegistry(settings.paths.models),
-        keys=Keys(server.api_keys),
+        keys=Keys(server.api_keys, store),
         limiter=RateLimiter(server.rate_limit_per_minute),
         streams=StreamSlots(server.max_streams_per_client),
         # a minute's worth at once (a person mistyping a key never notices), then slowly

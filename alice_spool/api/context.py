@@ -26,7 +26,7 @@ from ..records import BatchEnqueued, Enqueued, JobRecord, NewJob
 from ..registry import ModelRegistry
 from ..spec import JobSpec
 from ..store import Store, new_id
-from .http import Keys, RateLimiter, StreamSlots, read_json, spool_error_response
+from .http import Keys, Principal, RateLimiter, StreamSlots, read_json, spool_error_response
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +216,9 @@ class DatabaseTrouble:
         return {**exc.to_dict(), "age_s": round(time.monotonic() - at, 1)}
 
 
-def _identify(api: Api, request: Request, address: str) -> str | None:
-    """The API key's name. An address that failed too often is refused for a while
-    (429), whatever key it sends now, so that keys cannot be guessed at speed."""
+def _identify(api: Api, request: Request, address: str) -> Principal | None:
+    """Whose key the request carries. An address that failed too often is refused for
+    a while (429), whatever key it sends now, so that keys cannot be guessed at speed."""
     api.auth_failures.check(address, spend=False)
     try:
         return api.keys.identify(request)
@@ -228,9 +228,18 @@ def _identify(api: Api, request: Request, address: str) -> str | None:
         raise
 
 
-def route(*, auth: bool = True) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+def principal_of(request: Request) -> Principal | None:
+    """Who the request is (set by `route`); None on an open server or an open route."""
+    return getattr(request.state, "principal", None)
+
+
+def route(
+    *, auth: bool = True, admin: bool = False
+) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
     """Make `handler(request, api, client)` a Starlette endpoint. `client` is the name of
-    the API key used (None when keys are off, or for open routes)."""
+    the API key used (None when keys are off, or for open routes); who it is, with its
+    role, is `principal_of(request)`. `admin`: only an admin's key (403 for a user's,
+    and on an open server too: no key is ever made over HTTP without one)."""
 
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -239,8 +248,18 @@ def route(*, auth: bool = True) -> Callable[[Handler], Callable[[Request], Await
                 client = None
                 if auth:
                     address = api.client_address(request)
-                    client = _identify(api, request, address)
-                    api.limiter.check(client or address)
+                    principal = await run_in_threadpool(_identify, api, request, address)
+                    request.state.principal = principal
+                    client = principal.name if principal else None
+                    limit = principal.rate_limit_per_minute if principal else None
+                    api.limiter.check(client or address, per_minute=limit)
+                    if admin and (principal is None or not principal.admin):
+                        raise errors.Forbidden(
+                            "an admin's API key is needed"
+                            if principal is not None
+                            else "this server has no API keys yet: make the first one "
+                            "with `alice-spool keys add NAME --admin`"
+                        )
                 return await handler(request, api, client)
             except errors.ClientDisconnected as exc:  # nobody to answer: one line, no trace
                 log.info("%s %s: %s", request.method, request.url.path, exc.message)
@@ -253,6 +272,8 @@ def route(*, auth: bool = True) -> Callable[[Handler], Callable[[Request], Await
 
         endpoint.__name__ = handler.__name__
         endpoint.__doc__ = handler.__doc__
+        endpoint.needs_key = auth  # type: ignore[attr-defined]  # for /openapi.json
+        endpoint.admin_only = admin  # type: ignore[attr-defined]
         return endpoint
 
     return wrap

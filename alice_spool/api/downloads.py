@@ -24,7 +24,7 @@ from ..downloads.plan import SearchPage
 from ..models import DownloadStatus
 from ..records import DownloadRecord
 from .context import Api, route
-from .http import require_object
+from .http import require_object, typed
 
 MAX_PAGE = 500
 SEARCH_LIMIT = 100
@@ -274,13 +274,8 @@ def alice_task(download: DownloadRecord) -> dict[str, Any]:
 
 def _alice_body(body: Any, fields: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
     body = require_object(body)
-    for key, kind in fields.items():
-        value = body.get(key)
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if value is None:
-            continue
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise errors.InvalidParameters(f"{key} has the wrong type", field=key)
+    for key, kinds in fields.items():
+        typed(body, key, kinds)
     return body
 
 

@@ -9,7 +9,8 @@ import hmac
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -32,6 +33,9 @@ STATUS = {
     "lora_not_found": 404,
     "method_not_allowed": 405,
     "idempotency_conflict": 409,
+    "key_exists": 409,
+    "forbidden": 403,
+    "invite_invalid": 403,
     "model_exists": 409,
     "unsafe_format": 400,
     "unsafe_file": 400,
@@ -163,20 +167,68 @@ def require_object(data: Any) -> dict[str, Any]:
     return data
 
 
-class Keys:
-    """The configured API keys, compared in constant time; none configured = open."""
+def typed(body: dict[str, Any], key: str, kinds: type | tuple[type, ...]) -> Any:
+    """`body[key]` if it is absent, null or of one of `kinds` (a JSON true is not an
+    integer); else 400 naming the field."""
+    value = body.get(key)
+    allowed = kinds if isinstance(kinds, tuple) else (kinds,)
+    if value is not None and (
+        not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
+    ):
+        raise errors.InvalidParameters(f"{key} has the wrong type", field=key)
+    return value
 
-    def __init__(self, keys: Mapping[str, str]) -> None:
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request is: a key's name and role (a configured key is an admin's)."""
+
+    name: str
+    role: str  # admin | user
+    key_id: str | None = None  # None: a key of [server.api_keys]
+    rate_limit_per_minute: int | None = None  # None: server.rate_limit_per_minute
+
+    @property
+    def admin(self) -> bool:
+        return self.role == "admin"
+
+
+class Keys:
+    """The API keys: those configured (admins, compared in constant time) and those in
+    the database (looked up by SHA-256). None anywhere: the server is open."""
+
+    def __init__(
+        self,
+        keys: Mapping[str, str],
+        store: Store | None = None,
+        *,
+        recheck_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._keys = [(name, key.encode()) for name, key in keys.items()]
+        self.store = store
+        self.recheck_s = recheck_s
+        self.clock = clock
+        self._stored: tuple[float, bool] | None = None  # (checked at, any keys)
+        self._touched: dict[str, float] = {}
 
     @property
     def required(self) -> bool:
-        return bool(self._keys)
+        """Whether a key is needed: once any exists, configured or stored (looked at
+        again every `recheck_s`, so the first `keys add` closes a running server)."""
+        if self._keys:
+            return True
+        if self.store is None:
+            return False
+        now = self.clock()
+        if self._stored is None or now - self._stored[0] >= self.recheck_s:
+            self._stored = (now, self.store.any_keys())
+        return self._stored[1]
 
-    def identify(self, request: Request) -> str | None:
-        """The name of the key the request carries; None when keys are off. 401 when
-        they are on and the request has none, a wrong one, or two that differ."""
-        if not self._keys:
+    def identify(self, request: Request) -> Principal | None:
+        """Who the request's key is; None when keys are off. 401 when they are on and
+        the request has none, a wrong or revoked one, or two that differ."""
+        if not self.required:
             return None
         given = request.headers.get("x-api-key")
         authorization = request.headers.get("authorization")
@@ -191,14 +243,28 @@ class Keys:
             given = token.strip()
         if not given:
             raise errors.Unauthorized("an API key is required (Authorization: Bearer or X-Api-Key)")
+        return self.principal(given)
+
+    def principal(self, given: str) -> Principal:
+        """Whose key `given` is; 401 if nobody's (or revoked)."""
         offered = given.encode()
         found = None
         for name, key in self._keys:  # every key compared, so timing tells nothing
             if hmac.compare_digest(offered, key):
                 found = name
-        if found is None:
+        if found is not None:
+            return Principal(found, "admin")
+        store = self.store
+        stored = store.key_for_secret(given) if store is not None else None
+        if store is None or stored is None:
             raise errors.Unauthorized("the API key is not valid")
-        return found
+        if not stored.enabled:
+            raise errors.Unauthorized("the API key was revoked")
+        now = self.clock()
+        if now - self._touched.get(stored.id, -1e9) >= 60:  # the row: at most once a minute
+            self._touched[stored.id] = now
+            store.touch_key(stored.id)
+        return Principal(stored.name, stored.role, stored.id, stored.rate_limit_per_minute)
 
 
 class RateLimiter:
@@ -211,17 +277,21 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def check(self, client: str, *, spend: bool = True) -> None:
+    def check(self, client: str, *, spend: bool = True, per_minute: int | None = None) -> None:
         """`rate_limit_exceeded` when the client's bucket is empty; else take a token
-        from it (or, with `spend=False`, only look)."""
-        if self.rate <= 0:
+        from it (or, with `spend=False`, only look). `per_minute`: this client's own
+        limit (a key's), instead of the server's."""
+        rate, burst = self.rate, self.burst
+        if per_minute is not None:
+            rate, burst = per_minute / 60.0, max(5.0, per_minute / 10.0)
+        if rate <= 0:
             return
         now = time.monotonic()
         with self._lock:
-            tokens, since = self._buckets.get(client, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - since) * self.rate)
+            tokens, since = self._buckets.get(client, (burst, now))
+            tokens = min(burst, tokens + (now - since) * rate)
             if tokens < 1:
-                wait = math.ceil((1 - tokens) / self.rate)
+                wait = math.ceil((1 - tokens) / rate)
                 self._buckets[client] = (tokens, now)
                 raise errors.RateLimited(
                     f"too many requests; try again in {wait} s",
@@ -229,7 +299,7 @@ class RateLimiter:
                 )
             self._buckets[client] = (tokens - 1 if spend else tokens, now)
             if len(self._buckets) > MAX_BUCKETS:  # forget clients whose buckets refilled
-                full_after = self.burst / self.rate
+                full_after = burst / rate
                 self._buckets = {c: b for c, b in self._buckets.items() if now - b[1] < full_after}
 
 

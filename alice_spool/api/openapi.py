@@ -335,6 +335,30 @@ def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
                 },
             ]
         },
+        "/v1/auth/keys/generate": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 64},
+                "isAdmin": {"type": "boolean"},
+                "rateLimitPerMinute": {"type": "integer", "minimum": 0},
+            },
+        },
+        "/v1/auth/register": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 64},
+                "invite_code": {"type": "string"},
+            },
+        },
+        "/v1/auth/invites": {
+            "type": "object",
+            "properties": {
+                "uses": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "expiresHours": {"type": "number", "exclusiveMinimum": 0, "maximum": 8760},
+            },
+        },
         "/v1/models/search/civitai": {
             "type": "object",
             "properties": {
@@ -397,13 +421,22 @@ _EXAMPLES: dict[str, Any] = {
     "/v1/jobs/{job_id}/priority": {"priority": 10},
     "/v1/models/default": {"model": "sd/tiny"},
     "/v1/downloads": {"source": "huggingface", "repo": "stabilityai/sd-turbo"},
+    "/v1/auth/keys/generate": {"name": "alice", "isAdmin": False},
+    "/v1/auth/register": {"name": "bob", "invite_code": "the code an admin gave you"},
+    "/v1/auth/invites": {"uses": 1, "expiresHours": 168},
     "/v1/models/search/civitai": {"query": "", "types": ["LORA"], "sort": "Highest Rated"},
     "/v1/models/search/huggingface": {"query": "stable diffusion", "sort": "downloads"},
     "/v1/models/download/civitai": {"modelId": 4201, "versionId": 130072},
     "/v1/models/download/huggingface": {"modelId": "stabilityai/sd-turbo"},
     "/v1/models/download/url": {"url": "https://example.com/style.safetensors", "isLora": True},
 }
-_OPEN = ("/health", "/metrics", "/openapi.json")
+_OPEN = (
+    "/health",
+    "/metrics",
+    "/openapi.json",
+    "/v1/auth/registration-mode",
+    "/v1/auth/register",
+)
 _UI = ("/", "/docs")  # pages for people (the web UI, the API page), not API routes
 
 
@@ -606,13 +639,22 @@ def describe(routes: list[Any], api: Any) -> dict[str, Any]:
         summary = paragraphs[0] if paragraphs else path
         methods = sorted((item.methods or set()) - {"HEAD"})
         for method in methods:
-            needs_key = path.startswith("/v1/") and api.keys.required
+            needs_key = (
+                path.startswith("/v1/")
+                and getattr(item.endpoint, "needs_key", True)
+                and api.keys.required
+            )
             operation: dict[str, Any] = {
                 "operationId": item.name if len(methods) == 1 else f"{item.name}_{method.lower()}",
                 "summary": summary,
                 "description": "\n\n".join(paragraphs),
                 "responses": _responses(path, method, path in bodies or path in _FORMS, needs_key),
             }
+            if getattr(item.endpoint, "admin_only", False):
+                operation["responses"]["403"] = {
+                    "description": "an admin's key is needed (and on a server with no keys)",
+                    "content": _ERROR,
+                }
             parameters = [
                 {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                 for name in item.param_convertors

@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (each registers its commands)
     downloads,
     inbox,
     jobs,
+    keys,
     models,
     runner,
     serve,

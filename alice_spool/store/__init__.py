@@ -3,7 +3,8 @@
 Each operation is one short transaction (`database.py` runs them) named after the job's
 life, and returns frozen records (`records.py`), never live ORM objects. The parts:
 `enqueue` (the doors' side), `leases` (the runner's side), `control` (the user's side)
-and `queries` (reading); `downloads` holds the model downloads' rows the same way.
+and `queries` (reading); `downloads` holds the model downloads' rows the same way,
+`keys` the API keys and invites.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from .control import Control
 from .counters import Counters
 from .downloads import Downloads
 from .enqueue import Enqueueing
+from .keys import Keys
 from .leases import Leasing
 from .queries import Queries
 from .runners import Runners
 
 
-class Store(Enqueueing, Leasing, Control, Queries, Runners, Counters, Downloads):
-    """Every job-table operation, named after the job's life (and the downloads')."""
+class Store(Enqueueing, Leasing, Control, Queries, Runners, Counters, Downloads, Keys):
+    """Every job-table operation, named after the job's life (and the downloads' and the
+    keys')."""
 
 
 __all__ = ["Store", "new_id", "utcnow"]

@@ -1441,6 +1441,117 @@ def test_alice_civitai_search_pages_by_number_in_both_modes(
             assert refused.status_code == 400, params
 
 
+def test_keys_in_the_database_turn_authentication_on_with_roles(
+    make_bare: Callable[..., Bare],
+) -> None:
+    """With no key anywhere the server is open, but no key is ever made over HTTP
+    without an admin's; the first key (made on the server) closes it; admins make,
+    list, revoke and delete keys, users may not; a revoked key is refused."""
+    bare = make_bare()
+    url = bare.url
+    made = httpx.post(url + "/v1/auth/keys/generate", json={"name": "sneaky", "isAdmin": True})
+    assert made.status_code == 403 and "keys add" in made.json()["error"]["message"]
+    assert httpx.get(url + "/v1/auth/me").json() == {
+        "authenticated": False,
+        "auth_required": False,
+        "access_level": "admin",
+        "is_admin": True,
+    }
+    assert httpx.get(url + "/v1/jobs").status_code == 200  # open, as before
+    _, root = bare.store.add_key("root", role="admin")  # as `alice-spool keys add --admin`
+    wait_until(lambda: httpx.get(url + "/v1/jobs").status_code == 401, timeout=5)
+    admin = {"Authorization": f"Bearer {root}"}
+    assert httpx.get(url + "/v1/auth/me", headers=admin).json()["is_admin"] is True
+    user_made = httpx.post(url + "/v1/auth/keys/generate", headers=admin, json={"name": "sam"})
+    assert user_made.status_code == 201, user_made.text
+    user_key, info = user_made.json()["key"], user_made.json()["info"]
+    assert (info["name"], info["isAdmin"], info["enabled"]) == ("sam", False, True)
+    user = {"X-Api-Key": user_key}
+    me = httpx.get(url + "/v1/auth/me", headers=user).json()
+    assert (me["access_level"], me["name"], me["key_id"]) == ("user", "sam", info["id"])
+    for method, path, body in [
+        ("GET", "/v1/auth/keys", None),
+        ("POST", "/v1/auth/keys/generate", {"name": "x"}),
+        ("POST", f"/v1/auth/keys/{info['id']}/revoke", {}),
+        ("DELETE", f"/v1/auth/keys/{info['id']}", None),
+        ("GET", "/v1/auth/invites", None),
+        ("POST", "/v1/auth/invites", {"uses": 1}),
+        ("DELETE", "/v1/auth/invites/whatever", None),
+    ]:
+        answer = httpx.request(method, url + path, headers=user, json=body)
+        assert answer.status_code == 403, (path, answer.text)
+        assert answer.json()["error"]["code"] == "forbidden"
+    assert (
+        httpx.post(url + "/v1/auth/keys/generate", headers=admin, json={"name": "sam"}).status_code
+        == 409
+    )
+    assert (
+        httpx.post(
+            url + "/v1/auth/keys/generate", headers=admin, json={"name": "x", "isAdmin": "yes"}
+        ).status_code
+        == 400
+    )
+    listed = httpx.get(url + "/v1/auth/keys", headers=admin).json()["data"]
+    assert [(k["name"], k["role"]) for k in listed] == [("root", "admin"), ("sam", "user")]
+    assert all("key" not in k and "key_sha256" not in k for k in listed)
+    slow = httpx.post(
+        url + "/v1/auth/keys/generate",
+        headers=admin,
+        json={"name": "slow", "rateLimitPerMinute": 1},
+    ).json()["key"]
+    for _ in range(5):  # its own limit: 1 a minute, in bursts of 5
+        assert httpx.get(url + "/v1/jobs", headers={"X-Api-Key": slow}).status_code == 200
+    limited = httpx.get(url + "/v1/jobs", headers={"X-Api-Key": slow})
+    assert limited.status_code == 429, limited.text
+    assert httpx.get(url + "/v1/jobs", headers=user).status_code == 200  # others are not
+    revoked = httpx.post(f"{url}/v1/auth/keys/{info['id']}/revoke", headers=admin, json={})
+    assert revoked.json()["info"]["enabled"] is False
+    refused = httpx.get(url + "/v1/auth/me", headers=user)
+    assert refused.status_code == 401 and "revoked" in refused.json()["error"]["message"]
+    assert httpx.delete(f"{url}/v1/auth/keys/{info['id']}", headers=admin).status_code == 200
+    assert httpx.delete(f"{url}/v1/auth/keys/{info['id']}", headers=admin).status_code == 404
+
+
+def test_registration_is_off_by_default_and_invites_are_used_up(
+    make_bare: Callable[..., Bare],
+) -> None:
+    closed = make_bare()
+    assert httpx.get(closed.url + "/v1/auth/registration-mode").json() == {
+        "mode": "disabled",
+        "require_auth": False,
+    }
+    refused = httpx.post(closed.url + "/v1/auth/register", json={"name": "eve"})
+    assert refused.status_code == 403 and closed.store.list_keys() == []
+    invited = make_bare(**{"server.registration": "invite"})
+    _, root = invited.store.add_key("root", role="admin")
+    admin = {"Authorization": f"Bearer {root}"}
+    made = httpx.post(
+        invited.url + "/v1/auth/invites", headers=admin, json={"uses": 1, "expiresHours": 2}
+    )
+    assert made.status_code == 201, made.text
+    code = made.json()["code"]
+    listed = httpx.get(invited.url + "/v1/auth/invites", headers=admin).json()["data"]
+    assert [(i["uses_remaining"], i["hint"]) for i in listed] == [(1, code[:4])]
+    assert code not in json.dumps(listed)
+    no_code = httpx.post(invited.url + "/v1/auth/register", json={"name": "eve"})
+    assert no_code.status_code == 400 and no_code.json()["error"]["param"] == "invite_code"
+    joined = httpx.post(
+        invited.url + "/v1/auth/register", json={"name": "eve", "invite_code": code}
+    )
+    assert joined.status_code == 201, joined.text
+    assert joined.json()["info"]["isAdmin"] is False  # always a user's key
+    eve = {"Authorization": f"Bearer {joined.json()['key']}"}
+    assert httpx.get(invited.url + "/v1/auth/me", headers=eve).json()["access_level"] == "user"
+    again = httpx.post(
+        invited.url + "/v1/auth/register", json={"name": "mallory", "invite_code": code}
+    )
+    assert again.status_code == 403 and again.json()["error"]["code"] == "invite_invalid"
+    assert sorted(k.name for k in invited.store.list_keys()) == ["eve", "root"]
+    opened = make_bare(**{"server.registration": "open"})
+    free = httpx.post(opened.url + "/v1/auth/register", json={"name": "walk-in"})
+    assert free.status_code == 201 and free.json()["info"]["role"] == "user"
+
+
 def test_priority_default_model_and_stats(make_bare: Callable[..., Bare]) -> None:
     bare = make_bare()
     post = lambda path, **kw: httpx.post(bare.url + path, timeout=10, **kw)  # noqa: E731

@@ -1,0 +1,228 @@
+"""API keys and invite codes (DESIGN section 13) as rows: a key is made here and shown
+once (only its SHA-256 is kept, so it is looked up by hash, never compared as text);
+`last used` is written at most once a minute; revoked keys stay listed. An invite is
+used up in the same transaction that makes the user key it gives, so two people can
+never both spend its last use."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, or_, select, update
+
+from .. import errors
+from ..models import ROLES, ApiKey, Invite
+from ..records import InviteRecord, KeyRecord
+from ._base import StoreBase, new_id, utcnow
+
+KEY_PREFIX = "sd-"  # as ALICE's keys
+TOUCH_EVERY = timedelta(minutes=1)
+_KEY_COLUMNS = tuple(c for c in ApiKey.__table__.columns if c.name != "key_sha256")
+_INVITE_COLUMNS = tuple(c for c in Invite.__table__.columns if c.name != "code_sha256")
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _key(conn: Connection, key: str) -> KeyRecord:
+    """A key by id or name."""
+    row = conn.execute(
+        select(*_KEY_COLUMNS).where(or_(ApiKey.id == key, ApiKey.name == key))
+    ).first()
+    if row is None:
+        raise errors.KeyNotFound(f"no API key {key!r}", key=key)
+    return KeyRecord.from_row(row)
+
+
+class Keys(StoreBase):
+    def add_key(
+        self,
+        name: str,
+        *,
+        role: str = "user",
+        rate_limit_per_minute: int | None = None,
+        created_by: str | None = None,
+        now: datetime | None = None,
+    ) -> tuple[KeyRecord, str]:
+        """A new key: its record and the key itself (shown once; never stored)."""
+        _check_name(name)
+        if role not in ROLES:
+            raise errors.InvalidParameters("role must be admin or user", field="role")
+        if rate_limit_per_minute is not None and rate_limit_per_minute < 0:
+            raise errors.InvalidParameters("the rate limit must be 0 or more", field="rate_limit")
+
+        def work(conn: Connection) -> tuple[KeyRecord, str]:
+            return _insert_key(conn, name, role, rate_limit_per_minute, created_by, now)
+
+        return self.db.write_once_more_on_conflict(work)  # a name taken meanwhile: key_exists
+
+    def list_keys(self) -> list[KeyRecord]:
+        query = select(*_KEY_COLUMNS).order_by(ApiKey.created_at, ApiKey.name)
+        return [KeyRecord.from_row(r) for r in self.db.read(lambda c: c.execute(query).all())]
+
+    def any_keys(self) -> bool:
+        """Whether any key is in the database (revoked ones count: once keys were made,
+        the server stays closed)."""
+        query = select(func.count()).select_from(ApiKey)
+        return bool(self.db.read(lambda conn: conn.execute(query).scalar_one()))
+
+    def get_key(self, key: str) -> KeyRecord:
+        return self.db.read(lambda conn: _key(conn, key))
+
+    def key_for_secret(self, secret: str) -> KeyRecord | None:
+        """The key whose SHA-256 this secret has, revoked or not; None if none has."""
+        query = select(*_KEY_COLUMNS).where(ApiKey.key_sha256 == digest(secret))
+        row = self.db.read(lambda conn: conn.execute(query).first())
+        return None if row is None else KeyRecord.from_row(row)
+
+    def touch_key(self, key_id: str, *, now: datetime | None = None) -> None:
+        """Note a key's use, at most once a minute (a write per request would not do)."""
+        now = now or utcnow()
+        statement = (
+            update(ApiKey)
+            .where(ApiKey.id == key_id)
+            .where(or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - TOUCH_EVERY))
+            .values(last_used_at=now)
+        )
+        self.db.write(lambda conn: conn.execute(statement))
+
+    def revoke_key(self, key: str, *, now: datetime | None = None) -> KeyRecord:
+        """Revoke a key by id or name (it stays listed); revoking it again changes nothing."""
+
+        def work(conn: Connection) -> KeyRecord:
+            found = _key(conn, key)
+            conn.execute(
+                update(ApiKey)
+                .where(ApiKey.id == found.id, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=now or utcnow())
+            )
+            return _key(conn, found.id)
+
+        return self.db.write(work)
+
+    def delete_key(self, key: str) -> KeyRecord:
+        def work(conn: Connection) -> KeyRecord:
+            found = _key(conn, key)
+            conn.execute(delete(ApiKey).where(ApiKey.id == found.id))
+            return found
+
+        return self.db.write(work)
+
+    # -- invites ---------------------------------------------------------------------------
+
+    def create_invite(
+        self,
+        *,
+        uses: int = 1,
+        expires_at: datetime | None = None,
+        created_by: str | None = None,
+        now: datetime | None = None,
+    ) -> tuple[InviteRecord, str]:
+        """A new invite code (shown once) good for `uses` registrations."""
+        if not 1 <= uses <= 1000:
+            raise errors.InvalidParameters("uses must be 1..1000", field="uses")
+        code = secrets.token_urlsafe(18)
+        values = {
+            "id": new_id(),
+            "code_sha256": digest(code),
+            "hint": code[:4],
+            "uses_left": uses,
+            "expires_at": expires_at,
+            "created_at": now or utcnow(),
+            "created_by": created_by,
+        }
+
+        def work(conn: Connection) -> InviteRecord:
+            conn.execute(insert(Invite).values(**values))
+            row = conn.execute(select(*_INVITE_COLUMNS).where(Invite.id == values["id"])).one()
+            return InviteRecord.from_row(row)
+
+        return self.db.write(work), code
+
+    def list_invites(self) -> list[InviteRecord]:
+        query = select(*_INVITE_COLUMNS).order_by(Invite.created_at)
+        rows = self.db.read(lambda conn: conn.execute(query).all())
+        return [InviteRecord.from_row(r) for r in rows]
+
+    def delete_invite(self, invite: str) -> InviteRecord:
+        """Delete an invite by its id or its code."""
+
+        def work(conn: Connection) -> InviteRecord:
+            row = conn.execute(
+                select(*_INVITE_COLUMNS).where(
+                    or_(Invite.id == invite, Invite.code_sha256 == digest(invite))
+                )
+            ).first()
+            if row is None:
+                raise errors.InviteNotFound("no such invite", invite=invite[:4])
+            found = InviteRecord.from_row(row)
+            conn.execute(delete(Invite).where(Invite.id == found.id))
+            return found
+
+        return self.db.write(work)
+
+    def register(
+        self, name: str, *, invite_code: str | None, now: datetime | None = None
+    ) -> tuple[KeyRecord, str]:
+        """A user key for `name`, spending one use of the invite when one is given
+        (`invite_invalid` if it is unknown, used up or expired); nothing is spent when
+        the key cannot be made (a taken name)."""
+        _check_name(name)
+        now = now or utcnow()
+
+        def work(conn: Connection) -> tuple[KeyRecord, str]:
+            by = "registration"
+            if invite_code is not None:
+                spent = conn.execute(
+                    update(Invite)
+                    .where(Invite.code_sha256 == digest(invite_code), Invite.uses_left > 0)
+                    .where(or_(Invite.expires_at.is_(None), Invite.expires_at > now))
+                    .values(uses_left=Invite.uses_left - 1)
+                    .returning(Invite.id)
+                ).first()
+                if spent is None:
+                    raise errors.InviteInvalid(
+                        "the invite code is not valid (unknown, used up or expired)",
+                        field="invite_code",
+                    )
+                by = f"invite {spent.id}"
+            return _insert_key(conn, name, "user", None, by, now)
+
+        return self.db.write_once_more_on_conflict(work)
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not name.strip() or len(name) > 64 or not name.isprintable():
+        raise errors.InvalidParameters("name must be 1..64 printable characters", field="name")
+
+
+def _insert_key(
+    conn: Connection,
+    name: str,
+    role: str,
+    rate_limit_per_minute: int | None,
+    created_by: str | None,
+    now: datetime | None,
+) -> tuple[KeyRecord, str]:
+    name = name.strip()
+    taken = conn.execute(select(ApiKey.id).where(ApiKey.name == name)).first()
+    if taken is not None:
+        raise errors.KeyExists(f"a key named {name!r} exists", field="name")
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    key_id = new_id()
+    conn.execute(
+        insert(ApiKey).values(
+            id=key_id,
+            name=name,
+            key_sha256=digest(secret),
+            role=role,
+            created_at=now or utcnow(),
+            rate_limit_per_minute=rate_limit_per_minute,
+            created_by=created_by,
+        )
+    )
+    return _key(conn, key_id), secret

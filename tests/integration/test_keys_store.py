@@ -1,0 +1,99 @@
+"""API keys and invites in the store (DESIGN section 13): only a key's SHA-256 is kept,
+names are unique, revoked keys stay listed, `last used` is written at most once a
+minute, and an invite is spent in the same transaction that makes its user key."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text
+
+from alice_spool import errors
+from alice_spool.store import Store, utcnow
+
+
+def test_a_key_is_shown_once_and_kept_only_as_its_sha256(store: Store) -> None:
+    record, secret = store.add_key("alice", role="admin", rate_limit_per_minute=30)
+    assert secret.startswith("sd-") and len(secret) > 40
+    assert (record.name, record.role, record.enabled, record.rate_limit_per_minute) == (
+        "alice", "admin", True, 30
+    )  # fmt: skip
+    stored = store.db.read(lambda c: c.execute(text("SELECT * FROM api_keys")).mappings().all())
+    assert [row["key_sha256"] for row in stored] == [hashlib.sha256(secret.encode()).hexdigest()]
+    assert secret not in repr(stored) and "key" not in record.to_dict()
+    assert store.key_for_secret(secret) == record
+    assert store.key_for_secret(secret + "x") is None
+    assert store.any_keys()
+
+
+def test_names_are_unique_and_bad_ones_refused(store: Store) -> None:
+    store.add_key("alice")
+    with pytest.raises(errors.KeyExists):
+        store.add_key("alice", role="admin")
+    for bad in ("", "   ", "x" * 65, "tab\there"):
+        with pytest.raises(errors.InvalidParameters):
+            store.add_key(bad)
+    with pytest.raises(errors.InvalidParameters):
+        store.add_key("bob", role="root")
+    assert [k.name for k in store.list_keys()] == ["alice"]
+
+
+def test_revoked_keys_stay_listed_and_deleted_ones_go(store: Store) -> None:
+    record, secret = store.add_key("bob")
+    revoked = store.revoke_key("bob")
+    assert revoked.revoked_at is not None and not revoked.enabled
+    assert store.revoke_key(record.id).revoked_at == revoked.revoked_at  # again: the same
+    found = store.key_for_secret(secret)
+    assert found is not None and not found.enabled
+    assert store.any_keys()  # a revoked key still means the server has keys
+    store.delete_key(record.id)
+    assert store.list_keys() == [] and store.key_for_secret(secret) is None
+    with pytest.raises(errors.KeyNotFound):
+        store.revoke_key("bob")
+
+
+def test_last_used_is_written_at_most_once_a_minute(store: Store) -> None:
+    record, _ = store.add_key("carol")
+    start = utcnow()
+    store.touch_key(record.id, now=start)
+    store.touch_key(record.id, now=start + timedelta(seconds=30))
+    assert store.get_key("carol").last_used_at == start
+    store.touch_key(record.id, now=start + timedelta(seconds=61))
+    assert store.get_key("carol").last_used_at == start + timedelta(seconds=61)
+
+
+def test_an_invite_is_used_up_and_a_failed_registration_spends_nothing(store: Store) -> None:
+    invite, code = store.create_invite(uses=2)
+    assert (invite.uses_left, invite.hint) == (2, code[:4])
+    first, secret = store.register("dave", invite_code=code)
+    assert (first.role, first.created_by) == ("user", f"invite {invite.id}")
+    assert store.key_for_secret(secret) == first
+    with pytest.raises(errors.KeyExists):
+        store.register("dave", invite_code=code)  # a taken name: the use is not spent
+    assert store.list_invites()[0].uses_left == 1
+    store.register("erin", invite_code=code)
+    with pytest.raises(errors.InviteInvalid):
+        store.register("frank", invite_code=code)  # used up
+    with pytest.raises(errors.InviteInvalid):
+        store.register("frank", invite_code="not-a-code")
+    assert sorted(k.name for k in store.list_keys()) == ["dave", "erin"]
+
+
+def test_an_expired_invite_is_refused_and_invites_are_deleted_by_id_or_code(
+    store: Store,
+) -> None:
+    _, old = store.create_invite(expires_at=utcnow() - timedelta(seconds=1))
+    with pytest.raises(errors.InviteInvalid):
+        store.register("gina", invite_code=old)
+    kept, code = store.create_invite(uses=3)
+    with pytest.raises(errors.InvalidParameters):
+        store.create_invite(uses=0)
+    assert store.delete_invite(code).id == kept.id
+    remaining = store.list_invites()
+    assert len(remaining) == 1
+    store.delete_invite(remaining[0].id)
+    with pytest.raises(errors.InviteNotFound):
+        store.delete_invite(code)
+    assert store.list_invites() == [] and store.list_keys() == []
