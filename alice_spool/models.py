@@ -151,6 +151,17 @@ class Job(Base):
             sqlite_where=_QUEUED_ONLY,
             postgresql_where=_QUEUED_ONLY,
         ),
+        # Fair share: the first queued job of each owner at a priority, from the index
+        # alone (not_before in it too, for the claim's readiness test).
+        Index(
+            "ix_jobs_fair",
+            "priority",
+            "client",
+            "seq",
+            "not_before",
+            sqlite_where=_QUEUED_ONLY,
+            postgresql_where=_QUEUED_ONLY,
+        ),
         _partial("uq_jobs_idempotency_key", "idempotency_key", unique=True),
         _partial("ix_jobs_batch_id", "batch_id"),
         _partial("ix_jobs_finished_at", "finished_at"),
@@ -193,6 +204,17 @@ class Counter(Base):
 
     name: Mapped[str] = mapped_column(String(96), primary_key=True)
     value: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Served(Base):
+    """When the runners last took a job of each owner (the API key's name; "" for the
+    jobs of no key: the inbox's, the CLI's, an open server's): the claim serves the
+    owner served least recently first, at equal priority (DESIGN section 13)."""
+
+    __tablename__ = "served"
+
+    owner: Mapped[str] = mapped_column(String(255), primary_key=True)
+    last_served_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class DownloadStatus(enum.StrEnum):

@@ -96,6 +96,37 @@ def measure(synchronous: str, args: argparse.Namespace, directory: Path) -> dict
             done += len(jobs)
         claim_eight_s = time.perf_counter() - start
 
+    # 5. The runner's claim (claim_compatible) + succeed, one job per claim, with
+    # `--batch` jobs of `--owners` owners queued: fair share against strict queue order.
+    fairness = {}
+    for fair in (False, True):
+        owners_store = fresh_store(directory, f"owners-{fair}-{synchronous}.db", synchronous)
+        owners_store.enqueue_keyed(
+            [NewJob(JobSpec(prompt=f"owner job {i}", steps=20, seed=i), f"o-{i}",
+                    f"owner-{i % args.owners}") for i in range(args.batch)],
+            source="api",
+        )  # fmt: skip
+        waits: list[float] = []
+        with owners_store.db.pinned():
+            start = time.perf_counter()
+            for _ in range(args.jobs):
+                began = time.perf_counter()
+                (job,) = owners_store.claim_compatible("bench", max_images=1, lease_s=60, fair=fair)
+                waits.append(time.perf_counter() - began)
+                owners_store.succeed(job.id, "bench", {"images": []})
+            elapsed = time.perf_counter() - start
+        fairness["fair" if fair else "fifo"] = {
+            "claim_succeed_jobs_per_s": round(args.jobs / elapsed),
+            "claim_latency_ms": {
+                "p50": round(statistics.median(waits) * 1000, 3),
+                "p99": round(percentile(waits, 0.99) * 1000, 3),
+            },
+        }
+    fairness["ratio_fair_to_fifo"] = round(
+        fairness["fair"]["claim_succeed_jobs_per_s"] / fairness["fifo"]["claim_succeed_jobs_per_s"],
+        3,
+    )
+
     return {
         "single_enqueues_per_s": round(args.jobs / single_s),
         "single_enqueues_pooled_per_s": round(args.jobs / pooled_s),
@@ -109,6 +140,7 @@ def measure(synchronous: str, args: argparse.Namespace, directory: Path) -> dict
             "p99": round(percentile(latencies, 0.99) * 1000, 3),
             "max": round(max(latencies) * 1000, 3),
         },
+        "owners": fairness,
     }
 
 
@@ -129,6 +161,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10_000, help="lines in the batch")
     parser.add_argument("--dir", default=None, help="where the database files go")
     parser.add_argument("--repeat", type=int, default=3, help="runs per mode; medians shown")
+    parser.add_argument("--owners", type=int, default=50, help="owners of the fair-share queue")
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="alice-bench-", dir=args.dir))
 
@@ -152,6 +185,8 @@ def main() -> None:
             "statistic": "median of the runs",
             "batch_lines": args.batch,
             "queued_behind_claims": args.batch,
+            "owners": args.owners,
+            "targets": {"owners.ratio_fair_to_fifo": ">= 0.8", "owners.fair p99": "< 5 ms"},
             "journal_mode": "wal",
             "sqlite": sqlite3.sqlite_version,
             "python": platform.python_version(),

@@ -23,11 +23,14 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .. import errors
-from ..models import Job, JobStatus, UTCDateTime
+from ..models import Job, JobStatus, Served, UTCDateTime
 from ..records import Heartbeat, JobRecord, OrphanReport
 from ..spec import JobSpec
 from ._base import COLUMNS, StoreBase, chunks, get_job, utcnow
@@ -78,11 +81,104 @@ _CLAIM_MODEL = _claim_statement(by_model=True)
 # model's next one of the same priority), then it and the jobs that can share its
 # pipeline call, in queue order, up to an image budget.
 _HEAD = (
-    select(Job.seq, Job.batch_key, Job.model, Job.priority, Job.created_at, Job.spec)
+    select(Job.seq, Job.batch_key, Job.model, Job.priority, Job.created_at, Job.spec, Job.images)
     .where(_ready())
     .order_by(Job.priority.desc(), Job.seq)
     .limit(1)
 )
+
+
+# Fair share: the owners with ready jobs at the head's priority, each with its first
+# job; the owner served least recently goes first (one never served, before all).
+# The owners with queued jobs at a priority, one index seek each (a skip scan of
+# ix_jobs_fair, which SQLite and PostgreSQL do not do by themselves): cheap however
+# many jobs each owner has queued.
+_OWNERS_AT = text(
+    """
+    WITH RECURSIVE owners(client) AS (
+        SELECT min(client) FROM jobs WHERE status = 'queued' AND priority = :priority
+        UNION ALL
+        SELECT (SELECT min(j.client) FROM jobs AS j
+                WHERE j.status = 'queued' AND j.priority = :priority
+                AND j.client > owners.client)
+        FROM owners WHERE owners.client IS NOT NULL
+    )
+    SELECT client FROM owners WHERE client IS NOT NULL
+    """
+)
+# Written with the literal status, so that SQLite uses the partial index ix_jobs_fair
+# (it cannot match a partial index's WHERE to a bound parameter).
+_QUEUED_LITERAL = text("jobs.status = 'queued'")
+_DUE = or_(Job.not_before.is_(None), Job.not_before <= _when("now"))
+# Jobs of no key (the inbox's, the CLI's, an open server's) are one owner's. SQLite,
+# without statistics, would walk ix_jobs_claim for an IS NULL (3 ms at 10,000 queued
+# jobs) instead of seeking in ix_jobs_fair: it is told; PostgreSQL's planner finds it.
+_KEYLESS = (
+    "SELECT seq FROM jobs {hint} WHERE status = 'queued' AND priority = :priority "
+    "AND client IS NULL LIMIT 1"
+)
+_KEYLESS_AT = {
+    "sqlite": text(_KEYLESS.format(hint="INDEXED BY ix_jobs_fair")),
+    "": text(_KEYLESS.format(hint="")),
+}
+_SERVED = select(Served.owner, Served.last_served_at).where(
+    Served.owner.in_(bindparam("owners", expanding=True))
+)
+
+
+_FIRST_AT = (
+    select(*_HEAD.selected_columns)
+    .where(_QUEUED_LITERAL, _DUE, Job.priority == bindparam("priority"))
+    .order_by(Job.seq)
+    .limit(1)
+)
+_FIRST_OF_KEYLESS = _FIRST_AT.where(Job.client.is_(None))
+_FIRST_OF_OWNER = _FIRST_AT.where(Job.client == bindparam("owner"))
+
+
+def _fair_head(conn: Connection, head: Row[Any], params: dict[str, Any]) -> Row[Any]:
+    """The first ready job of the owner served least recently among those with queued
+    jobs at `head`'s priority (those never served before all); `head` itself when its
+    owner is alone there."""
+    at = {**params, "priority": head.priority}
+    owners = [row.client for row in conn.execute(_OWNERS_AT, at)]
+    keyless = _KEYLESS_AT.get(conn.dialect.name, _KEYLESS_AT[""])
+    if conn.execute(keyless, at).first() is not None:
+        owners.append("")
+    if len(owners) < 2:
+        return head
+    served = dict(conn.execute(_SERVED, {"owners": owners}).all())
+
+    def first(owner: str) -> Row[Any] | None:
+        if owner == "":
+            return conn.execute(_FIRST_OF_KEYLESS, at).first()
+        return conn.execute(_FIRST_OF_OWNER, {**at, "owner": owner}).first()
+
+    never = sorted(o for o in owners if o not in served)  # new owners: before all, by name
+    for owner in never + sorted(set(owners) - set(never), key=lambda o: served[o]):
+        found = first(owner)  # None: its jobs are not due yet (not_before)
+        if found is not None:
+            return found
+    return head
+
+
+_UPSERT_SERVED: dict[str, Any] = {}  # by dialect: built once, then from the cache
+
+
+def _note_served(conn: Connection, rows: list[Row[Any]], now: datetime) -> None:
+    """The owners of the jobs just taken were served now (batched along counts too)."""
+    owners = sorted({row.client or "" for row in rows})
+    if not owners:
+        return
+    dialect = conn.dialect.name
+    if dialect not in _UPSERT_SERVED:
+        insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
+        statement = insert(Served).values(owner=bindparam("who"), last_served_at=_when("at"))
+        _UPSERT_SERVED[dialect] = statement.on_conflict_do_update(
+            index_elements=[Served.owner],
+            set_={"last_served_at": statement.excluded.last_served_at},
+        )
+    conn.execute(_UPSERT_SERVED[dialect], [{"who": o, "at": now} for o in owners])
 
 
 def _preferred_head(*, default_too: bool) -> Any:
@@ -232,6 +328,7 @@ class Leasing(StoreBase):
         prefer_default: bool = False,
         switch_for_jobs_queued_before: datetime | None = None,
         images_for: Callable[[JobSpec], int] | None = None,
+        fair: bool = True,
         now: datetime | None = None,
     ) -> list[JobRecord]:
         """Atomically take the next job and the queued jobs that can share its pipeline
@@ -239,7 +336,10 @@ class Leasing(StoreBase):
         `images_for(the next job's spec)` says fewer fit its model and size (a first job
         with more images than that is taken alone).
 
-        The next job is the queue's head, unless jobs for a resident model
+        The next job is the queue's head, or, when several owners (API keys) have jobs
+        at the head's priority, the first job of the owner served least recently (fair
+        share: one owner's thousand jobs delay another's one by at most a call); then,
+        unless it is for a resident model, when jobs for a resident model
         (`prefer_models`, and jobs naming no model when `prefer_default`) wait at the
         same priority: then one of those, so the runner need not switch models, except
         when the head was queued before `switch_for_jobs_queued_before` (the runner's
@@ -258,6 +358,9 @@ class Leasing(StoreBase):
             head = conn.execute(_HEAD, params).first()
             if head is None:
                 return []
+            first = head
+            if fair:  # (off: strict queue order, the benchmarks' baseline)
+                head = _fair_head(conn, head, params)
             resident = head.model in models or (prefer_default and head.model is None)
             patient = (
                 switch_for_jobs_queued_before is None
@@ -269,23 +372,32 @@ class Leasing(StoreBase):
                     {**params, "models": models, "priority": head.priority},
                 ).first()
                 head = preferred or head
-            if head.batch_key is None:
-                return list(conn.execute(_CLAIM_ONE, {**params, "head": head.seq}))
             budget = max_images
-            if images_for is not None:
+            if head.batch_key is not None and images_for is not None:
                 budget = max(1, min(budget, images_for(JobSpec.from_dict(head.spec))))
-            return list(
-                conn.execute(
-                    _CLAIM_COMPATIBLE,
-                    {
-                        **params,
-                        "key": head.batch_key,
-                        "head": head.seq,
-                        "budget": budget,
-                        "limit": max(budget, 1),
-                    },
+            if head.batch_key is None or head.seq != first.seq:
+                # Alone, or chosen from behind its batch mates (fair share, a resident
+                # model): the head first, then the mates that fit what is left.
+                taken = list(conn.execute(_CLAIM_ONE, {**params, "head": head.seq}))
+                left = budget - head.images
+                if head.batch_key is not None and left > 0:
+                    mates = {"key": head.batch_key, "head": -1, "budget": left, "limit": left}
+                    taken += conn.execute(_CLAIM_COMPATIBLE, {**params, **mates}).all()
+            else:
+                taken = list(
+                    conn.execute(
+                        _CLAIM_COMPATIBLE,
+                        {
+                            **params,
+                            "key": head.batch_key,
+                            "head": head.seq,
+                            "budget": budget,
+                            "limit": max(budget, 1),
+                        },
+                    )
                 )
-            )
+            _note_served(conn, taken, now)
+            return taken
 
         rows = self.db.write(work)
         rows.sort(key=lambda r: (-r.priority, r.seq))

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
 from alice_spool import errors
 from alice_spool.models import Job, JobStatus, Source
@@ -780,3 +781,52 @@ def test_a_lock_held_past_the_deadline_is_database_busy(
     finally:
         blocker.execute("ROLLBACK")
     assert store.counts()[JobStatus.QUEUED] == 0
+
+
+# -- fair share between owners (DESIGN section 13) ----------------------------------------
+
+
+def claim_one(store: Store) -> JobRecord:
+    (job,) = store.claim_compatible("runner-1", max_images=1, lease_s=60)
+    store.succeed(job.id, "runner-1", {"images": []})
+    return job
+
+
+def test_one_owners_long_queue_delays_anothers_job_by_at_most_one_claim(
+    store: Store, make_spec: Spec
+) -> None:
+    a = [store.enqueue(make_spec(f"a{i}", seed=i), source="api", client="alice").job
+         for i in range(20)]  # fmt: skip
+    claim_one(store)  # alice's first, as the queue's head
+    b = store.enqueue(make_spec("b", seed=99), source="api", client="bob").job
+    taken = [claim_one(store).id for _ in range(2)]
+    assert b.id in taken  # bob's one job starts within the next two claims
+    assert taken[0] == b.id  # bob was never served: he goes first
+    assert taken[1] == a[1].id
+    rest = [claim_one(store).id for _ in range(18)]
+    assert rest == [job.id for job in a[2:]]  # alice's, in her own order
+    assert store.counts()[JobStatus.QUEUED] == 0
+
+
+def test_owners_take_turns_and_priority_still_comes_first(store: Store, make_spec: Spec) -> None:
+    for owner in ("alice", "bob", None):  # None: the inbox's and the CLI's jobs
+        for i in range(3):
+            store.enqueue(make_spec(f"{owner}-{i}", seed=i), source="api", client=owner)
+    urgent = store.enqueue(make_spec("urgent", priority=10), source="api", client="alice").job
+    assert claim_one(store).id == urgent.id  # priority first, whoever's it is
+    order = [claim_one(store).client for _ in range(9)]
+    # Never served before all (by name: "" is no key's), then the least recently served:
+    # alice, served last (the urgent one), comes after them.
+    assert order[:3] == [None, "bob", "alice"]
+    assert order[3:6] == [None, "bob", "alice"] and order[6:] == [None, "bob", "alice"]
+
+
+def test_compatible_jobs_of_different_owners_still_share_a_call(
+    store: Store, make_spec: Spec
+) -> None:
+    jobs = [store.enqueue(make_spec(f"p{i}", seed=i), source="api", client=owner).job
+            for i, owner in enumerate(["alice", "bob", "carol", "alice"])]  # fmt: skip
+    taken = store.claim_compatible("runner-1", max_images=8, lease_s=60)
+    assert sorted(j.id for j in taken) == sorted(j.id for j in jobs)  # one call for all
+    served = dict(store.db.read(lambda c: c.execute(text("SELECT owner, 1 FROM served")).all()))
+    assert set(served) == {"alice", "bob", "carol"}  # each owner batched along was served
