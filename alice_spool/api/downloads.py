@@ -273,9 +273,10 @@ def alice_task(download: DownloadRecord) -> dict[str, Any]:
 
 
 def _alice_body(body: Any, fields: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
-    body = require_object(body)
+    body = dict(require_object(body))
     for key, kinds in fields.items():
-        typed(body, key, kinds)
+        if (value := typed(body, key, kinds)) is not None:
+            body[key] = value  # 20.0 as 20
     return body
 
 

@@ -169,9 +169,11 @@ def require_object(data: Any) -> dict[str, Any]:
 
 def typed(body: dict[str, Any], key: str, kinds: type | tuple[type, ...]) -> Any:
     """`body[key]` if it is absent, null or of one of `kinds` (a JSON true is not an
-    integer); else 400 naming the field."""
+    integer, 3.0 is); else 400 naming the field."""
     value = body.get(key)
     allowed = kinds if isinstance(kinds, tuple) else (kinds,)
+    if int in allowed and isinstance(value, float) and value.is_integer():
+        return int(value)  # 3.0 is an integer to JSON Schema, and to us
     if value is not None and (
         not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
     ):

@@ -538,6 +538,11 @@ _CREATES = {
     ("POST", "/v1/models/download/huggingface"),
     ("POST", "/v1/models/download/url"),
 }
+_MAKES = {  # 201: a key or an invite code, in this answer only
+    ("POST", "/v1/auth/keys/generate"),
+    ("POST", "/v1/auth/register"),
+    ("POST", "/v1/auth/invites"),
+}
 _WAITS = {
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/images/generations"),
@@ -552,6 +557,8 @@ def _responses(path: str, method: str, has_body: bool, needs_key: bool) -> dict[
     answers: dict[str, Any] = {"200": {"description": "OK"}}
     if (method, path) in _CREATES:
         answers["202"] = {"description": "Queued"}
+    if (method, path) in _MAKES:
+        answers["201"] = {"description": "Made (a key or code shown this once)"}
     errors = {"421": "not this server's host name (server.allowed_hosts)"}
     if path.startswith("/v1/") or (method, path) in _QUERY:
         errors["400"] = "invalid parameters"
