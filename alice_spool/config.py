@@ -55,10 +55,18 @@ class ServerSettings:
     trusted_proxies: list[str] = field(default_factory=list)
     allowed_hosts: list[str] = field(default_factory=list)
     registration: str = "disabled"  # POST /v1/auth/register: disabled | invite | open
+    session_idle_s: float = 900.0  # a web session unused this long ends
+    session_max_s: float = 86400.0  # and any ends this long after its login
     api_keys: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check(bool(self.host.strip()), "server.host", "must not be empty")
+        _check(self.session_idle_s > 0, "server.session_idle_s", "must be positive")
+        _check(
+            self.session_max_s >= self.session_idle_s,
+            "server.session_max_s",
+            "must be at least server.session_idle_s",
+        )
         _check(
             self.registration in ("disabled", "invite", "open"),
             "server.registration",

@@ -322,6 +322,21 @@ class Invite(Base):
     __table_args__ = (CheckConstraint("uses_left >= 0", name="uses_left"),)
 
 
+class WebSession(Base):
+    """A web session (DESIGN section 13): its cookie holds a random id, of which only
+    the SHA-256 is kept, never the key that opened it."""
+
+    __tablename__ = "sessions"
+
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))  # the key's name
+    role: Mapped[str] = mapped_column(String(8))
+    key_id: Mapped[str | None] = mapped_column(String(32))  # None: a configured key
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())  # the absolute end
+
+
 def include_in_comparison(obj: Any, name: str | None, type_: str, *_: Any) -> bool:
     """Alembic's `include_object` hook for autogenerate and `alembic check`."""
     return not (type_ == "index" and name in UNREFLECTABLE_INDEXES)

@@ -179,6 +179,8 @@ def routes() -> list[Any]:
         Route("/v1/auth/keys/{key_id:spool_id}/revoke", auth.revoke_key, methods=["POST"]),
         Route("/v1/auth/keys/{key_id:spool_id}", auth.delete_key, methods=["DELETE"]),
         Route("/v1/auth/me", auth.me, methods=["GET"]),
+        Route("/v1/auth/login", auth.login, methods=["POST"]),
+        Route("/v1/auth/logout", auth.logout, methods=["POST"]),
         Route("/v1/auth/registration-mode", auth.registration_mode, methods=["GET"]),
         Route("/v1/auth/register", auth.register, methods=["POST"]),
         Route("/v1/auth/invites", auth.create_invite, methods=["POST"]),
@@ -204,7 +206,7 @@ def create_app(
         settings=settings,
         store=store,
         registry=registry or ModelRegistry(settings.paths.models),
-        keys=Keys(server.api_keys, store),
+        keys=Keys(server.api_keys, store, session_idle_s=server.session_idle_s),
         limiter=RateLimiter(server.rate_limit_per_minute),
         streams=StreamSlots(server.max_streams_per_client),
         # a minute's worth at once (a person mistyping a key never notices), then slowly

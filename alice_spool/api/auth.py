@@ -17,7 +17,7 @@ from .. import errors
 from ..records import KeyRecord
 from ..store import utcnow
 from .context import Api, principal_of, route
-from .http import require_object, typed
+from .http import SESSION_COOKIE, require_object, typed
 
 MAX_INVITE_HOURS = 24 * 365
 
@@ -160,3 +160,59 @@ async def delete_invite(request: Request, api: Api, client: str | None) -> Respo
     """By the invite's id or its code."""
     found = await run_in_threadpool(api.store.delete_invite, request.path_params["code"])
     return JSONResponse({"success": True, "id": found.id})
+
+
+@route(auth=False)
+async def login(request: Request, api: Api, client: str | None) -> Response:
+    """`{"key"}` -> a web session: an HttpOnly, SameSite=Strict cookie (Secure behind
+    HTTPS) holding a random session id, never the key; it ends at logout, after
+    `server.session_idle_s` unused, or `server.session_max_s` after this login. A wrong
+    key counts against the address as it does anywhere."""
+    address = api.client_address(request)
+    api.auth_failures.check(address, spend=False)
+    body = require_object(await api.read_body(request))
+    key = typed(body, "key", str)
+    if not key:
+        raise errors.InvalidParameters("key is required", field="key")
+    if not await run_in_threadpool(lambda: api.keys.required):
+        raise errors.InvalidParameters("this server has no API keys: there is nothing to log in to")
+    try:
+        principal = await run_in_threadpool(api.keys.principal, key)
+    except errors.Unauthorized:
+        api.auth_failures.check(address)
+        raise
+    server = api.settings.server
+    session = await run_in_threadpool(
+        lambda: api.store.open_session(
+            principal.name, principal.role, principal.key_id, max_s=server.session_max_s
+        )
+    )
+    answer = JSONResponse(
+        {
+            "authenticated": True,
+            "name": principal.name,
+            "access_level": principal.role,
+            "is_admin": principal.admin,
+            "expires_in_s": server.session_max_s,
+        }
+    )
+    answer.set_cookie(
+        SESSION_COOKIE,
+        session,
+        max_age=int(server.session_max_s),
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=api.base_url(request).startswith("https://"),
+    )
+    return answer
+
+
+@route(auth=False)
+async def logout(request: Request, api: Api, client: str | None) -> Response:
+    """End this browser's session (its cookie cleared)."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    ended = bool(cookie) and await run_in_threadpool(api.store.close_session, cookie or "")
+    answer = JSONResponse({"success": True, "ended": ended})
+    answer.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return answer

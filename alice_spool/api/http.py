@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -181,6 +182,9 @@ def typed(body: dict[str, Any], key: str, kinds: type | tuple[type, ...]) -> Any
     return value
 
 
+SESSION_COOKIE = "alice_session"
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who a request is: a key's name and role (a configured key is an admin's)."""
@@ -205,8 +209,10 @@ class Keys:
         store: Store | None = None,
         *,
         recheck_s: float = 2.0,
+        session_idle_s: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.session_idle_s = session_idle_s
         self._keys = [(name, key.encode()) for name, key in keys.items()]
         self.store = store
         self.recheck_s = recheck_s
@@ -244,8 +250,27 @@ class Keys:
                 )
             given = token.strip()
         if not given:
+            cookie = request.cookies.get(SESSION_COOKIE)
+            if cookie and self.store is not None:
+                return self._from_session(request, cookie)
             raise errors.Unauthorized("an API key is required (Authorization: Bearer or X-Api-Key)")
         return self.principal(given)
+
+    def _from_session(self, request: Request, cookie: str) -> Principal:
+        """A web session's principal. A change it asks for must come from this server's
+        own pages: an `Origin` (or, without one, a `Referer`) of this very host."""
+        assert self.store is not None
+        found = self.store.session(cookie, idle_s=self.session_idle_s)
+        if found is None:
+            raise errors.Unauthorized("the session has ended: log in again")
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            source = request.headers.get("origin") or request.headers.get("referer") or ""
+            host = request.headers.get("host", "").lower()
+            if not source or urlsplit(source).netloc.lower() != host:
+                raise errors.CrossOriginRefused(
+                    "a change asked with a session cookie must come from this server's pages"
+                )
+        return Principal(found.name, found.role, found.key_id)
 
     def principal(self, given: str) -> Principal:
         """Whose key `given` is; 401 if nobody's (or revoked)."""

@@ -352,6 +352,11 @@ def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
                 "invite_code": {"type": "string"},
             },
         },
+        "/v1/auth/login": {
+            "type": "object",
+            "required": ["key"],
+            "properties": {"key": {"type": "string", "minLength": 1}},
+        },
         "/v1/auth/invites": {
             "type": "object",
             "properties": {
@@ -424,6 +429,7 @@ _EXAMPLES: dict[str, Any] = {
     "/v1/auth/keys/generate": {"name": "alice", "isAdmin": False},
     "/v1/auth/register": {"name": "bob", "invite_code": "the code an admin gave you"},
     "/v1/auth/invites": {"uses": 1, "expiresHours": 168},
+    "/v1/auth/login": {"key": "sd-..."},
     "/v1/models/search/civitai": {"query": "", "types": ["LORA"], "sort": "Highest Rated"},
     "/v1/models/search/huggingface": {"query": "stable diffusion", "sort": "downloads"},
     "/v1/models/download/civitai": {"modelId": 4201, "versionId": 130072},
@@ -436,6 +442,8 @@ _OPEN = (
     "/openapi.json",
     "/v1/auth/registration-mode",
     "/v1/auth/register",
+    "/v1/auth/login",
+    "/v1/auth/logout",
 )
 _UI = ("/", "/docs")  # pages for people (the web UI, the API page), not API routes
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
 from .. import errors
-from ..models import ROLES, ApiKey, Invite
+from ..models import ROLES, ApiKey, Invite, WebSession
 from ..records import InviteRecord, KeyRecord
 from ._base import StoreBase, new_id, utcnow
 
@@ -193,6 +194,81 @@ class Keys(StoreBase):
             return _insert_key(conn, name, "user", None, by, now)
 
         return self.db.write_once_more_on_conflict(work)
+
+    # -- web sessions ----------------------------------------------------------------------
+
+    def open_session(
+        self,
+        name: str,
+        role: str,
+        key_id: str | None,
+        *,
+        max_s: float,
+        now: datetime | None = None,
+    ) -> str:
+        """A new session for a key that was just checked; returns its id (the cookie's
+        value, shown this once: only its SHA-256 is kept)."""
+        now = now or utcnow()
+        secret = secrets.token_urlsafe(32)
+        values = {
+            "id_sha256": digest(secret),
+            "name": name,
+            "role": role,
+            "key_id": key_id,
+            "created_at": now,
+            "last_seen_at": now,
+            "expires_at": now + timedelta(seconds=max_s),
+        }
+        self.db.write(lambda conn: conn.execute(insert(WebSession).values(**values)))
+        return secret
+
+    def session(
+        self, secret: str, *, idle_s: float, now: datetime | None = None
+    ) -> SessionRecord | None:
+        """The live session with this id, its last use noted; None if there is none, it
+        passed its absolute end or sat idle for `idle_s` (then it is removed), or its
+        key was revoked or deleted since."""
+        now = now or utcnow()
+        key = digest(secret)
+
+        def work(conn: Connection) -> SessionRecord | None:
+            found = conn.execute(
+                select(*WebSession.__table__.columns).where(WebSession.id_sha256 == key)
+            ).first()
+            if found is None:
+                return None
+            alive = found.expires_at > now and found.last_seen_at > now - timedelta(seconds=idle_s)
+            if alive and found.key_id is not None:
+                alive = (
+                    conn.execute(
+                        select(ApiKey.id).where(
+                            ApiKey.id == found.key_id, ApiKey.revoked_at.is_(None)
+                        )
+                    ).first()
+                    is not None
+                )
+            if not alive:
+                conn.execute(delete(WebSession).where(WebSession.id_sha256 == key))
+                return None
+            conn.execute(
+                update(WebSession).where(WebSession.id_sha256 == key).values(last_seen_at=now)
+            )
+            return SessionRecord(found.name, found.role, found.key_id, found.expires_at)
+
+        return self.db.write(work)
+
+    def close_session(self, secret: str) -> bool:
+        """End a session (logout); whether there was one."""
+        statement = delete(WebSession).where(WebSession.id_sha256 == digest(secret))
+        return bool(self.db.write(lambda conn: conn.execute(statement).rowcount))
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    name: str
+    role: str
+    key_id: str | None
+    expires_at: datetime
 
 
 def _check_name(name: Any) -> None:

@@ -36,6 +36,7 @@ import pytest
 import sqlalchemy
 import uvicorn
 from PIL import Image
+from sqlalchemy import text as sa_text
 
 from alice_spool import migrate
 from alice_spool.api import create_app
@@ -1553,6 +1554,43 @@ def test_registration_is_off_by_default_and_invites_are_used_up(
     opened = make_bare(**{"server.registration": "open"})
     free = httpx.post(opened.url + "/v1/auth/register", json={"name": "walk-in"})
     assert free.status_code == 201 and free.json()["info"]["role"] == "user"
+
+
+def test_a_web_login_sets_a_session_cookie_that_is_never_the_key(
+    make_bare: Callable[..., Bare],
+) -> None:
+    bare = make_bare()
+    url = bare.url
+    assert httpx.post(url + "/v1/auth/login", json={"key": "x"}).status_code == 400  # no keys
+    _, root = bare.store.add_key("root", role="admin")
+    wait_until(lambda: httpx.get(url + "/v1/jobs").status_code == 401, timeout=5)
+    wrong = httpx.post(url + "/v1/auth/login", json={"key": "sd-wrong"})
+    assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+    with httpx.Client(base_url=url, timeout=30) as browser:
+        logged = browser.post("/v1/auth/login", json={"key": root})
+        assert logged.status_code == 200, logged.text
+        cookie = logged.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+        value = browser.cookies["alice_session"]
+        assert value and value != root and root not in cookie
+        assert "Secure" not in cookie  # plain http here; behind HTTPS it is Secure
+        me = browser.get("/v1/auth/me").json()
+        assert (me["authenticated"], me["name"], me["is_admin"]) == (True, "root", True)
+        assert browser.get("/v1/jobs").status_code == 200
+        body = {"prompt": "from the browser"}
+        bare_post = browser.post("/v1/jobs", json=body)  # no Origin, no Referer: refused
+        assert bare_post.status_code == 403, bare_post.text
+        assert bare_post.json()["error"]["code"] == "cross_origin_refused"
+        elsewhere = browser.post("/v1/jobs", json=body, headers={"Origin": "https://evil.example"})
+        assert elsewhere.status_code == 403
+        ours = browser.post("/v1/jobs", json=body, headers={"Origin": url})
+        assert ours.status_code == 202, ours.text
+        assert bare.store.get(ours.json()["id"]).client == "root"
+        assert browser.post("/v1/auth/logout", headers={"Origin": url}).json()["ended"] is True
+        browser.cookies.set("alice_session", value)  # the old cookie, kept by hand
+        assert browser.get("/v1/auth/me").status_code == 401
+    stored = bare.store.db.read(lambda c: c.execute(sa_text("SELECT * FROM sessions")).all())
+    assert stored == []  # logged out: gone
 
 
 def test_priority_default_model_and_stats(make_bare: Callable[..., Bare]) -> None:

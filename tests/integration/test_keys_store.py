@@ -97,3 +97,28 @@ def test_an_expired_invite_is_refused_and_invites_are_deleted_by_id_or_code(
     with pytest.raises(errors.InviteNotFound):
         store.delete_invite(code)
     assert store.list_invites() == [] and store.list_keys() == []
+
+
+def test_a_session_ends_when_idle_at_its_absolute_end_or_when_its_key_is_revoked(
+    store: Store,
+) -> None:
+    record, _ = store.add_key("web")
+    start = utcnow()
+    cookie = store.open_session("web", "user", record.id, max_s=60, now=start)
+    rows = store.db.read(lambda c: c.execute(text("SELECT * FROM sessions")).mappings().all())
+    assert [r["id_sha256"] for r in rows] == [hashlib.sha256(cookie.encode()).hexdigest()]
+    at = start
+    for _ in range(5):  # used every 9 s: never idle 10 s, alive until its absolute end
+        at += timedelta(seconds=9)
+        found = store.session(cookie, idle_s=10, now=at)
+        assert found is not None and (found.name, found.role) == ("web", "user")
+    assert store.session(cookie, idle_s=10, now=start + timedelta(seconds=61)) is None
+    assert store.session(cookie, idle_s=10, now=at) is None  # removed, not just refused
+    idle = store.open_session("web", "user", record.id, max_s=60, now=start)
+    assert store.session(idle, idle_s=10, now=start + timedelta(seconds=11)) is None
+    revoked = store.open_session("web", "user", record.id, max_s=60)
+    store.revoke_key("web")
+    assert store.session(revoked, idle_s=10) is None
+    closing = store.open_session("root", "admin", None, max_s=60)  # a configured key's
+    assert store.close_session(closing) and not store.close_session(closing)
+    assert store.session(closing, idle_s=10) is None
