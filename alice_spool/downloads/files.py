@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..durable import fsync_path
 from ..errors import DownloadFailed, InsufficientStorage, ModelExists, UnsafeFormat
+from ..loras import LORAS_DIR
 from ..safetensors_file import read_safetensors_header
 
 STAGING_DIR = ".downloads"
@@ -31,6 +32,19 @@ def safe_name(name: str, *, fallback: str = "model") -> str:
 
 def staging_dir(models_dir: Path, download_id: str) -> Path:
     return Path(models_dir) / STAGING_DIR / download_id
+
+
+def check_name_free(models_dir: Path, kind: str | None, name: str) -> None:
+    """`model_exists` if a model of `kind` named `name` would meet an installed one: a
+    LoRA its `loras/<name>.safetensors`; a checkpoint or a diffusers model the model
+    `sd/<name>`, as a folder or a single file alike (either is that id)."""
+    models_dir = Path(models_dir)
+    if kind == "lora":
+        taken = [models_dir / LORAS_DIR / f"{name}.safetensors"]
+    else:
+        taken = [models_dir / name, models_dir / f"{name}.safetensors"]
+    if any(path.exists() for path in taken):
+        raise ModelExists(f"a model named {name} is already installed", field="name")
 
 
 def check_room(directory: Path, still_to_come: int) -> None:

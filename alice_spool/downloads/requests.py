@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import urls
-from ..errors import InvalidParameters, ModelExists
-from ..loras import LORAS_DIR
+from ..errors import InvalidParameters
 from . import files
 
 _REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
@@ -42,18 +41,8 @@ class DownloadRequest:
     def check_name_free(self, models_dir: Path) -> None:
         """`model_exists` now if the name it will install as is taken (where it is known
         before the source is asked)."""
-        name = self.name
-        if name is None:
-            return
-        models_dir = Path(models_dir)
-        taken = (
-            [models_dir / LORAS_DIR / f"{name}.safetensors"]
-            if self.kind == "lora"
-            else [models_dir / name, models_dir / f"{name}.safetensors"]
-        )
-        for path in taken:
-            if path.exists():
-                raise ModelExists(f"a model named {name} is already installed", field="name")
+        if self.name is not None:
+            files.check_name_free(models_dir, self.kind, self.name)
 
 
 def parse(body: dict[str, Any], *, allow_private_urls: bool) -> DownloadRequest:
