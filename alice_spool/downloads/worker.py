@@ -50,6 +50,18 @@ def staged(staging: Path, path: str) -> tuple[Path, Path, Path]:
     return landing, meta.with_name(meta.name + ".validator"), meta.with_name(meta.name + ".ok")
 
 
+def _verified_before(verified: Path, path: Path) -> Fetched | None:
+    """The file as it was verified before a restart, if its mark says so and the file
+    still has that size; None (fetch it again) for anything else."""
+    try:
+        kept = json.loads(verified.read_text())
+        if path.stat().st_size == kept["size"]:
+            return Fetched(path, int(kept["size"]), str(kept["sha256"]), str(kept["name"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
 class Released(Exception):
     """The worker is stopping: the download goes back in the queue, its bytes kept."""
 
@@ -137,6 +149,8 @@ class DownloadWorker:
             access = self.sources.access(download.source)
             installed = self._installed_already(plan)
             if installed is None:
+                if plan.name and plan.kind:  # refused before anything is fetched
+                    files.check_name_free(self.models_dir, plan.kind, plan.name)
                 fetched = self._retrying(
                     download, lambda: self._fetch_all(download, plan, access, staging)
                 )
@@ -184,18 +198,12 @@ class DownloadWorker:
 
     def _plan(self, download: DownloadRecord) -> Plan:
         """The plan kept in the row (a resumed download fetches what it began), else the
-        source's, kept now. A name already installed fails here, before any fetching,
-        unless it is this download's own, complete (an earlier attempt installed it and
-        died before its row said so)."""
+        source's, kept now."""
         kept = download.reference.get("plan")
         if kept is not None:
             return Plan.from_dict(kept)
         reference = {k: v for k, v in download.reference.items() if k != "plan"}
         plan = self.sources.plan(download.source, reference, download.kind, download.name)
-        if plan.name and plan.kind and self._installed_already(plan) is None:
-            target, _ = self._target(plan.kind, plan.name, ".safetensors")
-            if target.exists() or (self.models_dir / plan.name).exists():
-                raise ModelExists(f"a model named {plan.name} is already installed")
         self.store.plan_download(
             download.id,
             self.options.owner,
@@ -228,10 +236,9 @@ class DownloadWorker:
         total: int | None,
     ) -> Fetched:
         path, validator, verified = staged(staging, remote.path)
-        if verified.exists() and path.exists():  # fetched and verified before a restart
-            kept = json.loads(verified.read_text())
-            if path.stat().st_size == kept["size"]:
-                return Fetched(path, kept["size"], kept["sha256"], kept["name"])
+        kept = _verified_before(verified, path)  # fetched and verified before a restart
+        if kept is not None:
+            return kept
         reported = [time.monotonic(), before + (path.stat().st_size if path.exists() else 0)]
 
         def progress(done: int, size: int | None) -> bool:
@@ -262,7 +269,9 @@ class DownloadWorker:
             path.unlink(missing_ok=True)  # not these bytes again
             raise
         verified.parent.mkdir(parents=True, exist_ok=True)
-        verified.write_text(json.dumps({"name": got.name, "size": got.size, "sha256": got.sha256}))
+        marking = verified.with_name(verified.name + ".tmp")  # whole or not at all
+        marking.write_text(json.dumps({"name": got.name, "size": got.size, "sha256": got.sha256}))
+        os.replace(marking, verified)
         return got
 
     @staticmethod
@@ -323,8 +332,8 @@ class DownloadWorker:
         if kind not in ("lora", "checkpoint"):
             raise DownloadFailed(f"one file is not a {kind} model")
         target, model = self._target(kind, stem, suffix)
-        if (self.models_dir / stem).exists() and kind == "checkpoint":
-            raise ModelExists(f"a model named {stem} is already installed")
+        if kind == "checkpoint" and (self.models_dir / stem).is_dir():
+            raise ModelExists(f"a model named {stem} is already installed")  # sd/<stem> too
         try:
             files.install(got.path, target)
         except ModelExists:
@@ -344,8 +353,7 @@ class DownloadWorker:
         if not (folder / "model_index.json").is_file():
             raise DownloadFailed("the repository gave no model_index.json")
         target, model = self._target("diffusers", plan.name, "")
-        if target.exists() or (self.models_dir / f"{plan.name}.safetensors").exists():
-            raise ModelExists(f"a model named {plan.name} is already installed")
+        files.check_name_free(self.models_dir, "diffusers", plan.name)  # a file is sd/<name> too
         files.install_folder(folder, target)
         return model
 
