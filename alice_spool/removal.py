@@ -28,9 +28,13 @@ def find_model(registry: ModelRegistry, model_id: str) -> ModelInfo:
     raise ModelNotFound(f"model {wanted} is not installed", model=wanted)
 
 
-def _remove(path: Path) -> None:
+def _move_aside(path: Path) -> Path:
     aside = path.with_name(f"{ASIDE}{secrets.token_hex(4)}-{path.name}")
     os.rename(path, aside)  # gone from the registry at once, whole
+    return aside
+
+
+def _remove(aside: Path) -> None:
     if aside.is_dir():
         shutil.rmtree(aside, ignore_errors=True)
     else:
@@ -40,11 +44,14 @@ def _remove(path: Path) -> None:
 def delete_model(
     registry: ModelRegistry, store: Store, model_id: str
 ) -> tuple[ModelInfo, list[str]]:
-    """Delete an installed model; returns it and the ids of the queued jobs that failed."""
+    """Delete an installed model; returns it and the ids of the queued jobs that failed.
+    The files go first: a failed rename fails no job, and a crash after it leaves jobs
+    that fail `model_not_found` when a runner takes them, as for any missing model."""
     model = find_model(registry, model_id)
+    aside = _move_aside(model.path)
     error = ModelNotFound(f"model {model.id} was deleted", model=model.id)
     failed = store.fail_queued_for_model(model.id, error)
-    _remove(model.path)
+    _remove(aside)
     if registry.chosen_default() == model.id:
         registry.default_file.unlink(missing_ok=True)
     registry.scan(force=True)
@@ -56,6 +63,6 @@ def delete_lora(registry: ModelRegistry, lora_id: str) -> LoraInfo:
     wanted = lora_id if lora_id.startswith("lora/") else f"lora/{lora_id}"
     for lora in registry.loras.scan():
         if lora.id == wanted:
-            _remove(lora.path)
+            _remove(_move_aside(lora.path))
             return lora
     raise LoraNotFound(f"LoRA {wanted} is not installed", lora=wanted)
