@@ -20,7 +20,7 @@ from ..records import InviteRecord, KeyRecord
 from ._base import StoreBase, new_id, utcnow
 
 KEY_PREFIX = "sd-"  # as ALICE's keys
-TOUCH_EVERY = timedelta(minutes=1)
+TOUCH_EVERY = timedelta(minutes=1)  # a key's or a session's last use: written this often
 _KEY_COLUMNS = tuple(c for c in ApiKey.__table__.columns if c.name != "key_sha256")
 _INVITE_COLUMNS = tuple(c for c in Invite.__table__.columns if c.name != "code_sha256")
 
@@ -225,37 +225,33 @@ class Keys(StoreBase):
     def session(
         self, secret: str, *, idle_s: float, now: datetime | None = None
     ) -> SessionRecord | None:
-        """The live session with this id, its last use noted; None if there is none, it
-        passed its absolute end or sat idle for `idle_s` (then it is removed), or its
-        key was revoked or deleted since."""
+        """The live session with this id; None if there is none, it passed its absolute
+        end or sat idle for `idle_s` (then it is removed), or its key was revoked or
+        deleted since. A read, but for noting its use at most once a minute (a web
+        page's every request must not be a write)."""
         now = now or utcnow()
         key = digest(secret)
-
-        def work(conn: Connection) -> SessionRecord | None:
-            found = conn.execute(
-                select(*WebSession.__table__.columns).where(WebSession.id_sha256 == key)
-            ).first()
-            if found is None:
-                return None
-            alive = found.expires_at > now and found.last_seen_at > now - timedelta(seconds=idle_s)
-            if alive and found.key_id is not None:
-                alive = (
-                    conn.execute(
-                        select(ApiKey.id).where(
-                            ApiKey.id == found.key_id, ApiKey.revoked_at.is_(None)
-                        )
-                    ).first()
-                    is not None
-                )
-            if not alive:
-                conn.execute(delete(WebSession).where(WebSession.id_sha256 == key))
-                return None
-            conn.execute(
+        query = (
+            select(*WebSession.__table__.columns, ApiKey.revoked_at, ApiKey.id.label("found_key"))
+            .outerjoin(ApiKey, ApiKey.id == WebSession.key_id)
+            .where(WebSession.id_sha256 == key)
+        )
+        found = self.db.read(lambda conn: conn.execute(query).first())
+        if found is None:
+            return None
+        key_gone = found.key_id is not None and (found.found_key is None or found.revoked_at)
+        idle = found.last_seen_at <= now - timedelta(seconds=idle_s)
+        if key_gone or idle or found.expires_at <= now:
+            self.close_session(secret)
+            return None
+        # Its use noted at most once a minute, and at least ten times within idle_s (so
+        # a session in use is never taken for an idle one).
+        if found.last_seen_at < now - min(TOUCH_EVERY, timedelta(seconds=idle_s / 10)):
+            statement = (
                 update(WebSession).where(WebSession.id_sha256 == key).values(last_seen_at=now)
             )
-            return SessionRecord(found.name, found.role, found.key_id, found.expires_at)
-
-        return self.db.write(work)
+            self.db.write(lambda conn: conn.execute(statement))
+        return SessionRecord(found.name, found.role, found.key_id, found.expires_at)
 
     def close_session(self, secret: str) -> bool:
         """End a session (logout); whether there was one."""
