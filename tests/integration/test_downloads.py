@@ -292,3 +292,17 @@ def test_worker_names_are_stable_per_host_and_never_shared_by_two_processes(
     assert again == ["host:download-0"]
     for fd in more + rest:
         os.close(fd)
+
+
+def test_a_torn_verified_mark_means_the_file_is_fetched_again(
+    store: Store, remote: Remote, models: Path, checkpoint_bytes: bytes
+) -> None:
+    made = queue(store, remote, "/base.safetensors")
+    part, _, verified = staged(files.staging_dir(models, made.id), PART)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(checkpoint_bytes[:1000])
+    verified.parent.mkdir(parents=True)
+    verified.write_text('{"name": "base.safet')  # cut off mid-write by a crash
+    done = worker(store, models).run_once()
+    assert done is not None and done.status is DownloadStatus.SUCCEEDED, done.error_message
+    assert (models / "base.safetensors").read_bytes() == checkpoint_bytes
