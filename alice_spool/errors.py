@@ -211,6 +211,12 @@ class JobNotFound(SpoolError):
     code = "not_found"
 
 
+class ImageNotFound(SpoolError):
+    """No such gallery image (or one the asker may not see: ids are not probeable)."""
+
+    code = "not_found"
+
+
 class BatchNotFound(SpoolError):
     """No such batch."""
 

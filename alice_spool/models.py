@@ -132,6 +132,9 @@ class Job(Base):
     images: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     # When retention deleted the job's outbox directory (its images are gone).
     images_expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Whose job it is (DESIGN section 13): the submitting key's `Principal.owner`; None
+    # for the admin's (the inbox's, the CLI's, an open server's).
+    owner: Mapped[str | None] = mapped_column(String(80))
 
     __table_args__ = (
         CheckConstraint(f"status IN ({_sql_list(JobStatus)})", name="status"),
@@ -156,7 +159,7 @@ class Job(Base):
         Index(
             "ix_jobs_fair",
             "priority",
-            "client",
+            "owner",
             "seq",
             "not_before",
             sqlite_where=_QUEUED_ONLY,
@@ -165,6 +168,14 @@ class Job(Base):
         _partial("uq_jobs_idempotency_key", "idempotency_key", unique=True),
         _partial("ix_jobs_batch_id", "batch_id"),
         _partial("ix_jobs_finished_at", "finished_at"),
+        # A user's own jobs, newest first (an admin's list reads them all).
+        Index(
+            "ix_jobs_owner",
+            "owner",
+            "seq",
+            sqlite_where=text("owner IS NOT NULL"),
+            postgresql_where=text("owner IS NOT NULL"),
+        ),
     )
 
 
@@ -207,8 +218,8 @@ class Counter(Base):
 
 
 class Served(Base):
-    """When the runners last took a job of each owner (the API key's name; "" for the
-    jobs of no key: the inbox's, the CLI's, an open server's): the claim serves the
+    """When the runners last took a job of each owner (`Job.owner`; "" for the admin's
+    jobs: the inbox's, the CLI's, an open server's): the claim serves the
     owner served least recently first, at equal priority (DESIGN section 13)."""
 
     __tablename__ = "served"
@@ -264,6 +275,7 @@ class Download(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(String(80))  # as a job's
 
     __table_args__ = (
         CheckConstraint(f"status IN ({_sql_list(DownloadStatus)})", name="status"),
@@ -340,3 +352,40 @@ class WebSession(Base):
 def include_in_comparison(obj: Any, name: str | None, type_: str, *_: Any) -> bool:
     """Alembic's `include_object` hook for autogenerate and `alembic check`."""
     return not (type_ == "index" and name in UNREFLECTABLE_INDEXES)
+
+
+class GalleryImage(Base):
+    """One image of a succeeded job in the gallery (DESIGN section 13), id
+    `<job id>-<index>`: written in the transaction that succeeds the job, gone when the
+    image is deleted or retention deletes its job's directory."""
+
+    __tablename__ = "gallery"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)  # the job's seq * 100 + index: the order
+    job_id: Mapped[str] = mapped_column(String(32))
+    index: Mapped[int] = mapped_column(Integer)
+    file: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str | None] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    prompt: Mapped[str] = mapped_column(Text)  # for `search`
+    model: Mapped[str | None] = mapped_column(String(255))
+    public_until: Mapped[datetime | None] = mapped_column(UTCDateTime())  # None: private
+
+    __table_args__ = (
+        Index("ix_gallery_seq", "seq"),
+        Index("ix_gallery_job_id", "job_id"),
+        Index("ix_gallery_owner_seq", "owner", "seq"),
+        _partial("ix_gallery_public_until", "public_until"),
+    )
+
+
+class GalleryTag(Base):
+    """A tag on a gallery image (lower case, at most 50 characters, 20 an image)."""
+
+    __tablename__ = "gallery_tags"
+
+    image_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(50), primary_key=True)
+
+    __table_args__ = (Index("ix_gallery_tags_tag", "tag"),)

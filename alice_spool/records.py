@@ -45,6 +45,7 @@ class JobRecord:
     error_code: str | None
     error_message: str | None
     images_expired_at: datetime | None = None
+    owner: str | None = None  # the key that asked for it; None: the admin's
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> JobRecord:
@@ -78,6 +79,7 @@ class JobRecord:
             error_code=m["error_code"],
             error_message=m["error_message"],
             images_expired_at=m.get("images_expired_at"),
+            owner=m.get("owner"),
         )
 
     @property
@@ -93,6 +95,7 @@ class JobRecord:
             "idempotency_key": self.idempotency_key,
             "source": self.source.value,
             "client": self.client,
+            "owner": self.owner,
             "priority": self.priority,
             "model": self.model,
             "created_at": _iso(self.created_at),
@@ -125,6 +128,7 @@ class NewJob:
     idempotency_key: str | None = None
     client: str | None = None
     job_id: str | None = None  # given when its inputs were stored under it first
+    owner: str | None = None  # the key that asked for it (`Principal.owner`)
 
 
 @dataclass(frozen=True)
@@ -252,6 +256,7 @@ class DownloadRecord:
     cancel_requested: bool
     error_code: str | None
     error_message: str | None
+    owner: str | None = None  # as a job's
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> DownloadRecord:
@@ -338,3 +343,78 @@ class InviteRecord:
             "expires_at": _iso(self.expires_at),
             "created_at": _iso(self.created_at),
         }
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    """One gallery image (DESIGN section 13), with what its job asked and made."""
+
+    id: str  # <job id>-<index>
+    job_id: str
+    index: int
+    file: str
+    owner: str | None
+    created_at: datetime
+    prompt: str
+    model: str | None
+    public_until: datetime | None
+    public: bool  # shared now (public_until is still ahead)
+    spec: dict[str, Any]
+    result: dict[str, Any]
+    tags: tuple[str, ...]
+
+    @classmethod
+    def from_row(cls, row: Row[Any], tags: Iterable[str], now: datetime) -> GalleryItem:
+        m = row._mapping
+        return cls(
+            id=m["id"],
+            job_id=m["job_id"],
+            index=m["index"],
+            file=m["file"],
+            owner=m["owner"],
+            created_at=m["created_at"],
+            prompt=m["prompt"],
+            model=m["model"],
+            public_until=m["public_until"],
+            public=m["public_until"] is not None and m["public_until"] > now,
+            spec=dict(m["spec"] or {}),
+            result=dict(m["result"] or {}),
+            tags=tuple(tags),
+        )
+
+    def to_alice(self, url: str, *, is_owner: bool) -> dict[str, Any]:
+        """ALICE's gallery item (camelCase)."""
+        spec, result = self.spec, self.result
+        made = next((i for i in result.get("images") or [] if i.get("file") == self.file), {})
+        loras = spec.get("loras") or []
+        return {
+            "id": self.id,
+            "filename": self.file,
+            "url": url,
+            "isPublic": self.public,
+            "createdAt": _iso(self.created_at),
+            "expiresAt": _iso(self.public_until) if self.public else None,
+            "isOwner": is_owner,
+            "prompt": self.prompt,
+            "negativePrompt": spec.get("negative_prompt"),
+            "model": self.model,
+            "steps": spec.get("steps"),
+            "guidanceScale": spec.get("guidance_scale"),
+            "width": made.get("width", spec.get("width")),
+            "height": made.get("height", spec.get("height")),
+            "seed": made.get("seed", spec.get("seed")),
+            "scheduler": spec.get("scheduler"),
+            "generationTime": (result.get("timings") or {}).get("generate_s"),
+            "loras": [lora.get("name") if isinstance(lora, dict) else lora for lora in loras],
+            "loraScales": [
+                lora.get("scale", 1.0) if isinstance(lora, dict) else 1.0 for lora in loras
+            ],
+            "tags": list(self.tags),
+            "jobId": self.job_id,
+        }
+
+
+@dataclass(frozen=True)
+class GalleryPage:
+    items: list[GalleryItem]
+    total: int  # every match, not only this page's

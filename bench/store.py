@@ -103,7 +103,7 @@ def measure(synchronous: str, args: argparse.Namespace, directory: Path) -> dict
         owners_store = fresh_store(directory, f"owners-{fair}-{synchronous}.db", synchronous)
         owners_store.enqueue_keyed(
             [NewJob(JobSpec(prompt=f"owner job {i}", steps=20, seed=i), f"o-{i}",
-                    f"owner-{i % args.owners}") for i in range(args.batch)],
+                    owner=f"owner-{i % args.owners}") for i in range(args.batch)],
             source="api",
         )  # fmt: skip
         waits: list[float] = []

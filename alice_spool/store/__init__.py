@@ -4,7 +4,7 @@ Each operation is one short transaction (`database.py` runs them) named after th
 life, and returns frozen records (`records.py`), never live ORM objects. The parts:
 `enqueue` (the doors' side), `leases` (the runner's side), `control` (the user's side)
 and `queries` (reading); `downloads` holds the model downloads' rows the same way,
-`keys` the API keys and invites.
+`keys` the API keys and invites, `gallery` the images of succeeded jobs.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ from .control import Control
 from .counters import Counters
 from .downloads import Downloads
 from .enqueue import Enqueueing
+from .gallery import Gallery
 from .keys import Keys
 from .leases import Leasing
 from .queries import Queries
 from .runners import Runners
 
 
-class Store(Enqueueing, Leasing, Control, Queries, Runners, Counters, Downloads, Keys):
-    """Every job-table operation, named after the job's life (and the downloads' and the
-    keys')."""
+class Store(Enqueueing, Leasing, Control, Queries, Runners, Counters, Downloads, Keys, Gallery):
+    """Every job-table operation, named after the job's life (and the downloads', the
+    keys' and the gallery's)."""
 
 
 __all__ = ["Store", "new_id", "utcnow"]

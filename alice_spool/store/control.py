@@ -20,6 +20,7 @@ from ..records import BatchCancelReport, JobRecord
 from ..spec import parse_priority
 from ._base import COLUMNS, StoreBase, chunks, get_job, utcnow
 from .counters import count_finished, count_records
+from .gallery import forget_jobs
 
 # What a retried job starts again with.
 _FRESH = {
@@ -192,6 +193,7 @@ class Control(StoreBase):
         now = now or utcnow()
 
         def work(conn: Connection) -> int:
+            forget_jobs(conn, ids)  # their gallery rows: the files are gone
             return sum(
                 conn.execute(
                     update(Job)
@@ -211,8 +213,10 @@ class Control(StoreBase):
         def work(conn: Connection) -> list[str]:
             if dry_run:
                 return list(conn.execute(select(Job.id).where(*finished_before)).scalars())
-            return list(
+            purged = list(
                 conn.execute(delete(Job).where(*finished_before).returning(Job.id)).scalars()
             )
+            forget_jobs(conn, purged)
+            return purged
 
         return self.db.write(work)

@@ -30,7 +30,7 @@ _TAKE = (
     update(Download)
     .values(
         status=DownloadStatus.DOWNLOADING,
-        lease_owner=bindparam("owner"),
+        lease_owner=bindparam("runner"),
         lease_expires_at=bindparam("until", type_=UTCDateTime()),
         started_at=bindparam("now", type_=UTCDateTime()),
         attempts=Download.attempts + 1,
@@ -82,9 +82,11 @@ class Downloads(StoreBase):
         kind: str | None = None,
         name: str | None = None,
         client: str | None = None,
+        owner: str | None = None,
         now: datetime | None = None,
     ) -> DownloadRecord:
-        """A new queued download (its reference never holds a token)."""
+        """A new queued download (its reference never holds a token), `owner`'s (the
+        key that asked; None: the admin's)."""
         if source not in DOWNLOAD_SOURCES:
             raise errors.InvalidParameters(
                 f"source must be one of {', '.join(DOWNLOAD_SOURCES)}", field="source"
@@ -102,6 +104,7 @@ class Downloads(StoreBase):
             "name": name,
             "status": DownloadStatus.QUEUED,
             "client": client,
+            "owner": owner,
             "bytes_done": 0,
             "created_at": now or utcnow(),
             "attempts": 0,
@@ -126,7 +129,7 @@ class Downloads(StoreBase):
         `downloading` under `owner`'s lease; None if there is none. Two workers never
         get the same one."""
         now = now or utcnow()
-        params = {"owner": owner, "until": now + timedelta(seconds=lease_s), "now": now}
+        params = {"runner": owner, "until": now + timedelta(seconds=lease_s), "now": now}
         statement = _CLAIM
         if download_id is not None:
             statement, params = _CLAIM_ONE, {**params, "download_id": download_id}
@@ -295,10 +298,16 @@ class Downloads(StoreBase):
         return self.db.read(lambda conn: _get(conn, download_id))
 
     def list_downloads(
-        self, *, statuses: list[DownloadStatus] | None = None, limit: int = 100
+        self,
+        *,
+        statuses: list[DownloadStatus] | None = None,
+        limit: int = 100,
+        owner: str | None = None,
     ) -> list[DownloadRecord]:
-        """Newest first."""
+        """Newest first; `owner`: only that owner's (None: everyone's)."""
         query = select(*_COLUMNS).order_by(Download.seq.desc()).limit(limit)
+        if owner is not None:
+            query = query.where(Download.owner == owner)
         if statuses:
             query = query.where(Download.status.in_([s.value for s in statuses]))
         rows = self.db.read(lambda conn: conn.execute(query).all())

@@ -39,7 +39,7 @@ _UNSET = dict.fromkeys(
 )
 _INSERT = insert(Job)
 _BY_KEY = select(*COLUMNS).where(Job.idempotency_key == bindparam("key"))
-_KEYS = select(Job.idempotency_key, Job.id, Job.batch_id, Job.request_hash).where(
+_KEYS = select(Job.idempotency_key, Job.id, Job.batch_id, Job.request_hash, Job.owner).where(
     Job.idempotency_key.in_(bindparam("keys", expanding=True))
 )
 
@@ -48,7 +48,7 @@ _KEYS = select(Job.idempotency_key, Job.id, Job.batch_id, Job.request_hash).wher
 _NEW_COLUMNS = (
     "id", "idempotency_key", "request_hash", "batch_id", "source", "client", "status",
     "priority", "not_before", "created_at", "attempts", "max_attempts", "cancel_requested",
-    "model", "spec", "batch_key", "images",
+    "model", "spec", "batch_key", "images", "owner",
 )  # fmt: skip
 _INSERT_NEW_KEY = (
     insert(Job)
@@ -68,6 +68,8 @@ def _earlier(conn: Connection, key: str, row: dict[str, Any]) -> Enqueued | None
     existing = conn.execute(_BY_KEY, {"key": key}).first()
     if existing is None:
         return None
+    if existing.owner != row["owner"]:  # another's job: not even its id is told
+        raise errors.IdempotencyConflict(f"idempotency key {key!r} is taken: choose another")
     if existing.request_hash != row["request_hash"]:
         raise errors.IdempotencyConflict(
             f"idempotency key {key!r} was already used for a different request (job {existing.id})",
@@ -113,6 +115,7 @@ class Enqueueing(StoreBase):
         not_before: datetime | None,
         now: datetime,
         job_id: str | None = None,
+        owner: str | None = None,
     ) -> dict[str, Any]:
         """The columns a new job sets; the others start out NULL (see `_UNSET`)."""
         # The request as asked, before any random seed, so that a repeat matches it; only
@@ -138,6 +141,7 @@ class Enqueueing(StoreBase):
             "spec": stored,
             "batch_key": spec.batch_digest(),
             "images": spec.n,
+            "owner": owner,
         }
 
     def _rows(
@@ -162,6 +166,7 @@ class Enqueueing(StoreBase):
                 not_before=None,
                 now=now,
                 job_id=item.job_id,
+                owner=item.owner,
             )
             for item in items
         ]
@@ -177,11 +182,13 @@ class Enqueueing(StoreBase):
         not_before: datetime | None = None,
         now: datetime | None = None,
         job_id: str | None = None,
+        owner: str | None = None,
     ) -> Enqueued:
         """Queue one job. With an idempotency key, a repeat of the same request returns
         the job made the first time; the same key with a different request is an error.
         `job_id`: the id to give it (one made by `new_job_id`, whose inputs were stored
-        under it first); a new one otherwise."""
+        under it first); a new one otherwise. `owner`: the key asking (None: the
+        admin's); another owner's key is a conflict that tells nothing of its job."""
         now = now or utcnow()
         row = self._row(
             spec,
@@ -193,6 +200,7 @@ class Enqueueing(StoreBase):
             not_before=not_before,
             now=now,
             job_id=job_id,
+            owner=owner,
         )
 
         if idempotency_key is None:
@@ -339,6 +347,12 @@ class Enqueueing(StoreBase):
             .scalars()
             .all()
         )
+        for row in rows:  # another owner's key: a conflict that tells nothing of its job
+            taken = existing.get(row["idempotency_key"])
+            if taken is not None and taken.owner != row["owner"]:
+                raise errors.IdempotencyConflict(
+                    f"id {row['idempotency_key']!r} is taken: choose another"
+                )
         same = (
             first.batch_id is not None
             and len(earlier) == len(rows)

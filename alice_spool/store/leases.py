@@ -35,6 +35,7 @@ from ..records import Heartbeat, JobRecord, OrphanReport
 from ..spec import JobSpec
 from ._base import COLUMNS, StoreBase, chunks, get_job, utcnow
 from .counters import count_finished, count_records
+from .gallery import add_images
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _ready() -> ColumnElement[bool]:
 
 _TAKE = {
     "status": JobStatus.RUNNING,
-    "lease_owner": bindparam("owner"),
+    "lease_owner": bindparam("runner"),
     "lease_expires_at": _when("until"),
     "started_at": _when("now"),
     "attempts": Job.attempts + 1,
@@ -95,15 +96,15 @@ _HEAD = (
 # many jobs each owner has queued.
 _OWNERS_AT = text(
     """
-    WITH RECURSIVE owners(client) AS (
-        SELECT min(client) FROM jobs WHERE status = 'queued' AND priority = :priority
+    WITH RECURSIVE owners(owner) AS (
+        SELECT min(owner) FROM jobs WHERE status = 'queued' AND priority = :priority
         UNION ALL
-        SELECT (SELECT min(j.client) FROM jobs AS j
+        SELECT (SELECT min(j.owner) FROM jobs AS j
                 WHERE j.status = 'queued' AND j.priority = :priority
-                AND j.client > owners.client)
-        FROM owners WHERE owners.client IS NOT NULL
+                AND j.owner > owners.owner)
+        FROM owners WHERE owners.owner IS NOT NULL
     )
-    SELECT client FROM owners WHERE client IS NOT NULL
+    SELECT owner FROM owners WHERE owner IS NOT NULL
     """
 )
 # Written with the literal status, so that SQLite uses the partial index ix_jobs_fair
@@ -115,7 +116,7 @@ _DUE = or_(Job.not_before.is_(None), Job.not_before <= _when("now"))
 # jobs) instead of seeking in ix_jobs_fair: it is told; PostgreSQL's planner finds it.
 _KEYLESS = (
     "SELECT seq FROM jobs {hint} WHERE status = 'queued' AND priority = :priority "
-    "AND client IS NULL LIMIT 1"
+    "AND owner IS NULL LIMIT 1"
 )
 _KEYLESS_AT = {
     "sqlite": text(_KEYLESS.format(hint="INDEXED BY ix_jobs_fair")),
@@ -132,8 +133,8 @@ _FIRST_AT = (
     .order_by(Job.seq)
     .limit(1)
 )
-_FIRST_OF_KEYLESS = _FIRST_AT.where(Job.client.is_(None))
-_FIRST_OF_OWNER = _FIRST_AT.where(Job.client == bindparam("owner"))
+_FIRST_OF_KEYLESS = _FIRST_AT.where(Job.owner.is_(None))
+_FIRST_OF_OWNER = _FIRST_AT.where(Job.owner == bindparam("whose"))
 
 
 def _fair_head(conn: Connection, head: Row[Any], params: dict[str, Any]) -> Row[Any]:
@@ -141,7 +142,7 @@ def _fair_head(conn: Connection, head: Row[Any], params: dict[str, Any]) -> Row[
     jobs at `head`'s priority (those never served before all); `head` itself when its
     owner is alone there."""
     at = {**params, "priority": head.priority}
-    owners = [row.client for row in conn.execute(_OWNERS_AT, at)]
+    owners = [row.owner for row in conn.execute(_OWNERS_AT, at)]
     keyless = _KEYLESS_AT.get(conn.dialect.name, _KEYLESS_AT[""])
     if conn.execute(keyless, at).first() is not None:
         owners.append("")
@@ -152,7 +153,7 @@ def _fair_head(conn: Connection, head: Row[Any], params: dict[str, Any]) -> Row[
     def first(owner: str) -> Row[Any] | None:
         if owner == "":
             return conn.execute(_FIRST_OF_KEYLESS, at).first()
-        return conn.execute(_FIRST_OF_OWNER, {**at, "owner": owner}).first()
+        return conn.execute(_FIRST_OF_OWNER, {**at, "whose": owner}).first()
 
     never = sorted(o for o in owners if o not in served)  # new owners: before all, by name
     for owner in never + sorted(set(owners) - set(never), key=lambda o: served[o]):
@@ -167,7 +168,7 @@ _UPSERT_SERVED: dict[str, Any] = {}  # by dialect: built once, then from the cac
 
 def _note_served(conn: Connection, rows: list[Row[Any]], now: datetime) -> None:
     """The owners of the jobs just taken were served now (batched along counts too)."""
-    owners = sorted({row.client or "" for row in rows})
+    owners = sorted({row.owner or "" for row in rows})
     if not owners:
         return
     dialect = conn.dialect.name
@@ -224,7 +225,7 @@ _CLAIM_ONE = (
 _HELD = (
     update(Job)
     .where(Job.id.in_(bindparam("ids", expanding=True)))
-    .where(Job.status == JobStatus.RUNNING, Job.lease_owner == bindparam("owner"))
+    .where(Job.status == JobStatus.RUNNING, Job.lease_owner == bindparam("runner"))
 )
 _HEARTBEAT = _HELD.values(lease_expires_at=_when("until")).returning(Job.id, Job.cancel_requested)
 _PROGRESS = _HELD.values(
@@ -248,7 +249,7 @@ _RELEASE = _HELD.values(
 _OWNED = update(Job).where(
     Job.id == bindparam("job_id"),
     Job.status == JobStatus.RUNNING,
-    Job.lease_owner == bindparam("owner"),
+    Job.lease_owner == bindparam("runner"),
 )
 _AGAIN = Job.attempts < Job.max_attempts
 _FINISH = {
@@ -307,7 +308,7 @@ class Leasing(StoreBase):
         params: dict[str, Any] = {
             "now": now,
             "until": now + timedelta(seconds=lease_s),
-            "owner": owner,
+            "runner": owner,
             "limit": limit,
         }
         statement = _CLAIM if model is None else _CLAIM_MODEL
@@ -351,7 +352,7 @@ class Leasing(StoreBase):
         params: dict[str, Any] = {
             "now": now,
             "until": now + timedelta(seconds=lease_s),
-            "owner": owner,
+            "runner": owner,
         }
 
         def work(conn: Connection) -> list[Row[Any]]:
@@ -417,7 +418,7 @@ class Leasing(StoreBase):
                 row
                 for chunk in chunks(ids)
                 for row in conn.execute(
-                    _HEARTBEAT, {"ids": list(chunk), "owner": owner, "until": until}
+                    _HEARTBEAT, {"ids": list(chunk), "runner": owner, "until": until}
                 )
             ]
             return Heartbeat(
@@ -433,7 +434,7 @@ class Leasing(StoreBase):
         ids = list(job_ids)
 
         def work(conn: Connection) -> Heartbeat:
-            params = {"owner": owner, "step": step, "total": total}
+            params = {"runner": owner, "step": step, "total": total}
             rows = [
                 row
                 for chunk in chunks(ids)
@@ -450,7 +451,7 @@ class Leasing(StoreBase):
         self, action: str, job_id: str, owner: str, now: datetime | None, **params: Any
     ) -> JobRecord:
         """Finish a running job this runner holds, or say precisely why it cannot."""
-        params.update(job_id=job_id, owner=owner, now=now or utcnow())
+        params.update(job_id=job_id, runner=owner, now=now or utcnow())
         verb = {"fail_retryable": "fail"}.get(action, action)
 
         def work(conn: Connection) -> JobRecord:
@@ -458,6 +459,8 @@ class Leasing(StoreBase):
             if row is not None:
                 record = JobRecord.from_row(row)
                 count_records(conn, [record])  # (a retryable failure may be queued again)
+                if record.status is JobStatus.SUCCEEDED:  # the gallery, in the same commit
+                    add_images(conn, record, params["now"], row.seq)
                 return record
             current = get_job(conn, job_id)
             if current.status.finished:
@@ -523,7 +526,7 @@ class Leasing(StoreBase):
         def work(conn: Connection) -> int:
             released = 0
             for chunk in chunks(ids):
-                params = {"ids": list(chunk), "owner": owner, "now": now}
+                params = {"ids": list(chunk), "runner": owner, "now": now}
                 count_finished(conn, conn.execute(_RELEASE_CANCELLED, params).scalars().all())
                 released += conn.execute(_RELEASE, params).rowcount
             return released

@@ -62,13 +62,15 @@ class Queries(StoreBase):
         model: str | None = None,
         source: Source | str | None = None,
         client: str | None = None,
+        owner: str | None = None,
         since: datetime | None = None,
         before: str | None = None,
         limit: int = 50,
         oldest_first: bool = False,
     ) -> JobPage:
         """Jobs matching every given filter, newest first, `limit` at a time. `before` is
-        the cursor: the `next_cursor` of the previous page."""
+        the cursor: the `next_cursor` of the previous page. `owner`: only that owner's
+        jobs (a user's list; None: everyone's)."""
         if not 1 <= limit <= 10_000:
             raise errors.InvalidParameters("limit must be between 1 and 10000", field="limit")
         query = select(*COLUMNS)
@@ -82,6 +84,8 @@ class Queries(StoreBase):
             query = query.where(Job.source == Source(source).value)
         if client is not None:
             query = query.where(Job.client == client)
+        if owner is not None:
+            query = query.where(Job.owner == owner)
         if since is not None:
             query = query.where(Job.created_at >= since)
 

@@ -795,10 +795,10 @@ def claim_one(store: Store) -> JobRecord:
 def test_one_owners_long_queue_delays_anothers_job_by_at_most_one_claim(
     store: Store, make_spec: Spec
 ) -> None:
-    a = [store.enqueue(make_spec(f"a{i}", seed=i), source="api", client="alice").job
+    a = [store.enqueue(make_spec(f"a{i}", seed=i), source="api", owner="alice").job
          for i in range(20)]  # fmt: skip
     claim_one(store)  # alice's first, as the queue's head
-    b = store.enqueue(make_spec("b", seed=99), source="api", client="bob").job
+    b = store.enqueue(make_spec("b", seed=99), source="api", owner="bob").job
     taken = [claim_one(store).id for _ in range(2)]
     assert b.id in taken  # bob's one job starts within the next two claims
     assert taken[0] == b.id  # bob was never served: he goes first
@@ -811,10 +811,10 @@ def test_one_owners_long_queue_delays_anothers_job_by_at_most_one_claim(
 def test_owners_take_turns_and_priority_still_comes_first(store: Store, make_spec: Spec) -> None:
     for owner in ("alice", "bob", None):  # None: the inbox's and the CLI's jobs
         for i in range(3):
-            store.enqueue(make_spec(f"{owner}-{i}", seed=i), source="api", client=owner)
-    urgent = store.enqueue(make_spec("urgent", priority=10), source="api", client="alice").job
+            store.enqueue(make_spec(f"{owner}-{i}", seed=i), source="api", owner=owner)
+    urgent = store.enqueue(make_spec("urgent", priority=10), source="api", owner="alice").job
     assert claim_one(store).id == urgent.id  # priority first, whoever's it is
-    order = [claim_one(store).client for _ in range(9)]
+    order = [claim_one(store).owner for _ in range(9)]
     # Never served before all (by name: "" is no key's), then the least recently served:
     # alice, served last (the urgent one), comes after them.
     assert order[:3] == [None, "bob", "alice"]
@@ -824,9 +824,20 @@ def test_owners_take_turns_and_priority_still_comes_first(store: Store, make_spe
 def test_compatible_jobs_of_different_owners_still_share_a_call(
     store: Store, make_spec: Spec
 ) -> None:
-    jobs = [store.enqueue(make_spec(f"p{i}", seed=i), source="api", client=owner).job
+    jobs = [store.enqueue(make_spec(f"p{i}", seed=i), source="api", owner=owner).job
             for i, owner in enumerate(["alice", "bob", "carol", "alice"])]  # fmt: skip
     taken = store.claim_compatible("runner-1", max_images=8, lease_s=60)
     assert sorted(j.id for j in taken) == sorted(j.id for j in jobs)  # one call for all
     served = dict(store.db.read(lambda c: c.execute(text("SELECT owner, 1 FROM served")).all()))
     assert set(served) == {"alice", "bob", "carol"}  # each owner batched along was served
+
+
+def test_the_owner_and_not_the_client_name_decides_the_turns(store: Store, make_spec: Spec) -> None:
+    # CLI and inbox jobs name their file or user as `client`, but all are the admin's:
+    # one owner, however many names; a key's jobs are its own owner's.
+    for i in range(3):
+        store.enqueue(make_spec(f"cli{i}", seed=i), source="cli", client=f"file{i}.json")
+    keyed = store.enqueue(make_spec("k", seed=7), source="api", client="bob", owner="k-bob").job
+    order = [claim_one(store) for _ in range(4)]
+    assert [j.owner for j in order] == [None, "k-bob", None, None]
+    assert order[1].id == keyed.id
