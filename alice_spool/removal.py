@@ -1,7 +1,10 @@
 """Deleting an installed model or LoRA (the API's DELETE routes and `models rm`): the
 jobs still queued for a model fail `model_not_found` first, so none starts on it; the
 files are moved aside in one rename (a runner never loads half a model) and then
-removed. A runner that has the model loaded unloads it when it is next idle."""
+removed. A runner that has the model loaded unloads it when it is next idle.
+
+Deleting a gallery image the same way: its file moved aside (its URL 404s at once), its
+row forgotten, then the file removed; a refused or failed forget puts the file back."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from pathlib import Path
 
 from .errors import LoraNotFound, ModelNotFound
 from .loras import LoraInfo
+from .records import GalleryItem
 from .registry import ModelInfo, ModelRegistry
 from .spec import MODEL_PREFIX
 from .store import Store
@@ -66,3 +70,22 @@ def delete_lora(registry: ModelRegistry, lora_id: str) -> LoraInfo:
             _remove(_move_aside(lora.path))
             return lora
     raise LoraNotFound(f"LoRA {wanted} is not installed", lora=wanted)
+
+
+def delete_image(store: Store, outbox: Path, image_id: str, *, scope: str | None) -> GalleryItem:
+    """Delete a gallery image that `scope` may change: its file, its row and tags, and
+    its place in its job's `image_urls`."""
+    item = store.check_changeable(image_id, scope=scope)
+    path = outbox / item.job_id / item.file
+    aside = None
+    if path.is_file() and not path.is_symlink():
+        aside = _move_aside(path)
+    try:
+        gone = store.delete_image(image_id, scope=scope)
+    except BaseException:
+        if aside is not None:
+            os.rename(aside, path)
+        raise
+    if aside is not None:
+        _remove(aside)
+    return gone

@@ -32,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 from ..config import Settings
 from ..registry import ModelRegistry
 from ..store import Store
-from . import auth, catalog, downloads, native, openai, status
+from . import auth, catalog, downloads, gallery, native, openai, status
 from .context import Api, route
 from .docs_page import DOCS_POLICY, render_docs
 from .guard import RequestGuard
@@ -119,6 +119,15 @@ class SpoolId(Convertor[str]):
 register_url_convertor("spool_id", SpoolId())
 
 
+class ImageId(SpoolId):
+    """A gallery image's id, `<job id>-<index>`: never `/v1/gallery/tags` or `stats`."""
+
+    regex = "[0-9a-f]{30}-[0-9]{1,2}"
+
+
+register_url_convertor("image_id", ImageId())
+
+
 def routes() -> list[Any]:
     return [
         Route("/health", status.health, methods=["GET"]),
@@ -186,6 +195,13 @@ def routes() -> list[Any]:
         Route("/v1/auth/invites", auth.create_invite, methods=["POST"]),
         Route("/v1/auth/invites", auth.list_invites, methods=["GET"]),
         Route("/v1/auth/invites/{code}", auth.delete_invite, methods=["DELETE"]),
+        Route("/v1/gallery", gallery.list_gallery, methods=["GET"]),
+        Route("/v1/gallery/tags", gallery.list_tags, methods=["GET"]),
+        Route("/v1/gallery/stats", gallery.stats, methods=["GET"]),
+        Route("/v1/gallery/{image_id:image_id}", gallery.get_image, methods=["GET"]),
+        Route("/v1/gallery/{image_id:image_id}", gallery.delete_image, methods=["DELETE"]),
+        Route("/v1/gallery/{image_id:image_id}/privacy", gallery.set_privacy, methods=["PATCH"]),
+        Route("/v1/gallery/{image_id:image_id}/tags", gallery.set_tags, methods=["PATCH"]),
         Route("/v1/downloads", downloads.create_download, methods=["POST"]),
         Route("/v1/downloads", downloads.list_downloads, methods=["GET"]),
         Route("/v1/downloads/{download_id}", downloads.get_download, methods=["GET"]),

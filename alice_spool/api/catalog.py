@@ -75,7 +75,7 @@ async def model_info(request: Request, api: Api, client: str | None) -> Response
     )
 
 
-@route()
+@route(manage=True)
 async def delete_model(request: Request, api: Api, client: str | None) -> Response:
     """Delete an installed model: its queued jobs fail `model_not_found` first."""
     model, failed = await run_in_threadpool(
@@ -106,7 +106,7 @@ async def alice_list_loras(request: Request, api: Api, client: str | None) -> Re
     return JSONResponse({"object": "list", "data": data})
 
 
-@route()
+@route(manage=True)
 async def delete_lora(request: Request, api: Api, client: str | None) -> Response:
     lora = await run_in_threadpool(
         removal.delete_lora, api.registry, request.path_params["lora_id"]

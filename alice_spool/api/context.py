@@ -22,7 +22,7 @@ from ..config import Settings
 from ..downloads.sources import SourceSettings
 from ..models import JobStatus, Source
 from ..outbox import image_name
-from ..records import BatchEnqueued, Enqueued, JobRecord, NewJob
+from ..records import BatchEnqueued, DownloadRecord, Enqueued, JobRecord, NewJob
 from ..registry import ModelRegistry
 from ..spec import JobSpec
 from ..store import Store, new_id
@@ -86,6 +86,7 @@ class Api:
         source: Source,
         client: str | None,
         idempotency_key: str | None = None,
+        owner: str | None = None,
     ) -> Enqueued:
         """Check the spec's model and LoRAs, store its inputs under a new job id, and
         queue it; the inputs go again if it is refused or is a repeat of an earlier
@@ -97,7 +98,12 @@ class Api:
             staged,
             job_id,
             lambda given: self.store.enqueue(
-                spec, source=source, client=client, idempotency_key=idempotency_key, job_id=given
+                spec,
+                source=source,
+                client=client,
+                idempotency_key=idempotency_key,
+                job_id=given,
+                owner=owner,
             ),
             lambda done: done.job.id == job_id,
         )
@@ -123,6 +129,23 @@ class Api:
         for job_id in set(stored) - set(batch.job_ids):  # a repeat: the earlier jobs' own
             inputs.remove(data_dir, job_id)
         return batch
+
+    def visible_job(self, request: Request, job_id: str) -> JobRecord:
+        """The job, if this request may see it; another owner's is `not_found`, exactly
+        as a job that does not exist (ids must not be probeable). In a worker thread."""
+        job = self.store.get(job_id)
+        scope = scope_of(request)
+        if scope is not None and job.owner != scope:
+            raise errors.JobNotFound(f"no job {job_id}", job_id=job_id)
+        return job
+
+    def visible_download(self, request: Request, download_id: str) -> DownloadRecord:
+        """`visible_job` for a download."""
+        found = self.store.get_download(download_id)
+        scope = scope_of(request)
+        if scope is not None and found.owner != scope:
+            raise errors.DownloadNotFound(f"no download {download_id}", download_id=download_id)
+        return found
 
     def base_url(self, request: Request) -> str:
         """Where image URLs point: `server.public_url`, else where this request came
@@ -164,7 +187,11 @@ class Api:
             return []  # retention deleted them; the job says when (images_expired_at)
         images = (job.result or {}).get("images") or []
         base = self.base_url(request)
-        return [f"{base}/images/{image['file']}" for image in images if "file" in image]
+        return [
+            f"{base}/images/{image['file']}"
+            for image in images
+            if "file" in image and not image.get("deleted")  # deleted from the gallery
+        ]
 
     def job_view(self, request: Request, job: JobRecord) -> dict[str, Any]:
         view = job.to_dict()
@@ -233,13 +260,31 @@ def principal_of(request: Request) -> Principal | None:
     return getattr(request.state, "principal", None)
 
 
+def owner_of(request: Request) -> str | None:
+    """The owner the rows this request makes record (None: the admin's, on an open
+    server)."""
+    principal = principal_of(request)
+    return principal.owner if principal is not None else None
+
+
+def scope_of(request: Request) -> str | None:
+    """The owner whose jobs, downloads and images this request may see and steer; None:
+    everyone's (an admin's key, or an open server: one user)."""
+    principal = principal_of(request)
+    if principal is None or principal.admin:
+        return None
+    return principal.owner
+
+
 def route(
-    *, auth: bool = True, admin: bool = False
+    *, auth: bool = True, admin: bool = False, manage: bool = False
 ) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
     """Make `handler(request, api, client)` a Starlette endpoint. `client` is the name of
     the API key used (None when keys are off, or for open routes); who it is, with its
     role, is `principal_of(request)`. `admin`: only an admin's key (403 for a user's,
-    and on an open server too: no key is ever made over HTTP without one)."""
+    and on an open server too: no key is ever made over HTTP without one). `manage`:
+    the server's own things (deleting models, the default model): 403 for a user's key;
+    anyone on an open server (one user, local)."""
 
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -253,6 +298,8 @@ def route(
                     client = principal.name if principal else None
                     limit = principal.rate_limit_per_minute if principal else None
                     api.limiter.check(client or address, per_minute=limit)
+                    if manage and principal is not None and not principal.admin:
+                        raise errors.Forbidden("an admin's API key is needed")
                     if admin and (principal is None or not principal.admin):
                         raise errors.Forbidden(
                             "an admin's API key is needed"
@@ -274,6 +321,7 @@ def route(
         endpoint.__doc__ = handler.__doc__
         endpoint.needs_key = auth  # type: ignore[attr-defined]  # for /openapi.json
         endpoint.admin_only = admin  # type: ignore[attr-defined]
+        endpoint.manage_only = manage  # type: ignore[attr-defined]
         return endpoint
 
     return wrap

@@ -23,23 +23,32 @@ from ..downloads.files import safe_name
 from ..downloads.plan import SearchPage
 from ..models import DownloadStatus
 from ..records import DownloadRecord
-from .context import Api, route
-from .http import require_object, typed
+from .context import Api, owner_of, route, scope_of
+from .http import query_flag, require_object, typed
 
 MAX_PAGE = 500
 SEARCH_LIMIT = 100
 EVERY_S = 0.25  # how often a stream looks at its download
 
 
-async def _queue(api: Api, body: dict[str, Any], client: str | None) -> DownloadRecord:
-    """Check a native body (a URL's host resolved, an installed name refused) and queue it."""
+async def _queue(
+    request: Request, api: Api, body: dict[str, Any], client: str | None
+) -> DownloadRecord:
+    """Check a native body (a URL's host resolved, an installed name refused) and queue
+    it, the asking key's."""
+    owner = owner_of(request)
     sources = api.sources
 
     def work() -> DownloadRecord:
         asked = requests.parse(body, allow_private_urls=sources.allow_private_urls)
         asked.check_name_free(Path(api.settings.paths.models))
         return api.store.queue_download(
-            asked.source, asked.reference, kind=asked.kind, name=asked.name, client=client
+            asked.source,
+            asked.reference,
+            kind=asked.kind,
+            name=asked.name,
+            client=client,
+            owner=owner,
         )
 
     return await run_in_threadpool(work)
@@ -49,7 +58,7 @@ async def _queue(api: Api, body: dict[str, Any], client: str | None) -> Download
 async def create_download(request: Request, api: Api, client: str | None) -> Response:
     """Queue a download: 202 with it and its `Location`."""
     body = require_object(await api.read_body(request))
-    made = await _queue(api, body, client)
+    made = await _queue(request, api, body, client)
     headers = {"Location": f"/v1/downloads/{made.id}"}
     return JSONResponse(made.to_dict(), status_code=202, headers=headers)
 
@@ -75,14 +84,16 @@ async def list_downloads(request: Request, api: Api, client: str | None) -> Resp
     """Downloads, newest first; `status` (repeatable) filters, `limit` (1..500)."""
     statuses, limit = _statuses(request), _limit(request, 100, MAX_PAGE)
     found = await run_in_threadpool(
-        lambda: api.store.list_downloads(statuses=statuses, limit=limit)
+        lambda: api.store.list_downloads(statuses=statuses, limit=limit, owner=scope_of(request))
     )
     return JSONResponse({"object": "list", "data": [d.to_dict() for d in found]})
 
 
 @route()
 async def get_download(request: Request, api: Api, client: str | None) -> Response:
-    found = await run_in_threadpool(api.store.get_download, request.path_params["download_id"])
+    found = await run_in_threadpool(
+        api.visible_download, request, request.path_params["download_id"]
+    )
     return JSONResponse(found.to_dict())
 
 
@@ -90,7 +101,10 @@ async def get_download(request: Request, api: Api, client: str | None) -> Respon
 async def cancel_download(request: Request, api: Api, client: str | None) -> Response:
     """Queued: cancelled at once. Running: its worker stops at its next report and
     removes the partial files. Finished: 409."""
-    found = await run_in_threadpool(api.store.cancel_download, request.path_params["download_id"])
+    found = await run_in_threadpool(
+        api.visible_download, request, request.path_params["download_id"]
+    )
+    found = await run_in_threadpool(api.store.cancel_download, found.id)
     return JSONResponse(found.to_dict())
 
 
@@ -98,7 +112,9 @@ async def cancel_download(request: Request, api: Api, client: str | None) -> Res
 async def download_events(request: Request, api: Api, client: str | None) -> Response:
     """Server-sent events: `progress` with the download whenever it changes (its worker
     writes at most 4 times a second), then one `done` with it when it ends."""
-    found = await run_in_threadpool(api.store.get_download, request.path_params["download_id"])
+    found = await run_in_threadpool(
+        api.visible_download, request, request.path_params["download_id"]
+    )
     holder = client or api.client_address(request)
     api.streams.take(holder)  # server.max_streams_per_client: 429 past it
     return EventSourceResponse(_events(api, found.id, holder), ping=15)
@@ -122,14 +138,6 @@ async def _events(api: Api, download_id: str, holder: str) -> AsyncIterator[dict
 
 
 # -- search -------------------------------------------------------------------------------
-
-
-def _flag(text: str | None, field: str) -> bool:
-    if text is None:
-        return False
-    if text.lower() not in ("true", "false", "1", "0"):
-        raise errors.InvalidParameters(f"{field} must be true or false", field=field)
-    return text.lower() in ("true", "1")
 
 
 def _types(values: list[str]) -> list[str]:
@@ -202,7 +210,7 @@ async def search_models(request: Request, api: Api, client: str | None) -> Respo
             params.get("query", ""),
             types=_types(params.getlist("types")),
             sort=params.get("sort") or None,
-            nsfw=_flag(params.get("nsfw"), "nsfw"),
+            nsfw=query_flag(params.get("nsfw"), "nsfw"),
             limit=_limit(request, 20, SEARCH_LIMIT),
             cursor=params.get("cursor") or None,
         )
@@ -396,8 +404,10 @@ async def alice_search_huggingface(request: Request, api: Api, client: str | Non
     return JSONResponse({"object": "list", "data": data})
 
 
-async def _alice_queued(api: Api, body: dict[str, Any], client: str | None) -> Response:
-    made = await _queue(api, body, client)
+async def _alice_queued(
+    request: Request, api: Api, body: dict[str, Any], client: str | None
+) -> Response:
+    made = await _queue(request, api, body, client)
     return JSONResponse(
         {"status": "queued", "task_id": made.id, "task": alice_task(made)},
         status_code=202,
@@ -427,7 +437,9 @@ async def alice_download_civitai(request: Request, api: Api, client: str | None)
         "version_id": body.get("versionId"),
         "file_id": body.get("fileId"),
     }
-    return await _alice_queued(api, {k: v for k, v in native.items() if v is not None}, client)
+    return await _alice_queued(
+        request, api, {k: v for k, v in native.items() if v is not None}, client
+    )
 
 
 @route()
@@ -444,7 +456,9 @@ async def alice_download_huggingface(request: Request, api: Api, client: str | N
     }
     if native["repo"] is None:
         raise errors.InvalidParameters("modelId is required: org/name", field="modelId")
-    return await _alice_queued(api, {k: v for k, v in native.items() if v is not None}, client)
+    return await _alice_queued(
+        request, api, {k: v for k, v in native.items() if v is not None}, client
+    )
 
 
 @route()
@@ -456,23 +470,30 @@ async def alice_download_url(request: Request, api: Api, client: str | None) -> 
         native["name"] = name
     if body.get("isLora") is not None:
         native["kind"] = "lora" if body["isLora"] else "checkpoint"
-    return await _alice_queued(api, native, client)
+    return await _alice_queued(request, api, native, client)
 
 
 @route()
 async def alice_download_status(request: Request, api: Api, client: str | None) -> Response:
-    found = await run_in_threadpool(lambda: api.store.list_downloads(limit=MAX_PAGE))
+    found = await run_in_threadpool(
+        lambda: api.store.list_downloads(limit=MAX_PAGE, owner=scope_of(request))
+    )
     return JSONResponse({"object": "list", "data": [alice_task(d) for d in found]})
 
 
 @route()
 async def alice_download_status_one(request: Request, api: Api, client: str | None) -> Response:
-    found = await run_in_threadpool(api.store.get_download, request.path_params["download_id"])
+    found = await run_in_threadpool(
+        api.visible_download, request, request.path_params["download_id"]
+    )
     return JSONResponse(alice_task(found))
 
 
 @route()
 async def alice_cancel_download(request: Request, api: Api, client: str | None) -> Response:
-    found = await run_in_threadpool(api.store.cancel_download, request.path_params["download_id"])
+    found = await run_in_threadpool(
+        api.visible_download, request, request.path_params["download_id"]
+    )
+    found = await run_in_threadpool(api.store.cancel_download, found.id)
     # Running, it stops at its worker's next report: cancelled as far as the caller goes.
     return JSONResponse({"status": "cancelled", "task_id": found.id})

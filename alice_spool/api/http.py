@@ -182,6 +182,15 @@ def typed(body: dict[str, Any], key: str, kinds: type | tuple[type, ...]) -> Any
     return value
 
 
+def query_flag(text: str | None, field: str, default: bool = False) -> bool:
+    """A true/false query parameter (`true`, `false`, `1`, `0`, any case)."""
+    if text is None:
+        return default
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise errors.InvalidParameters(f"{field} must be true or false", field=field)
+    return text.lower() in ("true", "1")
+
+
 SESSION_COOKIE = "alice_session"
 
 
@@ -197,6 +206,12 @@ class Principal:
     @property
     def admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def owner(self) -> str:
+        """What the rows this key makes record as their owner: a stored key's id (its
+        name may be taken again after it is deleted), or a configured key's name."""
+        return self.key_id if self.key_id is not None else f"config:{self.name}"
 
 
 class Keys:

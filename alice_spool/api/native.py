@@ -17,7 +17,7 @@ from .. import errors, inputs
 from ..models import JobStatus, Source
 from ..records import NewJob
 from ..spec import parse_idempotency_key, parse_priority, parse_request
-from .context import Api, route
+from .context import Api, owner_of, route, scope_of
 from .http import require_object
 
 MAX_PAGE = 500
@@ -36,7 +36,12 @@ async def create_job(request: Request, api: Api, client: str | None) -> Response
         key = parse_idempotency_key(header, "Idempotency-Key")
     done = await run_in_threadpool(  # one trip to a worker thread: check, store, commit
         lambda: api.enqueue(
-            parsed.spec, staged, source=Source.API, client=client, idempotency_key=key
+            parsed.spec,
+            staged,
+            source=Source.API,
+            client=client,
+            idempotency_key=key,
+            owner=owner_of(request),
         )
     )
     view = {**api.job_view(request, done.job), "created": done.created}
@@ -75,6 +80,7 @@ async def list_jobs(request: Request, api: Api, client: str | None) -> Response:
             batch_id=query.get("batch_id"),
             model=query.get("model"),
             source=source,
+            owner=scope_of(request),
             before=query.get("before"),
             limit=_query_int(request, "limit", 50, 1, MAX_PAGE),
         )
@@ -91,14 +97,14 @@ async def list_jobs(request: Request, api: Api, client: str | None) -> Response:
 @route()
 async def get_job(request: Request, api: Api, client: str | None) -> Response:
     """One job: its state, progress, request, result and `image_urls`."""
-    job = await run_in_threadpool(api.store.get, request.path_params["job_id"])
+    job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
     return JSONResponse(api.job_view(request, job))
 
 
 @route()
 async def job_input(request: Request, api: Api, client: str | None) -> Response:
     """An img2img or inpainting job's input as it was sent: `init` or `mask`."""
-    job = await run_in_threadpool(api.store.get, request.path_params["job_id"])
+    job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
     role = f"{request.path_params['name']}_image"
     if role not in inputs.ROLES or getattr(job.spec, role) is None:
         raise errors.JobNotFound(f"job {job.id} has no {request.path_params['name']} image")
@@ -114,14 +120,16 @@ async def job_input(request: Request, api: Api, client: str | None) -> Response:
 @route()
 async def cancel_job(request: Request, api: Api, client: str | None) -> Response:
     """Queued: cancelled at once. Running: stops at its next step."""
-    job = await run_in_threadpool(api.store.cancel, request.path_params["job_id"])
+    job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
+    job = await run_in_threadpool(api.store.cancel, job.id)
     return JSONResponse(api.job_view(request, job))
 
 
 @route()
 async def retry_job(request: Request, api: Api, client: str | None) -> Response:
     """Queue a failed or cancelled job again (409 for a job in another state)."""
-    job = await run_in_threadpool(api.store.retry, request.path_params["job_id"])
+    job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
+    job = await run_in_threadpool(api.store.retry, job.id)
     return JSONResponse(api.job_view(request, job))
 
 
@@ -132,9 +140,8 @@ async def set_priority(request: Request, api: Api, client: str | None) -> Respon
     if "priority" not in body:
         raise errors.InvalidParameters("priority is required", field="priority")
     priority = parse_priority(body["priority"])
-    job = await run_in_threadpool(
-        lambda: api.store.set_priority(request.path_params["job_id"], priority)
-    )
+    job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
+    job = await run_in_threadpool(lambda: api.store.set_priority(job.id, priority))
     return JSONResponse(api.job_view(request, job))
 
 
@@ -160,7 +167,7 @@ async def stats(request: Request, api: Api, client: str | None) -> Response:
 async def job_events(request: Request, api: Api, client: str | None) -> Response:
     """Server-sent events: `progress` whenever the job's status or step changes, then
     one `done` with the whole job when it ends."""
-    job = await run_in_threadpool(api.store.get, request.path_params["job_id"])
+    job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
     holder = client or api.client_address(request)
     api.streams.take(holder)  # server.max_streams_per_client: 429 past it
     return EventSourceResponse(_events(api, request, job.id, holder), ping=15)
@@ -214,7 +221,9 @@ async def create_batch(request: Request, api: Api, client: str | None) -> Respon
         except errors.SpoolError as exc:
             details = {**exc.details, "index": index}
             raise type(exc)(f"requests[{index}]: {exc.message}", **details) from None
-        items.append((NewJob(spec, parsed.idempotency_key, client), staged))
+        items.append(
+            (NewJob(spec, parsed.idempotency_key, client, owner=owner_of(request)), staged)
+        )
     batch = await run_in_threadpool(api.enqueue_batch, items, Source.API)
     view = {
         "object": "batch",
@@ -232,6 +241,9 @@ async def get_batch(request: Request, api: Api, client: str | None) -> Response:
     batch_id = request.path_params["batch_id"]
     job_ids = await run_in_threadpool(api.store.batch_job_ids, batch_id)
     jobs = await run_in_threadpool(api.store.get_many, job_ids)
+    scope = scope_of(request)
+    if scope is not None and any(job.owner != scope for job in jobs):  # one owner's
+        raise errors.BatchNotFound(f"no batch {batch_id}", batch_id=batch_id)
     counts = {status.value: 0 for status in JobStatus}
     for job in jobs:
         counts[job.status.value] += 1

@@ -22,7 +22,7 @@ from .. import errors, inputs
 from ..models import JobStatus, Source
 from ..records import JobRecord
 from ..spec import SPEC_FIELDS, JobSpec, load_json, parse_spec
-from .context import Api, route
+from .context import Api, owner_of, route
 from .http import read_bytes, require_object, wait_for_job
 
 # Where a chat request carries the image parameters (SAM sends `metadata`).
@@ -161,6 +161,7 @@ def _completion(api: Api, request: Request, job: JobRecord, prompt: str) -> dict
 
 
 async def _enqueue(
+    request: Request,
     api: Api,
     spec: JobSpec,
     source: Source,
@@ -168,7 +169,13 @@ async def _enqueue(
     staged: inputs.Staged | None = None,
 ) -> JobRecord:
     done = await run_in_threadpool(
-        lambda: api.enqueue(spec, staged or inputs.Staged(), source=source, client=client)
+        lambda: api.enqueue(
+            spec,
+            staged or inputs.Staged(),
+            source=source,
+            client=client,
+            owner=owner_of(request),
+        )
     )
     return done.job
 
@@ -182,7 +189,7 @@ async def chat_completions(request: Request, api: Api, client: str | None) -> Re
     if stream:  # a slot before the job is queued: a refused stream queues nothing
         api.streams.take(holder)
     try:
-        job = await _enqueue(api, spec, Source.OPENAI, client, staged)
+        job = await _enqueue(request, api, spec, Source.OPENAI, client, staged)
     except BaseException:
         if stream:
             api.streams.give_back(holder)
@@ -276,7 +283,7 @@ async def image_generations(request: Request, api: Api, client: str | None) -> R
     if fields.get("size") == "auto":  # OpenAI's default: here, the model's native size
         del fields["size"]
     spec = parse_spec(fields, api.settings.generation)  # "WxH" sizes included
-    job = await _enqueue(api, spec, Source.OPENAI, client)
+    job = await _enqueue(request, api, spec, Source.OPENAI, client)
     return await _images_answer(request, api, job, spec, response_format)
 
 
@@ -337,7 +344,7 @@ async def image_edits(request: Request, api: Api, client: str | None) -> Respons
         values["mask_image"] = base64.b64encode(repaint).decode()
     values, staged = await run_in_threadpool(api.take_images, values)
     spec = parse_spec(values, api.settings.generation)
-    job = await _enqueue(api, spec, Source.OPENAI, client, staged)
+    job = await _enqueue(request, api, spec, Source.OPENAI, client, staged)
     return await _images_answer(request, api, job, spec, response_format)
 
 
@@ -460,7 +467,7 @@ async def list_models(request: Request, api: Api, client: str | None) -> Respons
     return JSONResponse({"object": "list", "data": data})
 
 
-@route()
+@route(manage=True)
 async def set_default_model(request: Request, api: Api, client: str | None) -> Response:
     """Make an installed model the default for requests that name none:
     `{"model": "sd/<name>"}`. Refused while config.toml pins `generation.default_model`."""

@@ -402,6 +402,26 @@ def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
                 "revision": {"type": "string"},
             },
         },
+        "/v1/gallery/{image_id}/privacy": {
+            "type": "object",
+            "required": ["isPublic"],
+            "properties": {
+                "isPublic": {"type": "boolean"},
+                "expiresInHours": {"type": "number", "minimum": 1, "maximum": 168, "default": 24},
+            },
+        },
+        "/v1/gallery/{image_id}/tags": {
+            "type": "object",
+            "required": ["tags"],
+            "properties": {
+                "tags": {
+                    "type": "array",
+                    "maxItems": 20,
+                    "items": {"type": "string", "minLength": 1, "maxLength": 50},
+                    "description": "lower-cased and trimmed; a blank one is refused",
+                }
+            },
+        },
         "/v1/models/download/url": {
             "type": "object",
             "required": ["url"],
@@ -435,6 +455,8 @@ _EXAMPLES: dict[str, Any] = {
     "/v1/models/download/civitai": {"modelId": 4201, "versionId": 130072},
     "/v1/models/download/huggingface": {"modelId": "stabilityai/sd-turbo"},
     "/v1/models/download/url": {"url": "https://example.com/style.safetensors", "isLora": True},
+    "/v1/gallery/{image_id}/privacy": {"isPublic": True, "expiresInHours": 24},
+    "/v1/gallery/{image_id}/tags": {"tags": ["portrait", "dusk"]},
 }
 _OPEN = (
     "/health",
@@ -473,6 +495,20 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
             "schema": {"type": "string"},
             "description": "the next_cursor of the previous page",
         },
+    ],
+    ("GET", "/v1/gallery"): [
+        {"name": name, "in": "query", "schema": schema, "description": text}
+        for name, schema, text in [
+            ("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}, "page"),
+            ("offset", {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0}, "page"),
+            ("include_public", {"type": "boolean", "default": True}, "others' shared ones"),
+            ("include_private", {"type": "boolean", "default": True}, "unshared ones"),
+            ("tags", {"type": "string"}, "comma list: images with every one"),
+            ("search", {"type": "string"}, "in the prompt, any case"),
+            ("model", {"type": "string"}, "sd/<name>"),
+            ("since", {"type": "string", "format": "date-time"}, "made at or after"),
+            ("until", {"type": "string", "format": "date-time"}, "made before"),
+        ]
     ],
     ("GET", "/v1/downloads"): [
         {
@@ -577,8 +613,9 @@ def _responses(path: str, method: str, has_body: bool, needs_key: bool) -> dict[
         errors["503"] = "queue full, or the database busy or its disk full (Retry-After)"
     if "{" in path or path in ("/images/{name}", "/v1/models/default"):
         errors["404"] = "no such job, batch, model or image"
+    if method in ("POST", "PATCH", "DELETE"):
+        errors["403"] = "a change requested from another site, or another's shared image"
     if method == "POST":
-        errors["403"] = "a change requested from another site"
         errors["409"] = "not possible in the job's state, or an idempotency conflict"
     if has_body:
         errors.update(
@@ -670,13 +707,18 @@ def describe(routes: list[Any], api: Any) -> dict[str, Any]:
                     "description": "an admin's key is needed (and on a server with no keys)",
                     "content": _ERROR,
                 }
+            if getattr(item.endpoint, "manage_only", False):
+                operation["responses"]["403"] = {
+                    "description": "an admin's key is needed (anyone, on a server with no keys)",
+                    "content": _ERROR,
+                }
             parameters = [
                 {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                 for name in item.param_convertors
             ] + _QUERY.get((method, path), [])
             if parameters:
                 operation["parameters"] = parameters
-            if method == "POST" and path in bodies:
+            if method in ("POST", "PATCH") and path in bodies:
                 operation["requestBody"] = {
                     "required": True,
                     "content": {

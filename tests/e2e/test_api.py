@@ -34,18 +34,14 @@ import numpy as np
 import openai
 import pytest
 import sqlalchemy
-import uvicorn
 from PIL import Image
 from sqlalchemy import text as sa_text
 
-from alice_spool import migrate
-from alice_spool.api import create_app
-from alice_spool.api.deadline import http_protocol
-from alice_spool.config import load_settings
 from alice_spool.models import DownloadStatus
 from alice_spool.spec import JobSpec
 from alice_spool.store import Store
-from tests.support.live_server import free_port, serve, wait_until
+from tests.support.bare import Bare
+from tests.support.live_server import serve, wait_until
 from tests.support.remote import Remote, serving
 
 pytestmark = pytest.mark.slow
@@ -417,66 +413,12 @@ def test_serve_restarts_a_runner_that_dies(live: Live) -> None:
 # -- every bad input, on an in-process server ---------------------------------------------------
 
 
-@dataclass
-class Bare:
-    url: str
-    store: Store
-    outbox: Path
-    models: Path
-
-
 def write_lora_file(path: Path, tensors: dict[str, tuple[int, ...]]) -> None:
     """A LoRA's header as the registry reads it (zero weights)."""
     from safetensors.numpy import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({key: np.zeros(shape, dtype=np.float16) for key, shape in tensors.items()}, path)
-
-
-@pytest.fixture
-def make_bare(tmp_path: Path) -> Iterator[Callable[..., Bare]]:
-    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
-
-    def make(**overrides: Any) -> Bare:
-        settings = load_settings(
-            None,
-            env={},
-            overrides={"paths.data_dir": str(tmp_path / "var"), **overrides},
-            cwd=tmp_path,
-        )
-        store = Store.open(settings.database_url, max_queue=settings.generation.max_queue)
-        migrate.upgrade(store.db)
-        models = Path(settings.paths.models) / "tiny"
-        models.mkdir(parents=True, exist_ok=True)
-        from tests.support.fake_model import write_fake_model
-
-        write_fake_model(models)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(settings, store),
-                host="127.0.0.1",
-                port=free_port(),
-                log_level="error",
-                proxy_headers=False,  # as serve runs it
-                http=http_protocol(settings.server.header_timeout_s),
-            )
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        wait_until(lambda: server.started, timeout=10)
-        servers.append((server, thread))
-        port = server.config.port
-        return Bare(
-            f"http://127.0.0.1:{port}",
-            store,
-            Path(settings.paths.outbox),
-            Path(settings.paths.models),
-        )
-
-    yield make
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_bad_requests_get_clear_json_errors_never_a_500(make_bare: Callable[..., Bare]) -> None:
