@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from . import spec
 from .errors import ConfigError, InvalidParameters
@@ -391,7 +392,18 @@ class Settings:
         out = {s.name: dataclasses.asdict(getattr(self, s.name)) for s in _sections()}
         out["server"]["api_keys"] = {name: "***" for name in self.server.api_keys}
         out["models"] = self.models.masked()
+        out["paths"]["database_url"] = masked_url(self.paths.database_url)
         return out
+
+
+def masked_url(url: str) -> str:
+    """A database URL with its password, if any, shown as ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _sections() -> list[dataclasses.Field[Any]]:

@@ -217,6 +217,12 @@ class ImageNotFound(SpoolError):
     code = "not_found"
 
 
+class SessionNotFound(SpoolError):
+    """No such web session (or it has ended)."""
+
+    code = "not_found"
+
+
 class BatchNotFound(SpoolError):
     """No such batch."""
 

@@ -362,7 +362,7 @@ class GalleryImage(Base):
     __tablename__ = "gallery"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    seq: Mapped[int] = mapped_column(BigInteger)  # the job's seq * 100 + index: the order
+    seq: Mapped[int] = mapped_column(BigInteger)  # its job's: newest job first, then by index
     job_id: Mapped[str] = mapped_column(String(32))
     index: Mapped[int] = mapped_column(Integer)
     file: Mapped[str] = mapped_column(String(64))
@@ -373,7 +373,7 @@ class GalleryImage(Base):
     public_until: Mapped[datetime | None] = mapped_column(UTCDateTime())  # None: private
 
     __table_args__ = (
-        Index("ix_gallery_seq", "seq"),
+        Index("ix_gallery_seq", "seq", "index"),
         Index("ix_gallery_job_id", "job_id"),
         Index("ix_gallery_owner_seq", "owner", "seq"),
         _partial("ix_gallery_public_until", "public_until"),

@@ -385,7 +385,8 @@ class GalleryItem:
     def to_alice(self, url: str, *, is_owner: bool) -> dict[str, Any]:
         """ALICE's gallery item (camelCase)."""
         spec, result = self.spec, self.result
-        made = next((i for i in result.get("images") or [] if i.get("file") == self.file), {})
+        images: list[dict[str, Any]] = result.get("images") or []
+        made = next((i for i in images if i.get("file") == self.file), {})
         loras = spec.get("loras") or []
         return {
             "id": self.id,

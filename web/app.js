@@ -1,10 +1,10 @@
 // alice-spool's web UI: a small single-page app over the public HTTP API (no build step,
 // no dependencies). Pages are hash routes: #/ dashboard, #/queue, #/jobs/<id>, #/gallery,
-// #/models, #/download, #/submit, #/docs. Every page registers its timers and requests on a Page, which
-// the router stops when the page is left.
+// #/models, #/download, #/submit, #/admin, #/docs. Every page registers its timers and requests on a
+// Page, which the router stops when the page is left. On a server with keys one logs in with a key:
+// the server answers with a session cookie (HttpOnly, never the key), and the key is not kept here.
 "use strict";
 
-const KEY_STORE = "alice-spool.api-key";
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 
@@ -125,14 +125,11 @@ class ApiError extends Error {
   }
 }
 
-function storedKey() {
-  return localStorage.getItem(KEY_STORE) || "";
-}
+/** Who is logged in (GET /v1/auth/me); on a server with no keys, its one user, an admin. */
+let me = { authenticated: false, auth_required: false, is_admin: true, access_level: "admin" };
 
-async function api(path, { method = "GET", body, signal, key } = {}) {
+async function api(path, { method = "GET", body, signal, quiet = false } = {}) {
   const headers = { Accept: "application/json" };
-  const useKey = key ?? storedKey();
-  if (useKey) headers.Authorization = `Bearer ${useKey}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let response;
   try {
@@ -162,12 +159,11 @@ async function api(path, { method = "GET", body, signal, key } = {}) {
       error.param,
       Number(response.headers.get("Retry-After")) || 0,
     );
-    if (response.status === 401 && key === undefined) {
-      askForKey(
-        useKey
-          ? `The server refused the stored key: ${failure.message}`
-          : "This server asks for an API key.",
-      );
+    if (response.status === 401 && !quiet) {
+      const ended = me.authenticated;
+      me = { ...me, authenticated: false };
+      showWho();
+      askForKey(ended ? `Your session has ended (${failure.message}). Log in again.` : "");
     }
     throw failure;
   }
@@ -187,10 +183,9 @@ function keysRequired(document) {
   );
 }
 
-/** Server-sent events over fetch (EventSource cannot send an API key). */
+/** Server-sent events over fetch (their events parsed here; the session cookie goes along). */
 async function streamEvents(path, signal, onEvent) {
   const headers = { Accept: "text/event-stream" };
-  if (storedKey()) headers.Authorization = `Bearer ${storedKey()}`;
   const response = await fetch(path, { headers, signal });
   if (!response.ok || !response.body) throw new ApiError(response.status, "stream", "no stream");
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -214,46 +209,101 @@ async function streamEvents(path, signal, onEvent) {
   }
 }
 
-// -- the API key dialog -------------------------------------------------------------------------
+// -- logging in and out ---------------------------------------------------------------------------
+
+async function whoAmI() {
+  try {
+    me = await api("/v1/auth/me", { quiet: true });
+  } catch (error) {
+    if (error.status !== 401) throw error;
+    me = { authenticated: false, auth_required: true, is_admin: false, access_level: null };
+  }
+  showWho();
+  return me;
+}
+
+/** The header: who is logged in, log in / log out, and the Admin page for admins only. */
+function showWho() {
+  const closed = me.auth_required && !me.authenticated;
+  $("#key-button").hidden = !closed;
+  $("#logout-button").hidden = !me.authenticated;
+  $("#who").textContent = me.authenticated ? `${me.name} (${me.access_level})` : "";
+  $("#who").hidden = !me.authenticated;
+  for (const link of document.querySelectorAll("[data-admin-only]")) link.hidden = !me.is_admin;
+}
 
 function askForKey(reason) {
   const dialog = $("#key-dialog");
-  $("#key-reason").textContent = reason || "This server asks for an API key.";
+  $("#key-reason").textContent = reason || "This server asks you to log in with your API key.";
   $("#key-error").hidden = true;
   $("#key-input").value = "";
   if (!dialog.open) dialog.showModal();
   $("#key-input").focus();
+  showRegistration();
+}
+
+/** Registration, when the server allows it (`server.registration` invite or open). */
+async function showRegistration() {
+  const part = $("#register-part");
+  try {
+    const mode = await api("/v1/auth/registration-mode", { quiet: true });
+    part.hidden = mode.mode === "disabled";
+    $("#register-invite").parentElement.hidden = mode.mode !== "invite";
+  } catch {
+    part.hidden = true;
+  }
+}
+
+async function logIn(key) {
+  await api("/v1/auth/login", { method: "POST", body: { key }, quiet: true });
+  await whoAmI();
 }
 
 function setUpKeyDialog() {
   const dialog = $("#key-dialog");
-  $("#key-button").addEventListener("click", () =>
-    askForKey(storedKey() ? "A key is stored in this browser; enter another to replace it." : ""),
-  );
+  $("#key-button").addEventListener("click", () => askForKey());
   $("#key-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     const key = $("#key-input").value.trim();
     const problem = $("#key-error");
     if (!key) return;
     try {
-      await api("/v1/models", { key });
+      await logIn(key);
     } catch (error) {
       problem.textContent =
         error.status === 401
           ? `That key was refused: ${error.message}`
-          : `The key could not be checked: ${error.message}`;
+          : `Could not log in: ${error.message}`;
       problem.hidden = false;
       return;
     }
-    localStorage.setItem(KEY_STORE, key);
+    $("#key-input").value = "";
     dialog.close();
-    notify("Key saved in this browser");
+    notify(`Logged in as ${me.name}`);
     route();
   });
-  $("#key-forget").addEventListener("click", () => {
-    localStorage.removeItem(KEY_STORE);
-    dialog.close();
-    notify("Key forgotten");
+  $("#register-button").addEventListener("click", async () => {
+    const problem = $("#key-error");
+    const body = { name: $("#register-name").value.trim() };
+    const code = $("#register-invite").value.trim();
+    if (code) body.invite_code = code;
+    try {
+      const made = await api("/v1/auth/register", { method: "POST", body, quiet: true });
+      await logIn(made.key);
+      $("#register-key").textContent = made.key;
+      $("#register-made").hidden = false;
+      notify(`Registered and logged in as ${me.name}`);
+      route();
+    } catch (error) {
+      problem.textContent = `Could not register: ${error.message}`;
+      problem.hidden = false;
+    }
+  });
+  $("#key-cancel").addEventListener("click", () => dialog.close());
+  $("#logout-button").addEventListener("click", async () => {
+    await api("/v1/auth/logout", { method: "POST", quiet: true }).catch(() => null);
+    await whoAmI();
+    notify("Logged out");
     route();
   });
 }
@@ -341,6 +391,7 @@ const ROUTES = [
   [/^\/models$/, modelsPage, "models"],
   [/^\/download$/, downloadPage, "download"],
   [/^\/submit$/, submitPage, "submit"],
+  [/^\/admin$/, adminPage, "admin"],
   [/^\/docs$/, docsPage, "docs"],
 ];
 
@@ -363,15 +414,17 @@ async function route() {
     return;
   }
   try {
-    const document_ = await openapi();
-    $("#key-button").hidden = !keysRequired(document_);
-    if (found[2] !== "docs" && keysRequired(document_) && !storedKey()) {
+    if (me.auth_required && !me.authenticated && found[2] !== "docs") {
       view.append(
-        h("h1", {}, "An API key is needed"),
-        h("p", {}, "This server asks for an API key. ",
-          h("button", { type: "button", onclick: () => askForKey() }, "Enter a key")),
+        h("h1", {}, "Log in"),
+        h("p", {}, "This server asks you to log in with your API key. ",
+          h("button", { type: "button", onclick: () => askForKey() }, "Log in")),
       );
-      askForKey("This server asks for an API key.");
+      askForKey();
+      return;
+    }
+    if (found[2] === "admin" && !me.is_admin) {
+      view.append(h("h1", {}, "Admins only"), h("p", {}, "This page is for an admin's key."));
       return;
     }
     await found[1](page, ...path.match(found[0]).slice(1));
@@ -724,7 +777,7 @@ function drawJob(page, panel, job, withActions) {
   const images = h("div", { class: "thumbs large" },
     job.image_urls.map((url, i) => h("a", { href: url, onclick: (event) => {
       event.preventDefault();
-      openLightbox(job, i);
+      openLightbox(jobImage(job, url));
     } }, h("img", { src: url, alt: `image ${i + 1} of job ${job.id}` }))));
   const parts = [
     header,
@@ -756,60 +809,133 @@ function drawJob(page, panel, job, withActions) {
 
 // -- the gallery -----------------------------------------------------------------------------------
 
-const galleryCursors = [];
+const GALLERY_PAGE = 24;
+const SHARE_HOURS = [[1, "1 hour"], [24, "1 day"], [72, "3 days"], [168, "1 week"]];
 
+/** The gallery (GET /v1/gallery): one's own images and those others share (an admin's: all),
+ * with search, tag and model filters, and for what one may change: share, tags, delete. */
 async function galleryPage(page) {
-  const before = page.params.get("before");
-  const query = new URLSearchParams({ status: "succeeded", limit: "24" });
-  if (before) query.set("before", before);
-  const list = await page.api(`/v1/jobs?${query}`);
-  const tiles = list.data.flatMap((job) =>
-    job.image_urls.map((url, i) =>
-      h("figure", { class: "tile" },
-        h("a", { href: url, onclick: (event) => {
-          event.preventDefault();
-          openLightbox(job, i);
-        } }, h("img", { src: url, alt: excerpt(job.spec.prompt, 60), loading: "lazy" })),
-        h("figcaption", {}, excerpt(job.spec.prompt, 50)))),
-  );
-  if (!before) galleryCursors.length = 0;
-  const newer = h("button", { type: "button", class: "quiet", disabled: !before, onclick: () => {
-    galleryCursors.pop();
-    const previous = galleryCursors[galleryCursors.length - 1];
-    location.hash = previous ? `#/gallery?before=${previous}` : "#/gallery";
-  } }, "← Newer");
-  const older = h("button", { type: "button", class: "quiet", disabled: !list.next_cursor, onclick: () => {
-    galleryCursors.push(list.next_cursor);
-    location.hash = `#/gallery?before=${list.next_cursor}`;
-  } }, "Older →");
+  const params = page.params;
+  const offset = Number(params.get("offset") || 0);
+  const query = new URLSearchParams({ limit: String(GALLERY_PAGE), offset: String(offset) });
+  for (const name of ["search", "tags", "model"]) if (params.get(name)) query.set(name, params.get(name));
+  if (params.get("show") === "mine") query.set("include_public", "false");
+  if (params.get("show") === "shared") query.set("include_private", "false");
+  const [list, models, tags] = await Promise.all([
+    page.api(`/v1/gallery?${query}`), page.api("/v1/models"), page.api("/v1/gallery/tags")]);
+  const go = (changes) => {
+    const next = new URLSearchParams(params);
+    for (const [k, v] of Object.entries(changes)) v ? next.set(k, v) : next.delete(k);
+    location.hash = `#/gallery${next.size ? `?${next}` : ""}`;
+  };
+  const search = h("input", { type: "search", id: "gallery-search", placeholder: "Words in the prompt", value: params.get("search") || "" });
+  const tagInput = h("input", { id: "gallery-tags", list: "gallery-tag-list", placeholder: "tag, tag", value: params.get("tags") || "" });
+  const model = h("select", { id: "gallery-model" }, h("option", { value: "" }, "Any model"),
+    ...models.data.map((m) => h("option", { value: m.id, selected: m.id === params.get("model") }, m.id)));
+  const show = h("select", { id: "gallery-show" },
+    ...[["", "Mine and shared"], ["mine", "Only mine"], ["shared", "Only shared"]].map(([v, t]) =>
+      h("option", { value: v, selected: (params.get("show") || "") === v }, t)));
+  const filters = h("form", { class: "filters", id: "gallery-filters", onsubmit: (event) => {
+    event.preventDefault();
+    go({ search: search.value.trim(), tags: tagInput.value.trim(), model: model.value, show: show.value, offset: "" });
+  } }, search, tagInput, model, show, h("button", { type: "submit" }, "Filter"),
+  h("datalist", { id: "gallery-tag-list" }, ...tags.tags.map((t) => h("option", { value: t.name }))));
+  const tiles = list.data.map((item) => galleryTile(page, item, () => route()));
+  const newer = h("button", { type: "button", class: "quiet", disabled: offset <= 0,
+    onclick: () => go({ offset: String(Math.max(0, offset - GALLERY_PAGE)) || "" }) }, "← Newer");
+  const older = h("button", { type: "button", class: "quiet", disabled: offset + GALLERY_PAGE >= list.total,
+    onclick: () => go({ offset: String(offset + GALLERY_PAGE) }) }, "Older →");
   page.view.append(
     h("h1", {}, "Gallery"),
-    tiles.length ? h("div", { class: "gallery" }, tiles) : h("p", { class: "muted" }, "No images yet."),
+    filters,
+    h("p", { class: "small muted", id: "gallery-total" }, `${list.total} image(s)`),
+    tiles.length ? h("div", { class: "gallery" }, tiles) : h("p", { class: "muted" }, "No images here."),
     h("div", { class: "pager" }, newer, older),
   );
 }
 
-function openLightbox(job, index) {
-  const url = job.image_urls[index];
-  const image = (job.result?.images || [])[index] || {};
+function galleryTile(page, item, refresh) {
+  const mayChange = item.isOwner || me.is_admin;
+  const tags = h("span", { class: "tags" }, ...item.tags.map((t) => h("span", { class: "tag" }, t)));
+  const shared = item.isPublic
+    ? h("span", { class: "badge shared", title: `Listed for everyone until ${when(item.expiresAt)}` }, `shared until ${when(item.expiresAt)}`)
+    : "";
+  const actions = h("div", { class: "tile-actions" });
+  if (mayChange) {
+    const hours = h("select", { class: "share-hours", "aria-label": "Share for" },
+      ...SHARE_HOURS.map(([value, text]) => h("option", { value }, text)));
+    const share = actionButton(page, "Share", { class: "small share" }, async () => {
+      await page.api(`/v1/gallery/${item.id}/privacy`, { method: "PATCH",
+        body: { isPublic: true, expiresInHours: Number(hours.value) } });
+      notify("Shared: listed for everyone until it expires");
+      refresh();
+    });
+    const unshare = actionButton(page, "Unshare", { class: "small quiet unshare" }, async () => {
+      await page.api(`/v1/gallery/${item.id}/privacy`, { method: "PATCH", body: { isPublic: false } });
+      notify("Private again");
+      refresh();
+    });
+    const editTags = h("form", { class: "tag-form", onsubmit: async (event) => {
+      event.preventDefault();
+      const given = event.currentTarget.elements.tags.value.split(",").map((t) => t.trim()).filter(Boolean);
+      try {
+        const answer = await page.api(`/v1/gallery/${item.id}/tags`, { method: "PATCH", body: { tags: given } });
+        tags.replaceChildren(...answer.tags.map((t) => h("span", { class: "tag" }, t)));
+        notify("Tags saved");
+      } catch (error) {
+        page.problem(error);
+      }
+    } }, h("input", { name: "tags", class: "tag-input", value: item.tags.join(", "), placeholder: "tags, comma separated", "aria-label": "Tags" }),
+    h("button", { type: "submit", class: "small quiet" }, "Save tags"));
+    const remove = actionButton(page, "Delete", { class: "small quiet delete-image" }, async () => {
+      if (!confirm("Delete this image? Its file and its link are gone for good.")) return;
+      await page.api(`/v1/gallery/${item.id}`, { method: "DELETE" });
+      notify("Image deleted");
+      refresh();
+    });
+    actions.append(item.isPublic ? unshare : h("span", {}, hours, share), editTags, remove);
+  }
+  return h("figure", { class: "tile", dataset: { id: item.id } },
+    h("a", { href: item.url, onclick: (event) => {
+      event.preventDefault();
+      openLightbox(item);
+    } }, h("img", { src: item.url, alt: excerpt(item.prompt, 60), loading: "lazy" })),
+    h("figcaption", {}, excerpt(item.prompt, 50), " ", shared, tags, actions));
+}
+
+/** One of a job's images, as the gallery shows an item. */
+function jobImage(job, url) {
+  const file = url.split("/").pop();
+  const image = (job.result?.images || []).find((i) => i.file === file) || {};
   const spec = job.spec;
-  $("#lightbox-image").src = url;
-  $("#lightbox-image").alt = spec.prompt;
-  $("#lightbox-prompt").textContent = spec.prompt;
-  $("#lightbox-open").href = url;
-  $("#lightbox-job").href = `#/jobs/${job.id}`;
+  return {
+    url, prompt: spec.prompt, negativePrompt: spec.negative_prompt, model: job.model,
+    width: image.width || spec.width, height: image.height || spec.height, steps: spec.steps,
+    guidanceScale: spec.guidance_scale, scheduler: spec.scheduler, seed: image.seed ?? spec.seed,
+    createdAt: job.finished_at, tags: [], jobId: job.id,
+  };
+}
+
+/** A gallery item, large, with what made it. */
+function openLightbox(item) {
+  $("#lightbox-image").src = item.url;
+  $("#lightbox-image").alt = item.prompt;
+  $("#lightbox-prompt").textContent = item.prompt;
+  $("#lightbox-open").href = item.url;
+  $("#lightbox-job").href = `#/jobs/${item.jobId}`;
   const rows = [
-    ["Negative", spec.negative_prompt || "—"],
-    ["Model", job.model],
-    ["Size", `${image.width || spec.width}×${image.height || spec.height}`],
-    ["Steps", spec.steps],
-    ["Guidance", spec.guidance_scale],
-    ["Scheduler", spec.scheduler],
-    ["Seed", image.seed ?? spec.seed ?? "—"],
-    ["Made", when(job.finished_at)],
+    ["Negative", item.negativePrompt || "—"],
+    ["Model", item.model],
+    ["Size", `${item.width}×${item.height}`],
+    ["Steps", item.steps],
+    ["Guidance", item.guidanceScale],
+    ["Scheduler", item.scheduler],
+    ["Seed", item.seed ?? "—"],
+    ["Made", when(item.createdAt)],
+    ["Tags", item.tags.join(", ") || "—"],
   ];
   $("#lightbox-params").replaceChildren(...rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
-  $("#lightbox-copy").onclick = () => copyText(spec.prompt);
+  $("#lightbox-copy").onclick = () => copyText(item.prompt);
   $("#lightbox").showModal();
 }
 
@@ -869,8 +995,9 @@ async function modelsPage(page) {
         h("td", { "data-label": "Status" }, badge(model.status === "ok" ? "ok" : "broken"),
           model.reason ? h("div", { class: "small error" }, model.reason) : ""),
         h("td", { "data-label": "Default", class: "default-cell" },
-          model.default ? h("span", { class: "badge default" }, "default") : model.status === "ok" ? makeDefault : "—"),
-        h("td", { "data-label": "" }, remove));
+          model.default ? h("span", { class: "badge default" }, "default")
+            : model.status === "ok" && me.is_admin ? makeDefault : "—"),
+        h("td", { "data-label": "" }, me.is_admin ? remove : ""));
     }));
     if (!list.data.length) {
       body.append(h("tr", {}, h("td", { colspan: 7 }, "No models installed: ",
@@ -882,7 +1009,7 @@ async function modelsPage(page) {
       h("td", { "data-label": "LoRA" }, h("strong", {}, lora.id)),
       h("td", { "data-label": "For" }, lora.family || "—"),
       h("td", { "data-label": "On disk" }, megabytes(lora.size_bytes)),
-      h("td", { "data-label": "" }, actionButton(page, "Delete", { class: "small quiet delete-lora" }, async () => {
+      h("td", { "data-label": "" }, !me.is_admin ? "" : actionButton(page, "Delete", { class: "small quiet delete-lora" }, async () => {
         if (!confirm(`Delete ${lora.id}?`)) return;
         await page.api(`/v1/loras/${lora.id}`, { method: "DELETE" });
         notify(`${lora.id} deleted`);
@@ -901,7 +1028,7 @@ const DOWNLOAD_ACTIVE = new Set(["queued", "downloading", "verifying"]);
 /** A CivitAI preview, fetched through this server (the browser never contacts CivitAI,
  * and the page's policy stays 'self'), shown as a blob URL. */
 async function thumbnail(page, url, image) {
-  const headers = storedKey() ? { Authorization: `Bearer ${storedKey()}` } : {};
+  const headers = {};
   try {
     const response = await fetch(`/v1/models/thumbnail?url=${encodeURIComponent(url)}`, { headers, signal: page.signal });
     if (!response.ok) return;
@@ -1130,7 +1257,7 @@ async function submitPage(page) {
 
 /** A job's stored input (`init` or `mask`) as a data URL. */
 async function jobInput(page, jobId, name) {
-  const headers = storedKey() ? { Authorization: `Bearer ${storedKey()}` } : {};
+  const headers = {};
   const response = await fetch(`/v1/jobs/${jobId}/inputs/${name}`, { headers, signal: page.signal });
   if (!response.ok) throw new Error(`the job's ${name} image cannot be read (${response.status})`);
   const blob = await response.blob();
@@ -1337,9 +1464,155 @@ function limits(field) {
   return parts.join(" ");
 }
 
+// -- admin ----------------------------------------------------------------------------------------
+
+/** The Admin page: keys (a new one shown once), invites, web sessions, storage use and the
+ * effective configuration (every secret masked by the server). */
+async function adminPage(page) {
+  const keys = h("section", { id: "admin-keys" });
+  const invites = h("section", { id: "admin-invites" });
+  const sessions = h("section", { id: "admin-sessions" });
+  const storage = h("section", { id: "admin-storage" });
+  const config = h("section", { id: "admin-config" });
+  page.view.append(h("h1", {}, "Admin"), keys, invites, sessions, storage, config);
+  const shownOnce = (label, secret) => h("p", { class: "once" }, `${label} (shown this once): `,
+    h("code", { class: "secret" }, secret), " ",
+    h("button", { type: "button", class: "small quiet", onclick: () => copyText(secret) }, "Copy"));
+  const noKeys = (section, title, error) => {
+    section.replaceChildren(h("h2", {}, title), h("p", { class: "muted" }, error.message));
+  };
+
+  const drawKeys = async (made) => {
+    let list;
+    try {
+      list = await page.api("/v1/auth/keys");
+    } catch (error) {
+      if (error.status !== 403) throw error;
+      return noKeys(keys, "API keys", error);
+    }
+    const name = h("input", { id: "new-key-name", placeholder: "name", required: true, maxlength: 64 });
+    const isAdmin = h("input", { type: "checkbox", id: "new-key-admin" });
+    const form = h("form", { class: "inline", id: "new-key", onsubmit: async (event) => {
+      event.preventDefault();
+      try {
+        const answer = await page.api("/v1/auth/keys/generate", { method: "POST",
+          body: { name: name.value.trim(), isAdmin: isAdmin.checked } });
+        await drawKeys(answer);
+      } catch (error) {
+        page.problem(error);
+      }
+    } }, name, h("label", {}, isAdmin, " admin"), h("button", { type: "submit" }, "Make key"));
+    const rows = list.data.map((key) => h("tr", { dataset: { name: key.name } },
+      h("td", { "data-label": "Name" }, key.name),
+      h("td", { "data-label": "Role" }, key.role),
+      h("td", { "data-label": "From" }, key.source),
+      h("td", { "data-label": "Made" }, key.createdAt ? when(key.createdAt) : "—"),
+      h("td", { "data-label": "Last used" }, key.lastUsed ? age(key.lastUsed) : "—"),
+      h("td", { "data-label": "State" }, badge(key.enabled ? "ok" : "revoked")),
+      h("td", { "data-label": "" }, key.id && key.enabled
+        ? actionButton(page, "Revoke", { class: "small quiet revoke" }, async () => {
+          if (!confirm(`Revoke ${key.name}? Its requests and sessions are refused from now on.`)) return;
+          await page.api(`/v1/auth/keys/${key.id}/revoke`, { method: "POST", body: {} });
+          notify(`${key.name} revoked`);
+          await drawKeys();
+        })
+        : "")));
+    keys.replaceChildren(h("h2", {}, "API keys"),
+      made ? shownOnce(`The key of ${made.info.name}`, made.key) : "",
+      h("table", { class: "models" },
+        h("thead", {}, h("tr", {}, ["Name", "Role", "From", "Made", "Last used", "State", ""].map((t) => h("th", {}, t)))),
+        h("tbody", {}, rows)),
+      form);
+  };
+
+  const drawInvites = async (made) => {
+    let list;
+    try {
+      list = await page.api("/v1/auth/invites");
+    } catch (error) {
+      if (error.status !== 403) throw error;
+      return noKeys(invites, "Invites", error);
+    }
+    const uses = h("input", { type: "number", id: "invite-uses", min: 1, max: 1000, value: 1, "aria-label": "Uses" });
+    const form = h("form", { class: "inline", id: "new-invite", onsubmit: async (event) => {
+      event.preventDefault();
+      try {
+        const answer = await page.api("/v1/auth/invites", { method: "POST",
+          body: { uses: Number(uses.value), expiresHours: 168 } });
+        await drawInvites(answer);
+      } catch (error) {
+        page.problem(error);
+      }
+    } }, h("label", {}, "Uses ", uses), h("button", { type: "submit" }, "Make invite (a week)"));
+    invites.replaceChildren(h("h2", {}, "Invites"),
+      made ? shownOnce("The invite code", made.code) : "",
+      list.data.length
+        ? h("ul", { class: "plain" }, list.data.map((invite) => h("li", {},
+          h("code", {}, `${invite.hint}…`), ` ${invite.uses_remaining} use(s) left`,
+          invite.expires_at ? `, until ${when(invite.expires_at)} ` : " ",
+          actionButton(page, "Delete", { class: "small quiet" }, async () => {
+            await page.api(`/v1/auth/invites/${invite.id}`, { method: "DELETE" });
+            await drawInvites();
+          }))))
+        : h("p", { class: "muted" }, "No open invites."),
+      form);
+  };
+
+  const drawSessions = async () => {
+    let list;
+    try {
+      list = await page.api("/v1/auth/sessions");
+    } catch (error) {
+      if (error.status !== 403) throw error;
+      return noKeys(sessions, "Web sessions", error);
+    }
+    sessions.replaceChildren(h("h2", {}, "Web sessions"),
+      h("table", { class: "models" },
+        h("thead", {}, h("tr", {}, ["Who", "Role", "Since", "Last seen", "Ends", ""].map((t) => h("th", {}, t)))),
+        h("tbody", {}, list.data.map((session) => h("tr", { dataset: { name: session.name } },
+          h("td", { "data-label": "Who" }, session.name),
+          h("td", { "data-label": "Role" }, session.role),
+          h("td", { "data-label": "Since" }, when(session.created_at)),
+          h("td", { "data-label": "Last seen" }, age(session.last_seen_at)),
+          h("td", { "data-label": "Ends" }, when(session.expires_at)),
+          h("td", { "data-label": "" }, actionButton(page, "End", { class: "small quiet end-session" }, async () => {
+            await page.api(`/v1/auth/sessions/${session.id}`, { method: "DELETE" });
+            notify(`${session.name}'s session ended`);
+            await drawSessions();
+          })))))));
+  };
+
+  const drawStorage = async () => {
+    const used = await page.api("/v1/admin/storage");
+    const rows = ["outbox", "models", "inputs", "inbox", "database"].map((name) => {
+      const part = used[name];
+      return h("tr", { dataset: { part: name } },
+        h("td", { "data-label": "Part" }, name),
+        h("td", { "data-label": "Path" }, h("code", {}, part.path || "(the database server)")),
+        h("td", { "data-label": "Size" }, part.bytes === null ? "—" : megabytes(part.bytes)),
+        h("td", { "data-label": "Files" }, part.files ?? "—"),
+        h("td", { "data-label": "Disk free" }, part.disk ? gib(part.disk.free) : "—"));
+    });
+    storage.replaceChildren(h("h2", {}, "Storage"),
+      h("table", { class: "models" },
+        h("thead", {}, h("tr", {}, ["Part", "Path", "Size", "Files", "Disk free"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, rows)),
+      h("p", { class: "small muted" }, `In all ${megabytes(used.total_bytes)}.`));
+  };
+
+  const drawConfig = async () => {
+    const effective = await page.api("/v1/admin/config");
+    config.replaceChildren(h("h2", {}, "Configuration"),
+      h("p", { class: "small muted" }, effective.config_file ? `From ${effective.config_file} and the environment; ` : "Embedded defaults and the environment; ",
+        "keys and tokens are shown as ***."),
+      h("pre", { class: "json", id: "admin-config-json" }, JSON.stringify(effective, null, 2)));
+  };
+  await Promise.all([drawKeys(), drawInvites(), drawSessions(), drawStorage(), drawConfig()]);
+}
+
 // -- start -----------------------------------------------------------------------------------------
 
 setUpKeyDialog();
 setUpLightbox();
 window.addEventListener("hashchange", route);
-route();
+whoAmI().catch(() => null).then(route);

@@ -32,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 from ..config import Settings
 from ..registry import ModelRegistry
 from ..store import Store
-from . import auth, catalog, downloads, gallery, native, openai, status
+from . import admin, auth, catalog, downloads, gallery, native, openai, status
 from .context import Api, route
 from .docs_page import DOCS_POLICY, render_docs
 from .guard import RequestGuard
@@ -195,6 +195,10 @@ def routes() -> list[Any]:
         Route("/v1/auth/invites", auth.create_invite, methods=["POST"]),
         Route("/v1/auth/invites", auth.list_invites, methods=["GET"]),
         Route("/v1/auth/invites/{code}", auth.delete_invite, methods=["DELETE"]),
+        Route("/v1/auth/sessions", admin.list_sessions, methods=["GET"]),
+        Route("/v1/auth/sessions/{session_id}", admin.end_session, methods=["DELETE"]),
+        Route("/v1/admin/config", admin.config, methods=["GET"]),
+        Route("/v1/admin/storage", admin.storage, methods=["GET"]),
         Route("/v1/gallery", gallery.list_gallery, methods=["GET"]),
         Route("/v1/gallery/tags", gallery.list_tags, methods=["GET"]),
         Route("/v1/gallery/stats", gallery.stats, methods=["GET"]),

@@ -14,6 +14,7 @@ from ..downloads.civitai import TYPES as _CIVITAI_TYPES
 from ..downloads.huggingface import SORTS as _HF_SORTS
 from ..models import DownloadStatus, JobStatus, Source
 from ..spec import SPEC_FIELDS
+from ..store.keys import KEY_NAME
 
 # Python's whitespace (what the server strips), spelled out: regex engines disagree on \s.
 _BLANK = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -339,7 +340,7 @@ def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
             "type": "object",
             "required": ["name"],
             "properties": {
-                "name": {"type": "string", "minLength": 1, "maxLength": 64},
+                "name": {"type": "string", "pattern": KEY_NAME_PATTERN},
                 "isAdmin": {"type": "boolean"},
                 "rateLimitPerMinute": {"type": "integer", "minimum": 0},
             },
@@ -348,7 +349,7 @@ def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
             "type": "object",
             "required": ["name"],
             "properties": {
-                "name": {"type": "string", "minLength": 1, "maxLength": 64},
+                "name": {"type": "string", "pattern": KEY_NAME_PATTERN},
                 "invite_code": {"type": "string"},
             },
         },
@@ -434,6 +435,7 @@ def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
     }
 
 
+KEY_NAME_PATTERN = f"^{KEY_NAME.pattern}$"
 _EXAMPLES: dict[str, Any] = {
     "/v1/jobs": {"prompt": "a lighthouse at dusk", "steps": 25, "seed": 7},
     "/v1/images/generations": {"prompt": "a red fox", "size": "512x512", "n": 1},

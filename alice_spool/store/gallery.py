@@ -35,7 +35,7 @@ _ITEM_COLUMNS = (*GalleryImage.__table__.columns, Job.spec, Job.result)
 
 
 def image_rows(job: JobRecord, now: datetime, seq: int) -> list[dict[str, Any]]:
-    """The gallery rows of a job that has just succeeded."""
+    """The gallery rows of a job that has just succeeded (`seq`: its row's)."""
     rows = []
     for image in (job.result or {}).get("images") or []:
         file = str(image.get("file", ""))
@@ -45,7 +45,7 @@ def image_rows(job: JobRecord, now: datetime, seq: int) -> list[dict[str, Any]]:
         rows.append(
             {
                 "id": f"{job.id}-{index}",
-                "seq": seq * 100 + int(index),
+                "seq": seq,
                 "job_id": job.id,
                 "index": int(index),
                 "file": file,
@@ -153,7 +153,7 @@ class Gallery(StoreBase):
                 select(*_ITEM_COLUMNS)
                 .join(Job, Job.id == GalleryImage.job_id)
                 .where(*where)
-                .order_by(GalleryImage.seq.desc())
+                .order_by(GalleryImage.seq.desc(), GalleryImage.index)
                 .limit(limit)
                 .offset(offset)
             ).all()
@@ -283,7 +283,7 @@ class Gallery(StoreBase):
                 for row in conn.execute(
                     select(GalleryImage.id)
                     .where(GalleryImage.job_id.in_(list(chunk)))
-                    .order_by(GalleryImage.seq)
+                    .order_by(GalleryImage.seq, GalleryImage.index)
                 ).scalars()
             ]
         )

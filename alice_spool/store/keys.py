@@ -7,6 +7,7 @@ never both spend its last use."""
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,6 +21,9 @@ from ..records import InviteRecord, KeyRecord
 from ._base import StoreBase, new_id, utcnow
 
 KEY_PREFIX = "sd-"  # as ALICE's keys
+# A key's name, shown in lists, logs and the web UI: plain characters only.
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}")
+SESSION_HANDLE = 16  # hex digits of a session's SHA-256 that name it to an admin
 TOUCH_EVERY = timedelta(minutes=1)  # a key's or a session's last use: written this often
 _KEY_COLUMNS = tuple(c for c in ApiKey.__table__.columns if c.name != "key_sha256")
 _INVITE_COLUMNS = tuple(c for c in Invite.__table__.columns if c.name != "code_sha256")
@@ -253,6 +257,41 @@ class Keys(StoreBase):
             self.db.write(lambda conn: conn.execute(statement))
         return SessionRecord(found.name, found.role, found.key_id, found.expires_at)
 
+    def list_sessions(self, *, idle_s: float, now: datetime | None = None) -> list[dict[str, Any]]:
+        """The live sessions, newest first, for an admin: who, since when, last seen,
+        until when, and a handle (the first 16 hex digits of the id's SHA-256: enough
+        to end it by, nothing to open it with)."""
+        now = now or utcnow()
+        rows = self.db.read(
+            lambda conn: conn.execute(
+                select(*WebSession.__table__.columns)
+                .where(
+                    WebSession.expires_at > now,
+                    WebSession.last_seen_at > now - timedelta(seconds=idle_s),
+                )
+                .order_by(WebSession.created_at.desc())
+            ).all()
+        )
+        return [
+            {
+                "id": row.id_sha256[:SESSION_HANDLE],
+                "name": row.name,
+                "role": row.role,
+                "key_id": row.key_id,
+                "created_at": row.created_at,
+                "last_seen_at": row.last_seen_at,
+                "expires_at": row.expires_at,
+            }
+            for row in rows
+        ]
+
+    def end_session(self, handle: str) -> bool:
+        """End a session by its handle (`list_sessions`); whether there was one."""
+        if len(handle) != SESSION_HANDLE or any(c not in "0123456789abcdef" for c in handle):
+            return False
+        statement = delete(WebSession).where(WebSession.id_sha256.startswith(handle))
+        return bool(self.db.write(lambda conn: conn.execute(statement).rowcount))
+
     def close_session(self, secret: str) -> bool:
         """End a session (logout); whether there was one."""
         statement = delete(WebSession).where(WebSession.id_sha256 == digest(secret))
@@ -268,8 +307,12 @@ class SessionRecord:
 
 
 def _check_name(name: Any) -> None:
-    if not isinstance(name, str) or not name.strip() or len(name) > 64 or not name.isprintable():
-        raise errors.InvalidParameters("name must be 1..64 printable characters", field="name")
+    if not isinstance(name, str) or not KEY_NAME.fullmatch(name):
+        raise errors.InvalidParameters(
+            "name must be 1..64 characters: letters, digits, space and . _ @ - "
+            "(a letter or digit first)",
+            field="name",
+        )
 
 
 def _insert_key(

@@ -66,7 +66,7 @@ def upgrade() -> None:
         sa.Column("public_until", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_gallery")),
     )
-    op.create_index("ix_gallery_seq", "gallery", ["seq"])
+    op.create_index("ix_gallery_seq", "gallery", ["seq", "index"])
     op.create_index("ix_gallery_job_id", "gallery", ["job_id"])
     op.create_index("ix_gallery_owner_seq", "gallery", ["owner", "seq"])
     published = sa.text("public_until IS NOT NULL")
@@ -112,7 +112,7 @@ def _images(job: Any) -> list[dict[str, Any]]:
     return [
         {
             "id": file.removesuffix(".png"),
-            "seq": job.seq * 100 + int(file.removesuffix(".png").rpartition("-")[2]),
+            "seq": job.seq,
             "job_id": job.id,
             "index": int(file.removesuffix(".png").rpartition("-")[2]),
             "file": file,

@@ -7,6 +7,7 @@ owner or an admin (403)."""
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from alice_spool.config import masked_url
 from alice_spool.models import JobStatus
 from alice_spool.spec import JobSpec
 from alice_spool.store import Store, new_id
@@ -263,9 +265,9 @@ def test_gallery_tags_search_filters_paging_and_delete(make_bare: Callable[..., 
     assert listing("?since=2999-01-01")["total"] == 0 and listing("?until=2999-01-01")["total"] == 6
     page = listing("?limit=4&offset=4")
     assert (page["total"], page["limit"], page["offset"], len(page["data"])) == (6, 4, 4, 2)
-    newest = listing("?limit=6")["data"]
-    assert [i["id"] for i in newest] == list(reversed(images))
-    item = newest[-1]
+    newest = listing("?limit=6")["data"]  # the newest job first, its images in order
+    assert [i["id"] for i in newest] == [f"{w.done}-{i}" for w in reversed(worlds) for i in (0, 1)]
+    item = newest[-2]
     assert item["prompt"] == "a red fox 0" and item["seed"] == 10 and item["width"] == 8
     assert item["url"].endswith(f"/images/{images[0]}.png") and item["tags"] == ["fox", "red"]
     assert item["isOwner"] is True and item["generationTime"] == 0.5
@@ -337,3 +339,55 @@ def test_the_servers_own_things_are_an_admins_to_change(make_bare: Callable[...,
     assert chosen.status_code == 200, chosen.text
     gone = httpx.delete(bare.url + "/v1/models/sd/tiny", headers=who["admin"])
     assert gone.status_code == 200 and not (bare.models / "tiny").exists()
+
+
+def test_the_admin_routes_mask_every_secret_and_end_sessions(
+    make_bare: Callable[..., Bare],
+) -> None:
+    bare = make_bare(
+        **{
+            "models.hf_token": "hf_secret_token_123",
+            "models.civitai_token": "civitai-secret-456",
+            "server.api_keys": {"ops": "config-secret-789"},
+        }
+    )
+    who = keyed(bare)
+    world(bare, who["alice"], 1)  # two images of 8x8 in the outbox
+    for path in ("/v1/admin/config", "/v1/admin/storage", "/v1/auth/sessions"):
+        refused = httpx.get(bare.url + path, headers=who["alice"])
+        assert refused.status_code == 403, path
+    answer = httpx.get(bare.url + "/v1/admin/config", headers=who["admin"])
+    assert answer.status_code == 200, answer.text
+    shown = answer.text
+    for secret in ("hf_secret_token_123", "civitai-secret-456", "config-secret-789"):
+        assert secret not in shown
+    config = answer.json()
+    assert config["models"]["hf_token"] == "***" and config["server"]["api_keys"] == {"ops": "***"}
+    assert config["server"]["registration"] == "disabled"
+    used = httpx.get(bare.url + "/v1/admin/storage", headers=who["admin"]).json()
+    files = list(bare.outbox.rglob("*.png"))
+    assert used["outbox"]["files"] >= len(files) == 2
+    assert used["outbox"]["bytes"] >= sum(f.stat().st_size for f in files) > 0
+    assert used["database"]["bytes"] > 0 and used["outbox"]["disk"]["free"] > 0
+    assert used["total_bytes"] >= used["outbox"]["bytes"] + used["database"]["bytes"]
+    # Sessions: listed by a handle (never the cookie), ended by an admin.
+    with httpx.Client(base_url=bare.url) as browser:
+        alice_key = who["alice"]["X-Api-Key"]
+        assert browser.post("/v1/auth/login", json={"key": alice_key}).status_code == 200
+        cookie = browser.cookies["alice_session"]
+        listed = httpx.get(bare.url + "/v1/auth/sessions", headers=who["admin"]).json()["data"]
+        assert [(s["name"], s["role"]) for s in listed] == [("alice", "user")]
+        assert cookie not in json.dumps(listed) and len(listed[0]["id"]) == 16
+        assert browser.get("/v1/jobs").status_code == 200
+        ended = httpx.delete(f"{bare.url}/v1/auth/sessions/{listed[0]['id']}", headers=who["admin"])
+        assert ended.json() == {"success": True}
+        assert browser.get("/v1/jobs").status_code == 401
+        again = httpx.delete(f"{bare.url}/v1/auth/sessions/{listed[0]['id']}", headers=who["admin"])
+        assert again.status_code == 404
+
+
+def test_the_configured_database_password_is_masked() -> None:
+    assert masked_url("postgresql+psycopg://spool:pa55@db.local:5432/spool") == (
+        "postgresql+psycopg://spool:***@db.local:5432/spool"
+    )
+    assert masked_url("sqlite:////var/lib/alice/alice.db") == "sqlite:////var/lib/alice/alice.db"

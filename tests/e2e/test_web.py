@@ -143,10 +143,15 @@ class Console:
             self.errors.append(f"{message.text} at {message.location.get('url')}")
 
 
-def new_page(browser: Browser, console: Console, *, key: str | None = KEY, **options: Any) -> Page:
+def new_page(
+    site: Served, browser: Browser, console: Console, *, key: str | None = KEY, **options: Any
+) -> Page:
     context: BrowserContext = browser.new_context(**options)
-    if key is not None:  # as if the key had been entered once before
-        context.add_init_script(f"localStorage.setItem('alice-spool.api-key', {key!r})")
+    if key is not None:  # as if this person had logged in already: the session cookie
+        answer = context.request.post(
+            f"{site.url}/v1/auth/login", data={"key": key}, headers={"Origin": site.url}
+        )
+        assert answer.ok, answer.text()
     page = context.new_page()
     console.watch(page)
     return page
@@ -181,32 +186,47 @@ def wait_for_status(site: Served, job_id: str, *statuses: str) -> dict[str, Any]
 # -- the tests ---------------------------------------------------------------------------------
 
 
-def test_the_ui_asks_for_a_key_refuses_a_wrong_one_and_keeps_a_right_one(
+def test_the_ui_logs_in_with_a_key_keeps_only_a_session_cookie_and_logs_out(
     site: Served, browser: Browser
 ) -> None:
     console = Console()
-    page = new_page(browser, console, key=None)
+    page = new_page(site, browser, console, key=None)
     page.goto(f"{site.url}/")  # / leads to the UI
     assert page.url.endswith("/web/")
     dialog = page.locator("#key-dialog")
     expect(dialog).to_be_visible()
-    shot(page, "key-prompt")
+    expect(page.locator("#register-part")).to_be_hidden()  # registration is off by default
+    shot(page, "login")
     page.fill("#key-input", "not-the-key")
     page.click("#key-save")
     expect(page.locator("#key-error")).to_contain_text("That key was refused")
     expect(dialog).to_be_visible()
-    shot(page, "key-refused")
+    shot(page, "login-refused")
     page.fill("#key-input", KEY)
     page.click("#key-save")
     expect(dialog).to_be_hidden()
     expect(page.locator("#runners .runner")).to_be_visible()
-    assert page.evaluate("localStorage.getItem('alice-spool.api-key')") == KEY
-    page.reload()  # kept in the browser: no prompt the second time
+    expect(page.locator("#who")).to_have_text("ops (admin)")
+    expect(page.locator("#nav a[data-page=admin]")).to_be_visible()
+    # The browser keeps a session cookie that scripts cannot read, never the key.
+    assert page.evaluate("JSON.stringify(localStorage)") == "{}"
+    assert page.evaluate("document.cookie") == ""
+    (cookie,) = page.context.cookies()
+    assert cookie["name"] == "alice_session" and cookie["httpOnly"] is True
+    assert cookie["sameSite"] == "Strict" and KEY not in cookie["value"]
+    page.reload()  # the session lasts: no prompt the second time
     expect(page.locator("#runners .runner")).to_be_visible()
     expect(dialog).to_be_hidden()
-    # The only console error is the browser's note of the refused key's 401.
+    page.click("#logout-button")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#who")).to_be_hidden()
+    assert (
+        httpx.get(f"{site.url}/v1/jobs", cookies={cookie["name"]: cookie["value"]}).status_code
+        == 401
+    )
+    # The only console errors are the browser's notes of the refused key's and the ended
+    # session's 401s.
     assert [e for e in console.errors if "401" not in e] == []
-    assert len(console.errors) == 1
     page.context.close()
 
 
@@ -215,7 +235,7 @@ def test_dashboard_shows_the_runner_queue_and_throughput(
 ) -> None:
     done = submit_job(site, prompt="a dashboard warm-up", size="64x64", n=3, seed=1)
     wait_for_status(site, done["id"], "succeeded")
-    page = new_page(browser, console, viewport={"width": 1280, "height": 900})
+    page = new_page(site, browser, console, viewport={"width": 1280, "height": 900})
     page.goto(f"{site.url}/web/")
     runner = page.locator("#runners .runner")
     expect(runner).to_contain_text("cpu")
@@ -233,7 +253,7 @@ def test_dashboard_shows_the_runner_queue_and_throughput(
 def test_submit_from_the_form_watch_it_finish_and_find_it_in_the_gallery(
     site: Served, browser: Browser, console: Console
 ) -> None:
-    page = new_page(browser, console, viewport={"width": 1280, "height": 900})
+    page = new_page(site, browser, console, viewport={"width": 1280, "height": 900})
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     page.goto(f"{site.url}/web/#/submit")
     page.fill("#f-prompt", "a red fox in fresh snow")
@@ -305,7 +325,7 @@ def test_upload_paint_a_mask_pick_a_lora_and_see_the_result(
     create_tiny_lora(site.root / "var" / "models", "web-lora")
     pixels = (np.random.default_rng(5).random((64, 80, 3)) * 255).astype(np.uint8)
     Image.fromarray(pixels).save(tmp_path / "photo.png")
-    page = new_page(browser, console, viewport={"width": 1280, "height": 1000})
+    page = new_page(site, browser, console, viewport={"width": 1280, "height": 1000})
     page.goto(f"{site.url}/web/#/submit")
     page.fill("#f-prompt", "a painted harbour")
     page.fill("#f-steps", "3")
@@ -362,7 +382,7 @@ def test_upload_paint_a_mask_pick_a_lora_and_see_the_result(
 
 def test_the_form_says_what_is_wrong_and_queues_nothing(site: Served, browser: Browser) -> None:
     console = Console()
-    page = new_page(browser, console, viewport={"width": 1280, "height": 900})
+    page = new_page(site, browser, console, viewport={"width": 1280, "height": 900})
     page.goto(f"{site.url}/web/#/submit")
     before = httpx.get(f"{site.url}/v1/stats", headers=AUTH).json()["depth"]
     page.click("#submit-button")  # no prompt
@@ -389,7 +409,7 @@ def test_gallery_pages_through_older_images(
     wait_for_status(site, ids[-1], "succeeded")
     for job_id in ids:
         wait_for_status(site, job_id, "succeeded")
-    page = new_page(browser, console)
+    page = new_page(site, browser, console)
     page.goto(f"{site.url}/web/#/gallery")
     expect(page.locator(".gallery .tile")).to_have_count(24)  # one image per job, 24 jobs
     expect(page.locator(".gallery .tile").first).to_contain_text("page 25")
@@ -408,7 +428,7 @@ def test_queue_cancels_and_reprioritises_queued_jobs(
     wait_for_status(site, blocker["id"], "running")
     first = submit_job(site, prompt="waiting first", size="72x72")
     second = submit_job(site, prompt="waiting second", size="72x72")
-    page = new_page(browser, console, viewport={"width": 1280, "height": 900})
+    page = new_page(site, browser, console, viewport={"width": 1280, "height": 900})
     page.goto(f"{site.url}/web/#/queue")
     row = lambda job: page.locator(f"tr[data-id='{job['id']}']")  # noqa: E731
     expect(row(second).locator(".badge")).to_have_text("queued")
@@ -447,7 +467,7 @@ def test_retry_a_failed_job_from_its_page(site: Served, browser: Browser, consol
     failing = submit_job(site, prompt="needs the fragile model", model="sd/fragile")
     failed = wait_for_status(site, failing["id"], "failed", "succeeded")
     assert failed["status"] == "failed" and failed["error"]["code"] == "model_load_failed"
-    page = new_page(browser, console, viewport={"width": 1280, "height": 900})
+    page = new_page(site, browser, console, viewport={"width": 1280, "height": 900})
     page.goto(f"{site.url}/web/#/jobs/{failing['id']}")
     expect(page.locator(".error.box")).to_contain_text("model_load_failed")
     shot(page, "job-failed")
@@ -464,7 +484,11 @@ def test_models_page_sets_the_default(site: Served, browser: Browser, console: C
     models = site.root / "var" / "models"
     if not (models / "spare").exists():
         shutil.copytree(models / "tiny", models / "spare")
-    page = new_page(browser, console, viewport={"width": 1280, "height": 900})
+    chosen = httpx.post(  # tiny chosen first, whichever tests ran before
+        f"{site.url}/v1/models/default", json={"model": "sd/tiny"}, headers=AUTH, timeout=30
+    )
+    assert chosen.status_code == 200, chosen.text
+    page = new_page(site, browser, console, viewport={"width": 1280, "height": 900})
     page.goto(f"{site.url}/web/#/models")
     page.click("text=Rescan models directory")
     spare = page.locator("tr[data-id='sd/spare']")
@@ -483,7 +507,7 @@ def test_the_download_page_browses_searches_downloads_and_cancels(
     site: Served, browser: Browser, console: Console, stand_ins: tuple[Hub, Civitai]
 ) -> None:
     hub, _ = stand_ins
-    page = new_page(browser, console, viewport={"width": 1280, "height": 1000})
+    page = new_page(site, browser, console, viewport={"width": 1280, "height": 1000})
     page.goto(f"{site.url}/web/#/download")
     cards = page.locator("#civitai-results article.result")
     expect(cards).to_have_count(2)  # browsing: checkpoints and LoRAs, no NSFW, no VAE
@@ -531,7 +555,7 @@ def test_the_download_page_browses_searches_downloads_and_cancels(
     assert not (site.root / "var" / "models" / "web.safetensors").exists()
     page.context.close()
     # A refused URL: the server's 400 (which the browser logs as a failed resource) shown.
-    refused = new_page(browser, Console(), viewport={"width": 1280, "height": 900})
+    refused = new_page(site, browser, Console(), viewport={"width": 1280, "height": 900})
     refused.goto(f"{site.url}/web/#/download")
     refused.fill("#download-url", "http://127.0.0.1:9/x.safetensors")
     refused.click("#url-form button[type=submit]")
@@ -549,7 +573,7 @@ def test_the_models_page_deletes_a_model_and_a_lora(
     loras = models / "loras"
     loras.mkdir(exist_ok=True)
     create_tiny_lora(models, "doomed-lora", replace=True)
-    page = new_page(browser, console, viewport={"width": 1280, "height": 900})
+    page = new_page(site, browser, console, viewport={"width": 1280, "height": 900})
     page.on("dialog", lambda dialog: dialog.accept())
     page.goto(f"{site.url}/web/#/models")
     page.click("text=Rescan models directory")
@@ -566,7 +590,7 @@ def test_the_models_page_deletes_a_model_and_a_lora(
 def test_api_docs_render_openapi_with_examples(
     site: Served, browser: Browser, console: Console
 ) -> None:
-    page = new_page(browser, console, viewport={"width": 1280, "height": 900})
+    page = new_page(site, browser, console, viewport={"width": 1280, "height": 900})
     page.goto(f"{site.url}/web/#/docs")
     jobs = page.locator("section.operation[id='post-/v1/jobs']")
     expect(jobs).to_contain_text("Queue one job")
@@ -585,7 +609,7 @@ def test_the_plain_api_page_renders_under_its_policy(
 ) -> None:
     """/docs: styled by its one style element, allowed by hash (a refused style would be
     a console error), every route listed."""
-    page = new_page(browser, console, viewport={"width": 1280, "height": 900})
+    page = new_page(site, browser, console, viewport={"width": 1280, "height": 900})
     page.goto(f"{site.url}/docs")
     expect(page.locator("h1")).to_contain_text("the HTTP API")
     expect(page.locator("h2#post--v1-jobs")).to_contain_text("/v1/jobs")
@@ -599,7 +623,12 @@ def test_every_page_fits_a_phone(site: Served, browser: Browser, console: Consol
     done = submit_job(site, prompt="for the phone", size="64x64", seed=3)
     wait_for_status(site, done["id"], "succeeded")
     page = new_page(
-        browser, console, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+        site,
+        browser,
+        console,
+        viewport={"width": 390, "height": 844},
+        is_mobile=True,
+        has_touch=True,
     )
     for name, marker in (
         ("", "#runners .runner"),
@@ -616,4 +645,113 @@ def test_every_page_fits_a_phone(site: Served, browser: Browser, console: Consol
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{name} is wider than the phone by {overflow}px"
         shot(page, f"phone-{name.split('/')[0] or 'dashboard'}")
+    page.context.close()
+
+
+def make_key(site: Served, name: str, *, admin: bool = False) -> str:
+    answer = httpx.post(
+        f"{site.url}/v1/auth/keys/generate",
+        json={"name": name, "isAdmin": admin},
+        headers=AUTH,
+        timeout=30,
+    )
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["key"])
+
+
+def test_a_user_sees_only_their_own_and_shares_tags_and_deletes_in_the_gallery(
+    site: Served, browser: Browser, console: Console
+) -> None:
+    key = make_key(site, "web-user")
+    others = submit_job(site, prompt="an admin's private harbour", size="64x64", seed=5)
+    mine = httpx.post(
+        f"{site.url}/v1/jobs",
+        json={"prompt": "a user's lighthouse", "size": "64x64", "n": 2, "seed": 6},
+        headers={"X-Api-Key": key},
+        timeout=30,
+    ).json()
+    wait_for_status(site, others["id"], "succeeded")
+    wait_for_status(site, mine["id"], "succeeded")
+    page = new_page(site, browser, console, key=key, viewport={"width": 1280, "height": 900})
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(f"{site.url}/web/#/gallery")
+    expect(page.locator("#who")).to_have_text("web-user (user)")
+    expect(page.locator("#nav a[data-page=admin]")).to_be_hidden()
+    tiles = page.locator(".gallery .tile")
+    expect(tiles).to_have_count(2)  # hers alone: not the admin's image
+    expect(tiles.first).to_contain_text("a user's lighthouse")
+    first, second = f"{mine['id']}-1", f"{mine['id']}-0"
+    tile = page.locator(f".tile[data-id='{first}']")
+    tile.locator(".tag-input").fill("Coast, night")
+    tile.locator("text=Save tags").click()
+    expect(tile.locator(".tag")).to_have_text(["coast", "night"])
+    tile.locator(".share-hours").select_option("72")
+    tile.locator("button.share").click()
+    expect(page.locator(f".tile[data-id='{first}'] .badge.shared")).to_be_visible()
+    shot(page, "gallery-user")
+    shared = httpx.get(f"{site.url}/v1/gallery/{first}", headers={"X-Api-Key": key}).json()
+    assert shared["isPublic"] is True and shared["tags"] == ["coast", "night"]
+    page.fill("#gallery-tags", "coast")
+    page.click("#gallery-filters button[type=submit]")
+    expect(tiles).to_have_count(1)
+    page.goto(f"{site.url}/web/#/gallery")
+    url = httpx.get(f"{site.url}/v1/gallery/{second}", headers={"X-Api-Key": key}).json()["url"]
+    page.locator(f".tile[data-id='{second}'] button.delete-image").click()
+    expect(page.locator(f".tile[data-id='{second}']")).to_have_count(0)
+    assert httpx.get(url, timeout=30).status_code == 404  # the file is gone
+    # What a user may not do is not offered: no delete or default on the Models page.
+    page.goto(f"{site.url}/web/#/models")
+    expect(page.locator("tr[data-id='sd/tiny']")).to_be_visible()
+    expect(page.locator("button.delete-model")).to_have_count(0)
+    expect(page.locator("button.make-default")).to_have_count(0)
+    page.goto(f"{site.url}/web/#/admin")
+    expect(page.locator("main h1")).to_have_text("Admins only")
+    # Another user sees the shared image, and may not change it.
+    other = new_page(site, browser, console, key=make_key(site, "web-other"))
+    other.goto(f"{site.url}/web/#/gallery?show=shared")
+    expect(other.locator(f".tile[data-id='{first}']")).to_be_visible()
+    expect(other.locator(f".tile[data-id='{first}'] button.delete-image")).to_have_count(0)
+    other.context.close()
+    page.context.close()
+
+
+def test_the_admin_page_makes_and_revokes_keys_invites_and_ends_sessions(
+    site: Served, browser: Browser, console: Console
+) -> None:
+    page = new_page(site, browser, console, viewport={"width": 1280, "height": 1200})
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(f"{site.url}/web/#/admin")
+    expect(page.locator("#admin-keys tr[data-name=ops]")).to_contain_text("config")
+    page.fill("#new-key-name", "web-made")
+    page.click("#new-key button[type=submit]")
+    secret = page.locator("#admin-keys code.secret")
+    expect(secret).to_be_visible()
+    made = secret.inner_text()
+    assert made.startswith("sd-")
+    assert httpx.get(f"{site.url}/v1/auth/me", headers={"X-Api-Key": made}).json()["name"] == (
+        "web-made"
+    )
+    page.locator("#admin-keys tr[data-name=web-made] button.revoke").click()
+    expect(page.locator("#admin-keys tr[data-name=web-made]")).to_contain_text("revoked")
+    assert httpx.get(f"{site.url}/v1/jobs", headers={"X-Api-Key": made}).status_code == 401
+    page.click("#new-invite button[type=submit]")
+    expect(page.locator("#admin-invites code.secret")).to_be_visible()
+    expect(page.locator("#admin-invites li")).to_have_count(1)
+    expect(page.locator("#admin-sessions tr[data-name=ops]").first).to_be_visible()
+    config = page.locator("#admin-config-json")
+    expect(config).to_contain_text('"civitai_token": "***"')
+    expect(config).to_contain_text('"ops": "***"')
+    assert KEY not in config.inner_text()
+    expect(page.locator("#admin-storage tr[data-part=outbox]")).to_contain_text("MiB")
+    shot(page, "admin")
+    # A user's session ended here: that browser must log in again.
+    user = new_page(site, browser, Console(), key=make_key(site, "web-ended"))
+    user.goto(f"{site.url}/web/#/queue")
+    expect(user.locator("#who")).to_have_text("web-ended (user)")
+    page.reload()
+    page.locator("#admin-sessions tr[data-name=web-ended] button.end-session").click()
+    expect(page.locator("#admin-sessions tr[data-name=web-ended]")).to_have_count(0)
+    user.reload()
+    expect(user.locator("#key-dialog")).to_be_visible()
+    user.context.close()
     page.context.close()

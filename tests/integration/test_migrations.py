@@ -102,13 +102,16 @@ def test_downgrade_to_base_and_up_again(tmp_path: Path, make_spec) -> None:
     assert sum(Store(db).counts().values()) == 0
 
 
-def _old_database(tmp_path: Path, revision: str, jobs: list[dict[str, object]]) -> Database:
+def _old_database(
+    tmp_path: Path, revision: str, jobs: list[dict[str, object]], *first: str
+) -> Database:
     """A database at an older `revision` holding `jobs` (their own columns, as SQL
-    literals are made of them), then upgraded to the newest."""
+    literals are made of them; after the statements `first`), then upgraded to the
+    newest."""
     path = tmp_path / "old.db"
     db = Database.open(f"sqlite:///{path}")
     migrate.upgrade(db, revision)
-    inserts = []
+    inserts = list(first)
     for i, job in enumerate(jobs):
         columns = {
             "id": f"old{i}",
@@ -169,6 +172,46 @@ def test_jobs_finished_before_0005_are_counted_from_the_start(tmp_path: Path) ->
     )
     totals = Store(db).counters()
     assert totals == {"jobs_finished:succeeded": 2, "jobs_finished:failed": 1, "images": 4}
+    db.close()
+
+
+def test_jobs_made_before_0010_get_their_key_as_owner_and_their_images_a_gallery(
+    tmp_path: Path,
+) -> None:
+    """0010: an API job of a stored key's name is that key's; any other job the admin's;
+    a succeeded job's kept images join the gallery, an expired job's do not."""
+    from alice_spool.store import Store
+
+    key = (
+        "INSERT INTO api_keys (id, name, key_sha256, role, created_at) VALUES "
+        f"('{'a' * 30}', 'sam', '{'0' * 64}', 'user', '2026-11-01 12:00:00')"
+    )
+    images = '{"images": [{"file": "old0-0.png", "seed": 1}, {"file": "old0-1.png", "seed": 2}]}'
+    db = _old_database(
+        tmp_path,
+        "0009",
+        [
+            {"status": "succeeded", "source": "api", "client": "sam", "result": images,
+             "attempts": 1, "finished_at": "2026-11-01 12:01:00",
+             "spec": '{"prompt": "an old fox"}'},
+            {"status": "queued", "source": "api", "client": "ops", "spec": '{"prompt": "x"}',
+             "attempts": 0},
+            {"status": "succeeded", "source": "cli", "client": "sam", "spec": '{"prompt": "y"}',
+             "attempts": 1,
+             "result": '{"images": [{"file": "old2-0.png"}]}',
+             "images_expired_at": "2026-11-02 00:00:00"},
+        ],
+        key,
+    )  # fmt: skip
+    store = Store(db)
+    assert [store.get(f"old{i}").owner for i in range(3)] == ["a" * 30, None, None]
+    page = store.gallery_page(scope="a" * 30)
+    assert [(i.id, i.prompt, i.owner) for i in page.items] == [
+        ("old0-0", "an old fox", "a" * 30),
+        ("old0-1", "an old fox", "a" * 30),
+    ]
+    assert page.items[0].created_at.isoformat() == "2026-11-01T12:01:00+00:00"
+    assert store.gallery_files(["old2"]) == []
     db.close()
 
 

@@ -1,0 +1,54 @@
+"""What the web UI's Admin page reads (DESIGN section 13): the effective configuration
+with every secret masked, storage use, and the live web sessions (which an admin may
+end)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .. import errors
+from ..storage import storage_use
+from .context import Api, route
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
+
+
+@route(manage=True)
+async def config(request: Request, api: Api, client: str | None) -> Response:
+    """The configuration this server runs with, every section, keys and tokens and a
+    database password shown as ***."""
+    settings = api.settings
+    return JSONResponse({"config_file": settings.config_file, **settings.to_dict()})
+
+
+@route(manage=True)
+async def storage(request: Request, api: Api, client: str | None) -> Response:
+    """Bytes and files in the outbox, models, stored inputs and inbox, the database's
+    size, and each one's disk (total, used, free)."""
+    return JSONResponse(await run_in_threadpool(storage_use, api.settings))
+
+
+@route(admin=True)
+async def list_sessions(request: Request, api: Api, client: str | None) -> Response:
+    """The live web sessions: `{data: [{id, name, role, key_id, created_at,
+    last_seen_at, expires_at}]}` (`id` is a handle, never the cookie)."""
+    idle = api.settings.server.session_idle_s
+    found = await run_in_threadpool(lambda: api.store.list_sessions(idle_s=idle))
+    data = [{k: _iso(v) for k, v in row.items()} for row in found]
+    return JSONResponse({"object": "list", "data": data})
+
+
+@route(admin=True)
+async def end_session(request: Request, api: Api, client: str | None) -> Response:
+    """End a web session by its handle: its browser must log in again."""
+    handle = request.path_params["session_id"]
+    if not await run_in_threadpool(api.store.end_session, handle):
+        raise errors.SessionNotFound(f"no session {handle}")
+    return JSONResponse({"success": True})
