@@ -6,6 +6,7 @@ owner or an admin (403)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -72,7 +73,10 @@ def world(bare: Bare, headers: dict[str, str], n: int) -> World:
     first = {"prompt": f"a red fox {n}", "steps": 2, "n": 2, "priority": 100}  # claimed first
     done = post("/v1/jobs", first).json()["id"]
     finish_as_runner(bare, done)
-    queued = post("/v1/jobs", {"prompt": f"queued {n}", "steps": 2}).json()["id"]
+    init = base64.b64encode(png()).decode()
+    queued = post("/v1/jobs", {"prompt": f"queued {n}", "steps": 2, "init_image": init})
+    assert queued.status_code == 202, queued.text
+    queued = queued.json()["id"]
     batch = post("/v1/batches", {"requests": [{"prompt": f"b {n}", "steps": 2}]}).json()["id"]
     download = post(
         "/v1/downloads",
@@ -86,11 +90,14 @@ def world(bare: Bare, headers: dict[str, str], n: int) -> World:
 ROUTES: list[tuple[str, str, Any, int]] = [
     ("GET", "/v1/jobs/{queued}", None, 200),
     ("GET", "/v1/jobs/{done}/events", None, 200),
+    ("GET", "/v1/jobs/{queued}/events", None, 200),  # a stream that has not ended
+    ("GET", "/v1/jobs/{queued}/inputs/init", None, 200),
     ("POST", "/v1/jobs/{queued}/priority", {"priority": 5}, 200),
     ("POST", "/v1/jobs/{queued}/cancel", {}, 200),
     ("POST", "/v1/jobs/{done}/retry", {}, 409),  # a succeeded job: not retried, but seen
     ("GET", "/v1/batches/{batch}", None, 200),
     ("GET", "/v1/downloads/{download}", None, 200),
+    ("GET", "/v1/downloads/{download}/events", None, 200),
     ("POST", "/v1/downloads/{download}/cancel", {}, 200),
     ("GET", "/v1/models/download/status/{download}", None, 200),
     ("DELETE", "/v1/models/download/{download}", None, 200),
@@ -114,6 +121,14 @@ def unchanged(store: Store, w: World) -> tuple[Any, ...]:
     )
 
 
+def ask(method: str, url: str, headers: dict[str, str], body: Any) -> httpx.Response:
+    """The answer's status and (for an error) body; a stream is left after its start."""
+    with httpx.stream(method, url, headers=headers, json=body, timeout=30) as answer:
+        if answer.status_code >= 400 or not url.endswith("/events"):
+            answer.read()
+        return answer
+
+
 @pytest.mark.parametrize("method,path,body,allowed", ROUTES)
 def test_a_user_reaches_only_their_own_and_an_admin_everything(
     make_bare: Callable[..., Bare], method: str, path: str, body: Any, allowed: int
@@ -124,15 +139,13 @@ def test_a_user_reaches_only_their_own_and_an_admin_everything(
         w = world(bare, who["alice"], n)
         target = bare.url + path.format(**vars(w))
         before = unchanged(bare.store, w)
-        answer = httpx.request(method, target, headers=who.get(asker, {}), json=body)
+        answer = ask(method, target, who.get(asker, {}), body)
         if asker == "nobody":
             assert answer.status_code == 401, answer.text
         elif asker == "bob":  # another user: exactly what a made-up id gets
             made_up = World(*(new_id() for _ in range(5)))
             made_up.image = f"{made_up.done}-1"
-            unknown = httpx.request(
-                method, bare.url + path.format(**vars(made_up)), headers=who["bob"], json=body
-            )
+            unknown = ask(method, bare.url + path.format(**vars(made_up)), who["bob"], body)
             assert answer.status_code == unknown.status_code == 404, (answer.text, unknown.text)
             assert answer.json()["error"]["code"] == unknown.json()["error"]["code"]
             field = re.search(r"\{(\w+)\}", path)[1]  # type: ignore[index]
