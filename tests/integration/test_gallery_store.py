@@ -1,0 +1,118 @@
+"""The gallery's rows in the store (DESIGN section 13), on SQLite and, with
+ALICE_TEST_DATABASE_URL, on PostgreSQL: written when a job succeeds, seen by scope,
+shared until a given time, tagged, searched, counted and deleted."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from alice_spool import errors
+from alice_spool.records import JobRecord
+from alice_spool.spec import JobSpec
+from alice_spool.store import Store
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def succeeded(store: Store, prompt: str, owner: str | None, n: int = 2) -> JobRecord:
+    job = store.enqueue(JobSpec(prompt=prompt, n=n), source="api", owner=owner).job
+    (taken,) = store.claim_batch("r", 1, lease_s=60)
+    assert taken.id == job.id
+    files = [{"file": f"{job.id}-{i}.png", "seed": i, "width": 8, "height": 8} for i in range(n)]
+    return store.succeed(job.id, "r", {"images": files}, now=T0)
+
+
+def test_a_succeeded_job_s_images_join_the_gallery_in_its_commit(store: Store) -> None:
+    job = succeeded(store, "a fox", "alice")
+    assert store.gallery_files([job.id]) == [f"{job.id}-0", f"{job.id}-1"]
+    item = store.gallery_image(f"{job.id}-1", scope="alice")
+    assert (item.owner, item.prompt, item.created_at, item.public) == ("alice", "a fox", T0, False)
+    failed = store.enqueue(JobSpec(prompt="x"), source="api", owner="alice").job
+    store.claim_batch("r", 1, lease_s=60)
+    store.fail(failed.id, "r", "generation_failed", "no")
+    assert store.gallery_files([failed.id]) == []
+
+
+def test_scope_sharing_until_a_time_and_changing_only_ones_own(store: Store) -> None:
+    mine, theirs = succeeded(store, "mine", "alice"), succeeded(store, "theirs", "bob")
+    image = f"{theirs.id}-0"
+    assert {i.id for i in store.gallery_page(scope="alice", now=T0).items} == {
+        f"{mine.id}-0",
+        f"{mine.id}-1",
+    }
+    with pytest.raises(errors.ImageNotFound):
+        store.gallery_image(image, scope="alice", now=T0)
+    with pytest.raises(errors.ImageNotFound):  # not seen: not changed either, and not told
+        store.set_tags(image, ["x"], scope="alice", now=T0)
+    store.set_privacy(image, T0 + timedelta(hours=2), scope="bob", now=T0)
+    assert store.gallery_image(image, scope="alice", now=T0 + timedelta(hours=1)).public
+    with pytest.raises(errors.Forbidden):
+        store.set_privacy(image, None, scope="alice", now=T0)
+    with pytest.raises(errors.Forbidden):
+        store.delete_image(image, scope="alice", now=T0)
+    later = T0 + timedelta(hours=2)  # the share has ended: private to its owner again
+    with pytest.raises(errors.ImageNotFound):
+        store.gallery_image(image, scope="alice", now=later)
+    assert store.gallery_stats(now=T0 + timedelta(hours=1)) == {
+        "total": 4,
+        "public": 1,
+        "private": 3,
+        "expired": 0,
+    }
+    assert store.gallery_stats(now=later)["expired"] == 1
+    assert store.gallery_page(scope=None, now=later).total == 4  # an admin: all
+    assert store.gallery_page(scope="alice", public_only=True, now=T0).total == 1
+
+
+def test_tags_search_and_filters(store: Store) -> None:
+    a, b = succeeded(store, "A Red fox, 100% wild", "alice"), succeeded(store, "a_b c", "alice")
+    store.set_tags(f"{a.id}-0", ["fox", "red"], scope=None)
+    store.set_tags(f"{b.id}-0", ["fox"], scope="alice")
+    page = lambda **kw: {i.id for i in store.gallery_page(scope="alice", **kw).items}  # noqa: E731
+    assert page(tags=["fox"]) == {f"{a.id}-0", f"{b.id}-0"}
+    assert page(tags=["fox", "red"]) == {f"{a.id}-0"}
+    assert page(search="RED FOX") == {f"{a.id}-0", f"{a.id}-1"}
+    assert page(search="100%") == {f"{a.id}-0", f"{a.id}-1"}
+    assert page(search="0% w") == {f"{a.id}-0", f"{a.id}-1"}
+    assert page(search="a_b") == {f"{b.id}-0", f"{b.id}-1"}
+    assert page(search="_") == {f"{b.id}-0", f"{b.id}-1"}  # a plain character
+    assert page(search="%") == {f"{a.id}-0", f"{a.id}-1"}
+    assert page(since=T0 + timedelta(seconds=1)) == set()
+    assert len(page(until=T0 + timedelta(seconds=1))) == 4
+    assert store.gallery_tags(scope="alice") == [("fox", 2), ("red", 1)]
+    assert store.gallery_tags(scope="bob") == []
+    store.set_tags(f"{a.id}-0", [], scope="alice")
+    assert store.gallery_tags(scope="alice") == [("fox", 1)]
+
+
+def test_delete_forgets_the_image_and_marks_it_in_its_job(store: Store) -> None:
+    job = succeeded(store, "gone soon", "alice")
+    store.set_tags(f"{job.id}-0", ["x"], scope="alice")
+    gone = store.delete_image(f"{job.id}-0", scope="alice")
+    assert gone.file == f"{job.id}-0.png"
+    assert store.gallery_files([job.id]) == [f"{job.id}-1"]
+    images = store.get(job.id).result["images"]  # type: ignore[index]
+    assert [i.get("deleted", False) for i in images] == [True, False]
+    assert store.gallery_tags(scope=None) == []
+    with pytest.raises(errors.ImageNotFound):
+        store.delete_image(f"{job.id}-0", scope="alice")
+
+
+def test_retention_and_purge_take_the_gallery_rows(store: Store) -> None:
+    kept, expired = succeeded(store, "kept", None), succeeded(store, "expired", None)
+    store.mark_images_expired([expired.id])
+    assert store.gallery_files([kept.id, expired.id]) == [f"{kept.id}-0", f"{kept.id}-1"]
+    assert set(store.purge(before=T0 + timedelta(seconds=1))) == {kept.id, expired.id}
+    assert store.gallery_files([kept.id, expired.id]) == []
+
+
+def test_sessions_are_listed_by_a_handle_and_ended_by_it(store: Store) -> None:
+    secret = store.open_session("alice", "user", None, max_s=3600, now=T0)
+    (listed,) = store.list_sessions(idle_s=900, now=T0 + timedelta(seconds=5))
+    assert (listed["name"], len(listed["id"])) == ("alice", 16) and secret not in str(listed)
+    assert store.list_sessions(idle_s=900, now=T0 + timedelta(hours=2)) == []  # ended
+    assert not store.end_session("zz" * 8)
+    assert store.end_session(listed["id"])
+    assert store.session(secret, idle_s=900, now=T0 + timedelta(seconds=6)) is None
