@@ -61,8 +61,7 @@ _TABLE = """CREATE TABLE jobs (
 )"""  # noqa: E501  (as SQLite keeps it, and as the models make it)
 _INDEXES = (
     "CREATE INDEX ix_jobs_batch_id ON jobs (batch_id) WHERE batch_id IS NOT NULL",
-    "CREATE INDEX ix_jobs_fair ON jobs (priority, owner, seq, not_before) "
-    "WHERE status = 'queued'",
+    "CREATE INDEX ix_jobs_fair ON jobs (priority, owner, seq, not_before) WHERE status = 'queued'",
     "CREATE INDEX ix_jobs_finished_at ON jobs (finished_at) WHERE finished_at IS NOT NULL",
     "CREATE INDEX ix_jobs_compatible ON jobs (batch_key, priority DESC, seq) "
     "WHERE status = 'queued'",
