@@ -32,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 from ..config import Settings
 from ..registry import ModelRegistry
 from ..store import Store
-from . import admin, auth, catalog, downloads, gallery, native, openai, status
+from . import a1111, admin, auth, catalog, downloads, gallery, native, openai, status
 from .context import Api, route
 from .docs_page import DOCS_POLICY, render_docs
 from .guard import RequestGuard
@@ -199,6 +199,18 @@ def routes() -> list[Any]:
         Route("/v1/auth/sessions/{session_id}", admin.end_session, methods=["DELETE"]),
         Route("/v1/admin/config", admin.config, methods=["GET"]),
         Route("/v1/admin/storage", admin.storage, methods=["GET"]),
+        Route("/sdapi/v1/txt2img", a1111.txt2img, methods=["POST"]),
+        Route("/sdapi/v1/img2img", a1111.img2img, methods=["POST"]),
+        Route("/sdapi/v1/sd-models", a1111.sd_models, methods=["GET"]),
+        Route("/sdapi/v1/samplers", a1111.samplers, methods=["GET"]),
+        Route("/sdapi/v1/schedulers", a1111.schedulers, methods=["GET"]),
+        Route("/sdapi/v1/loras", a1111.loras, methods=["GET"]),
+        Route("/sdapi/v1/options", a1111.get_options, methods=["GET"]),
+        Route("/sdapi/v1/options", a1111.set_options, methods=["POST"]),
+        Route("/sdapi/v1/progress", a1111.progress, methods=["GET"]),
+        Route("/sdapi/v1/interrupt", a1111.interrupt, methods=["POST"]),
+        Route("/sdapi/v1/refresh-checkpoints", a1111.refresh_checkpoints, methods=["POST"]),
+        Route("/sdapi/v1/refresh-loras", a1111.refresh_loras, methods=["POST"]),
         Route("/v1/gallery", gallery.list_gallery, methods=["GET"]),
         Route("/v1/gallery/tags", gallery.list_tags, methods=["GET"]),
         Route("/v1/gallery/stats", gallery.stats, methods=["GET"]),

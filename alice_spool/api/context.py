@@ -277,14 +277,20 @@ def scope_of(request: Request) -> str | None:
 
 
 def route(
-    *, auth: bool = True, admin: bool = False, manage: bool = False
+    *,
+    auth: bool = True,
+    admin: bool = False,
+    manage: bool = False,
+    shape: Callable[[errors.SpoolError], Response] | None = None,
 ) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
     """Make `handler(request, api, client)` a Starlette endpoint. `client` is the name of
     the API key used (None when keys are off, or for open routes); who it is, with its
     role, is `principal_of(request)`. `admin`: only an admin's key (403 for a user's,
     and on an open server too: no key is ever made over HTTP without one). `manage`:
     the server's own things (deleting models, the default model): 403 for a user's key;
-    anyone on an open server (one user, local)."""
+    anyone on an open server (one user, local). `shape`: how a dialect answers an
+    error (its own body), instead of `{"error": {message, type, code}}`."""
+    answer_error = shape or spool_error_response
 
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -315,7 +321,7 @@ def route(
                 if isinstance(exc, errors.DatabaseError):  # /health says so for a while
                     api.database_trouble.note(exc)
                     log.error("%s %s: %s", request.method, request.url.path, exc.message)
-                return spool_error_response(exc)
+                return answer_error(exc)
 
         endpoint.__name__ = handler.__name__
         endpoint.__doc__ = handler.__doc__

@@ -5,6 +5,7 @@ rate limits, and waiting for jobs without holding a thread."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import math
 import threading
@@ -191,6 +192,18 @@ def query_flag(text: str | None, field: str, default: bool = False) -> bool:
     return text.lower() in ("true", "1")
 
 
+def _basic_password(token: str) -> str:
+    """The password of HTTP basic credentials (any user name)."""
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        raise errors.Unauthorized("the Basic credentials are not base64 of user:password") from None
+    _user, colon, password = decoded.partition(":")
+    if not colon:
+        raise errors.Unauthorized("the Basic credentials are not base64 of user:password")
+    return password
+
+
 SESSION_COOKIE = "alice_session"
 
 
@@ -257,8 +270,13 @@ class Keys:
         authorization = request.headers.get("authorization")
         if authorization is not None:  # every credential a request carries must be right
             scheme, _, token = authorization.strip().partition(" ")
-            if scheme.lower() != "bearer":
-                raise errors.Unauthorized("Authorization must be Bearer followed by an API key")
+            if scheme.lower() == "basic":  # AUTOMATIC1111's clients: the key is the password
+                token = _basic_password(token)
+            elif scheme.lower() != "bearer":
+                raise errors.Unauthorized(
+                    "Authorization must be Bearer followed by an API key (or Basic, with the "
+                    "key as the password)"
+                )
             if given is not None and given != token.strip():  # which one is meant? neither
                 raise errors.Unauthorized(
                     "the request carries two different API keys (Authorization and X-Api-Key)"

@@ -128,7 +128,7 @@ def _usage(prompt: str) -> dict[str, int]:
     }
 
 
-def _finished_or_raise(job: JobRecord) -> JobRecord:
+def finished_or_raise(job: JobRecord) -> JobRecord:
     if job.status is JobStatus.SUCCEEDED:
         return job
     if job.status is JobStatus.CANCELLED:
@@ -201,7 +201,7 @@ async def chat_completions(request: Request, api: Api, client: str | None) -> Re
         )
     # The job is committed: if this client goes away now, it still runs and stays
     # fetchable at /v1/jobs/<id>.
-    done = _finished_or_raise(await wait_for_job(api.store, job.id, timeout))
+    done = finished_or_raise(await wait_for_job(api.store, job.id, timeout))
     return JSONResponse(_completion(api, request, done, spec.prompt))
 
 
@@ -253,7 +253,7 @@ async def _chat_stream(
             return
         await asyncio.sleep(0.2)
     try:
-        done = _finished_or_raise(current)
+        done = finished_or_raise(current)
     except errors.SpoolError as exc:
         yield json.dumps({"error": {"code": exc.code, "message": exc.message}})
         return
@@ -292,7 +292,7 @@ async def _images_answer(
 ) -> Response:
     """Wait for the job; answer as OpenAI's images API does (URLs or base64)."""
     timeout = api.settings.server.request_timeout_s
-    done = _finished_or_raise(await wait_for_job(api.store, job.id, timeout))
+    done = finished_or_raise(await wait_for_job(api.store, job.id, timeout))
     data: list[dict[str, Any]] = []
     if response_format == "url":
         data = [

@@ -606,11 +606,11 @@ def _responses(path: str, method: str, has_body: bool, needs_key: bool) -> dict[
     if (method, path) in _MAKES:
         answers["201"] = {"description": "Made (a key or code shown this once)"}
     errors = {"421": "not this server's host name (server.allowed_hosts)"}
-    if path.startswith("/v1/") or (method, path) in _QUERY:
+    if path.startswith(("/v1/", "/sdapi/")) or (method, path) in _QUERY:
         errors["400"] = "invalid parameters"
     if needs_key:
         errors["401"] = "a valid API key is needed"
-    if path.startswith("/v1/"):
+    if path.startswith(("/v1/", "/sdapi/")):
         errors["429"] = "rate limited (keys, failed keys, open streams)"
         errors["503"] = "queue full, or the database busy or its disk full (Retry-After)"
     if "{" in path or path in ("/images/{name}", "/v1/models/default"):
@@ -681,6 +681,15 @@ def _edits_form(bodies: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _dialect(path: str) -> str:
+    """Which API a route belongs to, for the description's grouping."""
+    if path.startswith("/sdapi/"):
+        return "AUTOMATIC1111"
+    if path.startswith(("/v1/chat/", "/v1/images/")) or path == "/v1/models":
+        return "OpenAI and ALICE"
+    return "alice-spool"
+
+
 def describe(routes: list[Any], api: Any) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     bodies = _bodies(api.settings.generation)
@@ -694,7 +703,7 @@ def describe(routes: list[Any], api: Any) -> dict[str, Any]:
         methods = sorted((item.methods or set()) - {"HEAD"})
         for method in methods:
             needs_key = (
-                path.startswith("/v1/")
+                path.startswith(("/v1/", "/sdapi/"))
                 and getattr(item.endpoint, "needs_key", True)
                 and api.keys.required
             )
@@ -703,6 +712,7 @@ def describe(routes: list[Any], api: Any) -> dict[str, Any]:
                 "summary": summary,
                 "description": "\n\n".join(paragraphs),
                 "responses": _responses(path, method, path in bodies or path in _FORMS, needs_key),
+                "tags": [_dialect(path)],
             }
             if getattr(item.endpoint, "admin_only", False):
                 operation["responses"]["403"] = {

@@ -1,0 +1,174 @@
+"""AUTOMATIC1111's API (DESIGN section 14) against a real `serve` on the tiny model,
+driven by `webuiapi`, the Python client A1111's users have: txt2img, img2img with a
+mask, models and the checkpoint option, samplers and schedulers, progress while a job
+runs, interrupt; and what it refuses, in A1111's error shape."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import webuiapi
+from PIL import Image
+
+from tests.support.live_server import Served, serve, wait_until
+
+KEY = "a1111-key"
+OTHER = "a1111-other-key"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    config = f'[server.api_keys]\nops = "{KEY}"\nother = "{OTHER}"\n'
+    with serve(tmp_path_factory.mktemp("a1111"), config, scheduler="euler") as server:
+        yield server
+
+
+def client(site: Served, key: str = KEY) -> webuiapi.WebUIApi:
+    port = int(site.url.rsplit(":", 1)[1])
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="Euler a", steps=2)
+    api.set_auth("anyone", key)  # HTTP basic: the key is the password
+    return api
+
+
+def jobs(site: Served, **query: Any) -> list[dict[str, Any]]:
+    answer = httpx.get(f"{site.url}/v1/jobs", params=query, headers={"X-Api-Key": KEY}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return list(answer.json()["data"])
+
+
+def test_txt2img_with_webuiapi(site: Served) -> None:
+    result = client(site).txt2img(
+        prompt="a lighthouse at dusk",
+        negative_prompt="blurry",
+        seed=1234,
+        width=64,
+        height=64,
+        batch_size=2,
+        n_iter=2,
+        cfg_scale=6.5,
+        sampler_name="DPM++ 2M",
+        scheduler="Karras",
+    )
+    assert len(result.images) == 4
+    assert all(image.size == (64, 64) for image in result.images)
+    info = result.info
+    assert info["all_seeds"] == [1234, 1235, 1236, 1237] and info["seed"] == 1234
+    assert (info["width"], info["height"], info["steps"], info["cfg_scale"]) == (64, 64, 2, 6.5)
+    assert info["sampler_name"] == "DPM++ 2M Karras" and info["sd_model_name"] == "tiny"
+    assert len(info["infotexts"]) == 4
+    assert "Steps: 2" in info["infotexts"][0] and "Seed: 1234" in info["infotexts"][0]
+    assert "Negative prompt: blurry" in info["infotexts"][0]
+    assert result.parameters["prompt"] == "a lighthouse at dusk"
+    (job,) = [j for j in jobs(site, source="a1111") if j["id"] == info["job_id"]]
+    assert job["status"] == "succeeded" and job["spec"]["scheduler"] == "dpm++_2m_karras"
+    assert job["spec"]["n"] == 4 and job["client"] == "ops"
+    # The same seed asked again gives the same pixels: the queue and batching change nothing.
+    again = client(site).txt2img(
+        prompt="a lighthouse at dusk", negative_prompt="blurry", seed=1234, width=64,
+        height=64, cfg_scale=6.5, sampler_name="DPM++ 2M", scheduler="Karras",
+    )  # fmt: skip
+    assert again.images[0].tobytes() == result.images[0].tobytes()
+
+
+def test_img2img_with_a_mask_with_webuiapi(site: Served) -> None:
+    init = Image.new("RGB", (64, 64), (30, 90, 200))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))  # repaint the middle only
+    result = client(site).img2img(
+        images=[init],
+        mask_image=mask,
+        prompt="a red square",
+        denoising_strength=0.6,
+        seed=7,
+        width=64,
+        height=64,
+    )
+    assert len(result.images) == 1 and result.images[0].size == (64, 64)
+    job = next(j for j in jobs(site, source="a1111") if j["id"] == result.info["job_id"])
+    assert job["spec"]["strength"] == 0.6 and job["result"]["mode"] == "inpaint"
+    assert result.info["is_using_inpainting_conditioning"] is True
+
+
+def test_models_samplers_schedulers_and_the_checkpoint_option(site: Served) -> None:
+    api = client(site)
+    assert api.util_get_model_names() == ["tiny"]
+    assert "Euler a" in api.util_get_sampler_names()
+    assert "DPM++ 2M" in api.util_get_sampler_names()
+    assert api.util_get_scheduler_names() == ["automatic", "karras"]
+    api.util_set_model("tiny")
+    assert api.util_get_current_model() == "tiny"
+    missing = httpx.post(
+        f"{site.url}/sdapi/v1/options",
+        json={"sd_model_checkpoint": "nope [abc123]"},
+        headers={"X-Api-Key": KEY},
+        timeout=30,
+    )
+    assert missing.status_code == 404 and missing.json()["error"] == "NotFound"
+    assert api.get_loras() == [] and api.refresh_checkpoints() is None
+
+
+def test_progress_while_a_job_runs_and_interrupt_stops_it(site: Served) -> None:
+    api, other = client(site), client(site, OTHER)
+    answers: list[Any] = []
+
+    def long_job() -> None:
+        try:
+            api.txt2img(prompt="a long one", steps=150, width=64, height=64, seed=3)
+        except RuntimeError as error:  # interrupted: A1111's error answer
+            answers.append(error)
+
+    thread = threading.Thread(target=long_job)
+    thread.start()
+    wait_until(lambda: api.get_progress()["state"]["sampling_step"] > 0, timeout=60)
+    seen = api.get_progress()
+    assert 0 < seen["progress"] < 1 and seen["state"]["sampling_steps"] == 150
+    assert seen["state"]["job_count"] == 1 and seen["eta_relative"] > 0
+    assert other.get_progress()["progress"] == 0  # another client's job is not theirs
+    other.interrupt()  # ... nor theirs to stop
+    step = seen["state"]["sampling_step"]
+    wait_until(lambda: api.get_progress()["state"]["sampling_step"] > step, timeout=60)
+    api.interrupt()
+    thread.join(60)
+    job = next(j for j in jobs(site, source="a1111") if j["spec"]["prompt"] == "a long one")
+    assert job["status"] == "cancelled"
+    assert len(answers) == 1 and "409" in str(answers[0])
+
+
+def test_what_it_refuses_comes_in_a1111s_shape(site: Served) -> None:
+    def post(path: str, body: Any, key: str | None = KEY) -> httpx.Response:
+        headers = {"Authorization": "Basic " + base64.b64encode(f"u:{key}".encode()).decode()}
+        return httpx.post(
+            f"{site.url}{path}", json=body, headers=headers if key else {}, timeout=30
+        )
+
+    before = len(jobs(site))
+    for body, field in [
+        ({"prompt": "x", "sampler_name": "Nope"}, "sampler_name"),
+        ({"prompt": "x", "sampler_name": "Euler", "scheduler": "Karras"}, "scheduler"),
+        ({"prompt": "x", "enable_hr": True}, "enable_hr"),
+        ({"prompt": "x", "restore_faces": True}, "restore_faces"),
+        ({"prompt": "x", "batch_size": 0}, "batch_size"),
+        ({"prompt": "x", "batch_size": 8, "n_iter": 4}, "n"),
+        ({"prompt": "x", "width": 65}, "width"),
+        ({"prompt": "x", "steps": 0}, "steps"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "x", "override_settings": {"sd_model_checkpoint": "nope"}}, "model"),
+    ]:
+        answer = post("/sdapi/v1/txt2img", body)
+        assert 400 <= answer.status_code < 500, (body, answer.text)
+        shown = answer.json()
+        assert set(shown) >= {"error", "detail", "body", "errors"}, shown
+        assert shown["body"] == field or field in shown["detail"], (field, shown)
+    img = post("/sdapi/v1/img2img", {"prompt": "x", "init_images": []})
+    assert img.status_code == 400 and img.json()["body"] == "init_images"
+    bad_image = post("/sdapi/v1/img2img", {"prompt": "x", "init_images": ["@@@"]})
+    assert bad_image.status_code == 400
+    refused = post("/sdapi/v1/txt2img", {"prompt": "x"}, key="wrong")
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Basic"
+    assert post("/sdapi/v1/txt2img", {"prompt": "x"}, key=None).status_code == 401
+    assert len(jobs(site)) == before  # nothing was queued
