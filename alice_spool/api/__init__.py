@@ -26,13 +26,26 @@ from starlette.responses import (
     RedirectResponse,
     Response,
 )
-from starlette.routing import Match, Mount, Route
+from starlette.routing import Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from ..config import Settings
 from ..registry import ModelRegistry
 from ..store import Store
-from . import a1111, admin, auth, catalog, downloads, gallery, native, openai, status
+from . import (
+    a1111,
+    ablerefusal,
+    admin,
+    auth,
+    catalog,
+    downloads,
+    gallery,
+    gtx1060,
+    native,
+    openai,
+    restplan,
+    status,
+)
 from .context import Api, route
 from .docs_page import DOCS_POLICY, render_docs
 from .guard import RequestGuard
@@ -199,6 +212,26 @@ def routes() -> list[Any]:
         Route("/v1/auth/sessions/{session_id}", admin.end_session, methods=["DELETE"]),
         Route("/v1/admin/config", admin.config, methods=["GET"]),
         Route("/v1/admin/storage", admin.storage, methods=["GET"]),
+        Route("/livez", status.livez, methods=["GET"]),
+        Route("/readyz", status.readyz, methods=["GET"]),
+        Route("/api/health", status.health, methods=["GET"]),
+        Route("/v1/generation/defaults", status.generation_defaults, methods=["GET"]),
+        Route("/api/v1/health", ablerefusal.health, methods=["GET"]),
+        Route("/api/v1/ready", status.readyz, methods=["GET"]),
+        Route("/api/v1/generate", ablerefusal.generate, methods=["POST"]),
+        Route("/api/v1/generate/txt2img", restplan.txt2img, methods=["POST"]),
+        Route("/api/v1/generate/{job_id:spool_id}", ablerefusal.get_generation, methods=["GET"]),
+        Route("/api/v1/generate/{job_id:spool_id}/cancel", ablerefusal.cancel, methods=["POST"]),
+        Route("/api/v1/queue", ablerefusal.queue, methods=["GET"]),
+        Route("/api/v1/models", ablerefusal.models, methods=["GET"]),
+        Route("/api/v1/models/load", restplan.load_model, methods=["POST"]),
+        Route("/outputs/{name}", ablerefusal.output, methods=["GET"]),
+        Route("/generate", gtx1060.generate, methods=["POST"]),
+        Route("/v1/txt2img", restplan.txt2img, methods=["POST"]),
+        Route("/v1/img2img", restplan.img2img, methods=["POST"]),
+        Route("/v1/models/load", restplan.load_model, methods=["POST"]),
+        Route("/v1/loras/list", restplan.list_loras, methods=["GET"]),
+        WebSocketRoute("/stream/generate/txt2img", restplan.stream_txt2img),
         Route("/sdapi/v1/txt2img", a1111.txt2img, methods=["POST"]),
         Route("/sdapi/v1/img2img", a1111.img2img, methods=["POST"]),
         Route("/sdapi/v1/sd-models", a1111.sd_models, methods=["GET"]),

@@ -71,6 +71,9 @@ class RequestGuard:
             if refusal is not None:
                 await spool_error_response(refusal)(scope, receive, send)
                 return
+        if scope["type"] == "websocket" and self.refusal({**scope, "method": "WEBSOCKET"}):
+            await send({"type": "websocket.close", "code": 1008})  # another host or site
+            return
         await self.app(scope, receive, send)
 
     def refusal(self, scope: dict[str, Any]) -> errors.SpoolError | None:
@@ -80,7 +83,7 @@ class RequestGuard:
             return errors.InvalidHost(
                 f"this server does not answer to the name {host!r} (server.allowed_hosts)"
             )
-        if scope["method"] not in UNSAFE:
+        if scope["method"] not in UNSAFE | {"WEBSOCKET"}:
             return None
         origin = headers.get("origin")
         if origin is not None:
@@ -91,6 +94,8 @@ class RequestGuard:
                 )
         elif headers.get("sec-fetch-site") == "cross-site":
             return errors.CrossOriginRefused("a change requested from another site")
+        if scope["method"] == "WEBSOCKET":
+            return None  # no body to check
         content_type = headers.get("content-type")
         media = (content_type or "").split(";", 1)[0].strip().lower()
         if scope["path"] in MULTIPART_PATHS and media == "multipart/form-data":

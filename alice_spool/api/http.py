@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import JSONResponse
 
 from .. import errors
@@ -261,7 +261,7 @@ class Keys:
             self._stored = (now, self.store.any_keys())
         return self._stored[1]
 
-    def identify(self, request: Request) -> Principal | None:
+    def identify(self, request: HTTPConnection) -> Principal | None:
         """Who the request's key is; None when keys are off. 401 when they are on and
         the request has none, a wrong or revoked one, or two that differ."""
         if not self.required:
@@ -289,14 +289,15 @@ class Keys:
             raise errors.Unauthorized("an API key is required (Authorization: Bearer or X-Api-Key)")
         return self.principal(given)
 
-    def _from_session(self, request: Request, cookie: str) -> Principal:
+    def _from_session(self, request: HTTPConnection, cookie: str) -> Principal:
         """A web session's principal. A change it asks for must come from this server's
         own pages: an `Origin` (or, without one, a `Referer`) of this very host."""
         assert self.store is not None
         found = self.store.session(cookie, idle_s=self.session_idle_s)
         if found is None:
             raise errors.Unauthorized("the session has ended: log in again")
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
+        # A WebSocket (which has no method) is held to the same rule as a change.
+        if request.scope.get("method", "WEBSOCKET") not in ("GET", "HEAD", "OPTIONS"):
             source = request.headers.get("origin") or request.headers.get("referer") or ""
             host = request.headers.get("host", "").lower()
             if not source or urlsplit(source).netloc.lower() != host:

@@ -613,6 +613,8 @@ def _responses(path: str, method: str, has_body: bool, needs_key: bool) -> dict[
     if path.startswith(("/v1/", "/sdapi/")):
         errors["429"] = "rate limited (keys, failed keys, open streams)"
         errors["503"] = "queue full, or the database busy or its disk full (Retry-After)"
+    if path in ("/readyz", "/api/v1/ready"):
+        errors["503"] = "not ready: no runner reports, or the database is in trouble"
     if "{" in path or path in ("/images/{name}", "/v1/models/default"):
         errors["404"] = "no such job, batch, model or image"
     if method in ("POST", "PATCH", "DELETE"):
@@ -681,11 +683,24 @@ def _edits_form(bodies: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_REST_PLAN = ("/v1/txt2img", "/v1/img2img", "/v1/models/load", "/v1/loras/list",
+              "/api/v1/generate/txt2img", "/api/v1/models/load")  # fmt: skip
+_ALICE = ("/livez", "/readyz", "/api/health", "/v1/generation/defaults", "/v1/models/sd/")
+
+
 def _dialect(path: str) -> str:
     """Which API a route belongs to, for the description's grouping."""
     if path.startswith("/sdapi/"):
         return "AUTOMATIC1111"
-    if path.startswith(("/v1/chat/", "/v1/images/")) or path == "/v1/models":
+    if path in _REST_PLAN:
+        return "REST plan"
+    if path.startswith(("/api/v1/", "/outputs/")):
+        return "AbleRefusal"
+    if path == "/generate":
+        return "GTX 1060"
+    if path.startswith(("/v1/chat/", "/v1/images/", "/v1/auth/", "/v1/gallery", *_ALICE)):
+        return "OpenAI and ALICE"
+    if path == "/v1/models":
         return "OpenAI and ALICE"
     return "alice-spool"
 
@@ -703,7 +718,7 @@ def describe(routes: list[Any], api: Any) -> dict[str, Any]:
         methods = sorted((item.methods or set()) - {"HEAD"})
         for method in methods:
             needs_key = (
-                path.startswith(("/v1/", "/sdapi/"))
+                (path.startswith(("/v1/", "/sdapi/", "/api/v1/")) or path == "/generate")
                 and getattr(item.endpoint, "needs_key", True)
                 and api.keys.required
             )

@@ -210,3 +210,48 @@ def _histogram(name: str, helptext: str, totals: dict[str, float]) -> HistogramM
     return HistogramMetricFamily(
         f"alice_{name}", helptext, buckets=buckets, sum_value=totals.get(f"{name}:sum", 0.0)
     )
+
+
+@route(auth=False)
+async def livez(request: Request, api: Api, client: str | None) -> Response:
+    """ALICE's liveness probe: this process answers."""
+    return JSONResponse({"status": "alive"})
+
+
+async def _ready(api: Api) -> bool:
+    """A runner reports, and the database answers without recent trouble."""
+    try:
+        snap = await run_in_threadpool(lambda: _snapshot(api, with_stats=False))
+    except errors.SpoolError:
+        return False
+    return bool(snap["live"]) and api.database_trouble.recent(DEGRADED_FOR_S) is None
+
+
+@route(auth=False)
+async def readyz(request: Request, api: Api, client: str | None) -> Response:
+    """ALICE's readiness probe: `{"status": "ready"}`, or 503 while no runner reports
+    or the database is in trouble."""
+    if await _ready(api):
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": "not_ready"}, status_code=503)
+
+
+@route()
+async def generation_defaults(request: Request, api: Api, client: str | None) -> Response:
+    """ALICE's defaults for a request that leaves them out: steps, guidance, scheduler,
+    and the default model's native size."""
+    generation = api.settings.generation
+    try:
+        model = await run_in_threadpool(api.registry.default, generation.default_model)
+        size = model.native_size or 512
+    except errors.ModelNotFound:
+        size = 512
+    return JSONResponse(
+        {
+            "steps": generation.default_steps,
+            "guidance_scale": generation.default_guidance_scale,
+            "scheduler": generation.default_scheduler,
+            "width": size,
+            "height": size,
+        }
+    )

@@ -917,6 +917,21 @@ def test_the_openapi_description_says_what_the_server_does(make_bare: Callable[.
     key = {"X-Api-Key": "k"}
     document = httpx.get(bare.url + "/openapi.json").json()
     paths = document["paths"]
+    # Every dialect's routes, grouped by dialect; a key wherever one is needed.
+    tags = {path: next(iter(operations.values()))["tags"] for path, operations in paths.items()}
+    assert tags["/sdapi/v1/txt2img"] == ["AUTOMATIC1111"] and tags["/generate"] == ["GTX 1060"]
+    assert tags["/api/v1/generate"] == ["AbleRefusal"] and tags["/v1/txt2img"] == ["REST plan"]
+    assert tags["/livez"] == ["OpenAI and ALICE"]
+    assert (
+        "security" in paths["/sdapi/v1/txt2img"]["post"]
+        and "security" in paths["/generate"]["post"]
+    )
+    assert (
+        "security" not in paths["/livez"]["get"]
+        and "security" not in paths["/api/v1/health"]["get"]
+    )
+    assert httpx.get(bare.url + "/readyz").status_code == 503  # no runner reports here
+    assert "503" in paths["/readyz"]["get"]["responses"]
     images = paths["/v1/images/generations"]["post"]["requestBody"]["content"]["application/json"]
     assert "id" not in images["schema"]["properties"]  # it refuses an id
     refused = httpx.post(
@@ -1661,10 +1676,15 @@ def test_schemathesis_finds_the_server_as_its_description_says(
                 # played by local stand-ins in tests/integration/test_sources.py and in
                 # tests/e2e/test_downloads.py (the routes, good and bad bodies).
                 "--exclude-operation-id=search_models",
-                # AUTOMATIC1111's routes take A1111's bodies, whose rules (a Karras
+                # The other servers' dialects take their own bodies, with rules (a Karras
                 # schedule for some samplers only, batch_size x n_iter at most 16) a
-                # schema cannot say; tests/e2e/test_a1111.py drives them with webuiapi.
-                "--exclude-path-regex=^/sdapi/",
+                # schema cannot say, and answer in their own shapes; tests/e2e/
+                # test_a1111.py (webuiapi) and test_dialects.py drive them.
+                "--exclude-path-regex=^/(sdapi/|api/|generate$|outputs/|v1/(txt2img|"
+                "img2img|models/load|loras/list)$)",
+                # The readiness probe is a 503 on purpose while no runner reports (as
+                # here): tested in tests/e2e/test_dialects.py with a runner, and below.
+                "--exclude-path=/readyz",
                 "--exclude-operation-id=thumbnail",
                 "--exclude-operation-id=alice_search_civitai",
                 "--exclude-operation-id=alice_search_huggingface",

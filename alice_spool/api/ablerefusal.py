@@ -1,0 +1,188 @@
+"""The AbleRefusal API (`reference/ablerefusal-spec.md`, DESIGN section 14): a thin
+translator. A generation is queued (source `ablerefusal`) and answered at once with its
+id; its status, progress and results are read from the job. Its own limits (width and
+height required, steps 1..150, cfg_scale 1..30, batch_size 1..4) and error bodies: 400
+with the details, 404 with the list of models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+
+from .. import errors
+from ..inputs import Staged
+from ..models import JobStatus, Source
+from ..records import JobRecord
+from ..spec import parse_spec
+from .context import Api, owner_of, route, scope_of
+from .http import STATUS, require_object
+
+STATES = {
+    JobStatus.QUEUED: "queued",
+    JobStatus.RUNNING: "processing",
+    JobStatus.SUCCEEDED: "completed",
+    JobStatus.FAILED: "failed",
+    JobStatus.CANCELLED: "cancelled",
+}
+_LIMITS = {"steps": (1, 150), "cfg_scale": (1.0, 30.0), "batch_size": (1, 4)}
+_FIELDS = {"prompt", "negative_prompt", "width", "height", "steps", "cfg_scale", "sampler",
+           "seed", "batch_size", "model"}  # fmt: skip
+
+
+def error_answer(exc: errors.SpoolError) -> Response:
+    """`{"error", "details"}`; a missing model's 404 adds `models`, what is installed."""
+    status = STATUS.get(exc.code, 400)
+    body: dict[str, Any] = {"error": exc.message, "code": exc.code, "details": dict(exc.details)}
+    if "models" in exc.details:
+        body["models"] = exc.details["models"]
+    return JSONResponse(body, status_code=status)
+
+
+def _number(body: dict[str, Any], name: str, default: float) -> Any:
+    value = body.get(name, default)
+    low, high = _LIMITS[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise errors.InvalidParameters(f"{name} must be {low}..{high}", field=name)
+    return value
+
+
+def native(body: dict[str, Any]) -> dict[str, Any]:
+    """AbleRefusal's body as this server's request."""
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise errors.InvalidParameters(f"unknown field {unknown[0]!r}", field=unknown[0])
+    for name in ("prompt", "width", "height"):
+        if body.get(name) is None:
+            raise errors.InvalidParameters(f"{name} is required", field=name)
+    seed = body.get("seed", -1)
+    fields = {
+        "prompt": body["prompt"],
+        "negative_prompt": body.get("negative_prompt") or "",
+        "width": body["width"],
+        "height": body["height"],
+        "steps": _number(body, "steps", 20),
+        "guidance_scale": _number(body, "cfg_scale", 7.5),
+        "scheduler": body.get("sampler") or "euler_a",
+        "seed": None if seed == -1 else seed,
+        "n": _number(body, "batch_size", 1),
+    }
+    if body.get("model"):
+        fields["model"] = body["model"]
+    return fields
+
+
+def _view(job: JobRecord) -> dict[str, Any]:
+    step, total = job.progress_step or 0, job.progress_total or 0
+    done = job.status is JobStatus.SUCCEEDED
+    images = (job.result or {}).get("images") or [] if done else []
+    view: dict[str, Any] = {
+        "id": job.id,
+        "status": STATES[job.status],
+        "progress": 100 if done else (round(100 * step / total) if total else 0),
+        "results": [
+            {
+                "image_url": f"/outputs/{image['file']}",
+                "seed": image.get("seed"),
+                "metadata": {
+                    "prompt": job.spec.prompt,
+                    "negative_prompt": job.spec.negative_prompt,
+                    "width": image.get("width"),
+                    "height": image.get("height"),
+                    "steps": job.spec.steps,
+                    "cfg_scale": job.spec.guidance_scale,
+                    "sampler": job.spec.scheduler,
+                    "model": job.model,
+                },
+            }
+            for image in images
+            if not image.get("deleted")
+        ],
+    }
+    if job.error_code:
+        view["error"] = job.error_message
+    return view
+
+
+@route(shape=error_answer)
+async def generate(request: Request, api: Api, client: str | None) -> Response:
+    """Queue a generation: `{"id", "status": "queued"}` at once (202)."""
+    body = require_object(await api.read_body(request))
+    spec = parse_spec(native(body), api.settings.generation)
+    try:
+        spec = await api.resolve_model(spec)
+    except errors.ModelNotFound as exc:
+        models = await run_in_threadpool(api.registry.scan)
+        raise errors.ModelNotFound(
+            exc.message, **exc.details, models=sorted(m.id for m in models if m.ok)
+        ) from None
+    done = await run_in_threadpool(
+        lambda: api.enqueue(
+            spec, Staged(), source=Source.ABLEREFUSAL, client=client, owner=owner_of(request)
+        )
+    )
+    return JSONResponse({"id": done.job.id, "status": "queued"}, status_code=202)
+
+
+@route(shape=error_answer)
+async def get_generation(request: Request, api: Api, client: str | None) -> Response:
+    """A generation's status (queued, processing, completed, failed, cancelled),
+    progress 0..100 and results."""
+    job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
+    return JSONResponse(_view(job))
+
+
+@route(shape=error_answer)
+async def cancel(request: Request, api: Api, client: str | None) -> Response:
+    """Cancel a generation: queued at once, processing at its next step."""
+    job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
+    job = await run_in_threadpool(api.store.cancel, job.id)
+    return JSONResponse({"id": job.id, "status": STATES[job.status]})
+
+
+@route(shape=error_answer)
+async def queue(request: Request, api: Api, client: str | None) -> Response:
+    """The queue: how many wait and run, and this client's unfinished generations."""
+    scope = scope_of(request)
+
+    def read() -> dict[str, Any]:
+        counts = api.store.counts()
+        mine = api.store.list_jobs(
+            statuses=[JobStatus.QUEUED, JobStatus.RUNNING], owner=scope, limit=100
+        )
+        return {
+            "queued": counts[JobStatus.QUEUED],
+            "processing": counts[JobStatus.RUNNING],
+            "jobs": [{"id": j.id, "status": STATES[j.status]} for j in mine.jobs],
+        }
+
+    return JSONResponse(await run_in_threadpool(read))
+
+
+@route(shape=error_answer)
+async def models(request: Request, api: Api, client: str | None) -> Response:
+    """The installed models."""
+    found = await run_in_threadpool(api.registry.scan)
+    return JSONResponse(
+        {
+            "models": [
+                {"id": m.id, "name": m.id.removeprefix("sd/"), "family": m.family}
+                for m in sorted(found, key=lambda m: m.id)
+                if m.ok
+            ]
+        }
+    )
+
+
+@route(auth=False)
+async def output(request: Request, api: Api, client: str | None) -> Response:
+    """An image, by its unguessable name (as `/images/`)."""
+    path = await run_in_threadpool(api.image_path, request.path_params["name"])
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
+
+
+@route(auth=False)
+async def health(request: Request, api: Api, client: str | None) -> Response:
+    return JSONResponse({"status": "healthy"})

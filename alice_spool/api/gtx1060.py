@@ -1,0 +1,95 @@
+"""The GTX 1060 API (`reference/gtx1060-api-design.md`, DESIGN section 14): a thin
+translator. `POST /generate` queues the job (source `gtx1060`) and answers when it is
+done with one base64 PNG and its metadata. Its own limits (prompt 1..500 characters,
+steps 1..50, width and height 256..768 in multiples of 64, seed 0..2**32-1) and error
+body `{"error", "details", "error_code"}`: 422 for what it refuses, 408 on timeout, 503
+without a model."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .. import errors
+from ..inputs import Staged
+from ..models import Source
+from ..spec import SEED_MAX, parse_spec
+from .context import Api, owner_of, route
+from .http import STATUS, require_object, wait_for_job
+from .openai import finished_or_raise
+
+_STATUS = {"invalid_parameters": 422, "invalid_json": 422, "timeout": 408, "model_not_found": 503}
+_FIELDS = {"prompt", "steps", "width", "height", "seed"}
+
+
+def error_answer(exc: errors.SpoolError) -> Response:
+    status = _STATUS.get(exc.code) or STATUS.get(exc.code, 400)
+    field = exc.details.get("field")
+    body = {"error": exc.message, "details": f"field: {field}" if field else None}
+    body["error_code"] = exc.code
+    return JSONResponse(body, status_code=status)
+
+
+def _whole(body: dict[str, Any], name: str, default: int | None, low: int, high: int) -> Any:
+    value = body.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise errors.InvalidParameters(f"{name} must be a whole number {low}..{high}", field=name)
+    return value
+
+
+def native(body: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise errors.InvalidParameters(f"unknown field {unknown[0]!r}", field=unknown[0])
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not 1 <= len(prompt) <= 500 or not prompt.strip():
+        raise errors.InvalidParameters("prompt must be 1..500 characters", field="prompt")
+    fields = {
+        "prompt": prompt,
+        "steps": _whole(body, "steps", 20, 1, 50),
+        "seed": _whole(body, "seed", None, 0, SEED_MAX),
+    }
+    for name in ("width", "height"):
+        value = _whole(body, name, 512, 256, 768)
+        if value % 64:
+            raise errors.InvalidParameters(f"{name} must be a multiple of 64", field=name)
+        fields[name] = value
+    return fields
+
+
+@route(shape=error_answer)
+async def generate(request: Request, api: Api, client: str | None) -> Response:
+    """One image: `{"image_base64", "metadata": {prompt, steps, width, height, seed,
+    generation_time_seconds, model_version}}` when it is done."""
+    body = require_object(await api.read_body(request))
+    spec = parse_spec(native(body), api.settings.generation)
+    queued = await run_in_threadpool(
+        lambda: api.enqueue(
+            spec, Staged(), source=Source.GTX1060, client=client, owner=owner_of(request)
+        )
+    )
+    timeout = api.settings.server.request_timeout_s
+    done = finished_or_raise(await wait_for_job(api.store, queued.job.id, timeout))
+    (image,) = (done.result or {}).get("images") or [{}]
+    png = await run_in_threadpool(api.image_path(image["file"]).read_bytes)
+    timings = (done.result or {}).get("timings") or {}
+    return JSONResponse(
+        {
+            "image_base64": base64.b64encode(png).decode(),
+            "metadata": {
+                "prompt": done.spec.prompt,
+                "steps": done.spec.steps,
+                "width": image.get("width"),
+                "height": image.get("height"),
+                "seed": image.get("seed"),
+                "generation_time_seconds": timings.get("generate_s"),
+                "model_version": done.model,
+            },
+        }
+    )
