@@ -404,3 +404,27 @@ def test_the_configured_database_password_is_masked() -> None:
         "postgresql+psycopg://spool:***@db.local:5432/spool"
     )
     assert masked_url("sqlite:////var/lib/alice/alice.db") == "sqlite:////var/lib/alice/alice.db"
+
+
+def test_dialect_jobs_batch_with_other_doors_and_outlive_their_server(
+    make_bare: Callable[..., Bare],
+) -> None:
+    """An AbleRefusal job and a native job asking the same thing have one batch key:
+    the runner's claim takes them in one call. A dialect's asynchronous job
+    is a row like any other: another server on the same database serves it."""
+    bare = make_bare()
+    same = {"prompt": "a harbour", "steps": 2, "width": 64, "height": 64}
+    native = httpx.post(
+        bare.url + "/v1/jobs", json={**same, "scheduler": "euler_a", "guidance_scale": 7.5}
+    ).json()
+    able = httpx.post(
+        bare.url + "/api/v1/generate", json={**same, "sampler": "euler_a", "cfg_scale": 7.5}
+    ).json()
+    assert able["status"] == "queued"
+    taken = bare.store.claim_compatible("r", max_images=8, lease_s=60)
+    assert {j.id for j in taken} == {native["id"], able["id"]}  # one pipeline call
+    assert {j.source.value for j in taken} == {"api", "ablerefusal"}
+    bare.store.release("r", [j.id for j in taken])
+    second = make_bare()  # the same data directory and database, another server
+    shown = httpx.get(f"{second.url}/api/v1/generate/{able['id']}").json()
+    assert shown == {"id": able["id"], "status": "queued", "progress": 0, "results": []}
