@@ -14,7 +14,9 @@ models and are left out. The listing is rebuilt only when the directory changes.
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -235,6 +237,28 @@ class ModelRegistry:
         scratch.write_text(model.id + "\n", encoding="utf-8")
         scratch.replace(self.default_file)
         return model
+
+    @property
+    def preload_file(self) -> Path:
+        return self.models_dir / ".preload"
+
+    def request_preload(self, model_id: str) -> ModelInfo:
+        """Ask the runners to load a usable model now (`POST /v1/models/load`): kept in
+        `<models_dir>/.preload`, which an idle runner reads (the models directory is
+        the one every runner host shares)."""
+        model = self.get(model_id)
+        scratch = self.preload_file.with_name(f".preload.{os.getpid()}.tmp")
+        scratch.write_text(f"{model.id}\n{time.time_ns()}\n", encoding="utf-8")
+        scratch.replace(self.preload_file)
+        return model
+
+    def preload_request(self) -> tuple[str, str] | None:
+        """(the model asked for, when it was asked) if a preload was asked for."""
+        try:
+            model, _, asked = self.preload_file.read_text(encoding="utf-8").partition("\n")
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+        return (model.strip(), asked.strip()) if model.strip() else None
 
     def default(self, configured: str = "") -> ModelInfo:
         """The default model: `generation.default_model` if configured, else the one

@@ -118,13 +118,14 @@ async def img2img(request: Request, api: Api, client: str | None) -> Response:
 
 @route(shape=error_answer)
 async def load_model(request: Request, api: Api, client: str | None) -> Response:
-    """`{"model_id"}`: checked installed (404 if not); the runners load a model when its
-    first job comes, and keep it while jobs for it keep coming."""
+    """`{"model_id"}`: an idle runner loads that model now (within a second or so), so
+    that its first job does not wait for the load; 404 if it is not installed."""
     body = require_object(await api.read_body(request))
     model = _model(body.get("model_id"))
     if model is None:
         raise errors.InvalidParameters("model_id is required", field="model_id")
     spec = await api.resolve_model(parse_spec({"prompt": "check", "model": model}))
+    await run_in_threadpool(api.registry.request_preload, str(spec.model))
     return JSONResponse({"status": "ok", "model_id": spec.model})
 
 

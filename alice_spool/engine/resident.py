@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import torch
 
-from ..errors import InvalidParameters, ModelNotFound
+from ..errors import InvalidParameters, ModelNotFound, SpoolError
 from ..registry import ModelRegistry
 from ..spec import JobSpec
 from . import speed
@@ -78,6 +78,7 @@ class Engine:
         self.buckets = speed.batch_buckets(max_batch)
         self.current: Loaded | None = None
         self._parked: Loaded | None = None  # in host RAM, when keep_in_ram
+        self._preloaded: tuple[str, str] | None = None  # the last preload asked and done
         self._compiled: dict[str, speed.Compiled] = {}  # model id -> its compiled parts
         self._uncompilable: set[str] = set()  # models whose compilation failed
 
@@ -295,6 +296,25 @@ class Engine:
                 }
             )
         return records
+
+    def load_asked(self) -> str | None:
+        """Load the model a `POST /v1/models/load` asked for, once per asking, unless it
+        is resident already; the model loaded, if any. (The idle runner calls this.)"""
+        asked = self.registry.preload_request()
+        if asked is None or asked == self._preloaded:
+            return None
+        self._preloaded = asked
+        model_id = asked[0]
+        if self.resident_model == model_id:
+            return None
+        try:
+            self.registry.scan(force=True)  # it may have been installed since the last scan
+            self.ensure(model_id)
+        except SpoolError as exc:  # deleted meanwhile, or broken: its jobs will say so
+            log.warning("cannot preload %s: %s", model_id, exc.message)
+            return None
+        log.info("preloaded %s, as asked", model_id, extra={"model": model_id})
+        return model_id
 
     def drop_deleted(self) -> bool:
         """Unload the resident (and parked) models if they were deleted from the models

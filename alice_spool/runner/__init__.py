@@ -182,6 +182,9 @@ class Runner(Monitoring):
         drop_deleted = getattr(self.generator, "drop_deleted", None)  # optional
         if drop_deleted is not None:
             drop_deleted()  # a model deleted while it was loaded is not kept in memory
+        load_asked = getattr(self.generator, "load_asked", None)  # optional
+        if load_asked is not None:
+            load_asked()  # POST /v1/models/load: the model asked for, loaded while idle
         deadline = time.monotonic() + self.options.recheck_s
         while time.monotonic() < deadline:
             if self._stop.wait(self.options.poll_s):

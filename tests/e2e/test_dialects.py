@@ -192,6 +192,11 @@ def test_the_rest_plans_examples_as_written(site: Served) -> None:
     assert picture(base64.b64decode(shown["image"])).size == (64, 64)
     loaded = post(site, "/api/v1/models/load", {"model_id": "sd-2-1"})  # its "Load different model"
     assert loaded.json() == {"status": "ok", "model_id": "sd/sd-2-1"}
+
+    def resident() -> Any:
+        return httpx.get(f"{site.url}/health", timeout=30).json()["runners"][0]["model"]
+
+    wait_until(lambda: resident() == "sd/sd-2-1", timeout=60)  # the idle runner loaded it
     assert post(site, "/v1/models/load", {"model_id": "nope"}).status_code == 404
     again = post(site, "/v1/txt2img", {"prompt": "a red fox", "seed": shown["seed"] + 1,
                                        "num_inference_steps": 2})  # fmt: skip
