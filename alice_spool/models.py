@@ -394,3 +394,15 @@ class GalleryTag(Base):
     tag: Mapped[str] = mapped_column(String(50), primary_key=True)
 
     __table_args__ = (Index("ix_gallery_tags_tag", "tag"),)
+
+
+class ClientOption(Base):
+    """A client's own setting in a dialect that has them (DESIGN section 14): A1111's
+    `sd_model_checkpoint`, per owner ("" for the admin's), kept across restarts and
+    shared by every API node."""
+
+    __tablename__ = "client_options"
+
+    owner: Mapped[str] = mapped_column(String(80), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

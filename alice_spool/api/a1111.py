@@ -2,13 +2,12 @@
 become a `JobSpec` queued like every other door's (source `a1111`), the answer waits
 for the job and is shaped as A1111 shapes it (base64 PNGs, `parameters`, `info` as a
 JSON string with the seeds and infotexts). The only state of its own is A1111's
-"current checkpoint" option, kept per owner in this process."""
+"current checkpoint" option, a client option per owner in the database."""
 
 from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from typing import Any
 
@@ -138,24 +137,7 @@ def _count(body: dict[str, Any], name: str) -> int:
     return value
 
 
-class Checkpoints:
-    """A1111's `sd_model_checkpoint` option, per owner (a client's choice, not the
-    server's default model); absent, the server's default applies."""
-
-    def __init__(self) -> None:
-        self._chosen: dict[str | None, str] = {}
-        self._lock = threading.Lock()
-
-    def get(self, owner: str | None) -> str | None:
-        with self._lock:
-            return self._chosen.get(owner)
-
-    def set(self, owner: str | None, model: str) -> None:
-        with self._lock:
-            self._chosen[owner] = model
-
-
-CHECKPOINTS = Checkpoints()
+CHECKPOINT = "a1111.sd_model_checkpoint"  # the client option: A1111's current checkpoint
 
 
 def native(body: dict[str, Any], *, img2img: bool, checkpoint: str | None) -> dict[str, Any]:
@@ -250,7 +232,8 @@ def _info(done: JobRecord, spec: JobSpec, body: dict[str, Any]) -> dict[str, Any
 async def _generate(request: Request, api: Api, client: str | None, *, img2img: bool) -> Response:
     body = require_object(await api.read_body(request, images=img2img))
     owner = owner_of(request)
-    fields = native(body, img2img=img2img, checkpoint=CHECKPOINTS.get(owner))
+    chosen = await run_in_threadpool(api.store.client_option, owner, CHECKPOINT)
+    fields = native(body, img2img=img2img, checkpoint=chosen)
     fields, staged = await run_in_threadpool(api.take_images, fields)
     spec = parse_spec(fields, api.settings.generation)
     queued = await run_in_threadpool(
@@ -349,7 +332,7 @@ async def loras(request: Request, api: Api, client: str | None) -> Response:
 
 
 async def _current_checkpoint(request: Request, api: Api) -> str | None:
-    chosen = CHECKPOINTS.get(owner_of(request))
+    chosen = await run_in_threadpool(api.store.client_option, owner_of(request), CHECKPOINT)
     if chosen is not None:
         return chosen
     try:
@@ -388,7 +371,9 @@ async def set_options(request: Request, api: Api, client: str | None) -> Respons
             "sd_model_checkpoint is required", field="sd_model_checkpoint"
         )
     spec = await api.resolve_model(JobSpec(prompt="check", model=model))  # 404 if missing
-    CHECKPOINTS.set(owner_of(request), str(spec.model))
+    await run_in_threadpool(
+        api.store.set_client_option, owner_of(request), CHECKPOINT, str(spec.model)
+    )
     return JSONResponse(None)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from .. import __version__, errors, inputs, urls
@@ -163,7 +163,7 @@ class Api:
         scheme = proto if proto in ("http", "https") else request.url.scheme
         return f"{scheme}://{host}{request.scope.get('root_path', '')}".rstrip("/")
 
-    def client_address(self, request: Request) -> str:
+    def client_address(self, request: HTTPConnection) -> str:
         """The client's address: the peer's, or, behind a trusted proxy, the last address
         in X-Forwarded-For that is not one of the trusted proxies."""
         peer = request.client.host if request.client else "unknown"
@@ -176,7 +176,7 @@ class Api:
                 return hop
         return peer
 
-    def _via_trusted_proxy(self, request: Request) -> bool:
+    def _via_trusted_proxy(self, request: HTTPConnection) -> bool:
         peer = request.client.host if request.client else None
         return peer is not None and peer in self.settings.server.trusted_proxies
 
@@ -243,7 +243,7 @@ class DatabaseTrouble:
         return {**exc.to_dict(), "age_s": round(time.monotonic() - at, 1)}
 
 
-def _identify(api: Api, request: Request, address: str) -> Principal | None:
+def identify(api: Api, request: HTTPConnection, address: str) -> Principal | None:
     """Whose key the request carries. An address that failed too often is refused for
     a while (429), whatever key it sends now, so that keys cannot be guessed at speed."""
     api.auth_failures.check(address, spend=False)
@@ -299,7 +299,7 @@ def route(
                 client = None
                 if auth:
                     address = api.client_address(request)
-                    principal = await run_in_threadpool(_identify, api, request, address)
+                    principal = await run_in_threadpool(identify, api, request, address)
                     request.state.principal = principal
                     client = principal.name if principal else None
                     limit = principal.rate_limit_per_minute if principal else None

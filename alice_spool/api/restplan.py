@@ -22,7 +22,7 @@ from .. import errors
 from ..models import Source
 from ..records import JobRecord
 from ..spec import MODEL_PREFIX, parse_spec
-from .context import Api, owner_of, route
+from .context import Api, identify, owner_of, route
 from .http import STATUS, require_object, wait_for_job
 from .openai import finished_or_raise
 
@@ -141,8 +141,9 @@ async def stream_txt2img(websocket: WebSocket) -> None:
     "progress", "step", "total"}` as the steps happen, then `{"type": "result", "image",
     "seed"}` (or `{"type": "error", "detail", "code"}`), and closes."""
     api: Api = websocket.app.state.api
-    try:
-        principal = await run_in_threadpool(api.keys.identify, websocket)
+    address = api.client_address(websocket)
+    try:  # a wrong key counts against the address, as on every route
+        principal = await run_in_threadpool(identify, api, websocket, address)
     except errors.SpoolError as exc:
         await websocket.close(code=1008, reason=exc.message[:120])
         return

@@ -4,7 +4,8 @@ Each operation is one short transaction (`database.py` runs them) named after th
 life, and returns frozen records (`records.py`), never live ORM objects. The parts:
 `enqueue` (the doors' side), `leases` (the runner's side), `control` (the user's side)
 and `queries` (reading); `downloads` holds the model downloads' rows the same way,
-`keys` the API keys and invites, `gallery` the images of succeeded jobs.
+`keys` the API keys and invites, `gallery` the images of succeeded jobs, `options`
+the dialects' per-client settings.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from .enqueue import Enqueueing
 from .gallery import Gallery
 from .keys import Keys
 from .leases import Leasing
+from .options import Options
 from .queries import Queries
 from .runners import Runners
 
 
-class Store(Enqueueing, Leasing, Control, Queries, Runners, Counters, Downloads, Keys, Gallery):
+class Store(
+    Enqueueing, Leasing, Control, Queries, Runners, Counters, Downloads, Keys, Gallery, Options
+):
     """Every job-table operation, named after the job's life (and the downloads', the
     keys' and the gallery's)."""
 

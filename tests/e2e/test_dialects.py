@@ -9,8 +9,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shutil
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -244,3 +247,27 @@ def test_the_websocket_streams_increasing_steps_then_the_image(site: Served) -> 
     elsewhere = {"additional_headers": AUTH, "origin": "https://evil.example"}
     with pytest.raises(refused_error), websockets.sync.client.connect(url, **elsewhere) as socket:
         socket.recv()  # a page on another site
+
+
+def test_a_dialect_job_survives_sigkill_and_runs_after_the_restart(tmp_path: Path) -> None:
+    """An AbleRefusal job queued behind a long one; serve and its runner SIGKILLed; the
+    restarted server runs it once, and AbleRefusal's own route shows it completed."""
+    root = tmp_path / "spool"
+    root.mkdir()
+    with serve(root) as first:
+        blocker = post(first, "/v1/jobs", {"prompt": "long", "steps": 150, "n": 4}).json()
+        wait_until(lambda: job(first, blocker["id"])["status"] == "running", timeout=60)
+        queued = post(first, "/api/v1/generate", {"prompt": "a harbour", "width": 64,
+                      "height": 64, "steps": 2})  # fmt: skip
+        job_id = queued.json()["id"]
+        for runner in httpx.get(f"{first.url}/health").json()["runners"]:
+            os.kill(int(runner["owner"].split("/")[1]), signal.SIGKILL)  # its own session
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait(30)
+    with serve(root) as second:
+        status = lambda: get(second, f"/api/v1/generate/{job_id}").json()  # noqa: E731
+        wait_until(lambda: status()["status"] == "completed", timeout=180)
+        assert len(status()["results"]) == 1
+        done = job(second, job_id)
+    assert (done["source"], done["attempts"]) == ("ablerefusal", 1)  # run once
+    assert (root / "var" / "outbox" / job_id / f"{job_id}-0.png").exists()

@@ -1,6 +1,7 @@
 """The gallery's rows in the store (DESIGN section 13), on SQLite and, with
 ALICE_TEST_DATABASE_URL, on PostgreSQL: written when a job succeeds, seen by scope,
-shared until a given time, tagged, searched, counted and deleted."""
+shared until a given time, tagged, searched, counted and deleted; and the other
+per-user rows beside them: web sessions and the dialects' client options."""
 
 from __future__ import annotations
 
@@ -116,3 +117,17 @@ def test_sessions_are_listed_by_a_handle_and_ended_by_it(store: Store) -> None:
     assert not store.end_session("zz" * 8)
     assert store.end_session(listed["id"])
     assert store.session(secret, idle_s=900, now=T0 + timedelta(seconds=6)) is None
+
+
+def test_client_options_are_kept_per_owner(store: Store) -> None:
+    """A dialect's per-client setting (A1111's checkpoint): one value per owner and
+    name, the admin's (None) apart, replaced when set again."""
+    name = "a1111.sd_model_checkpoint"
+    assert store.client_option("alice", name) is None
+    store.set_client_option("alice", name, "sd/tiny")
+    store.set_client_option(None, name, "sd/other")
+    store.set_client_option("alice", name, "sd/spare")
+    assert store.client_option("alice", name) == "sd/spare"
+    assert store.client_option(None, name) == "sd/other"
+    assert store.client_option("bob", name) is None
+    assert store.client_option("alice", "another") is None

@@ -336,8 +336,8 @@ def test_stats_and_purge(run, store: Store) -> None:
 
 
 def test_db_commands(run, data_dir: Path) -> None:
-    head = migrate.head_revision()  # the newest revision on disk (0011: the dialects' sources)
-    assert head == "0011"
+    head = migrate.head_revision()  # the newest revision on disk (0012: client options)
+    assert head == "0012"
     assert f"empty -> {head}" in ok(run("db", "upgrade"))
     assert f"already at revision {head}" in ok(run("db", "upgrade"))
     assert json.loads(ok(run("db", "current", "--json")))["up_to_date"] is True
