@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import webuiapi
 from PIL import Image
@@ -172,3 +173,44 @@ def test_what_it_refuses_comes_in_a1111s_shape(site: Served) -> None:
     assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Basic"
     assert post("/sdapi/v1/txt2img", {"prompt": "x"}, key=None).status_code == 401
     assert len(jobs(site)) == before  # nothing was queued
+
+
+def test_an_a1111_job_batches_with_a_native_one_and_makes_what_it_makes_alone(
+    site: Served,
+) -> None:
+    api = client(site)
+    asked = {"prompt": "a quiet bay", "seed": 11, "width": 64, "height": 64, "cfg_scale": 7.0}
+    blocker = httpx.post(  # the runner busy while both are queued behind it
+        f"{site.url}/v1/jobs",
+        json={"prompt": "long", "steps": 150, "n": 4, "width": 64, "height": 64},
+        headers={"X-Api-Key": KEY},
+        timeout=30,
+    ).json()
+    wait_until(lambda: job_of(site, blocker["id"])["status"] == "running", timeout=60)
+    answers: list[Any] = []
+    thread = threading.Thread(target=lambda: answers.append(api.txt2img(**asked)))
+    thread.start()
+    wait_until(lambda: bool(jobs(site, source="a1111", status="queued")), timeout=30)
+    native = httpx.post(
+        f"{site.url}/v1/jobs",
+        json={"prompt": "a loud harbour", "seed": 12, "steps": 2, "width": 64, "height": 64,
+              "scheduler": "euler_a", "guidance_scale": 7.0},
+        headers={"X-Api-Key": KEY},
+        timeout=30,
+    ).json()  # fmt: skip
+    thread.join(120)
+    (batched,) = answers
+    a1111_job = job_of(site, batched.info["job_id"])
+    wait_until(lambda: job_of(site, native["id"])["status"] == "succeeded", timeout=60)
+    native_job = job_of(site, native["id"])
+    assert a1111_job["result"]["timings"]["batch_images"] == 2  # one pipeline call for both
+    assert native_job["result"]["timings"]["batch_images"] == 2
+    alone = api.txt2img(**asked)  # nothing else queued now
+    assert job_of(site, alone.info["job_id"])["result"]["timings"]["batch_images"] == 1
+    together = np.asarray(batched.images[0], dtype=np.int16)
+    assert np.abs(together - np.asarray(alone.images[0], dtype=np.int16)).max() <= 2
+
+
+def job_of(site: Served, job_id: str) -> dict[str, Any]:
+    answer = httpx.get(f"{site.url}/v1/jobs/{job_id}", headers={"X-Api-Key": KEY}, timeout=30)
+    return dict(answer.json())
