@@ -214,3 +214,26 @@ def test_an_a1111_job_batches_with_a_native_one_and_makes_what_it_makes_alone(
 def job_of(site: Served, job_id: str) -> dict[str, Any]:
     answer = httpx.get(f"{site.url}/v1/jobs/{job_id}", headers={"X-Api-Key": KEY}, timeout=30)
     return dict(answer.json())
+
+
+def test_lora_tags_and_the_checkpoint_override(site: Served) -> None:
+    from alice_spool.engine.tiny import create_tiny_lora
+
+    create_tiny_lora(site.root / "var" / "models", "a1111-style", replace=True)
+    api = client(site)
+    refreshed = httpx.post(f"{site.url}/sdapi/v1/refresh-loras", auth=("u", KEY), timeout=30)
+    assert refreshed.status_code == 200
+    assert "a1111-style" in [lora["name"] for lora in api.get_loras()]
+    styled = api.txt2img(
+        prompt="a fox <lora:a1111-style:0.8>",
+        seed=21,
+        width=64,
+        height=64,
+        override_settings={"sd_model_checkpoint": "tiny [0123abcd]"},  # A1111's title form
+    )
+    made = job_of(site, styled.info["job_id"])
+    assert made["spec"]["loras"] == [{"name": "lora/a1111-style", "scale": 0.8}]
+    assert made["spec"]["prompt"] == "a fox" and made["model"] == "sd/tiny"
+    assert "<lora:a1111-style:0.8>" in styled.info["infotexts"][0]
+    plain = api.txt2img(prompt="a fox", seed=21, width=64, height=64)
+    assert plain.images[0].tobytes() != styled.images[0].tobytes()  # the LoRA changed it
