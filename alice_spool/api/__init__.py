@@ -225,7 +225,7 @@ def routes() -> list[Any]:
         Route("/api/v1/queue", ablerefusal.queue, methods=["GET"]),
         Route("/api/v1/models", ablerefusal.models, methods=["GET"]),
         Route("/api/v1/models/load", restplan.load_model, methods=["POST"]),
-        Route("/outputs/{name}", ablerefusal.output, methods=["GET"]),
+        Route("/outputs/{name}", image, methods=["GET"], name="ablerefusal_output"),
         Route("/generate", gtx1060.generate, methods=["POST"]),
         Route("/v1/txt2img", restplan.txt2img, methods=["POST"]),
         Route("/v1/img2img", restplan.img2img, methods=["POST"]),

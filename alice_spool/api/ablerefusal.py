@@ -1,6 +1,7 @@
 """The AbleRefusal API (`reference/ablerefusal-spec.md`, DESIGN section 14): a thin
 translator. A generation is queued (source `ablerefusal`) and answered at once with its
-id; its status, progress and results are read from the job. Its own limits (width and
+id; its status, progress and results are read from the job; its `/outputs/` are the
+spool's `/images/`. Its own limits (width and
 height required, steps 1..150, cfg_scale 1..30, batch_size 1..4) and error bodies: 400
 with the details, 404 with the list of models."""
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from .. import errors
 from ..inputs import Staged
@@ -174,13 +175,6 @@ async def models(request: Request, api: Api, client: str | None) -> Response:
             ]
         }
     )
-
-
-@route(auth=False)
-async def output(request: Request, api: Api, client: str | None) -> Response:
-    """An image, by its unguessable name (as `/images/`)."""
-    path = await run_in_threadpool(api.image_path, request.path_params["name"])
-    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
 
 
 @route(auth=False)
