@@ -708,6 +708,7 @@ def _dialect(path: str) -> str:
 def describe(routes: list[Any], api: Any) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     bodies = _bodies(api.settings.generation)
+    used: set[str] = set()  # operation ids are unique (one handler may serve two paths)
     for item in routes:
         if not isinstance(item, Route) or item.path in _UI or item.path.startswith("/web"):
             continue
@@ -722,8 +723,12 @@ def describe(routes: list[Any], api: Any) -> dict[str, Any]:
                 and getattr(item.endpoint, "needs_key", True)
                 and api.keys.required
             )
+            operation_id = item.name if len(methods) == 1 else f"{item.name}_{method.lower()}"
+            if operation_id in used:  # the same name again: told apart by its path
+                operation_id += "_" + re.sub(r"[^a-z0-9]+", "_", path.lower()).strip("_")
+            used.add(operation_id)
             operation: dict[str, Any] = {
-                "operationId": item.name if len(methods) == 1 else f"{item.name}_{method.lower()}",
+                "operationId": operation_id,
                 "summary": summary,
                 "description": "\n\n".join(paragraphs),
                 "responses": _responses(path, method, path in bodies or path in _FORMS, needs_key),

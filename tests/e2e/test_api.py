@@ -931,6 +931,8 @@ def test_the_openapi_description_says_what_the_server_does(make_bare: Callable[.
         and "security" not in paths["/api/v1/health"]["get"]
     )
     assert httpx.get(bare.url + "/readyz").status_code == 503  # no runner reports here
+    ids = [op["operationId"] for operations in paths.values() for op in operations.values()]
+    assert len(ids) == len(set(ids))  # unique, as OpenAPI asks (one handler serves two paths)
     assert "503" in paths["/readyz"]["get"]["responses"]
     images = paths["/v1/images/generations"]["post"]["requestBody"]["content"]["application/json"]
     assert "id" not in images["schema"]["properties"]  # it refuses an id
