@@ -385,10 +385,10 @@ async def progress(request: Request, api: Api, client: str | None) -> Response:
 
     def read() -> tuple[JobRecord | None, int]:
         running = api.store.list_jobs(statuses=[JobStatus.RUNNING], owner=owner, limit=1)
-        waiting = api.store.list_jobs(
-            statuses=[JobStatus.QUEUED, JobStatus.RUNNING], owner=owner, limit=500
+        counts = api.store.counts(owner=owner)  # one count, however many are queued
+        return (running.jobs[0] if running.jobs else None), (
+            counts[JobStatus.QUEUED] + counts[JobStatus.RUNNING]
         )
-        return (running.jobs[0] if running.jobs else None), len(waiting.jobs)
 
     job, count = await run_in_threadpool(read)
     step, total = (job.progress_step or 0, job.progress_total or 0) if job else (0, 0)

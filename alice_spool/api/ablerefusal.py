@@ -19,7 +19,7 @@ from ..models import JobStatus, Source
 from ..records import JobRecord
 from ..spec import parse_spec
 from .context import Api, owner_of, route, scope_of
-from .http import STATUS, require_object
+from .http import STATUS, bounded, refuse_unknown, require_object
 
 STATES = {
     JobStatus.QUEUED: "queued",
@@ -28,7 +28,6 @@ STATES = {
     JobStatus.FAILED: "failed",
     JobStatus.CANCELLED: "cancelled",
 }
-_LIMITS = {"steps": (1, 150), "cfg_scale": (1.0, 30.0), "batch_size": (1, 4)}
 _FIELDS = {"prompt", "negative_prompt", "width", "height", "steps", "cfg_scale", "sampler",
            "seed", "batch_size", "model"}  # fmt: skip
 
@@ -42,19 +41,9 @@ def error_answer(exc: errors.SpoolError) -> Response:
     return JSONResponse(body, status_code=status)
 
 
-def _number(body: dict[str, Any], name: str, default: float) -> Any:
-    value = body.get(name, default)
-    low, high = _LIMITS[name]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise errors.InvalidParameters(f"{name} must be {low}..{high}", field=name)
-    return value
-
-
 def native(body: dict[str, Any]) -> dict[str, Any]:
     """AbleRefusal's body as this server's request."""
-    unknown = sorted(set(body) - _FIELDS)
-    if unknown:
-        raise errors.InvalidParameters(f"unknown field {unknown[0]!r}", field=unknown[0])
+    refuse_unknown(body, _FIELDS)
     for name in ("prompt", "width", "height"):
         if body.get(name) is None:
             raise errors.InvalidParameters(f"{name} is required", field=name)
@@ -64,11 +53,11 @@ def native(body: dict[str, Any]) -> dict[str, Any]:
         "negative_prompt": body.get("negative_prompt") or "",
         "width": body["width"],
         "height": body["height"],
-        "steps": _number(body, "steps", 20),
-        "guidance_scale": _number(body, "cfg_scale", 7.5),
+        "steps": bounded(body, "steps", 20, 1, 150, whole=True),
+        "guidance_scale": bounded(body, "cfg_scale", 7.5, 1.0, 30.0, whole=False),
         "scheduler": body.get("sampler") or "euler_a",
         "seed": None if seed == -1 else seed,
-        "n": _number(body, "batch_size", 1),
+        "n": bounded(body, "batch_size", 1, 1, 4, whole=True),
     }
     if body.get("model"):
         fields["model"] = body["model"]

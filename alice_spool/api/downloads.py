@@ -24,7 +24,7 @@ from ..downloads.plan import SearchPage
 from ..models import DownloadStatus
 from ..records import DownloadRecord
 from .context import Api, owner_of, route, scope_of
-from .http import query_flag, require_object, typed
+from .http import query_flag, query_int, require_object, typed
 
 MAX_PAGE = 500
 SEARCH_LIMIT = 100
@@ -72,17 +72,10 @@ def _statuses(request: Request) -> list[DownloadStatus] | None:
     return [DownloadStatus(s) for s in statuses] or None
 
 
-def _limit(request: Request, default: int, most: int) -> int:
-    text = request.query_params.get("limit", str(default))
-    if not text.isdigit() or not 1 <= int(text) <= most:
-        raise errors.InvalidParameters(f"limit must be 1..{most}", field="limit")
-    return int(text)
-
-
 @route()
 async def list_downloads(request: Request, api: Api, client: str | None) -> Response:
     """Downloads, newest first; `status` (repeatable) filters, `limit` (1..500)."""
-    statuses, limit = _statuses(request), _limit(request, 100, MAX_PAGE)
+    statuses, limit = _statuses(request), query_int(request, "limit", 100, 1, MAX_PAGE)
     found = await run_in_threadpool(
         lambda: api.store.list_downloads(statuses=statuses, limit=limit, owner=scope_of(request))
     )
@@ -211,7 +204,7 @@ async def search_models(request: Request, api: Api, client: str | None) -> Respo
             types=_types(params.getlist("types")),
             sort=params.get("sort") or None,
             nsfw=query_flag(params.get("nsfw"), "nsfw"),
-            limit=_limit(request, 20, SEARCH_LIMIT),
+            limit=query_int(request, "limit", 20, 1, SEARCH_LIMIT),
             cursor=params.get("cursor") or None,
         )
     )

@@ -16,7 +16,7 @@ from .. import errors, removal
 from ..records import GalleryItem
 from ..store.gallery import clean_tags
 from .context import Api, owner_of, principal_of, route, scope_of
-from .http import query_flag, require_object, typed
+from .http import query_flag, query_int, require_object, typed
 
 MAX_PAGE = 200
 SHARE_HOURS = (1, 168)  # ALICE's expiresInHours
@@ -47,15 +47,6 @@ def _when(text: str | None, field: str) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _number(request: Request, name: str, default: int, low: int, high: int) -> int:
-    text = request.query_params.get(name)
-    if text is None:
-        return default
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise errors.InvalidParameters(f"{name} must be a whole number {low}..{high}", field=name)
-    return int(text)
-
-
 @route()
 async def list_gallery(request: Request, api: Api, client: str | None) -> Response:
     """Images, newest first: a user's own and everyone's public ones (an admin's key:
@@ -65,8 +56,8 @@ async def list_gallery(request: Request, api: Api, client: str | None) -> Respon
     50) and `offset`."""
     query = request.query_params
     tags = [t.strip().lower() for t in query.get("tags", "").split(",") if t.strip()]
-    limit = _number(request, "limit", 50, 1, MAX_PAGE)
-    offset = _number(request, "offset", 0, 0, 10**9)
+    limit = query_int(request, "limit", 50, 1, MAX_PAGE)
+    offset = query_int(request, "offset", 0, 0, 10**9)
     since, until = _when(query.get("since"), "since"), _when(query.get("until"), "until")
     model = query.get("model") or None
     if model is not None and "/" not in model:

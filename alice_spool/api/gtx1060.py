@@ -19,7 +19,7 @@ from ..inputs import Staged
 from ..models import Source
 from ..spec import SEED_MAX, parse_spec
 from .context import Api, owner_of, route
-from .http import STATUS, require_object, wait_for_job
+from .http import STATUS, bounded, refuse_unknown, require_object, wait_for_job
 from .openai import finished_or_raise
 
 _STATUS = {"invalid_parameters": 422, "invalid_json": 422, "timeout": 408, "model_not_found": 503}
@@ -34,29 +34,18 @@ def error_answer(exc: errors.SpoolError) -> Response:
     return JSONResponse(body, status_code=status)
 
 
-def _whole(body: dict[str, Any], name: str, default: int | None, low: int, high: int) -> Any:
-    value = body.get(name, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise errors.InvalidParameters(f"{name} must be a whole number {low}..{high}", field=name)
-    return value
-
-
 def native(body: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(body) - _FIELDS)
-    if unknown:
-        raise errors.InvalidParameters(f"unknown field {unknown[0]!r}", field=unknown[0])
+    refuse_unknown(body, _FIELDS)
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not 1 <= len(prompt) <= 500 or not prompt.strip():
         raise errors.InvalidParameters("prompt must be 1..500 characters", field="prompt")
     fields = {
         "prompt": prompt,
-        "steps": _whole(body, "steps", 20, 1, 50),
-        "seed": _whole(body, "seed", None, 0, SEED_MAX),
+        "steps": bounded(body, "steps", 20, 1, 50, whole=True),
+        "seed": bounded(body, "seed", None, 0, SEED_MAX, whole=True),
     }
     for name in ("width", "height"):
-        value = _whole(body, name, 512, 256, 768)
+        value = bounded(body, name, 512, 256, 768, whole=True)
         if value % 64:
             raise errors.InvalidParameters(f"{name} must be a multiple of 64", field=name)
         fields[name] = value

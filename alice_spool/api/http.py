@@ -183,6 +183,41 @@ def typed(body: dict[str, Any], key: str, kinds: type | tuple[type, ...]) -> Any
     return value
 
 
+def bounded(
+    body: dict[str, Any], key: str, default: float | None, low: float, high: float, *, whole: bool
+) -> Any:
+    """`body[key]` (or `default` when absent or null) if it is a number in low..high, a
+    whole one if `whole` (3.0 counts); else 400 naming the field (a dialect's limits)."""
+    value = typed(body, key, int if whole else (int, float))
+    if value is None:
+        return default
+    if not low <= value <= high:
+        kind = "a whole number " if whole else ""
+        raise errors.InvalidParameters(f"{key} must be {kind}{low:g}..{high:g}", field=key)
+    return value
+
+
+def refuse_unknown(body: dict[str, Any], allowed: set[str]) -> None:
+    """400 naming the first field a dialect does not take (typos never pass silently)."""
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise errors.InvalidParameters(f"unknown field {unknown[0]!r}", field=unknown[0])
+
+
+def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """A whole-number query parameter in low..high (`default` when absent); else 400."""
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise errors.InvalidParameters(f"{name} must be a whole number", field=name) from None
+    if not low <= value <= high:
+        raise errors.InvalidParameters(f"{name} must be {low}..{high}", field=name)
+    return value
+
+
 def query_flag(text: str | None, field: str, default: bool = False) -> bool:
     """A true/false query parameter (`true`, `false`, `1`, `0`, any case)."""
     if text is None:

@@ -18,7 +18,7 @@ from ..models import JobStatus, Source
 from ..records import NewJob
 from ..spec import parse_idempotency_key, parse_priority, parse_request
 from .context import Api, owner_of, route, scope_of
-from .http import require_object
+from .http import query_int, require_object
 
 MAX_PAGE = 500
 
@@ -49,19 +49,6 @@ async def create_job(request: Request, api: Api, client: str | None) -> Response
     return JSONResponse(view, status_code=202 if done.created else 200, headers=headers)
 
 
-def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
-    text = request.query_params.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise errors.InvalidParameters(f"{name} must be a whole number", field=name) from None
-    if not low <= value <= high:
-        raise errors.InvalidParameters(f"{name} must be {low}..{high}", field=name)
-    return value
-
-
 @route()
 async def list_jobs(request: Request, api: Api, client: str | None) -> Response:
     """Jobs, newest first: filter by `status` (repeatable), `batch_id`, `model`, `source`;
@@ -82,7 +69,7 @@ async def list_jobs(request: Request, api: Api, client: str | None) -> Response:
             source=source,
             owner=scope_of(request),
             before=query.get("before"),
-            limit=_query_int(request, "limit", 50, 1, MAX_PAGE),
+            limit=query_int(request, "limit", 50, 1, MAX_PAGE),
         )
     )
     return JSONResponse(
@@ -150,7 +137,7 @@ async def stats(request: Request, api: Api, client: str | None) -> Response:
     """The queue now (jobs by state) and the last hour: jobs finished by state, images
     made, mean wait and run times, and images per minute (`images_per_minute_series`,
     60 numbers, oldest minute first)."""
-    window = _query_int(request, "window_s", 3600, 60, 86_400)
+    window = query_int(request, "window_s", 3600, 60, 86_400)
 
     def read() -> dict[str, Any]:
         return {

@@ -23,7 +23,7 @@ from ..models import Source
 from ..records import JobRecord
 from ..spec import MODEL_PREFIX, parse_spec
 from .context import Api, identify, owner_of, route
-from .http import STATUS, require_object, wait_for_job
+from .http import STATUS, refuse_unknown, require_object, wait_for_job
 from .openai import finished_or_raise
 
 _FIELDS = {"prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed",
@@ -47,9 +47,7 @@ def _model(value: Any) -> str | None:
 
 def native(body: dict[str, Any], *, img2img: bool = False) -> dict[str, Any]:
     allowed = _FIELDS | ({"image", "strength"} if img2img else set())
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise errors.InvalidParameters(f"unknown field {unknown[0]!r}", field=unknown[0])
+    refuse_unknown(body, allowed)
     seed = body.get("seed", -1)
     fields: dict[str, Any] = {
         "prompt": body.get("prompt"),

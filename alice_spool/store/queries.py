@@ -103,11 +103,16 @@ class Queries(StoreBase):
 
         return self.db.read(work)
 
-    def counts(self, *, batch_id: str | None = None) -> dict[JobStatus, int]:
-        """How many jobs are in each state (every state present, zeros included)."""
+    def counts(
+        self, *, batch_id: str | None = None, owner: str | None = None
+    ) -> dict[JobStatus, int]:
+        """How many jobs are in each state (every state present, zeros included), of a
+        batch or an owner if given."""
         query = select(Job.status, func.count()).group_by(Job.status)
         if batch_id is not None:
             query = query.where(Job.batch_id == batch_id)
+        if owner is not None:
+            query = query.where(Job.owner == owner)
         rows = self.db.read(lambda conn: conn.execute(query).all())
         counts = dict.fromkeys(JobStatus, 0)
         counts.update({JobStatus(status): n for status, n in rows})

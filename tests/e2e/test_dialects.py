@@ -122,6 +122,7 @@ def test_ablerefusal_refusals_cancel_and_queue(site: Served) -> None:
         ({**good, "steps": 151}, "steps"),
         ({**good, "cfg_scale": 0.5}, "cfg_scale"),
         ({**good, "batch_size": 5}, "batch_size"),
+        ({**good, "batch_size": 2.5}, "batch_size"),  # a whole number, or refused
         ({**good, "sampler": "nope"}, "scheduler"),
         ({**good, "width": 65}, "width"),
         ({**good, "colour": "red"}, "colour"),
@@ -165,6 +166,7 @@ def test_gtx1060_generates_and_refuses_in_its_shape(site: Served) -> None:
         ({"prompt": ""}, "prompt"),
         ({"prompt": "x" * 501}, "prompt"),
         ({"prompt": "x", "steps": 51}, "steps"),
+        ({"prompt": "x", "steps": True}, "steps"),
         ({"prompt": "x", "width": 300}, "width"),
         ({"prompt": "x", "height": 832}, "height"),
         ({"prompt": "x", "seed": -1}, "seed"),
