@@ -140,6 +140,9 @@ class Job(Base):
     # Whose job it is (DESIGN section 13): the submitting key's `Principal.owner`; None
     # for the admin's (the inbox's, the CLI's, an open server's).
     owner: Mapped[str | None] = mapped_column(String(80))
+    # How many times it was claimed; never decreases (unlike `attempts`): the fence of
+    # its outbox directory (DESIGN section 15).
+    claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
         CheckConstraint(f"status IN ({_sql_list(JobStatus)})", name="status"),

@@ -9,10 +9,15 @@ Stable Diffusion tools read, so an image alone says how it was made.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import re
 import secrets
 import shutil
+import socket
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +34,10 @@ from .spec import JobSpec
 log = logging.getLogger(__name__)
 
 RESULT = "result.json"
-_STAGING = ".tmp-"  # staging directories: never a job's directory
+_STAGING = ".tmp-"  # working directories (staged, moved aside): never a job's directory
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+_WORKING = re.compile(rf"{re.escape(_STAGING)}(?P<host>[A-Za-z0-9.-]+)\.(?P<pid>\d+)\.[^.]+")
+STALE_ELSEWHERE_S = 24 * 3600.0
 
 # How other SD tools (AUTOMATIC1111, ComfyUI's readers, civitai) name the samplers.
 SAMPLER_NAMES = {
@@ -100,10 +108,26 @@ class Written:
     directory: Path
     files: list[str]  # image file names, in order
     already_there: bool  # an earlier run of the job had written it completely
+    # A later claim of the job wrote its directory: this (late) attempt wrote nothing.
+    superseded: bool = False
+
+
+def claim_of(result: Mapping[str, Any] | None) -> int:
+    """The claim a result was written under (0 for a directory from before claims)."""
+    try:
+        return int((result or {}).get("claim") or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 class Outbox:
-    """Writes and reads job directories under one root."""
+    """Writes and reads job directories under one root.
+
+    Each directory belongs to the claim of the job that wrote it (`result["claim"]`, the
+    job's `claims` when it was claimed, a number that only grows; DESIGN section 15). A
+    runner whose lease lapsed while another runner took the job over holds an earlier
+    claim: whatever it writes or removes late never touches the later claim's files.
+    """
 
     def __init__(
         self, root: Path | str, *, png_compress_level: int = 1, faults: Faults = NO_FAULTS
@@ -117,10 +141,7 @@ class Outbox:
 
     def read_result(self, job_id: str) -> dict[str, Any] | None:
         """The job's result.json, if its directory is complete (and readable)."""
-        try:
-            return json.loads((self.job_dir(job_id) / RESULT).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
+        return self._read(self.job_dir(job_id))
 
     def write(
         self,
@@ -130,23 +151,26 @@ class Outbox:
         parameters: Sequence[str] = (),
     ) -> Written:
         """Write the job's images (each with its `parameters` text) and then
-        `result.json`, durably, and move them into place at once.
+        `result.json`, durably, and move them into place at once, as the files of the
+        claim `result["claim"]`.
 
-        If a complete directory of a success is there already (the job ran before and the
-        runner died before recording it), it is kept and nothing is written twice; that of
-        a failure (the job was retried) is replaced.
+        A complete directory of a success is kept, whoever wrote it (the job ran before
+        and its runner died before recording it): nothing is written twice. A failure's
+        is replaced only by a later claim's files. A directory of a later claim is never
+        replaced: this attempt is late, and writes nothing (`superseded`).
         """
         target = self.job_dir(job_id)
         names = [image_name(job_id, i) for i in range(len(images))]
-        earlier = self.read_result(job_id)
-        if earlier is not None and earlier.get("status") == "succeeded":
-            return Written(target, names, already_there=True)
+        claim = claim_of(result)
+        decided = self._decide(job_id, claim, names)
+        if decided is not None:
+            return decided
         # Everything that can be refused is refused before any file exists.
         encoded = json.dumps(result, indent=2, ensure_ascii=False)
         texts = list(parameters) or [""] * len(names)
         if len(texts) != len(names):
             raise ValueError(f"{len(names)} images but {len(texts)} parameters texts")
-        staging = self.root / f"{_STAGING}{job_id}-{secrets.token_hex(4)}"
+        staging = self.root / _working_name(job_id, "staged")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             staging.mkdir()
@@ -162,31 +186,168 @@ class Outbox:
             fsync_path(result_path)
             fsync_path(staging)
             self.faults.crash_point("outbox_staged")
-            if target.exists():  # an incomplete directory from an older version or by hand
-                shutil.rmtree(target)
-            staging.rename(target)
-            fsync_path(self.root)
+            decided = self._move_into_place(job_id, staging, claim, names)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise OutboxWriteFailed(
                 f"cannot write the outputs of job {job_id} to {self.root}: {exc.strerror or exc}",
                 job_id=job_id,
             ) from exc
+        if decided is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+            return decided
         return Written(target, names, already_there=False)
 
-    def remove(self, job_id: str) -> None:
-        """Delete a job's directory (a job cancelled while it was being written)."""
-        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+    def _decide(self, job_id: str, claim: int, names: list[str]) -> Written | None:
+        """What an existing directory means for a write of `claim`: kept (a success's,
+        or a later claim's), or None: this write may replace it (or there is none)."""
+        target = self.job_dir(job_id)
+        earlier = self.read_result(job_id)
+        if earlier is None:
+            return None
+        if earlier.get("status") == "succeeded" and claim_of(earlier) <= claim:
+            return Written(target, names, already_there=True)
+        if claim_of(earlier) >= claim:
+            log.warning(
+                "job %s: its directory is claim %d's; this late claim %d writes nothing",
+                job_id,
+                claim_of(earlier),
+                claim,
+                extra={"job_id": job_id},
+            )
+            return Written(target, names, already_there=False, superseded=True)
+        return None
+
+    def _move_into_place(
+        self, job_id: str, staging: Path, claim: int, names: list[str]
+    ) -> Written | None:
+        """Rename the staged directory to the job's. A rename never replaces a directory
+        that has files, so two writers cannot both land: whoever finds a directory there
+        decides again what it may do, and moves an earlier claim's aside first."""
+        target = self.job_dir(job_id)
+        while True:
+            try:
+                staging.rename(target)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+            else:
+                fsync_path(self.root)
+                return None
+            decided = self._decide(job_id, claim, names)
+            if decided is not None:
+                return decided
+            # An earlier claim's failure, or an incomplete directory (from an older
+            # version, or by hand): moved aside at once, then removed.
+            aside = self.root / _working_name(job_id, "replaced")
+            try:
+                target.rename(aside)
+            except FileNotFoundError:
+                continue  # someone else moved it meanwhile: try again
+            shutil.rmtree(aside, ignore_errors=True)
+
+    def remove(self, job_id: str, *, claim: int | None = None) -> bool:
+        """Delete a job's directory: with `claim`, only if that claim wrote it (a runner
+        removes its own attempt's files, never a later one's); without, whatever is there
+        (purging the job). Whether it was removed.
+
+        The directory is moved aside first, so it vanishes whole, and only then is its
+        claim read: a later claim's directory that landed meanwhile is never the one
+        removed. One that was not this claim's is put back."""
+        target = self.job_dir(job_id)
+        aside = self.root / _working_name(job_id, "removed")
+        try:
+            target.rename(aside)
+        except OSError:
+            return False
+        if claim is not None:
+            found = claim_of(self._read(aside))
+            if found != claim:
+                log.info(
+                    "job %s: its directory is claim %d's, not %d's; left as it is",
+                    job_id,
+                    found,
+                    claim,
+                    extra={"job_id": job_id},
+                )
+                self._put_back(job_id, aside)
+                return False
+        shutil.rmtree(aside, ignore_errors=True)
+        return True
+
+    def _put_back(self, job_id: str, aside: Path) -> None:
+        """Return a directory moved aside; if a writer landed one meanwhile, the later
+        claim's of the two stays."""
+        target = self.job_dir(job_id)
+        while True:
+            try:
+                aside.rename(target)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+            if claim_of(self.read_result(job_id)) >= claim_of(self._read(aside)):
+                shutil.rmtree(aside, ignore_errors=True)
+                return
+            displaced = self.root / _working_name(job_id, "replaced")
+            try:
+                target.rename(displaced)
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(displaced, ignore_errors=True)
+
+    @staticmethod
+    def _read(directory: Path) -> dict[str, Any] | None:
+        try:
+            return json.loads((directory / RESULT).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
 
     def remove_stale(self) -> list[str]:
-        """Delete staging directories left by a writer that died (run at start-up)."""
+        """Delete the working directories left by writers that died (run at a runner's
+        start-up). Runners on several hosts share one outbox, so only this host's dead
+        processes' are removed at once; another host's after `STALE_ELSEWHERE_S`, long
+        past any write (that host is gone, or renamed)."""
         removed: list[str] = []
         if not self.root.is_dir():
             return removed
+        now = time.time()
         for entry in self.root.iterdir():
-            if entry.name.startswith(_STAGING) and entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry.name)
+            if not entry.name.startswith(_STAGING) or not entry.is_dir():
+                continue
+            host, pid = _writer_of(entry.name)
+            if host == _HOST and pid is not None and _alive(pid):
+                continue
+            if host is not None and host != _HOST:
+                try:
+                    if now - entry.stat().st_mtime < STALE_ELSEWHERE_S:
+                        continue
+                except OSError:
+                    continue
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
         if removed:
             log.info("removed %d unfinished outbox directories", len(removed))
         return removed
+
+
+def _working_name(job_id: str, purpose: str) -> str:
+    """A working directory's name: its writer (host and pid), the job, what it is for."""
+    return f"{_STAGING}{_HOST}.{os.getpid()}.{job_id}-{purpose}-{secrets.token_hex(4)}"
+
+
+def _writer_of(name: str) -> tuple[str | None, int | None]:
+    found = _WORKING.fullmatch(name)
+    if found is None:
+        return None, None  # an older version's: its writer is long gone
+    return found["host"], int(found["pid"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -46,6 +46,7 @@ class JobRecord:
     error_message: str | None
     images_expired_at: datetime | None = None
     owner: str | None = None  # the key that asked for it; None: the admin's
+    claims: int = 0  # how many times it was claimed: the outbox's fence
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> JobRecord:
@@ -80,6 +81,7 @@ class JobRecord:
             error_message=m["error_message"],
             images_expired_at=m.get("images_expired_at"),
             owner=m.get("owner"),
+            claims=m.get("claims") or 0,
         )
 
     @property

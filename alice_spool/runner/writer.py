@@ -63,7 +63,7 @@ class Finishing(RunnerState):
             ),
         )
         if final and done is None:  # cancelled or taken over meanwhile: not our failure
-            self.outbox.remove(job.id)
+            self.outbox.remove(job.id, claim=job.claims)  # our own files only
 
     def _write_failure(self, job: JobRecord, result: dict[str, Any] | None) -> None:
         """A failed job's directory holds a result.json with the error, and no images."""
@@ -104,6 +104,8 @@ class Finishing(RunnerState):
             "source_file": job.client if job.source is Source.INBOX else None,
             "spec": spec.to_dict(),
             "attempt": job.attempts,
+            # the claim these files belong to (Outbox: a later claim's are never touched)
+            "claim": job.claims,
         }
 
     def _result(self, outcome: Outcome, *, status: str) -> dict[str, Any]:
@@ -179,7 +181,7 @@ class Finishing(RunnerState):
         result = self._result(outcome, status="succeeded")
         order = sorted(outcome.images)
         try:
-            self.outbox.write(
+            written = self.outbox.write(
                 job.id,
                 result,
                 [outcome.images[i] for i in order],
@@ -199,8 +201,14 @@ class Finishing(RunnerState):
             outcome.error, outcome.retryable = exc, True
             self._fail(outcome)
             return
+        if written.superseded:  # our lease lapsed and a later claim wrote the directory
+            self._let_go(job.id)
+            return
+        if written.already_there:  # complete from an earlier run: recorded as written
+            result = self.outbox.read_result(job.id) or result
         self.faults.crash_point("after_outbox_write")
         self.faults.crash_point("before_succeed")
         done = self._finish(job.id, lambda: self.store.succeed(job.id, self.owner, result))
         if done is None and self.store.get(job.id).status is JobStatus.CANCELLED:
-            self.outbox.remove(job.id)  # cancelled while its files were being written
+            # cancelled while its files were being written: ours go (a later claim's stay)
+            self.outbox.remove(job.id, claim=job.claims)

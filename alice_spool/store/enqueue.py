@@ -48,7 +48,7 @@ _KEYS = select(Job.idempotency_key, Job.id, Job.batch_id, Job.request_hash, Job.
 _NEW_COLUMNS = (
     "id", "idempotency_key", "request_hash", "batch_id", "source", "client", "status",
     "priority", "not_before", "created_at", "attempts", "max_attempts", "cancel_requested",
-    "model", "spec", "batch_key", "images", "owner",
+    "model", "spec", "batch_key", "images", "owner", "claims",
 )  # fmt: skip
 _INSERT_NEW_KEY = (
     insert(Job)
@@ -142,6 +142,7 @@ class Enqueueing(StoreBase):
             "batch_key": spec.batch_digest(),
             "images": spec.n,
             "owner": owner,
+            "claims": 0,
         }
 
     def _rows(

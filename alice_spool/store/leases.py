@@ -57,6 +57,7 @@ _TAKE = {
     "lease_expires_at": _when("until"),
     "started_at": _when("now"),
     "attempts": Job.attempts + 1,
+    "claims": Job.claims + 1,
     "progress_step": None,
     "progress_total": None,
 }

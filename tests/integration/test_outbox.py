@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from alice_spool import outbox as outbox_module
 from alice_spool.errors import OutboxWriteFailed
 from alice_spool.outbox import RESULT, SAMPLER_NAMES, Outbox, image_name, infotext
 from alice_spool.spec import SCHEDULERS, parse_spec
@@ -81,13 +84,17 @@ def test_an_earlier_complete_write_is_kept(tmp_path: Path) -> None:
 
 
 def test_a_failure_is_replaced_when_the_retried_job_succeeds(tmp_path: Path) -> None:
+    """A retry is a later claim: its success replaces the earlier claim's failure (one of
+    an older version, with no claim recorded, too)."""
     outbox = Outbox(tmp_path)
-    outbox.write("j", {"status": "failed", "error": {"code": "timeout"}})
-    written = outbox.write("j", {"status": "succeeded"}, images(2), ["a", "b"])
-    assert not written.already_there
-    assert outbox.read_result("j") == {"status": "succeeded"}
+    outbox.write("old", {"status": "failed"})
+    assert not outbox.write("old", {"status": "succeeded", "claim": 1}).superseded
+    outbox.write("j", {"status": "failed", "error": {"code": "timeout"}, "claim": 1})
+    written = outbox.write("j", {"status": "succeeded", "claim": 2}, images(2), ["a", "b"])
+    assert not written.already_there and not written.superseded
+    assert outbox.read_result("j") == {"status": "succeeded", "claim": 2}
     assert sorted(p.name for p in (tmp_path / "j").iterdir()) == ["j-0.png", "j-1.png", RESULT]
-    assert [p.name for p in tmp_path.iterdir()] == ["j"]  # no staging left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j", "old"]  # no staging left
 
 
 def test_an_incomplete_directory_is_replaced(tmp_path: Path) -> None:
@@ -97,14 +104,78 @@ def test_an_incomplete_directory_is_replaced(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "j" / RESULT).read_text()) == {"complete": True}
 
 
-def test_stale_staging_directories_are_removed(tmp_path: Path) -> None:
+def test_stale_working_directories_are_removed_and_live_writers_kept(tmp_path: Path) -> None:
+    """Runners on several hosts share one outbox: at start-up a runner removes what dead
+    writers left (an older version's, this host's dead processes', another host's after a
+    day), never what a live writer is staging now."""
     outbox = Outbox(tmp_path)
     outbox.write("kept", {"ok": True})
-    (tmp_path / ".tmp-dead-1234").mkdir()
-    (tmp_path / ".tmp-dead-1234" / "dead-0.png").write_bytes(b"partial")
-    assert outbox.remove_stale() == [".tmp-dead-1234"]
-    assert [p.name for p in tmp_path.iterdir()] == ["kept"]
+    host = outbox_module._HOST
+    gone = _exited_pid()
+    names = {
+        "older": ".tmp-dead-1234",
+        "dead_here": f".tmp-{host}.{gone}.j1-staged-00000000",
+        "live_here": f".tmp-{host}.{os.getpid()}.j2-staged-00000000",
+        "fresh_elsewhere": ".tmp-otherhost.77.j3-staged-00000000",
+        "old_elsewhere": ".tmp-otherhost.78.j4-staged-00000000",
+    }
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "partial.png").write_bytes(b"partial")
+    day_ago = time.time() - outbox_module.STALE_ELSEWHERE_S - 60
+    os.utime(tmp_path / names["old_elsewhere"], (day_ago, day_ago))
+    removed = outbox.remove_stale()
+    assert sorted(removed) == sorted([names["older"], names["dead_here"], names["old_elsewhere"]])
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["kept", names["live_here"], names["fresh_elsewhere"]])
     assert Outbox(tmp_path / "missing").remove_stale() == []
+
+
+def _exited_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_a_later_claims_directory_is_never_replaced_or_removed_by_an_earlier_claim(
+    tmp_path: Path,
+) -> None:
+    """The outbox's fence: each directory belongs to the claim that wrote it."""
+    outbox = Outbox(tmp_path)
+    later_failure = {"status": "failed", "claim": 2, "images": []}
+    outbox.write("j", later_failure)
+    late = outbox.write("j", {"status": "succeeded", "claim": 1}, images(1), ["x"])
+    assert late.superseded and not late.already_there
+    assert outbox.read_result("j") == later_failure
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j"]  # nothing staged is left
+    assert [p.name for p in (tmp_path / "j").iterdir()] == [RESULT]  # no image of claim 1's
+    assert outbox.remove("j", claim=1) is False  # not claim 1's files: left alone
+    assert outbox.read_result("j") == later_failure
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j"]
+    # A still later claim replaces the failure, and may remove its own files.
+    again = outbox.write("j", {"status": "succeeded", "claim": 3}, images(2), ["a", "b"])
+    assert not again.superseded and outbox.read_result("j") == {"status": "succeeded", "claim": 3}
+    assert sorted(p.name for p in (tmp_path / "j").iterdir()) == ["j-0.png", "j-1.png", RESULT]
+    assert outbox.remove("j", claim=3) is True
+    assert list(tmp_path.iterdir()) == []
+    assert outbox.remove("j", claim=3) is False  # nothing there
+
+
+def test_a_success_is_kept_for_any_later_claim_and_a_failure_of_the_same_claim_too(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox(tmp_path)
+    success = {"status": "succeeded", "claim": 1, "images": []}
+    outbox.write("s", success)
+    kept = outbox.write("s", {"status": "failed", "claim": 2})
+    assert kept.already_there and outbox.read_result("s") == success
+    # the rescuer wrote a failure for claim 1's attempt: that attempt's late files wait
+    failure = {"status": "failed", "claim": 1}
+    outbox.write("f", failure)
+    late = outbox.write("f", {"status": "succeeded", "claim": 1}, images(1), ["x"])
+    assert late.superseded and outbox.read_result("f") == failure
+    # an unconditional remove (purging the job) takes whatever is there
+    assert outbox.remove("s") is True and not (tmp_path / "s").exists()
 
 
 def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:

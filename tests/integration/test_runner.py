@@ -604,6 +604,77 @@ def test_a_job_written_before_a_crash_is_finished_from_its_directory(
     assert done.status is JobStatus.SUCCEEDED and done.result == earlier
 
 
+def _late_runner(
+    store: Store, outbox: Outbox, tmp_path: Path, engine: FakeEngine
+) -> tuple[Runner, threading.Event]:
+    """Runner `late` claims the job and stalls in its call, renewing nothing (a process
+    paused, a host cut off) until its lease lapses and the job is rescued."""
+    engine.hang = threading.Event()
+    late = Runner(
+        store,
+        outbox,
+        engine,
+        RunnerOptions(name="late", exit_when_idle=True, lease_s=0.3, progress_s=3600),
+        lock_dir=tmp_path,
+    )
+    return late, engine.hang
+
+
+def _take_over(store: Store, job: JobRecord, outbox: Outbox, tmp_path: Path, engine: Any) -> None:
+    time.sleep(0.4)  # the late runner's lease has lapsed
+    assert store.requeue_orphans().requeued == [job.id]
+    Runner(
+        store, outbox, engine, RunnerOptions(name="next", exit_when_idle=True), lock_dir=tmp_path
+    ).run()
+
+
+def test_a_late_runner_never_removes_the_directory_of_the_claim_that_took_over(
+    store: Store, outbox: Outbox, tmp_path: Path, background: Callable[[Runner], threading.Thread]
+) -> None:
+    """The late runner's job fails for good after another runner succeeded it: its
+    `fail` is refused (lease lost), and the directory it would clean up is not its own."""
+    job = submit(store, "taken over")
+    slow = FakeEngine()
+    slow.broken_prompts = {"taken over"}  # its call ends in a failure, not retried
+    late, go_on = _late_runner(store, outbox, tmp_path, slow)
+    thread = background(late)
+    assert slow.started.wait(5)
+    _take_over(store, job, outbox, tmp_path, FakeEngine())
+    written = outbox.read_result(job.id)
+    assert written is not None and (written["status"], written["claim"]) == ("succeeded", 2)
+    go_on.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    done = store.get(job.id)
+    assert (done.status, done.claims) == (JobStatus.SUCCEEDED, 2)
+    assert outbox.read_result(job.id) == written == done.result
+    assert sorted(p.name for p in outbox.job_dir(job.id).iterdir()) == [f"{job.id}-0.png", RESULT]
+    assert [p.name for p in outbox.root.iterdir()] == [job.id]
+
+
+def test_a_late_runner_never_overwrites_the_directory_of_the_claim_that_took_over(
+    store: Store, outbox: Outbox, tmp_path: Path, background: Callable[[Runner], threading.Thread]
+) -> None:
+    """The claim that took over failed the job for good; the late runner's call then
+    succeeds: its images are dropped, the failure's directory stays as the table says."""
+    job = submit(store, "taken over")
+    late, go_on = _late_runner(store, outbox, tmp_path, slow := FakeEngine())
+    thread = background(late)
+    assert slow.started.wait(5)
+    failing = FakeEngine()
+    failing.broken_prompts = {"taken over"}
+    _take_over(store, job, outbox, tmp_path, failing)
+    written = outbox.read_result(job.id)
+    assert written is not None and (written["status"], written["claim"]) == ("failed", 2)
+    go_on.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert store.get(job.id).status is JobStatus.FAILED
+    assert outbox.read_result(job.id) == written
+    assert [p.name for p in outbox.job_dir(job.id).iterdir()] == [RESULT]  # no late image
+    assert [p.name for p in outbox.root.iterdir()] == [job.id]  # nothing staged left
+
+
 def test_a_second_runner_of_the_same_name_is_refused(
     store: Store,
     make_runner: Callable[..., Runner],
