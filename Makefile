@@ -20,7 +20,7 @@ run: $(VENV)/.installed
 	$(BIN)/alice-spool serve
 
 test: $(VENV)/.installed-test
-	@scripts/install-system-packages chromium systemd
+	@scripts/install-system-packages chromium systemd postgresql
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test

@@ -24,9 +24,25 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# Set ALICE_TEST_DATABASE_URL (e.g. postgresql+psycopg://user@127.0.0.1/spool) to run the
-# store's tests on another database server; each test starts from an empty schema there.
-OTHER_DATABASE = os.environ.get("ALICE_TEST_DATABASE_URL")
+# The database-touching tests (the modules marked `both_databases`) run twice: on a
+# SQLite file, and on a real PostgreSQL server that the tests start themselves
+# (tests/support/postgres.py: Debian's postgresql package, initdb into a temporary
+# directory, a loopback port), one per test process. ALICE_TEST_DATABASE_URL names another
+# PostgreSQL server to use instead (its user may create databases).
+EXTERNAL_POSTGRES = os.environ.get("ALICE_TEST_DATABASE_URL")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`db_url` (and `database`, `store` on it) is `sqlite` everywhere, and also
+    `postgresql` in the `both_databases` modules, except for tests about SQLite itself."""
+    if "db_url" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("both_databases") is None:
+        return
+    kinds = ["sqlite"]
+    if metafunc.definition.get_closest_marker("sqlite_only") is None:
+        kinds.append("postgresql")
+    metafunc.parametrize("db_url", kinds, indirect=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -38,23 +54,74 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             for item in items:
                 if "gpu" in item.keywords:
                     item.add_marker(skip_gpu)
-    if OTHER_DATABASE:
-        skip = pytest.mark.skip(reason="SQLite-specific, and ALICE_TEST_DATABASE_URL is set")
-        for item in items:
-            if "sqlite_only" in item.keywords:
-                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """The URL of a PostgreSQL server's `postgres` database, started for this process."""
+    if EXTERNAL_POSTGRES:
+        yield EXTERNAL_POSTGRES
+        return
+    from tests.support.postgres import binaries, postgres_server
+
+    if binaries() is None:
+        pytest.skip("PostgreSQL is not installed (Debian: postgresql); its variants are skipped")
+    with postgres_server() as url:
+        yield url
+
+
+def _worker() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_server_url: str) -> str:
+    """This process's database on the server, migrated to head once."""
+    from tests.support.postgres import create_database
+
+    url = create_database(postgres_server_url, f"spool_{_worker()}")
+    db = Database.open(url)
+    try:
+        migrate.upgrade(db)
+    finally:
+        db.close()
+    return url
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return OTHER_DATABASE or f"sqlite:///{tmp_path / 'alice.db'}"
+def fresh_postgres(postgres_server_url: str) -> str:
+    """A new, empty PostgreSQL database (for tests that migrate it themselves)."""
+    from tests.support.postgres import create_database
+
+    return create_database(postgres_server_url, f"spool_{_worker()}_fresh")
+
+
+def _emptied(url: str) -> str:
+    """Every table of the migrated database emptied, as a new database would be."""
+    import sqlalchemy as sa
+
+    from alice_spool.models import Base
+
+    tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if getattr(request, "param", "sqlite") == "postgresql":
+        return _emptied(request.getfixturevalue("postgres_database"))
+    return f"sqlite:///{tmp_path / 'alice.db'}"
 
 
 @pytest.fixture
 def database(db_url: str) -> Iterator[Database]:
     db = Database.open(db_url)
-    if OTHER_DATABASE:
-        migrate.downgrade(db, "base")
     migrate.upgrade(db)
     yield db
     db.close()

@@ -13,6 +13,8 @@ import pytest
 from alice_spool.models import JobStatus
 from alice_spool.store import Store
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[2]
 ENQUEUERS, PER_ENQUEUER, CLAIMERS = 4, 2_000, 2
 TOTAL = ENQUEUERS * PER_ENQUEUER

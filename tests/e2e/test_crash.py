@@ -11,9 +11,13 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from alice_spool.models import JobStatus
 from alice_spool.spec import JobSpec
 from alice_spool.store import Store, utcnow
+
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 

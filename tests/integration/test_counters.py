@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from alice_spool.spec import JobSpec
 from alice_spool.store import Store, utcnow
+
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
 
 
 def spec(prompt: str, n: int = 1) -> JobSpec:

@@ -13,6 +13,8 @@ from alice_spool import errors
 from alice_spool.models import DownloadStatus
 from alice_spool.store import Store, utcnow
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 
 def queue(store: Store, url: str = "https://example.com/model.safetensors", **fields):
     return store.queue_download("url", {"url": url}, client="test", **fields)

@@ -14,6 +14,8 @@ from alice_spool.records import JobRecord
 from alice_spool.spec import JobSpec
 from alice_spool.store import Store
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 

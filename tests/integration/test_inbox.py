@@ -25,6 +25,8 @@ from alice_spool.spec import BUILTIN_DEFAULTS
 from alice_spool.store import Store
 from tests.support.fake_model import write_fake_model
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 SETTLE_S = 0.2
 
 

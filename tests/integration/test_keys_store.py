@@ -13,6 +13,8 @@ from sqlalchemy import text
 from alice_spool import errors
 from alice_spool.store import Store, utcnow
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 
 def test_a_key_is_shown_once_and_kept_only_as_its_sha256(store: Store) -> None:
     record, secret = store.add_key("alice", role="admin", rate_limit_per_minute=30)

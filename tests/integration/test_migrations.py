@@ -275,3 +275,47 @@ def test_the_alembic_command_line_works_from_the_repository(tmp_path: Path) -> N
     for args in (["upgrade", "head"], ["check"], ["downgrade", "base"]):
         result = subprocess.run([*alembic, *args], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
+
+
+# -- the same on PostgreSQL (a server the tests start: tests/conftest.py) -----------------
+
+
+def test_postgresql_upgrade_head_gives_the_models_schema(fresh_postgres: str) -> None:
+    db = Database.open(fresh_postgres)
+    try:
+        assert migrate.upgrade(db).up_to_date
+        assert migrate.schema_drift(db) == []
+        config = migrate.alembic_config()
+        config.set_main_option("sqlalchemy.url", fresh_postgres)
+        command.check(config)
+    finally:
+        db.close()
+
+
+def test_postgresql_every_revision_down_and_up_keeping_the_jobs(
+    fresh_postgres: str, make_spec
+) -> None:
+    """Each migration down one step at a time to 0009 and up again one at a time, with a
+    job in the table; then down to nothing and up, on a real PostgreSQL."""
+    from alice_spool.store import Store
+
+    db = Database.open(fresh_postgres)
+    try:
+        migrate.upgrade(db)
+        job = Store(db).enqueue(make_spec("kept"), source="cli").job
+        Store(db).claim_batch("r/1/x", 1, lease_s=60)  # claimed once: claims 1
+        script = ScriptDirectory.from_config(migrate.alembic_config())
+        newest_first = [r.revision for r in script.walk_revisions()]
+        for revision in newest_first[1 : newest_first.index("0009") + 1]:
+            assert migrate.downgrade(db, revision).current == revision
+        for revision in reversed(newest_first[: newest_first.index("0009")]):
+            assert migrate.upgrade(db, revision).current == revision
+        assert migrate.schema_drift(db) == []
+        again = Store(db).get(job.id)
+        assert again.spec.prompt == "kept" and again.attempts == 1
+        assert again.claims == 1  # 0013 counts each attempt so far as a claim
+        state = migrate.downgrade(db, "base")
+        assert state.current is None and not state.has_tables
+        assert migrate.upgrade(db).up_to_date and migrate.schema_drift(db) == []
+    finally:
+        db.close()

@@ -6,12 +6,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from alice_spool.models import JobStatus
 from alice_spool.outbox import Outbox
 from alice_spool.records import JobRecord
 from alice_spool.retention import GB, apply_retention
 from alice_spool.spec import JobSpec
 from alice_spool.store import Store
+
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

@@ -35,6 +35,8 @@ from alice_spool.spec import JobSpec, parse_spec
 from alice_spool.store import Store
 from alice_spool.store._base import new_id, utcnow
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 MODELS = ("sd/a", "sd/b")
 
 

@@ -16,6 +16,8 @@ from alice_spool.records import JobRecord, NewJob
 from alice_spool.spec import JobSpec
 from alice_spool.store import Store
 
+pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
+
 Spec = Callable[..., JobSpec]
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
