@@ -128,8 +128,10 @@ def database(db_url: str) -> Iterator[Database]:
 
 
 @pytest.fixture
-def store(database: Database) -> Store:
-    return Store(database, max_queue=10_000, max_attempts=3)
+def store(database: Database) -> Iterator[Store]:
+    store = Store(database, max_queue=10_000, max_attempts=3)
+    yield store
+    store.close()  # its watcher too
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ same in ALICE's shapes (reference/alice-today.md); its CivitAI links carry no to
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,11 +23,10 @@ from ..downloads.plan import SearchPage
 from ..models import DownloadStatus
 from ..records import DownloadRecord
 from .context import Api, owner_of, route, scope_of
-from .http import query_flag, query_int, require_object, typed
+from .http import WAKE_AT_LEAST_S, query_flag, query_int, require_object, typed, watching
 
 MAX_PAGE = 500
 SEARCH_LIMIT = 100
-EVERY_S = 0.25  # how often a stream looks at its download
 
 
 async def _queue(
@@ -116,16 +114,17 @@ async def download_events(request: Request, api: Api, client: str | None) -> Res
 async def _events(api: Api, download_id: str, holder: str) -> AsyncIterator[dict[str, Any]]:
     try:
         last: dict[str, Any] | None = None
-        while True:
-            found = await run_in_threadpool(api.store.get_download, download_id)
-            shown = found.to_dict()
-            if shown != last:
-                last = shown
-                yield {"event": "progress", "data": json.dumps(shown)}
-            if found.status.finished:
-                yield {"event": "done", "data": json.dumps(shown)}
-                return
-            await asyncio.sleep(EVERY_S)
+        with watching(api.store, downloads=[download_id]) as changes:
+            while True:
+                found = await run_in_threadpool(api.store.get_download, download_id)
+                shown = found.to_dict()
+                if shown != last:
+                    last = shown
+                    yield {"event": "progress", "data": json.dumps(shown)}
+                if found.status.finished:
+                    yield {"event": "done", "data": json.dumps(shown)}
+                    return
+                await changes.wait_async(WAKE_AT_LEAST_S)
     finally:  # it ended, or the client went away
         api.streams.give_back(holder)
 

@@ -10,7 +10,7 @@ import hmac
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +23,7 @@ from .. import errors
 from ..records import JobRecord
 from ..spec import load_json
 from ..store import Store
+from ..store.changes import WAKE_AT_LEAST_S, Subscription
 
 # The HTTP status of each error code; anything else a client caused is a 400.
 STATUS = {
@@ -433,19 +434,27 @@ class StreamSlots:
 
 
 async def wait_for_job(store: Store, job_id: str, timeout_s: float) -> JobRecord:
-    """Poll the job until it finishes (or `timeout` is raised), sleeping in between
-    without holding a worker thread."""
+    """The job once it finishes (or `timeout` is raised): read again only when the
+    process's watcher says it changed, waiting without holding a worker thread."""
     deadline = time.monotonic() + timeout_s
-    delay = 0.05
-    while True:
-        job = await run_in_threadpool(store.get, job_id)
-        if job.finished:
-            return job
-        if time.monotonic() >= deadline:
-            raise errors.JobTimeout(
-                f"job {job_id} did not finish within {timeout_s:g} s; it is still "
-                f"{job.status.value} and can be fetched at /v1/jobs/{job_id}",
-                job_id=job_id,
-            )
-        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.25)
+    with watching(store, jobs=[job_id]) as changes:
+        while True:
+            job = await run_in_threadpool(store.get, job_id)
+            if job.finished:
+                return job
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise errors.JobTimeout(
+                    f"job {job_id} did not finish within {timeout_s:g} s; it is still "
+                    f"{job.status.value} and can be fetched at /v1/jobs/{job_id}",
+                    job_id=job_id,
+                )
+            await changes.wait_async(min(left, WAKE_AT_LEAST_S))
+
+
+def watching(
+    store: Store, *, jobs: Iterable[str] = (), downloads: Iterable[str] = ()
+) -> Subscription:
+    """A subscription to the process's watcher (store.changes) for a coroutine: enter
+    it before the first read, then `await changes.wait_async(...)` between reads."""
+    return store.changes.watch(jobs=jobs, downloads=downloads, loop=asyncio.get_running_loop())

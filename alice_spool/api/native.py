@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from ..models import JobStatus, Source
 from ..records import NewJob
 from ..spec import parse_idempotency_key, parse_priority, parse_request
 from .context import Api, owner_of, route, scope_of
-from .http import query_int, require_object
+from .http import WAKE_AT_LEAST_S, query_int, require_object, watching
 
 MAX_PAGE = 500
 
@@ -174,22 +173,23 @@ async def _progress_events(
     api: Api, request: Request, job_id: str
 ) -> AsyncIterator[dict[str, Any]]:
     last: tuple[Any, ...] = ()
-    while True:
-        job = await run_in_threadpool(api.store.get, job_id)
-        state = (job.status, job.progress_step, job.progress_total)
-        if state != last:
-            last = state
-            progress = {
-                "id": job.id,
-                "status": job.status.value,
-                "step": job.progress_step,
-                "total": job.progress_total,
-            }
-            yield {"event": "progress", "data": json.dumps(progress)}
-        if job.finished:
-            yield {"event": "done", "data": json.dumps(api.job_view(request, job))}
-            return
-        await asyncio.sleep(0.2)
+    with watching(api.store, jobs=[job_id]) as changes:
+        while True:
+            job = await run_in_threadpool(api.store.get, job_id)
+            state = (job.status, job.progress_step, job.progress_total)
+            if state != last:
+                last = state
+                progress = {
+                    "id": job.id,
+                    "status": job.status.value,
+                    "step": job.progress_step,
+                    "total": job.progress_total,
+                }
+                yield {"event": "progress", "data": json.dumps(progress)}
+            if job.finished:
+                yield {"event": "done", "data": json.dumps(api.job_view(request, job))}
+                return
+            await changes.wait_async(WAKE_AT_LEAST_S)
 
 
 @route()

@@ -3,7 +3,6 @@ the model list."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -23,7 +22,7 @@ from ..models import JobStatus, Source
 from ..records import JobRecord
 from ..spec import SPEC_FIELDS, JobSpec, load_json, parse_spec
 from .context import Api, owner_of, route
-from .http import read_bytes, require_object, wait_for_job
+from .http import WAKE_AT_LEAST_S, read_bytes, require_object, wait_for_job, watching
 
 # Where a chat request carries the image parameters (SAM sends `metadata`).
 _CONFIG_KEYS = ("sam_config", "samConfig", "metadata")
@@ -234,24 +233,26 @@ async def _chat_stream(
         )
 
     yield chunk({"role": "assistant", "content": ""})
-    while True:
-        current = await run_in_threadpool(api.store.get, job.id)
-        state = (current.status, current.progress_step, current.progress_total)
-        if state != last:
-            last = state
-            progress = {
-                "status": current.status.value,
-                "step": current.progress_step,
-                "total": current.progress_total,
-            }
-            yield chunk({"content": "", "progress": progress})
-        if current.finished:
-            break
-        if time.monotonic() >= deadline:
-            error = {"code": "timeout", "message": f"job {job.id} is still running"}
-            yield json.dumps({"error": error})
-            return
-        await asyncio.sleep(0.2)
+    with watching(api.store, jobs=[job.id]) as changes:
+        while True:
+            current = await run_in_threadpool(api.store.get, job.id)
+            state = (current.status, current.progress_step, current.progress_total)
+            if state != last:
+                last = state
+                progress = {
+                    "status": current.status.value,
+                    "step": current.progress_step,
+                    "total": current.progress_total,
+                }
+                yield chunk({"content": "", "progress": progress})
+            if current.finished:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                error = {"code": "timeout", "message": f"job {job.id} is still running"}
+                yield json.dumps({"error": error})
+                return
+            await changes.wait_async(min(left, WAKE_AT_LEAST_S))
     try:
         done = finished_or_raise(current)
     except errors.SpoolError as exc:

@@ -7,7 +7,6 @@ gives them, `{"detail": ...}`."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -23,13 +22,19 @@ from ..models import Source
 from ..records import JobRecord
 from ..spec import MODEL_PREFIX, parse_spec
 from .context import Api, identify, owner_of, route
-from .http import STATUS, refuse_unknown, require_object, wait_for_job
+from .http import (
+    STATUS,
+    WAKE_AT_LEAST_S,
+    refuse_unknown,
+    require_object,
+    wait_for_job,
+    watching,
+)
 from .openai import finished_or_raise
 
 _FIELDS = {"prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed",
            "width", "height", "model_id", "lora_path", "lora_scale"}  # fmt: skip
 _STATUS = {"invalid_parameters": 422, "invalid_json": 422}
-EVERY_S = 0.1  # how often the stream looks at its job
 
 
 def error_answer(exc: errors.SpoolError) -> Response:
@@ -152,16 +157,17 @@ async def stream_txt2img(websocket: WebSocket) -> None:
         client = principal.name if principal else None
         job_id = await _queue(websocket, api, body, client, img2img=False)
         last = None
-        while True:
-            job = await run_in_threadpool(api.store.get, job_id)
-            if job.progress_total and (job.progress_step, job.progress_total) != last:
-                last = (job.progress_step, job.progress_total)
-                await websocket.send_json(
-                    {"type": "progress", "step": job.progress_step, "total": job.progress_total}
-                )
-            if job.finished:
-                break
-            await asyncio.sleep(EVERY_S)
+        with watching(api.store, jobs=[job_id]) as changes:
+            while True:
+                job = await run_in_threadpool(api.store.get, job_id)
+                if job.progress_total and (job.progress_step, job.progress_total) != last:
+                    last = (job.progress_step, job.progress_total)
+                    await websocket.send_json(
+                        {"type": "progress", "step": job.progress_step, "total": job.progress_total}
+                    )
+                if job.finished:
+                    break
+                await changes.wait_async(WAKE_AT_LEAST_S)
         done = finished_or_raise(job)
         await websocket.send_json({"type": "result", **await _image(api, done)})
     except errors.SpoolError as exc:

@@ -40,6 +40,7 @@ from ..records import JobRecord
 from ..spec import JobSpec
 from ..stopping import StopSignals, exit_now
 from ..store import Store
+from ..store.changes import Subscription
 from .monitor import Monitoring
 from .parts import (
     DB_RETRY_S,
@@ -92,12 +93,20 @@ class Runner(Monitoring):
         self._resident: str | None = None
         self._started_at = utcnow()
         self._signals: StopSignals | None = None
+        self._work: Subscription | None = None  # wakes the idle loop (store.changes)
+        self._last_report: tuple[str, str | None] | None = None  # an idle report's (monitor)
 
     # -- the outside world -------------------------------------------------------------
 
     def request_stop(self) -> None:
         """Stop after (or, at its next step, during) the current batch."""
         self._stop.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        work = self._work
+        if work is not None:
+            work.wake()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: stop gracefully, giving the jobs of the batch back to the queue
@@ -110,6 +119,7 @@ class Runner(Monitoring):
     def _on_warm_stop(self, name: str) -> None:
         log.info("%s: finishing up; send it again after a second to exit at once", name)
         self._stop.set()
+        self._wake()
 
     # -- the main loop -------------------------------------------------------------------
 
@@ -125,9 +135,11 @@ class Runner(Monitoring):
                 thread.start()
             try:
                 self._warm_up()
-                with self.store.db.pinned():
+                with self.store.db.pinned(), self.store.changes.watch(queue=True) as work:
+                    self._work = work
                     self._loop()
             finally:
+                self._work = None
                 self._writes.put(None)  # the writer drains what was generated, then ends
                 threads[0].join()
                 self._done.set()
@@ -176,21 +188,17 @@ class Runner(Monitoring):
                 self._wait_for_work()
 
     def _wait_for_work(self) -> None:
-        """Sleep until the database changes (checked every `poll_s`, a cheap read of a
-        counter) or `recheck_s` passes, whichever comes first."""
-        marker = self.store.change_marker()
+        """Sleep until the queue changes (the process's watcher wakes this loop: a
+        notification on PostgreSQL, the file's change counter on SQLite) or `recheck_s`
+        passes (jobs whose `not_before` came, a watcher that lost its connection)."""
         drop_deleted = getattr(self.generator, "drop_deleted", None)  # optional
         if drop_deleted is not None:
             drop_deleted()  # a model deleted while it was loaded is not kept in memory
         load_asked = getattr(self.generator, "load_asked", None)  # optional
         if load_asked is not None:
             load_asked()  # POST /v1/models/load: the model asked for, loaded while idle
-        deadline = time.monotonic() + self.options.recheck_s
-        while time.monotonic() < deadline:
-            if self._stop.wait(self.options.poll_s):
-                return
-            if self.store.change_marker() != marker:
-                return
+        if self._work is not None and not self._stop.is_set():
+            self._work.wait(self.options.recheck_s)
 
     def _claim(self) -> list[JobRecord]:
         resident = self.generator.resident_model

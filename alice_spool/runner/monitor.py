@@ -15,7 +15,7 @@ from ..errors import (
     SpoolError,
 )
 from ..records import RunnerReport
-from .parts import HANG_EXIT_CODE, REPORT_S, Running, utcnow
+from .parts import HANG_EXIT_CODE, IDLE_REPORT_S, REPORT_S, Running, utcnow
 from .writer import Finishing
 
 log = logging.getLogger("alice_spool.runner")
@@ -35,7 +35,8 @@ class Monitoring(Finishing):
                 try:
                     self._check_running()
                     self._check_parent()
-                    if time.monotonic() - last_report >= REPORT_S:
+                    every = REPORT_S if self._report_changed() else IDLE_REPORT_S
+                    if time.monotonic() - last_report >= every:
                         self._report()
                         last_report = time.monotonic()
                     if time.monotonic() - last_renewal >= renew_every:
@@ -53,9 +54,17 @@ class Monitoring(Finishing):
             log.warning("serve (pid %d) is gone: stopping", parent)
             self._stop.set()
 
+    def _report_changed(self) -> bool:
+        """Busy, or idle in another way than last reported (warming, another model)."""
+        return self._running is not None or self._last_report != self._report_key()
+
+    def _report_key(self) -> tuple[str, str | None]:
+        return (self._idle_state(), self.generator.resident_model)
+
     def _report(self, state: str | None = None) -> None:
         """Tell /health and /metrics what this runner is doing (about once a second)."""
         running = self._running
+        self._last_report = self._report_key() if running is None else None
         info_of = getattr(self.generator, "device_info", None)
         info: dict[str, Any] = info_of() if info_of is not None else {}
         self.store.report_runner(

@@ -33,7 +33,8 @@ log = logging.getLogger("alice_spool.runner")
 
 NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 DB_RETRY_S = 1.0
-REPORT_S = 1.0  # how often the runner reports itself (runners table)
+REPORT_S = 1.0  # how often a busy runner reports itself (runners table)
+IDLE_REPORT_S = 5.0  # and an idle one, whose report has not changed
 HANG_EXIT_CODE = 70  # the process gives up on a stuck device; its supervisor restarts it
 
 
@@ -74,8 +75,7 @@ class RunnerOptions:
     lease_s: float = 60.0
     job_timeout_s: float = 300.0
     switch_model_after_s: float = 30.0
-    poll_s: float = 0.05  # how often an idle runner looks for a change in the queue
-    recheck_s: float = 1.0  # and how often it claims anyway (not_before, other hosts)
+    recheck_s: float = 5.0  # an idle runner, woken by changes, claims anyway this often
     progress_s: float = 0.25  # progress and cancel checks while a batch runs
     retry_after_s: float = 30.0  # a job whose outputs could not be written waits this long
     hang_grace_s: float = 60.0  # beyond the job timeout, before a stuck device is given up
@@ -259,3 +259,4 @@ class RunnerState:
     _writes: queue.Queue[Outcome | None]
     _warming: bool
     _started_at: datetime
+    _last_report: tuple[str, str | None] | None

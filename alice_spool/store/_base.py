@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from .. import errors
 from ..database import Database
 from ..models import Job, JobStatus
 from ..records import JobRecord
+from .changes import Changes
 
 T = TypeVar("T")
 
@@ -54,6 +56,16 @@ class StoreBase:
         self.max_attempts = max_attempts
         # (queued jobs, when counted, added since): see check_room
         self._queued_estimate: tuple[int, float, int] | None = None
+        self._changes: Changes | None = None
+        self._changes_lock = threading.Lock()
+
+    @property
+    def changes(self) -> Changes:
+        """This process's watcher of the database (changes.py), made on first use."""
+        with self._changes_lock:
+            if self._changes is None:
+                self._changes = Changes(self.db)
+            return self._changes
 
     @classmethod
     def open(
@@ -63,6 +75,8 @@ class StoreBase:
         return cls(Database.open(url, **database), max_queue=max_queue, max_attempts=max_attempts)
 
     def close(self) -> None:
+        if self._changes is not None:
+            self._changes.close()
         self.db.close()
 
     def check_room(self, conn: Connection, adding: int) -> None:

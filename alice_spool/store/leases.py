@@ -410,6 +410,8 @@ class Leasing(StoreBase):
     ) -> Heartbeat:
         """Renew the leases this runner still holds; report which were asked to cancel."""
         ids = list(job_ids)
+        if not ids:  # an idle runner: nothing to renew, no statement
+            return Heartbeat(frozenset(), frozenset())
         now = now or utcnow()
 
         until = now + timedelta(seconds=lease_s)

@@ -16,8 +16,7 @@ from ..records import (
     Stats,
 )
 from ._base import COLUMNS, StoreBase, chunks, get_job, utcnow
-
-_QUEUE_MARKER = select(func.count(), func.max(Job.seq)).where(Job.status == JobStatus.QUEUED)
+from .changes import WAKE_AT_LEAST_S
 
 
 class Queries(StoreBase):
@@ -25,14 +24,6 @@ class Queries(StoreBase):
 
     def get(self, job_id: str) -> JobRecord:
         return self.db.read(lambda conn: get_job(conn, job_id))
-
-    def change_marker(self) -> object:
-        """A value that changes when other connections change the database: a cheap
-        question an idle worker can ask often. SQLite answers from a counter, without
-        reading any table; other databases from the queued jobs' count and newest one."""
-        if self.db.engine.dialect.name == "sqlite":
-            return self.db.read(lambda conn: conn.exec_driver_sql("PRAGMA data_version").scalar())
-        return self.db.read(lambda conn: tuple(conn.execute(_QUEUE_MARKER).one()))
 
     def get_many(self, job_ids: Iterable[str], *, missing_ok: bool = False) -> list[JobRecord]:
         """The jobs with these ids, in the order asked; a missing one is an error (or,
@@ -199,28 +190,26 @@ class Queries(StoreBase):
         job_ids: Sequence[str],
         *,
         timeout_s: float | None = None,
-        poll_s: float = 0.25,
     ) -> list[JobRecord]:
         """Block until every job has finished; returns the final records in the order
-        asked. Raises `JobTimeout` if `timeout_s` passes first. Only the jobs still
-        unfinished are read again at each poll."""
+        asked. Raises `JobTimeout` if `timeout_s` passes first. The process's watcher
+        (`changes`) says when a job may have finished; only the jobs still unfinished
+        are read again then."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        delay = min(0.05, poll_s)
         done: dict[str, JobRecord] = {}
         pending = list(dict.fromkeys(job_ids))
-        while True:
-            for job in self.get_many(pending):
-                if job.finished:
-                    done[job.id] = job
-            pending = [job_id for job_id in pending if job_id not in done]
-            if not pending:
-                return [done[job_id] for job_id in job_ids]
-            if deadline is not None and time.monotonic() >= deadline:
-                raise errors.JobTimeout(
-                    f"{len(pending)} of {len(done) + len(pending)} job(s) still unfinished "
-                    f"after {timeout_s:g}s"
-                )
-            time.sleep(
-                delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
-            )
-            delay = min(delay * 1.5, poll_s)
+        with self.changes.watch(jobs=pending) as changes:
+            while True:
+                for job in self.get_many(pending):
+                    if job.finished:
+                        done[job.id] = job
+                pending = [job_id for job_id in pending if job_id not in done]
+                if not pending:
+                    return [done[job_id] for job_id in job_ids]
+                left = WAKE_AT_LEAST_S if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise errors.JobTimeout(
+                        f"{len(pending)} of {len(done) + len(pending)} job(s) still unfinished "
+                        f"after {timeout_s:g}s"
+                    )
+                changes.wait(min(left, WAKE_AT_LEAST_S))

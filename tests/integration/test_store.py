@@ -675,7 +675,7 @@ def test_wait_for_keeps_the_order_asked(store: Store, make_spec: Spec) -> None:
 def test_wait_for_returns_when_finished_or_times_out(store: Store, make_spec: Spec) -> None:
     job = running(store, make_spec)
     with pytest.raises(errors.JobTimeout, match="1 of 1"):
-        store.wait_for([job.id], timeout_s=0.2, poll_s=0.05)
+        store.wait_for([job.id], timeout_s=0.2)
     store.succeed(job.id, "r1", {})
     (final,) = store.wait_for([job.id], timeout_s=1)
     assert final.status is JobStatus.SUCCEEDED

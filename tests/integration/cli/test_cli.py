@@ -337,7 +337,7 @@ def test_stats_and_purge(run, store: Store) -> None:
 
 def test_db_commands(run, data_dir: Path) -> None:
     head = migrate.head_revision()  # the newest revision on disk (0012: client options)
-    assert head == "0013"
+    assert head == "0014"
     assert f"empty -> {head}" in ok(run("db", "upgrade"))
     assert f"already at revision {head}" in ok(run("db", "upgrade"))
     assert json.loads(ok(run("db", "current", "--json")))["up_to_date"] is True
