@@ -224,6 +224,9 @@ class RunnerSettings:
     switch_model_after_s: float = 30.0
     png_compress_level: int = 1
     max_cached_loras: int = 8  # LoRA adapters kept loaded (least recently used unloaded)
+    # serve's runners (DESIGN section 15): [] one on `device`; a list, one per device;
+    # "all", one per CUDA device found (the TOML string "all" is the list ["all"]).
+    devices: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(
@@ -248,6 +251,19 @@ class RunnerSettings:
         _check(self.switch_model_after_s >= 0, "runner.switch_model_after_s", "must be >= 0")
         _check(0 <= self.png_compress_level <= 9, "runner.png_compress_level", "must be 0..9")
         _check(1 <= self.max_cached_loras <= 64, "runner.max_cached_loras", "must be 1..64")
+        if self.devices != ["all"]:
+            for device in self.devices:
+                _check(
+                    re.fullmatch(r"cpu|mps|cuda:\d+", device) is not None,
+                    "runner.devices",
+                    f'must be [], "all", or a list of cuda:N, mps or cpu, got {device!r}',
+                )
+            cuda = [d for d in self.devices if d.startswith("cuda:")]
+            _check(
+                len(cuda) == len(set(cuda)),
+                "runner.devices",
+                f"names a GPU twice: {self.devices}",
+            )
         for size in self.compile_sizes:
             try:
                 spec.parse_size(size, "runner.compile_sizes")
@@ -423,6 +439,10 @@ def _suggest(name: str, choices: list[str]) -> str:
 # -- converting values ------------------------------------------------------------------
 
 
+# Lists that also take one word for themselves (as TOML strings).
+_ONE_WORD_LISTS = {"runner.devices": ("all",)}
+
+
 def _coerce(key: str, kind: Any, value: Any) -> Any:
     """A value from the TOML file (already typed) checked against the field's type."""
     origin = typing.get_origin(kind)
@@ -443,6 +463,8 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
         value = float(value)
     elif kind is str:
         _check(isinstance(value, str), key, f"must be a string, got {value!r}")
+    elif origin is list and key in _ONE_WORD_LISTS and value in _ONE_WORD_LISTS[key]:
+        value = [value]  # runner.devices = "all"
     elif origin is list:
         _check(
             isinstance(value, list) and all(isinstance(v, str) for v in value),

@@ -7,6 +7,39 @@ import os
 import socket
 from dataclasses import dataclass
 
+_HARDENING = """\
+# Hardening. Not here on purpose: PrivateDevices= (it hides the GPU) and
+# MemoryDenyWriteExecute= (PyTorch and CUDA generate code at run time).
+NoNewPrivileges=yes
+ProtectSystem=strict
+ReadWritePaths={state_dir}
+ProtectHome=yes
+PrivateTmp=yes
+UMask=0027
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+RemoveIPC=yes
+SystemCallArchitectures=native
+CapabilityBoundingSet=
+AmbientCapabilities=
+# The GPU, and nothing else of /dev: the NVIDIA device groups of /proc/devices.
+DevicePolicy=closed
+DeviceAllow=char-nvidia-frontend rw
+DeviceAllow=char-nvidia-uvm rw
+DeviceAllow=char-nvidia-caps rw
+DeviceAllow=char-nvidiactl rw
+"""
+
 UNIT_TEMPLATE = """\
 # alice-spool as a systemd service: the HTTP API, the inbox watcher and the GPU runner,
 # run by `alice-spool serve` as the unprivileged user {user}, with its state in
@@ -39,37 +72,45 @@ KillMode=mixed
 KillSignal=SIGTERM
 TimeoutStopSec=90
 
-# Hardening. Not here on purpose: PrivateDevices= (it hides the GPU) and
-# MemoryDenyWriteExecute= (PyTorch and CUDA generate code at run time).
-NoNewPrivileges=yes
-ProtectSystem=strict
-ReadWritePaths={state_dir}
-ProtectHome=yes
-PrivateTmp=yes
-UMask=0027
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectProc=invisible
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-RemoveIPC=yes
-SystemCallArchitectures=native
-CapabilityBoundingSet=
-AmbientCapabilities=
-# The GPU, and nothing else of /dev: the NVIDIA device groups of /proc/devices.
-DevicePolicy=closed
-DeviceAllow=char-nvidia-frontend rw
-DeviceAllow=char-nvidia-uvm rw
-DeviceAllow=char-nvidia-caps rw
-DeviceAllow=char-nvidiactl rw
+{hardening}
+[Install]
+WantedBy=multi-user.target
+"""
 
+
+RUNNER_UNIT_TEMPLATE = """\
+# alice-spool's runner alone, for a host that only runs jobs (README.md, "Scaling out"):
+# a template, one instance per GPU, the instance being the GPU's index:
+#   systemctl enable --now alice-runner@0 alice-runner@1
+# Its config ({config}) names the shared PostgreSQL (paths.database_url)
+# and the data_dir, outbox and models on shared storage, the same paths on every node.
+# Rendered by `alice-spool install-service --print --runner`.
+
+[Unit]
+Description=alice-spool runner on GPU %i
+Documentation=https://github.com/alice-spool/alice-spool
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+User={user}
+Group={user}
+Environment=ALICE_CONFIG={config}
+Environment=ALICE_PATHS_DATA_DIR={state_dir}
+WorkingDirectory={state_dir}
+# Its name in job leases: this host's name and the GPU's index (unique on every host).
+ExecStart={prefix}/bin/alice-spool runner --device cuda:%i --name %H-gpu%i
+# A crash, or exit 70 when its GPU stopped answering: started again.
+Restart=always
+RestartSec=5
+# Stop: SIGTERM; the runner interrupts its batch and puts its jobs back in the queue,
+# attempts uncounted. Whatever is left after TimeoutStopSec is SIGKILLed.
+KillMode=mixed
+KillSignal=SIGTERM
+TimeoutStopSec=90
+
+{hardening}
 [Install]
 WantedBy=multi-user.target
 """
@@ -83,12 +124,15 @@ class UnitOptions:
     state_dir: str = "/var/lib/alice"
 
 
-def render_unit(options: UnitOptions = UnitOptions()) -> str:
-    return UNIT_TEMPLATE.format(
+def render_unit(options: UnitOptions = UnitOptions(), *, runner: bool = False) -> str:
+    """`alice.service` (serve), or with `runner` the template `alice-runner@.service`."""
+    state_dir = options.state_dir.rstrip("/")
+    return (RUNNER_UNIT_TEMPLATE if runner else UNIT_TEMPLATE).format(
         prefix=options.prefix.rstrip("/"),
         user=options.user,
         config=options.config,
-        state_dir=options.state_dir.rstrip("/"),
+        state_dir=state_dir,
+        hardening=_HARDENING.format(state_dir=state_dir),
     )
 
 

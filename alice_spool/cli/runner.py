@@ -21,6 +21,7 @@ from .app import App, cli, pass_app
     help="Stop once nothing is left to claim (for cron jobs and benchmarks).",
 )
 @click.option("--parent-pid", type=int, hidden=True, help="Stop when this process is gone.")
+@click.option("--count-devices", is_flag=True, hidden=True, help="Print the CUDA device count.")
 @pass_app
 def runner(
     app: App,
@@ -29,9 +30,15 @@ def runner(
     max_batch: int | None,
     exit_when_idle: bool,
     parent_pid: int | None,
+    count_devices: bool,
 ) -> None:
     """Run queued jobs on the GPU until stopped (SIGTERM or Ctrl-C: finish up and release
     the jobs held; a second one: exit at once)."""
+    if count_devices:  # for serve's runner.devices = "all" (serve never imports torch)
+        import torch
+
+        click.echo(torch.cuda.device_count())
+        return
     from ..engine.device import choose
     from ..engine.generate import quiet_libraries
     from ..engine.resident import Engine

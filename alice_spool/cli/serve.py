@@ -43,6 +43,42 @@ def _child_argv(app: App, *command: str) -> list[str]:
     return [*argv, *command]
 
 
+def runner_slots(app: App) -> list[tuple[str | None, str | None]]:
+    """The (name, device) of each runner serve starts (`runner.devices`): one on the
+    runner's own settings, or one per device, named `<runner.name or host>-gpuN` for
+    cuda:N (`-cpuI`, `-mpsI` for the I-th entry otherwise)."""
+    from ..runner.parts import default_name
+
+    devices = list(app.settings.runner.devices)
+    if not devices:
+        return [(None, None)]
+    if devices == ["all"]:
+        count = _cuda_devices(app)
+        if count == 0:
+            log.warning('runner.devices = "all", but no CUDA device is here: one runner')
+            return [(None, None)]
+        devices = [f"cuda:{index}" for index in range(count)]
+    base = app.settings.runner.name or default_name()
+    slots: list[tuple[str | None, str | None]] = []
+    for position, device in enumerate(devices):
+        kind, _, index = device.partition(":")
+        suffix = f"gpu{index}" if kind == "cuda" else f"{kind}{position}"
+        slots.append((f"{base[: 64 - len(suffix) - 1]}-{suffix}", device))
+    return slots
+
+
+def _cuda_devices(app: App) -> int:
+    """How many CUDA devices this host has, asked of a child (serve never imports torch)."""
+    found = subprocess.run(
+        _child_argv(app, "runner", "--count-devices"), capture_output=True, text=True, check=False
+    )
+    try:
+        return int(found.stdout.strip())
+    except ValueError:
+        log.error("could not count the CUDA devices: %s", found.stderr.strip()[-500:])
+        return 0
+
+
 class Supervisor:
     """Runs `alice-spool runner` as a child process and starts it again if it dies,
     waiting longer after each quick death (1 s, 2 s, 4 s, ... 60 s).
@@ -51,8 +87,9 @@ class Supervisor:
     in a terminal, `kill -TERM -PGID`) reaches serve alone, and serve passes exactly one
     SIGTERM on: the runner sees one stop, never a stop and a hurry."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], label: str = "the runner") -> None:
         self.argv = argv
+        self.label = label
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = time.monotonic()
         self.restarts = 0
@@ -76,7 +113,7 @@ class Supervisor:
                 self.process = subprocess.Popen(
                     [*self.argv, "--parent-pid", str(os.getpid())], start_new_session=True
                 )
-            log.info("runner started (pid %d)", self.process.pid)
+            log.info("%s started (pid %d)", self.label, self.process.pid)
             code = self.process.wait()
             if self._stopping.is_set():
                 return
@@ -84,7 +121,8 @@ class Supervisor:
             if lived >= HEALTHY_AFTER_S:
                 delay = RESTART_MIN_S
             log.error(
-                "the runner exited with code %s after %.1f s; restarting in %.0f s",
+                "%s exited with code %s after %.1f s; restarting in %.0f s",
+                self.label,
                 code,
                 lived,
                 delay,
@@ -125,7 +163,7 @@ class Supervisor:
             try:
                 process.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:
-                log.error("the runner did not stop in %.0f s; killing it", STOP_GRACE_S)
+                log.error("%s did not stop in %.0f s; killing it", self.label, STOP_GRACE_S)
                 self.kill()
         self._thread.join(5)
 
@@ -163,18 +201,18 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
     settings = app.settings
     stopping = threading.Event()
     server: uvicorn.Server | None = None
-    supervisor: Supervisor | None = None
+    supervisors: list[Supervisor] = []
 
     def warm_stop(name: str) -> None:
         log.info("%s: stopping; send it again after a second to exit at once", name)
         stopping.set()
         if server is not None:
             server.should_exit = True
-        if supervisor is not None:  # the runner releases its jobs while the API drains
+        for supervisor in supervisors:  # runners release their jobs while the API drains
             supervisor.begin_stop()
 
     def cold_stop(name: str) -> None:
-        if supervisor is not None:
+        for supervisor in supervisors:
             supervisor.kill()
         exit_now(name)
 
@@ -230,16 +268,19 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
             signals.record(sig, frame)
 
     server = Server(config)
-    if with_runner:
-        supervisor = Supervisor(_child_argv(app, "runner"))
-        supervisor.start()
+    if with_runner:  # one per device (runner.devices), each supervised on its own
+        for name, device in runner_slots(app):
+            named = [*(["--name", name] if name else []), *(["--device", device] if device else [])]
+            supervisors.append(Supervisor(_child_argv(app, "runner", *named), name or "the runner"))
+        for supervisor in supervisors:
+            supervisor.start()
     if stopping.is_set():  # stopped while starting up
         server.should_exit = True
-        if supervisor is not None:
+        for supervisor in supervisors:
             supervisor.begin_stop()
     done = threading.Event()
     notifier = threading.Thread(
-        target=_notify_systemd, args=(server, store, supervisor, done), daemon=True
+        target=_notify_systemd, args=(server, store, supervisors, done), daemon=True
     )
     notifier.start()
     keeper = threading.Thread(
@@ -251,7 +292,9 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
     finally:
         done.set()
         sd_notify("STOPPING=1")
-        if supervisor is not None:
+        for supervisor in supervisors:  # all told at once, then each waited for
+            supervisor.begin_stop()
+        for supervisor in supervisors:
             supervisor.stop()
         if inbox is not None:
             inbox.stop()
@@ -294,10 +337,10 @@ def _retention_loop(app: App, store: Store, done: threading.Event) -> None:
 
 
 def _notify_systemd(
-    server: Any, store: Store, supervisor: Supervisor | None, done: threading.Event
+    server: Any, store: Store, supervisors: list[Supervisor], done: threading.Event
 ) -> None:
     """READY=1 once the server listens; then, if systemd asked for a watchdog, WATCHDOG=1
-    at half its interval while the runner keeps reporting (a hung runner stops the
+    at half its interval while every runner keeps reporting (a hung runner stops the
     pings, and systemd restarts the service)."""
     while not server.started:
         if done.wait(0.05):
@@ -309,7 +352,7 @@ def _notify_systemd(
     was_healthy = True
     while not done.wait(interval / 2):
         try:
-            healthy = supervisor is None or supervisor.runner_healthy(store, interval)
+            healthy = all(s.runner_healthy(store, interval) for s in supervisors)
         except SpoolError as exc:
             log.error("watchdog: cannot read the runner's reports: %s", exc.message)
             healthy = False
@@ -351,12 +394,23 @@ def serve(app: App, host: str | None, port: int | None) -> None:
 @click.option("--user", default="alice", show_default=True)
 @click.option("--config", "config_path", default="/etc/alice/config.toml", show_default=True)
 @click.option("--state-dir", default="/var/lib/alice", show_default=True)
-def install_service(print_: bool, prefix: str, user: str, config_path: str, state_dir: str) -> None:
-    """Render alice.service for an install (see README.md, "Install as a service"):
+@click.option(
+    "--runner",
+    "runner_only",
+    is_flag=True,
+    help="The template alice-runner@.service (one runner per GPU) for runner-only hosts.",
+)
+def install_service(
+    print_: bool, prefix: str, user: str, config_path: str, state_dir: str, runner_only: bool
+) -> None:
+    """Render alice.service for an install (see README.md, "Install as a service"), or
+    with --runner alice-runner@.service for a host that only runs jobs ("Scaling out"):
 
     \b
       alice-spool install-service --print > /etc/systemd/system/alice.service
+      alice-spool install-service --print --runner > /etc/systemd/system/alice-runner@.service
     """
     from ..service import UnitOptions, render_unit
 
-    click.echo(render_unit(UnitOptions(prefix, user, config_path, state_dir)), nl=False)
+    options = UnitOptions(prefix, user, config_path, state_dir)
+    click.echo(render_unit(options, runner=runner_only), nl=False)

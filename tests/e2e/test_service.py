@@ -91,6 +91,39 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
     assert verified.stderr.strip() == ""
 
 
+def test_the_runner_template_unit_runs_one_runner_per_gpu_as_hardened() -> None:
+    """`install-service --print --runner`: alice-runner@.service, the instance being the
+    GPU's index, for hosts that only run jobs (README, "Scaling out")."""
+    printed = CliRunner().invoke(cli, ["install-service", "--print", "--runner", "--user", "sd"])
+    assert printed.exit_code == 0
+    assert printed.output == render_unit(UnitOptions(user="sd"), runner=True)
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.read_string(printed.output)
+    service = parser["Service"]
+    assert service["ExecStart"] == (
+        "/opt/alice/venv/bin/alice-spool runner --device cuda:%i --name %H-gpu%i"
+    )
+    assert (service["Type"], service["Restart"], service["User"]) == ("simple", "always", "sd")
+    assert (service["KillMode"], service["KillSignal"]) == ("mixed", "SIGTERM")
+    served, alone = unit_keys(render_unit()), unit_keys(printed.output)
+    for key in ("NoNewPrivileges", "ProtectSystem", "DevicePolicy", "DeviceAllow", "PrivateTmp"):
+        assert alone[key] == served[key], key  # the same hardening as alice.service
+    assert "WatchdogSec" not in alone  # the runner does not speak sd_notify
+
+
+def test_systemd_analyze_verifies_the_runner_template_and_an_instance(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not found: apt-get install systemd (make test installs it)")
+    text = render_unit(UnitOptions(prefix=sys.prefix), runner=True)
+    for name in ("alice-runner@.service", "alice-runner@1.service"):
+        (tmp_path / name).write_text(text)
+        verified = subprocess.run(
+            [analyze, "verify", str(tmp_path / name)], capture_output=True, text=True
+        )
+        assert verified.returncode == 0 and verified.stderr.strip() == "", verified.stderr
+
+
 class NotifySocket:
     """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
 

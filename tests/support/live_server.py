@@ -50,11 +50,14 @@ def serve(
     logging: str = 'level = "WARNING"',
     hub_offline: bool = True,
     port: int | None = None,
+    runner: str = "",
+    database_url: str = "",
 ) -> Iterator[Served]:
     """Start serve with `root/config.toml` (server, paths, runner on the CPU, plus
     `config`, TOML sections of the test's own, and `logging`, the [logging] section's
     lines); wait until its runner reports; on exit SIGTERM it and check it stopped
-    cleanly. `hub_offline=False` lets huggingface_hub reach a stand-in of the Hub."""
+    cleanly. `hub_offline=False` lets huggingface_hub reach a stand-in of the Hub;
+    `runner`, lines of its [runner] section; `database_url`, another database."""
     port = port or free_port()
     (root / "config.toml").write_text(
         f"""
@@ -64,9 +67,11 @@ port = {port}
 request_timeout_s = 120
 [paths]
 data_dir = "{root / "var"}"
+database_url = "{database_url}"
 [runner]
 device = "cpu"
 lease_s = 10
+{runner}
 [generation]
 default_steps = {steps}
 default_scheduler = "{scheduler}"
