@@ -10,15 +10,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support.live_server import serve, wait_until
+from alice_spool import migrate
+from alice_spool.models import JobStatus
+from alice_spool.outbox import RESULT
+from alice_spool.store import Store
+from tests.support.live_server import free_port, serve, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -74,3 +82,145 @@ def test_serve_runs_and_supervises_one_runner_per_device(tmp_path: Path) -> None
             "box-cpu0",
             "box-cpu1",
         }
+
+
+# -- many hosts on one PostgreSQL --------------------------------------------------------
+
+JOBS_PER_API = 40
+JOBS_BY_INBOX = 20
+QUICK = {"steps": 2, "width": 64, "height": 64, "scheduler": "euler"}
+
+
+class Node:
+    """One `alice-spool` process of the cluster, on the shared config."""
+
+    def __init__(self, root: Path, name: str, *command: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ALICE_")}
+        env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+        argv = [sys.executable, "-m", "alice_spool", "--config", str(root / "config.toml")]
+        self.log = (root / f"{name}.log").open("wb")
+        self.process = subprocess.Popen(
+            [*argv, *command], cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, fresh_postgres: str) -> Iterator[tuple[Path, Store, list[Node]]]:
+    data = tmp_path / "shared"  # the storage every node mounts: outbox, inputs, models
+    (tmp_path / "config.toml").write_text(
+        f"""
+[paths]
+data_dir = "{data}"
+database_url = "{fresh_postgres}"
+[server]
+host = "127.0.0.1"
+request_timeout_s = 120
+[runner]
+device = "cpu"
+lease_s = 4
+[generation]
+default_steps = 2
+[logging]
+level = "WARNING"
+"""
+    )
+    from alice_spool.engine.tiny import create_tiny
+
+    create_tiny(data / "models")
+    store = Store.open(fresh_postgres)
+    migrate.upgrade(store.db)
+    nodes: list[Node] = []
+    try:
+        yield tmp_path, store, nodes
+    finally:
+        for node in nodes:
+            node.stop()
+        store.close()
+
+
+def test_three_runners_two_apis_and_an_inbox_on_postgresql_lose_nothing_and_run_nothing_twice(
+    cluster: tuple[Path, Store, list[Node]],
+) -> None:
+    root, store, nodes = cluster
+    ports = [free_port(), free_port()]
+    apis = [
+        Node(root, "api-a", "api", "--port", str(ports[0])),  # the inbox is watched here
+        Node(root, "api-b", "--set", "inbox.enabled=false", "api", "--port", str(ports[1])),
+    ]
+    runners = {
+        name: Node(root, name, "runner", "--device", "cpu", "--name", name)
+        for name in ("r1", "r2", "r3")
+    }
+    nodes += [*apis, *runners.values()]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+
+    def up(url: str) -> bool:
+        try:
+            return httpx.get(url + "/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(lambda: all(up(url) for url in urls), timeout=120)
+    submitted: dict[str, int] = {}  # job id -> the API (0, 1) it came through
+    for index in range(JOBS_PER_API):
+        for which, url in enumerate(urls):
+            body = {**QUICK, "prompt": f"job {which}-{index}", "seed": 1000 * which + index}
+            answer = httpx.post(url + "/v1/jobs", json=body, timeout=30)
+            assert answer.status_code in (200, 201, 202), answer.text
+            submitted[answer.json()["id"]] = which
+    inbox = root / "shared" / "inbox"
+    for index in range(JOBS_BY_INBOX):
+        request = {**QUICK, "prompt": f"file {index}", "seed": 5000 + index}
+        (inbox / f".part-{index}").write_text(json.dumps(request))
+        (inbox / f".part-{index}").rename(inbox / f"request-{index}.json")
+    total = 2 * JOBS_PER_API + JOBS_BY_INBOX
+
+    def succeeded() -> int:
+        return store.counts()[JobStatus.SUCCEEDED]
+
+    wait_until(lambda: succeeded() >= total // 4, timeout=240)
+    for name in ("r1", "r2"):  # two runner hosts die midway; new ones take their place
+        runners[name].kill()
+    for name in ("r4", "r5"):
+        nodes.append(Node(root, name, "runner", "--device", "cpu", "--name", name))
+
+    def all_done() -> bool:
+        counts = store.counts()
+        assert counts[JobStatus.FAILED] == 0 and counts[JobStatus.CANCELLED] == 0
+        return counts[JobStatus.SUCCEEDED] == total
+
+    wait_until(all_done, timeout=420)
+    jobs = store.list_jobs(limit=1000).jobs
+    assert len(jobs) == total and all(job.status is JobStatus.SUCCEEDED for job in jobs)
+    assert sum(job.source.value == "inbox" for job in jobs) == JOBS_BY_INBOX
+    outbox = root / "shared" / "outbox"
+    directories = sorted(p.name for p in outbox.iterdir() if not p.name.startswith("."))
+    assert directories == sorted(job.id for job in jobs)  # one directory per job
+    for job in jobs:
+        written = json.loads((outbox / job.id / RESULT).read_text())
+        # the directory is the claim's that succeeded: the same result as the table's
+        assert written == job.result and written["claim"] == job.claims, job.id
+        assert written["status"] == "succeeded" and len(written["images"]) == 1
+        assert sorted(p.name for p in (outbox / job.id).iterdir()) == [f"{job.id}-0.png", RESULT]
+    assert any(job.attempts > 1 for job in jobs)  # the killed runners' jobs ran again
+    # either API serves any job's images, whichever door it came through
+    for job_id, which in list(submitted.items())[:: JOBS_PER_API // 5]:
+        other = urls[1 - which]
+        view = httpx.get(f"{other}/v1/jobs/{job_id}", timeout=30).json()
+        [image_url] = view["image_urls"]
+        assert image_url.startswith(other)
+        image = httpx.get(image_url, timeout=30)
+        assert image.status_code == 200 and image.content[:8] == b"\x89PNG\r\n\x1a\n"
