@@ -4,18 +4,22 @@ their jobs marked `images_expired_at`. A directory of a job that is not finished
 again, or running) is never touched; one whose job was purged from the table goes by
 the same rules. A job's stored inputs (img2img, inpainting) go with its images; inputs
 whose job was never committed (a crash between storing and committing) go after an
-hour."""
+hour. A gallery image whose delete was cut short by a crash (its file moved aside, the
+change not committed, or committed and the file not yet removed) is finished here: put
+back if its job still lists it, removed if not."""
 
 from __future__ import annotations
 
 import logging
 import shutil
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from . import inputs
 from .outbox import RESULT, Outbox
+from .removal import ASIDE
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -23,6 +27,7 @@ log = logging.getLogger(__name__)
 GB = 1_000_000_000
 _JOB_ID_LENGTH = 30
 ORPHAN_INPUTS_AFTER = timedelta(hours=1)
+LEFTOVERS_AFTER_S = 600.0  # a file moved aside this long ago is no delete in progress
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class RetentionReport:
     bytes_freed: int = 0
     bytes_kept: int = 0
     orphan_inputs: list[str] = field(default_factory=list)  # no job was ever committed
+    images_restored: list[str] = field(default_factory=list)  # a delete that never happened
+    leftovers_removed: list[str] = field(default_factory=list)  # a delete that did
 
     @property
     def deleted(self) -> list[str]:
@@ -54,6 +61,8 @@ class RetentionReport:
             "bytes_freed": self.bytes_freed,
             "bytes_kept": self.bytes_kept,
             "orphan_inputs": self.orphan_inputs,
+            "images_restored": self.images_restored,
+            "leftovers_removed": self.leftovers_removed,
         }
 
 
@@ -81,6 +90,8 @@ def apply_retention(
                 inputs.remove(data_dir, job_id)
     if not outbox.root.is_dir():
         return report
+    if not dry_run:
+        report.images_restored, report.leftovers_removed = finish_deletions(store, outbox)
     dirs = {
         entry.name: entry
         for entry in outbox.root.iterdir()
@@ -155,3 +166,50 @@ def _orphan_inputs(store: Store, data_dir: Path, now: datetime) -> list[str]:
             old.append(entry.name)
     known = {job.id for job in store.get_many(old, missing_ok=True)}
     return [job_id for job_id in old if job_id not in known]
+
+
+def finish_deletions(
+    store: Store, outbox: Outbox, *, older_than_s: float = LEFTOVERS_AFTER_S
+) -> tuple[list[str], list[str]]:
+    """Gallery deletes a crash cut short (removal.delete_image): each file moved aside in
+    a job's directory over `older_than_s` ago goes back where it was if the job still
+    lists its image (the delete was never committed), or goes for good if not. Returns
+    the files restored and removed, as `<job id>/<file>`."""
+    restored: list[str] = []
+    removed: list[str] = []
+    cutoff = time.time() - older_than_s
+    for directory in outbox.root.iterdir():
+        if len(directory.name) != _JOB_ID_LENGTH or not directory.is_dir():
+            continue
+        try:
+            leftovers = [
+                entry
+                for entry in directory.iterdir()
+                if entry.name.startswith(ASIDE) and entry.stat().st_ctime < cutoff
+            ]
+        except OSError:
+            continue  # gone meanwhile
+        if not leftovers:
+            continue
+        job = next(iter(store.get_many([directory.name], missing_ok=True)), None)
+        listed = {
+            image["file"]
+            for image in ((job.result or {}).get("images") or [] if job is not None else [])
+            if "file" in image and not image.get("deleted")
+        }
+        for entry in leftovers:
+            original = entry.name[len(ASIDE) :].split("-", 1)[-1]  # .deleting-<hex>-<name>
+            where = f"{directory.name}/{original}"
+            if original in listed and not (directory / original).exists():
+                entry.rename(directory / original)
+                restored.append(where)
+            else:
+                entry.unlink(missing_ok=True)
+                removed.append(where)
+    if restored or removed:
+        log.info(
+            "retention: %d image(s) a cut-short delete had moved aside put back, %d removed",
+            len(restored),
+            len(removed),
+        )
+    return restored, removed

@@ -14,8 +14,13 @@ The two alternate for `--rounds` rounds (this machine's speed drifts by 10-20% o
 minute); `ratio` = best runner jobs/s / best direct jobs/s (the spool's overhead;
 target >= 0.95), with the ratio of the medians beside it.
 Wake-up latency: an idle runner, one job enqueued at a time; the time from the commit
-of the enqueue to the runner's claim (the job's `started_at`). Target p99 < 100 ms.
-Idle CPU: the runner process's CPU time while idle, as a share of one core.
+of the enqueue to the runner's claim (the job's `started_at`), on SQLite (the watcher
+reads the file's data_version; target p99 < 100 ms) and, with `--database-url`, on
+PostgreSQL (LISTEN/NOTIFY; target p99 < 50 ms). Idle CPU: the runner process's CPU time
+while idle, as a share of one core. Idle runners (`--idle-runners 8`): that many real
+`alice-spool runner` processes, idle on each database, their CPU and, on PostgreSQL,
+what they cost it: transactions/s and (`--database-url auto`, whose server logs every
+statement) statements/s, target < 10 for all 8 together.
 
 The mix (`--mix-jobs`, 0 to skip): a third plain, a third with a LoRA, a third img2img
 (each with its own input image, stored with its job as the API stores it), through the
@@ -32,10 +37,14 @@ import os
 import platform
 import random
 import resource
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -108,15 +117,17 @@ def through_runner(
     return elapsed
 
 
-def wake_ups(engine: Engine, root: Path, args: argparse.Namespace) -> dict[str, float]:
-    db = Database.open(f"sqlite:///{root / 'wake.db'}")
+def wake_ups(engine: Engine, url: str, root: Path, args: argparse.Namespace) -> dict[str, float]:
+    db = Database.open(url)
+    if db.engine.dialect.name == "postgresql":
+        migrate.downgrade(db, "base")
     migrate.upgrade(db)
     store = Store(db)
     runner = Runner(
         store,
-        Outbox(root / "outbox-wake"),
+        Outbox(root / f"outbox-wake-{db.engine.dialect.name}"),
         engine,
-        RunnerOptions(name="wake", max_batch=args.max_batch),
+        RunnerOptions(name=f"wake-{db.engine.dialect.name}", max_batch=args.max_batch),
         lock_dir=root,
     )
     thread = threading.Thread(target=runner.run, daemon=True)
@@ -146,7 +157,7 @@ def wake_ups(engine: Engine, root: Path, args: argparse.Namespace) -> dict[str, 
         latencies.append(max(0.0, (record.started_at - committed).total_seconds()) * 1000)
     runner.request_stop()
     thread.join(10)
-    db.close()
+    store.close()
     return {
         "samples": len(latencies),
         "p50_ms": round(statistics.median(latencies), 1),
@@ -154,6 +165,92 @@ def wake_ups(engine: Engine, root: Path, args: argparse.Namespace) -> dict[str, 
         "max_ms": round(max(latencies), 1),
         "idle_cpu_percent_of_one_core": round(idle_cpu * 100, 2),
     }
+
+
+def _cpu_s(pid: int) -> float:
+    """A process's CPU time so far (user + system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _statements(log: Path | None, since: int) -> int | None:
+    """Statements PostgreSQL logged (log_statement = all) after byte `since` of its log."""
+    if log is None:
+        return None
+    with log.open("rb") as handle:
+        handle.seek(since)
+        return sum(b"LOG:  statement:" in line for line in handle)
+
+
+def idle_runners(
+    url: str, root: Path, models: Path, count: int, seconds: float, log: Path | None
+) -> dict[str, object]:
+    """`count` real `alice-spool runner` processes, idle: their CPU, and what they cost
+    the database (on PostgreSQL: transactions, and the statements its log shows)."""
+    db = Database.open(url)
+    if db.engine.dialect.name == "postgresql":
+        migrate.downgrade(db, "base")
+    migrate.upgrade(db)
+    store = Store(db)
+    home = root / f"idle-{db.engine.dialect.name}"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[paths]\ndata_dir = "{home}"\ndatabase_url = "{url}"\nmodels = "{models}"\n'
+        '[runner]\ndevice = "cpu"\n[logging]\nlevel = "WARNING"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALICE_")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    argv = [sys.executable, "-m", "alice_spool", "--config", str(home / "config.toml"), "runner"]
+    processes = [
+        subprocess.Popen([*argv, "--device", "cpu", "--name", f"idle-{i}"], env=env, cwd=home)
+        for i in range(count)
+    ]
+    try:
+        deadline = time.monotonic() + 300
+        while sum(r.state == "idle" for r in store.runners()) < count:
+            assert time.monotonic() < deadline, "the runners did not all come up"
+            assert all(p.poll() is None for p in processes), "a runner exited"
+            time.sleep(0.5)
+        time.sleep(6.0)  # past the first reports and rechecks
+
+        def transactions() -> int | None:
+            if db.engine.dialect.name != "postgresql":
+                return None
+            query = (
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database"
+                " WHERE datname = current_database()"
+            )
+            with db.engine.connect() as conn:
+                return int(conn.exec_driver_sql(query).scalar() or 0)
+
+        logged_from = log.stat().st_size if log is not None else 0
+        xact_before = transactions()
+        cpu_before = [_cpu_s(p.pid) for p in processes]
+        time.sleep(seconds)
+        cpu_after = [_cpu_s(p.pid) for p in processes]
+        xact_after = transactions()
+        statements = _statements(log, logged_from)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(60)
+        store.close()
+    per_runner = [(b - a) / seconds * 100 for a, b in zip(cpu_before, cpu_after, strict=True)]
+    result: dict[str, object] = {
+        "runners": count,
+        "seconds": seconds,
+        "cpu_percent_of_one_core_all": round(sum(per_runner), 2),
+        "cpu_percent_of_one_core_each_max": round(max(per_runner), 2),
+    }
+    if xact_before is not None and xact_after is not None:
+        # less the stats query's own transaction
+        result["database_transactions_per_s_all"] = round(
+            (xact_after - xact_before - 1) / seconds, 2
+        )
+    if statements is not None:
+        result["database_statements_per_s_all"] = round(statements / seconds, 2)
+    return result
 
 
 def main() -> None:
@@ -166,16 +263,58 @@ def main() -> None:
     parser.add_argument("--wakeups", type=int, default=60)
     parser.add_argument("--mix-jobs", type=int, default=24)
     parser.add_argument("--dir", default=None, help="where the databases and outboxes go")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="PostgreSQL for the wake-ups and idle runners too (auto: a server started here)",
+    )
+    parser.add_argument("--idle-runners", type=int, default=8, help="0: skip them")
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--only-wake-ups", action="store_true", help="skip throughput and mix")
     args = parser.parse_args()
 
     quiet_libraries()
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp, ExitStack() as stack:
         root = Path(tmp)
+        databases = {"sqlite": f"sqlite:///{root / 'wake.db'}"}
+        pg_log: Path | None = None
+        if args.database_url == "auto":
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+            from tests.support.postgres import create_database, postgres_server
+
+            pg_log = root / "postgresql.log"
+            server = stack.enter_context(
+                postgres_server(settings="-c log_statement=all", log_to=pg_log)
+            )
+            databases["postgresql"] = create_database(server, "bench")
+        elif args.database_url:
+            databases["postgresql"] = args.database_url
         create_tiny(root / "models")
         engine = Engine(ModelRegistry(root / "models"), choose("cpu"))
         specs = jobs_for(args)
         engine.generate(specs[: args.max_batch])  # load and warm up
         engine.generate(specs[:1])
+
+        wakes = {name: wake_ups(engine, url, root, args) for name, url in databases.items()}
+        idle = {
+            name: idle_runners(
+                url,
+                root,
+                root / "models",
+                args.idle_runners,
+                args.idle_seconds,
+                pg_log if name == "postgresql" and args.database_url == "auto" else None,
+            )
+            for name, url in databases.items()
+            if args.idle_runners
+        }
+        if args.only_wake_ups:
+            print(
+                json.dumps(
+                    {"benchmark": "runner", "wake_up": wakes, "idle_runners": idle}, indent=2
+                )
+            )
+            return
 
         # Interleaved rounds, so that the machine's drift hits both sides alike.
         direct_s: list[float] = []
@@ -184,7 +323,6 @@ def main() -> None:
             direct_s.append(direct(engine, specs, args.max_batch))
             runner_s.append(through_runner(engine, specs, root, args, f"round{round_}"))
         one_by_one_s = direct(engine, specs, 1)
-        wake = wake_ups(engine, root, args)
 
         mixed: dict[str, object] = {}
         if args.mix_jobs:
@@ -232,9 +370,16 @@ def main() -> None:
             statistics.median(direct_s) / statistics.median(runner_s), 3
         ),
         "ratio_runner_to_one_by_one": round(one_by_one_s / best_runner, 3),
-        "wake_up": wake,
+        "wake_up": wakes,
+        "idle_runners": idle,
         "mix": mixed,
-        "targets": {"ratio": ">= 0.95", "mix_ratio": ">= 0.95", "wake_up_p99_ms": "< 100"},
+        "targets": {
+            "ratio": ">= 0.95",
+            "mix_ratio": ">= 0.95",
+            "wake_up.sqlite.p99_ms": "< 100",
+            "wake_up.postgresql.p99_ms": "< 50",
+            "idle_runners.postgresql.database_statements_per_s_all": "< 10 (8 runners)",
+        },
     }
     print(json.dumps(result, indent=2))
 

@@ -1,24 +1,34 @@
 """Queue throughput on a file database with the settings the daemon uses (WAL, BEGIN
-IMMEDIATE writers), for both `[database] synchronous` modes. Prints one JSON object.
+IMMEDIATE writers), for both `[database] synchronous` modes; and, with several processes
+at once, on SQLite and on PostgreSQL side by side. Prints one JSON object.
 
     python bench/store.py [--jobs 2000] [--batch 10000] [--dir /tmp]
+                          [--database-url postgresql+psycopg://...|auto] [--processes 1,4,8]
 
 Measures: single enqueues/s (one transaction each), batch enqueue jobs/s (one
 10,000-line JSONL batch, parsing included and not), claim+succeed jobs/s claiming one
 job at a time and eight at a time, and claim latency percentiles with the batch's
 10,000 jobs still queued behind.
+
+`processes`: 1, 4 and 8 processes enqueueing `--process-jobs` jobs in all (one transaction
+each, as API requests do), then as many claiming them (claim_compatible one job at a time,
+then succeed, as runners do) until none is left; jobs/s of each, on a SQLite file and, with
+`--database-url`, on PostgreSQL (`auto`: a server started here, as the tests start it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from alice_spool import migrate
@@ -155,6 +165,77 @@ def _median(runs: list[dict]) -> dict:
     }
 
 
+def _enqueue_worker(url: str, count: int, tag: str, start: multiprocessing.Event) -> None:
+    store = Store.open(url, max_queue=1_000_000)
+    spec = JobSpec(prompt="a lighthouse at dusk", steps=25)
+    start.wait()
+    for i in range(count):
+        store.enqueue(spec, source="api", idempotency_key=f"{tag}-{i}")
+    store.close()
+
+
+def _claim_worker(
+    url: str, name: str, start: multiprocessing.Event, done: multiprocessing.Queue
+) -> None:
+    store = Store.open(url, max_queue=1_000_000)
+    claimed = 0
+    start.wait()
+    with store.db.pinned():
+        while jobs := store.claim_compatible(name, max_images=1, lease_s=60):
+            for job in jobs:
+                store.succeed(job.id, name, {"images": []})
+                claimed += 1
+    store.close()
+    done.put(claimed)
+
+
+def _timed(target, arguments: list[tuple]) -> tuple[float, list]:
+    """Start one process per argument tuple, release them at once, wait for all."""
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    results = context.Queue()
+    processes = [
+        context.Process(
+            target=target, args=(*args, start, *((results,) if target is _claim_worker else ()))
+        )
+        for args in arguments
+    ]
+    for process in processes:
+        process.start()
+    time.sleep(2.0)  # every process imported and connected
+    began = time.perf_counter()
+    start.set()
+    for process in processes:
+        process.join()
+        assert process.exitcode == 0, f"a worker failed ({process.exitcode})"
+    elapsed = time.perf_counter() - began
+    counts = [results.get() for _ in processes] if target is _claim_worker else []
+    return elapsed, counts
+
+
+def processes(url: str, counts: list[int], total: int) -> dict:
+    """Enqueue and claim+succeed jobs/s with each count of processes on one database."""
+    found = {}
+    for count in counts:
+        if url.startswith("sqlite:///"):  # from empty, every time
+            for suffix in ("", "-wal", "-shm"):
+                Path(url.removeprefix("sqlite:///") + suffix).unlink(missing_ok=True)
+        db = Database.open(url)
+        if db.engine.dialect.name == "postgresql":
+            migrate.downgrade(db, "base")  # from empty, every time
+        migrate.upgrade(db)
+        db.close()
+        per = total // count
+        enqueue_s, _ = _timed(_enqueue_worker, [(url, per, f"p{count}-{i}") for i in range(count)])
+        claim_s, claimed = _timed(_claim_worker, [(url, f"claimer-{i}") for i in range(count)])
+        assert sum(claimed) == per * count, (claimed, per * count)
+        found[str(count)] = {
+            "enqueue_jobs_per_s": round(per * count / enqueue_s),
+            "claim_succeed_jobs_per_s": round(per * count / claim_s),
+        }
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2000, help="single enqueues and claims")
@@ -162,8 +243,17 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="where the database files go")
     parser.add_argument("--repeat", type=int, default=3, help="runs per mode; medians shown")
     parser.add_argument("--owners", type=int, default=50, help="owners of the fair-share queue")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="a PostgreSQL database for `processes` (auto: start one)",
+    )
+    parser.add_argument("--processes", default="1,4,8", help="process counts for `processes`")
+    parser.add_argument("--process-jobs", type=int, default=2000, help="jobs per process count")
+    parser.add_argument("--skip-single", action="store_true", help="only the `processes` part")
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="alice-bench-", dir=args.dir))
+    counts = [int(n) for n in args.processes.split(",")]
 
     def median_of_runs(synchronous: str) -> dict:
         runs = []
@@ -173,13 +263,27 @@ def main() -> None:
             runs.append(measure(synchronous, args, run_dir))
         return _median(runs)
 
-    result = {
-        "benchmark": "store",
+    result: dict = {"benchmark": "store"}
+    if not args.skip_single:
         # [database] synchronous: "normal" is the default, "full" adds an fsync per commit.
-        "default": "normal",
-        "normal": median_of_runs("normal"),
-        "full": median_of_runs("full"),
-        "settings": {
+        result.update(
+            default="normal", normal=median_of_runs("normal"), full=median_of_runs("full")
+        )
+    with ExitStack() as stack:
+        on = {"sqlite": f"sqlite:///{directory / 'processes.db'}"}
+        if args.database_url == "auto":
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+            from tests.support.postgres import create_database, postgres_server
+
+            server = stack.enter_context(postgres_server())
+            on["postgresql"] = create_database(server, "bench")
+        elif args.database_url:
+            on["postgresql"] = args.database_url
+        result["processes"] = {
+            name: processes(url, counts, args.process_jobs) for name, url in on.items()
+        }
+    result.update(
+        settings={
             "jobs": args.jobs,
             "repeat": args.repeat,
             "statistic": "median of the runs",
@@ -192,8 +296,10 @@ def main() -> None:
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "directory": str(directory),
+            "process_jobs": args.process_jobs,
+            "process_counts": counts,
         },
-    }
+    )
     print(json.dumps(result, indent=2))
 
 

@@ -35,9 +35,9 @@ def runner(
     """Run queued jobs on the GPU until stopped (SIGTERM or Ctrl-C: finish up and release
     the jobs held; a second one: exit at once)."""
     if count_devices:  # for serve's runner.devices = "all" (serve never imports torch)
-        import torch
+        from ..engine.device import cuda_devices
 
-        click.echo(torch.cuda.device_count())
+        click.echo(cuda_devices())
         return
     from ..engine.device import choose
     from ..engine.generate import quiet_libraries

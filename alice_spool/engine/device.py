@@ -60,3 +60,8 @@ def describe(placement: Placement) -> dict[str, object]:
     elif device.type == "mps":
         info.update(gpu_name="Apple GPU", memory_used=int(torch.mps.current_allocated_memory()))
     return info
+
+
+def cuda_devices() -> int:
+    """How many CUDA devices this host has (serve's `runner.devices = "all"`)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -256,7 +256,7 @@ class Changes:
                 delay = min(delay * 2, 10.0)
 
     def _watch_sqlite(self) -> None:
-        path = self.db.engine.url.database
+        path = self.db.engine.url.database or ""  # a file: Database refuses :memory:
         watcher = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
             last = watcher.execute("PRAGMA data_version").fetchone()[0]

@@ -40,14 +40,14 @@ def _runners(url: str) -> list[dict[str, Any]]:
 
 
 def test_serve_runs_and_supervises_one_runner_per_device(tmp_path: Path) -> None:
-    with serve(tmp_path, runner='name = "box"\ndevices = ["cpu", "cpu"]') as served:
+    with serve(tmp_path, runner='name = "box"\ndevices = ["cpu", "cpu"]\nmax_batch = 1') as served:
         wait_until(lambda: {r["name"] for r in _runners(served.url)} == {"box-cpu0", "box-cpu1"})
         assert {r["device"].split()[0] for r in _runners(served.url)} == {"cpu"}
         jobs = [
             httpx.post(served.url + "/v1/jobs", json={**LONG, "seed": i}, timeout=30).json()["id"]
             for i in range(4)
         ]
-        # both at work at once: two jobs running, one under each name
+        # both at work at once: two jobs running (one job per call), one under each name
         wait_until(
             lambda: (
                 {r["name"] for r in _runners(served.url) if r["state"] == "busy"}
@@ -211,8 +211,10 @@ def test_three_runners_two_apis_and_an_inbox_on_postgresql_lose_nothing_and_run_
     assert directories == sorted(job.id for job in jobs)  # one directory per job
     for job in jobs:
         written = json.loads((outbox / job.id / RESULT).read_text())
-        # the directory is the claim's that succeeded: the same result as the table's
-        assert written == job.result and written["claim"] == job.claims, job.id
+        # one claim's files, the result the table recorded: the claim that succeeded, or
+        # an earlier one whose runner died after writing them whole (finished from them)
+        assert written == job.result, job.id
+        assert 1 <= written["claim"] <= job.claims, job.id
         assert written["status"] == "succeeded" and len(written["images"]) == 1
         assert sorted(p.name for p in (outbox / job.id).iterdir()) == [f"{job.id}-0.png", RESULT]
     assert any(job.attempts > 1 for job in jobs)  # the killed runners' jobs ran again

@@ -101,3 +101,30 @@ def test_inputs_go_with_their_job_and_orphans_after_an_hour(store: Store, tmp_pa
     assert report.deleted == [old.id] and report.orphan_inputs == ["f" * 30]
     left = sorted(p.name for p in (data_dir / "inputs").iterdir())
     assert left == sorted([kept.id, queued.id, fresh_orphan.name])
+
+
+def test_a_gallery_delete_cut_short_by_a_crash_is_finished_or_undone(
+    store: Store, tmp_path: Path
+) -> None:
+    """The delete moves the file aside, commits, then removes it. A crash before the
+    commit leaves the image listed with its file aside: it goes back. A crash after it
+    leaves a file nobody lists: it goes. A delete in progress (a fresh move) is left."""
+    from alice_spool.removal import ASIDE
+    from alice_spool.retention import finish_deletions
+
+    outbox = Outbox(tmp_path / "outbox")
+    listed = finished(store, outbox, "listed", days_ago=1, size=10)
+    forgotten = finished(store, outbox, "forgotten", days_ago=1, size=10)
+    image = f"{forgotten.id}-0.png"
+    [image_id] = store.gallery_files([forgotten.id])
+    store.delete_image(image_id, scope=None)  # committed: the job no longer lists it
+    for job in (listed, forgotten):
+        name = f"{job.id}-0.png"
+        (outbox.job_dir(job.id) / name).rename(outbox.job_dir(job.id) / f"{ASIDE}0a1b2c3d-{name}")
+    assert finish_deletions(store, outbox) == ([], [])  # just moved: a delete in progress
+    restored, removed = finish_deletions(store, outbox, older_than_s=0)
+    assert restored == [f"{listed.id}/{listed.id}-0.png"]
+    assert removed == [f"{forgotten.id}/{image}"]
+    assert (outbox.job_dir(listed.id) / f"{listed.id}-0.png").read_bytes() == b"x" * 10
+    assert sorted(p.name for p in outbox.job_dir(forgotten.id).iterdir()) == ["result.json"]
+    assert finish_deletions(store, outbox, older_than_s=0) == ([], [])  # nothing left to do

@@ -46,26 +46,30 @@ def _as_server_user(command: list[str]) -> list[str]:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
+def postgres_server(*, settings: str = "", log_to: Path | None = None) -> Iterator[str]:
     """Start a server; yield the SQLAlchemy URL of its `postgres` database (as `spool`,
-    trusted on loopback)."""
+    trusted on loopback). `settings`: more `-c name=value` options; `log_to`: where its
+    log goes (the benchmarks count the statements it logs)."""
     bin_dir = binaries()
     if bin_dir is None:
         raise FileNotFoundError("PostgreSQL's initdb is not installed (Debian: postgresql)")
     root = Path(tempfile.mkdtemp(prefix="alice-pg-"))
     data = root / "data"
+    port = free_port()
+    log = log_to or root / "server.log"
     if os.geteuid() == 0:
         nobody = pwd.getpwnam("nobody")
         os.chown(root, nobody.pw_uid, nobody.pw_gid)
-    port = free_port()
-    log = root / "server.log"
+        if log_to is not None:
+            log.touch()
+            os.chown(log, nobody.pw_uid, nobody.pw_gid)
     try:
         initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", USER, "--auth=trust"]
         initdb += ["--no-sync", "-E", "UTF8", "--locale=C"]
         subprocess.run(_as_server_user(initdb), check=True, capture_output=True)
         options = (
             f"-p {port} -k {root} -h 127.0.0.1 -c fsync=off -c synchronous_commit=off "
-            "-c full_page_writes=off -c max_connections=200"
+            f"-c full_page_writes=off -c max_connections=200 {settings}"
         )
         start = [str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log)]
         start += ["-w", "-t", "60", "start"]

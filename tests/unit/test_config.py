@@ -239,3 +239,29 @@ def test_source_tokens_are_masked_when_shown_and_endpoints_checked(tmp_path: Pat
             load(tmp_path, f"[models]\n{bad}\n")
     trailing = load(tmp_path, "[models]\ncivitai_url = 'https://civitai.red/'\n")
     assert trailing.models.civitai_url == "https://civitai.red"
+
+
+def test_runner_devices_none_a_list_or_all_and_every_refusal(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from alice_spool.cli.serve import runner_slots
+
+    assert load(tmp_path).runner.devices == []
+    assert load(tmp_path, '[runner]\ndevices = "all"\n').runner.devices == ["all"]
+    listed = load(tmp_path, '[runner]\nname = "box"\ndevices = ["cuda:1", "cuda:0", "cpu"]\n')
+    assert runner_slots(SimpleNamespace(settings=listed)) == [
+        ("box-gpu1", "cuda:1"),
+        ("box-gpu0", "cuda:0"),
+        ("box-cpu2", "cpu"),
+    ]
+    assert runner_slots(SimpleNamespace(settings=load(tmp_path))) == [(None, None)]
+    env = {"ALICE_RUNNER_DEVICES": "cuda:0,cuda:3"}
+    assert load(tmp_path, env=env).runner.devices == ["cuda:0", "cuda:3"]
+    for text, why in [
+        ('devices = "some"', "must be a list of strings"),
+        ('devices = ["cuda"]', "a list of cuda:N, mps or cpu"),
+        ('devices = ["all", "cuda:0"]', "a list of cuda:N, mps or cpu"),
+        ('devices = ["cuda:0", "cuda:0"]', "names a GPU twice"),
+        ("devices = [0, 1]", "must be a list of strings"),
+    ]:
+        assert why in refused(tmp_path, f"[runner]\n{text}\n"), text
