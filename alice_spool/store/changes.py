@@ -287,28 +287,28 @@ class Changes:
             self._wake_all()  # anything missed before listening (or while reconnecting)
             last_safety = time.monotonic()
             while not self._stop.is_set():
-                jobs: set[str] = set()
-                downloads: set[str] = set()
-                queue = False
-                for note in conn.notifies(timeout=min(self.safety_s, 0.5), stop_after=1000):
-                    payload = note.payload
-                    if payload == "q":
-                        queue = True
-                    elif payload.startswith("j:"):
-                        jobs.add(payload[2:])
-                    elif payload.startswith("d:"):
-                        downloads.add(payload[2:])
-                if jobs or downloads or queue:
-                    with self._lock:
-                        for key in [("job", j) for j in jobs] + [
-                            ("download", d) for d in downloads
-                        ]:
-                            if key in self._states:
-                                self._states[key] = _NOTIFIED
-                    self._wake(jobs=jobs, downloads=downloads, queue=queue)
+                # each notification wakes its waiters as it comes; the loop turns at
+                # least twice a second for the stop flag and the safety check
+                for note in conn.notifies(timeout=min(self.safety_s, 0.5)):
+                    self._notified(note.payload)
                 if time.monotonic() - last_safety >= self.safety_s:
                     last_safety = time.monotonic()
                     self._safety_check()
+
+    def _notified(self, payload: str) -> None:
+        kind, _, key = payload.partition(":")
+        if kind == "q":
+            self._wake(queue=True)
+            return
+        watched = ("job" if kind == "j" else "download", key)
+        with self._lock:
+            if watched not in self._states:
+                return  # nobody here waits for it
+            self._states[watched] = _NOTIFIED  # the safety check's next reading is kept
+        if kind == "j":
+            self._wake(jobs=[key])
+        elif kind == "d":
+            self._wake(downloads=[key])
 
     def _safety_check(self) -> None:
         """The slow poll: the watched jobs' and downloads' states, read once for all of
