@@ -206,6 +206,8 @@ def test_three_runners_two_apis_and_an_inbox_on_postgresql_lose_nothing_and_run_
     jobs = store.list_jobs(limit=1000).jobs
     assert len(jobs) == total and all(job.status is JobStatus.SUCCEEDED for job in jobs)
     assert sum(job.source.value == "inbox" for job in jobs) == JOBS_BY_INBOX
+    totals = store.counters()  # counted in each finishing transaction: finished once each
+    assert (totals["jobs_finished:succeeded"], totals["images"]) == (total, total)
     outbox = root / "shared" / "outbox"
     directories = sorted(p.name for p in outbox.iterdir() if not p.name.startswith("."))
     assert directories == sorted(job.id for job in jobs)  # one directory per job
