@@ -246,23 +246,17 @@ class Outbox:
                 continue  # someone else moved it meanwhile: try again
             shutil.rmtree(aside, ignore_errors=True)
 
-    def remove(self, job_id: str, *, claim: int | None = None) -> bool:
-        """Delete a job's directory: with `claim`, only if that claim wrote it (a runner
-        removes its own attempt's files, never a later one's); without, whatever is there
-        (purging the job). Whether it was removed.
+    def remove(self, job_id: str, *, claim: int) -> bool:
+        """Delete a job's directory if `claim` wrote it: a runner removes its own
+        attempt's files, never a later one's. Whether it was removed.
 
-        The directory is moved aside first, so it vanishes whole, and only then is its
-        claim read: a later claim's directory that landed meanwhile is never the one
-        removed. One that was not this claim's is put back."""
-        target = self.job_dir(job_id)
-        aside = self.root / _working_name(job_id, "removed")
-        try:
-            target.rename(aside)
-        except OSError:
-            return False
-        if claim is not None:
-            found = claim_of(self._read(aside))
-            if found != claim:
+        Another claim's directory is never touched: its claim is read first. Only this
+        claim's is moved aside (it vanishes whole), and read again there, in case a later
+        claim's landed in between; that one is put back at once. (A crash after a move
+        aside leaves a working directory that start-up removes: this claim's own.)"""
+        found = claim_of(self.read_result(job_id))
+        if found != claim:
+            if self.job_dir(job_id).exists():
                 log.info(
                     "job %s: its directory is claim %d's, not %d's; left as it is",
                     job_id,
@@ -270,8 +264,15 @@ class Outbox:
                     claim,
                     extra={"job_id": job_id},
                 )
-                self._put_back(job_id, aside)
-                return False
+            return False
+        aside = self.root / _working_name(job_id, "removed")
+        try:
+            self.job_dir(job_id).rename(aside)
+        except OSError:
+            return False
+        if claim_of(self._read(aside)) != claim:  # replaced between the read and the move
+            self._put_back(job_id, aside)
+            return False
         shutil.rmtree(aside, ignore_errors=True)
         return True
 

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from sqlalchemy import Connection, bindparam, func, select
 
@@ -15,7 +15,9 @@ from .. import errors
 from ..database import Database
 from ..models import Job, JobStatus
 from ..records import JobRecord
-from .changes import Changes
+
+if TYPE_CHECKING:
+    from .changes import Changes
 
 T = TypeVar("T")
 
@@ -62,6 +64,8 @@ class StoreBase:
     @property
     def changes(self) -> Changes:
         """This process's watcher of the database (changes.py), made on first use."""
+        from .changes import Changes  # it reads the store's base (chunks): imported here
+
         with self._changes_lock:
             if self._changes is None:
                 self._changes = Changes(self.db)

@@ -31,6 +31,7 @@ from sqlalchemy import Connection, func, select
 
 from ..database import Database
 from ..models import Download, Job, JobStatus
+from ._base import chunks
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ CHANNEL = "alice_spool"
 # A waiter looks again at least this often, woken or not: the last resort, should the
 # watcher itself be stuck (the safety net proper is the watcher's own `safety_s`).
 WAKE_AT_LEAST_S = 15.0
-_CHUNK = 500  # ids per IN (...) list
 _UNKNOWN = object()  # a state not read yet: the next reading wakes its waiters
 _NOTIFIED = object()  # its waiters were woken by a notification: the next reading is kept
 _QUEUE = select(func.count(), func.coalesce(func.sum(Job.seq), 0)).where(
@@ -201,9 +201,8 @@ class Changes:
             ("download", Download, (Download.id, Download.status, Download.bytes_done)),
         ):
             ids = [key[1] for key in wanted if key[0] == kind]
-            for start in range(0, len(ids), _CHUNK):
-                chunk = ids[start : start + _CHUNK]
-                rows = conn.execute(select(*columns).where(table.id.in_(chunk)))
+            for chunk in chunks(ids):
+                rows = conn.execute(select(*columns).where(table.id.in_(list(chunk))))
                 found.update(((kind, row[0]), tuple(row[1:])) for row in rows)
         changed_jobs: list[str] = []
         changed_downloads: list[str] = []

@@ -174,8 +174,8 @@ def test_a_success_is_kept_for_any_later_claim_and_a_failure_of_the_same_claim_t
     outbox.write("f", failure)
     late = outbox.write("f", {"status": "succeeded", "claim": 1}, images(1), ["x"])
     assert late.superseded and outbox.read_result("f") == failure
-    # an unconditional remove (purging the job) takes whatever is there
-    assert outbox.remove("s") is True and not (tmp_path / "s").exists()
+    # the claim that wrote it removes it
+    assert outbox.remove("s", claim=1) is True and not (tmp_path / "s").exists()
 
 
 def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
