@@ -255,9 +255,40 @@ def identify(api: Api, request: HTTPConnection, address: str) -> Principal | Non
         raise
 
 
+async def admit(
+    api: Api, connection: HTTPConnection, *, admin: bool = False, manage: bool = False
+) -> Principal | None:
+    """Who the request or WebSocket is, once it has passed the doors every route has:
+    its key (401), its rate limit (429), and, for `admin` or `manage` routes, its role
+    (403). Recorded as the connection's principal; None on an open server."""
+    address = api.client_address(connection)
+    principal = await run_in_threadpool(identify, api, connection, address)
+    connection.state.principal = principal
+    client = principal.name if principal else None
+    limit = principal.rate_limit_per_minute if principal else None
+    api.limiter.check(principal.bucket if principal else address, per_minute=limit)
+    if manage and principal is not None and not principal.admin:
+        raise errors.Forbidden("an admin's API key is needed")
+    if admin and (principal is None or not principal.admin):
+        raise errors.Forbidden(
+            "an admin's API key is needed"
+            if principal is not None
+            else "this server has no API keys yet: make the first one "
+            "with `alice-spool keys add NAME --admin`"
+        )
+    return principal
+
+
 def principal_of(request: Request) -> Principal | None:
     """Who the request is (set by `route`); None on an open server or an open route."""
     return getattr(request.state, "principal", None)
+
+
+def bucket_of(api: Api, connection: HTTPConnection) -> str:
+    """Whose stream slots (and rate limit) a request spends: its key's, by the key's
+    id (`Principal.bucket`), never by a name; without a key, its address's."""
+    principal = getattr(connection.state, "principal", None)
+    return principal.bucket if principal is not None else api.client_address(connection)
 
 
 def owner_of(request: Request) -> str | None:
@@ -298,21 +329,8 @@ def route(
             try:
                 client = None
                 if auth:
-                    address = api.client_address(request)
-                    principal = await run_in_threadpool(identify, api, request, address)
-                    request.state.principal = principal
+                    principal = await admit(api, request, admin=admin, manage=manage)
                     client = principal.name if principal else None
-                    limit = principal.rate_limit_per_minute if principal else None
-                    api.limiter.check(client or address, per_minute=limit)
-                    if manage and principal is not None and not principal.admin:
-                        raise errors.Forbidden("an admin's API key is needed")
-                    if admin and (principal is None or not principal.admin):
-                        raise errors.Forbidden(
-                            "an admin's API key is needed"
-                            if principal is not None
-                            else "this server has no API keys yet: make the first one "
-                            "with `alice-spool keys add NAME --admin`"
-                        )
                 return await handler(request, api, client)
             except errors.ClientDisconnected as exc:  # nobody to answer: one line, no trace
                 log.info("%s %s: %s", request.method, request.url.path, exc.message)
