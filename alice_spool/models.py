@@ -143,6 +143,9 @@ class Job(Base):
     # How many times it was claimed; never decreases (unlike `attempts`): the fence of
     # its outbox directory (DESIGN section 15).
     claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The secret its image URLs carry (128 random bits, never derived from the id); None
+    # for a job from before it existed, whose links keep their old form (DESIGN section 7).
+    image_secret: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         CheckConstraint(f"status IN ({_sql_list(JobStatus)})", name="status"),
@@ -173,7 +176,15 @@ class Job(Base):
             sqlite_where=_QUEUED_ONLY,
             postgresql_where=_QUEUED_ONLY,
         ),
-        _partial("uq_jobs_idempotency_key", "idempotency_key", unique=True),
+        # An idempotency key is its owner's (the admin's owner is NULL, hence COALESCE).
+        Index(
+            "uq_jobs_idempotency_key",
+            text("COALESCE(owner, '')"),
+            "idempotency_key",
+            unique=True,
+            sqlite_where=text("idempotency_key IS NOT NULL"),
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
         _partial("ix_jobs_batch_id", "batch_id"),
         _partial("ix_jobs_finished_at", "finished_at"),
         # A user's own jobs, newest first (an admin's list reads them all).
@@ -190,7 +201,9 @@ class Job(Base):
 # SQLite cannot reflect an index on an expression (`priority DESC`), so Alembic's
 # comparison would always see the claim index as changed. It is left out of the
 # comparison; the migration tests compare it through its SQL instead.
-UNREFLECTABLE_INDEXES = frozenset({"ix_jobs_claim", "ix_jobs_compatible"})
+UNREFLECTABLE_INDEXES = frozenset(
+    {"ix_jobs_claim", "ix_jobs_compatible", "uq_jobs_idempotency_key"}
+)
 
 
 class Runner(Base):
@@ -355,6 +368,8 @@ class WebSession(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())  # the absolute end
+    # The key it was opened with (its SHA-256): each use checks the key is still there.
+    key_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 def include_in_comparison(obj: Any, name: str | None, type_: str, *_: Any) -> bool:

@@ -47,6 +47,8 @@ class JobRecord:
     images_expired_at: datetime | None = None
     owner: str | None = None  # the key that asked for it; None: the admin's
     claims: int = 0  # how many times it was claimed: the outbox's fence
+    # What its image URLs carry (never shown in `to_dict`); None: a job from before it.
+    image_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> JobRecord:
@@ -82,6 +84,7 @@ class JobRecord:
             images_expired_at=m.get("images_expired_at"),
             owner=m.get("owner"),
             claims=m.get("claims") or 0,
+            image_secret=m.get("image_secret"),
         )
 
     @property
@@ -364,6 +367,7 @@ class GalleryItem:
     spec: dict[str, Any]
     result: dict[str, Any]
     tags: tuple[str, ...]
+    image_secret: str | None = field(default=None, repr=False)  # its job's (JobRecord)
 
     @classmethod
     def from_row(cls, row: Row[Any], tags: Iterable[str], now: datetime) -> GalleryItem:
@@ -382,6 +386,7 @@ class GalleryItem:
             spec=dict(m["spec"] or {}),
             result=dict(m["result"] or {}),
             tags=tuple(tags),
+            image_secret=m.get("image_secret"),
         )
 
     def to_alice(self, url: str, *, is_owner: bool) -> dict[str, Any]:

@@ -37,6 +37,12 @@ def new_id() -> str:
     return secrets.token_hex(15)
 
 
+def new_secret() -> str:
+    """What a job's image URLs carry: 128 random bits of their own, as 32 hex digits,
+    so that knowing a job's id (a log, `/health`, a chosen idempotency key) opens no image."""
+    return secrets.token_hex(16)
+
+
 def chunks(values: Sequence[T]) -> Iterable[Sequence[T]]:
     for start in range(0, len(values), _CHUNK):
         yield values[start : start + _CHUNK]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, exists, insert, select
+from sqlalchemy import Connection, bindparam, exists, func, insert, select
 
 from .. import errors
 from ..models import Job, JobStatus, Source
@@ -19,7 +19,7 @@ from ..records import (
     NewJob,
 )
 from ..spec import JobSpec
-from ._base import COLUMNS, StoreBase, chunks, new_id, utcnow
+from ._base import COLUMNS, StoreBase, chunks, new_id, new_secret, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,14 @@ _UNSET = dict.fromkeys(
     ]
 )
 _INSERT = insert(Job)
-_BY_KEY = select(*COLUMNS).where(Job.idempotency_key == bindparam("key"))
+# An idempotency key is its owner's: the same words from another owner are another key.
+# (COALESCE, as in the unique index: the admin's jobs have no owner.)
+_SCOPE = func.coalesce(Job.owner, "")
+_BY_KEY = select(*COLUMNS).where(
+    _SCOPE == bindparam("scope"), Job.idempotency_key == bindparam("key")
+)
 _KEYS = select(Job.idempotency_key, Job.id, Job.batch_id, Job.request_hash, Job.owner).where(
-    Job.idempotency_key.in_(bindparam("keys", expanding=True))
+    _SCOPE == bindparam("scope"), Job.idempotency_key.in_(bindparam("keys", expanding=True))
 )
 
 
@@ -48,14 +53,17 @@ _KEYS = select(Job.idempotency_key, Job.id, Job.batch_id, Job.request_hash, Job.
 _NEW_COLUMNS = (
     "id", "idempotency_key", "request_hash", "batch_id", "source", "client", "status",
     "priority", "not_before", "created_at", "attempts", "max_attempts", "cancel_requested",
-    "model", "spec", "batch_key", "images", "owner", "claims",
+    "model", "spec", "batch_key", "images", "owner", "claims", "image_secret",
 )  # fmt: skip
 _INSERT_NEW_KEY = (
     insert(Job)
     .from_select(
         _NEW_COLUMNS,
         select(*(bindparam(f"new_{c}", type_=Job.__table__.c[c].type) for c in _NEW_COLUMNS)).where(
-            ~exists().where(Job.idempotency_key == bindparam("new_idempotency_key"))
+            ~exists().where(
+                _SCOPE == func.coalesce(bindparam("new_owner", type_=Job.owner.type), ""),
+                Job.idempotency_key == bindparam("new_idempotency_key"),
+            )
         ),
     )
     .returning(Job.seq)
@@ -63,19 +71,26 @@ _INSERT_NEW_KEY = (
 
 
 def _earlier(conn: Connection, key: str, row: dict[str, Any]) -> Enqueued | None:
-    """The job an earlier request made under `key`, if any; an error if that request
-    was a different one."""
-    existing = conn.execute(_BY_KEY, {"key": key}).first()
+    """The job an earlier request of the same owner made under `key`, if any; an error
+    if that request was a different one."""
+    existing = conn.execute(_BY_KEY, {"scope": row["owner"] or "", "key": key}).first()
     if existing is None:
         return None
-    if existing.owner != row["owner"]:  # another's job: not even its id is told
-        raise errors.IdempotencyConflict(f"idempotency key {key!r} is taken: choose another")
     if existing.request_hash != row["request_hash"]:
         raise errors.IdempotencyConflict(
             f"idempotency key {key!r} was already used for a different request (job {existing.id})",
             job_id=existing.id,
         )
     return Enqueued(JobRecord.from_row(existing), created=False)
+
+
+def _one_scope(rows: Sequence[dict[str, Any]]) -> str:
+    """The owner whose idempotency keys several rows are looked up among: one call
+    queues one owner's jobs (a batch, the inbox's files)."""
+    owners = {row["owner"] for row in rows}
+    if len(owners) > 1:
+        raise ValueError("one call queues the jobs of one owner")
+    return next(iter(owners), None) or ""
 
 
 def _log_queued(
@@ -143,6 +158,7 @@ class Enqueueing(StoreBase):
             "images": spec.n,
             "owner": owner,
             "claims": 0,
+            "image_secret": new_secret(),
         }
 
     def _rows(
@@ -253,10 +269,11 @@ class Enqueueing(StoreBase):
         def work(conn: Connection) -> list[Enqueued | errors.IdempotencyConflict]:
             self.check_room(conn, len(rows))
             keys = [row["idempotency_key"] for row in rows]
+            scope = _one_scope(rows)
             taken = {
                 r.idempotency_key: r.request_hash
                 for chunk in chunks(keys)
-                for r in conn.execute(_KEYS, {"keys": list(chunk)})
+                for r in conn.execute(_KEYS, {"scope": scope, "keys": list(chunk)})
             }
             fresh: dict[str, dict[str, Any]] = {}  # new in this call, by key
             for row in rows:
@@ -321,11 +338,13 @@ class Enqueueing(StoreBase):
             items, source=source, batch_id=batch_id, max_attempts=max_attempts, now=now
         )
 
+        scope = _one_scope(rows)
+
         def work(conn: Connection) -> BatchEnqueued:
             existing = {
                 r.idempotency_key: r
                 for chunk in chunks(keys)
-                for r in conn.execute(_KEYS, {"keys": list(chunk)})
+                for r in conn.execute(_KEYS, {"scope": scope, "keys": list(chunk)})
             }
             if existing:
                 return self._repeated_batch(conn, rows, existing)
@@ -348,12 +367,6 @@ class Enqueueing(StoreBase):
             .scalars()
             .all()
         )
-        for row in rows:  # another owner's key: a conflict that tells nothing of its job
-            taken = existing.get(row["idempotency_key"])
-            if taken is not None and taken.owner != row["owner"]:
-                raise errors.IdempotencyConflict(
-                    f"id {row['idempotency_key']!r} is taken: choose another"
-                )
         same = (
             first.batch_id is not None
             and len(earlier) == len(rows)
