@@ -16,8 +16,9 @@ from starlette.responses import JSONResponse, Response
 from .. import errors
 from ..records import KeyRecord
 from ..store import utcnow
+from ..store.keys import MAX_RATE_LIMIT, digest
 from .context import Api, principal_of, route
-from .http import SESSION_COOKIE, require_object, typed
+from .http import SESSION_COOKIE, bounded, require_object, typed
 
 MAX_INVITE_HOURS = 24 * 365
 
@@ -29,17 +30,19 @@ def _shown(record: KeyRecord, secret: str) -> dict[str, Any]:
 @route(admin=True)
 async def generate_key(request: Request, api: Api, client: str | None) -> Response:
     """Make a key (`{"name", "isAdmin"?, "rateLimitPerMinute"?}`): the key is in this
-    answer only; the server keeps its SHA-256."""
+    answer only; the server keeps its SHA-256. A name any key has, configured or
+    stored, is `key_exists` (409)."""
     body = require_object(await api.read_body(request))
     name = typed(body, "name", str)
     admin = typed(body, "isAdmin", bool)
-    limit = typed(body, "rateLimitPerMinute", int)
+    limit = bounded(body, "rateLimitPerMinute", None, 0, MAX_RATE_LIMIT, whole=True)
     record, secret = await run_in_threadpool(
         lambda: api.store.add_key(
             name or "",
             role="admin" if admin else "user",
             rate_limit_per_minute=limit,
             created_by=client,
+            reserved=api.settings.server.api_keys,
         )
     )
     return JSONResponse(_shown(record, secret), status_code=201)
@@ -111,7 +114,8 @@ async def registration_mode(request: Request, api: Api, client: str | None) -> R
 async def register(request: Request, api: Api, client: str | None) -> Response:
     """`{"name", "invite_code"}` -> a user key (never an admin's), when
     `server.registration` is `invite` (a valid code spent) or `open`; 403 when it is
-    `disabled` (the default). Failures count against the address like wrong keys."""
+    `disabled` (the default); a name any key has, configured or stored, is
+    `key_exists` (409). Failures count against the address like wrong keys."""
     address = api.client_address(request)
     api.auth_failures.check(address, spend=False)
     mode = api.settings.server.registration
@@ -124,7 +128,11 @@ async def register(request: Request, api: Api, client: str | None) -> Response:
         raise errors.InvalidParameters("an invite_code is required", field="invite_code")
     try:
         record, secret = await run_in_threadpool(
-            lambda: api.store.register(name or "", invite_code=code if mode == "invite" else None)
+            lambda: api.store.register(
+                name or "",
+                invite_code=code if mode == "invite" else None,
+                reserved=api.settings.server.api_keys,
+            )
         )
     except errors.InviteInvalid:
         api.auth_failures.check(address)  # a guessed code costs as a guessed key does
@@ -166,8 +174,9 @@ async def delete_invite(request: Request, api: Api, client: str | None) -> Respo
 async def login(request: Request, api: Api, client: str | None) -> Response:
     """`{"key"}` -> a web session: an HttpOnly, SameSite=Strict cookie (Secure behind
     HTTPS) holding a random session id, never the key; it ends at logout, after
-    `server.session_idle_s` unused, or `server.session_max_s` after this login. A wrong
-    key counts against the address as it does anywhere."""
+    `server.session_idle_s` unused, `server.session_max_s` after this login, or as soon
+    as the key it was opened with is revoked, deleted, replaced or no longer configured
+    (each use checks it). A wrong key counts against the address as it does anywhere."""
     address = api.client_address(request)
     api.auth_failures.check(address, spend=False)
     body = require_object(await api.read_body(request))
@@ -184,7 +193,11 @@ async def login(request: Request, api: Api, client: str | None) -> Response:
     server = api.settings.server
     session = await run_in_threadpool(
         lambda: api.store.open_session(
-            principal.name, principal.role, principal.key_id, max_s=server.session_max_s
+            principal.name,
+            principal.role,
+            principal.key_id,
+            max_s=server.session_max_s,
+            key_sha256=principal.key_sha256 or digest(key),
         )
     )
     answer = JSONResponse(

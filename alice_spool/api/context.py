@@ -4,6 +4,7 @@ rate limit, and every `SpoolError` turned into its HTTP answer."""
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import re
 import stat
@@ -24,13 +25,14 @@ from ..models import JobStatus, Source
 from ..outbox import image_name
 from ..records import BatchEnqueued, DownloadRecord, Enqueued, JobRecord, NewJob
 from ..registry import ModelRegistry
-from ..spec import JobSpec
+from ..spec import JobSpec, check_priority_cap
 from ..store import Store, new_id
 from .http import Keys, Principal, RateLimiter, StreamSlots, read_json, spool_error_response
 
 log = logging.getLogger(__name__)
 
 IMAGE_NAME = re.compile(r"(?P<job>[0-9a-f]{30})-(?P<index>[0-9]{1,2})\.png")
+IMAGE_SECRET = re.compile(r"[0-9a-f]{32}")  # store._base.new_secret
 
 
 FORWARDED_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
@@ -188,7 +190,7 @@ class Api:
         images = (job.result or {}).get("images") or []
         base = self.base_url(request)
         return [
-            f"{base}/images/{image['file']}"
+            image_url(base, image["file"], job.image_secret)
             for image in images
             if "file" in image and not image.get("deleted")  # deleted from the gallery
         ]
@@ -199,8 +201,32 @@ class Api:
         view["image_urls"] = self.image_urls(request, job)
         return view
 
+    def served_image(self, name: str, secret: str | None) -> Path:
+        """The file of `/images/SECRET/NAME` (no key needed: the URL is the capability).
+        The secret must be the job's own; only a job from before image secrets existed
+        opens with its name alone (`/images/NAME`, its server-made id being the secret).
+        Anything else is the same 404, whether the job exists or not. (Reads the
+        database: call it from a worker thread.)"""
+        missing = errors.JobNotFound(f"no image {name!r}")
+        match = IMAGE_NAME.fullmatch(name)
+        if match is None or (secret is not None and not IMAGE_SECRET.fullmatch(secret)):
+            raise missing
+        try:
+            job = self.store.get(match["job"])
+        except errors.JobNotFound:
+            raise missing from None
+        expected = job.image_secret
+        if expected is None:
+            opens = secret is None
+        else:
+            opens = secret is not None and hmac.compare_digest(secret, expected)
+        if not opens:
+            raise missing
+        return self.image_path(name)
+
     def image_path(self, name: str) -> Path:
-        """The file of `/images/NAME`, only for names a job could have written."""
+        """The file of a job's image NAME, only for names a job could have written (the
+        routes that serve images to anyone check the secret first: `served_image`)."""
         match = IMAGE_NAME.fullmatch(name)
         if match is None:
             raise errors.JobNotFound(f"no image {name!r}")
@@ -220,6 +246,12 @@ class Api:
 
     async def resolve_model(self, spec: JobSpec) -> JobSpec:
         return await run_in_threadpool(self.with_model, spec)
+
+
+def image_url(base: str, file: str, secret: str | None, folder: str = "images") -> str:
+    """An image's capability URL: `/images/<the job's secret>/<file>`, or, for a job from
+    before image secrets, the old `/images/<file>` (`folder`: AbleRefusal's `outputs`)."""
+    return f"{base}/{folder}/{secret}/{file}" if secret else f"{base}/{folder}/{file}"
 
 
 Handler = Callable[[Request, Api, str | None], Awaitable[Response]]
@@ -264,7 +296,6 @@ async def admit(
     address = api.client_address(connection)
     principal = await run_in_threadpool(identify, api, connection, address)
     connection.state.principal = principal
-    client = principal.name if principal else None
     limit = principal.rate_limit_per_minute if principal else None
     api.limiter.check(principal.bucket if principal else address, per_minute=limit)
     if manage and principal is not None and not principal.admin:
@@ -277,6 +308,21 @@ async def admit(
             "with `alice-spool keys add NAME --admin`"
         )
     return principal
+
+
+async def sees_everything(api: Api, request: Request) -> bool:
+    """Whether an open route (`/health`) may show what only an admin sees: which jobs
+    run, the runners' lease tokens. Yes for an admin's key or session, and on an open
+    server (one user, local: its job list is open too); no for anyone else. A key that
+    is wrong, or an address refused for guessing, makes it an anonymous request here
+    (an open route still answers), and a wrong key still counts as a guess."""
+    if not await run_in_threadpool(lambda: api.keys.required):
+        return True
+    try:
+        principal = await run_in_threadpool(identify, api, request, api.client_address(request))
+    except (errors.Unauthorized, errors.RateLimited):
+        return False
+    return principal is not None and principal.admin
 
 
 def principal_of(request: Request) -> Principal | None:
@@ -305,6 +351,16 @@ def scope_of(request: Request) -> str | None:
     if principal is None or principal.admin:
         return None
     return principal.owner
+
+
+def check_priority(request: Request, priority: int) -> None:
+    """A user's key may set a priority up to `users.max_priority` (400 naming `priority`
+    above it); an admin's key, or anyone on an open server, any priority."""
+    principal = principal_of(request)
+    if principal is None or principal.admin:
+        return
+    api: Api = request.app.state.api
+    check_priority_cap(priority, api.settings.users.max_priority)
 
 
 def route(

@@ -22,8 +22,16 @@ from ..downloads.files import safe_name
 from ..downloads.plan import SearchPage
 from ..models import DownloadStatus
 from ..records import DownloadRecord
-from .context import Api, owner_of, route, scope_of
-from .http import WAKE_AT_LEAST_S, query_flag, query_int, require_object, typed, watching
+from .context import Api, bucket_of, owner_of, route, scope_of
+from .http import (
+    WAKE_AT_LEAST_S,
+    query_flag,
+    query_int,
+    query_list,
+    require_object,
+    typed,
+    watching,
+)
 
 MAX_PAGE = 500
 SEARCH_LIMIT = 100
@@ -62,7 +70,9 @@ async def create_download(request: Request, api: Api, client: str | None) -> Res
 
 
 def _statuses(request: Request) -> list[DownloadStatus] | None:
-    statuses = request.query_params.getlist("status")
+    statuses = query_list(
+        request, "status", max_items=len(DownloadStatus), max_length=20, commas=False
+    )
     known = {s.value for s in DownloadStatus}
     for status in statuses:
         if status not in known:
@@ -106,7 +116,7 @@ async def download_events(request: Request, api: Api, client: str | None) -> Res
     found = await run_in_threadpool(
         api.visible_download, request, request.path_params["download_id"]
     )
-    holder = client or api.client_address(request)
+    holder = bucket_of(api, request)  # the key's id, never its name
     api.streams.take(holder)  # server.max_streams_per_client: 429 past it
     return EventSourceResponse(_events(api, found.id, holder), ping=15)
 
@@ -200,7 +210,7 @@ async def search_models(request: Request, api: Api, client: str | None) -> Respo
             api,
             params.get("source", "civitai"),
             params.get("query", ""),
-            types=_types(params.getlist("types")),
+            types=_types(query_list(request, "types", max_items=len(civitai.TYPES), max_length=40)),
             sort=params.get("sort") or None,
             nsfw=query_flag(params.get("nsfw"), "nsfw"),
             limit=query_int(request, "limit", 20, 1, SEARCH_LIMIT),

@@ -24,6 +24,7 @@ from ..records import JobRecord
 from ..spec import load_json
 from ..store import Store
 from ..store.changes import WAKE_AT_LEAST_S, Subscription
+from ..store.keys import digest
 
 # The HTTP status of each error code; anything else a client caused is a 400.
 STATUS = {
@@ -172,7 +173,7 @@ def require_object(data: Any) -> dict[str, Any]:
 
 def typed(body: dict[str, Any], key: str, kinds: type | tuple[type, ...]) -> Any:
     """`body[key]` if it is absent, null or of one of `kinds` (a JSON true is not an
-    integer, 3.0 is); else 400 naming the field."""
+    integer, 3.0 is; a string is text, not a lone surrogate); else 400 naming the field."""
     value = body.get(key)
     allowed = kinds if isinstance(kinds, tuple) else (kinds,)
     if int in allowed and isinstance(value, float) and value.is_integer():
@@ -181,7 +182,21 @@ def typed(body: dict[str, Any], key: str, kinds: type | tuple[type, ...]) -> Any
         not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
     ):
         raise errors.InvalidParameters(f"{key} has the wrong type", field=key)
+    if isinstance(value, str) and not _is_text(value):
+        raise errors.InvalidParameters(
+            f"{key} is not text: it holds a lone surrogate (\\ud800-\\udfff)", field=key
+        )
     return value
+
+
+def _is_text(value: str) -> bool:
+    """Whether a string is Unicode text: JSON lets a client escape half of a surrogate
+    pair, which no database, hash or answer can encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def bounded(
@@ -228,6 +243,27 @@ def query_flag(text: str | None, field: str, default: bool = False) -> bool:
     return text.lower() in ("true", "1")
 
 
+def query_list(
+    request: Request, name: str, *, max_items: int, max_length: int, commas: bool = True
+) -> list[str]:
+    """A list-valued query parameter, bounded at the door (a thousand values would make
+    a query the database refuses): repeated, and with `commas` comma-separated too;
+    trimmed, empty ones dropped, repeats kept once. More than `max_items` values, or
+    one longer than `max_length` or not printable text: 400 naming it."""
+    values: list[str] = []
+    for given in request.query_params.getlist(name):
+        values.extend(part.strip() for part in (given.split(",") if commas else [given]))
+    values = [value for value in values if value]
+    if len(values) > max_items:
+        raise errors.InvalidParameters(f"{name} takes at most {max_items} values", field=name)
+    if any(len(value) > max_length or not value.isprintable() for value in values):
+        raise errors.InvalidParameters(
+            f"each value of {name} is printable text of at most {max_length} characters",
+            field=name,
+        )
+    return list(dict.fromkeys(values))
+
+
 def _basic_password(token: str) -> str:
     """The password of HTTP basic credentials (any user name)."""
     try:
@@ -251,6 +287,7 @@ class Principal:
     role: str  # admin | user
     key_id: str | None = None  # None: a key of [server.api_keys]
     rate_limit_per_minute: int | None = None  # None: server.rate_limit_per_minute
+    key_sha256: str | None = None  # the key's SHA-256, which a session opened with it keeps
 
     @property
     def admin(self) -> bool:
@@ -261,6 +298,15 @@ class Principal:
         """What the rows this key makes record as their owner: a stored key's id (its
         name may be taken again after it is deleted), or a configured key's name."""
         return self.key_id if self.key_id is not None else f"config:{self.name}"
+
+    @property
+    def bucket(self) -> str:
+        """Whose rate limit and stream slots the request spends: the key's own (a stored
+        key's id; a configured key's name and hash), never a name that another key
+        could have had (a deleted key's, or one that once clashed with a configured one)."""
+        if self.key_id is not None:
+            return f"key:{self.key_id}"
+        return f"config:{self.name}:{(self.key_sha256 or '')[:16]}"
 
 
 class Keys:
@@ -278,6 +324,8 @@ class Keys:
     ) -> None:
         self.session_idle_s = session_idle_s
         self._keys = [(name, key.encode()) for name, key in keys.items()]
+        # What a configured key's web session is checked against on each use.
+        self._configured = {name: digest(key) for name, key in keys.items()}
         self.store = store
         self.recheck_s = recheck_s
         self.clock = clock
@@ -329,7 +377,7 @@ class Keys:
         """A web session's principal. A change it asks for must come from this server's
         own pages: an `Origin` (or, without one, a `Referer`) of this very host."""
         assert self.store is not None
-        found = self.store.session(cookie, idle_s=self.session_idle_s)
+        found = self.store.session(cookie, idle_s=self.session_idle_s, configured=self._configured)
         if found is None:
             raise errors.Unauthorized("the session has ended: log in again")
         # A WebSocket (which has no method) is held to the same rule as a change.
@@ -340,17 +388,19 @@ class Keys:
                 raise errors.CrossOriginRefused(
                     "a change asked with a session cookie must come from this server's pages"
                 )
-        return Principal(found.name, found.role, found.key_id)
+        return Principal(
+            found.name, found.role, found.key_id, found.rate_limit_per_minute, found.key_sha256
+        )
 
     def principal(self, given: str) -> Principal:
         """Whose key `given` is; 401 if nobody's (or revoked)."""
-        offered = given.encode()
+        offered = given.encode("utf-8", "surrogatepass")  # a lone surrogate matches nothing
         found = None
         for name, key in self._keys:  # every key compared, so timing tells nothing
             if hmac.compare_digest(offered, key):
                 found = name
         if found is not None:
-            return Principal(found, "admin")
+            return Principal(found, "admin", key_sha256=self._configured[found])
         store = self.store
         stored = store.key_for_secret(given) if store is not None else None
         if store is None or stored is None:
@@ -361,12 +411,15 @@ class Keys:
         if now - self._touched.get(stored.id, -1e9) >= 60:  # the row: at most once a minute
             self._touched[stored.id] = now
             store.touch_key(stored.id)
-        return Principal(stored.name, stored.role, stored.id, stored.rate_limit_per_minute)
+        return Principal(
+            stored.name, stored.role, stored.id, stored.rate_limit_per_minute, digest(given)
+        )
 
 
 class RateLimiter:
-    """A token bucket per client (API key name, else address): `per_minute` requests a
-    minute, in bursts of up to a tenth of that (at least 5). 0 = no limit."""
+    """A token bucket per client (its key's `Principal.bucket`, else its address):
+    `per_minute` requests a minute, in bursts of up to a tenth of that (at least 5).
+    0 = no limit."""
 
     def __init__(self, per_minute: int, *, burst: float | None = None) -> None:
         self.rate = per_minute / 60.0
@@ -401,8 +454,8 @@ class RateLimiter:
 
 
 class StreamSlots:
-    """Open event streams per client (API key name, else address): at most `limit`; one
-    more is `rate_limit_exceeded` until one of them ends."""
+    """Open event streams per client (its key's `Principal.bucket`, else its address):
+    at most `limit`; one more is `rate_limit_exceeded` until one of them ends."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

@@ -16,8 +16,8 @@ from .. import errors, inputs
 from ..models import JobStatus, Source
 from ..records import NewJob
 from ..spec import parse_idempotency_key, parse_priority, parse_request
-from .context import Api, owner_of, route, scope_of
-from .http import WAKE_AT_LEAST_S, query_int, require_object, watching
+from .context import Api, bucket_of, check_priority, owner_of, route, scope_of
+from .http import WAKE_AT_LEAST_S, query_int, query_list, require_object, watching
 
 MAX_PAGE = 500
 
@@ -29,6 +29,7 @@ async def create_job(request: Request, api: Api, client: str | None) -> Response
     body = require_object(await api.read_body(request, images=True))
     body, staged = await run_in_threadpool(api.take_images, body)
     parsed = parse_request(body, api.settings.generation)
+    check_priority(request, parsed.spec.priority)
     key = parsed.idempotency_key
     header = request.headers.get("idempotency-key")
     if header is not None:
@@ -53,7 +54,7 @@ async def list_jobs(request: Request, api: Api, client: str | None) -> Response:
     """Jobs, newest first: filter by `status` (repeatable), `batch_id`, `model`, `source`;
     page with `limit` and `before` (the `next_cursor` of the previous page)."""
     query = request.query_params
-    statuses = query.getlist("status")
+    statuses = query_list(request, "status", max_items=len(JobStatus), max_length=20, commas=False)
     for status in statuses:
         if status not in {s.value for s in JobStatus}:
             raise errors.InvalidParameters(f"unknown status {status!r}", field="status")
@@ -126,6 +127,7 @@ async def set_priority(request: Request, api: Api, client: str | None) -> Respon
     if "priority" not in body:
         raise errors.InvalidParameters("priority is required", field="priority")
     priority = parse_priority(body["priority"])
+    check_priority(request, priority)
     job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
     job = await run_in_threadpool(lambda: api.store.set_priority(job.id, priority))
     return JSONResponse(api.job_view(request, job))
@@ -154,7 +156,7 @@ async def job_events(request: Request, api: Api, client: str | None) -> Response
     """Server-sent events: `progress` whenever the job's status or step changes, then
     one `done` with the whole job when it ends."""
     job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
-    holder = client or api.client_address(request)
+    holder = bucket_of(api, request)  # the key's id, never its name
     api.streams.take(holder)  # server.max_streams_per_client: 429 past it
     return EventSourceResponse(_events(api, request, job.id, holder), ping=15)
 
@@ -204,6 +206,7 @@ async def create_batch(request: Request, api: Api, client: str | None) -> Respon
         try:
             item, staged = await run_in_threadpool(api.take_images, item)
             parsed = parse_request(item, api.settings.generation)
+            check_priority(request, parsed.spec.priority)
             spec = await api.resolve_model(parsed.spec)
         except errors.SpoolError as exc:
             details = {**exc.details, "index": index}

@@ -21,7 +21,7 @@ from .. import errors, inputs
 from ..models import JobStatus, Source
 from ..records import JobRecord
 from ..spec import SPEC_FIELDS, JobSpec, load_json, parse_spec
-from .context import Api, owner_of, route
+from .context import Api, bucket_of, check_priority, owner_of, route
 from .http import WAKE_AT_LEAST_S, read_bytes, require_object, wait_for_job, watching
 
 # Where a chat request carries the image parameters (SAM sends `metadata`).
@@ -167,6 +167,7 @@ async def _enqueue(
     client: str | None,
     staged: inputs.Staged | None = None,
 ) -> JobRecord:
+    check_priority(request, spec.priority)  # the chat and images extensions take one
     done = await run_in_threadpool(
         lambda: api.enqueue(
             spec,
@@ -184,7 +185,7 @@ async def chat_completions(request: Request, api: Api, client: str | None) -> Re
     """ALICE's and SAM's door: generate, wait, answer a chat completion with image URLs."""
     body = require_object(await api.read_body(request, images=True))
     spec, staged, stream = await run_in_threadpool(chat_spec, body, api)
-    holder = client or api.client_address(request)
+    holder = bucket_of(api, request)  # the key's id, never its name
     if stream:  # a slot before the job is queued: a refused stream queues nothing
         api.streams.take(holder)
     try:

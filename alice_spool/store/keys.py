@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,12 +26,15 @@ KEY_PREFIX = "sd-"  # as ALICE's keys
 KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}")
 SESSION_HANDLE = 16  # hex digits of a session's SHA-256 that name it to an admin
 TOUCH_EVERY = timedelta(minutes=1)  # a key's or a session's last use: written this often
+MAX_RATE_LIMIT = 1_000_000  # requests a minute: more is no limit at all, and must fit a column
 _KEY_COLUMNS = tuple(c for c in ApiKey.__table__.columns if c.name != "key_sha256")
 _INVITE_COLUMNS = tuple(c for c in Invite.__table__.columns if c.name != "code_sha256")
 
 
 def digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+    # A lone surrogate (a JSON escape a client sent) hashes instead of failing: it
+    # matches no key, which is the answer such a secret deserves.
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _key(conn: Connection, key: str) -> KeyRecord:
@@ -51,17 +55,22 @@ class Keys(StoreBase):
         role: str = "user",
         rate_limit_per_minute: int | None = None,
         created_by: str | None = None,
+        reserved: Collection[str] = (),
         now: datetime | None = None,
     ) -> tuple[KeyRecord, str]:
-        """A new key: its record and the key itself (shown once; never stored)."""
+        """A new key: its record and the key itself (shown once; never stored).
+        `reserved`: the configured keys' names, which no stored key may take
+        (`key_exists`, as a stored key's name is)."""
         _check_name(name)
         if role not in ROLES:
             raise errors.InvalidParameters("role must be admin or user", field="role")
-        if rate_limit_per_minute is not None and rate_limit_per_minute < 0:
-            raise errors.InvalidParameters("the rate limit must be 0 or more", field="rate_limit")
+        if rate_limit_per_minute is not None and not (0 <= rate_limit_per_minute <= MAX_RATE_LIMIT):
+            raise errors.InvalidParameters(
+                f"the rate limit must be 0..{MAX_RATE_LIMIT} a minute", field="rate_limit"
+            )
 
         def work(conn: Connection) -> tuple[KeyRecord, str]:
-            return _insert_key(conn, name, role, rate_limit_per_minute, created_by, now)
+            return _insert_key(conn, name, role, rate_limit_per_minute, created_by, reserved, now)
 
         return self.db.write_once_more_on_conflict(work)  # a name taken meanwhile: key_exists
 
@@ -171,11 +180,16 @@ class Keys(StoreBase):
         return self.db.write(work)
 
     def register(
-        self, name: str, *, invite_code: str | None, now: datetime | None = None
+        self,
+        name: str,
+        *,
+        invite_code: str | None,
+        reserved: Collection[str] = (),
+        now: datetime | None = None,
     ) -> tuple[KeyRecord, str]:
         """A user key for `name`, spending one use of the invite when one is given
         (`invite_invalid` if it is unknown, used up or expired); nothing is spent when
-        the key cannot be made (a taken name)."""
+        the key cannot be made (a taken name, stored or one of `reserved`)."""
         _check_name(name)
         now = now or utcnow()
 
@@ -195,7 +209,7 @@ class Keys(StoreBase):
                         field="invite_code",
                     )
                 by = f"invite {spent.id}"
-            return _insert_key(conn, name, "user", None, by, now)
+            return _insert_key(conn, name, "user", None, by, reserved, now)
 
         return self.db.write_once_more_on_conflict(work)
 
@@ -208,10 +222,13 @@ class Keys(StoreBase):
         key_id: str | None,
         *,
         max_s: float,
+        key_sha256: str | None = None,
         now: datetime | None = None,
     ) -> str:
-        """A new session for a key that was just checked; returns its id (the cookie's
-        value, shown this once: only its SHA-256 is kept)."""
+        """A new session for a key that was just checked (`key_sha256`: that key's
+        SHA-256, which each use compares; a session without it and without a stored
+        key is never valid); returns its id (the cookie's value, shown this once: only
+        its SHA-256 is kept)."""
         now = now or utcnow()
         secret = secrets.token_urlsafe(32)
         values = {
@@ -219,6 +236,7 @@ class Keys(StoreBase):
             "name": name,
             "role": role,
             "key_id": key_id,
+            "key_sha256": key_sha256,
             "created_at": now,
             "last_seen_at": now,
             "expires_at": now + timedelta(seconds=max_s),
@@ -227,25 +245,37 @@ class Keys(StoreBase):
         return secret
 
     def session(
-        self, secret: str, *, idle_s: float, now: datetime | None = None
+        self,
+        secret: str,
+        *,
+        idle_s: float,
+        configured: Mapping[str, str] | None = None,
+        now: datetime | None = None,
     ) -> SessionRecord | None:
         """The live session with this id; None if there is none, it passed its absolute
-        end or sat idle for `idle_s` (then it is removed), or its key was revoked or
-        deleted since. A read, but for noting its use at most once a minute (a web
-        page's every request must not be a write)."""
+        end or sat idle for `idle_s`, or the key it was opened with is gone (then it is
+        removed): a stored key revoked or deleted, or a configured key no longer in
+        `configured` (name -> SHA-256 of the keys configured now) with that SHA-256. A
+        read, but for noting its use at most once a minute (a web page's every request
+        must not be a write)."""
         now = now or utcnow()
         key = digest(secret)
         query = (
-            select(*WebSession.__table__.columns, ApiKey.revoked_at, ApiKey.id.label("found_key"))
+            select(
+                *WebSession.__table__.columns,
+                ApiKey.revoked_at,
+                ApiKey.id.label("found_key"),
+                ApiKey.key_sha256.label("found_sha256"),
+                ApiKey.rate_limit_per_minute,
+            )
             .outerjoin(ApiKey, ApiKey.id == WebSession.key_id)
             .where(WebSession.id_sha256 == key)
         )
         found = self.db.read(lambda conn: conn.execute(query).first())
         if found is None:
             return None
-        key_gone = found.key_id is not None and (found.found_key is None or found.revoked_at)
         idle = found.last_seen_at <= now - timedelta(seconds=idle_s)
-        if key_gone or idle or found.expires_at <= now:
+        if _key_gone(found, configured or {}) or idle or found.expires_at <= now:
             self.close_session(secret)
             return None
         # Its use noted at most once a minute, and at least ten times within idle_s (so
@@ -255,7 +285,14 @@ class Keys(StoreBase):
                 update(WebSession).where(WebSession.id_sha256 == key).values(last_seen_at=now)
             )
             self.db.write(lambda conn: conn.execute(statement))
-        return SessionRecord(found.name, found.role, found.key_id, found.expires_at)
+        return SessionRecord(
+            found.name,
+            found.role,
+            found.key_id,
+            found.expires_at,
+            found.key_sha256,
+            found.rate_limit_per_minute,
+        )
 
     def list_sessions(self, *, idle_s: float, now: datetime | None = None) -> list[dict[str, Any]]:
         """The live sessions, newest first, for an admin: who, since when, last seen,
@@ -304,6 +341,19 @@ class SessionRecord:
     role: str
     key_id: str | None
     expires_at: datetime
+    key_sha256: str | None = None
+    rate_limit_per_minute: int | None = None  # the stored key's own, as its requests have
+
+
+def _key_gone(found: Any, configured: Mapping[str, str]) -> bool:
+    """Whether the key a session row was opened with is no longer valid."""
+    if found.key_id is not None:  # a stored key: still there, not revoked, the same one
+        if found.found_key is None or found.revoked_at is not None:
+            return True
+        return found.key_sha256 is not None and found.key_sha256 != found.found_sha256
+    # A configured key: the one of that name must still be the one it was opened with;
+    # a row without a SHA-256 (opened before they were recorded) cannot be checked.
+    return found.key_sha256 is None or configured.get(found.name) != found.key_sha256
 
 
 def _check_name(name: Any) -> None:
@@ -321,11 +371,15 @@ def _insert_key(
     role: str,
     rate_limit_per_minute: int | None,
     created_by: str | None,
+    reserved: Collection[str],
     now: datetime | None,
 ) -> tuple[KeyRecord, str]:
     name = name.strip()
-    taken = conn.execute(select(ApiKey.id).where(ApiKey.name == name)).first()
-    if taken is not None:
+    # Names are compared without case: "Admin" beside "admin" is one to a person
+    # reading a list of keys or a job's client, whoever holds which.
+    folded = name.lower()
+    taken = conn.execute(select(ApiKey.id).where(func.lower(ApiKey.name) == folded)).first()
+    if taken is not None or any(folded == r.strip().lower() for r in reserved):
         raise errors.KeyExists(f"a key named {name!r} exists", field="name")
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key_id = new_id()
