@@ -14,6 +14,7 @@ models and are left out. The listing is rebuilt only when the directory changes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -25,6 +26,8 @@ from .errors import InvalidParameters, ModelNotFound
 from .loras import LoraRegistry
 from .safetensors_file import read_safetensors_header
 from .spec import MODEL_PREFIX, JobSpec, normalise_model_id
+
+log = logging.getLogger(__name__)
 
 TINY_MARKER = "alice_spool_tiny"  # written into model_index.json by `models create-tiny`
 NATIVE = {"sd1": 512, "sd2": 768, "sdxl": 1024}
@@ -261,8 +264,10 @@ class ModelRegistry:
         return (model.strip(), asked.strip()) if model.strip() else None
 
     def default(self, configured: str = "") -> ModelInfo:
-        """The default model: `generation.default_model` if configured, else the one
-        `models default` chose, else the only or first usable one (real before tiny)."""
+        """The default model: `generation.default_model` if configured, else the one an
+        admin chose (`models default`, `POST /v1/models/default`), else the only or
+        first usable one (real before tiny), which is then pinned as the choice: only an
+        admin moves the default, never a model someone downloads later."""
         chosen = configured or self.chosen_default()
         if chosen:
             return self.get(chosen)
@@ -273,7 +278,27 @@ class ModelRegistry:
                 "run `alice-spool models create-tiny` for a smoke-test model, "
                 "or `alice-spool models pull <repo>`"
             )
-        return usable[0]
+        pinned = self._pin_default(usable[0].id)
+        return usable[0] if pinned in (None, usable[0].id) else self.get(pinned)
+
+    def _pin_default(self, model_id: str) -> str | None:
+        """Record the first default chosen, unless a choice is there already (another
+        process's, or an admin's made meanwhile: that one stands). The choice that
+        stands; None if it could not be written (a read-only models directory: the
+        default is then worked out again each time)."""
+        scratch = self.default_file.with_name(f".default.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            scratch.write_text(model_id + "\n", encoding="utf-8")
+            os.link(scratch, self.default_file)  # never replaces a choice made meanwhile
+        except FileExistsError:
+            return self.chosen_default()
+        except OSError as exc:
+            log.warning("cannot record the default model in %s: %s", self.default_file, exc)
+            return None
+        finally:
+            scratch.unlink(missing_ok=True)
+        log.info("default model pinned: %s (change it with `alice-spool models default`)", model_id)
+        return model_id
 
     def with_model(self, spec: JobSpec, configured_default: str = "") -> JobSpec:
         """The spec as it is queued, at every door: its model checked (`model_not_found`

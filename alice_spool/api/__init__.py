@@ -67,9 +67,14 @@ def web_dir() -> Path | None:
 
 @route(auth=False)
 async def image(request: Request, api: Api, client: str | None) -> Response:
-    """A job's PNG. Image names are unguessable; only names a job can have are served."""
-    path = await run_in_threadpool(api.image_path, request.path_params["name"])
-    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
+    """A job's PNG, for anyone holding its URL: the URL carries the job's image secret
+    (128 random bits of its own), so a known job id opens nothing."""
+    params = request.path_params
+    path = await run_in_threadpool(api.served_image, params["name"], params.get("secret"))
+    # private: a shared cache must not keep serving an image its owner deleted
+    return FileResponse(
+        path, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"}
+    )
 
 
 @route(auth=False)
@@ -147,7 +152,8 @@ def routes() -> list[Any]:
         Route("/metrics", status.metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
-        Route("/images/{name}", image, methods=["GET"]),
+        Route("/images/{secret}/{name}", image, methods=["GET"]),
+        Route("/images/{name}", image, methods=["GET"]),  # jobs from before image secrets
         Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
         Route("/v1/images/generations", openai.image_generations, methods=["POST"]),
         Route("/v1/images/edits", openai.image_edits, methods=["POST"]),
@@ -225,7 +231,8 @@ def routes() -> list[Any]:
         Route("/api/v1/queue", ablerefusal.queue, methods=["GET"]),
         Route("/api/v1/models", ablerefusal.models, methods=["GET"]),
         Route("/api/v1/models/load", restplan.load_model, methods=["POST"]),
-        Route("/outputs/{name}", image, methods=["GET"], name="ablerefusal_output"),
+        Route("/outputs/{secret}/{name}", image, methods=["GET"], name="ablerefusal_output"),
+        Route("/outputs/{name}", image, methods=["GET"]),  # jobs from before image secrets
         Route("/generate", gtx1060.generate, methods=["POST"]),
         Route("/v1/txt2img", restplan.txt2img, methods=["POST"]),
         Route("/v1/img2img", restplan.img2img, methods=["POST"]),

@@ -18,7 +18,7 @@ from ..inputs import Staged
 from ..models import JobStatus, Source
 from ..records import JobRecord
 from ..spec import parse_spec
-from .context import Api, owner_of, route, scope_of
+from .context import Api, image_url, owner_of, route, scope_of
 from .http import STATUS, bounded, refuse_unknown, require_object
 
 STATES = {
@@ -74,7 +74,7 @@ def _view(job: JobRecord) -> dict[str, Any]:
         "progress": 100 if done else (round(100 * step / total) if total else 0),
         "results": [
             {
-                "image_url": f"/outputs/{image['file']}",
+                "image_url": image_url("", image["file"], job.image_secret, "outputs"),
                 "seed": image.get("seed"),
                 "metadata": {
                     "prompt": job.spec.prompt,

@@ -135,11 +135,28 @@ class Api:
     def visible_job(self, request: Request, job_id: str) -> JobRecord:
         """The job, if this request may see it; another owner's is `not_found`, exactly
         as a job that does not exist (ids must not be probeable). In a worker thread."""
-        job = self.store.get(job_id)
         scope = scope_of(request)
+        try:
+            job = self.store.get(job_id)
+        except errors.JobNotFound:
+            job = self._job_by_chosen_id(request, job_id)
         if scope is not None and job.owner != scope:
             raise errors.JobNotFound(f"no job {job_id}", job_id=job_id)
         return job
+
+    def _job_by_chosen_id(self, request: Request, key: str) -> JobRecord:
+        """The job this request's owner queued under the id it chose (an idempotency
+        key); an admin's key also finds the inbox's and the CLI's. Another owner's is
+        not found: the same words are another key."""
+        owner = owner_of(request)
+        principal = principal_of(request)
+        owners = [owner]
+        if owner is not None and (principal is None or principal.admin):
+            owners.append(None)
+        for candidate in owners:
+            with contextlib.suppress(errors.JobNotFound):
+                return self.store.get_by_key(candidate, key)
+        raise errors.JobNotFound(f"no job {key}", job_id=key)
 
     def visible_download(self, request: Request, download_id: str) -> DownloadRecord:
         """`visible_job` for a download."""

@@ -23,7 +23,7 @@ from .. import errors
 from ..models import JobStatus
 from ..records import RunnerReport
 from ..store.counters import BUCKETS, bucket_name
-from .context import Api, route
+from .context import Api, route, sees_everything
 
 RUNNER_STALE_S = 15.0  # a runner not heard from for this long is taken for dead
 GIB = 1024**3
@@ -52,6 +52,12 @@ def _snapshot(api: Api, *, with_stats: bool) -> dict[str, Any]:
     }
 
 
+def _outline(trouble: dict[str, Any]) -> dict[str, Any]:
+    """A database problem as anyone may see it: its kind, not its message (which can
+    quote a statement's values)."""
+    return {key: trouble[key] for key in ("code", "type", "age_s") if key in trouble}
+
+
 DEGRADED_FOR_S = 120.0  # how long /health reports a database error a request met
 
 
@@ -59,6 +65,9 @@ DEGRADED_FOR_S = 120.0  # how long /health reports a database error a request me
 async def health(request: Request, api: Api, client: str | None) -> Response:
     """Up, version, GPU, models loaded, queue depth, the runners' liveness."""
     snap = await run_in_threadpool(lambda: _snapshot(api, with_stats=False))
+    # Open to anyone: which job runs (an id, and with it whose work is going on) and a
+    # runner's lease token are an admin's to see.
+    insider = await sees_everything(api, request)
     live: list[RunnerReport] = snap["live"]
     gpu = any(r.gpu_available for r in live)
     loaded = len({r.model for r in live if r.model})
@@ -68,7 +77,7 @@ async def health(request: Request, api: Api, client: str | None) -> Response:
     body: dict[str, Any] = {
         # degraded: requests met a database error (a full disk, say) in the last minutes
         "status": "degraded" if trouble else "ok",
-        "problems": [trouble] if trouble else [],
+        "problems": [trouble if insider else _outline(trouble)] if trouble else [],
         "version": api.version,
         "gpu_available": gpu,
         "gpuAvailable": gpu,
@@ -81,7 +90,7 @@ async def health(request: Request, api: Api, client: str | None) -> Response:
         "runners": [
             {
                 "name": r.name,
-                "owner": r.owner,  # name/pid/token
+                "owner": r.owner if insider else None,  # name/pid/token
                 "state": r.state if r in live else "gone",
                 "heartbeat_age_s": round(r.age_s(snap["now"]), 3),
                 "device": r.device,
@@ -89,7 +98,7 @@ async def health(request: Request, api: Api, client: str | None) -> Response:
                 "memory_used": r.memory_used,  # bytes, None off a GPU
                 "memory_total": r.memory_total,
                 "model": r.model,
-                "job_id": r.job_id,
+                "job_id": r.job_id if insider else None,
                 "step": r.step,
                 "total": r.total,
             }

@@ -40,12 +40,12 @@ _UNSET = dict.fromkeys(
 _INSERT = insert(Job)
 # An idempotency key is its owner's: the same words from another owner are another key.
 # (COALESCE, as in the unique index: the admin's jobs have no owner.)
-_SCOPE = func.coalesce(Job.owner, "")
+_owner_scope = func.coalesce(Job.owner, "")
 _BY_KEY = select(*COLUMNS).where(
-    _SCOPE == bindparam("scope"), Job.idempotency_key == bindparam("key")
+    _owner_scope == bindparam("scope"), Job.idempotency_key == bindparam("key")
 )
 _KEYS = select(Job.idempotency_key, Job.id, Job.batch_id, Job.request_hash, Job.owner).where(
-    _SCOPE == bindparam("scope"), Job.idempotency_key.in_(bindparam("keys", expanding=True))
+    _owner_scope == bindparam("scope"), Job.idempotency_key.in_(bindparam("keys", expanding=True))
 )
 
 
@@ -61,7 +61,7 @@ _INSERT_NEW_KEY = (
         _NEW_COLUMNS,
         select(*(bindparam(f"new_{c}", type_=Job.__table__.c[c].type) for c in _NEW_COLUMNS)).where(
             ~exists().where(
-                _SCOPE == func.coalesce(bindparam("new_owner", type_=Job.owner.type), ""),
+                _owner_scope == func.coalesce(bindparam("new_owner", type_=Job.owner.type), ""),
                 Job.idempotency_key == bindparam("new_idempotency_key"),
             )
         ),

@@ -25,6 +25,17 @@ class Queries(StoreBase):
     def get(self, job_id: str) -> JobRecord:
         return self.db.read(lambda conn: get_job(conn, job_id))
 
+    def get_by_key(self, owner: str | None, key: str) -> JobRecord:
+        """The job an owner queued under an idempotency key it chose (`id`): each
+        owner's keys are its own, so another's job of the same key is not found."""
+        query = select(*COLUMNS).where(
+            func.coalesce(Job.owner, "") == (owner or ""), Job.idempotency_key == key
+        )
+        row = self.db.read(lambda conn: conn.execute(query).first())
+        if row is None:
+            raise errors.JobNotFound(f"no job {key}", job_id=key)
+        return JobRecord.from_row(row)
+
     def get_many(self, job_ids: Iterable[str], *, missing_ok: bool = False) -> list[JobRecord]:
         """The jobs with these ids, in the order asked; a missing one is an error (or,
         with `missing_ok`, left out)."""
@@ -83,7 +94,12 @@ class Queries(StoreBase):
         def work(conn: Connection) -> JobPage:
             nonlocal query
             if before is not None:
-                anchor = conn.scalar(select(Job.seq).where(Job.id == before))
+                # Another owner's job is no cursor of this owner's: the same answer as
+                # an id that does not exist, so that ids cannot be probed.
+                cursor = select(Job.seq).where(Job.id == before)
+                if owner is not None:
+                    cursor = cursor.where(Job.owner == owner)
+                anchor = conn.scalar(cursor)
                 if anchor is None:
                     raise errors.JobNotFound(f"no job {before} (the page cursor)", job_id=before)
                 query = query.where(Job.seq > anchor if oldest_first else Job.seq < anchor)

@@ -72,3 +72,21 @@ def make_bare(tmp_path: Path) -> Iterator[Callable[..., Bare]]:
     for server, thread in servers:
         server.should_exit = True
         thread.join(10)
+
+
+def served_image_job(bare: Bare, image: Any = None) -> tuple[str, str]:
+    """A succeeded job with one image in the outbox, as a runner leaves it: its id and
+    the image's URL (which carries the job's image secret). `image`: a PIL image to
+    save (an 8x8 black one by default)."""
+    from PIL import Image
+
+    from alice_spool.spec import parse_spec
+
+    job = bare.store.enqueue(parse_spec({"prompt": "an image", "model": "sd/tiny"}), source="cli")
+    (taken,) = bare.store.claim_batch("t-runner", 1, lease_s=30)
+    assert taken.id == job.job.id
+    folder = bare.outbox / taken.id
+    folder.mkdir(parents=True, exist_ok=True)
+    (image or Image.new("RGB", (8, 8))).save(folder / f"{taken.id}-0.png")
+    done = bare.store.succeed(taken.id, "t-runner", {"images": [{"file": f"{taken.id}-0.png"}]})
+    return taken.id, f"{bare.url}/images/{done.image_secret}/{taken.id}-0.png"
