@@ -362,6 +362,22 @@ class DownloadsSettings:
 
 
 @dataclass(frozen=True)
+class UsersSettings:
+    """`[users]`: what a user's key (role user) may ask for; admins are not held to it."""
+
+    # The highest job priority a user's key may set (-100..100, higher runs first):
+    # above it, 400. 0 keeps users from jumping the fair-share queue.
+    max_priority: int = 0
+
+    def __post_init__(self) -> None:
+        _check(
+            0 <= self.max_priority <= spec.PRIORITY_MAX,
+            "users.max_priority",
+            f"must be 0..{spec.PRIORITY_MAX}",
+        )
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "INFO"
     format: str = "text"
@@ -396,6 +412,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     models: ModelsSettings = field(default_factory=ModelsSettings)
     downloads: DownloadsSettings = field(default_factory=DownloadsSettings)
+    users: UsersSettings = field(default_factory=UsersSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     config_file: str | None = None
 

@@ -427,6 +427,16 @@ def parse_priority(value: Any, name: str = "priority") -> int:
     return _integer(name, value, PRIORITY_MIN, PRIORITY_MAX)
 
 
+def check_priority_cap(priority: int, cap: int, name: str = "priority") -> None:
+    """A user's key may set a priority up to `cap` (`users.max_priority`), no higher."""
+    if priority > cap:
+        raise InvalidParameters(
+            f"{name} {priority} is above {cap}, the highest a user's key may set "
+            "(users.max_priority)",
+            field=name,
+        )
+
+
 def parse_size(value: Any, name: str = "size") -> tuple[int, int]:
     """`"WxH"` (as the OpenAI images API writes it) -> (width, height)."""
     text = _string(name, value, max_chars=32, required=True)
@@ -537,13 +547,16 @@ def parse_spec(
     priority = parse_priority(e[1], e[0]) if (e := given("priority")) else 0
 
     init_image, mask_image, strength = _image_fields(given)
+    steps = steps if steps is not None else defaults.default_steps
+    if strength is not None:
+        check_denoising_steps(steps, strength)
     return JobSpec(
         prompt=prompt,
         negative_prompt=negative,
         model=model,
         width=width,
         height=height,
-        steps=steps if steps is not None else defaults.default_steps,
+        steps=steps,
         guidance_scale=guidance if guidance is not None else float(defaults.default_guidance_scale),
         seed=seed,
         scheduler=scheduler,
@@ -585,6 +598,28 @@ def _image_fields(
     elif strength is None:
         strength = DEFAULT_STRENGTH
     return init_image, mask_image, strength
+
+
+def denoising_steps(steps: int, strength: float) -> int:
+    """How many of `steps` an img2img or inpainting run takes: diffusers starts
+    `int(steps * strength)` steps from the end (its pipelines' `get_timesteps`)."""
+    return min(int(steps * strength), steps)
+
+
+def check_denoising_steps(steps: int, strength: float) -> None:
+    """An img2img or inpainting request must leave at least one step to run; with
+    none, diffusers fails (every time, on every try)."""
+    if denoising_steps(steps, strength) >= 1:
+        return
+    fewest = math.ceil(1 / strength)
+    while denoising_steps(fewest, strength) < 1:  # float rounding: 49 * (1 / 49) < 1
+        fewest += 1
+    raise InvalidParameters(
+        f"strength {strength:g} with steps {steps} leaves no denoising step "
+        f"(int(steps x strength) = 0): raise steps to at least {fewest}, or strength "
+        f"so that steps x strength is at least 1",
+        field="strength",
+    )
 
 
 def parse_request(data: Any, defaults: GenerationDefaults = BUILTIN_DEFAULTS) -> Request:

@@ -16,6 +16,8 @@ from alice_spool.spec import (
     BUILTIN_DEFAULTS,
     SCHEDULERS,
     JobSpec,
+    check_priority_cap,
+    denoising_steps,
     normalise_scheduler,
     parse_request,
     parse_size,
@@ -453,3 +455,46 @@ def test_near_valid_requests_parse_within_limits_or_fail_cleanly(data: dict[str,
     assert spec.seed is None or 0 <= spec.seed < 2**32
     assert -100 <= spec.priority <= 100 and 0 <= spec.guidance_scale <= 30
     assert spec.model is None or spec.model.startswith("sd/")
+
+
+IMAGE = "sha256:" + "ab" * 32  # an init image as the door's intake leaves it
+
+
+@pytest.mark.parametrize(
+    ("steps", "strength"),
+    [(1, 0.75), (3, 0.2), (4, 0.2), (1, 0.999), (9, 0.1), (49, 1 / 49), (150, 0.006)],
+)
+def test_img2img_that_leaves_no_denoising_step_is_refused(steps: int, strength: float) -> None:
+    """diffusers runs int(steps * strength) steps of an img2img or inpainting request
+    (its get_timesteps); with none it fails on every try. 49 * (1 / 49) is 0.999...: the
+    float product decides, as it does in diffusers."""
+    assert int(steps * strength) == 0
+    for mask in ({}, {"mask_image": IMAGE}):
+        error = rejects("strength", init_image=IMAGE, steps=steps, strength=strength, **mask)
+        assert "steps" in error.message and "strength" in error.message
+
+
+@pytest.mark.parametrize(
+    ("steps", "strength"), [(2, 0.75), (5, 0.2), (10, 0.1), (1, 1.0), (150, 0.007), (50, 1 / 49)]
+)
+def test_img2img_with_one_denoising_step_or_more_is_taken(steps: int, strength: float) -> None:
+    spec = parse(init_image=IMAGE, steps=steps, strength=strength)
+    assert denoising_steps(spec.steps, float(spec.strength or 0)) >= 1
+
+
+def test_the_steps_check_uses_the_default_steps_and_strength() -> None:
+    few = replace(BUILTIN_DEFAULTS, default_steps=1)
+    with pytest.raises(InvalidParameters) as info:
+        parse_spec({"prompt": "x", "init_image": IMAGE}, few)  # 1 step at 0.75
+    assert info.value.field == "strength" and "raise steps to at least 2" in info.value.message
+    assert parse_spec({"prompt": "x", "init_image": IMAGE, "steps": 2}, few).strength == 0.75
+    assert parse_spec({"prompt": "x", "steps": 1, "strength": 0.2}).strength is None  # txt2img
+
+
+def test_a_priority_above_the_cap_names_priority() -> None:
+    check_priority_cap(0, 0)
+    check_priority_cap(-100, 0)
+    check_priority_cap(10, 10)
+    with pytest.raises(InvalidParameters) as info:
+        check_priority_cap(1, 0)
+    assert info.value.field == "priority" and "users.max_priority" in info.value.message
