@@ -38,10 +38,15 @@ def keys() -> None:
 @json_option
 @pass_app
 def keys_add(app: App, name: str, admin: bool, rate_limit: int | None, as_json: bool) -> None:
-    """Make a key and print it (this once)."""
+    """Make a key and print it (this once). A name any key has, here or in
+    [server.api_keys], is refused."""
     role = "admin" if admin else "user"
     record, secret = app.store.add_key(
-        name, role=role, rate_limit_per_minute=rate_limit, created_by="cli"
+        name,
+        role=role,
+        rate_limit_per_minute=rate_limit,
+        created_by="cli",
+        reserved=app.settings.server.api_keys,
     )
     if as_json:
         emit_json({"key": secret, "info": record.to_dict()})

@@ -124,3 +124,55 @@ def test_a_session_ends_when_idle_at_its_absolute_end_or_when_its_key_is_revoked
     closing = store.open_session("root", "admin", None, max_s=60)  # a configured key's
     assert store.close_session(closing) and not store.close_session(closing)
     assert store.session(closing, idle_s=10) is None
+
+
+def test_names_are_unique_without_case_and_configured_names_are_reserved(store: Store) -> None:
+    store.add_key("alice")
+    for taken in ("ALICE", "Alice "):
+        with pytest.raises(errors.KeyExists):
+            store.add_key(taken)
+    for reserved in ("ops", "OPS"):
+        with pytest.raises(errors.KeyExists):
+            store.add_key(reserved, reserved={"ops"})
+    _, code = store.create_invite(uses=1)
+    with pytest.raises(errors.KeyExists):
+        store.register("Ops", invite_code=code, reserved={"ops"})
+    assert store.list_invites()[0].uses_left == 1  # a taken name spends nothing
+    assert store.register("opsbot", invite_code=code, reserved={"ops"})[0].name == "opsbot"
+    for limit in (-1, 1_000_001, 10**30):
+        with pytest.raises(errors.InvalidParameters):
+            store.add_key("limited", rate_limit_per_minute=limit)
+    assert store.add_key("limited", rate_limit_per_minute=1_000_000)[0].rate_limit_per_minute
+    assert sorted(k.name for k in store.list_keys()) == ["alice", "limited", "opsbot"]
+
+
+def test_a_session_lives_only_while_the_key_it_was_opened_with_does(store: Store) -> None:
+    sha = hashlib.sha256(b"k-ops").hexdigest()
+    configured = store.open_session("ops", "admin", None, max_s=60, key_sha256=sha)
+    found = store.session(configured, idle_s=10, configured={"ops": sha})
+    assert found is not None and (found.key_id, found.key_sha256) == (None, sha)
+    assert store.session(configured, idle_s=10, configured={"ops": "0" * 64}) is None
+    assert store.session(configured, idle_s=10, configured={"ops": sha}) is None  # removed
+    moved = store.open_session("ops", "admin", None, max_s=60, key_sha256=sha)
+    assert store.session(moved, idle_s=10, configured={"cron": sha}) is None  # another name
+    unchecked = store.open_session("ops", "admin", None, max_s=60)  # no SHA-256 recorded
+    assert store.session(unchecked, idle_s=10, configured={"ops": sha}) is None
+    record, secret = store.add_key("web", rate_limit_per_minute=7)
+    own = hashlib.sha256(secret.encode()).hexdigest()
+    stored = store.open_session("web", "user", record.id, max_s=60, key_sha256=own)
+    found = store.session(stored, idle_s=10)
+    assert found is not None and found.rate_limit_per_minute == 7
+    wrong = store.open_session("web", "user", record.id, max_s=60, key_sha256="f" * 64)
+    assert store.session(wrong, idle_s=10) is None  # not the key that id has
+    store.delete_key(record.id)
+    assert store.session(stored, idle_s=10) is None
+    assert store.db.read(lambda c: c.execute(text("SELECT * FROM sessions")).all()) == []
+
+
+def test_a_lone_surrogate_matches_no_key_and_no_invite(store: Store) -> None:
+    store.add_key("alice")
+    _, code = store.create_invite(uses=1)
+    assert store.key_for_secret("sd-\ud800") is None
+    with pytest.raises(errors.InviteInvalid):
+        store.register("eve", invite_code="\ud800")
+    assert store.list_invites()[0].uses_left == 1 and code
