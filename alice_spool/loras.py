@@ -36,6 +36,7 @@ class LoraInfo:
     family: str | None
     size_bytes: int
     broken: str | None = None
+    modified: int = 0  # the file's mtime, in whole seconds (ALICE's `created`)
 
     @property
     def ok(self) -> bool:
@@ -92,14 +93,16 @@ def lora_family(header: dict[str, Any]) -> str | None:
 
 def _read(path: Path) -> LoraInfo:
     name = path.stem
-    size = path.stat().st_size
+    info = path.stat()
+    size, modified = info.st_size, int(info.st_mtime)
     try:
         family = lora_family(read_safetensors_header(path))
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        return LoraInfo(LORA_PREFIX + name, name, path, None, size, str(exc))
+        return LoraInfo(LORA_PREFIX + name, name, path, None, size, str(exc), modified)
     if family is None:
-        return LoraInfo(LORA_PREFIX + name, name, path, None, size, "no LoRA tensors in it")
-    return LoraInfo(LORA_PREFIX + name, name, path, family, size)
+        broken = "no LoRA tensors in it"
+        return LoraInfo(LORA_PREFIX + name, name, path, None, size, broken, modified)
+    return LoraInfo(LORA_PREFIX + name, name, path, family, size, None, modified)
 
 
 class LoraRegistry:

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import removal
+from ..loras import LoraInfo
 from ..registry import FAMILY_NAMES, ModelInfo
 from .context import Api, route
 
@@ -84,26 +85,27 @@ async def delete_model(request: Request, api: Api, client: str | None) -> Respon
     return JSONResponse({"id": model.id, "object": "model", "deleted": True, "failed_jobs": failed})
 
 
+def lora_views(loras: list[LoraInfo]) -> list[dict[str, Any]]:
+    """The LoRA list of `/v1/loras` and `/v1/models/loras`, by id: ALICE's fields
+    (`created`, the file's mtime; `sizeMb`; `baseModel`, the family as ALICE names
+    it) beside our own (`family`, `size_bytes`, `status`, a broken one's `reason`)."""
+    views = []
+    for lora in sorted(loras, key=lambda x: x.id):
+        view = {"object": "lora", **lora.to_dict()}
+        del view["path"]  # where the server keeps its files is not the client's business
+        view["created"] = lora.modified
+        view["sizeMb"] = round(lora.size_bytes / 1_048_576, 2)
+        view["baseModel"] = FAMILY_NAMES.get(lora.family or "", "unknown")
+        views.append(view)
+    return views
+
+
 @route()
 async def alice_list_loras(request: Request, api: Api, client: str | None) -> Response:
-    """ALICE's `GET /v1/models/loras`: `{id, name, created, sizeMb, baseModel}`."""
+    """ALICE's `GET /v1/models/loras` (as `GET /v1/loras`): `{id, name, created, sizeMb,
+    baseModel}` with our own fields beside them."""
     loras = await run_in_threadpool(api.registry.loras.scan)
-    data = []
-    for lora in sorted(loras, key=lambda x: x.id):
-        try:
-            created = int(lora.path.stat().st_mtime)
-        except OSError:
-            created = 0
-        data.append(
-            {
-                "id": lora.id,
-                "name": lora.name,
-                "created": created,
-                "sizeMb": round(lora.size_bytes / 1_048_576, 2),
-                "baseModel": FAMILY_NAMES.get(lora.family or "", "unknown"),
-            }
-        )
-    return JSONResponse({"object": "list", "data": data})
+    return JSONResponse({"object": "list", "data": lora_views(loras)})
 
 
 @route(manage=True)

@@ -21,6 +21,7 @@ from .. import errors, inputs
 from ..models import JobStatus, Source
 from ..records import JobRecord
 from ..spec import SPEC_FIELDS, JobSpec, load_json, parse_spec
+from . import catalog
 from .context import Api, bucket_of, check_priority, owner_of, route
 from .http import WAKE_AT_LEAST_S, read_bytes, require_object, wait_for_job, watching
 
@@ -421,10 +422,7 @@ async def list_loras(request: Request, api: Api, client: str | None) -> Response
     """The installed LoRAs (`<models>/loras/*.safetensors`) with the model family each
     was made for; a request names them in `loras` or as `<lora:name:scale>` tags."""
     loras = await run_in_threadpool(api.registry.loras.scan)
-    data = [{"object": "lora", **lora.to_dict()} for lora in sorted(loras, key=lambda x: x.id)]
-    for entry in data:
-        del entry["path"]  # where the server keeps its files is not the client's business
-    return JSONResponse({"object": "list", "data": data})
+    return JSONResponse({"object": "list", "data": catalog.lora_views(loras)})
 
 
 @route()
