@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from . import spec
 from .errors import ConfigError, InvalidParameters
@@ -425,18 +425,61 @@ class Settings:
         out = {s.name: dataclasses.asdict(getattr(self, s.name)) for s in _sections()}
         out["server"]["api_keys"] = {name: "***" for name in self.server.api_keys}
         out["models"] = self.models.masked()
-        out["paths"]["database_url"] = masked_url(self.paths.database_url)
-        return out
+        # Every URL, in whichever setting (the database's, the Hub's, CivitAI's, one
+        # added later), shown without the credentials it may carry.
+        return {section: _masked_urls(table) for section, table in out.items()}
+
+
+# A URL's scheme: what tells a value that may carry credentials from a path or a name.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# Query parameters that carry credentials, by any part of their name: token, api_key,
+# apikey, access_token, password, sslpassword, secret, sig, X-Amz-Signature, auth...
+# Masking a harmless one costs nothing; showing a secret one costs the secret.
+_SECRET_PARAMETER = re.compile(r"token|key|secret|pass|pwd|sig|auth|credential|session", re.I)
+
+
+def _masked_urls(value: Any) -> Any:
+    """`value` with `masked_url` applied to every string in it that is a URL."""
+    if isinstance(value, str):
+        return masked_url(value) if _URL.match(value) else value
+    if isinstance(value, list):
+        return [_masked_urls(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _masked_urls(item) for key, item in value.items()}
+    return value
 
 
 def masked_url(url: str) -> str:
-    """A database URL with its password, if any, shown as ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """A URL with each credential it carries shown as ***: the password in its user
+    info (or a user name alone, which is how a token is often passed:
+    `https://TOKEN@host`), and the value of each query (or fragment) parameter whose
+    name says it is one (`?password=`, `?token=`, `&sig=`...)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a URL no parser agrees on: nothing of it after the scheme
+        return url.partition("://")[0] + "://***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
+    masked = parts._replace(
+        netloc=netloc,
+        query=_masked_parameters(parts.query),
+        fragment=_masked_parameters(parts.fragment) if "=" in parts.fragment else parts.fragment,
+    )
+    return url if masked == parts else urlunsplit(masked)
+
+
+def _masked_parameters(query: str) -> str:
+    """`a=1&token=xyz` -> `a=1&token=***`, the rest of the text exactly as it was."""
+    pieces = []
+    for piece in re.split(r"([&;])", query):
+        name, equals, value = piece.partition("=")
+        if equals and value and _SECRET_PARAMETER.search(unquote_plus(name)):
+            piece = f"{name}=***"
+        pieces.append(piece)
+    return "".join(pieces)
 
 
 def _sections() -> list[dataclasses.Field[Any]]:

@@ -22,8 +22,8 @@ def _iso(value: Any) -> Any:
 
 @route(manage=True)
 async def config(request: Request, api: Api, client: str | None) -> Response:
-    """The configuration this server runs with, every section, keys and tokens and a
-    database password shown as ***."""
+    """The configuration this server runs with, every section, with keys, tokens and
+    every credential in a URL (a password, user info, a token parameter) shown as ***."""
     settings = api.settings
     return JSONResponse({"config_file": settings.config_file, **settings.to_dict()})
 

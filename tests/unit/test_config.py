@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from alice_spool.config import Settings, load_settings
+from alice_spool.config import Settings, load_settings, masked_url
 from alice_spool.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -265,3 +265,46 @@ def test_runner_devices_none_a_list_or_all_and_every_refusal(tmp_path: Path) -> 
         ("devices = [0, 1]", "must be a list of strings"),
     ]:
         assert why in refused(tmp_path, f"[runner]\n{text}\n"), text
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql+psycopg://spool:pa55@db.local:5432/spool",
+            "postgresql+psycopg://spool:***@db.local:5432/spool",
+        ),
+        (
+            "postgresql://spool@db.local/spool?sslmode=require&password=pa55",
+            "postgresql://***@db.local/spool?sslmode=require&password=***",
+        ),
+        ("https://user:hf_tok@hub.example/mirror", "https://user:***@hub.example/mirror"),
+        ("https://ghp_tok@hub.example", "https://***@hub.example"),
+        (
+            "https://civitai.example/api?page=2&token=t1;apiKey=t2&X-Amz-Signature=t3&sig=",
+            "https://civitai.example/api?page=2&token=***;apiKey=***&X-Amz-Signature=***&sig=",
+        ),
+        (
+            "https://h.example/cb#access_token=t4&state=1",
+            "https://h.example/cb#access_token=***&state=1",
+        ),
+        ("http://[::1/broken?token=t5", "http://***"),
+        ("sqlite:////var/lib/alice/alice.db", "sqlite:////var/lib/alice/alice.db"),
+        ("https://civitai.com", "https://civitai.com"),
+    ],
+)
+def test_every_credential_in_a_url_is_masked(url: str, shown: str) -> None:
+    assert masked_url(url) == shown
+
+
+def test_urls_are_masked_in_every_setting_and_list_when_shown(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path,
+        "[server]\ncors_origins = ['https://u:pw-1@app.example']\n"
+        "[models]\nhf_endpoint = 'https://u:pw-2@hub.example'\n"
+        "civitai_url = 'https://civitai.example?token=pw-3'\n"
+        "[paths]\ndatabase_url = 'postgresql://u@db.example/x?password=pw-4'\n",
+    )
+    shown = repr(settings.to_dict())
+    assert all(f"pw-{i}" not in shown for i in range(1, 5)), shown
+    assert "app.example" in shown and "hub.example" in shown and "db.example" in shown
