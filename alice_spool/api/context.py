@@ -52,6 +52,7 @@ class Api:
     inbox_health: Callable[[], dict[str, Any]] | None = None
     database_trouble: DatabaseTrouble = field(default_factory=lambda: DatabaseTrouble())
     streams: StreamSlots = field(default_factory=lambda: StreamSlots(8))
+    open_sockets: int = 0  # WebSockets open now (server.max_connections holds them too)
 
     @property
     def sources(self) -> SourceSettings:

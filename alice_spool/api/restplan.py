@@ -7,21 +7,22 @@ gives them, `{"detail": ...}`."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import json
+import contextlib
 import time
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from .. import errors
 from ..models import Source
 from ..records import JobRecord
-from ..spec import MODEL_PREFIX, parse_spec
-from .context import Api, identify, owner_of, route
+from ..spec import MODEL_PREFIX, load_json, parse_spec
+from .context import Api, admit, bucket_of, owner_of, route
 from .http import (
     STATUS,
     WAKE_AT_LEAST_S,
@@ -139,22 +140,130 @@ async def list_loras(request: Request, api: Api, client: str | None) -> Response
     return JSONResponse({"loras": sorted(lora.id.removeprefix("lora/") for lora in found)})
 
 
+# Close codes (RFC 6455): a policy refused, a frame of the wrong kind, text that is not
+# the JSON asked for, a message too big, try again later (a limit for now).
+POLICY, WRONG_KIND, BAD_DATA, TOO_BIG, TRY_LATER = 1008, 1003, 1007, 1009, 1013
+_REFUSED_AT_THE_DOOR = (errors.Unauthorized, errors.Forbidden, errors.CrossOriginRefused)
+
+
+class _Closing(Exception):
+    """The socket is to be closed with this code after this error message."""
+
+    def __init__(self, code: int, error: errors.SpoolError) -> None:
+        super().__init__(error.message)
+        self.code, self.error = code, error
+
+
 async def stream_txt2img(websocket: WebSocket) -> None:
     """The WebSocket: the client sends a txt2img body; the server sends `{"type":
     "progress", "step", "total"}` as the steps happen, then `{"type": "result", "image",
-    "seed"}` (or `{"type": "error", "detail", "code"}`), and closes."""
+    "seed"}` (or `{"type": "error", "detail", "code"}`), and closes. Held to the limits
+    HTTP has: a wrong key is refused at the handshake; the rate limit, the stream slots
+    (an open socket is a stream), `server.max_connections` and the first message's
+    deadline (`server.body_timeout_s`) answer an error message and close (1013, 1008);
+    a binary frame closes with 1003, text that is no JSON with 1007."""
     api: Api = websocket.app.state.api
-    address = api.client_address(websocket)
-    try:  # a wrong key counts against the address, as on every route
-        principal = await run_in_threadpool(identify, api, websocket, address)
-    except errors.SpoolError as exc:
-        await websocket.close(code=1008, reason=exc.message[:120])
+    if api.open_sockets >= api.settings.server.max_connections:
+        busy = errors.RateLimited(
+            f"{api.open_sockets} connections are open (server.max_connections); try again",
+            retry_after=5,
+        )
+        await _refuse(websocket, TRY_LATER, busy)
         return
-    websocket.state.principal = principal
-    await websocket.accept()
+    api.open_sockets += 1  # on the event loop: no other task between the check and this
     try:
-        body = json.loads(await websocket.receive_text())
+        await _serve_socket(websocket, api)
+    finally:
+        api.open_sockets -= 1
+
+
+async def _refuse(websocket: WebSocket, code: int, error: errors.SpoolError) -> None:
+    """Accept only to say why, then close."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client left first
+        if websocket.client_state is WebSocketState.CONNECTING:
+            await websocket.accept()
+        await _send_error(websocket, error)
+        await websocket.close(code=code, reason=error.code)
+
+
+async def _send_error(websocket: WebSocket, error: errors.SpoolError) -> None:
+    await websocket.send_json({"type": "error", "detail": error.message, "code": error.code})
+
+
+async def _serve_socket(websocket: WebSocket, api: Api) -> None:
+    try:  # a wrong key counts against the address, as on every route
+        principal = await admit(api, websocket)
+    except _REFUSED_AT_THE_DOOR as exc:
+        await websocket.close(code=POLICY, reason=exc.message[:120])
+        return
+    except errors.SpoolError as exc:  # the rate limit
+        await _refuse(websocket, TRY_LATER, exc)
+        return
+    holder = bucket_of(api, websocket)  # the key's id, never its name
+    try:
+        api.streams.take(holder)  # server.max_streams_per_client
+    except errors.SpoolError as exc:
+        await _refuse(websocket, TRY_LATER, exc)
+        return
+    try:
+        await websocket.accept()
         client = principal.name if principal else None
+        body = await _first_message(websocket, api)
+        # Until the job ends or the client leaves: a socket closed early gives its
+        # stream slot back at once (its job stays queued, as an HTTP request's does).
+        generating = asyncio.create_task(_generate(websocket, api, body, client))
+        leaving = asyncio.create_task(_until_closed(websocket))
+        await asyncio.wait((generating, leaving), return_when=asyncio.FIRST_COMPLETED)
+        leaving.cancel()
+        if not generating.done():
+            generating.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
+            await generating
+    except _Closing as closing:
+        await _refuse(websocket, closing.code, closing.error)
+    except WebSocketDisconnect:
+        return
+    finally:
+        api.streams.give_back(holder)
+
+
+async def _first_message(websocket: WebSocket, api: Api) -> Any:
+    """The request: one JSON text message, within `server.body_timeout_s` and
+    `server.max_body_bytes`."""
+    server = api.settings.server
+    try:
+        async with asyncio.timeout(server.body_timeout_s):  # a silent socket holds a slot
+            message = await websocket.receive()
+    except TimeoutError:
+        late = errors.RequestTimeout(
+            f"no request within {server.body_timeout_s:g} s (server.body_timeout_s)"
+        )
+        raise _Closing(POLICY, late) from None
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    text = message.get("text")
+    if text is None:
+        kind = errors.InvalidJson("send the request as a text message (JSON), not binary")
+        raise _Closing(WRONG_KIND, kind)
+    if len(text.encode()) > server.max_body_bytes:
+        large = errors.BodyTooLarge(f"the request is over {server.max_body_bytes} bytes")
+        raise _Closing(TOO_BIG, large)
+    try:
+        return load_json(text)
+    except ValueError as exc:  # not JSON, nested too deeply, a number too long
+        raise _Closing(BAD_DATA, errors.InvalidJson(str(exc))) from None
+
+
+async def _until_closed(websocket: WebSocket) -> None:
+    """Returns when the client closes the socket (anything more it sends is ignored)."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+
+
+async def _generate(websocket: WebSocket, api: Api, body: Any, client: str | None) -> None:
+    """Queue the job, send its steps as they happen, then the image (or the error)."""
+    try:
         job_id = await _queue(websocket, api, body, client, img2img=False)
         last = None
         with watching(api.store, jobs=[job_id]) as changes:
@@ -171,11 +280,5 @@ async def stream_txt2img(websocket: WebSocket) -> None:
         done = finished_or_raise(job)
         await websocket.send_json({"type": "result", **await _image(api, done)})
     except errors.SpoolError as exc:
-        await websocket.send_json({"type": "error", "detail": exc.message, "code": exc.code})
-    except (ValueError, TypeError):
-        await websocket.send_json(
-            {"type": "error", "detail": "send one JSON object", "code": "invalid_json"}
-        )
-    except WebSocketDisconnect:
-        return
+        await _send_error(websocket, exc)
     await websocket.close()
