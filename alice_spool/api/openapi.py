@@ -589,10 +589,24 @@ _MAKES = {  # 201: a key or an invite code, in this answer only
     ("POST", "/v1/auth/register"),
     ("POST", "/v1/auth/invites"),
 }
+# The routes that answer when their job is done, and the status each gives when it is
+# not done in server.request_timeout_s (GTX 1060's API says 408 for it).
 _WAITS = {
-    ("POST", "/v1/chat/completions"),
-    ("POST", "/v1/images/generations"),
-    ("POST", "/v1/images/edits"),
+    ("POST", "/v1/chat/completions"): "504",
+    ("POST", "/v1/images/generations"): "504",
+    ("POST", "/v1/images/edits"): "504",
+    ("POST", "/sdapi/v1/txt2img"): "504",
+    ("POST", "/sdapi/v1/img2img"): "504",
+    ("POST", "/v1/txt2img"): "504",
+    ("POST", "/v1/img2img"): "504",
+    ("POST", "/api/v1/generate/txt2img"): "504",
+    ("POST", "/generate"): "408",
+}
+# The routes that ask CivitAI or the Hugging Face Hub while the client waits.
+_SEARCHES = {
+    ("GET", "/v1/models/search"),
+    ("POST", "/v1/models/search/civitai"),
+    ("POST", "/v1/models/search/huggingface"),
 }
 _FORMS = ("/v1/images/edits",)  # multipart bodies
 _ERROR = {"application/json": {"schema": ERROR_SCHEMA}}
@@ -632,7 +646,9 @@ def _responses(path: str, method: str, has_body: bool, needs_key: bool) -> dict[
             }
         )
     if (method, path) in _WAITS:
-        errors["504"] = "the job did not finish in server.request_timeout_s"
+        errors[_WAITS[method, path]] = "the job did not finish in server.request_timeout_s"
+    if (method, path) in _SEARCHES:
+        errors["502"] = "CivitAI or the Hugging Face Hub could not be reached, or failed"
     for status, text in errors.items():
         answers[status] = {"description": text, "content": _ERROR}
     answers["default"] = {"description": "an error", "content": _ERROR}
