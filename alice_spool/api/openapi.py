@@ -135,6 +135,8 @@ def spec_schema(generation: Any) -> dict[str, Any]:
             "minimum": spec.PRIORITY_MIN,
             "maximum": spec.PRIORITY_MAX,
             "default": 0,
+            "description": "higher runs first; a user's key may set at most "
+            "users.max_priority (an admin's key any)",
         },
         "loras": {
             "type": "array",
@@ -278,6 +280,7 @@ def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
                     "type": "integer",
                     "minimum": spec.PRIORITY_MIN,
                     "maximum": spec.PRIORITY_MAX,
+                    "description": "a user's key may set at most users.max_priority",
                 }
             },
         },
