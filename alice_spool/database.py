@@ -27,9 +27,16 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    IntegrityError,
+    OperationalError,
+    SQLAlchemyError,
+)
 
 from . import errors
+from .config import masked_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,15 +66,20 @@ def create_db_engine(
         raise errors.DatabaseError(f"synchronous must be normal or full, got {synchronous!r}")
     try:
         parsed = make_url(url)
-    except Exception as exc:  # sqlalchemy raises ArgumentError or ValueError
-        raise errors.DatabaseError(f"invalid database URL {url!r}: {exc}") from None
+    except Exception:  # sqlalchemy raises ArgumentError or ValueError
+        # The text as given may carry a password: neither it nor the parser's words
+        # (which quote it) are repeated.
+        raise errors.DatabaseError(
+            f"invalid database URL {masked_url(url)!r}: it is not of the form "
+            "dialect+driver://user:password@host/database"
+        ) from None
     if parsed.get_backend_name() != "sqlite":
         try:
             return create_engine(parsed, pool_pre_ping=True)
         except (ArgumentError, ImportError) as exc:  # unknown dialect, driver not installed
             hint = " (for PostgreSQL: pip install 'alice-spool[postgres]')"
             raise errors.DatabaseError(
-                f"cannot use the database URL {parsed.render_as_string()}: {exc}"
+                f"cannot use the database URL {masked_url(parsed.render_as_string())}: {exc}"
                 + (hint if parsed.get_backend_name() == "postgresql" else "")
             ) from None
     if not parsed.database or parsed.database == ":memory:":

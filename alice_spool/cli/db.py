@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .. import migrate
+from ..config import masked_url
 from .app import EXIT_JOBS_FAILED, App, SpoolGroup, cli, emit_json, json_option, pass_app
 
 
@@ -24,12 +25,13 @@ def db_upgrade(app: App, revision: str, as_json: bool) -> None:
     """Apply the schema migrations (creates the database if it does not exist)."""
     before = migrate.schema_state(app.database)
     after = migrate.upgrade(app.database, revision)
+    where = masked_url(app.database.url)
     if as_json:
-        emit_json({"database": app.database.url, "from": before.current, **after.to_dict()})
+        emit_json({"database": where, "from": before.current, **after.to_dict()})
     elif before.current == after.current:
-        click.echo(f"{app.database.url}: already at revision {after.current}")
+        click.echo(f"{where}: already at revision {after.current}")
     else:
-        click.echo(f"{app.database.url}: {before.current or 'empty'} -> {after.current}")
+        click.echo(f"{where}: {before.current or 'empty'} -> {after.current}")
 
 
 @db.command("current")
@@ -39,10 +41,10 @@ def db_current(app: App, as_json: bool) -> None:
     """Show the database's schema revision and the one this version expects."""
     state = migrate.schema_state(app.database)
     if as_json:
-        emit_json({"database": app.database.url, **state.to_dict()})
+        emit_json({"database": masked_url(app.database.url), **state.to_dict()})
         return
     where = "up to date" if state.up_to_date else f"expected {state.head}"
-    click.echo(f"{app.database.url}: revision {state.current or 'none'} ({where})")
+    click.echo(f"{masked_url(app.database.url)}: revision {state.current or 'none'} ({where})")
 
 
 @db.command("check")
@@ -89,7 +91,7 @@ def db_backup(app: App, target: str, as_json: bool) -> None:
     if as_json:
         emit_json({"backup": target, "bytes": size})
     else:
-        click.echo(f"{app.database.url} -> {target} ({size} bytes)")
+        click.echo(f"{masked_url(app.database.url)} -> {target} ({size} bytes)")
 
 
 @db.command("checkpoint")

@@ -125,8 +125,14 @@ def test_get_default_and_not_found(tmp_path: Path, tiny_source: Path) -> None:
     fake_folder(
         tmp_path / "models" / "real", "StableDiffusionPipeline", {"cross_attention_dim": 768}
     )
-    assert registry.default().id == "sd/real"  # a real model before the smoke-test one
+    # The first default worked out is pinned: a model that arrives later (a download)
+    # does not move it, even a real one; an admin's choice does.
+    assert registry.default().id == "sd/tiny"
+    registry.set_default("sd/real")
+    assert registry.default().id == "sd/real"
     assert registry.default("tiny").id == "sd/tiny"
+    registry.default_file.unlink()  # no choice made: a real model before the smoke-test one
+    assert ModelRegistry(tmp_path / "models").default().id == "sd/real"
     assert registry.get("sd/real").family == "sd1"
     with pytest.raises(
         ModelNotFound, match=r"sd/nope is not installed \(installed: sd/real, sd/tiny\)"

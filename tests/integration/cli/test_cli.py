@@ -337,7 +337,7 @@ def test_stats_and_purge(run, store: Store) -> None:
 
 def test_db_commands(run, data_dir: Path) -> None:
     head = migrate.head_revision()  # the newest revision on disk (0012: client options)
-    assert head == "0014"
+    assert head == "0015"
     assert f"empty -> {head}" in ok(run("db", "upgrade"))
     assert f"already at revision {head}" in ok(run("db", "upgrade"))
     assert json.loads(ok(run("db", "current", "--json")))["up_to_date"] is True
@@ -365,6 +365,20 @@ def test_db_commands(run, data_dir: Path) -> None:
 def test_bad_database_urls_are_one_clear_line(run, url: str, fragment: str) -> None:
     stderr = fails(run("--database-url", url, "ls"), 3, fragment, "[database_error]")
     assert len(stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:hunter2-pw@h:notaport/db",
+        "postgresql+nosuchdriver://u:hunter2-pw@h/db?password=hunter2-pw",
+        "postgresql+nosuchdriver://u@h/db?password=hunter2-pw&sslmode=require",
+    ],
+)
+def test_a_bad_database_url_never_repeats_its_password(run, url: str) -> None:
+    result = run("--database-url", url, "db", "current", "--json")
+    assert result.exit_code == 3 and "database URL" in result.stderr
+    assert "hunter2-pw" not in result.stdout + result.stderr
 
 
 def test_a_file_that_is_not_a_database(run, tmp_path: Path) -> None:
