@@ -127,8 +127,9 @@ async def set_priority(request: Request, api: Api, client: str | None) -> Respon
     if "priority" not in body:
         raise errors.InvalidParameters("priority is required", field="priority")
     priority = parse_priority(body["priority"])
-    check_priority(request, priority)
+    # Another's job first: its id gets the 404 of an unknown one, whatever the body asks.
     job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
+    check_priority(request, priority)
     job = await run_in_threadpool(lambda: api.store.set_priority(job.id, priority))
     return JSONResponse(api.job_view(request, job))
 
