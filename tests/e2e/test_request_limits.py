@@ -140,7 +140,9 @@ def test_the_cap_is_configured(make_bare: Callable[..., Bare]) -> None:
     assert _job(capped, headers, 10).status_code == 202  # the cap itself
     refused = _job(capped, headers, 11)
     assert refused.status_code == 400 and "above 10" in refused.json()["error"]["message"]
-    assert post(capped, "/v1/jobs/x/priority", headers, json={"priority": 11}).status_code == 400
+    job = _job(capped, headers, 0).json()["id"]
+    refused = post(capped, f"/v1/jobs/{job}/priority", headers, json={"priority": 11})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "priority"
 
 
 # -- img2img with no denoising step -------------------------------------------------------
