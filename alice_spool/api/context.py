@@ -27,7 +27,16 @@ from ..records import BatchEnqueued, DownloadRecord, Enqueued, JobRecord, NewJob
 from ..registry import ModelRegistry
 from ..spec import JobSpec, check_priority_cap
 from ..store import Store, new_id
-from .http import Keys, Principal, RateLimiter, StreamSlots, read_json, spool_error_response
+from . import fetching
+from .http import (
+    SESSION_COOKIE,
+    Keys,
+    Principal,
+    RateLimiter,
+    StreamSlots,
+    read_json,
+    spool_error_response,
+)
 
 log = logging.getLogger(__name__)
 
@@ -336,6 +345,11 @@ async def sees_everything(api: Api, request: Request) -> bool:
     (an open route still answers), and a wrong key still counts as a guess."""
     if not await run_in_threadpool(lambda: api.keys.required):
         return True
+    headers = request.headers
+    if not (
+        "authorization" in headers or "x-api-key" in headers or SESSION_COOKIE in request.cookies
+    ):
+        return False  # nothing to check: not a failed guess (a health checker polls)
     try:
         principal = await run_in_threadpool(identify, api, request, api.client_address(request))
     except (errors.Unauthorized, errors.RateLimited):

@@ -79,6 +79,10 @@ def test_health_names_no_job_without_an_admins_key(make_bare: Callable[..., Bare
         assert "secret plan" not in answer.text and "alice" not in answer.text, who
         (runner,) = answer.json()["runners"]
         assert (runner["job_id"], runner["owner"], runner["step"]) == (None, None, 3), who
+    # A health checker polling without a key makes no failed guesses: nothing is refused.
+    for _ in range(40):
+        assert httpx.get(bare.url + "/health").status_code == 200
+    assert httpx.get(bare.url + "/v1/jobs", headers=keys["alice"]).status_code == 200
     admin = httpx.get(bare.url + "/health", headers=keys["admin"]).json()
     assert admin["runners"][0]["job_id"] == job_id
     assert admin["runners"][0]["owner"] == "host/123/lease-token-abc"
