@@ -8,6 +8,13 @@ A repeat after that is a *cold* stop: exit at once.
 
 The signal handlers only record the signal and wake a watcher thread (a byte down a
 pipe, no locks taken); the watcher decides and acts, outside the handler.
+
+A stop can come at any moment after exec (systemd stopping a service that is still
+starting, serve stopping a runner it just restarted), while the command still imports
+its libraries (about a second). So the command line `hold`s the signals first thing,
+before any slow import: they are recorded, and `StopSignals.install` acts on them as if
+they had just come; a command that does not stop on signals of its own `release`s
+them (the default handling back, and what was held delivered now).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -53,6 +60,57 @@ def classify(first_at: float | None, now: float, window_s: float = REPEAT_WINDOW
     return Stop.REPEAT if now - first_at < window_s else Stop.COLD
 
 
+# -- before the command has its handlers ---------------------------------------------
+
+_held: deque[tuple[int, float]] | None = None  # signals received while held, with times
+
+
+def hold(signals: Iterable[int] = HANDLED) -> None:
+    """Record SIGTERM and SIGINT from now on (main thread, first thing); a parent that
+    blocked them across exec (see `blocked`) lets them in here, as they are recorded."""
+    global _held
+    _held = deque()
+    signums = list(signals)
+    for signum in signums:
+        signal.signal(signum, _hold_one)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, signums)
+
+
+def _hold_one(signum: int, _frame: FrameType | None = None) -> None:
+    held = _held
+    if held is not None:
+        held.append((signum, time.monotonic()))
+
+
+def _take_held() -> list[tuple[int, float]]:
+    global _held
+    held, _held = _held, None
+    return list(held or ())
+
+
+def release() -> None:
+    """For a command that does not stop on signals by itself: SIGTERM and SIGINT do what
+    they do by default again, and one received while held is delivered now."""
+    if _held is None:
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum, _at in _take_held():
+        signal.raise_signal(signum)
+
+
+@contextlib.contextmanager
+def blocked(signals: Iterable[int] = HANDLED) -> Iterator[None]:
+    """SIGTERM and SIGINT blocked in this thread meanwhile: a child started here inherits
+    the block across exec, and its `hold` lets them in, so a stop sent to it at once is
+    not lost to its interpreter's start-up (before any code of ours could catch it)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
@@ -83,9 +141,13 @@ class StopSignals:
         self._watcher = threading.Thread(target=self._watch, name="stop-signals", daemon=True)
 
     def install(self, signals: Iterable[int] = HANDLED) -> None:
-        """Install the handlers (main thread only) and start the watcher."""
+        """Install the handlers (main thread only) and start the watcher. Signals held
+        since the process started (`hold`) are acted on now, in the caller: a stop asked
+        while starting up has been acted on when this returns."""
         for signum in signals:
             signal.signal(signum, self.record)
+        for signum, at in _take_held():  # before the watcher runs: in the order they came
+            self.handle(signum, at)
         if not self._watcher.is_alive():
             self._watcher.start()
 

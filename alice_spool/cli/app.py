@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from .. import __version__, logs, migrate
+from .. import __version__, logs, migrate, stopping
 from ..config import Settings, load_settings
 from ..database import Database
 from ..errors import JobTimeout, SpoolError
@@ -27,6 +27,10 @@ EXIT_JOBS_FAILED = 1  # `wait` / `submit --wait`: a job failed or was cancelled
 EXIT_USAGE = 2  # click's own code for bad options
 EXIT_ERROR = 3  # a SpoolError: invalid input, no such job, database trouble
 EXIT_TIMEOUT = 4  # `wait --timeout` ran out
+
+# The commands that stop on SIGTERM/SIGINT by themselves (stopping.StopSignals): they act
+# on a signal held while the command line started; any other gets the default back.
+STOPS_ON_SIGNALS = frozenset({"serve", "api", "runner", "watch", "downloader"})
 
 
 class CommandError(click.ClickException):
@@ -164,6 +168,8 @@ def cli(
     the options below, the later winning. Exit status: 0 ok, 1 a job failed or was
     cancelled (wait), 2 bad usage, 3 error, 4 timed out waiting.
     """
+    if ctx.invoked_subcommand not in STOPS_ON_SIGNALS:
+        stopping.release()
     overrides: dict[str, Any] = {}
     for assignment in assignments:
         key, sep, value = assignment.partition("=")

@@ -304,8 +304,13 @@ def downloader(app: App, concurrency: int | None) -> None:
     """Run the download workers alone (for a host without a server; `serve` and `api`
     run them too), until stopped (SIGTERM or Ctrl-C: the downloads in progress go
     back to the queue, their bytes kept)."""
-    from ..downloads.worker import WorkerPool
     from ..stopping import StopSignals, exit_now
+
+    stopped = threading.Event()
+    StopSignals(lambda _name: stopped.set(), exit_now).install()
+    if stopped.is_set():  # stopped while the command started: nothing was taken yet
+        return
+    from ..downloads.worker import WorkerPool
 
     settings = app.settings
     pool = WorkerPool(
@@ -315,9 +320,8 @@ def downloader(app: App, concurrency: int | None) -> None:
         host=socket.gethostname(),
         count=concurrency or settings.downloads.concurrency,
     )
-    stopped = threading.Event()
-    signals = StopSignals(lambda name: stopped.set(), exit_now)
-    signals.install()
+    if stopped.is_set():
+        return
     pool.start()
     note(f"download workers running ({len(pool.workers)}); Ctrl-C to stop")
     stopped.wait()

@@ -6,6 +6,7 @@ import threading
 
 import click
 
+from .. import stopping
 from ..stopping import StopSignals, exit_now
 from .app import App, cli, emit_json, json_option, pass_app
 
@@ -25,14 +26,19 @@ def watch(app: App, polling: bool | None, once: bool, as_json: bool) -> None:
     `*.json`: one request; `*.jsonl`: a batch, one request per line, all or nothing.
     Taken files move to inbox/accepted/, bad ones to inbox/rejected/ with NAME.error.json.
     """
+    stop = threading.Event()
+    if once:
+        stopping.release()  # a short run: signals do what they do by default
+    else:
+        StopSignals(lambda _name: stop.set(), exit_now).install()
+        if stop.is_set():  # stopped while the command started: nothing was taken
+            return
     from ..inbox import Inbox
 
     inbox = Inbox.from_settings(app.settings, app.store, polling=polling, faults=app.faults)
     if once:
         inbox.run_once()
     else:
-        stop = threading.Event()
-        StopSignals(lambda _name: stop.set(), exit_now).install()
         inbox.start()
         try:
             stop.wait()

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from .. import stopping
+from ..stopping import StopSignals, exit_now
 from .app import App, cli, pass_app
+
+if TYPE_CHECKING:
+    from ..runner import Runner
+
+log = logging.getLogger("alice_spool.runner")
 
 
 @cli.command()
@@ -35,9 +45,24 @@ def runner(
     """Run queued jobs on the GPU until stopped (SIGTERM or Ctrl-C: finish up and release
     the jobs held; a second one: exit at once)."""
     if count_devices:  # for serve's runner.devices = "all" (serve never imports torch)
+        stopping.release()  # a short run: signals do what they do by default
         from ..engine.device import cuda_devices
 
         click.echo(cuda_devices())
+        return
+    # The handlers first, before torch's imports and the model's loading (seconds): a
+    # stop asked meanwhile is acted on as soon as there is a runner to stop.
+    stop = threading.Event()
+    worker: Runner | None = None
+
+    def warm_stop(signal_name: str) -> None:
+        log.info("%s: finishing up; send it again after a second to exit at once", signal_name)
+        stop.set()
+        if worker is not None:
+            worker.request_stop()
+
+    StopSignals(warm_stop, exit_now).install()
+    if stop.is_set():  # stopped while the command started: nothing was claimed
         return
     from ..engine.device import choose
     from ..engine.generate import quiet_libraries
@@ -82,8 +107,8 @@ def runner(
         lock_dir=Path(settings.paths.data_dir),
         faults=app.faults,
     )
-    worker.install_signal_handlers()
     try:
-        worker.run()
+        if not stop.is_set():  # else stopped while the model loaded: nothing was claimed
+            worker.run()
     finally:
         engine.unload()

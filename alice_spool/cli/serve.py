@@ -14,16 +14,19 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .. import migrate
 from ..errors import SpoolError
 from ..service import sd_notify, watchdog_interval_s
-from ..stopping import StopSignals, exit_now
+from ..stopping import StopSignals, blocked, exit_now
 from ..store import Store
 from .app import App, cli, pass_app
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger("alice_spool.serve")
 
@@ -110,9 +113,10 @@ class Supervisor:
                 if self._stopping.is_set():
                     return
                 started = self.started_at = time.monotonic()
-                self.process = subprocess.Popen(
-                    [*self.argv, "--parent-pid", str(os.getpid())], start_new_session=True
-                )
+                with blocked():  # until the child holds them: a stop at once is not lost
+                    self.process = subprocess.Popen(
+                        [*self.argv, "--parent-pid", str(os.getpid())], start_new_session=True
+                    )
             log.info("%s started (pid %d)", self.label, self.process.pid)
             code = self.process.wait()
             if self._stopping.is_set():
@@ -192,13 +196,6 @@ def _ensure_a_model(app: App) -> None:
 
 
 def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> None:
-    import uvicorn
-
-    from ..api import create_app
-    from ..api.deadline import http_protocol
-    from ..inbox import Inbox
-
-    settings = app.settings
     stopping = threading.Event()
     server: uvicorn.Server | None = None
     supervisors: list[Supervisor] = []
@@ -218,7 +215,15 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
 
     signals = StopSignals(warm_stop, cold_stop)
     signals.install()  # from the start: a stop while starting up is a stop too
+    if stopping.is_set():  # one came while the command started: nothing runs yet
+        return
+    import uvicorn
 
+    from ..api import create_app
+    from ..api.deadline import http_protocol
+    from ..inbox import Inbox
+
+    settings = app.settings
     # The daemon brings its database up to date itself (all or nothing, idempotent).
     before = migrate.schema_state(app.database).current
     after = migrate.upgrade(app.database).current

@@ -329,16 +329,24 @@ def test_two_downloader_processes_never_take_one_download(tmp_path: Path) -> Non
             for i, path in enumerate(bodies)
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("ALICE_")}
-        workers = [
-            subprocess.Popen(
-                [*base, "downloader", "--concurrency", "2"],
-                cwd=tmp_path,
-                env=env,
-                stderr=subprocess.DEVNULL,
-            )
-            for _ in range(2)
-        ]
+        logs = [tmp_path / f"downloader-{i}.log" for i in range(2)]
+        workers = []
+        for log in logs:
+            with log.open("wb") as stderr:
+                workers.append(
+                    subprocess.Popen(
+                        [*base, "downloader", "--concurrency", "2"],
+                        cwd=tmp_path,
+                        env=env,
+                        stderr=stderr,
+                    )
+                )
         try:
+            # each says it is ready (its workers are running) before it is stopped
+            wait_until(
+                lambda: all(b"download workers running" in log.read_bytes() for log in logs),
+                timeout=90,
+            )
             wait_until(
                 lambda: all(store.get_download(d.id).status.finished for d in made), timeout=90
             )
@@ -352,6 +360,6 @@ def test_two_downloader_processes_never_take_one_download(tmp_path: Path) -> Non
         assert len(owners) == 6
         fetched = [path for path, _ in remote.requests]
         assert sorted(fetched) == sorted(bodies)  # each file asked for exactly once
-        assert codes == [0, 0]
+        assert codes == [0, 0], [log.read_text(errors="replace")[-2000:] for log in logs]
     for i, body in enumerate(bodies.values()):
         assert (tmp_path / "var" / "models" / f"m{i}.safetensors").read_bytes() == body

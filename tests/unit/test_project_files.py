@@ -79,7 +79,7 @@ def test_every_dependency_is_pinned_for_ci() -> None:
 
 def test_console_script_and_module_entry_point() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert project["scripts"] == {"alice-spool": "alice_spool.cli:main"}
+    assert project["scripts"] == {"alice-spool": "alice_spool.__main__:main"}
     assert (REPO / "alice_spool" / "__main__.py").exists()
 
 
