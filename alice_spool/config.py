@@ -324,8 +324,17 @@ class ModelsSettings:
     # CivitAI's public REST API and a token (needed for most downloads; header only).
     civitai_url: str = "https://civitai.com"
     civitai_token: str = ""
+    # A whole fetch of an image URL (input_image_urls), redirects and a body that
+    # trickles in included, must be over within this; and how many of them one client
+    # (API key, else address) may have going at once (more: 429).
+    fetch_timeout_s: float = 60.0
+    max_fetches_per_client: int = 4
 
     def __post_init__(self) -> None:
+        _check(self.fetch_timeout_s > 0, "models.fetch_timeout_s", "must be positive")
+        _check(
+            self.max_fetches_per_client >= 1, "models.max_fetches_per_client", "must be >= 1"
+        )
         for key in ("hf_endpoint", "civitai_url"):
             value = getattr(self, key)
             object.__setattr__(self, key, value.rstrip("/"))

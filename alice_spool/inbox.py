@@ -201,6 +201,7 @@ class Inbox:
             "fetch": urls.fetcher(
                 allow_private=settings.models.allow_private_urls,
                 max_bytes=settings.server.max_image_body_bytes,
+                timeout_s=settings.models.fetch_timeout_s,
             ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from .. import __version__, errors, inputs, urls
+from .. import __version__, errors, inputs
 from ..config import Settings
 from ..downloads.sources import SourceSettings
 from ..models import JobStatus, Source
@@ -61,6 +61,7 @@ class Api:
     inbox_health: Callable[[], dict[str, Any]] | None = None
     database_trouble: DatabaseTrouble = field(default_factory=lambda: DatabaseTrouble())
     streams: StreamSlots = field(default_factory=lambda: StreamSlots(8))
+    fetches: fetching.FetchSlots = field(default_factory=lambda: fetching.FetchSlots())
     open_sockets: int = 0  # WebSockets open now (server.max_connections holds them too)
 
     @property
@@ -70,10 +71,15 @@ class Api:
 
     @property
     def fetch(self) -> inputs.Fetch:
-        """ALICE's input_image_urls, fetched under the address rules (urls.py)."""
-        return urls.fetcher(
-            allow_private=self.settings.models.allow_private_urls,
+        """ALICE's input_image_urls, fetched under the address rules (urls.py), within
+        the asking client's fetch slots and `models.fetch_timeout_s` (fetching.py)."""
+        models = self.settings.models
+        return fetching.fetcher(
+            self.fetches,
+            limit=models.max_fetches_per_client,
+            allow_private=models.allow_private_urls,
             max_bytes=self.settings.server.max_image_body_bytes,
+            timeout_s=models.fetch_timeout_s,
         )
 
     async def read_body(self, request: Request, *, images: bool = False) -> Any:
@@ -323,6 +329,7 @@ async def admit(
     address = api.client_address(connection)
     principal = await run_in_threadpool(identify, api, connection, address)
     connection.state.principal = principal
+    fetching.fetching_for.set(principal.bucket if principal else address)
     limit = principal.rate_limit_per_minute if principal else None
     api.limiter.check(principal.bucket if principal else address, per_minute=limit)
     if manage and principal is not None and not principal.admin:

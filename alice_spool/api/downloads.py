@@ -237,12 +237,18 @@ async def thumbnail(request: Request, api: Api, client: str | None) -> Response:
     thumbnails under its own strict policy, and a browser never contacts CivitAI."""
     url = request.query_params.get("url", "")
     base = urlsplit(api.settings.models.civitai_url).hostname or ""
-    host = (urlsplit(url).hostname or "").lower() if url else ""
+    try:
+        host = (urlsplit(url).hostname or "").lower() if url else ""
+    except ValueError:  # "http://[::1": not a URL at all
+        raise errors.InvalidParameters("url is not a valid URL", field="url") from None
     if host not in (base, *THUMBNAIL_HOSTS):
         raise errors.ForbiddenUrl("only CivitAI's preview images are fetched", field="url")
-    rules = urls.UrlRules(allow_private=False, trusted_hosts=frozenset({base}))
+    rules = urls.UrlRules.trusting(api.settings.models.civitai_url)  # its origin only
+    timeout_s = api.settings.models.fetch_timeout_s
     body = await run_in_threadpool(
-        lambda: urls.fetch(url, rules, max_bytes=MAX_THUMBNAIL_BYTES, field="url")
+        lambda: urls.fetch(
+            url, rules, max_bytes=MAX_THUMBNAIL_BYTES, field="url", timeout_s=timeout_s
+        )
     )
     kind = next((t for magic, t in _IMAGE_TYPES.items() if body.startswith(magic)), None)
     if kind is None:

@@ -55,6 +55,11 @@ def access(settings: SourceSettings, trusted: urls.UrlRules) -> Access:
     return Access(trusted, headers, _token_hint(settings))
 
 
+def endpoint(settings: SourceSettings) -> str:
+    """The Hub the settings name: `models.hf_endpoint`, else the library's default."""
+    return settings.hf_endpoint or constants.ENDPOINT
+
+
 def _token_hint(settings: SourceSettings) -> str:
     if settings.hf_token:
         return f"the token in {TOKEN_SETTING} has no access (accept the model's terms on the Hub)"

@@ -43,18 +43,22 @@ class SourceSettings:
         )
 
     def access(self, source: str) -> Access:
-        """How to fetch a file of `source`. The configured Hub and CivitAI (and the
-        storage hosts they redirect to) are trusted; a URL's every hop is checked."""
+        """How to fetch a file of `source`. Every hop is checked by the address rules
+        but those on the configured Hub's or CivitAI's own origin (scheme, host and
+        port): the storage hosts they redirect to are checked as any URL is."""
         if source == "url":
             return Access(urls.UrlRules(allow_private=self.allow_private_urls))
-        trusted = urls.UrlRules(allow_private=True)
         if source == "huggingface":
-            from .huggingface import access
+            from .huggingface import access, endpoint
 
+            trusted = urls.UrlRules.trusting(endpoint(self), allow_private=self.allow_private_urls)
             return access(self, trusted)
         if source == "civitai":
             from .civitai import access
 
+            trusted = urls.UrlRules.trusting(
+                self.civitai_url, allow_private=self.allow_private_urls
+            )
             return access(self, trusted)
         raise DownloadFailed(f"unknown source {source!r}")
 

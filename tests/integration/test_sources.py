@@ -425,6 +425,9 @@ def civitai_service(lora_bytes: bytes, checkpoint: bytes) -> Iterator[Civitai]:
 
 
 def cv(service: Civitai, *, token: bool = True, **fields: Any) -> SourceSettings:
+    """Settings for the stand-in, whose storage host is another port on loopback: a
+    private address, reached only where `models.allow_private_urls` allows it."""
+    fields = {"allow_private_urls": True, **fields}
     return SourceSettings(
         civitai_url=service.url, civitai_token=service.token if token else "", **fields
     )
@@ -542,3 +545,20 @@ def test_a_civitai_file_by_its_id_and_a_version_by_its_id_name_the_same_file(
         assert (models / "loras" / f"{name}.safetensors").read_bytes() == lora_bytes
     asked = [path for _, path, _ in civitai_service.files.requests if "/download/" in path]
     assert asked == ["/api/download/models/10", "/api/download/models/10"]
+
+
+def test_civitais_redirect_to_a_private_storage_host_is_refused_and_never_followed(
+    store: Store, civitai_service: Civitai, models: Path
+) -> None:
+    """Only the configured CivitAI is trusted (here on loopback); its storage host is
+    another port on loopback, which the address rules refuse without
+    `models.allow_private_urls`: the download fails at that hop, never asking it."""
+    store.queue_download("civitai", {"model_id": 1})
+    done = run(store, models, cv(civitai_service, allow_private_urls=False))
+    assert (done.status, done.error_code) == (DownloadStatus.FAILED, "forbidden_url")
+    assert civitai_service.storage is not None
+    assert f"127.0.0.1:{civitai_service.storage.port}/files/11/" in (done.error_message or "")
+    assert "sig=" not in (done.error_message or "")  # the signed URL's query is not shown
+    assert civitai_service.storage.files.requests == []
+    assert [p for _, p, _ in civitai_service.files.requests if "/download/" in p]
+    assert installed(models) == [] and leftovers(models) == []
