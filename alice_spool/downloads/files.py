@@ -14,7 +14,7 @@ from pathlib import Path
 from ..durable import fsync_path
 from ..errors import DownloadFailed, InsufficientStorage, ModelExists, UnsafeFormat
 from ..loras import LORAS_DIR
-from ..safetensors_file import read_safetensors_header
+from ..safetensors_file import check_safetensors_data, read_safetensors_header
 
 STAGING_DIR = ".downloads"
 HEADROOM_BYTES = 1 << 30  # kept free beyond the bytes still to come
@@ -69,13 +69,21 @@ def check_first_bytes(head: bytes, content_type: str, token_hint: str | None) ->
 
 
 def check_weights(path: Path, *, allow_pickle: bool) -> str:
-    """The file's format, `safetensors` (its header read whole) or `pickle` (allowed
-    only with `models.allow_pickle`); anything else is refused."""
+    """The file's format, `safetensors` (its header read whole, and the data it declares
+    all there: a truncated file is `download_failed`) or `pickle` (allowed only with
+    `models.allow_pickle`); anything else is refused."""
     try:
         read_safetensors_header(path)
-        return "safetensors"
     except (OSError, ValueError, UnicodeDecodeError):
         pass
+    else:
+        try:
+            check_safetensors_data(path)
+        except ValueError as exc:
+            raise DownloadFailed(
+                f"{path.name} is a truncated or damaged safetensors file: {exc}"
+            ) from None
+        return "safetensors"
     with path.open("rb") as handle:
         head = handle.read(4)
     pickled = head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or head == (

@@ -6,7 +6,9 @@ every bad file refused with its code, leaving nothing in the models directory.""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from alice_spool.downloads.sources import SourceSettings
 from alice_spool.downloads.transfer import fetch_to_file
 from alice_spool.downloads.worker import PART, DownloadWorker, WorkerOptions, staged
 from alice_spool.engine.tiny import create_tiny_lora
+from alice_spool.errors import DownloadFailed
 from alice_spool.loras import LoraRegistry
 from alice_spool.models import DownloadStatus
 from alice_spool.store import Store
@@ -306,3 +309,74 @@ def test_a_torn_verified_mark_means_the_file_is_fetched_again(
     done = worker(store, models).run_once()
     assert done is not None and done.status is DownloadStatus.SUCCEEDED, done.error_message
     assert (models / "base.safetensors").read_bytes() == checkpoint_bytes
+
+
+def safetensors(tensors: dict[str, dict[str, object]], data: bytes) -> bytes:
+    header = json.dumps(tensors).encode()
+    return struct.pack("<Q", len(header)) + header + data
+
+
+def test_a_truncated_safetensors_file_is_refused_and_installs_nothing(
+    store: Store, remote: Remote, models: Path
+) -> None:
+    """110 bytes whose header declares 90 MiB of tensor data: a valid header, so only
+    comparing the declared data with the file's own finds it."""
+    head = safetensors(
+        {"w": {"dtype": "F32", "shape": [23592960], "data_offsets": [0, 90 << 20]}}, b""
+    )
+    remote.files["/cut.safetensors"] = head + b"\0" * (110 - len(head))
+    assert len(remote.files["/cut.safetensors"]) == 110
+    queue(store, remote, "/cut.safetensors", kind="checkpoint")
+    failed = worker(store, models).run_once()
+    assert (failed.status, failed.error_code) == (DownloadStatus.FAILED, "download_failed")
+    assert "declares 94371840 bytes of tensor data" in failed.error_message
+    installed = [p for p in models.rglob("*") if p.is_file()] if models.exists() else []
+    assert installed == [] and leftovers(models) == []
+
+
+F32_2x2 = {"dtype": "F32", "shape": [2, 2]}  # 16 bytes
+
+
+@pytest.mark.parametrize(
+    ("tensors", "data", "words"),
+    [
+        ({"a": {**F32_2x2, "data_offsets": [0, 16]}}, b"\0" * 8, "declares 16 bytes"),
+        ({"a": {**F32_2x2, "data_offsets": [0, 16]}}, b"\0" * 20, "declares 16 bytes"),
+        ({"a": {**F32_2x2, "data_offsets": [-16, 0]}}, b"\0" * 16, "no valid data_offsets"),
+        ({"a": {**F32_2x2, "data_offsets": [16, 0]}}, b"\0" * 16, "no valid data_offsets"),
+        ({"a": {**F32_2x2, "data_offsets": [0, 12]}}, b"\0" * 12, "needs 16 bytes"),
+        (
+            {"a": {**F32_2x2, "shape": [-2, 2], "data_offsets": [0, 16]}},
+            b"\0" * 16,
+            "no valid shape",
+        ),
+        (
+            {"a": {**F32_2x2, "data_offsets": [0, 16]}, "b": {**F32_2x2, "data_offsets": [8, 24]}},
+            b"\0" * 24,
+            "overlaps",
+        ),
+        (
+            {"a": {**F32_2x2, "data_offsets": [0, 16]}, "b": {**F32_2x2, "data_offsets": [20, 36]}},
+            b"\0" * 36,
+            "gap",
+        ),
+        ({"a": {**F32_2x2, "data_offsets": [0, 16]}, "b": [1]}, b"\0" * 16, "not described"),
+    ],
+    ids=["short", "data-beyond", "negative", "reversed", "too-few", "bad-shape", "overlap", "gap",
+         "not-an-object"],
+)  # fmt: skip
+def test_safetensors_data_that_does_not_match_its_header_is_refused(
+    tmp_path: Path, tensors: dict[str, dict[str, object]], data: bytes, words: str
+) -> None:
+    path = tmp_path / "file.part"
+    path.write_bytes(safetensors(tensors, data))
+    with pytest.raises(DownloadFailed, match=words):
+        files.check_weights(path, allow_pickle=False)
+    good = {
+        "__metadata__": {"format": "pt"},
+        "a": {**F32_2x2, "data_offsets": [16, 32]},
+        "b": {"dtype": "BF16", "shape": [0], "data_offsets": [32, 32]},
+        "c": {"dtype": "U8", "shape": [16], "data_offsets": [0, 16]},
+    }
+    path.write_bytes(safetensors(good, b"\1" * 32))
+    assert files.check_weights(path, allow_pickle=False) == "safetensors"
