@@ -38,12 +38,26 @@ STOP_GRACE_S = 30.0  # how long the runner may take to release its jobs on shutd
 
 def _child_argv(app: App, *command: str) -> list[str]:
     """This same configuration, for a child `alice-spool` process."""
-    argv = [sys.executable, "-m", "alice_spool", *app.faults.arguments()]
+    argv = [*_this_package(), *app.faults.arguments()]
     if app.config_file:
         argv += ["--config", app.config_file]
     for key, value in app.overrides.items():
         argv += ["--set", f"{key}={value}"]
     return [*argv, *command]
+
+
+def _this_package() -> list[str]:
+    """`python -m alice_spool` running the alice_spool this process runs. `-P` keeps the
+    working directory off the child's sys.path: a directory holding an `alice_spool`
+    folder (a clone of the repository, say) would shadow the installed package. Unless
+    this process itself runs that directory's copy (`python -m` in an uninstalled source
+    tree): then so do its children."""
+    import alice_spool
+
+    root = Path(alice_spool.__file__).resolve().parent.parent
+    if not sys.flags.safe_path and sys.path and Path(sys.path[0] or ".").resolve() == root:
+        return [sys.executable, "-m", "alice_spool"]
+    return [sys.executable, "-P", "-m", "alice_spool"]
 
 
 def runner_slots(app: App) -> list[tuple[str | None, str | None]]:

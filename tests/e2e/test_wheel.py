@@ -141,10 +141,13 @@ def test_the_installed_command_runs_from_the_wheel(installed: Installed) -> None
 
 
 def test_serve_from_the_wheel(installed: Installed) -> None:
-    """Health, one image through the OpenAI door, the web UI, and a clean stop."""
+    """Health, one image through the OpenAI door, the web UI, and a clean stop; run from
+    a directory holding an `alice_spool/` package that fails on import (a clone of the
+    repository, say), which serve's children must not import instead of the wheel's."""
     port = free_port()
     root = installed.home / "served"
-    root.mkdir()
+    (root / "alice_spool").mkdir(parents=True)
+    (root / "alice_spool" / "__init__.py").write_text('raise ImportError("DECOY imported")\n')
     config = root / "config.toml"
     config.write_text(
         f'[server]\nhost = "127.0.0.1"\nport = {port}\n[paths]\ndata_dir = "{root / "var"}"\n'
