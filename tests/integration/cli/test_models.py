@@ -143,8 +143,10 @@ def test_search_pull_follow_as_json_list_and_cancel_downloads(
         blobs={11: lora, 21: lora},
     )
     with civitai_serving(service):
+        # CivitAI's download redirects to its storage, here another loopback port.
         given = ("--set", f"models.civitai_url={service.url}",
-                 "--set", f"models.civitai_token={service.token}")  # fmt: skip
+                 "--set", f"models.civitai_token={service.token}",
+                 "--set", "models.allow_private_urls=true")  # fmt: skip
         found = ok(run(*given, "models", "search", "ink", "--type", "lora"))
         assert "civitai:1" in found and "civitai:2" not in found
         listed = json.loads(ok(run(*given, "models", "search", "--json")))
