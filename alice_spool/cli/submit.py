@@ -183,6 +183,7 @@ def submit(
                 fetch=urls.fetcher(
                     allow_private=app.settings.models.allow_private_urls,
                     max_bytes=app.settings.server.max_image_body_bytes,
+                    timeout_s=app.settings.models.fetch_timeout_s,
                 ),
             )
         else:
