@@ -28,7 +28,9 @@ from ..errors import DownloadFailed, DownloadNotFound, LeaseLost, ModelExists, S
 from ..loras import LORAS_DIR, lora_family
 from ..models import DownloadStatus
 from ..records import DownloadRecord
+from ..registry import ModelRegistry
 from ..safetensors_file import read_safetensors_header
+from ..spec import MODEL_PREFIX
 from ..store import Store
 from . import files
 from .plan import SINGLE as PART
@@ -181,7 +183,39 @@ class DownloadWorker:
             return self._finish(download, DownloadStatus.FAILED, error=error)
         shutil.rmtree(staging, ignore_errors=True)
         log.info("download %s installed %s", download.id, installed)
+        self._take_as_default(download, installed)
         return self._finish(download, DownloadStatus.SUCCEEDED, model=installed)
+
+    def _take_as_default(self, download: DownloadRecord, model_id: str) -> None:
+        """Only an admin moves the default model. The one case a download does: while
+        the default pinned is the smoke-test model (random weights: its images are
+        noise), the first real model an admin installs (an admin's key, the CLI, an
+        open server) takes its place, as the admin would choose at once anyway. A
+        user's download never moves it."""
+        registry = ModelRegistry(self.models_dir)
+        chosen = registry.chosen_default()
+        if chosen is None or not model_id.startswith(MODEL_PREFIX) or not self._admins(download):
+            return
+        try:
+            if not registry.get(chosen).smoke_test or not registry.get(model_id).ok:
+                return
+            registry.set_default(model_id)
+        except SpoolError as exc:  # the model is unusable after all: the default stays
+            log.warning("%s did not become the default model: %s", model_id, exc.message)
+            return
+        log.info("default model: %s (in place of the smoke-test model %s)", model_id, chosen)
+
+    def _admins(self, download: DownloadRecord) -> bool:
+        """Whether an admin asked for the download: no owner (the CLI, the inbox's
+        admin, an open server), a configured key (all admins), or a stored admin key."""
+        owner = download.owner
+        if owner is None or owner.startswith("config:"):
+            return True
+        try:
+            key = self.store.get_key(owner)
+        except SpoolError:
+            return False  # the key is gone: nobody vouches for it
+        return key.id == owner and key.role == "admin"
 
     def _retrying(self, download: DownloadRecord, step: Callable[[], T]) -> T:
         """`step()`, tried again (resuming) after a dropped connection or a source that

@@ -380,3 +380,45 @@ def test_safetensors_data_that_does_not_match_its_header_is_refused(
     }
     path.write_bytes(safetensors(good, b"\1" * 32))
     assert files.check_weights(path, allow_pickle=False) == "safetensors"
+
+
+def smoke_test_model(models: Path) -> None:
+    """A model like `models create-tiny`'s (marked in its index as random weights)."""
+    from alice_spool.registry import TINY_MARKER
+    from tests.support.fake_model import write_fake_model
+
+    folder = models / "tiny"
+    folder.mkdir(parents=True)
+    write_fake_model(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, TINY_MARKER: "noise"}))
+
+
+def test_only_an_admins_real_model_takes_the_smoke_test_models_place_as_default(
+    store: Store, remote: Remote, models: Path
+) -> None:
+    from alice_spool.registry import ModelRegistry
+
+    made = models.parent / "real.safetensors"
+    weights = np.zeros(1024, dtype=np.float32)
+    names = ("model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.transformer.x")
+    save_file({name: weights for name in names}, str(made))
+    remote.files["/base.safetensors"] = made.read_bytes()  # an SD 1.x checkpoint
+    smoke_test_model(models)
+    assert ModelRegistry(models).default().id == "sd/tiny"  # worked out, and so pinned
+    store.add_key("someone", role="user")
+    user = store.get_key("someone")
+    store.add_key("boss", role="admin")
+    boss = store.get_key("boss")
+    # A user's download leaves the default where it is, smoke-test model or not.
+    queue(store, remote, "/base.safetensors", name="users-model", owner=user.id)
+    assert worker(store, models).run_once().model == "sd/users-model"
+    assert ModelRegistry(models).default().id == "sd/tiny"
+    # An admin's first real model takes the smoke-test model's place...
+    queue(store, remote, "/base.safetensors", name="admins-model", owner=boss.id)
+    assert worker(store, models).run_once().model == "sd/admins-model"
+    assert ModelRegistry(models).default().id == "sd/admins-model"
+    # ...and once a real model is the default, no download moves it, an admin's neither.
+    queue(store, remote, "/base.safetensors", name="aaa-model")  # the CLI's: the admin's
+    assert worker(store, models).run_once().model == "sd/aaa-model"
+    assert ModelRegistry(models).default().id == "sd/admins-model"
