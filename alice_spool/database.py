@@ -110,10 +110,53 @@ def is_busy(exc: Exception) -> bool:
     return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "database is locked" in str(orig)
 
 
+# What SQLite says of a statement too big for its limits: the statement's fault, made
+# from a request's input (a thousand filters), never the database's.
+_SQLITE_INPUT_LIMITS = (
+    "too large",  # Expression tree is too large
+    "too big",  # string or blob too big
+    "too many",  # too many SQL variables / terms in compound SELECT / columns / arguments
+    "too complex",  # LIKE or GLOB pattern too complex
+    "parser stack overflow",
+    "tables in a join",
+)
+# PostgreSQL's SQLSTATE classes for the same: 22 data exception (a value out of range,
+# text it cannot store), 54 program limit exceeded (statement too complex, too many
+# arguments). Class 53 (disk full, out of memory) and XX (corruption) are faults.
+_POSTGRES_INPUT_CLASSES = ("22", "54")
+# What a driver raises, unwrapped, for a value it cannot send: text with a lone
+# surrogate, an integer wider than 64 bits.
+_UNSENDABLE = (sqlite3.DataError, UnicodeEncodeError, OverflowError)
+
+
+def is_input_error(exc: BaseException) -> bool:
+    """Whether a driver error comes from the statement's input (a 400: the node is
+    fine), not from the database (disk full, unreachable, corrupt, locked)."""
+    orig = getattr(exc, "orig", None) or exc
+    if isinstance(exc, DataError) or isinstance(orig, _UNSENDABLE):
+        return True
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if isinstance(state, str):
+        return state[:2] in _POSTGRES_INPUT_CLASSES
+    if getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_TOOBIG:
+        return True
+    if isinstance(orig, sqlite3.Error) and getattr(orig, "sqlite_errorcode", None) in (
+        None,
+        sqlite3.SQLITE_ERROR,
+    ):
+        text = str(orig).lower()
+        return any(limit in text for limit in _SQLITE_INPUT_LIMITS)
+    return False
+
+
 def translate(exc: Exception) -> errors.SpoolError:
     """A driver error as the `SpoolError` a user can act on."""
     text = " ".join(str(getattr(exc, "orig", None) or exc).split())  # one line
     orig = getattr(exc, "orig", exc)
+    if is_input_error(exc):
+        return errors.QueryRefused(
+            f"the database refused the query these parameters make ({text}): ask for less"
+        )
     full = getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
     if full or "disk is full" in text or "No space left on device" in text:
         return errors.DatabaseFull(
@@ -217,6 +260,8 @@ class Database:
             except IntegrityError:
                 raise  # the caller decides (see write_once_more_on_conflict)
             except SQLAlchemyError as exc:
+                raise translate(exc) from exc
+            except _UNSENDABLE as exc:  # raised by the driver as it is, not wrapped
                 raise translate(exc) from exc
 
     def integrity_check(self) -> list[str]:

@@ -52,6 +52,10 @@ class BatchTooLarge(InvalidParameters):
     code = "batch_too_large"
 
 
+class QueryRefused(InvalidParameters):
+    """The database refused the query these parameters make (too large, or out of range)."""
+
+
 class ClientDisconnected(SpoolError):
     """The client went away before its request was read whole."""
 

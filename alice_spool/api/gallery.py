@@ -9,18 +9,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import errors, removal
 from ..records import GalleryItem
-from ..store.gallery import clean_tags
+from ..store.gallery import MAX_TAG_LENGTH, MAX_TAGS, clean_tags
 from .context import Api, owner_of, principal_of, route, scope_of
-from .http import query_flag, query_int, require_object, typed
+from .http import query_flag, query_int, query_list, require_object, typed
 
 MAX_PAGE = 200
 SHARE_HOURS = (1, 168)  # ALICE's expiresInHours
 DEFAULT_SHARE_HOURS = 24
+MAX_TEXT = 200  # a search or a model id: longer is no prompt's part worth finding
 
 
 def _image_id(request: Request) -> str:
@@ -36,30 +38,43 @@ def _view(api: Api, request: Request, item: GalleryItem) -> dict[str, Any]:
 
 
 def _when(text: str | None, field: str) -> datetime | None:
+    """An ISO 8601 date or time as UTC; 400 naming `field` if it is none, or if it is
+    no time in UTC (year 1 at +14:00 is in year 0 there, which has no datetime)."""
     if text is None:
         return None
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise errors.InvalidParameters(
-            f"{field} must be an ISO 8601 date or time", field=field
+            f"{field} must be an ISO 8601 date or time, in years 1..9999 in UTC", field=field
         ) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _text(query: QueryParams, field: str) -> str | None:
+    """A free-text filter (the search, the model): printable, at most `MAX_TEXT`."""
+    text = query.get(field) or None
+    if text is not None and (len(text) > MAX_TEXT or not text.isprintable()):
+        raise errors.InvalidParameters(
+            f"{field} is printable text of at most {MAX_TEXT} characters", field=field
+        )
+    return text
 
 
 @route()
 async def list_gallery(request: Request, api: Api, client: str | None) -> Response:
     """Images, newest first: a user's own and everyone's public ones (an admin's key:
     all). `include_public=false`: only one's own; `include_private=false`: only those
-    shared now. Filters: `tags` (comma list: every one of them), `search` (in the
-    prompt, any case), `model`, `since`/`until` (ISO 8601); paging with `limit` (1..200,
-    50) and `offset`."""
+    shared now. Filters: `tags` (comma list, at most 20 of at most 50 characters: every
+    one of them), `search` (in the prompt, any case), `model`, `since`/`until` (ISO
+    8601); paging with `limit` (1..200, 50) and `offset`."""
     query = request.query_params
-    tags = [t.strip().lower() for t in query.get("tags", "").split(",") if t.strip()]
+    found = query_list(request, "tags", max_items=MAX_TAGS, max_length=MAX_TAG_LENGTH)
+    tags = list(dict.fromkeys(tag.lower() for tag in found))
     limit = query_int(request, "limit", 50, 1, MAX_PAGE)
     offset = query_int(request, "offset", 0, 0, 10**9)
     since, until = _when(query.get("since"), "since"), _when(query.get("until"), "until")
-    model = query.get("model") or None
+    search, model = _text(query, "search"), _text(query, "model")
     if model is not None and "/" not in model:
         model = f"sd/{model}"
     page = await run_in_threadpool(
@@ -68,7 +83,7 @@ async def list_gallery(request: Request, api: Api, client: str | None) -> Respon
             own_only=not query_flag(query.get("include_public"), "include_public", True),
             public_only=not query_flag(query.get("include_private"), "include_private", True),
             tags=tags,
-            search=query.get("search") or None,
+            search=search,
             model=model,
             since=since,
             until=until,

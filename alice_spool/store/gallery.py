@@ -77,12 +77,16 @@ def forget_jobs(conn: Connection, job_ids: Sequence[str]) -> None:
 
 def clean_tags(tags: Any) -> list[str]:
     """ALICE's tag rules: a list of strings, lower-cased and trimmed, each 1 to 50
-    characters, at most 20 (repeats counted once)."""
+    printable characters, at most 20 (repeats counted once)."""
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise errors.InvalidParameters("tags must be a list of strings", field="tags")
     cleaned = list(dict.fromkeys(t.strip().lower() for t in tags))
     if any(not t for t in cleaned):
         raise errors.InvalidParameters("a tag may not be empty", field="tags")
+    # Not a control character, nor half of a surrogate pair (JSON can escape one alone):
+    # neither can be stored, nor shown.
+    if not all(t.isprintable() for t in cleaned):
+        raise errors.InvalidParameters("a tag is printable text", field="tags")
     if any(len(t) > MAX_TAG_LENGTH for t in cleaned):
         raise errors.InvalidParameters(
             f"a tag is at most {MAX_TAG_LENGTH} characters", field="tags"
@@ -129,12 +133,15 @@ class Gallery(StoreBase):
         of `tags`, `search` in the prompt (any case), the model, made in [since, until).
         `own_only`: not others' public images; `public_only`: only images shared now."""
         now = now or utcnow()
+        wanted = list(dict.fromkeys(tags))
+        if len(wanted) > MAX_TAGS:  # a subquery each: PostgreSQL plans 1,500 for minutes
+            raise errors.InvalidParameters(f"at most {MAX_TAGS} tags at once", field="tags")
         where = [_visible(scope, now)]
         if own_only and scope is not None:
             where.append(GalleryImage.owner == scope)
         if public_only:
             where.append(_public(now))
-        for tag in dict.fromkeys(tags):
+        for tag in wanted:
             where.append(
                 GalleryImage.id.in_(select(GalleryTag.image_id).where(GalleryTag.tag == tag))
             )

@@ -133,3 +133,29 @@ def test_client_options_are_kept_per_owner(store: Store) -> None:
     assert store.client_option(None, name) == "sd/other"
     assert store.client_option("bob", name) is None
     assert store.client_option("alice", "another") is None
+
+
+def test_tag_filters_are_bounded_and_text_no_driver_can_send_is_refused(store: Store) -> None:
+    """Each tag filter is a subquery: 1,500 of them went past SQLite's expression depth
+    (a `database_error` that marked the node degraded) and keep PostgreSQL planning for
+    minutes. Past 20, the store refuses before any SQL; a lone surrogate, or a NUL on
+    PostgreSQL, is the parameters' fault (`invalid_parameters`), not the database's."""
+    job = succeeded(store, "a fox", "alice")
+    store.set_tags(f"{job.id}-0", ["fox"], scope="alice", now=T0)
+    with pytest.raises(errors.InvalidParameters) as refused:
+        store.gallery_page(scope=None, tags=[f"t{i}" for i in range(1500)], now=T0)
+    assert refused.value.field == "tags"
+    twenty = ["fox", *(f"t{i}" for i in range(19))]
+    assert store.gallery_page(scope=None, tags=twenty, now=T0).items == []
+    assert [i.id for i in store.gallery_page(scope=None, tags=["fox"] * 30, now=T0).items] == [
+        f"{job.id}-0"
+    ]
+    unsendable = ["\ud800"] + (["a\x00b"] if store.db.engine.dialect.name != "sqlite" else [])
+    for text in unsendable:
+        with pytest.raises(errors.QueryRefused) as caught:
+            store.gallery_page(scope=None, search=text, now=T0)
+        assert caught.value.code == "invalid_parameters"
+        assert not isinstance(caught.value, errors.DatabaseError)
+        with pytest.raises(errors.QueryRefused):
+            store.set_tags(f"{job.id}-0", [text], scope="alice", now=T0)
+    assert store.gallery_image(f"{job.id}-0", scope="alice", now=T0).tags == ("fox",)
