@@ -4,13 +4,17 @@ files are moved aside in one rename (a runner never loads half a model) and then
 removed. A runner that has the model loaded unloads it when it is next idle.
 
 Deleting a gallery image the same way: its file moved aside (its URL 404s at once), its
-row forgotten, then the file removed; a refused or failed forget puts the file back."""
+row forgotten, then the file removed; a refused or failed forget puts the file back. The
+name it has aside says which process moved it, so that a delete a crash cut short is told
+from one in progress (retention.finish_deletions, at start-up and hourly)."""
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
+import socket
 from pathlib import Path
 
 from .errors import LoraNotFound, ModelNotFound
@@ -21,6 +25,15 @@ from .spec import MODEL_PREFIX
 from .store import Store
 
 ASIDE = ".deleting-"  # a dot-name: no registry lists it
+# A gallery image aside: `.deleting-<host>.<pid>.<hex>-<name>` (before the deleter was
+# named: `.deleting-<hex>-<name>`).
+_IMAGE_ASIDE = re.compile(
+    rf"{re.escape(ASIDE)}(?:(?P<host>[A-Za-z0-9-]+)\.(?P<pid>[0-9]+)\.)?[0-9a-f]+-(?P<name>.+)"
+)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
 def find_model(registry: ModelRegistry, model_id: str) -> ModelInfo:
@@ -72,6 +85,31 @@ def delete_lora(registry: ModelRegistry, lora_id: str) -> LoraInfo:
     raise LoraNotFound(f"LoRA {wanted} is not installed", lora=wanted)
 
 
+def image_aside(name: str, *, starting: bool = False) -> tuple[str, bool] | None:
+    """For a file name a gallery delete gave an image it moved aside: the image's own
+    name, and whether that delete is over for sure (its process, of this host, has
+    ended; `starting`: this process has deleted nothing yet, so one under its own pid
+    was an earlier process's, as pids repeat in a container). None for any other name."""
+    found = _IMAGE_ASIDE.fullmatch(name)
+    if found is None:
+        return None
+    ended = False
+    if found["pid"] is not None and found["host"] == _host():
+        pid = int(found["pid"])
+        ended = (starting and pid == os.getpid()) or not _running(pid)
+    return found["name"], ended
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: running
+        return True
+    return True
+
+
 def delete_image(store: Store, outbox: Path, image_id: str, *, scope: str | None) -> GalleryItem:
     """Delete a gallery image that `scope` may change: its file, its row and tags, and
     its place in its job's `image_urls`."""
@@ -79,7 +117,8 @@ def delete_image(store: Store, outbox: Path, image_id: str, *, scope: str | None
     path = outbox / item.job_id / item.file
     aside = None
     if path.is_file() and not path.is_symlink():
-        aside = _move_aside(path)
+        aside = path.with_name(f"{ASIDE}{_host()}.{os.getpid()}.{secrets.token_hex(4)}-{path.name}")
+        os.rename(path, aside)  # its URL 404s at once
     try:
         gone = store.delete_image(image_id, scope=scope)
     except BaseException:

@@ -5,8 +5,8 @@ again, or running) is never touched; one whose job was purged from the table goe
 the same rules. A job's stored inputs (img2img, inpainting) go with its images; inputs
 whose job was never committed (a crash between storing and committing) go after an
 hour. A gallery image whose delete was cut short by a crash (its file moved aside, the
-change not committed, or committed and the file not yet removed) is finished here: put
-back if its job still lists it, removed if not."""
+change not committed, or committed and the file not yet removed) is finished here, and
+at a server's start-up: put back if its job still lists it, removed if not."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from . import inputs
+from .errors import SpoolError
 from .outbox import RESULT, Outbox
-from .removal import ASIDE
+from .removal import image_aside
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -169,24 +170,35 @@ def _orphan_inputs(store: Store, data_dir: Path, now: datetime) -> list[str]:
 
 
 def finish_deletions(
-    store: Store, outbox: Outbox, *, older_than_s: float = LEFTOVERS_AFTER_S
+    store: Store,
+    outbox: Outbox,
+    *,
+    older_than_s: float = LEFTOVERS_AFTER_S,
+    starting: bool = False,
 ) -> tuple[list[str], list[str]]:
     """Gallery deletes a crash cut short (removal.delete_image): each file moved aside in
-    a job's directory over `older_than_s` ago goes back where it was if the job still
-    lists its image (the delete was never committed), or goes for good if not. Returns
-    the files restored and removed, as `<job id>/<file>`."""
+    a job's directory by a process of this host that has ended, or over `older_than_s`
+    ago (another host's, or an older version's), goes back where it was if the job
+    still lists its image (the delete was never committed), or goes for good if not.
+    `starting`: run by a server before it serves (serve, api), which has deleted nothing
+    yet. Returns the files restored and removed, as `<job id>/<file>`."""
     restored: list[str] = []
     removed: list[str] = []
     cutoff = time.time() - older_than_s
+    if not outbox.root.is_dir():
+        return restored, removed
     for directory in outbox.root.iterdir():
         if len(directory.name) != _JOB_ID_LENGTH or not directory.is_dir():
             continue
+        leftovers: list[tuple[Path, str]] = []
         try:
-            leftovers = [
-                entry
-                for entry in directory.iterdir()
-                if entry.name.startswith(ASIDE) and entry.stat().st_ctime < cutoff
-            ]
+            for entry in directory.iterdir():
+                found = image_aside(entry.name, starting=starting)
+                if found is None:
+                    continue
+                original, ended = found
+                if ended or entry.stat().st_ctime < cutoff:
+                    leftovers.append((entry, original))
         except OSError:
             continue  # gone meanwhile
         if not leftovers:
@@ -197,8 +209,7 @@ def finish_deletions(
             for image in ((job.result or {}).get("images") or [] if job is not None else [])
             if "file" in image and not image.get("deleted")
         }
-        for entry in leftovers:
-            original = entry.name[len(ASIDE) :].split("-", 1)[-1]  # .deleting-<hex>-<name>
+        for entry, original in leftovers:
             where = f"{directory.name}/{original}"
             if original in listed and not (directory / original).exists():
                 entry.rename(directory / original)
@@ -213,3 +224,14 @@ def finish_deletions(
             len(removed),
         )
     return restored, removed
+
+
+def finish_deletions_at_start_up(store: Store, outbox_dir: Path) -> None:
+    """`finish_deletions` before a server serves (serve, api): an image a crash left
+    listed with its file aside (its URL a 404) is whole again from the first request,
+    not from the first retention pass ten minutes on. A failure is logged: the server
+    starts all the same, and the hourly pass tries again."""
+    try:
+        finish_deletions(store, Outbox(outbox_dir), starting=True)
+    except (SpoolError, OSError) as exc:
+        log.error("gallery deletes cut short by a crash: %s", exc)

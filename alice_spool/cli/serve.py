@@ -236,6 +236,7 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
     from ..api import create_app
     from ..api.deadline import http_protocol
     from ..inbox import Inbox
+    from ..retention import finish_deletions_at_start_up
 
     settings = app.settings
     # The daemon brings its database up to date itself (all or nothing, idempotent).
@@ -244,6 +245,7 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
     if before != after:
         log.info("database upgraded: %s -> %s", before or "empty", after)
     store = app.store
+    finish_deletions_at_start_up(store, Path(settings.paths.outbox))  # before serving
     if with_runner:  # before the inbox: every door queues jobs for a model that exists
         _ensure_a_model(app)
     inbox = None

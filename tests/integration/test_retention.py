@@ -128,3 +128,47 @@ def test_a_gallery_delete_cut_short_by_a_crash_is_finished_or_undone(
     assert (outbox.job_dir(listed.id) / f"{listed.id}-0.png").read_bytes() == b"x" * 10
     assert sorted(p.name for p in outbox.job_dir(forgotten.id).iterdir()) == ["result.json"]
     assert finish_deletions(store, outbox, older_than_s=0) == ([], [])  # nothing left to do
+
+
+def test_a_cut_short_delete_is_settled_at_once_when_its_process_has_ended(
+    store: Store, tmp_path: Path
+) -> None:
+    """The name a file has aside says which process moved it: one of this host that has
+    ended is settled at once, one still running (or of another host, which cannot be
+    asked) only after `older_than_s`. A server starting up has deleted nothing yet: a
+    file under its own pid is an earlier process's (pids repeat in a container)."""
+    import os
+    import subprocess
+
+    from alice_spool import removal
+    from alice_spool.retention import finish_deletions
+
+    outbox = Outbox(tmp_path / "outbox")
+    process = subprocess.Popen(["true"])
+    process.wait()  # its pid: a process of this host that has ended
+    dead_pid = process.pid
+    host = removal._host()
+    jobs = {
+        who: finished(store, outbox, who, days_ago=1, size=10)
+        for who in ("ended", "running", "elsewhere")
+    }
+    deleters = {
+        "ended": f"{host}.{dead_pid}",
+        "running": f"{host}.{os.getpid()}",
+        "elsewhere": f"another-host.{os.getpid()}",
+    }
+    for who, job in jobs.items():
+        name = f"{job.id}-0.png"
+        aside = f"{removal.ASIDE}{deleters[who]}.0a1b2c3d-{name}"
+        (outbox.job_dir(job.id) / name).rename(outbox.job_dir(job.id) / aside)
+    assert removal.image_aside(aside) == (f"{jobs['elsewhere'].id}-0.png", False)
+    assert finish_deletions(store, outbox) == ([f"{jobs['ended'].id}/{jobs['ended'].id}-0.png"], [])
+    assert finish_deletions(store, outbox, starting=True) == (
+        [f"{jobs['running'].id}/{jobs['running'].id}-0.png"],
+        [],
+    )
+    assert finish_deletions(store, outbox, starting=True) == ([], [])  # another host's
+    restored, _ = finish_deletions(store, outbox, older_than_s=0)
+    assert restored == [f"{jobs['elsewhere'].id}/{jobs['elsewhere'].id}-0.png"]
+    for job in jobs.values():
+        assert (outbox.job_dir(job.id) / f"{job.id}-0.png").read_bytes() == b"x" * 10
