@@ -17,7 +17,7 @@ from .. import errors, removal
 from ..records import GalleryItem
 from ..store.gallery import MAX_TAG_LENGTH, MAX_TAGS, clean_tags
 from .context import Api, owner_of, principal_of, route, scope_of
-from .http import query_flag, query_int, query_list, require_object, typed
+from .http import is_plain_text, query_flag, query_int, query_list, require_object, typed
 
 MAX_PAGE = 200
 SHARE_HOURS = (1, 168)  # ALICE's expiresInHours
@@ -52,11 +52,13 @@ def _when(text: str | None, field: str) -> datetime | None:
 
 
 def _text(query: QueryParams, field: str) -> str | None:
-    """A free-text filter (the search, the model): printable, at most `MAX_TEXT`."""
+    """A free-text filter (the search, the model): at most `MAX_TEXT` characters, none
+    a control character."""
     text = query.get(field) or None
-    if text is not None and (len(text) > MAX_TEXT or not text.isprintable()):
+    if text is not None and (len(text) > MAX_TEXT or not is_plain_text(text)):
         raise errors.InvalidParameters(
-            f"{field} is printable text of at most {MAX_TEXT} characters", field=field
+            f"{field} is text of at most {MAX_TEXT} characters, without control characters",
+            field=field,
         )
     return text
 

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import hmac
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -189,6 +190,15 @@ def typed(body: dict[str, Any], key: str, kinds: type | tuple[type, ...]) -> Any
     return value
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")  # as /openapi.json states it (openapi.py)
+
+
+def is_plain_text(value: str) -> bool:
+    """Text a filter or a tag may be: no control character (a NUL, which PostgreSQL
+    cannot store; a line break), and Unicode text (`_is_text`)."""
+    return _CONTROL.search(value) is None and _is_text(value)
+
+
 def _is_text(value: str) -> bool:
     """Whether a string is Unicode text: JSON lets a client escape half of a surrogate
     pair, which no database, hash or answer can encode."""
@@ -248,20 +258,21 @@ def query_list(
 ) -> list[str]:
     """A list-valued query parameter, bounded at the door (a thousand values would make
     a query the database refuses): repeated, and with `commas` comma-separated too;
-    trimmed, empty ones dropped, repeats kept once. More than `max_items` values, or
-    one longer than `max_length` or not printable text: 400 naming it."""
+    trimmed, empty ones dropped, repeats kept once. More than `max_items` different
+    values, or one longer than `max_length` or with a control character: 400 naming it."""
     values: list[str] = []
     for given in request.query_params.getlist(name):
         values.extend(part.strip() for part in (given.split(",") if commas else [given]))
-    values = [value for value in values if value]
+    values = list(dict.fromkeys(value for value in values if value))
     if len(values) > max_items:
         raise errors.InvalidParameters(f"{name} takes at most {max_items} values", field=name)
-    if any(len(value) > max_length or not value.isprintable() for value in values):
+    if any(len(value) > max_length or not is_plain_text(value) for value in values):
         raise errors.InvalidParameters(
-            f"each value of {name} is printable text of at most {max_length} characters",
+            f"each value of {name} is text of at most {max_length} characters, "
+            "without control characters",
             field=name,
         )
-    return list(dict.fromkeys(values))
+    return values
 
 
 def _basic_password(token: str) -> str:

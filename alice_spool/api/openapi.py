@@ -475,6 +475,16 @@ _OPEN = (
 _UI = ("/", "/docs")  # pages for people (the web UI, the API page), not API routes
 
 
+# The gallery's text filters: no control character (a NUL cannot be stored); tags at
+# most 20 of at most 50 characters (api/gallery.py).
+_NO_CONTROL = "^[^\\x00-\\x1f\\x7f]*$"
+_GALLERY_TEXT: dict[str, Any] = {"type": "string", "maxLength": 200, "pattern": _NO_CONTROL}
+_GALLERY_TAGS: dict[str, Any] = {
+    "type": "array",
+    "maxItems": 20,
+    "items": {"type": "string", "maxLength": 50, "pattern": "^[^,\\x00-\\x1f\\x7f]*$"},
+}
+
 # The query parameters each route reads.
 _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("GET", "/v1/jobs"): [
@@ -502,15 +512,21 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         },
     ],
     ("GET", "/v1/gallery"): [
-        {"name": name, "in": "query", "schema": schema, "description": text}
+        {
+            "name": name,
+            "in": "query",
+            "schema": schema,
+            "description": text,
+            **({"style": "form", "explode": False} if name == "tags" else {}),
+        }
         for name, schema, text in [
             ("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}, "page"),
             ("offset", {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0}, "page"),
             ("include_public", {"type": "boolean", "default": True}, "others' shared ones"),
             ("include_private", {"type": "boolean", "default": True}, "unshared ones"),
-            ("tags", {"type": "string"}, "comma list: images with every one"),
-            ("search", {"type": "string"}, "in the prompt, any case"),
-            ("model", {"type": "string"}, "sd/<name>"),
+            ("tags", _GALLERY_TAGS, "comma list: images with every one"),
+            ("search", _GALLERY_TEXT, "in the prompt, any case"),
+            ("model", _GALLERY_TEXT, "sd/<name>"),
             ("since", {"type": "string", "format": "date-time"}, "made at or after"),
             ("until", {"type": "string", "format": "date-time"}, "made before"),
         ]

@@ -7,6 +7,7 @@ Who sees what is decided here, in SQL: `scope` is the owner a user's request may
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -31,6 +32,7 @@ from ._base import StoreBase, chunks, utcnow
 
 MAX_TAGS = 20
 MAX_TAG_LENGTH = 50
+_NOT_TAG_TEXT = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 _ITEM_COLUMNS = (*GalleryImage.__table__.columns, Job.spec, Job.result)
 
 
@@ -77,16 +79,18 @@ def forget_jobs(conn: Connection, job_ids: Sequence[str]) -> None:
 
 def clean_tags(tags: Any) -> list[str]:
     """ALICE's tag rules: a list of strings, lower-cased and trimmed, each 1 to 50
-    printable characters, at most 20 (repeats counted once)."""
+    characters and none a control character, at most 20 (repeats counted once)."""
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise errors.InvalidParameters("tags must be a list of strings", field="tags")
     cleaned = list(dict.fromkeys(t.strip().lower() for t in tags))
     if any(not t for t in cleaned):
         raise errors.InvalidParameters("a tag may not be empty", field="tags")
-    # Not a control character, nor half of a surrogate pair (JSON can escape one alone):
-    # neither can be stored, nor shown.
-    if not all(t.isprintable() for t in cleaned):
-        raise errors.InvalidParameters("a tag is printable text", field="tags")
+    # A NUL cannot be stored (PostgreSQL), nor half of a surrogate pair (JSON can escape
+    # one alone) by any database; a line break is no part of a tag.
+    if any(_NOT_TAG_TEXT.search(t) for t in cleaned):
+        raise errors.InvalidParameters(
+            "a tag is text without control characters or lone surrogates", field="tags"
+        )
     if any(len(t) > MAX_TAG_LENGTH for t in cleaned):
         raise errors.InvalidParameters(
             f"a tag is at most {MAX_TAG_LENGTH} characters", field="tags"
