@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from .. import errors, removal
 from ..records import GalleryItem
 from ..store.gallery import MAX_TAG_LENGTH, MAX_TAGS, clean_tags
-from .context import Api, owner_of, principal_of, route, scope_of
+from .context import Api, image_url, owner_of, principal_of, route, scope_of
 from .http import is_plain_text, query_flag, query_int, query_list, require_object, typed
 
 MAX_PAGE = 200
@@ -34,7 +34,8 @@ def _view(api: Api, request: Request, item: GalleryItem) -> dict[str, Any]:
     principal = principal_of(request)
     if item.owner is None and (principal is None or principal.admin):
         mine = True  # the admin's own: the inbox's and the CLI's images
-    return item.to_alice(f"{api.base_url(request)}/images/{item.file}", is_owner=mine)
+    url = image_url(api.base_url(request), item.file, item.image_secret)
+    return item.to_alice(url, is_owner=mine)
 
 
 def _when(text: str | None, field: str) -> datetime | None:

@@ -33,7 +33,7 @@ from ._base import StoreBase, chunks, utcnow
 MAX_TAGS = 20
 MAX_TAG_LENGTH = 50
 _NOT_TAG_TEXT = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
-_ITEM_COLUMNS = (*GalleryImage.__table__.columns, Job.spec, Job.result)
+_ITEM_COLUMNS = (*GalleryImage.__table__.columns, Job.spec, Job.result, Job.image_secret)
 
 
 def image_rows(job: JobRecord, now: datetime, seq: int) -> list[dict[str, Any]]:
