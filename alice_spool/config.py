@@ -332,9 +332,7 @@ class ModelsSettings:
 
     def __post_init__(self) -> None:
         _check(self.fetch_timeout_s > 0, "models.fetch_timeout_s", "must be positive")
-        _check(
-            self.max_fetches_per_client >= 1, "models.max_fetches_per_client", "must be >= 1"
-        )
+        _check(self.max_fetches_per_client >= 1, "models.max_fetches_per_client", "must be >= 1")
         for key in ("hf_endpoint", "civitai_url"):
             value = getattr(self, key)
             object.__setattr__(self, key, value.rstrip("/"))

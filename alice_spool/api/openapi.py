@@ -14,7 +14,7 @@ from ..downloads.civitai import TYPES as _CIVITAI_TYPES
 from ..downloads.huggingface import SORTS as _HF_SORTS
 from ..models import DownloadStatus, JobStatus, Source
 from ..spec import SPEC_FIELDS
-from ..store.keys import KEY_NAME
+from ..store.keys import KEY_NAME, MAX_RATE_LIMIT
 
 # Python's whitespace (what the server strips), spelled out: regex engines disagree on \s.
 _BLANK = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -345,7 +345,11 @@ def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
             "properties": {
                 "name": {"type": "string", "pattern": KEY_NAME_PATTERN},
                 "isAdmin": {"type": "boolean"},
-                "rateLimitPerMinute": {"type": "integer", "minimum": 0},
+                "rateLimitPerMinute": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": MAX_RATE_LIMIT,
+                },
             },
         },
         "/v1/auth/register": {
