@@ -4,6 +4,7 @@ rate limit, and every `SpoolError` turned into its HTTP answer."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import logging
 import re
@@ -236,10 +237,10 @@ class Api:
 
     def served_image(self, name: str, secret: str | None) -> Path:
         """The file of `/images/SECRET/NAME` (no key needed: the URL is the capability).
-        The secret must be the job's own; only a job from before image secrets existed
-        opens with its name alone (`/images/NAME`, its server-made id being the secret).
-        Anything else is the same 404, whether the job exists or not. (Reads the
-        database: call it from a worker thread.)"""
+        The secret must be the image's own (`image_secret`); only a job from before
+        image secrets existed opens with its name alone (`/images/NAME`, its server-made
+        id being the secret). Anything else is the same 404, whether the job exists or
+        not. (Reads the database: call it from a worker thread.)"""
         missing = errors.JobNotFound(f"no image {name!r}")
         match = IMAGE_NAME.fullmatch(name)
         if match is None or (secret is not None and not IMAGE_SECRET.fullmatch(secret)):
@@ -248,10 +249,10 @@ class Api:
             job = self.store.get(match["job"])
         except errors.JobNotFound:
             raise missing from None
-        expected = job.image_secret
-        if expected is None:
+        if job.image_secret is None:
             opens = secret is None
         else:
+            expected = image_secret(job.image_secret, name)
             opens = secret is not None and hmac.compare_digest(secret, expected)
         if not opens:
             raise missing
@@ -281,10 +282,20 @@ class Api:
         return await run_in_threadpool(self.with_model, spec)
 
 
-def image_url(base: str, file: str, secret: str | None, folder: str = "images") -> str:
-    """An image's capability URL: `/images/<the job's secret>/<file>`, or, for a job from
+def image_secret(job_secret: str, file: str) -> str:
+    """The secret in one image's URL: derived from its job's (128 random bits kept in its
+    row) and its file name, so that each image of a job has its own, and sharing one
+    (the gallery's privacy is per image) opens none of its siblings. 32 hex digits."""
+    digest = hmac.new(job_secret.encode("ascii"), file.encode("utf-8"), hashlib.sha256)
+    return digest.hexdigest()[:32]
+
+
+def image_url(base: str, file: str, job_secret: str | None, folder: str = "images") -> str:
+    """An image's capability URL: `/images/<its secret>/<file>`, or, for a job from
     before image secrets, the old `/images/<file>` (`folder`: AbleRefusal's `outputs`)."""
-    return f"{base}/{folder}/{secret}/{file}" if secret else f"{base}/{folder}/{file}"
+    if job_secret is None:
+        return f"{base}/{folder}/{file}"
+    return f"{base}/{folder}/{image_secret(job_secret, file)}/{file}"
 
 
 Handler = Callable[[Request, Api, str | None], Awaitable[Response]]

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, literal_column, select
 
 from .. import errors
 from ..database import Database
@@ -24,6 +24,10 @@ T = TypeVar("T")
 COLUMNS = tuple(Job.__table__.columns)
 _QUEUED = select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)
 _BY_ID = select(*COLUMNS).where(Job.id == bindparam("job_id"))
+# Whose idempotency keys a job's is among (the admin's jobs have no owner): the very
+# expression of the unique index, a literal '' and not a bound parameter, so that a
+# lookup searches the index instead of scanning it.
+owner_scope = func.coalesce(Job.owner, literal_column("''"))
 _CHUNK = 500  # bound parameters per IN (...) list
 _COUNT_FOR_S = 1.0  # how long check_room trusts a count of the queue
 

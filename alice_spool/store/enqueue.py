@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, exists, func, insert, select
+from sqlalchemy import Connection, bindparam, exists, insert, select
 
 from .. import errors
 from ..models import Job, JobStatus, Source
@@ -19,7 +19,7 @@ from ..records import (
     NewJob,
 )
 from ..spec import JobSpec
-from ._base import COLUMNS, StoreBase, chunks, new_id, new_secret, utcnow
+from ._base import COLUMNS, StoreBase, chunks, new_id, new_secret, owner_scope, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,11 @@ _UNSET = dict.fromkeys(
 _INSERT = insert(Job)
 # An idempotency key is its owner's: the same words from another owner are another key.
 # (COALESCE, as in the unique index: the admin's jobs have no owner.)
-_owner_scope = func.coalesce(Job.owner, "")
 _BY_KEY = select(*COLUMNS).where(
-    _owner_scope == bindparam("scope"), Job.idempotency_key == bindparam("key")
+    owner_scope == bindparam("scope"), Job.idempotency_key == bindparam("key")
 )
 _KEYS = select(Job.idempotency_key, Job.id, Job.batch_id, Job.request_hash, Job.owner).where(
-    _owner_scope == bindparam("scope"), Job.idempotency_key.in_(bindparam("keys", expanding=True))
+    owner_scope == bindparam("scope"), Job.idempotency_key.in_(bindparam("keys", expanding=True))
 )
 
 
@@ -61,7 +60,7 @@ _INSERT_NEW_KEY = (
         _NEW_COLUMNS,
         select(*(bindparam(f"new_{c}", type_=Job.__table__.c[c].type) for c in _NEW_COLUMNS)).where(
             ~exists().where(
-                _owner_scope == func.coalesce(bindparam("new_owner", type_=Job.owner.type), ""),
+                owner_scope == bindparam("new_scope", type_=Job.owner.type),
                 Job.idempotency_key == bindparam("new_idempotency_key"),
             )
         ),
@@ -230,6 +229,7 @@ class Enqueueing(StoreBase):
             return _logged(self.db.write(work))
 
         params = {f"new_{name}": value for name, value in row.items()}
+        params["new_scope"] = row["owner"] or ""
 
         def work_with_key(conn: Connection) -> Enqueued:
             try:

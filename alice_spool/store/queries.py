@@ -15,7 +15,7 @@ from ..records import (
     JobRecord,
     Stats,
 )
-from ._base import COLUMNS, StoreBase, chunks, get_job, utcnow
+from ._base import COLUMNS, StoreBase, chunks, get_job, owner_scope, utcnow
 from .changes import WAKE_AT_LEAST_S
 
 
@@ -28,9 +28,7 @@ class Queries(StoreBase):
     def get_by_key(self, owner: str | None, key: str) -> JobRecord:
         """The job an owner queued under an idempotency key it chose (`id`): each
         owner's keys are its own, so another's job of the same key is not found."""
-        query = select(*COLUMNS).where(
-            func.coalesce(Job.owner, "") == (owner or ""), Job.idempotency_key == key
-        )
+        query = select(*COLUMNS).where(owner_scope == (owner or ""), Job.idempotency_key == key)
         row = self.db.read(lambda conn: conn.execute(query).first())
         if row is None:
             raise errors.JobNotFound(f"no job {key}", job_id=key)

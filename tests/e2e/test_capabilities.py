@@ -14,6 +14,7 @@ import httpx
 from PIL import Image
 from sqlalchemy import text
 
+from alice_spool.api.context import image_secret
 from alice_spool.records import RunnerReport
 from tests.support.bare import Bare
 from tests.support.fake_model import write_fake_model
@@ -106,11 +107,12 @@ def test_an_image_url_carries_a_secret_that_a_known_job_id_does_not_give(
     run_to_the_end(bare, job_id)
     view = httpx.get(f"{bare.url}/v1/jobs/{job_id}", headers=keys["alice"]).json()
     (url,) = view["image_urls"]
-    secret = bare.store.get(job_id).image_secret
-    assert secret is not None and len(secret) == 32 and int(secret, 16) >= 0  # 128 bits, hex
-    assert secret not in job_id and job_id not in secret
+    job_secret = bare.store.get(job_id).image_secret
+    assert job_secret is not None and len(job_secret) == 32 and int(job_secret, 16) >= 0
+    assert job_secret not in job_id and job_id not in job_secret  # 128 bits of its own
+    secret = image_secret(job_secret, f"{job_id}-0.png")  # the image's, from the job's
     assert url == f"{bare.url}/images/{secret}/{job_id}-0.png"
-    assert "image_secret" not in view and secret not in str(view["result"])
+    assert "image_secret" not in view and job_secret not in str(view)
 
     # SAM's way: a plain GET, no headers at all.
     with httpx.Client(headers={}) as plain:
@@ -121,12 +123,15 @@ def test_an_image_url_carries_a_secret_that_a_known_job_id_does_not_give(
     other = httpx.post(bare.url + "/v1/jobs", json={"prompt": "mine"}, headers=keys["bob"])
     other_id = other.json()["id"]
     run_to_the_end(bare, other_id)
-    other_secret = bare.store.get(other_id).image_secret
+    other_job_secret = bare.store.get(other_id).image_secret
+    other_secret = image_secret(other_job_secret, f"{other_id}-0.png")
+    assert httpx.get(f"{bare.url}/images/{other_secret}/{other_id}-0.png").status_code == 200
     refused = [
         f"/images/{job_id}-0.png",  # the old form: the id alone
         f"/outputs/{job_id}-0.png",
         f"/images/{'0' * 32}/{job_id}-0.png",  # a made-up secret
-        f"/images/{other_secret}/{job_id}-0.png",  # another job's secret
+        f"/images/{other_secret}/{job_id}-0.png",  # another job's image's secret
+        f"/images/{job_secret}/{job_id}-0.png",  # the job's own secret is not the image's
         f"/images/{secret.upper()}/{job_id}-0.png",
         f"/images/{secret[:-1]}/{job_id}-0.png",
         f"/images/{secret}/{job_id}-1.png",  # an image the job does not have
@@ -313,3 +318,35 @@ def test_the_first_default_is_pinned_even_before_any_job(tmp_path: Path) -> None
     registry.set_default("sd/zzz")
     assert ModelRegistry(models).default().id == "sd/zzz"
     assert not list(models.glob(".default.*"))  # no scratch files left behind
+
+
+def test_sharing_one_image_of_a_job_opens_none_of_its_others(
+    make_bare: Callable[..., Bare],
+) -> None:
+    """The gallery's privacy is per image: each image's URL has a secret of its own."""
+    bare, keys = keyed(make_bare)
+    made = httpx.post(bare.url + "/v1/jobs", json={"prompt": "two", "n": 2}, headers=keys["alice"])
+    job_id = made.json()["id"]
+    (taken,) = bare.store.claim_batch("t-runner", 1, lease_s=30)
+    folder = bare.outbox / job_id
+    folder.mkdir(parents=True)
+    images = []
+    for i in range(2):
+        (folder / f"{job_id}-{i}.png").write_bytes(png())
+        images.append({"file": f"{job_id}-{i}.png", "seed": i, "width": 8, "height": 8})
+    bare.store.succeed(taken.id, "t-runner", {"images": images})
+    shared = httpx.patch(
+        f"{bare.url}/v1/gallery/{job_id}-0/privacy",
+        json={"isPublic": True, "expiresInHours": 1},
+        headers=keys["alice"],
+    )
+    assert shared.status_code == 200, shared.text
+    seen = httpx.get(bare.url + "/v1/gallery", headers=keys["bob"]).json()["data"]
+    (public,) = [item for item in seen if item["id"] == f"{job_id}-0"]
+    assert httpx.get(public["url"]).status_code == 200
+    sibling = public["url"].replace(f"{job_id}-0.png", f"{job_id}-1.png")
+    answer = httpx.get(sibling)
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "not_found"
+    own = httpx.get(f"{bare.url}/v1/jobs/{job_id}", headers=keys["alice"]).json()["image_urls"]
+    assert len({url.split("/")[-2] for url in own}) == 2  # two images, two secrets
+    assert [httpx.get(url).status_code for url in own] == [200, 200]

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from alice_spool.api.context import image_secret
 from alice_spool.config import masked_url
 from alice_spool.models import JobStatus
 from alice_spool.spec import JobSpec
@@ -283,7 +284,7 @@ def test_gallery_tags_search_filters_paging_and_delete(make_bare: Callable[..., 
     assert [i["id"] for i in newest] == [f"{w.done}-{i}" for w in reversed(worlds) for i in (0, 1)]
     item = newest[-2]
     assert item["prompt"] == "a red fox 0" and item["seed"] == 10 and item["width"] == 8
-    secret = bare.store.get(worlds[0].done).image_secret
+    secret = image_secret(bare.store.get(worlds[0].done).image_secret, f"{images[0]}.png")
     assert item["url"].endswith(f"/images/{secret}/{images[0]}.png")
     assert item["tags"] == ["fox", "red"]
     assert item["isOwner"] is True and item["generationTime"] == 0.5

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from alice_spool import errors
 from alice_spool.models import Job, JobStatus, Source
@@ -843,3 +843,41 @@ def test_the_owner_and_not_the_client_name_decides_the_turns(store: Store, make_
     order = [claim_one(store) for _ in range(4)]
     assert [j.owner for j in order] == [None, "k-bob", None, None]
     assert order[1].id == keyed.id
+
+
+@pytest.mark.sqlite_only
+def test_idempotency_lookups_search_the_per_owner_index(store: Store) -> None:
+    """Every lookup of an owner's idempotency key uses the unique index's own expression
+    (`COALESCE(owner, '')`), so it searches the index rather than reading every keyed job."""
+    from alice_spool.store._base import COLUMNS, owner_scope
+
+    query = select(*COLUMNS).where(owner_scope == "alice", Job.idempotency_key == "k")
+    compiled = query.compile(store.db.engine)  # as it is sent: with its bound parameters
+    values = tuple(compiled.params[name] for name in compiled.positiontup or ())
+    with store.db.engine.connect() as conn:
+        rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", values)
+        plan = " ".join(row[-1] for row in rows)
+    assert "SEARCH jobs USING INDEX uq_jobs_idempotency_key (<expr>=? AND" in plan, plan
+
+
+def test_each_owners_idempotency_key_is_its_own(store: Store, make_spec: Spec) -> None:
+    spec = make_spec("a harbour", model="sd/tiny")
+    admins = store.enqueue(spec, source=Source.CLI, idempotency_key="nightly")
+    users = store.enqueue(spec, source=Source.API, idempotency_key="nightly", owner="u1")
+    assert admins.created and users.created and admins.job.id != users.job.id
+    again = store.enqueue(spec, source=Source.API, idempotency_key="nightly", owner="u1")
+    assert not again.created and again.job.id == users.job.id
+    assert store.get_by_key("u1", "nightly").id == users.job.id
+    assert store.get_by_key(None, "nightly").id == admins.job.id
+    with pytest.raises(errors.JobNotFound):
+        store.get_by_key("u2", "nightly")
+    with pytest.raises(errors.IdempotencyConflict):
+        store.enqueue(make_spec("other"), source=Source.API, idempotency_key="nightly", owner="u1")
+    batch = [NewJob(spec, "n-1", owner="u2"), NewJob(spec, "n-2", owner="u2")]
+    first = store.enqueue_batch(batch, source=Source.API)
+    repeat = store.enqueue_batch(batch, source=Source.API)
+    assert first.created and not repeat.created and repeat.batch_id == first.batch_id
+    admins_batch = store.enqueue_batch(
+        [NewJob(spec, "n-1"), NewJob(spec, "n-2")], source=Source.INBOX
+    )
+    assert admins_batch.created and admins_batch.batch_id != first.batch_id

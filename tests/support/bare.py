@@ -14,6 +14,7 @@ import uvicorn
 
 from alice_spool import migrate
 from alice_spool.api import create_app
+from alice_spool.api.context import image_url
 from alice_spool.api.deadline import http_protocol
 from alice_spool.config import load_settings
 from alice_spool.store import Store
@@ -89,4 +90,4 @@ def served_image_job(bare: Bare, image: Any = None) -> tuple[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     (image or Image.new("RGB", (8, 8))).save(folder / f"{taken.id}-0.png")
     done = bare.store.succeed(taken.id, "t-runner", {"images": [{"file": f"{taken.id}-0.png"}]})
-    return taken.id, f"{bare.url}/images/{done.image_secret}/{taken.id}-0.png"
+    return taken.id, image_url(bare.url, f"{taken.id}-0.png", done.image_secret)
