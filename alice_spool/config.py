@@ -456,11 +456,24 @@ def _masked_urls(value: Any) -> Any:
     return value
 
 
+# A database URL's user info as SQLAlchemy reads it (`make_url`): a user name without `:`
+# or `/`, then a password of anything up to the `@`. (http and https URLs are left to the
+# URL parser: there such characters in a password must be escaped.)
+_DATABASE_USERINFO = re.compile(
+    r"(?P<head>(?!https?://)[A-Za-z][\w+.-]*://[^:/@]*:)(?P<password>[^@]*)@"
+)
+
+
 def masked_url(url: str) -> str:
     """A URL with each credential it carries shown as ***: the password in its user
     info (or a user name alone, which is how a token is often passed:
     `https://TOKEN@host`), and the value of each query (or fragment) parameter whose
     name says it is one (`?password=`, `?token=`, `&sig=`...)."""
+    database = _DATABASE_USERINFO.match(url)
+    if database is not None and database["password"]:
+        # SQLAlchemy takes everything up to the `@` as the password, `/`, `?` and `#`
+        # included, where a URL parser would end the host part early and miss it.
+        url = f"{database['head']}***@{url[database.end() :]}"
     try:
         parts = urlsplit(url)
     except ValueError:  # a URL no parser agrees on: nothing of it after the scheme

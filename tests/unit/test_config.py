@@ -278,6 +278,11 @@ def test_runner_devices_none_a_list_or_all_and_every_refusal(tmp_path: Path) -> 
             "postgresql://spool@db.local/spool?sslmode=require&password=pa55",
             "postgresql://***@db.local/spool?sslmode=require&password=***",
         ),
+        # SQLAlchemy reads a password up to the `@`: `#`, `/` and `?` in it included.
+        ("postgresql://spool:pa#55@db.local/spool", "postgresql://spool:***@db.local/spool"),
+        ("postgresql://spool:pa/55@db.local/spool", "postgresql://spool:***@db.local/spool"),
+        ("postgresql://spool:p?a:5@db.local:5/s", "postgresql://spool:***@db.local:5/s"),
+        ("https://mirror.example:8080/x@y", "https://mirror.example:8080/x@y"),
         ("https://user:hf_tok@hub.example/mirror", "https://user:***@hub.example/mirror"),
         ("https://ghp_tok@hub.example", "https://***@hub.example"),
         (
