@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -32,6 +33,8 @@ from .http import (
     watching,
 )
 from .openai import finished_or_raise
+
+log = logging.getLogger(__name__)
 
 _FIELDS = {"prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed",
            "width", "height", "model_id", "lora_path", "lora_scale"}  # fmt: skip
@@ -143,6 +146,7 @@ async def list_loras(request: Request, api: Api, client: str | None) -> Response
 # Close codes (RFC 6455): a policy refused, a frame of the wrong kind, text that is not
 # the JSON asked for, a message too big, try again later (a limit for now).
 POLICY, WRONG_KIND, BAD_DATA, TOO_BIG, TRY_LATER = 1008, 1003, 1007, 1009, 1013
+INTERNAL = 1011  # the server met something it did not expect
 _REFUSED_AT_THE_DOOR = (errors.Unauthorized, errors.Forbidden, errors.CrossOriginRefused)
 
 
@@ -281,4 +285,13 @@ async def _generate(websocket: WebSocket, api: Api, body: Any, client: str | Non
         await websocket.send_json({"type": "result", **await _image(api, done)})
     except errors.SpoolError as exc:
         await _send_error(websocket, exc)
+    except WebSocketDisconnect:
+        raise
+    except Exception:  # a bug: its trace in the log, and the client told, not dropped
+        log.exception("the WebSocket's request failed")
+        failed = errors.SpoolError("internal error; see the server's log")
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client left
+            await _send_error(websocket, failed)
+            await websocket.close(code=INTERNAL, reason=failed.code)
+        return
     await websocket.close()

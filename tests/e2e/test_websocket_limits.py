@@ -163,3 +163,31 @@ def test_a_wrong_key_is_still_refused_at_the_handshake(make_bare: Callable[..., 
     with pytest.raises(InvalidStatus) as refused:
         talk(bare, {"X-Api-Key": "not-a-key"}, REQUEST)
     assert refused.value.response.status_code == 403
+
+
+def test_a_fault_of_the_servers_own_is_an_error_message_and_1011(
+    make_bare: Callable[..., Bare],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Something the server did not expect (here a broken step, injected) still
+    answers the client, with close code 1011, and leaves its trace in the log."""
+    from alice_spool.api import restplan
+
+    bare = make_bare()
+
+    async def broken(*args: Any, **kwargs: Any) -> str:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(restplan, "_queue", broken)
+    with caplog.at_level("ERROR", logger="alice_spool.api.restplan"):
+        messages, code = talk(bare, {}, REQUEST)
+    assert code == 1011
+    assert messages == [
+        {
+            "type": "error",
+            "detail": "internal error; see the server's log",
+            "code": "internal_error",
+        }
+    ]
+    assert "KeyError: 'a bug'" in caplog.text
