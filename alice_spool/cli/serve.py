@@ -3,6 +3,7 @@ plus the GPU runner as a supervised child process): the daemon."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .. import migrate
-from ..errors import SpoolError
+from ..errors import ModelNotFound, SpoolError
 from ..service import sd_notify, watchdog_interval_s
 from ..stopping import StopSignals, blocked, exit_now
 from ..store import Store
@@ -209,6 +210,14 @@ def _ensure_a_model(app: App) -> None:
     )
 
 
+def _pin_the_default(app: App) -> None:
+    """Decide the default model now, before any request (the registry pins the first it
+    works out): a model that arrives later, a user's download, never becomes it by
+    sorting first. Nothing installed yet: the first model chosen is pinned then."""
+    with contextlib.suppress(ModelNotFound):
+        app.registry.default(app.settings.generation.default_model)
+
+
 def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> None:
     stopping = threading.Event()
     server: uvicorn.Server | None = None
@@ -248,6 +257,7 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
     finish_deletions_at_start_up(store, Path(settings.paths.outbox))  # before serving
     if with_runner:  # before the inbox: every door queues jobs for a model that exists
         _ensure_a_model(app)
+    _pin_the_default(app)
     inbox = None
     if settings.inbox.enabled:
         inbox = Inbox.from_settings(settings, store, faults=app.faults)

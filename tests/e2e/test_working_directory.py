@@ -62,6 +62,9 @@ def test_serve_from_a_directory_with_a_decoy_package_makes_an_image(tmp_path: Pa
 
     try:
         wait_until(runner_up, timeout=120)
+        # The default model is decided at start, before any request: a model that
+        # arrives later (a user's download) never becomes it by sorting first.
+        assert (tmp_path / "var" / "models" / ".default").read_text() == "sd/tiny\n"
         made = httpx.post(
             url + "/v1/images/generations",
             json={"prompt": "a lighthouse", "size": "64x64", "response_format": "b64_json"},
