@@ -49,7 +49,7 @@ def check_safetensors_data(path: Path) -> dict[str, Any]:
             raise ValueError(f"tensor {name!r} has no valid shape")
         bits = _DTYPE_BITS.get(str(dtype))
         if bits is not None:
-            needed = math.ceil(math.prod(shape) * bits / 8)
+            needed = (math.prod(shape) * bits + 7) // 8  # whole numbers: exact at any size
             if offsets[1] - offsets[0] != needed:
                 raise ValueError(
                     f"tensor {name!r} ({dtype} {shape}) needs {needed} bytes, its offsets "
