@@ -13,10 +13,12 @@ signed URLs keep their tokens).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -206,6 +208,10 @@ class Deadline:
         self.seconds = seconds
         self._at = None if seconds is None else time.monotonic() + seconds
 
+    def left(self) -> float | None:
+        """Seconds until the deadline (None: none)."""
+        return None if self._at is None else max(0.0, self._at - time.monotonic())
+
     def read_timeout(self) -> float | None:
         """How long the next connection or read may take: at most what is left."""
         if self._at is None:
@@ -291,19 +297,44 @@ def fetch(
             answer, last = open_stream(
                 http, url, rules, field=field, headers={"Accept": "image/*"}, deadline=deadline
             )
+            cut = _cut_at_deadline(answer, deadline)
             try:
                 if answer.status_code != 200:
                     raise InvalidParameters(
                         f"{field}: {shown(last)} answered {answer.status_code}", field=field
                     )
-                return _read(answer, last, max_bytes, field, deadline)
+                body = _read(answer, last, max_bytes, field, deadline)
+                deadline.check(url, field)  # a body cut at the deadline is no body
+                return body
             finally:
+                if cut is not None:
+                    cut.cancel()
                 answer.close()
         except httpx.HTTPError as exc:
             deadline.check(url, field)  # a read cut short by the deadline says so
             raise InvalidParameters(
                 f"{field}: fetching {shown(url)} failed: {type(exc).__name__}", field=field
             ) from None
+
+
+def _cut_at_deadline(answer: httpx.Response, deadline: Deadline) -> threading.Timer | None:
+    """A read already waiting when the deadline comes would wait out its own timeout
+    (the one it was sent with) past it: at the deadline the connection is shut, which
+    ends that read at once."""
+    left = deadline.left()
+    stream = answer.extensions.get("network_stream")
+    connection = stream.get_extra_info("socket") if stream is not None else None
+    if left is None or not isinstance(connection, socket.socket):
+        return None
+
+    def cut() -> None:
+        with contextlib.suppress(OSError):  # closed already: the read ended by itself
+            connection.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(left, cut)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _read(

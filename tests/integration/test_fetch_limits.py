@@ -33,6 +33,7 @@ class Trickle:
     at most, so that nothing outlives the test); `/hop` redirects to it."""
 
     port: int = 0
+    every_s: float = BYTE_EVERY_S
     opened: int = 0  # connections that asked for /slow.png
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -64,10 +65,10 @@ def trickle() -> Iterator[Trickle]:
             self.send_header("Content-Length", "1000")
             self.end_headers()
             try:
-                for _ in range(int(20 / BYTE_EVERY_S)):
+                for _ in range(int(20 / state.every_s)):
                     self.wfile.write(b"\x89")
                     self.wfile.flush()
-                    if state.stop.wait(BYTE_EVERY_S):
+                    if state.stop.wait(state.every_s):
                         return
             except OSError:  # the client gave up
                 pass
@@ -96,6 +97,22 @@ def test_a_whole_fetch_ends_at_its_deadline_however_the_body_trickles(trickle: T
             urls.fetch(trickle.url + path, rules, max_bytes=10_000, field="f", timeout_s=1.5)
         assert info.value.field == "f"
         assert 1.5 <= time.monotonic() - started < 1.5 + BYTE_EVERY_S + 1
+
+
+def test_a_read_that_began_before_the_deadline_ends_at_it(trickle: Trickle) -> None:
+    """A byte every 3 s and 4 s in all: the read that starts at 3 s would wait until 6 s
+    for its byte (within a read's own timeout); the fetch is cut at 4 s."""
+    trickle.every_s = 3.0
+    started = time.monotonic()
+    with pytest.raises(InvalidParameters, match=r"took longer than 4 s"):
+        urls.fetch(
+            trickle.url + "/slow.png",
+            urls.UrlRules(allow_private=True),
+            max_bytes=10_000,
+            field="f",
+            timeout_s=4,
+        )
+    assert 4 <= time.monotonic() - started < 5
 
 
 def post_jobs(bare: Bare, key: str, url: str, count: int) -> list[httpx.Response]:
