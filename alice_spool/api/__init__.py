@@ -50,7 +50,8 @@ from .context import Api, route
 from .docs_page import DOCS_POLICY, render_docs
 from .guard import RequestGuard
 from .headers import SecurityHeaders
-from .http import Keys, RateLimiter, StreamSlots, error_response
+from .http import Keys, error_response
+from .limits import RateLimiter, StreamSlots
 from .openapi import describe
 
 log = logging.getLogger(__name__)

@@ -33,11 +33,10 @@ from .http import (
     SESSION_COOKIE,
     Keys,
     Principal,
-    RateLimiter,
-    StreamSlots,
     read_json,
     spool_error_response,
 )
+from .limits import RateLimiter, StreamSlots
 
 log = logging.getLogger(__name__)
 

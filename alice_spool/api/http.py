@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import math
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -86,7 +84,6 @@ _TYPES = {
 }
 QUEUE_FULL_RETRY_AFTER_S = 5
 DATABASE_RETRY_AFTER_S = 30  # a full disk or a long lock: not gone in a second
-MAX_BUCKETS = 10_000  # rate-limit buckets kept before idle ones are dropped
 
 
 def error_response(
@@ -425,76 +422,6 @@ class Keys:
         return Principal(
             stored.name, stored.role, stored.id, stored.rate_limit_per_minute, digest(given)
         )
-
-
-class RateLimiter:
-    """A token bucket per client (its key's `Principal.bucket`, else its address):
-    `per_minute` requests a minute, in bursts of up to a tenth of that (at least 5).
-    0 = no limit."""
-
-    def __init__(self, per_minute: int, *, burst: float | None = None) -> None:
-        self.rate = per_minute / 60.0
-        self.burst = max(5.0, per_minute / 10.0) if burst is None else burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def check(self, client: str, *, spend: bool = True, per_minute: int | None = None) -> None:
-        """`rate_limit_exceeded` when the client's bucket is empty; else take a token
-        from it (or, with `spend=False`, only look). `per_minute`: this client's own
-        limit (a key's), instead of the server's."""
-        rate, burst = self.rate, self.burst
-        if per_minute is not None:
-            rate, burst = per_minute / 60.0, max(5.0, per_minute / 10.0)
-        if rate <= 0:
-            return
-        now = time.monotonic()
-        with self._lock:
-            tokens, since = self._buckets.get(client, (burst, now))
-            tokens = min(burst, tokens + (now - since) * rate)
-            if tokens < 1:
-                wait = math.ceil((1 - tokens) / rate)
-                self._buckets[client] = (tokens, now)
-                raise errors.RateLimited(
-                    f"too many requests; try again in {wait} s",
-                    retry_after=wait,
-                )
-            self._buckets[client] = (tokens - 1 if spend else tokens, now)
-            if len(self._buckets) > MAX_BUCKETS:  # forget clients whose buckets refilled
-                full_after = burst / rate
-                self._buckets = {c: b for c, b in self._buckets.items() if now - b[1] < full_after}
-
-
-class StreamSlots:
-    """Open event streams per client (its key's `Principal.bucket`, else its address):
-    at most `limit`; one more is `rate_limit_exceeded` until one of them ends."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._open: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def take(self, client: str) -> None:
-        with self._lock:
-            count = self._open.get(client, 0)
-            if count >= self.limit:
-                raise errors.RateLimited(
-                    f"{count} event streams are open for this client already "
-                    f"(server.max_streams_per_client); close one first",
-                    retry_after=5,
-                )
-            self._open[client] = count + 1
-
-    def give_back(self, client: str) -> None:
-        with self._lock:
-            count = self._open.get(client, 0) - 1
-            if count > 0:
-                self._open[client] = count
-            else:
-                self._open.pop(client, None)
-
-    def count(self, client: str) -> int:
-        with self._lock:
-            return self._open.get(client, 0)
 
 
 async def wait_for_job(store: Store, job_id: str, timeout_s: float) -> JobRecord:
