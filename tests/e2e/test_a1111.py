@@ -73,7 +73,9 @@ def test_txt2img_with_webuiapi(site: Served) -> None:
         prompt="a lighthouse at dusk", negative_prompt="blurry", seed=1234, width=64,
         height=64, cfg_scale=6.5, sampler_name="DPM++ 2M", scheduler="Karras",
     )  # fmt: skip
-    assert again.images[0].tobytes() == result.images[0].tobytes()
+    # (Alone, not in a call of four: the CPU's kernels may round a pixel by one step.)
+    first, alone = (np.asarray(i.images[0], dtype=np.int16) for i in (result, again))
+    assert first.shape == alone.shape and np.abs(first - alone).max() <= 2
 
 
 def test_img2img_with_a_mask_with_webuiapi(site: Served) -> None:
