@@ -16,6 +16,7 @@ from sqlalchemy import create_engine
 from alice_spool import errors, migrate
 from alice_spool.database import Database
 from alice_spool.models import Base
+from alice_spool.spec import parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -212,6 +213,46 @@ def test_jobs_made_before_0010_get_their_key_as_owner_and_their_images_a_gallery
     ]
     assert page.items[0].created_at.isoformat() == "2026-11-01T12:01:00+00:00"
     assert store.gallery_files(["old2"]) == []
+    db.close()
+
+
+def test_0015_old_jobs_keep_no_secret_keys_become_per_owner_and_unverifiable_sessions_end(
+    tmp_path: Path,
+) -> None:
+    """0015: a job from before has no image secret (its old link stays its only one); an
+    idempotency key is its owner's from then on; a configured key's session, which
+    recorded no hash to check its key by, ends; a stored key's stays (checked by id)."""
+    from alice_spool.store import Store
+
+    sessions = [
+        "INSERT INTO sessions (id_sha256, name, role, key_id, created_at, last_seen_at, "
+        f"expires_at) VALUES ('{c * 64}', 'n{c}', 'admin', {key}, '2026-11-01 12:00:00', "
+        "'2026-11-01 12:00:00', '2099-01-01 00:00:00')"
+        for c, key in (("1", "NULL"), ("2", f"'{'b' * 30}'"))
+    ]
+    db = _old_database(
+        tmp_path,
+        "0014",
+        [{"status": "queued", "attempts": 0, "spec": '{"prompt": "x"}', "owner": "u1",
+          "idempotency_key": "nightly"}],
+        *sessions,
+    )  # fmt: skip
+    store = Store(db)
+    assert store.get("old0").image_secret is None
+    with db.engine.connect() as conn:
+        left = conn.exec_driver_sql("SELECT key_id, key_sha256 FROM sessions").all()
+    assert left == [("b" * 30, None)]
+    spec = parse_spec({"prompt": "x", "model": "sd/tiny"})
+    with pytest.raises(errors.IdempotencyConflict):  # u1's key, taken by its old job
+        store.enqueue(spec, source="api", idempotency_key="nightly", owner="u1")
+    admins = store.enqueue(spec, source="cli", idempotency_key="nightly")  # another's: free
+    assert admins.created and admins.job.image_secret is not None
+    # Back to one key for all: the later of two owners' equal keys is let go, jobs kept.
+    assert migrate.downgrade(db, "0014").current == "0014"
+    with db.engine.connect() as conn:
+        keys = conn.exec_driver_sql("SELECT id, idempotency_key FROM jobs ORDER BY seq").all()
+    assert keys == [("old0", "nightly"), (admins.job.id, None)]
+    assert migrate.upgrade(db).up_to_date and migrate.schema_drift(db) == []
     db.close()
 
 
