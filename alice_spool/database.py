@@ -36,7 +36,7 @@ from sqlalchemy.exc import (
 )
 
 from . import errors
-from .config import masked_url
+from .masking import masked_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

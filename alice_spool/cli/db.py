@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .. import migrate
-from ..config import masked_url
+from ..masking import masked_url
 from .app import EXIT_JOBS_FAILED, App, SpoolGroup, cli, emit_json, json_option, pass_app
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from alice_spool.config import Settings, load_settings, masked_url
+from alice_spool.config import Settings, load_settings
 from alice_spool.errors import ConfigError
+from alice_spool.masking import masked_url
 
 REPO = Path(__file__).resolve().parents[2]
 
