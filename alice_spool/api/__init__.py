@@ -48,10 +48,11 @@ from . import (
 )
 from .context import Api, route
 from .docs_page import DOCS_POLICY, render_docs
+from .fetching import fetch_slots
 from .guard import RequestGuard
 from .headers import SecurityHeaders
 from .http import Keys, error_response
-from .limits import RateLimiter, StreamSlots
+from .limits import RateLimiter, stream_slots
 from .openapi import describe
 
 log = logging.getLogger(__name__)
@@ -281,7 +282,8 @@ def create_app(
         registry=registry or ModelRegistry(settings.paths.models),
         keys=Keys(server.api_keys, store, session_idle_s=server.session_idle_s),
         limiter=RateLimiter(server.rate_limit_per_minute),
-        streams=StreamSlots(server.max_streams_per_client),
+        streams=stream_slots(server.max_streams_per_client),
+        fetches=fetch_slots(settings.models.max_fetches_per_client),
         # a minute's worth at once (a person mistyping a key never notices), then slowly
         auth_failures=RateLimiter(
             server.auth_failures_per_minute, burst=server.auth_failures_per_minute

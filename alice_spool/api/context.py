@@ -36,7 +36,7 @@ from .http import (
     read_json,
     spool_error_response,
 )
-from .limits import RateLimiter, StreamSlots
+from .limits import RateLimiter, Slots, stream_slots
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ class Api:
     version: str = __version__
     inbox_health: Callable[[], dict[str, Any]] | None = None
     database_trouble: DatabaseTrouble = field(default_factory=lambda: DatabaseTrouble())
-    streams: StreamSlots = field(default_factory=lambda: StreamSlots(8))
-    fetches: fetching.FetchSlots = field(default_factory=lambda: fetching.FetchSlots())
+    streams: Slots = field(default_factory=lambda: stream_slots(8))
+    fetches: Slots = field(default_factory=lambda: fetching.fetch_slots(4))
     open_sockets: int = 0  # WebSockets open now (server.max_connections holds them too)
 
     @property
@@ -76,7 +76,6 @@ class Api:
         models = self.settings.models
         return fetching.fetcher(
             self.fetches,
-            limit=models.max_fetches_per_client,
             allow_private=models.allow_private_urls,
             max_bytes=self.settings.server.max_image_body_bytes,
             timeout_s=models.fetch_timeout_s,

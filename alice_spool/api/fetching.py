@@ -4,14 +4,14 @@ once per client (more: 429), and none of them holding a thread that other routes
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 
 import anyio.from_thread
 import anyio.to_thread
 
-from .. import errors, urls
+from .. import urls
+from .limits import Slots
 
 # Whose fetch slots a request's fetches spend (its key's bucket, else its address): set
 # by `admit` in the task that serves the request, and seen in the worker thread its
@@ -20,44 +20,16 @@ fetching_for: ContextVar[str | None] = ContextVar("fetching_for", default=None)
 MAX_FETCHES = 64  # going at once in all: each holds one thread while it waits
 
 
-class FetchSlots:
-    """Fetches going at once, per client and in all."""
-
-    def __init__(self) -> None:
-        self._going: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def slot(self, client: str, limit: int) -> Iterator[None]:
-        """One fetch's slot for `client`: `rate_limit_exceeded` past `limit` of its own
-        or MAX_FETCHES in all."""
-        with self._lock:
-            count = self._going.get(client, 0)
-            if count >= limit:
-                raise errors.RateLimited(
-                    f"{count} image URL fetches are going for this client already "
-                    "(models.max_fetches_per_client); wait for one to end",
-                    retry_after=5,
-                )
-            if sum(self._going.values()) >= MAX_FETCHES:
-                raise errors.RateLimited(
-                    f"{MAX_FETCHES} image URL fetches are going already; try again soon",
-                    retry_after=5,
-                )
-            self._going[client] = count + 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                left = self._going.get(client, 0) - 1
-                if left > 0:
-                    self._going[client] = left
-                else:
-                    self._going.pop(client, None)
-
-    def going(self, client: str) -> int:
-        with self._lock:
-            return self._going.get(client, 0)
+def fetch_slots(limit: int) -> Slots:
+    """Image URL fetches going at once: `models.max_fetches_per_client` per client, and
+    MAX_FETCHES in all."""
+    return Slots(
+        limit,
+        busy="{count} image URL fetches are going for this client already "
+        "(models.max_fetches_per_client); wait for one to end",
+        total=MAX_FETCHES,
+        full=f"{MAX_FETCHES} image URL fetches are going already; try again soon",
+    )
 
 
 @contextlib.contextmanager
@@ -82,9 +54,8 @@ def _resize_pool(by: int) -> None:
 
 
 def fetcher(
-    slots: FetchSlots,
+    slots: Slots,
     *,
-    limit: int,
     allow_private: bool,
     max_bytes: int,
     timeout_s: float,
@@ -94,7 +65,7 @@ def fetcher(
     get = urls.fetcher(allow_private=allow_private, max_bytes=max_bytes, timeout_s=timeout_s)
 
     def fetch(url: str, field: str) -> bytes:
-        with slots.slot(fetching_for.get() or "-", limit), thread_lent():
+        with slots.held(fetching_for.get() or "-"), thread_lent():
             return get(url, field)
 
     return fetch

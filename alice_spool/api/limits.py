@@ -3,9 +3,11 @@ event streams open at once, counted per key (`Principal.bucket`), else per addre
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
+from collections.abc import Iterator
 
 from .. import errors
 
@@ -49,12 +51,15 @@ class RateLimiter:
                 self._buckets = {c: b for c, b in self._buckets.items() if now - b[1] < full_after}
 
 
-class StreamSlots:
-    """Open event streams per client (its key's `Principal.bucket`, else its address):
-    at most `limit`; one more is `rate_limit_exceeded` until one of them ends."""
+class Slots:
+    """What each client holds open at once (its key's `Principal.bucket`, else its
+    address): at most `limit` each, and `total` in all if given; one more is
+    `rate_limit_exceeded` until one of them ends. `busy` (with `{count}`) and `full` say
+    which limit was met."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, limit: int, *, busy: str, total: int | None = None, full: str = "") -> None:
+        self.limit, self.total = limit, total
+        self.busy, self.full = busy, full
         self._open: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -62,11 +67,9 @@ class StreamSlots:
         with self._lock:
             count = self._open.get(client, 0)
             if count >= self.limit:
-                raise errors.RateLimited(
-                    f"{count} event streams are open for this client already "
-                    f"(server.max_streams_per_client); close one first",
-                    retry_after=5,
-                )
+                raise errors.RateLimited(self.busy.format(count=count), retry_after=5)
+            if self.total is not None and sum(self._open.values()) >= self.total:
+                raise errors.RateLimited(self.full, retry_after=5)
             self._open[client] = count + 1
 
     def give_back(self, client: str) -> None:
@@ -77,6 +80,24 @@ class StreamSlots:
             else:
                 self._open.pop(client, None)
 
+    @contextlib.contextmanager
+    def held(self, client: str) -> Iterator[None]:
+        """One slot for the block."""
+        self.take(client)
+        try:
+            yield
+        finally:
+            self.give_back(client)
+
     def count(self, client: str) -> int:
         with self._lock:
             return self._open.get(client, 0)
+
+
+def stream_slots(limit: int) -> Slots:
+    """Open event streams (and WebSockets): `server.max_streams_per_client`."""
+    return Slots(
+        limit,
+        busy="{count} event streams are open for this client already "
+        "(server.max_streams_per_client); close one first",
+    )
