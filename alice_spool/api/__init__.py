@@ -44,6 +44,7 @@ from . import (
     native,
     openai,
     restplan,
+    search,
     status,
 )
 from .context import Api, route
@@ -163,13 +164,11 @@ def routes() -> list[Any]:
         Route("/v1/models/refresh", openai.refresh_models, methods=["POST"]),
         Route("/v1/loras", openai.list_loras, methods=["GET"]),
         Route("/v1/models/default", openai.set_default_model, methods=["POST"]),
-        Route("/v1/models/search", downloads.search_models, methods=["GET"]),
-        Route("/v1/models/thumbnail", downloads.thumbnail, methods=["GET"]),
+        Route("/v1/models/search", search.search_models, methods=["GET"]),
+        Route("/v1/models/thumbnail", search.thumbnail, methods=["GET"]),
         Route("/v1/models/loras", catalog.alice_list_loras, methods=["GET"]),
-        Route("/v1/models/search/civitai", downloads.alice_search_civitai, methods=["POST"]),
-        Route(
-            "/v1/models/search/huggingface", downloads.alice_search_huggingface, methods=["POST"]
-        ),
+        Route("/v1/models/search/civitai", search.alice_search_civitai, methods=["POST"]),
+        Route("/v1/models/search/huggingface", search.alice_search_huggingface, methods=["POST"]),
         Route("/v1/models/download/civitai", downloads.alice_download_civitai, methods=["POST"]),
         Route(
             "/v1/models/download/huggingface",
