@@ -12,9 +12,12 @@ import secrets
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import InvalidParameters
+
+if TYPE_CHECKING:
+    from .hires import HiresFix
 
 SCHEDULERS: tuple[str, ...] = (
     "euler",
@@ -39,6 +42,7 @@ GUIDANCE_MAX = 30.0
 SEED_MAX = 2**32 - 1
 N_MAX = 16
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
+CLIP_SKIP_MAX = 12  # A1111's CLIP_stop_at_last_layers slider
 PIXELS_MAX = SIZE_MAX * SIZE_MAX
 IDEMPOTENCY_KEY_MAX_CHARS = 255
 MODEL_PREFIX = "sd/"
@@ -130,16 +134,21 @@ class JobSpec:
     init_image: str | None = None
     mask_image: str | None = None  # white = repaint, black = keep
     strength: float | None = None  # img2img/inpainting: how much to change (0 < s <= 1)
+    hires: HiresFix | None = None  # txt2img in two passes (hires.py)
+    # A1111's CLIP_stop_at_last_layers: 2..12 stops that many layers from the end
+    # (diffusers' clip_skip is one less); 1, the last layer, is stored as None.
+    clip_skip: int | None = None
 
     @property
     def mode(self) -> str:
         if self.init_image is None:
-            return "txt2img"
+            return "txt2img" if self.hires is None else "hires"
         return "inpaint" if self.mask_image is not None else "img2img"
 
     def to_dict(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in _SPEC_FIELDS}
         data["loras"] = [{"name": name, "scale": scale} for name, scale in self.loras]
+        data["hires"] = self.hires.to_dict() if self.hires is not None else None
         return data
 
     @classmethod
@@ -149,6 +158,10 @@ class JobSpec:
         values["loras"] = tuple(
             (entry["name"], float(entry["scale"])) for entry in values.get("loras") or ()
         )  # the others added later are None, or absent from older records
+        if values.get("hires") is not None:
+            from .hires import HiresFix
+
+            values["hires"] = HiresFix.from_dict(values["hires"])
         return cls(**values)
 
     @property
@@ -187,6 +200,10 @@ class JobSpec:
             key = (*key, ("loras", self.loras))
         if self.init_image is not None:
             key = (*key, (self.mode, self.strength))
+        if self.hires is not None:
+            key = (*key, ("hires", self.hires.batch_key()))
+        if self.clip_skip is not None:
+            key = (*key, ("clip_skip", self.clip_skip))
         return key
 
     def batch_digest(self) -> str:
@@ -202,7 +219,8 @@ class JobSpec:
 
 
 _SPEC_FIELDS = tuple(f.name for f in fields(JobSpec))
-_LATER = ("loras", "init_image", "mask_image", "strength")  # not in the first fingerprints
+# Not in the first fingerprints.
+_LATER = ("loras", "init_image", "mask_image", "strength", "hires", "clip_skip")
 SPEC_FIELDS = _SPEC_FIELDS  # the request fields a JobSpec has
 _SPEC_FIELD_SET = frozenset(_SPEC_FIELDS)
 
@@ -550,6 +568,8 @@ def parse_spec(
     steps = steps if steps is not None else defaults.default_steps
     if strength is not None:
         check_denoising_steps(steps, strength)
+    hires = _hires_field(given, init_image, width, height, steps, defaults)
+    clip_skip = _integer(e[0], e[1], 1, CLIP_SKIP_MAX) if (e := given("clip_skip")) else None
     return JobSpec(
         prompt=prompt,
         negative_prompt=negative,
@@ -566,7 +586,31 @@ def parse_spec(
         init_image=init_image,
         mask_image=mask_image,
         strength=strength,
+        hires=hires,
+        clip_skip=clip_skip if clip_skip != 1 else None,  # 1: the last layer, no skip
     )
+
+
+def _hires_field(
+    given: Callable[[str], tuple[str, Any] | None],
+    init_image: str | None,
+    width: int | None,
+    height: int | None,
+    steps: int,
+    defaults: GenerationDefaults,
+) -> HiresFix | None:
+    """The `hires` field (hires.py), for txt2img only; its target is checked against
+    the size limits here when the first pass's size is known, else when the job runs."""
+    from .hires import check_hires, parse_hires
+
+    entry = given("hires")
+    hires = parse_hires(entry[1], max_steps=defaults.max_steps) if entry else None
+    if hires is None:
+        return None
+    if init_image is not None:
+        raise InvalidParameters("hires is for txt2img, not with an init_image", field="hires")
+    check_hires(hires, width, height, steps, max_pixels=defaults.max_pixels)
+    return hires
 
 
 def _image_fields(

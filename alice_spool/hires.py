@@ -1,0 +1,304 @@
+"""Hires fix: a txt2img job made in two passes (first pass, upscale, img2img at the
+target size), as AUTOMATIC1111 does it: its settings, their parsing and sizes (pure)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .errors import InvalidParameters
+from .spec import (
+    PIXELS_MAX,
+    PROMPT_MAX_CHARS,
+    SIZE_MAX,
+    SIZE_MIN,
+    STEPS_MAX,
+    _integer,
+    _number,
+    _string,
+    _type_name,
+    normalise_scheduler,
+)
+
+DEFAULT_SCALE = 2.0  # A1111's hr_scale
+DEFAULT_UPSCALER = "Latent"  # A1111's latent_upscale_default_mode
+DEFAULT_STRENGTH = 0.7  # A1111's "Denoising strength" slider under Hires. fix
+SCALE_MAX = 4.0
+# Diffusers' schedulers take at most this many steps (the model's training timesteps).
+SCHEDULER_STEPS_MAX = 1000
+
+
+@dataclass(frozen=True)
+class Upscaler:
+    """One of A1111's hires upscalers: in latent space (`torch.nn.functional.interpolate`
+    with `mode` and `antialias`) or on the decoded image (PIL, `mode` None)."""
+
+    name: str
+    latent: bool
+    mode: str | None = None
+    antialias: bool = False
+
+
+# As A1111 lists them for hires fix: its latent_upscale_modes, then its image upscalers
+# that need no model files.
+UPSCALERS: tuple[Upscaler, ...] = (
+    Upscaler("Latent", True, "bilinear"),
+    Upscaler("Latent (antialiased)", True, "bilinear", antialias=True),
+    Upscaler("Latent (bicubic)", True, "bicubic"),
+    Upscaler("Latent (bicubic antialiased)", True, "bicubic", antialias=True),
+    Upscaler("Latent (nearest)", True, "nearest"),
+    Upscaler("Latent (nearest-exact)", True, "nearest-exact"),
+    Upscaler("None", False),
+    Upscaler("Lanczos", False),
+    Upscaler("Nearest", False),
+)
+_BY_NAME = {upscaler.name.lower(): upscaler for upscaler in UPSCALERS}
+
+
+def upscaler(name: str) -> Upscaler:
+    """The upscaler of a canonical name (as a parsed `HiresFix` holds it)."""
+    return _BY_NAME[name.lower()]
+
+
+@dataclass(frozen=True)
+class HiresFix:
+    """The second pass of a hires job. The target size is `scale` times the first pass,
+    or `width` and/or `height` (one: the other follows the first pass's aspect; both: the
+    upscale covers them and the middle is kept); see `target_size`."""
+
+    scale: float | None = DEFAULT_SCALE
+    width: int | None = None
+    height: int | None = None
+    upscaler: str = DEFAULT_UPSCALER
+    steps: int = 0  # the second pass's steps; 0: as many as the first pass
+    strength: float = DEFAULT_STRENGTH  # the second pass's denoising strength
+    scheduler: str | None = None  # None: the first pass's
+    prompt: str | None = None  # None: the job's
+    negative_prompt: str | None = None  # None: the job's
+
+    @property
+    def latent(self) -> bool:
+        return upscaler(self.upscaler).latent
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HiresFix:
+        """Rebuild settings stored by `to_dict` (trusted input: no validation)."""
+        return cls(**{k: v for k, v in data.items() if k in _FIELD_SET})
+
+    def batch_key(self) -> tuple[object, ...]:
+        """What jobs sharing a second pass must agree on (their prompts may differ)."""
+        return (
+            self.scale,
+            self.width,
+            self.height,
+            self.upscaler,
+            self.steps,
+            self.strength,
+            self.scheduler,
+        )
+
+
+_FIELDS = tuple(f.name for f in fields(HiresFix))
+_FIELD_SET = frozenset(_FIELDS)
+_SCALE = re.compile(r"(\d+(?:\.\d+)?)\s*[xX\u00d7]")
+_SIZE = re.compile(r"(\d{1,5})\s*[xX\u00d7]\s*(\d{1,5})")
+
+
+def parse_hires(value: Any, *, max_steps: int = STEPS_MAX, name: str = "hires") -> HiresFix | None:
+    """The `hires` request field: an object of `HiresFix`'s fields (unknown ones
+    refused), a shorthand `"2x"`, `"1.5x"` or `"1024x768"`, a bare scale, `true` (the
+    defaults) or `false` / null (none). Every refusal names the field (`hires.steps`)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return HiresFix()
+    if isinstance(value, str):
+        return _shorthand(value, name)
+    if isinstance(value, int | float):
+        return HiresFix(scale=_scale(f"{name}.scale", value))
+    if not isinstance(value, Mapping):
+        raise InvalidParameters(
+            f"{name} must be an object, or a string like 2x or 1024x768; got {_type_name(value)}",
+            field=name,
+        )
+    unknown = sorted(str(key) for key in value if key not in _FIELD_SET)
+    if unknown:
+        raise InvalidParameters(
+            f"unknown field '{name}.{unknown[0]}'; {name} takes {', '.join(_FIELDS)}",
+            field=f"{name}.{unknown[0]}",
+        )
+
+    def given(key: str) -> Any:
+        return value.get(key)
+
+    width = _side(f"{name}.width", given("width"))
+    height = _side(f"{name}.height", given("height"))
+    scale = None
+    if given("scale") is not None:
+        if width is not None or height is not None:
+            raise InvalidParameters(
+                f"give either {name}.scale or {name}.width/height, not both", field=f"{name}.scale"
+            )
+        scale = _scale(f"{name}.scale", given("scale"))
+    elif width is None and height is None:
+        scale = DEFAULT_SCALE
+    chosen = DEFAULT_UPSCALER
+    if given("upscaler") is not None:
+        chosen = _upscaler_name(f"{name}.upscaler", given("upscaler"))
+    steps = 0
+    if given("steps") is not None:
+        steps = _integer(f"{name}.steps", given("steps"), 0, max_steps)
+    strength = DEFAULT_STRENGTH
+    if given("strength") is not None:
+        strength = _number(f"{name}.strength", given("strength"), 0.0, 1.0)
+        if strength <= 0:
+            raise InvalidParameters(
+                f"{name}.strength must be more than 0 and at most 1, got {strength:g}",
+                field=f"{name}.strength",
+            )
+    scheduler = None
+    if given("scheduler") is not None:
+        scheduler = normalise_scheduler(given("scheduler"), f"{name}.scheduler")
+    prompts: list[str | None] = []
+    for key in ("prompt", "negative_prompt"):
+        text = None
+        if given(key) is not None:
+            # "" is A1111's "the same as the first pass"
+            text = _string(f"{name}.{key}", given(key), max_chars=PROMPT_MAX_CHARS, required=False)
+        prompts.append(text or None)
+    return HiresFix(scale, width, height, chosen, steps, strength, scheduler, *prompts)
+
+
+def _shorthand(text: str, name: str) -> HiresFix:
+    text = text.strip()
+    if match := _SIZE.fullmatch(text):
+        return HiresFix(
+            scale=None,
+            width=_side(f"{name}.width", int(match.group(1))),
+            height=_side(f"{name}.height", int(match.group(2))),
+        )
+    if match := _SCALE.fullmatch(text):
+        return HiresFix(scale=_scale(f"{name}.scale", float(match.group(1))))
+    raise InvalidParameters(
+        f"{name} must look like 2x, 1.5x or 1024x768, got {text[:40]!r}", field=name
+    )
+
+
+def _scale(name: str, value: Any) -> float:
+    scale = _number(name, value, 1.0, SCALE_MAX)
+    if scale <= 1:
+        raise InvalidParameters(
+            f"{name} must be more than 1 and at most {SCALE_MAX:g}, got {scale:g}", field=name
+        )
+    return scale
+
+
+def _side(name: str, value: Any) -> int | None:
+    """A target side: rounded down to a multiple of 8 when used, as A1111's latents are."""
+    if value is None or value == 0:  # 0: A1111's "from the other side"
+        return None
+    return _integer(name, value, SIZE_MIN, SIZE_MAX)
+
+
+def _upscaler_name(name: str, value: Any) -> str:
+    text = _string(name, value, max_chars=64, required=True)
+    found = _BY_NAME.get(text.lower())
+    if found is None:
+        names = ", ".join(u.name for u in UPSCALERS)
+        raise InvalidParameters(f"{name} {text!r} is not known; choose one of: {names}", field=name)
+    return found.name
+
+
+def _round_down(size: int, multiple: int) -> int:
+    return size // multiple * multiple
+
+
+def cover_size(hires: HiresFix, width: int, height: int, multiple: int = 8) -> tuple[int, int]:
+    """The size the first pass is upscaled to: the target, or with both sides given in
+    another aspect, the first pass's aspect covering the target (cropped to it after)."""
+    if hires.width is None and hires.height is None:
+        scale = hires.scale or DEFAULT_SCALE
+        to = (int(width * scale), int(height * scale))
+    elif hires.height is None:
+        assert hires.width is not None
+        to = (hires.width, hires.width * height // width)
+    elif hires.width is None:
+        to = (hires.height * width // height, hires.height)
+    elif width / height < hires.width / hires.height:
+        to = (hires.width, hires.width * height // width)
+    else:
+        to = (hires.height * width // height, hires.height)
+    return _round_down(to[0], multiple), _round_down(to[1], multiple)
+
+
+def target_size(hires: HiresFix, width: int, height: int, multiple: int = 8) -> tuple[int, int]:
+    """The size of a hires job's images, from its first pass's `width` x `height`:
+    rounded down to a multiple of `multiple` (the latents' cell)."""
+    if hires.width is not None and hires.height is not None:
+        return _round_down(hires.width, multiple), _round_down(hires.height, multiple)
+    return cover_size(hires, width, height, multiple)
+
+
+def second_pass_steps(hires: HiresFix, steps: int) -> int:
+    """The steps the second pass runs: its own, or (0) as many as the first pass's."""
+    return hires.steps or steps
+
+
+def img2img_steps(run: int, strength: float) -> int:
+    """`num_inference_steps` for an img2img pass that runs exactly `run` steps at
+    `strength`: A1111's `int(run / min(strength, 0.999))`, raised where diffusers'
+    `int(total * strength)` would come out one short."""
+    total = max(run, int(run / min(strength, 0.999)))
+    while min(int(total * strength), total) < run:
+        total += 1
+    return total
+
+
+def check_hires(
+    hires: HiresFix,
+    width: int | None,
+    height: int | None,
+    steps: int,
+    *,
+    max_pixels: int = PIXELS_MAX,
+    name: str = "hires",
+) -> None:
+    """Refuse a hires job whose target (from a `width` x `height` first pass, when
+    known) is out of the size limits, or whose second pass would need more scheduler
+    steps than exist."""
+    _check_second_pass(hires, steps, name)
+    if width is None or height is None:
+        return  # the model's native size: checked when the job runs
+    target = target_size(hires, width, height)
+    if min(target) < SIZE_MIN or max(target) > SIZE_MAX:
+        raise InvalidParameters(
+            f"{name}: the target size {target[0]}x{target[1]} is outside "
+            f"{SIZE_MIN}..{SIZE_MAX} pixels a side",
+            field=name,
+        )
+    if target[0] * target[1] > max_pixels:
+        raise InvalidParameters(
+            f"{name}: the target size {target[0]}x{target[1]} is "
+            f"{target[0] * target[1]} pixels; the limit is {max_pixels}",
+            field=name,
+        )
+
+
+def _check_second_pass(hires: HiresFix, steps: int, name: str) -> None:
+    run = second_pass_steps(hires, steps)
+    # (the product first: a tiny strength would make the quotient overflow)
+    too_many = hires.strength * (SCHEDULER_STEPS_MAX + 1) <= run
+    if too_many or img2img_steps(run, hires.strength) > SCHEDULER_STEPS_MAX:
+        fewest = math.ceil(run / SCHEDULER_STEPS_MAX * 1000) / 1000
+        raise InvalidParameters(
+            f"{name}.strength {hires.strength:g} is too low for {run} second-pass steps "
+            f"(the scheduler would need more than {SCHEDULER_STEPS_MAX}): use at least "
+            f"{fewest:g}, or fewer steps",
+            field=f"{name}.strength",
+        )
