@@ -33,9 +33,11 @@ from ..errors import (
     ModelLoadFailed,
     SpoolError,
 )
+from ..hires import check_hires, target_size
 from ..registry import FAMILY_NAMES
 from ..spec import JobSpec
 from .device import Placement
+from .hires import two_passes
 from .memory import free_memory, place
 from .memory import plan as memory_plan
 from .schedulers import make_scheduler
@@ -210,7 +212,8 @@ def generate(
     the call at that many images (a compiled pipeline's batch size), dropping the extra.
     `oom_above` (fault injection, for tests): a call of more images runs out of memory.
     `images`: each job's inputs by role (`init_image`, `mask_image`), for img2img and
-    inpainting jobs (their `mode` is part of the batch key: one mode per call)."""
+    inpainting jobs (their `mode` is part of the batch key: one mode per call). Hires
+    jobs run in two passes (hires.py), their images at the target size."""
     # 1. Check inputs, before any work.
     if not specs:
         raise InvalidParameters("a batch needs at least one job")
@@ -228,8 +231,20 @@ def generate(
                 f"{name} {size} is not a multiple of {multiple}, which this model needs", field=name
             )
 
+    encoder = getattr(loaded.pipeline, "text_encoder", None)
+    layers = encoder.config.num_hidden_layers if encoder is not None else 0
+    if first.clip_skip is not None and first.clip_skip > layers:
+        raise InvalidParameters(
+            f"clip_skip {first.clip_skip}: {loaded.model_id}'s text encoder has {layers} layers",
+            field="clip_skip",
+        )
+
     mode = first.mode
-    if mode != "txt2img" and (images is None or len(images) != len(specs)):
+    output_size = (width, height)  # the images'
+    if first.hires is not None:
+        check_hires(first.hires, width, height, first.steps)
+        output_size = target_size(first.hires, width, height, multiple)
+    if mode in ("img2img", "inpaint") and (images is None or len(images) != len(specs)):
         raise InvalidParameters(f"{mode} jobs need their input images", field="init_image")
 
     # 2. One prompt and one seed per image; for img2img and inpainting, its input and
@@ -244,7 +259,7 @@ def generate(
         seeds.extend(image_seeds)
         prompts.extend([spec.prompt] * len(image_seeds))
         negatives.extend([spec.negative_prompt] * len(image_seeds))
-        if mode != "txt2img":
+        if mode in ("img2img", "inpaint"):
             assert images is not None
             given = images[index]
             if "init_image" not in given or (mode == "inpaint" and "mask_image" not in given):
@@ -265,10 +280,13 @@ def generate(
     # 3. The scheduler, and a CPU generator per image: the same latents on any device.
     # img2img and inpainting run a pipeline made from the resident one (`from_pipe`:
     # the same modules, no second copy of the weights).
-    pipeline = _pipeline_for(loaded, mode)
+    pipeline = _pipeline_for(loaded, "txt2img" if mode == "hires" else mode)
     pipeline.scheduler = make_scheduler(first.scheduler, loaded.scheduler_config, seeds)
     extra_arguments: dict[str, Any] = {}
-    if mode != "txt2img":
+    if first.clip_skip is not None:  # A1111 counts the last layer as 1, diffusers as 0
+        _text_model_alias(loaded.pipeline)
+        extra_arguments.update(clip_skip=first.clip_skip - 1)
+    if mode in ("img2img", "inpaint"):
         extra_arguments.update(image=inits, strength=first.strength)
     if mode == "inpaint":
         extra_arguments.update(mask_image=masks)
@@ -276,13 +294,20 @@ def generate(
 
     # 4. Denoise, reporting each step and stopping at the next one when asked. Progress
     # counts the steps asked for: second-order schedulers (Heun, DPM++ SDE) call the UNet
-    # about twice a step, and PNDM a few times more at its start.
-    def step_end(pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        if on_step is not None:
-            on_step(*steps_done(index + 1, len(pipe.scheduler.timesteps), first.steps))
-        if should_stop is not None and should_stop():
-            raise Interrupted(f"stopped after step {index + 1}")
-        return tensors
+    # about twice a step, and PNDM a few times more at its start. A hires job counts
+    # both passes (`before`: the first pass's steps, while the second runs).
+    def step_end_for(steps: int, before: int = 0, total: int = 0) -> Callable[..., Any]:
+        def step_end(pipe: Any, index: int, _timestep: Any, tensors: dict[str, Any]) -> Any:
+            if on_step is not None:
+                # an img2img pass runs the end of its scheduler's timesteps
+                calls = pipe.num_timesteps if total else len(pipe.scheduler.timesteps)
+                done = steps_done(index + 1, calls, steps)[0]
+                on_step(before + done, total or steps)
+            if should_stop is not None and should_stop():
+                raise Interrupted(f"stopped after step {before + index + 1}")
+            return tensors
+
+        return step_end
 
     started = time.perf_counter()
     out_of_memory = False
@@ -290,18 +315,34 @@ def generate(
         if oom_above is not None and real > oom_above:
             _injected_out_of_memory(loaded, real, oom_above)
         with torch.inference_mode():
-            output = pipeline(
-                prompt=prompts,
-                negative_prompt=negatives,
-                width=width,
-                height=height,
-                num_inference_steps=first.steps,
-                guidance_scale=first.guidance_scale,
-                generator=generators,
-                output_type="np",
-                callback_on_step_end=step_end,
-                **extra_arguments,
-            )
+            if mode == "hires":
+                denoised = two_passes(
+                    pipeline,
+                    _pipeline_for(loaded, "img2img"),
+                    specs,
+                    scheduler_config=loaded.scheduler_config,
+                    width=width,
+                    height=height,
+                    prompts=prompts,
+                    negatives=negatives,
+                    seeds=seeds,
+                    generators=generators,
+                    step_end_for=step_end_for,
+                    arguments=extra_arguments,
+                )
+            else:
+                denoised = pipeline(
+                    prompt=prompts,
+                    negative_prompt=negatives,
+                    width=width,
+                    height=height,
+                    num_inference_steps=first.steps,
+                    guidance_scale=first.guidance_scale,
+                    generator=generators,
+                    output_type="np",
+                    callback_on_step_end=step_end_for(first.steps),
+                    **extra_arguments,
+                ).images
     except RuntimeError as exc:  # CUDA's OutOfMemoryError, MPS's plain RuntimeError
         if not _out_of_memory(exc):
             raise
@@ -311,14 +352,14 @@ def generate(
         # only now, outside the handler, can they be freed before anyone retries.
         _release_cached_memory(loaded)
         raise GpuOutOfMemory(
-            f"out of GPU memory generating {len(seeds)} image(s) at {width}x{height} "
-            f"on {loaded.placement.label}",
+            f"out of GPU memory generating {len(seeds)} image(s) at "
+            f"{output_size[0]}x{output_size[1]} on {loaded.placement.label}",
             images=real,
         )
     seconds = time.perf_counter() - started
 
     # 5. Convert; a job with a broken image (NaN, black) fails alone.
-    pixels, broken = _to_uint8(np.asarray(output.images)[:real])
+    pixels, broken = _to_uint8(np.asarray(denoised)[:real])
     results: list[JobImages] = []
     position = 0
     for spec in specs:
@@ -341,8 +382,8 @@ def generate(
         position += count
     return BatchOutput(
         results,
-        width,
-        height,
+        output_size[0],
+        output_size[1],
         seconds,
         first.steps,
         device=loaded.placement.label,
@@ -384,6 +425,17 @@ def _pipeline_for(loaded: Loaded, mode: str) -> Any:
     # The resident pipeline's current modules (a compiled UNet swaps in and out).
     derived.unet, derived.vae = loaded.pipeline.unet, loaded.pipeline.vae
     return derived
+
+
+def _text_model_alias(pipeline: Any) -> None:
+    """Diffusers' clip skip for SD reads `text_encoder.text_model.final_layer_norm`,
+    where transformers 4's CLIPTextModel had it; transformers 5's has its layers at
+    the top. The encoder stands for its own `text_model` (outside the module tree)."""
+    encoder = getattr(pipeline, "text_encoder", None)
+    if encoder is None or hasattr(encoder, "text_model"):
+        return
+    if hasattr(encoder, "final_layer_norm"):
+        object.__setattr__(encoder, "text_model", encoder)
 
 
 def _out_of_memory(exc: RuntimeError) -> bool:

@@ -14,6 +14,7 @@ from typing import Any, cast
 import torch
 
 from ..errors import InvalidParameters, ModelNotFound, SpoolError
+from ..hires import target_size
 from ..registry import ModelRegistry
 from ..spec import JobSpec
 from . import speed
@@ -197,10 +198,12 @@ class Engine:
         if free is None:  # not a GPU: nothing to measure
             return self.max_batch
         resolved, model = self.registry.resolve_with_model(spec, self.default_model)
+        size = (int(resolved.width or 512), int(resolved.height or 512))
+        if resolved.hires is not None:  # its second pass is the larger
+            size = target_size(resolved.hires, *size)
         return speed.batch_limit(
             model.family or "sd1",
-            int(resolved.width or 512),
-            int(resolved.height or 512),
+            *size,
             free_bytes=free,
             cap=self.max_batch,
         )
@@ -399,7 +402,8 @@ class Engine:
             return call()
         size = (int(resolved[0].width or 0), int(resolved[0].height or 0))
         images = sum(spec.n for spec in resolved)
-        if size in compiled.sizes and images <= self.buckets[-1]:
+        # A hires job's second pass is at another size: eager, never compiled for it.
+        if size in compiled.sizes and images <= self.buckets[-1] and not resolved[0].hires:
             return call(speed.bucket_for(images, self.buckets))
         compiled.use(loaded.pipeline, compiled=False)
         try:
