@@ -67,7 +67,10 @@ def infotext(
     LoRAs as `<lora:name:scale>` tags in the prompt and their `Lora hashes`: each name
     (less `:` and `,`) with the first 12 hex digits of its tensor data's SHA-256, the
     hash A1111 computes for a safetensors LoRA, so its tools and CivitAI (`AutoV3`)
-    recognise the file."""
+    recognise the file. A hires job's `Size` is its first pass's, as in A1111.
+    """
+    if spec.hires is not None and spec.width and spec.height:
+        width, height = spec.width, spec.height
     tags = " ".join(
         f"<lora:{str(lora['name']).removeprefix('lora/')}:{float(lora['scale']):g}>"
         for lora in loras
@@ -85,6 +88,7 @@ def infotext(
     ]
     if spec.strength is not None:
         settings.append(("Denoising strength", f"{spec.strength:g}"))
+    settings.extend(_hires_settings(spec))
     if loras:
         hashes = ", ".join(
             f"{_a1111_lora_name(lora)}: {str(lora.get('tensors_sha256', ''))[:12]}"
@@ -93,6 +97,40 @@ def infotext(
         settings.append(("Lora hashes", f'"{hashes}"'))
     lines.append(", ".join(f"{key}: {value}" for key, value in settings))
     return "\n".join(lines)
+
+
+def _hires_settings(spec: JobSpec) -> list[tuple[str, Any]]:
+    """Clip skip and the hires fix, named and ordered as A1111 1.10 writes them."""
+    hires = spec.hires
+    settings: list[tuple[str, Any]] = []
+    if hires is not None:
+        settings.append(("Denoising strength", f"{hires.strength:g}"))
+    if spec.clip_skip is not None and spec.clip_skip > 1:
+        settings.append(("Clip skip", spec.clip_skip))
+    if hires is None:
+        return settings
+    if hires.scheduler is not None and hires.scheduler != spec.scheduler:
+        settings.append(("Hires sampler", SAMPLER_NAMES.get(hires.scheduler, hires.scheduler)))
+    if hires.prompt is not None and hires.prompt != spec.prompt:
+        settings.append(("Hires prompt", _quote(hires.prompt)))
+    if hires.negative_prompt is not None and hires.negative_prompt != spec.negative_prompt:
+        settings.append(("Hires negative prompt", _quote(hires.negative_prompt)))
+    if hires.width is None and hires.height is None:
+        settings.append(("Hires upscale", f"{hires.scale:g}"))
+    else:
+        settings.append(("Hires resize", f"{hires.width or 0}x{hires.height or 0}"))
+    if hires.steps:
+        settings.append(("Hires steps", hires.steps))
+    settings.append(("Hires upscaler", hires.upscaler))
+    return settings
+
+
+def _quote(text: str) -> str:
+    """A value as A1111 writes it: in JSON quotes when it holds a comma, colon or line
+    break (which would end it)."""
+    if any(mark in text for mark in ",:\n"):
+        return json.dumps(text, ensure_ascii=False)
+    return text
 
 
 def _a1111_lora_name(lora: Mapping[str, Any]) -> str:
