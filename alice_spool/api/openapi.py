@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.routing import Route
 
-from .. import spec
+from .. import hires, spec
 from ..downloads.civitai import SORTS as _CIVITAI_SORTS
 from ..downloads.civitai import TYPES as _CIVITAI_TYPES
 from ..downloads.huggingface import SORTS as _HF_SORTS
@@ -170,6 +170,14 @@ def spec_schema(generation: Any) -> dict[str, Any]:
             "description": "ALICE's: the scale of each lora_paths entry (1 when missing; "
             "one without an entry applies to nothing)",
         },
+        "hires": _hires_schema(generation),
+        "clip_skip": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": spec.CLIP_SKIP_MAX,
+            "default": 1,
+            "description": "A1111's: stop at the Nth CLIP layer from the end (1: the last)",
+        },
         "id": {
             "type": "string",
             "maxLength": spec.IDEMPOTENCY_KEY_MAX_CHARS,
@@ -201,6 +209,75 @@ def spec_schema(generation: Any) -> dict[str, Any]:
             },
             **{name: _optional(field) for name, field in optional.items()},
         },
+    }
+
+
+def _hires_schema(generation: Any) -> dict[str, Any]:
+    """`hires` (hires.py): its settings, or a shorthand."""
+    side = {
+        "type": ["integer", "null"],
+        "minimum": 0,
+        "maximum": spec.SIZE_MAX,
+        "description": f"{spec.SIZE_MIN}..{spec.SIZE_MAX}, rounded down to a multiple of 8; "
+        "0 or null: from the other side and the first pass's aspect",
+    }
+    settings = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "scale": {
+                "type": ["number", "null"],
+                "exclusiveMinimum": 1,
+                "maximum": hires.SCALE_MAX,
+                "default": hires.DEFAULT_SCALE,
+                "description": "the target: the first pass's size times this (not with "
+                "width or height)",
+            },
+            "width": side,
+            "height": side,
+            "upscaler": {
+                "type": "string",
+                "enum": [upscaler.name for upscaler in hires.UPSCALERS],
+                "default": hires.DEFAULT_UPSCALER,
+                "description": "A1111's names (any case): Latent ones upscale the latents",
+            },
+            "steps": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": generation.max_steps,
+                "default": 0,
+                "description": "the second pass's steps; 0: as many as the first pass",
+            },
+            "strength": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": 1,
+                "default": hires.DEFAULT_STRENGTH,
+                "description": "the second pass's denoising strength",
+            },
+            "scheduler": {
+                "type": ["string", "null"],
+                "enum": [*spec.SCHEDULERS, None],
+                "description": "the second pass's; null: the first pass's",
+            },
+            "prompt": {"type": ["string", "null"], "description": "null: the job's"},
+            "negative_prompt": {"type": ["string", "null"], "description": "null: the job's"},
+        },
+    }
+    return {
+        "anyOf": [
+            settings,
+            {
+                "type": "string",
+                "pattern": r"^\s*(\d+(\.\d+)?\s*[xX\u00d7]|\d{1,5}\s*[xX\u00d7]\s*\d{1,5})\s*$",
+                "example": "2x",
+            },
+            {"type": "number", "exclusiveMinimum": 1, "maximum": hires.SCALE_MAX},
+            {"type": "boolean"},
+            {"type": "null"},
+        ],
+        "description": "hires fix (txt2img only): a second pass, as img2img, at a larger "
+        "size: settings, a scale (2x, 1.5) or a size (1024x768); true: the defaults",
     }
 
 

@@ -13,6 +13,7 @@ import click
 
 from .. import inputs, urls
 from ..errors import InvalidParameters, ModelNotFound
+from ..hires import parse_hires
 from ..models import JobStatus, Source
 from ..records import JobRecord, NewJob
 from ..spec import JobSpec, parse_json, parse_jsonl, parse_request
@@ -69,6 +70,23 @@ def _image_files(given: dict[str, Any]) -> dict[str, Any]:
     return images
 
 
+def _hires_field(given: dict[str, Any]) -> dict[str, Any]:
+    """--hires (a shorthand: 2x, 1024x768) and --hires-*: the `hires` field."""
+    options = {
+        key: given.pop(f"hires_{key}")
+        for key in ("upscaler", "steps", "strength")
+        if f"hires_{key}" in given
+    }
+    shorthand = given.pop("hires", None)
+    if shorthand is None and not options:
+        return {}
+    if shorthand is None:
+        raise click.UsageError("--hires-upscaler, --hires-steps and --hires-strength need --hires")
+    hires = parse_hires(shorthand)
+    assert hires is not None  # a string is never "none"
+    return {"hires": {**hires.to_dict(), **options}}
+
+
 def _with_model(app: App, spec: JobSpec) -> JobSpec:
     """The model checked, or the default one named, as at every door."""
     return app.registry.with_model(spec, app.settings.generation.default_model)
@@ -115,6 +133,19 @@ def finish_waiting(jobs: Sequence[JobRecord], as_json: bool, extra: dict[str, An
     help="Inpainting: white = repaint, black = keep (needs --init-image).",
 )
 @click.option("--strength", type=float, help="How much of the input to change (0 < s <= 1).")
+@click.option(
+    "--hires",
+    metavar="SCALE|WxH",
+    help="Hires fix: a second pass at 2x (SCALE: 1-4) or at WxH, e.g. --hires 2x.",
+)
+@click.option(
+    "--hires-upscaler", metavar="NAME", help="Hires: Latent (default), Lanczos, None, ..."
+)
+@click.option("--hires-steps", type=int, help="Hires: the second pass's steps (0: as the first).")
+@click.option("--hires-strength", type=float, help="Hires: the second pass's denoising (0.7).")
+@click.option(
+    "--clip-skip", type=int, help="Stop at the Nth CLIP layer from the end (1: none; 2 common)."
+)
 @click.option("--wait", is_flag=True, help="Block until the job(s) finish; exit 1 if any failed.")
 @click.option(
     "--timeout",
@@ -174,6 +205,7 @@ def submit(
             here = Path(request_file).parent if request_file != "-" else Path.cwd()
         else:
             images = _image_files(given)  # takes --init-image and --mask out of `given`
+            given.update(_hires_field(given))  # and the --hires options into one field
             data, client = {"prompt": prompt, **given, **images}, _user()
         if isinstance(data, dict):
             data, staged = inputs.take(
