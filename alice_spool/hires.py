@@ -156,12 +156,8 @@ def parse_hires(value: Any, *, max_steps: int = STEPS_MAX, name: str = "hires") 
         steps = _integer(f"{name}.steps", given("steps"), 0, max_steps)
     strength = DEFAULT_STRENGTH
     if given("strength") is not None:
+        # 0: no second pass, the upscale alone (as A1111 runs a hires fix at 0)
         strength = _number(f"{name}.strength", given("strength"), 0.0, 1.0)
-        if strength <= 0:
-            raise InvalidParameters(
-                f"{name}.strength must be more than 0 and at most 1, got {strength:g}",
-                field=f"{name}.strength",
-            )
     scheduler = None
     if given("scheduler") is not None:
         scheduler = normalise_scheduler(given("scheduler"), f"{name}.scheduler")
@@ -191,12 +187,8 @@ def _shorthand(text: str, name: str) -> HiresFix:
 
 
 def _scale(name: str, value: Any) -> float:
-    scale = _number(name, value, 1.0, SCALE_MAX)
-    if scale <= 1:
-        raise InvalidParameters(
-            f"{name} must be more than 1 and at most {SCALE_MAX:g}, got {scale:g}", field=name
-        )
-    return scale
+    """1 to 4 (1: a second pass at the first pass's size, as A1111 allows)."""
+    return _number(name, value, 1.0, SCALE_MAX)
 
 
 def _side(name: str, value: Any) -> int | None:
@@ -246,7 +238,10 @@ def target_size(hires: HiresFix, width: int, height: int, multiple: int = 8) -> 
 
 
 def second_pass_steps(hires: HiresFix, steps: int) -> int:
-    """The steps the second pass runs: its own, or (0) as many as the first pass's."""
+    """The steps the second pass runs: its own, or (0) as many as the first pass's;
+    none at strength 0 (the upscale alone)."""
+    if hires.strength <= 0:
+        return 0
     return hires.steps or steps
 
 
@@ -292,6 +287,8 @@ def check_hires(
 
 def _check_second_pass(hires: HiresFix, steps: int, name: str) -> None:
     run = second_pass_steps(hires, steps)
+    if run == 0:
+        return  # strength 0: no second pass
     # (the product first: a tiny strength would make the quotient overflow)
     too_many = hires.strength * (SCHEDULER_STEPS_MAX + 1) <= run
     if too_many or img2img_steps(run, hires.strength) > SCHEDULER_STEPS_MAX:

@@ -81,6 +81,8 @@ def two_passes(
             for picture in _pictures(np.asarray(output.images))
         ]
     del output
+    if run == 0:  # strength 0: the upscale is the image
+        return _as_arrays(first_pass, image, chosen.latent)
 
     # 3. The second pass: img2img at the target size, with exactly `run` steps.
     second_prompts, second_negatives = _second_prompts(specs, hires, len(seeds))
@@ -100,6 +102,16 @@ def two_passes(
         **arguments,
     )
     return np.asarray(output.images)
+
+
+def _as_arrays(pipeline: Any, image: Any, latent: bool) -> np.ndarray:
+    """Upscaled latents decoded (as the pipeline decodes its own), or upscaled images,
+    as floats in [0, 1]."""
+    if not latent:
+        return np.stack([np.asarray(picture, dtype=np.float32) / 255 for picture in image])
+    vae = pipeline.vae
+    decoded = vae.decode(image.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+    return np.asarray(pipeline.image_processor.postprocess(decoded, output_type="np"))
 
 
 def upscale_image(picture: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:

@@ -71,6 +71,33 @@ def test_every_upscaler_runs(tiny: Loaded, name: str) -> None:
     assert output.jobs[0].images[0].size == (96, 96) == (output.width, output.height)
 
 
+def test_strength_0_is_the_upscale_alone_and_scale_1_a_second_pass_in_place(
+    tiny: Loaded,
+) -> None:
+    first = generate(tiny, [spec(hires=None)]).jobs[0].images[0]
+    steps: list[tuple[int, int]] = []
+    alone = (
+        generate(
+            tiny,
+            [spec(hires={"scale": 1.5, "strength": 0, "upscaler": "Lanczos"})],
+            on_step=lambda step, total: steps.append((step, total)),
+        )
+        .jobs[0]
+        .images[0]
+    )
+    upscaled = first.resize((96, 96), Image.Resampling.LANCZOS)
+    assert np.abs(pixels(alone) - pixels(upscaled)).max() <= 3  # the upscale, no pass (rounding)
+    assert steps[-1] == (3, 3)  # the first pass's steps only
+    latent = image(tiny, spec(hires={"scale": 1.5, "strength": 0}))
+    assert latent.shape == (96, 96, 3) and differs(latent, pixels(upscaled))
+    again = image(tiny, spec(hires={"scale": 1, "steps": 2, "strength": 0.5}))
+    assert again.shape == (64, 64, 3) and differs(again, pixels(first))
+
+
+def pixels(picture: Image.Image) -> np.ndarray:
+    return np.asarray(picture).astype(np.int16)
+
+
 def test_both_sides_in_another_aspect_crop_the_middle(tiny: Loaded) -> None:
     for upscaler in ("Latent", "Lanczos"):
         job = spec(width=64, height=96, hires={"width": 128, "height": 96, "upscaler": upscaler})

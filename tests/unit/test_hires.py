@@ -84,9 +84,9 @@ def test_shorthands(text: str, expected: HiresFix) -> None:
         ("2", "hires"),
         ("twice", "hires"),
         ([2], "hires"),
-        ("1x", "hires.scale"),
+        ("0.5x", "hires.scale"),
         ("4.5x", "hires.scale"),
-        ({"scale": 1}, "hires.scale"),
+        ({"scale": 0.9}, "hires.scale"),
         ({"scale": "2"}, "hires.scale"),
         ({"scale": 2, "width": 1024}, "hires.scale"),
         ({"width": 32}, "hires.width"),
@@ -95,7 +95,7 @@ def test_shorthands(text: str, expected: HiresFix) -> None:
         ({"upscaler": "ESRGAN_4x"}, "hires.upscaler"),
         ({"steps": -1}, "hires.steps"),
         ({"steps": 151}, "hires.steps"),
-        ({"strength": 0}, "hires.strength"),
+        ({"strength": -0.1}, "hires.strength"),
         ({"strength": 1.5}, "hires.strength"),
         ({"scheduler": "warp drive"}, "hires.scheduler"),
         ({"prompt": 7}, "hires.prompt"),
@@ -120,6 +120,17 @@ def test_the_target_must_fit_the_size_limits_and_the_scheduler() -> None:
     assert parse(hires={"steps": 10, "strength": 0.01}).hires is not None  # 1000: fits
     assert parse(hires="4x", width=512, height=512).hires is not None  # 2048 a side: fits
     assert parse(hires="4x").hires is not None  # the native size: checked when it runs
+
+
+def test_scale_1_is_a_second_pass_at_the_same_size_and_strength_0_the_upscale_alone() -> None:
+    same = parse_hires("1x")
+    assert same is not None and target_size(same, 512, 768) == (512, 768)
+    assert second_pass_steps(same, 20) == 20
+    alone = parse_hires({"strength": 0, "steps": 30})
+    assert alone is not None and second_pass_steps(alone, 20) == 0
+    assert parse(hires={"strength": 0, "steps": 150}).hires == alone.__class__(
+        strength=0.0, steps=150
+    )  # no scheduler steps to run out of
 
 
 def test_hires_is_for_txt2img_only() -> None:
