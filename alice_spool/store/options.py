@@ -1,8 +1,14 @@
-"""Client options: a dialect's per-client settings (A1111's checkpoint), by owner."""
+"""Client options: a dialect's per-client settings (A1111's checkpoint and options
+object), by owner."""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, delete, insert, select
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ..models import ClientOption
 from ._base import StoreBase
@@ -28,3 +34,55 @@ class Options(StoreBase):
             conn.execute(insert(ClientOption).values(**key, value=value))
 
         self.db.write(work)
+
+    def client_options(self, owner: str | None, name: str) -> dict[str, Any]:
+        """The owner's JSON object option `name` ({} if it set none)."""
+        return _object(self.client_option(owner, name))
+
+    def merge_client_options(
+        self,
+        owner: str | None,
+        name: str,
+        changes: Mapping[str, Any],
+        *,
+        also: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Set some keys of the owner's JSON object option `name`, keeping the others:
+        one transaction that holds the row, so two API nodes' changes to different keys
+        both stay; and, in the same transaction, the plain options `also`. Returns the
+        whole object."""
+        owner_key = owner or ""
+
+        def work(conn: Connection) -> dict[str, Any]:
+            for plain, value in (also or {}).items():
+                conn.execute(
+                    delete(ClientOption).where(
+                        ClientOption.owner == owner_key, ClientOption.name == plain
+                    )
+                )
+                conn.execute(insert(ClientOption).values(owner=owner_key, name=plain, value=value))
+            make = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            conn.execute(
+                make(ClientOption)
+                .values(owner=owner_key, name=name, value="{}")
+                .on_conflict_do_nothing(index_elements=[ClientOption.owner, ClientOption.name])
+            )
+            held = select(ClientOption.value).where(
+                ClientOption.owner == owner_key, ClientOption.name == name
+            )
+            merged = {**_object(conn.scalar(held.with_for_update())), **changes}
+            conn.execute(
+                update(ClientOption)
+                .where(ClientOption.owner == owner_key, ClientOption.name == name)
+                .values(value=json.dumps(merged))
+            )
+            return merged
+
+        return self.db.write(work)
+
+
+def _object(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}

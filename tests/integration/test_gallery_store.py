@@ -135,6 +135,36 @@ def test_client_options_are_kept_per_owner(store: Store) -> None:
     assert store.client_option("alice", "another") is None
 
 
+def test_an_options_object_is_merged_key_by_key_per_owner(store: Store) -> None:
+    """A1111's options object: each change sets its keys and keeps the others, per
+    owner; the plain options given with it change in the same transaction; writers on
+    several threads (API nodes) lose none of each other's keys."""
+    import threading
+
+    name = "a1111.options"
+    assert store.client_options("alice", name) == {}
+    merged = store.merge_client_options(
+        "alice", name, {"send_seed": False, "x": [1]}, also={"a1111.sd_model_checkpoint": "sd/a"}
+    )
+    assert merged == {"send_seed": False, "x": [1]}
+    assert store.client_option("alice", "a1111.sd_model_checkpoint") == "sd/a"
+    store.merge_client_options("alice", name, {"x": {"y": 2}, "CLIP_stop_at_last_layers": 2})
+    assert store.client_options("alice", name) == {
+        "send_seed": False, "x": {"y": 2}, "CLIP_stop_at_last_layers": 2,
+    }  # fmt: skip
+    assert store.client_options(None, name) == {} and store.client_options("bob", name) == {}
+
+    def write(index: int) -> None:
+        store.merge_client_options("bob", name, {f"key{index}": index})
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert store.client_options("bob", name) == {f"key{i}": i for i in range(8)}
+
+
 def test_tag_filters_are_bounded_and_text_no_driver_can_send_is_refused(store: Store) -> None:
     """Each tag filter is a subquery: 1,500 of them went past SQLite's expression depth
     (a `database_error` that marked the node degraded) and keep PostgreSQL planning for
