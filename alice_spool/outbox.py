@@ -26,6 +26,7 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from . import samplers
 from .durable import fsync_path
 from .errors import OutboxWriteFailed
 from .faults import NO_FAULTS, Faults
@@ -39,20 +40,8 @@ _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 _WORKING = re.compile(rf"{re.escape(_STAGING)}(?P<host>[A-Za-z0-9.-]+)\.(?P<pid>\d+)\.[^.]+")
 STALE_ELSEWHERE_S = 24 * 3600.0
 
-# How other SD tools (AUTOMATIC1111, ComfyUI's readers, civitai) name the samplers.
-SAMPLER_NAMES = {
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "ddim": "DDIM",
-    "pndm": "PLMS",
-    "lms": "LMS",
-    "heun": "Heun",
-    "dpm++_2m": "DPM++ 2M",
-    "dpm++_2m_karras": "DPM++ 2M Karras",
-    "dpm++_sde": "DPM++ SDE",
-    "dpm++_sde_karras": "DPM++ SDE Karras",
-    "unipc": "UniPC",
-}
+# Each scheduler name's A1111 sampler name (its schedule type is a setting of its own).
+SAMPLER_NAMES = {name: samplers.to_a1111(name)[0] for name in samplers.NAMES}
 
 
 def infotext(
@@ -80,7 +69,7 @@ def infotext(
         lines.append(f"Negative prompt: {spec.negative_prompt}")
     settings = [
         ("Steps", spec.steps),
-        ("Sampler", SAMPLER_NAMES.get(spec.scheduler, spec.scheduler)),
+        *_sampler_and_schedule(spec.scheduler),
         ("CFG scale", f"{spec.guidance_scale:g}"),
         ("Seed", seed),
         ("Size", f"{width}x{height}"),
@@ -131,6 +120,18 @@ def _quote(text: str) -> str:
     if any(mark in text for mark in ",:\n"):
         return json.dumps(text, ensure_ascii=False)
     return text
+
+
+def _sampler_and_schedule(scheduler: str) -> list[tuple[str, str]]:
+    """A1111's `Sampler` and, where the name has one, its `Schedule type` (A1111 leaves
+    that out when none was asked for)."""
+    try:
+        sampler, schedule = samplers.to_a1111(scheduler)
+    except KeyError:  # not a name of ours: as it is
+        return [("Sampler", scheduler)]
+    if schedule == "Automatic":
+        return [("Sampler", sampler)]
+    return [("Sampler", sampler), ("Schedule type", schedule)]
 
 
 def _a1111_lora_name(lora: Mapping[str, Any]) -> str:

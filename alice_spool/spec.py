@@ -14,24 +14,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import samplers
 from .errors import InvalidParameters
 
 if TYPE_CHECKING:
     from .hires import HiresFix
 
-SCHEDULERS: tuple[str, ...] = (
-    "euler",
-    "euler_a",
-    "ddim",
-    "pndm",
-    "lms",
-    "heun",
-    "dpm++_2m",
-    "dpm++_2m_karras",
-    "dpm++_sde",
-    "dpm++_sde_karras",
-    "unipc",
-)
+# Every scheduler name a job may hold: a sampler alone, or a sampler and a schedule type.
+SCHEDULERS: tuple[str, ...] = samplers.NAMES
 
 PROMPT_MAX_CHARS = 4000
 DEFAULT_STRENGTH = 0.75
@@ -428,17 +418,8 @@ def parse_loras(
 
 def normalise_scheduler(value: Any, name: str = "scheduler") -> str:
     """A scheduler name, case-insensitive, also in the spelling other SD tools use
-    (`DPM++ 2M Karras`, `Euler a`, `dpmpp_sde`)."""
-    text = _string(name, value, max_chars=64, required=True)
-    key = re.sub(r"[\s\-]+", "_", text.lower()).replace("dpmpp", "dpm++")
-    if key not in SCHEDULERS:
-        hint = difflib.get_close_matches(key, SCHEDULERS, n=1)
-        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise InvalidParameters(
-            f"{name} {text!r} is not known{suggestion}; choose one of: {', '.join(SCHEDULERS)}",
-            field=name,
-        )
-    return key
+    (`DPM++ 2M Karras`, `Euler a`, `dpmpp_sde`, `DDIM Normal`)."""
+    return samplers.normalise(_string(name, value, max_chars=64, required=True), name)
 
 
 def parse_priority(value: Any, name: str = "priority") -> int:

@@ -218,7 +218,10 @@ def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--guidance", "--cfg", "guidance_scale", type=float, help="Guidance scale."),
         click.option("--seed", type=int, help="Seed (-1: random, recorded)."),
         click.option(
-            "--scheduler", metavar="NAME", help="Scheduler, e.g. euler_a or dpm++_2m_karras."
+            "--scheduler",
+            metavar="NAME",
+            help="Sampler, optionally with a schedule type: e.g. euler_a, dpm++_2m_karras, "
+            "euler_a_karras, ddim_normal, or A1111's 'DPM++ 2M SDE Exponential'.",
         ),
         click.option("-n", "--images", "n", type=int, help="Images to make (1-16)."),
         click.option(

@@ -1,5 +1,5 @@
-"""Schedulers by the names of DESIGN section 4, built from the loaded model's own
-scheduler config (its betas and timestep spacing), as other SD tools name them.
+"""Schedulers by the names of `samplers.NAMES` (a sampler, and maybe a schedule type),
+built from the loaded model's own scheduler config (its betas and timestep spacing).
 
 The stochastic DPM++ SDE samplers draw Brownian-motion noise for each image from that
 image's seed (`SeededBrownianNoise`), so that an image is the same alone or in a batch,
@@ -20,38 +20,66 @@ from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     DPMSolverSDEScheduler,
-    EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
     UniPCMultistepScheduler,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from .. import samplers
 from ..errors import InvalidParameters
-from ..spec import SCHEDULERS
+from .curves import CurvedEulerAncestralScheduler, SpacedLCMScheduler
 
-_RECIPES: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
+_DPM_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "midpoint"}
+_SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
+    "dpm++_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpm++_sde": (DPMSolverSDEScheduler, {}),
+    "dpm++_2m_sde": (DPMSolverMultistepScheduler, _DPM_SDE),
+    "dpm++_2m_sde_heun": (DPMSolverMultistepScheduler, {**_DPM_SDE, "solver_type": "heun"}),
+    "dpm++_3m_sde": (DPMSolverMultistepScheduler, {**_DPM_SDE, "solver_order": 3}),
+    "euler_a": (CurvedEulerAncestralScheduler, {}),
     "euler": (EulerDiscreteScheduler, {}),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}),
-    "ddim": (DDIMScheduler, {}),
-    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
     "lms": (LMSDiscreteScheduler, {}),
     "heun": (HeunDiscreteScheduler, {}),
-    "dpm++_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "dpm++_2m_karras": (
-        DPMSolverMultistepScheduler,
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
-    ),
-    "dpm++_sde": (DPMSolverSDEScheduler, {}),
-    "dpm++_sde_karras": (DPMSolverSDEScheduler, {"use_karras_sigmas": True}),
+    "dpm2": (KDPM2DiscreteScheduler, {}),
+    "dpm2_a": (KDPM2AncestralDiscreteScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
     "unipc": (UniPCMultistepScheduler, {}),
+    "lcm": (SpacedLCMScheduler, {}),
 }
-assert set(_RECIPES) == set(SCHEDULERS), "every name of spec.SCHEDULERS needs a recipe"
+assert set(_SAMPLERS) == {s.key for s in samplers.SAMPLERS}, "every sampler needs a recipe"
+
+# The spacing types as diffusers' timestep spacings (A1111's DDIM schedule starts at 1).
+_SPACINGS: dict[str, dict[str, Any]] = {
+    "uniform": {"timestep_spacing": "linspace"},
+    "normal": {"timestep_spacing": "linspace"},
+    "sgm_uniform": {"timestep_spacing": "trailing"},
+    "simple": {"timestep_spacing": "trailing"},
+    "ddim": {"timestep_spacing": "leading", "steps_offset": 1},
+}
+# The curve types (polyexponential at A1111's rho 1 is the exponential curve).
+_CURVES = {
+    "karras": "karras",
+    "exponential": "exponential",
+    "polyexponential": "exponential",
+    "beta": "beta",
+}
+assert set(_SPACINGS) | set(_CURVES) == set(samplers.SCHEDULE_KEYS), "every schedule needs a recipe"
 
 # Settings of the model's own scheduler that belong to its kind, not to the model.
-_NOT_CARRIED = ("use_karras_sigmas", "algorithm_type", "solver_order", "skip_prk_steps")
+_NOT_CARRIED = (
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+    "algorithm_type",
+    "solver_order",
+    "skip_prk_steps",
+)
 
 
 # An image's Brownian noise comes from numpy's SeedSequence of (its seed, this tag): a
@@ -132,14 +160,27 @@ class SeededSDEScheduler(DPMSolverSDEScheduler):
 
 
 def stock_scheduler(name: str, base_config: Any) -> SchedulerMixin:
-    """The scheduler called `name` as diffusers makes it, without per-image noise (DPM++
-    SDE then draws one Brownian tree for the whole call, from a random seed): what a plain
-    diffusers program runs, for comparisons."""
+    """The scheduler called `name` (`samplers.NAMES`) as diffusers makes it, without
+    per-image noise (DPM++ SDE then draws one Brownian tree for the whole call, from a
+    random seed): what a plain diffusers program runs, for comparisons."""
     try:
-        cls, options = _RECIPES[name]
+        key, schedule = samplers.parse(name)
     except KeyError:
         raise InvalidParameters(f"scheduler {name!r} is not known", field="scheduler") from None
+    cls, options = _SAMPLERS[key]
     config = {k: v for k, v in dict(base_config).items() if k not in _NOT_CARRIED}
+    options = {**options, **_SPACINGS.get(schedule or "", {})}
+    curve = _CURVES.get(schedule or "")
+    if cls is SpacedLCMScheduler:
+        scheduler = cls.from_config(config, **options)
+        scheduler.spacing = options.get("timestep_spacing")  # curves: LCM's own timesteps
+        return scheduler
+    if curve is not None and cls is CurvedEulerAncestralScheduler:
+        scheduler = cls.from_config(config, **options)
+        scheduler.curve = curve
+        return scheduler
+    if curve is not None and key not in samplers.TIMESTEP_SAMPLERS:
+        options[f"use_{curve}_sigmas"] = True
     return cls.from_config(config, **options)
 
 

@@ -179,8 +179,8 @@ def test_alice_spool_runner_end_to_end(site: Site) -> None:
             assert png.text["parameters"].splitlines() == [
                 "a cat in a hat",
                 "Negative prompt: dogs",
-                f"Steps: 2, Sampler: DPM++ SDE Karras, CFG scale: 7.5, Seed: {seed}, "
-                "Size: 64x64, Model: tiny",
+                f"Steps: 2, Sampler: DPM++ SDE, Schedule type: Karras, CFG scale: 7.5, "
+                f"Seed: {seed}, Size: 64x64, Model: tiny",
             ]
     with Image.open(site.outbox / wide.id / f"{wide.id}-0.png") as png:
         assert png.size == (96, 64)

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from alice_spool import outbox as outbox_module
+from alice_spool import samplers
 from alice_spool.errors import OutboxWriteFailed
-from alice_spool.outbox import RESULT, SAMPLER_NAMES, Outbox, image_name, infotext
+from alice_spool.outbox import RESULT, Outbox, image_name, infotext
 from alice_spool.spec import SCHEDULERS, parse_spec
 
 
@@ -31,12 +32,18 @@ def test_infotext_is_the_automatic1111_form() -> None:
     assert infotext(spec, 1234, 512, 768) == (
         "a red fox\n"
         "Negative prompt: blurry\n"
-        "Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1234, Size: 512x768, "
-        "Model: v1-5"
+        "Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234, "
+        "Size: 512x768, Model: v1-5"
     )
     plain = infotext(parse_spec({"prompt": "x", "guidance_scale": 7.5}), 1, 64, 64)
     assert "Negative prompt" not in plain and "CFG scale: 7.5" in plain
-    assert set(SAMPLER_NAMES) == set(SCHEDULERS)
+    # A sampler alone names no schedule type: A1111 leaves the line out then.
+    euler_a = parse_spec({"prompt": "x", "scheduler": "euler_a"})
+    assert "Sampler: Euler a, CFG scale" in infotext(euler_a, 1, 64, 64)
+    for name in SCHEDULERS:  # every name has its A1111 sampler, and its schedule if any
+        text = infotext(parse_spec({"prompt": "x", "scheduler": name}), 1, 64, 64)
+        has_schedule = samplers.parse(name)[1] is not None
+        assert "Sampler: " in text and ("Schedule type: " in text) == has_schedule
 
 
 def test_a_job_directory_appears_whole(tmp_path: Path) -> None:

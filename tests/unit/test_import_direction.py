@@ -90,14 +90,15 @@ def test_the_bottom_layers_stay_at_the_bottom() -> None:
         "errors": set(),
         "faults": set(),
         "stopping": set(),
-        "spec": {"errors"},
+        "samplers": {"errors"},
+        "spec": {"errors", "samplers"},
         "config": {"errors", "spec", "masking"},
         "masking": set(),
         "safetensors_file": set(),
         "loras": {"errors", "spec", "safetensors_file"},
         "registry": {"errors", "spec", "loras", "safetensors_file"},
         "durable": set(),
-        "outbox": {"errors", "spec", "config", "faults", "durable"},
+        "outbox": {"errors", "spec", "config", "faults", "durable", "samplers"},
         # The runner is handed its engine; it never imports it (nor torch).
         "runner": {
             *("store", "outbox", "config", "errors", "spec", "models", "records", "faults"),

@@ -307,6 +307,12 @@ def test_priority_edges() -> None:
         ("dpmpp_sde", "dpm++_sde"),
         ("UniPC", "unipc"),
         ("dpm++-sde-karras", "dpm++_sde_karras"),
+        ("Euler a Karras", "euler_a_karras"),
+        ("DDIM Normal", "ddim_normal"),
+        ("dpmpp_2m_sde", "dpm++_2m_sde"),
+        ("DPM++ 2M SDE Exponential", "dpm++_2m_sde_exponential"),
+        ("PLMS", "pndm"),
+        ("k_euler_a", "euler_a"),
     ],
 )
 def test_scheduler_spellings(given: str, expected: str) -> None:
@@ -316,13 +322,13 @@ def test_scheduler_spellings(given: str, expected: str) -> None:
 
 def test_every_design_scheduler_is_accepted() -> None:
     assert {parse(scheduler=name).scheduler for name in SCHEDULERS} == set(SCHEDULERS)
-    assert len(SCHEDULERS) == 11
+    assert len(SCHEDULERS) == 15 * 10  # each sampler alone and with each schedule type
 
 
 def test_unknown_scheduler_suggests_the_nearest() -> None:
     error = rejects("scheduler", scheduler="eulr_a")
     assert "did you mean 'euler_a'" in error.message
-    assert "dpm++_2m_karras" in error.message  # lists the choices
+    assert "dpm++_2m_sde" in error.message and "sgm_uniform" in error.message  # the choices
 
 
 @pytest.mark.parametrize(
