@@ -40,9 +40,6 @@ _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 _WORKING = re.compile(rf"{re.escape(_STAGING)}(?P<host>[A-Za-z0-9.-]+)\.(?P<pid>\d+)\.[^.]+")
 STALE_ELSEWHERE_S = 24 * 3600.0
 
-# Each scheduler name's A1111 sampler name (its schedule type is a setting of its own).
-SAMPLER_NAMES = {name: samplers.to_a1111(name)[0] for name in samplers.NAMES}
-
 
 def infotext(
     spec: JobSpec,
@@ -98,12 +95,15 @@ def _hires_settings(spec: JobSpec) -> list[tuple[str, Any]]:
         settings.append(("Clip skip", spec.clip_skip))
     if hires is None:
         return settings
-    if hires.scheduler is not None and hires.scheduler != spec.scheduler:
-        settings.append(("Hires sampler", SAMPLER_NAMES.get(hires.scheduler, hires.scheduler)))
+    first, second = _a1111_names(spec.scheduler), _a1111_names(hires.scheduler or spec.scheduler)
+    if second[0] != first[0]:
+        settings.append(("Hires sampler", second[0]))
     if hires.prompt is not None and hires.prompt != spec.prompt:
         settings.append(("Hires prompt", _quote(hires.prompt)))
     if hires.negative_prompt is not None and hires.negative_prompt != spec.negative_prompt:
         settings.append(("Hires negative prompt", _quote(hires.negative_prompt)))
+    if second[1] != first[1]:
+        settings.append(("Hires schedule type", second[1]))
     if hires.width is None and hires.height is None:
         settings.append(("Hires upscale", f"{hires.scale:g}"))
     else:
@@ -122,13 +122,19 @@ def _quote(text: str) -> str:
     return text
 
 
+def _a1111_names(scheduler: str) -> tuple[str, str]:
+    """A1111's sampler name and schedule label of a scheduler name (a name not of ours
+    as it is, with no schedule)."""
+    try:
+        return samplers.to_a1111(scheduler)
+    except KeyError:
+        return scheduler, "Automatic"
+
+
 def _sampler_and_schedule(scheduler: str) -> list[tuple[str, str]]:
     """A1111's `Sampler` and, where the name has one, its `Schedule type` (A1111 leaves
     that out when none was asked for)."""
-    try:
-        sampler, schedule = samplers.to_a1111(scheduler)
-    except KeyError:  # not a name of ours: as it is
-        return [("Sampler", scheduler)]
+    sampler, schedule = _a1111_names(scheduler)
     if schedule == "Automatic":
         return [("Sampler", sampler)]
     return [("Sampler", sampler), ("Schedule type", schedule)]

@@ -1,174 +1,245 @@
-"""AUTOMATIC1111's API (`/sdapi/v1/`, DESIGN section 14): a thin translator. Its bodies
-become a `JobSpec` queued like every other door's (source `a1111`), the answer waits
-for the job and is shaped as A1111 shapes it (base64 PNGs, `parameters`, `info` as a
-JSON string with the seeds and infotexts). The only state of its own is A1111's
-"current checkpoint" option, a client option per owner in the database."""
+"""AUTOMATIC1111's API (`/sdapi/v1/txt2img`, `/img2img`; DESIGN section 14): a thin
+translator. Its bodies become a `JobSpec` queued like every other door's (source
+`a1111`), the answer waits for the job and is shaped as A1111 shapes it (base64 images
+in the client's `samples_format`, `parameters`, `info` as a JSON string with the seeds
+and infotexts). Sampler and schedule type, hires fix and clip skip map onto the spec's
+own fields; the client's options (a1111_options.py) fill in what a body leaves out."""
 
 from __future__ import annotations
 
 import base64
+import io
 import json
-import time
+import re
+from collections.abc import Mapping
 from typing import Any
 
+from PIL import Image, ImageOps
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import __version__, errors
-from ..models import JobStatus, Source
-from ..outbox import SAMPLER_NAMES, infotext
+from .. import __version__, errors, inputs
+from ..models import Source
+from ..outbox import infotext
 from ..records import JobRecord
-from ..spec import MODEL_PREFIX, JobSpec, parse_spec
+from ..samplers import from_a1111, to_a1111
+from ..spec import JobSpec, parse_spec
+from .a1111_lists import infotext_settings
+from .a1111_options import OwnerOptions, checkpoint_title, error_answer, keep, owner_options
 from .context import Api, owner_of, route
-from .http import STATUS, require_object, wait_for_job
+from .http import require_object, wait_for_job
 from .openai import finished_or_raise
 
-# A1111's sampler names and the schedule types it pairs them with, onto ours.
-SAMPLERS = {
-    "Euler": "euler",
-    "Euler a": "euler_a",
-    "DDIM": "ddim",
-    "PLMS": "pndm",
-    "LMS": "lms",
-    "Heun": "heun",
-    "DPM++ 2M": "dpm++_2m",
-    "DPM++ SDE": "dpm++_sde",
-    "UniPC": "unipc",
-}
-KARRAS = {"dpm++_2m": "dpm++_2m_karras", "dpm++_sde": "dpm++_sde_karras"}
-SCHEDULE_TYPES = {"automatic": "Automatic", "karras": "Karras"}
-_BY_LOWER = {name.lower(): ours for name, ours in SAMPLERS.items()}
-# A1111's own defaults for what a body leaves out.
-DEFAULTS: dict[str, Any] = {
+# A1111's API defaults for what a body leaves out (its request models'), echoed back
+# in `parameters` with what the body gave.
+COMMON: dict[str, Any] = {
     "prompt": "",
     "negative_prompt": "",
+    "styles": [],
     "seed": -1,
-    "sampler_name": "DPM++ 2M",
-    "scheduler": "Automatic",
+    "subseed": -1,
+    "subseed_strength": 0,
+    "seed_resize_from_h": -1,
+    "seed_resize_from_w": -1,
+    "sampler_name": None,
+    "scheduler": None,
     "batch_size": 1,
     "n_iter": 1,
     "steps": 50,
     "cfg_scale": 7.0,
     "width": 512,
     "height": 512,
+    "restore_faces": None,
+    "tiling": None,
+    "do_not_save_samples": False,
+    "do_not_save_grid": False,
+    "eta": None,
     "denoising_strength": 0.75,
+    "override_settings": None,
+    "override_settings_restore_afterwards": True,
+    "refiner_checkpoint": None,
+    "refiner_switch_at": None,
+    "disable_extra_networks": False,
+    "comments": None,
+    "sampler_index": "Euler",
+    "script_name": None,
+    "script_args": [],
+    "send_images": True,
+    "save_images": False,
+    "alwayson_scripts": {},
+    "infotext": None,
+}
+TXT2IMG: dict[str, Any] = {
+    **COMMON,
+    "enable_hr": False,
+    "firstphase_width": 0,
+    "firstphase_height": 0,
+    "hr_scale": 2.0,
+    "hr_upscaler": None,
+    "hr_second_pass_steps": 0,
+    "hr_resize_x": 0,
+    "hr_resize_y": 0,
+    "hr_checkpoint_name": None,
+    "hr_sampler_name": None,
+    "hr_scheduler": None,
+    "hr_prompt": "",
+    "hr_negative_prompt": "",
+    "force_task_id": None,
+}
+IMG2IMG: dict[str, Any] = {
+    **COMMON,
+    "init_images": None,
+    "resize_mode": 0,
+    "image_cfg_scale": None,
+    "mask": None,
+    "mask_blur_x": 4,
+    "mask_blur_y": 4,
+    "mask_blur": None,
+    "mask_round": True,
+    "inpainting_fill": 0,
+    "inpaint_full_res": True,
+    "inpaint_full_res_padding": 0,
+    "inpainting_mask_invert": 0,
+    "initial_noise_multiplier": None,
+    "latent_mask": None,
+    "force_task_id": None,
 }
 # What A1111 can do and this server cannot: refused when asked for, never ignored.
 _UNSUPPORTED = {
-    "enable_hr": "hires fix",
     "restore_faces": "face restoration",
     "tiling": "tiling",
     "script_name": "scripts",
     "alwayson_scripts": "extensions' scripts",
     "refiner_checkpoint": "a refiner",
     "subseed_strength": "variation seeds",
-    "inpainting_mask_invert": "an inverted mask",
+    "firstphase_width": "the old hires fix's first-pass size",
+    "firstphase_height": "the old hires fix's first-pass size",
+    "latent_mask": "a separate latent mask",
 }
-ERROR_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound"}
+_SAME = ("", "Use same checkpoint", "Use same sampler", "Use same scheduler")
+# A1111 takes numbers as text too ("7.0"), and whole numbers as floats (15.0).
+_WHOLE = ("steps", "width", "height", "batch_size", "n_iter", "seed", "hr_second_pass_steps",
+          "hr_resize_x", "hr_resize_y", "clip_skip", "seed_resize_from_w",
+          "seed_resize_from_h")  # fmt: skip
+_REAL = ("cfg_scale", "denoising_strength", "hr_scale", "subseed_strength")
 
 
-def error_answer(exc: errors.SpoolError) -> Response:
-    """An error as A1111's API answers one: `{error, detail, body, errors}`."""
-    status = STATUS.get(exc.code, 400)
-    headers = {"WWW-Authenticate": "Basic"} if status == 401 else {}
-    body = {
-        "error": ERROR_NAMES.get(status, type(exc).__name__),
-        "detail": exc.message,
-        "body": exc.details.get("field") or "",
-        "errors": exc.message,
-        "code": exc.code,
-    }
-    return JSONResponse(body, status_code=status, headers=headers)
+def _numbers(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The body with numbers given as text read as numbers, and whole floats as ints
+    where A1111 wants an integer (its request models coerce both)."""
+    fields = dict(body)
+    for name in (*_WHOLE, *_REAL):
+        value = fields.get(name)
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise errors.InvalidParameters(
+                    f"{name} must be a number, got {value!r}", field=name
+                ) from None
+        if name in _WHOLE and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if value is not None:
+            fields[name] = value
+    return fields
 
 
-def scheduler_of(sampler: Any, schedule: Any) -> str:
-    """Our scheduler for A1111's `sampler_name` (old style `DPM++ 2M Karras` too) and
-    its `scheduler` (schedule type)."""
-    if not isinstance(sampler, str) or not isinstance(schedule, str):
-        raise errors.InvalidParameters("sampler_name and scheduler must be strings")
-    name, karras = sampler.strip(), schedule.strip().lower() == "karras"
-    if name.lower().endswith(" karras"):
-        name, karras = name[: -len(" karras")], True
-    ours = _BY_LOWER.get(name.lower())
-    if ours is None:
-        raise errors.InvalidParameters(
-            f"sampler {sampler!r} is not known; choose one of: {', '.join(SAMPLERS)}",
-            field="sampler_name",
-        )
-    if schedule.strip().lower() not in SCHEDULE_TYPES:
-        raise errors.InvalidParameters(
-            f"schedule type {schedule!r} is not known; choose Automatic or Karras",
-            field="scheduler",
-        )
-    if karras:
-        if ours not in KARRAS:
-            raise errors.InvalidParameters(
-                f"{name} has no Karras schedule here; it has: "
-                + ", ".join(n for n, o in SAMPLERS.items() if o in KARRAS),
-                field="scheduler",
-            )
-        return KARRAS[ours]
-    return ours
-
-
-def model_of(checkpoint: Any) -> str | None:
-    """A model id from A1111's checkpoint title (`name`, `name.safetensors [hash]`)."""
-    if checkpoint is None or checkpoint == "":
-        return None
-    if not isinstance(checkpoint, str):
-        raise errors.InvalidParameters(
-            "sd_model_checkpoint must be a string", field="sd_model_checkpoint"
-        )
-    title = checkpoint.strip()
-    if title.endswith("]") and " [" in title:
-        title = title[: title.rindex(" [")]
-    for suffix in (".safetensors", ".ckpt"):
-        title = title.removesuffix(suffix)
-    return title if title.startswith(MODEL_PREFIX) else MODEL_PREFIX + title
-
-
-def _count(body: dict[str, Any], name: str) -> int:
-    value = body.get(name, DEFAULTS[name])
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
+def _count(body: Mapping[str, Any], name: str) -> int:
+    value = body.get(name)
+    value = COMMON[name] if value is None else value
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise errors.InvalidParameters(f"{name} must be a whole number >= 1", field=name)
     return value
 
 
-CHECKPOINT = "a1111.sd_model_checkpoint"  # the client option: A1111's current checkpoint
+def _given(value: Any) -> bool:
+    return value not in (None, False, "", 0, {}, [])
 
 
-def native(body: dict[str, Any], *, img2img: bool, checkpoint: str | None) -> dict[str, Any]:
+def _clip_skip(body: Mapping[str, Any], options: OwnerOptions) -> int:
+    """`override_settings.CLIP_stop_at_last_layers`, else `clip_skip` (SD.Next's and
+    SillyTavern's), else the client's option."""
+    value = body.get("clip_skip")
+    override = body.get("override_settings") or {}
+    if value is None or "CLIP_stop_at_last_layers" in override:
+        return options.clip_skip
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 12:
+        raise errors.InvalidParameters(
+            "clip_skip must be a whole number from 1 to 12", field="clip_skip"
+        )
+    return value
+
+
+def _hires(body: Mapping[str, Any], scheduler: str) -> dict[str, Any]:
+    """A1111's hires fix fields as the native `hires` object."""
+    if _given(body.get("hr_checkpoint_name")) and body["hr_checkpoint_name"] not in _SAME:
+        raise errors.InvalidParameters(
+            "a second-pass checkpoint (hr_checkpoint_name) is not supported here",
+            field="hr_checkpoint_name",
+        )
+    hires: dict[str, Any] = {
+        "upscaler": body.get("hr_upscaler") or "Latent",
+        "steps": body.get("hr_second_pass_steps") or 0,
+        "strength": body.get("denoising_strength")
+        if body.get("denoising_strength") is not None
+        else COMMON["denoising_strength"],
+    }
+    resize = (body.get("hr_resize_x") or 0, body.get("hr_resize_y") or 0)
+    if resize != (0, 0):
+        hires.update({"width": resize[0] or None, "height": resize[1] or None, "scale": None})
+    else:
+        hires["scale"] = body.get("hr_scale") if body.get("hr_scale") is not None else 2.0
+    sampler, schedule = body.get("hr_sampler_name"), body.get("hr_scheduler")
+    if (sampler not in (None, *_SAME)) or (schedule not in (None, *_SAME)):
+        first_sampler, first_schedule = to_a1111(scheduler)
+        hires["scheduler"] = from_a1111(
+            sampler if sampler not in (None, *_SAME) else first_sampler,
+            schedule if schedule not in (None, *_SAME) else first_schedule,
+            sampler_field="hr_sampler_name",
+            schedule_field="hr_scheduler",
+        )
+    for field, ours in (("hr_prompt", "prompt"), ("hr_negative_prompt", "negative_prompt")):
+        if isinstance(body.get(field), str) and body[field].strip():
+            hires[ours] = body[field]
+    return hires
+
+
+def native(body: Mapping[str, Any], *, img2img: bool, options: OwnerOptions) -> dict[str, Any]:
     """A1111's body as this server's request (`parse_spec` checks it)."""
     for name, what in _UNSUPPORTED.items():
-        value = body.get(name)
-        if value not in (None, False, "", 0, {}, []):
+        if _given(body.get(name)):
             raise errors.InvalidParameters(f"{what} ({name}) is not supported here", field=name)
-    seed = body.get("seed", -1)
-    override = body.get("override_settings") or {}
-    if not isinstance(override, dict):
-        raise errors.InvalidParameters(
-            "override_settings must be an object", field="override_settings"
-        )
+    for name in ("seed_resize_from_w", "seed_resize_from_h"):
+        if isinstance(body.get(name), int | float) and body[name] > 0:
+            raise errors.InvalidParameters(
+                f"resizing the seed ({name}) is not supported here", field=name
+            )
+    seed = body.get("seed")
+    scheduler = from_a1111(
+        body.get("sampler_name") or body.get("sampler_index") or COMMON["sampler_index"],
+        body.get("scheduler"),
+    )
     fields: dict[str, Any] = {
-        "prompt": body.get("prompt", ""),
+        "prompt": body.get("prompt") or "",
         "negative_prompt": body.get("negative_prompt") or "",
-        "steps": body.get("steps", DEFAULTS["steps"]),
-        "guidance_scale": body.get("cfg_scale", DEFAULTS["cfg_scale"]),
-        "width": body.get("width", DEFAULTS["width"]),
-        "height": body.get("height", DEFAULTS["height"]),
-        "seed": None if seed in (-1, None) else seed,
-        "scheduler": scheduler_of(
-            body.get("sampler_name") or body.get("sampler_index") or DEFAULTS["sampler_name"],
-            body.get("scheduler") or DEFAULTS["scheduler"],
-        ),
+        "steps": COMMON["steps"] if body.get("steps") is None else body["steps"],
+        "guidance_scale": COMMON["cfg_scale"]
+        if body.get("cfg_scale") is None
+        else body["cfg_scale"],
+        "width": body.get("width") or COMMON["width"],
+        "height": body.get("height") or COMMON["height"],
+        "seed": None if seed in (-1, None, "") else seed,
+        "scheduler": scheduler,
         "n": _count(body, "batch_size") * _count(body, "n_iter"),
     }
-    model = model_of(override.get("sd_model_checkpoint")) or checkpoint
-    if model is not None:
-        fields["model"] = model
+    clip_skip = _clip_skip(body, options)
+    if clip_skip > 1:
+        fields["clip_skip"] = clip_skip
+    if options.checkpoint is not None:
+        fields["model"] = options.checkpoint
+    if not img2img and body.get("enable_hr"):
+        fields["hires"] = _hires(body, scheduler)
     if img2img:
         given = body.get("init_images")
         if not isinstance(given, list) or not given:
@@ -180,23 +251,78 @@ def native(body: dict[str, Any], *, img2img: bool, checkpoint: str | None) -> di
         fields["init_image"] = given[0]
         if body.get("mask") is not None:
             fields["mask_image"] = body["mask"]
-        fields["strength"] = body.get("denoising_strength", DEFAULTS["denoising_strength"])
+        strength = body.get("denoising_strength")
+        fields["strength"] = COMMON["denoising_strength"] if strength is None else strength
     return fields
 
 
-def _info(done: JobRecord, spec: JobSpec, body: dict[str, Any]) -> dict[str, Any]:
+# Our request's fields by the names A1111's clients sent them under, for its errors.
+_THEIR_NAMES = {
+    "hires.upscaler": "hr_upscaler",
+    "hires.scale": "hr_scale",
+    "hires.width": "hr_resize_x",
+    "hires.height": "hr_resize_y",
+    "hires.steps": "hr_second_pass_steps",
+    "hires.strength": "denoising_strength",
+    "hires.scheduler": "hr_sampler_name",
+    "hires.prompt": "hr_prompt",
+    "hires.negative_prompt": "hr_negative_prompt",
+    "hires": "enable_hr",
+    "guidance_scale": "cfg_scale",
+    "strength": "denoising_strength",
+    "init_image": "init_images",
+    "mask_image": "mask",
+    "n": "batch_size",
+}
+
+
+def in_their_terms(exc: errors.InvalidParameters) -> errors.InvalidParameters:
+    """A refusal of the translated request, naming the field as the client sent it."""
+    field = str(exc.details.get("field") or "")
+    theirs = _THEIR_NAMES.get(field)
+    if theirs is None:
+        return exc
+    message = re.sub(rf"(?<![\w.]){re.escape(field)}(?![\w])", theirs, exc.message)
+    return errors.InvalidParameters(message, field=theirs)
+
+
+def _inverted(fields: dict[str, Any], staged: inputs.Staged) -> dict[str, Any]:
+    """`inpainting_mask_invert`: the mask as stored, black and white swapped."""
+    mask = staged.images.get("mask_image")
+    if mask is None:
+        raise errors.InvalidParameters(
+            "inpainting_mask_invert needs a mask", field="inpainting_mask_invert"
+        )
+    with Image.open(io.BytesIO(mask.data)) as image:
+        flipped = ImageOps.invert(image.convert("L"))
+    out = io.BytesIO()
+    flipped.save(out, format="PNG")
+    decoded = inputs.Decoded("mask_image", out.getvalue(), "png", mask.width, mask.height)
+    staged.images["mask_image"] = decoded
+    return {**fields, "mask_image": f"sha256:{decoded.sha256}"}
+
+
+def _info(done: JobRecord, spec: JobSpec, body: Mapping[str, Any]) -> dict[str, Any]:
+    """A1111's `info` (its `Processed.js()`): the first pass's size, the seeds, one
+    infotext per image, and the settings beyond the fixed ones in
+    `extra_generation_params` (schedule type, hires fix, LoRA hashes)."""
     images = (done.result or {}).get("images") or []
     loras = (done.result or {}).get("loras") or []
     seeds = [int(image.get("seed", 0)) for image in images]
-    width = images[0].get("width", spec.width) if images else spec.width
-    height = images[0].get("height", spec.height) if images else spec.height
     texts = [
         infotext(
             spec, seed, int(image.get("width") or 0), int(image.get("height") or 0), loras=loras
         )
         for seed, image in zip(seeds, images, strict=True)
     ]
-    sampler = SAMPLER_NAMES.get(spec.scheduler, spec.scheduler)
+    width = spec.width or (images[0].get("width") if images else None)
+    height = spec.height or (images[0].get("height") if images else None)
+    sampler, _ = to_a1111(spec.scheduler)
+    fixed = {"Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Denoising strength",
+             "Clip skip"}  # fmt: skip
+    extra = (
+        {k: v for k, v in infotext_settings(texts[0]).items() if k not in fixed} if texts else {}
+    )
     return {
         "prompt": spec.prompt,
         "all_prompts": [spec.prompt] * len(images),
@@ -212,235 +338,99 @@ def _info(done: JobRecord, spec: JobSpec, body: dict[str, Any]) -> dict[str, Any
         "sampler_name": sampler,
         "cfg_scale": spec.guidance_scale,
         "steps": spec.steps,
-        "batch_size": body.get("batch_size", 1),
+        "batch_size": body.get("batch_size") or 1,
         "restore_faces": False,
-        "sd_model_name": (done.model or "").removeprefix(MODEL_PREFIX),
+        "face_restoration_model": None,
+        "sd_model_name": checkpoint_title(done.model or ""),
         "sd_model_hash": None,
-        "denoising_strength": spec.strength,
-        "extra_generation_params": {},
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": spec.strength
+        if spec.strength is not None
+        else (spec.hires.strength if spec.hires is not None else body.get("denoising_strength")),
+        "extra_generation_params": extra,
         "index_of_first_image": 0,
         "infotexts": texts,
         "styles": [],
         "job_timestamp": done.created_at.strftime("%Y%m%d%H%M%S"),
-        "clip_skip": 1,
+        "clip_skip": spec.clip_skip or 1,
         "is_using_inpainting_conditioning": spec.mask_image is not None,
         "version": f"alice-spool {__version__}",
         "job_id": done.id,
     }
 
 
+def encoded(png: bytes, options: OwnerOptions) -> str:
+    """An image for the answer, base64, in the client's `samples_format`: the PNG as
+    written (its infotext in a `parameters` chunk), or JPEG or WebP with the infotext
+    in the EXIF UserComment, as A1111 sends them."""
+    kind = options.samples_format
+    if kind == "png":
+        return base64.b64encode(png).decode()
+    with Image.open(io.BytesIO(png)) as image:
+        text = str(image.info.get("parameters", ""))
+        exif = Image.Exif()
+        exif.get_ifd(0x8769)[0x9286] = b"UNICODE\x00" + text.encode("utf-16-be")
+        out = io.BytesIO()
+        if kind == "webp":
+            image.save(
+                out, format="WEBP", quality=options.jpeg_quality,
+                lossless=options.webp_lossless, exif=exif,
+            )  # fmt: skip
+        else:
+            image.convert("RGB").save(out, format="JPEG", quality=options.jpeg_quality, exif=exif)
+    return base64.b64encode(out.getvalue()).decode()
+
+
 async def _generate(request: Request, api: Api, client: str | None, *, img2img: bool) -> Response:
-    body = require_object(await api.read_body(request, images=img2img))
+    body = _numbers(require_object(await api.read_body(request, images=img2img)))
     owner = owner_of(request)
-    chosen = await run_in_threadpool(api.store.client_option, owner, CHECKPOINT)
-    fields = native(body, img2img=img2img, checkpoint=chosen)
-    fields, staged = await run_in_threadpool(api.take_images, fields)
-    spec = parse_spec(fields, api.settings.generation)
+    override = body.get("override_settings") or {}
+    if not isinstance(override, dict):
+        raise errors.InvalidParameters(
+            "override_settings must be an object", field="override_settings"
+        )
+    stored = await run_in_threadpool(owner_options, api, owner)
+    options = stored.overridden(override)
+    fields = native(body, img2img=img2img, options=options)
+    try:
+        fields, staged = await run_in_threadpool(api.take_images, fields)
+        if img2img and _given(body.get("inpainting_mask_invert")):
+            fields = await run_in_threadpool(_inverted, fields, staged)
+        spec = parse_spec(fields, api.settings.generation)
+    except errors.InvalidParameters as exc:
+        raise in_their_terms(exc) from None
     queued = await run_in_threadpool(
         lambda: api.enqueue(spec, staged, source=Source.A1111, client=client, owner=owner)
     )
+    if override and body.get("override_settings_restore_afterwards") is False:
+        await keep(api, request, override)  # A1111 leaves them set
     timeout = api.settings.server.request_timeout_s
     done = finished_or_raise(await wait_for_job(api.store, queued.job.id, timeout))
     images: list[str] = []
     if body.get("send_images", True) is not False:
         for image in (done.result or {}).get("images") or []:
             png = await run_in_threadpool(api.image_path(image["file"]).read_bytes)
-            images.append(base64.b64encode(png).decode())
-    parameters = {**DEFAULTS, **body, "init_images": None, "mask": None}
-    made = done.spec
-    return JSONResponse(
-        {"images": images, "parameters": parameters, "info": json.dumps(_info(done, made, body))}
-    )
+            images.append(await run_in_threadpool(encoded, png, options))
+    known = IMG2IMG if img2img else TXT2IMG
+    parameters = {**known, **{k: v for k, v in body.items() if k in known}}
+    parameters.update(init_images=None, mask=None)
+    info = _info(done, done.spec, body)
+    return JSONResponse({"images": images, "parameters": parameters, "info": json.dumps(info)})
 
 
 @route(shape=error_answer)
 async def txt2img(request: Request, api: Api, client: str | None) -> Response:
-    """AUTOMATIC1111's txt2img: queued like any job, answered when it is done with the
-    images as base64 PNGs, `parameters` and `info` (a JSON string)."""
+    """AUTOMATIC1111's txt2img: queued like any job (hires fix a two-pass job of its
+    own), answered when it is done with the images as base64, `parameters` and `info`
+    (a JSON string)."""
     return await _generate(request, api, client, img2img=False)
 
 
 @route(shape=error_answer)
 async def img2img(request: Request, api: Api, client: str | None) -> Response:
-    """AUTOMATIC1111's img2img: `init_images` (one), `mask` (white repaints),
-    `denoising_strength`."""
+    """AUTOMATIC1111's img2img: `init_images` (one), `mask` (white repaints;
+    `inpainting_mask_invert` swaps), `denoising_strength`."""
     return await _generate(request, api, client, img2img=True)
-
-
-@route(shape=error_answer)
-async def sd_models(request: Request, api: Api, client: str | None) -> Response:
-    """The installed models as A1111 lists checkpoints (`title` is what to set)."""
-    models = await run_in_threadpool(api.registry.scan)
-    return JSONResponse(
-        [
-            {
-                "title": m.id.removeprefix(MODEL_PREFIX),
-                "model_name": m.id.removeprefix(MODEL_PREFIX),
-                "hash": None,
-                "sha256": None,
-                "filename": m.path.name,
-                "config": None,
-            }
-            for m in sorted(models, key=lambda m: m.id)
-            if m.ok
-        ]
-    )
-
-
-@route(shape=error_answer)
-async def samplers(request: Request, api: Api, client: str | None) -> Response:
-    """The samplers, by A1111's names (a Karras schedule where one exists)."""
-    return JSONResponse(
-        [
-            {
-                "name": name,
-                "aliases": [ours],
-                "options": {"scheduler": "karras"} if ours in KARRAS else {},
-            }
-            for name, ours in SAMPLERS.items()
-        ]
-    )
-
-
-@route(shape=error_answer)
-async def schedulers(request: Request, api: Api, client: str | None) -> Response:
-    """The schedule types: Automatic, and Karras (for the samplers that have one)."""
-    return JSONResponse([_schedule(name, label) for name, label in SCHEDULE_TYPES.items()])
-
-
-def _schedule(name: str, label: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "label": label,
-        "aliases": None,
-        "default_rho": -1,
-        "need_inner_model": False,
-    }
-
-
-@route(shape=error_answer)
-async def loras(request: Request, api: Api, client: str | None) -> Response:
-    """The installed LoRAs, for `<lora:name:scale>` tags in the prompt."""
-    found = await run_in_threadpool(api.registry.loras.scan)
-    names = sorted(lora.id.removeprefix("lora/") for lora in found)
-    return JSONResponse(
-        [
-            {"name": name, "alias": name, "path": f"{name}.safetensors", "metadata": {}}
-            for name in names
-        ]
-    )
-
-
-async def _current_checkpoint(request: Request, api: Api) -> str | None:
-    chosen = await run_in_threadpool(api.store.client_option, owner_of(request), CHECKPOINT)
-    if chosen is not None:
-        return chosen
-    try:
-        model = await run_in_threadpool(api.registry.default, api.settings.generation.default_model)
-    except errors.ModelNotFound:
-        return None
-    return model.id
-
-
-@route(shape=error_answer)
-async def get_options(request: Request, api: Api, client: str | None) -> Response:
-    """A1111's options this server has: `sd_model_checkpoint` (this client's)."""
-    current = await _current_checkpoint(request, api)
-    return JSONResponse(
-        {
-            "sd_model_checkpoint": current.removeprefix(MODEL_PREFIX) if current else None,
-            "sd_checkpoint_hash": None,
-            "samples_format": "png",
-        }
-    )
-
-
-@route(shape=error_answer)
-async def set_options(request: Request, api: Api, client: str | None) -> Response:
-    """`{"sd_model_checkpoint": title}`: the model of this client's A1111 requests that
-    name none (checked installed: 404 otherwise). Other options are refused."""
-    body = require_object(await api.read_body(request))
-    unknown = sorted(set(body) - {"sd_model_checkpoint"})
-    if unknown:
-        raise errors.InvalidParameters(
-            f"option {unknown[0]!r} is not one this server has", field=unknown[0]
-        )
-    model = model_of(body.get("sd_model_checkpoint"))
-    if model is None:
-        raise errors.InvalidParameters(
-            "sd_model_checkpoint is required", field="sd_model_checkpoint"
-        )
-    spec = await api.resolve_model(JobSpec(prompt="check", model=model))  # 404 if missing
-    await run_in_threadpool(
-        api.store.set_client_option, owner_of(request), CHECKPOINT, str(spec.model)
-    )
-    return JSONResponse(None)
-
-
-@route(shape=error_answer)
-async def progress(request: Request, api: Api, client: str | None) -> Response:
-    """This client's newest running job: `progress` 0..1, `eta_relative` seconds,
-    `state` (`job_count`: its jobs queued or running; sampling step and steps)."""
-    owner = owner_of(request)
-
-    def read() -> tuple[JobRecord | None, int]:
-        running = api.store.list_jobs(statuses=[JobStatus.RUNNING], owner=owner, limit=1)
-        counts = api.store.counts(owner=owner)  # one count, however many are queued
-        return (running.jobs[0] if running.jobs else None), (
-            counts[JobStatus.QUEUED] + counts[JobStatus.RUNNING]
-        )
-
-    job, count = await run_in_threadpool(read)
-    step, total = (job.progress_step or 0, job.progress_total or 0) if job else (0, 0)
-    done = step / total if total else 0.0
-    eta = 0.0
-    if job is not None and job.started_at is not None and done > 0:
-        elapsed = time.time() - job.started_at.timestamp()
-        eta = max(0.0, elapsed / done - elapsed)
-    return JSONResponse(
-        {
-            "progress": round(done, 4),
-            "eta_relative": round(eta, 2),
-            "state": {
-                "skipped": False,
-                "interrupted": bool(job and job.cancel_requested),
-                "job": job.id if job else "",
-                "job_count": count,
-                "job_timestamp": job.created_at.strftime("%Y%m%d%H%M%S") if job else "0",
-                "job_no": 0,
-                "sampling_step": step,
-                "sampling_steps": total,
-            },
-            "current_image": None,
-            "textinfo": None,
-        }
-    )
-
-
-@route(shape=error_answer)
-async def interrupt(request: Request, api: Api, client: str | None) -> Response:
-    """Stop this client's running jobs (each at its next step)."""
-    owner = owner_of(request)
-
-    def stop() -> int:
-        running = api.store.list_jobs(statuses=[JobStatus.RUNNING], owner=owner, limit=500)
-        for job in running.jobs:
-            api.store.cancel(job.id)
-        return len(running.jobs)
-
-    await run_in_threadpool(stop)
-    return JSONResponse(None)
-
-
-@route(shape=error_answer)
-async def refresh_checkpoints(request: Request, api: Api, client: str | None) -> Response:
-    """Rescan the models directory."""
-    await run_in_threadpool(lambda: api.registry.scan(force=True))
-    return JSONResponse(None)
-
-
-@route(shape=error_answer)
-async def refresh_loras(request: Request, api: Api, client: str | None) -> Response:
-    """Rescan the LoRAs."""
-    await run_in_threadpool(api.registry.loras.scan)
-    return JSONResponse(None)

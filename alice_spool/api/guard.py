@@ -66,6 +66,10 @@ class RequestGuard:
         self.origins = {origin.rstrip("/").lower() for origin in cors_origins}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and scope["path"].startswith("//"):
+            # A client's base URL with a trailing slash (`http://host:port/`) asks for
+            # `//sdapi/v1/...`: the same path with one slash.
+            scope = {**scope, "path": "/" + scope["path"].lstrip("/")}
         if scope["type"] == "http":
             refusal = self.refusal(scope)
             if refusal is not None:

@@ -747,6 +747,8 @@ def _responses(path: str, method: str, has_body: bool, needs_key: bool) -> dict[
         )
     if (method, path) in _WAITS:
         errors[_WAITS[method, path]] = "the job did not finish in server.request_timeout_s"
+    if (method, path) == ("POST", "/sdapi/v1/options"):
+        errors["422"] = "a value of the wrong type for an option this server understands"
     if (method, path) in _SEARCHES:
         errors["502"] = "CivitAI or the Hugging Face Hub could not be reached, or failed"
     for status, text in errors.items():

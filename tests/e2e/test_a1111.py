@@ -60,7 +60,8 @@ def test_txt2img_with_webuiapi(site: Served) -> None:
     info = result.info
     assert info["all_seeds"] == [1234, 1235, 1236, 1237] and info["seed"] == 1234
     assert (info["width"], info["height"], info["steps"], info["cfg_scale"]) == (64, 64, 2, 6.5)
-    assert info["sampler_name"] == "DPM++ 2M Karras" and info["sd_model_name"] == "tiny"
+    assert info["sampler_name"] == "DPM++ 2M" and info["sd_model_name"] == "tiny"
+    assert "Sampler: DPM++ 2M, Schedule type: Karras" in info["infotexts"][0]
     assert len(info["infotexts"]) == 4
     assert "Steps: 2" in info["infotexts"][0] and "Seed: 1234" in info["infotexts"][0]
     assert "Negative prompt: blurry" in info["infotexts"][0]
@@ -102,7 +103,7 @@ def test_models_samplers_schedulers_and_the_checkpoint_option(site: Served) -> N
     assert api.util_get_model_names() == ["tiny"]
     assert "Euler a" in api.util_get_sampler_names()
     assert "DPM++ 2M" in api.util_get_sampler_names()
-    assert api.util_get_scheduler_names() == ["automatic", "karras"]
+    assert {"automatic", "uniform", "karras", "normal"} <= set(api.util_get_scheduler_names())
     api.util_set_model("tiny")
     assert api.util_get_current_model() == "tiny"
     missing = httpx.post(
@@ -152,8 +153,8 @@ def test_what_it_refuses_comes_in_a1111s_shape(site: Served) -> None:
     before = len(jobs(site))
     for body, field in [
         ({"prompt": "x", "sampler_name": "Nope"}, "sampler_name"),
-        ({"prompt": "x", "sampler_name": "Euler", "scheduler": "Karras"}, "scheduler"),
-        ({"prompt": "x", "enable_hr": True}, "enable_hr"),
+        ({"prompt": "x", "sampler_name": "Euler", "scheduler": "Turbo"}, "scheduler"),
+        ({"prompt": "x", "enable_hr": True, "hr_upscaler": "SwinIR 4x"}, "hr_upscaler"),
         ({"prompt": "x", "restore_faces": True}, "restore_faces"),
         ({"prompt": "x", "batch_size": 0}, "batch_size"),
         ({"prompt": "x", "batch_size": 8, "n_iter": 4}, "n"),
@@ -196,7 +197,7 @@ def test_an_a1111_job_batches_with_a_native_one_and_makes_what_it_makes_alone(
     native = httpx.post(
         f"{site.url}/v1/jobs",
         json={"prompt": "a loud harbour", "seed": 12, "steps": 2, "width": 64, "height": 64,
-              "scheduler": "euler_a", "guidance_scale": 7.0},
+              "scheduler": "Euler a Uniform", "guidance_scale": 7.0},  # A1111's Automatic
         headers={"X-Api-Key": KEY},
         timeout=30,
     ).json()  # fmt: skip

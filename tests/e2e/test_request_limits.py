@@ -180,7 +180,7 @@ def test_img2img_without_a_denoising_step_is_refused_at_every_door(
             },
         )
         assert a1111.status_code == 400, a1111.text
-        assert a1111.json()["body"] == "strength" and "steps" in a1111.json()["detail"]
+        assert a1111.json()["body"] == "denoising_strength" and "steps" in a1111.json()["detail"]
 
         restplan = post(
             bare,

@@ -91,7 +91,8 @@ def test_the_bottom_layers_stay_at_the_bottom() -> None:
         "faults": set(),
         "stopping": set(),
         "samplers": {"errors"},
-        "spec": {"errors", "samplers"},
+        "spec": {"errors", "samplers", "hires"},  # hires: its field's parser (pure)
+        "hires": {"errors", "spec"},
         "config": {"errors", "spec", "masking"},
         "masking": set(),
         "safetensors_file": set(),

@@ -1,0 +1,271 @@
+"""AUTOMATIC1111's API (`/sdapi/v1/`): what its clients list and poll (DESIGN section 14).
+Models, samplers, schedule types, LoRAs, VAEs, upscalers: what exists here, in A1111's
+shapes; progress, interrupt and skip for the asking client's own jobs; and the lists of
+what this server has none of (face restorers, styles, embeddings, hypernetworks),
+answered empty so that clients which ask for them at start-up carry on."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import time
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .. import errors
+from .. import samplers as sampler_names
+from ..hires import UPSCALERS
+from ..models import JobStatus
+from ..records import JobRecord
+from .a1111_options import checkpoint_title, error_answer
+from .context import Api, owner_of, route
+from .http import require_object
+
+# A1111's image upscalers are listed with the scale their model makes (4 for ESRGAN);
+# the plain resamplers it lists with 4 too.
+_RESAMPLER_SCALE = 4
+
+
+@route(shape=error_answer)
+async def sd_models(request: Request, api: Api, client: str | None) -> Response:
+    """The installed models as A1111 lists checkpoints (`title` is what to set)."""
+    models = await run_in_threadpool(api.registry.scan)
+    return JSONResponse(
+        [
+            {
+                "title": checkpoint_title(m.id),
+                "model_name": checkpoint_title(m.id),
+                "hash": None,
+                "sha256": None,
+                "filename": m.path.name,
+                "config": None,
+            }
+            for m in sorted(models, key=lambda m: m.id)
+            if m.ok
+        ]
+    )
+
+
+@route(shape=error_answer)
+async def samplers(request: Request, api: Api, client: str | None) -> Response:
+    """The samplers, by A1111's names: each works with every schedule type listed."""
+    return JSONResponse(sampler_names.a1111_samplers())
+
+
+@route(shape=error_answer)
+async def schedulers(request: Request, api: Api, client: str | None) -> Response:
+    """The schedule types (A1111's `scheduler` field): each works with every sampler."""
+    return JSONResponse(sampler_names.a1111_schedules())
+
+
+@route(shape=error_answer)
+async def loras(request: Request, api: Api, client: str | None) -> Response:
+    """The installed LoRAs, for `<lora:name:scale>` tags in the prompt."""
+    found = await run_in_threadpool(api.registry.loras.scan)
+    names = sorted(lora.id.removeprefix("lora/") for lora in found)
+    return JSONResponse(
+        [
+            {"name": name, "alias": name, "path": f"{name}.safetensors", "metadata": {}}
+            for name in names
+        ]
+    )
+
+
+@route(shape=error_answer)
+async def upscalers(request: Request, api: Api, client: str | None) -> Response:
+    """The image upscalers hires fix takes (`hr_upscaler`): plain resamplers, no
+    upscaler models."""
+    return JSONResponse(
+        [
+            {
+                "name": upscaler.name,
+                "model_name": None,
+                "model_path": None,
+                "model_url": None,
+                "scale": _RESAMPLER_SCALE,
+            }
+            for upscaler in UPSCALERS
+            if not upscaler.latent
+        ]
+    )
+
+
+@route(shape=error_answer)
+async def latent_upscale_modes(request: Request, api: Api, client: str | None) -> Response:
+    """The latent upscale modes hires fix takes (`hr_upscaler`)."""
+    return JSONResponse([{"name": upscaler.name} for upscaler in UPSCALERS if upscaler.latent])
+
+
+@route(shape=error_answer)
+async def sd_vae(request: Request, api: Api, client: str | None) -> Response:
+    """The separate VAEs: none here. A model runs with its own VAE, which is what
+    A1111's `sd_vae` values `Automatic` and `None` choose."""
+    return JSONResponse([])
+
+
+@route(shape=error_answer)
+async def sd_modules(request: Request, api: Api, client: str | None) -> Response:
+    """Forge's separate modules (VAEs, text encoders): none here."""
+    return JSONResponse([])
+
+
+@route(shape=error_answer)
+async def embeddings(request: Request, api: Api, client: str | None) -> Response:
+    """Textual-inversion embeddings: none here (`loaded` and `skipped` empty)."""
+    return JSONResponse({"loaded": {}, "skipped": {}})
+
+
+@route(shape=error_answer)
+async def nothing_listed(request: Request, api: Api, client: str | None) -> Response:
+    """What this server has none of (face restorers, prompt styles, hypernetworks): an
+    empty list."""
+    return JSONResponse([])
+
+
+@route(shape=error_answer)
+async def cmd_flags(request: Request, api: Api, client: str | None) -> Response:
+    """A1111's command-line flags: `api` and, with keys, `api_auth` (masked)."""
+    return JSONResponse({"api": True, "api_auth": "***" if api.keys.required else None})
+
+
+@route(shape=error_answer)
+async def refreshed(request: Request, api: Api, client: str | None) -> Response:
+    """Rescan what there is to rescan (VAEs, embeddings: none here)."""
+    return JSONResponse(None)
+
+
+@route(shape=error_answer)
+async def png_info(request: Request, api: Api, client: str | None) -> Response:
+    """The parameters text of a PNG (base64, a `data:` URL too): `info` (the infotext,
+    "" when it has none), `items` (its other text chunks) and `parameters` (the
+    infotext's settings as pairs)."""
+    body = require_object(await api.read_body(request, images=True))
+    given = body.get("image")
+    if not isinstance(given, str) or not given:
+        raise errors.InvalidParameters("image must be a base64 PNG", field="image")
+    data = given.split(",", 1)[1] if given.startswith("data:") else given
+
+    def read() -> dict[str, Any]:
+        try:
+            image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+            texts = dict(getattr(image, "text", {}) or {})
+        except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
+            raise errors.InvalidParameters("image is not a base64 image", field="image") from None
+        info = str(texts.pop("parameters", ""))
+        return {"info": info, "items": texts, "parameters": infotext_settings(info)}
+
+    return JSONResponse(await run_in_threadpool(read))
+
+
+def infotext_settings(infotext: str) -> dict[str, str]:
+    """The `Key: value` pairs of an infotext's last line (quoted values kept whole)."""
+    lines = infotext.strip().splitlines()
+    if not lines:
+        return {}
+    pairs: dict[str, str] = {}
+    last, part, quoted = lines[-1], "", False
+    for char in last + ",":
+        if char == '"':
+            quoted = not quoted
+        if char == "," and not quoted:
+            key, colon, value = part.partition(":")
+            if colon:
+                pairs[key.strip()] = value.strip().strip('"')
+            part = ""
+            continue
+        part += char
+    return pairs
+
+
+async def _running(api: Api, request: Request) -> tuple[JobRecord | None, int]:
+    """This client's newest running job, and how many of its jobs are queued or running."""
+    owner = owner_of(request)
+
+    def read() -> tuple[JobRecord | None, int]:
+        running = api.store.list_jobs(statuses=[JobStatus.RUNNING], owner=owner, limit=1)
+        counts = api.store.counts(owner=owner)  # one count, however many are queued
+        return (running.jobs[0] if running.jobs else None), (
+            counts[JobStatus.QUEUED] + counts[JobStatus.RUNNING]
+        )
+
+    return await run_in_threadpool(read)
+
+
+@route(shape=error_answer)
+async def progress(request: Request, api: Api, client: str | None) -> Response:
+    """This client's newest running job: `progress` 0..1, `eta_relative` seconds,
+    `state` as A1111 has it (`job_count`: its jobs queued or running; `sampling_step`
+    and `sampling_steps`, both passes of a hires job counted), `current_image` null."""
+    job, count = await _running(api, request)
+    step, total = (job.progress_step or 0, job.progress_total or 0) if job else (0, 0)
+    done = step / total if total else 0.0
+    eta = 0.0
+    if job is not None and job.started_at is not None and done > 0:
+        elapsed = time.time() - job.started_at.timestamp()
+        eta = max(0.0, elapsed / done - elapsed)
+    return JSONResponse(
+        {
+            "progress": round(done, 4),
+            "eta_relative": round(eta, 2),
+            "state": {
+                "skipped": False,
+                "interrupted": bool(job and job.cancel_requested),
+                "stopping_generation": False,
+                "job": job.id if job else "",
+                "job_count": count,
+                "job_timestamp": job.created_at.strftime("%Y%m%d%H%M%S") if job else "0",
+                "job_no": 0,
+                "sampling_step": step,
+                "sampling_steps": total,
+            },
+            "current_image": None,
+            "textinfo": None,
+            "current_task": job.id if job else None,
+        }
+    )
+
+
+async def _stop(api: Api, request: Request, *, newest_only: bool) -> None:
+    owner = owner_of(request)
+
+    def stop() -> None:
+        limit = 1 if newest_only else 500
+        running = api.store.list_jobs(statuses=[JobStatus.RUNNING], owner=owner, limit=limit)
+        for job in running.jobs:
+            api.store.cancel(job.id)
+
+    await run_in_threadpool(stop)
+
+
+@route(shape=error_answer)
+async def interrupt(request: Request, api: Api, client: str | None) -> Response:
+    """Stop this client's running jobs (each at its next step)."""
+    await _stop(api, request, newest_only=False)
+    return JSONResponse(None)
+
+
+@route(shape=error_answer)
+async def skip(request: Request, api: Api, client: str | None) -> Response:
+    """Stop this client's newest running job at its next step (A1111 skips to the next
+    image of its batch; here a request's images are one job, so skipping ends it)."""
+    await _stop(api, request, newest_only=True)
+    return JSONResponse(None)
+
+
+@route(shape=error_answer)
+async def refresh_checkpoints(request: Request, api: Api, client: str | None) -> Response:
+    """Rescan the models directory."""
+    await run_in_threadpool(lambda: api.registry.scan(force=True))
+    return JSONResponse(None)
+
+
+@route(shape=error_answer)
+async def refresh_loras(request: Request, api: Api, client: str | None) -> Response:
+    """Rescan the LoRAs."""
+    await run_in_threadpool(api.registry.loras.scan)
+    return JSONResponse(None)

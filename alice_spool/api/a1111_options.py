@@ -1,0 +1,245 @@
+"""AUTOMATIC1111's API (`/sdapi/v1/`): its error shape, checkpoint titles and options
+object (DESIGN section 14).
+
+`GET /sdapi/v1/options` answers A1111 1.10's whole options object with its default
+values (`a1111_options.json`, as a fresh A1111 answers it), overlaid with what this
+owner set. `POST` takes any part of it, or all of it back: the options this server
+understands take effect for the owner's A1111 requests (`sd_model_checkpoint`,
+`CLIP_stop_at_last_layers`, `samples_format`, `jpeg_quality`, `webp_lossless`,
+`sd_vae`); the others are kept and echoed, never refused. A value of the wrong type for
+an understood option is a 422 in FastAPI's shape, as A1111's request validation gives.
+Options live in the `client_options` table, per owner: every API node sees them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .. import errors
+from ..spec import MODEL_PREFIX, JobSpec
+from .context import Api, owner_of, route
+from .http import STATUS
+
+CHECKPOINT = "a1111.sd_model_checkpoint"  # the client option: A1111's current checkpoint
+OPTIONS = "a1111.options"  # the client option: the rest of the options object it set
+ERROR_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound"}
+
+# A1111's explanations shown in its settings page: never saved, ignored when sent back.
+_LABELS = frozenset(
+    ("profiling_explanation", "sd_vae_explanation", "infotext_explanation", "settings_in_ui",
+     "hypertile_explanation")
+)  # fmt: skip
+# What A1111 writes itself when it loads a model: sent back, it changes nothing.
+_STATE = frozenset(("sd_checkpoint_hash",))
+SAMPLES_FORMATS = ("png", "jpg", "jpeg", "webp")
+CLIP_SKIP_MAX = 12  # A1111's slider
+
+
+class OptionRefused(errors.InvalidParameters):
+    """An understood option given a value of the wrong type or range (422)."""
+
+
+def error_answer(exc: errors.SpoolError) -> Response:
+    """An error as A1111's API answers one: `{error, detail, body, errors}`; a refused
+    option value as FastAPI's 422 (`detail`: a list of `{loc, msg, type}`)."""
+    if isinstance(exc, OptionRefused):
+        field = str(exc.details.get("field") or "")
+        return JSONResponse(
+            {
+                "detail": [{"loc": ["body", field], "msg": exc.message, "type": "type_error"}],
+                "error": "ValidationError",
+                "body": field,
+                "errors": exc.message,
+                "code": exc.code,
+            },
+            status_code=422,
+        )
+    status = STATUS.get(exc.code, 400)
+    headers = {"WWW-Authenticate": "Basic"} if status == 401 else {}
+    body = {
+        "error": ERROR_NAMES.get(status, type(exc).__name__),
+        "detail": exc.message,
+        "body": exc.details.get("field") or "",
+        "errors": exc.message,
+        "code": exc.code,
+    }
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def model_of(checkpoint: Any, field: str = "sd_model_checkpoint") -> str | None:
+    """A model id from A1111's checkpoint title (`name`, `name.safetensors [hash]`)."""
+    if checkpoint is None or checkpoint == "":
+        return None
+    if not isinstance(checkpoint, str):
+        raise OptionRefused(f"{field} must be a string", field=field)
+    title = checkpoint.strip()
+    if title.endswith("]") and " [" in title:
+        title = title[: title.rindex(" [")]
+    for suffix in (".safetensors", ".ckpt"):
+        title = title.removesuffix(suffix)
+    return title if title.startswith(MODEL_PREFIX) else MODEL_PREFIX + title
+
+
+def checkpoint_title(model_id: str) -> str:
+    """A model's A1111 checkpoint title: what `sd-models` lists and `options` sets."""
+    return model_id.removeprefix(MODEL_PREFIX)
+
+
+def _defaults() -> dict[str, Any]:
+    text = resources.files(__package__).joinpath("a1111_options.json").read_text("utf-8")
+    return dict(json.loads(text))
+
+
+DEFAULTS: Mapping[str, Any] = _defaults()
+
+
+def _whole(name: str, value: Any, low: int, high: int) -> int:
+    """An integer option: a number (A1111 answers them as floats: 2.0) or its text."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise OptionRefused(f"{name} must be a number, got {value!r}", field=name) from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise OptionRefused(f"{name} must be a number", field=name)
+    if not float(value).is_integer() or not low <= value <= high:
+        raise OptionRefused(f"{name} must be a whole number from {low} to {high}", field=name)
+    return int(value)
+
+
+def _format(name: str, value: Any) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in SAMPLES_FORMATS:
+        raise OptionRefused(f"{name} must be one of: {', '.join(SAMPLES_FORMATS)}", field=name)
+    return value.strip().lower()
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise OptionRefused(f"{name} must be true or false", field=name)
+    return value
+
+
+def _vae(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise OptionRefused(f"{name} must be a string", field=name)
+    if value.strip().lower() not in ("automatic", "none", ""):
+        raise errors.InvalidParameters(
+            f"VAE {value!r} is not installed; this server runs each model with its own VAE "
+            "(choose Automatic or None)",
+            field=name,
+        )
+    return value.strip() or "Automatic"
+
+
+# The options this server understands, each with what checks (and normalises) its value.
+UNDERSTOOD: dict[str, Callable[[str, Any], Any]] = {
+    "CLIP_stop_at_last_layers": lambda n, v: _whole(n, v, 1, CLIP_SKIP_MAX),
+    "samples_format": _format,
+    "jpeg_quality": lambda n, v: _whole(n, v, 1, 100),
+    "webp_lossless": _flag,
+    "sd_vae": _vae,
+}
+
+
+def checked(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Options as a client sent them, ready to keep: understood ones checked and
+    normalised (422 or 400 otherwise), A1111's labels and state left out, the model
+    (`sd_model_checkpoint`) left to the caller."""
+    kept: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name in _LABELS or name in _STATE or name == "sd_model_checkpoint":
+            continue
+        check = UNDERSTOOD.get(name)
+        kept[name] = check(name, value) if check is not None else value
+    return kept
+
+
+@dataclass(frozen=True)
+class OwnerOptions:
+    """What an owner's options change in its A1111 requests and answers."""
+
+    checkpoint: str | None  # a model id, or None: the server's default model
+    values: Mapping[str, Any]  # every option, defaults overlaid with the owner's
+
+    @property
+    def clip_skip(self) -> int:
+        return int(self.values.get("CLIP_stop_at_last_layers") or 1)
+
+    @property
+    def samples_format(self) -> str:
+        return str(self.values.get("samples_format") or "png")
+
+    @property
+    def jpeg_quality(self) -> int:
+        return int(self.values.get("jpeg_quality") or 80)
+
+    @property
+    def webp_lossless(self) -> bool:
+        return bool(self.values.get("webp_lossless"))
+
+    def overridden(self, override: Mapping[str, Any]) -> OwnerOptions:
+        """These options with a request's `override_settings` applied (checked)."""
+        model = model_of(override.get("sd_model_checkpoint"))
+        return OwnerOptions(model or self.checkpoint, {**self.values, **checked(override)})
+
+
+def owner_options(api: Api, owner: str | None) -> OwnerOptions:
+    """The owner's options (blocking: run in a thread)."""
+    chosen = api.store.client_option(owner, CHECKPOINT)
+    return OwnerOptions(chosen, {**DEFAULTS, **api.store.client_options(owner, OPTIONS)})
+
+
+async def keep(api: Api, request: Request, changes: Mapping[str, Any]) -> None:
+    """Keep options for the request's owner, as `POST options` does: the model checked
+    installed first (404 otherwise), nothing kept if any value is refused."""
+    kept = checked(changes)
+    model = model_of(changes.get("sd_model_checkpoint"))
+    owner = owner_of(request)
+    also: dict[str, str] = {}
+    if model is not None:
+        spec = await api.resolve_model(JobSpec(prompt="check", model=model))  # 404 if missing
+        also[CHECKPOINT] = str(spec.model)
+    await run_in_threadpool(lambda: api.store.merge_client_options(owner, OPTIONS, kept, also=also))
+
+
+async def _current_checkpoint(api: Api, chosen: str | None) -> str | None:
+    if chosen is not None:
+        return chosen
+    try:
+        model = await run_in_threadpool(api.registry.default, api.settings.generation.default_model)
+    except errors.ModelNotFound:
+        return None
+    return model.id
+
+
+@route(shape=error_answer)
+async def get_options(request: Request, api: Api, client: str | None) -> Response:
+    """A1111 1.10's options object: its defaults, overlaid with what this client set;
+    `sd_model_checkpoint` is the title of the model its requests use."""
+    options = await run_in_threadpool(owner_options, api, owner_of(request))
+    current = await _current_checkpoint(api, options.checkpoint)
+    values = dict(options.values)
+    values["sd_model_checkpoint"] = checkpoint_title(current) if current else None
+    clip_skip = values.get("CLIP_stop_at_last_layers")
+    if isinstance(clip_skip, int) and not isinstance(clip_skip, bool):
+        values["CLIP_stop_at_last_layers"] = float(clip_skip)  # as A1111 answers it
+    return JSONResponse(values)
+
+
+@route(shape=error_answer)
+async def set_options(request: Request, api: Api, client: str | None) -> Response:
+    """Set any of the options, or send the whole object back: `sd_model_checkpoint`
+    (checked installed: 404 otherwise) and the other options this server understands
+    take effect for this client's A1111 requests; the rest are kept and echoed."""
+    body = await api.read_body(request)
+    if not isinstance(body, dict):
+        raise OptionRefused("the options must be a JSON object", field="")
+    await keep(api, request, body)
+    return JSONResponse(None)
