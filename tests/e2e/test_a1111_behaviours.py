@@ -1,7 +1,8 @@
 """AUTOMATIC1111's API against a real `serve` on the tiny model (DESIGN section 14): what
 A1111's own API tests send (its v1.10 `test/` bodies, written here from what they send),
-hires fix and clip skip as A1111's clients ask for them, and what a Discord bot sends
-(numbers as text, the old `sampler_index`, `png-info` on every image)."""
+hires fix and clip skip as A1111's clients ask for them (and at the native door), and
+what a Discord bot sends (numbers as text, the old `sampler_index`, `png-info` on every
+image)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from PIL import Image
 
 from tests.support import a1111
 from tests.support.a1111 import png
-from tests.support.live_server import Served, serve
+from tests.support.live_server import Served, serve, wait_until
 
 KEY = "behaviours-key"
 
@@ -187,3 +188,36 @@ def test_what_a_discord_bot_sends_and_reads(site: Served) -> None:
                     "hr_second_pass_steps": 1.0, "denoising_strength": "0.75"}  # fmt: skip
     assert png(call(site, "POST", "/sdapi/v1/txt2img", hires)["images"][0]).size == (64, 64)
     assert call(site, "POST", "/sdapi/v1/skip") is None
+
+
+def test_a_native_hires_job_with_clip_skip_runs_end_to_end(site: Served) -> None:
+    """The same features at the native door: a `/v1/jobs` request in, an image at the
+    target size and A1111's infotext out."""
+    request = {
+        "prompt": "a harbour", "steps": 2, "seed": 5, "scheduler": "euler",
+        "hires": {"scale": 1.5, "steps": 1, "upscaler": "Latent (antialiased)"},
+        "clip_skip": 2, "width": 64, "height": 64,
+    }  # fmt: skip
+    created = post(site, "/v1/jobs", request)
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+
+    def finished() -> bool:
+        status = call(site, "GET", f"/v1/jobs/{job_id}")["status"]
+        assert status not in ("failed", "cancelled"), status
+        return bool(status == "succeeded")
+
+    wait_until(finished, timeout=120)
+    refused = post(site, "/v1/jobs", {**request, "hires": {"scale": 9}})
+    assert refused.status_code == 400 and "hires.scale" in refused.text
+    folder = site.root / "var" / "outbox" / job_id
+    result = json.loads((folder / "result.json").read_text())
+    assert result["mode"] == "hires"
+    assert [(f["width"], f["height"]) for f in result["images"]] == [(96, 96)]
+    assert result["spec"]["hires"]["upscaler"] == "Latent (antialiased)"
+    assert result["spec"]["clip_skip"] == 2
+    image = Image.open(folder / result["images"][0]["file"])
+    assert image.size == (96, 96)
+    parameters = image.info["parameters"]
+    assert "Size: 64x64" in parameters and "Clip skip: 2" in parameters
+    assert "Hires upscale: 1.5, Hires steps: 1, Hires upscaler: Latent (antialiased)" in parameters
