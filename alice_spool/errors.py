@@ -128,6 +128,12 @@ class LoraNotFound(SpoolError):
     code = "lora_not_found"
 
 
+class VaeNotFound(InvalidParameters):
+    """The requested VAE is not installed."""
+
+    code = "vae_not_found"
+
+
 class ModelLoadFailed(SpoolError):
     """The model could not be loaded."""
 

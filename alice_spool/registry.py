@@ -26,6 +26,7 @@ from .errors import InvalidParameters, ModelNotFound
 from .loras import LoraRegistry
 from .safetensors_file import read_safetensors_header
 from .spec import MODEL_PREFIX, JobSpec, normalise_model_id
+from .vaes import VaeRegistry
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ class ModelRegistry:
     def __init__(self, models_dir: Path | str) -> None:
         self.models_dir = Path(models_dir)
         self.loras = LoraRegistry(self.models_dir)
+        self.vaes = VaeRegistry(self.models_dir)
         self._lock = threading.Lock()
         self._signature: tuple[Any, ...] | None = None
         self._models: dict[str, ModelInfo] = {}
@@ -303,10 +305,17 @@ class ModelRegistry:
     def with_model(self, spec: JobSpec, configured_default: str = "") -> JobSpec:
         """The spec as it is queued, at every door: its model checked (`model_not_found`
         for one that is not installed), or the default model named, so that the job's
-        record says which model it runs on."""
+        record says which model it runs on; its LoRAs and VAE checked too."""
         model = self.get(spec.model) if spec.model else self.default(configured_default)
         self.check_loras(spec, model)
+        self.check_vae(spec)
         return replace(spec, model=model.id)
+
+    def check_vae(self, spec: JobSpec) -> None:
+        """The spec's VAE, if it names one, installed (`vae_not_found`, naming `vae` and
+        listing the installed ones)."""
+        if spec.vae is not None:
+            self.vaes.get(spec.vae)
 
     def check_loras(self, spec: JobSpec, model: ModelInfo) -> None:
         """Each of the spec's LoRAs installed (`lora_not_found`) and made for the model's

@@ -37,6 +37,7 @@ PIXELS_MAX = SIZE_MAX * SIZE_MAX
 IDEMPOTENCY_KEY_MAX_CHARS = 255
 MODEL_PREFIX = "sd/"
 LORA_PREFIX = "lora/"
+VAE_PREFIX = "vae/"
 LORAS_MAX = 4  # generation.max_loras's default
 LORAS_LIMIT = 16  # and the most it may be
 LORA_SCALE_MIN, LORA_SCALE_MAX = -4.0, 4.0
@@ -128,6 +129,8 @@ class JobSpec:
     # A1111's CLIP_stop_at_last_layers: 2..12 stops that many layers from the end
     # (diffusers' clip_skip is one less); 1, the last layer, is stored as None.
     clip_skip: int | None = None
+    # A VAE of <models>/vae/ (vae/<name>) in place of the model's own; None: its own.
+    vae: str | None = None
 
     @property
     def mode(self) -> str:
@@ -194,6 +197,8 @@ class JobSpec:
             key = (*key, ("hires", self.hires.batch_key()))
         if self.clip_skip is not None:
             key = (*key, ("clip_skip", self.clip_skip))
+        if self.vae is not None:
+            key = (*key, ("vae", self.vae))
         return key
 
     def batch_digest(self) -> str:
@@ -210,7 +215,7 @@ class JobSpec:
 
 _SPEC_FIELDS = tuple(f.name for f in fields(JobSpec))
 # Not in the first fingerprints.
-_LATER = ("loras", "init_image", "mask_image", "strength", "hires", "clip_skip")
+_LATER = ("loras", "init_image", "mask_image", "strength", "hires", "clip_skip", "vae")
 SPEC_FIELDS = _SPEC_FIELDS  # the request fields a JobSpec has
 _SPEC_FIELD_SET = frozenset(_SPEC_FIELDS)
 
@@ -317,6 +322,24 @@ def normalise_lora_id(value: Any, name: str = "loras") -> str:
             field=name,
         )
     return LORA_PREFIX + bare
+
+
+def normalise_vae_id(value: Any, name: str = "vae") -> str | None:
+    """`vae/<name>` from `<name>`, `vae/<name>` or A1111's file name (`<name>.safetensors`);
+    None (the model's own VAE) for null, `Automatic` and `None`, as A1111 names it."""
+    if value is None:
+        return None
+    text = _string(name, value, max_chars=200 + len(VAE_PREFIX), required=True)
+    if text.lower() in ("automatic", "none"):
+        return None
+    bare = text.removeprefix(VAE_PREFIX).removesuffix(".safetensors")
+    if not _MODEL_NAME.fullmatch(bare) or bare != bare.strip():
+        raise InvalidParameters(
+            f"{name} {text!r} is not a valid VAE name (expected vae/<name>, where the name "
+            "has no slashes and does not start with a dot)",
+            field=name,
+        )
+    return VAE_PREFIX + bare
 
 
 def _lora_scale(name: str, value: Any) -> float:
@@ -551,6 +574,7 @@ def parse_spec(
         check_denoising_steps(steps, strength)
     hires = _hires_field(given, init_image, width, height, steps, defaults)
     clip_skip = _integer(e[0], e[1], 1, CLIP_SKIP_MAX) if (e := given("clip_skip")) else None
+    vae = normalise_vae_id(e[1], e[0]) if (e := given("vae")) else None
     return JobSpec(
         prompt=prompt,
         negative_prompt=negative,
@@ -569,6 +593,7 @@ def parse_spec(
         strength=strength,
         hires=hires,
         clip_skip=clip_skip if clip_skip != 1 else None,  # 1: the last layer, no skip
+        vae=vae,
     )
 
 

@@ -34,6 +34,7 @@ STATUS = {
     "not_found": 404,
     "model_not_found": 404,
     "lora_not_found": 404,
+    "vae_not_found": 404,
     "method_not_allowed": 405,
     "idempotency_conflict": 409,
     "key_exists": 409,

@@ -178,6 +178,13 @@ def spec_schema(generation: Any) -> dict[str, Any]:
             "default": 1,
             "description": "A1111's: stop at the Nth CLIP layer from the end (1: the last)",
         },
+        "vae": {
+            "type": ["string", "null"],
+            "pattern": r"^(vae/)?" + _NAME,
+            "example": "vae/vae-ft-mse-840000-ema-pruned",
+            "description": "a VAE from <models>/vae/ (vae/<name>, or its file name) in place "
+            "of the model's own; null, Automatic or None: the model's own",
+        },
         "id": {
             "type": "string",
             "maxLength": spec.IDEMPOTENCY_KEY_MAX_CHARS,

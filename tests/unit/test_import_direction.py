@@ -97,7 +97,8 @@ def test_the_bottom_layers_stay_at_the_bottom() -> None:
         "masking": set(),
         "safetensors_file": set(),
         "loras": {"errors", "spec", "safetensors_file"},
-        "registry": {"errors", "spec", "loras", "safetensors_file"},
+        "vaes": {"errors", "spec", "safetensors_file"},
+        "registry": {"errors", "spec", "loras", "vaes", "safetensors_file"},
         "durable": set(),
         "outbox": {"errors", "spec", "config", "faults", "durable", "samplers"},
         # The runner is handed its engine; it never imports it (nor torch).
