@@ -232,6 +232,11 @@ def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
             callback=_lora_option,
             help="A LoRA from <models>/loras/ (lora/NAME), scale 1 unless given; repeatable.",
         ),
+        click.option(
+            "--vae",
+            metavar="NAME",
+            help="A VAE from <models>/vae/ (vae/NAME) in place of the model's own.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)

@@ -56,6 +56,7 @@ def models_ls(app: App, as_json: bool) -> None:
     """List the models: family, size on disk, native size, and whether they work."""
     listing = app.registry.scan()
     loras = app.registry.loras.scan()
+    vaes = app.registry.vaes.scan()
     default = _default_id(app)
     if as_json:
         emit_json(
@@ -64,6 +65,7 @@ def models_ls(app: App, as_json: bool) -> None:
                 "default": default,
                 "models": [m.to_dict() for m in listing],
                 "loras": [lora.to_dict() for lora in loras],
+                "vaes": [vae.to_dict() for vae in vaes],
             }
         )
         return
@@ -100,6 +102,19 @@ def models_ls(app: App, as_json: bool) -> None:
         ]
         click.echo()
         click.echo(table(["  LORA", "FAMILY", "SIZE", "STATUS"], lora_rows))
+    if vaes:
+        vae_rows = [
+            [
+                "  " + vae.id,
+                vae.file_name,
+                vae.format.replace("_", "-"),
+                _size(vae.size_bytes),
+                "ok" if vae.ok else f"broken: {vae.broken}",
+            ]
+            for vae in vaes
+        ]
+        click.echo()
+        click.echo(table(["  VAE", "FILE", "FORMAT", "SIZE", "STATUS"], vae_rows))
 
 
 @models.command("create-tiny")
@@ -200,6 +215,7 @@ def generate(
     )
     request, model = engine.registry.resolve_with_model(request, engine.default_model)
     engine.registry.check_loras(request, model)  # before any loading
+    engine.registry.check_vae(request)
     started = time.perf_counter()
     loaded = engine.ensure(str(request.model))
     loaded_s = time.perf_counter() - started
