@@ -48,12 +48,15 @@ def infotext(
     height: int,
     *,
     loras: Sequence[Mapping[str, Any]] = (),
+    vae: Mapping[str, Any] | None = None,
 ) -> str:
     """The parameters of one image as AUTOMATIC1111 writes them (and others read them):
     LoRAs as `<lora:name:scale>` tags in the prompt and their `Lora hashes`: each name
     (less `:` and `,`) with the first 12 hex digits of its tensor data's SHA-256, the
     hash A1111 computes for a safetensors LoRA, so its tools and CivitAI (`AutoV3`)
-    recognise the file. A hires job's `Size` is its first pass's, as in A1111.
+    recognise the file. A hires job's `Size` is its first pass's, as in A1111. A VAE in
+    place of the model's own: its `VAE hash` (the first 10 hex digits of its file's
+    SHA-256) and `VAE` (its file name), after `Model`, as A1111 1.10 writes them.
     """
     if spec.hires is not None and spec.width and spec.height:
         width, height = spec.width, spec.height
@@ -72,6 +75,9 @@ def infotext(
         ("Size", f"{width}x{height}"),
         ("Model", (spec.model or "").removeprefix("sd/")),
     ]
+    if vae:
+        name = vae.get("file_name") or str(vae.get("name", "")).removeprefix("vae/")
+        settings += [("VAE hash", str(vae.get("sha256", ""))[:10]), ("VAE", name)]
     if spec.strength is not None:
         settings.append(("Denoising strength", f"{spec.strength:g}"))
     settings.extend(_hires_settings(spec))

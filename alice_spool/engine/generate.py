@@ -183,6 +183,8 @@ class BatchOutput:
     memory_mode: str  # full | low | minimal: recorded with each result
     # The LoRAs the call ran with: [{"name", "scale", "sha256"}], recorded with each result.
     loras: list[dict[str, Any]] = field(default_factory=list)
+    # The VAE it ran with in place of the model's own: {"name", "file_name", "sha256"}.
+    vae: dict[str, Any] | None = None
 
     @property
     def image_count(self) -> int:

@@ -8,6 +8,7 @@ import gc
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,6 +32,7 @@ from .generate import (
     load_single_file,
 )
 from .memory import free_memory
+from .vae import VaeCache, swapped_in
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ class Engine:
         self._preloaded: tuple[str, str] | None = None  # the last preload asked and done
         self._compiled: dict[str, speed.Compiled] = {}  # model id -> its compiled parts
         self._uncompilable: set[str] = set()  # models whose compilation failed
+        self.vaes = VaeCache()  # requests' own VAEs, for the resident model
 
     def resolve(self, spec: JobSpec) -> JobSpec:
         return self.registry.resolve(spec, self.default_model)
@@ -252,6 +255,7 @@ class Engine:
 
     def _put_away_current(self) -> None:
         current, self.current = self.current, None
+        self.vaes.clear()  # loaded and checked for that model
         if current is None:
             return
         # A compiled model is not parked: its compiled code (CUDA graphs) belongs to the
@@ -335,6 +339,7 @@ class Engine:
         self._drop(self.current)
         self._drop(self._parked)
         self.current = self._parked = None
+        self.vaes.clear()
         self._free()
 
     def generate(
@@ -352,12 +357,17 @@ class Engine:
         resolved = [self.resolve(spec) for spec in specs]
         loaded = self.ensure(str(resolved[0].model))
         compiled = self._compiled.get(loaded.model_id)
-        if compiled is not None and resolved[0].loras:
+        # The batch's VAE, if it names one (one per batch: it is part of the batch key).
+        vae_info = self.registry.vaes.get(resolved[0].vae) if resolved[0].vae else None
+        vae = self.vaes.get(vae_info, loaded) if vae_info is not None else None
+        if compiled is not None and (resolved[0].loras or vae is not None):
             # LoRA layers would change the module tree the compiled code was traced
             # with (a recompilation while jobs wait), and fused QKV bypasses the ones on
             # Q, K and V: LoRA batches run eager, unfused. Their adapters stay loaded
             # for a run of LoRA batches and are unloaded before the next plain one.
-            with compiled.eager_unfused(loaded.pipeline):
+            # The compiled decoder is the model's own VAE's: a batch with another runs
+            # eager, that VAE swapped in after the eager modules are (and out before).
+            with compiled.eager_unfused(loaded.pipeline), swapped_in(loaded, vae):
                 loras = self._activate_loras(loaded, resolved[0])
                 output = self._run(loaded, resolved, None, on_step, should_stop, images)
         else:
@@ -370,8 +380,11 @@ class Engine:
                 finally:
                     compiled.use(loaded.pipeline, compiled=True)
             loras = self._activate_loras(loaded, resolved[0])
-            output = self._run(loaded, resolved, compiled, on_step, should_stop, images)
+            with swapped_in(loaded, vae):  # (without a compiled model, when there is one)
+                output = self._run(loaded, resolved, compiled, on_step, should_stop, images)
         output.loras.extend(loras)
+        if vae_info is not None:
+            output = replace(output, vae=self.registry.vaes.record(vae_info))
         return output
 
     def _run(

@@ -319,6 +319,7 @@ class Runner(Monitoring):
             outcome.batch_images = max(outcome.batch_images, images)
             outcome.device, outcome.memory_mode = output.device, output.memory_mode
             outcome.loras = list(getattr(output, "loras", []))
+            outcome.vae = getattr(output, "vae", None)
             if made.error is not None:
                 outcome.error = outcome.error or made.error
                 continue

@@ -142,6 +142,7 @@ class Outcome:
     device: str | None = None
     memory_mode: str | None = None
     loras: list[dict[str, Any]] = field(default_factory=list)  # name, scale, hashes
+    vae: dict[str, Any] | None = None  # the VAE in place of the model's: name, file, hash
     inputs: dict[str, Any] = field(default_factory=dict)  # role -> PIL image (img2img)
 
 

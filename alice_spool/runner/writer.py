@@ -136,6 +136,8 @@ class Finishing(RunnerState):
                 if reference
             },
             "loras": outcome.loras,
+            # only when the job named one: a plain job's result is as it was
+            **({"vae": outcome.vae} if outcome.vae else {}),
             "device": getattr(outcome, "device", None),
             "memory_mode": getattr(outcome, "memory_mode", None),
             "timings": {
@@ -192,6 +194,7 @@ class Finishing(RunnerState):
                         outcome.images[i].width,
                         outcome.images[i].height,
                         loras=outcome.loras,
+                        vae=outcome.vae,
                     )
                     for i in order
                 ],
