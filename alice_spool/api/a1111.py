@@ -238,6 +238,8 @@ def native(body: Mapping[str, Any], *, img2img: bool, options: OwnerOptions) -> 
         fields["clip_skip"] = clip_skip
     if options.checkpoint is not None:
         fields["model"] = options.checkpoint
+    if options.vae is not None:
+        fields["vae"] = options.vae
     if not img2img and body.get("enable_hr"):
         fields["hires"] = _hires(body, scheduler)
     if img2img:
@@ -273,6 +275,7 @@ _THEIR_NAMES = {
     "init_image": "init_images",
     "mask_image": "mask",
     "n": "batch_size",
+    "vae": "sd_vae",
 }
 
 
@@ -282,8 +285,8 @@ def in_their_terms(exc: errors.InvalidParameters) -> errors.InvalidParameters:
     theirs = _THEIR_NAMES.get(field)
     if theirs is None:
         return exc
-    message = re.sub(rf"(?<![\w.]){re.escape(field)}(?![\w])", theirs, exc.message)
-    return errors.InvalidParameters(message, field=theirs)
+    message = re.sub(rf"(?<![\w./]){re.escape(field)}(?![\w/])", theirs, exc.message)
+    return type(exc)(message, field=theirs)  # the same kind (a missing VAE: 404)
 
 
 def _inverted(fields: dict[str, Any], staged: inputs.Staged) -> dict[str, Any]:
@@ -308,10 +311,16 @@ def _info(done: JobRecord, spec: JobSpec, body: Mapping[str, Any]) -> dict[str, 
     `extra_generation_params` (schedule type, hires fix, LoRA hashes)."""
     images = (done.result or {}).get("images") or []
     loras = (done.result or {}).get("loras") or []
+    vae = (done.result or {}).get("vae") or {}
     seeds = [int(image.get("seed", 0)) for image in images]
     texts = [
         infotext(
-            spec, seed, int(image.get("width") or 0), int(image.get("height") or 0), loras=loras
+            spec,
+            seed,
+            int(image.get("width") or 0),
+            int(image.get("height") or 0),
+            loras=loras,
+            vae=vae or None,
         )
         for seed, image in zip(seeds, images, strict=True)
     ]
@@ -319,7 +328,7 @@ def _info(done: JobRecord, spec: JobSpec, body: Mapping[str, Any]) -> dict[str, 
     height = spec.height or (images[0].get("height") if images else None)
     sampler, _ = to_a1111(spec.scheduler)
     fixed = {"Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Denoising strength",
-             "Clip skip"}  # fmt: skip
+             "Clip skip", "VAE hash", "VAE"}  # fmt: skip
     extra = (
         {k: v for k, v in infotext_settings(texts[0]).items() if k not in fixed} if texts else {}
     )
@@ -343,8 +352,8 @@ def _info(done: JobRecord, spec: JobSpec, body: Mapping[str, Any]) -> dict[str, 
         "face_restoration_model": None,
         "sd_model_name": checkpoint_title(done.model or ""),
         "sd_model_hash": None,
-        "sd_vae_name": None,
-        "sd_vae_hash": None,
+        "sd_vae_name": vae.get("file_name"),
+        "sd_vae_hash": str(vae.get("sha256") or "")[:10] or None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
         "denoising_strength": spec.strength
@@ -402,9 +411,12 @@ async def _generate(request: Request, api: Api, client: str | None, *, img2img: 
         spec = parse_spec(fields, api.settings.generation)
     except errors.InvalidParameters as exc:
         raise in_their_terms(exc) from None
-    queued = await run_in_threadpool(
-        lambda: api.enqueue(spec, staged, source=Source.A1111, client=client, owner=owner)
-    )
+    try:
+        queued = await run_in_threadpool(
+            lambda: api.enqueue(spec, staged, source=Source.A1111, client=client, owner=owner)
+        )
+    except errors.InvalidParameters as exc:
+        raise in_their_terms(exc) from None
     if override and body.get("override_settings_restore_afterwards") is False:
         await keep(api, request, override)  # A1111 leaves them set
     timeout = api.settings.server.request_timeout_s

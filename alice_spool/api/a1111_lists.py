@@ -101,17 +101,26 @@ async def latent_upscale_modes(request: Request, api: Api, client: str | None) -
     return JSONResponse([{"name": upscaler.name} for upscaler in UPSCALERS if upscaler.latent])
 
 
+def _installed_vaes(api: Api) -> list[dict[str, Any]]:
+    return [
+        {"model_name": vae.file_name, "filename": str(vae.path)}
+        for vae in sorted(api.registry.vaes.scan(), key=lambda vae: vae.file_name)
+        if vae.ok
+    ]
+
+
 @route(shape=error_answer)
 async def sd_vae(request: Request, api: Api, client: str | None) -> Response:
-    """The separate VAEs: none here. A model runs with its own VAE, which is what
-    A1111's `sd_vae` values `Automatic` and `None` choose."""
-    return JSONResponse([])
+    """The VAEs `sd_vae` takes: `Automatic` and `None` (each model's own), then those
+    installed in `<models>/vae/` by file name."""
+    choices = [{"model_name": name, "filename": None} for name in ("Automatic", "None")]
+    return JSONResponse(choices + await run_in_threadpool(_installed_vaes, api))
 
 
 @route(shape=error_answer)
 async def sd_modules(request: Request, api: Api, client: str | None) -> Response:
-    """Forge's separate modules (VAEs, text encoders): none here."""
-    return JSONResponse([])
+    """Forge's separate modules: the VAEs installed in `<models>/vae/`."""
+    return JSONResponse(await run_in_threadpool(_installed_vaes, api))
 
 
 @route(shape=error_answer)
@@ -135,7 +144,8 @@ async def cmd_flags(request: Request, api: Api, client: str | None) -> Response:
 
 @route(shape=error_answer)
 async def refreshed(request: Request, api: Api, client: str | None) -> Response:
-    """Rescan what there is to rescan (VAEs, embeddings: none here)."""
+    """Rescan the VAEs (embeddings: none here)."""
+    await run_in_threadpool(api.registry.vaes.scan)
     return JSONResponse(None)
 
 

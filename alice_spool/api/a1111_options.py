@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import errors
-from ..spec import MODEL_PREFIX, JobSpec
+from ..spec import MODEL_PREFIX, JobSpec, normalise_vae_id
 from .context import Api, owner_of, route
 from .http import STATUS
 
@@ -127,15 +127,14 @@ def _flag(name: str, value: Any) -> bool:
 
 
 def _vae(name: str, value: Any) -> str:
+    """`Automatic` or `None` (the model's own VAE), or an installed VAE's name (checked
+    installed when kept, and again when a request uses it)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "Automatic"
     if not isinstance(value, str):
         raise OptionRefused(f"{name} must be a string", field=name)
-    if value.strip().lower() not in ("automatic", "none", ""):
-        raise errors.InvalidParameters(
-            f"VAE {value!r} is not installed; this server runs each model with its own VAE "
-            "(choose Automatic or None)",
-            field=name,
-        )
-    return value.strip() or "Automatic"
+    normalise_vae_id(value, name)  # a name a VAE can have
+    return value.strip()
 
 
 # The options this server understands, each with what checks (and normalises) its value.
@@ -173,6 +172,11 @@ class OwnerOptions:
         return int(self.values.get("CLIP_stop_at_last_layers") or 1)
 
     @property
+    def vae(self) -> str | None:
+        """The VAE this owner's requests use: None for the model's own."""
+        return normalise_vae_id(self.values.get("sd_vae"), "sd_vae")
+
+    @property
     def samples_format(self) -> str:
         return str(self.values.get("samples_format") or "png")
 
@@ -202,6 +206,13 @@ async def keep(api: Api, request: Request, changes: Mapping[str, Any]) -> None:
     kept = checked(changes)
     model = model_of(changes.get("sd_model_checkpoint"))
     owner = owner_of(request)
+    vae = normalise_vae_id(kept.get("sd_vae"), "sd_vae")
+    if vae is not None:
+        try:
+            await run_in_threadpool(api.registry.vaes.get, vae)  # 404 if it is not installed
+        except errors.VaeNotFound as exc:
+            message = exc.message.replace("vae:", "sd_vae:", 1)
+            raise errors.VaeNotFound(message, field="sd_vae") from None
     also: dict[str, str] = {}
     if model is not None:
         spec = await api.resolve_model(JobSpec(prompt="check", model=model))  # 404 if missing

@@ -20,6 +20,7 @@ from PIL import Image
 from tests.support import a1111
 from tests.support.a1111 import png
 from tests.support.live_server import Served, serve, wait_until
+from tests.support.vaes import grain_vae, write_vae_file
 
 KEY = "clients-key"
 OTHER_KEY = "clients-other-key"
@@ -32,7 +33,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
     config = f'[server.api_keys]\nops = "{KEY}"\nother = "{OTHER_KEY}"\n'
     with serve(tmp_path_factory.mktemp("clients"), config, scheduler="euler") as server:
-        create_tiny(server.root / "var" / "models", OTHER, family="sdxl")
+        models = server.root / "var" / "models"
+        create_tiny(models, OTHER, family="sdxl")
+        write_vae_file(grain_vae(models / TINY), models, "grain")
         yield server
 
 
@@ -93,9 +96,12 @@ def test_sillytavern_connects_lists_sets_the_model_generates_and_interrupts(site
     assert idle["progress"] == 0 and idle["state"]["job_count"] == 0
     # Generate: options first (Forge or not), then its default body.
     assert "forge_preset" not in call(site, "GET", "/sdapi/v1/options")
-    made = call(site, "POST", "/sdapi/v1/txt2img", sillytavern_body(auth, "DDIM", "normal"))
+    # (its default body as it is, but for the size: 512x512 takes the tiny model on a
+    # CPU 25 s, and the size is no field of its own)
+    default = sillytavern_body(auth, "DDIM", "normal") | {"width": 128, "height": 128}
+    made = call(site, "POST", "/sdapi/v1/txt2img", default)
     image = png(made["images"][0])
-    assert image.size == (512, 512)
+    assert image.size == (128, 128)
     info = json.loads(made["info"])
     assert (
         "Sampler: DDIM" in info["infotexts"][0] and "Schedule type: Normal" in info["infotexts"][0]
@@ -229,3 +235,33 @@ def test_the_options_object_round_trips_and_what_is_understood_takes_effect(site
     # Another client sees none of it.
     theirs = call(site, "GET", "/sdapi/v1/options", key=OTHER_KEY)
     assert "my_extension" not in theirs and theirs["samples_format"] == "png"
+
+
+def test_a_vae_chosen_as_a1111_clients_choose_it(site: Served) -> None:
+    vaes = call(site, "GET", "/sdapi/v1/sd-vae")
+    assert [v["model_name"] for v in vaes] == ["Automatic", "None", "grain.safetensors"]
+    assert [v["model_name"] for v in call(site, "GET", "/sdapi/v1/sd-modules")] == [
+        "grain.safetensors"
+    ]
+    call(site, "POST", "/sdapi/v1/options", {"sd_model_checkpoint": TINY})
+    body = {"prompt": "a heron", "seed": 3, "width": 64, "height": 64, "steps": 3}
+    own = call(site, "POST", "/sdapi/v1/txt2img", body)
+    # SillyTavern's way: in each request's override_settings.
+    once = body | {"override_settings": {"sd_vae": "grain.safetensors"}}
+    grained = call(site, "POST", "/sdapi/v1/txt2img", once)
+    info = json.loads(grained["info"])
+    assert info["sd_vae_name"] == "grain.safetensors" and len(info["sd_vae_hash"]) == 10
+    assert "VAE: grain.safetensors" in info["infotexts"][0]
+    assert call(site, "GET", f"/v1/jobs/{info['job_id']}")["spec"]["vae"] == "vae/grain"
+    assert grained["images"][0] != own["images"][0]
+    # A1111's settings way: the option, until set back.
+    call(site, "POST", "/sdapi/v1/options", {"sd_vae": "grain.safetensors"})
+    assert call(site, "POST", "/sdapi/v1/txt2img", body)["images"][0] == grained["images"][0]
+    call(site, "POST", "/sdapi/v1/options", {"sd_vae": "None"})
+    assert call(site, "POST", "/sdapi/v1/txt2img", body)["images"][0] == own["images"][0]
+    missing = httpx.post(
+        f"{site.url}/sdapi/v1/options", json={"sd_vae": "nope.safetensors"}, headers=basic(),
+        timeout=30,
+    )  # fmt: skip
+    assert missing.status_code == 404 and missing.json()["body"] == "sd_vae"
+    assert call(site, "GET", "/sdapi/v1/options")["sd_vae"] == "None"
