@@ -10,17 +10,17 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .errors import InvalidParameters
-from .spec import (
+from .fields import (
     PIXELS_MAX,
     PROMPT_MAX_CHARS,
     SIZE_MAX,
     SIZE_MIN,
     STEPS_MAX,
-    _integer,
-    _number,
-    _string,
-    _type_name,
     normalise_scheduler,
+    parse_integer,
+    parse_number,
+    parse_string,
+    type_name,
 )
 
 DEFAULT_SCALE = 2.0  # A1111's hr_scale
@@ -91,6 +91,13 @@ class HiresFix:
         """Rebuild settings stored by `to_dict` (trusted input: no validation)."""
         return cls(**{k: v for k, v in data.items() if k in _FIELD_SET})
 
+    def fingerprint_items(self) -> tuple[tuple[str, Any], ...]:
+        """The settings that differ from their defaults, sorted by name: what a job's
+        fingerprint hashes, so that a field added later (with a default) leaves the
+        fingerprints of stored jobs as they were (the dataclass's `repr` would not)."""
+        defaults = {f.name: f.default for f in fields(self)}
+        return tuple(sorted((k, v) for k, v in self.to_dict().items() if v != defaults[k]))
+
     def batch_key(self) -> tuple[object, ...]:
         """What jobs sharing a second pass must agree on (their prompts may differ)."""
         return (
@@ -124,7 +131,7 @@ def parse_hires(value: Any, *, max_steps: int = STEPS_MAX, name: str = "hires") 
         return HiresFix(scale=_scale(f"{name}.scale", value))
     if not isinstance(value, Mapping):
         raise InvalidParameters(
-            f"{name} must be an object, or a string like 2x or 1024x768; got {_type_name(value)}",
+            f"{name} must be an object, or a string like 2x or 1024x768; got {type_name(value)}",
             field=name,
         )
     unknown = sorted(str(key) for key in value if key not in _FIELD_SET)
@@ -153,11 +160,11 @@ def parse_hires(value: Any, *, max_steps: int = STEPS_MAX, name: str = "hires") 
         chosen = _upscaler_name(f"{name}.upscaler", given("upscaler"))
     steps = 0
     if given("steps") is not None:
-        steps = _integer(f"{name}.steps", given("steps"), 0, max_steps)
+        steps = parse_integer(f"{name}.steps", given("steps"), 0, max_steps)
     strength = DEFAULT_STRENGTH
     if given("strength") is not None:
         # 0: no second pass, the upscale alone (as A1111 runs a hires fix at 0)
-        strength = _number(f"{name}.strength", given("strength"), 0.0, 1.0)
+        strength = parse_number(f"{name}.strength", given("strength"), 0.0, 1.0)
     scheduler = None
     if given("scheduler") is not None:
         scheduler = normalise_scheduler(given("scheduler"), f"{name}.scheduler")
@@ -166,7 +173,9 @@ def parse_hires(value: Any, *, max_steps: int = STEPS_MAX, name: str = "hires") 
         text = None
         if given(key) is not None:
             # "" is A1111's "the same as the first pass"
-            text = _string(f"{name}.{key}", given(key), max_chars=PROMPT_MAX_CHARS, required=False)
+            text = parse_string(
+                f"{name}.{key}", given(key), max_chars=PROMPT_MAX_CHARS, required=False
+            )
         prompts.append(text or None)
     return HiresFix(scale, width, height, chosen, steps, strength, scheduler, *prompts)
 
@@ -188,18 +197,18 @@ def _shorthand(text: str, name: str) -> HiresFix:
 
 def _scale(name: str, value: Any) -> float:
     """1 to 4 (1: a second pass at the first pass's size, as A1111 allows)."""
-    return _number(name, value, 1.0, SCALE_MAX)
+    return parse_number(name, value, 1.0, SCALE_MAX)
 
 
 def _side(name: str, value: Any) -> int | None:
     """A target side: rounded down to a multiple of 8 when used, as A1111's latents are."""
     if value is None or value == 0:  # 0: A1111's "from the other side"
         return None
-    return _integer(name, value, SIZE_MIN, SIZE_MAX)
+    return parse_integer(name, value, SIZE_MIN, SIZE_MAX)
 
 
 def _upscaler_name(name: str, value: Any) -> str:
-    text = _string(name, value, max_chars=64, required=True)
+    text = parse_string(name, value, max_chars=64, required=True)
     found = _BY_NAME.get(text.lower())
     if found is None:
         names = ", ".join(u.name for u in UPSCALERS)

@@ -12,39 +12,55 @@ import secrets
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from . import samplers
 from .errors import InvalidParameters
+from .fields import (
+    CLIP_SKIP_MAX,
+    GUIDANCE_MAX,
+    LORAS_MAX,
+    N_MAX,
+    PIXELS_MAX,
+    PROMPT_MAX_CHARS,
+    SEED_MAX,
+    STEPS_MAX,
+    normalise_model_id,
+    normalise_scheduler,
+    normalise_vae_id,
+    parse_dimension,
+    parse_idempotency_key,
+    parse_integer,
+    parse_loras,
+    parse_number,
+    parse_priority,
+    parse_size,
+    parse_string,
+    type_name,
+)
 
-if TYPE_CHECKING:
-    from .hires import HiresFix
+# Re-exported: the limits and field parsers that other modules import from here.
+from .fields import IDEMPOTENCY_KEY_MAX_CHARS as IDEMPOTENCY_KEY_MAX_CHARS
+from .fields import LORA_PREFIX as LORA_PREFIX
+from .fields import LORA_SCALE_MAX as LORA_SCALE_MAX
+from .fields import LORA_SCALE_MIN as LORA_SCALE_MIN
+from .fields import LORAS_LIMIT as LORAS_LIMIT
+from .fields import MODEL_PREFIX as MODEL_PREFIX
+from .fields import PRIORITY_MAX as PRIORITY_MAX
+from .fields import PRIORITY_MIN as PRIORITY_MIN
+from .fields import SIZE_MAX as SIZE_MAX
+from .fields import SIZE_MIN as SIZE_MIN
+from .fields import SIZE_MULTIPLE as SIZE_MULTIPLE
+from .fields import VAE_PREFIX as VAE_PREFIX
+from .fields import check_priority_cap as check_priority_cap
+from .fields import normalise_lora_id as normalise_lora_id
+from .hires import HiresFix, check_hires, parse_hires
 
 # Every scheduler name a job may hold: a sampler alone, or a sampler and a schedule type.
 SCHEDULERS: tuple[str, ...] = samplers.NAMES
 
-PROMPT_MAX_CHARS = 4000
 DEFAULT_STRENGTH = 0.75
 _IMAGE_REFERENCE = re.compile(r"sha256:[0-9a-f]{64}")
-SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE = 64, 2048, 8
-STEPS_MAX = 150
-GUIDANCE_MAX = 30.0
-SEED_MAX = 2**32 - 1
-N_MAX = 16
-PRIORITY_MIN, PRIORITY_MAX = -100, 100
-CLIP_SKIP_MAX = 12  # A1111's CLIP_stop_at_last_layers slider
-PIXELS_MAX = SIZE_MAX * SIZE_MAX
-IDEMPOTENCY_KEY_MAX_CHARS = 255
-MODEL_PREFIX = "sd/"
-LORA_PREFIX = "lora/"
-VAE_PREFIX = "vae/"
-LORAS_MAX = 4  # generation.max_loras's default
-LORAS_LIMIT = 16  # and the most it may be
-LORA_SCALE_MIN, LORA_SCALE_MAX = -4.0, 4.0
-# `<lora:name:scale>` in a prompt (A1111's and ALICE's tag); the scale is optional.
-_LORA_TAG = re.compile(r"<lora:([^:<>]+?)(?::([^:<>]*))?>", re.IGNORECASE)
-# A model name is one path component: no separators, no control characters, no leading dot.
-_MODEL_NAME = re.compile(r"[^/\\\x00-\x1f.][^/\\\x00-\x1f]{0,199}")
 
 
 # The request defaults of DESIGN section 4, defined here only (config.py's
@@ -152,8 +168,6 @@ class JobSpec:
             (entry["name"], float(entry["scale"])) for entry in values.get("loras") or ()
         )  # the others added later are None, or absent from older records
         if values.get("hires") is not None:
-            from .hires import HiresFix
-
             values["hires"] = HiresFix.from_dict(values["hires"])
         return cls(**values)
 
@@ -164,10 +178,13 @@ class JobSpec:
     def fingerprint(self) -> str:
         """A stable hash of the request, used to tell a repeated request from a different
         one. The fields are strings, numbers and None, whose `repr` is stable, in a fixed
-        order."""
+        order; hires as its (name, value) pairs that differ from their defaults."""
         values = tuple(getattr(self, name) for name in _SPEC_FIELDS if name not in _LATER)
         # The fields added later count only when set: a plain request hashes as before.
-        values += tuple((name, getattr(self, name)) for name in _LATER if getattr(self, name))
+        later = {name: getattr(self, name) for name in _LATER if getattr(self, name)}
+        if self.hires is not None:
+            later["hires"] = self.hires.fingerprint_items()
+        values += tuple(later.items())
         return hashlib.sha256(repr(values).encode()).hexdigest()
 
     def with_seed(self) -> JobSpec:
@@ -228,250 +245,6 @@ class Request:
     idempotency_key: str | None = None
 
 
-# -- field parsers ----------------------------------------------------------------------
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__
-
-
-def _string(name: str, value: Any, *, max_chars: int, required: bool) -> str:
-    if not isinstance(value, str):
-        raise InvalidParameters(f"{name} must be a string, got {_type_name(value)}", field=name)
-    text = value.strip()
-    if required and not text:
-        raise InvalidParameters(f"{name} must not be empty", field=name)
-    if len(text) > max_chars:
-        raise InvalidParameters(
-            f"{name} is {len(text)} characters long; the limit is {max_chars}", field=name
-        )
-    if "\x00" in text:
-        raise InvalidParameters(f"{name} must not contain NUL characters", field=name)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidParameters(f"{name} is not valid Unicode text", field=name) from None
-    return text
-
-
-def _integer(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidParameters(f"{name} must be an integer, got {_type_name(value)}", field=name)
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise InvalidParameters(f"{name} must be a whole number, got {value}", field=name)
-        value = int(value)
-    if not low <= value <= high:
-        raise InvalidParameters(f"{name} must be between {low} and {high}, got {value}", field=name)
-    return value
-
-
-def _number(name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidParameters(f"{name} must be a number, got {_type_name(value)}", field=name)
-    value = float(value)
-    if not math.isfinite(value) or not low <= value <= high:
-        raise InvalidParameters(
-            f"{name} must be between {low:g} and {high:g}, got {value}", field=name
-        )
-    return value
-
-
-def _dimension(name: str, value: Any) -> int:
-    size = _integer(name, value, SIZE_MIN, SIZE_MAX)
-    if size % SIZE_MULTIPLE:
-        raise InvalidParameters(
-            f"{name} must be a multiple of {SIZE_MULTIPLE}, got {size}", field=name
-        )
-    return size
-
-
-def normalise_model_id(value: Any, name: str = "model") -> str:
-    """`sd/<name>` from `<name>` or `sd/<name>`; a name is one safe path component."""
-    text = _string(name, value, max_chars=200 + len(MODEL_PREFIX), required=True)
-    bare = text.removeprefix(MODEL_PREFIX)
-    if not _MODEL_NAME.fullmatch(bare):
-        raise InvalidParameters(
-            f"{name} {text!r} is not a valid model id (expected sd/<name>, where the name "
-            "has no slashes and does not start with a dot)",
-            field=name,
-        )
-    return MODEL_PREFIX + bare
-
-
-def normalise_lora_id(value: Any, name: str = "loras") -> str:
-    """`lora/<name>` from `<name>` or `lora/<name>`; a name is one safe path component."""
-    text = _string(name, value, max_chars=200 + len(LORA_PREFIX), required=True)
-    bare = text.removeprefix(LORA_PREFIX)
-    if not _MODEL_NAME.fullmatch(bare) or bare != bare.strip():
-        raise InvalidParameters(
-            f"{name}: {text!r} is not a valid LoRA name (expected lora/<name>, where the "
-            "name has no slashes and does not start with a dot)",
-            field=name,
-        )
-    return LORA_PREFIX + bare
-
-
-def normalise_vae_id(value: Any, name: str = "vae") -> str | None:
-    """`vae/<name>` from `<name>`, `vae/<name>` or A1111's file name (`<name>.safetensors`);
-    None (the model's own VAE) for null, `Automatic` and `None`, as A1111 names it."""
-    if value is None:
-        return None
-    text = _string(name, value, max_chars=200 + len(VAE_PREFIX), required=True)
-    if text.lower() in ("automatic", "none"):
-        return None
-    bare = text.removeprefix(VAE_PREFIX).removesuffix(".safetensors")
-    if not _MODEL_NAME.fullmatch(bare) or bare != bare.strip():
-        raise InvalidParameters(
-            f"{name} {text!r} is not a valid VAE name (expected vae/<name>, where the name "
-            "has no slashes and does not start with a dot)",
-            field=name,
-        )
-    return VAE_PREFIX + bare
-
-
-def _lora_scale(name: str, value: Any) -> float:
-    if value is None:
-        return 1.0
-    return _number(name, value, LORA_SCALE_MIN, LORA_SCALE_MAX)
-
-
-def parse_loras(
-    given: Any, paths: Any, scales: Any, prompt: str, max_loras: int
-) -> tuple[str, tuple[tuple[str, float], ...]]:
-    """(the prompt without its `<lora:name:scale>` tags, the LoRA set) from the `loras`
-    field (`[{"name", "scale"}]`, or names), ALICE's `lora_paths` + `lora_scales` (a
-    path's file name is the LoRA's name) and the prompt's tags. A LoRA named twice is
-    an error, as are more than `max_loras`."""
-    found: list[tuple[str, float, str]] = []  # (id, scale, the field it came from)
-    if given is not None and paths is not None:
-        raise InvalidParameters("give either loras or lora_paths, not both", field="lora_paths")
-    if given is not None:
-        if not isinstance(given, list):
-            raise InvalidParameters(
-                f"loras must be a list of {{name, scale}} objects, got {_type_name(given)}",
-                field="loras",
-            )
-        for index, entry in enumerate(given):
-            where = f"loras[{index}]"
-            if isinstance(entry, str):
-                entry = {"name": entry}
-            if not isinstance(entry, Mapping):
-                raise InvalidParameters(
-                    f"{where} must be an object with a name and a scale", field="loras"
-                )
-            unknown = set(entry) - {"name", "scale"}
-            if unknown:
-                raise InvalidParameters(
-                    f"{where}: unknown field {sorted(map(str, unknown))[0]!r}", field="loras"
-                )
-            found.append(
-                (
-                    normalise_lora_id(entry.get("name"), "loras"),
-                    _lora_scale("loras", entry.get("scale")),
-                    "loras",
-                )
-            )
-    if scales is not None and not isinstance(scales, list):
-        raise InvalidParameters(
-            "lora_scales must be a list of numbers, one per lora_paths entry", field="lora_scales"
-        )
-    if paths is not None:
-        # As ALICE takes them: scales padded with 1; one without a path applies to nothing.
-        if not isinstance(paths, list):
-            raise InvalidParameters("lora_paths must be a list of file names", field="lora_paths")
-        for index, path in enumerate(paths):
-            text = _string("lora_paths", path, max_chars=1024, required=True)
-            stem = re.split(r"[/\\]", text)[-1].removesuffix(".safetensors")
-            scale = scales[index] if scales is not None and index < len(scales) else None
-            found.append(
-                (
-                    normalise_lora_id(stem, "lora_paths"),
-                    _lora_scale("lora_scales", scale),
-                    "lora_paths",
-                )
-            )
-
-    def tag(match: re.Match[str]) -> str:
-        scale_text = (match.group(2) or "").strip()
-        try:
-            scale = float(scale_text) if scale_text else None
-        except ValueError:
-            raise InvalidParameters(
-                f"prompt: the scale of {match.group(0)} is not a number", field="prompt"
-            ) from None
-        found.append(
-            (
-                normalise_lora_id(match.group(1).strip(), "prompt"),
-                _lora_scale("prompt", scale),
-                "prompt",
-            )
-        )
-        return ""
-
-    text = _LORA_TAG.sub(tag, prompt)
-    if text != prompt:
-        text = re.sub(r"\s+,", ",", re.sub(r"\s{2,}", " ", text)).strip(" ,")
-        if not text.strip():
-            raise InvalidParameters("prompt has nothing but LoRA tags", field="prompt")
-    seen: dict[str, str] = {}
-    for lora_id, _, field in found:
-        if lora_id in seen:
-            raise InvalidParameters(f"{lora_id} is given more than once", field=field)
-        seen[lora_id] = field
-    if len(found) > max_loras:
-        raise InvalidParameters(
-            f"{len(found)} LoRAs; the limit is {max_loras} (generation.max_loras)",
-            field=found[-1][2],
-        )
-    return text, tuple(sorted((lora_id, scale) for lora_id, scale, _ in found))
-
-
-def normalise_scheduler(value: Any, name: str = "scheduler") -> str:
-    """A scheduler name, case-insensitive, also in the spelling other SD tools use
-    (`DPM++ 2M Karras`, `Euler a`, `dpmpp_sde`, `DDIM Normal`)."""
-    return samplers.normalise(_string(name, value, max_chars=64, required=True), name)
-
-
-def parse_priority(value: Any, name: str = "priority") -> int:
-    return _integer(name, value, PRIORITY_MIN, PRIORITY_MAX)
-
-
-def check_priority_cap(priority: int, cap: int, name: str = "priority") -> None:
-    """A user's key may set a priority up to `cap` (`users.max_priority`), no higher."""
-    if priority > cap:
-        raise InvalidParameters(
-            f"{name} {priority} is above {cap}, the highest a user's key may set "
-            "(users.max_priority)",
-            field=name,
-        )
-
-
-def parse_size(value: Any, name: str = "size") -> tuple[int, int]:
-    """`"WxH"` (as the OpenAI images API writes it) -> (width, height)."""
-    text = _string(name, value, max_chars=32, required=True)
-    match = re.fullmatch(r"(\d{1,5})\s*[xX\u00d7]\s*(\d{1,5})", text)
-    if not match:
-        raise InvalidParameters(f"{name} must look like 512x512, got {text!r}", field=name)
-    return _dimension(name, int(match.group(1))), _dimension(name, int(match.group(2)))
-
-
-def parse_idempotency_key(value: Any, name: str = "id") -> str:
-    return _string(name, value, max_chars=IDEMPOTENCY_KEY_MAX_CHARS, required=True)
-
-
 # -- the request ------------------------------------------------------------------------
 
 _FIELDS = _SPEC_FIELDS
@@ -502,7 +275,7 @@ def parse_spec(
     the caller then reads itself. Every error is an `InvalidParameters` naming the field.
     """
     if not isinstance(data, Mapping):
-        raise InvalidParameters(f"a request must be a JSON object, got {_type_name(data)}")
+        raise InvalidParameters(f"a request must be a JSON object, got {type_name(data)}")
     _reject_unknown(data, _FIELDS + tuple(_ALIASES) + _SHORTHANDS + allowed_extra)
     values: dict[str, tuple[str, Any]] = {}  # field -> (name as written, value)
     for key, value in data.items():
@@ -521,7 +294,7 @@ def parse_spec(
 
     if "prompt" not in values:
         raise InvalidParameters("prompt is required", field="prompt")
-    prompt = _string("prompt", values["prompt"][1], max_chars=PROMPT_MAX_CHARS, required=True)
+    prompt = parse_string("prompt", values["prompt"][1], max_chars=PROMPT_MAX_CHARS, required=True)
     entry = given("loras")
     prompt, loras = parse_loras(
         entry[1] if entry else None,
@@ -533,7 +306,7 @@ def parse_spec(
 
     negative = ""
     if entry := given("negative_prompt"):
-        negative = _string(entry[0], entry[1], max_chars=PROMPT_MAX_CHARS, required=False)
+        negative = parse_string(entry[0], entry[1], max_chars=PROMPT_MAX_CHARS, required=False)
 
     model: str | None = None
     if (entry := given("model")) and not (isinstance(entry[1], str) and not entry[1].strip()):
@@ -541,8 +314,8 @@ def parse_spec(
     elif defaults.default_model:
         model = normalise_model_id(defaults.default_model, "generation.default_model")
 
-    width = _dimension(e[0], e[1]) if (e := given("width")) else None
-    height = _dimension(e[0], e[1]) if (e := given("height")) else None
+    width = parse_dimension(e[0], e[1]) if (e := given("width")) else None
+    height = parse_dimension(e[0], e[1]) if (e := given("height")) else None
     if data.get("size") is not None:
         if width is not None or height is not None:
             raise InvalidParameters("give either size or width and height, not both", field="size")
@@ -553,19 +326,21 @@ def parse_spec(
             field="width",
         )
 
-    steps = _integer(e[0], e[1], 1, defaults.max_steps) if (e := given("steps")) else None
-    guidance = _number(e[0], e[1], 0.0, GUIDANCE_MAX) if (e := given("guidance_scale")) else None
+    steps = parse_integer(e[0], e[1], 1, defaults.max_steps) if (e := given("steps")) else None
+    guidance = (
+        parse_number(e[0], e[1], 0.0, GUIDANCE_MAX) if (e := given("guidance_scale")) else None
+    )
 
     seed: int | None = None
     if entry := given("seed"):
-        seed = _integer(entry[0], entry[1], -1, SEED_MAX)
+        seed = parse_integer(entry[0], entry[1], -1, SEED_MAX)
         if seed == -1:  # -1 (or -1.0): a random seed, as A1111 and ALICE take it
             seed = None
 
     scheduler = (
         normalise_scheduler(e[1], e[0]) if (e := given("scheduler")) else defaults.default_scheduler
     )
-    n = _integer(e[0], e[1], 1, defaults.max_n) if (e := given("n")) else 1
+    n = parse_integer(e[0], e[1], 1, defaults.max_n) if (e := given("n")) else 1
     priority = parse_priority(e[1], e[0]) if (e := given("priority")) else 0
 
     init_image, mask_image, strength = _image_fields(given)
@@ -573,7 +348,7 @@ def parse_spec(
     if strength is not None:
         check_denoising_steps(steps, strength)
     hires = _hires_field(given, init_image, width, height, steps, defaults)
-    clip_skip = _integer(e[0], e[1], 1, CLIP_SKIP_MAX) if (e := given("clip_skip")) else None
+    clip_skip = parse_integer(e[0], e[1], 1, CLIP_SKIP_MAX) if (e := given("clip_skip")) else None
     vae = normalise_vae_id(e[1], e[0]) if (e := given("vae")) else None
     return JobSpec(
         prompt=prompt,
@@ -607,8 +382,6 @@ def _hires_field(
 ) -> HiresFix | None:
     """The `hires` field (hires.py), for txt2img only; its target is checked against
     the size limits here when the first pass's size is known, else when the job runs."""
-    from .hires import check_hires, parse_hires
-
     entry = given("hires")
     hires = parse_hires(entry[1], max_steps=defaults.max_steps) if entry else None
     if hires is None:
@@ -638,7 +411,7 @@ def _image_fields(
         raise InvalidParameters("mask_image needs an init_image", field="mask_image")
     strength = None
     if (entry := given("strength")) is not None:
-        strength = _number(entry[0], entry[1], 0.0, 1.0)
+        strength = parse_number(entry[0], entry[1], 0.0, 1.0)
         if strength <= 0:
             raise InvalidParameters(
                 f"{entry[0]} must be more than 0 and at most 1, got {strength:g}", field=entry[0]

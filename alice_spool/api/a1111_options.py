@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import errors
-from ..spec import MODEL_PREFIX, JobSpec, normalise_vae_id
+from ..spec import CLIP_SKIP_MAX, MODEL_PREFIX, JobSpec, normalise_vae_id
 from .context import Api, owner_of, route
 from .http import STATUS
 
@@ -39,7 +39,6 @@ _LABELS = frozenset(
 # What A1111 writes itself when it loads a model: sent back, it changes nothing.
 _STATE = frozenset(("sd_checkpoint_hash",))
 SAMPLES_FORMATS = ("png", "jpg", "jpeg", "webp")
-CLIP_SKIP_MAX = 12  # A1111's slider
 
 
 class OptionRefused(errors.InvalidParameters):

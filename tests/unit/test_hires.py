@@ -4,6 +4,7 @@ batch keys unchanged."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -220,6 +221,28 @@ def test_hires_and_clip_skip_count_in_fingerprints_and_batch_keys() -> None:
     reworded = parse_spec({**PLAIN, "prompt": "a boat", "hires": {"prompt": "a boat, sharp"}})
     assert reworded.batch_key() == hires.batch_key()
     assert parse_spec({**PLAIN, "hires": {"scale": 2.0}}).batch_key() == hires.batch_key()
+
+
+# {**PLAIN, "hires": {"width": 1024, "steps": 5}}: hashed as
+# ("hires", (("scale", None), ("steps", 5), ("width", 1024))), the settings off their defaults
+HIRES_FINGERPRINT = "9035ad5966c7ea78baa411d4b3dfaf9ca998ed026d974fc1b9b29c9969165368"
+
+
+def test_a_hires_fingerprint_holds_its_settings_off_their_defaults() -> None:
+    hires = parse_spec({**PLAIN, "hires": {"width": 1024, "steps": 5}})
+    assert hires.fingerprint() == HIRES_FINGERPRINT
+    short = parse_spec({**PLAIN, "hires": {"scale": 2}})
+    spelled = parse_spec({**PLAIN, "hires": {"scale": 2, "steps": 0, "upscaler": "Latent"}})
+    assert short.fingerprint() == spelled.fingerprint()
+
+    # A field added to HiresFix later, with a default, keeps the stored jobs' fingerprints.
+    @dataclass(frozen=True)
+    class Later(HiresFix):
+        sharpen: float = 0.0
+
+    later = replace(hires, hires=Later(scale=None, width=1024, steps=5))
+    assert later.fingerprint() == HIRES_FINGERPRINT
+    assert replace(later, hires=Later(sharpen=0.5)).fingerprint() != short.fingerprint()
 
 
 def test_a_stored_spec_comes_back_whole() -> None:

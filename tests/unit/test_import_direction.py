@@ -91,8 +91,9 @@ def test_the_bottom_layers_stay_at_the_bottom() -> None:
         "faults": set(),
         "stopping": set(),
         "samplers": {"errors"},
-        "spec": {"errors", "samplers", "hires"},  # hires: its field's parser (pure)
-        "hires": {"errors", "spec"},
+        "fields": {"errors", "samplers"},  # the request's fields, one at a time
+        "spec": {"errors", "fields", "samplers", "hires"},  # hires: its field's parser (pure)
+        "hires": {"errors", "fields"},
         "config": {"errors", "spec", "masking"},
         "masking": set(),
         "safetensors_file": set(),
