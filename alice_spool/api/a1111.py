@@ -21,12 +21,18 @@ from starlette.responses import JSONResponse, Response
 
 from .. import __version__, errors, inputs
 from ..models import Source
-from ..outbox import infotext
 from ..records import JobRecord
-from ..samplers import from_a1111, to_a1111
+from ..samplers import SCHEDULES, from_a1111, to_a1111
 from ..spec import JobSpec, parse_spec
 from .a1111_lists import infotext_settings
-from .a1111_options import OwnerOptions, checkpoint_title, error_answer, keep, owner_options
+from .a1111_options import (
+    OwnerOptions,
+    check_changes,
+    checkpoint_title,
+    error_answer,
+    keep,
+    owner_options,
+)
 from .context import Api, owner_of, route
 from .http import require_object, wait_for_job
 from .openai import finished_or_raise
@@ -125,10 +131,26 @@ _WHOLE = ("steps", "width", "height", "batch_size", "n_iter", "seed", "hr_second
 _REAL = ("cfg_scale", "denoising_strength", "hr_scale", "subseed_strength")
 
 
+_FLAGS = ("enable_hr", "send_images", "save_images", "restore_faces", "tiling",
+          "override_settings_restore_afterwards", "inpainting_mask_invert",
+          "do_not_save_samples", "do_not_save_grid")  # fmt: skip
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+
+
 def _numbers(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The body with numbers given as text read as numbers, and whole floats as ints
-    where A1111 wants an integer (its request models coerce both)."""
+    """The body with numbers given as text read as numbers, whole floats as ints where
+    A1111 wants an integer, and true/false given as text as booleans (its request
+    models coerce all three)."""
     fields = dict(body)
+    for name in _FLAGS:
+        value = fields.get(name)
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text not in _TRUE + _FALSE:
+                raise errors.InvalidParameters(
+                    f"{name} must be true or false, got {value!r}", field=name
+                )
+            fields[name] = text in _TRUE
     for name in (*_WHOLE, *_REAL):
         value = fields.get(name)
         if isinstance(value, str):
@@ -171,6 +193,16 @@ def _clip_skip(body: Mapping[str, Any], options: OwnerOptions) -> int:
     return value
 
 
+def _automatic(body: Mapping[str, Any]) -> bool:
+    """Whether the first pass's schedule type was left to A1111's Automatic: none given
+    (or Automatic) and none in the sampler's name (`DPM++ 2M Karras`)."""
+    if str(body.get("scheduler") or "automatic").strip().lower() != "automatic":
+        return False
+    name = str(body.get("sampler_name") or body.get("sampler_index") or "").strip().lower()
+    spellings = {s.name for s in SCHEDULES} | {s.label.lower() for s in SCHEDULES}
+    return not any(name.endswith(" " + spelling) for spelling in spellings - {"automatic"})
+
+
 def _hires(body: Mapping[str, Any], scheduler: str) -> dict[str, Any]:
     """A1111's hires fix fields as the native `hires` object."""
     if _given(body.get("hr_checkpoint_name")) and body["hr_checkpoint_name"] not in _SAME:
@@ -193,6 +225,10 @@ def _hires(body: Mapping[str, Any], scheduler: str) -> dict[str, Any]:
     sampler, schedule = body.get("hr_sampler_name"), body.get("hr_scheduler")
     if (sampler not in (None, *_SAME)) or (schedule not in (None, *_SAME)):
         first_sampler, first_schedule = to_a1111(scheduler)
+        if schedule in (None, *_SAME) and _automatic(body):
+            # A1111 keeps the first pass's "Automatic", which the second pass's sampler
+            # then resolves as its own (Euler a first, DPM++ 2M second: Karras).
+            first_schedule = "Automatic"
         hires["scheduler"] = from_a1111(
             sampler if sampler not in (None, *_SAME) else first_sampler,
             schedule if schedule not in (None, *_SAME) else first_schedule,
@@ -305,27 +341,21 @@ def _inverted(fields: dict[str, Any], staged: inputs.Staged) -> dict[str, Any]:
     return {**fields, "mask_image": f"sha256:{decoded.sha256}"}
 
 
-def _info(done: JobRecord, spec: JobSpec, body: Mapping[str, Any]) -> dict[str, Any]:
-    """A1111's `info` (its `Processed.js()`): the first pass's size, the seeds, one
-    infotext per image, and the settings beyond the fixed ones in
-    `extra_generation_params` (schedule type, hires fix, LoRA hashes)."""
-    images = (done.result or {}).get("images") or []
-    loras = (done.result or {}).get("loras") or []
-    vae = (done.result or {}).get("vae") or {}
+def _info(
+    done: JobRecord, spec: JobSpec, body: Mapping[str, Any], texts: list[str]
+) -> dict[str, Any]:
+    """A1111's `info` (its `Processed.js()`): the first pass's size, the seeds, the
+    infotext of each image (`texts`: as its PNG carries it), and the settings beyond the
+    fixed ones in `extra_generation_params` (schedule type, hires fix, LoRA hashes)."""
+    result = done.result or {}
+    images = result.get("images") or []
+    vae = result.get("vae") or {}
     seeds = [int(image.get("seed", 0)) for image in images]
-    texts = [
-        infotext(
-            spec,
-            seed,
-            int(image.get("width") or 0),
-            int(image.get("height") or 0),
-            loras=loras,
-            vae=vae or None,
-        )
-        for seed, image in zip(seeds, images, strict=True)
-    ]
-    width = spec.width or (images[0].get("width") if images else None)
-    height = spec.height or (images[0].get("height") if images else None)
+    first_pass = result.get("first_pass") or {}
+    width = spec.width or first_pass.get("width") or (images[0].get("width") if images else None)
+    height = (
+        spec.height or first_pass.get("height") or (images[0].get("height") if images else None)
+    )
     sampler, _ = to_a1111(spec.scheduler)
     fixed = {"Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Denoising strength",
              "Clip skip", "VAE hash", "VAE"}  # fmt: skip
@@ -371,6 +401,12 @@ def _info(done: JobRecord, spec: JobSpec, body: Mapping[str, Any]) -> dict[str, 
     }
 
 
+def _parameters(png: bytes) -> str:
+    """The infotext the runner wrote into a PNG (its `parameters` chunk)."""
+    with Image.open(io.BytesIO(png)) as image:
+        return str(image.info.get("parameters", ""))
+
+
 def encoded(png: bytes, options: OwnerOptions) -> str:
     """An image for the answer, base64, in the client's `samples_format`: the PNG as
     written (its infotext in a `parameters` chunk), or JPEG or WebP with the infotext
@@ -411,25 +447,33 @@ async def _generate(request: Request, api: Api, client: str | None, *, img2img: 
         spec = parse_spec(fields, api.settings.generation)
     except errors.InvalidParameters as exc:
         raise in_their_terms(exc) from None
+    restore = body.get("override_settings_restore_afterwards") is not False
+    # (checked before the job is queued: a refused request changes nothing)
+    lasting = None if restore or not override else await check_changes(api, override)
     try:
         queued = await run_in_threadpool(
             lambda: api.enqueue(spec, staged, source=Source.A1111, client=client, owner=owner)
         )
     except errors.InvalidParameters as exc:
         raise in_their_terms(exc) from None
-    if override and body.get("override_settings_restore_afterwards") is False:
-        await keep(api, request, override)  # A1111 leaves them set
+    except errors.ModelNotFound as exc:  # the checkpoint this client chose, or overrode
+        details = {**exc.details, "field": "sd_model_checkpoint"}
+        raise errors.ModelNotFound(exc.message, **details) from None
+    if lasting is not None:
+        await keep(api, request, lasting)  # A1111 leaves them set
     timeout = api.settings.server.request_timeout_s
     done = finished_or_raise(await wait_for_job(api.store, queued.job.id, timeout))
     images: list[str] = []
-    if body.get("send_images", True) is not False:
-        for image in (done.result or {}).get("images") or []:
-            png = await run_in_threadpool(api.image_path(image["file"]).read_bytes)
+    texts: list[str] = []
+    for image in (done.result or {}).get("images") or []:
+        png = await run_in_threadpool(api.image_path(image["file"]).read_bytes)
+        texts.append(_parameters(png))
+        if body.get("send_images", True) is not False:
             images.append(await run_in_threadpool(encoded, png, options))
     known = IMG2IMG if img2img else TXT2IMG
     parameters = {**known, **{k: v for k, v in body.items() if k in known}}
     parameters.update(init_images=None, mask=None)
-    info = _info(done, done.spec, body)
+    info = _info(done, done.spec, body, texts)
     return JSONResponse({"images": images, "parameters": parameters, "info": json.dumps(info)})
 
 

@@ -53,8 +53,12 @@ async def sd_models(request: Request, api: Api, client: str | None) -> Response:
 
 @route(shape=error_answer)
 async def samplers(request: Request, api: Api, client: str | None) -> Response:
-    """The samplers, by A1111's names: each works with every schedule type listed."""
-    return JSONResponse(sampler_names.a1111_samplers())
+    """The samplers, by A1111's names: each works with every schedule type listed (its
+    `options` as A1111 sends them: every value a string, `"True"`)."""
+    listed = sampler_names.a1111_samplers()
+    for sampler in listed:
+        sampler["options"] = {k: str(v) for k, v in sampler["options"].items()}
+    return JSONResponse(listed)
 
 
 @route(shape=error_answer)
@@ -162,14 +166,33 @@ async def png_info(request: Request, api: Api, client: str | None) -> Response:
 
     def read() -> dict[str, Any]:
         try:
-            image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
-            texts = dict(getattr(image, "text", {}) or {})
-        except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
+            with Image.open(io.BytesIO(base64.b64decode(data, validate=True))) as image:
+                texts = {k: str(v) for k, v in (getattr(image, "text", None) or {}).items()}
+                comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+        except (binascii.Error, ValueError, UnidentifiedImageError, OSError,
+                Image.DecompressionBombError):  # fmt: skip
             raise errors.InvalidParameters("image is not a base64 image", field="image") from None
-        info = str(texts.pop("parameters", ""))
+        info = texts.pop("parameters", "") or _user_comment(comment)
         return {"info": info, "items": texts, "parameters": infotext_settings(info)}
 
     return JSONResponse(await run_in_threadpool(read))
+
+
+_EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
+
+
+def _user_comment(value: Any) -> str:
+    """EXIF UserComment text (a JPEG's or WebP's infotext, as A1111 writes it: an
+    8-byte character code, then the text)."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, bytes) or len(value) < 8:
+        return ""
+    code, text = value[:8], value[8:]
+    if code.startswith(b"UNICODE"):
+        decoded = (text.decode(order, errors="replace") for order in ("utf-16-be", "utf-16-le"))
+        return max(decoded, key=lambda t: sum(c.isascii() for c in t))  # either byte order
+    return text.decode("utf-8", errors="replace").rstrip("\x00")
 
 
 def infotext_settings(infotext: str) -> dict[str, str]:

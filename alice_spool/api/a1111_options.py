@@ -199,12 +199,18 @@ def owner_options(api: Api, owner: str | None) -> OwnerOptions:
     return OwnerOptions(chosen, {**DEFAULTS, **api.store.client_options(owner, OPTIONS)})
 
 
-async def keep(api: Api, request: Request, changes: Mapping[str, Any]) -> None:
-    """Keep options for the request's owner, as `POST options` does: the model checked
-    installed first (404 otherwise), nothing kept if any value is refused."""
+@dataclass(frozen=True)
+class Changes:
+    """Options checked and ready to keep: the JSON object's keys, and the model."""
+
+    options: dict[str, Any]
+    plain: dict[str, str]  # client options of their own (the checkpoint)
+
+
+async def check_changes(api: Api, changes: Mapping[str, Any]) -> Changes:
+    """Options as `POST options` takes them, checked: the model and the VAE installed
+    (404 otherwise), every understood value of its type (422). Nothing is kept yet."""
     kept = checked(changes)
-    model = model_of(changes.get("sd_model_checkpoint"))
-    owner = owner_of(request)
     vae = normalise_vae_id(kept.get("sd_vae"), "sd_vae")
     if vae is not None:
         try:
@@ -212,11 +218,20 @@ async def keep(api: Api, request: Request, changes: Mapping[str, Any]) -> None:
         except errors.VaeNotFound as exc:
             message = exc.message.replace("vae:", "sd_vae:", 1)
             raise errors.VaeNotFound(message, field="sd_vae") from None
-    also: dict[str, str] = {}
+    plain: dict[str, str] = {}
+    model = model_of(changes.get("sd_model_checkpoint"))
     if model is not None:
         spec = await api.resolve_model(JobSpec(prompt="check", model=model))  # 404 if missing
-        also[CHECKPOINT] = str(spec.model)
-    await run_in_threadpool(lambda: api.store.merge_client_options(owner, OPTIONS, kept, also=also))
+        plain[CHECKPOINT] = str(spec.model)
+    return Changes(kept, plain)
+
+
+async def keep(api: Api, request: Request, changes: Changes) -> None:
+    """Keep checked options for the request's owner, in one transaction."""
+    owner = owner_of(request)
+    await run_in_threadpool(
+        lambda: api.store.merge_client_options(owner, OPTIONS, changes.options, also=changes.plain)
+    )
 
 
 async def _current_checkpoint(api: Api, chosen: str | None) -> str | None:
@@ -237,9 +252,10 @@ async def get_options(request: Request, api: Api, client: str | None) -> Respons
     current = await _current_checkpoint(api, options.checkpoint)
     values = dict(options.values)
     values["sd_model_checkpoint"] = checkpoint_title(current) if current else None
-    clip_skip = values.get("CLIP_stop_at_last_layers")
-    if isinstance(clip_skip, int) and not isinstance(clip_skip, bool):
-        values["CLIP_stop_at_last_layers"] = float(clip_skip)  # as A1111 answers it
+    for name, value in values.items():
+        # A1111 answers the options whose default is a whole number as floats (80.0)
+        if isinstance(DEFAULTS.get(name), float) and type(value) is int:
+            values[name] = float(value)
     return JSONResponse(values)
 
 
@@ -251,5 +267,5 @@ async def set_options(request: Request, api: Api, client: str | None) -> Respons
     body = await api.read_body(request)
     if not isinstance(body, dict):
         raise OptionRefused("the options must be a JSON object", field="")
-    await keep(api, request, body)
+    await keep(api, request, await check_changes(api, body))
     return JSONResponse(None)

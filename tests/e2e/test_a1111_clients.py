@@ -223,6 +223,13 @@ def test_the_options_object_round_trips_and_what_is_understood_takes_effect(site
     assert comment.startswith(b"UNICODE\x00") and "Clip skip: 2" in comment[8:].decode("utf-16-be")
     info = json.loads(made["info"])
     assert info["clip_skip"] == 2 and job(site, info["job_id"])["spec"]["clip_skip"] == 2
+    # A Discord bot reads each image's parameters back: from the JPEG's EXIF too.
+    read = call(site, "POST", "/sdapi/v1/png-info", {"image": made["images"][0]})
+    assert read["info"] == info["infotexts"][0] and read["parameters"]["Clip skip"] == "2"
+    # Options whose A1111 default is a whole number come back as floats, as A1111's do.
+    call(site, "POST", "/sdapi/v1/options", {"jpeg_quality": 90})
+    quality = call(site, "GET", "/sdapi/v1/options")["jpeg_quality"]
+    assert quality == 90 and isinstance(quality, float)
     # A request's override_settings win for that request only...
     once = body | {"override_settings": {"CLIP_stop_at_last_layers": 1, "samples_format": "png"}}
     png(call(site, "POST", "/sdapi/v1/txt2img", once)["images"][0])

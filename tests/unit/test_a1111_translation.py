@@ -133,3 +133,31 @@ def test_options_sent_back_keep_unknown_keys_and_check_understood_ones() -> None
         with pytest.raises(OptionRefused) as refused:
             checked(bad)
         assert refused.value.field == next(iter(bad))
+
+
+def test_the_hires_sampler_resolves_its_own_automatic_as_a1111_does() -> None:
+    def hires_scheduler(**body: Any) -> str | None:
+        spec = spec_of({"prompt": "x", "enable_hr": True, **body})
+        assert spec.hires is not None
+        return spec.hires.scheduler
+
+    # The first pass on Automatic: the second pass's sampler takes its own Automatic.
+    assert hires_scheduler(sampler_name="Euler a", hr_sampler_name="DPM++ 2M") == (
+        "dpm++_2m_karras"
+    )
+    # A schedule type asked for, by field or in the name: the second pass keeps it.
+    assert hires_scheduler(
+        sampler_name="Euler a", scheduler="Exponential", hr_sampler_name="DPM++ 2M"
+    ) == from_a1111("DPM++ 2M", "Exponential")
+    assert hires_scheduler(sampler_name="Euler Karras", hr_sampler_name="LMS") == "lms_karras"
+    assert hires_scheduler(sampler_name="Euler", hr_scheduler="Beta") == "euler_beta"
+    assert hires_scheduler(sampler_name="Euler", hr_sampler_name="Use same sampler") is None
+
+
+def test_true_and_false_sent_as_text_are_read_as_a1111_reads_them() -> None:
+    assert spec_of(a1111._numbers({"prompt": "x", "enable_hr": "true"})).hires is not None
+    assert spec_of(a1111._numbers({"prompt": "x", "enable_hr": "false"})).hires is None
+    assert a1111._numbers({"send_images": "False"})["send_images"] is False
+    with pytest.raises(errors.InvalidParameters) as refused:
+        a1111._numbers({"enable_hr": "perhaps"})
+    assert refused.value.field == "enable_hr"
