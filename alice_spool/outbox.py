@@ -49,17 +49,29 @@ def infotext(
     *,
     loras: Sequence[Mapping[str, Any]] = (),
     vae: Mapping[str, Any] | None = None,
+    schedule: str | None = None,
+    hires_schedule: str | None = None,
+    first_size: tuple[int, int] | None = None,
 ) -> str:
     """The parameters of one image as AUTOMATIC1111 writes them (and others read them):
     LoRAs as `<lora:name:scale>` tags in the prompt and their `Lora hashes`: each name
     (less `:` and `,`) with the first 12 hex digits of its tensor data's SHA-256, the
     hash A1111 computes for a safetensors LoRA, so its tools and CivitAI (`AutoV3`)
-    recognise the file. A hires job's `Size` is its first pass's, as in A1111. A VAE in
-    place of the model's own: its `VAE hash` (the first 10 hex digits of its file's
-    SHA-256) and `VAE` (its file name), after `Model`, as A1111 1.10 writes them.
+    recognise the file. A hires job's `Size` is its first pass's (`first_size`, as the
+    engine ran it; else the spec's), as in A1111. A VAE in place of the model's own: its
+    `VAE hash` (the first 10 hex digits of its file's SHA-256) and `VAE` (its file name),
+    after `Model`, as A1111 1.10 writes them.
+
+    A sampler named without a schedule type ran on the model's own spacing: `schedule`
+    (and `hires_schedule`, the second pass's) is the A1111 schedule type that reproduces
+    it (`engine.schedulers.a1111_schedule`), written as its `Schedule type`, since A1111
+    reads none as its own choice for the sampler (DPM++ 2M: Karras), another image.
     """
-    if spec.hires is not None and spec.width and spec.height:
-        width, height = spec.width, spec.height
+    if spec.hires is not None:
+        if first_size is not None:
+            width, height = first_size
+        elif spec.width and spec.height:
+            width, height = spec.width, spec.height
     tags = " ".join(
         f"<lora:{str(lora['name']).removeprefix('lora/')}:{float(lora['scale']):g}>"
         for lora in loras
@@ -69,7 +81,7 @@ def infotext(
         lines.append(f"Negative prompt: {spec.negative_prompt}")
     settings = [
         ("Steps", spec.steps),
-        *_sampler_and_schedule(spec.scheduler),
+        *_sampler_and_schedule(spec.scheduler, schedule),
         ("CFG scale", f"{spec.guidance_scale:g}"),
         ("Seed", seed),
         ("Size", f"{width}x{height}"),
@@ -80,7 +92,7 @@ def infotext(
         settings += [("VAE hash", str(vae.get("sha256", ""))[:10]), ("VAE", name)]
     if spec.strength is not None:
         settings.append(("Denoising strength", f"{spec.strength:g}"))
-    settings.extend(_hires_settings(spec))
+    settings.extend(_hires_settings(spec, schedule, hires_schedule))
     if loras:
         hashes = ", ".join(
             f"{_a1111_lora_name(lora)}: {str(lora.get('tensors_sha256', ''))[:12]}"
@@ -91,8 +103,11 @@ def infotext(
     return "\n".join(lines)
 
 
-def _hires_settings(spec: JobSpec) -> list[tuple[str, Any]]:
-    """Clip skip and the hires fix, named and ordered as A1111 1.10 writes them."""
+def _hires_settings(
+    spec: JobSpec, schedule: str | None = None, hires_schedule: str | None = None
+) -> list[tuple[str, Any]]:
+    """Clip skip and the hires fix, named and ordered as A1111 1.10 writes them (the
+    schedule types: as `_a1111_names` has them)."""
     hires = spec.hires
     settings: list[tuple[str, Any]] = []
     if hires is not None:
@@ -101,7 +116,8 @@ def _hires_settings(spec: JobSpec) -> list[tuple[str, Any]]:
         settings.append(("Clip skip", spec.clip_skip))
     if hires is None:
         return settings
-    first, second = _a1111_names(spec.scheduler), _a1111_names(hires.scheduler or spec.scheduler)
+    first = _a1111_names(spec.scheduler, schedule)
+    second = _a1111_names(hires.scheduler or spec.scheduler, hires_schedule)
     if second[0] != first[0]:
         settings.append(("Hires sampler", second[0]))
     if hires.prompt is not None and hires.prompt != spec.prompt:
@@ -128,19 +144,23 @@ def _quote(text: str) -> str:
     return text
 
 
-def _a1111_names(scheduler: str) -> tuple[str, str]:
-    """A1111's sampler name and schedule label of a scheduler name (a name not of ours
-    as it is, with no schedule)."""
+def _a1111_names(scheduler: str, ran: str | None = None) -> tuple[str, str]:
+    """A1111's sampler name and schedule label of a scheduler name: the name's own
+    schedule type, else the one it `ran` on, else "Automatic" (a name not of ours as it
+    is, with no schedule)."""
     try:
-        return samplers.to_a1111(scheduler)
+        sampler, label = samplers.to_a1111(scheduler)
     except KeyError:
-        return scheduler, "Automatic"
+        sampler, label = scheduler, "Automatic"
+    if label == "Automatic" and ran is not None:
+        label = ran
+    return sampler, label
 
 
-def _sampler_and_schedule(scheduler: str) -> list[tuple[str, str]]:
-    """A1111's `Sampler` and, where the name has one, its `Schedule type` (A1111 leaves
-    that out when none was asked for)."""
-    sampler, schedule = _a1111_names(scheduler)
+def _sampler_and_schedule(scheduler: str, ran: str | None = None) -> list[tuple[str, str]]:
+    """A1111's `Sampler` and, where there is one, its `Schedule type` (A1111 leaves that
+    out when none was asked for)."""
+    sampler, schedule = _a1111_names(scheduler, ran)
     if schedule == "Automatic":
         return [("Sampler", sampler)]
     return [("Sampler", sampler), ("Schedule type", schedule)]

@@ -40,7 +40,7 @@ from .device import Placement
 from .hires import two_passes
 from .memory import free_memory, place
 from .memory import plan as memory_plan
-from .schedulers import make_scheduler
+from .schedulers import a1111_schedule, make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,12 @@ class BatchOutput:
     loras: list[dict[str, Any]] = field(default_factory=list)
     # The VAE it ran with in place of the model's own: {"name", "file_name", "sha256"}.
     vae: dict[str, Any] | None = None
+    # The A1111 schedule type the (first) pass's scheduler followed, and a hires batch's
+    # second pass's (`schedulers.a1111_schedule`; None: none to name).
+    schedule: str | None = None
+    hires_schedule: str | None = None
+    # A hires batch's first pass's (width, height); its images are at the target size.
+    first_size: tuple[int, int] | None = None
 
     @property
     def image_count(self) -> int:
@@ -208,6 +214,7 @@ def generate(
     pad_to: int | None = None,
     oom_above: int | None = None,
     images: Sequence[Mapping[str, Image.Image]] | None = None,
+    max_pixels: int | None = None,
 ) -> BatchOutput:
     """Run compatible jobs (equal `batch_key`s) as ONE pipeline call, one generator per
     image, so each image is the one its seed makes, alone or in company. `pad_to`: run
@@ -215,7 +222,8 @@ def generate(
     `oom_above` (fault injection, for tests): a call of more images runs out of memory.
     `images`: each job's inputs by role (`init_image`, `mask_image`), for img2img and
     inpainting jobs (their `mode` is part of the batch key: one mode per call). Hires
-    jobs run in two passes (hires.py), their images at the target size."""
+    jobs run in two passes (hires.py), their images at the target size, of at most
+    `max_pixels` (generation.max_pixels; None: the spec's own limit)."""
     # 1. Check inputs, before any work.
     if not specs:
         raise InvalidParameters("a batch needs at least one job")
@@ -244,7 +252,10 @@ def generate(
     mode = first.mode
     output_size = (width, height)  # the images'
     if first.hires is not None:
-        check_hires(first.hires, width, height, first.steps)
+        if max_pixels is None:
+            check_hires(first.hires, width, height, first.steps)
+        else:
+            check_hires(first.hires, width, height, first.steps, max_pixels=max_pixels)
         output_size = target_size(first.hires, width, height, multiple)
     if mode in ("img2img", "inpaint") and (images is None or len(images) != len(specs)):
         raise InvalidParameters(f"{mode} jobs need their input images", field="init_image")
@@ -284,6 +295,8 @@ def generate(
     # the same modules, no second copy of the weights).
     pipeline = _pipeline_for(loaded, "txt2img" if mode == "hires" else mode)
     pipeline.scheduler = make_scheduler(first.scheduler, loaded.scheduler_config, seeds)
+    schedule = a1111_schedule(pipeline.scheduler)
+    second_pass = _pipeline_for(loaded, "img2img") if mode == "hires" else None
     extra_arguments: dict[str, Any] = {}
     if first.clip_skip is not None:  # A1111 counts the last layer as 1, diffusers as 0
         _text_model_alias(loaded.pipeline)
@@ -318,9 +331,10 @@ def generate(
             _injected_out_of_memory(loaded, real, oom_above)
         with torch.inference_mode():
             if mode == "hires":
+                assert second_pass is not None
                 denoised = two_passes(
                     pipeline,
-                    _pipeline_for(loaded, "img2img"),
+                    second_pass,
                     specs,
                     scheduler_config=loaded.scheduler_config,
                     width=width,
@@ -359,6 +373,8 @@ def generate(
             images=real,
         )
     seconds = time.perf_counter() - started
+    # (two_passes sets the second pass's scheduler even when strength 0 skips that pass)
+    hires_schedule = a1111_schedule(second_pass.scheduler) if second_pass is not None else None
 
     # 5. Convert; a job with a broken image (NaN, black) fails alone.
     pixels, broken = _to_uint8(np.asarray(denoised)[:real])
@@ -390,6 +406,9 @@ def generate(
         first.steps,
         device=loaded.placement.label,
         memory_mode=loaded.memory_mode,
+        schedule=schedule,
+        hires_schedule=hires_schedule,
+        first_size=(width, height) if mode == "hires" else None,
     )
 
 
@@ -421,7 +440,20 @@ def _pipeline_for(loaded: Loaded, mode: str) -> Any:
         name = _DERIVED.get((type(loaded.pipeline).__name__, mode))
         if name is None:
             raise InvalidParameters(f"{loaded.model_id} cannot do {mode}", field="init_image")
-        derived = getattr(diffusers, name).from_pipe(loaded.pipeline)
+        # from_pipe casts the pipeline it makes, and so the modules it shares, to the
+        # dtype it is given (float32 when none): a float16 model would stay in float32
+        # for every later call. Given the model's, with each module's own put back (a
+        # VAE kept in float32, its weights loaded in float16: the round trip is exact).
+        dtypes = {
+            part: module.dtype
+            for part, module in loaded.pipeline.components.items()
+            if isinstance(module, torch.nn.Module) and hasattr(module, "dtype")
+        }
+        derived = getattr(diffusers, name).from_pipe(loaded.pipeline, dtype=loaded.placement.dtype)
+        for part, dtype in dtypes.items():
+            module = getattr(loaded.pipeline, part)
+            if module.dtype != dtype:
+                module.to(dtype=dtype)
         derived.set_progress_bar_config(disable=True)
         loaded.derived[mode] = derived
     # The resident pipeline's current modules (a compiled UNet swaps in and out).

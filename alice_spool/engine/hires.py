@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import StableDiffusionXLPipeline
+from diffusers.utils.torch_utils import get_module_execution_device
 from PIL import Image
 
 from ..hires import HiresFix, cover_size, img2img_steps, second_pass_steps, target_size, upscaler
@@ -81,14 +83,15 @@ def two_passes(
             for picture in _pictures(np.asarray(output.images))
         ]
     del output
+    # Set even when there is no second pass: the batch reports its schedule type.
+    second_pass.scheduler = make_scheduler(
+        hires.scheduler or first.scheduler, scheduler_config, seeds
+    )
     if run == 0:  # strength 0: the upscale is the image
         return _as_arrays(first_pass, image, chosen.latent)
 
     # 3. The second pass: img2img at the target size, with exactly `run` steps.
     second_prompts, second_negatives = _second_prompts(specs, hires, len(seeds))
-    second_pass.scheduler = make_scheduler(
-        hires.scheduler or first.scheduler, scheduler_config, seeds
-    )
     output = second_pass(
         prompt=second_prompts,
         negative_prompt=second_negatives,
@@ -109,9 +112,37 @@ def _as_arrays(pipeline: Any, image: Any, latent: bool) -> np.ndarray:
     as floats in [0, 1]."""
     if not latent:
         return np.stack([np.asarray(picture, dtype=np.float32) / 255 for picture in image])
+    return np.asarray(
+        pipeline.image_processor.postprocess(decode(pipeline, image), output_type="np")
+    )
+
+
+def decode(pipeline: Any, latents: torch.Tensor) -> torch.Tensor:
+    """Latents decoded as the pipeline decodes its own: SDXL's in float32 when its VAE
+    asks for it (`force_upcast`: SDXL's VAE overflows to NaN in float16) and denormalised
+    with the VAE's `latents_mean` and `latents_std` when it has them; the VAE is left in
+    its own dtype."""
     vae = pipeline.vae
-    decoded = vae.decode(image.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-    return np.asarray(pipeline.image_processor.postprocess(decoded, output_type="np"))
+    own_dtype = vae.dtype
+    sdxl = isinstance(pipeline, StableDiffusionXLPipeline)
+    upcast = sdxl and own_dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", 0))
+    mean = getattr(vae.config, "latents_mean", None) if sdxl else None
+    std = getattr(vae.config, "latents_std", None) if sdxl else None
+    if upcast:
+        vae.to(dtype=torch.float32)
+    try:
+        latents = latents.to(get_module_execution_device(vae), vae.dtype)
+        if mean is not None and std is not None:
+            channels = (1, latents.shape[1], 1, 1)
+            scale = torch.tensor(std).view(channels).to(latents.device, latents.dtype)
+            shift = torch.tensor(mean).view(channels).to(latents.device, latents.dtype)
+            latents = latents * scale / vae.config.scaling_factor + shift
+        else:
+            latents = latents / vae.config.scaling_factor
+        return vae.decode(latents, return_dict=False)[0]
+    finally:
+        if upcast:
+            vae.to(dtype=own_dtype)
 
 
 def upscale_image(picture: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:

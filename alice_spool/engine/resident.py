@@ -349,9 +349,11 @@ class Engine:
         on_step: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
         images: Sequence[Mapping[str, Any]] | None = None,
+        max_pixels: int | None = None,
     ) -> BatchOutput:
         """Resolve defaults, make sure the model is resident, run the batch (`images`:
-        each job's inputs, for img2img and inpainting)."""
+        each job's inputs, for img2img and inpainting; `max_pixels`: a hires job's
+        largest target, generation.max_pixels)."""
         if not specs:
             raise InvalidParameters("a batch needs at least one job")
         resolved = [self.resolve(spec) for spec in specs]
@@ -369,7 +371,7 @@ class Engine:
             # eager, that VAE swapped in after the eager modules are (and out before).
             with compiled.eager_unfused(loaded.pipeline), swapped_in(loaded, vae):
                 loras = self._activate_loras(loaded, resolved[0])
-                output = self._run(loaded, resolved, None, on_step, should_stop, images)
+                output = self._run(loaded, resolved, None, on_step, should_stop, images, max_pixels)
         else:
             if compiled is not None and loaded.adapters is not None and loaded.adapters.loaded:
                 # Unloaded from the eager modules: diffusers finds no UNet to take the
@@ -381,7 +383,9 @@ class Engine:
                     compiled.use(loaded.pipeline, compiled=True)
             loras = self._activate_loras(loaded, resolved[0])
             with swapped_in(loaded, vae):  # (without a compiled model, when there is one)
-                output = self._run(loaded, resolved, compiled, on_step, should_stop, images)
+                output = self._run(
+                    loaded, resolved, compiled, on_step, should_stop, images, max_pixels
+                )
         output.loras.extend(loras)
         if vae_info is not None:
             output = replace(output, vae=self.registry.vaes.record(vae_info))
@@ -395,6 +399,7 @@ class Engine:
         on_step: ProgressCallback | None,
         should_stop: StopCheck | None,
         inputs: Sequence[Mapping[str, Any]] | None,
+        max_pixels: int | None = None,
     ) -> BatchOutput:
         """One pipeline call: compiled at a warmed-up size and bucket (padded up to it),
         else eager: never compiled while a job waits (the runner keeps calls within
@@ -409,6 +414,7 @@ class Engine:
                 pad_to=pad_to,
                 oom_above=self.oom_above,
                 images=inputs,
+                max_pixels=max_pixels,
             )
 
         if compiled is None:

@@ -1,5 +1,6 @@
 """Schedulers by the names of `samplers.NAMES` (a sampler, and maybe a schedule type),
-built from the loaded model's own scheduler config (its betas and timestep spacing).
+built from the loaded model's own scheduler config (its betas and timestep spacing), and
+the A1111 schedule type a built one follows (`a1111_schedule`, for the infotext).
 
 The stochastic DPM++ SDE samplers draw Brownian-motion noise for each image from that
 image's seed (`SeededBrownianNoise`), so that an image is the same alone or in a batch,
@@ -182,6 +183,36 @@ def stock_scheduler(name: str, base_config: Any) -> SchedulerMixin:
     if curve is not None and key not in samplers.TIMESTEP_SAMPLERS:
         options[f"use_{curve}_sigmas"] = True
     return cls.from_config(config, **options)
+
+
+# The A1111 schedule types that reproduce a built scheduler's spacing or curve.
+_SPACING_LABELS = {"linspace": "Uniform", "trailing": "SGM Uniform"}
+_CURVE_LABELS = {"karras": "Karras", "exponential": "Exponential", "beta": "Beta"}
+
+
+def a1111_schedule(scheduler: SchedulerMixin) -> str | None:
+    """The label of the A1111 schedule type that steps through what `scheduler` (as
+    `make_scheduler` built it) steps through: its curve (Karras, Exponential, Beta), else
+    its spacing (linspace: Uniform, trailing: SGM Uniform, leading from timestep 1: DDIM).
+
+    None where no schedule type says more: DDIM and PLMS (A1111 runs them on timesteps of
+    their own whatever the schedule type), LCM on its own timesteps, and a spacing A1111
+    has no type for (leading from another timestep than 1)."""
+    if isinstance(scheduler, DDIMScheduler | PNDMScheduler):
+        return None
+    config = scheduler.config
+    if isinstance(scheduler, SpacedLCMScheduler):
+        curve, spacing = None, scheduler.spacing  # (None: LCM's own timesteps)
+    else:
+        curve = getattr(scheduler, "curve", None) or next(
+            (name for name in _CURVE_LABELS if config.get(f"use_{name}_sigmas")), None
+        )
+        spacing = config.get("timestep_spacing")
+    if curve is not None:
+        return _CURVE_LABELS[curve]
+    if spacing == "leading":
+        return "DDIM" if config.get("steps_offset") == 1 else None
+    return _SPACING_LABELS.get(spacing or "")
 
 
 def make_scheduler(name: str, base_config: Any, seeds: list[int]) -> SchedulerMixin:

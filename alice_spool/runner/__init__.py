@@ -293,6 +293,8 @@ class Runner(Monitoring):
             extra: dict[str, Any] = {}
             if pieces[0].spec.init_image is not None:  # img2img or inpainting: its inputs
                 extra["images"] = [by_id[p.job.id].inputs for p in pieces]
+            if self.options.max_pixels is not None:
+                extra["max_pixels"] = self.options.max_pixels
             output = self.generator.generate(
                 [p.spec for p in pieces],
                 on_step=self._on_step,
@@ -320,6 +322,9 @@ class Runner(Monitoring):
             outcome.device, outcome.memory_mode = output.device, output.memory_mode
             outcome.loras = list(getattr(output, "loras", []))
             outcome.vae = getattr(output, "vae", None)
+            outcome.schedule = getattr(output, "schedule", None)
+            outcome.hires_schedule = getattr(output, "hires_schedule", None)
+            outcome.first_size = getattr(output, "first_size", None)
             if made.error is not None:
                 outcome.error = outcome.error or made.error
                 continue

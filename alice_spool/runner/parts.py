@@ -56,6 +56,7 @@ class BatchGenerator(Protocol):
         on_step: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         images: Sequence[Mapping[str, Any]] | None = None,  # img2img and inpainting inputs
+        max_pixels: int | None = None,  # a hires job's largest target (when set)
     ) -> Any: ...
 
     def unload(self) -> None: ...
@@ -82,6 +83,9 @@ class RunnerOptions:
     exit_when_idle: bool = False  # drain the queue, then stop (cron, benchmarks)
     parent_pid: int | None = None  # serve's pid: stop when it is gone (serve was killed)
     data_dir: Path | None = None  # where img2img and inpainting jobs' inputs are stored
+    # generation.max_pixels, for hires jobs at the model's native size (the doors check
+    # the sizes they know); None: the engine's own limit
+    max_pixels: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> RunnerOptions:
@@ -94,6 +98,7 @@ class RunnerOptions:
             "switch_model_after_s": runner.switch_model_after_s,
             "hang_grace_s": max(60.0, runner.lease_s),
             "data_dir": Path(settings.paths.data_dir),
+            "max_pixels": settings.generation.max_pixels,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -143,6 +148,9 @@ class Outcome:
     memory_mode: str | None = None
     loras: list[dict[str, Any]] = field(default_factory=list)  # name, scale, hashes
     vae: dict[str, Any] | None = None  # the VAE in place of the model's: name, file, hash
+    schedule: str | None = None  # A1111's schedule type of the (first) pass, if any
+    hires_schedule: str | None = None  # and of a hires job's second pass
+    first_size: tuple[int, int] | None = None  # a hires job's first pass's (width, height)
     inputs: dict[str, Any] = field(default_factory=dict)  # role -> PIL image (img2img)
 
 

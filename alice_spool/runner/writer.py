@@ -138,6 +138,7 @@ class Finishing(RunnerState):
             "loras": outcome.loras,
             # only when the job named one: a plain job's result is as it was
             **({"vae": outcome.vae} if outcome.vae else {}),
+            **_ran_on(outcome),
             "device": getattr(outcome, "device", None),
             "memory_mode": getattr(outcome, "memory_mode", None),
             "timings": {
@@ -195,6 +196,9 @@ class Finishing(RunnerState):
                         outcome.images[i].height,
                         loras=outcome.loras,
                         vae=outcome.vae,
+                        schedule=outcome.schedule,
+                        hires_schedule=outcome.hires_schedule,
+                        first_size=outcome.first_size,
                     )
                     for i in order
                 ],
@@ -215,3 +219,19 @@ class Finishing(RunnerState):
         if done is None and self.store.get(job.id).status is JobStatus.CANCELLED:
             # cancelled while its files were being written: ours go (a later claim's stay)
             self.outbox.remove(job.id, claim=job.claims)
+
+
+def _ran_on(outcome: Outcome) -> dict[str, Any]:
+    """What the engine reports of how it ran, for other readers than the infotext's (the
+    A1111 door): the A1111 schedule types of the passes (`schedule`, `hires_schedule`),
+    where there are any, and a hires job's first pass's size (`first_pass`: its images
+    are the target's). Nothing for a plain job that ran on none."""
+    ran: dict[str, Any] = {}
+    if outcome.schedule:
+        ran["schedule"] = outcome.schedule
+    if outcome.hires_schedule:
+        ran["hires_schedule"] = outcome.hires_schedule
+    if outcome.first_size is not None and outcome.spec.hires is not None:
+        width, height = outcome.first_size
+        ran["first_pass"] = {"width": width, "height": height}
+    return ran

@@ -1,7 +1,9 @@
 """Hires fix and clip skip in the real diffusers pipeline on the tiny model, on the CPU:
 the target size, a second pass that is more than an upscale, seeds that reproduce alone
 and in company, every upscaler, progress over both passes, a stop in the second, clip
-skip as diffusers computes it, and the infotext A1111 writes."""
+skip as diffusers computes it, the infotext A1111 writes, the first pass's size and the
+schedule types a batch reports, generation.max_pixels at the native size, and SDXL's
+upscaled latents decoded in float32 from a float16 model."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from alice_spool.engine.device import choose
+from alice_spool.engine.device import Placement, choose
 from alice_spool.engine.generate import Loaded, generate, load
+from alice_spool.engine.hires import decode
 from alice_spool.engine.schedulers import make_scheduler
 from alice_spool.engine.tiny import create_tiny
 from alice_spool.errors import Interrupted, InvalidParameters
@@ -194,3 +197,84 @@ def test_clip_skip_runs_in_both_passes_and_the_infotext_says_so(tiny: Loaded) ->
         "Denoising strength: 0.7, Hires resize: 96x0, Hires upscaler: Nearest"
     )
     assert "Clip skip" not in infotext(spec(hires=None, clip_skip=1), 7, 64, 64)
+
+
+def test_a_hires_batch_reports_its_first_pass_and_the_schedule_types_it_ran_on(
+    tiny: Loaded,
+) -> None:
+    job = spec(hires={"scale": 1.5, "steps": 2, "scheduler": "euler_karras"})  # no size
+    output = generate(tiny, [job])
+    assert (output.width, output.height, output.first_size) == (96, 96, (64, 64))
+    # The tiny model's scheduler config is SD 1.5's as saved: leading from timestep 1.
+    assert (output.schedule, output.hires_schedule) == ("DDIM", "Karras")
+    text = infotext(
+        job,
+        7,
+        96,
+        96,
+        schedule=output.schedule,
+        hires_schedule=output.hires_schedule,
+        first_size=output.first_size,
+    ).splitlines()[-1]
+    assert "Sampler: Euler, Schedule type: DDIM, " in text and "Size: 64x64, " in text
+    assert "Hires schedule type: Karras, " in text
+    alone = generate(tiny, [spec(steps=1, hires={"strength": 0, "upscaler": "Lanczos"})])
+    assert alone.hires_schedule == "DDIM"  # no second pass ran: the one it would have
+    plain = generate(tiny, [spec(steps=1, hires=None)])
+    assert (plain.schedule, plain.hires_schedule, plain.first_size) == ("DDIM", None, None)
+
+
+def test_max_pixels_refuses_a_target_from_the_native_size(tiny: Loaded) -> None:
+    with pytest.raises(InvalidParameters) as info:
+        generate(tiny, [spec()], max_pixels=96 * 96 - 1)  # 64x64 (native), 1.5x: 96x96
+    assert info.value.field == "hires" and "9216 pixels" in info.value.message
+    assert generate(tiny, [spec(steps=1)], max_pixels=96 * 96).jobs[0].error is None
+
+
+@pytest.fixture(scope="module")
+def sdxl_half(tmp_path_factory: pytest.TempPathFactory) -> Loaded:
+    """The tiny SDXL model in float16 on the CPU, its VAE's first decoder layer scaled
+    up so that its activations overflow float16 (as SDXL's VAE does) but not float32."""
+    path = create_tiny(tmp_path_factory.mktemp("models"), "tiny-xl", family="sdxl")
+    loaded = load(path, "sd/tiny-xl", Placement(torch.device("cpu"), torch.float16), family="sdxl")
+    vae = loaded.pipeline.vae
+    assert vae.config.force_upcast  # diffusers' default, and SDXL's
+    with torch.no_grad():
+        vae.decoder.conv_in.weight.mul_(3e5)
+    return loaded
+
+
+def test_strength_0_decodes_sdxl_latents_in_float32_as_its_pipeline_does(
+    sdxl_half: Loaded,
+) -> None:
+    pipeline, vae = sdxl_half.pipeline, sdxl_half.pipeline.vae
+    latents = 0.1 * torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1)).half()
+    with torch.no_grad():
+        assert not torch.isfinite(vae.decode(latents / vae.config.scaling_factor)[0]).all()
+        assert torch.isfinite(decode(pipeline, latents)).all()
+    assert vae.dtype == torch.float16  # put back
+    # The whole path: a latent upscale alone, decoded; the model stays in float16.
+    job = spec(steps=1, width=64, height=64, hires={"scale": 1.5, "strength": 0})
+    assert generate(sdxl_half, [job]).jobs[0].error is None
+    assert {pipeline.unet.dtype, vae.dtype, pipeline.text_encoder_2.dtype} == {torch.float16}
+    # An img2img pipeline made from the model (a second pass) leaves it in float16.
+    second = replace(job, hires=replace(job.hires, strength=0.5))
+    assert generate(sdxl_half, [second]).jobs[0].error is None
+    assert {pipeline.unet.dtype, vae.dtype} == {torch.float16}
+
+
+def test_sdxl_latents_are_denormalised_with_the_vaes_mean_and_std(sdxl_half: Loaded) -> None:
+    vae = sdxl_half.pipeline.vae
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2)).half()
+    mean, std = [0.1, -0.2, 0.3, 0.0], [0.5, 1.0, 2.0, 1.5]
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    try:
+        with torch.no_grad():
+            made = decode(sdxl_half.pipeline, latents)
+            vae.float()
+            scale, shift = torch.tensor(std).view(1, 4, 1, 1), torch.tensor(mean).view(1, 4, 1, 1)
+            wanted = vae.decode(latents.float() * scale / vae.config.scaling_factor + shift)[0]
+    finally:
+        vae.register_to_config(latents_mean=None, latents_std=None)
+        vae.half()
+    assert torch.allclose(made, wanted, atol=1e-3)

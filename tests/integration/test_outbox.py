@@ -199,3 +199,29 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("the outbox root is a file")
     with pytest.raises(OutboxWriteFailed, match="cannot write the outputs of job k"):
         blocked.write("k", {"ok": True})
+
+
+def test_a_sampler_alone_names_the_schedule_type_it_ran_on() -> None:
+    """A1111 reads no Schedule type as its own choice for the sampler (DPM++ 2M: Karras):
+    a sampler named alone writes the one the engine reports it ran on."""
+    bare = parse_spec({"prompt": "x", "scheduler": "dpm++_2m"})
+    text = infotext(bare, 1, 64, 64, schedule="Uniform")
+    assert "Sampler: DPM++ 2M, Schedule type: Uniform, CFG scale" in text
+    assert "Sampler: DPM++ 2M, CFG scale" in infotext(bare, 1, 64, 64)  # none reported
+    named = parse_spec({"prompt": "x", "scheduler": "dpm++_2m_karras"})
+    assert "Schedule type: Karras," in infotext(named, 1, 64, 64, schedule="Uniform")
+
+
+def test_a_hires_infotext_has_the_first_pass_size_and_its_second_schedule_type() -> None:
+    job = parse_spec({"prompt": "x", "scheduler": "euler", "hires": {"scale": 1.5}})
+    same = infotext(job, 1, 96, 96, schedule="DDIM", hires_schedule="DDIM", first_size=(64, 64))
+    assert "Schedule type: DDIM," in same and "Size: 64x64," in same
+    assert "Hires schedule type" not in same  # as A1111: only when it differs
+    # Karras first, then the model's own spacing (A1111 would run Karras in both)
+    curved = parse_spec(
+        {"prompt": "x", "scheduler": "euler_karras", "hires": {"scale": 1.5, "scheduler": "euler"}}
+    )
+    text = infotext(curved, 1, 96, 96, schedule="Karras", hires_schedule="DDIM")
+    assert "Schedule type: Karras, " in text and "Hires schedule type: DDIM, " in text
+    assert "Hires sampler" not in text
+    assert "Size: 96x96," in text  # no first pass reported, no size asked: the image's

@@ -25,7 +25,7 @@ from diffusers import (
 from alice_spool import samplers
 from alice_spool.engine.device import choose
 from alice_spool.engine.generate import Loaded, generate, load
-from alice_spool.engine.schedulers import SeededSDEScheduler, make_scheduler
+from alice_spool.engine.schedulers import SeededSDEScheduler, a1111_schedule, make_scheduler
 from alice_spool.engine.tiny import SD15_SCHEDULER, create_tiny
 from alice_spool.spec import JobSpec, parse_spec
 
@@ -182,3 +182,63 @@ def test_stochastic_samplers_reproduce_alone_or_in_a_batch(tiny: Loaded, name: s
     assert np.abs(pixels(batch.jobs[1].images[0]) - pixels(alone)).max() <= 2
     first, second = (pixels(i) for i in batch.jobs[0].images)
     assert not np.array_equal(first, second)
+
+
+# The model's own scheduler configs: SD 1.5's as loaded (no spacing of its own: each
+# sampler's default, linspace for Euler), SDXL's (leading from timestep 1), and trailing.
+SD15_AS_LOADED = PNDMScheduler.from_config(SD15_SCHEDULER).config
+SDXL_LIKE = {**SD15_SCHEDULER, "timestep_spacing": "leading", "steps_offset": 1}
+TRAILING = {**SD15_SCHEDULER, "timestep_spacing": "trailing"}
+
+
+def test_a_built_scheduler_names_the_a1111_schedule_type_it_follows() -> None:
+    def label(name: str, config: Any) -> str | None:
+        return a1111_schedule(make_scheduler(name, config, [1]))
+
+    assert [label("euler", c) for c in (SD15_AS_LOADED, SDXL_LIKE, TRAILING)] == [
+        "Uniform",
+        "DDIM",
+        "SGM Uniform",
+    ]
+    assert label("dpm++_2m", SD15_AS_LOADED) == "Uniform"  # (A1111's Automatic: Karras)
+    assert label("euler", {**SDXL_LIKE, "steps_offset": 0}) is None  # no A1111 type is that
+    for name in ("ddim", "pndm", "lcm", "ddim_karras"):  # on timesteps of their own
+        assert label(name, SDXL_LIKE) is None
+    named = {
+        "euler_karras": "Karras",
+        "euler_a_exponential": "Exponential",
+        "dpm++_2m_beta": "Beta",
+        "dpm++_sde_karras": "Karras",
+        "lcm_sgm_uniform": "SGM Uniform",
+        "heun_ddim": "DDIM",
+    }
+    assert {name: label(name, SD15_AS_LOADED) for name in named} == named
+
+
+def walk(scheduler: Any, steps: int = 6) -> list[list[float]]:
+    scheduler.set_timesteps(steps)
+    sigmas = getattr(scheduler, "sigmas", None)
+    return [
+        [round(float(t), 3) for t in scheduler.timesteps],
+        [round(float(s), 4) for s in sigmas] if sigmas is not None else [],
+    ]
+
+
+@pytest.mark.parametrize("key", [sampler.key for sampler in samplers.SAMPLERS])
+def test_the_schedule_type_of_a_bare_sampler_gives_its_steps_back_when_pasted(key: str) -> None:
+    """The infotext of a sampler named alone, read back as A1111's sampler and schedule
+    type (`from_a1111`), names a scheduler that steps through the same timesteps and
+    sigmas on the same model."""
+    for config in (SD15_AS_LOADED, SDXL_LIKE):  # (KDPM2 takes 0.6 s to build: two)
+        ran = make_scheduler(key, config, [1])
+        pasted = samplers.from_a1111(samplers.to_a1111(key)[0], a1111_schedule(ran))
+        assert walk(make_scheduler(pasted, config, [1])) == walk(ran), (config, pasted)
+
+
+def test_generate_reports_the_schedule_type_each_batch_ran_on(tiny: Loaded) -> None:
+    # The tiny model's scheduler config is SD 1.5's as saved: leading from timestep 1.
+    reported = {
+        name: generate(tiny, [spec(scheduler=name, steps=1)]).schedule
+        for name in ("euler", "dpm++_2m_karras", "ddim")
+    }
+    assert reported == {"euler": "DDIM", "dpm++_2m_karras": "Karras", "ddim": None}
