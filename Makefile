@@ -33,6 +33,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/runner.py
 	$(BIN)/python bench/downloads.py
+	$(BIN)/python bench/a1111.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis test-artifacts
