@@ -45,6 +45,7 @@ from . import (
     gtx1060,
     native,
     openai,
+    openai_images,
     restplan,
     search,
     status,
@@ -160,8 +161,8 @@ def routes() -> list[Any]:
         Route("/images/{secret}/{name}", image, methods=["GET"]),
         Route("/images/{name}", image, methods=["GET"]),  # jobs from before image secrets
         Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
-        Route("/v1/images/generations", openai.image_generations, methods=["POST"]),
-        Route("/v1/images/edits", openai.image_edits, methods=["POST"]),
+        Route("/v1/images/generations", openai_images.image_generations, methods=["POST"]),
+        Route("/v1/images/edits", openai_images.image_edits, methods=["POST"]),
         Route("/v1/models", openai.list_models, methods=["GET"]),
         Route("/v1/models/refresh", openai.refresh_models, methods=["POST"]),
         Route("/v1/loras", openai.list_loras, methods=["GET"]),
