@@ -329,9 +329,18 @@ class ModelsSettings:
     # (API key, else address) may have going at once (more: 429).
     fetch_timeout_s: float = 60.0
     max_fetches_per_client: int = 4
+    # Other names for installed models, as OpenAI's clients send them:
+    # [models.aliases] "dall-e-3" = "sd/flux-schnell" (aliases.py).
+    aliases: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check(self.fetch_timeout_s > 0, "models.fetch_timeout_s", "must be positive")
+        for alias, target in self.aliases.items():
+            _check(bool(alias.strip()), "models.aliases", "an alias must not be empty")
+            try:
+                spec.normalise_model_id(target, f"models.aliases.{alias}")
+            except InvalidParameters as exc:
+                raise ConfigError(exc.message, key=f"models.aliases.{alias}") from None
         _check(self.max_fetches_per_client >= 1, "models.max_fetches_per_client", "must be >= 1")
         for key in ("hf_endpoint", "civitai_url"):
             value = getattr(self, key)

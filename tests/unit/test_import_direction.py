@@ -91,6 +91,7 @@ def test_the_bottom_layers_stay_at_the_bottom() -> None:
         "faults": set(),
         "stopping": set(),
         "samplers": {"errors"},
+        "aliases": set(),  # other servers' model names (pure)
         "fields": {"errors", "samplers"},  # the request's fields, one at a time
         "spec": {"errors", "fields", "samplers", "hires"},  # hires: its field's parser (pure)
         "hires": {"errors", "fields"},
