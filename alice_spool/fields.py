@@ -196,6 +196,8 @@ def parse_loras(
         raise InvalidParameters(
             "lora_scales must be a list of numbers, one per lora_paths entry", field="lora_scales"
         )
+    for value in scales or ():  # every scale checked, one without a path too
+        _lora_scale("lora_scales", value)
     if paths is not None:
         # As ALICE takes them: scales padded with 1; one without a path applies to nothing.
         if not isinstance(paths, list):

@@ -113,8 +113,13 @@ class HiresFix:
 
 _FIELDS = tuple(f.name for f in fields(HiresFix))
 _FIELD_SET = frozenset(_FIELDS)
-_SCALE = re.compile(r"(\d+(?:\.\d+)?)\s*[xX\u00d7]")
-_SIZE = re.compile(r"(\d{1,5})\s*[xX\u00d7]\s*(\d{1,5})")
+# The shorthands, exactly (the request schema of /openapi.json says the same): a scale
+# of 1 to 4, or a target side of 64 to 2048 (0: from the other side), not both 0.
+_SIDE = r"(?:0|6[4-9]|[7-9][0-9]|[1-9][0-9]{2}|1[0-9]{3}|20[0-3][0-9]|204[0-8])"
+_BY = "[xX\u00d7]"
+SHORTHAND = rf"(?!0{_BY}0$)(?:(?:[1-3](?:\.[0-9]+)?|4(?:\.0+)?){_BY}|{_SIDE}{_BY}{_SIDE})"
+_SCALE = re.compile(rf"([0-9.]+){_BY}")
+_SIZE = re.compile(rf"([0-9]+){_BY}([0-9]+)")
 
 
 def parse_hires(value: Any, *, max_steps: int = STEPS_MAX, name: str = "hires") -> HiresFix | None:
@@ -165,6 +170,14 @@ def parse_hires(value: Any, *, max_steps: int = STEPS_MAX, name: str = "hires") 
     if given("strength") is not None:
         # 0: no second pass, the upscale alone (as A1111 runs a hires fix at 0)
         strength = parse_number(f"{name}.strength", given("strength"), 0.0, 1.0)
+        lowest = min_strength(max_steps)
+        if 0 < strength < lowest:
+            raise InvalidParameters(
+                f"{name}.strength must be 0 (the upscale alone) or from {lowest:g} to 1, got "
+                f"{strength:g}: less would need more than {SCHEDULER_STEPS_MAX} scheduler "
+                f"steps for {max_steps} second-pass steps",
+                field=f"{name}.strength",
+            )
     scheduler = None
     if given("scheduler") is not None:
         scheduler = normalise_scheduler(given("scheduler"), f"{name}.scheduler")
@@ -181,7 +194,12 @@ def parse_hires(value: Any, *, max_steps: int = STEPS_MAX, name: str = "hires") 
 
 
 def _shorthand(text: str, name: str) -> HiresFix:
-    text = text.strip()
+    if not re.fullmatch(SHORTHAND, text):
+        raise InvalidParameters(
+            f"{name} must look like 2x, 1.5x (a scale of 1 to 4) or 1024x768 (sides of "
+            f"{SIZE_MIN} to {SIZE_MAX}; 0: from the other side), got {text[:40]!r}",
+            field=name,
+        )
     if match := _SIZE.fullmatch(text):
         return HiresFix(
             scale=None,
@@ -193,6 +211,13 @@ def _shorthand(text: str, name: str) -> HiresFix:
     raise InvalidParameters(
         f"{name} must look like 2x, 1.5x or 1024x768, got {text[:40]!r}", field=name
     )
+
+
+def min_strength(max_steps: int) -> float:
+    """The least second-pass strength above 0: at `max_steps` second-pass steps (the
+    most a request may ask), img2img runs `steps / strength` scheduler steps, and the
+    schedulers have `SCHEDULER_STEPS_MAX` (rounded up to a thousandth)."""
+    return math.ceil((max_steps + 1) / SCHEDULER_STEPS_MAX * 1000) / 1000
 
 
 def _scale(name: str, value: Any) -> float:

@@ -388,7 +388,10 @@ def _hires_field(
         return None
     if init_image is not None:
         raise InvalidParameters("hires is for txt2img, not with an init_image", field="hires")
-    check_hires(hires, width, height, steps, max_pixels=defaults.max_pixels)
+    # (Its target size is checked when the job runs, against the first pass's size then
+    # known: a limit on two fields together is more than a request schema can say, and
+    # what /openapi.json says is taken is taken.)
+    check_hires(hires, None, None, steps, max_pixels=defaults.max_pixels)
     return hires
 
 

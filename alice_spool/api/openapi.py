@@ -222,23 +222,40 @@ def spec_schema(generation: Any) -> dict[str, Any]:
 def _hires_schema(generation: Any) -> dict[str, Any]:
     """`hires` (hires.py): its settings, or a shorthand."""
     side = {
-        "type": ["integer", "null"],
-        "minimum": 0,
-        "maximum": spec.SIZE_MAX,
+        "anyOf": [
+            {"type": "integer", "minimum": spec.SIZE_MIN, "maximum": spec.SIZE_MAX},
+            {"enum": [0, None]},
+        ],
         "description": f"{spec.SIZE_MIN}..{spec.SIZE_MAX}, rounded down to a multiple of 8; "
         "0 or null: from the other side and the first pass's aspect",
     }
+    text = {
+        "type": ["string", "null"],
+        "maxLength": spec.PROMPT_MAX_CHARS,
+        "pattern": "^[^\\x00]*$",
+    }
+    scaled = {"type": "number"}
     settings = {
         "type": "object",
         "additionalProperties": False,
+        # a scale, or a width and/or height: never both
+        "not": {
+            "anyOf": [
+                {
+                    "required": ["scale", side_name],
+                    "properties": {"scale": scaled, side_name: {"type": "integer", "minimum": 1}},
+                }
+                for side_name in ("width", "height")
+            ]
+        },
         "properties": {
             "scale": {
                 "type": ["number", "null"],
-                "exclusiveMinimum": 1,
+                "minimum": 1,
                 "maximum": hires.SCALE_MAX,
                 "default": hires.DEFAULT_SCALE,
                 "description": "the target: the first pass's size times this (not with "
-                "width or height)",
+                "width or height; 1: a second pass at the same size)",
             },
             "width": side,
             "height": side,
@@ -256,30 +273,31 @@ def _hires_schema(generation: Any) -> dict[str, Any]:
                 "description": "the second pass's steps; 0: as many as the first pass",
             },
             "strength": {
-                "type": "number",
-                "exclusiveMinimum": 0,
-                "maximum": 1,
+                "anyOf": [
+                    {"type": "number", "minimum": 0, "maximum": 0},
+                    {
+                        "type": "number",
+                        "minimum": hires.min_strength(generation.max_steps),
+                        "maximum": 1,
+                    },
+                ],
                 "default": hires.DEFAULT_STRENGTH,
-                "description": "the second pass's denoising strength",
+                "description": "the second pass's denoising strength; 0: the upscale alone",
             },
             "scheduler": {
                 "type": ["string", "null"],
                 "enum": [*spec.SCHEDULERS, None],
                 "description": "the second pass's; null: the first pass's",
             },
-            "prompt": {"type": ["string", "null"], "description": "null: the job's"},
-            "negative_prompt": {"type": ["string", "null"], "description": "null: the job's"},
+            "prompt": {**text, "description": "null or empty: the job's"},
+            "negative_prompt": {**text, "description": "null or empty: the job's"},
         },
     }
     return {
         "anyOf": [
             settings,
-            {
-                "type": "string",
-                "pattern": r"^\s*(\d+(\.\d+)?\s*[xX\u00d7]|\d{1,5}\s*[xX\u00d7]\s*\d{1,5})\s*$",
-                "example": "2x",
-            },
-            {"type": "number", "exclusiveMinimum": 1, "maximum": hires.SCALE_MAX},
+            {"type": "string", "pattern": f"^{hires.SHORTHAND}$", "example": "2x"},
+            {"type": "number", "minimum": 1, "maximum": hires.SCALE_MAX},
             {"type": "boolean"},
             {"type": "null"},
         ],

@@ -104,6 +104,7 @@ def test_the_wheel_holds_the_whole_package_and_nothing_else(wheel: Path) -> None
         for p in tracked("migrations/**/*.py") | tracked("migrations/*.mako")
     }
     expected |= {f"alice_spool/web/{p.name}" for p in tracked("web/*.*") if p.suffix != ".md"}
+    expected |= {f"alice_spool/{p.relative_to(package)}" for p in tracked("alice_spool/**/*.json")}
     missing = expected - names
     assert not missing, f"not in the wheel: {sorted(missing)}"
     assert {"alice_spool/cli/serve.py", "alice_spool/engine/generate.py"} <= names

@@ -13,6 +13,7 @@ from alice_spool.errors import InvalidParameters
 from alice_spool.hires import (
     UPSCALERS,
     HiresFix,
+    check_hires,
     cover_size,
     img2img_steps,
     parse_hires,
@@ -69,7 +70,7 @@ def test_an_object_takes_every_setting_and_defaults_the_rest() -> None:
     [
         ("2x", HiresFix(scale=2.0)),
         ("1.5x", HiresFix(scale=1.5)),
-        (" 4X ", HiresFix(scale=4.0)),
+        ("4X", HiresFix(scale=4.0)),
         ("1024x768", HiresFix(scale=None, width=1024, height=768)),
         ("1000\u00d7600", HiresFix(scale=None, width=1000, height=600)),
     ],
@@ -85,14 +86,16 @@ def test_shorthands(text: str, expected: HiresFix) -> None:
         ("2", "hires"),
         ("twice", "hires"),
         ([2], "hires"),
-        ("0.5x", "hires.scale"),
-        ("4.5x", "hires.scale"),
+        ("0.5x", "hires"),
+        ("4.5x", "hires"),
         ({"scale": 0.9}, "hires.scale"),
         ({"scale": "2"}, "hires.scale"),
         ({"scale": 2, "width": 1024}, "hires.scale"),
         ({"width": 32}, "hires.width"),
         ({"height": 4096}, "hires.height"),
-        ("4096x512", "hires.width"),
+        ("4096x512", "hires"),
+        (" 2x", "hires"),
+        ("0x0", "hires"),
         ({"upscaler": "ESRGAN_4x"}, "hires.upscaler"),
         ({"steps": -1}, "hires.steps"),
         ({"steps": 151}, "hires.steps"),
@@ -113,12 +116,20 @@ def test_the_unknown_key_is_named_with_the_known_ones() -> None:
 
 
 def test_the_target_must_fit_the_size_limits_and_the_scheduler() -> None:
-    refused("hires", "4x", width=1024, height=1024)  # 4096 a side
-    refused("hires", {"height": 2048}, width=512, height=128)  # 8192 wide
-    refused("hires", {"width": 64}, width=512, height=64)  # 8 high
+    # The target is checked when the job runs (check_hires, with the first pass's size):
+    # the door takes what the request schema says it takes.
+    for hires, width, height in [("4x", 1024, 1024), ({"height": 2048}, 512, 128),
+                                 ({"width": 64}, 512, 64)]:  # fmt: skip
+        parsed = parse(hires=hires, width=width, height=height).hires
+        assert parsed is not None
+        with pytest.raises(InvalidParameters) as too_big:
+            check_hires(parsed, width, height, 20)
+        assert too_big.value.field == "hires"
     refused("hires.strength", {"steps": 30, "strength": 0.01})  # 3000 scheduler steps
     refused("hires.strength", {"strength": 5e-324})  # no overflow, a refusal
-    assert parse(hires={"steps": 10, "strength": 0.01}).hires is not None  # 1000: fits
+    # (every second pass a request may ask fits: 150 steps at 0.151 need 994)
+    assert parse(hires={"steps": 150, "strength": 0.151}).hires is not None
+    refused("hires.strength", {"steps": 10, "strength": 0.15})  # under the least, however few
     assert parse(hires="4x", width=512, height=512).hires is not None  # 2048 a side: fits
     assert parse(hires="4x").hires is not None  # the native size: checked when it runs
 
