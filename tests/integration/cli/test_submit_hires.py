@@ -33,7 +33,7 @@ def test_submit_with_hires_and_clip_skip(run, store: Store) -> None:
 
 
 def test_hires_options_are_checked(run, store: Store) -> None:
-    fails(run("submit", "a fox", "--hires", "9x"), 3, "hires.scale")
+    fails(run("submit", "a fox", "--hires", "9x"), 3, "a scale of 1 to 4")
     fails(run("submit", "a fox", "--hires-steps", "5"), 2, "need --hires")
     fails(run("submit", "a fox", "--hires", "2x", "--hires-upscaler", "ESRGAN"), 3, "upscaler")
     assert sum(store.counts().values()) == 0
