@@ -119,17 +119,21 @@ def normalise_model_id(value: Any, name: str = "model") -> str:
     return MODEL_PREFIX + bare
 
 
-def normalise_lora_id(value: Any, name: str = "loras") -> str:
-    """`lora/<name>` from `<name>` or `lora/<name>`; a name is one safe path component."""
-    text = parse_string(name, value, max_chars=200 + len(LORA_PREFIX), required=True)
-    bare = text.removeprefix(LORA_PREFIX)
+def _named_file(name: str, text: str, bare: str, prefix: str, what: str) -> str:
+    """`<prefix><bare>`, where `bare` must be one safe path component."""
     if not _MODEL_NAME.fullmatch(bare) or bare != bare.strip():
         raise InvalidParameters(
-            f"{name}: {text!r} is not a valid LoRA name (expected lora/<name>, where the "
+            f"{name}: {text!r} is not a valid {what} name (expected {prefix}<name>, where the "
             "name has no slashes and does not start with a dot)",
             field=name,
         )
-    return LORA_PREFIX + bare
+    return prefix + bare
+
+
+def normalise_lora_id(value: Any, name: str = "loras") -> str:
+    """`lora/<name>` from `<name>` or `lora/<name>`; a name is one safe path component."""
+    text = parse_string(name, value, max_chars=200 + len(LORA_PREFIX), required=True)
+    return _named_file(name, text, text.removeprefix(LORA_PREFIX), LORA_PREFIX, "LoRA")
 
 
 def normalise_vae_id(value: Any, name: str = "vae") -> str | None:
@@ -141,13 +145,7 @@ def normalise_vae_id(value: Any, name: str = "vae") -> str | None:
     if text.lower() in ("automatic", "none"):
         return None
     bare = text.removeprefix(VAE_PREFIX).removesuffix(".safetensors")
-    if not _MODEL_NAME.fullmatch(bare) or bare != bare.strip():
-        raise InvalidParameters(
-            f"{name} {text!r} is not a valid VAE name (expected vae/<name>, where the name "
-            "has no slashes and does not start with a dot)",
-            field=name,
-        )
-    return VAE_PREFIX + bare
+    return _named_file(name, text, bare, VAE_PREFIX, "VAE")
 
 
 def _lora_scale(name: str, value: Any) -> float:

@@ -467,7 +467,7 @@ async def _generate(request: Request, api: Api, client: str | None, *, img2img: 
     texts: list[str] = []
     for image in (done.result or {}).get("images") or []:
         png = await run_in_threadpool(api.image_path(image["file"]).read_bytes)
-        texts.append(_parameters(png))
+        texts.append(await run_in_threadpool(_parameters, png))
         if body.get("send_images", True) is not False:
             images.append(await run_in_threadpool(encoded, png, options))
     known = IMG2IMG if img2img else TXT2IMG
