@@ -1,7 +1,8 @@
 """Other servers' model names for this server's models (pure).
 
 Clients written for OpenAI send OpenAI's image model names, hard-coded or by default:
-`dall-e-2`, `dall-e-3`, `gpt-image-1`, `gpt-image-1-mini` and later `gpt-image-*`.
+`dall-e-2`, `dall-e-3`, `gpt-image-1`, `gpt-image-1-mini`, `gpt-image-1.5`,
+`gpt-image-2`, `chatgpt-image-latest`, and any later `gpt-image-*` or `chatgpt-image-*`.
 `[models.aliases]` maps any name to an installed model (`"dall-e-3" = "sd/flux-schnell"`);
 with no alias configured for it, an OpenAI image model name means the default model.
 `resolve` says which model a name stands for and what kind of name it was, so that the
@@ -15,9 +16,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# OpenAI's image models, by the names its API takes (and any later gpt-image-*).
-OPENAI_IMAGE_MODELS = ("dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini")
-_GPT_IMAGE = re.compile(r"gpt-image-[a-z0-9][a-z0-9.\-]*")
+# OpenAI's image models, by the names its API takes (any later gpt-image-* and
+# chatgpt-image-* too: see openai_kind); these are the ones GET /v1/models lists.
+OPENAI_IMAGE_MODELS = (
+    "dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5",
+    "gpt-image-2", "chatgpt-image-latest",
+)  # fmt: skip
+_GPT_IMAGE = re.compile(r"(chat)?gpt-image-[a-z0-9][a-z0-9.\-]*")
 
 
 def openai_kind(name: str) -> str | None:

@@ -60,7 +60,8 @@ class ModelInfo:
 
 
 def _size(path: Path) -> int:
-    """Bytes on disk; files that vanish or cannot be read (a dangling link) count 0."""
+    """Bytes on disk; files that vanish or cannot be read (a dangling link) count 0, and
+    so do folders that vanish while they are walked (a model being deleted)."""
 
     def size(file: Path) -> int:
         try:
@@ -70,7 +71,9 @@ def _size(path: Path) -> int:
 
     if not path.is_dir():
         return size(path)
-    return sum(size(f) for f in path.rglob("*"))
+    # os.walk passes over a folder it cannot list (gone mid-walk); symlinked folders are
+    # not walked into, symlinked files count as their targets.
+    return sum(size(Path(folder) / name) for folder, _, files in os.walk(path) for name in files)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -147,6 +147,11 @@ class JobSpec:
     clip_skip: int | None = None
     # A VAE of <models>/vae/ (vae/<name>) in place of the model's own; None: its own.
     vae: str | None = None
+    # What a client's own API asked for that the server records as it was sent and does
+    # not act on otherwise (the OpenAI doors: the model name asked for when it was an
+    # alias, `user`, `style`, `quality`, `output_format`, ...): sorted (name, value)
+    # pairs. Set by the doors, never a request field of its own.
+    client_fields: tuple[tuple[str, str | int], ...] = ()
 
     @property
     def mode(self) -> str:
@@ -158,6 +163,7 @@ class JobSpec:
         data = {name: getattr(self, name) for name in _SPEC_FIELDS}
         data["loras"] = [{"name": name, "scale": scale} for name, scale in self.loras]
         data["hires"] = self.hires.to_dict() if self.hires is not None else None
+        data["client_fields"] = dict(self.client_fields)
         return data
 
     @classmethod
@@ -169,6 +175,7 @@ class JobSpec:
         )  # the others added later are None, or absent from older records
         if values.get("hires") is not None:
             values["hires"] = HiresFix.from_dict(values["hires"])
+        values["client_fields"] = tuple(sorted((values.get("client_fields") or {}).items()))
         return cls(**values)
 
     @property
@@ -232,8 +239,12 @@ class JobSpec:
 
 _SPEC_FIELDS = tuple(f.name for f in fields(JobSpec))
 # Not in the first fingerprints.
-_LATER = ("loras", "init_image", "mask_image", "strength", "hires", "clip_skip", "vae")
-SPEC_FIELDS = _SPEC_FIELDS  # the request fields a JobSpec has
+_LATER = (
+    "loras", "init_image", "mask_image", "strength", "hires", "clip_skip", "vae",
+    "client_fields",
+)  # fmt: skip
+# The request fields a JobSpec has (its client_fields are the doors' to set).
+SPEC_FIELDS = tuple(name for name in _SPEC_FIELDS if name != "client_fields")
 _SPEC_FIELD_SET = frozenset(_SPEC_FIELDS)
 
 
@@ -247,7 +258,7 @@ class Request:
 
 # -- the request ------------------------------------------------------------------------
 
-_FIELDS = _SPEC_FIELDS
+_FIELDS = SPEC_FIELDS
 _ALIASES = {"num_images": "n"}
 # "WxH" for width and height, as the OpenAI images API has it; ALICE's LoRA fields.
 _SHORTHANDS = ("size", "lora_paths", "lora_scales")
@@ -268,15 +279,21 @@ def parse_spec(
     defaults: GenerationDefaults = BUILTIN_DEFAULTS,
     *,
     allowed_extra: tuple[str, ...] = (),
+    empty_prompt: bool = False,
 ) -> JobSpec:
     """Validate a request object and return its normalised `JobSpec`.
 
     Unknown fields are errors (typo protection) unless named in `allowed_extra`, which
     the caller then reads itself. Every error is an `InvalidParameters` naming the field.
+    `empty_prompt`: the prompt may be left out or empty (an image variation has none).
     """
     if not isinstance(data, Mapping):
         raise InvalidParameters(f"a request must be a JSON object, got {type_name(data)}")
-    _reject_unknown(data, _FIELDS + tuple(_ALIASES) + _SHORTHANDS + allowed_extra)
+    # A job's spec sent back as it is: its client_fields are the server's record of
+    # another request, not this one's, and are left out.
+    _reject_unknown(
+        data, _FIELDS + tuple(_ALIASES) + _SHORTHANDS + ("client_fields",) + allowed_extra
+    )
     values: dict[str, tuple[str, Any]] = {}  # field -> (name as written, value)
     for key, value in data.items():
         target = _ALIASES.get(key, key)
@@ -292,9 +309,10 @@ def parse_spec(
         entry = values.get(name)
         return None if entry is None or entry[1] is None else entry
 
-    if "prompt" not in values:
+    if "prompt" not in values and not empty_prompt:
         raise InvalidParameters("prompt is required", field="prompt")
-    prompt = parse_string("prompt", values["prompt"][1], max_chars=PROMPT_MAX_CHARS, required=True)
+    asked = values["prompt"][1] if "prompt" in values else ""
+    prompt = parse_string("prompt", asked, max_chars=PROMPT_MAX_CHARS, required=not empty_prompt)
     entry = given("loras")
     prompt, loras = parse_loras(
         entry[1] if entry else None,

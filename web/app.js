@@ -59,6 +59,11 @@ function gib(bytes) {
   return bytes == null ? "" : `${(bytes / 1024 ** 3).toFixed(1)} GiB`;
 }
 
+// The installed models of a /v1/models answer (its aliases, for OpenAI's clients, left out).
+function installed(list) {
+  return list.data.filter((model) => !model.alias);
+}
+
 function megabytes(bytes) {
   if (bytes == null) return "";
   return bytes >= 1024 ** 3 ? gib(bytes) : `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
@@ -831,7 +836,7 @@ async function galleryPage(page) {
   const search = h("input", { type: "search", id: "gallery-search", placeholder: "Words in the prompt", value: params.get("search") || "" });
   const tagInput = h("input", { id: "gallery-tags", list: "gallery-tag-list", placeholder: "tag, tag", value: params.get("tags") || "" });
   const model = h("select", { id: "gallery-model" }, h("option", { value: "" }, "Any model"),
-    ...models.data.map((m) => h("option", { value: m.id, selected: m.id === params.get("model") }, m.id)));
+    ...installed(models).map((m) => h("option", { value: m.id, selected: m.id === params.get("model") }, m.id)));
   const show = h("select", { id: "gallery-show" },
     ...[["", "Mine and shared"], ["mine", "Only mine"], ["shared", "Only shared"]].map(([v, t]) =>
       h("option", { value: v, selected: (params.get("show") || "") === v }, t)));
@@ -974,7 +979,7 @@ async function modelsPage(page) {
   );
   const draw = async () => {
     const list = await page.api("/v1/models?include_broken=true");
-    body.replaceChildren(...list.data.map((model) => {
+    body.replaceChildren(...installed(list).map((model) => {
       const makeDefault = actionButton(page, "Make default", { class: "small make-default" }, async () => {
         await page.api("/v1/models/default", { method: "POST", body: { model: model.id } });
         notify(`${model.id} is now the default`);
@@ -1199,7 +1204,7 @@ async function submitPage(page) {
     h("div", { class: "row" },
       label("Model", h("select", { name: "model", id: "f-model" },
         h("option", { value: "" }, `default${defaultModel ? ` (${defaultModel.id})` : ""}`),
-        models.data.map((m) => h("option", { value: m.id, selected: m.id === earlier.model }, m.id)))),
+        installed(models).map((m) => h("option", { value: m.id, selected: m.id === earlier.model }, m.id)))),
       label("Scheduler", h("select", { name: "scheduler", id: "f-scheduler" },
         schema.scheduler.enum.map((s) => h("option", {
           value: s, selected: s === (earlier.scheduler || schema.scheduler.default) }, s))))),

@@ -29,6 +29,7 @@ from starlette.responses import (
 from starlette.routing import Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from .. import errors
 from ..config import Settings
 from ..registry import ModelRegistry
 from ..store import Store
@@ -43,6 +44,7 @@ from . import (
     downloads,
     gallery,
     gtx1060,
+    image_formats,
     native,
     openai,
     openai_images,
@@ -74,13 +76,32 @@ def web_dir() -> Path | None:
 @route(auth=False)
 async def image(request: Request, api: Api, client: str | None) -> Response:
     """A job's PNG, for anyone holding its URL: the URL carries the job's image secret
-    (128 random bits of its own), so a known job id opens nothing."""
+    (128 random bits of its own), so a known job id opens nothing. The same name with
+    `.jpeg` or `.webp` in place of `.png` is that image in that format (the OpenAI
+    door's `output_format`), at `?compression=` 0-100 (100 when left out)."""
     params = request.path_params
-    path = await run_in_threadpool(api.served_image, params["name"], params.get("secret"))
+    stem, _, suffix = params["name"].rpartition(".")
+    converted = suffix in ("jpeg", "webp")
+    name = f"{stem}.png" if converted else params["name"]
+    path = await run_in_threadpool(api.served_image, name, params.get("secret"))
     # private: a shared cache must not keep serving an image its owner deleted
-    return FileResponse(
-        path, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"}
-    )
+    headers = {"Cache-Control": "private, max-age=86400"}
+    if not converted:
+        return FileResponse(path, media_type="image/png", headers=headers)
+    quality = _compression(request.query_params.get("compression"))
+    png = await run_in_threadpool(path.read_bytes)
+    data = await run_in_threadpool(image_formats.convert, png, suffix, quality)
+    return Response(data, media_type=image_formats.FORMATS[suffix][2], headers=headers)
+
+
+def _compression(text: str | None) -> int:
+    if text is None:
+        return 100
+    if not text.isdigit() or not 0 <= int(text) <= 100:
+        raise errors.InvalidParameters(
+            "compression must be a whole number from 0 to 100", field="compression"
+        )
+    return int(text)
 
 
 @route(auth=False)
@@ -152,6 +173,21 @@ class ImageId(SpoolId):
 register_url_convertor("image_id", ImageId())
 
 
+# The words after /v1/models/ that other routes own.
+_MODEL_WORDS = ("default", "refresh", "search", "thumbnail", "loras", "download", "sd")
+
+
+class ModelName(SpoolId):
+    """A model's or an alias's name after /v1/models/ (OpenAI's models.retrieve): one
+    path segment that is not a word another /v1/models/ route owns."""
+
+    regex = f"(?!(?:{'|'.join(_MODEL_WORDS)})$)[^/]+"
+    schema = {"type": "string", "not": {"enum": list(_MODEL_WORDS)}}
+
+
+register_url_convertor("model_name", ModelName())
+
+
 def routes() -> list[Any]:
     return [
         Route("/health", status.health, methods=["GET"]),
@@ -163,6 +199,7 @@ def routes() -> list[Any]:
         Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
         Route("/v1/images/generations", openai_images.image_generations, methods=["POST"]),
         Route("/v1/images/edits", openai_images.image_edits, methods=["POST"]),
+        Route("/v1/images/variations", openai_images.image_variations, methods=["POST"]),
         Route("/v1/models", openai.list_models, methods=["GET"]),
         Route("/v1/models/refresh", openai.refresh_models, methods=["POST"]),
         Route("/v1/loras", openai.list_loras, methods=["GET"]),
@@ -194,6 +231,8 @@ def routes() -> list[Any]:
         Route("/v1/models/sd/{name}/info", catalog.model_info, methods=["GET"]),
         Route("/v1/models/sd/{name}", catalog.get_model, methods=["GET"]),
         Route("/v1/models/sd/{name}", catalog.delete_model, methods=["DELETE"]),
+        # OpenAI's models.retrieve: an alias (dall-e-3), or a model by its bare name.
+        Route("/v1/models/{name:model_name}", openai.retrieve_model, methods=["GET"]),
         Route("/v1/loras/{lora_id:path}", catalog.delete_lora, methods=["DELETE"]),
         Route("/v1/jobs", native.create_job, methods=["POST"]),
         Route("/v1/jobs", native.list_jobs, methods=["GET"]),

@@ -24,6 +24,7 @@ from ..models import Source
 from ..records import JobRecord
 from ..samplers import SCHEDULES, from_a1111, to_a1111
 from ..spec import JobSpec, parse_spec
+from . import image_formats
 from .a1111_lists import infotext_settings
 from .a1111_options import (
     OwnerOptions,
@@ -401,32 +402,14 @@ def _info(
     }
 
 
-def _parameters(png: bytes) -> str:
-    """The infotext the runner wrote into a PNG (its `parameters` chunk)."""
-    with Image.open(io.BytesIO(png)) as image:
-        return str(image.info.get("parameters", ""))
-
-
 def encoded(png: bytes, options: OwnerOptions) -> str:
     """An image for the answer, base64, in the client's `samples_format`: the PNG as
     written (its infotext in a `parameters` chunk), or JPEG or WebP with the infotext
     in the EXIF UserComment, as A1111 sends them."""
-    kind = options.samples_format
-    if kind == "png":
-        return base64.b64encode(png).decode()
-    with Image.open(io.BytesIO(png)) as image:
-        text = str(image.info.get("parameters", ""))
-        exif = Image.Exif()
-        exif.get_ifd(0x8769)[0x9286] = b"UNICODE\x00" + text.encode("utf-16-be")
-        out = io.BytesIO()
-        if kind == "webp":
-            image.save(
-                out, format="WEBP", quality=options.jpeg_quality,
-                lossless=options.webp_lossless, exif=exif,
-            )  # fmt: skip
-        else:
-            image.convert("RGB").save(out, format="JPEG", quality=options.jpeg_quality, exif=exif)
-    return base64.b64encode(out.getvalue()).decode()
+    data = image_formats.convert(
+        png, options.samples_format, options.jpeg_quality, lossless=options.webp_lossless
+    )
+    return base64.b64encode(data).decode()
 
 
 async def _generate(request: Request, api: Api, client: str | None, *, img2img: bool) -> Response:
@@ -467,7 +450,7 @@ async def _generate(request: Request, api: Api, client: str | None, *, img2img: 
     texts: list[str] = []
     for image in (done.result or {}).get("images") or []:
         png = await run_in_threadpool(api.image_path(image["file"]).read_bytes)
-        texts.append(await run_in_threadpool(_parameters, png))
+        texts.append(await run_in_threadpool(image_formats.infotext, png))
         if body.get("send_images", True) is not False:
             images.append(await run_in_threadpool(encoded, png, options))
     known = IMG2IMG if img2img else TXT2IMG

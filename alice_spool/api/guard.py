@@ -43,7 +43,8 @@ def allowed_hosts(bind_host: str, public_url: str, configured: Iterable[str]) ->
     return frozenset()  # bound to every address (or a LAN one), nothing configured
 
 
-MULTIPART_PATHS = frozenset({"/v1/images/edits"})  # routes whose clients upload files
+# routes whose clients upload files
+MULTIPART_PATHS = frozenset({"/v1/images/edits", "/v1/images/variations"})
 
 
 def _is_json(content_type: str) -> bool:

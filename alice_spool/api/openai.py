@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import errors, inputs
+from .. import aliases, errors, inputs
 from ..models import JobStatus, Source
 from ..records import JobRecord
-from ..spec import SPEC_FIELDS, JobSpec, parse_spec
+from ..registry import ModelInfo
+from ..spec import SPEC_FIELDS, JobSpec, normalise_model_id, parse_spec
 from . import catalog
 from .context import Api, bucket_of, check_priority, owner_of, route
 from .http import WAKE_AT_LEAST_S, require_object, wait_for_job, watching
+
+_T = TypeVar("_T")
 
 # Where a chat request carries the image parameters (SAM sends `metadata`).
 _CONFIG_KEYS = ("sam_config", "samConfig", "metadata")
@@ -79,13 +83,20 @@ def chat_spec(body: dict[str, Any], api: Api) -> tuple[JobSpec, inputs.Staged, b
             raise errors.InvalidParameters(f"{key} must be an object", field=key)
         config.update({k: v for k, v in value.items() if k in SPEC_FIELDS or k in _CONFIG_EXTRAS})
     fields: dict[str, Any] = {**config, "prompt": prompt}
-    if body.get("model") is not None:
+    asked: str | None = None
+    if isinstance(body.get("model"), str):  # an alias, or OpenAI's image model names
+        named = aliases.resolve(body["model"], api.settings.models.aliases)
+        fields["model"], asked = named.model, named.alias
+    elif body.get("model") is not None:
         fields["model"] = body["model"]
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise errors.InvalidParameters("stream must be true or false", field="stream")
     fields, staged = api.take_images(fields)  # ALICE's input_images, and init_image
-    return parse_spec(fields, api.settings.generation), staged, stream
+    spec = parse_spec(fields, api.settings.generation)
+    if asked is not None:  # the job records the name asked for; its model, what ran
+        spec = replace(spec, client_fields=(("model", asked),))
+    return spec, staged, stream
 
 
 def _metadata(job: JobRecord) -> dict[str, Any]:
@@ -189,7 +200,7 @@ async def chat_completions(request: Request, api: Api, client: str | None) -> Re
     timeout = api.settings.server.request_timeout_s
     if stream:
         return EventSourceResponse(
-            _held(api, holder, _chat_stream(api, request, job, spec.prompt, timeout))
+            held(api, holder, _chat_stream(api, request, job, spec.prompt, timeout))
         )
     # The job is committed: if this client goes away now, it still runs and stays
     # fetchable at /v1/jobs/<id>.
@@ -197,7 +208,7 @@ async def chat_completions(request: Request, api: Api, client: str | None) -> Re
     return JSONResponse(_completion(api, request, done, spec.prompt))
 
 
-async def _held(api: Api, holder: str, events: AsyncIterator[str]) -> AsyncIterator[str]:
+async def held(api: Api, holder: str, events: AsyncIterator[_T]) -> AsyncIterator[_T]:
     """`events`, giving the client's stream slot back when they end (or it goes away)."""
     try:
         async for event in events:
@@ -273,8 +284,10 @@ async def list_loras(request: Request, api: Api, client: str | None) -> Response
 
 @route()
 async def list_models(request: Request, api: Api, client: str | None) -> Response:
-    """The installed models, as OpenAI lists models (plus what they are);
-    `?include_broken=true` lists the unusable ones too, with the reason."""
+    """The installed models, as OpenAI lists models (plus what they are), then the
+    aliases (`alias_of`: the model each stands for): the configured ones
+    (`[models.aliases]`) and OpenAI's image model names, which stand for the default
+    model; `?include_broken=true` lists the unusable models too, with the reason."""
     flag = request.query_params.get("include_broken", "false").lower()
     if flag not in ("true", "false", "1", "0"):
         raise errors.InvalidParameters(
@@ -292,25 +305,73 @@ async def list_models(request: Request, api: Api, client: str | None) -> Respons
     for model in sorted(models, key=lambda m: m.id):
         if not model.ok and not include_broken:
             continue
-        entry = {
-            "id": model.id,
-            "object": "model",
-            "created": int(model.path.stat().st_mtime) if model.path.exists() else 0,
-            "owned_by": "alice",
-            "family": model.family,
-            "native_size": model.native_size,
-            "size_bytes": model.size_bytes,
-            "format": model.format,
-            "status": "ok" if model.ok else "broken",
-            "default": model.id == default,
-            "smoke_test": model.smoke_test,
-        }
-        if model.broken:
-            entry["reason"] = model.broken
-        if model.smoke_test:
-            entry["note"] = "smoke-test model with random weights: its images are noise"
-        data.append(entry)
+        data.append(_model_entry(model, default))
+    data += _alias_entries(models, default, api.settings.models.aliases)
     return JSONResponse({"object": "list", "data": data})
+
+
+def _model_entry(model: ModelInfo, default: str | None) -> dict[str, Any]:
+    entry = {
+        "id": model.id,
+        "object": "model",
+        "created": int(model.path.stat().st_mtime) if model.path.exists() else 0,
+        "owned_by": "alice",
+        "family": model.family,
+        "native_size": model.native_size,
+        "size_bytes": model.size_bytes,
+        "format": model.format,
+        "status": "ok" if model.ok else "broken",
+        "default": model.id == default,
+        "smoke_test": model.smoke_test,
+    }
+    if model.broken:
+        entry["reason"] = model.broken
+    if model.smoke_test:
+        entry["note"] = "smoke-test model with random weights: its images are noise"
+    return entry
+
+
+def _alias_entries(
+    models: list[ModelInfo], default: str | None, configured: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """The aliases whose model is installed and usable, as OpenAI lists models."""
+    usable = {model.id: model for model in models if model.ok}
+    names = {**dict.fromkeys(aliases.OPENAI_IMAGE_MODELS), **dict.fromkeys(configured)}
+    entries = []
+    for name in sorted(names):
+        resolved = aliases.resolve(name, configured)
+        target = default if resolved.model is None else normalise_model_id(resolved.model)
+        if target not in usable:
+            continue
+        entry = _model_entry(usable[target], None)
+        entry.update(id=name, alias=True, alias_of=target)
+        del entry["default"]
+        entries.append(entry)
+    return entries
+
+
+@route()
+async def retrieve_model(request: Request, api: Api, client: str | None) -> Response:
+    """One model or alias as OpenAI's `models.retrieve` reads it: an installed model by
+    its name (`tiny` for sd/tiny), or an alias (OpenAI's image model names included)."""
+    name = request.path_params["name"]
+    resolved = aliases.resolve(name, api.settings.models.aliases)
+    settings = api.settings
+
+    def find() -> ModelInfo:
+        if resolved.model is None:
+            return api.registry.default(settings.generation.default_model)
+        try:
+            return api.registry.get(resolved.model)
+        except errors.InvalidParameters:  # not a name a model can have: none has it
+            raise errors.ModelNotFound(f"no model or alias {name!r}", model=name) from None
+
+    model = await run_in_threadpool(find)
+    entry = _model_entry(model, None)
+    del entry["default"]
+    if resolved.alias is not None:
+        entry.update(id=resolved.alias, alias=True, alias_of=model.id)
+    return JSONResponse(entry)
 
 
 @route(manage=True)

@@ -1,76 +1,290 @@
-"""OpenAI's images API: generations, and edits as its SDK sends them (multipart); the
-answers in OpenAI's shapes (URLs or base64)."""
+"""OpenAI's images API as OpenAI's own clients call it: generations, edits and variations
+(multipart, as its SDK sends them), OpenAI's model names (aliases.py), its fields
+(openai_fields.py), and answers in the shape of the API the model name belongs to:
+gpt-image names get base64 images with `usage`, DALL-E names and this server's own model
+ids get URLs (by default) with `revised_prompt`."""
 
 from __future__ import annotations
 
 import base64
 import io
-from collections.abc import AsyncGenerator
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 from PIL import Image as PILImage
+from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import errors, inputs
+from .. import aliases, errors, inputs
 from ..models import Source
 from ..records import JobRecord
+from ..registry import ModelInfo
 from ..spec import JobSpec, load_json, parse_spec
-from .context import Api, route
+from . import image_formats, openai_fields
+from .context import Api, bucket_of, route
 from .http import read_bytes, require_object, wait_for_job
-from .openai import enqueue_job, finished_or_raise
+from .openai import enqueue_job, finished_or_raise, held
+from .openai_fields import OpenAIFields
 
-# OpenAI image-API fields that have no meaning here and are accepted and ignored.
-_IGNORED_IMAGE_FIELDS = (
-    "quality", "style", "user", "background", "moderation", "output_format",
-    "output_compression", "partial_images", "stream", "response_format", "input_fidelity",
-)  # fmt: skip
+# gpt-image answers count tokens; nothing is counted here.
+_NO_USAGE = {
+    "input_tokens": 0,
+    "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+    "output_tokens": 0,
+    "output_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+    "total_tokens": 0,
+}
+
+
+@dataclass(frozen=True)
+class Asked:
+    """The model a request's `model` stands for, and what it asked beyond the spec."""
+
+    name: aliases.Resolved
+    model: ModelInfo
+    fields: OpenAIFields
+
+    @property
+    def gpt_image(self) -> bool:
+        return self.name.kind == "gpt-image"
+
+    @property
+    def response_format(self) -> str:
+        """`b64_json` for gpt-image names (their API has nothing else), else `url`,
+        unless the request says."""
+        return self.fields.response_format or ("b64_json" if self.gpt_image else "url")
+
+    def recorded(self) -> tuple[tuple[str, str | int], ...]:
+        """What the job records of the request as sent (its `client_fields`)."""
+        named = (("model", self.name.alias),) if self.name.alias else ()
+        return tuple(sorted((*named, *self.fields.recorded)))
+
+
+def model_for(api: Api, name: Any) -> tuple[aliases.Resolved, ModelInfo]:
+    """The installed model a request's `model` names: an alias's, the default one for
+    OpenAI's image model names (and none given), else the named one; a name that is
+    none of these is `model_not_found` listing the installed models and the aliases.
+    (Reads the models directory: call it from a worker thread.)"""
+    if name is not None and not isinstance(name, str):
+        raise errors.InvalidParameters("model must be a model name or id", field="model")
+    settings = api.settings
+    resolved = aliases.resolve(name, settings.models.aliases)
+    try:
+        if resolved.model is None:
+            return resolved, api.registry.default(settings.generation.default_model)
+        return resolved, api.registry.get(resolved.model)
+    except errors.ModelNotFound as exc:
+        names = ", ".join(sorted({*settings.models.aliases, *aliases.OPENAI_IMAGE_MODELS}))
+        raise errors.ModelNotFound(f"{exc.message}; aliases: {names}", **exc.details) from None
+
+
+async def _asked(api: Api, fields: dict[str, Any], openai: OpenAIFields) -> Asked:
+    """The request's model resolved (its id put in `fields`), its quality as steps where
+    it gives no steps, and what the model cannot make refused."""
+    name, model = await run_in_threadpool(model_for, api, fields.get("model"))
+    fields["model"] = model.id
+    if openai.background == "transparent":
+        raise errors.InvalidParameters(
+            f"{model.id} cannot make a transparent background; ask for opaque or auto",
+            field="background",
+        )
+    if openai.quality is not None and fields.get("steps") is None:
+        generation = api.settings.generation
+        fields["steps"] = openai_fields.quality_steps(
+            openai.quality, model.family, generation.default_steps, generation.max_steps
+        )
+    return Asked(name, model, openai)
 
 
 @route()
 async def image_generations(request: Request, api: Api, client: str | None) -> Response:
-    """The OpenAI images API: `prompt`, `model`, `n`, `size`, `response_format`, plus
-    the spec's own fields."""
+    """The OpenAI images API: `prompt`, `model` (an installed model, an alias, or one of
+    OpenAI's image model names), `n`, `size` (WxH or auto), `quality`, `output_format`,
+    `output_compression`, `response_format`, `stream`, OpenAI's other fields (recorded),
+    plus the spool's own request fields."""
     body = require_object(await api.read_body(request))
-    response_format = body.get("response_format") or "url"
-    if response_format not in ("url", "b64_json"):
-        raise errors.InvalidParameters(
-            "response_format must be url or b64_json", field="response_format"
-        )
-    fields = {k: v for k, v in body.items() if k not in _IGNORED_IMAGE_FIELDS}
+    openai, fields = openai_fields.take(body)
     if fields.get("size") == "auto":  # OpenAI's default: here, the model's native size
         del fields["size"]
-    spec = parse_spec(fields, api.settings.generation)  # "WxH" sizes included
-    job = await enqueue_job(request, api, spec, Source.OPENAI, client)
-    return await _images_answer(request, api, job, spec, response_format)
-
-
-async def _images_answer(
-    request: Request, api: Api, job: JobRecord, spec: JobSpec, response_format: str
-) -> Response:
-    """Wait for the job; answer as OpenAI's images API does (URLs or base64)."""
-    timeout = api.settings.server.request_timeout_s
-    done = finished_or_raise(await wait_for_job(api.store, job.id, timeout))
-    data: list[dict[str, Any]] = []
-    if response_format == "url":
-        data = [
-            {"url": url, "revised_prompt": spec.prompt} for url in api.image_urls(request, done)
-        ]
-    else:
-        for image in (done.result or {}).get("images", []):
-            png = await run_in_threadpool(api.image_path(image["file"]).read_bytes)
-            data.append({"b64_json": base64.b64encode(png).decode(), "revised_prompt": spec.prompt})
-    return JSONResponse({"created": int(done.created_at.timestamp()), "data": data})
+    asked = await _asked(api, fields, openai)
+    spec = replace(parse_spec(fields, api.settings.generation), client_fields=asked.recorded())
+    return await _run(request, api, client, spec, asked, "image_generation")
 
 
 @route()
 async def image_edits(request: Request, api: Api, client: str | None) -> Response:
     """OpenAI's image edits (multipart, as its SDK sends them): `image`, `mask`
-    (optional), `prompt`, `n`, `size`, `response_format`, `model`, plus any request
-    field. With a mask, inpainting where the mask is fully transparent; without one,
-    where `image` is, if it has transparent pixels; else img2img."""
+    (optional), `prompt`, `n`, `size`, `response_format`, `model`, OpenAI's other
+    fields, plus any request field. With a mask, inpainting where the mask is fully
+    transparent; without one, where `image` is, if it has transparent pixels; else
+    img2img."""
+    form = await _form(request, api)
+    image, mask = _files(form, mask=True)
+    openai, fields = openai_fields.take(form.fields)
+    if fields.get("size") == "auto":  # the input's size
+        del fields["size"]
+    asked = await _asked(api, fields, openai)
+    pixels = api.settings.generation.max_input_pixels
+    init, repaint = await run_in_threadpool(edit_inputs, image, mask, pixels)
+    fields["init_image"] = base64.b64encode(init).decode()
+    if repaint is not None:
+        fields["mask_image"] = base64.b64encode(repaint).decode()
+    fields, staged = await run_in_threadpool(api.take_images, fields)
+    spec = replace(parse_spec(fields, api.settings.generation), client_fields=asked.recorded())
+    return await _run(request, api, client, spec, asked, "image_edit", staged)
+
+
+@route()
+async def image_variations(request: Request, api: Api, client: str | None) -> Response:
+    """OpenAI's image variations (multipart): `image`, `n`, `size`, `response_format`,
+    `model`, `user`, plus any request field: img2img of the image with no prompt, at
+    `strength` 0.6 unless the request gives one."""
+    form = await _form(request, api)
+    image, _ = _files(form, mask=False)
+    if "prompt" in form.fields:
+        raise errors.InvalidParameters(
+            "a variation takes no prompt; /v1/images/edits changes an image by one",
+            field="prompt",
+        )
+    openai, fields = openai_fields.take(form.fields)
+    if fields.get("size") == "auto":
+        del fields["size"]
+    asked = await _asked(api, fields, openai)
+    pixels = api.settings.generation.max_input_pixels
+    await run_in_threadpool(inputs.decode, "image", image, pixels)
+    fields["init_image"] = base64.b64encode(image).decode()
+    if fields.get("strength") is None:
+        fields["strength"] = openai_fields.VARIATION_STRENGTH
+    fields, staged = await run_in_threadpool(api.take_images, fields)
+    spec = parse_spec(fields, api.settings.generation, empty_prompt=True)
+    spec = replace(spec, client_fields=asked.recorded())
+    return await _run(request, api, client, spec, asked, "image_variation", staged)
+
+
+async def _run(
+    request: Request,
+    api: Api,
+    client: str | None,
+    spec: JobSpec,
+    asked: Asked,
+    event: str,
+    staged: inputs.Staged | None = None,
+) -> Response:
+    """Queue the job; answer when it is done, or as server-sent events (`stream`)."""
+    stream = asked.fields.stream
+    holder = bucket_of(api, request)  # the key's id, never its name
+    if stream:  # a slot before the job is queued: a refused stream queues nothing
+        api.streams.take(holder)
+    try:
+        job = await enqueue_job(request, api, spec, Source.OPENAI, client, staged)
+    except BaseException:
+        if stream:
+            api.streams.give_back(holder)
+        raise
+    timeout = api.settings.server.request_timeout_s
+    if stream:
+        events = _events(request, api, job, asked, event, timeout)
+        return EventSourceResponse(held(api, holder, events))
+    # The job is committed: if this client goes away now, it still runs and stays
+    # fetchable at /v1/jobs/<id>.
+    done = finished_or_raise(await wait_for_job(api.store, job.id, timeout))
+    return JSONResponse(await _answer(request, api, done, asked))
+
+
+async def _items(request: Request, api: Api, done: JobRecord, asked: Asked) -> list[dict[str, Any]]:
+    """The answer's images: URLs (in the asked format) or base64 of that format."""
+    fields = asked.fields
+    items: list[dict[str, Any]] = []
+    if asked.response_format == "url":
+        items = [{"url": _as_format(url, fields)} for url in api.image_urls(request, done)]
+    else:
+        for image in (done.result or {}).get("images") or []:
+            if image.get("deleted") or "file" not in image:
+                continue
+            png = await run_in_threadpool(api.image_path(image["file"]).read_bytes)
+            data = await run_in_threadpool(
+                image_formats.convert, png, fields.output_format, fields.output_compression
+            )
+            items.append({"b64_json": base64.b64encode(data).decode()})
+    if not asked.gpt_image and done.spec.prompt:  # DALL-E's; gpt-image has none
+        for item in items:
+            item["revised_prompt"] = done.spec.prompt
+    return items
+
+
+def _as_format(url: str, fields: OpenAIFields) -> str:
+    """An image's URL for the asked format: the PNG's, or the same name with the
+    format's suffix (made from the PNG when fetched) and its compression if not 100."""
+    if fields.suffix == "png":
+        return url
+    converted = url.removesuffix(".png") + "." + fields.suffix
+    if fields.output_compression != 100:
+        converted += f"?compression={fields.output_compression}"
+    return converted
+
+
+async def _answer(request: Request, api: Api, done: JobRecord, asked: Asked) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "created": int(done.created_at.timestamp()),
+        "data": await _items(request, api, done, asked),
+        "model": done.model,  # the model that ran, whatever name was asked for
+        "job_id": done.id,  # its record: GET /v1/jobs/<id>
+    }
+    if asked.gpt_image:
+        answer.update(_gpt_image_details(done, asked))
+    return answer
+
+
+def _gpt_image_details(done: JobRecord, asked: Asked) -> dict[str, Any]:
+    """What gpt-image's answers add: the settings used, and `usage` (nothing counted)."""
+    ran = (done.result or {}).get("spec") or done.spec.to_dict()
+    return {
+        "background": "opaque",
+        "output_format": asked.fields.suffix,
+        "quality": openai_fields.quality_of(int(ran["steps"]), asked.model.family),
+        "size": f"{ran['width']}x{ran['height']}",
+        "usage": _NO_USAGE,
+    }
+
+
+async def _events(
+    request: Request, api: Api, job: JobRecord, asked: Asked, event: str, timeout: float
+) -> AsyncIterator[dict[str, str]]:
+    """gpt-image's stream: one `<event>.completed` per image once the job is done (no
+    partial images), or an `error` event."""
+    try:
+        done = finished_or_raise(await wait_for_job(api.store, job.id, timeout))
+        answer = await _answer(request, api, done, asked)
+    except errors.SpoolError as exc:
+        error = {"type": "error", "error": {"code": exc.code, "message": exc.message}}
+        yield {"event": "error", "data": json.dumps(error)}
+        return
+    details = _gpt_image_details(done, asked)
+    for item in answer["data"]:
+        completed = {
+            "type": f"{event}.completed",
+            "created_at": answer["created"],
+            **{k: v for k, v in details.items() if k != "usage"},
+            **item,
+            "usage": details["usage"],
+        }
+        yield {"event": completed["type"], "data": json.dumps(completed)}
+
+
+@dataclass(frozen=True)
+class _Form:
+    fields: dict[str, Any]
+    files: dict[str, bytes]
+
+
+async def _form(request: Request, api: Api) -> _Form:
+    """A multipart body read within the image body limit: its files, and its text
+    fields as the request fields they stand for."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "multipart/form-data":
         raise errors.UnsupportedMediaType("the body must be multipart/form-data, as OpenAI's")
@@ -78,34 +292,22 @@ async def image_edits(request: Request, api: Api, client: str | None) -> Respons
     body = await read_bytes(request, server.max_image_body_bytes, server.body_timeout_s)
     form = await _multipart(request, body)
     files = {k: v for k, v in form.items() if isinstance(v, bytes)}
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    fields = {k: _form_value(k, v) for k, v in form.items() if isinstance(v, str)}
+    return _Form(fields, files)
+
+
+def _files(form: _Form, *, mask: bool) -> tuple[bytes, bytes | None]:
+    """The form's `image` (or `image[]`) and, where the route takes one, `mask`."""
+    files = dict(form.files)
     image = files.pop("image", None) or files.pop("image[]", None)
     if image is None:
         raise errors.InvalidParameters(
             "image is required (a PNG, JPEG or WebP file)", field="image"
         )
-    mask = files.pop("mask", None)
+    marks = files.pop("mask", None) if mask else None
     if files:
         raise errors.InvalidParameters(f"unknown file {next(iter(files))!r}", field="image")
-    response_format = fields.pop("response_format", None) or "url"
-    if response_format not in ("url", "b64_json"):
-        raise errors.InvalidParameters(
-            "response_format must be url or b64_json", field="response_format"
-        )
-    values: dict[str, Any] = {
-        k: _form_value(k, v) for k, v in fields.items() if k not in _IGNORED_IMAGE_FIELDS
-    }
-    if values.get("size") == "auto":
-        del values["size"]
-    pixels = api.settings.generation.max_input_pixels
-    init, repaint = await run_in_threadpool(edit_inputs, image, mask, pixels)
-    values["init_image"] = base64.b64encode(init).decode()
-    if repaint is not None:
-        values["mask_image"] = base64.b64encode(repaint).decode()
-    values, staged = await run_in_threadpool(api.take_images, values)
-    spec = parse_spec(values, api.settings.generation)
-    job = await enqueue_job(request, api, spec, Source.OPENAI, client, staged)
-    return await _images_answer(request, api, job, spec, response_format)
+    return image, marks
 
 
 async def _multipart(request: Request, body: bytes) -> dict[str, str | bytes]:
@@ -128,7 +330,12 @@ async def _multipart(request: Request, body: bytes) -> dict[str, str | bytes]:
     return parts
 
 
-_FORM_TEXT = ("prompt", "negative_prompt", "model", "size", "scheduler", "user", "quality")
+# Form fields taken as the text they are (the others are read as JSON where they parse).
+_FORM_TEXT = (
+    "prompt", "negative_prompt", "model", "size", "scheduler", "user", "safety_identifier",
+    "quality", "style", "background", "moderation", "output_format", "response_format",
+    "input_fidelity", "complexity",
+)  # fmt: skip
 
 
 def _form_value(name: str, text: str) -> Any:

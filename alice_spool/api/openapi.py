@@ -15,6 +15,8 @@ from ..downloads.huggingface import SORTS as _HF_SORTS
 from ..models import DownloadStatus, JobStatus, Source
 from ..spec import SPEC_FIELDS
 from ..store.keys import KEY_NAME, MAX_RATE_LIMIT
+from . import openai_fields
+from .image_formats import FORMATS
 
 # Python's whitespace (what the server strips), spelled out: regex engines disagree on \s.
 _BLANK = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -185,6 +187,12 @@ def spec_schema(generation: Any) -> dict[str, Any]:
             "description": "a VAE from <models>/vae/ (vae/<name>, or its file name) in place "
             "of the model's own; null, Automatic or None: the model's own",
         },
+        "client_fields": {
+            "type": "object",
+            "readOnly": True,
+            "description": "what a client's own API asked for, as the server recorded it "
+            "(OpenAI's user, style, quality, the alias asked for, ...); ignored when sent",
+        },
         "id": {
             "type": "string",
             "maxLength": spec.IDEMPOTENCY_KEY_MAX_CHARS,
@@ -306,6 +314,62 @@ def _hires_schema(generation: Any) -> dict[str, Any]:
     }
 
 
+def openai_image_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's image-API fields (openai_fields.py), and `model` and `size` as its
+    clients send them, over the request's own `fields` (each may be null: left out)."""
+    choice = {
+        "quality": openai_fields.QUALITIES,
+        "style": openai_fields.STYLES,
+        "moderation": openai_fields.MODERATIONS,
+        "input_fidelity": openai_fields.FIDELITIES,
+        "complexity": openai_fields.COMPLEXITIES,
+        "response_format": openai_fields.RESPONSE_FORMATS,
+        "output_format": tuple(FORMATS),
+        # transparent: refused, as no installed model family makes one
+        "background": ("opaque", "auto"),
+    }
+    identifier = {
+        "type": "string",
+        "maxLength": openai_fields.IDENTIFIER_MAX_CHARS,
+        "pattern": "^[^\\x00]*$",
+        "description": "recorded with the job",
+    }
+    described = {
+        "quality": "steps from the model family's quality table; a request's steps win",
+        "output_format": "the answer's image format (the parameters kept in its metadata)",
+        "background": "transparent is refused: no installed model makes one",
+        "response_format": "b64_json by default for gpt-image names, else url",
+    }
+    return {
+        "model": _optional(
+            {
+                "type": "string",
+                "example": "dall-e-3",
+                "description": "an installed model, an alias ([models.aliases]) or one of "
+                "OpenAI's image model names (the default model unless aliased)",
+            }
+        ),
+        "size": _optional(
+            {"anyOf": [fields["size"], {"const": "auto"}], "description": "WxH, or auto"}
+        ),
+        **{
+            name: {"enum": [*values, None], "description": described.get(name, "")}
+            for name, values in choice.items()
+        },
+        "output_compression": _optional(
+            {"type": "integer", "minimum": 0, "maximum": 100, "default": 100}
+        ),
+        "user": _optional(identifier),
+        "safety_identifier": _optional(identifier),
+        "stream": _optional(
+            {"type": "boolean", "description": "server-sent events: one per finished image"}
+        ),
+        "partial_images": _optional(
+            {"type": "integer", "minimum": 0, "maximum": openai_fields.PARTIAL_IMAGES_MAX}
+        ),
+    }
+
+
 def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
     request = spec_schema(generation)
     return {
@@ -314,7 +378,7 @@ def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
             **request,
             "properties": {
                 **{k: v for k, v in request["properties"].items() if k != "id"},
-                "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+                **openai_image_fields(request["properties"]),
             },
         },
         "/v1/chat/completions": {
@@ -720,6 +784,7 @@ _WAITS = {
     ("POST", "/v1/chat/completions"): "504",
     ("POST", "/v1/images/generations"): "504",
     ("POST", "/v1/images/edits"): "504",
+    ("POST", "/v1/images/variations"): "504",
     ("POST", "/sdapi/v1/txt2img"): "504",
     ("POST", "/sdapi/v1/img2img"): "504",
     ("POST", "/v1/txt2img"): "504",
@@ -733,7 +798,7 @@ _SEARCHES = {
     ("POST", "/v1/models/search/civitai"),
     ("POST", "/v1/models/search/huggingface"),
 }
-_FORMS = ("/v1/images/edits",)  # multipart bodies
+_FORMS = ("/v1/images/edits", "/v1/images/variations")  # multipart bodies
 _ERROR = {"application/json": {"schema": ERROR_SCHEMA}}
 
 
@@ -802,27 +867,37 @@ def _link(paths: dict[str, Any], collection: str, parameter: str) -> None:
         creating["responses"][status]["links"] = links
 
 
-def _edits_form(bodies: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI's image edits form: files, and the request's fields as text."""
+def _image_form(bodies: dict[str, Any], path: str) -> dict[str, Any]:
+    """OpenAI's image edits and variations forms: files, and the request's fields and
+    OpenAI's as text (a variation has no prompt and no mask)."""
     fields = bodies["/v1/jobs"]["properties"]
     skip: tuple[str, ...] = ("prompt", "init_image", "mask_image", "id", "loras")
-    skip += ("lora_paths", "lora_scales")
+    skip += ("lora_paths", "lora_scales", "client_fields")
     skip += ("width", "height")  # OpenAI's form has size
     text = {name: field for name, field in fields.items() if name not in skip}
+    openai = openai_image_fields(fields)
+    properties: dict[str, Any] = {
+        "image": {"type": "string", "format": "binary", "description": "PNG, JPEG or WebP"},
+    }
+    if path.endswith("/edits"):
+        properties["mask"] = {
+            "type": "string",
+            "format": "binary",
+            "description": "same size as image; its fully transparent pixels are edited",
+        }
+        properties["prompt"] = fields["prompt"]
+    else:
+        text["strength"] = {
+            "type": ["number", "null"],
+            "exclusiveMinimum": 0,
+            "maximum": 1,
+            "default": openai_fields.VARIATION_STRENGTH,
+            "description": "how much the variation differs from the image",
+        }
     return {
         "type": "object",
-        "required": ["image", "prompt"],
-        "properties": {
-            "image": {"type": "string", "format": "binary", "description": "PNG, JPEG or WebP"},
-            "mask": {
-                "type": "string",
-                "format": "binary",
-                "description": "same size as image; its fully transparent pixels are edited",
-            },
-            "prompt": fields["prompt"],
-            "response_format": {"enum": ["url", "b64_json"]},
-            **text,
-        },
+        "required": ["image", "prompt"] if "prompt" in properties else ["image"],
+        "properties": {**properties, **text, **openai},
     }
 
 
@@ -888,8 +963,13 @@ def describe(routes: list[Any], api: Any) -> dict[str, Any]:
                     "content": _ERROR,
                 }
             parameters = [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                for name in item.param_convertors
+                {
+                    "name": name,
+                    "in": "path",
+                    "required": True,
+                    "schema": getattr(convertor, "schema", {"type": "string"}),
+                }
+                for name, convertor in item.param_convertors.items()
             ] + _QUERY.get((method, path), [])
             if parameters:
                 operation["parameters"] = parameters
@@ -906,7 +986,7 @@ def describe(routes: list[Any], api: Any) -> dict[str, Any]:
             if method == "POST" and path in _FORMS:
                 operation["requestBody"] = {
                     "required": True,
-                    "content": {"multipart/form-data": {"schema": _edits_form(bodies)}},
+                    "content": {"multipart/form-data": {"schema": _image_form(bodies, path)}},
                 }
             if needs_key:
                 operation["security"] = [{"bearer": []}, {"apiKey": []}]

@@ -498,7 +498,15 @@ def test_models_page_sets_the_default(site: Served, browser: Browser, console: C
     spare.locator("button.make-default").click()
     expect(spare.locator(".badge.default")).to_be_visible()
     listed = httpx.get(f"{site.url}/v1/models", headers=AUTH).json()["data"]
-    assert [m["id"] for m in listed if m["default"]] == ["sd/spare"]
+    assert [m["id"] for m in listed if m.get("default")] == ["sd/spare"]
+    # The list has OpenAI's names as aliases, for its clients; the page shows models only.
+    assert {"dall-e-3": "sd/spare"}.items() <= {m["id"]: m.get("alias_of") for m in listed}.items()
+    expect(page.locator("tr[data-id='dall-e-3']")).to_have_count(0)
+    page.goto(f"{site.url}/web/#/submit")
+    options = page.locator("#f-model option")
+    expect(options.first).to_be_attached()
+    assert "dall-e-3" not in options.all_text_contents()
+    page.goto(f"{site.url}/web/#/models")
     shot(page, "models")
     page.locator("tr[data-id='sd/tiny'] button.make-default").click()  # and back
     expect(page.locator("tr[data-id='sd/tiny'] .badge.default")).to_be_visible()

@@ -15,6 +15,7 @@ from alice_spool.errors import InvalidParameters, SpoolError
 from alice_spool.spec import (
     BUILTIN_DEFAULTS,
     SCHEDULERS,
+    SPEC_FIELDS,
     JobSpec,
     check_priority_cap,
     denoising_steps,
@@ -504,3 +505,19 @@ def test_a_priority_above_the_cap_names_priority() -> None:
     with pytest.raises(InvalidParameters) as info:
         check_priority_cap(1, 0)
     assert info.value.field == "priority" and "users.max_priority" in info.value.message
+
+
+def test_client_fields_are_the_doors_to_set_and_a_sent_back_spec_drops_them() -> None:
+    """A job's spec sent back as it is (the web UI's "Submit again") is taken, its
+    client_fields, the record of what another request's client asked for, left out."""
+    recorded = replace(
+        parse_spec({"prompt": "a fox"}), client_fields=(("model", "dall-e-3"), ("user", "u"))
+    )
+    shown = recorded.to_dict()
+    assert shown["client_fields"] == {"model": "dall-e-3", "user": "u"}
+    assert JobSpec.from_dict(shown) == recorded
+    again = parse_spec({k: v for k, v in shown.items() if v is not None and k != "loras"})
+    assert again.client_fields == () and again.prompt == "a fox"
+    assert "client_fields" not in SPEC_FIELDS
+    assert recorded.fingerprint() != parse_spec({"prompt": "a fox"}).fingerprint()
+    assert parse_spec({"prompt": "a fox"}).to_dict()["client_fields"] == {}

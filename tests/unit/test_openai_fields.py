@@ -1,0 +1,224 @@
+"""OpenAI's image-API fields (api/openai_fields.py), its model names (aliases.py) and the
+answer's image formats (api/image_formats.py): every value OpenAI documents taken or
+refused with the field named, the quality table, and the infotext kept in each format."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+from alice_spool import aliases
+from alice_spool.api import image_formats, openai_fields
+from alice_spool.errors import InvalidParameters
+
+# -- model names ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("dall-e-2", "dall-e"),
+        ("DALL-E-3", "dall-e"),
+        ("gpt-image-1", "gpt-image"),
+        ("gpt-image-1-mini", "gpt-image"),
+        ("gpt-image-2.5-flare-2026-09-08", "gpt-image"),
+        ("chatgpt-image-latest", "gpt-image"),
+        ("dall-e-4", None),
+        ("gpt-4o", None),
+        ("sd/tiny", None),
+        ("gpt-image-", None),
+    ],
+)
+def test_openai_kind_knows_openais_image_model_names(name: str, kind: str | None) -> None:
+    assert aliases.openai_kind(name) == kind
+
+
+def test_a_configured_alias_wins_and_openai_names_mean_the_default_model() -> None:
+    configured = {"dall-e-3": "sd/other", "House": "sd/tiny"}
+    assert aliases.resolve("dall-e-3", configured) == aliases.Resolved(
+        "sd/other", "dall-e-3", "dall-e"
+    )
+    assert aliases.resolve("gpt-image-1", configured) == aliases.Resolved(
+        None, "gpt-image-1", "gpt-image"
+    )
+    assert aliases.resolve("house", configured) == aliases.Resolved("sd/tiny", "house", None)
+    assert aliases.resolve("sd/tiny", configured) == aliases.Resolved("sd/tiny", None, None)
+    assert aliases.resolve("  ", configured) == aliases.Resolved(None, None, None)
+    assert aliases.resolve(None, configured) == aliases.Resolved(None, None, None)
+
+
+# -- the fields -----------------------------------------------------------------------------
+
+
+def test_every_documented_value_is_taken_and_the_recorded_ones_are_kept() -> None:
+    body = {
+        "prompt": "a fox",
+        "steps": 3,
+        "quality": "hd",
+        "style": "vivid",
+        "moderation": "low",
+        "background": "opaque",
+        "output_format": "webp",
+        "output_compression": 40,
+        "user": "user-17",
+        "safety_identifier": "hash-17",
+        "input_fidelity": "high",
+        "complexity": "low",
+        "response_format": "b64_json",
+        "stream": True,
+        "partial_images": 2,
+    }
+    fields, rest = openai_fields.take(body)
+    assert rest == {"prompt": "a fox", "steps": 3}
+    assert (fields.output_format, fields.output_compression, fields.suffix) == ("webp", 40, "webp")
+    assert (fields.quality, fields.background, fields.response_format) == (
+        "hd",
+        "opaque",
+        "b64_json",
+    )
+    assert (fields.stream, fields.partial_images) == (True, 2)
+    assert dict(fields.recorded) == {
+        "quality": "hd",
+        "style": "vivid",
+        "moderation": "low",
+        "background": "opaque",
+        "output_format": "webp",
+        "output_compression": 40,
+        "user": "user-17",
+        "safety_identifier": "hash-17",
+        "input_fidelity": "high",
+        "complexity": "low",
+    }
+    assert list(fields.recorded) == sorted(fields.recorded)
+
+
+def test_nothing_given_is_png_at_full_quality_and_null_is_left_out() -> None:
+    fields, rest = openai_fields.take({"prompt": "x", "quality": None, "user": None})
+    assert fields == openai_fields.OpenAIFields()
+    assert rest == {"prompt": "x"}
+    jpg, _ = openai_fields.take({"output_format": "jpg"})
+    assert jpg.suffix == "jpeg"
+
+
+def test_form_text_is_read_as_the_number_or_flag_it_spells() -> None:
+    fields, _ = openai_fields.take(
+        {"output_compression": "55", "stream": "true", "partial_images": "0"}
+    )
+    assert (fields.output_compression, fields.stream, fields.partial_images) == (55, True, 0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("quality", "ultra", "quality must be one of"),
+        ("quality", 3, "quality must be one of"),
+        ("style", "cartoon", "style must be one of"),
+        ("moderation", "off", "moderation must be one of"),
+        ("background", "green", "background must be one of"),
+        ("input_fidelity", "medium", "input_fidelity must be one of"),
+        ("complexity", "max", "complexity must be one of"),
+        ("response_format", "gif", "response_format must be one of"),
+        ("output_format", "bmp", "output_format must be one of"),
+        ("output_format", "gif", "gif is not made here"),
+        ("output_format", "svg", "svg is not made here"),
+        ("output_compression", 101, "from 0 to 100"),
+        ("output_compression", -1, "from 0 to 100"),
+        ("output_compression", 50.5, "from 0 to 100"),
+        ("output_compression", True, "from 0 to 100"),
+        ("partial_images", 4, "from 0 to 3"),
+        ("stream", "yes", "stream must be true or false"),
+        ("user", "u" * 513, "at most 512"),
+        ("user", 17, "at most 512"),
+        ("safety_identifier", "a\x00b", "at most 512"),
+        ("frame_count", 9, "gif or svg"),
+        ("frame_duration_ms", 200, "gif or svg"),
+        ("svg", {"model": "x"}, "gif or svg"),
+        ("markup", "x", "gif or svg"),
+    ],
+)
+def test_a_value_openai_would_refuse_is_a_400_naming_the_field(
+    field: str, value: Any, says: str
+) -> None:
+    with pytest.raises(InvalidParameters, match=says) as refused:
+        openai_fields.take({"prompt": "x", field: value})
+    assert refused.value.details["field"] == field
+
+
+# -- quality --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("quality", "steps"),
+    [
+        (None, 25),
+        ("auto", 25),
+        ("standard", 25),
+        ("low", 12),
+        ("medium", 20),
+        ("high", 30),
+        ("hd", 40),
+        ("xhigh", 40),
+        ("max", 50),
+    ],
+)
+def test_quality_maps_onto_the_families_steps(quality: str | None, steps: int) -> None:
+    for family in ("sd1", "sd2", "sdxl", None):
+        assert openai_fields.quality_steps(quality, family, 25, 150) == steps
+
+
+def test_quality_never_asks_more_steps_than_the_server_allows() -> None:
+    assert openai_fields.quality_steps("max", "sd1", 25, 30) == 30
+
+
+@pytest.mark.parametrize(
+    ("steps", "quality"),
+    [(1, "low"), (12, "low"), (19, "low"), (20, "medium"), (25, "medium"), (30, "high"),
+     (40, "xhigh"), (50, "max"), (150, "max")],
+)  # fmt: skip
+def test_the_answer_says_the_highest_quality_its_steps_reached(steps: int, quality: str) -> None:
+    assert openai_fields.quality_of(steps, "sd1") == quality
+
+
+# -- formats --------------------------------------------------------------------------------
+
+
+def _png(text: str = "a fox\nSteps: 3, Seed: 5") -> bytes:
+    image = Image.new("RGB", (32, 24), (200, 40, 10))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    out = io.BytesIO()
+    image.save(out, "PNG", pnginfo=info)
+    return out.getvalue()
+
+
+def _comment(data: bytes) -> str:
+    with Image.open(io.BytesIO(data)) as image:
+        raw = image.getexif().get_ifd(0x8769)[0x9286]
+    assert raw.startswith(b"UNICODE\x00")
+    return bytes(raw[8:]).decode("utf-16-be")
+
+
+def test_png_is_the_file_as_written() -> None:
+    png = _png()
+    assert image_formats.convert(png, "png", 10) is png
+    assert image_formats.infotext(png) == "a fox\nSteps: 3, Seed: 5"
+
+
+@pytest.mark.parametrize(("kind", "pillow"), [("jpeg", "JPEG"), ("jpg", "JPEG"), ("webp", "WEBP")])
+def test_jpeg_and_webp_keep_the_infotext_in_exif(kind: str, pillow: str) -> None:
+    made = image_formats.convert(_png(), kind, 90)
+    with Image.open(io.BytesIO(made)) as image:
+        assert (image.format, image.size) == (pillow, (32, 24))
+    assert _comment(made) == "a fox\nSteps: 3, Seed: 5"
+
+
+def test_compression_is_the_encoders_quality() -> None:
+    noisy = Image.effect_noise((128, 128), 80).convert("RGB")
+    out = io.BytesIO()
+    noisy.save(out, "PNG")
+    small = image_formats.convert(out.getvalue(), "jpeg", 5)
+    large = image_formats.convert(out.getvalue(), "jpeg", 100)
+    assert len(small) * 3 < len(large)
