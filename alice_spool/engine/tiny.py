@@ -1,10 +1,11 @@
-"""A tiny random-weight Stable Diffusion 1.x-shaped pipeline, written to the models
-directory, so that everything runs offline and in tests without downloading weights.
+"""Tiny random-weight pipelines of each model family (SD 1.x by default, SDXL, FLUX.1,
+SD 3.x), written to the models directory, so that everything runs offline and in tests
+without downloading weights.
 
-Its images are noise. It has the real architecture's parts (CLIP text encoder and
-tokenizer, UNet with cross-attention, VAE, an SD 1.5 scheduler config) at a size that
-makes a 64x64 image in a fraction of a second on a CPU. The weights come from a fixed
-seed, so two tiny models made anywhere are identical.
+Their images are noise. Each has its real architecture's parts (CLIP and T5 text
+encoders with tokenizers built here, a UNet or a transformer, a VAE, the family's
+scheduler config) at a size that makes a 64x64 image in well under a second on a CPU.
+The weights come from a fixed seed, so two tiny models made anywhere are identical.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,12 @@ from diffusers import (
     AutoencoderKL,
     DiffusionPipeline,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     PNDMScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -30,6 +38,9 @@ from transformers import (
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
 )
 
 from ..errors import InvalidParameters
@@ -39,6 +50,8 @@ from ..spec import normalise_lora_id, normalise_model_id
 from .generate import quiet_libraries
 
 TINY_NAME = "tiny"
+TINY_FAMILIES = ("sd1", "sdxl", "flux", "sd3")
+FLUX_VARIANTS = ("dev", "schnell")  # dev has a distilled-guidance embedder, schnell none
 NATIVE_SIZE = 64
 WEIGHTS_SEED = 20261122
 
@@ -53,6 +66,19 @@ SD15_SCHEDULER = {
     "steps_offset": 1,
     "clip_sample": False,
 }
+
+# The flow-matching scheduler configs FLUX.1 dev and SD 3.x ship with. Both FLUX
+# variants get dev's: a tiny model's variant is its transformer's, nothing else.
+FLUX_SCHEDULER = {
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+}
+SD3_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0}
 
 
 def letter_tokenizer(directory: Path) -> CLIPTokenizer:
@@ -72,22 +98,50 @@ def letter_tokenizer(directory: Path) -> CLIPTokenizer:
     )
 
 
-def _text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
+def letter_t5_tokenizer() -> T5Tokenizer:
+    """A T5 tokenizer (a Unigram model under T5's own pre-tokenizer and `</s>` ending)
+    over single letters: words become a word-start mark and letters. It is built here
+    from a list of pieces, with no sentencepiece file, and saves as `tokenizer.json`."""
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]  # T5's ids 0, 1, 2
+    pieces = [("\u2581", -2.0)] + [(chr(c), -3.0) for c in range(33, 127)]
+    return T5Tokenizer(vocab=specials + pieces, extra_ids=0, model_max_length=512)
+
+
+def _text_config(tokenizer: CLIPTokenizer, width: int = 32) -> CLIPTextConfig:
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        hidden_size=32,
+        hidden_size=width,
         intermediate_size=37,
         num_attention_heads=4,
         num_hidden_layers=2,
         max_position_embeddings=77,
-        projection_dim=32,
+        projection_dim=width,
     )
 
 
-def _vae() -> AutoencoderKL:
+def _t5_encoder(tokenizer: T5Tokenizer) -> T5EncoderModel:
+    """T5 v1.1's shape (gated GELU, untied embeddings), as FLUX and SD 3 use, at d_model 32."""
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    return T5EncoderModel(config)
+
+
+def _vae(latent_channels: int = 4, **latent_space: Any) -> AutoencoderKL:
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -95,9 +149,21 @@ def _vae() -> AutoencoderKL:
         block_out_channels=(8, 16, 16, 16),
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=8,
         sample_size=NATIVE_SIZE,
+        **latent_space,
+    )
+
+
+def _flow_vae(scaling_factor: float, shift_factor: float) -> AutoencoderKL:
+    """The 16-channel VAE of FLUX.1 and SD 3.x: no quant convs, a shifted latent space."""
+    return _vae(
+        16,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
     )
 
 
@@ -157,6 +223,81 @@ def _sdxl(workdir: Path) -> StableDiffusionXLPipeline:
     return assemble(parts, EulerDiscreteScheduler.from_config(SD15_SCHEDULER))
 
 
+def _flux(workdir: Path, guidance_embeds: bool) -> FluxPipeline:
+    """FLUX.1's shape: CLIP for the pooled text, T5 for the sequence, and an MMDiT with
+    double- and single-stream blocks over 2x2-packed 16-channel latents."""
+    tokenizer = letter_tokenizer(workdir)
+    t5_tokenizer = letter_t5_tokenizer()
+    # The transformer comes last, so dev and schnell share every other part's weights.
+    vae = _flow_vae(scaling_factor=0.3611, shift_factor=0.1159)
+    text_encoder = CLIPTextModel(_text_config(tokenizer))
+    text_encoder_2 = _t5_encoder(t5_tokenizer)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16 * 4,  # the VAE's 16 channels, packed 2x2
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,  # T5's d_model
+        pooled_projection_dim=32,  # CLIP's width
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
+    )
+    pipeline = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(FLUX_SCHEDULER),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _sd3(workdir: Path) -> StableDiffusion3Pipeline:
+    """SD 3.5's shape: two projected CLIP encoders and a T5, an MMDiT with QK norm over
+    16-channel latents in 2x2 patches."""
+    tokenizer = letter_tokenizer(workdir)
+    t5_tokenizer = letter_t5_tokenizer()
+    # The pipeline lays the two CLIPs' hidden states side by side and pads them to T5's
+    # width, so each CLIP is half of T5's d_model; their pooled outputs join likewise.
+    clip_width = 16
+    vae = _flow_vae(scaling_factor=1.5305, shift_factor=0.0609)
+    text_encoder = CLIPTextModelWithProjection(_text_config(tokenizer, clip_width))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer, clip_width))
+    text_encoder_3 = _t5_encoder(t5_tokenizer)
+    transformer = SD3Transformer2DModel(
+        sample_size=NATIVE_SIZE // 8,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,  # T5's d_model
+        caption_projection_dim=32,  # the transformer's width
+        pooled_projection_dim=2 * clip_width,
+        pos_embed_max_size=32,  # images up to 512 pixels a side
+        qk_norm="rms_norm",
+    )
+    pipeline = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(SD3_SCHEDULER),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer,
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=t5_tokenizer,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
 def assemble(parts: dict[str, Any], scheduler: Any) -> DiffusionPipeline:
     """A pipeline from its parts: SDXL's when there is a second text encoder, else SD's;
     without a safety checker or a watermarker, its progress bar off."""
@@ -175,25 +316,58 @@ def assemble(parts: dict[str, Any], scheduler: Any) -> DiffusionPipeline:
     return pipeline
 
 
-def build_tiny_pipeline(workdir: Path, family: str = "sd1") -> DiffusionPipeline:
-    """A tiny pipeline of the family's shape, with weights from a fixed seed."""
-    builders = {"sd1": _sd1, "sdxl": _sdxl}
+def _builder(family: str, variant: str | None) -> Callable[[Path], DiffusionPipeline]:
+    """The function that builds a family's tiny pipeline; only FLUX has variants."""
+    builders: dict[str, Callable[[Path], DiffusionPipeline]] = {
+        "sd1": _sd1,
+        "sdxl": _sdxl,
+        "sd3": _sd3,
+    }
+    if family == "flux":
+        variant = variant or "dev"
+        if variant not in FLUX_VARIANTS:
+            raise InvalidParameters(
+                f"no tiny FLUX.1 of variant {variant!r} (choose from {', '.join(FLUX_VARIANTS)})",
+                field="variant",
+            )
+        return partial(_flux, guidance_embeds=variant == "dev")
     if family not in builders:
-        raise InvalidParameters(f"no tiny model of family {family!r}", field="family")
+        raise InvalidParameters(
+            f"no tiny model of family {family!r} (choose from {', '.join(TINY_FAMILIES)})",
+            field="family",
+        )
+    if variant is not None:
+        raise InvalidParameters(f"family {family} has no variants", field="variant")
+    return builders[family]
+
+
+def build_tiny_pipeline(
+    workdir: Path, family: str = "sd1", variant: str | None = None
+) -> DiffusionPipeline:
+    """A tiny pipeline of the family's shape, with weights from a fixed seed. FLUX's
+    `variant` is "dev" (the default: a guidance embedder) or "schnell" (none)."""
+    build = _builder(family, variant)
     state = torch.random.get_rng_state()
     torch.manual_seed(WEIGHTS_SEED)
     try:
-        return builders[family](workdir)
+        return build(workdir)
     finally:
         torch.random.set_rng_state(state)
 
 
 def create_tiny(
-    models_dir: Path, name: str = TINY_NAME, *, replace: bool = False, family: str = "sd1"
+    models_dir: Path,
+    name: str = TINY_NAME,
+    *,
+    replace: bool = False,
+    family: str = "sd1",
+    variant: str | None = None,
 ) -> Path:
-    """Write a tiny pipeline (SD 1.x-shaped, or `family="sdxl"`) to `models_dir/<name>`,
-    atomically, and return its path."""
+    """Write a tiny pipeline of a family in TINY_FAMILIES (SD 1.x-shaped by default;
+    FLUX.1 dev or schnell by `variant`) to `models_dir/<name>`, atomically, and return
+    its path."""
     quiet_libraries()
+    _builder(family, variant)  # a bad family or variant fails before anything is written
     model_id = normalise_model_id(name, "name")
     target = Path(models_dir) / model_id.removeprefix("sd/")
     if target.exists() and not replace:
@@ -201,7 +375,7 @@ def create_tiny(
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as scratch:
         work = Path(scratch)
-        pipeline = build_tiny_pipeline(work, family)
+        pipeline = build_tiny_pipeline(work, family, variant)
         staged = work / "model"
         pipeline.save_pretrained(staged, safe_serialization=True)
         index = json.loads((staged / "model_index.json").read_text())
