@@ -117,13 +117,32 @@ def models_ls(app: App, as_json: bool) -> None:
         click.echo(table(["  VAE", "FILE", "FORMAT", "SIZE", "STATUS"], vae_rows))
 
 
+# engine/tiny.py's TINY_FAMILIES and FLUX_VARIANTS, spelled out: importing it loads torch.
+TINY_FAMILIES = ("sd1", "sdxl", "flux", "sd3")
+FLUX_VARIANTS = ("dev", "schnell")
+
+
 @models.command("create-tiny")
 @click.option("--name", default="tiny", show_default=True, help="Model name (sd/<name>).")
+@click.option(
+    "--family",
+    type=click.Choice(TINY_FAMILIES),
+    default="sd1",
+    show_default=True,
+    help="The model family whose shape it has.",
+)
+@click.option(
+    "--variant",
+    type=click.Choice(FLUX_VARIANTS),
+    help="FLUX.1 only: dev (guidance embedder, the default) or schnell.",
+)
 @click.option("--replace", is_flag=True, help="Overwrite a model of that name.")
 @click.option("--if-none", is_flag=True, help="Only if no usable model is installed.")
 @pass_app
-def models_create_tiny(app: App, name: str, replace: bool, if_none: bool) -> None:
-    """Write a tiny random-weight SD 1.x-shaped pipeline (its images are noise).
+def models_create_tiny(
+    app: App, name: str, family: str, variant: str | None, replace: bool, if_none: bool
+) -> None:
+    """Write a tiny random-weight pipeline of a family's shape (its images are noise).
 
     For smoke tests and for running everything offline: no download needed."""
     if if_none and any(m.ok for m in app.registry.scan()):
@@ -131,7 +150,9 @@ def models_create_tiny(app: App, name: str, replace: bool, if_none: bool) -> Non
         return
     from ..engine.tiny import create_tiny
 
-    path = create_tiny(Path(app.settings.paths.models), name, replace=replace)
+    path = create_tiny(
+        Path(app.settings.paths.models), name, replace=replace, family=family, variant=variant
+    )
     click.echo(path)
 
 
