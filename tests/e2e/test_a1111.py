@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,9 +24,10 @@ OTHER = "a1111-other-key"
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def site(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Served]:
     config = f'[server.api_keys]\nops = "{KEY}"\nother = "{OTHER}"\n'
-    with serve(tmp_path_factory.mktemp("a1111"), config, scheduler="euler") as server:
+    root = tmp_path_factory.mktemp("a1111")
+    with serve(root, config, scheduler="euler", models=tiny_models) as server:
         yield server
 
 

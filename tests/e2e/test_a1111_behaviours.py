@@ -10,6 +10,7 @@ import base64
 import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,9 +25,10 @@ KEY = "behaviours-key"
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def site(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Served]:
     config = f'[server.api_keys]\nops = "{KEY}"\n'
-    with serve(tmp_path_factory.mktemp("behaviours"), config, scheduler="euler") as server:
+    root = tmp_path_factory.mktemp("behaviours")
+    with serve(root, config, scheduler="euler", models=tiny_models) as server:
         yield server
 
 

@@ -11,6 +11,7 @@ import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,11 +29,12 @@ TINY, OTHER = "tiny", "other"  # checkpoint titles: the SD 1.x and the SDXL tiny
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def site(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Served]:
     from alice_spool.engine.tiny import create_tiny
 
     config = f'[server.api_keys]\nops = "{KEY}"\nother = "{OTHER_KEY}"\n'
-    with serve(tmp_path_factory.mktemp("clients"), config, scheduler="euler") as server:
+    root = tmp_path_factory.mktemp("clients")
+    with serve(root, config, scheduler="euler", models=tiny_models) as server:
         models = server.root / "var" / "models"
         create_tiny(models, OTHER, family="sdxl")
         write_vae_file(grain_vae(models / TINY), models, "grain")

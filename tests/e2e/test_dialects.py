@@ -28,10 +28,10 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def site(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("dialects")
     config = f'[server.api_keys]\nops = "{KEY}"\n'
-    with serve(root, config, scheduler="euler") as server:
+    with serve(root, config, scheduler="euler", models=tiny_models) as server:
         models = root / "var" / "models"
         for name in ("sd-xl-base", "sd-2-1"):  # the names the REST plan's examples use
             shutil.copytree(models / "tiny", models / name)
@@ -251,12 +251,14 @@ def test_the_websocket_streams_increasing_steps_then_the_image(site: Served) -> 
         socket.recv()  # a page on another site
 
 
-def test_a_dialect_job_survives_sigkill_and_runs_after_the_restart(tmp_path: Path) -> None:
+def test_a_dialect_job_survives_sigkill_and_runs_after_the_restart(
+    tmp_path: Path, tiny_models: Path
+) -> None:
     """An AbleRefusal job queued behind a long one; serve and its runner SIGKILLed; the
     restarted server runs it once, and AbleRefusal's own route shows it completed."""
     root = tmp_path / "spool"
     root.mkdir()
-    with serve(root) as first:
+    with serve(root, models=tiny_models) as first:
         blocker = post(first, "/v1/jobs", {"prompt": "long", "steps": 150, "n": 4}).json()
         wait_until(lambda: job(first, blocker["id"])["status"] == "running", timeout=60)
         queued = post(first, "/api/v1/generate", {"prompt": "a harbour", "width": 64,

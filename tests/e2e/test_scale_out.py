@@ -26,7 +26,7 @@ from alice_spool import migrate
 from alice_spool.models import JobStatus
 from alice_spool.outbox import RESULT
 from alice_spool.store import Store
-from tests.support.live_server import free_port, serve, wait_until
+from tests.support.live_server import free_port, install_models, serve, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +39,9 @@ def _runners(url: str) -> list[dict[str, Any]]:
     ]
 
 
-def test_serve_runs_and_supervises_one_runner_per_device(tmp_path: Path) -> None:
-    with serve(tmp_path, runner='name = "box"\ndevices = ["cpu", "cpu"]\nmax_batch = 1') as served:
+def test_serve_runs_and_supervises_one_runner_per_device(tmp_path: Path, tiny_models: Path) -> None:
+    runner = 'name = "box"\ndevices = ["cpu", "cpu"]\nmax_batch = 1'
+    with serve(tmp_path, runner=runner, models=tiny_models) as served:
         wait_until(lambda: {r["name"] for r in _runners(served.url)} == {"box-cpu0", "box-cpu1"})
         assert {r["device"].split()[0] for r in _runners(served.url)} == {"cpu"}
         jobs = [
@@ -118,7 +119,9 @@ class Node:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, fresh_postgres: str) -> Iterator[tuple[Path, Store, list[Node]]]:
+def cluster(
+    tmp_path: Path, fresh_postgres: str, tiny_models: Path
+) -> Iterator[tuple[Path, Store, list[Node]]]:
     data = tmp_path / "shared"  # the storage every node mounts: outbox, inputs, models
     (tmp_path / "config.toml").write_text(
         f"""
@@ -137,9 +140,7 @@ default_steps = 2
 level = "WARNING"
 """
     )
-    from alice_spool.engine.tiny import create_tiny
-
-    create_tiny(data / "models")
+    install_models(tiny_models, data)
     store = Store.open(fresh_postgres)
     migrate.upgrade(store.db)
     nodes: list[Node] = []

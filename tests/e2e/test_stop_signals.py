@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.live_server import free_port, wait_until
+from tests.support.live_server import free_port, install_models, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -131,8 +131,9 @@ level = "INFO"
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
+def daemon(tmp_path: Path, tiny_models: Path) -> Iterator[Daemon]:
     server = Daemon(tmp_path)
+    install_models(tiny_models, tmp_path / "var")  # as installed before its first start
     yield server
     server.kill()
 

@@ -1,9 +1,11 @@
 """`alice-spool serve` as a real subprocess on 127.0.0.1 (API + inbox + runner child on
-the tiny model, which serve creates on its fresh data dir), for end-to-end tests."""
+the tiny model, which serve creates on its fresh data dir, or which a test installs
+before the start), for end-to-end tests."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +23,22 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def install_tiny(models: Path) -> Path:
+    """`models` with the tiny model in it, as `alice-spool models create-tiny` writes it
+    (fixed-seed weights: the same files serve writes on a fresh data dir). Made once
+    and copied into each data dir, it spares each serve the model-making child, a
+    torch import and a model written (15-20 s here)."""
+    from alice_spool.engine.tiny import create_tiny
+
+    create_tiny(models)
+    return models
+
+
+def install_models(models: Path, data_dir: Path) -> None:
+    """Copy a models folder into `data_dir` before a start, as an earlier install left it."""
+    shutil.copytree(models, data_dir / "models", dirs_exist_ok=True)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
@@ -52,13 +70,18 @@ def serve(
     port: int | None = None,
     runner: str = "",
     database_url: str = "",
+    models: Path | None = None,
 ) -> Iterator[Served]:
     """Start serve with `root/config.toml` (server, paths, runner on the CPU, plus
     `config`, TOML sections of the test's own, and `logging`, the [logging] section's
     lines); wait until its runner reports; on exit SIGTERM it and check it stopped
     cleanly. `hub_offline=False` lets huggingface_hub reach a stand-in of the Hub;
-    `runner`, lines of its [runner] section; `database_url`, another database."""
+    `runner`, lines of its [runner] section; `database_url`, another database; `models`,
+    a models folder (`install_tiny`'s) copied into the data dir first, where a test is
+    not about serve making the tiny model itself."""
     port = port or free_port()
+    if models is not None:
+        install_models(models, root / "var")
     (root / "config.toml").write_text(
         f"""
 [server]
