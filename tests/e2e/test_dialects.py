@@ -259,7 +259,10 @@ def test_a_dialect_job_survives_sigkill_and_runs_after_the_restart(
     root = tmp_path / "spool"
     root.mkdir()
     with serve(root, models=tiny_models) as first:
-        blocker = post(first, "/v1/jobs", {"prompt": "long", "steps": 150, "n": 4}).json()
+        # (Euler: the restarted runner runs the requeued blocker first, and its steps are
+        # cheap; serve's default DPM++ SDE took 15 s of CPU over it.)
+        long = {"prompt": "long", "steps": 150, "n": 4, "scheduler": "euler"}
+        blocker = post(first, "/v1/jobs", long).json()
         wait_until(lambda: job(first, blocker["id"])["status"] == "running", timeout=60)
         queued = post(first, "/api/v1/generate", {"prompt": "a harbour", "width": 64,
                       "height": 64, "steps": 2})  # fmt: skip
