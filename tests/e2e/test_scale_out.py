@@ -108,13 +108,16 @@ class Node:
         self.process.kill()
         self.process.wait()
 
-    def stop(self) -> None:
+    def begin_stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.kill()
+
+    def stop(self) -> None:
+        self.begin_stop()
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.kill()
         self.log.close()
 
 
@@ -147,6 +150,8 @@ level = "WARNING"
     try:
         yield tmp_path, store, nodes
     finally:
+        for node in nodes:  # all told at once, then each waited for (each takes seconds)
+            node.begin_stop()
         for node in nodes:
             node.stop()
         store.close()
