@@ -2,9 +2,10 @@
 
 A fresh `alice-spool runner` spends most of its start importing torch and diffusers. The
 tests that start dozens of runners (crash points, kill storms) fork them from a
-multiprocessing *forkserver* that imported those libraries once, before any thread or
-GPU work: each child is a real, separate process that runs the real CLI entry point
-(`alice-spool runner ...`), can be SIGKILLed, and exits with its own code.
+multiprocessing *forkserver* that imported those libraries once, and loaded a tiny model
+once (tests/support/runner_warmup.py), before any thread or GPU work: each child is a
+real, separate process that runs the real CLI entry point (`alice-spool runner ...`),
+loads its own model, can be SIGKILLed, and exits with its own code.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ PRELOAD = [
     "alice_spool.runner",
     "alice_spool.engine.generate",
     "alice_spool.engine.resident",
+    "tests.support.runner_warmup",
 ]
 
 
