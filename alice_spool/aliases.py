@@ -20,9 +20,10 @@ from dataclasses import dataclass
 # chatgpt-image-* too: see openai_kind); these are the ones GET /v1/models lists.
 OPENAI_IMAGE_MODELS = (
     "dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5",
-    "gpt-image-2", "chatgpt-image-latest",
+    "gpt-image-2", "gpt-image-2.5-sunburst", "gpt-image-2.5-flare", "gpt-image-2.6-sunburst",
+    "gpt-image-2.6-flare", "chatgpt-image-latest",
 )  # fmt: skip
-_GPT_IMAGE = re.compile(r"(chat)?gpt-image-[a-z0-9][a-z0-9.\-]*")
+_GPT_IMAGE = re.compile(r"(chat)?gpt-image-[a-z0-9][a-z0-9.\-]{0,63}")
 
 
 def openai_kind(name: str) -> str | None:

@@ -279,21 +279,17 @@ def parse_spec(
     defaults: GenerationDefaults = BUILTIN_DEFAULTS,
     *,
     allowed_extra: tuple[str, ...] = (),
-    empty_prompt: bool = False,
 ) -> JobSpec:
     """Validate a request object and return its normalised `JobSpec`.
 
     Unknown fields are errors (typo protection) unless named in `allowed_extra`, which
     the caller then reads itself. Every error is an `InvalidParameters` naming the field.
-    `empty_prompt`: the prompt may be left out or empty (an image variation has none).
+    The prompt may be left out or empty only with an init_image (img2img and
+    inpainting with no prompt, as an image variation is).
     """
     if not isinstance(data, Mapping):
         raise InvalidParameters(f"a request must be a JSON object, got {type_name(data)}")
-    # A job's spec sent back as it is: its client_fields are the server's record of
-    # another request, not this one's, and are left out.
-    _reject_unknown(
-        data, _FIELDS + tuple(_ALIASES) + _SHORTHANDS + ("client_fields",) + allowed_extra
-    )
+    _reject_unknown(data, _FIELDS + tuple(_ALIASES) + _SHORTHANDS + allowed_extra)
     values: dict[str, tuple[str, Any]] = {}  # field -> (name as written, value)
     for key, value in data.items():
         target = _ALIASES.get(key, key)
@@ -309,10 +305,11 @@ def parse_spec(
         entry = values.get(name)
         return None if entry is None or entry[1] is None else entry
 
-    if "prompt" not in values and not empty_prompt:
+    with_image = given("init_image") is not None  # img2img may have no prompt
+    if "prompt" not in values and not with_image:
         raise InvalidParameters("prompt is required", field="prompt")
     asked = values["prompt"][1] if "prompt" in values else ""
-    prompt = parse_string("prompt", asked, max_chars=PROMPT_MAX_CHARS, required=not empty_prompt)
+    prompt = parse_string("prompt", asked, max_chars=PROMPT_MAX_CHARS, required=not with_image)
     entry = given("loras")
     prompt, loras = parse_loras(
         entry[1] if entry else None,

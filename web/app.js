@@ -741,6 +741,7 @@ function drawJob(page, panel, job, withActions) {
     }
     actions.append(act("Submit again", "again", async () => {
       const body = { ...spec };
+      delete body.client_fields;  // the server's record of what the first client asked
       if (spec.init_image) {  // the same input and mask, sent again
         body.init_image = await jobInput(page, job.id, "init");
         if (spec.mask_image) body.mask_image = await jobInput(page, job.id, "mask");

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ async def image(request: Request, api: Api, client: str | None) -> Response:
 def _compression(text: str | None) -> int:
     if text is None:
         return 100
-    if not text.isdigit() or not 0 <= int(text) <= 100:
+    if re.fullmatch("[0-9]{1,3}", text) is None or not 0 <= int(text) <= 100:
         raise errors.InvalidParameters(
             "compression must be a whole number from 0 to 100", field="compression"
         )
@@ -174,7 +175,9 @@ register_url_convertor("image_id", ImageId())
 
 
 # The words after /v1/models/ that other routes own.
-_MODEL_WORDS = ("default", "refresh", "search", "thumbnail", "loras", "download", "sd")
+_MODEL_WORDS = (
+    "default", "refresh", "search", "thumbnail", "loras", "download", "load", "sd",
+)  # fmt: skip
 
 
 class ModelName(SpoolId):

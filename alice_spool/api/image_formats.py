@@ -17,6 +17,8 @@ FORMATS = {
 }
 # EXIF's UserComment tag, in its Exif IFD; text in it starts with its character code.
 _EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
+# A JPEG's EXIF segment holds at most 64 KiB: a longer infotext is cut to fit.
+_COMMENT_MAX_BYTES = 60_000
 
 
 def infotext(png: bytes) -> str:
@@ -35,7 +37,8 @@ def convert(png: bytes, kind: str, quality: int = 100, *, lossless: bool = False
         text = str(image.info.get("parameters", ""))
         exif = Image.Exif()
         if text:
-            exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = b"UNICODE\x00" + text.encode("utf-16-be")
+            comment = text.encode("utf-16-be")[: _COMMENT_MAX_BYTES // 2 * 2]
+            exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = b"UNICODE\x00" + comment
         out = io.BytesIO()
         if pillow == "WEBP":
             image.save(out, format="WEBP", quality=quality, lossless=lossless, exif=exif)

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from .. import aliases, errors, inputs
 from ..models import JobStatus, Source
@@ -22,8 +23,6 @@ from ..spec import SPEC_FIELDS, JobSpec, normalise_model_id, parse_spec
 from . import catalog
 from .context import Api, bucket_of, check_priority, owner_of, route
 from .http import WAKE_AT_LEAST_S, require_object, wait_for_job, watching
-
-_T = TypeVar("_T")
 
 # Where a chat request carries the image parameters (SAM sends `metadata`).
 _CONFIG_KEYS = ("sam_config", "samConfig", "metadata")
@@ -86,7 +85,10 @@ def chat_spec(body: dict[str, Any], api: Api) -> tuple[JobSpec, inputs.Staged, b
     asked: str | None = None
     if isinstance(body.get("model"), str):  # an alias, or OpenAI's image model names
         named = aliases.resolve(body["model"], api.settings.models.aliases)
-        fields["model"], asked = named.model, named.alias
+        asked = named.alias
+        if named.model is not None or named.alias is None:
+            fields["model"] = named.model
+        # else an OpenAI name standing for the default: the parameters' model, if any
     elif body.get("model") is not None:
         fields["model"] = body["model"]
     stream = body.get("stream", False)
@@ -199,22 +201,30 @@ async def chat_completions(request: Request, api: Api, client: str | None) -> Re
         raise
     timeout = api.settings.server.request_timeout_s
     if stream:
-        return EventSourceResponse(
-            held(api, holder, _chat_stream(api, request, job, spec.prompt, timeout))
-        )
+        events = _chat_stream(api, request, job, spec.prompt, timeout)
+        return HeldEvents(events, lambda: api.streams.give_back(holder))
     # The job is committed: if this client goes away now, it still runs and stays
     # fetchable at /v1/jobs/<id>.
     done = finished_or_raise(await wait_for_job(api.store, job.id, timeout))
     return JSONResponse(_completion(api, request, done, spec.prompt))
 
 
-async def held(api: Api, holder: str, events: AsyncIterator[_T]) -> AsyncIterator[_T]:
-    """`events`, giving the client's stream slot back when they end (or it goes away)."""
-    try:
-        async for event in events:
-            yield event
-    finally:
-        api.streams.give_back(holder)
+class HeldEvents(EventSourceResponse):
+    """Server-sent events that hold one of the client's stream slots: `release` gives it
+    back once, when the response ends, however it ends (the client gone before the
+    first event, a cancelled task, a server stopping)."""
+
+    def __init__(self, events: AsyncIterator[Any], release: Callable[[], None]) -> None:
+        super().__init__(events)
+        self._release: Callable[[], None] | None = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
 
 
 async def _chat_stream(
@@ -301,20 +311,21 @@ async def list_models(request: Request, api: Api, client: str | None) -> Respons
         ).id
     except errors.ModelNotFound:
         default = None
-    data = []
-    for model in sorted(models, key=lambda m: m.id):
-        if not model.ok and not include_broken:
-            continue
-        data.append(_model_entry(model, default))
-    data += _alias_entries(models, default, api.settings.models.aliases)
-    return JSONResponse({"object": "list", "data": data})
+    configured = api.settings.models.aliases
+
+    def entries() -> list[dict[str, Any]]:  # each model's folder is read: in a thread
+        shown = [m for m in sorted(models, key=lambda m: m.id) if m.ok or include_broken]
+        listed = [_model_entry(model, default) for model in shown]
+        return listed + _alias_entries(models, default, configured)
+
+    return JSONResponse({"object": "list", "data": await run_in_threadpool(entries)})
 
 
 def _model_entry(model: ModelInfo, default: str | None) -> dict[str, Any]:
     entry = {
         "id": model.id,
         "object": "model",
-        "created": int(model.path.stat().st_mtime) if model.path.exists() else 0,
+        "created": _created(model),
         "owned_by": "alice",
         "family": model.family,
         "native_size": model.native_size,
@@ -331,14 +342,22 @@ def _model_entry(model: ModelInfo, default: str | None) -> dict[str, Any]:
     return entry
 
 
+def _created(model: ModelInfo) -> int:
+    try:
+        return int(model.path.stat().st_mtime)
+    except OSError:  # gone since the scan
+        return 0
+
+
 def _alias_entries(
     models: list[ModelInfo], default: str | None, configured: Mapping[str, str]
 ) -> list[dict[str, Any]]:
     """The aliases whose model is installed and usable, as OpenAI lists models."""
     usable = {model.id: model for model in models if model.ok}
-    names = {**dict.fromkeys(aliases.OPENAI_IMAGE_MODELS), **dict.fromkeys(configured)}
+    names = {name.lower(): name for name in aliases.OPENAI_IMAGE_MODELS}
+    names.update({name.lower(): name for name in configured})  # as configured, once
     entries = []
-    for name in sorted(names):
+    for name in sorted(names.values()):
         resolved = aliases.resolve(name, configured)
         target = default if resolved.model is None else normalise_model_id(resolved.model)
         if target not in usable:
@@ -367,7 +386,7 @@ async def retrieve_model(request: Request, api: Api, client: str | None) -> Resp
             raise errors.ModelNotFound(f"no model or alias {name!r}", model=name) from None
 
     model = await run_in_threadpool(find)
-    entry = _model_entry(model, None)
+    entry = await run_in_threadpool(_model_entry, model, None)
     del entry["default"]
     if resolved.alias is not None:
         entry.update(id=resolved.alias, alias=True, alias_of=model.id)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import errors
+from ..fields import parse_string
 from .image_formats import FORMATS
 
 QUALITIES = ("low", "medium", "high", "xhigh", "max", "auto", "standard", "hd")
@@ -89,8 +90,7 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
 
 
 def _whole(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)  # a multipart form's text
+    # (a multipart form's text arrives as the number it spells: _form_value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise errors.InvalidParameters(
             f"{name} must be a whole number from {low} to {high}, got {value!r}", field=name
@@ -99,19 +99,13 @@ def _whole(name: str, value: Any, low: int, high: int) -> int:
 
 
 def _flag(name: str, value: Any) -> bool:
-    if isinstance(value, str) and value in ("true", "false"):
-        return value == "true"  # a multipart form's text
     if not isinstance(value, bool):
         raise errors.InvalidParameters(f"{name} must be true or false", field=name)
     return value
 
 
 def _identifier(name: str, value: Any) -> str:
-    if not isinstance(value, str) or len(value) > IDENTIFIER_MAX_CHARS or "\x00" in value:
-        raise errors.InvalidParameters(
-            f"{name} must be text of at most {IDENTIFIER_MAX_CHARS} characters", field=name
-        )
-    return value
+    return parse_string(name, value, max_chars=IDENTIFIER_MAX_CHARS, required=False)
 
 
 def take(body: Mapping[str, Any]) -> tuple[OpenAIFields, dict[str, Any]]:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from PIL import Image as PILImage
-from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
@@ -28,7 +27,7 @@ from ..spec import JobSpec, load_json, parse_spec
 from . import image_formats, openai_fields
 from .context import Api, bucket_of, route
 from .http import read_bytes, require_object, wait_for_job
-from .openai import enqueue_job, finished_or_raise, held
+from .openai import HeldEvents, enqueue_job, finished_or_raise
 from .openai_fields import OpenAIFields
 
 # gpt-image answers count tokens; nothing is counted here.
@@ -55,9 +54,11 @@ class Asked:
 
     @property
     def response_format(self) -> str:
-        """`b64_json` for gpt-image names (their API has nothing else), else `url`,
-        unless the request says."""
-        return self.fields.response_format or ("b64_json" if self.gpt_image else "url")
+        """`b64_json` always for gpt-image names (their API has nothing else), else the
+        request's, `url` by default."""
+        if self.gpt_image:
+            return "b64_json"
+        return self.fields.response_format or "url"
 
     def recorded(self) -> tuple[tuple[str, str | int], ...]:
         """What the job records of the request as sent (its `client_fields`)."""
@@ -152,6 +153,10 @@ async def image_variations(request: Request, api: Api, client: str | None) -> Re
             field="prompt",
         )
     openai, fields = openai_fields.take(form.fields)
+    if openai.stream:
+        raise errors.InvalidParameters(
+            "a variation is not streamed (OpenAI's variations have no stream)", field="stream"
+        )
     if fields.get("size") == "auto":
         del fields["size"]
     asked = await _asked(api, fields, openai)
@@ -161,8 +166,7 @@ async def image_variations(request: Request, api: Api, client: str | None) -> Re
     if fields.get("strength") is None:
         fields["strength"] = openai_fields.VARIATION_STRENGTH
     fields, staged = await run_in_threadpool(api.take_images, fields)
-    spec = parse_spec(fields, api.settings.generation, empty_prompt=True)
-    spec = replace(spec, client_fields=asked.recorded())
+    spec = replace(parse_spec(fields, api.settings.generation), client_fields=asked.recorded())
     return await _run(request, api, client, spec, asked, "image_variation", staged)
 
 
@@ -189,18 +193,21 @@ async def _run(
     timeout = api.settings.server.request_timeout_s
     if stream:
         events = _events(request, api, job, asked, event, timeout)
-        return EventSourceResponse(held(api, holder, events))
+        return HeldEvents(events, lambda: api.streams.give_back(holder))
     # The job is committed: if this client goes away now, it still runs and stays
     # fetchable at /v1/jobs/<id>.
     done = finished_or_raise(await wait_for_job(api.store, job.id, timeout))
     return JSONResponse(await _answer(request, api, done, asked))
 
 
-async def _items(request: Request, api: Api, done: JobRecord, asked: Asked) -> list[dict[str, Any]]:
-    """The answer's images: URLs (in the asked format) or base64 of that format."""
+async def _items(
+    request: Request, api: Api, done: JobRecord, asked: Asked, *, inline: bool = False
+) -> list[dict[str, Any]]:
+    """The answer's images: URLs (in the asked format) or base64 of that format
+    (`inline`: base64 whatever was asked, as a stream's events carry them)."""
     fields = asked.fields
     items: list[dict[str, Any]] = []
-    if asked.response_format == "url":
+    if asked.response_format == "url" and not inline:
         items = [{"url": _as_format(url, fields)} for url in api.image_urls(request, done)]
     else:
         for image in (done.result or {}).get("images") or []:
@@ -211,7 +218,7 @@ async def _items(request: Request, api: Api, done: JobRecord, asked: Asked) -> l
                 image_formats.convert, png, fields.output_format, fields.output_compression
             )
             items.append({"b64_json": base64.b64encode(data).decode()})
-    if not asked.gpt_image and done.spec.prompt:  # DALL-E's; gpt-image has none
+    if not asked.gpt_image and not inline and done.spec.prompt:  # DALL-E's only
         for item in items:
             item["revised_prompt"] = done.spec.prompt
     return items
@@ -255,20 +262,21 @@ def _gpt_image_details(done: JobRecord, asked: Asked) -> dict[str, Any]:
 async def _events(
     request: Request, api: Api, job: JobRecord, asked: Asked, event: str, timeout: float
 ) -> AsyncIterator[dict[str, str]]:
-    """gpt-image's stream: one `<event>.completed` per image once the job is done (no
-    partial images), or an `error` event."""
+    """gpt-image's stream, whatever the model name: one `<event>.completed` per image
+    (base64 in the asked format) once the job is done (no partial images), or an
+    `error` event."""
     try:
         done = finished_or_raise(await wait_for_job(api.store, job.id, timeout))
-        answer = await _answer(request, api, done, asked)
+        items = await _items(request, api, done, asked, inline=True)
     except errors.SpoolError as exc:
         error = {"type": "error", "error": {"code": exc.code, "message": exc.message}}
         yield {"event": "error", "data": json.dumps(error)}
         return
     details = _gpt_image_details(done, asked)
-    for item in answer["data"]:
+    for item in items:
         completed = {
             "type": f"{event}.completed",
-            "created_at": answer["created"],
+            "created_at": int(done.created_at.timestamp()),
             **{k: v for k, v in details.items() if k != "usage"},
             **item,
             "usage": details["usage"],

@@ -187,12 +187,6 @@ def spec_schema(generation: Any) -> dict[str, Any]:
             "description": "a VAE from <models>/vae/ (vae/<name>, or its file name) in place "
             "of the model's own; null, Automatic or None: the model's own",
         },
-        "client_fields": {
-            "type": "object",
-            "readOnly": True,
-            "description": "what a client's own API asked for, as the server recorded it "
-            "(OpenAI's user, style, quality, the alias asked for, ...); ignored when sent",
-        },
         "id": {
             "type": "string",
             "maxLength": spec.IDEMPOTENCY_KEY_MAX_CHARS,
@@ -872,7 +866,7 @@ def _image_form(bodies: dict[str, Any], path: str) -> dict[str, Any]:
     OpenAI's as text (a variation has no prompt and no mask)."""
     fields = bodies["/v1/jobs"]["properties"]
     skip: tuple[str, ...] = ("prompt", "init_image", "mask_image", "id", "loras")
-    skip += ("lora_paths", "lora_scales", "client_fields")
+    skip += ("lora_paths", "lora_scales")
     skip += ("width", "height")  # OpenAI's form has size
     text = {name: field for name, field in fields.items() if name not in skip}
     openai = openai_image_fields(fields)

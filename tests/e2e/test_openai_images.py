@@ -115,6 +115,14 @@ def test_openai_model_names_generate_on_the_default_model(site: Served, name: st
         assert answer.size == "64x64" and answer.quality == "low"  # 2 steps reached no more
 
 
+def test_gpt_image_names_answer_base64_even_when_a_url_is_asked(site: Served) -> None:
+    answer = client(site).images.generate(
+        model="gpt-image-1", prompt="a fox", size="64x64", response_format="url",
+        extra_body=SMALL,
+    )  # fmt: skip
+    check_shape(answer, "gpt-image-1", "sd/tiny", "a fox")
+
+
 def test_a_configured_alias_runs_its_model_in_its_apis_shape(site: Served) -> None:
     api = client(site)
     dalle = api.images.generate(model="dall-e-2", prompt="a kite", size="64x64", extra_body=SMALL)
@@ -369,6 +377,15 @@ def test_streaming_answers_one_completed_event_per_image(site: Served) -> None:
             )
         )
     assert [event.type for event in edits] == ["image_edit.completed"]
+    # Any name streams as gpt-image does: base64 in the events, never a URL.
+    dalle = list(
+        api.images.generate(
+            model="dall-e-3", prompt="a hill", size="64x64", stream=True, extra_body=SMALL
+        )
+    )
+    (only,) = dalle
+    assert decoded(base64.b64decode(only.b64_json)).format == "PNG"
+    assert "url" not in only.model_extra and "revised_prompt" not in only.model_extra
 
 
 # -- what is refused, with nothing queued ----------------------------------------------------
@@ -452,6 +469,9 @@ def test_variations_and_edits_refuse_bad_forms_and_queue_nothing(bare: Bare) -> 
          "output_format"),
         ("/v1/images/edits", {"image": ("a.png", png)}, {"prompt": "x", "input_fidelity": "max"},
          "input_fidelity"),
+        ("/v1/images/variations", {"image": ("a.png", png)}, {"stream": "true"}, "stream"),
+        ("/v1/images/variations", {"image": ("a.png", png)}, {"output_compression": "\u00b2"},
+         "output_compression"),
     ]  # fmt: skip
     for path, files, data, field in cases:
         answer = _multipart(bare.url, path, files, data)
@@ -484,6 +504,9 @@ def test_an_image_url_in_another_format_needs_the_images_secret(bare: Bare) -> N
     gif = httpx.get(url.removesuffix(".png") + ".gif", timeout=30)
     assert gif.status_code == 404
     assert job_id in url
+    for bad in ("101", "\u00b2", "-1", "abc"):
+        answer = httpx.get(url.removesuffix(".png") + f".jpeg?compression={bad}", timeout=30)
+        assert answer.status_code == 400, bad
 
 
 def test_a_stream_whose_job_does_not_finish_ends_with_an_error_event(bare: Bare) -> None:
@@ -495,3 +518,14 @@ def test_a_stream_whose_job_does_not_finish_ends_with_an_error_event(bare: Bare)
     assert failed.value.body["code"] == "timeout"
     (queued,) = bare.store.list_jobs(limit=10).jobs
     assert queued.status.value == "queued"
+
+
+def test_each_stream_gives_its_slot_back(make_bare: Callable[..., Bare]) -> None:
+    """With one stream slot per client, streams one after another all run: each gives
+    its slot back when it ends (here: an error event, no runner to finish the job)."""
+    bare = make_bare(**{"server.request_timeout_s": "1", "server.max_streams_per_client": "1"})
+    api = openai.OpenAI(base_url=f"{bare.url}/v1", api_key="none", max_retries=0)
+    for _ in range(3):
+        with pytest.raises(openai.APIError, match="did not finish"):
+            list(api.images.generate(model="gpt-image-1", prompt="x", size="64x64", stream=True))
+    assert len(bare.store.list_jobs(limit=10).jobs) == 3

@@ -47,6 +47,8 @@ def test_a_configured_alias_wins_and_openai_names_mean_the_default_model() -> No
     assert aliases.resolve("house", configured) == aliases.Resolved("sd/tiny", "house", None)
     assert aliases.resolve("sd/tiny", configured) == aliases.Resolved("sd/tiny", None, None)
     assert aliases.resolve("  ", configured) == aliases.Resolved(None, None, None)
+    long = "gpt-image-" + "x" * 80  # not a name OpenAI gives: a model name like any other
+    assert aliases.resolve(long, configured) == aliases.Resolved(long, None, None)
     assert aliases.resolve(None, configured) == aliases.Resolved(None, None, None)
 
 
@@ -103,11 +105,16 @@ def test_nothing_given_is_png_at_full_quality_and_null_is_left_out() -> None:
     assert jpg.suffix == "jpeg"
 
 
-def test_form_text_is_read_as_the_number_or_flag_it_spells() -> None:
-    fields, _ = openai_fields.take(
-        {"output_compression": "55", "stream": "true", "partial_images": "0"}
-    )
-    assert (fields.output_compression, fields.stream, fields.partial_images) == (55, True, 0)
+def test_numbers_and_flags_are_json_numbers_and_flags() -> None:
+    """A JSON body's "55" is text, not a number (a form's fields arrive as the numbers
+    they spell); digits of other scripts are refused, never a 500."""
+    fields, _ = openai_fields.take({"output_compression": 55, "stream": True})
+    assert (fields.output_compression, fields.stream) == (55, True)
+    for name, value in [("output_compression", "55"), ("output_compression", "\u00b2"),
+                        ("partial_images", "--5"), ("stream", "true")]:  # fmt: skip
+        with pytest.raises(InvalidParameters) as refused:
+            openai_fields.take({name: value})
+        assert refused.value.details["field"] == name
 
 
 @pytest.mark.parametrize(
@@ -130,9 +137,10 @@ def test_form_text_is_read_as_the_number_or_flag_it_spells() -> None:
         ("output_compression", True, "from 0 to 100"),
         ("partial_images", 4, "from 0 to 3"),
         ("stream", "yes", "stream must be true or false"),
-        ("user", "u" * 513, "at most 512"),
-        ("user", 17, "at most 512"),
-        ("safety_identifier", "a\x00b", "at most 512"),
+        ("user", "u" * 513, "the limit is 512"),
+        ("user", 17, "must be a string"),
+        ("safety_identifier", "a\x00b", "NUL"),
+        ("user", "\ud800", "not valid Unicode"),
         ("frame_count", 9, "gif or svg"),
         ("frame_duration_ms", 200, "gif or svg"),
         ("svg", {"model": "x"}, "gif or svg"),
@@ -164,9 +172,13 @@ def test_a_value_openai_would_refuse_is_a_400_naming_the_field(
         ("max", 50),
     ],
 )
-def test_quality_maps_onto_the_families_steps(quality: str | None, steps: int) -> None:
+def test_quality_maps_onto_the_sd_families_steps(quality: str | None, steps: int) -> None:
+    """SD 1.x, 2.x and XL share one row (a model of no known family too); `auto`,
+    `standard` and none are the server's default steps, whatever it is."""
     for family in ("sd1", "sd2", "sdxl", None):
         assert openai_fields.quality_steps(quality, family, 25, 150) == steps
+    expected = 33 if quality in (None, "auto", "standard") else steps
+    assert openai_fields.quality_steps(quality, "sd1", 33, 150) == expected
 
 
 def test_quality_never_asks_more_steps_than_the_server_allows() -> None:

@@ -507,17 +507,30 @@ def test_a_priority_above_the_cap_names_priority() -> None:
     assert info.value.field == "priority" and "users.max_priority" in info.value.message
 
 
-def test_client_fields_are_the_doors_to_set_and_a_sent_back_spec_drops_them() -> None:
-    """A job's spec sent back as it is (the web UI's "Submit again") is taken, its
-    client_fields, the record of what another request's client asked for, left out."""
-    recorded = replace(
-        parse_spec({"prompt": "a fox"}), client_fields=(("model", "dall-e-3"), ("user", "u"))
-    )
+def test_client_fields_are_the_doors_to_set_never_a_requests() -> None:
+    """What a client's own API asked for is recorded with the spec by the door; a request
+    cannot set it, it round-trips, an older record without it reads as none, and it
+    never keeps jobs from sharing a call."""
+    plain = parse_spec({"prompt": "a fox"})
+    recorded = replace(plain, client_fields=(("model", "dall-e-3"), ("user", "u")))
     shown = recorded.to_dict()
     assert shown["client_fields"] == {"model": "dall-e-3", "user": "u"}
     assert JobSpec.from_dict(shown) == recorded
-    again = parse_spec({k: v for k, v in shown.items() if v is not None and k != "loras"})
-    assert again.client_fields == () and again.prompt == "a fox"
+    older = {k: v for k, v in plain.to_dict().items() if k != "client_fields"}
+    assert JobSpec.from_dict(older) == plain and plain.to_dict()["client_fields"] == {}
     assert "client_fields" not in SPEC_FIELDS
-    assert recorded.fingerprint() != parse_spec({"prompt": "a fox"}).fingerprint()
-    assert parse_spec({"prompt": "a fox"}).to_dict()["client_fields"] == {}
+    rejects("client_fields", client_fields={"user": "u"})
+    assert recorded.fingerprint() != plain.fingerprint()
+    assert (recorded.batch_key(), recorded.batch_digest()) == (
+        plain.batch_key(),
+        plain.batch_digest(),
+    )
+
+
+def test_a_prompt_may_be_empty_only_with_an_input_image() -> None:
+    image = "sha256:" + "0" * 64
+    assert parse_spec({"init_image": image}).prompt == ""
+    assert parse_spec({"prompt": " ", "init_image": image}).prompt == ""
+    rejects("prompt", prompt="")
+    with pytest.raises(InvalidParameters, match="prompt is required"):
+        parse_spec({"steps": 3})
