@@ -135,7 +135,7 @@ def test_submit_with_every_option(run, store: Store) -> None:
         "prompt": "a fox", "negative_prompt": "blurry", "model": "sd/tiny", "width": 768,
         "height": 512, "steps": 30, "guidance_scale": 6.0, "seed": 7, "scheduler": "euler_a",
         "n": 2, "priority": 5, "loras": [], "init_image": None, "mask_image": None,
-        "strength": None, "hires": None, "clip_skip": None, "vae": None,
+        "strength": None, "hires": None, "clip_skip": None, "vae": None, "client_fields": {},
     }  # fmt: skip
 
 
