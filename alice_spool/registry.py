@@ -3,7 +3,9 @@ and native resolution, from the files' configs and headers alone (no torch), so 
 and the CLI can list and check models without loading any.
 
 - A diffusers folder (`model_index.json`): the family from its pipeline class and its
-  UNet's config (cross-attention width 768: SD 1.x, 1024: SD 2.x, XL pipeline: SDXL).
+  UNet's config (cross-attention width 768: SD 1.x, 1024: SD 2.x, XL pipeline: SDXL),
+  or its transformer's (SD 3.x; FLUX.1, whose variant says what it runs with: dev,
+  schnell without guidance embeddings, Kontext, Fill).
 - A single-file `.safetensors` checkpoint: the family from its tensor names, read from
   the file's JSON header.
 
@@ -23,16 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidParameters, ModelNotFound
+from .families import FAMILY_NAMES, NATIVE, defaults, is_flow
 from .loras import LoraRegistry
 from .safetensors_file import read_safetensors_header
-from .spec import MODEL_PREFIX, JobSpec, normalise_model_id
+from .spec import MODEL_PREFIX, JobSpec, check_denoising_steps, normalise_model_id
 from .vaes import VaeRegistry
 
 log = logging.getLogger(__name__)
 
 TINY_MARKER = "alice_spool_tiny"  # written into model_index.json by `models create-tiny`
-NATIVE = {"sd1": 512, "sd2": 768, "sdxl": 1024}
-FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+TINY_NATIVE = 64  # the tiny models' size (FLUX's pipeline says 1024 whatever the model)
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,12 @@ class ModelInfo:
     name: str
     path: Path
     format: str  # "diffusers" | "single_file"
-    family: str | None  # "sd1" | "sd2" | "sdxl"; None when broken
+    family: str | None  # families.FAMILIES: "sd1" | "sd2" | "sdxl" | "sd3" | "flux"
     size_bytes: int
     native_size: int | None
     broken: str | None = None  # why it cannot be used
     smoke_test: bool = False  # the tiny random-weight model: its images are noise
+    variant: str | None = None  # FLUX.1's: "dev" | "schnell" | "kontext" | "fill"
 
     @property
     def ok(self) -> bool:
@@ -56,6 +59,8 @@ class ModelInfo:
         data["path"] = str(self.path)
         data["status"] = "ok" if self.ok else "broken"
         data["family_name"] = FAMILY_NAMES.get(self.family or "")
+        steps, guidance = defaults(self.family, self.variant)
+        data["defaults"] = {"steps": steps, "guidance_scale": guidance}
         return data
 
 
@@ -91,13 +96,15 @@ def _diffusers_folder(path: Path, name: str) -> ModelInfo:
 
     try:
         index = _read_json(path / "model_index.json")
+        pipeline = str(index.get("_class_name", ""))
+        if pipeline.startswith(("Flux", "StableDiffusion3")):
+            return _transformer_folder(path, name, index, pipeline)
         unet = _read_json(path / "unet" / "config.json")
         vae = _read_json(path / "vae" / "config.json")
     except FileNotFoundError as exc:
         return broken(f"missing {Path(exc.filename).relative_to(path)}")
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         return broken(f"unreadable config: {exc}")
-    pipeline = str(index.get("_class_name", ""))
     cross = unet.get("cross_attention_dim")
     if "XL" in pipeline or unet.get("addition_embed_type") == "text_time":
         family = "sdxl"
@@ -124,12 +131,65 @@ def _diffusers_folder(path: Path, name: str) -> ModelInfo:
     )
 
 
+# The pipelines of the transformer families this registry lists, by their class name.
+_TRANSFORMER_PIPELINES = {
+    "FluxPipeline": ("flux", None),
+    "FluxKontextPipeline": ("flux", "kontext"),
+    "FluxFillPipeline": ("flux", "fill"),
+    "StableDiffusion3Pipeline": ("sd3", None),
+}
+_FLUX_FILL_CHANNELS = 384  # a Fill transformer's input: latents, masked image and mask
+
+
+def _transformer_folder(path: Path, name: str, index: dict[str, Any], pipeline: str) -> ModelInfo:
+    """A FLUX.1 or SD 3.x diffusers folder, from its transformer's and VAE's configs
+    (FileNotFoundError, ValueError: the caller lists it as broken)."""
+    known = _TRANSFORMER_PIPELINES.get(pipeline)
+    if known is None:
+        raise ValueError(f"{pipeline} pipelines are not run here")
+    family, variant = known
+    transformer = _read_json(path / "transformer" / "config.json")
+    vae = _read_json(path / "vae" / "config.json")
+    scale = 2 ** (len(vae.get("block_out_channels") or [0] * 4) - 1)
+    if family == "flux":
+        if variant is None and transformer.get("in_channels") == _FLUX_FILL_CHANNELS:
+            variant = "fill"
+        if variant is None:
+            variant = "dev" if transformer.get("guidance_embeds") else "schnell"
+        native = NATIVE["flux"]  # the pipeline's own default, whatever the config says
+    else:
+        try:
+            native = int(transformer["sample_size"]) * scale
+        except (KeyError, TypeError, ValueError):
+            native = NATIVE[family]
+    if TINY_MARKER in index:
+        native = TINY_NATIVE
+    return ModelInfo(
+        MODEL_PREFIX + name,
+        name,
+        path,
+        "diffusers",
+        family,
+        _size(path),
+        native,
+        smoke_test=TINY_MARKER in index,
+        variant=variant,
+    )
+
+
 def _single_file(path: Path, name: str) -> ModelInfo:
     size = path.stat().st_size
     try:
         keys = read_safetensors_header(path).keys()
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         return ModelInfo(MODEL_PREFIX + name, name, path, "single_file", None, size, None, str(exc))
+    flow = next((f for prefix, f in _FLOW_TENSORS if any(k.startswith(prefix) for k in keys)), None)
+    if flow is not None:  # FLUX.1 or SD 3.x: listed with why it cannot run from one file
+        return ModelInfo(
+            MODEL_PREFIX + name, name, path, "single_file", flow, size, NATIVE[flow],
+            f"a single-file {FAMILY_NAMES[flow]} checkpoint cannot be loaded yet: install "
+            "its diffusers folder (alice-spool models pull <repo>)",
+        )  # fmt: skip
     if any(k.startswith("conditioner.embedders.1.") for k in keys):
         family = "sdxl"
     elif any(k.startswith("cond_stage_model.model.") for k in keys):
@@ -148,6 +208,69 @@ def _single_file(path: Path, name: str) -> ModelInfo:
             "not a Stable Diffusion checkpoint (no known text encoder tensors)",
         )
     return ModelInfo(MODEL_PREFIX + name, name, path, "single_file", family, size, NATIVE[family])
+
+
+# The schedulers a flow-matching family runs (diffusers' FlowMatchEulerDiscreteScheduler,
+# with the sigma curves it has); the first is its default.
+FLOW_SCHEDULERS = ("euler", "euler_karras", "euler_exponential", "euler_beta")
+
+
+def for_family(spec: JobSpec, model: ModelInfo) -> JobSpec:
+    """The spec as `model`'s family runs it: what the request left to the model
+    (`left_to_model`) set to the family's own defaults, and what the family cannot do
+    refused, each a 400 naming its field (families.py)."""
+    steps, guidance = defaults(model.family, model.variant)
+    changes: dict[str, Any] = {}
+    left = spec.left_to_model
+    if "steps" in left and steps is not None:
+        changes["steps"] = steps
+    if "guidance_scale" in left and guidance is not None:
+        changes["guidance_scale"] = guidance
+    if is_flow(model.family):
+        name = FAMILY_NAMES[str(model.family)]
+        if "scheduler" in left:
+            changes["scheduler"] = FLOW_SCHEDULERS[0]
+        elif spec.scheduler not in FLOW_SCHEDULERS:
+            raise InvalidParameters(
+                f"scheduler {spec.scheduler} cannot run a {name} model ({model.id}); "
+                f"these can: {', '.join(FLOW_SCHEDULERS)}",
+                field="scheduler",
+            )
+        refused = _flow_refusals(spec, model, name)
+        if refused is not None:
+            raise InvalidParameters(refused[1], field=refused[0])
+    spec = replace(spec, **changes, left_to_model=())
+    if spec.strength is not None:
+        check_denoising_steps(spec.steps, spec.strength)
+    return spec
+
+
+def _flow_refusals(spec: JobSpec, model: ModelInfo, name: str) -> tuple[str, str] | None:
+    """(field, why) for what a FLUX.1 or SD 3.x model does not run here (yet)."""
+    if spec.negative_prompt and model.family == "flux":
+        return "negative_prompt", (
+            f"{model.id} is a {name} model, which takes no negative prompt (its guidance is "
+            "distilled): leave negative_prompt out"
+        )
+    if spec.clip_skip is not None:
+        return "clip_skip", f"clip_skip is for Stable Diffusion 1.x, 2.x and XL, not {name}"
+    if spec.hires is not None:
+        return "hires", f"hires fix runs Stable Diffusion 1.x, 2.x and XL models, not {name}"
+    if spec.vae is not None:
+        return "vae", f"{name} models run with their own VAE"
+    if model.variant in ("kontext", "fill"):
+        return "model", f"{model.id} is a FLUX.1 {model.variant.title()} model: not run here yet"
+    return None
+
+
+# Tensor names only FLUX.1's and SD 3.x's single-file checkpoints have (original layout
+# and ComfyUI's, whose keys start with "model.diffusion_model.").
+_FLOW_TENSORS = (
+    ("double_blocks.", "flux"),
+    ("model.diffusion_model.double_blocks.", "flux"),
+    ("joint_blocks.", "sd3"),
+    ("model.diffusion_model.joint_blocks.", "sd3"),
+)
 
 
 class ModelRegistry:
@@ -310,6 +433,7 @@ class ModelRegistry:
         for one that is not installed), or the default model named, so that the job's
         record says which model it runs on; its LoRAs and VAE checked too."""
         model = self.get(spec.model) if spec.model else self.default(configured_default)
+        spec = for_family(spec, model)
         self.check_loras(spec, model)
         self.check_vae(spec)
         return replace(spec, model=model.id)

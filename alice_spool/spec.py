@@ -11,7 +11,7 @@ import re
 import secrets
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from . import samplers
@@ -152,6 +152,10 @@ class JobSpec:
     # alias, `user`, `style`, `quality`, `output_format`, ...): sorted (name, value)
     # pairs. Set by the doors, never a request field of its own.
     client_fields: tuple[tuple[str, str | int], ...] = ()
+    # The fields among FAMILY_FIELDS the request left to the model, filled with the
+    # server's defaults meanwhile: the door puts the model family's own in their place
+    # once it knows the model (registry.with_model), and empties this. Never stored.
+    left_to_model: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def mode(self) -> str:
@@ -160,7 +164,7 @@ class JobSpec:
         return "inpaint" if self.mask_image is not None else "img2img"
 
     def to_dict(self) -> dict[str, Any]:
-        data = {name: getattr(self, name) for name in _SPEC_FIELDS}
+        data = {name: getattr(self, name) for name in _SPEC_FIELDS if name not in _TRANSIENT}
         data["loras"] = [{"name": name, "scale": scale} for name, scale in self.loras]
         data["hires"] = self.hires.to_dict() if self.hires is not None else None
         data["client_fields"] = dict(self.client_fields)
@@ -169,7 +173,7 @@ class JobSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
         """Rebuild a spec that was stored by `to_dict` (trusted input: no validation)."""
-        values = {k: v for k, v in data.items() if k in _SPEC_FIELD_SET}
+        values = {k: v for k, v in data.items() if k in _STORED}
         values["loras"] = tuple(
             (entry["name"], float(entry["scale"])) for entry in values.get("loras") or ()
         )  # the others added later are None, or absent from older records
@@ -186,7 +190,9 @@ class JobSpec:
         """A stable hash of the request, used to tell a repeated request from a different
         one. The fields are strings, numbers and None, whose `repr` is stable, in a fixed
         order; hires as its (name, value) pairs that differ from their defaults."""
-        values = tuple(getattr(self, name) for name in _SPEC_FIELDS if name not in _LATER)
+        values = tuple(
+            getattr(self, name) for name in _SPEC_FIELDS if name not in _LATER + _TRANSIENT
+        )
         # The fields added later count only when set: a plain request hashes as before.
         later = {name: getattr(self, name) for name in _LATER if getattr(self, name)}
         if self.hires is not None:
@@ -243,9 +249,13 @@ _LATER = (
     "loras", "init_image", "mask_image", "strength", "hires", "clip_skip", "vae",
     "client_fields",
 )  # fmt: skip
+# Not part of what a job asks for: never stored, never in its fingerprint.
+_TRANSIENT = ("left_to_model",)
 # The request fields a JobSpec has (its client_fields are the doors' to set).
-SPEC_FIELDS = tuple(name for name in _SPEC_FIELDS if name != "client_fields")
-_SPEC_FIELD_SET = frozenset(_SPEC_FIELDS)
+SPEC_FIELDS = tuple(n for n in _SPEC_FIELDS if n not in ("client_fields", *_TRANSIENT))
+# What a model family may have its own default for (families.py).
+FAMILY_FIELDS = ("steps", "guidance_scale", "scheduler")
+_STORED = frozenset(_SPEC_FIELDS) - frozenset(_TRANSIENT)
 
 
 @dataclass(frozen=True)
@@ -359,9 +369,10 @@ def parse_spec(
     priority = parse_priority(e[1], e[0]) if (e := given("priority")) else 0
 
     init_image, mask_image, strength = _image_fields(given)
-    steps = steps if steps is not None else defaults.default_steps
-    if strength is not None:
+    left = tuple(name for name in FAMILY_FIELDS if given(name) is None)
+    if strength is not None and steps is not None:  # else once the model's steps are known
         check_denoising_steps(steps, strength)
+    steps = steps if steps is not None else defaults.default_steps
     hires = _hires_field(given, init_image, width, height, steps, defaults)
     clip_skip = parse_integer(e[0], e[1], 1, CLIP_SKIP_MAX) if (e := given("clip_skip")) else None
     vae = normalise_vae_id(e[1], e[0]) if (e := given("vae")) else None
@@ -384,6 +395,7 @@ def parse_spec(
         hires=hires,
         clip_skip=clip_skip if clip_skip != 1 else None,  # 1: the last layer, no skip
         vae=vae,
+        left_to_model=left,
     )
 
 

@@ -328,6 +328,8 @@ def _model_entry(model: ModelInfo, default: str | None) -> dict[str, Any]:
         "created": _created(model),
         "owned_by": "alice",
         "family": model.family,
+        "variant": model.variant,
+        "defaults": model.to_dict()["defaults"],  # what a request that gives none runs
         "native_size": model.native_size,
         "size_bytes": model.size_bytes,
         "format": model.format,

@@ -5,7 +5,7 @@ acted on, and a value outside what OpenAI allows is a 400 naming the field, as O
 answers it:
 
 - `quality` picks the number of steps from the model family's row of `QUALITY_STEPS`
-  (`auto` and `standard`: the server's default steps); a request's own `steps` wins.
+  (`auto` and `standard`: the model's default steps); a request's own `steps` wins.
 - `output_format` (`png`, `jpeg`, `webp`) and `output_compression` (0-100, the encoder's
   quality; 100 by default) make the answer's images in that format, the generation
   parameters kept (PNG text chunk; JPEG and WebP EXIF UserComment). `gif` and `svg`, and
@@ -33,8 +33,19 @@ QUALITIES = ("low", "medium", "high", "xhigh", "max", "auto", "standard", "hd")
 # Steps for each quality, by model family (rows for more families come with them).
 QUALITY_STEPS: dict[str, dict[str, int]] = {
     "sd": {"low": 12, "medium": 20, "high": 30, "hd": 40, "xhigh": 40, "max": 50},
+    # SD 3.x and FLUX.1 dev (28 steps by default)
+    "flow": {"low": 14, "medium": 20, "high": 28, "hd": 40, "xhigh": 40, "max": 50},
+    # FLUX.1 schnell, distilled to 1-4 steps
+    "schnell": {"low": 1, "medium": 2, "high": 4, "hd": 4, "xhigh": 4, "max": 4},
 }
-_ROW = {"sd1": "sd", "sd2": "sd", "sdxl": "sd"}
+
+
+def _row(family: str | None, variant: str | None) -> dict[str, int]:
+    if family == "flux" and variant == "schnell":
+        return QUALITY_STEPS["schnell"]
+    return QUALITY_STEPS["flow" if family in ("sd3", "flux") else "sd"]
+
+
 # What the answer says it made, from the steps that ran: the highest quality reached.
 _ANSWERED = ("low", "medium", "high", "xhigh", "max")
 
@@ -164,19 +175,19 @@ def take(body: Mapping[str, Any]) -> tuple[OpenAIFields, dict[str, Any]]:
 
 
 def quality_steps(
-    quality: str | None, family: str | None, default_steps: int, max_steps: int
-) -> int:
-    """The steps a `quality` asks for on a model of `family` (`auto`, `standard` or
-    none: the server's default steps), never more than the server allows."""
+    quality: str | None, family: str | None, variant: str | None, max_steps: int
+) -> int | None:
+    """The steps a `quality` asks for on a model of `family` (and `variant`), never more
+    than the server allows; None for `auto`, `standard` or none: the model's default
+    (its family's, or the server's)."""
     if quality is None or quality in ("auto", "standard"):
-        return default_steps
-    row = QUALITY_STEPS[_ROW.get(family or "", "sd")]
-    return min(row[quality], max_steps)
+        return None
+    return min(_row(family, variant)[quality], max_steps)
 
 
-def quality_of(steps: int, family: str | None) -> str:
+def quality_of(steps: int, family: str | None, variant: str | None = None) -> str:
     """The quality an answer reports for `steps` on a model of `family`: the highest one
     whose steps were reached (`low` below them all)."""
-    row = QUALITY_STEPS[_ROW.get(family or "", "sd")]
+    row = _row(family, variant)
     reached = [name for name in _ANSWERED if steps >= row[name]]
     return reached[-1] if reached else "low"

@@ -94,11 +94,12 @@ async def _asked(api: Api, fields: dict[str, Any], openai: OpenAIFields) -> Aske
             f"{model.id} cannot make a transparent background; ask for opaque or auto",
             field="background",
         )
-    if openai.quality is not None and fields.get("steps") is None:
-        generation = api.settings.generation
-        fields["steps"] = openai_fields.quality_steps(
-            openai.quality, model.family, generation.default_steps, generation.max_steps
+    if fields.get("steps") is None:
+        steps = openai_fields.quality_steps(
+            openai.quality, model.family, model.variant, api.settings.generation.max_steps
         )
+        if steps is not None:  # else the model's own default
+            fields["steps"] = steps
     return Asked(name, model, openai)
 
 
@@ -253,7 +254,9 @@ def _gpt_image_details(done: JobRecord, asked: Asked) -> dict[str, Any]:
     return {
         "background": "opaque",
         "output_format": asked.fields.suffix,
-        "quality": openai_fields.quality_of(int(ran["steps"]), asked.model.family),
+        "quality": openai_fields.quality_of(
+            int(ran["steps"]), asked.model.family, asked.model.variant
+        ),
         "size": f"{ran['width']}x{ran['height']}",
         "usage": _NO_USAGE,
     }

@@ -81,7 +81,7 @@ def models_ls(app: App, as_json: bool) -> None:
     rows = [
         [
             ("* " if m.id == default else "  ") + m.id,
-            FAMILY_NAMES.get(m.family or "", "-"),
+            " ".join(filter(None, [FAMILY_NAMES.get(m.family or "", "-"), m.variant])),
             m.format.replace("_", "-"),
             _size(m.size_bytes),
             f"{m.native_size}px" if m.native_size else "-",
@@ -234,6 +234,7 @@ def generate(
         memory=settings.runner.memory,
         default_model=settings.generation.default_model,
     )
+    request = engine.registry.with_model(request, engine.default_model)  # its family's
     request, model = engine.registry.resolve_with_model(request, engine.default_model)
     engine.registry.check_loras(request, model)  # before any loading
     engine.registry.check_vae(request)

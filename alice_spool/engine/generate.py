@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    DiffusionPipeline,
+    FluxPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from transformers.utils import logging as transformers_logging
@@ -40,7 +46,7 @@ from .device import Placement
 from .hires import two_passes
 from .memory import free_memory, place
 from .memory import plan as memory_plan
-from .schedulers import a1111_schedule, make_scheduler
+from .schedulers import a1111_schedule, flow_scheduler, make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +56,11 @@ StopCheck = Callable[[], bool]
 _PIPELINES = {
     "StableDiffusionPipeline": StableDiffusionPipeline,
     "StableDiffusionXLPipeline": StableDiffusionXLPipeline,
+    "FluxPipeline": FluxPipeline,
+    "StableDiffusion3Pipeline": StableDiffusion3Pipeline,
 }
+# The transformer (flow-matching) pipelines: their own schedulers, no UNet.
+_FLOW = (FluxPipeline, StableDiffusion3Pipeline)
 
 
 def quiet_libraries() -> None:
@@ -102,7 +112,7 @@ def _load_and_place(
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ModelLoadFailed(f"cannot load {model_id} {source}: {reason}", model=model_id) from exc
     pipeline.set_progress_bar_config(disable=True)
-    native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    native = native_size(pipeline)
     log.info("loaded %s %s on %s (memory %s)", model_id, source, placement.label, mode)
     return Loaded(model_id, pipeline, placement, native, mode, pipeline.scheduler.config)
 
@@ -120,6 +130,19 @@ def load(
     return _load_and_place(
         make, model_id, placement, memory=memory, family=family, source=f"from {path}"
     )
+
+
+def native_size(pipeline: DiffusionPipeline) -> int:
+    """The size a pipeline makes when asked none (FLUX's: the pipeline's own default)."""
+    unet = getattr(pipeline, "unet", None)
+    if unet is not None:
+        return int(unet.config.sample_size * pipeline.vae_scale_factor)
+    return int(pipeline.default_sample_size * pipeline.vae_scale_factor)
+
+
+def is_flow(pipeline: Any) -> bool:
+    """A flow-matching transformer pipeline (FLUX.1, SD 3.x) or one made from it."""
+    return hasattr(pipeline, "transformer") and not hasattr(pipeline, "unet")
 
 
 # The repository whose configs and tokenizer a family's single-file checkpoints need.
@@ -234,7 +257,10 @@ def generate(
         )
     width = first.width or loaded.native_size
     height = first.height or loaded.native_size
+    flow = is_flow(loaded.pipeline)
     multiple = loaded.pipeline.vae_scale_factor
+    if isinstance(loaded.pipeline, FluxPipeline):
+        multiple *= 2  # its latents are packed in 2x2 patches
     for name, size in (("width", width), ("height", height)):
         if size % multiple:
             raise InvalidParameters(
@@ -294,7 +320,10 @@ def generate(
     # img2img and inpainting run a pipeline made from the resident one (`from_pipe`:
     # the same modules, no second copy of the weights).
     pipeline = _pipeline_for(loaded, "txt2img" if mode == "hires" else mode)
-    pipeline.scheduler = make_scheduler(first.scheduler, loaded.scheduler_config, seeds)
+    if flow:
+        pipeline.scheduler = flow_scheduler(first.scheduler, loaded.scheduler_config)
+    else:
+        pipeline.scheduler = make_scheduler(first.scheduler, loaded.scheduler_config, seeds)
     schedule = a1111_schedule(pipeline.scheduler)
     second_pass = _pipeline_for(loaded, "img2img") if mode == "hires" else None
     extra_arguments: dict[str, Any] = {}
@@ -305,6 +334,8 @@ def generate(
         extra_arguments.update(image=inits, strength=first.strength)
     if mode == "inpaint":
         extra_arguments.update(mask_image=masks)
+    # FLUX.1 takes no negative prompt (the door refuses one: registry.for_family).
+    negative = {} if isinstance(loaded.pipeline, FluxPipeline) else {"negative_prompt": negatives}
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
     # 4. Denoise, reporting each step and stopping at the next one when asked. Progress
@@ -349,7 +380,7 @@ def generate(
             else:
                 denoised = pipeline(
                     prompt=prompts,
-                    negative_prompt=negatives,
+                    **negative,
                     width=width,
                     height=height,
                     num_inference_steps=first.steps,
@@ -425,6 +456,10 @@ _DERIVED = {
     ("StableDiffusionPipeline", "inpaint"): "StableDiffusionInpaintPipeline",
     ("StableDiffusionXLPipeline", "img2img"): "StableDiffusionXLImg2ImgPipeline",
     ("StableDiffusionXLPipeline", "inpaint"): "StableDiffusionXLInpaintPipeline",
+    ("FluxPipeline", "img2img"): "FluxImg2ImgPipeline",
+    ("FluxPipeline", "inpaint"): "FluxInpaintPipeline",
+    ("StableDiffusion3Pipeline", "img2img"): "StableDiffusion3Img2ImgPipeline",
+    ("StableDiffusion3Pipeline", "inpaint"): "StableDiffusion3InpaintPipeline",
 }
 
 
@@ -457,7 +492,9 @@ def _pipeline_for(loaded: Loaded, mode: str) -> Any:
         derived.set_progress_bar_config(disable=True)
         loaded.derived[mode] = derived
     # The resident pipeline's current modules (a compiled UNet swaps in and out).
-    derived.unet, derived.vae = loaded.pipeline.unet, loaded.pipeline.vae
+    if hasattr(loaded.pipeline, "unet"):
+        derived.unet = loaded.pipeline.unet
+    derived.vae = loaded.pipeline.vae
     return derived
 
 

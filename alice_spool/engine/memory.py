@@ -22,7 +22,14 @@ log = logging.getLogger(__name__)
 GB = 1024**3
 # Free GPU memory (bytes) a family needs to run `full`, and to run `low`, at fp16
 # with a batch of a few images.
-THRESHOLDS = {"sd1": (4 * GB, 2 * GB), "sd2": (5 * GB, 2.5 * GB), "sdxl": (12 * GB, 6 * GB)}
+THRESHOLDS = {
+    "sd1": (4 * GB, 2 * GB),
+    "sd2": (5 * GB, 2.5 * GB),
+    "sdxl": (12 * GB, 6 * GB),
+    # bf16 transformer and T5 encoder resident / offloaded a model at a time
+    "sd3": (30 * GB, 12 * GB),
+    "flux": (36 * GB, 14 * GB),
+}
 
 
 def plan(mode: str, *, free_bytes: int | None, family: str) -> str:
@@ -54,9 +61,9 @@ def place(pipeline: DiffusionPipeline, placement: Placement, mode: str) -> None:
     if mode == "full" or placement.device.type != "cuda":
         pipeline.to(placement.device)
         return
-    pipeline.enable_attention_slicing()
-    pipeline.enable_vae_slicing()
-    pipeline.enable_vae_tiling()
+    for saving in ("enable_attention_slicing", "enable_vae_slicing", "enable_vae_tiling"):
+        if hasattr(pipeline, saving):  # (the transformer families' pipelines lack some)
+            getattr(pipeline, saving)()
     if mode == "low":
         pipeline.enable_model_cpu_offload(device=placement.device)
     elif mode == "minimal":

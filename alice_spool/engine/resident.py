@@ -30,6 +30,7 @@ from .generate import (
     generate,
     load,
     load_single_file,
+    native_size,
 )
 from .memory import free_memory
 from .vae import VaeCache, swapped_in
@@ -121,7 +122,7 @@ class Engine:
         info = self.registry.get(model_id)
         self._put_away_current()
         pipeline.set_progress_bar_config(disable=True)
-        native = info.native_size or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+        native = info.native_size or native_size(pipeline)
         self.current = Loaded(
             info.id, pipeline, self.placement, native, "full", pipeline.scheduler.config
         )

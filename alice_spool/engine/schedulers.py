@@ -22,6 +22,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     DPMSolverSDEScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     HeunDiscreteScheduler,
     KDPM2AncestralDiscreteScheduler,
     KDPM2DiscreteScheduler,
@@ -226,3 +227,27 @@ def make_scheduler(name: str, base_config: Any, seeds: list[int]) -> SchedulerMi
         scheduler = SeededSDEScheduler.from_config(scheduler.config)
         scheduler.image_seeds = list(seeds)
     return scheduler
+
+
+# The sigma curves FlowMatchEulerDiscreteScheduler has, by the A1111 schedule type's key
+# (registry.FLOW_SCHEDULERS names the schedulers the door lets through).
+_FLOW_CURVES = {"karras": "use_karras_sigmas", "exponential": "use_exponential_sigmas",
+                "beta": "use_beta_sigmas"}  # fmt: skip
+
+
+def flow_scheduler(name: str, base_config: Any) -> SchedulerMixin:
+    """A flow-matching model's scheduler for `name`: its own Euler (the model's config:
+    its shift, dynamic shifting), on the sigma curve the name's schedule type asks for.
+    Deterministic: an image is the same alone or in a batch."""
+    try:
+        key, schedule = samplers.parse(name)
+    except KeyError:
+        raise InvalidParameters(f"scheduler {name!r} is not known", field="scheduler") from None
+    if key != "euler" or (schedule is not None and schedule not in _FLOW_CURVES):
+        raise InvalidParameters(
+            f"scheduler {name!r} cannot run a flow-matching model: euler, euler_karras, "
+            "euler_exponential or euler_beta can",
+            field="scheduler",
+        )
+    options = {_FLOW_CURVES[schedule]: True} if schedule is not None else {}
+    return FlowMatchEulerDiscreteScheduler.from_config(dict(base_config), **options)

@@ -161,9 +161,9 @@ def test_a_value_openai_would_refuse_is_a_400_naming_the_field(
 @pytest.mark.parametrize(
     ("quality", "steps"),
     [
-        (None, 25),
-        ("auto", 25),
-        ("standard", 25),
+        (None, None),
+        ("auto", None),
+        ("standard", None),
         ("low", 12),
         ("medium", 20),
         ("high", 30),
@@ -174,15 +174,28 @@ def test_a_value_openai_would_refuse_is_a_400_naming_the_field(
 )
 def test_quality_maps_onto_the_sd_families_steps(quality: str | None, steps: int) -> None:
     """SD 1.x, 2.x and XL share one row (a model of no known family too); `auto`,
-    `standard` and none are the server's default steps, whatever it is."""
+    `standard` and none leave the steps to the model (None)."""
     for family in ("sd1", "sd2", "sdxl", None):
-        assert openai_fields.quality_steps(quality, family, 25, 150) == steps
-    expected = 33 if quality in (None, "auto", "standard") else steps
-    assert openai_fields.quality_steps(quality, "sd1", 33, 150) == expected
+        assert openai_fields.quality_steps(quality, family, None, 150) == steps
+
+
+@pytest.mark.parametrize(
+    ("quality", "flow", "schnell"),
+    [("low", 14, 1), ("medium", 20, 2), ("high", 28, 4), ("hd", 40, 4), ("max", 50, 4),
+     ("auto", None, None)],
+)  # fmt: skip
+def test_flow_families_have_rows_of_their_own(
+    quality: str, flow: int | None, schnell: int | None
+) -> None:
+    assert openai_fields.quality_steps(quality, "sd3", None, 150) == flow
+    assert openai_fields.quality_steps(quality, "flux", "dev", 150) == flow
+    assert openai_fields.quality_steps(quality, "flux", "schnell", 150) == schnell
+    assert openai_fields.quality_of(4, "flux", "schnell") == "max"
+    assert openai_fields.quality_of(28, "flux", "dev") == "high"
 
 
 def test_quality_never_asks_more_steps_than_the_server_allows() -> None:
-    assert openai_fields.quality_steps("max", "sd1", 25, 30) == 30
+    assert openai_fields.quality_steps("max", "sd1", None, 30) == 30
 
 
 @pytest.mark.parametrize(

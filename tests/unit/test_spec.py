@@ -490,10 +490,21 @@ def test_img2img_with_one_denoising_step_or_more_is_taken(steps: int, strength: 
 
 
 def test_the_steps_check_uses_the_default_steps_and_strength() -> None:
+    """With no steps given, the check waits for the model's (its family's, or the
+    server's): the door makes it when it knows the model (registry.for_family)."""
+    from pathlib import Path
+
+    from alice_spool.registry import ModelInfo, for_family
+
     few = replace(BUILTIN_DEFAULTS, default_steps=1)
+    left = parse_spec({"prompt": "x", "init_image": IMAGE}, few)  # 1 step at 0.75
+    assert left.left_to_model == ("steps", "guidance_scale", "scheduler")
+    sd = ModelInfo("sd/m", "m", Path("m"), "diffusers", "sd1", 0, 512)
     with pytest.raises(InvalidParameters) as info:
-        parse_spec({"prompt": "x", "init_image": IMAGE}, few)  # 1 step at 0.75
+        for_family(left, sd)
     assert info.value.field == "strength" and "raise steps to at least 2" in info.value.message
+    schnell = replace(sd, family="flux", variant="schnell")  # 4 steps at 0.75: 3 run
+    assert for_family(left, schnell).steps == 4
     assert parse_spec({"prompt": "x", "init_image": IMAGE, "steps": 2}, few).strength == 0.75
     assert parse_spec({"prompt": "x", "steps": 1, "strength": 0.2}).strength is None  # txt2img
 

@@ -168,3 +168,24 @@ def test_search_pull_follow_as_json_list_and_cancel_downloads(
     assert ok(run("models", "cancel", queued.id)).strip() == f"{queued.id}: cancelled"
     assert store.get_download(queued.id).status.value == "cancelled"
     fails(run("models", "cancel", queued.id + "0"), 3, "[not_found]")
+
+
+def test_generate_on_flux_and_sd3_runs_their_familys_defaults(run, tmp_path: Path) -> None:
+    """The CLI's own engine: a FLUX.1 schnell and an SD 3.x model, listed with their
+    family and variant, run what the request left out as their family does."""
+    flux = ("--family", "flux", "--variant", "schnell")
+    ok(run("models", "create-tiny", "--name", "schnell", *flux))
+    ok(run("models", "create-tiny", "--name", "three", "--family", "sd3"))
+    table = ok(run("models", "ls"))
+    assert "FLUX.1 schnell" in table and "SD 3.x" in table
+    out = tmp_path / "flux.png"
+    summary = json.loads(ok(run("generate", "a fox", "-o", str(out), "--model", "schnell",
+                                "--seed", "3", "--json")))  # fmt: skip
+    assert (summary["model"], summary["steps"], summary["width"]) == ("sd/schnell", 4, 64)
+    with Image.open(out) as image:
+        assert image.size == (64, 64)
+    sd3 = json.loads(ok(run("generate", "a fox", "-o", str(tmp_path / "sd3.png"), "--model",
+                            "three", "--steps", "3", "--json")))  # fmt: skip
+    assert (sd3["model"], sd3["steps"]) == ("sd/three", 3)
+    fails(run("generate", "x", "--model", "schnell", "--negative-prompt", "blur"), 3,
+          "negative_prompt")  # fmt: skip

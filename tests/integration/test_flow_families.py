@@ -1,0 +1,185 @@
+"""FLUX.1 and SD 3.x (DESIGN section 17), on their tiny random-weight models and the real
+diffusers pipelines: the registry lists them with their family, variant and defaults;
+the door fills what a request left to the model with the family's own and refuses what
+the family cannot do; the engine makes images that follow the seed, come out the same
+alone or in a batch, and keep every pixel outside an inpainting mask."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from diffusers import FlowMatchEulerDiscreteScheduler
+from PIL import Image
+
+from alice_spool.engine.device import choose
+from alice_spool.engine.generate import Loaded, generate, load
+from alice_spool.engine.schedulers import flow_scheduler
+from alice_spool.engine.tiny import create_tiny
+from alice_spool.errors import InvalidParameters
+from alice_spool.registry import ModelRegistry
+from alice_spool.spec import BuiltinDefaults, JobSpec, parse_spec
+
+# Small server defaults, so that what the family sets is told apart from them.
+SERVER = BuiltinDefaults(default_steps=7, default_guidance_scale=6.0)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("models")
+    create_tiny(directory, "flux-dev", family="flux", variant="dev")
+    create_tiny(directory, "flux-schnell", family="flux", variant="schnell")
+    create_tiny(directory, "sd3", family="sd3")
+    create_tiny(directory, "tiny")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def registry(models: Path) -> ModelRegistry:
+    return ModelRegistry(models)
+
+
+@pytest.fixture(scope="module", params=["flux-dev", "sd3"])
+def loaded(request: pytest.FixtureRequest, registry: ModelRegistry) -> Loaded:
+    info = registry.get(request.param)
+    return load(info.path, info.id, choose("cpu"), family=str(info.family))
+
+
+def queued(registry: ModelRegistry, **fields: Any) -> JobSpec:
+    """A request as a door queues it: parsed, then made the model's (with_model)."""
+    return registry.with_model(parse_spec({"prompt": "a red fox", **fields}, SERVER))
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+# -- the registry and the door --------------------------------------------------------------
+
+
+def test_the_registry_lists_each_family_with_its_variant_and_defaults(
+    registry: ModelRegistry,
+) -> None:
+    listed = {m.id: m for m in registry.scan()}
+    expected = {
+        "sd/flux-dev": ("flux", "dev", 28, 3.5),
+        "sd/flux-schnell": ("flux", "schnell", 4, 0.0),
+        "sd/sd3": ("sd3", None, 28, 4.5),
+        "sd/tiny": ("sd1", None, None, None),  # the server's defaults
+    }
+    for model_id, (family, variant, steps, guidance) in expected.items():
+        model = listed[model_id]
+        assert model.ok, model.broken
+        assert (model.family, model.variant, model.native_size) == (family, variant, 64)
+        shown = model.to_dict()
+        assert shown["defaults"] == {"steps": steps, "guidance_scale": guidance}
+    assert listed["sd/flux-dev"].to_dict()["family_name"] == "FLUX.1"
+    assert listed["sd/sd3"].to_dict()["family_name"] == "SD 3.x"
+
+
+@pytest.mark.parametrize(
+    ("model", "steps", "guidance"),
+    [("flux-dev", 28, 3.5), ("flux-schnell", 4, 0.0), ("sd3", 28, 4.5), ("tiny", 7, 6.0)],
+)
+def test_what_a_request_leaves_to_the_model_is_its_familys(
+    registry: ModelRegistry, model: str, steps: int, guidance: float
+) -> None:
+    spec = queued(registry, model=model)
+    assert (spec.steps, spec.guidance_scale) == (steps, guidance)
+    assert spec.scheduler == ("euler" if model != "tiny" else SERVER.default_scheduler)
+    assert spec.left_to_model == () and spec.model == f"sd/{model}"
+    given = queued(registry, model=model, steps=3, guidance_scale=2.0, scheduler="euler_karras")
+    assert (given.steps, given.guidance_scale, given.scheduler) == (3, 2.0, "euler_karras")
+
+
+def test_what_a_flow_family_cannot_do_is_a_400_naming_the_field(registry: ModelRegistry) -> None:
+    cases = [
+        ("flux-dev", {"negative_prompt": "blurry"}, "negative_prompt"),
+        ("flux-schnell", {"scheduler": "dpm++_2m"}, "scheduler"),
+        ("sd3", {"scheduler": "euler_a"}, "scheduler"),
+        ("sd3", {"clip_skip": 2}, "clip_skip"),
+        ("flux-dev", {"hires": "2x"}, "hires"),
+    ]
+    for model, fields, field in cases:
+        with pytest.raises(InvalidParameters) as refused:
+            queued(registry, model=model, **fields)
+        assert refused.value.details["field"] == field, (model, fields)
+    assert queued(registry, model="sd3", negative_prompt="blurry").negative_prompt == "blurry"
+
+
+def test_img2img_steps_are_checked_with_the_familys_steps(registry: ModelRegistry) -> None:
+    """strength x steps must leave a step: checked once the model's steps are known."""
+    image = "sha256:" + "0" * 64
+    with pytest.raises(InvalidParameters) as refused:
+        queued(registry, model="flux-schnell", init_image=image, strength=0.2)  # 4 x 0.2
+    assert refused.value.details["field"] == "strength"
+    assert queued(registry, model="flux-dev", init_image=image, strength=0.2).steps == 28
+
+
+# -- the engine -----------------------------------------------------------------------------
+
+
+def run(loaded: Loaded, specs: list[JobSpec], **options: Any) -> list[Image.Image]:
+    output = generate(loaded, specs, **options)
+    assert all(job.error is None for job in output.jobs), [job.error for job in output.jobs]
+    return [image for job in output.jobs for image in job.images]
+
+
+def made(loaded: Loaded, **fields: Any) -> JobSpec:
+    base = {"prompt": "a red fox", "steps": 3, "width": 64, "height": 64, "seed": 5}
+    spec = parse_spec({**base, "model": loaded.model_id, **fields}, SERVER)
+    return replace(spec, scheduler=fields.get("scheduler", "euler"), left_to_model=())
+
+
+def test_txt2img_follows_the_seed(loaded: Loaded) -> None:
+    first, again = run(loaded, [made(loaded)]), run(loaded, [made(loaded)])
+    other = run(loaded, [made(loaded, seed=6)])
+    assert first[0].size == (64, 64)
+    assert np.array_equal(pixels(first[0]), pixels(again[0]))
+    assert np.abs(pixels(first[0]) - pixels(other[0])).mean() > 5
+
+
+def test_an_image_is_the_same_alone_or_in_a_batch(loaded: Loaded) -> None:
+    alone = [run(loaded, [made(loaded, seed=seed)])[0] for seed in (11, 12)]
+    together = run(loaded, [made(loaded, seed=11), made(loaded, seed=12, prompt="a kite")])
+    assert np.abs(pixels(alone[0]) - pixels(together[0])).max() <= 2
+    lone_kite = run(loaded, [made(loaded, seed=12, prompt="a kite")])[0]
+    assert np.abs(pixels(lone_kite) - pixels(together[1])).max() <= 2
+    assert np.abs(pixels(alone[1]) - pixels(lone_kite)).mean() > 0  # the prompt counts
+
+
+def test_each_flow_schedule_runs_on_its_curve(loaded: Loaded) -> None:
+    """The model's own Euler, on the sigma curve the name asks for: each changes the
+    image (a little, on random weights); a name flow matching has no scheduler for is
+    refused by the engine too."""
+    plain = pixels(run(loaded, [made(loaded)])[0])
+    for scheduler, option in [
+        ("euler_karras", "use_karras_sigmas"),
+        ("euler_exponential", "use_exponential_sigmas"),
+        ("euler_beta", "use_beta_sigmas"),
+    ]:
+        built = flow_scheduler(scheduler, loaded.scheduler_config)
+        assert isinstance(built, FlowMatchEulerDiscreteScheduler) and built.config[option]
+        curved = pixels(run(loaded, [made(loaded, scheduler=scheduler)])[0])
+        assert np.abs(curved - plain).max() > 0, scheduler
+    with pytest.raises(InvalidParameters, match="flow-matching"):
+        flow_scheduler("dpm++_2m_karras", loaded.scheduler_config)
+
+
+def test_img2img_and_inpainting_keep_what_they_must(loaded: Loaded) -> None:
+    rng = np.random.default_rng(4)
+    source = Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))  # white: repaint
+    image = "sha256:" + "1" * 64
+    varied = made(loaded, init_image=image, strength=0.7)
+    (out,) = run(loaded, [varied], images=[{"init_image": source}])
+    assert out.size == (64, 64)
+    inpaint = made(loaded, init_image=image, mask_image="sha256:" + "2" * 64, strength=1.0)
+    (painted,) = run(loaded, [inpaint], images=[{"init_image": source, "mask_image": mask}])
+    keep = np.asarray(mask) == 0
+    assert np.array_equal(pixels(painted)[keep], pixels(source)[keep])
+    assert (pixels(painted)[~keep] != pixels(source)[~keep]).mean() > 0.5
