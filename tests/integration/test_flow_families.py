@@ -15,13 +15,19 @@ import pytest
 from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
+from alice_spool.database import Database
 from alice_spool.engine.device import choose
 from alice_spool.engine.generate import Loaded, generate, load
+from alice_spool.engine.resident import Engine
 from alice_spool.engine.schedulers import flow_scheduler
 from alice_spool.engine.tiny import create_tiny
 from alice_spool.errors import InvalidParameters
+from alice_spool.models import JobStatus
+from alice_spool.outbox import Outbox
 from alice_spool.registry import ModelRegistry
+from alice_spool.runner import Runner, RunnerOptions
 from alice_spool.spec import BuiltinDefaults, JobSpec, parse_spec
+from alice_spool.store import Store
 
 # Small server defaults, so that what the family sets is told apart from them.
 SERVER = BuiltinDefaults(default_steps=7, default_guidance_scale=6.0)
@@ -183,3 +189,46 @@ def test_img2img_and_inpainting_keep_what_they_must(loaded: Loaded) -> None:
     keep = np.asarray(mask) == 0
     assert np.array_equal(pixels(painted)[keep], pixels(source)[keep])
     assert (pixels(painted)[~keep] != pixels(source)[~keep]).mean() > 0.5
+
+
+# -- the runner -----------------------------------------------------------------------------
+
+
+def test_a_mixed_queue_runs_every_job_on_its_own_model_with_few_switches(
+    models: Path, registry: ModelRegistry, database: Database, tmp_path: Path
+) -> None:
+    """SD, FLUX.1 and SD 3.x jobs interleaved in the queue, through the real runner and
+    engine: each succeeds on its own model, with its family's defaults recorded, and
+    the runner loads each model once (it prefers the resident model's jobs)."""
+    engine = Engine(registry, choose("cpu"), preload=False)
+    loads: list[str] = []
+    real_ensure = engine.ensure
+
+    def counted(model_id: str) -> Loaded:
+        if engine.resident_model != model_id:
+            loads.append(model_id)
+        return real_ensure(model_id)
+
+    engine.ensure = counted  # type: ignore[method-assign]
+    store = Store(database, max_queue=100, max_attempts=3)
+    order = ["tiny", "flux-schnell", "sd3", "tiny", "flux-schnell", "sd3"]
+    jobs = [
+        store.enqueue(queued(registry, model=m, width=64, height=64, seed=i), source="cli").job
+        for i, m in enumerate(order)
+    ]
+    runner = Runner(
+        store,
+        Outbox(tmp_path / "outbox"),
+        engine,
+        RunnerOptions(name="mixed", exit_when_idle=True, switch_model_after_s=60),
+        lock_dir=tmp_path,
+    )
+    runner.run()
+    for job, model in zip(jobs, order, strict=True):
+        done = store.get(job.id)
+        assert done.status is JobStatus.SUCCEEDED, (model, done.error_message)
+        ran = (done.result or {})["spec"]
+        assert ran["model"] == f"sd/{model}"
+        assert ran["steps"] == {"tiny": 7, "flux-schnell": 4, "sd3": 28}[model]
+        assert (tmp_path / "outbox" / job.id / f"{job.id}-0.png").exists()
+    assert sorted(loads) == ["sd/flux-schnell", "sd/sd3", "sd/tiny"]  # one load each
