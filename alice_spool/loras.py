@@ -11,6 +11,11 @@ Two key styles are read:
 The family follows from a second text encoder (SDXL), else from the width of the text
 embedding the cross-attention keys take: 2048 SDXL, 1024 SD 2.x, anything else SD 1.x
 (768, and the tiny model's 32).
+
+FLUX.1 and SD 3.x LoRAs are told by their transformer's block names: diffusers / PEFT
+`transformer.` keys (FLUX's have `single_transformer_blocks`, SD 3's do not), kohya's
+`lora_unet_double_blocks_` / `lora_unet_single_blocks_` (FLUX) and
+`lora_unet_joint_blocks_` (SD 3), and XLabs' FLUX `double_blocks.N.processor.*_lora*`.
 """
 
 from __future__ import annotations
@@ -72,11 +77,13 @@ class LoraHashes:
 def lora_family(header: dict[str, Any]) -> str | None:
     """The family a LoRA's tensors were made for; None if they are no LoRA's."""
     keys = [k for k in header if k != "__metadata__"]
-    lora_keys = [
-        k for k in keys if any(m in k for m in ("lora_down", "lora_A", "lora.down", "lora_up"))
-    ]
+    marks = ("lora_down", "lora_A", "lora.down", "lora_up", "_lora1.down", "_lora2.down")
+    lora_keys = [k for k in keys if any(m in k for m in marks)]
     if not lora_keys:
         return None
+    flow = _flow_family(lora_keys)
+    if flow is not None:
+        return flow
     if any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in keys):
         return "sdxl"
     if any(k.startswith("lora_unet_input_blocks_") for k in keys):
@@ -89,6 +96,19 @@ def lora_family(header: dict[str, Any]) -> str | None:
             width = shape[1]
             return {2048: "sdxl", 1024: "sd2"}.get(width, "sd1")
     return "sd1"
+
+
+def _flow_family(keys: list[str]) -> str | None:
+    """`flux` or `sd3` for a LoRA of a transformer family's blocks, else None."""
+    if any(k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in keys):
+        return "flux"  # kohya
+    if any(k.startswith("double_blocks.") and "processor" in k for k in keys):
+        return "flux"  # XLabs
+    if any(k.startswith("lora_unet_joint_blocks_") for k in keys):
+        return "sd3"  # kohya
+    if any(k.startswith("transformer.") for k in keys):
+        return "flux" if any("single_transformer_blocks" in k for k in keys) else "sd3"
+    return None
 
 
 def _read(path: Path) -> LoraInfo:

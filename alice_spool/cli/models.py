@@ -120,6 +120,7 @@ def models_ls(app: App, as_json: bool) -> None:
 # engine/tiny.py's TINY_FAMILIES and FLUX_VARIANTS, spelled out: importing it loads torch.
 TINY_FAMILIES = ("sd1", "sdxl", "flux", "sd3")
 FLUX_VARIANTS = ("dev", "schnell")
+LORA_FAMILIES = ("sd1", "flux", "sd3")
 
 
 @models.command("create-tiny")
@@ -158,15 +159,23 @@ def models_create_tiny(
 
 @models.command("create-tiny-lora")
 @click.argument("name", default="tiny-lora")
+@click.option(
+    "--family",
+    type=click.Choice(LORA_FAMILIES),
+    default="sd1",
+    show_default=True,
+    help="The tiny model it is for: sd1 (sd/tiny), flux or sd3.",
+)
 @click.option("--replace", is_flag=True, help="Overwrite a LoRA of that name.")
 @pass_app
-def models_create_tiny_lora(app: App, name: str, replace: bool) -> None:
-    """Write a random LoRA for sd/tiny to <models>/loras/NAME.safetensors (lora/NAME).
+def models_create_tiny_lora(app: App, name: str, family: str, replace: bool) -> None:
+    """Write a random LoRA for a tiny model to <models>/loras/NAME.safetensors (lora/NAME).
 
     For smoke tests: at scale 1 it changes the tiny model's images visibly."""
     from ..engine.tiny import create_tiny_lora
 
-    path = create_tiny_lora(Path(app.settings.paths.models), name, replace=replace)
+    models_dir = Path(app.settings.paths.models)
+    path = create_tiny_lora(models_dir, name, replace=replace, family=family)
     click.echo(path)
 
 

@@ -391,18 +391,27 @@ TINY_LORA_NAME = "tiny-lora"
 LORA_SEED = 20261201
 
 
+# The tiny models a LoRA can be made for: their family's denoiser, and its key prefix.
+LORA_FAMILIES = ("sd1", "flux", "sd3")
+
+
 def create_tiny_lora(
-    models_dir: Path, name: str = TINY_LORA_NAME, *, replace: bool = False
+    models_dir: Path, name: str = TINY_LORA_NAME, *, replace: bool = False, family: str = "sd1"
 ) -> Path:
-    """Write a random LoRA for the tiny model (diffusers/PEFT keys, rank 4, on the UNet's
-    attention projections) to `models_dir/loras/<name>.safetensors`, atomically. Its
-    weights come from a fixed seed and are strong enough to change the tiny model's
-    images visibly at scale 1."""
+    """Write a random LoRA for the tiny model of `family` (diffusers/PEFT keys, rank 4,
+    on the UNet's or the transformer's attention projections) to
+    `models_dir/loras/<name>.safetensors`, atomically. Its weights come from a fixed
+    seed and are strong enough to change the tiny model's images visibly at scale 1."""
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     quiet_libraries()
+    if family not in LORA_FAMILIES:
+        raise InvalidParameters(
+            f"no tiny LoRA of family {family!r} (choose from {', '.join(LORA_FAMILIES)})",
+            field="family",
+        )
     lora_id = normalise_lora_id(name, "name")
     target = Path(models_dir) / LORAS_DIR / f"{lora_id.removeprefix('lora/')}.safetensors"
     if target.exists() and not replace:
@@ -411,7 +420,9 @@ def create_tiny_lora(
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.stem}.") as scratch:
         state = torch.random.get_rng_state()
         try:
-            unet = build_tiny_pipeline(Path(scratch)).unet
+            pipeline = build_tiny_pipeline(Path(scratch), family)
+            prefix = "unet" if family == "sd1" else "transformer"
+            denoiser = getattr(pipeline, prefix)
             torch.manual_seed(LORA_SEED)
             config = LoraConfig(
                 r=4,
@@ -419,13 +430,13 @@ def create_tiny_lora(
                 target_modules=["to_q", "to_k", "to_v", "to_out.0"],
                 init_lora_weights=False,  # random A and B: a LoRA that does something
             )
-            unet.add_adapter(config, adapter_name="tiny")
-            weights = get_peft_model_state_dict(unet, adapter_name="tiny")
+            denoiser.add_adapter(config, adapter_name="tiny")
+            weights = get_peft_model_state_dict(denoiser, adapter_name="tiny")
         finally:
             torch.random.set_rng_state(state)
         staged = Path(scratch) / "lora.safetensors"
         save_file(
-            {f"unet.{key}": (3 * value).contiguous() for key, value in weights.items()},
+            {f"{prefix}.{key}": (3 * value).contiguous() for key, value in weights.items()},
             str(staged),
             metadata={"alice_spool": "random LoRA for the tiny model, for smoke tests"},
         )

@@ -20,7 +20,7 @@ from alice_spool.engine.device import choose
 from alice_spool.engine.generate import Loaded, generate, load
 from alice_spool.engine.resident import Engine
 from alice_spool.engine.schedulers import flow_scheduler
-from alice_spool.engine.tiny import create_tiny
+from alice_spool.engine.tiny import create_tiny, create_tiny_lora
 from alice_spool.errors import InvalidParameters
 from alice_spool.models import JobStatus
 from alice_spool.outbox import Outbox
@@ -232,3 +232,38 @@ def test_a_mixed_queue_runs_every_job_on_its_own_model_with_few_switches(
         assert ran["steps"] == {"tiny": 7, "flux-schnell": 4, "sd3": 28}[model]
         assert (tmp_path / "outbox" / job.id / f"{job.id}-0.png").exists()
     assert sorted(loads) == ["sd/flux-schnell", "sd/sd3", "sd/tiny"]  # one load each
+
+
+# -- LoRA -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "family"), [("flux-dev", "flux"), ("sd3", "sd3")])
+def test_a_family_lora_changes_its_models_images_and_no_others(
+    tmp_path: Path, model: str, family: str
+) -> None:
+    """A tiny LoRA of the family: listed with its family, at scale 1 it moves pixels, at
+    0 it does not, and the model's images without it are as before; another family's
+    model refuses it with a 400 naming `loras`."""
+    models = tmp_path / "models"
+    create_tiny(models, model, family=family)
+    create_tiny(models, "tiny")
+    create_tiny_lora(models, f"{family}-lora", family=family)
+    registry = ModelRegistry(models)
+    (lora,) = registry.loras.scan()
+    assert (lora.id, lora.family) == (f"lora/{family}-lora", family)
+    engine = Engine(registry, choose("cpu"), preload=False)
+
+    def image(**fields: Any) -> np.ndarray:
+        spec = queued(registry, model=model, steps=3, width=64, height=64, seed=2, **fields)
+        output = engine.generate([spec])
+        return pixels(output.jobs[0].images[0])
+
+    plain = image()
+    zero = image(loras=[{"name": f"{family}-lora", "scale": 0}])
+    one = image(loras=[f"{family}-lora"])
+    assert np.abs(zero - plain).max() <= 1
+    assert (np.abs(one - plain) > 2).mean() > 0.01
+    assert np.array_equal(image(), plain)  # unloaded again: as before
+    with pytest.raises(InvalidParameters) as refused:
+        queued(registry, model="tiny", loras=[f"{family}-lora"])
+    assert refused.value.details["field"] == "loras"
