@@ -211,8 +211,12 @@ def _single_file(path: Path, name: str) -> ModelInfo:
 
 
 # The schedulers a flow-matching family runs (diffusers' FlowMatchEulerDiscreteScheduler,
-# with the sigma curves it has); the first is its default.
-FLOW_SCHEDULERS = ("euler", "euler_karras", "euler_exponential", "euler_beta")
+# with the sigma curves it has); the first is its default. The spacing schedule types
+# (A1111's Automatic is Uniform for Euler) are its own evenly spaced sigmas.
+FLOW_SCHEDULERS = (
+    "euler", "euler_karras", "euler_exponential", "euler_beta",
+    "euler_uniform", "euler_simple", "euler_normal", "euler_sgm_uniform",
+)  # fmt: skip
 
 
 def for_family(spec: JobSpec, model: ModelInfo) -> JobSpec:

@@ -230,9 +230,11 @@ def make_scheduler(name: str, base_config: Any, seeds: list[int]) -> SchedulerMi
 
 
 # The sigma curves FlowMatchEulerDiscreteScheduler has, by the A1111 schedule type's key
-# (registry.FLOW_SCHEDULERS names the schedulers the door lets through).
+# (registry.FLOW_SCHEDULERS names the schedulers the door lets through); the spacing
+# types are its own evenly spaced sigmas.
 _FLOW_CURVES = {"karras": "use_karras_sigmas", "exponential": "use_exponential_sigmas",
                 "beta": "use_beta_sigmas"}  # fmt: skip
+_FLOW_SPACINGS = ("uniform", "simple", "normal", "sgm_uniform")
 
 
 def flow_scheduler(name: str, base_config: Any) -> SchedulerMixin:
@@ -243,11 +245,13 @@ def flow_scheduler(name: str, base_config: Any) -> SchedulerMixin:
         key, schedule = samplers.parse(name)
     except KeyError:
         raise InvalidParameters(f"scheduler {name!r} is not known", field="scheduler") from None
-    if key != "euler" or (schedule is not None and schedule not in _FLOW_CURVES):
+    if key != "euler" or (
+        schedule is not None and schedule not in (*_FLOW_CURVES, *_FLOW_SPACINGS)
+    ):
         raise InvalidParameters(
             f"scheduler {name!r} cannot run a flow-matching model: euler, euler_karras, "
             "euler_exponential or euler_beta can",
             field="scheduler",
         )
-    options = {_FLOW_CURVES[schedule]: True} if schedule is not None else {}
+    options = {_FLOW_CURVES[schedule]: True} if schedule in _FLOW_CURVES else {}
     return FlowMatchEulerDiscreteScheduler.from_config(dict(base_config), **options)

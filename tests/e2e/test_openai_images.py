@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.support.bare import Bare
-from tests.support.live_server import Served, serve
+from tests.support.live_server import Served, serve, wait_until
 
 pytestmark = [
     pytest.mark.slow,
@@ -43,7 +44,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     config = f'[server.api_keys]\nops = "{KEY}"\n'
     config += '[models.aliases]\n"dall-e-2" = "sd/other"\n"house-style" = "other"\n'
     with serve(tmp_path_factory.mktemp("openai-images"), config) as server:
-        create_tiny(server.root / "var" / "models", "other")
+        models = server.root / "var" / "models"
+        create_tiny(models, "other")
+        create_tiny(models, "flux-schnell", family="flux", variant="schnell")
         chosen = httpx.post(
             f"{server.url}/v1/models/default", json={"model": "sd/tiny"}, headers=HEADERS
         )
@@ -212,7 +215,7 @@ def test_an_unknown_name_is_a_404_naming_the_models_and_the_aliases(site: Served
     with pytest.raises(openai.NotFoundError) as missing:
         api.images.generate(model="midjourney-v7", prompt="x")
     message = missing.value.body["message"]
-    assert "installed: sd/other, sd/tiny" in message and "dall-e-3" in message
+    assert "installed: sd/flux-schnell, sd/other, sd/tiny" in message and "dall-e-3" in message
     assert "house-style" in message
     with pytest.raises(openai.NotFoundError):
         api.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
@@ -529,3 +532,49 @@ def test_each_stream_gives_its_slot_back(make_bare: Callable[..., Bare]) -> None
         with pytest.raises(openai.APIError, match="did not finish"):
             list(api.images.generate(model="gpt-image-1", prompt="x", size="64x64", stream=True))
     assert len(bare.store.list_jobs(limit=10).jobs) == 3
+
+
+def test_a_flux_model_at_every_door(site: Served) -> None:
+    """A FLUX.1 schnell model through the OpenAI images and chat doors, the native API,
+    AUTOMATIC1111's and the inbox: each job runs on it with the family's 4 steps unless
+    the request gives its own; a negative prompt is a 400 naming it."""
+    api = client(site)
+    image = api.images.generate(model="sd/flux-schnell", prompt="a fox", size="64x64")
+    ran = job(site, image.model_extra["job_id"])["result"]["spec"]
+    assert (ran["model"], ran["steps"], ran["scheduler"]) == ("sd/flux-schnell", 4, "euler")
+    chat = api.chat.completions.create(
+        model="sd/flux-schnell", messages=[{"role": "user", "content": "a fox"}],
+        extra_body={"metadata": {"width": 64, "height": 64}},
+    )  # fmt: skip
+    assert chat.choices[0].message.model_extra["metadata"]["steps"] == 4
+    native = httpx.post(
+        f"{site.url}/v1/jobs", headers=HEADERS, timeout=30,
+        json={"prompt": "a fox", "model": "flux-schnell", "width": 64, "height": 64},
+    )  # fmt: skip
+    assert native.status_code == 202, native.text
+    a1111 = httpx.post(
+        f"{site.url}/sdapi/v1/txt2img", headers=HEADERS, timeout=120,
+        json={"prompt": "a fox", "steps": 2, "width": 64, "height": 64, "cfg_scale": 1,
+              "sampler_name": "Euler",
+              "override_settings": {"sd_model_checkpoint": "flux-schnell"}},
+    )  # fmt: skip
+    assert a1111.status_code == 200, a1111.text
+    assert json.loads(a1111.json()["info"])["steps"] == 2
+    inbox = site.root / "var" / "inbox"
+    (inbox / ".flux.json").write_text(
+        json.dumps({"prompt": "a fox", "model": "flux-schnell", "width": 64, "height": 64})
+    )
+    (inbox / ".flux.json").rename(inbox / "flux.json")
+
+    def finished() -> list[dict[str, Any]]:
+        listed = site.get("/v1/jobs?model=sd/flux-schnell&limit=20", headers=HEADERS).json()
+        return [j for j in listed["data"] if j["status"] == "succeeded"]
+
+    wait_until(lambda: len(finished()) == 5, timeout=120)
+    sources = sorted(j["source"] for j in finished())
+    assert sources == ["a1111", "api", "inbox", "openai", "openai"]
+    with pytest.raises(openai.BadRequestError) as refused:
+        api.images.generate(
+            model="sd/flux-schnell", prompt="x", extra_body={"negative_prompt": "blurry"}
+        )
+    assert refused.value.body["param"] == "negative_prompt"

@@ -173,6 +173,12 @@ def test_each_flow_schedule_runs_on_its_curve(loaded: Loaded) -> None:
         assert np.abs(curved - plain).max() > 0, scheduler
     with pytest.raises(InvalidParameters, match="flow-matching"):
         flow_scheduler("dpm++_2m_karras", loaded.scheduler_config)
+    # A1111's Euler (Automatic is Uniform) and the other spacing types: its own sigmas.
+    for spacing in ("euler_uniform", "euler_simple", "euler_normal", "euler_sgm_uniform"):
+        built = flow_scheduler(spacing, loaded.scheduler_config)
+        assert not any(built.config[option] for option in ("use_karras_sigmas",
+                                                           "use_beta_sigmas"))  # fmt: skip
+        assert np.array_equal(pixels(run(loaded, [made(loaded, scheduler=spacing)])[0]), plain)
 
 
 def test_img2img_and_inpainting_keep_what_they_must(loaded: Loaded) -> None:
