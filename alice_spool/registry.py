@@ -60,7 +60,13 @@ class ModelInfo:
         data["status"] = "ok" if self.ok else "broken"
         data["family_name"] = FAMILY_NAMES.get(self.family or "")
         steps, guidance = defaults(self.family, self.variant)
-        data["defaults"] = {"steps": steps, "guidance_scale": guidance}
+        flow = is_flow(self.family)
+        data["defaults"] = {
+            "steps": steps,
+            "guidance_scale": guidance,
+            "scheduler": FLOW_SCHEDULERS[0] if flow else None,
+        }  # None: the server's (generation.default_*)
+        data["schedulers"] = list(FLOW_SCHEDULERS) if flow else None  # None: every one
         return data
 
 

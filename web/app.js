@@ -1200,15 +1200,16 @@ async function submitPage(page) {
   const form = h("form", { class: "submit", id: "submit-form", novalidate: true },
     label("Prompt", h("textarea", { name: "prompt", id: "f-prompt", rows: 3, required: true,
       maxlength: schema.prompt.maxLength, placeholder: "a lighthouse at dusk" }, earlier.prompt || "")),
-    label("Negative prompt", h("textarea", { name: "negative_prompt", id: "f-negative_prompt", rows: 2 },
-      earlier.negative_prompt || "")),
+    h("div", { id: "negative-field" },
+      label("Negative prompt", h("textarea", { name: "negative_prompt", id: "f-negative_prompt", rows: 2 },
+        earlier.negative_prompt || ""))),
     h("div", { class: "row" },
       label("Model", h("select", { name: "model", id: "f-model" },
         h("option", { value: "" }, `default${defaultModel ? ` (${defaultModel.id})` : ""}`),
         installed(models).map((m) => h("option", { value: m.id, selected: m.id === earlier.model }, m.id)))),
       label("Scheduler", h("select", { name: "scheduler", id: "f-scheduler" },
-        schema.scheduler.enum.map((s) => h("option", {
-          value: s, selected: s === (earlier.scheduler || schema.scheduler.default) }, s))))),
+        h("option", { value: "" }, "the model's"),
+        schema.scheduler.enum.map((s) => h("option", { value: s, selected: s === earlier.scheduler }, s))))),
     h("div", { class: "row" },
       label("Width", number("width", { placeholder: "native" })),
       label("Height", number("height", { placeholder: "native" })),
@@ -1223,6 +1224,25 @@ async function submitPage(page) {
     h("p", { id: "submit-error", class: "error", hidden: true }),
     h("div", { class: "buttons" }, h("button", { type: "submit", id: "submit-button" }, "Generate")),
   );
+  // What the chosen model's family takes: its defaults as the placeholders, only its
+  // schedulers, and no negative prompt for a family that has none (FLUX.1).
+  const applyFamily = () => {
+    const chosen = form.elements.model.value || (defaultModel && defaultModel.id);
+    const model = installed(models).find((m) => m.id === chosen) || {};
+    const given = model.defaults || {};
+    form.elements.steps.placeholder = given.steps ?? schema.steps.default ?? "";
+    form.elements.guidance_scale.placeholder = given.guidance_scale ?? schema.guidance_scale.default ?? "";
+    const takes = model.schedulers;  // null: every scheduler
+    const scheduler = form.elements.scheduler;
+    for (const option of scheduler.options) option.hidden = Boolean(option.value && takes && !takes.includes(option.value));
+    if (scheduler.selectedOptions[0] && scheduler.selectedOptions[0].hidden) scheduler.value = "";
+    scheduler.options[0].textContent = `the model's (${given.scheduler || schema.scheduler.default})`;
+    const negative = $("#negative-field", form);
+    negative.hidden = model.family === "flux";
+    if (negative.hidden) form.elements.negative_prompt.value = "";
+  };
+  form.elements.model.addEventListener("change", applyFamily);
+  applyFamily();
   const live = h("div", { id: "submitted" });
   page.view.append(h("h1", {}, "Submit"), form, live);
   form.addEventListener("submit", async (event) => {

@@ -329,7 +329,9 @@ def _model_entry(model: ModelInfo, default: str | None) -> dict[str, Any]:
         "owned_by": "alice",
         "family": model.family,
         "variant": model.variant,
-        "defaults": model.to_dict()["defaults"],  # what a request that gives none runs
+        # what a request that gives none runs (None: the server's), and the schedulers
+        # it takes (None: every one)
+        **{key: value for key, value in model.to_dict().items() if key in _FAMILY_KEYS},
         "native_size": model.native_size,
         "size_bytes": model.size_bytes,
         "format": model.format,
@@ -342,6 +344,9 @@ def _model_entry(model: ModelInfo, default: str | None) -> dict[str, Any]:
     if model.smoke_test:
         entry["note"] = "smoke-test model with random weights: its images are noise"
     return entry
+
+
+_FAMILY_KEYS = ("defaults", "schedulers")
 
 
 def _created(model: ModelInfo) -> int:

@@ -314,6 +314,41 @@ def test_submit_from_the_form_watch_it_finish_and_find_it_in_the_gallery(
     page.context.close()
 
 
+def test_the_form_follows_the_chosen_models_family(
+    site: Served, browser: Browser, console: Console
+) -> None:
+    """A FLUX.1 schnell model chosen: its defaults (4 steps, no guidance) as the
+    placeholders, only its schedulers offered, no negative prompt; what is left empty is
+    the model's own, so the job runs with the family's defaults. Back to the SD model:
+    everything again."""
+    from alice_spool.engine.tiny import create_tiny
+
+    models = site.root / "var" / "models"
+    if not (models / "flux-schnell").exists():
+        create_tiny(models, "flux-schnell", family="flux", variant="schnell")
+    page = new_page(site, browser, console, viewport={"width": 1280, "height": 900})
+    page.goto(f"{site.url}/web/#/submit")
+    expect(page.locator("#f-model option[value='sd/flux-schnell']")).to_be_attached()
+    page.select_option("#f-model", "sd/flux-schnell")
+    expect(page.locator("#negative-field")).to_be_hidden()
+    expect(page.locator("#f-steps")).to_have_attribute("placeholder", "4")
+    expect(page.locator("#f-guidance_scale")).to_have_attribute("placeholder", "0")
+    offered = page.locator("#f-scheduler option:not([hidden])").all_text_contents()
+    assert "dpm++_2m" not in offered and "euler_karras" in offered, offered
+    page.fill("#f-prompt", "a fox in the snow")
+    page.fill("#f-width", "64")
+    page.fill("#f-height", "64")
+    page.click("#submit-button")
+    panel = page.locator("#submitted .card").first
+    expect(panel.locator(".badge")).to_have_text("succeeded", timeout=WAIT_MS)
+    ran = job(site, panel.get_attribute("data-id"))["result"]["spec"]
+    assert (ran["model"], ran["steps"], ran["scheduler"]) == ("sd/flux-schnell", 4, "euler")
+    page.select_option("#f-model", "sd/tiny")
+    expect(page.locator("#negative-field")).to_be_visible()
+    assert "dpm++_2m" in page.locator("#f-scheduler option:not([hidden])").all_text_contents()
+    page.context.close()
+
+
 def test_upload_paint_a_mask_pick_a_lora_and_see_the_result(
     site: Served, browser: Browser, console: Console, tmp_path: Path
 ) -> None:

@@ -81,7 +81,13 @@ def test_the_registry_lists_each_family_with_its_variant_and_defaults(
         assert model.ok, model.broken
         assert (model.family, model.variant, model.native_size) == (family, variant, 64)
         shown = model.to_dict()
-        assert shown["defaults"] == {"steps": steps, "guidance_scale": guidance}
+        flow = family in ("flux", "sd3")
+        assert shown["defaults"] == {
+            "steps": steps,
+            "guidance_scale": guidance,
+            "scheduler": "euler" if flow else None,
+        }
+        assert (shown["schedulers"] is not None) == flow
     assert listed["sd/flux-dev"].to_dict()["family_name"] == "FLUX.1"
     assert listed["sd/sd3"].to_dict()["family_name"] == "SD 3.x"
 
