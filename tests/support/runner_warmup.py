@@ -5,10 +5,16 @@ first job. A process's first model load also fills in what it keeps for its life
 transformers compiles): about 2 s of CPU, paid here once instead of by every runner of
 the crash-point and SIGKILL tests. Each runner still loads its model from disk itself.
 
+Then the forkserver's objects (the libraries' modules, classes and caches, alive as long
+as any runner) are frozen out of the garbage collector's reach, as fork-based servers
+do: each runner's own collections, such as the one its engine makes when it unloads
+at exit, walk only the objects the runner made (0.4 s less each).
+
 Only the forkserver imports this; it starts no thread (it forks after this)."""
 
 from __future__ import annotations
 
+import gc
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,3 +33,5 @@ def _load_a_tiny_model_once() -> None:
 
 
 _load_a_tiny_model_once()
+gc.collect()  # the warm-up's model and its other garbage go, not frozen with the rest
+gc.freeze()
