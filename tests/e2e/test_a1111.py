@@ -17,7 +17,7 @@ import pytest
 import webuiapi
 from PIL import Image
 
-from tests.support.live_server import Served, serve, wait_until
+from tests.support.live_server import Served, http_get, serve, wait_until
 
 KEY = "a1111-key"
 OTHER = "a1111-other-key"
@@ -39,7 +39,7 @@ def client(site: Served, key: str = KEY) -> webuiapi.WebUIApi:
 
 
 def jobs(site: Served, **query: Any) -> list[dict[str, Any]]:
-    answer = httpx.get(f"{site.url}/v1/jobs", params=query, headers={"X-Api-Key": KEY}, timeout=30)
+    answer = http_get(f"{site.url}/v1/jobs", params=query, headers={"X-Api-Key": KEY}, timeout=30)
     assert answer.status_code == 200, answer.text
     return list(answer.json()["data"])
 
@@ -223,7 +223,7 @@ def test_an_a1111_job_batches_with_a_native_one_and_makes_what_it_makes_alone(
 
 
 def job_of(site: Served, job_id: str) -> dict[str, Any]:
-    answer = httpx.get(f"{site.url}/v1/jobs/{job_id}", headers={"X-Api-Key": KEY}, timeout=30)
+    answer = http_get(f"{site.url}/v1/jobs/{job_id}", headers={"X-Api-Key": KEY}, timeout=30)
     return dict(answer.json())
 
 

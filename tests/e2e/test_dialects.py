@@ -21,7 +21,7 @@ import pytest
 import websockets.sync.client
 from PIL import Image
 
-from tests.support.live_server import Served, serve, wait_until
+from tests.support.live_server import Served, http_get, serve, wait_until
 
 KEY = "dialect-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -50,7 +50,7 @@ def post(site: Served, path: str, body: Any, **options: Any) -> httpx.Response:
 
 def get(site: Served, path: str, **options: Any) -> httpx.Response:
     options.setdefault("headers", AUTH)
-    return httpx.get(f"{site.url}{path}", timeout=30, **options)
+    return http_get(f"{site.url}{path}", timeout=30, **options)
 
 
 def job(site: Served, job_id: str) -> dict[str, Any]:
@@ -199,7 +199,7 @@ def test_the_rest_plans_examples_as_written(site: Served) -> None:
     assert loaded.json() == {"status": "ok", "model_id": "sd/sd-2-1"}
 
     def resident() -> Any:
-        return httpx.get(f"{site.url}/health", timeout=30).json()["runners"][0]["model"]
+        return http_get(f"{site.url}/health", timeout=30).json()["runners"][0]["model"]
 
     wait_until(lambda: resident() == "sd/sd-2-1", timeout=60)  # the idle runner loaded it
     assert post(site, "/v1/models/load", {"model_id": "nope"}).status_code == 404

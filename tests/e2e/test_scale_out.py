@@ -26,7 +26,7 @@ from alice_spool import migrate
 from alice_spool.models import JobStatus
 from alice_spool.outbox import RESULT
 from alice_spool.store import Store
-from tests.support.live_server import free_port, install_models, serve, wait_until
+from tests.support.live_server import free_port, http_get, install_models, serve, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ LONG = {"prompt": "long", "steps": 60, "width": 64, "height": 64, "scheduler": "
 
 def _runners(url: str) -> list[dict[str, Any]]:
     return [
-        r for r in httpx.get(url + "/health", timeout=30).json()["runners"] if r["state"] != "gone"
+        r for r in http_get(url + "/health", timeout=30).json()["runners"] if r["state"] != "gone"
     ]
 
 
@@ -175,7 +175,7 @@ def test_three_runners_two_apis_and_an_inbox_on_postgresql_lose_nothing_and_run_
 
     def up(url: str) -> bool:
         try:
-            return httpx.get(url + "/health", timeout=5).status_code == 200
+            return http_get(url + "/health", timeout=5).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.live_server import free_port, install_models, wait_until
+from tests.support.live_server import free_port, http_get, install_models, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -79,12 +79,12 @@ level = "INFO"
     def _runner_up(self) -> bool:
         assert self.process is not None and self.process.poll() is None, self.log()
         try:
-            return bool(httpx.get(self.url + "/health", timeout=10).json()["runner_alive"])
+            return bool(http_get(self.url + "/health", timeout=10).json()["runner_alive"])
         except httpx.HTTPError:
             return False
 
     def job(self, job_id: str) -> dict:
-        return httpx.get(f"{self.url}/v1/jobs/{job_id}", timeout=10).json()
+        return http_get(f"{self.url}/v1/jobs/{job_id}", timeout=10).json()
 
     def signal_group(self, *signals: signal.Signals, apart_s: float = 0.1) -> int:
         """Send the signals to serve's whole process group (a terminal's Ctrl-C, `kill
@@ -113,7 +113,7 @@ level = "INFO"
         return self._exit_code()
 
     def health(self) -> dict:
-        return httpx.get(self.url + "/health", timeout=10).json()
+        return http_get(self.url + "/health", timeout=10).json()
 
     def _exit_code(self) -> int:
         assert self.process is not None

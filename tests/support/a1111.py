@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from tests.support.live_server import Served
+from tests.support.live_server import TLS, Served
 
 
 def basic(key: str) -> dict[str, str]:
@@ -20,7 +20,9 @@ def basic(key: str) -> dict[str, str]:
 
 def call(site: Served, method: str, path: str, key: str, body: Any = None) -> Any:
     """The JSON answer of a request that must succeed."""
-    answer = httpx.request(method, f"{site.url}{path}", json=body, headers=basic(key), timeout=180)
+    answer = httpx.request(
+        method, f"{site.url}{path}", json=body, headers=basic(key), timeout=180, verify=TLS
+    )
     assert answer.status_code == 200, (path, answer.status_code, answer.text)
     return answer.json()
 
