@@ -2,8 +2,8 @@
 and loaded there, so that each runner forked from it starts as a runner does after its
 first job. A process's first model load also fills in what it keeps for its lifetime
 (diffusers' lazily imported guiders and schedulers, the weight-renaming patterns
-transformers compiles): about 2 s of CPU, paid here once instead of by every runner of
-the crash-point and SIGKILL tests. Each runner still loads its model from disk itself.
+transformers compiles): 1 to 1.5 s of CPU, paid here once instead of by every runner
+of the crash-point and SIGKILL tests. Each runner still loads its model from disk itself.
 
 Then the forkserver's objects (the libraries' modules, classes and caches, alive as long
 as any runner) are frozen out of the garbage collector's reach, as fork-based servers
