@@ -185,24 +185,38 @@ async def enqueue_job(
     return done.job
 
 
+async def enqueue_held(
+    request: Request,
+    api: Api,
+    spec: JobSpec,
+    client: str | None,
+    staged: inputs.Staged | None,
+    *,
+    stream: bool,
+) -> tuple[JobRecord, Callable[[], None] | None]:
+    """Queue an OpenAI door's job; for a `stream`, take one of the client's stream slots
+    first (a refused stream queues nothing) and return what gives it back."""
+    if not stream:
+        return await enqueue_job(request, api, spec, Source.OPENAI, client, staged), None
+    holder = bucket_of(api, request)  # the key's id, never its name
+    api.streams.take(holder)
+    try:
+        job = await enqueue_job(request, api, spec, Source.OPENAI, client, staged)
+    except BaseException:
+        api.streams.give_back(holder)
+        raise
+    return job, lambda: api.streams.give_back(holder)
+
+
 @route()
 async def chat_completions(request: Request, api: Api, client: str | None) -> Response:
     """ALICE's and SAM's door: generate, wait, answer a chat completion with image URLs."""
     body = require_object(await api.read_body(request, images=True))
     spec, staged, stream = await run_in_threadpool(chat_spec, body, api)
-    holder = bucket_of(api, request)  # the key's id, never its name
-    if stream:  # a slot before the job is queued: a refused stream queues nothing
-        api.streams.take(holder)
-    try:
-        job = await enqueue_job(request, api, spec, Source.OPENAI, client, staged)
-    except BaseException:
-        if stream:
-            api.streams.give_back(holder)
-        raise
+    job, release = await enqueue_held(request, api, spec, client, staged, stream=stream)
     timeout = api.settings.server.request_timeout_s
-    if stream:
-        events = _chat_stream(api, request, job, spec.prompt, timeout)
-        return HeldEvents(events, lambda: api.streams.give_back(holder))
+    if release is not None:
+        return HeldEvents(_chat_stream(api, request, job, spec.prompt, timeout), release)
     # The job is committed: if this client goes away now, it still runs and stays
     # fetchable at /v1/jobs/<id>.
     done = finished_or_raise(await wait_for_job(api.store, job.id, timeout))

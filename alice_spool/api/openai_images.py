@@ -20,14 +20,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import aliases, errors, inputs
-from ..models import Source
 from ..records import JobRecord
 from ..registry import ModelInfo
 from ..spec import JobSpec, load_json, parse_spec
 from . import image_formats, openai_fields
-from .context import Api, bucket_of, route
+from .context import Api, route
 from .http import read_bytes, require_object, wait_for_job
-from .openai import HeldEvents, enqueue_job, finished_or_raise
+from .openai import HeldEvents, enqueue_held, finished_or_raise
 from .openai_fields import OpenAIFields
 
 # gpt-image answers count tokens; nothing is counted here.
@@ -182,19 +181,10 @@ async def _run(
 ) -> Response:
     """Queue the job; answer when it is done, or as server-sent events (`stream`)."""
     stream = asked.fields.stream
-    holder = bucket_of(api, request)  # the key's id, never its name
-    if stream:  # a slot before the job is queued: a refused stream queues nothing
-        api.streams.take(holder)
-    try:
-        job = await enqueue_job(request, api, spec, Source.OPENAI, client, staged)
-    except BaseException:
-        if stream:
-            api.streams.give_back(holder)
-        raise
+    job, release = await enqueue_held(request, api, spec, client, staged, stream=stream)
     timeout = api.settings.server.request_timeout_s
-    if stream:
-        events = _events(request, api, job, asked, event, timeout)
-        return HeldEvents(events, lambda: api.streams.give_back(holder))
+    if release is not None:
+        return HeldEvents(_events(request, api, job, asked, event, timeout), release)
     # The job is committed: if this client goes away now, it still runs and stays
     # fetchable at /v1/jobs/<id>.
     done = finished_or_raise(await wait_for_job(api.store, job.id, timeout))
