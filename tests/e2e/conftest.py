@@ -14,5 +14,5 @@ __all__ = ["make_bare", "tiny_models"]
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder with the tiny model, made once per test process, for `serve(...,
     models=tiny_models)`: servers whose tests are not about serve making the model on
-    a fresh data dir (tests/e2e/test_api.py's server still makes its own)."""
+    a fresh data dir (tests/e2e/test_working_directory.py's serve makes its own)."""
     return install_tiny(tmp_path_factory.mktemp("tiny-models"))

@@ -27,7 +27,7 @@ OTHER = "a1111-other-key"
 def site(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Served]:
     config = f'[server.api_keys]\nops = "{KEY}"\nother = "{OTHER}"\n'
     root = tmp_path_factory.mktemp("a1111")
-    with serve(root, config, scheduler="euler", models=tiny_models) as server:
+    with serve(root, config, scheduler="euler", models=tiny_models, split=True) as server:
         yield server
 
 

@@ -28,7 +28,7 @@ KEY = "behaviours-key"
 def site(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Served]:
     config = f'[server.api_keys]\nops = "{KEY}"\n'
     root = tmp_path_factory.mktemp("behaviours")
-    with serve(root, config, scheduler="euler", models=tiny_models) as server:
+    with serve(root, config, scheduler="euler", models=tiny_models, split=True) as server:
         yield server
 
 

@@ -34,7 +34,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterato
 
     config = f'[server.api_keys]\nops = "{KEY}"\nother = "{OTHER_KEY}"\n'
     root = tmp_path_factory.mktemp("clients")
-    with serve(root, config, scheduler="euler", models=tiny_models) as server:
+    with serve(root, config, scheduler="euler", models=tiny_models, split=True) as server:
         models = server.root / "var" / "models"
         create_tiny(models, OTHER, family="sdxl")
         write_vae_file(grain_vae(models / TINY), models, "grain")

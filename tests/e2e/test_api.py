@@ -48,6 +48,9 @@ pytestmark = pytest.mark.slow
 
 SAM_KEY = "sam-secret-key"
 SCRIPT_KEY = "script-secret-key"
+KEYS = f'[server.api_keys]\nsam = "{SAM_KEY}"\nscripts = "{SCRIPT_KEY}"\n'
+# Downloads from the tests' own HTTP server on 127.0.0.1.
+KEYS += "[models]\nallow_private_urls = true\n"
 
 
 @dataclass
@@ -68,11 +71,10 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    keys = f'[server.api_keys]\nsam = "{SAM_KEY}"\nscripts = "{SCRIPT_KEY}"\n'
-    # Downloads from the tests' own HTTP server on 127.0.0.1.
-    keys += "[models]\nallow_private_urls = true\n"
-    with serve(tmp_path_factory.mktemp("serve"), keys) as server:
+def live(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Live]:
+    """The api process and a runner (serve, which runs both, has its own test below)."""
+    root = tmp_path_factory.mktemp("serve")
+    with serve(root, KEYS, models=tiny_models, split=True) as server:
         yield Live(server.url, server.root, server.process)
 
 
@@ -395,7 +397,12 @@ def test_metrics_in_both_dialects(live: Live) -> None:
     assert live.get("/metrics?format=prometheus").text.startswith("# HELP")
 
 
-def test_serve_restarts_a_runner_that_dies(live: Live) -> None:
+def test_serve_restarts_a_runner_that_dies(tmp_path: Path, tiny_models: Path) -> None:
+    with serve(tmp_path, KEYS, models=tiny_models) as server:
+        _restarts_its_runner(Live(server.url, server.root, server.process))
+
+
+def _restarts_its_runner(live: Live) -> None:
     admin = {"X-Api-Key": SAM_KEY}  # a configured key: an admin's, who sees lease tokens
     (runner,) = live.get("/health", headers=admin).json()["runners"]
     pid = int(runner["owner"].split("/")[1])

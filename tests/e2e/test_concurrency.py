@@ -1,4 +1,4 @@
-"""Several OS processes on one SQLite file: 4 enqueue 2,000 jobs each while 2 claim and
+"""Several OS processes on one SQLite file: 4 enqueue 1,000 jobs each while 2 claim and
 finish them. Every job must succeed exactly once, with no `database is locked`."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from alice_spool.store import Store
 pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
-ENQUEUERS, PER_ENQUEUER, CLAIMERS = 4, 2_000, 2
+ENQUEUERS, PER_ENQUEUER, CLAIMERS = 4, 1_000, 2
 TOTAL = ENQUEUERS * PER_ENQUEUER
 
 

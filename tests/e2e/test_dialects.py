@@ -31,7 +31,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 def site(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("dialects")
     config = f'[server.api_keys]\nops = "{KEY}"\n'
-    with serve(root, config, scheduler="euler", models=tiny_models) as server:
+    with serve(root, config, scheduler="euler", models=tiny_models, split=True) as server:
         models = root / "var" / "models"
         for name in ("sd-xl-base", "sd-2-1"):  # the names the REST plan's examples use
             shutil.copytree(models / "tiny", models / name)
@@ -258,7 +258,7 @@ def test_a_dialect_job_survives_sigkill_and_runs_after_the_restart(
     restarted server runs it once, and AbleRefusal's own route shows it completed."""
     root = tmp_path / "spool"
     root.mkdir()
-    with serve(root, models=tiny_models) as first:
+    with serve(root, models=tiny_models, split=True) as first:
         # (Euler: the restarted runner runs the requeued blocker first, and its steps are
         # cheap; serve's default DPM++ SDE took 15 s of CPU over it.)
         long = {"prompt": "long", "steps": 150, "n": 4, "scheduler": "euler"}
@@ -271,7 +271,7 @@ def test_a_dialect_job_survives_sigkill_and_runs_after_the_restart(
             os.kill(int(runner["owner"].split("/")[1]), signal.SIGKILL)  # its own session
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait(30)
-    with serve(root) as second:
+    with serve(root, models=tiny_models, split=True) as second:
         status = lambda: get(second, f"/api/v1/generate/{job_id}").json()  # noqa: E731
         wait_until(lambda: status()["status"] == "completed", timeout=180)
         assert len(status()["results"]) == 1

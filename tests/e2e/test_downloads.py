@@ -89,20 +89,26 @@ allow_private_urls = true
 """
 
 
-def daemon(root: Path, sources: Sources, **options: Any) -> Any:
+def daemon(root: Path, sources: Sources, models: Path, **options: Any) -> Any:
+    """The api process and a runner (serve's supervision is tested elsewhere), with the
+    tiny model installed."""
     log = root / "daemon.log"
     return serve(
         root,
         config(sources),
         logging=f'level = "DEBUG"\nfile = "{log}"',
         hub_offline=False,
+        models=models,
+        split=True,
         **options,
     )
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, sources: Sources) -> Iterator[Served]:
-    with daemon(tmp_path_factory.mktemp("serve"), sources) as server:
+def live(
+    tmp_path_factory: pytest.TempPathFactory, sources: Sources, tiny_models: Path
+) -> Iterator[Served]:
+    with daemon(tmp_path_factory.mktemp("serve"), sources, tiny_models) as server:
         yield server
 
 
@@ -285,14 +291,14 @@ def test_no_token_appears_in_any_answer_or_log_line(live: Served, sources: Sourc
 
 
 def test_the_daemon_killed_mid_file_resumes_on_restart_without_the_done_bytes(
-    tmp_path: Path, sources: Sources
+    tmp_path: Path, sources: Sources, tiny_models: Path
 ) -> None:
     sources.hub.files.hold = threading.Event()
     key = "org/big/big.safetensors"
     sources.hub.files.ranges.pop(key, None)
     port = free_port()
     try:
-        with daemon(tmp_path, sources, port=port) as server:
+        with daemon(tmp_path, sources, tiny_models, port=port) as server:
             made = post(
                 server,
                 "/v1/downloads",
@@ -306,7 +312,7 @@ def test_the_daemon_killed_mid_file_resumes_on_restart_without_the_done_bytes(
         kept = part.stat().st_size
         sources.hub.files.hold.set()
         sources.hub.files.hold = None
-        with daemon(tmp_path, sources, port=port) as server:
+        with daemon(tmp_path, sources, tiny_models, port=port) as server:
             done = finished(server, download_id)
             assert done["status"] == "succeeded", done
     finally:

@@ -28,10 +28,12 @@ def png(seed: int, size: tuple[int, int] = (72, 64)) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def test_a_queued_img2img_job_survives_sigkill_and_runs_after_the_restart(tmp_path: Path) -> None:
+def test_a_queued_img2img_job_survives_sigkill_and_runs_after_the_restart(
+    tmp_path: Path, tiny_models: Path
+) -> None:
     root = tmp_path / "spool"
     root.mkdir()
-    with serve(root) as first:
+    with serve(root, models=tiny_models, split=True) as first:
         post = lambda body: httpx.post(f"{first.url}/v1/jobs", json=body, timeout=30)  # noqa: E731
         blocker = post({"prompt": "long", "steps": 150, "n": 4, "scheduler": "euler"}).json()
         wait_until(lambda: first.get(f"/v1/jobs/{blocker['id']}").json()["status"] == "running")
@@ -49,7 +51,7 @@ def test_a_queued_img2img_job_survives_sigkill_and_runs_after_the_restart(tmp_pa
             os.kill(int(runner["owner"].split("/")[1]), signal.SIGKILL)
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait(30)
-    with serve(root) as second:
+    with serve(root, models=tiny_models, split=True) as second:
         wait_until(
             lambda: second.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded", timeout=180
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,15 +39,18 @@ SMALL = {"steps": 2}
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def site(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Served]:
     from alice_spool.engine.tiny import create_tiny
 
     config = f'[server.api_keys]\nops = "{KEY}"\n'
     config += '[models.aliases]\n"dall-e-2" = "sd/other"\n"house-style" = "other"\n'
-    with serve(tmp_path_factory.mktemp("openai-images"), config) as server:
-        models = server.root / "var" / "models"
-        create_tiny(models, "other")
-        create_tiny(models, "flux-schnell", family="flux", variant="schnell")
+    models = tmp_path_factory.mktemp("openai-images-models")
+    shutil.copytree(tiny_models, models, dirs_exist_ok=True)
+    create_tiny(models, "other")
+    create_tiny(models, "flux-schnell", family="flux", variant="schnell")
+    with serve(
+        tmp_path_factory.mktemp("openai-images"), config, models=models, split=True
+    ) as server:
         chosen = httpx.post(
             f"{server.url}/v1/models/default", json={"model": "sd/tiny"}, headers=HEADERS
         )

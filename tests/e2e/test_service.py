@@ -22,15 +22,9 @@ from click.testing import CliRunner
 
 from alice_spool.cli import cli
 from alice_spool.service import UnitOptions, render_unit
+from tests.support.live_server import http_get, install_models, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.1)
 
 
 def unit_keys(text: str) -> dict[str, list[str]]:
@@ -150,8 +144,11 @@ class NotifySocket:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes], str]]]:
+def serve(
+    tmp_path: Path, tiny_models: Path
+) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes], str]]]:
     started: list[subprocess.Popen[bytes]] = []
+    install_models(tiny_models, tmp_path / "var")  # installed before the first start
 
     def start(**env: str) -> tuple[subprocess.Popen[bytes], str]:
         with socket.socket() as probe:
@@ -187,9 +184,9 @@ def test_ready_then_watchdog_pings_that_stop_while_the_runner_hangs(
     process, url = serve(NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="2000000")
     notify.wait_for("READY=1")
     notify.wait_for("WATCHDOG=1")
-    health = httpx.get(url + "/health").json()
-    wait_until(lambda: httpx.get(url + "/health").json()["runner_alive"], timeout=90)
-    (runner,) = httpx.get(url + "/health").json()["runners"]
+    health = http_get(url + "/health").json()
+    wait_until(lambda: http_get(url + "/health").json()["runner_alive"], timeout=90)
+    (runner,) = http_get(url + "/health").json()["runners"]
     runner_pid = int(runner["owner"].split("/")[1])
     assert health["status"] == "ok"
 
@@ -226,8 +223,8 @@ def test_a_killed_serve_takes_its_runner_down_and_loses_nothing(
             "scheduler": "euler",
         },
     ).json()
-    wait_until(lambda: httpx.get(f"{url}/v1/jobs/{job['id']}").json()["status"] == "running")
-    (runner,) = httpx.get(url + "/health").json()["runners"]
+    wait_until(lambda: http_get(f"{url}/v1/jobs/{job['id']}").json()["status"] == "running")
+    (runner,) = http_get(url + "/health").json()["runners"]
     runner_pid = int(runner["owner"].split("/")[1])
     process.kill()
     process.wait()
@@ -244,7 +241,7 @@ def test_a_killed_serve_takes_its_runner_down_and_loses_nothing(
     again, url = serve()  # a new serve finishes the job
     wait_until(lambda: _up(url), timeout=90)
     wait_until(
-        lambda: httpx.get(f"{url}/v1/jobs/{job['id']}").json()["status"] == "succeeded",
+        lambda: http_get(f"{url}/v1/jobs/{job['id']}").json()["status"] == "succeeded",
         timeout=240,
     )
     again.send_signal(signal.SIGTERM)
@@ -253,6 +250,6 @@ def test_a_killed_serve_takes_its_runner_down_and_loses_nothing(
 
 def _up(url: str) -> bool:
     try:
-        return bool(httpx.get(url + "/health").json()["runner_alive"])
+        return bool(http_get(url + "/health").json()["runner_alive"])
     except httpx.HTTPError:
         return False

@@ -108,7 +108,7 @@ def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Hub, C
 
 @pytest.fixture(scope="module")
 def site(
-    tmp_path_factory: pytest.TempPathFactory, stand_ins: tuple[Hub, Civitai]
+    tmp_path_factory: pytest.TempPathFactory, stand_ins: tuple[Hub, Civitai], tiny_models: Path
 ) -> Iterator[Served]:
     hub, civitai = stand_ins
     config = f'[server.api_keys]\nops = "{KEY}"\n'
@@ -117,7 +117,9 @@ def site(
     config += "allow_private_urls = true\n"
     config += f'civitai_token = "{civitai.token}"\n'
     root = tmp_path_factory.mktemp("web")
-    with serve(root, config, scheduler="euler", hub_offline=False) as server:
+    with serve(
+        root, config, scheduler="euler", hub_offline=False, models=tiny_models, split=True
+    ) as server:
         yield server
 
 

@@ -1,6 +1,8 @@
 """`alice-spool serve` as a real subprocess on 127.0.0.1 (API + inbox + runner child on
 the tiny model, which serve creates on its fresh data dir, or which a test installs
-before the start), for end-to-end tests."""
+before the start), for end-to-end tests; or, for the tests that are not about serve
+itself, the same server as scale-out runs it: `alice-spool api` and an `alice-spool
+runner` forked from the warm forkserver of tests/support/runner_process.py."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +69,8 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
 class Served:
     url: str
     root: Path
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes]  # serve, or the api process
+    runner: BaseProcess | None = None  # the runner, when apart from the api process
 
     def get(self, path: str, **options: object) -> httpx.Response:
         return http_get(f"{self.url}{path}", timeout=30, **options)
@@ -85,6 +89,7 @@ def serve(
     runner: str = "",
     database_url: str = "",
     models: Path | None = None,
+    split: bool = False,
 ) -> Iterator[Served]:
     """Start serve with `root/config.toml` (server, paths, runner on the CPU, plus
     `config`, TOML sections of the test's own, and `logging`, the [logging] section's
@@ -92,7 +97,15 @@ def serve(
     cleanly. `hub_offline=False` lets huggingface_hub reach a stand-in of the Hub;
     `runner`, lines of its [runner] section; `database_url`, another database; `models`,
     a models folder (`install_tiny`'s) copied into the data dir first, where a test is
-    not about serve making the tiny model itself."""
+    not about serve making the tiny model itself.
+
+    `split`: `alice-spool api` and an `alice-spool runner` on the same config in place
+    of serve, the runner forked from the test process's warm forkserver
+    (tests/support/runner_process.py): a runner started that way is up in about a
+    second, where serve's own child imports torch and diffusers first (12 to 13 s of
+    CPU here). For the tests of the HTTP doors, not of serve's supervision; it needs
+    `models`, since the api process makes no model."""
+    assert models is not None or not split, "split needs an installed models folder"
     port = port or free_port()
     if models is not None:
         install_models(models, root / "var")
@@ -120,15 +133,23 @@ default_scheduler = "{scheduler}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALICE_")}
     if not hub_offline:
         env.pop("HF_HUB_OFFLINE", None)
+    config_args = ["--config", str(root / "config.toml")]
     process = subprocess.Popen(
-        [sys.executable, "-m", "alice_spool", "--config", str(root / "config.toml"), "serve"],
+        [sys.executable, "-m", "alice_spool", *config_args, "api" if split else "serve"],
         cwd=root,
         env=env,
     )
     server = Served(f"http://127.0.0.1:{port}", root, process)
+    if split:
+        from tests.support import runner_process
+
+        server.runner = runner_process.start_cli(
+            runner_process.context(), [*config_args, "runner"], {}, root, clean_env=True
+        )
 
     def runner_up() -> bool:
         assert process.poll() is None, "serve exited"
+        assert server.runner is None or server.runner.is_alive(), "the runner exited"
         try:
             return server.get("/health").json()["runner_alive"]
         except httpx.HTTPError:
@@ -138,7 +159,23 @@ default_scheduler = "{scheduler}"
         wait_until(runner_up, timeout=120)
         yield server
     finally:
-        _stop_cleanly(process)
+        try:
+            if server.runner is not None:
+                _stop_runner(server.runner)
+        finally:
+            _stop_cleanly(process)
+
+
+def _stop_runner(runner: BaseProcess) -> None:
+    """SIGTERM, and expect a clean exit; unless the test SIGKILLed it already."""
+    runner.terminate()
+    runner.join(60)
+    if runner.is_alive():
+        runner.kill()
+        runner.join()
+        raise AssertionError("the runner did not stop within 60 s of a SIGTERM")
+    if runner.exitcode != -signal.SIGKILL:  # (the test's own SIGKILL, if it is that)
+        assert runner.exitcode == 0, f"the runner exited with {runner.exitcode}"
 
 
 def _stop_cleanly(process: subprocess.Popen[bytes]) -> None:

@@ -40,9 +40,13 @@ def _exit_code(code: object) -> int:
     return code if isinstance(code, int) else 1
 
 
-def cli_main(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> None:
-    """The child: `alice-spool ARGV` in `cwd` with `env` added to the environment."""
+def cli_main(argv: Sequence[str], env: Mapping[str, str], cwd: str, clean_env: bool) -> None:
+    """The child: `alice-spool ARGV` in `cwd` with `env` added to the environment (with
+    `clean_env`, to an environment without the ALICE_ settings the test process has)."""
     os.chdir(cwd)
+    if clean_env:
+        for name in [name for name in os.environ if name.startswith("ALICE_")]:
+            del os.environ[name]
     os.environ.update(env)
     from alice_spool.cli import main
 
@@ -54,9 +58,14 @@ def cli_main(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> None:
 
 
 def start_cli(
-    ctx: ForkServerContext, argv: Sequence[str], env: Mapping[str, str], cwd: Path
+    ctx: ForkServerContext,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    *,
+    clean_env: bool = False,
 ) -> BaseProcess:
-    process = ctx.Process(target=cli_main, args=(list(argv), dict(env), str(cwd)))
+    process = ctx.Process(target=cli_main, args=(list(argv), dict(env), str(cwd), clean_env))
     process.start()
     return process
 
