@@ -10,9 +10,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install -q -c constraints.txt
 PYTEST_ARGS ?=
-# Two workers, a test file each at a time (its module fixtures, such as a live server,
-# start once): half the suite waits on processes and servers, so two share two cores.
-TEST_WORKERS ?= 2
+# Three workers, a test file each at a time (its module fixtures, such as a live server,
+# start once), the files with multi-process tests first (tests/conftest.py) and kept in
+# that order: much of the suite waits on processes and servers, so three share two cores.
+TEST_WORKERS ?= 3
 
 .PHONY: run test lint bench clean
 
@@ -21,7 +22,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	@scripts/install-system-packages chromium systemd postgresql
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

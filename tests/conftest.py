@@ -46,6 +46,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The files with multi-process tests first, so that the workers (`make test`: one
+    # file each at a time, in this order, --no-loadscope-reorder) end on the short ones
+    # rather than on a minute-long test while the others wait.
+    slow_files = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: otherwise as found
     if any("gpu" in item.keywords for item in items):
         import torch  # only when GPU tests were collected
 

@@ -50,7 +50,9 @@ def test_the_make_targets_install_what_they_run() -> None:
     assert "scripts/install-system-packages chromium systemd" in test
     assert "-m venv /nonexistent" in test
     assert "pip install -q -c constraints.txt -e '.[test]'" in test
-    assert test.rstrip().endswith("/nonexistent/bin/python -m pytest -n 2 --dist loadfile")
+    assert test.rstrip().endswith(
+        "/nonexistent/bin/python -m pytest -n 3 --dist loadfile --no-loadscope-reorder"
+    )
     run = _make_dry_run("run")
     assert "pip install -q -c constraints.txt -e ." in run
     assert run.rstrip().endswith("/nonexistent/bin/alice-spool serve")
