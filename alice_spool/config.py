@@ -23,6 +23,7 @@ from typing import Any
 from . import spec
 from .errors import ConfigError, InvalidParameters
 from .masking import masked_urls
+from .memory_plan import MEMORY_MODES, OFFLOAD, QUANTIZE, MemoryChoice
 
 ENV_PREFIX = "ALICE_"
 CONFIG_ENV = "ALICE_CONFIG"
@@ -219,6 +220,10 @@ class RunnerSettings:
     compile: bool = False
     compile_sizes: list[str] = field(default_factory=list)  # "WxH"; empty: native size
     memory: str = "auto"
+    # FLUX.1 and SD 3.x: their transformer and T5 quantized (CUDA), and how they are
+    # offloaded ("auto": as memory and the card's free memory say; memory_plan.py).
+    quantize: str = "none"
+    offload: str = "auto"
     keep_in_ram: bool = False
     name: str = ""
     switch_model_after_s: float = 30.0
@@ -239,9 +244,19 @@ class RunnerSettings:
         _check(1 <= self.max_attempts <= 100, "runner.max_attempts", "must be 1..100")
         _check(self.job_timeout_s > 0, "runner.job_timeout_s", "must be positive")
         _check(
-            self.memory in ("auto", "full", "low", "minimal"),
+            self.memory in MEMORY_MODES,
             "runner.memory",
             f"must be auto, full, low or minimal, got {self.memory!r}",
+        )
+        _check(
+            self.quantize in QUANTIZE,
+            "runner.quantize",
+            f"must be one of {', '.join(QUANTIZE)}, got {self.quantize!r}",
+        )
+        _check(
+            self.offload in OFFLOAD,
+            "runner.offload",
+            f"must be one of {', '.join(OFFLOAD)}, got {self.offload!r}",
         )
         _check(
             self.name == "" or re.fullmatch(r"[A-Za-z0-9._-]{1,64}", self.name) is not None,
@@ -269,6 +284,11 @@ class RunnerSettings:
                 spec.parse_size(size, "runner.compile_sizes")
             except InvalidParameters as exc:
                 raise ConfigError(exc.message, key="runner.compile_sizes") from None
+
+    @property
+    def memory_choice(self) -> MemoryChoice:
+        """memory, quantize and offload, as the engine takes them."""
+        return MemoryChoice(self.memory, self.quantize, self.offload)
 
     @property
     def compile_size_pairs(self) -> list[tuple[int, int]]:

@@ -6,8 +6,10 @@ the doors and the engine read here what that family means.
 |---|---|---|---|
 | `sd1`, `sd2`, `sdxl` | 512, 768, 1024 | the server's (`generation.default_steps`) | all |
 | `sd3` | 1024 | 28 / 4.5 | flow matching |
-| `flux` dev (and Kontext, Fill) | 1024 | 28 / 3.5 (distilled guidance) | flow matching |
+| `flux` dev | 1024 | 28 / 3.5 (distilled guidance) | flow matching |
 | `flux` schnell | 1024 | 4 / 0 (no guidance) | flow matching |
+| `flux` Kontext | 1024 | 28 / 2.5 | flow matching |
+| `flux` Fill | 1024 | 50 / 30 | flow matching |
 """
 
 from __future__ import annotations
@@ -35,8 +37,13 @@ FAMILIES: dict[str, Family] = {
 }
 FAMILY_NAMES = {family.id: family.name for family in FAMILIES.values()}
 NATIVE = {family.id: family.native for family in FAMILIES.values()}
-# A FLUX.1 model's variant: `schnell` is distilled to few steps and takes no guidance.
-VARIANT_DEFAULTS: dict[tuple[str, str], tuple[int, float]] = {("flux", "schnell"): (4, 0.0)}
+# A FLUX.1 model's variant, as its model card runs it: `schnell` is distilled to few
+# steps and takes no guidance; Kontext (editing) and Fill (inpainting) are dev's kin.
+VARIANT_DEFAULTS: dict[tuple[str, str], tuple[int, float]] = {
+    ("flux", "schnell"): (4, 0.0),
+    ("flux", "kontext"): (28, 2.5),
+    ("flux", "fill"): (50, 30.0),
+}
 
 
 def defaults(family: str | None, variant: str | None) -> tuple[int | None, float | None]:

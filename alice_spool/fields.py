@@ -20,6 +20,8 @@ SEED_MAX = 2**32 - 1
 N_MAX = 16
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
 CLIP_SKIP_MAX = 12  # A1111's CLIP_stop_at_last_layers slider
+# The T5 encoder's prompt length (tokens) that FLUX.1 and SD 3.x take at most.
+SEQUENCE_MAX = 512
 PIXELS_MAX = SIZE_MAX * SIZE_MAX
 IDEMPOTENCY_KEY_MAX_CHARS = 255
 MODEL_PREFIX = "sd/"

@@ -52,6 +52,7 @@ def infotext(
     schedule: str | None = None,
     hires_schedule: str | None = None,
     first_size: tuple[int, int] | None = None,
+    guidance: str = "classifier-free",
 ) -> str:
     """The parameters of one image as AUTOMATIC1111 writes them (and others read them):
     LoRAs as `<lora:name:scale>` tags in the prompt and their `Lora hashes`: each name
@@ -66,6 +67,10 @@ def infotext(
     (and `hires_schedule`, the second pass's) is the A1111 schedule type that reproduces
     it (`engine.schedulers.a1111_schedule`), written as its `Schedule type`, since A1111
     reads none as its own choice for the sampler (DPM++ 2M: Karras), another image.
+
+    `guidance`: what the model's guidance_scale is (`BatchOutput.guidance`). Where it is
+    FLUX.1's `distilled` guidance (or `none`, schnell's), `CFG scale` is the true CFG (1:
+    none) and `Distilled CFG Scale` the guidance, as Forge writes them for FLUX.1.
     """
     if spec.hires is not None:
         if first_size is not None:
@@ -82,7 +87,7 @@ def infotext(
     settings = [
         ("Steps", spec.steps),
         *_sampler_and_schedule(spec.scheduler, schedule),
-        ("CFG scale", f"{spec.guidance_scale:g}"),
+        *_guidance_settings(spec, guidance),
         ("Seed", seed),
         ("Size", f"{width}x{height}"),
         ("Model", (spec.model or "").removeprefix("sd/")),
@@ -101,6 +106,15 @@ def infotext(
         settings.append(("Lora hashes", f'"{hashes}"'))
     lines.append(", ".join(f"{key}: {value}" for key, value in settings))
     return "\n".join(lines)
+
+
+def _guidance_settings(spec: JobSpec, guidance: str) -> list[tuple[str, str]]:
+    if guidance == "classifier-free":
+        return [("CFG scale", f"{spec.guidance_scale:g}")]
+    settings = [("CFG scale", f"{spec.true_cfg_scale or 1:g}")]
+    if guidance == "distilled":
+        settings.append(("Distilled CFG Scale", f"{spec.guidance_scale:g}"))
+    return settings
 
 
 def _hires_settings(

@@ -24,6 +24,7 @@ from .fields import (
     PIXELS_MAX,
     PROMPT_MAX_CHARS,
     SEED_MAX,
+    SEQUENCE_MAX,
     STEPS_MAX,
     normalise_model_id,
     normalise_scheduler,
@@ -147,6 +148,11 @@ class JobSpec:
     clip_skip: int | None = None
     # A VAE of <models>/vae/ (vae/<name>) in place of the model's own; None: its own.
     vae: str | None = None
+    # Classifier-free guidance over the negative prompt for a model whose guidance_scale
+    # is distilled (FLUX.1: diffusers' `true_cfg_scale`); None: off (1 means off too).
+    true_cfg_scale: float | None = None
+    # The T5 prompt length in tokens (FLUX.1, SD 3.x); None: the pipeline's own.
+    max_sequence_length: int | None = None
     # What a client's own API asked for that the server records as it was sent and does
     # not act on otherwise (the OpenAI doors: the model name asked for when it was an
     # alias, `user`, `style`, `quality`, `output_format`, ...): sorted (name, value)
@@ -229,6 +235,10 @@ class JobSpec:
             key = (*key, ("clip_skip", self.clip_skip))
         if self.vae is not None:
             key = (*key, ("vae", self.vae))
+        if self.true_cfg_scale is not None:
+            key = (*key, ("true_cfg_scale", self.true_cfg_scale))
+        if self.max_sequence_length is not None:
+            key = (*key, ("max_sequence_length", self.max_sequence_length))
         return key
 
     def batch_digest(self) -> str:
@@ -247,7 +257,7 @@ _SPEC_FIELDS = tuple(f.name for f in fields(JobSpec))
 # Not in the first fingerprints.
 _LATER = (
     "loras", "init_image", "mask_image", "strength", "hires", "clip_skip", "vae",
-    "client_fields",
+    "true_cfg_scale", "max_sequence_length", "client_fields",
 )  # fmt: skip
 # Not part of what a job asks for: never stored, never in its fingerprint.
 _TRANSIENT = ("left_to_model",)
@@ -376,6 +386,12 @@ def parse_spec(
     hires = _hires_field(given, init_image, width, height, steps, defaults)
     clip_skip = parse_integer(e[0], e[1], 1, CLIP_SKIP_MAX) if (e := given("clip_skip")) else None
     vae = normalise_vae_id(e[1], e[0]) if (e := given("vae")) else None
+    true_cfg = (
+        parse_number(e[0], e[1], 1.0, GUIDANCE_MAX) if (e := given("true_cfg_scale")) else None
+    )
+    sequence = (
+        parse_integer(e[0], e[1], 1, SEQUENCE_MAX) if (e := given("max_sequence_length")) else None
+    )
     return JobSpec(
         prompt=prompt,
         negative_prompt=negative,
@@ -395,6 +411,8 @@ def parse_spec(
         hires=hires,
         clip_skip=clip_skip if clip_skip != 1 else None,  # 1: the last layer, no skip
         vae=vae,
+        true_cfg_scale=true_cfg if true_cfg != 1.0 else None,  # 1: no true CFG
+        max_sequence_length=sequence,
         left_to_model=left,
     )
 

@@ -1214,7 +1214,9 @@ async function submitPage(page) {
       label("Width", number("width", { placeholder: "native" })),
       label("Height", number("height", { placeholder: "native" })),
       label("Steps", number("steps")),
-      label("Guidance", number("guidance_scale"))),
+      label("Guidance", number("guidance_scale")),
+      h("div", { id: "true-cfg-field" },
+        label("True CFG", number("true_cfg_scale", { placeholder: "1 (off)" })))),
     h("div", { class: "row" },
       label("Seed", number("seed", { placeholder: "random" })),
       label("Images", number("n")),
@@ -1225,7 +1227,8 @@ async function submitPage(page) {
     h("div", { class: "buttons" }, h("button", { type: "submit", id: "submit-button" }, "Generate")),
   );
   // What the chosen model's family takes: its defaults as the placeholders, only its
-  // schedulers, and no negative prompt for a family that has none (FLUX.1).
+  // schedulers; FLUX.1's true CFG (which runs its negative prompt), and no negative
+  // prompt for a Fill model, whose pipeline has none.
   const applyFamily = () => {
     const chosen = form.elements.model.value || (defaultModel && defaultModel.id);
     const model = installed(models).find((m) => m.id === chosen) || {};
@@ -1237,9 +1240,14 @@ async function submitPage(page) {
     for (const option of scheduler.options) option.hidden = Boolean(option.value && takes && !takes.includes(option.value));
     if (scheduler.selectedOptions[0] && scheduler.selectedOptions[0].hidden) scheduler.value = "";
     scheduler.options[0].textContent = `the model's (${given.scheduler || schema.scheduler.default})`;
+    const flux = model.family === "flux";
     const negative = $("#negative-field", form);
-    negative.hidden = model.family === "flux";
+    negative.hidden = flux && model.variant === "fill";
     if (negative.hidden) form.elements.negative_prompt.value = "";
+    negative.querySelector("span").textContent = flux ? "Negative prompt (with True CFG above 1)" : "Negative prompt";
+    const trueCfg = $("#true-cfg-field", form);
+    trueCfg.hidden = !flux || model.variant === "fill";
+    if (trueCfg.hidden) form.elements.true_cfg_scale.value = "";
   };
   form.elements.model.addEventListener("change", applyFamily);
   applyFamily();

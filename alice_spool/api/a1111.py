@@ -129,7 +129,7 @@ _SAME = ("", "Use same checkpoint", "Use same sampler", "Use same scheduler")
 _WHOLE = ("steps", "width", "height", "batch_size", "n_iter", "seed", "hr_second_pass_steps",
           "hr_resize_x", "hr_resize_y", "clip_skip", "seed_resize_from_w",
           "seed_resize_from_h")  # fmt: skip
-_REAL = ("cfg_scale", "denoising_strength", "hr_scale", "subseed_strength")
+_REAL = ("cfg_scale", "distilled_cfg_scale", "denoising_strength", "hr_scale", "subseed_strength")
 
 
 _FLAGS = ("enable_hr", "send_images", "save_images", "restore_faces", "tiling",
@@ -242,8 +242,11 @@ def _hires(body: Mapping[str, Any], scheduler: str) -> dict[str, Any]:
     return hires
 
 
-def native(body: Mapping[str, Any], *, img2img: bool, options: OwnerOptions) -> dict[str, Any]:
-    """A1111's body as this server's request (`parse_spec` checks it)."""
+def native(
+    body: Mapping[str, Any], *, img2img: bool, options: OwnerOptions, family: str | None = None
+) -> dict[str, Any]:
+    """A1111's body as this server's request (`parse_spec` checks it); for a FLUX.1
+    model (`family`, the model's it will run on), its guidance as Forge reads it."""
     for name, what in _UNSUPPORTED.items():
         if _given(body.get(name)):
             raise errors.InvalidParameters(f"{what} ({name}) is not supported here", field=name)
@@ -270,6 +273,9 @@ def native(body: Mapping[str, Any], *, img2img: bool, options: OwnerOptions) -> 
         "scheduler": scheduler,
         "n": _count(body, "batch_size") * _count(body, "n_iter"),
     }
+    if family == "flux":
+        del fields["guidance_scale"]
+        fields.update(_flux_guidance(body))
     clip_skip = _clip_skip(body, options)
     if clip_skip > 1:
         fields["clip_skip"] = clip_skip
@@ -295,6 +301,22 @@ def native(body: Mapping[str, Any], *, img2img: bool, options: OwnerOptions) -> 
     return fields
 
 
+def _flux_guidance(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Forge's FLUX.1 fields: `distilled_cfg_scale` is the model's distilled guidance
+    (left to the model when absent: 3.5 for dev), and `cfg_scale` the true CFG, which
+    runs the negative prompt: 1 (off) unless above it, as Forge runs it."""
+    fields: dict[str, Any] = {}
+    distilled = body.get("distilled_cfg_scale")
+    if distilled is not None:
+        fields["guidance_scale"] = distilled
+    cfg = body.get("cfg_scale")
+    if isinstance(cfg, int | float) and not isinstance(cfg, bool) and cfg > 1:
+        fields["true_cfg_scale"] = cfg
+    elif cfg is not None and not isinstance(cfg, int | float):
+        fields["true_cfg_scale"] = cfg  # refused by the parser, naming cfg_scale
+    return fields
+
+
 # Our request's fields by the names A1111's clients sent them under, for its errors.
 _THEIR_NAMES = {
     "hires.upscaler": "hr_upscaler",
@@ -308,6 +330,7 @@ _THEIR_NAMES = {
     "hires.negative_prompt": "hr_negative_prompt",
     "hires": "enable_hr",
     "guidance_scale": "cfg_scale",
+    "true_cfg_scale": "cfg_scale",
     "strength": "denoising_strength",
     "init_image": "init_images",
     "mask_image": "mask",
@@ -316,14 +339,28 @@ _THEIR_NAMES = {
 }
 
 
-def in_their_terms(exc: errors.InvalidParameters) -> errors.InvalidParameters:
-    """A refusal of the translated request, naming the field as the client sent it."""
+# A FLUX.1 model's guidance fields, by Forge's names for them.
+_THEIR_FLUX_NAMES = {**_THEIR_NAMES, "guidance_scale": "distilled_cfg_scale"}
+
+
+def in_their_terms(
+    exc: errors.InvalidParameters, family: str | None = None
+) -> errors.InvalidParameters:
+    """A refusal of the translated request, naming the field as the client sent it
+    (and true CFG, which a FLUX.1 refusal may mention, as `cfg_scale`)."""
+    names = _THEIR_FLUX_NAMES if family == "flux" else _THEIR_NAMES
     field = str(exc.details.get("field") or "")
-    theirs = _THEIR_NAMES.get(field)
+    message = exc.message
+    if family == "flux" and field != "true_cfg_scale":
+        message = _renamed(message, "true_cfg_scale", "cfg_scale")
+    theirs = names.get(field)
     if theirs is None:
-        return exc
-    message = re.sub(rf"(?<![\w./]){re.escape(field)}(?![\w/])", theirs, exc.message)
-    return type(exc)(message, field=theirs)  # the same kind (a missing VAE: 404)
+        return exc if message == exc.message else type(exc)(message, **exc.details)
+    return type(exc)(_renamed(message, field, theirs), field=theirs)  # the same kind
+
+
+def _renamed(message: str, ours: str, theirs: str) -> str:
+    return re.sub(rf"(?<![\w./]){re.escape(ours)}(?![\w/])", theirs, message)
 
 
 def _inverted(fields: dict[str, Any], staged: inputs.Staged) -> dict[str, Any]:
@@ -342,8 +379,23 @@ def _inverted(fields: dict[str, Any], staged: inputs.Staged) -> dict[str, Any]:
     return {**fields, "mask_image": f"sha256:{decoded.sha256}"}
 
 
+def _family_of(api: Api, checkpoint: str | None) -> str | None:
+    """The family of the model a request will run on (None: not installed, which the
+    queueing refuses, naming it)."""
+    try:
+        if checkpoint is not None:
+            return api.registry.get(checkpoint).family
+        return api.registry.default(api.settings.generation.default_model).family
+    except errors.SpoolError:
+        return None
+
+
 def _info(
-    done: JobRecord, spec: JobSpec, body: Mapping[str, Any], texts: list[str]
+    done: JobRecord,
+    spec: JobSpec,
+    body: Mapping[str, Any],
+    texts: list[str],
+    family: str | None = None,
 ) -> dict[str, Any]:
     """A1111's `info` (its `Processed.js()`): the first pass's size, the seeds, the
     infotext of each image (`texts`: as its PNG carries it), and the settings beyond the
@@ -376,7 +428,8 @@ def _info(
         "width": width,
         "height": height,
         "sampler_name": sampler,
-        "cfg_scale": spec.guidance_scale,
+        # FLUX.1's (Forge's): the true CFG, 1 when off; its guidance is in the infotext
+        "cfg_scale": spec.guidance_scale if family != "flux" else spec.true_cfg_scale or 1,
         "steps": spec.steps,
         "batch_size": body.get("batch_size") or 1,
         "restore_faces": False,
@@ -422,14 +475,15 @@ async def _generate(request: Request, api: Api, client: str | None, *, img2img: 
         )
     stored = await run_in_threadpool(owner_options, api, owner)
     options = stored.overridden(override)
-    fields = native(body, img2img=img2img, options=options)
+    family = await run_in_threadpool(_family_of, api, options.checkpoint)
+    fields = native(body, img2img=img2img, options=options, family=family)
     try:
         fields, staged = await run_in_threadpool(api.take_images, fields)
         if img2img and _given(body.get("inpainting_mask_invert")):
             fields = await run_in_threadpool(_inverted, fields, staged)
         spec = parse_spec(fields, api.settings.generation)
     except errors.InvalidParameters as exc:
-        raise in_their_terms(exc) from None
+        raise in_their_terms(exc, family) from None
     restore = body.get("override_settings_restore_afterwards") is not False
     # (checked before the job is queued: a refused request changes nothing)
     lasting = None if restore or not override else await check_changes(api, override)
@@ -438,7 +492,7 @@ async def _generate(request: Request, api: Api, client: str | None, *, img2img: 
             lambda: api.enqueue(spec, staged, source=Source.A1111, client=client, owner=owner)
         )
     except errors.InvalidParameters as exc:
-        raise in_their_terms(exc) from None
+        raise in_their_terms(exc, family) from None
     except errors.ModelNotFound as exc:  # the checkpoint this client chose, or overrode
         details = {**exc.details, "field": "sd_model_checkpoint"}
         raise errors.ModelNotFound(exc.message, **details) from None
@@ -456,7 +510,7 @@ async def _generate(request: Request, api: Api, client: str | None, *, img2img: 
     known = IMG2IMG if img2img else TXT2IMG
     parameters = {**known, **{k: v for k, v in body.items() if k in known}}
     parameters.update(init_images=None, mask=None)
-    info = _info(done, done.spec, body, texts)
+    info = _info(done, done.spec, body, texts, family)
     return JSONResponse({"images": images, "parameters": parameters, "info": json.dumps(info)})
 
 

@@ -180,6 +180,25 @@ def spec_schema(generation: Any) -> dict[str, Any]:
             "default": 1,
             "description": "A1111's: stop at the Nth CLIP layer from the end (1: the last)",
         },
+        "true_cfg_scale": {
+            "type": ["number", "null"],
+            "minimum": 1,
+            "maximum": spec.GUIDANCE_MAX,
+            "default": 1,
+            "description": "FLUX.1: classifier-free guidance over the negative prompt, which "
+            "its distilled guidance (guidance_scale) lacks; above 1 it runs the model twice a "
+            "step, and a FLUX.1 request with a negative_prompt needs it; 1 or null: off. Other "
+            "families' guidance_scale is that already: there it is ignored, and the job "
+            "records so (client_fields.ignored)",
+        },
+        "max_sequence_length": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "maximum": spec.SEQUENCE_MAX,
+            "description": "FLUX.1 and SD 3.x: the prompt's length in T5 tokens (FLUX.1 "
+            "schnell at most 256); null: the pipeline's own (512 or 256). Ignored, and "
+            "recorded so, by families without a T5 encoder",
+        },
         "vae": {
             "type": ["string", "null"],
             "pattern": r"^(vae/)?" + _NAME,

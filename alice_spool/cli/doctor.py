@@ -89,6 +89,28 @@ def _gpu(app: App) -> Check:
     return Check("gpu", "ok", "runner.device = cpu")
 
 
+def _memory(app: App) -> Check:
+    """How the default model will be fitted into the device (runner.memory, .quantize,
+    .offload; memory_plan.py), or why these settings cannot run here."""
+    from ..engine.device import choose
+    from ..engine.memory import free_memory
+    from ..families import FAMILY_NAMES
+
+    placement = choose(app.settings.runner.device)
+    choice = app.settings.runner.memory_choice
+    refused = choice.refusal(placement.device.type)
+    if refused is not None:
+        return Check("memory", "fail", refused)
+    try:
+        model = app.registry.default(app.settings.generation.default_model)
+    except SpoolError:
+        return Check("memory", "warn", "no model installed to plan for")
+    family = model.family or "sd1"
+    plan = choice.plan(free_memory(placement), family)
+    name = FAMILY_NAMES.get(family, family)
+    return Check("memory", "ok", f"{model.id} ({name}) on {placement.label}: {plan.describe()}")
+
+
 def _models(app: App) -> Check:
     models = app.registry.scan(force=True)
     usable = [m for m in models if m.ok]
@@ -114,7 +136,7 @@ def _generation(app: App) -> Check:
     engine = Engine(
         app.registry,
         choose(app.settings.runner.device),
-        memory=app.settings.runner.memory,
+        memory=app.settings.runner.memory_choice,
         default_model=app.settings.generation.default_model,
     )
     started = time.perf_counter()
@@ -147,6 +169,7 @@ def doctor(app: App, no_generation: bool, as_json: bool) -> None:
         ("disk", _disk),
         ("gpu", _gpu),
         ("models", _models),
+        ("memory", _memory),
     ]
     if not no_generation:
         steps.append(("generation", _generation))

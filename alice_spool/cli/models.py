@@ -119,7 +119,7 @@ def models_ls(app: App, as_json: bool) -> None:
 
 # engine/tiny.py's TINY_FAMILIES and FLUX_VARIANTS, spelled out: importing it loads torch.
 TINY_FAMILIES = ("sd1", "sdxl", "flux", "sd3")
-FLUX_VARIANTS = ("dev", "schnell")
+FLUX_VARIANTS = ("dev", "schnell", "kontext", "fill")
 LORA_FAMILIES = ("sd1", "flux", "sd3")
 
 
@@ -135,7 +135,7 @@ LORA_FAMILIES = ("sd1", "flux", "sd3")
 @click.option(
     "--variant",
     type=click.Choice(FLUX_VARIANTS),
-    help="FLUX.1 only: dev (guidance embedder, the default) or schnell.",
+    help="FLUX.1 only: dev (guidance embedder, the default), schnell, kontext or fill.",
 )
 @click.option("--replace", is_flag=True, help="Overwrite a model of that name.")
 @click.option("--if-none", is_flag=True, help="Only if no usable model is installed.")
@@ -240,7 +240,7 @@ def generate(
     engine = Engine(
         app.registry,
         choose(device or settings.runner.device),
-        memory=settings.runner.memory,
+        memory=settings.runner.memory_choice,
         default_model=settings.generation.default_model,
     )
     request = engine.registry.with_model(request, engine.default_model)  # its family's

@@ -84,7 +84,7 @@ def runner(
     engine = Engine(
         app.registry,
         choose(device or settings.runner.device),
-        memory=settings.runner.memory,
+        memory=settings.runner.memory_choice,
         default_model=settings.generation.default_model,
         keep_in_ram=settings.runner.keep_in_ram,
         max_cached_loras=settings.runner.max_cached_loras,

@@ -146,6 +146,17 @@ def finish_waiting(jobs: Sequence[JobRecord], as_json: bool, extra: dict[str, An
 @click.option(
     "--clip-skip", type=int, help="Stop at the Nth CLIP layer from the end (1: none; 2 common)."
 )
+@click.option(
+    "--true-cfg",
+    "true_cfg_scale",
+    type=float,
+    help="FLUX.1: true CFG over the negative prompt (above 1; twice the work a step).",
+)
+@click.option(
+    "--max-sequence-length",
+    type=int,
+    help="FLUX.1 and SD 3.x: the prompt's length in T5 tokens (at most 512; schnell 256).",
+)
 @click.option("--wait", is_flag=True, help="Block until the job(s) finish; exit 1 if any failed.")
 @click.option(
     "--timeout",

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from diffusers import (
     DiffusionPipeline,
+    FluxFillPipeline,
+    FluxKontextPipeline,
     FluxPipeline,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
@@ -40,12 +42,12 @@ from ..errors import (
     SpoolError,
 )
 from ..hires import check_hires, target_size
+from ..memory_plan import MemoryChoice, MemoryPlan
 from ..registry import FAMILY_NAMES
 from ..spec import JobSpec
 from .device import Placement
 from .hires import two_passes
-from .memory import free_memory, place
-from .memory import plan as memory_plan
+from .memory import cast_to_fp8, free_memory, place, quantization_config
 from .schedulers import a1111_schedule, flow_scheduler, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -57,10 +59,12 @@ _PIPELINES = {
     "StableDiffusionPipeline": StableDiffusionPipeline,
     "StableDiffusionXLPipeline": StableDiffusionXLPipeline,
     "FluxPipeline": FluxPipeline,
+    "FluxKontextPipeline": FluxKontextPipeline,
+    "FluxFillPipeline": FluxFillPipeline,
     "StableDiffusion3Pipeline": StableDiffusion3Pipeline,
 }
-# The transformer (flow-matching) pipelines: their own schedulers, no UNet.
-_FLOW = (FluxPipeline, StableDiffusion3Pipeline)
+# FLUX.1's pipelines, as loaded from a folder (a dev or schnell, a Kontext, a Fill model).
+_FLUX = (FluxPipeline, FluxKontextPipeline, FluxFillPipeline)
 
 
 def quiet_libraries() -> None:
@@ -85,51 +89,69 @@ class Loaded:
     derived: dict[str, Any] = field(default_factory=dict, repr=False)  # img2img, inpaint
 
 
-def _options(cls: type[DiffusionPipeline], placement: Placement) -> dict[str, Any]:
+def _options(
+    cls: type[DiffusionPipeline], placement: Placement, plan: MemoryPlan, family: str
+) -> dict[str, Any]:
     options: dict[str, Any] = {"dtype": placement.dtype, "local_files_only": True}
     if cls is StableDiffusionPipeline:
         options.update(safety_checker=None, requires_safety_checker=False)
+    quantized = quantization_config(plan, family, placement.dtype)
+    if quantized is not None:
+        options["quantization_config"] = quantized
     return options
 
 
 def _load_and_place(
-    make: Callable[[], DiffusionPipeline],
+    make: Callable[[MemoryPlan], DiffusionPipeline],
     model_id: str,
     placement: Placement,
     *,
-    memory: str,
+    memory: MemoryChoice,
     family: str,
     source: str,
 ) -> Loaded:
-    """Build a pipeline with `make` and place it as the memory mode says (memory.py);
-    any failure is `model_load_failed`, in one line, naming the `source`."""
+    """Build a pipeline with `make` (given the memory plan, for what quantizes as it
+    loads) and place it as the plan says (memory.py); any failure is
+    `model_load_failed`, in one line, naming the `source`."""
     quiet_libraries()
     try:
-        pipeline = make()
-        mode = memory_plan(memory, free_bytes=free_memory(placement), family=family)
-        place(pipeline, placement, mode)
+        plan = memory.plan(free_memory(placement), family)
+        pipeline = make(plan)
+        if plan.quantize == "fp8":
+            cast_to_fp8(pipeline, family, placement.dtype)
+        place(pipeline, placement, plan)
     except Exception as exc:  # diffusers, transformers and torch report it variously
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ModelLoadFailed(f"cannot load {model_id} {source}: {reason}", model=model_id) from exc
     pipeline.set_progress_bar_config(disable=True)
     native = native_size(pipeline)
+    mode = plan.describe()
     log.info("loaded %s %s on %s (memory %s)", model_id, source, placement.label, mode)
     return Loaded(model_id, pipeline, placement, native, mode, pipeline.scheduler.config)
 
 
 def load(
-    path: Path, model_id: str, placement: Placement, *, memory: str = "auto", family: str = "sd1"
+    path: Path,
+    model_id: str,
+    placement: Placement,
+    *,
+    memory: MemoryChoice | str = "auto",
+    family: str = "sd1",
 ) -> Loaded:
     """Load a diffusers folder with the pipeline class it names, offline."""
 
-    def make() -> DiffusionPipeline:
+    def make(plan: MemoryPlan) -> DiffusionPipeline:
         index = json.loads((path / "model_index.json").read_text())
         cls = _PIPELINES.get(index.get("_class_name", ""), StableDiffusionPipeline)
-        return cls.from_pretrained(path, **_options(cls, placement))
+        return cls.from_pretrained(path, **_options(cls, placement, plan, family))
 
     return _load_and_place(
-        make, model_id, placement, memory=memory, family=family, source=f"from {path}"
+        make, model_id, placement, memory=_choice(memory), family=family, source=f"from {path}"
     )
+
+
+def _choice(memory: MemoryChoice | str) -> MemoryChoice:
+    return memory if isinstance(memory, MemoryChoice) else MemoryChoice(memory)
 
 
 def native_size(pipeline: DiffusionPipeline) -> int:
@@ -160,7 +182,7 @@ def load_single_file(
     *,
     family: str,
     config_dir: Path | None,
-    memory: str = "auto",
+    memory: MemoryChoice | str = "auto",
 ) -> Loaded:
     """Load an original-layout .safetensors checkpoint, offline. Its configs and
     tokenizer come from `config_dir`: an installed diffusers model of the same family, or
@@ -174,12 +196,13 @@ def load_single_file(
             model=model_id,
         )
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    options = {**_options(cls, placement), "config": str(config_dir)}
     return _load_and_place(
-        lambda: cls.from_single_file(str(path), **options),
+        lambda plan: cls.from_single_file(
+            str(path), **_options(cls, placement, plan, family), config=str(config_dir)
+        ),
         model_id,
         placement,
-        memory=memory,
+        memory=_choice(memory),
         family=family,
         source=f"with the configs of {config_dir.name}",
     )
@@ -214,6 +237,9 @@ class BatchOutput:
     hires_schedule: str | None = None
     # A hires batch's first pass's (width, height); its images are at the target size.
     first_size: tuple[int, int] | None = None
+    # What guidance_scale was: `classifier-free` (SD, SD 3.x), FLUX.1's `distilled`
+    # guidance, or `none` (FLUX.1 schnell); for the infotext.
+    guidance: str = "classifier-free"
 
     @property
     def image_count(self) -> int:
@@ -259,7 +285,7 @@ def generate(
     height = first.height or loaded.native_size
     flow = is_flow(loaded.pipeline)
     multiple = loaded.pipeline.vae_scale_factor
-    if isinstance(loaded.pipeline, FluxPipeline):
+    if isinstance(loaded.pipeline, _FLUX):
         multiple *= 2  # its latents are packed in 2x2 patches
     for name, size in (("width", width), ("height", height)):
         if size % multiple:
@@ -332,10 +358,19 @@ def generate(
         extra_arguments.update(clip_skip=first.clip_skip - 1)
     if mode in ("img2img", "inpaint"):
         extra_arguments.update(image=inits, strength=first.strength)
+    if isinstance(pipeline, FluxKontextPipeline):
+        # Kontext makes the size asked for (not as many pixels as 1024x1024 in its
+        # aspect), and edits after the image as it is: at that size, not resized to its
+        # preferred resolutions, and with no strength.
+        extra_arguments.update(max_area=width * height)
+        if mode == "img2img":
+            extra_arguments.update(image=inits, _auto_resize=False)
+            extra_arguments.pop("strength", None)
     if mode == "inpaint":
         extra_arguments.update(mask_image=masks)
-    # FLUX.1 takes no negative prompt (the door refuses one: registry.for_family).
-    negative = {} if isinstance(loaded.pipeline, FluxPipeline) else {"negative_prompt": negatives}
+    if first.max_sequence_length is not None:
+        extra_arguments.update(max_sequence_length=first.max_sequence_length)
+    negative = _negative_arguments(loaded.pipeline, first, negatives)  # (hires: its own)
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
     # 4. Denoise, reporting each step and stopping at the next one when asked. Progress
@@ -440,7 +475,31 @@ def generate(
         schedule=schedule,
         hires_schedule=hires_schedule,
         first_size=(width, height) if mode == "hires" else None,
+        guidance=guidance_kind(loaded.pipeline),
     )
+
+
+def guidance_kind(pipeline: DiffusionPipeline) -> str:
+    """What a pipeline's guidance_scale is (BatchOutput.guidance)."""
+    if not isinstance(pipeline, _FLUX):
+        return "classifier-free"
+    return "distilled" if pipeline.transformer.config.guidance_embeds else "none"
+
+
+def _negative_arguments(
+    resident: DiffusionPipeline, spec: JobSpec, negatives: list[str]
+) -> dict[str, Any]:
+    """The negative prompts, as the pipeline takes them. FLUX.1's guidance is distilled:
+    it runs them only with true CFG (`true_cfg_scale`), which the door asks for when a
+    request has one (registry.for_family); an empty negative prompt is its unconditional
+    pass then, as classifier-free guidance's is."""
+    if isinstance(resident, FluxFillPipeline):
+        return {}
+    if isinstance(resident, _FLUX):
+        if spec.true_cfg_scale is None:
+            return {}
+        return {"negative_prompt": negatives, "true_cfg_scale": spec.true_cfg_scale}
+    return {"negative_prompt": negatives}
 
 
 def _fit(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
@@ -463,10 +522,14 @@ _DERIVED = {
 }
 
 
+# What a pipeline runs itself: a Kontext model's edit of an image, a Fill model's inpainting.
+_RESIDENT_MODES = {("FluxKontextPipeline", "img2img"), ("FluxFillPipeline", "inpaint")}
+
+
 def _pipeline_for(loaded: Loaded, mode: str) -> Any:
     """The resident pipeline, or one for img2img or inpainting made from it (sharing
     its modules), kept with it for the next call."""
-    if mode == "txt2img":
+    if mode == "txt2img" or (type(loaded.pipeline).__name__, mode) in _RESIDENT_MODES:
         return loaded.pipeline
     derived = loaded.derived.get(mode)
     if derived is None:

@@ -1,48 +1,31 @@
-"""Fitting a model into the GPU's memory (`runner.memory`): all on the GPU, or with
-attention and VAE slicing/tiling and CPU offload for small cards (6-8 GB, a GTX 1060).
+"""Fitting a model into the GPU's memory as its plan says (memory_plan.py decides):
 
 - `full`: everything on the device.
 - `low`: attention slicing, VAE slicing and tiling, and model CPU offload (accelerate
-  moves each whole model part to the GPU while it runs).
+  moves each whole model part to the GPU while it runs); or, asked for, group offload
+  (a block of the transformer at a time).
 - `minimal`: the same with sequential CPU offload (layer by layer): slowest, smallest.
-- `auto`: chosen from the card's free memory and the model family.
+- The transformer families' transformer and T5 encoder quantized: nf4 or int8 with
+  bitsandbytes as they load (`quantization_config`), fp8 as storage cast to the compute
+  dtype layer by layer (`cast_to_fp8`, diffusers' layerwise casting).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
 
+from ..memory_plan import MemoryPlan
 from .device import Placement
 
 log = logging.getLogger(__name__)
 
-GB = 1024**3
-# Free GPU memory (bytes) a family needs to run `full`, and to run `low`, at fp16
-# with a batch of a few images.
-THRESHOLDS = {
-    "sd1": (4 * GB, 2 * GB),
-    "sd2": (5 * GB, 2.5 * GB),
-    "sdxl": (12 * GB, 6 * GB),
-    # bf16 transformer and T5 encoder resident / offloaded a model at a time
-    "sd3": (30 * GB, 12 * GB),
-    "flux": (36 * GB, 14 * GB),
-}
-
-
-def plan(mode: str, *, free_bytes: int | None, family: str) -> str:
-    """The mode to use: `mode` itself unless it is `auto`. Without a CUDA GPU
-    (free_bytes None) nothing is offloaded, whatever the setting: `full`."""
-    if free_bytes is None:
-        return "full"
-    if mode != "auto":
-        return mode
-    full, low = THRESHOLDS.get(family, THRESHOLDS["sd1"])
-    if free_bytes >= full:
-        return "full"
-    return "low" if free_bytes >= low else "minimal"
+# The pipeline part that is each transformer family's T5 encoder.
+T5_PARTS = {"flux": "text_encoder_2", "sd3": "text_encoder_3"}
 
 
 def free_memory(placement: Placement) -> int | None:
@@ -56,17 +39,87 @@ def free_memory(placement: Placement) -> int | None:
     return int(free) + max(0, int(cached))
 
 
-def place(pipeline: DiffusionPipeline, placement: Placement, mode: str) -> None:
-    """Put a pipeline loaded on the CPU where `mode` says it goes."""
-    if mode == "full" or placement.device.type != "cuda":
+def quantization_config(plan: MemoryPlan, family: str, compute_dtype: torch.dtype) -> Any:
+    """diffusers' PipelineQuantizationConfig for the plan's nf4 or int8 (bitsandbytes),
+    for the transformer and the T5 encoder as the pipeline loads; None otherwise."""
+    if plan.quantize not in ("nf4", "int8"):
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RuntimeError(
+            f"runner.quantize = {plan.quantize} needs bitsandbytes, which is not installed: "
+            "pip install -c constraints.txt 'alice-spool[gpu]'"
+        )
+    try:
+        from diffusers import PipelineQuantizationConfig
+
+        parts = ["transformer", T5_PARTS[family]]
+        if plan.quantize == "nf4":
+            return PipelineQuantizationConfig(
+                quant_backend="bitsandbytes_4bit",
+                quant_kwargs={
+                    "load_in_4bit": True,
+                    "bnb_4bit_quant_type": "nf4",
+                    "bnb_4bit_compute_dtype": compute_dtype,
+                },
+                components_to_quantize=parts,
+            )
+        return PipelineQuantizationConfig(
+            quant_backend="bitsandbytes_8bit",
+            quant_kwargs={"load_in_8bit": True},
+            components_to_quantize=parts,
+        )
+    except (ImportError, ValueError) as exc:  # bitsandbytes is the GPU extra's
+        raise RuntimeError(
+            f"runner.quantize = {plan.quantize} needs bitsandbytes: "
+            f"pip install 'alice-spool[gpu]' ({exc})"
+        ) from exc
+
+
+# The T5 encoder's layers that stay as they are under fp8 storage, beside diffusers'
+# own (norms, embeddings in and out): its token embedding, which the encoder shares, and
+# each block's `wo`, whose weight's dtype T5 casts its activations to before calling it.
+_T5_KEPT = ("shared", "embed_tokens", r"\.wo$")
+
+
+def cast_to_fp8(pipeline: DiffusionPipeline, family: str, compute_dtype: torch.dtype) -> None:
+    """The transformer and the T5 encoder stored in float8 (e4m3), each layer cast to
+    `compute_dtype` as it runs: about half their bf16 memory, no other library needed.
+    The norms, embeddings and projections in and out stay as they are."""
+    from diffusers.hooks import apply_layerwise_casting
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    pipeline.transformer.enable_layerwise_casting(
+        storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype
+    )
+    encoder = getattr(pipeline, T5_PARTS[family], None)
+    if encoder is not None:
+        apply_layerwise_casting(
+            encoder,
+            storage_dtype=torch.float8_e4m3fn,
+            compute_dtype=compute_dtype,
+            skip_modules_pattern=(*DEFAULT_SKIP_MODULES_PATTERN, *_T5_KEPT),
+        )
+
+
+def place(pipeline: DiffusionPipeline, placement: Placement, plan: MemoryPlan) -> None:
+    """Put a pipeline loaded on the CPU where the plan says it goes."""
+    if plan.offload == "none" or placement.device.type != "cuda":
         pipeline.to(placement.device)
         return
     for saving in ("enable_attention_slicing", "enable_vae_slicing", "enable_vae_tiling"):
         if hasattr(pipeline, saving):  # (the transformer families' pipelines lack some)
             getattr(pipeline, saving)()
-    if mode == "low":
+    if plan.offload == "model":
         pipeline.enable_model_cpu_offload(device=placement.device)
-    elif mode == "minimal":
+    elif plan.offload == "sequential":
         pipeline.enable_sequential_cpu_offload(device=placement.device)
+    elif plan.offload == "group":
+        pipeline.enable_group_offload(
+            onload_device=placement.device,
+            offload_device=torch.device("cpu"),
+            offload_type="block_level",
+            num_blocks_per_group=1,
+            use_stream=True,
+        )
     else:
-        raise ValueError(f"unknown memory mode {mode!r}")
+        raise ValueError(f"unknown offload {plan.offload!r}")

@@ -14,8 +14,9 @@ from typing import Any, cast
 
 import torch
 
-from ..errors import InvalidParameters, ModelNotFound, SpoolError
+from ..errors import ConfigError, InvalidParameters, ModelNotFound, SpoolError
 from ..hires import target_size
+from ..memory_plan import MemoryChoice
 from ..registry import ModelRegistry
 from ..spec import JobSpec
 from . import speed
@@ -56,7 +57,7 @@ class Engine:
         registry: ModelRegistry,
         placement: Placement,
         *,
-        memory: str = "auto",
+        memory: MemoryChoice | str = "auto",
         default_model: str = "",
         keep_in_ram: bool = False,
         max_batch: int = 8,
@@ -71,7 +72,10 @@ class Engine:
         self.max_cached_loras = max_cached_loras
         self.registry = registry
         self.placement = placement
-        self.memory = memory
+        self.memory = memory if isinstance(memory, MemoryChoice) else MemoryChoice(memory)
+        refused = self.memory.refusal(placement.device.type)
+        if refused is not None:
+            raise ConfigError(refused, key="runner.quantize")
         self.default_model = default_model
         self.keep_in_ram = keep_in_ram
         self.max_batch = max_batch

@@ -24,6 +24,8 @@ from diffusers import (
     DiffusionPipeline,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FluxFillPipeline,
+    FluxKontextPipeline,
     FluxPipeline,
     FluxTransformer2DModel,
     PNDMScheduler,
@@ -51,7 +53,9 @@ from .generate import quiet_libraries
 
 TINY_NAME = "tiny"
 TINY_FAMILIES = ("sd1", "sdxl", "flux", "sd3")
-FLUX_VARIANTS = ("dev", "schnell")  # dev has a distilled-guidance embedder, schnell none
+# dev has a distilled-guidance embedder, schnell none; Kontext is dev's shape in its own
+# pipeline; Fill's transformer also reads the masked image's latents and the mask.
+FLUX_VARIANTS = ("dev", "schnell", "kontext", "fill")
 NATIVE_SIZE = 64
 WEIGHTS_SEED = 20261122
 
@@ -223,28 +227,32 @@ def _sdxl(workdir: Path) -> StableDiffusionXLPipeline:
     return assemble(parts, EulerDiscreteScheduler.from_config(SD15_SCHEDULER))
 
 
-def _flux(workdir: Path, guidance_embeds: bool) -> FluxPipeline:
+def _flux(workdir: Path, variant: str) -> DiffusionPipeline:
     """FLUX.1's shape: CLIP for the pooled text, T5 for the sequence, and an MMDiT with
-    double- and single-stream blocks over 2x2-packed 16-channel latents."""
+    double- and single-stream blocks over 2x2-packed 16-channel latents. A Fill model's
+    transformer reads the masked image's latents and the mask (8x8 per latent) too."""
     tokenizer = letter_tokenizer(workdir)
     t5_tokenizer = letter_t5_tokenizer()
     # The transformer comes last, so dev and schnell share every other part's weights.
     vae = _flow_vae(scaling_factor=0.3611, shift_factor=0.1159)
     text_encoder = CLIPTextModel(_text_config(tokenizer))
     text_encoder_2 = _t5_encoder(t5_tokenizer)
+    packed = 16 * 4  # the VAE's 16 channels, packed 2x2
     transformer = FluxTransformer2DModel(
         patch_size=1,
-        in_channels=16 * 4,  # the VAE's 16 channels, packed 2x2
+        in_channels=packed if variant != "fill" else packed * 2 + 8 * 8 * 4,
+        out_channels=packed,
         num_layers=1,
         num_single_layers=1,
         attention_head_dim=16,
         num_attention_heads=2,
         joint_attention_dim=32,  # T5's d_model
         pooled_projection_dim=32,  # CLIP's width
-        guidance_embeds=guidance_embeds,
+        guidance_embeds=variant != "schnell",
         axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
     )
-    pipeline = FluxPipeline(
+    cls = {"kontext": FluxKontextPipeline, "fill": FluxFillPipeline}.get(variant, FluxPipeline)
+    pipeline = cls(
         scheduler=FlowMatchEulerDiscreteScheduler.from_config(FLUX_SCHEDULER),
         vae=vae,
         text_encoder=text_encoder,
@@ -330,7 +338,7 @@ def _builder(family: str, variant: str | None) -> Callable[[Path], DiffusionPipe
                 f"no tiny FLUX.1 of variant {variant!r} (choose from {', '.join(FLUX_VARIANTS)})",
                 field="variant",
             )
-        return partial(_flux, guidance_embeds=variant == "dev")
+        return partial(_flux, variant=variant)
     if family not in builders:
         raise InvalidParameters(
             f"no tiny model of family {family!r} (choose from {', '.join(TINY_FAMILIES)})",
@@ -345,7 +353,8 @@ def build_tiny_pipeline(
     workdir: Path, family: str = "sd1", variant: str | None = None
 ) -> DiffusionPipeline:
     """A tiny pipeline of the family's shape, with weights from a fixed seed. FLUX's
-    `variant` is "dev" (the default: a guidance embedder) or "schnell" (none)."""
+    `variant` is "dev" (the default: a guidance embedder), "schnell" (none), "kontext"
+    or "fill" (FLUX_VARIANTS)."""
     build = _builder(family, variant)
     state = torch.random.get_rng_state()
     torch.manual_seed(WEIGHTS_SEED)

@@ -325,6 +325,7 @@ class Runner(Monitoring):
             outcome.schedule = getattr(output, "schedule", None)
             outcome.hires_schedule = getattr(output, "hires_schedule", None)
             outcome.first_size = getattr(output, "first_size", None)
+            outcome.guidance = getattr(output, "guidance", "classifier-free")
             if made.error is not None:
                 outcome.error = outcome.error or made.error
                 continue

@@ -151,6 +151,7 @@ class Outcome:
     schedule: str | None = None  # A1111's schedule type of the (first) pass, if any
     hires_schedule: str | None = None  # and of a hires job's second pass
     first_size: tuple[int, int] | None = None  # a hires job's first pass's (width, height)
+    guidance: str = "classifier-free"  # what its guidance_scale was (BatchOutput.guidance)
     inputs: dict[str, Any] = field(default_factory=dict)  # role -> PIL image (img2img)
 
 

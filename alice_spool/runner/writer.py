@@ -199,6 +199,7 @@ class Finishing(RunnerState):
                         schedule=outcome.schedule,
                         hires_schedule=outcome.hires_schedule,
                         first_size=outcome.first_size,
+                        guidance=outcome.guidance,
                     )
                     for i in order
                 ],

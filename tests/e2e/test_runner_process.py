@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,11 +23,13 @@ import pytest
 from PIL import Image
 
 from alice_spool import migrate
+from alice_spool.engine.tiny import create_tiny
 from alice_spool.faults import CRASH_EXIT_CODE, RUNNER_CRASH_POINTS
 from alice_spool.models import JobStatus
 from alice_spool.outbox import RESULT
 from alice_spool.records import JobRecord
-from alice_spool.spec import JobSpec
+from alice_spool.registry import ModelRegistry
+from alice_spool.spec import JobSpec, parse_spec
 from alice_spool.stopping import COLD_EXIT_CODE
 from alice_spool.store import Store
 from tests.support import runner_process
@@ -36,8 +39,6 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from alice_spool.engine.tiny import create_tiny
-
     root = tmp_path_factory.mktemp("models")
     create_tiny(root)
     return root
@@ -228,6 +229,36 @@ def test_a_sigkill_storm(site: Site) -> None:
     assert site.leftovers() == []
     reran = {j.id for j in jobs if site.store.get(j.id).attempts > 1}
     assert reran == held_when_killed and held_when_killed
+
+
+def test_a_sigkill_mid_flux_job_loses_nothing_and_the_next_runner_finishes_it(
+    site: Site, tmp_path_factory: pytest.TempPathFactory, models_dir: Path
+) -> None:
+    """A FLUX.1 job (the tiny schnell, queued as a door queues it: the family's steps
+    and scheduler) killed mid-denoise: requeued by the next runner's start and run once
+    more, beside a FLUX.1 job queued after the kill."""
+    models = tmp_path_factory.mktemp("flux-models")
+    shutil.copytree(models_dir, models, dirs_exist_ok=True)
+    create_tiny(models, "flux-schnell", family="flux", variant="schnell")
+    site.env["ALICE_PATHS_MODELS"] = str(models)
+    fields = {"prompt": "a lighthouse", "model": "flux-schnell", "width": 64, "height": 64}
+    registry = ModelRegistry(models)
+    long = registry.with_model(parse_spec({**fields, "steps": 150, "seed": 3}))
+    assert (long.scheduler, long.guidance_scale) == ("euler", 0.0)  # the family's
+    killed = site.store.enqueue(long, source="cli").job
+    process = site.start()
+    wait_until(lambda: (site.store.get(killed.id).progress_step or 0) > 2, timeout=60)
+    os.kill(process.pid, signal.SIGKILL)
+    process.join(10)
+    assert process.exitcode == -signal.SIGKILL
+    assert status(site, killed) is JobStatus.RUNNING  # held by the dead runner
+    short = registry.with_model(parse_spec({**fields, "seed": 4}))
+    clean = site.store.enqueue(short, source="cli").job
+    site.drain()
+    assert_each_succeeded_once(site, [killed, clean])
+    done = site.store.get(killed.id)
+    assert done.attempts == 2 and done.result["spec"]["model"] == "sd/flux-schnell"
+    assert site.leftovers() == []
 
 
 # -- signals ------------------------------------------------------------------------------

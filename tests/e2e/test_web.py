@@ -320,9 +320,9 @@ def test_the_form_follows_the_chosen_models_family(
     site: Served, browser: Browser, console: Console
 ) -> None:
     """A FLUX.1 schnell model chosen: its defaults (4 steps, no guidance) as the
-    placeholders, only its schedulers offered, no negative prompt; what is left empty is
-    the model's own, so the job runs with the family's defaults. Back to the SD model:
-    everything again."""
+    placeholders, only its schedulers offered, and its true CFG, which runs the negative
+    prompt; what is left empty is the model's own, so the job runs with the family's
+    defaults. Back to the SD model: every scheduler, no true CFG."""
     from alice_spool.engine.tiny import create_tiny
 
     models = site.root / "var" / "models"
@@ -332,21 +332,28 @@ def test_the_form_follows_the_chosen_models_family(
     page.goto(f"{site.url}/web/#/submit")
     expect(page.locator("#f-model option[value='sd/flux-schnell']")).to_be_attached()
     page.select_option("#f-model", "sd/flux-schnell")
-    expect(page.locator("#negative-field")).to_be_hidden()
+    expect(page.locator("#true-cfg-field")).to_be_visible()
+    expect(page.locator("#negative-field")).to_contain_text("True CFG")
     expect(page.locator("#f-steps")).to_have_attribute("placeholder", "4")
     expect(page.locator("#f-guidance_scale")).to_have_attribute("placeholder", "0")
     offered = page.locator("#f-scheduler option:not([hidden])").all_text_contents()
     assert "dpm++_2m" not in offered and "euler_karras" in offered, offered
     page.fill("#f-prompt", "a fox in the snow")
+    page.fill("#f-negative_prompt", "blurry")
     page.fill("#f-width", "64")
     page.fill("#f-height", "64")
+    page.click("#submit-button")  # a negative prompt without true CFG: refused, saying so
+    expect(page.locator("#submit-error")).to_contain_text("true_cfg_scale")
+    page.fill("#f-true_cfg_scale", "2")
     page.click("#submit-button")
     panel = page.locator("#submitted .card").first
     expect(panel.locator(".badge")).to_have_text("succeeded", timeout=WAIT_MS)
     ran = job(site, panel.get_attribute("data-id"))["result"]["spec"]
     assert (ran["model"], ran["steps"], ran["scheduler"]) == ("sd/flux-schnell", 4, "euler")
+    assert (ran["negative_prompt"], ran["true_cfg_scale"]) == ("blurry", 2)
     page.select_option("#f-model", "sd/tiny")
-    expect(page.locator("#negative-field")).to_be_visible()
+    expect(page.locator("#true-cfg-field")).to_be_hidden()
+    expect(page.locator("#negative-field")).not_to_contain_text("True CFG")
     assert "dpm++_2m" in page.locator("#f-scheduler option:not([hidden])").all_text_contents()
     page.context.close()
 

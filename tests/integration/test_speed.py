@@ -18,6 +18,7 @@ from alice_spool.engine.shapes import build_parts, write_model_folder
 from alice_spool.engine.speed import optimise
 from alice_spool.engine.tiny import build_tiny_pipeline, create_tiny, create_tiny_lora
 from alice_spool.errors import InvalidParameters
+from alice_spool.memory_plan import MemoryPlan
 from alice_spool.registry import ModelRegistry
 from alice_spool.spec import parse_spec
 
@@ -232,7 +233,8 @@ def test_a_model_offloaded_to_the_cpu_runs_uncompiled(
     runs uncompiled, and the log says why."""
     import alice_spool.engine.generate as generate_module
 
-    monkeypatch.setattr(generate_module, "memory_plan", lambda *args, **kwargs: "low")
+    low = MemoryPlan("low", offload="model")
+    monkeypatch.setattr(generate_module.MemoryChoice, "plan", lambda *args, **kwargs: low)
     backend = CountingBackend()
     engine = Engine(
         ModelRegistry(models), choose("cpu"), max_batch=2, compile=True, compile_backend=backend

@@ -95,7 +95,8 @@ def test_the_bottom_layers_stay_at_the_bottom() -> None:
         "fields": {"errors", "samplers"},  # the request's fields, one at a time
         "spec": {"errors", "fields", "samplers", "hires"},  # hires: its field's parser (pure)
         "hires": {"errors", "fields"},
-        "config": {"errors", "spec", "masking"},
+        "config": {"errors", "spec", "masking", "memory_plan"},
+        "memory_plan": set(),  # how a model fits a card's memory (pure)
         "masking": set(),
         "safetensors_file": set(),
         "loras": {"errors", "spec", "safetensors_file"},
