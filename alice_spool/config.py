@@ -23,7 +23,7 @@ from typing import Any
 from . import spec
 from .errors import ConfigError, InvalidParameters
 from .masking import masked_urls
-from .memory_plan import MEMORY_MODES, OFFLOAD, QUANTIZE, MemoryChoice
+from .memory_plan import CACHES, MEMORY_MODES, OFFLOAD, QUANTIZE, MemoryChoice
 
 ENV_PREFIX = "ALICE_"
 CONFIG_ENV = "ALICE_CONFIG"
@@ -224,6 +224,8 @@ class RunnerSettings:
     # offloaded ("auto": as memory and the card's free memory say; memory_plan.py).
     quantize: str = "none"
     offload: str = "auto"
+    # FLUX.1 and SD 3.x: diffusers' step caching, off by default (engine/caching.py).
+    cache: str = "none"
     keep_in_ram: bool = False
     name: str = ""
     switch_model_after_s: float = 30.0
@@ -252,6 +254,11 @@ class RunnerSettings:
             self.quantize in QUANTIZE,
             "runner.quantize",
             f"must be one of {', '.join(QUANTIZE)}, got {self.quantize!r}",
+        )
+        _check(
+            self.cache in CACHES,
+            "runner.cache",
+            f"must be one of {', '.join(CACHES)}, got {self.cache!r}",
         )
         _check(
             self.offload in OFFLOAD,
@@ -287,8 +294,8 @@ class RunnerSettings:
 
     @property
     def memory_choice(self) -> MemoryChoice:
-        """memory, quantize and offload, as the engine takes them."""
-        return MemoryChoice(self.memory, self.quantize, self.offload)
+        """memory, quantize, offload and cache, as the engine takes them."""
+        return MemoryChoice(self.memory, self.quantize, self.offload, self.cache)
 
     @property
     def compile_size_pairs(self) -> list[tuple[int, int]]:

@@ -26,6 +26,10 @@ GB = 1024**3
 MEMORY_MODES = ("auto", "full", "low", "minimal")
 QUANTIZE = ("none", "auto", "nf4", "int8", "fp8")
 OFFLOAD = ("auto", "none", "model", "group")
+# Step caching for the transformer families (diffusers' cache hooks): reuse what a step's
+# transformer blocks computed when it changes little from the last (`first_block`), or
+# predict it from the last steps (`taylorseer`). Faster, a little different; off by default.
+CACHES = ("none", "first_block", "taylorseer")
 
 # Free GPU memory (bytes) an SD family needs to run `full`, and to run `low`, at fp16
 # with a batch of a few images.
@@ -82,11 +86,13 @@ _NATURAL_OFFLOAD = {"full": "none", "low": "model", "minimal": "sequential"}
 
 @dataclass(frozen=True)
 class MemoryChoice:
-    """The runner's memory settings: `runner.memory`, `.quantize` and `.offload`."""
+    """The runner's settings for how a model is set up as it loads: `runner.memory`,
+    `.quantize`, `.offload` and `.cache`."""
 
     memory: str = "auto"
     quantize: str = "none"
     offload: str = "auto"
+    cache: str = "none"  # runner.cache: set up as the model loads, with the rest
 
     def plan(self, free_bytes: int | None, family: str) -> MemoryPlan:
         """The plan for a model of `family` on a device with `free_bytes` free."""

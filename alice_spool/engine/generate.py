@@ -45,6 +45,7 @@ from ..hires import check_hires, target_size
 from ..memory_plan import MemoryChoice, MemoryPlan
 from ..registry import FAMILY_NAMES
 from ..spec import JobSpec
+from . import caching
 from .device import Placement
 from .hires import two_passes
 from .memory import cast_to_fp8, free_memory, place, quantization_config
@@ -86,6 +87,7 @@ class Loaded:
     memory_mode: str
     scheduler_config: Any = field(repr=False)
     adapters: Any = field(default=None, repr=False)  # its LoRAs (adapters.Adapters)
+    cache: str = "none"  # the step cache its transformer runs with (caching.py)
     derived: dict[str, Any] = field(default_factory=dict, repr=False)  # img2img, inpaint
 
 
@@ -120,6 +122,7 @@ def _load_and_place(
         if plan.quantize == "fp8":
             cast_to_fp8(pipeline, family, placement.dtype)
         place(pipeline, placement, plan)
+        cache = caching.enable(pipeline, memory.cache, placement.dtype)
     except Exception as exc:  # diffusers, transformers and torch report it variously
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ModelLoadFailed(f"cannot load {model_id} {source}: {reason}", model=model_id) from exc
@@ -127,7 +130,9 @@ def _load_and_place(
     native = native_size(pipeline)
     mode = plan.describe()
     log.info("loaded %s %s on %s (memory %s)", model_id, source, placement.label, mode)
-    return Loaded(model_id, pipeline, placement, native, mode, pipeline.scheduler.config)
+    loaded = Loaded(model_id, pipeline, placement, native, mode, pipeline.scheduler.config)
+    loaded.cache = cache
+    return loaded
 
 
 def load(
@@ -240,6 +245,7 @@ class BatchOutput:
     # What guidance_scale was: `classifier-free` (SD, SD 3.x), FLUX.1's `distilled`
     # guidance, or `none` (FLUX.1 schnell); for the infotext.
     guidance: str = "classifier-free"
+    cache: str = "none"  # the step cache the call ran with (runner.cache)
 
     @property
     def image_count(self) -> int:
@@ -476,6 +482,7 @@ def generate(
         hires_schedule=hires_schedule,
         first_size=(width, height) if mode == "hires" else None,
         guidance=guidance_kind(loaded.pipeline),
+        cache=loaded.cache,
     )
 
 

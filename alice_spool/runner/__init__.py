@@ -326,6 +326,7 @@ class Runner(Monitoring):
             outcome.hires_schedule = getattr(output, "hires_schedule", None)
             outcome.first_size = getattr(output, "first_size", None)
             outcome.guidance = getattr(output, "guidance", "classifier-free")
+            outcome.cache = getattr(output, "cache", "none")
             if made.error is not None:
                 outcome.error = outcome.error or made.error
                 continue

@@ -152,6 +152,7 @@ class Outcome:
     hires_schedule: str | None = None  # and of a hires job's second pass
     first_size: tuple[int, int] | None = None  # a hires job's first pass's (width, height)
     guidance: str = "classifier-free"  # what its guidance_scale was (BatchOutput.guidance)
+    cache: str = "none"  # the step cache it ran with (runner.cache)
     inputs: dict[str, Any] = field(default_factory=dict)  # role -> PIL image (img2img)
 
 

@@ -138,6 +138,8 @@ class Finishing(RunnerState):
             "loras": outcome.loras,
             # only when the job named one: a plain job's result is as it was
             **({"vae": outcome.vae} if outcome.vae else {}),
+            # only when a step cache ran (runner.cache): the image is not the uncached one
+            **({"cache": outcome.cache} if outcome.cache != "none" else {}),
             **_ran_on(outcome),
             "device": getattr(outcome, "device", None),
             "memory_mode": getattr(outcome, "memory_mode", None),

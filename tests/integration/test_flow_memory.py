@@ -1,16 +1,20 @@
-"""The transformer families' memory settings on the real engine code (memory_plan.py
-plans, engine/memory.py applies): fp8 storage cast layer by layer runs the tiny FLUX.1
-and keeps its images close; nf4 and int8 name the GPU extra where bitsandbytes is
-missing; a runner on the CPU refuses to quantize, saying why, before loading anything."""
+"""The transformer families' memory and speed settings on the real engine code
+(memory_plan.py plans, engine/memory.py and caching.py apply): fp8 storage cast layer by
+layer runs the tiny FLUX.1 and keeps its images close; nf4 and int8 name the GPU extra
+where bitsandbytes is missing; a runner on the CPU refuses to quantize, saying why,
+before loading anything; a step cache runs every call alike and the job records it."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from alice_spool.database import Database
 from alice_spool.engine.device import choose
 from alice_spool.engine.generate import generate, load
 from alice_spool.engine.memory import cast_to_fp8, quantization_config
@@ -18,8 +22,11 @@ from alice_spool.engine.resident import Engine
 from alice_spool.engine.tiny import create_tiny
 from alice_spool.errors import ConfigError
 from alice_spool.memory_plan import MemoryChoice, MemoryPlan
+from alice_spool.outbox import Outbox
 from alice_spool.registry import ModelRegistry
+from alice_spool.runner import Runner, RunnerOptions
 from alice_spool.spec import JobSpec
+from alice_spool.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +94,57 @@ def test_on_the_cpu_auto_and_offload_change_nothing(models: Path) -> None:
     output = engine.generate([spec()])
     assert output.jobs[0].error is None and output.memory_mode == "full"
     engine.unload()
+
+
+# -- step caching ---------------------------------------------------------------------------
+
+
+def cached_engine(models: Path, cache: str) -> Engine:
+    return Engine(ModelRegistry(models), choose("cpu"), memory=MemoryChoice(cache=cache))
+
+
+def many_steps(**fields: object) -> JobSpec:
+    return replace(spec(), steps=10, **fields)  # (TaylorSeer predicts from step 3 on)
+
+
+def test_a_step_cache_runs_the_same_way_every_call_and_says_so(models: Path) -> None:
+    plain = cached_engine(models, "none")
+    reference = plain.generate([many_steps()])
+    assert reference.cache == "none"
+    uncached = np.asarray(reference.jobs[0].images[0], dtype=np.int16)
+    plain.unload()
+    for cache in ("first_block", "taylorseer"):
+        engine = cached_engine(models, cache)
+        first, again = engine.generate([many_steps()]), engine.generate([many_steps()])
+        assert first.cache == again.cache == cache
+        images = [np.asarray(o.jobs[0].images[0], dtype=np.int16) for o in (first, again)]
+        assert np.array_equal(images[0], images[1]), cache  # each call starts afresh
+        if cache == "taylorseer":  # predicted steps: not the uncached image
+            assert np.abs(images[0] - uncached).max() > 0
+        engine.unload()
+
+
+def test_a_runner_records_the_step_cache_and_the_sd_families_run_uncached(
+    models: Path, database: Database, tmp_path: Path
+) -> None:
+    create_tiny(models, "tiny", replace=True)
+    engine = cached_engine(models, "taylorseer")
+    store = Store(database, max_queue=10, max_attempts=1)
+    flux = store.enqueue(many_steps(), source="cli").job
+    sd = store.enqueue(
+        JobSpec(prompt="a fox", model="sd/tiny", width=64, height=64, steps=2, seed=1),
+        source="cli",
+    ).job
+    Runner(
+        store,
+        Outbox(tmp_path / "outbox"),
+        engine,
+        RunnerOptions(name="cached", exit_when_idle=True),
+        lock_dir=tmp_path,
+    ).run()
+    flux_result, sd_result = (store.get(j.id).result or {} for j in (flux, sd))
+    assert flux_result["status"] == sd_result["status"] == "succeeded"
+    assert flux_result["cache"] == "taylorseer"
+    assert "cache" not in sd_result  # a UNet has no step cache: as a plain job's result
+    written = json.loads((tmp_path / "outbox" / flux.id / "result.json").read_text())
+    assert written["cache"] == "taylorseer"
