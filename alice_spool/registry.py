@@ -24,11 +24,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from . import transformer_files
 from .errors import InvalidParameters, ModelNotFound
 from .families import FAMILY_NAMES, NATIVE, defaults, is_flow
 from .loras import LoraRegistry
 from .safetensors_file import read_safetensors_header
-from .spec import MODEL_PREFIX, JobSpec, check_denoising_steps, normalise_model_id
+from .spec import IGNORED, MODEL_PREFIX, JobSpec, check_denoising_steps, normalise_model_id
 from .vaes import VaeRegistry
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ class ModelInfo:
     id: str  # sd/<name>
     name: str
     path: Path
-    format: str  # "diffusers" | "single_file"
+    # "diffusers" | "single_file" | "transformer_file" (FLUX.1's, SD 3.x's: transformer_files.py)
+    format: str
     family: str | None  # families.FAMILIES: "sd1" | "sd2" | "sdxl" | "sd3" | "flux"
     size_bytes: int
     native_size: int | None
@@ -189,13 +191,8 @@ def _single_file(path: Path, name: str) -> ModelInfo:
         keys = read_safetensors_header(path).keys()
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         return ModelInfo(MODEL_PREFIX + name, name, path, "single_file", None, size, None, str(exc))
-    flow = next((f for prefix, f in _FLOW_TENSORS if any(k.startswith(prefix) for k in keys)), None)
-    if flow is not None:  # FLUX.1 or SD 3.x: listed with why it cannot run from one file
-        return ModelInfo(
-            MODEL_PREFIX + name, name, path, "single_file", flow, size, NATIVE[flow],
-            f"a single-file {FAMILY_NAMES[flow]} checkpoint cannot be loaded yet: install "
-            "its diffusers folder (alice-spool models pull <repo>)",
-        )  # fmt: skip
+    if any(k.startswith(prefix) for prefix, _ in _FLOW_TENSORS for k in keys):
+        return _transformer_file(path, name)  # FLUX.1 or SD 3.x: its transformer
     if any(k.startswith("conditioner.embedders.1.") for k in keys):
         family = "sdxl"
     elif any(k.startswith("cond_stage_model.model.") for k in keys):
@@ -242,11 +239,12 @@ def for_family(spec: JobSpec, model: ModelInfo) -> JobSpec:
     name = FAMILY_NAMES.get(str(model.family), "Stable Diffusion")
     ignored = _ignored(spec, model, name)
     for field_name, _why in ignored:
-        changes[field_name] = 0.0 if field_name == "guidance_scale" else None
+        if field_name:
+            changes[field_name] = None
     if ignored:
         notes = "; ".join(why for _, why in ignored)
         changes["client_fields"] = tuple(
-            sorted({**dict(spec.client_fields), "ignored": notes}.items())
+            sorted({**dict(spec.client_fields), IGNORED: notes}.items())
         )
     if is_flow(model.family):
         if "scheduler" in left:
@@ -283,9 +281,15 @@ def _ignored(spec: JobSpec, model: ModelInfo, name: str) -> list[tuple[str, str]
     ignored: list[tuple[str, str]] = []
     schnell = model.family == "flux" and model.variant == "schnell"
     if schnell and "guidance_scale" not in spec.left_to_model and spec.guidance_scale:
+        # (kept as given, which the pipeline does not read: so a request that was queued
+        # before this note existed still matches its idempotency key)
         ignored.append(
-            ("guidance_scale", f"guidance_scale {spec.guidance_scale:g}: FLUX.1 schnell "
-             "takes no guidance")
+            ("", f"guidance_scale {spec.guidance_scale:g}: FLUX.1 schnell takes no guidance")
+        )
+    if spec.true_cfg_scale is not None and model.variant == "fill":
+        ignored.append(
+            ("true_cfg_scale", f"true_cfg_scale {spec.true_cfg_scale:g}: a FLUX.1 Fill "
+             "model's pipeline has no true CFG")
         )  # fmt: skip
     if spec.true_cfg_scale is not None and model.family != "flux":
         ignored.append(
@@ -308,10 +312,10 @@ def _flow_refusals(spec: JobSpec, model: ModelInfo, name: str) -> tuple[str, str
             f"max_sequence_length {spec.max_sequence_length}: {model.id} takes at most "
             f"{limit} T5 tokens"
         )
-    if model.family == "flux" and model.variant == "fill" and spec.true_cfg_scale is not None:
-        return "true_cfg_scale", (
-            f"{model.id} is a FLUX.1 Fill model, whose pipeline has no true CFG: leave "
-            "true_cfg_scale and negative_prompt out"
+    if spec.negative_prompt and model.family == "flux" and model.variant == "fill":
+        return "negative_prompt", (
+            f"{model.id} is a FLUX.1 Fill model, whose pipeline takes no negative prompt "
+            "(nor true CFG): leave negative_prompt out"
         )
     if spec.negative_prompt and model.family == "flux" and spec.true_cfg_scale is None:
         return "negative_prompt", (
@@ -339,14 +343,31 @@ def _flow_refusals(spec: JobSpec, model: ModelInfo, name: str) -> tuple[str, str
     return None
 
 
-# Tensor names only FLUX.1's and SD 3.x's single-file checkpoints have (original layout
-# and ComfyUI's, whose keys start with "model.diffusion_model.").
+# Tensor names only FLUX.1's and SD 3.x's transformers have: the original layout and
+# ComfyUI's (whose keys start with "model.diffusion_model."), and diffusers' own.
 _FLOW_TENSORS = (
     ("double_blocks.", "flux"),
     ("model.diffusion_model.double_blocks.", "flux"),
+    ("single_transformer_blocks.", "flux"),
     ("joint_blocks.", "sd3"),
     ("model.diffusion_model.joint_blocks.", "sd3"),
+    ("context_embedder.", "sd3"),
 )
+
+
+def _transformer_file(path: Path, name: str) -> ModelInfo:
+    """A FLUX.1 or SD 3.x transformer in one file (.safetensors or .gguf: transformer_files.py),
+    run with the components of an installed model of its family and variant."""
+    size = path.stat().st_size
+    try:
+        found = transformer_files.read(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return ModelInfo(MODEL_PREFIX + name, name, path, "transformer_file", None, size, None,
+                         str(exc))  # fmt: skip
+    return ModelInfo(
+        MODEL_PREFIX + name, name, path, "transformer_file", found.family, size,
+        NATIVE[found.family], variant=found.variant,
+    )  # fmt: skip
 
 
 class ModelRegistry:
@@ -399,6 +420,8 @@ class ModelRegistry:
                 info = _diffusers_folder(entry, entry.name)
             elif entry.is_file() and entry.suffix == ".safetensors":
                 info = _single_file(entry, entry.stem)
+            elif entry.is_file() and entry.suffix == ".gguf":
+                info = _transformer_file(entry, entry.stem)
             else:
                 continue  # not a model
             try:

@@ -14,6 +14,7 @@ import math
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,13 @@ from ..spec import JobSpec
 from . import caching
 from .device import Placement
 from .hires import two_passes
-from .memory import cast_to_fp8, free_memory, place, quantization_config
+from .memory import (
+    bitsandbytes_installed,
+    cast_to_fp8,
+    free_memory,
+    place,
+    quantization_config,
+)
 from .schedulers import a1111_schedule, flow_scheduler, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -117,8 +124,14 @@ def _load_and_place(
     `model_load_failed`, in one line, naming the `source`."""
     quiet_libraries()
     try:
-        plan = memory.plan(free_memory(placement), family)
-        pipeline = make(plan)
+        plan = memory.plan(free_memory(placement), family, bitsandbytes=bitsandbytes_installed())
+        # (bitsandbytes puts what it quantizes on the current CUDA device: this one's)
+        with (
+            torch.cuda.device(placement.device)
+            if placement.device.type == "cuda"
+            else nullcontext()
+        ):
+            pipeline = make(plan)
         if plan.quantize == "fp8":
             cast_to_fp8(pipeline, family, placement.dtype)
         place(pipeline, placement, plan)
@@ -142,12 +155,16 @@ def load(
     *,
     memory: MemoryChoice | str = "auto",
     family: str = "sd1",
+    variant: str | None = None,
 ) -> Loaded:
-    """Load a diffusers folder with the pipeline class it names, offline."""
+    """Load a diffusers folder with the pipeline class it names (a FLUX.1 Fill
+    transformer's, whatever it names: `variant`), offline."""
 
     def make(plan: MemoryPlan) -> DiffusionPipeline:
         index = json.loads((path / "model_index.json").read_text())
         cls = _PIPELINES.get(index.get("_class_name", ""), StableDiffusionPipeline)
+        if family == "flux" and variant in _TRANSFORMER_PIPELINES:
+            cls = _TRANSFORMER_PIPELINES[variant]
         return cls.from_pretrained(path, **_options(cls, placement, plan, family))
 
     return _load_and_place(
@@ -211,6 +228,70 @@ def load_single_file(
         family=family,
         source=f"with the configs of {config_dir.name}",
     )
+
+
+# A transformer file's pipeline, by its variant (a Kontext transformer is dev's shape:
+# only an installed Kontext model's folder makes one a Kontext pipeline).
+_TRANSFORMER_PIPELINES = {"fill": FluxFillPipeline}
+
+
+def load_transformer_file(
+    path: Path,
+    model_id: str,
+    placement: Placement,
+    *,
+    family: str,
+    variant: str | None,
+    base: Path | None,
+    memory: MemoryChoice | str = "auto",
+) -> Loaded:
+    """Load a FLUX.1 or SD 3.x transformer from one file (.safetensors, or .gguf through
+    diffusers' GGUF quantizer, dequantized layer by layer as it runs) with the other
+    components of `base`: an installed diffusers model of the same family and variant,
+    or the family's base repository in the Hugging Face cache. Without one, the error
+    says which to install."""
+    from .. import transformer_files
+
+    name = FAMILY_NAMES.get(family, family)
+    if base is None:
+        repository = transformer_files.base_repository(family, variant)
+        raise ModelLoadFailed(
+            f"cannot load {model_id}: a {name} transformer file runs with the text encoders, "
+            f"VAE and configs of a {name} {variant or ''} model, and none is installed: run "
+            f"`alice-spool models pull {repository}`".replace("  ", " "),
+            model=model_id,
+        )
+    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig, SD3Transformer2DModel
+
+    model_class = FluxTransformer2DModel if family == "flux" else SD3Transformer2DModel
+
+    def make(plan: MemoryPlan) -> DiffusionPipeline:
+        options: dict[str, Any] = {
+            "config": str(base),
+            "subfolder": "transformer",
+            "torch_dtype": placement.dtype,
+            "local_files_only": True,
+        }
+        if path.suffix == ".gguf":
+            options["quantization_config"] = GGUFQuantizationConfig(compute_dtype=placement.dtype)
+        transformer = model_class.from_single_file(str(path), **options)
+        index = json.loads((base / "model_index.json").read_text())
+        cls = _TRANSFORMER_PIPELINES.get(variant or "") or _PIPELINES.get(
+            index.get("_class_name", ""),
+            FluxPipeline if family == "flux" else StableDiffusion3Pipeline,
+        )
+        loading = _options(cls, placement, plan, family)
+        quantized = loading.get("quantization_config")
+        if quantized is not None:  # the transformer is the file's: quantize the T5 only
+            quantized.components_to_quantize = [
+                part for part in quantized.components_to_quantize if part != "transformer"
+            ]
+        return cls.from_pretrained(base, transformer=transformer, **loading)
+
+    return _load_and_place(
+        make, model_id, placement, memory=_choice(memory), family=family,
+        source=f"from {path.name} with the components of {base.name}",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

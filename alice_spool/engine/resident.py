@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import torch
 
+from .. import transformer_files
 from ..errors import ConfigError, InvalidParameters, ModelNotFound, SpoolError
 from ..hires import target_size
 from ..memory_plan import MemoryChoice
@@ -31,9 +32,10 @@ from .generate import (
     generate,
     load,
     load_single_file,
+    load_transformer_file,
     native_size,
 )
-from .memory import free_memory
+from .memory import bitsandbytes_installed, free_memory
 from .vae import VaeCache, swapped_in
 
 log = logging.getLogger(__name__)
@@ -41,10 +43,15 @@ log = logging.getLogger(__name__)
 
 def cached_base_model(family: str) -> Path | None:
     """The family's base model in the Hugging Face cache, if it is there (no network)."""
+    return cached_repository(BASE_REPOS[family])
+
+
+def cached_repository(repository: str) -> Path | None:
+    """A repository's snapshot in the Hugging Face cache, if it is there (no network)."""
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(BASE_REPOS[family], local_files_only=True))
+        return Path(snapshot_download(repository, local_files_only=True))
     except Exception:  # not cached (the hub client raises several kinds)
         return None
 
@@ -73,7 +80,7 @@ class Engine:
         self.registry = registry
         self.placement = placement
         self.memory = memory if isinstance(memory, MemoryChoice) else MemoryChoice(memory)
-        refused = self.memory.refusal(placement.device.type)
+        refused = self.memory.refusal(placement.device.type, bitsandbytes=bitsandbytes_installed())
         if refused is not None:
             raise ConfigError(refused, key="runner.quantize")
         self.default_model = default_model
@@ -230,7 +237,17 @@ class Engine:
             log.info("switched back to %s from host memory", model_id)
             return parked
         family = info.family or "sd1"
-        if info.format == "single_file":
+        if info.format == "transformer_file":
+            self.current = load_transformer_file(
+                info.path,
+                info.id,
+                self.placement,
+                family=family,
+                variant=info.variant,
+                base=self._base_for(family, info.variant),
+                memory=self.memory,
+            )
+        elif info.format == "single_file":
             self.current = load_single_file(
                 info.path,
                 info.id,
@@ -241,9 +258,28 @@ class Engine:
             )
         else:
             self.current = load(
-                info.path, info.id, self.placement, memory=self.memory, family=family
+                info.path,
+                info.id,
+                self.placement,
+                memory=self.memory,
+                family=family,
+                variant=info.variant,
             )
         return self.current
+
+    def _base_for(self, family: str, variant: str | None) -> Path | None:
+        """The components a transformer file of `family` and `variant` runs with: an
+        installed diffusers model of both (a real one before the tiny smoke-test model),
+        else the family's base repository in the Hugging Face cache."""
+        folders = [
+            m
+            for m in self.registry.scan()
+            if m.ok and m.format == "diffusers" and m.family == family and m.variant == variant
+        ]
+        folders.sort(key=lambda m: (m.smoke_test, m.id))
+        if folders:
+            return folders[0].path
+        return cached_repository(transformer_files.base_repository(family, variant))
 
     def _configs_for(self, family: str) -> Path | None:
         """An installed diffusers model of `family` to take a single file's configs from:

@@ -96,13 +96,17 @@ def test_the_bottom_layers_stay_at_the_bottom() -> None:
         "spec": {"errors", "fields", "samplers", "hires"},  # hires: its field's parser (pure)
         "hires": {"errors", "fields"},
         "config": {"errors", "spec", "masking", "memory_plan"},
-        "memory_plan": set(),  # how a model fits a card's memory (pure)
+        "memory_plan": {"errors"},  # how a model fits a card's memory (pure)
         "masking": set(),
         "safetensors_file": set(),
         "loras": {"errors", "spec", "safetensors_file"},
         "vaes": {"errors", "spec", "safetensors_file"},
         "families": set(),  # what each model family runs with (pure)
-        "registry": {"errors", "spec", "loras", "vaes", "safetensors_file", "families"},
+        "registry": {
+            *("errors", "spec", "loras", "vaes", "safetensors_file", "families"),
+            "transformer_files",
+        },
+        "transformer_files": {"safetensors_file"},  # a FLUX.1 / SD 3.x transformer file
         "durable": set(),
         "outbox": {"errors", "spec", "config", "faults", "durable", "samplers"},
         # The runner is handed its engine; it never imports it (nor torch).
@@ -180,10 +184,12 @@ def test_every_third_party_import_is_a_declared_dependency() -> None:
 
     project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
     # and the PostgreSQL driver of the `postgres` extra (store/changes.py imports it only
-    # on a PostgreSQL URL, as SQLAlchemy does)
+    # on a PostgreSQL URL, as SQLAlchemy does), and the `gpu` extra's (imported only where
+    # they are used: a GGUF file read, nf4 or int8 asked for)
+    extras = project["optional-dependencies"]
     declared = {
         re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("_", "-")
-        for requirement in [*project["dependencies"], *project["optional-dependencies"]["postgres"]]
+        for requirement in [*project["dependencies"], *extras["postgres"], *extras["gpu"]]
     }
     providers = importlib.metadata.packages_distributions()
     for path in sources():
