@@ -21,10 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import ConfigError
+
 GB = 1024**3
 
 MEMORY_MODES = ("auto", "full", "low", "minimal")
 QUANTIZE = ("none", "auto", "nf4", "int8", "fp8")
+BITSANDBYTES = ("nf4", "int8")  # what needs the bitsandbytes package (the [gpu] extra)
 OFFLOAD = ("auto", "none", "model", "group")
 # Step caching for the transformer families (diffusers' cache hooks): reuse what a step's
 # transformer blocks computed when it changes little from the last (`first_block`), or
@@ -94,29 +97,34 @@ class MemoryChoice:
     offload: str = "auto"
     cache: str = "none"  # runner.cache: set up as the model loads, with the rest
 
-    def plan(self, free_bytes: int | None, family: str) -> MemoryPlan:
-        """The plan for a model of `family` on a device with `free_bytes` free."""
+    def plan(self, free_bytes: int | None, family: str, *, bitsandbytes: bool = True) -> MemoryPlan:
+        """The plan for a model of `family` on a device with `free_bytes` free
+        (`bitsandbytes`: whether it is installed, for nf4 and int8)."""
         return plan(
             self.memory,
             free_bytes=free_bytes,
             family=family,
             quantize=self.quantize,
             offload=self.offload,
+            bitsandbytes=bitsandbytes,
         )
 
-    def refusal(self, device_type: str) -> str | None:
-        """Why these settings cannot run on a device of this type (None: they can)."""
+    def refusal(self, device_type: str, *, bitsandbytes: bool = True) -> str | None:
+        """Why these settings cannot run on a device of this type, or without
+        bitsandbytes (None: they can)."""
         if device_type != "cuda" and self.quantize not in ("none", "auto"):
             return (
                 f"runner.quantize = {self.quantize} needs a CUDA GPU (bitsandbytes for nf4 "
                 f"and int8; fp8 storage cast on the GPU), and this runner is on "
                 f"{device_type}: set it to none or auto"
             )
+        if self.quantize in BITSANDBYTES and not bitsandbytes:
+            return (
+                f"runner.quantize = {self.quantize} needs bitsandbytes, which is not "
+                "installed: pip install -c constraints.txt 'alice-spool[gpu]' (or quantize "
+                "fp8, which needs nothing more)"
+            )
         return None
-
-
-class PlanRefused(ValueError):
-    """A setting this device cannot run (quantization off CUDA)."""
 
 
 def needed_gb(family: str, quantize: str, offload: str) -> float:
@@ -140,14 +148,18 @@ def plan(
     family: str,
     quantize: str = "none",
     offload: str = "auto",
+    bitsandbytes: bool = True,
 ) -> MemoryPlan:
     """The plan for a model of `family` on a device with `free_bytes` free (None: not a
     CUDA GPU). Off CUDA everything stays where it is, in full: asking to quantize there
-    is refused (PlanRefused, saying why); offload has nowhere to go and is a no-op."""
+    is refused (ConfigError, saying why); offload has nowhere to go and is a no-op.
+    Without `bitsandbytes` installed, `auto` never picks nf4 or int8."""
+    refused = MemoryChoice(memory, quantize, offload).refusal(
+        "cuda" if free_bytes is not None else "cpu", bitsandbytes=bitsandbytes
+    )
+    if refused is not None:
+        raise ConfigError(refused, key="runner.quantize")
     if free_bytes is None:
-        refused = MemoryChoice(memory, quantize, offload).refusal("cpu")
-        if refused is not None:
-            raise PlanRefused(refused)
         return MemoryPlan("full")
     if family not in _PARAMETERS:  # the SD families: runner.memory as it always was
         if offload in ("model", "group"):
@@ -164,6 +176,8 @@ def plan(
     for candidate_quantize, candidate_offload in _CANDIDATES:
         if wanted_quantize not in (None, candidate_quantize):
             continue
+        if candidate_quantize in BITSANDBYTES and not bitsandbytes:
+            continue
         if wanted_offload not in (None, candidate_offload):
             continue
         if needed_gb(family, candidate_quantize, candidate_offload) <= free_gb:
@@ -171,7 +185,7 @@ def plan(
                 _offload_mode(candidate_offload), candidate_quantize, candidate_offload
             )
     # Nothing fits as asked: the smallest the settings allow.
-    final_quantize = wanted_quantize or "nf4"
+    final_quantize = wanted_quantize or ("nf4" if bitsandbytes else "fp8")
     final_offload = wanted_offload or "group"
     return MemoryPlan(_offload_mode(final_offload), final_quantize, final_offload)
 

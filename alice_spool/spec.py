@@ -201,6 +201,12 @@ class JobSpec:
         )
         # The fields added later count only when set: a plain request hashes as before.
         later = {name: getattr(self, name) for name in _LATER if getattr(self, name)}
+        # What the server noted it ignored is not what the request asked for.
+        asked = tuple((k, v) for k, v in self.client_fields if k != IGNORED)
+        if asked:
+            later["client_fields"] = asked
+        else:
+            later.pop("client_fields", None)
         if self.hires is not None:
             later["hires"] = self.hires.fingerprint_items()
         values += tuple(later.items())
@@ -254,6 +260,9 @@ class JobSpec:
 
 
 _SPEC_FIELDS = tuple(f.name for f in fields(JobSpec))
+# The client_fields entry in which the door notes what the model's family had no use for
+# (registry.for_family): recorded with the job, not part of what it asked for.
+IGNORED = "ignored"
 # Not in the first fingerprints.
 _LATER = (
     "loras", "init_image", "mask_image", "strength", "hires", "clip_skip", "vae",

@@ -310,10 +310,11 @@ def _flux_guidance(body: Mapping[str, Any]) -> dict[str, Any]:
     if distilled is not None:
         fields["guidance_scale"] = distilled
     cfg = body.get("cfg_scale")
-    if isinstance(cfg, int | float) and not isinstance(cfg, bool) and cfg > 1:
+    number = isinstance(cfg, int | float) and not isinstance(cfg, bool)
+    if cfg is not None and not (number and 0 <= cfg <= 1):
+        # above 1: true CFG; not a number, negative, NaN or over the limit: refused by
+        # the parser, naming cfg_scale
         fields["true_cfg_scale"] = cfg
-    elif cfg is not None and not isinstance(cfg, int | float):
-        fields["true_cfg_scale"] = cfg  # refused by the parser, naming cfg_scale
     return fields
 
 

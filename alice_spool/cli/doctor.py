@@ -93,12 +93,13 @@ def _memory(app: App) -> Check:
     """How the default model will be fitted into the device (runner.memory, .quantize,
     .offload; memory_plan.py), or why these settings cannot run here."""
     from ..engine.device import choose
-    from ..engine.memory import free_memory
+    from ..engine.memory import bitsandbytes_installed, free_memory
     from ..families import FAMILY_NAMES
 
     placement = choose(app.settings.runner.device)
     choice = app.settings.runner.memory_choice
-    refused = choice.refusal(placement.device.type)
+    installed = bitsandbytes_installed()
+    refused = choice.refusal(placement.device.type, bitsandbytes=installed)
     if refused is not None:
         return Check("memory", "fail", refused)
     try:
@@ -106,7 +107,7 @@ def _memory(app: App) -> Check:
     except SpoolError:
         return Check("memory", "warn", "no model installed to plan for")
     family = model.family or "sd1"
-    plan = choice.plan(free_memory(placement), family)
+    plan = choice.plan(free_memory(placement), family, bitsandbytes=installed)
     name = FAMILY_NAMES.get(family, family)
     return Check("memory", "ok", f"{model.id} ({name}) on {placement.label}: {plan.describe()}")
 

@@ -39,12 +39,17 @@ def free_memory(placement: Placement) -> int | None:
     return int(free) + max(0, int(cached))
 
 
+def bitsandbytes_installed() -> bool:
+    """Whether bitsandbytes (the [gpu] extra: nf4 and int8) can be imported."""
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
 def quantization_config(plan: MemoryPlan, family: str, compute_dtype: torch.dtype) -> Any:
     """diffusers' PipelineQuantizationConfig for the plan's nf4 or int8 (bitsandbytes),
     for the transformer and the T5 encoder as the pipeline loads; None otherwise."""
     if plan.quantize not in ("nf4", "int8"):
         return None
-    if importlib.util.find_spec("bitsandbytes") is None:
+    if not bitsandbytes_installed():
         raise RuntimeError(
             f"runner.quantize = {plan.quantize} needs bitsandbytes, which is not installed: "
             "pip install -c constraints.txt 'alice-spool[gpu]'"
@@ -88,9 +93,11 @@ def cast_to_fp8(pipeline: DiffusionPipeline, family: str, compute_dtype: torch.d
     from diffusers.hooks import apply_layerwise_casting
     from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
 
-    pipeline.transformer.enable_layerwise_casting(
-        storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype
-    )
+    transformer = pipeline.transformer
+    if not getattr(transformer, "is_quantized", False):  # (a GGUF file's is already)
+        transformer.enable_layerwise_casting(
+            storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype
+        )
     encoder = getattr(pipeline, T5_PARTS[family], None)
     if encoder is not None:
         apply_layerwise_casting(
@@ -106,9 +113,12 @@ def place(pipeline: DiffusionPipeline, placement: Placement, plan: MemoryPlan) -
     if plan.offload == "none" or placement.device.type != "cuda":
         pipeline.to(placement.device)
         return
-    for saving in ("enable_attention_slicing", "enable_vae_slicing", "enable_vae_tiling"):
-        if hasattr(pipeline, saving):  # (the transformer families' pipelines lack some)
-            getattr(pipeline, saving)()
+    if hasattr(pipeline, "enable_attention_slicing"):  # (the transformer families' lack it)
+        pipeline.enable_attention_slicing()
+    vae = getattr(pipeline, "vae", None)
+    for saving in ("enable_slicing", "enable_tiling"):  # (diffusers 0.42: the VAE's own)
+        if hasattr(vae, saving):
+            getattr(vae, saving)()
     if plan.offload == "model":
         pipeline.enable_model_cpu_offload(device=placement.device)
     elif plan.offload == "sequential":
@@ -120,6 +130,7 @@ def place(pipeline: DiffusionPipeline, placement: Placement, plan: MemoryPlan) -
             offload_type="block_level",
             num_blocks_per_group=1,
             use_stream=True,
+            low_cpu_mem_usage=True,  # no second, pinned copy of the model in host memory
         )
     else:
         raise ValueError(f"unknown offload {plan.offload!r}")

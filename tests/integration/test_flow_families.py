@@ -104,8 +104,7 @@ def test_what_a_request_leaves_to_the_model_is_its_familys(
     assert spec.scheduler == ("euler" if model != "tiny" else SERVER.default_scheduler)
     assert spec.left_to_model == () and spec.model == f"sd/{model}"
     given = queued(registry, model=model, steps=3, guidance_scale=2.0, scheduler="euler_karras")
-    kept = 0.0 if model == "flux-schnell" else 2.0  # schnell has no guidance: recorded so
-    assert (given.steps, given.guidance_scale, given.scheduler) == (3, kept, "euler_karras")
+    assert (given.steps, given.guidance_scale, given.scheduler) == (3, 2.0, "euler_karras")
 
 
 def test_what_a_flow_family_cannot_do_is_a_400_naming_the_field(registry: ModelRegistry) -> None:

@@ -100,10 +100,16 @@ def test_a_flux_negative_prompt_runs_with_true_cfg_and_is_refused_without(
         queued(registry, model="flux-dev", negative_prompt="blurry", true_cfg_scale=1)
     spec = queued(registry, model="flux-dev", negative_prompt="blurry", true_cfg_scale=4)
     assert (spec.negative_prompt, spec.true_cfg_scale) == ("blurry", 4.0)
-    # the Fill pipeline has no true CFG
+    # the Fill pipeline has neither: a negative prompt is refused, saying so; true CFG
+    # alone (an A1111 client's usual cfg_scale 7) runs without it, recorded
+    inpaint = {"model": "flux-fill", "init_image": IMAGE, "mask_image": MASK}
     with pytest.raises(InvalidParameters) as refused:
-        queued(registry, model="flux-fill", init_image=IMAGE, mask_image=MASK, true_cfg_scale=3)
-    assert refused.value.details["field"] == "true_cfg_scale"
+        queued(registry, **inpaint, negative_prompt="blurry", true_cfg_scale=3)
+    assert refused.value.details["field"] == "negative_prompt"
+    assert "Fill" in refused.value.message and "true_cfg_scale" not in refused.value.message
+    fill = queued(registry, **inpaint, true_cfg_scale=7)
+    assert fill.true_cfg_scale is None
+    assert "Fill model's pipeline has no true CFG" in dict(fill.client_fields)["ignored"]
 
 
 @pytest.mark.parametrize("bad", [0.5, 31, "x", True])
@@ -128,8 +134,11 @@ def test_what_a_family_has_no_use_for_runs_without_it_and_is_recorded(
     registry: ModelRegistry,
 ) -> None:
     schnell = queued(registry, model="flux-schnell", guidance_scale=7)
-    assert schnell.guidance_scale == 0.0
     assert "FLUX.1 schnell takes no guidance" in dict(schnell.client_fields)["ignored"]
+    # kept as given (the pipeline does not read it): the request hashes as it did before
+    # the note existed, so a repeated idempotency key still matches
+    assert schnell.guidance_scale == 7
+    assert schnell.fingerprint() == replace(schnell, client_fields=()).fingerprint()
     sd = queued(registry, model="tiny", true_cfg_scale=5, max_sequence_length=100)
     assert (sd.true_cfg_scale, sd.max_sequence_length) == (None, None)
     noted = dict(sd.client_fields)["ignored"]
@@ -222,6 +231,11 @@ def test_the_infotext_writes_flux_guidance_as_forge_does(registry: ModelRegistry
     spec = ready(registry, "flux-dev", true_cfg_scale=3, negative_prompt="blurry")
     output = generate(dev, [spec])
     assert output.guidance == "distilled"
+    schnell_model = loaded_model(registry, "flux-schnell")
+    assert generate(schnell_model, [ready(registry, "flux-schnell")]).guidance == "none"
+    sd_model = loaded_model(registry, "tiny")
+    sd_spec = replace(ready(registry, "tiny"), steps=1)
+    assert generate(sd_model, [sd_spec]).guidance == "classifier-free"
     text = infotext(spec, 5, 64, 64, guidance=output.guidance)
     assert f"CFG scale: 3, Distilled CFG Scale: {spec.guidance_scale:g}," in text
     plain = ready(registry, "flux-dev")

@@ -140,12 +140,6 @@ default_scheduler = "{scheduler}"
         env=env,
     )
     server = Served(f"http://127.0.0.1:{port}", root, process)
-    if split:
-        from tests.support import runner_process
-
-        server.runner = runner_process.start_cli(
-            runner_process.context(), [*config_args, "runner"], {}, root, clean_env=True
-        )
 
     def runner_up() -> bool:
         assert process.poll() is None, "serve exited"
@@ -156,6 +150,12 @@ default_scheduler = "{scheduler}"
             return False
 
     try:
+        if split:
+            from tests.support import runner_process
+
+            server.runner = runner_process.start_cli(
+                runner_process.context(), [*config_args, "runner"], {}, root, clean_env=True
+            )
         wait_until(runner_up, timeout=120)
         yield server
     finally:

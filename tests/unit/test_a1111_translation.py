@@ -4,6 +4,7 @@ skip's three sources, hires fix's fields, and refusals that name the client's fi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from alice_spool import errors
 from alice_spool.api import a1111
 from alice_spool.api.a1111_options import DEFAULTS, OptionRefused, OwnerOptions, checked
+from alice_spool.registry import ModelInfo, for_family
 from alice_spool.samplers import a1111_samplers, a1111_schedules, from_a1111, normalise
 from alice_spool.spec import JobSpec, parse_spec
 
@@ -161,3 +163,55 @@ def test_true_and_false_sent_as_text_are_read_as_a1111_reads_them() -> None:
     with pytest.raises(errors.InvalidParameters) as refused:
         a1111._numbers({"enable_hr": "perhaps"})
     assert refused.value.field == "enable_hr"
+
+
+FLUX_DEV = ModelInfo("sd/flux-dev", "flux-dev", Path("flux-dev"), "diffusers", "flux", 0, 1024,
+                     variant="dev")  # fmt: skip
+
+
+def flux_spec_of(body: dict[str, Any]) -> JobSpec:
+    """A txt2img body for a FLUX.1 dev model, as the door translates and queues it."""
+    try:
+        fields = a1111.native(a1111._numbers(body), img2img=False, options=OPTIONS, family="flux")
+        return for_family(parse_spec(fields), FLUX_DEV)
+    except errors.InvalidParameters as exc:
+        raise a1111.in_their_terms(exc, "flux") from None
+
+
+def test_a_flux_request_is_read_as_forge_reads_it() -> None:
+    # distilled_cfg_scale is the guidance; left out, the model's own (3.5 for dev)
+    assert flux_spec_of({"prompt": "x", "distilled_cfg_scale": 2.5}).guidance_scale == 2.5
+    assert flux_spec_of({"prompt": "x", "distilled_cfg_scale": "4"}).guidance_scale == 4.0
+    plain = flux_spec_of({"prompt": "x"})
+    assert (plain.guidance_scale, plain.true_cfg_scale) == (3.5, None)
+    # cfg_scale is true CFG: off at 1 (and below), on above it, even as text
+    assert flux_spec_of({"prompt": "x", "cfg_scale": 1}).true_cfg_scale is None
+    assert flux_spec_of({"prompt": "x", "cfg_scale": 0.5}).true_cfg_scale is None
+    guided = flux_spec_of({"prompt": "x", "negative_prompt": "blur", "cfg_scale": "7"})
+    assert (guided.true_cfg_scale, guided.negative_prompt, guided.guidance_scale) == (
+        7.0, "blur", 3.5,
+    )  # fmt: skip
+    # the SD reading of the same body: cfg_scale is the guidance
+    assert spec_of({"prompt": "x", "cfg_scale": 7}).guidance_scale == 7.0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"negative_prompt": "blur", "cfg_scale": 1}, "negative_prompt"),
+        ({"cfg_scale": 31}, "cfg_scale"),
+        ({"cfg_scale": -2}, "cfg_scale"),
+        ({"cfg_scale": "lots"}, "cfg_scale"),
+        ({"cfg_scale": True}, "cfg_scale"),
+        ({"distilled_cfg_scale": 31}, "distilled_cfg_scale"),
+        ({"distilled_cfg_scale": "x"}, "distilled_cfg_scale"),
+    ],
+)
+def test_a_refused_flux_request_names_the_fields_as_the_client_sent_them(
+    body: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(errors.InvalidParameters) as refused:
+        flux_spec_of({"prompt": "x", **body})
+    assert refused.value.field == field
+    assert "true_cfg_scale" not in refused.value.message  # A1111's name for it: cfg_scale
+    assert "guidance_scale" not in refused.value.message or field == "negative_prompt"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from alice_spool.config import ConfigError, RunnerSettings
-from alice_spool.memory_plan import GB, MemoryChoice, MemoryPlan, PlanRefused, needed_gb, plan
+from alice_spool.memory_plan import GB, MemoryChoice, MemoryPlan, needed_gb, plan
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_quantizing_off_cuda_is_refused_saying_why(quantize: str) -> None:
         assert refusal is not None and f"runner.quantize = {quantize}" in refusal
         assert "CUDA" in refusal and device in refusal
     assert choice.refusal("cuda") is None
-    with pytest.raises(PlanRefused):
+    with pytest.raises(ConfigError):
         choice.plan(None, "flux")
     assert MemoryChoice(quantize="auto").refusal("cpu") is None
 
@@ -123,3 +123,18 @@ def test_bad_settings_are_refused_naming_the_key(key: str, value: str) -> None:
     assert RunnerSettings(quantize="nf4", offload="group").memory_choice == MemoryChoice(
         "auto", "nf4", "group"
     )
+
+
+def test_without_bitsandbytes_auto_never_picks_it_and_asking_for_it_is_refused() -> None:
+    free = int(11.5 * GB)  # a 12 GB card: nf4 with model offload, where it is installed
+    assert plan(free_bytes=free, family="flux", quantize="auto").quantize == "nf4"
+    without = plan(free_bytes=free, family="flux", quantize="auto", bitsandbytes=False)
+    assert (without.quantize, without.offload) == ("fp8", "group")  # the smallest then
+    roomy = plan(free_bytes=int(15.5 * GB), family="sd3", quantize="auto", bitsandbytes=False)
+    assert (roomy.quantize, roomy.offload) == ("fp8", "model")
+    for quantize in ("nf4", "int8"):
+        refusal = MemoryChoice(quantize=quantize).refusal("cuda", bitsandbytes=False)
+        assert refusal is not None and "alice-spool[gpu]" in refusal
+        with pytest.raises(ConfigError):
+            plan(free_bytes=free, family="flux", quantize=quantize, bitsandbytes=False)
+    assert MemoryChoice(quantize="fp8").refusal("cuda", bitsandbytes=False) is None
