@@ -127,15 +127,20 @@ def test_submit_with_every_option(run, store: Store) -> None:
     out = run(
         "submit", "a fox", "--negative", "blurry", "--model", "tiny", "--size", "768x512",
         "--steps", "30", "--guidance", "6", "--seed", "7", "--scheduler", "Euler a",
-        "-n", "2", "--priority", "5", "--id", "fox-1", "--json",
+        "-n", "2", "--priority", "5", "--id", "fox-1", "--true-cfg", "3",
+        "--max-sequence-length", "128", "--json",
     )  # fmt: skip
     job = json.loads(ok(out))
     assert job["created"] is True and job["idempotency_key"] == "fox-1"
+    # (an SD model: true CFG and a T5 length are FLUX.1's and SD 3.x's, noted as ignored)
+    ignored = job["spec"]["client_fields"].pop("ignored")
+    assert "true_cfg_scale 3" in ignored and "max_sequence_length 128" in ignored
     assert job["spec"] == {
         "prompt": "a fox", "negative_prompt": "blurry", "model": "sd/tiny", "width": 768,
         "height": 512, "steps": 30, "guidance_scale": 6.0, "seed": 7, "scheduler": "euler_a",
         "n": 2, "priority": 5, "loras": [], "init_image": None, "mask_image": None,
-        "strength": None, "hires": None, "clip_skip": None, "vae": None, "client_fields": {},
+        "strength": None, "hires": None, "clip_skip": None, "vae": None,
+        "true_cfg_scale": None, "max_sequence_length": None, "client_fields": {},
     }  # fmt: skip
 
 

@@ -22,11 +22,13 @@ def test_doctor_on_a_good_setup(run, data_dir: Path) -> None:
         "disk",
         "gpu",
         "models",
+        "memory",
         "generation",
     }
     assert all(state in ("ok", "warn") for state in states.values())
     details = {c["name"]: c["detail"] for c in report["checks"]}
     assert "sd/tiny" in details["generation"] and "noise" in details["models"]
+    assert details["memory"] == "sd/tiny (SD 1.x) on cpu float32: full"  # nothing to fit
     lines = ok(run("doctor", "--no-generation")).splitlines()
     assert [line.split()[1] for line in lines] == [
         "config",
@@ -35,6 +37,7 @@ def test_doctor_on_a_good_setup(run, data_dir: Path) -> None:
         "disk",
         "gpu",
         "models",
+        "memory",
     ]
 
 
