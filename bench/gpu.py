@@ -1,12 +1,14 @@
 """Throughput on one device, bare diffusers against the whole spool. Prints one JSON object.
 
-    python bench/gpu.py [--shape sd15|sdxl|tiny] [--compile] [--stock] [--jobs 64] [--steps 25]
+    python bench/gpu.py [--shape sd15|sdxl|flux-dev|flux-schnell|sd35-large|tiny|tiny-flux|tiny-sd3]
+                        [--quantize none|fp8|nf4] [--compile] [--stock] [--jobs 64] [--steps 25]
                         [--size 512] [--scheduler dpm++_sde_karras] [--batches 8,16]
                         [--mix 48] [--mix-rounds 1]
 
 In ONE process, on the same device and the same pipeline (random weights of the real
-architecture for `sd15`/`sdxl`, built in code by `alice_spool.engine.shapes`; the tiny
-model for a CPU run):
+architecture for `sd15`/`sdxl` and the flow-matching `flux-dev`/`flux-schnell`/
+`sd35-large`, built in code by `alice_spool.engine.shapes`; the tiny models for a CPU
+run):
 
 - (a) `bare_one_at_a_time`: a plain diffusers loop, one image per pipeline call, as
   ALICE, ComfyUI, A1111 and LocalAI run queued requests;
@@ -24,13 +26,26 @@ the spool runs it), so (c) compares with the same arithmetic; `--stock` measures
 again with diffusers' own schedulers (one Brownian tree per call) as
 `stock_diffusers_images_per_s`.
 
-With `--compile`, (a) and (b) run eager first; then the engine compiles the pipeline
-(fused QKV, channels_last, torch.compile of the UNet and VAE decoder, CUDA graphs on a
-GPU) and warms it up for the size and batch sizes 1, 2, 4, ... `--max-batch` (timed as
-`compile_s`), and (b) is measured again compiled (`bare_batched_compiled`) before (c),
-so (c)/(b) compares like with like.
+The flow shapes (FLUX.1 dev and schnell, SD 3.5 Large) need a CUDA GPU and run in
+bfloat16, at their family's steps, guidance and Euler scheduler (DESIGN section 17):
+the request files leave guidance to the model, as a client would, and the bare calls
+use the same values (no negative prompt for FLUX.1, whose guidance is distilled; an
+empty one for SD 3.5, as the spool runs it). `--quantize` fits their transformer and
+T5 encoder as `runner.quantize` does: `fp8` casts the built pipeline's storage
+(`engine.memory.cast_to_fp8`); `nf4` saves the built pipeline as a diffusers folder in
+the models directory and has the engine load it from there with bitsandbytes
+(`save_s`, `load_s`), as a runner loads a model. `peak_gpu_memory_gib` is
+`torch.cuda.max_memory_allocated` in each phase. `tiny-flux` and `tiny-sd3` are
+tiny FLUX.1 dev and SD 3.x models that run the flow path (saved and loaded back, as
+`nf4` does, without quantizing) on a CPU: a dry run, saying nothing of speed.
 
-With `--mix N`, after (c): N jobs, plain, LoRA (a random LoRA of the shape's
+With `--compile` (SD shapes), (a) and (b) run eager first; then the engine compiles
+the pipeline (fused QKV, channels_last, torch.compile of the UNet and VAE decoder, CUDA
+graphs on a GPU) and warms it up for the size and batch sizes 1, 2, 4, ... `--max-batch`
+(timed as `compile_s`), and (b) is measured again compiled (`bare_batched_compiled`)
+before (c), so (c)/(b) compares like with like.
+
+With `--mix N` (SD shapes), after (c): N jobs, plain, LoRA (a random LoRA of the shape's
 architecture, at 0.8) and img2img (strength 0.6) in turn, through the runner against
 the engine called directly on the runner's batches (`mix.ratio_runner_to_direct`,
 target >= 0.95; per kind in `direct_jobs_per_s_by_kind`: compiled, LoRA batches run
@@ -40,6 +55,8 @@ eager), and one LoRA call loaded from disk against one from the cache (`lora_cal
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib.util
 import json
 import logging
 import os
@@ -48,6 +65,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,26 +78,64 @@ import torch
 
 from alice_spool import migrate
 from alice_spool.database import Database
-from alice_spool.engine.device import choose, describe
+from alice_spool.engine.device import Placement, choose, describe
 from alice_spool.engine.generate import quiet_libraries
+from alice_spool.engine.memory import cast_to_fp8
 from alice_spool.engine.resident import Engine
-from alice_spool.engine.schedulers import make_scheduler, stock_scheduler
-from alice_spool.engine.shapes import NATIVE, build_pipeline, write_model_folder
+from alice_spool.engine.schedulers import flow_scheduler, make_scheduler, stock_scheduler
+from alice_spool.engine.shapes import (
+    FAMILY,
+    FLOW_SHAPES,
+    NATIVE,
+    SHAPES,
+    build_pipeline,
+    write_model_folder,
+)
 from alice_spool.engine.speed import batch_buckets
-from alice_spool.engine.tiny import create_tiny
+from alice_spool.engine.tiny import build_tiny_pipeline, create_tiny
+from alice_spool.families import defaults
 from alice_spool.inbox import Inbox
+from alice_spool.memory_plan import MemoryChoice
 from alice_spool.outbox import RESULT, Outbox
-from alice_spool.registry import ModelRegistry
+from alice_spool.registry import FLOW_SCHEDULERS, ModelRegistry
 from alice_spool.runner import Runner, RunnerOptions
-from alice_spool.spec import BUILTIN_DEFAULTS
+from alice_spool.spec import BUILTIN_DEFAULTS, DEFAULT_GUIDANCE_SCALE, DEFAULT_SCHEDULER
 from alice_spool.store import Store
 
 log = logging.getLogger("bench.gpu")
+
+GIB = 1024**3
+# Tiny models of the flow families, for a dry run of the flow path on a CPU.
+TINY_FLOW = {"tiny-flux": ("flux", "dev"), "tiny-sd3": ("sd3", None)}
+# Every shape's family and variant, for its defaults (families.py).
+FAMILIES = {**FAMILY, "tiny": ("sd1", None), **TINY_FLOW}
+FLOW = (*FLOW_SHAPES, *TINY_FLOW)
+QUANTIZE = ("none", "fp8", "nf4")
 
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class Peaks:
+    """The most GPU memory allocated in each phase (`torch.cuda.max_memory_allocated`,
+    GiB); nothing off CUDA."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.gib: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if self.device.type != "cuda":
+            yield
+            return
+        sync(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        yield
+        sync(self.device)
+        self.gib[name] = round(torch.cuda.max_memory_allocated(self.device) / GIB, 2)
 
 
 def bare(
@@ -92,23 +149,29 @@ def bare(
     stock: bool = False,
 ) -> float:
     """Images per second of the bare pipeline, `per_call` images a call; with the
-    spool's schedulers (per-image noise), or `stock` as diffusers makes them."""
+    spool's schedulers (per-image noise), or `stock` as diffusers makes them. A flow
+    model runs its own Euler (deterministic: the spool's and diffusers' are one)."""
     calls = max(1, images // per_call)
     started = time.perf_counter()
     for call in range(calls):
         seeds = [1000 + call * per_call + i for i in range(per_call)]
-        if stock:
+        if args.flow:
+            pipeline.scheduler = flow_scheduler(args.scheduler, scheduler_config)
+        elif stock:
             pipeline.scheduler = stock_scheduler(args.scheduler, scheduler_config)
         else:
             pipeline.scheduler = make_scheduler(args.scheduler, scheduler_config, seeds)
+        # FLUX.1's guidance is distilled: a negative prompt would need true CFG, which
+        # the spool runs only when a request asks for it (these requests do not).
+        negative = {} if args.family == "flux" else {"negative_prompt": [""] * per_call}
         with torch.inference_mode():
             pipeline(
                 prompt=[f"a lighthouse at dusk #{s}" for s in seeds],
-                negative_prompt=[""] * per_call,
+                **negative,
                 width=args.size,
                 height=args.size,
                 num_inference_steps=args.steps,
-                guidance_scale=7.5,
+                guidance_scale=args.guidance_scale,
                 generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
                 output_type="pil",
             )
@@ -205,29 +268,168 @@ class Spool:
             time.sleep(0.01)
 
 
-def main() -> None:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, with each shape's defaults filled in; what cannot run refused
+    (argparse's error: a usage line and exit status 2) before anything is built."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=["sd15", "sdxl", "tiny"], default="sd15")
+    parser.add_argument("--shape", choices=[*SHAPES, "tiny", *TINY_FLOW], default="sd15")
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE,
+        default="none",
+        help="the flow shapes' transformer and T5 encoder, as runner.quantize (default: none)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--size", type=int, default=None, help="default: the shape's native")
-    parser.add_argument("--steps", type=int, default=None, help="default: 25 (SDXL 30)")
-    parser.add_argument("--scheduler", default="dpm++_sde_karras")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="default: 25 (SDXL 30; FLUX.1 dev and SD 3.5 28, schnell 4)",
+    )
+    parser.add_argument(
+        "--scheduler", default=None, help=f"default: {DEFAULT_SCHEDULER} (flow shapes: euler)"
+    )
     parser.add_argument("--jobs", type=int, default=64)
     parser.add_argument("--one-at-a-time", type=int, default=8, help="images for (a)")
     parser.add_argument("--batches", default="8,16", help="images per call for (b)")
     parser.add_argument("--max-batch", type=int, default=None, help="default: best of (b)")
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="SD shapes only")
     parser.add_argument(
         "--stock", action="store_true", help="also (a) and (b) with diffusers' own schedulers"
     )
     parser.add_argument(
-        "--mix", type=int, default=0, help="plain/LoRA/img2img jobs after (c) (0: none)"
+        "--mix", type=int, default=0, help="plain/LoRA/img2img jobs after (c) (0: none; SD only)"
     )
     parser.add_argument("--mix-rounds", type=int, default=1)
-    parser.add_argument("--dir", default=None, help="where the database and outbox go")
-    args = parser.parse_args()
-    args.size = args.size or (64 if args.shape == "tiny" else NATIVE[args.shape])
-    args.steps = args.steps or (30 if args.shape == "sdxl" else 25)
+    parser.add_argument("--dir", default=None, help="where the database, outbox and models go")
+    args = parser.parse_args(argv)
+
+    args.flow = args.shape in FLOW
+    args.family, args.variant = FAMILIES[args.shape]
+    if args.flow:
+        # What runs only a UNet, or only the SD schedulers, is refused by name.
+        if args.compile:
+            parser.error(
+                f"--compile compiles a UNet (alice_spool/engine/speed.py); {args.shape} is "
+                "a transformer model, which is not compiled yet: leave --compile out"
+            )
+        if args.mix:
+            parser.error(
+                f"--mix writes LoRAs for a UNet and runs SD img2img; {args.shape} is a "
+                "transformer model: leave --mix out"
+            )
+        if args.stock:
+            parser.error(
+                f"--stock compares the SD schedulers' per-image noise with diffusers' own; "
+                f"{args.shape} runs diffusers' own flow-matching Euler already"
+            )
+    if args.quantize != "none" and args.shape not in FLOW_SHAPES:
+        parser.error(
+            f"--quantize {args.quantize} is for the flow shapes on a GPU "
+            f"({', '.join(FLOW_SHAPES)}), not {args.shape}"
+        )
+    if args.shape in FLOW_SHAPES:
+        if not torch.cuda.is_available():
+            parser.error(
+                f"--shape {args.shape} needs a CUDA GPU: it builds the real model "
+                "(a transformer of 8 to 12 billion parameters and T5-XXL, 27 to 34 GB in "
+                "bfloat16) on the GPU, and torch sees no CUDA device here; "
+                "for a dry run on this machine use --shape tiny-flux or tiny-sd3"
+            )
+        if not args.device.startswith(("auto", "cuda")):
+            parser.error(f"--shape {args.shape} runs on CUDA only, not --device {args.device}")
+    if args.quantize == "nf4" and importlib.util.find_spec("bitsandbytes") is None:
+        parser.error(
+            "--quantize nf4 loads the model with bitsandbytes, which is not installed: "
+            "pip install -c constraints.txt 'alice-spool[gpu]'"
+        )
+
+    steps, guidance = defaults(args.family, args.variant)
+    if args.flow:
+        args.scheduler = args.scheduler or FLOW_SCHEDULERS[0]
+        if args.scheduler not in FLOW_SCHEDULERS:
+            parser.error(
+                f"--scheduler {args.scheduler} cannot run {args.shape}; these can: "
+                f"{', '.join(FLOW_SCHEDULERS)}"
+            )
+        args.steps = args.steps or steps
+        args.guidance_scale = guidance  # as the spool runs a request that gives none
+    else:
+        args.scheduler = args.scheduler or DEFAULT_SCHEDULER
+        args.steps = args.steps or (30 if args.shape == "sdxl" else 25)
+        args.guidance_scale = DEFAULT_GUIDANCE_SCALE
+    tiny = args.shape == "tiny" or args.shape in TINY_FLOW
+    args.size = args.size or (64 if tiny else NATIVE[args.shape])
+    return args
+
+
+def load_model(
+    args: argparse.Namespace,
+    root: Path,
+    placement: Placement,
+    peaks: Peaks,
+    result: dict[str, Any],
+    **engine_options: Any,
+) -> tuple[Engine, Any]:
+    """The engine, with the shape's model resident (its `Loaded`); the times it took in
+    `result`."""
+    models = root / "models"
+    model = f"sd/{args.shape}"
+    started = time.perf_counter()
+    if args.shape == "tiny":
+        create_tiny(models, "tiny")
+        engine = Engine(ModelRegistry(models), placement, **engine_options)
+        loaded = engine.ensure(model)
+        result["build_s"] = round(time.perf_counter() - started, 1)
+        return engine, loaded
+    if args.quantize == "nf4" or args.shape in TINY_FLOW:
+        # The production path: the built pipeline saved as a diffusers folder in the
+        # models directory, which the registry lists as it lists any model, and the
+        # engine loads it from there as a runner does (Engine.ensure -> generate.load,
+        # with runner.quantize = nf4: bitsandbytes quantizes the transformer and T5 as
+        # they load). The tiny flow models take this path too, without quantizing.
+        with peaks.phase("build"):
+            if args.shape in TINY_FLOW:
+                pipeline = build_tiny_pipeline(root, args.family, args.variant)
+            else:
+                pipeline = build_pipeline(
+                    args.shape, root, device=placement.device, dtype=placement.dtype
+                )
+        result["build_s"] = round(time.perf_counter() - started, 1)
+        log.info("built %s on %s in %.1f s", args.shape, placement.label, result["build_s"])
+        started = time.perf_counter()
+        pipeline.save_pretrained(models / args.shape, safe_serialization=True)
+        result["save_s"] = round(time.perf_counter() - started, 1)
+        log.info("saved %s in %.1f s", args.shape, result["save_s"])
+        del pipeline  # (its GPU memory is freed before the quantized copy loads)
+        gc.collect()
+        if placement.device.type == "cuda":
+            torch.cuda.empty_cache()
+        memory = MemoryChoice(quantize=args.quantize, offload="none")
+        engine = Engine(ModelRegistry(models), placement, memory=memory, **engine_options)
+        started = time.perf_counter()
+        with peaks.phase("load"):
+            loaded = engine.ensure(model)
+        result["load_s"] = round(time.perf_counter() - started, 1)
+        log.info("loaded %s (%s) in %.1f s", model, loaded.memory_mode, result["load_s"])
+        return engine, loaded
+    # The model built in this process made resident as it is (bf16, or its storage
+    # cast to fp8 as runner.quantize = fp8 does), listed through the configs alone.
+    write_model_folder(args.shape, models / args.shape)
+    engine = Engine(ModelRegistry(models), placement, **engine_options)
+    with peaks.phase("build"):
+        pipeline = build_pipeline(args.shape, root, device=placement.device, dtype=placement.dtype)
+        if args.quantize == "fp8":
+            cast_to_fp8(pipeline, args.family, placement.dtype)
+        loaded = engine.adopt(model, pipeline)
+    result["build_s"] = round(time.perf_counter() - started, 1)
+    log.info("built %s on %s in %.1f s", args.shape, placement.label, result["build_s"])
+    return engine, loaded
+
+
+def main() -> None:
+    args = parse_arguments()
     batches = [int(b) for b in args.batches.split(",")]
 
     quiet_libraries()
@@ -236,7 +438,13 @@ def main() -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(message)s")
     log.setLevel(logging.INFO)
     placement = choose(args.device)
+    if args.flow and placement.device.type == "cuda":
+        # FLUX.1 and SD 3.5 are released in bfloat16, which they need: their activations
+        # (T5's above all) overflow float16.
+        placement = Placement(placement.device, torch.bfloat16)
     device = placement.device
+    peaks = Peaks(device)
+    weights = "tiny model" if args.shape == "tiny" or args.shape in TINY_FLOW else "random"
     result: dict[str, Any] = {
         "benchmark": "gpu",
         "machine": {
@@ -247,10 +455,14 @@ def main() -> None:
         },
         "workload": {
             "shape": args.shape,
-            "weights": "random, real architecture" if args.shape != "tiny" else "tiny model",
+            "family": args.family,
+            "variant": args.variant,
+            "weights": "random, real architecture" if weights == "random" else weights,
+            "quantize": args.quantize,
             "size": f"{args.size}x{args.size}",
             "steps": args.steps,
             "scheduler": args.scheduler,
+            "guidance_scale": args.guidance_scale,
             "dtype": str(placement.dtype).removeprefix("torch."),
             "jobs": args.jobs,
             "compile": args.compile,
@@ -259,27 +471,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
         models = root / "models"
-        if args.shape == "tiny":
-            create_tiny(models, "tiny")
-            model = "sd/tiny"
-        else:
-            write_model_folder(args.shape, models / args.shape)
-            model = f"sd/{args.shape}"
-        engine = Engine(
-            ModelRegistry(models),
+        model = f"sd/{args.shape}"
+        engine, loaded = load_model(
+            args,
+            root,
             placement,
+            peaks,
+            result,
             max_batch=max(batches),
             compile=False,
             compile_sizes=[(args.size, args.size)],
         )
-        started = time.perf_counter()
-        if args.shape == "tiny":
-            loaded = engine.ensure(model)
-        else:
-            pipeline = build_pipeline(args.shape, root, device=device, dtype=placement.dtype)
-            loaded = engine.adopt(model, pipeline)
-        result["build_s"] = round(time.perf_counter() - started, 1)
-        log.info("built %s on %s in %.1f s", args.shape, placement.label, result["build_s"])
+        if device.type == "cuda":
+            resident = torch.cuda.memory_allocated(device) / GIB
+            result["resident_gpu_memory_gib"] = round(resident, 2)
         pipeline = loaded.pipeline
         config = loaded.scheduler_config
         if args.mix:  # LoRAs for the mix, shaped from the eager UNet (before any compiling)
@@ -288,16 +493,28 @@ def main() -> None:
 
         bare(pipeline, args, device, per_call=1, images=2, scheduler_config=config)  # warm
         speeds: dict[str, float] = {}
-        speeds["a"] = bare(
-            pipeline, args, device, per_call=1, images=args.one_at_a_time, scheduler_config=config
-        )
+        with peaks.phase("a_one_at_a_time"):
+            speeds["a"] = bare(
+                pipeline,
+                args,
+                device,
+                per_call=1,
+                images=args.one_at_a_time,
+                scheduler_config=config,
+            )
         log.info("(a) bare, one at a time: %.3f images/s", speeds["a"])
         by_batch = {}
         for batch in batches:
-            bare(pipeline, args, device, per_call=batch, images=batch, scheduler_config=config)
-            by_batch[batch] = bare(
-                pipeline, args, device, per_call=batch, images=2 * batch, scheduler_config=config
-            )
+            with peaks.phase(f"b_{batch}_per_call"):
+                bare(pipeline, args, device, per_call=batch, images=batch, scheduler_config=config)
+                by_batch[batch] = bare(
+                    pipeline,
+                    args,
+                    device,
+                    per_call=batch,
+                    images=2 * batch,
+                    scheduler_config=config,
+                )
             log.info("(b) bare, %d per call: %.3f images/s", batch, by_batch[batch])
         best = max(by_batch, key=lambda b: by_batch[b])
         result["bare_batched_images_per_s"] = {str(b): round(v, 3) for b, v in by_batch.items()}
@@ -362,8 +579,10 @@ def main() -> None:
                 (j.result or {}).get("timings", {}).get("batch_images") for j in finished
             }
             result["spool_batch_images"] = sorted(b for b in batches_run if b)
-            # Random weights can overflow in fp16 (NaN images fail their jobs): the time
-            # is still the GPU's work, but say so.
+            # The guidance the spool gave its jobs (the family's, as the bare calls ran).
+            result["spool_guidance_scale"] = sorted({j.spec.guidance_scale for j in finished})
+            # Random weights can overflow in fp16 or bf16 (NaN images fail their jobs):
+            # the time is still the GPU's work, but say so.
             outcomes: dict[str, int] = {}
             for job in finished:
                 key = job.error_code or job.status.value
@@ -372,7 +591,8 @@ def main() -> None:
             if set(outcomes) != {"succeeded"}:
                 log.warning("not every job succeeded: %s", outcomes)
 
-        spool.run(drive)
+        with peaks.phase("c_spool"):
+            spool.run(drive)
 
         if args.mix:
             # The mix: through the runner vs the engine on the same batches, then the
@@ -409,6 +629,8 @@ def main() -> None:
         "c_over_a": round(speeds["c"] / speeds["a"], 3),
         "c_over_b": round(speeds["c"] / reference, 3),
     }
+    if peaks.gib:
+        result["peak_gpu_memory_gib"] = peaks.gib
     print(json.dumps(result, indent=2))
 
 
