@@ -65,3 +65,16 @@ def describe(placement: Placement) -> dict[str, object]:
 def cuda_devices() -> int:
     """How many CUDA devices this host has (serve's `runner.devices = "all"`)."""
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def for_family(
+    placement: Placement, family: str, *, bf16_supported: bool | None = None
+) -> Placement:
+    """Where a model of `family` runs: FLUX.1 and SD 3.x in bfloat16 on a GPU that has
+    it, as they were trained (their transformers and T5 overflow float16: black or NaN
+    images); every other model as `placement` says."""
+    if family not in ("flux", "sd3") or placement.dtype != torch.float16:
+        return placement
+    if bf16_supported is None:
+        bf16_supported = placement.device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return Placement(placement.device, torch.bfloat16) if bf16_supported else placement

@@ -47,7 +47,7 @@ from ..memory_plan import MemoryChoice, MemoryPlan
 from ..registry import FAMILY_NAMES
 from ..spec import JobSpec
 from . import caching
-from .device import Placement
+from .device import Placement, for_family
 from .hires import two_passes
 from .memory import (
     bitsandbytes_installed,
@@ -158,7 +158,9 @@ def load(
     variant: str | None = None,
 ) -> Loaded:
     """Load a diffusers folder with the pipeline class it names (a FLUX.1 Fill
-    transformer's, whatever it names: `variant`), offline."""
+    transformer's, whatever it names: `variant`), offline; FLUX.1 and SD 3.x in bfloat16
+    where the GPU has it (device.for_family)."""
+    placement = for_family(placement, family)
 
     def make(plan: MemoryPlan) -> DiffusionPipeline:
         index = json.loads((path / "model_index.json").read_text())
@@ -252,6 +254,7 @@ def load_transformer_file(
     says which to install."""
     from .. import transformer_files
 
+    placement = for_family(placement, family)
     name = FAMILY_NAMES.get(family, family)
     if base is None:
         repository = transformer_files.base_repository(family, variant)

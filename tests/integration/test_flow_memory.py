@@ -148,3 +148,18 @@ def test_a_runner_records_the_step_cache_and_the_sd_families_run_uncached(
     assert "cache" not in sd_result  # a UNet has no step cache: as a plain job's result
     written = json.loads((tmp_path / "outbox" / flux.id / "result.json").read_text())
     assert written["cache"] == "taylorseer"
+
+
+def test_the_transformer_families_run_in_bfloat16_where_a_gpu_has_it() -> None:
+    """As they were trained: FLUX.1's and SD 3.x's transformers and T5 overflow float16
+    (black or NaN images). The SD families keep the GPU's float16; the CPU its float32."""
+    from alice_spool.engine.device import Placement, for_family
+
+    gpu = Placement(torch.device("cuda", 0), torch.float16)
+    for family in ("flux", "sd3"):
+        assert for_family(gpu, family, bf16_supported=True).dtype == torch.bfloat16
+        assert for_family(gpu, family, bf16_supported=False) == gpu  # an old card: as it is
+    for family in ("sd1", "sd2", "sdxl"):
+        assert for_family(gpu, family, bf16_supported=True) == gpu
+    cpu = choose("cpu")
+    assert for_family(cpu, "flux") == cpu and cpu.dtype == torch.float32
