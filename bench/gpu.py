@@ -1,7 +1,8 @@
 """Throughput on one device, bare diffusers against the whole spool. Prints one JSON object.
 
     python bench/gpu.py [--shape sd15|sdxl|flux-dev|flux-schnell|sd35-large|tiny|tiny-flux|tiny-sd3]
-                        [--quantize none|fp8|nf4] [--compile] [--stock] [--jobs 64] [--steps 25]
+                        [--quantize none|fp8|nf4] [--cache none|first_block|taylorseer]
+                        [--compile] [--stock] [--jobs 64] [--steps 25]
                         [--size 512] [--scheduler dpm++_sde_karras] [--batches 8,16]
                         [--mix 48] [--mix-rounds 1]
 
@@ -78,6 +79,7 @@ import torch
 
 from alice_spool import migrate
 from alice_spool.database import Database
+from alice_spool.engine import caching
 from alice_spool.engine.device import Placement, choose, describe
 from alice_spool.engine.generate import quiet_libraries
 from alice_spool.engine.memory import cast_to_fp8
@@ -95,7 +97,7 @@ from alice_spool.engine.speed import batch_buckets
 from alice_spool.engine.tiny import build_tiny_pipeline, create_tiny
 from alice_spool.families import defaults
 from alice_spool.inbox import Inbox
-from alice_spool.memory_plan import MemoryChoice
+from alice_spool.memory_plan import CACHES, MemoryChoice
 from alice_spool.outbox import RESULT, Outbox
 from alice_spool.registry import FLOW_SCHEDULERS, ModelRegistry
 from alice_spool.runner import Runner, RunnerOptions
@@ -279,6 +281,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         default="none",
         help="the flow shapes' transformer and T5 encoder, as runner.quantize (default: none)",
     )
+    parser.add_argument(
+        "--cache",
+        choices=CACHES,
+        default="none",
+        help="the flow shapes' step cache, as runner.cache (default: none)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--size", type=int, default=None, help="default: the shape's native")
     parser.add_argument(
@@ -324,6 +332,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                 f"--stock compares the SD schedulers' per-image noise with diffusers' own; "
                 f"{args.shape} runs diffusers' own flow-matching Euler already"
             )
+    if args.cache != "none" and not args.flow:
+        parser.error(f"--cache {args.cache} is for the flow shapes (a UNet has no step cache)")
     if args.quantize != "none" and args.shape not in FLOW_SHAPES:
         parser.error(
             f"--quantize {args.quantize} is for the flow shapes on a GPU "
@@ -406,7 +416,7 @@ def load_model(
         gc.collect()
         if placement.device.type == "cuda":
             torch.cuda.empty_cache()
-        memory = MemoryChoice(quantize=args.quantize, offload="none")
+        memory = MemoryChoice(quantize=args.quantize, offload="none", cache=args.cache)
         engine = Engine(ModelRegistry(models), placement, memory=memory, **engine_options)
         started = time.perf_counter()
         with peaks.phase("load"):
@@ -423,6 +433,7 @@ def load_model(
         if args.quantize == "fp8":
             cast_to_fp8(pipeline, args.family, placement.dtype)
         loaded = engine.adopt(model, pipeline)
+        loaded.cache = caching.enable(pipeline, args.cache, placement.dtype)
     result["build_s"] = round(time.perf_counter() - started, 1)
     log.info("built %s on %s in %.1f s", args.shape, placement.label, result["build_s"])
     return engine, loaded
@@ -459,6 +470,7 @@ def main() -> None:
             "variant": args.variant,
             "weights": "random, real architecture" if weights == "random" else weights,
             "quantize": args.quantize,
+            "cache": args.cache,
             "size": f"{args.size}x{args.size}",
             "steps": args.steps,
             "scheduler": args.scheduler,

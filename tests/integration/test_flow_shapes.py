@@ -292,6 +292,7 @@ def gpu_bench() -> Iterator[ModuleType]:
         (["--shape", "sd15", "--quantize", "fp8"], "--quantize fp8 is for the flow shapes"),
         (["--shape", "tiny-flux", "--quantize", "nf4"], "--quantize nf4 is for the flow shapes"),
         (["--shape", "tiny-flux", "--scheduler", "dpm++_2m"], "cannot run tiny-flux"),
+        (["--shape", "sd15", "--cache", "first_block"], "a UNet has no step cache"),
     ],
 )
 def test_what_a_flow_shape_cannot_run_is_refused_by_name(
@@ -320,6 +321,9 @@ def test_each_flow_shape_runs_as_its_model_card_says(
     )
     assert args.quantize == "none"
     assert gpu_bench.parse_arguments(["--shape", shape, "--quantize", "fp8"]).quantize == "fp8"
+    assert gpu_bench.parse_arguments(["--shape", shape, "--cache", "taylorseer"]).cache == (
+        "taylorseer"
+    )
     with pytest.raises(SystemExit):
         gpu_bench.parse_arguments(["--shape", shape, "--device", "cpu"])
 
