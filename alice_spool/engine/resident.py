@@ -269,30 +269,33 @@ class Engine:
 
     def _base_for(self, family: str, variant: str | None) -> Path | None:
         """The components a transformer file of `family` and `variant` runs with: an
-        installed diffusers model of both (a real one before the tiny smoke-test model),
-        else the family's base repository in the Hugging Face cache."""
-        folders = [
-            m
-            for m in self.registry.scan()
-            if m.ok and m.format == "diffusers" and m.family == family and m.variant == variant
-        ]
-        folders.sort(key=lambda m: (m.smoke_test, m.id))
-        if folders:
-            return folders[0].path
+        installed diffusers model of both, else the family's base repository in the
+        Hugging Face cache."""
+        installed = self._installed_folder(family, match_variant=True, variant=variant)
+        if installed is not None:
+            return installed
         return cached_repository(transformer_files.base_repository(family, variant))
 
     def _configs_for(self, family: str) -> Path | None:
-        """An installed diffusers model of `family` to take a single file's configs from:
-        a real one before the tiny smoke-test model."""
+        """An installed diffusers model of `family` to take a single file's configs from,
+        else the family's base model in the Hugging Face cache."""
+        return self._installed_folder(family) or cached_base_model(family)
+
+    def _installed_folder(
+        self, family: str, *, match_variant: bool = False, variant: str | None = None
+    ) -> Path | None:
+        """An installed diffusers model of `family` (and, with `match_variant`, of
+        `variant`): a real one before the tiny smoke-test model."""
         folders = [
             m
             for m in self.registry.scan()
-            if m.ok and m.format == "diffusers" and m.family == family
+            if m.ok
+            and m.format == "diffusers"
+            and m.family == family
+            and (not match_variant or m.variant == variant)
         ]
         folders.sort(key=lambda m: (m.smoke_test, m.id))
-        if folders:
-            return folders[0].path
-        return cached_base_model(family)
+        return folders[0].path if folders else None
 
     def _put_away_current(self) -> None:
         current, self.current = self.current, None
