@@ -252,7 +252,8 @@ class Spool:
 
     def wait(self, keys: list[str], timeout: float) -> None:
         """Until every request's result.json is in the outbox (a cheap poll: the ids are
-        looked up at most every 0.1 s, then only files are checked)."""
+        looked up at most every 0.1 s, then only files are checked) and its job is
+        recorded as finished."""
         deadline = time.monotonic() + timeout
         unresolved = set(keys)
         files: list[Path] = []
@@ -267,6 +268,17 @@ class Spool:
                         unresolved.discard(job.idempotency_key)
                         files.append(self.outbox.job_dir(job.id) / RESULT)
             files = [f for f in files if not f.exists()]
+            time.sleep(0.01)
+        # and recorded as finished (the runner records a job's end after its outbox
+        # directory is written)
+        wanted = set(keys)
+        while any(
+            job.status.value in ("queued", "running")
+            for job in self.store.list_jobs(limit=10_000).jobs
+            if job.idempotency_key in wanted
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError("jobs written but not recorded as finished")
             time.sleep(0.01)
 
 
