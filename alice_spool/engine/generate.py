@@ -143,9 +143,8 @@ def _load_and_place(
     native = native_size(pipeline)
     mode = plan.describe()
     log.info("loaded %s %s on %s (memory %s)", model_id, source, placement.label, mode)
-    loaded = Loaded(model_id, pipeline, placement, native, mode, pipeline.scheduler.config)
-    loaded.cache = cache
-    return loaded
+    config = pipeline.scheduler.config
+    return Loaded(model_id, pipeline, placement, native, mode, config, cache=cache)
 
 
 def load(
