@@ -75,10 +75,10 @@ from .inbox_files import (
     worth_reading,
     write_atomically,
 )
-from .models import Source
 from .records import NewJob
 from .registry import ModelRegistry
 from .spec import GenerationDefaults, Request, parse_json, parse_jsonl, parse_request
+from .states import Source
 from .store import Store, new_id
 
 log = logging.getLogger(__name__)

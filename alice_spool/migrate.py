@@ -24,7 +24,7 @@ from sqlalchemy import Connection, inspect
 
 from . import errors
 from .database import Database
-from .models import Base, include_in_comparison
+from .store.tables import Base, include_in_comparison
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Any, cast
 
 from sqlalchemy.engine import Row
 
-from .models import DownloadStatus, JobStatus, Source
 from .spec import JobSpec
+from .states import DownloadStatus, JobStatus, Source
 
 
 def _iso(value: datetime | None) -> str | None:

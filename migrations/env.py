@@ -10,7 +10,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
-from alice_spool.models import Base, include_in_comparison
+from alice_spool.store.tables import Base, include_in_comparison
 
 config = context.config
 target_metadata = Base.metadata

@@ -105,7 +105,7 @@ def _emptied(url: str) -> str:
     """Every table of the migrated database emptied, as a new database would be."""
     import sqlalchemy as sa
 
-    from alice_spool.models import Base
+    from alice_spool.store.tables import Base
 
     tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
     engine = sa.create_engine(url)

@@ -20,10 +20,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import __version__, errors, inputs
-from ..models import Source
 from ..records import JobRecord
 from ..samplers import SCHEDULES, from_a1111, to_a1111
 from ..spec import JobSpec, parse_spec
+from ..states import Source
 from . import image_formats
 from .a1111_lists import infotext_settings
 from .a1111_options import (

@@ -20,8 +20,8 @@ from starlette.responses import JSONResponse, Response
 from .. import errors
 from .. import samplers as sampler_names
 from ..hires import UPSCALERS
-from ..models import JobStatus
 from ..records import JobRecord
+from ..states import JobStatus
 from .a1111_options import checkpoint_title, error_answer
 from .context import Api, owner_of, route
 from .http import require_object

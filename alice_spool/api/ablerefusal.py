@@ -15,9 +15,9 @@ from starlette.responses import JSONResponse, Response
 
 from .. import errors
 from ..inputs import Staged
-from ..models import JobStatus, Source
 from ..records import JobRecord
 from ..spec import parse_spec
+from ..states import JobStatus, Source
 from .context import Api, image_url, owner_of, route, scope_of
 from .http import STATUS, bounded, refuse_unknown, require_object
 

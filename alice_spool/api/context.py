@@ -22,11 +22,11 @@ from starlette.responses import Response
 from .. import __version__, errors, inputs
 from ..config import Settings
 from ..downloads.sources import SourceSettings
-from ..models import JobStatus, Source
 from ..outbox import image_name
 from ..records import BatchEnqueued, DownloadRecord, Enqueued, JobRecord, NewJob
 from ..registry import ModelRegistry
 from ..spec import JobSpec, check_priority_cap
+from ..states import JobStatus, Source
 from ..store import Store, new_id
 from . import fetching
 from .http import (

@@ -18,8 +18,8 @@ from starlette.responses import JSONResponse, Response
 from .. import errors
 from ..downloads import requests
 from ..downloads.files import safe_name
-from ..models import DownloadStatus
 from ..records import DownloadRecord
+from ..states import DownloadStatus
 from .context import Api, bucket_of, owner_of, route, scope_of
 from .http import (
     WAKE_AT_LEAST_S,

@@ -16,8 +16,8 @@ from starlette.responses import JSONResponse, Response
 
 from .. import errors
 from ..inputs import Staged
-from ..models import Source
 from ..spec import SEED_MAX, parse_spec
+from ..states import Source
 from .context import Api, owner_of, route
 from .http import STATUS, bounded, refuse_unknown, require_object, wait_for_job
 from .openai import finished_or_raise

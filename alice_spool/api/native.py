@@ -13,9 +13,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from .. import errors, inputs
-from ..models import JobStatus, Source
 from ..records import NewJob
 from ..spec import parse_idempotency_key, parse_priority, parse_request
+from ..states import JobStatus, Source
 from .context import Api, bucket_of, check_priority, owner_of, route, scope_of
 from .http import WAKE_AT_LEAST_S, query_int, query_list, require_object, watching
 

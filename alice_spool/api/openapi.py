@@ -12,8 +12,8 @@ from .. import hires, spec
 from ..downloads.civitai import SORTS as _CIVITAI_SORTS
 from ..downloads.civitai import TYPES as _CIVITAI_TYPES
 from ..downloads.huggingface import SORTS as _HF_SORTS
-from ..models import DownloadStatus, JobStatus, Source
 from ..spec import SPEC_FIELDS
+from ..states import DownloadStatus, JobStatus, Source
 from ..store.keys import KEY_NAME, MAX_RATE_LIMIT
 from . import openai_fields
 from .image_formats import FORMATS

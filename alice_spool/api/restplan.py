@@ -20,9 +20,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from .. import errors
-from ..models import Source
 from ..records import JobRecord
 from ..spec import MODEL_PREFIX, load_json, parse_spec
+from ..states import Source
 from .context import Api, admit, bucket_of, owner_of, route
 from .http import (
     STATUS,

@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import errors
-from ..models import JobStatus
 from ..records import RunnerReport
+from ..states import JobStatus
 from ..store.counters import BUCKETS, bucket_name
 from .context import Api, route, sees_everything
 

@@ -18,8 +18,8 @@ from typing import Any
 import click
 
 from ..errors import DownloadFailed
-from ..models import DownloadStatus
 from ..records import DownloadRecord
+from ..states import DownloadStatus
 from .app import App, cli, emit_json, json_option, note, pass_app
 from .models import models
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from ..models import JobStatus, Source
 from ..spec import normalise_model_id
+from ..states import JobStatus, Source
 from ..terminal import job_details, jobs_table, parse_duration, parse_when, short_duration
 from .app import EXIT_JOBS_FAILED, App, cli, emit_json, json_option, note, pass_app
 from .submit import finish_waiting

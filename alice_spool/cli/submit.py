@@ -14,9 +14,9 @@ import click
 from .. import inputs, urls
 from ..errors import InvalidParameters, ModelNotFound
 from ..hires import parse_hires
-from ..models import JobStatus, Source
 from ..records import JobRecord, NewJob
 from ..spec import JobSpec, parse_json, parse_jsonl, parse_request
+from ..states import JobStatus, Source
 from ..store import new_id
 from ..terminal import jobs_table
 from .app import (

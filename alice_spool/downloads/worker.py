@@ -26,11 +26,11 @@ from typing import TypeVar
 
 from ..errors import DownloadFailed, DownloadNotFound, LeaseLost, ModelExists, SpoolError
 from ..loras import LORAS_DIR, lora_family
-from ..models import DownloadStatus
 from ..records import DownloadRecord
 from ..registry import ModelRegistry
 from ..safetensors_file import read_safetensors_header
 from ..spec import MODEL_PREFIX
+from ..states import DownloadStatus
 from ..store import Store
 from . import files
 from .plan import SINGLE as PART

@@ -14,10 +14,10 @@ from ..errors import (
     OutboxWriteFailed,
     SpoolError,
 )
-from ..models import JobStatus, Source
 from ..outbox import image_name, infotext
 from ..records import JobRecord
 from ..spec import JobSpec
+from ..states import JobStatus, Source
 from .parts import Outcome, RunnerState, iso, log_transition, rounded, utcnow
 
 log = logging.getLogger("alice_spool.runner")

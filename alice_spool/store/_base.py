@@ -13,8 +13,9 @@ from sqlalchemy import Connection, bindparam, func, literal_column, select
 
 from .. import errors
 from ..database import Database
-from ..models import Job, JobStatus
 from ..records import JobRecord
+from ..states import JobStatus
+from .tables import Job
 
 if TYPE_CHECKING:
     from .changes import Changes

@@ -30,8 +30,9 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from ..database import Database
-from ..models import Download, Job, JobStatus
+from ..states import JobStatus
 from ._base import chunks
+from .tables import Download, Job
 
 log = logging.getLogger(__name__)
 

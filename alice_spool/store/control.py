@@ -15,12 +15,13 @@ from sqlalchemy import Connection, delete, func, select, update
 from sqlalchemy.engine import Row
 
 from .. import errors
-from ..models import FINISHED, Job, JobStatus
 from ..records import BatchCancelReport, JobRecord
 from ..spec import parse_priority
+from ..states import FINISHED, JobStatus
 from ._base import COLUMNS, StoreBase, chunks, get_job, utcnow
 from .counters import count_finished, count_records
 from .gallery import forget_jobs
+from .tables import Job
 
 # What a retried job starts again with.
 _FRESH = {

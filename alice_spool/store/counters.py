@@ -11,9 +11,10 @@ from datetime import datetime
 from sqlalchemy import Connection, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..models import Counter, Job, JobStatus
 from ..records import JobRecord
+from ..states import JobStatus
 from ._base import StoreBase, chunks
+from .tables import Counter, Job
 
 # Histogram bounds, in seconds (the last, +Inf, is every job).
 BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))

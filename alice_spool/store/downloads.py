@@ -12,9 +12,10 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from .. import errors
-from ..models import DOWNLOAD_KINDS, DOWNLOAD_SOURCES, Download, DownloadStatus, UTCDateTime
 from ..records import DownloadRecord
+from ..states import DOWNLOAD_KINDS, DOWNLOAD_SOURCES, DownloadStatus
 from ._base import StoreBase, new_id, utcnow
+from .tables import Download, UTCDateTime
 
 _COLUMNS = tuple(Download.__table__.columns)
 _BY_ID = select(*_COLUMNS).where(Download.id == bindparam("download_id"))

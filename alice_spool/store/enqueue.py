@@ -11,7 +11,6 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, exists, insert, select
 
 from .. import errors
-from ..models import Job, JobStatus, Source
 from ..records import (
     BatchEnqueued,
     Enqueued,
@@ -19,7 +18,9 @@ from ..records import (
     NewJob,
 )
 from ..spec import JobSpec
+from ..states import JobStatus, Source
 from ._base import COLUMNS, StoreBase, chunks, new_id, new_secret, owner_scope, utcnow
+from .tables import Job
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from sqlalchemy import (
 )
 
 from .. import errors
-from ..models import GalleryImage, GalleryTag, Job
 from ..records import GalleryItem, GalleryPage, JobRecord
 from ._base import StoreBase, chunks, utcnow
+from .tables import GalleryImage, GalleryTag, Job
 
 MAX_TAGS = 20
 MAX_TAG_LENGTH = 50

@@ -17,9 +17,10 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
 
 from .. import errors
-from ..models import ROLES, ApiKey, Invite, WebSession
 from ..records import InviteRecord, KeyRecord
+from ..states import ROLES
 from ._base import StoreBase, new_id, utcnow
+from .tables import ApiKey, Invite, WebSession
 
 KEY_PREFIX = "sd-"  # as ALICE's keys
 # A key's name, shown in lists, logs and the web UI: plain characters only.

@@ -30,12 +30,13 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .. import errors
-from ..models import Job, JobStatus, Served, UTCDateTime
 from ..records import Heartbeat, JobRecord, OrphanReport
 from ..spec import JobSpec
+from ..states import JobStatus
 from ._base import COLUMNS, StoreBase, chunks, get_job, utcnow
 from .counters import count_finished, count_records
 from .gallery import add_images
+from .tables import Job, Served, UTCDateTime
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..models import ClientOption
 from ._base import StoreBase
+from .tables import ClientOption
 
 
 class Options(StoreBase):

@@ -9,14 +9,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, func, select
 
 from .. import errors
-from ..models import FINISHED, Job, JobStatus, Source
 from ..records import (
     JobPage,
     JobRecord,
     Stats,
 )
+from ..states import FINISHED, JobStatus, Source
 from ._base import COLUMNS, StoreBase, chunks, get_job, owner_scope, utcnow
 from .changes import WAKE_AT_LEAST_S
+from .tables import Job
 
 
 class Queries(StoreBase):

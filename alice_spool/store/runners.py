@@ -7,9 +7,9 @@ from dataclasses import asdict
 
 from sqlalchemy import Connection, insert, select, update
 
-from ..models import Runner
 from ..records import RunnerReport
 from ._base import StoreBase
+from .tables import Runner
 
 _COLUMNS = tuple(Runner.__table__.columns)
 

@@ -37,8 +37,8 @@ import sqlalchemy
 from PIL import Image
 from sqlalchemy import text as sa_text
 
-from alice_spool.models import DownloadStatus
 from alice_spool.spec import JobSpec
+from alice_spool.states import DownloadStatus
 from alice_spool.store import Store
 from tests.support.bare import Bare, served_image_job
 from tests.support.live_server import serve, wait_until

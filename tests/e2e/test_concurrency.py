@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from alice_spool.models import JobStatus
+from alice_spool.states import JobStatus
 from alice_spool.store import Store
 
 pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)

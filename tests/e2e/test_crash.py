@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from alice_spool.models import JobStatus
 from alice_spool.spec import JobSpec
+from alice_spool.states import JobStatus
 from alice_spool.store import Store, utcnow
 
 pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)

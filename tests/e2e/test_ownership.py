@@ -21,8 +21,8 @@ from PIL import Image
 
 from alice_spool.api.context import image_secret
 from alice_spool.masking import masked_url
-from alice_spool.models import JobStatus
 from alice_spool.spec import JobSpec
+from alice_spool.states import JobStatus
 from alice_spool.store import Store, new_id
 from tests.support.bare import Bare
 

@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from alice_spool import migrate
-from alice_spool.models import JobStatus
 from alice_spool.outbox import RESULT
+from alice_spool.states import JobStatus
 from alice_spool.store import Store
 from tests.support.live_server import free_port, http_get, install_models, serve, wait_until
 

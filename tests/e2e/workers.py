@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from alice_spool.models import JobStatus
 from alice_spool.spec import JobSpec
+from alice_spool.states import JobStatus
 from alice_spool.store import Store
 
 

@@ -23,7 +23,7 @@ from alice_spool.downloads.worker import PART, DownloadWorker, WorkerOptions, st
 from alice_spool.engine.tiny import create_tiny_lora
 from alice_spool.errors import DownloadFailed
 from alice_spool.loras import LoraRegistry
-from alice_spool.models import DownloadStatus
+from alice_spool.states import DownloadStatus
 from alice_spool.store import Store
 from alice_spool.urls import UrlRules
 from tests.support.remote import Remote, serving

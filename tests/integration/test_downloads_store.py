@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from alice_spool import errors
-from alice_spool.models import DownloadStatus
+from alice_spool.states import DownloadStatus
 from alice_spool.store import Store, utcnow
 
 pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)

@@ -19,9 +19,9 @@ import pytest
 
 from alice_spool.faults import CRASH_EXIT_CODE
 from alice_spool.inbox import ACCEPTED, REJECTED, Inbox, is_request_name
-from alice_spool.models import JobStatus, Source
 from alice_spool.registry import ModelRegistry
 from alice_spool.spec import BUILTIN_DEFAULTS
+from alice_spool.states import JobStatus, Source
 from alice_spool.store import Store
 from tests.support.fake_model import write_fake_model
 

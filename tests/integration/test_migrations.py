@@ -15,8 +15,8 @@ from sqlalchemy import create_engine
 
 from alice_spool import errors, migrate
 from alice_spool.database import Database
-from alice_spool.models import Base
 from alice_spool.spec import parse_spec
+from alice_spool.store.tables import Base
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from alice_spool.models import JobStatus
 from alice_spool.outbox import Outbox
 from alice_spool.records import JobRecord
 from alice_spool.retention import GB, apply_retention
 from alice_spool.spec import JobSpec
+from alice_spool.states import JobStatus
 from alice_spool.store import Store
 
 pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)

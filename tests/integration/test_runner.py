@@ -27,11 +27,11 @@ from alice_spool.errors import (
     ModelNotFound,
     RunnerBusy,
 )
-from alice_spool.models import JobStatus
 from alice_spool.outbox import RESULT, Outbox
 from alice_spool.records import JobRecord
 from alice_spool.runner import Runner, RunnerOptions
 from alice_spool.spec import JobSpec, parse_spec
+from alice_spool.states import JobStatus
 from alice_spool.store import Store
 from alice_spool.store._base import new_id, utcnow
 

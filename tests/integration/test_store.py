@@ -11,10 +11,11 @@ import pytest
 from sqlalchemy import select, text
 
 from alice_spool import errors
-from alice_spool.models import Job, JobStatus, Source
 from alice_spool.records import JobRecord, NewJob
 from alice_spool.spec import JobSpec
+from alice_spool.states import JobStatus, Source
 from alice_spool.store import Store
+from alice_spool.store.tables import Job
 
 pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
 

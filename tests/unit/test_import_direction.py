@@ -14,7 +14,7 @@ import alice_spool
 PACKAGE = Path(alice_spool.__file__).parent
 HEAVY = ("torch", "diffusers", "transformers", "accelerate", "safetensors")
 SQL = ("sqlalchemy", "alembic")
-STORAGE = {"models", "records", "database", "migrate", "store"}
+STORAGE = {"records", "database", "migrate", "store"}
 
 
 def internal_imports(path: Path) -> tuple[set[str], set[str]]:
@@ -90,6 +90,7 @@ def test_the_bottom_layers_stay_at_the_bottom() -> None:
         "errors": set(),
         "faults": set(),
         "stopping": set(),
+        "states": set(),  # the enums of jobs, downloads and roles
         "samplers": {"errors"},
         "aliases": set(),  # other servers' model names (pure)
         "fields": {"errors", "samplers"},  # the request's fields, one at a time
@@ -111,18 +112,18 @@ def test_the_bottom_layers_stay_at_the_bottom() -> None:
         "outbox": {"errors", "spec", "config", "faults", "durable", "samplers"},
         # The runner is handed its engine; it never imports it (nor torch).
         "runner": {
-            *("store", "outbox", "config", "errors", "spec", "models", "records", "faults"),
+            *("store", "outbox", "config", "errors", "spec", "states", "records", "faults"),
             *("stopping", "inputs"),
         },
         "inbox": {
-            *("store", "spec", "config", "errors", "models", "records", "registry", "faults"),
+            *("store", "spec", "config", "errors", "states", "records", "registry", "faults"),
             *("inbox_files", "inputs", "urls"),
         },
         "inbox_files": set(),
         "inputs": {"errors", "spec", "durable"},  # rules and file moves: nothing of the spool's
         "urls": {"errors"},  # fetching under the address rules
         "downloads": {
-            *("store", "config", "errors", "urls", "loras", "models", "records"),
+            *("store", "config", "errors", "urls", "loras", "states", "records"),
             # the registry: a download installed may take the smoke-test model's place
             *("safetensors_file", "durable", "registry", "spec"),
         },

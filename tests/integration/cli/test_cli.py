@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from alice_spool import migrate
 from alice_spool.cli import cli
-from alice_spool.models import JobStatus
 from alice_spool.spec import JobSpec
+from alice_spool.states import JobStatus
 from alice_spool.store import Store
 from tests.integration.cli.results import fails, ok
 from tests.support.fake_model import write_fake_model

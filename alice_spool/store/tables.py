@@ -1,8 +1,8 @@
-"""The job table (SQLAlchemy 2 declarative) and its enums, `JobStatus` and `Source`."""
+"""The SQL tables (SQLAlchemy 2 declarative): jobs, runners, counters, downloads, keys,
+sessions, invites, the gallery and the dialects' options. Only the store imports them."""
 
 from __future__ import annotations
 
-import enum
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,32 +25,13 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-
-class JobStatus(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in FINISHED
-
-
-FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
-
-
-class Source(enum.StrEnum):
-    API = "api"
-    OPENAI = "openai"
-    INBOX = "inbox"
-    CLI = "cli"
-    # The other servers' dialects (DESIGN section 14): jobs their clients asked for.
-    A1111 = "a1111"
-    ABLEREFUSAL = "ablerefusal"
-    GTX1060 = "gtx1060"
-    RESTPLAN = "restplan"
+from ..states import (
+    DOWNLOAD_KINDS,
+    DOWNLOAD_SOURCES,
+    DownloadStatus,
+    JobStatus,
+    Source,
+)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -249,21 +230,6 @@ class Served(Base):
     last_served_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
-class DownloadStatus(enum.StrEnum):
-    QUEUED = "queued"
-    DOWNLOADING = "downloading"
-    VERIFYING = "verifying"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (DownloadStatus.SUCCEEDED, DownloadStatus.FAILED, DownloadStatus.CANCELLED)
-
-
-DOWNLOAD_SOURCES = ("huggingface", "civitai", "url")
-DOWNLOAD_KINDS = ("diffusers", "checkpoint", "lora")
 _DOWNLOAD_QUEUED = text("status = 'queued'")
 
 
@@ -310,9 +276,6 @@ class Download(Base):
         CheckConstraint("bytes_done >= 0", name="bytes_done"),
         Index("ix_downloads_status_seq", "status", "seq"),
     )
-
-
-ROLES = ("admin", "user")
 
 
 class ApiKey(Base):
