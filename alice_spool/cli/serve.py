@@ -243,7 +243,7 @@ def _run(app: App, *, with_runner: bool, host: str | None, port: int | None) -> 
     import uvicorn
 
     from ..api import create_app
-    from ..api.deadline import http_protocol
+    from ..api.edge.deadline import http_protocol
     from ..inbox import Inbox
     from ..retention import finish_deletions_at_start_up
 

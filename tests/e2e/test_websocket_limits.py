@@ -172,7 +172,7 @@ def test_a_fault_of_the_servers_own_is_an_error_message_and_1011(
 ) -> None:
     """Something the server did not expect (here a broken step, injected) still
     answers the client, with close code 1011, and leaves its trace in the log."""
-    from alice_spool.api import restplan
+    from alice_spool.api.dialects import restplan
 
     bare = make_bare()
 
@@ -180,7 +180,7 @@ def test_a_fault_of_the_servers_own_is_an_error_message_and_1011(
         raise KeyError("a bug")
 
     monkeypatch.setattr(restplan, "_queue", broken)
-    with caplog.at_level("ERROR", logger="alice_spool.api.restplan"):
+    with caplog.at_level("ERROR", logger="alice_spool.api.dialects.restplan"):
         messages, code = talk(bare, {}, REQUEST)
     assert code == 1011
     assert messages == [

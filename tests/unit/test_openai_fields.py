@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from alice_spool import aliases
-from alice_spool.api import image_formats, openai_fields
+from alice_spool.api.dialects import image_formats, openai_fields
 from alice_spool.errors import InvalidParameters
 
 # -- model names ----------------------------------------------------------------------------

@@ -19,13 +19,13 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import aliases, errors, inputs
-from ..records import JobRecord
-from ..registry import ModelInfo
-from ..spec import JobSpec, load_json, parse_spec
+from ... import aliases, errors, inputs
+from ...records import JobRecord
+from ...registry import ModelInfo
+from ...spec import JobSpec, load_json, parse_spec
+from ..edge.context import Api, route
+from ..edge.http import read_bytes, require_object, wait_for_job
 from . import image_formats, openai_fields
-from .context import Api, route
-from .http import read_bytes, require_object, wait_for_job
 from .openai import HeldEvents, enqueue_held, finished_or_raise
 from .openai_fields import OpenAIFields
 

@@ -14,12 +14,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import errors
-from ..inputs import Staged
-from ..spec import SEED_MAX, parse_spec
-from ..states import Source
-from .context import Api, owner_of, route
-from .http import STATUS, bounded, refuse_unknown, require_object, wait_for_job
+from ... import errors
+from ...inputs import Staged
+from ...spec import SEED_MAX, parse_spec
+from ...states import Source
+from ..edge.context import Api, owner_of, route
+from ..edge.http import STATUS, bounded, refuse_unknown, require_object, wait_for_job
 from .openai import finished_or_raise
 
 _STATUS = {"invalid_parameters": 422, "invalid_json": 422, "timeout": 408, "model_not_found": 503}

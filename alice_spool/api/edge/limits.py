@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from .. import errors
+from ... import errors
 
 MAX_BUCKETS = 10_000  # rate-limit buckets kept before idle ones are dropped
 

@@ -13,11 +13,11 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import errors, removal
-from ..records import GalleryItem
-from ..store.gallery import MAX_TAG_LENGTH, MAX_TAGS, clean_tags
-from .context import Api, image_url, owner_of, principal_of, route, scope_of
-from .http import is_plain_text, query_flag, query_int, query_list, require_object, typed
+from ... import errors, removal
+from ...records import GalleryItem
+from ...store.gallery import MAX_TAG_LENGTH, MAX_TAGS, clean_tags
+from ..edge.context import Api, image_url, owner_of, principal_of, route, scope_of
+from ..edge.http import is_plain_text, query_flag, query_int, query_list, require_object, typed
 
 MAX_PAGE = 200
 SHARE_HOURS = (1, 168)  # ALICE's expiresInHours

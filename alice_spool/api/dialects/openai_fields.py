@@ -25,8 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .. import errors
-from ..fields import parse_string
+from ... import errors
+from ...fields import parse_string
 from .image_formats import FORMATS
 
 QUALITIES = ("low", "medium", "high", "xhigh", "max", "auto", "standard", "hd")

@@ -22,10 +22,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import errors
-from ..spec import CLIP_SKIP_MAX, MODEL_PREFIX, JobSpec, normalise_vae_id
-from .context import Api, owner_of, route
-from .http import STATUS
+from ... import errors
+from ...spec import CLIP_SKIP_MAX, MODEL_PREFIX, JobSpec, normalise_vae_id
+from ..edge.context import Api, owner_of, route
+from ..edge.http import STATUS
 
 CHECKPOINT = "a1111.sd_model_checkpoint"  # the client option: A1111's current checkpoint
 OPTIONS = "a1111.options"  # the client option: the rest of the options object it set

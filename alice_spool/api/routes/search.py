@@ -10,12 +10,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import errors, urls
-from ..downloads import civitai, huggingface
-from ..downloads.plan import SearchPage
-from .context import Api, route
+from ... import errors, urls
+from ...downloads import civitai, huggingface
+from ...downloads.plan import SearchPage
+from ..edge.context import Api, route
+from ..edge.http import query_flag, query_int, query_list
 from .downloads import SEARCH_LIMIT, alice_body
-from .http import query_flag, query_int, query_list
 
 
 def _types(values: list[str]) -> list[str]:

@@ -18,12 +18,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import JSONResponse
 
-from .. import errors
-from ..records import JobRecord
-from ..spec import load_json
-from ..store import Store
-from ..store.changes import WAKE_AT_LEAST_S, Subscription
-from ..store.keys import digest
+from ... import errors
+from ...records import JobRecord
+from ...spec import load_json
+from ...store import Store
+from ...store.changes import WAKE_AT_LEAST_S, Subscription
+from ...store.keys import digest
 
 # The HTTP status of each error code; anything else a client caused is a 400.
 STATUS = {

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from .. import errors
+from ... import errors
 from .http import spool_error_response
 
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})

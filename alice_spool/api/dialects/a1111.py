@@ -19,11 +19,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import __version__, errors, inputs
-from ..records import JobRecord
-from ..samplers import SCHEDULES, from_a1111, to_a1111
-from ..spec import JobSpec, parse_spec
-from ..states import Source
+from ... import __version__, errors, inputs
+from ...records import JobRecord
+from ...samplers import SCHEDULES, from_a1111, to_a1111
+from ...spec import JobSpec, parse_spec
+from ...states import Source
+from ..edge.context import Api, owner_of, route
+from ..edge.http import require_object, wait_for_job
 from . import image_formats
 from .a1111_lists import infotext_settings
 from .a1111_options import (
@@ -34,8 +36,6 @@ from .a1111_options import (
     keep,
     owner_options,
 )
-from .context import Api, owner_of, route
-from .http import require_object, wait_for_job
 from .openai import finished_or_raise
 
 # A1111's API defaults for what a body leaves out (its request models'), echoed back

@@ -10,10 +10,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import removal
-from ..loras import LoraInfo
-from ..registry import FAMILY_NAMES, ModelInfo
-from .context import Api, route
+from ... import removal
+from ...loras import LoraInfo
+from ...registry import FAMILY_NAMES, ModelInfo
+from ..edge.context import Api, route
 
 RECOMMENDED = {
     "sd1": ["512x512", "512x768", "768x512"],

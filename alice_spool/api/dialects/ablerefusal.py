@@ -13,13 +13,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import errors
-from ..inputs import Staged
-from ..records import JobRecord
-from ..spec import parse_spec
-from ..states import JobStatus, Source
-from .context import Api, image_url, owner_of, route, scope_of
-from .http import STATUS, bounded, refuse_unknown, require_object
+from ... import errors
+from ...inputs import Staged
+from ...records import JobRecord
+from ...spec import parse_spec
+from ...states import JobStatus, Source
+from ..edge.context import Api, image_url, owner_of, route, scope_of
+from ..edge.http import STATUS, bounded, refuse_unknown, require_object
 
 STATES = {
     JobStatus.QUEUED: "queued",

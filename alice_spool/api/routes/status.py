@@ -19,11 +19,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import errors
-from ..records import RunnerReport
-from ..states import JobStatus
-from ..store.counters import BUCKETS, bucket_name
-from .context import Api, route, sees_everything
+from ... import errors
+from ...records import RunnerReport
+from ...states import JobStatus
+from ...store.counters import BUCKETS, bucket_name
+from ..edge.context import Api, route, sees_everything
 
 RUNNER_STALE_S = 15.0  # a runner not heard from for this long is taken for dead
 GIB = 1024**3

@@ -11,9 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import errors
-from ..storage import storage_use
-from .context import Api, route
+from ... import errors
+from ...storage import storage_use
+from ..edge.context import Api, route
 
 
 def _iso(value: Any) -> Any:

@@ -19,12 +19,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from .. import errors
-from ..records import JobRecord
-from ..spec import MODEL_PREFIX, load_json, parse_spec
-from ..states import Source
-from .context import Api, admit, bucket_of, owner_of, route
-from .http import (
+from ... import errors
+from ...records import JobRecord
+from ...spec import MODEL_PREFIX, load_json, parse_spec
+from ...states import Source
+from ..edge.context import Api, admit, bucket_of, owner_of, route
+from ..edge.http import (
     STATUS,
     WAKE_AT_LEAST_S,
     refuse_unknown,

@@ -19,15 +19,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from .. import __version__, errors, inputs
-from ..config import Settings
-from ..downloads.sources import SourceSettings
-from ..outbox import image_name
-from ..records import BatchEnqueued, DownloadRecord, Enqueued, JobRecord, NewJob
-from ..registry import ModelRegistry
-from ..spec import JobSpec, check_priority_cap
-from ..states import JobStatus, Source
-from ..store import Store, new_id
+from ... import __version__, errors, inputs
+from ...config import Settings
+from ...downloads.sources import SourceSettings
+from ...outbox import image_name
+from ...records import BatchEnqueued, DownloadRecord, Enqueued, JobRecord, NewJob
+from ...registry import ModelRegistry
+from ...spec import JobSpec, check_priority_cap
+from ...states import JobStatus, Source
+from ...store import Store, new_id
 from . import fetching
 from .http import (
     SESSION_COOKIE,

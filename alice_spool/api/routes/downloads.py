@@ -15,20 +15,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import errors
-from ..downloads import requests
-from ..downloads.files import safe_name
-from ..records import DownloadRecord
-from ..states import DownloadStatus
-from .context import Api, bucket_of, owner_of, route, scope_of
-from .http import (
-    WAKE_AT_LEAST_S,
-    query_int,
-    query_list,
-    require_object,
-    typed,
-    watching,
-)
+from ... import errors
+from ...downloads import requests
+from ...downloads.files import safe_name
+from ...records import DownloadRecord
+from ...states import DownloadStatus
+from ..edge.context import Api, bucket_of, owner_of, route, scope_of
+from ..edge.http import WAKE_AT_LEAST_S, query_int, query_list, require_object, typed, watching
 
 MAX_PAGE = 500
 SEARCH_LIMIT = 100

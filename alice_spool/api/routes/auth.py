@@ -13,12 +13,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import errors
-from ..records import KeyRecord
-from ..store import utcnow
-from ..store.keys import MAX_RATE_LIMIT, digest
-from .context import Api, principal_of, route
-from .http import SESSION_COOKIE, bounded, require_object, typed
+from ... import errors
+from ...records import KeyRecord
+from ...store import utcnow
+from ...store.keys import MAX_RATE_LIMIT, digest
+from ..edge.context import Api, principal_of, route
+from ..edge.http import SESSION_COOKIE, bounded, require_object, typed
 
 MAX_INVITE_HOURS = 24 * 365
 

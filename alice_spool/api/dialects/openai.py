@@ -15,14 +15,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from .. import aliases, errors, inputs
-from ..records import JobRecord
-from ..registry import ModelInfo
-from ..spec import SPEC_FIELDS, JobSpec, normalise_model_id, parse_spec
-from ..states import JobStatus, Source
-from . import catalog
-from .context import Api, bucket_of, check_priority, owner_of, route
-from .http import WAKE_AT_LEAST_S, require_object, wait_for_job, watching
+from ... import aliases, errors, inputs
+from ...records import JobRecord
+from ...registry import ModelInfo
+from ...spec import SPEC_FIELDS, JobSpec, normalise_model_id, parse_spec
+from ...states import JobStatus, Source
+from ..edge.context import Api, bucket_of, check_priority, owner_of, route
+from ..edge.http import WAKE_AT_LEAST_S, require_object, wait_for_job, watching
+from ..routes import catalog
 
 # Where a chat request carries the image parameters (SAM sends `metadata`).
 _CONFIG_KEYS = ("sam_config", "samConfig", "metadata")

@@ -10,7 +10,7 @@ from contextvars import ContextVar
 import anyio.from_thread
 import anyio.to_thread
 
-from .. import urls
+from ... import urls
 from .limits import Slots
 
 # Whose fetch slots a request's fetches spend (its key's bucket, else its address): set

@@ -12,12 +12,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from .. import errors, inputs
-from ..records import NewJob
-from ..spec import parse_idempotency_key, parse_priority, parse_request
-from ..states import JobStatus, Source
-from .context import Api, bucket_of, check_priority, owner_of, route, scope_of
-from .http import WAKE_AT_LEAST_S, query_int, query_list, require_object, watching
+from ... import errors, inputs
+from ...records import NewJob
+from ...spec import parse_idempotency_key, parse_priority, parse_request
+from ...states import JobStatus, Source
+from ..edge.context import Api, bucket_of, check_priority, owner_of, route, scope_of
+from ..edge.http import WAKE_AT_LEAST_S, query_int, query_list, require_object, watching
 
 MAX_PAGE = 500
 

@@ -1,0 +1,1 @@
+"""The API's own description: `/openapi.json` and the `/docs` page made from it."""
