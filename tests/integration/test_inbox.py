@@ -402,7 +402,7 @@ def test_the_inotify_move_wait_is_shortened_on_this_watchdog() -> None:
     watchdog must have it (a newer one that lacks it fails here, not silently)."""
     from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
-    from alice_spool.inbox import MOVE_PAIRING_S, _shorten_inotify_move_wait
+    from alice_spool.inbox.watcher import MOVE_PAIRING_S, _shorten_inotify_move_wait
 
     assert _shorten_inotify_move_wait() is True
     assert InotifyMoveEventGrouper.delay == MOVE_PAIRING_S

@@ -117,9 +117,8 @@ def test_the_bottom_layers_stay_at_the_bottom() -> None:
         },
         "inbox": {
             *("store", "spec", "config", "errors", "states", "records", "registry", "faults"),
-            *("inbox_files", "inputs", "urls"),
+            *("inputs", "urls"),
         },
-        "inbox_files": set(),
         "inputs": {"errors", "spec", "durable"},  # rules and file moves: nothing of the spool's
         "urls": {"errors"},  # fetching under the address rules
         "downloads": {

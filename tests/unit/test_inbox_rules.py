@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from alice_spool.inbox_files import (
+from alice_spool.inbox.files import (
     NAME_MAX,
     Seen,
     fit_name,

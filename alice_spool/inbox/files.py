@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+ACCEPTED = "accepted"  # the folder taken files move to
+REJECTED = "rejected"  # the folder bad files move to, each with NAME.error.json
 SUFFIXES = (".json", ".jsonl")
 ERROR_SUFFIX = ".error.json"  # beside a rejected file: why
 NAME_MAX = 255  # bytes in a file name (Linux, macOS, most file systems)
