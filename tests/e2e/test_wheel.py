@@ -107,7 +107,7 @@ def test_the_wheel_holds_the_whole_package_and_nothing_else(wheel: Path) -> None
     expected |= {f"alice_spool/{p.relative_to(package)}" for p in tracked("alice_spool/**/*.json")}
     missing = expected - names
     assert not missing, f"not in the wheel: {sorted(missing)}"
-    assert {"alice_spool/cli/serve.py", "alice_spool/engine/generate.py"} <= names
+    assert {"alice_spool/daemon/run.py", "alice_spool/engine/generate.py"} <= names
     files = {n for n in names if ".dist-info/" not in n}
     assert files == expected, f"unexpected in the wheel: {sorted(files - expected)}"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import alice_spool
-from alice_spool.cli.serve import _this_package
+from alice_spool.daemon.supervisor import this_package as _this_package
 
 ROOT = Path(alice_spool.__file__).resolve().parent.parent
 
