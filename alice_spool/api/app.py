@@ -48,10 +48,11 @@ from .dialects import (
 from .docs.docs_page import DOCS_POLICY, render_docs
 from .docs.openapi import describe
 from .edge.context import Api, route
+from .edge.errors import error_response
 from .edge.fetching import fetch_slots
 from .edge.guard import RequestGuard
 from .edge.headers import SecurityHeaders
-from .edge.http import Keys, error_response
+from .edge.http import Keys
 from .edge.limits import RateLimiter, stream_slots
 from .routes import admin, auth, catalog, downloads, gallery, native, search, status
 
@@ -118,10 +119,11 @@ async def _not_found(request: Request, exc: Exception) -> Response:
         return error_response(
             "method_not_allowed",
             f"{request.method} is not allowed here; {', '.join(allowed)} are",
+            status=405,
             headers={"Allow": ", ".join(allowed)},
         )
     if status_code == 404:
-        return error_response("not_found", f"no route {request.url.path}")
+        return error_response("not_found", f"no route {request.url.path}", status=404)
     detail = getattr(exc, "detail", "") or "bad request"
     return error_response("invalid_parameters", str(detail), status=status_code)
 

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from ... import errors
 from ...spec import CLIP_SKIP_MAX, MODEL_PREFIX, JobSpec, normalise_vae_id
 from ..edge.context import Api, owner_of, route
-from ..edge.http import STATUS
+from ..edge.errors import status_of
 
 CHECKPOINT = "a1111.sd_model_checkpoint"  # the client option: A1111's current checkpoint
 OPTIONS = "a1111.options"  # the client option: the rest of the options object it set
@@ -60,7 +60,7 @@ def error_answer(exc: errors.SpoolError) -> Response:
             },
             status_code=422,
         )
-    status = STATUS.get(exc.code, 400)
+    status = status_of(exc)
     headers = {"WWW-Authenticate": "Basic"} if status == 401 else {}
     body = {
         "error": ERROR_NAMES.get(status, type(exc).__name__),

@@ -19,7 +19,8 @@ from ...records import JobRecord
 from ...spec import parse_spec
 from ...states import JobStatus, Source
 from ..edge.context import Api, image_url, owner_of, route, scope_of
-from ..edge.http import STATUS, bounded, refuse_unknown, require_object
+from ..edge.errors import status_of
+from ..edge.http import bounded, refuse_unknown, require_object
 
 STATES = {
     JobStatus.QUEUED: "queued",
@@ -34,7 +35,7 @@ _FIELDS = {"prompt", "negative_prompt", "width", "height", "steps", "cfg_scale",
 
 def error_answer(exc: errors.SpoolError) -> Response:
     """`{"error", "details"}`; a missing model's 404 adds `models`, what is installed."""
-    status = STATUS.get(exc.code, 400)
+    status = status_of(exc)
     body: dict[str, Any] = {"error": exc.message, "code": exc.code, "details": dict(exc.details)}
     if "models" in exc.details:
         body["models"] = exc.details["models"]

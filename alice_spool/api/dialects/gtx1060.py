@@ -19,15 +19,21 @@ from ...inputs import Staged
 from ...spec import SEED_MAX, parse_spec
 from ...states import Source
 from ..edge.context import Api, owner_of, route
-from ..edge.http import STATUS, bounded, refuse_unknown, require_object, wait_for_job
+from ..edge.errors import status_of
+from ..edge.http import bounded, refuse_unknown, require_object, wait_for_job
 from .openai import finished_or_raise
 
-_STATUS = {"invalid_parameters": 422, "invalid_json": 422, "timeout": 408, "model_not_found": 503}
+_STATUS = {
+    errors.InvalidParameters: 422,
+    errors.InvalidJson: 422,
+    errors.JobTimeout: 408,
+    errors.ModelNotFound: 503,
+}
 _FIELDS = {"prompt", "steps", "width", "height", "seed"}
 
 
 def error_answer(exc: errors.SpoolError) -> Response:
-    status = _STATUS.get(exc.code) or STATUS.get(exc.code, 400)
+    status = status_of(exc, _STATUS)
     field = exc.details.get("field")
     body = {"error": exc.message, "details": f"field: {field}" if field else None}
     body["error_code"] = exc.code

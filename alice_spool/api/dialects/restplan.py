@@ -24,8 +24,8 @@ from ...records import JobRecord
 from ...spec import MODEL_PREFIX, load_json, parse_spec
 from ...states import Source
 from ..edge.context import Api, admit, bucket_of, owner_of, route
+from ..edge.errors import status_of
 from ..edge.http import (
-    STATUS,
     WAKE_AT_LEAST_S,
     refuse_unknown,
     require_object,
@@ -38,11 +38,11 @@ log = logging.getLogger(__name__)
 
 _FIELDS = {"prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed",
            "width", "height", "model_id", "lora_path", "lora_scale"}  # fmt: skip
-_STATUS = {"invalid_parameters": 422, "invalid_json": 422}
+_STATUS = {errors.InvalidParameters: 422, errors.InvalidJson: 422}
 
 
 def error_answer(exc: errors.SpoolError) -> Response:
-    status = _STATUS.get(exc.code) or STATUS.get(exc.code, 400)
+    status = status_of(exc, _STATUS)
     return JSONResponse({"detail": exc.message, "code": exc.code}, status_code=status)
 
 

@@ -29,12 +29,12 @@ from ...spec import JobSpec, check_priority_cap
 from ...states import JobStatus, Source
 from ...store import Store, new_id
 from . import fetching
+from .errors import spool_error_response
 from .http import (
     SESSION_COOKIE,
     Keys,
     Principal,
     read_json,
-    spool_error_response,
 )
 from .limits import RateLimiter, Slots, stream_slots
 

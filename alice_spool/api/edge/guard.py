@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ... import errors
-from .http import spool_error_response
+from .errors import spool_error_response
 
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})

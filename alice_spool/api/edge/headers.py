@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from .http import error_response
+from .errors import error_response
 
 Scope = dict[str, Any]
 Receive = Any

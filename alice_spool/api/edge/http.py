@@ -1,6 +1,5 @@
-"""The API's edge: errors as `{"error": {message, type, code}}` with the right status,
-request bodies read within their size limit and parsed without ever a 500, API keys,
-rate limits, and waiting for jobs without holding a thread."""
+"""The API's edge: request bodies read within their size limit and parsed without ever
+a 500, API keys, and waiting for jobs without holding a thread."""
 
 from __future__ import annotations
 
@@ -16,7 +15,6 @@ from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
-from starlette.responses import JSONResponse
 
 from ... import errors
 from ...records import JobRecord
@@ -24,103 +22,6 @@ from ...spec import load_json
 from ...store import Store
 from ...store.changes import WAKE_AT_LEAST_S, Subscription
 from ...store.keys import digest
-
-# The HTTP status of each error code; anything else a client caused is a 400.
-STATUS = {
-    "invalid_parameters": 400,
-    "invalid_json": 400,
-    "forbidden_url": 400,
-    "unauthorized": 401,
-    "not_found": 404,
-    "model_not_found": 404,
-    "lora_not_found": 404,
-    "vae_not_found": 404,
-    "method_not_allowed": 405,
-    "idempotency_conflict": 409,
-    "key_exists": 409,
-    "forbidden": 403,
-    "invite_invalid": 403,
-    "model_exists": 409,
-    "unsafe_format": 400,
-    "unsafe_file": 400,
-    "unsupported_model": 400,
-    "source_unavailable": 502,
-    "insufficient_storage": 507,
-    "invalid_state": 409,
-    "cross_origin_refused": 403,
-    "request_timeout": 408,
-    "body_too_large": 413,
-    "unsupported_media_type": 415,
-    "invalid_host": 421,
-    "batch_too_large": 413,
-    "rate_limit_exceeded": 429,
-    "queue_full": 503,
-    "database_busy": 503,
-    "database_full": 503,
-    "gpu_out_of_memory": 503,
-    "timeout": 504,
-    "generation_failed": 500,
-    "input_unavailable": 500,
-    "model_load_failed": 500,
-    "attempts_exhausted": 500,
-    "outbox_write_failed": 500,
-    "database_error": 500,
-    "database_not_migrated": 500,
-    "cancelled": 409,
-}
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    409: "invalid_request_error",
-    403: "invalid_request_error",
-    408: "invalid_request_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    421: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "server_error",
-    504: "server_error",
-}
-QUEUE_FULL_RETRY_AFTER_S = 5
-DATABASE_RETRY_AFTER_S = 30  # a full disk or a long lock: not gone in a second
-
-
-def error_response(
-    code: str,
-    message: str,
-    *,
-    status: int | None = None,
-    headers: Mapping[str, str] | None = None,
-    param: str | None = None,
-) -> JSONResponse:
-    status = status or STATUS.get(code, 400)
-    error = {"message": _encodable(message), "type": _TYPES.get(status, "server_error")}
-    error["code"] = code
-    if param is not None:  # which parameter, for clients that show it
-        error["param"] = _encodable(param)
-    return JSONResponse({"error": error}, status_code=status, headers=dict(headers or {}))
-
-
-def _encodable(text: str) -> str:
-    """Text that encodes as UTF-8: a lone surrogate that came in a client's JSON (as a
-    key, say) is shown as its escape instead of failing the answer."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def spool_error_response(exc: errors.SpoolError) -> JSONResponse:
-    headers = {}
-    if exc.code == "queue_full":
-        headers["Retry-After"] = str(QUEUE_FULL_RETRY_AFTER_S)
-    if exc.code in ("database_full", "database_busy"):
-        headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
-    if exc.code == "rate_limit_exceeded" and "retry_after" in exc.details:
-        headers["Retry-After"] = str(exc.details["retry_after"])
-    field = exc.details.get("field")
-    return error_response(
-        exc.code, exc.message, headers=headers, param=None if field is None else str(field)
-    )
 
 
 async def read_json(request: Request, max_bytes: int, timeout_s: float = 30.0) -> Any:
