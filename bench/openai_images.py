@@ -40,7 +40,7 @@ import httpx
 from api import free_port, percentile  # bench/api.py, beside this script
 from PIL import Image, ImageFilter, PngImagePlugin
 
-from alice_spool.api.dialects.image_formats import convert
+from alice_spool.api.dialects.formats import convert
 from alice_spool.api.edge.context import image_url
 
 PARTS = ("formats", "door")

@@ -34,17 +34,13 @@ from .. import errors
 from ..config import Settings
 from ..registry import ModelRegistry
 from ..store import Store
-from .dialects import (
-    a1111,
-    a1111_lists,
-    a1111_options,
-    ablerefusal,
-    gtx1060,
-    image_formats,
-    openai,
-    openai_images,
-    restplan,
-)
+from .dialects import ablerefusal, gtx1060, restplan
+from .dialects import formats as image_formats
+from .dialects.a1111 import generate as a1111
+from .dialects.a1111 import lists as a1111_lists
+from .dialects.a1111 import options as a1111_options
+from .dialects.openai import chat as openai
+from .dialects.openai import images as openai_images
 from .docs.docs_page import DOCS_POLICY, render_docs
 from .docs.openapi import describe
 from .edge.context import Api, route

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from alice_spool import errors
-from alice_spool.api.dialects import a1111
-from alice_spool.api.dialects.a1111_options import DEFAULTS, OptionRefused, OwnerOptions, checked
+from alice_spool.api.dialects.a1111 import generate as a1111
+from alice_spool.api.dialects.a1111.options import DEFAULTS, OptionRefused, OwnerOptions, checked
 from alice_spool.registry import ModelInfo, for_family
 from alice_spool.samplers import a1111_samplers, a1111_schedules, from_a1111, normalise
 from alice_spool.spec import JobSpec, parse_spec

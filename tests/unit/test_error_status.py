@@ -60,10 +60,10 @@ def test_a_subclass_without_an_entry_takes_its_parents() -> None:
 def test_a_dialects_overrides_apply_at_their_class_only() -> None:
     # The REST plan answers a bad parameter with 422, as FastAPI does; a batch too large
     # (a kind of bad parameter with its own status) stays 413.
-    assert status_of(errors.InvalidParameters("bad"), restplan._STATUS) == 422
-    assert status_of(errors.BatchTooLarge("too many"), restplan._STATUS) == 413
-    assert status_of(errors.ModelNotFound("none"), gtx1060._STATUS) == 503
-    assert status_of(errors.ModelNotFound("none"), restplan._STATUS) == 404
+    assert status_of(errors.InvalidParameters("bad"), restplan.RESTPLAN.statuses) == 422
+    assert status_of(errors.BatchTooLarge("too many"), restplan.RESTPLAN.statuses) == 413
+    assert status_of(errors.ModelNotFound("none"), gtx1060.GTX1060.statuses) == 503
+    assert status_of(errors.ModelNotFound("none"), restplan.RESTPLAN.statuses) == 404
 
 
 def test_retry_after_for_the_refusals_that_pass() -> None:

@@ -14,13 +14,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ... import errors
-from ...inputs import Staged
 from ...records import JobRecord
 from ...spec import parse_spec
 from ...states import JobStatus, Source
-from ..edge.context import Api, image_url, owner_of, route, scope_of
-from ..edge.errors import status_of
+from ..edge.context import Api, image_url, route, scope_of
 from ..edge.http import bounded, refuse_unknown, require_object
+from .pipeline import Dialect, submit
 
 STATES = {
     JobStatus.QUEUED: "queued",
@@ -33,13 +32,16 @@ _FIELDS = {"prompt", "negative_prompt", "width", "height", "steps", "cfg_scale",
            "seed", "batch_size", "model"}  # fmt: skip
 
 
-def error_answer(exc: errors.SpoolError) -> Response:
+def _error_body(exc: errors.SpoolError, status: int) -> Response:
     """`{"error", "details"}`; a missing model's 404 adds `models`, what is installed."""
-    status = status_of(exc)
     body: dict[str, Any] = {"error": exc.message, "code": exc.code, "details": dict(exc.details)}
     if "models" in exc.details:
         body["models"] = exc.details["models"]
     return JSONResponse(body, status_code=status)
+
+
+ABLEREFUSAL = Dialect("ablerefusal", Source.ABLEREFUSAL, error_body=_error_body)
+error_answer = ABLEREFUSAL.error_answer
 
 
 def native(body: dict[str, Any]) -> dict[str, Any]:
@@ -109,12 +111,8 @@ async def generate(request: Request, api: Api, client: str | None) -> Response:
         raise errors.ModelNotFound(
             exc.message, **exc.details, models=sorted(m.id for m in models if m.ok)
         ) from None
-    done = await run_in_threadpool(
-        lambda: api.enqueue(
-            spec, Staged(), source=Source.ABLEREFUSAL, client=client, owner=owner_of(request)
-        )
-    )
-    return JSONResponse({"id": done.job.id, "status": "queued"}, status_code=202)
+    job = await submit(request, api, spec, ABLEREFUSAL, client)
+    return JSONResponse({"id": job.id, "status": "queued"}, status_code=202)
 
 
 @route(shape=error_answer)

@@ -7,37 +7,40 @@ without a model."""
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ... import errors
-from ...inputs import Staged
 from ...spec import SEED_MAX, parse_spec
 from ...states import Source
-from ..edge.context import Api, owner_of, route
-from ..edge.errors import status_of
-from ..edge.http import bounded, refuse_unknown, require_object, wait_for_job
-from .openai import finished_or_raise
+from ..edge.context import Api, route
+from ..edge.http import bounded, refuse_unknown, require_object
+from .pipeline import Dialect, base64_text, finished, images_of, png_of, submit
 
-_STATUS = {
-    errors.InvalidParameters: 422,
-    errors.InvalidJson: 422,
-    errors.JobTimeout: 408,
-    errors.ModelNotFound: 503,
-}
 _FIELDS = {"prompt", "steps", "width", "height", "seed"}
 
 
-def error_answer(exc: errors.SpoolError) -> Response:
-    status = status_of(exc, _STATUS)
+def _error_body(exc: errors.SpoolError, status: int) -> Response:
     field = exc.details.get("field")
     body = {"error": exc.message, "details": f"field: {field}" if field else None}
     body["error_code"] = exc.code
     return JSONResponse(body, status_code=status)
+
+
+GTX1060 = Dialect(
+    "gtx1060",
+    Source.GTX1060,
+    statuses={
+        errors.InvalidParameters: 422,
+        errors.InvalidJson: 422,
+        errors.JobTimeout: 408,
+        errors.ModelNotFound: 503,
+    },
+    error_body=_error_body,
+)
+error_answer = GTX1060.error_answer
 
 
 def native(body: dict[str, Any]) -> dict[str, Any]:
@@ -64,19 +67,14 @@ async def generate(request: Request, api: Api, client: str | None) -> Response:
     generation_time_seconds, model_version}}` when it is done."""
     body = require_object(await api.read_body(request))
     spec = parse_spec(native(body), api.settings.generation)
-    queued = await run_in_threadpool(
-        lambda: api.enqueue(
-            spec, Staged(), source=Source.GTX1060, client=client, owner=owner_of(request)
-        )
-    )
-    timeout = api.settings.server.request_timeout_s
-    done = finished_or_raise(await wait_for_job(api.store, queued.job.id, timeout))
-    (image,) = (done.result or {}).get("images") or [{}]
-    png = await run_in_threadpool(api.image_path(image["file"]).read_bytes)
+    job = await submit(request, api, spec, GTX1060, client)
+    done = await finished(api, job.id)
+    (image,) = images_of(done) or [{}]
+    png = await png_of(api, image)
     timings = (done.result or {}).get("timings") or {}
     return JSONResponse(
         {
-            "image_base64": base64.b64encode(png).decode(),
+            "image_base64": base64_text(png),
             "metadata": {
                 "prompt": done.spec.prompt,
                 "steps": done.spec.steps,

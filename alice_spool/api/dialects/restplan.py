@@ -8,7 +8,6 @@ gives them, `{"detail": ...}`."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
@@ -23,27 +22,27 @@ from ... import errors
 from ...records import JobRecord
 from ...spec import MODEL_PREFIX, load_json, parse_spec
 from ...states import Source
-from ..edge.context import Api, admit, bucket_of, owner_of, route
-from ..edge.errors import status_of
-from ..edge.http import (
-    WAKE_AT_LEAST_S,
-    refuse_unknown,
-    require_object,
-    wait_for_job,
-    watching,
-)
-from .openai import finished_or_raise
+from ..edge.context import Api, admit, bucket_of, route
+from ..edge.http import WAKE_AT_LEAST_S, refuse_unknown, require_object, watching
+from .pipeline import Dialect, base64_text, finished, finished_or_raise, images_of, png_of, submit
 
 log = logging.getLogger(__name__)
 
 _FIELDS = {"prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed",
            "width", "height", "model_id", "lora_path", "lora_scale"}  # fmt: skip
-_STATUS = {errors.InvalidParameters: 422, errors.InvalidJson: 422}
 
 
-def error_answer(exc: errors.SpoolError) -> Response:
-    status = status_of(exc, _STATUS)
+def _error_body(exc: errors.SpoolError, status: int) -> Response:
     return JSONResponse({"detail": exc.message, "code": exc.code}, status_code=status)
+
+
+RESTPLAN = Dialect(
+    "restplan",
+    Source.RESTPLAN,
+    statuses={errors.InvalidParameters: 422, errors.InvalidJson: 422},  # FastAPI's
+    error_body=_error_body,
+)
+error_answer = RESTPLAN.error_answer
 
 
 def _model(value: Any) -> str | None:
@@ -86,26 +85,19 @@ async def _queue(request: Any, api: Api, body: Any, client: str | None, img2img:
     fields = native(require_object(body), img2img=img2img)
     fields, staged = await run_in_threadpool(api.take_images, fields)
     spec = parse_spec(fields, api.settings.generation)
-    queued = await run_in_threadpool(
-        lambda: api.enqueue(
-            spec, staged, source=Source.RESTPLAN, client=client, owner=owner_of(request)
-        )
-    )
-    return queued.job.id
+    return (await submit(request, api, spec, RESTPLAN, client, staged)).id
 
 
 async def _image(api: Api, done: JobRecord) -> dict[str, Any]:
-    (image,) = (done.result or {}).get("images") or [{}]
-    png = await run_in_threadpool(api.image_path(image["file"]).read_bytes)
-    return {"image": base64.b64encode(png).decode(), "seed": image.get("seed")}
+    (image,) = images_of(done) or [{}]
+    return {"image": base64_text(await png_of(api, image)), "seed": image.get("seed")}
 
 
 async def _answer(request: Request, api: Api, client: str | None, img2img: bool) -> Response:
     started = time.monotonic()
     body = await api.read_body(request, images=img2img)
     job_id = await _queue(request, api, body, client, img2img)
-    timeout = api.settings.server.request_timeout_s
-    done = finished_or_raise(await wait_for_job(api.store, job_id, timeout))
+    done = await finished(api, job_id)
     shown = await _image(api, done)
     latency = round((time.monotonic() - started) * 1000)
     return JSONResponse({**shown, "model_id": done.model, "latency_ms": latency})

@@ -15,8 +15,8 @@ from ...downloads.huggingface import SORTS as _HF_SORTS
 from ...spec import SPEC_FIELDS
 from ...states import DownloadStatus, JobStatus, Source
 from ...store.keys import KEY_NAME, MAX_RATE_LIMIT
-from ..dialects import openai_fields
-from ..dialects.image_formats import FORMATS
+from ..dialects.formats import FORMATS
+from ..dialects.openai import fields as openai_fields
 
 # Python's whitespace (what the server strips), spelled out: regex engines disagree on \s.
 _BLANK = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"

@@ -373,7 +373,7 @@ async def sees_everything(api: Api, request: Request) -> bool:
     return principal is not None and principal.admin
 
 
-def principal_of(request: Request) -> Principal | None:
+def principal_of(request: HTTPConnection) -> Principal | None:
     """Who the request is (set by `route`); None on an open server or an open route."""
     return getattr(request.state, "principal", None)
 
@@ -385,14 +385,14 @@ def bucket_of(api: Api, connection: HTTPConnection) -> str:
     return principal.bucket if principal is not None else api.client_address(connection)
 
 
-def owner_of(request: Request) -> str | None:
+def owner_of(request: HTTPConnection) -> str | None:
     """The owner the rows this request makes record (None: the admin's, on an open
     server)."""
     principal = principal_of(request)
     return principal.owner if principal is not None else None
 
 
-def scope_of(request: Request) -> str | None:
+def scope_of(request: HTTPConnection) -> str | None:
     """The owner whose jobs, downloads and images this request may see and steer; None:
     everyone's (an admin's key, or an open server: one user)."""
     principal = principal_of(request)
@@ -401,7 +401,7 @@ def scope_of(request: Request) -> str | None:
     return principal.owner
 
 
-def check_priority(request: Request, priority: int) -> None:
+def check_priority(request: HTTPConnection, priority: int) -> None:
     """A user's key may set a priority up to `users.max_priority` (400 naming `priority`
     above it); an admin's key, or anyone on an open server, any priority."""
     principal = principal_of(request)

@@ -25,9 +25,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ... import errors
-from ...fields import parse_string
-from .image_formats import FORMATS
+from .... import errors
+from ....fields import parse_string
+from ..formats import FORMATS
 
 QUALITIES = ("low", "medium", "high", "xhigh", "max", "auto", "standard", "hd")
 # Steps for each quality, by model family (rows for more families come with them).

@@ -17,14 +17,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ... import errors
-from ... import samplers as sampler_names
-from ...hires import UPSCALERS
-from ...records import JobRecord
-from ...states import JobStatus
-from ..edge.context import Api, owner_of, route
-from ..edge.http import require_object
-from .a1111_options import checkpoint_title, error_answer
+from .... import errors
+from .... import samplers as sampler_names
+from ....hires import UPSCALERS
+from ....records import JobRecord
+from ....states import JobStatus
+from ...edge.context import Api, owner_of, route
+from ...edge.http import require_object
+from .options import checkpoint_title, error_answer
 
 # A1111's image upscalers are listed with the scale their model makes (4 for ESRGAN);
 # the plain resamplers it lists with 4 too.

@@ -7,7 +7,6 @@ own fields; the client's options (a1111_options.py) fill in what a body leaves o
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import re
@@ -19,16 +18,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ... import __version__, errors, inputs
-from ...records import JobRecord
-from ...samplers import SCHEDULES, from_a1111, to_a1111
-from ...spec import JobSpec, parse_spec
-from ...states import Source
-from ..edge.context import Api, owner_of, route
-from ..edge.http import require_object, wait_for_job
-from . import image_formats
-from .a1111_lists import infotext_settings
-from .a1111_options import (
+from .... import __version__, errors, inputs
+from ....records import JobRecord
+from ....samplers import SCHEDULES, from_a1111, to_a1111
+from ....spec import JobSpec, parse_spec
+from ...edge.context import Api, owner_of, route
+from ...edge.http import require_object
+from .. import formats as image_formats
+from ..pipeline import base64_text, finished, images_of, png_of, submit
+from .lists import infotext_settings
+from .options import (
+    A1111,
     OwnerOptions,
     check_changes,
     checkpoint_title,
@@ -36,7 +36,6 @@ from .a1111_options import (
     keep,
     owner_options,
 )
-from .openai import finished_or_raise
 
 # A1111's API defaults for what a body leaves out (its request models'), echoed back
 # in `parameters` with what the body gave.
@@ -463,7 +462,7 @@ def encoded(png: bytes, options: OwnerOptions) -> str:
     data = image_formats.convert(
         png, options.samples_format, options.jpeg_quality, lossless=options.webp_lossless
     )
-    return base64.b64encode(data).decode()
+    return base64_text(data)
 
 
 async def _generate(request: Request, api: Api, client: str | None, *, img2img: bool) -> Response:
@@ -489,9 +488,7 @@ async def _generate(request: Request, api: Api, client: str | None, *, img2img: 
     # (checked before the job is queued: a refused request changes nothing)
     lasting = None if restore or not override else await check_changes(api, override)
     try:
-        queued = await run_in_threadpool(
-            lambda: api.enqueue(spec, staged, source=Source.A1111, client=client, owner=owner)
-        )
+        job = await submit(request, api, spec, A1111, client, staged)
     except errors.InvalidParameters as exc:
         raise in_their_terms(exc, family) from None
     except errors.ModelNotFound as exc:  # the checkpoint this client chose, or overrode
@@ -499,12 +496,11 @@ async def _generate(request: Request, api: Api, client: str | None, *, img2img: 
         raise errors.ModelNotFound(exc.message, **details) from None
     if lasting is not None:
         await keep(api, request, lasting)  # A1111 leaves them set
-    timeout = api.settings.server.request_timeout_s
-    done = finished_or_raise(await wait_for_job(api.store, queued.job.id, timeout))
+    done = await finished(api, job.id)
     images: list[str] = []
     texts: list[str] = []
-    for image in (done.result or {}).get("images") or []:
-        png = await run_in_threadpool(api.image_path(image["file"]).read_bytes)
+    for image in images_of(done):
+        png = await png_of(api, image)
         texts.append(await run_in_threadpool(image_formats.infotext, png))
         if body.get("send_images", True) is not False:
             images.append(await run_in_threadpool(encoded, png, options))

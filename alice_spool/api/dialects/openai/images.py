@@ -19,15 +19,17 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ... import aliases, errors, inputs
-from ...records import JobRecord
-from ...registry import ModelInfo
-from ...spec import JobSpec, load_json, parse_spec
-from ..edge.context import Api, route
-from ..edge.http import read_bytes, require_object, wait_for_job
-from . import image_formats, openai_fields
-from .openai import HeldEvents, enqueue_held, finished_or_raise
-from .openai_fields import OpenAIFields
+from .... import aliases, errors, inputs
+from ....records import JobRecord
+from ....registry import ModelInfo
+from ....spec import JobSpec, load_json, parse_spec
+from ...edge.context import Api, route
+from ...edge.http import read_bytes, require_object, wait_for_job
+from .. import formats as image_formats
+from ..pipeline import base64_text, finished, finished_or_raise, images_of, png_of
+from . import fields as openai_fields
+from .chat import HeldEvents, enqueue_held
+from .fields import OpenAIFields
 
 # gpt-image answers count tokens; nothing is counted here.
 _NO_USAGE = {
@@ -182,12 +184,10 @@ async def _run(
     """Queue the job; answer when it is done, or as server-sent events (`stream`)."""
     stream = asked.fields.stream
     job, release = await enqueue_held(request, api, spec, client, staged, stream=stream)
-    timeout = api.settings.server.request_timeout_s
     if release is not None:
+        timeout = api.settings.server.request_timeout_s
         return HeldEvents(_events(request, api, job, asked, event, timeout), release)
-    # The job is committed: if this client goes away now, it still runs and stays
-    # fetchable at /v1/jobs/<id>.
-    done = finished_or_raise(await wait_for_job(api.store, job.id, timeout))
+    done = await finished(api, job.id)
     return JSONResponse(await _answer(request, api, done, asked))
 
 
@@ -201,14 +201,14 @@ async def _items(
     if asked.response_format == "url" and not inline:
         items = [{"url": _as_format(url, fields)} for url in api.image_urls(request, done)]
     else:
-        for image in (done.result or {}).get("images") or []:
+        for image in images_of(done):
             if image.get("deleted") or "file" not in image:
                 continue
-            png = await run_in_threadpool(api.image_path(image["file"]).read_bytes)
+            png = await png_of(api, image)
             data = await run_in_threadpool(
                 image_formats.convert, png, fields.output_format, fields.output_compression
             )
-            items.append({"b64_json": base64.b64encode(data).decode()})
+            items.append({"b64_json": base64_text(data)})
     if not asked.gpt_image and not inline and done.spec.prompt:  # DALL-E's only
         for item in items:
             item["revised_prompt"] = done.spec.prompt

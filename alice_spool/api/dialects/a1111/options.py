@@ -2,7 +2,7 @@
 object (DESIGN section 14).
 
 `GET /sdapi/v1/options` answers A1111 1.10's whole options object with its default
-values (`a1111_options.json`, as a fresh A1111 answers it), overlaid with what this
+values (`options.json`, as a fresh A1111 answers it), overlaid with what this
 owner set. `POST` takes any part of it, or all of it back: the options this server
 understands take effect for the owner's A1111 requests (`sd_model_checkpoint`,
 `CLIP_stop_at_last_layers`, `samples_format`, `jpeg_quality`, `webp_lossless`,
@@ -22,10 +22,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ... import errors
-from ...spec import CLIP_SKIP_MAX, MODEL_PREFIX, JobSpec, normalise_vae_id
-from ..edge.context import Api, owner_of, route
-from ..edge.errors import status_of
+from .... import errors
+from ....spec import CLIP_SKIP_MAX, MODEL_PREFIX, JobSpec, normalise_vae_id
+from ....states import Source
+from ...edge.context import Api, owner_of, route
+from ..pipeline import Dialect
 
 CHECKPOINT = "a1111.sd_model_checkpoint"  # the client option: A1111's current checkpoint
 OPTIONS = "a1111.options"  # the client option: the rest of the options object it set
@@ -45,7 +46,7 @@ class OptionRefused(errors.InvalidParameters):
     """An understood option given a value of the wrong type or range (422)."""
 
 
-def error_answer(exc: errors.SpoolError) -> Response:
+def _error_body(exc: errors.SpoolError, status: int) -> Response:
     """An error as A1111's API answers one: `{error, detail, body, errors}`; a refused
     option value as FastAPI's 422 (`detail`: a list of `{loc, msg, type}`)."""
     if isinstance(exc, OptionRefused):
@@ -58,9 +59,8 @@ def error_answer(exc: errors.SpoolError) -> Response:
                 "errors": exc.message,
                 "code": exc.code,
             },
-            status_code=422,
+            status_code=status,
         )
-    status = status_of(exc)
     headers = {"WWW-Authenticate": "Basic"} if status == 401 else {}
     body = {
         "error": ERROR_NAMES.get(status, type(exc).__name__),
@@ -70,6 +70,10 @@ def error_answer(exc: errors.SpoolError) -> Response:
         "code": exc.code,
     }
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+A1111 = Dialect("a1111", Source.A1111, statuses={OptionRefused: 422}, error_body=_error_body)
+error_answer = A1111.error_answer
 
 
 def model_of(checkpoint: Any, field: str = "sd_model_checkpoint") -> str | None:
@@ -92,7 +96,7 @@ def checkpoint_title(model_id: str) -> str:
 
 
 def _defaults() -> dict[str, Any]:
-    text = resources.files(__package__).joinpath("a1111_options.json").read_text("utf-8")
+    text = resources.files(__package__).joinpath("options.json").read_text("utf-8")
     return dict(json.loads(text))
 
 

@@ -15,14 +15,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from ... import aliases, errors, inputs
-from ...records import JobRecord
-from ...registry import ModelInfo
-from ...spec import SPEC_FIELDS, JobSpec, normalise_model_id, parse_spec
-from ...states import JobStatus, Source
-from ..edge.context import Api, bucket_of, check_priority, owner_of, route
-from ..edge.http import WAKE_AT_LEAST_S, require_object, wait_for_job, watching
-from ..routes import catalog
+from .... import aliases, errors, inputs
+from ....records import JobRecord
+from ....registry import ModelInfo
+from ....spec import SPEC_FIELDS, JobSpec, normalise_model_id, parse_spec
+from ....states import Source
+from ...edge.context import Api, bucket_of, route
+from ...edge.http import WAKE_AT_LEAST_S, require_object, watching
+from ...routes import catalog
+from ..pipeline import Dialect, finished, finished_or_raise, submit
 
 # Where a chat request carries the image parameters (SAM sends `metadata`).
 _CONFIG_KEYS = ("sam_config", "samConfig", "metadata")
@@ -132,14 +133,6 @@ def _usage(prompt: str) -> dict[str, int]:
     }
 
 
-def finished_or_raise(job: JobRecord) -> JobRecord:
-    if job.status is JobStatus.SUCCEEDED:
-        return job
-    if job.status is JobStatus.CANCELLED:
-        raise errors.IllegalTransition(f"job {job.id} was cancelled", job_id=job.id)
-    raise errors.from_code(job.error_code, job.error_message or "the job failed", job_id=job.id)
-
-
 def _completion(api: Api, request: Request, job: JobRecord, prompt: str) -> dict[str, Any]:
     urls = api.image_urls(request, job)
     content = f"Generated {len(urls)} image(s): " + " ".join(urls)
@@ -164,25 +157,14 @@ def _completion(api: Api, request: Request, job: JobRecord, prompt: str) -> dict
     }
 
 
-async def enqueue_job(
-    request: Request,
-    api: Api,
-    spec: JobSpec,
-    source: Source,
-    client: str | None,
-    staged: inputs.Staged | None = None,
+OPENAI = Dialect("openai", Source.OPENAI)
+
+
+async def _submit(
+    request: Request, api: Api, spec: JobSpec, client: str | None, staged: inputs.Staged | None
 ) -> JobRecord:
-    check_priority(request, spec.priority)  # the chat and images extensions take one
-    done = await run_in_threadpool(
-        lambda: api.enqueue(
-            spec,
-            staged or inputs.Staged(),
-            source=source,
-            client=client,
-            owner=owner_of(request),
-        )
-    )
-    return done.job
+    # the chat and images extensions take a priority: the caller's cap applies
+    return await submit(request, api, spec, OPENAI, client, staged, priority_checked=True)
 
 
 async def enqueue_held(
@@ -197,11 +179,11 @@ async def enqueue_held(
     """Queue an OpenAI door's job; for a `stream`, take one of the client's stream slots
     first (a refused stream queues nothing) and return what gives it back."""
     if not stream:
-        return await enqueue_job(request, api, spec, Source.OPENAI, client, staged), None
+        return await _submit(request, api, spec, client, staged), None
     holder = bucket_of(api, request)  # the key's id, never its name
     api.streams.take(holder)
     try:
-        job = await enqueue_job(request, api, spec, Source.OPENAI, client, staged)
+        job = await _submit(request, api, spec, client, staged)
     except BaseException:
         api.streams.give_back(holder)
         raise
@@ -214,12 +196,10 @@ async def chat_completions(request: Request, api: Api, client: str | None) -> Re
     body = require_object(await api.read_body(request, images=True))
     spec, staged, stream = await run_in_threadpool(chat_spec, body, api)
     job, release = await enqueue_held(request, api, spec, client, staged, stream=stream)
-    timeout = api.settings.server.request_timeout_s
     if release is not None:
+        timeout = api.settings.server.request_timeout_s
         return HeldEvents(_chat_stream(api, request, job, spec.prompt, timeout), release)
-    # The job is committed: if this client goes away now, it still runs and stays
-    # fetchable at /v1/jobs/<id>.
-    done = finished_or_raise(await wait_for_job(api.store, job.id, timeout))
+    done = await finished(api, job.id)
     return JSONResponse(_completion(api, request, done, spec.prompt))
 
 
