@@ -43,12 +43,9 @@ def two_passes(
     first = specs[0]
     hires = first.hires
     assert hires is not None
-    multiple = first_pass.vae_scale_factor
-    cover = cover_size(hires, width, height, multiple)
-    target = target_size(hires, width, height, multiple)
     run = second_pass_steps(hires, first.steps)
     total = first.steps + run
-    chosen = upscaler(hires.upscaler)
+    latent = upscaler(hires.upscaler).latent
 
     # 1. The first pass: latents for a latent upscaler, else images.
     output = first_pass(
@@ -59,38 +56,62 @@ def two_passes(
         num_inference_steps=first.steps,
         guidance_scale=first.guidance_scale,
         generator=generators,
-        output_type="latent" if chosen.latent else "np",
+        output_type="latent" if latent else "np",
         callback_on_step_end=step_end_for(first.steps, 0, total),
         **arguments,
     )
 
     # 2. The upscale, cropped to the target's middle when its aspect differs.
-    if chosen.latent:
-        assert chosen.mode is not None
-        latents = torch.nn.functional.interpolate(
-            output.images,
-            size=(cover[1] // multiple, cover[0] // multiple),
-            mode=chosen.mode,
-            antialias=chosen.antialias,
-        )
-        top, left = _offsets(cover, target, multiple)
-        image: Any = latents[
-            :, :, top : top + target[1] // multiple, left : left + target[0] // multiple
-        ]
-    else:
-        image = [
-            _crop(upscale_image(picture, chosen.name, cover), target, multiple)
-            for picture in _pictures(np.asarray(output.images))
-        ]
+    image = _upscale(output.images, hires, (width, height), first_pass.vae_scale_factor)
     del output
     # Set even when there is no second pass: the batch reports its schedule type.
     second_pass.scheduler = make_scheduler(
         hires.scheduler or first.scheduler, scheduler_config, seeds
     )
     if run == 0:  # strength 0: the upscale is the image
-        return _as_arrays(first_pass, image, chosen.latent)
+        return _as_arrays(first_pass, image, latent)
 
     # 3. The second pass: img2img at the target size, with exactly `run` steps.
+    callback = step_end_for(run, first.steps, total)
+    return _second_pass(second_pass, specs, image, seeds, run, callback, arguments)
+
+
+def _upscale(images: Any, hires: HiresFix, size: tuple[int, int], multiple: int) -> Any:
+    """The first pass's latents (a latent upscaler's) or images, upscaled to cover the
+    target size and cropped to the target's middle when its aspect differs."""
+    cover = cover_size(hires, size[0], size[1], multiple)
+    target = target_size(hires, size[0], size[1], multiple)
+    chosen = upscaler(hires.upscaler)
+    if chosen.latent:
+        assert chosen.mode is not None
+        latents = torch.nn.functional.interpolate(
+            images,
+            size=(cover[1] // multiple, cover[0] // multiple),
+            mode=chosen.mode,
+            antialias=chosen.antialias,
+        )
+        top, left = _offsets(cover, target, multiple)
+        return latents[:, :, top : top + target[1] // multiple, left : left + target[0] // multiple]
+    return [
+        _crop(upscale_image(picture, chosen.name, cover), target, multiple)
+        for picture in _pictures(np.asarray(images))
+    ]
+
+
+def _second_pass(
+    second_pass: Any,
+    specs: Sequence[JobSpec],
+    image: Any,
+    seeds: list[int],
+    run: int,
+    callback: Callable[..., dict[str, Any]],
+    arguments: dict[str, Any],
+) -> np.ndarray:
+    """img2img of the upscaled images, `run` steps at the hires strength, each image
+    with a generator of its own seed."""
+    first = specs[0]
+    hires = first.hires
+    assert hires is not None
     second_prompts, second_negatives = _second_prompts(specs, hires, len(seeds))
     output = second_pass(
         prompt=second_prompts,
@@ -101,7 +122,7 @@ def two_passes(
         guidance_scale=first.guidance_scale,
         generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
         output_type="np",
-        callback_on_step_end=step_end_for(run, first.steps, total),
+        callback_on_step_end=callback,
         **arguments,
     )
     return np.asarray(output.images)
