@@ -15,9 +15,11 @@ from typing import Any
 import click
 
 from ..errors import ModelNotFound
+from ..loras import LoraInfo
 from ..registry import FAMILY_NAMES, ModelInfo
 from ..spec import parse_spec
 from ..terminal import table
+from ..vaes import VaeInfo
 from .app import (
     App,
     SpoolGroup,
@@ -72,6 +74,17 @@ def models_ls(app: App, as_json: bool) -> None:
     if not listing:
         note(f"no models in {app.registry.models_dir}; try: alice-spool models create-tiny")
         return
+    click.echo(_models_table(listing, default))
+    if loras:
+        click.echo()
+        click.echo(_loras_table(loras))
+    if vaes:
+        click.echo()
+        click.echo(_vaes_table(vaes))
+
+
+def _models_table(listing: list[ModelInfo], default: str | None) -> str:
+    """The models, the default marked with `*`."""
 
     def status(m: ModelInfo) -> str:
         if not m.ok:
@@ -89,32 +102,34 @@ def models_ls(app: App, as_json: bool) -> None:
         ]
         for m in listing
     ]
-    click.echo(table(["  MODEL", "FAMILY", "FORMAT", "SIZE", "NATIVE", "STATUS"], rows))
-    if loras:
-        lora_rows = [
-            [
-                "  " + lora.id,
-                FAMILY_NAMES.get(lora.family or "", "-"),
-                _size(lora.size_bytes),
-                "ok" if lora.ok else f"broken: {lora.broken}",
-            ]
-            for lora in loras
+    return table(["  MODEL", "FAMILY", "FORMAT", "SIZE", "NATIVE", "STATUS"], rows)
+
+
+def _loras_table(loras: list[LoraInfo]) -> str:
+    lora_rows = [
+        [
+            "  " + lora.id,
+            FAMILY_NAMES.get(lora.family or "", "-"),
+            _size(lora.size_bytes),
+            "ok" if lora.ok else f"broken: {lora.broken}",
         ]
-        click.echo()
-        click.echo(table(["  LORA", "FAMILY", "SIZE", "STATUS"], lora_rows))
-    if vaes:
-        vae_rows = [
-            [
-                "  " + vae.id,
-                vae.file_name,
-                vae.format.replace("_", "-"),
-                _size(vae.size_bytes),
-                "ok" if vae.ok else f"broken: {vae.broken}",
-            ]
-            for vae in vaes
+        for lora in loras
+    ]
+    return table(["  LORA", "FAMILY", "SIZE", "STATUS"], lora_rows)
+
+
+def _vaes_table(vaes: list[VaeInfo]) -> str:
+    vae_rows = [
+        [
+            "  " + vae.id,
+            vae.file_name,
+            vae.format.replace("_", "-"),
+            _size(vae.size_bytes),
+            "ok" if vae.ok else f"broken: {vae.broken}",
         ]
-        click.echo()
-        click.echo(table(["  VAE", "FILE", "FORMAT", "SIZE", "STATUS"], vae_rows))
+        for vae in vaes
+    ]
+    return table(["  VAE", "FILE", "FORMAT", "SIZE", "STATUS"], vae_rows)
 
 
 # engine/tiny.py's TINY_FAMILIES and FLUX_VARIANTS, spelled out: importing it loads torch.

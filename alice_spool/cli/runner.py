@@ -14,6 +14,7 @@ from ..stopping import StopSignals, exit_now
 from .app import App, cli, pass_app
 
 if TYPE_CHECKING:
+    from ..engine.resident import Engine
     from ..runner import Runner
 
 log = logging.getLogger("alice_spool.runner")
@@ -64,6 +65,32 @@ def runner(
     StopSignals(warm_stop, exit_now).install()
     if stop.is_set():  # stopped while the command started: nothing was claimed
         return
+    worker, engine = _assemble(
+        app,
+        name=name,
+        device=device,
+        max_batch=max_batch,
+        exit_when_idle=exit_when_idle,
+        parent_pid=parent_pid,
+    )
+    try:
+        if not stop.is_set():  # else stopped while the model loaded: nothing was claimed
+            worker.run()
+    finally:
+        engine.unload()
+
+
+def _assemble(
+    app: App,
+    *,
+    name: str | None,
+    device: str | None,
+    max_batch: int | None,
+    exit_when_idle: bool,
+    parent_pid: int | None,
+) -> tuple[Runner, Engine]:
+    """The runner and its engine, built from the settings and the command's options
+    (torch and diffusers imported here, the model loaded if one is preloaded)."""
     from ..engine.device import choose
     from ..engine.generate import quiet_libraries
     from ..engine.resident import Engine
@@ -107,8 +134,4 @@ def runner(
         lock_dir=Path(settings.paths.data_dir),
         faults=app.faults,
     )
-    try:
-        if not stop.is_set():  # else stopped while the model loaded: nothing was claimed
-            worker.run()
-    finally:
-        engine.unload()
+    return worker, engine

@@ -192,70 +192,97 @@ def submit(
     if (request_file or batch_file) and given:
         raise click.UsageError("generation options apply to a PROMPT; put them in the file instead")
     if batch_file is not None:
-        text, name = _read_text(batch_file, "batch file")
-        batch = app.store.enqueue_batch(_read_batch(text, name, app), source=Source.CLI)
-        if as_json and not wait:
-            emit_json(
-                {
-                    "batch_id": batch.batch_id,
-                    "created": batch.created,
-                    "job_ids": batch.job_ids,
-                }
-            )
-        elif not as_json:
-            click.echo(batch.batch_id)
-            verb = "queued" if batch.created else "already submitted:"
-            note(f"{verb} {len(batch.job_ids)} job(s) in batch {batch.batch_id}")
-        job_ids, extra = batch.job_ids, {"batch_id": batch.batch_id}
+        job_ids, extra = _submit_batch(app, batch_file, as_json=as_json, wait=wait)
     else:
-        client: str | None
-        here: Path | None = None  # where a request file's image names are looked up
-        if request_file is not None:
-            text, name = _read_text(request_file, "request file")
-            data, client = parse_json(text, name), name
-            here = Path(request_file).parent if request_file != "-" else Path.cwd()
-        else:
-            images = _image_files(given)  # takes --init-image and --mask out of `given`
-            given.update(_hires_field(given))  # and the --hires options into one field
-            data, client = {"prompt": prompt, **given, **images}, _user()
-        if isinstance(data, dict):
-            data, staged = inputs.take(
-                data,
-                app.settings.generation.max_input_pixels,
-                inbox=here,
-                fetch=urls.fetcher(
-                    allow_private=app.settings.models.allow_private_urls,
-                    max_bytes=app.settings.server.max_image_body_bytes,
-                    timeout_s=app.settings.models.fetch_timeout_s,
-                ),
-            )
-        else:
-            staged = inputs.Staged()
-        request = parse_request(data, app.settings.generation)
-        spec, job_id = _with_model(app, request.spec), new_id()
-        result = inputs.queue_with(
-            Path(app.settings.paths.data_dir),
-            staged,
-            job_id,
-            lambda given_id: app.store.enqueue(
-                spec,
-                source=Source.CLI,
-                client=client,
-                idempotency_key=request.idempotency_key,
-                job_id=given_id,
-            ),
-            lambda done: done.job.id == job_id,
-        )
-        if as_json and not wait:
-            emit_json({**result.job.to_dict(), "created": result.created})
-        elif not as_json:
-            click.echo(result.job.id)
-            if not result.created:
-                note(f"already submitted with id {request.idempotency_key!r}: job {result.job.id}")
-        job_ids, extra = [result.job.id], {}
+        job_ids, extra = _submit_one(app, prompt, request_file, given, as_json=as_json, wait=wait)
     if wait:
         final = app.store.wait_for(job_ids, timeout_s=timeout)
         finish_waiting(final, as_json, extra)
+
+
+def _submit_batch(
+    app: App, batch_file: str, *, as_json: bool, wait: bool
+) -> tuple[list[str], dict[str, Any]]:
+    """Queue a JSONL batch and say so; (its job ids, what a wait's answer adds)."""
+    text, name = _read_text(batch_file, "batch file")
+    batch = app.store.enqueue_batch(_read_batch(text, name, app), source=Source.CLI)
+    if as_json and not wait:
+        emit_json(
+            {
+                "batch_id": batch.batch_id,
+                "created": batch.created,
+                "job_ids": batch.job_ids,
+            }
+        )
+    elif not as_json:
+        click.echo(batch.batch_id)
+        verb = "queued" if batch.created else "already submitted:"
+        note(f"{verb} {len(batch.job_ids)} job(s) in batch {batch.batch_id}")
+    return batch.job_ids, {"batch_id": batch.batch_id}
+
+
+def _submit_one(
+    app: App,
+    prompt: str | None,
+    request_file: str | None,
+    given: dict[str, Any],
+    *,
+    as_json: bool,
+    wait: bool,
+) -> tuple[list[str], dict[str, Any]]:
+    """Queue one request (a PROMPT with options, or a request file) with its images, and
+    say so; (its job id, what a wait's answer adds)."""
+    data, client, here = _request_data(prompt, request_file, given)
+    if isinstance(data, dict):
+        data, staged = inputs.take(
+            data,
+            app.settings.generation.max_input_pixels,
+            inbox=here,
+            fetch=urls.fetcher(
+                allow_private=app.settings.models.allow_private_urls,
+                max_bytes=app.settings.server.max_image_body_bytes,
+                timeout_s=app.settings.models.fetch_timeout_s,
+            ),
+        )
+    else:
+        staged = inputs.Staged()
+    request = parse_request(data, app.settings.generation)
+    spec, job_id = _with_model(app, request.spec), new_id()
+    result = inputs.queue_with(
+        Path(app.settings.paths.data_dir),
+        staged,
+        job_id,
+        lambda given_id: app.store.enqueue(
+            spec,
+            source=Source.CLI,
+            client=client,
+            idempotency_key=request.idempotency_key,
+            job_id=given_id,
+        ),
+        lambda done: done.job.id == job_id,
+    )
+    if as_json and not wait:
+        emit_json({**result.job.to_dict(), "created": result.created})
+    elif not as_json:
+        click.echo(result.job.id)
+        if not result.created:
+            note(f"already submitted with id {request.idempotency_key!r}: job {result.job.id}")
+    return [result.job.id], {}
+
+
+def _request_data(
+    prompt: str | None, request_file: str | None, given: dict[str, Any]
+) -> tuple[Any, str | None, Path | None]:
+    """(the request as read, its client, where a request file's image names are looked
+    up): a request file's JSON, or the PROMPT with its options (--init-image and --mask
+    as the files' bytes, the --hires options as one field)."""
+    if request_file is not None:
+        text, name = _read_text(request_file, "request file")
+        here = Path(request_file).parent if request_file != "-" else Path.cwd()
+        return parse_json(text, name), name, here
+    images = _image_files(given)  # takes --init-image and --mask out of `given`
+    given.update(_hires_field(given))  # and the --hires options into one field
+    return {"prompt": prompt, **given, **images}, _user(), None
 
 
 def _user() -> str | None:
