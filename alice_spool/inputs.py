@@ -140,38 +140,12 @@ def take(
     gets what ALICE's `input_image_urls` name (urls.py's rules); a door without it
     refuses them."""
     fields = dict(data)
+    fetched = _one_source(fields, fetch)
     staged = Staged()
-    images = _strings(fields, "input_images", "images")
-    links = _strings(fields, "input_image_urls", "URLs")
-    given = [
-        name for name, there in (("input_images", images), ("input_image_urls", links)) if there
-    ]
-    if fields.get("init_image") is not None:
-        given.insert(0, "init_image")
-    if len(given) > 1:
-        raise InvalidParameters(f"give one of {' or '.join(given)}, not both", field=given[1])
-    if images:
-        fields["init_image"] = images[0]  # ALICE uses the first
-    fetched: bytes | None = None
-    if links:
-        if fetch is None:
-            raise InvalidParameters(
-                "input_image_urls are not taken here: send the image itself (init_image)",
-                field="input_image_urls",
-            )
-        fetched = fetch(links[0], "input_image_urls")  # the first, as input_images
     for role in ROLES:
-        value = fields.get(role)
-        if role == "init_image" and fetched is not None:
-            decoded = decode(role, fetched, max_pixels, field="input_image_urls")
-        elif value is None:
+        decoded = _decoded(role, fields.get(role), fetched, max_pixels, inbox)
+        if decoded is None:
             continue
-        elif not isinstance(value, str) or not value.strip():
-            raise InvalidParameters(f"{role} must be an image as base64 text", field=role)
-        elif inbox is not None and not _looks_like_base64(value):
-            decoded = decode(role, _from_inbox(role, value.strip(), inbox), max_pixels)
-        else:
-            decoded = decode(role, _from_base64(role, value), max_pixels)
         staged.images[role] = decoded
         fields[role] = f"sha256:{decoded.sha256}"
     init, mask = staged.images.get("init_image"), staged.images.get("mask_image")
@@ -199,6 +173,47 @@ def take(
             fields["width"] = max(64, min(2048, init.width // 8 * 8))
             fields["height"] = max(64, min(2048, init.height // 8 * 8))
     return fields, staged
+
+
+def _one_source(fields: dict[str, Any], fetch: Fetch | None) -> bytes | None:
+    """The input image given one way only: `init_image`, or ALICE's `input_images` (the
+    first stands for `init_image`), or its `input_image_urls` (the first, fetched: its
+    body is returned)."""
+    images = _strings(fields, "input_images", "images")
+    links = _strings(fields, "input_image_urls", "URLs")
+    given = [
+        name for name, there in (("input_images", images), ("input_image_urls", links)) if there
+    ]
+    if fields.get("init_image") is not None:
+        given.insert(0, "init_image")
+    if len(given) > 1:
+        raise InvalidParameters(f"give one of {' or '.join(given)}, not both", field=given[1])
+    if images:
+        fields["init_image"] = images[0]  # ALICE uses the first
+    if not links:
+        return None
+    if fetch is None:
+        raise InvalidParameters(
+            "input_image_urls are not taken here: send the image itself (init_image)",
+            field="input_image_urls",
+        )
+    return fetch(links[0], "input_image_urls")  # the first, as input_images
+
+
+def _decoded(
+    role: str, value: Any, fetched: bytes | None, max_pixels: int, inbox: Path | None
+) -> Decoded | None:
+    """The image given for `role` (base64, a file beside an inbox request, or the body
+    fetched for the init image), decoded and checked; None when there is none."""
+    if role == "init_image" and fetched is not None:
+        return decode(role, fetched, max_pixels, field="input_image_urls")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidParameters(f"{role} must be an image as base64 text", field=role)
+    if inbox is not None and not _looks_like_base64(value):
+        return decode(role, _from_inbox(role, value.strip(), inbox), max_pixels)
+    return decode(role, _from_base64(role, value), max_pixels)
 
 
 def _looks_like_base64(value: str) -> bool:

@@ -77,11 +77,7 @@ def infotext(
             width, height = first_size
         elif spec.width and spec.height:
             width, height = spec.width, spec.height
-    tags = " ".join(
-        f"<lora:{str(lora['name']).removeprefix('lora/')}:{float(lora['scale']):g}>"
-        for lora in loras
-    )
-    lines = [f"{spec.prompt} {tags}" if tags else spec.prompt]
+    lines = [_prompt_with_tags(spec.prompt, loras)]
     if spec.negative_prompt:
         lines.append(f"Negative prompt: {spec.negative_prompt}")
     settings = [
@@ -92,20 +88,40 @@ def infotext(
         ("Size", f"{width}x{height}"),
         ("Model", (spec.model or "").removeprefix("sd/")),
     ]
-    if vae:
-        name = vae.get("file_name") or str(vae.get("name", "")).removeprefix("vae/")
-        settings += [("VAE hash", str(vae.get("sha256", ""))[:10]), ("VAE", name)]
+    settings.extend(_vae_settings(vae))
     if spec.strength is not None:
         settings.append(("Denoising strength", f"{spec.strength:g}"))
     settings.extend(_hires_settings(spec, schedule, hires_schedule))
-    if loras:
-        hashes = ", ".join(
-            f"{_a1111_lora_name(lora)}: {str(lora.get('tensors_sha256', ''))[:12]}"
-            for lora in loras
-        )
-        settings.append(("Lora hashes", f'"{hashes}"'))
+    settings.extend(_lora_hashes(loras))
     lines.append(", ".join(f"{key}: {value}" for key, value in settings))
     return "\n".join(lines)
+
+
+def _prompt_with_tags(prompt: str, loras: Sequence[Mapping[str, Any]]) -> str:
+    """The prompt with a `<lora:name:scale>` tag for each LoRA."""
+    tags = " ".join(
+        f"<lora:{str(lora['name']).removeprefix('lora/')}:{float(lora['scale']):g}>"
+        for lora in loras
+    )
+    return f"{prompt} {tags}" if tags else prompt
+
+
+def _vae_settings(vae: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """`VAE hash` and `VAE` (its file name) of a VAE in place of the model's own."""
+    if not vae:
+        return []
+    name = vae.get("file_name") or str(vae.get("name", "")).removeprefix("vae/")
+    return [("VAE hash", str(vae.get("sha256", ""))[:10]), ("VAE", name)]
+
+
+def _lora_hashes(loras: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """`Lora hashes`: each LoRA's A1111 name with its tensor data's hash."""
+    if not loras:
+        return []
+    hashes = ", ".join(
+        f"{_a1111_lora_name(lora)}: {str(lora.get('tensors_sha256', ''))[:12]}" for lora in loras
+    )
+    return [("Lora hashes", f'"{hashes}"')]
 
 
 def _guidance_settings(spec: JobSpec, guidance: str) -> list[tuple[str, str]]:

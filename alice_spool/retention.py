@@ -98,6 +98,20 @@ def apply_retention(
         for entry in outbox.root.iterdir()
         if entry.is_dir() and len(entry.name) == _JOB_ID_LENGTH and not entry.name.startswith(".")
     }
+    entries = _finished_entries(store, dirs, report)
+    total = _choose(entries, report, days=days, max_storage_gb=max_storage_gb, now=now)
+    report.bytes_kept = total + sum(
+        _size(dirs[job_id]) for job_id in report.kept_unfinished if dirs[job_id].exists()
+    )
+    if dry_run or not report.deleted:
+        return report
+    _delete(store, dirs, report, data_dir=data_dir, now=now)
+    return report
+
+
+def _finished_entries(store: Store, dirs: dict[str, Path], report: RetentionReport) -> list[Entry]:
+    """The job directories retention may delete, oldest first; those of jobs not finished
+    (running again, or queued for a retry) are noted as kept."""
     jobs = {job.id: job for job in store.get_many(list(dirs), missing_ok=True)}
     entries: list[Entry] = []
     for job_id, path in dirs.items():
@@ -117,7 +131,19 @@ def apply_retention(
         finished = job.finished_at if job is not None and job.finished_at else None
         entries.append(Entry(job_id, path, size, finished or datetime.fromtimestamp(written, UTC)))
     entries.sort(key=lambda e: e.finished_at)
+    return entries
 
+
+def _choose(
+    entries: list[Entry],
+    report: RetentionReport,
+    *,
+    days: float,
+    max_storage_gb: float,
+    now: datetime,
+) -> int:
+    """Note in the report what goes by age, then by size (oldest first); the bytes of
+    what is kept."""
     keep: list[Entry] = []
     for entry in entries:
         if days > 0 and entry.finished_at < now - timedelta(days=days):
@@ -132,11 +158,19 @@ def apply_retention(
             report.by_size.append(entry.job_id)
             report.bytes_freed += entry.size
             total -= entry.size
-    report.bytes_kept = total + sum(
-        _size(dirs[job_id]) for job_id in report.kept_unfinished if dirs[job_id].exists()
-    )
-    if dry_run or not report.deleted:
-        return report
+    return total
+
+
+def _delete(
+    store: Store,
+    dirs: dict[str, Path],
+    report: RetentionReport,
+    *,
+    data_dir: Path | None,
+    now: datetime,
+) -> None:
+    """Delete the chosen job directories (and their stored inputs), then mark their jobs'
+    images expired."""
     for job_id in report.deleted:
         shutil.rmtree(dirs[job_id], ignore_errors=True)
         if data_dir is not None:
@@ -149,7 +183,6 @@ def apply_retention(
         len(report.by_size),
         report.bytes_freed / 1e6,
     )
-    return report
 
 
 def _orphan_inputs(store: Store, data_dir: Path, now: datetime) -> list[str]:

@@ -174,31 +174,17 @@ def _receive(
     check_page: bool,
 ) -> Fetched:
     status = answer.status_code
-    if status in (401, 403):
-        hint = f": {token_hint}" if token_hint else ": not allowed without a token"
-        raise Unauthorized(f"{urls.shown(url)} answered {status}{hint}")
-    if status >= 500 or status == 429:
-        raise Transient(f"{urls.shown(url)} answered {status}")
-    if status not in (200, 206):
-        raise DownloadFailed(f"{urls.shown(url)} answered {status}")
+    _check_status(status, url, token_hint)
     resumed = status == 206 and answer.headers.get("content-range", "").startswith(f"bytes {have}-")
     digest = hashlib.sha256()
     if resumed:
-        with path.open("rb") as kept:
-            while chunk := kept.read(CHUNK):
-                digest.update(chunk)
+        _hash_kept(path, digest)
     else:
         have = 0  # a 200 (or a range we did not ask for): the file from the start
     length = answer.headers.get("content-length", "")
     total = have + int(length) if length.isdigit() else None
     check_room(path.parent, (total or 0) - have)
-    validator = _validator(answer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    validator_file.parent.mkdir(parents=True, exist_ok=True)
-    if validator:
-        validator_file.write_text(validator)
-    else:
-        validator_file.unlink(missing_ok=True)
+    _keep_validator(answer, path, validator_file)
     content_type = answer.headers.get("content-type", "")
     # The body's first bytes, until they are checked.
     head = b"" if check_page and not resumed else None
@@ -230,3 +216,33 @@ def _receive(
         raise Transient(f"{urls.shown(url)} ended after {done} of {total} bytes")
     validator_file.unlink(missing_ok=True)
     return Fetched(path, done, sha256, name_from(answer, url))
+
+
+def _check_status(status: int, url: str, token_hint: str | None) -> None:
+    """A 200 or a 206 goes on; anything else fails, as a transient failure (a resume may
+    get past it) or not."""
+    if status in (401, 403):
+        hint = f": {token_hint}" if token_hint else ": not allowed without a token"
+        raise Unauthorized(f"{urls.shown(url)} answered {status}{hint}")
+    if status >= 500 or status == 429:
+        raise Transient(f"{urls.shown(url)} answered {status}")
+    if status not in (200, 206):
+        raise DownloadFailed(f"{urls.shown(url)} answered {status}")
+
+
+def _hash_kept(path: Path, digest: Any) -> None:
+    """The bytes already there, hashed first (the resume adds to them)."""
+    with path.open("rb") as kept:
+        while chunk := kept.read(CHUNK):
+            digest.update(chunk)
+
+
+def _keep_validator(answer: httpx.Response, path: Path, validator_file: Path) -> None:
+    """The server's validator kept for a later resume (none: any kept one removed)."""
+    validator = _validator(answer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    validator_file.parent.mkdir(parents=True, exist_ok=True)
+    if validator:
+        validator_file.write_text(validator)
+    else:
+        validator_file.unlink(missing_ok=True)
