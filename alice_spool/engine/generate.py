@@ -391,7 +391,7 @@ def _negative_arguments(
 ) -> dict[str, Any]:
     """The negative prompts, as the pipeline takes them. FLUX.1's guidance is distilled:
     it runs them only with true CFG (`true_cfg_scale`), which the door asks for when a
-    request has one (registry.for_family); an empty negative prompt is its unconditional
+    request has one (family_rules.for_family); an empty negative prompt is its unconditional
     pass then, as classifier-free guidance's is."""
     if isinstance(resident, FluxFillPipeline):
         return {}
