@@ -21,10 +21,10 @@ from alice_spool import inputs, migrate
 from alice_spool.database import Database
 from alice_spool.engine.resident import Engine
 from alice_spool.loras import LORAS_DIR
-from alice_spool.models import JobStatus
 from alice_spool.outbox import Outbox
 from alice_spool.runner import Runner, RunnerOptions
 from alice_spool.spec import JobSpec
+from alice_spool.states import JobStatus
 from alice_spool.store import Store, new_id
 
 KINDS = ("plain", "lora", "img2img")

@@ -230,7 +230,7 @@ def make_scheduler(name: str, base_config: Any, seeds: list[int]) -> SchedulerMi
 
 
 # The sigma curves FlowMatchEulerDiscreteScheduler has, by the A1111 schedule type's key
-# (registry.FLOW_SCHEDULERS names the schedulers the door lets through); the spacing
+# (model_files.FLOW_SCHEDULERS names the schedulers the door lets through); the spacing
 # types are its own evenly spaced sigmas.
 _FLOW_CURVES = {"karras": "use_karras_sigmas", "exponential": "use_exponential_sigmas",
                 "beta": "use_beta_sigmas"}  # fmt: skip
