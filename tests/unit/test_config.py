@@ -245,7 +245,7 @@ def test_source_tokens_are_masked_when_shown_and_endpoints_checked(tmp_path: Pat
 def test_runner_devices_none_a_list_or_all_and_every_refusal(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from alice_spool.cli.serve import runner_slots
+    from alice_spool.daemon.supervisor import runner_slots
 
     assert load(tmp_path).runner.devices == []
     assert load(tmp_path, '[runner]\ndevices = "all"\n').runner.devices == ["all"]
