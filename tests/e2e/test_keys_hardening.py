@@ -7,12 +7,10 @@ wherever the configuration is shown, and text that is not text is a 400 naming i
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import re
 import threading
-import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -252,20 +250,18 @@ DATABASE_FORMS = (
 
 def url_settings() -> list[tuple[str, str, bool]]:
     """Every setting whose value is a URL (or a list of them), found in the settings'
-    own dataclasses by name or by a URL default: (section, key, is a list)."""
+    own models by name or by a URL default: (section, key, is a list)."""
     found = []
-    hints = typing.get_type_hints(Settings)
-    for section in dataclasses.fields(Settings):
-        if section.name == "config_file":
+    for name, section in Settings.model_fields.items():
+        if name == "config_file":
             continue
-        cls = hints[section.name]
-        kinds = typing.get_type_hints(cls)
-        for item in dataclasses.fields(cls):
-            if kinds[item.name] not in (str, list[str]):
+        assert section.annotation is not None
+        for key, item in section.annotation.model_fields.items():
+            if item.annotation not in (str, list[str]):
                 continue
             default = item.default if isinstance(item.default, str) else ""
-            if URL_NAME.search(item.name) or re.match(r"[a-z+]+://", default):
-                found.append((section.name, item.name, kinds[item.name] is not str))
+            if URL_NAME.search(key) or re.match(r"[a-z+]+://", default):
+                found.append((name, key, item.annotation is not str))
     return found
 
 
