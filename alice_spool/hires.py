@@ -1,13 +1,25 @@
 """Hires fix: a txt2img job made in two passes (first pass, upscale, img2img at the
-target size), as AUTOMATIC1111 does it: its settings, their parsing and sizes (pure)."""
+target size), as AUTOMATIC1111 does it: its settings, the request field that gives them
+(a typed model, or a shorthand), and sizes (pure)."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import InvalidParameters
 from .fields import (
@@ -16,11 +28,19 @@ from .fields import (
     SIZE_MAX,
     SIZE_MIN,
     STEPS_MAX,
-    normalise_scheduler,
+    Choice,
+    FieldType,
+    Integer,
+    Number,
+    SchedulerName,
+    SchemaGenerator,
+    Text,
+    first_refusal,
     parse_integer,
     parse_number,
-    parse_string,
+    refused,
     type_name,
+    with_settings,
 )
 
 DEFAULT_SCALE = 2.0  # A1111's hr_scale
@@ -111,8 +131,8 @@ class HiresFix:
         )
 
 
-_FIELDS = tuple(f.name for f in fields(HiresFix))
-_FIELD_SET = frozenset(_FIELDS)
+FIELDS = tuple(f.name for f in fields(HiresFix))
+_FIELD_SET = frozenset(FIELDS)
 # The shorthands, exactly (the request schema of /openapi.json says the same): a scale
 # of 1 to 4, or a target side of 64 to 2048 (0: from the other side), not both 0.
 _SIDE = r"(?:0|6[4-9]|[7-9][0-9]|[1-9][0-9]{2}|1[0-9]{3}|20[0-3][0-9]|204[0-8])"
@@ -122,75 +142,66 @@ _SCALE = re.compile(rf"([0-9.]+){_BY}")
 _SIZE = re.compile(rf"([0-9]+){_BY}([0-9]+)")
 
 
-def parse_hires(value: Any, *, max_steps: int = STEPS_MAX, name: str = "hires") -> HiresFix | None:
+def parse_hires(value: Any, *, max_steps: int = STEPS_MAX) -> HiresFix | None:
     """The `hires` request field: an object of `HiresFix`'s fields (unknown ones
     refused), a shorthand `"2x"`, `"1.5x"` or `"1024x768"`, a bare scale, `true` (the
     defaults) or `false` / null (none). Every refusal names the field (`hires.steps`)."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        return HiresFix()
-    if isinstance(value, str):
-        return _shorthand(value, name)
-    if isinstance(value, int | float):
-        return HiresFix(scale=_scale(f"{name}.scale", value))
-    if not isinstance(value, Mapping):
-        raise InvalidParameters(
-            f"{name} must be an object, or a string like 2x or 1024x768; got {type_name(value)}",
-            field=name,
-        )
-    unknown = sorted(str(key) for key in value if key not in _FIELD_SET)
-    if unknown:
-        raise InvalidParameters(
-            f"unknown field '{name}.{unknown[0]}'; {name} takes {', '.join(_FIELDS)}",
-            field=f"{name}.{unknown[0]}",
-        )
+    return None if value is None else Hires(max_steps=max_steps).check("hires", value)
 
-    def given(key: str) -> Any:
-        return value.get(key)
 
-    width = _side(f"{name}.width", given("width"))
-    height = _side(f"{name}.height", given("height"))
-    scale = None
-    if given("scale") is not None:
-        if width is not None or height is not None:
+def min_strength(max_steps: int) -> float:
+    """The least second-pass strength above 0: at `max_steps` second-pass steps (the
+    most a request may ask), img2img runs `steps / strength` scheduler steps, and the
+    schedulers have `SCHEDULER_STEPS_MAX` (rounded up to a thousandth)."""
+    return math.ceil((max_steps + 1) / SCHEDULER_STEPS_MAX * 1000) / 1000
+
+
+# -- the request field ------------------------------------------------------------------
+
+
+_SCALE = re.compile(rf"([0-9.]+){_BY}")
+_SIZE = re.compile(rf"([0-9]+){_BY}([0-9]+)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hires(FieldType):
+    """The `hires` request field (hires.parse_hires): settings (`HiresSettings`), a
+    shorthand, a bare scale, `true` (the defaults) or `false` (none); second-pass steps
+    up to `max_steps`."""
+
+    max_steps: int = STEPS_MAX
+
+    def check(self, name: str, value: Any) -> HiresFix | None:
+        if value is False:
+            return None
+        if value is True:
+            return HiresFix()
+        if isinstance(value, str):
+            return _shorthand(value, name)
+        if isinstance(value, int | float):
+            return HiresFix(scale=_scale(f"{name}.scale", value))
+        if not isinstance(value, Mapping):
             raise InvalidParameters(
-                f"give either {name}.scale or {name}.width/height, not both", field=f"{name}.scale"
+                f"{name} must be an object, or a string like 2x or 1024x768; "
+                f"got {type_name(value)}",
+                field=name,
             )
-        scale = _scale(f"{name}.scale", given("scale"))
-    elif width is None and height is None:
-        scale = DEFAULT_SCALE
-    chosen = DEFAULT_UPSCALER
-    if given("upscaler") is not None:
-        chosen = _upscaler_name(f"{name}.upscaler", given("upscaler"))
-    steps = 0
-    if given("steps") is not None:
-        steps = parse_integer(f"{name}.steps", given("steps"), 0, max_steps)
-    strength = DEFAULT_STRENGTH
-    if given("strength") is not None:
-        # 0: no second pass, the upscale alone (as A1111 runs a hires fix at 0)
-        strength = parse_number(f"{name}.strength", given("strength"), 0.0, 1.0)
-        lowest = min_strength(max_steps)
-        if 0 < strength < lowest:
-            raise InvalidParameters(
-                f"{name}.strength must be 0 (the upscale alone) or from {lowest:g} to 1, got "
-                f"{strength:g}: less would need more than {SCHEDULER_STEPS_MAX} scheduler "
-                f"steps for {max_steps} second-pass steps",
-                field=f"{name}.strength",
-            )
-    scheduler = None
-    if given("scheduler") is not None:
-        scheduler = normalise_scheduler(given("scheduler"), f"{name}.scheduler")
-    prompts: list[str | None] = []
-    for key in ("prompt", "negative_prompt"):
-        text = None
-        if given(key) is not None:
-            # "" is A1111's "the same as the first pass"
-            text = parse_string(
-                f"{name}.{key}", given(key), max_chars=PROMPT_MAX_CHARS, required=False
-            )
-        prompts.append(text or None)
-    return HiresFix(scale, width, height, chosen, steps, strength, scheduler, *prompts)
+        try:
+            return hires_model(self.max_steps).model_validate(value).fix()
+        except ValidationError as exc:
+            raise first_refusal(exc) from None
+
+    def describe(self) -> dict[str, Any]:
+        settings = hires_model(self.max_steps).model_json_schema(schema_generator=SchemaGenerator)
+        return {
+            "anyOf": [
+                settings,
+                {"type": "string", "pattern": f"^{SHORTHAND}$", "example": "2x"},
+                {"type": "number", "minimum": 1, "maximum": SCALE_MAX},
+                {"type": "boolean"},
+                {"type": "null"},
+            ]
+        }
 
 
 def _shorthand(text: str, name: str) -> HiresFix:
@@ -213,13 +224,6 @@ def _shorthand(text: str, name: str) -> HiresFix:
     )
 
 
-def min_strength(max_steps: int) -> float:
-    """The least second-pass strength above 0: at `max_steps` second-pass steps (the
-    most a request may ask), img2img runs `steps / strength` scheduler steps, and the
-    schedulers have `SCHEDULER_STEPS_MAX` (rounded up to a thousandth)."""
-    return math.ceil((max_steps + 1) / SCHEDULER_STEPS_MAX * 1000) / 1000
-
-
 def _scale(name: str, value: Any) -> float:
     """1 to 4 (1: a second pass at the first pass's size, as A1111 allows)."""
     return parse_number(name, value, 1.0, SCALE_MAX)
@@ -232,13 +236,156 @@ def _side(name: str, value: Any) -> int | None:
     return parse_integer(name, value, SIZE_MIN, SIZE_MAX)
 
 
-def _upscaler_name(name: str, value: Any) -> str:
-    text = parse_string(name, value, max_chars=64, required=True)
-    found = _BY_NAME.get(text.lower())
-    if found is None:
-        names = ", ".join(u.name for u in UPSCALERS)
-        raise InvalidParameters(f"{name} {text!r} is not known; choose one of: {names}", field=name)
-    return found.name
+# -- the settings ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Side(FieldType):
+    """A target side (`_side`); 0, as null, takes it from the other side."""
+
+    def check(self, name: str, value: Any) -> int | None:
+        return _side(name, value)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "anyOf": [
+                {"type": "integer", "minimum": SIZE_MIN, "maximum": SIZE_MAX},
+                {"enum": [0, None]},
+            ]
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecondPassStrength(FieldType):
+    """0 (the upscale alone, as A1111 runs a hires fix at 0), or from `min_strength`
+    of the most second-pass steps a request may ask (`max_steps`) to 1."""
+
+    max_steps: int = STEPS_MAX
+
+    def check(self, name: str, value: Any) -> float:
+        strength = parse_number(name, value, 0.0, 1.0)
+        lowest = min_strength(self.max_steps)
+        if 0 < strength < lowest:
+            raise InvalidParameters(
+                f"{name} must be 0 (the upscale alone) or from {lowest:g} to 1, got "
+                f"{strength:g}: less would need more than {SCHEDULER_STEPS_MAX} scheduler "
+                f"steps for {self.max_steps} second-pass steps",
+                field=name,
+            )
+        return strength
+
+    def describe(self) -> dict[str, Any]:
+        lowest = min_strength(self.max_steps)
+        return {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "maximum": 0},
+                {"type": "number", "minimum": lowest, "maximum": 1},
+            ]
+        }
+
+
+# A scale, or a width and/or height: never both (a side of 0 or null is none).
+_ONE_TARGET: dict[str, Any] = {
+    "anyOf": [
+        {
+            "required": ["scale", side],
+            "properties": {"scale": {"type": "number"}, side: {"type": "integer", "minimum": 1}},
+        }
+        for side in ("width", "height")
+    ]
+}
+_SIDE_TEXT = (
+    f"{SIZE_MIN}..{SIZE_MAX}, rounded down to a multiple of 8; 0 or null: from the other "
+    "side and the first pass's aspect"
+)
+_PROMPT = Text(max_chars=PROMPT_MAX_CHARS, within="hires")
+
+
+class HiresSettings(BaseModel):
+    """The `hires` field as an object: `HiresFix`'s fields, each optional (null: its
+    default), in the order they are checked."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"not": _ONE_TARGET})
+
+    width: Annotated[int | None, Side(within="hires"), Field(description=_SIDE_TEXT)] = None
+    height: Annotated[int | None, Side(within="hires"), Field(description=_SIDE_TEXT)] = None
+    scale: Annotated[
+        float | None,
+        Number(low=1.0, high=SCALE_MAX, within="hires", shown=DEFAULT_SCALE),
+        Field(
+            description="the target: the first pass's size times this (not with width or "
+            "height; 1: a second pass at the same size)"
+        ),
+    ] = None
+    upscaler: Annotated[
+        str | None,
+        Choice(choices=tuple(u.name for u in UPSCALERS), within="hires", shown=DEFAULT_UPSCALER),
+        Field(description="A1111's names (any case): Latent ones upscale the latents"),
+    ] = None
+    steps: Annotated[
+        int | None,
+        Integer(low=0, high=STEPS_MAX, within="hires", shown=0),
+        Field(description="the second pass's steps; 0: as many as the first pass"),
+    ] = None
+    strength: Annotated[
+        float | None,
+        SecondPassStrength(within="hires", shown=DEFAULT_STRENGTH),
+        Field(description="the second pass's denoising strength; 0: the upscale alone"),
+    ] = None
+    scheduler: Annotated[
+        str | None,
+        SchedulerName(within="hires", null_listed=True),
+        Field(description="the second pass's; null: the first pass's"),
+    ] = None
+    prompt: Annotated[str | None, _PROMPT, Field(description="null or empty: the job's")] = None
+    negative_prompt: Annotated[
+        str | None, _PROMPT, Field(description="null or empty: the job's")
+    ] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and not _FIELD_SET.issuperset(data):
+            unknown = sorted(str(key) for key in data if key not in _FIELD_SET)
+            if unknown:
+                raise refused(
+                    f"unknown field 'hires.{unknown[0]}'; hires takes {', '.join(FIELDS)}",
+                    f"hires.{unknown[0]}",
+                )
+        return data
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _scale_or_sides(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and (info.data.get("width") or info.data.get("height")):
+            raise refused("give either hires.scale or hires.width/height, not both", "hires.scale")
+        return value
+
+    def fix(self) -> HiresFix:
+        """These settings, the defaults in place of what was left out."""
+        scale = self.scale
+        if scale is None and self.width is None and self.height is None:
+            scale = DEFAULT_SCALE
+        return HiresFix(
+            scale=scale,
+            width=self.width,
+            height=self.height,
+            upscaler=self.upscaler or DEFAULT_UPSCALER,
+            steps=self.steps or 0,
+            strength=DEFAULT_STRENGTH if self.strength is None else self.strength,
+            scheduler=self.scheduler,
+            prompt=self.prompt or None,  # "" is A1111's "the same as the first pass"
+            negative_prompt=self.negative_prompt or None,
+        )
+
+
+@functools.lru_cache(maxsize=16)
+def hires_model(max_steps: int = STEPS_MAX) -> type[HiresSettings]:
+    """`HiresSettings` for second passes of up to `max_steps` (generation.max_steps)."""
+    if max_steps == STEPS_MAX:
+        return HiresSettings
+    changes = {"steps": {"high": max_steps}, "strength": {"max_steps": max_steps}}
+    return with_settings(HiresSettings, changes)
 
 
 def _round_down(size: int, multiple: int) -> int:

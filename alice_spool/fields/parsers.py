@@ -1,15 +1,16 @@
-"""A request's fields one at a time: their limits and parsers, each refusal an
-`InvalidParameters` naming the field (pure, no I/O; spec.py and hires.py build on them)."""
+"""A request's values one at a time: their limits and parsers, each refusal an
+`InvalidParameters` naming the field (pure, no I/O)."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from . import samplers
-from .errors import InvalidParameters
+from .. import samplers
+from ..errors import InvalidParameters
 
 # The limits of a request's fields ([generation] settings in config.py stay within them).
 PROMPT_MAX_CHARS = 4000
@@ -30,8 +31,6 @@ VAE_PREFIX = "vae/"
 LORAS_MAX = 4  # generation.max_loras's default
 LORAS_LIMIT = 16  # and the most it may be
 LORA_SCALE_MIN, LORA_SCALE_MAX = -4.0, 4.0
-# `<lora:name:scale>` in a prompt (A1111's and ALICE's tag); the scale is optional.
-_LORA_TAG = re.compile(r"<lora:([^:<>]+?)(?::([^:<>]*))?>", re.IGNORECASE)
 # A model name is one path component: no separators, no control characters, no leading dot.
 _MODEL_NAME = re.compile(r"[^/\\\x00-\x1f.][^/\\\x00-\x1f]{0,199}")
 
@@ -150,109 +149,15 @@ def normalise_vae_id(value: Any, name: str = "vae") -> str | None:
     return _named_file(name, text, bare, VAE_PREFIX, "VAE")
 
 
-def _lora_scale(name: str, value: Any) -> float:
-    if value is None:
-        return 1.0
-    return parse_number(name, value, LORA_SCALE_MIN, LORA_SCALE_MAX)
-
-
-def parse_loras(
-    given: Any, paths: Any, scales: Any, prompt: str, max_loras: int
-) -> tuple[str, tuple[tuple[str, float], ...]]:
-    """(the prompt without its `<lora:name:scale>` tags, the LoRA set) from the `loras`
-    field (`[{"name", "scale"}]`, or names), ALICE's `lora_paths` + `lora_scales` (a
-    path's file name is the LoRA's name) and the prompt's tags. A LoRA named twice is
-    an error, as are more than `max_loras`."""
-    found: list[tuple[str, float, str]] = []  # (id, scale, the field it came from)
-    if given is not None and paths is not None:
-        raise InvalidParameters("give either loras or lora_paths, not both", field="lora_paths")
-    if given is not None:
-        if not isinstance(given, list):
-            raise InvalidParameters(
-                f"loras must be a list of {{name, scale}} objects, got {type_name(given)}",
-                field="loras",
-            )
-        for index, entry in enumerate(given):
-            where = f"loras[{index}]"
-            if isinstance(entry, str):
-                entry = {"name": entry}
-            if not isinstance(entry, Mapping):
-                raise InvalidParameters(
-                    f"{where} must be an object with a name and a scale", field="loras"
-                )
-            unknown = set(entry) - {"name", "scale"}
-            if unknown:
-                raise InvalidParameters(
-                    f"{where}: unknown field {sorted(map(str, unknown))[0]!r}", field="loras"
-                )
-            found.append(
-                (
-                    normalise_lora_id(entry.get("name"), "loras"),
-                    _lora_scale("loras", entry.get("scale")),
-                    "loras",
-                )
-            )
-    if scales is not None and not isinstance(scales, list):
-        raise InvalidParameters(
-            "lora_scales must be a list of numbers, one per lora_paths entry", field="lora_scales"
-        )
-    for value in scales or ():  # every scale checked, one without a path too
-        _lora_scale("lora_scales", value)
-    if paths is not None:
-        # As ALICE takes them: scales padded with 1; one without a path applies to nothing.
-        if not isinstance(paths, list):
-            raise InvalidParameters("lora_paths must be a list of file names", field="lora_paths")
-        for index, path in enumerate(paths):
-            text = parse_string("lora_paths", path, max_chars=1024, required=True)
-            stem = re.split(r"[/\\]", text)[-1].removesuffix(".safetensors")
-            scale = scales[index] if scales is not None and index < len(scales) else None
-            found.append(
-                (
-                    normalise_lora_id(stem, "lora_paths"),
-                    _lora_scale("lora_scales", scale),
-                    "lora_paths",
-                )
-            )
-
-    def tag(match: re.Match[str]) -> str:
-        scale_text = (match.group(2) or "").strip()
-        try:
-            scale = float(scale_text) if scale_text else None
-        except ValueError:
-            raise InvalidParameters(
-                f"prompt: the scale of {match.group(0)} is not a number", field="prompt"
-            ) from None
-        found.append(
-            (
-                normalise_lora_id(match.group(1).strip(), "prompt"),
-                _lora_scale("prompt", scale),
-                "prompt",
-            )
-        )
-        return ""
-
-    text = _LORA_TAG.sub(tag, prompt)
-    if text != prompt:
-        text = re.sub(r"\s+,", ",", re.sub(r"\s{2,}", " ", text)).strip(" ,")
-        if not text.strip():
-            raise InvalidParameters("prompt has nothing but LoRA tags", field="prompt")
-    seen: dict[str, str] = {}
-    for lora_id, _, field in found:
-        if lora_id in seen:
-            raise InvalidParameters(f"{lora_id} is given more than once", field=field)
-        seen[lora_id] = field
-    if len(found) > max_loras:
-        raise InvalidParameters(
-            f"{len(found)} LoRAs; the limit is {max_loras} (generation.max_loras)",
-            field=found[-1][2],
-        )
-    return text, tuple(sorted((lora_id, scale) for lora_id, scale, _ in found))
-
-
 def normalise_scheduler(value: Any, name: str = "scheduler") -> str:
     """A scheduler name, case-insensitive, also in the spelling other SD tools use
     (`DPM++ 2M Karras`, `Euler a`, `dpmpp_sde`, `DDIM Normal`)."""
-    return samplers.normalise(parse_string(name, value, max_chars=64, required=True), name)
+    return _scheduler(parse_string(name, value, max_chars=64, required=True), name)
+
+
+# Requests name a handful of schedulers, each time in the same spelling: the answers are
+# remembered (a refusal is not, so it is worked out, and worded, each time).
+_scheduler = functools.lru_cache(maxsize=1024)(samplers.normalise)
 
 
 def parse_priority(value: Any, name: str = "priority") -> int:

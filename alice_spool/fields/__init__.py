@@ -1,0 +1,77 @@
+"""A request's fields one at a time: their limits and parsers (parsers.py), its LoRAs
+(loras.py), and each field's rule as a type that validates and describes itself
+(rules.py, validation.py). Each refusal is an `InvalidParameters` naming the field."""
+
+from __future__ import annotations
+
+from .loras import NamedLora as NamedLora
+from .loras import lora_set as lora_set
+from .loras import paired_scales as paired_scales
+from .loras import parse_lora_entries as parse_lora_entries
+from .loras import parse_lora_paths as parse_lora_paths
+from .loras import parse_lora_scales as parse_lora_scales
+from .loras import parse_loras as parse_loras
+from .parsers import CLIP_SKIP_MAX as CLIP_SKIP_MAX
+from .parsers import GUIDANCE_MAX as GUIDANCE_MAX
+from .parsers import IDEMPOTENCY_KEY_MAX_CHARS as IDEMPOTENCY_KEY_MAX_CHARS
+from .parsers import LORA_PREFIX as LORA_PREFIX
+from .parsers import LORA_SCALE_MAX as LORA_SCALE_MAX
+from .parsers import LORA_SCALE_MIN as LORA_SCALE_MIN
+from .parsers import LORAS_LIMIT as LORAS_LIMIT
+from .parsers import LORAS_MAX as LORAS_MAX
+from .parsers import MODEL_PREFIX as MODEL_PREFIX
+from .parsers import N_MAX as N_MAX
+from .parsers import PIXELS_MAX as PIXELS_MAX
+from .parsers import PRIORITY_MAX as PRIORITY_MAX
+from .parsers import PRIORITY_MIN as PRIORITY_MIN
+from .parsers import PROMPT_MAX_CHARS as PROMPT_MAX_CHARS
+from .parsers import SEED_MAX as SEED_MAX
+from .parsers import SEQUENCE_MAX as SEQUENCE_MAX
+from .parsers import SIZE_MAX as SIZE_MAX
+from .parsers import SIZE_MIN as SIZE_MIN
+from .parsers import SIZE_MULTIPLE as SIZE_MULTIPLE
+from .parsers import STEPS_MAX as STEPS_MAX
+from .parsers import VAE_PREFIX as VAE_PREFIX
+from .parsers import check_priority_cap as check_priority_cap
+from .parsers import normalise_lora_id as normalise_lora_id
+from .parsers import normalise_model_id as normalise_model_id
+from .parsers import normalise_scheduler as normalise_scheduler
+from .parsers import normalise_vae_id as normalise_vae_id
+from .parsers import parse_dimension as parse_dimension
+from .parsers import parse_idempotency_key as parse_idempotency_key
+from .parsers import parse_integer as parse_integer
+from .parsers import parse_number as parse_number
+from .parsers import parse_priority as parse_priority
+from .parsers import parse_size as parse_size
+from .parsers import parse_string as parse_string
+from .parsers import type_name as type_name
+from .rules import Choice as Choice
+from .rules import Dimension as Dimension
+from .rules import FieldType as FieldType
+from .rules import ImageReference as ImageReference
+from .rules import Integer as Integer
+from .rules import LoraPaths as LoraPaths
+from .rules import Loras as Loras
+from .rules import LoraScales as LoraScales
+from .rules import ModelId as ModelId
+from .rules import Number as Number
+from .rules import SchedulerName as SchedulerName
+from .rules import Size as Size
+from .rules import Strength as Strength
+from .rules import Text as Text
+from .rules import VaeId as VaeId
+from .rules import with_settings as with_settings
+from .validation import ANY_TEXT_PATTERN as ANY_TEXT_PATTERN
+from .validation import BLANK as BLANK
+from .validation import LORA_ID_PATTERN as LORA_ID_PATTERN
+from .validation import LORA_PATH_PATTERN as LORA_PATH_PATTERN
+from .validation import MODEL_ID_PATTERN as MODEL_ID_PATTERN
+from .validation import NAME_PATTERN as NAME_PATTERN
+from .validation import SIZE_PATTERN as SIZE_PATTERN
+from .validation import TEXT_PATTERN as TEXT_PATTERN
+from .validation import Refusal as Refusal
+from .validation import SchemaGenerator as SchemaGenerator
+from .validation import first_refusal as first_refusal
+from .validation import optional as optional
+from .validation import refusal as refusal
+from .validation import refused as refused
