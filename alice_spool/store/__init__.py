@@ -2,8 +2,9 @@
 
 Each operation is one short transaction (`database.py` runs them) named after the job's
 life, and returns frozen records (`records.py`), never live ORM objects. The parts:
-`enqueue` (the doors' side), `leases` (the runner's side), `control` (the user's side)
-and `queries` (reading); `downloads` holds the model downloads' rows the same way,
+`enqueue` (the doors' side), `claims` (the runner taking jobs, with `fair` share between
+owners) and `leases` (the runner holding and finishing them), `control` (the user's
+side) and `queries` (reading); `downloads` holds the model downloads' rows the same way,
 `keys` the API keys and invites, `gallery` the images of succeeded jobs, `options`
 the dialects' per-client settings.
 """
@@ -11,6 +12,7 @@ the dialects' per-client settings.
 from __future__ import annotations
 
 from ._base import new_id, utcnow
+from .claims import Claiming
 from .control import Control
 from .counters import Counters
 from .downloads import Downloads
@@ -24,7 +26,17 @@ from .runners import Runners
 
 
 class Store(
-    Enqueueing, Leasing, Control, Queries, Runners, Counters, Downloads, Keys, Gallery, Options
+    Enqueueing,
+    Claiming,
+    Leasing,
+    Control,
+    Queries,
+    Runners,
+    Counters,
+    Downloads,
+    Keys,
+    Gallery,
+    Options,
 ):
     """Every job-table operation, named after the job's life (and the downloads', the
     keys' and the gallery's)."""

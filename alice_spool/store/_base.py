@@ -9,13 +9,13 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from sqlalchemy import Connection, bindparam, func, literal_column, select
+from sqlalchemy import BindParameter, Connection, bindparam, func, literal_column, select
 
 from .. import errors
 from ..database import Database
 from ..records import JobRecord
 from ..states import JobStatus
-from .tables import Job
+from .tables import Job, UTCDateTime
 
 if TYPE_CHECKING:
     from .changes import Changes
@@ -35,6 +35,11 @@ _COUNT_FOR_S = 1.0  # how long check_room trusts a count of the queue
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def when(name: str) -> BindParameter[datetime]:
+    """A bound parameter holding a timezone-aware UTC time."""
+    return bindparam(name, type_=UTCDateTime())
 
 
 def new_id() -> str:
