@@ -229,27 +229,31 @@ class Enqueueing(StoreBase):
 
             return _logged(self.db.write(work))
 
+        key = idempotency_key
+        return _logged(
+            self.db.write_once_more_on_conflict(lambda conn: self._insert_keyed(conn, key, row))
+        )
+
+    def _insert_keyed(self, conn: Connection, key: str, row: dict[str, Any]) -> Enqueued:
+        """Queue `row` under idempotency key `key`, or answer the job an earlier request
+        of the same owner made under it (an error if that request was a different one)."""
+        try:
+            self.check_room(conn, 1)
+        except errors.QueueFull:
+            # A request accepted before is still accepted, full queue or not.
+            earlier = _earlier(conn, key, row)
+            if earlier is None:
+                raise
+            return earlier
         params = {f"new_{name}": value for name, value in row.items()}
         params["new_scope"] = row["owner"] or ""
-
-        def work_with_key(conn: Connection) -> Enqueued:
-            try:
-                self.check_room(conn, 1)
-            except errors.QueueFull:
-                # A request accepted before is still accepted, full queue or not.
-                earlier = _earlier(conn, idempotency_key, row)
-                if earlier is None:
-                    raise
-                return earlier
-            # One statement in the usual case, a new key; otherwise this is a repeat.
-            if conn.execute(_INSERT_NEW_KEY, params).first() is not None:
-                return Enqueued(JobRecord.from_mapping({**_UNSET, **row}), created=True)
-            earlier = _earlier(conn, idempotency_key, row)
-            if earlier is None:
-                raise errors.DatabaseError(f"job {row['id']} was neither inserted nor found")
-            return earlier
-
-        return _logged(self.db.write_once_more_on_conflict(work_with_key))
+        # One statement in the usual case, a new key; otherwise this is a repeat.
+        if conn.execute(_INSERT_NEW_KEY, params).first() is not None:
+            return Enqueued(JobRecord.from_mapping({**_UNSET, **row}), created=True)
+        earlier = _earlier(conn, key, row)
+        if earlier is None:
+            raise errors.DatabaseError(f"job {row['id']} was neither inserted nor found")
+        return earlier
 
     def enqueue_keyed(
         self,
