@@ -2,13 +2,17 @@
 IMMEDIATE writers), for both `[database] synchronous` modes; and, with several processes
 at once, on SQLite and on PostgreSQL side by side. Prints one JSON object.
 
-    python bench/store.py [--jobs 2000] [--batch 10000] [--dir /tmp]
+    python bench/store.py [--jobs 2000] [--batch 10000] [--dir /tmp] [--repeat 3]
+                          [--synchronous normal,full] [--owners 50]
                           [--database-url postgresql+psycopg://...|auto] [--processes 1,4,8]
 
 Measures: single enqueues/s (one transaction each), batch enqueue jobs/s (one
 10,000-line JSONL batch, parsing included and not), claim+succeed jobs/s claiming one
-job at a time and eight at a time, and claim latency percentiles with the batch's
-10,000 jobs still queued behind.
+job at a time and eight at a time, in queue order (`claim_batch`) and as the runner
+claims (`claim_compatible`, fair share on: `runner_*`), and claim latency percentiles
+with the batch's jobs still queued behind; then the runner's claim with `--owners`
+owners' jobs queued, fair share against strict queue order (`owners`).
+`--processes ""` leaves out the part below.
 
 `processes`: 1, 4 and 8 processes enqueueing `--process-jobs` jobs in all (one transaction
 each, as API requests do), then as many claiming them (claim_compatible one job at a time,
@@ -50,9 +54,47 @@ def fresh_store(directory: Path, name: str, synchronous: str) -> Store:
     return Store(db, max_queue=1_000_000)
 
 
-def measure(synchronous: str, args: argparse.Namespace, directory: Path) -> dict:
-    spec = JobSpec(prompt="a lighthouse at dusk, volumetric light", steps=25)
+def claims_per_s(store: Store, claim, per_claim: int, jobs: int) -> tuple[float, list[float]]:
+    """Claim `per_claim` at a time with `claim(store, per_claim)` and succeed each job,
+    until `jobs` are done, as a runner's loop does (its connection pinned): jobs/s, and
+    each claim's latency."""
+    latencies: list[float] = []
+    with store.db.pinned():
+        start = time.perf_counter()
+        done = 0
+        while done < jobs:
+            began = time.perf_counter()
+            taken = claim(store, per_claim)
+            latencies.append(time.perf_counter() - began)
+            if not taken:
+                raise SystemExit("the queue ran out: give --batch at least 4 x --jobs")
+            for job in taken:
+                store.succeed(job.id, "bench", {"images": []})
+            done += len(taken)
+        return done / (time.perf_counter() - start), latencies
 
+
+def by_queue_order(store: Store, limit: int) -> list:
+    return store.claim_batch("bench", limit, lease_s=60)
+
+
+def as_the_runner(fair: bool):
+    """The runner's claim: a head job and its batch mates, up to `max_images` images."""
+    return lambda store, images: store.claim_compatible(
+        "bench", max_images=images, lease_s=60, fair=fair
+    )
+
+
+def latency_ms(latencies: list[float]) -> dict[str, float]:
+    return {
+        "p50": round(statistics.median(latencies) * 1000, 3),
+        "p99": round(percentile(latencies, 0.99) * 1000, 3),
+    }
+
+
+def enqueues(synchronous: str, args: argparse.Namespace, directory: Path) -> tuple[dict, Store]:
+    """Single enqueues, and one batch of `--batch` lines; the batch's store, for claims."""
+    spec = JobSpec(prompt="a lighthouse at dusk, volumetric light", steps=25)
     # 1. Single enqueues, one transaction each: from a worker thread that keeps its
     # connection (the inbox watcher), and checking one out of the pool each time (an API
     # request).
@@ -83,74 +125,60 @@ def measure(synchronous: str, args: argparse.Namespace, directory: Path) -> dict
     start = time.perf_counter()
     store_only.enqueue_batch(items, source="inbox")
     batch_store_s = time.perf_counter() - start
-
-    # 3. Claim + succeed, one job per claim, with the 10,000-job batch queued behind,
-    # as the runner's loop does it (its connection pinned).
-    latencies: list[float] = []
-    with batch_store.db.pinned():
-        start = time.perf_counter()
-        for _ in range(args.jobs):
-            began = time.perf_counter()
-            (job,) = batch_store.claim_batch("bench", 1, lease_s=60)
-            latencies.append(time.perf_counter() - began)
-            batch_store.succeed(job.id, "bench", {"images": []})
-        claim_one_s = time.perf_counter() - start
-
-        # 4. Claim + succeed, eight jobs per claim (a runner filling a batch).
-        start = time.perf_counter()
-        done = 0
-        while done < args.jobs:
-            jobs = batch_store.claim_batch("bench", 8, lease_s=60)
-            for job in jobs:
-                batch_store.succeed(job.id, "bench", {"images": []})
-            done += len(jobs)
-        claim_eight_s = time.perf_counter() - start
-
-    # 5. The runner's claim (claim_compatible) + succeed, one job per claim, with
-    # `--batch` jobs of `--owners` owners queued: fair share against strict queue order.
-    fairness = {}
-    for fair in (False, True):
-        owners_store = fresh_store(directory, f"owners-{fair}-{synchronous}.db", synchronous)
-        owners_store.enqueue_keyed(
-            [NewJob(JobSpec(prompt=f"owner job {i}", steps=20, seed=i), f"o-{i}",
-                    owner=f"owner-{i % args.owners}") for i in range(args.batch)],
-            source="api",
-        )  # fmt: skip
-        waits: list[float] = []
-        with owners_store.db.pinned():
-            start = time.perf_counter()
-            for _ in range(args.jobs):
-                began = time.perf_counter()
-                (job,) = owners_store.claim_compatible("bench", max_images=1, lease_s=60, fair=fair)
-                waits.append(time.perf_counter() - began)
-                owners_store.succeed(job.id, "bench", {"images": []})
-            elapsed = time.perf_counter() - start
-        fairness["fair" if fair else "fifo"] = {
-            "claim_succeed_jobs_per_s": round(args.jobs / elapsed),
-            "claim_latency_ms": {
-                "p50": round(statistics.median(waits) * 1000, 3),
-                "p99": round(percentile(waits, 0.99) * 1000, 3),
-            },
-        }
-    fairness["ratio_fair_to_fifo"] = round(
-        fairness["fair"]["claim_succeed_jobs_per_s"] / fairness["fifo"]["claim_succeed_jobs_per_s"],
-        3,
-    )
-
     return {
         "single_enqueues_per_s": round(args.jobs / single_s),
         "single_enqueues_pooled_per_s": round(args.jobs / pooled_s),
         "batch_enqueue_jobs_per_s": round(args.batch / batch_total_s),
         "batch_enqueue_store_only_jobs_per_s": round(args.batch / batch_store_s),
         "batch_parse_jobs_per_s": round(args.batch / parsed_s),
-        "claim_succeed_jobs_per_s": round(args.jobs / claim_one_s),
-        "claim8_succeed_jobs_per_s": round(args.jobs / claim_eight_s),
-        "claim_latency_ms": {
-            "p50": round(statistics.median(latencies) * 1000, 3),
-            "p99": round(percentile(latencies, 0.99) * 1000, 3),
-            "max": round(max(latencies) * 1000, 3),
-        },
-        "owners": fairness,
+    }, batch_store
+
+
+def owners(synchronous: str, args: argparse.Namespace, directory: Path) -> dict:
+    """5. The runner's claim + succeed, one image a claim and eight, with `--batch` jobs
+    of `--owners` owners queued: fair share against strict queue order."""
+    fairness: dict = {}
+    for fair in (False, True):
+        store = fresh_store(directory, f"owners-{fair}-{synchronous}.db", synchronous)
+        for o in range(args.owners):  # one call queues one owner's jobs
+            store.enqueue_keyed(
+                [NewJob(JobSpec(prompt=f"owner job {i}", steps=20, seed=i), f"o-{i}",
+                        owner=f"owner-{o}") for i in range(o, args.batch, args.owners)],
+                source="api",
+            )  # fmt: skip
+        one, waits = claims_per_s(store, as_the_runner(fair), 1, args.jobs)
+        eight, _ = claims_per_s(store, as_the_runner(fair), 8, args.jobs)
+        fairness["fair" if fair else "fifo"] = {
+            "claim_succeed_jobs_per_s": round(one),
+            "claim8_succeed_jobs_per_s": round(eight),
+            "claim_latency_ms": latency_ms(waits),
+        }
+    fairness["ratio_fair_to_fifo"] = round(
+        fairness["fair"]["claim_succeed_jobs_per_s"] / fairness["fifo"]["claim_succeed_jobs_per_s"],
+        3,
+    )
+    return fairness
+
+
+def measure(synchronous: str, args: argparse.Namespace, directory: Path) -> dict:
+    found, batch_store = enqueues(synchronous, args, directory)
+    # 3. Claim + succeed, one job per claim and eight, in queue order (`claim_batch`),
+    # with the batch's 10,000 jobs queued behind.
+    one, latencies = claims_per_s(batch_store, by_queue_order, 1, args.jobs)
+    eight, _ = claims_per_s(batch_store, by_queue_order, 8, args.jobs)
+    # 4. The same with the runner's claim (`claim_compatible`, fair share on, as the
+    # runner calls it), one image a claim and eight, from what is left of the batch.
+    runner_one, runner_latencies = claims_per_s(batch_store, as_the_runner(True), 1, args.jobs)
+    runner_eight, _ = claims_per_s(batch_store, as_the_runner(True), 8, args.jobs)
+    return {
+        **found,
+        "claim_succeed_jobs_per_s": round(one),
+        "claim8_succeed_jobs_per_s": round(eight),
+        "claim_latency_ms": {**latency_ms(latencies), "max": round(max(latencies) * 1000, 3)},
+        "runner_claim_succeed_jobs_per_s": round(runner_one),
+        "runner_claim8_succeed_jobs_per_s": round(runner_eight),
+        "runner_claim_latency_ms": latency_ms(runner_latencies),
+        "owners": owners(synchronous, args, directory),
     }
 
 
@@ -236,7 +264,7 @@ def processes(url: str, counts: list[int], total: int) -> dict:
     return found
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2000, help="single enqueues and claims")
     parser.add_argument("--batch", type=int, default=10_000, help="lines in the batch")
@@ -251,9 +279,16 @@ def main() -> None:
     parser.add_argument("--processes", default="1,4,8", help="process counts for `processes`")
     parser.add_argument("--process-jobs", type=int, default=2000, help="jobs per process count")
     parser.add_argument("--skip-single", action="store_true", help="only the `processes` part")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--synchronous", default="normal,full", help="the [database] synchronous modes to run"
+    )
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     directory = Path(tempfile.mkdtemp(prefix="alice-bench-", dir=args.dir))
-    counts = [int(n) for n in args.processes.split(",")]
+    counts = [int(n) for n in args.processes.split(",") if n]  # none: no `processes` part
 
     def median_of_runs(synchronous: str) -> dict:
         runs = []
@@ -266,9 +301,8 @@ def main() -> None:
     result: dict = {"benchmark": "store"}
     if not args.skip_single:
         # [database] synchronous: "normal" is the default, "full" adds an fsync per commit.
-        result.update(
-            default="normal", normal=median_of_runs("normal"), full=median_of_runs("full")
-        )
+        modes = [mode for mode in args.synchronous.split(",") if mode]
+        result.update(default="normal", **{mode: median_of_runs(mode) for mode in modes})
     with ExitStack() as stack:
         on = {"sqlite": f"sqlite:///{directory / 'processes.db'}"}
         if args.database_url == "auto":
@@ -279,9 +313,10 @@ def main() -> None:
             on["postgresql"] = create_database(server, "bench")
         elif args.database_url:
             on["postgresql"] = args.database_url
-        result["processes"] = {
-            name: processes(url, counts, args.process_jobs) for name, url in on.items()
-        }
+        if counts:
+            result["processes"] = {
+                name: processes(url, counts, args.process_jobs) for name, url in on.items()
+            }
     result.update(
         settings={
             "jobs": args.jobs,
