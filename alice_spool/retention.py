@@ -19,8 +19,8 @@ from pathlib import Path
 
 from . import inputs
 from .errors import SpoolError
+from .library.removal import image_aside
 from .outbox import RESULT, Outbox
-from .removal import image_aside
 from .store import Store
 
 log = logging.getLogger(__name__)

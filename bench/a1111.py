@@ -43,8 +43,8 @@ import torch
 from api import free_port, percentile  # bench/api.py, beside this script
 
 from alice_spool import samplers
-from alice_spool.api.dialects.a1111.generate import native
 from alice_spool.api.dialects.a1111.options import DEFAULTS, OwnerOptions
+from alice_spool.api.dialects.a1111.translate import native
 from alice_spool.engine.device import choose
 from alice_spool.engine.generate import Loaded, generate, load, quiet_libraries
 from alice_spool.engine.shapes import build_pipeline

@@ -95,11 +95,11 @@ from alice_spool.engine.shapes import (
 )
 from alice_spool.engine.speed import batch_buckets
 from alice_spool.engine.tiny import build_tiny_pipeline, create_tiny
-from alice_spool.families import defaults
 from alice_spool.inbox import Inbox
+from alice_spool.library.families import defaults
+from alice_spool.library.registry import FLOW_SCHEDULERS, ModelRegistry
 from alice_spool.memory_plan import CACHES, MemoryChoice
 from alice_spool.outbox import RESULT, Outbox
-from alice_spool.registry import FLOW_SCHEDULERS, ModelRegistry
 from alice_spool.runner import Runner, RunnerOptions
 from alice_spool.spec import BUILTIN_DEFAULTS, DEFAULT_GUIDANCE_SCALE, DEFAULT_SCHEDULER
 from alice_spool.store import Store

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from alice_spool import inputs, migrate
 from alice_spool.database import Database
 from alice_spool.engine.resident import Engine
-from alice_spool.loras import LORAS_DIR
+from alice_spool.library.loras import LORAS_DIR
 from alice_spool.outbox import Outbox
 from alice_spool.runner import Runner, RunnerOptions
 from alice_spool.spec import JobSpec

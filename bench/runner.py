@@ -61,8 +61,8 @@ from alice_spool.engine.device import choose
 from alice_spool.engine.generate import quiet_libraries
 from alice_spool.engine.resident import Engine
 from alice_spool.engine.tiny import create_tiny, create_tiny_lora
+from alice_spool.library.registry import ModelRegistry
 from alice_spool.outbox import Outbox
-from alice_spool.registry import ModelRegistry
 from alice_spool.runner import Runner, RunnerOptions
 from alice_spool.spec import JobSpec
 from alice_spool.states import JobStatus

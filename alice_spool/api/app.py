@@ -32,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 
 from .. import errors
 from ..config import Settings
-from ..registry import ModelRegistry
+from ..library.registry import ModelRegistry
 from ..store import Store
 from .dialects import ablerefusal, gtx1060, restplan
 from .dialects import formats as image_formats

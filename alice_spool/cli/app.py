@@ -19,7 +19,7 @@ from ..config import Settings, load_settings
 from ..database import Database
 from ..errors import JobTimeout, SpoolError
 from ..faults import Faults
-from ..registry import ModelRegistry
+from ..library.registry import ModelRegistry
 from ..store import Store
 
 EXIT_OK = 0

@@ -94,7 +94,7 @@ def _memory(app: App) -> Check:
     .offload; memory_plan.py), or why these settings cannot run here."""
     from ..engine.device import choose
     from ..engine.memory import bitsandbytes_installed, free_memory
-    from ..families import FAMILY_NAMES
+    from ..library.families import FAMILY_NAMES
 
     placement = choose(app.settings.runner.device)
     choice = app.settings.runner.memory_choice

@@ -15,11 +15,11 @@ from typing import Any
 import click
 
 from ..errors import ModelNotFound
-from ..loras import LoraInfo
-from ..registry import FAMILY_NAMES, ModelInfo
+from ..library.loras import LoraInfo
+from ..library.registry import FAMILY_NAMES, ModelInfo
+from ..library.vaes import VaeInfo
 from ..spec import parse_spec
 from ..terminal import table
-from ..vaes import VaeInfo
 from .app import (
     App,
     SpoolGroup,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .. import migrate
 from ..database import Database
 from ..errors import ModelNotFound, SpoolError
-from ..registry import ModelRegistry
+from ..library.registry import ModelRegistry
 from ..service import sd_notify, watchdog_interval_s
 from ..stopping import StopSignals, exit_now
 from ..store import Store

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..durable import fsync_path
 from ..errors import DownloadFailed, InsufficientStorage, ModelExists, UnsafeFormat
-from ..loras import LORAS_DIR
-from ..safetensors_file import check_safetensors_data, read_safetensors_header
+from ..library.loras import LORAS_DIR
+from ..library.safetensors_file import check_safetensors_data, read_safetensors_header
 
 STAGING_DIR = ".downloads"
 HEADROOM_BYTES = 1 << 30  # kept free beyond the bytes still to come

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import DownloadFailed, DownloadNotFound, LeaseLost, ModelExists, SpoolError
-from ..loras import LORAS_DIR, lora_family
+from ..library.loras import LORAS_DIR, lora_family
+from ..library.registry import ModelRegistry
+from ..library.safetensors_file import read_safetensors_header
 from ..records import DownloadRecord
-from ..registry import ModelRegistry
-from ..safetensors_file import read_safetensors_header
 from ..spec import MODEL_PREFIX
 from ..states import DownloadStatus
 from ..store import Store

@@ -27,7 +27,7 @@ from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
 from ..errors import InvalidParameters, ModelLoadFailed
-from ..families import FAMILY_NAMES
+from ..library.families import FAMILY_NAMES
 from ..memory_plan import MemoryChoice, MemoryPlan
 from . import caching
 from .device import Placement, for_family
@@ -229,7 +229,7 @@ def load_transformer_file(
     components of `base`: an installed diffusers model of the same family and variant,
     or the family's base repository in the Hugging Face cache. Without one, the error
     says which to install."""
-    from .. import transformer_files
+    from ..library import transformer_files
 
     placement = for_family(placement, family)
     name = FAMILY_NAMES.get(family, family)

@@ -14,11 +14,11 @@ from typing import Any, cast
 
 import torch
 
-from .. import transformer_files
 from ..errors import ConfigError, InvalidParameters, ModelNotFound, SpoolError
 from ..hires import target_size
+from ..library import transformer_files
+from ..library.registry import ModelRegistry
 from ..memory_plan import MemoryChoice
-from ..registry import ModelRegistry
 from ..spec import JobSpec
 from . import speed
 from .adapters import Adapters, AdapterUse

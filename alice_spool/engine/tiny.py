@@ -46,8 +46,8 @@ from transformers import (
 )
 
 from ..errors import InvalidParameters
-from ..loras import LORAS_DIR
-from ..registry import TINY_MARKER
+from ..library.loras import LORAS_DIR
+from ..library.registry import TINY_MARKER
 from ..spec import normalise_lora_id, normalise_model_id
 from .generate import quiet_libraries
 

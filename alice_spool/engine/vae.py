@@ -17,7 +17,7 @@ from typing import Any
 from diffusers import AutoencoderKL
 
 from ..errors import InvalidParameters, ModelLoadFailed
-from ..vaes import VaeInfo
+from ..library.vaes import VaeInfo
 from .generate import Loaded
 
 log = logging.getLogger(__name__)

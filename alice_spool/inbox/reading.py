@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import inputs
 from ..errors import InvalidParameters, LoraNotFound, ModelNotFound, SpoolError
-from ..registry import ModelRegistry
+from ..library.registry import ModelRegistry
 from ..spec import GenerationDefaults, Request, parse_json, parse_jsonl, parse_request
 from .files import Seen, is_request_name, settled, shown, still_writing, worth_reading
 

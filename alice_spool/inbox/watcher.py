@@ -32,7 +32,7 @@ from .. import inputs, urls
 from ..config import Settings
 from ..errors import SpoolError
 from ..faults import NO_FAULTS, Faults
-from ..registry import ModelRegistry
+from ..library.registry import ModelRegistry
 from ..spec import GenerationDefaults
 from ..store import Store
 from .files import ACCEPTED, REJECTED, file_stat, is_request_name

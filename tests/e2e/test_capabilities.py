@@ -304,7 +304,7 @@ def test_a_users_download_does_not_move_the_default_model(
 def test_the_first_default_is_pinned_even_before_any_job(tmp_path: Path) -> None:
     """The registry pins the default the first time it works one out, and a choice made
     meanwhile by an admin stands."""
-    from alice_spool.registry import ModelRegistry
+    from alice_spool.library.registry import ModelRegistry
 
     models = tmp_path / "models"
     for name in ("mmm", "zzz"):

@@ -25,9 +25,9 @@ from PIL import Image
 from alice_spool import migrate
 from alice_spool.engine.tiny import create_tiny
 from alice_spool.faults import CRASH_EXIT_CODE, RUNNER_CRASH_POINTS
+from alice_spool.library.registry import ModelRegistry
 from alice_spool.outbox import RESULT
 from alice_spool.records import JobRecord
-from alice_spool.registry import ModelRegistry
 from alice_spool.spec import JobSpec, parse_spec
 from alice_spool.states import JobStatus
 from alice_spool.stopping import COLD_EXIT_CODE

@@ -17,8 +17,8 @@ from PIL import Image
 from alice_spool.engine.device import choose
 from alice_spool.engine.resident import Engine
 from alice_spool.engine.tiny import create_tiny
+from alice_spool.library.registry import ModelRegistry
 from alice_spool.outbox import Outbox
-from alice_spool.registry import ModelRegistry
 from alice_spool.runner import Runner, RunnerOptions
 from tests.support.bare import Bare
 from tests.support.vaes import grain_vae, write_vae_file

@@ -22,7 +22,7 @@ from alice_spool.downloads.transfer import fetch_to_file
 from alice_spool.downloads.worker import PART, DownloadWorker, WorkerOptions, staged
 from alice_spool.engine.tiny import create_tiny_lora
 from alice_spool.errors import DownloadFailed
-from alice_spool.loras import LoraRegistry
+from alice_spool.library.loras import LoraRegistry
 from alice_spool.states import DownloadStatus
 from alice_spool.store import Store
 from alice_spool.urls import UrlRules
@@ -384,7 +384,7 @@ def test_safetensors_data_that_does_not_match_its_header_is_refused(
 
 def smoke_test_model(models: Path) -> None:
     """A model like `models create-tiny`'s (marked in its index as random weights)."""
-    from alice_spool.registry import TINY_MARKER
+    from alice_spool.library.registry import TINY_MARKER
     from tests.support.fake_model import write_fake_model
 
     folder = models / "tiny"
@@ -397,7 +397,7 @@ def smoke_test_model(models: Path) -> None:
 def test_only_an_admins_real_model_takes_the_smoke_test_models_place_as_default(
     store: Store, remote: Remote, models: Path
 ) -> None:
-    from alice_spool.registry import ModelRegistry
+    from alice_spool.library.registry import ModelRegistry
 
     made = models.parent / "real.safetensors"
     weights = np.zeros(1024, dtype=np.float32)

@@ -17,7 +17,7 @@ from alice_spool.engine.device import choose
 from alice_spool.engine.generate import Loaded, generate, load, steps_done
 from alice_spool.engine.tiny import create_tiny
 from alice_spool.errors import GenerationFailed, GpuOutOfMemory, Interrupted, InvalidParameters
-from alice_spool.registry import TINY_MARKER as MARKER
+from alice_spool.library.registry import TINY_MARKER as MARKER
 from alice_spool.spec import JobSpec, parse_spec
 
 # The names the server has always had (every sampler with every schedule type runs in
@@ -204,7 +204,7 @@ def test_out_of_memory_becomes_gpu_out_of_memory(tiny: Loaded) -> None:
 
 
 def test_an_sdxl_shaped_pipeline(tmp_path: Path) -> None:
-    from alice_spool.registry import ModelRegistry
+    from alice_spool.library.registry import ModelRegistry
 
     path = create_tiny(tmp_path, "xl", family="sdxl")
     (info,) = ModelRegistry(tmp_path).scan()
@@ -221,10 +221,10 @@ def test_an_sdxl_shaped_pipeline(tmp_path: Path) -> None:
 
 
 def test_a_model_deleted_while_loaded_is_unloaded_when_asked(tmp_path: Path) -> None:
-    from alice_spool import removal
     from alice_spool.engine.device import choose
     from alice_spool.engine.resident import Engine
-    from alice_spool.registry import ModelRegistry
+    from alice_spool.library import removal
+    from alice_spool.library.registry import ModelRegistry
 
     create_tiny(tmp_path, "kept")
     create_tiny(tmp_path, "doomed")

@@ -22,8 +22,8 @@ from alice_spool.engine.resident import Engine
 from alice_spool.engine.schedulers import flow_scheduler
 from alice_spool.engine.tiny import create_tiny, create_tiny_lora
 from alice_spool.errors import InvalidParameters
+from alice_spool.library.registry import ModelRegistry
 from alice_spool.outbox import Outbox
-from alice_spool.registry import ModelRegistry
 from alice_spool.runner import Runner, RunnerOptions
 from alice_spool.spec import BuiltinDefaults, JobSpec, parse_spec
 from alice_spool.states import JobStatus

@@ -21,9 +21,9 @@ from alice_spool.engine.memory import cast_to_fp8, quantization_config
 from alice_spool.engine.resident import Engine
 from alice_spool.engine.tiny import create_tiny
 from alice_spool.errors import ConfigError
+from alice_spool.library.registry import ModelRegistry
 from alice_spool.memory_plan import MemoryChoice, MemoryPlan
 from alice_spool.outbox import Outbox
-from alice_spool.registry import ModelRegistry
 from alice_spool.runner import Runner, RunnerOptions
 from alice_spool.spec import JobSpec
 from alice_spool.store import Store

@@ -24,8 +24,8 @@ from alice_spool.engine import shapes
 from alice_spool.engine.device import Placement
 from alice_spool.engine.memory import cast_to_fp8
 from alice_spool.engine.resident import Engine
+from alice_spool.library.registry import ModelRegistry
 from alice_spool.memory_plan import MemoryChoice
-from alice_spool.registry import ModelRegistry
 from alice_spool.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,8 +20,8 @@ from alice_spool.engine.device import choose
 from alice_spool.engine.generate import generate
 from alice_spool.engine.generate import load as load_model
 from alice_spool.engine.tiny import create_tiny
+from alice_spool.library.registry import ModelRegistry
 from alice_spool.records import DownloadRecord
-from alice_spool.registry import ModelRegistry
 from alice_spool.spec import parse_spec
 from alice_spool.states import DownloadStatus
 from alice_spool.store import Store

@@ -18,8 +18,8 @@ from alice_spool.engine.device import choose
 from alice_spool.engine.generate import BatchOutput, Loaded, generate, load
 from alice_spool.engine.tiny import create_tiny
 from alice_spool.errors import InvalidParameters
+from alice_spool.library.registry import ModelRegistry
 from alice_spool.outbox import infotext
-from alice_spool.registry import ModelRegistry
 from alice_spool.spec import BuiltinDefaults, JobSpec, parse_spec
 
 SERVER = BuiltinDefaults(default_steps=7, default_guidance_scale=6.0)

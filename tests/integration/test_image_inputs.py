@@ -18,7 +18,7 @@ from alice_spool.engine.device import choose
 from alice_spool.engine.resident import Engine
 from alice_spool.engine.tiny import create_tiny
 from alice_spool.errors import InputUnavailable, InvalidParameters
-from alice_spool.registry import ModelRegistry
+from alice_spool.library.registry import ModelRegistry
 from alice_spool.spec import JobSpec, parse_spec
 
 

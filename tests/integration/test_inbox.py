@@ -19,7 +19,7 @@ import pytest
 
 from alice_spool.faults import CRASH_EXIT_CODE
 from alice_spool.inbox import ACCEPTED, REJECTED, Inbox, is_request_name
-from alice_spool.registry import ModelRegistry
+from alice_spool.library.registry import ModelRegistry
 from alice_spool.spec import BUILTIN_DEFAULTS
 from alice_spool.states import JobStatus, Source
 from alice_spool.store import Store

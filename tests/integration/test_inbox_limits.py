@@ -12,7 +12,7 @@ from typing import Any
 from PIL import Image
 
 from alice_spool.inbox import ACCEPTED, REJECTED, Inbox
-from alice_spool.registry import ModelRegistry
+from alice_spool.library.registry import ModelRegistry
 from alice_spool.spec import BUILTIN_DEFAULTS
 from alice_spool.store import Store
 from tests.support.fake_model import write_fake_model

@@ -18,10 +18,10 @@ from alice_spool.engine.device import choose
 from alice_spool.engine.resident import Engine
 from alice_spool.engine.tiny import create_tiny, create_tiny_lora
 from alice_spool.errors import InvalidParameters, LoraNotFound
-from alice_spool.loras import lora_family
+from alice_spool.library.loras import lora_family
+from alice_spool.library.registry import ModelRegistry
+from alice_spool.library.safetensors_file import read_safetensors_header
 from alice_spool.outbox import infotext
-from alice_spool.registry import ModelRegistry
-from alice_spool.safetensors_file import read_safetensors_header
 from alice_spool.spec import JobSpec, parse_spec
 
 
@@ -202,7 +202,7 @@ def test_infotext_writes_loras_as_a1111_does() -> None:
 
 
 def test_a_loras_hashes_are_the_files_and_its_tensor_datas(models: Path) -> None:
-    from alice_spool.loras import LoraRegistry
+    from alice_spool.library.loras import LoraRegistry
 
     registry = LoraRegistry(models)
     lora = registry.get("tiny-lora")

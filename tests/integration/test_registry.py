@@ -12,8 +12,8 @@ import pytest
 
 from alice_spool.engine.tiny import create_tiny
 from alice_spool.errors import ModelNotFound
-from alice_spool.registry import ModelRegistry
-from alice_spool.safetensors_file import read_safetensors_header
+from alice_spool.library.registry import ModelRegistry
+from alice_spool.library.safetensors_file import read_safetensors_header
 
 
 @pytest.fixture(scope="module")

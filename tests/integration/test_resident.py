@@ -15,8 +15,8 @@ from alice_spool.engine.device import choose
 from alice_spool.engine.resident import Engine
 from alice_spool.engine.tiny import create_tiny
 from alice_spool.errors import InvalidParameters, ModelLoadFailed, ModelNotFound
+from alice_spool.library.registry import ModelRegistry
 from alice_spool.outbox import Outbox
-from alice_spool.registry import ModelRegistry
 from alice_spool.runner import Runner, RunnerOptions
 from alice_spool.spec import parse_spec
 from alice_spool.states import JobStatus

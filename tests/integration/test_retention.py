@@ -109,7 +109,7 @@ def test_a_gallery_delete_cut_short_by_a_crash_is_finished_or_undone(
     """The delete moves the file aside, commits, then removes it. A crash before the
     commit leaves the image listed with its file aside: it goes back. A crash after it
     leaves a file nobody lists: it goes. A delete in progress (a fresh move) is left."""
-    from alice_spool.removal import ASIDE
+    from alice_spool.library.removal import ASIDE
     from alice_spool.retention import finish_deletions
 
     outbox = Outbox(tmp_path / "outbox")
@@ -140,7 +140,7 @@ def test_a_cut_short_delete_is_settled_at_once_when_its_process_has_ended(
     import os
     import subprocess
 
-    from alice_spool import removal
+    from alice_spool.library import removal
     from alice_spool.retention import finish_deletions
 
     outbox = Outbox(tmp_path / "outbox")

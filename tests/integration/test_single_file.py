@@ -21,7 +21,7 @@ from alice_spool.engine.device import choose
 from alice_spool.engine.resident import Engine
 from alice_spool.engine.tiny import create_tiny
 from alice_spool.errors import ModelLoadFailed
-from alice_spool.registry import ModelRegistry
+from alice_spool.library.registry import ModelRegistry
 from alice_spool.spec import parse_spec
 from tests.support.ldm_checkpoint import to_ldm, write_single_file
 

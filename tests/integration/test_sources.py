@@ -22,8 +22,8 @@ from alice_spool.downloads.sources import SourceSettings
 from alice_spool.downloads.worker import DownloadWorker, WorkerOptions
 from alice_spool.engine.tiny import create_tiny, create_tiny_lora
 from alice_spool.errors import SourceUnavailable
+from alice_spool.library.registry import ModelRegistry
 from alice_spool.records import DownloadRecord
-from alice_spool.registry import ModelRegistry
 from alice_spool.states import DownloadStatus
 from alice_spool.store import Store
 from tests.support.sources import (

@@ -18,8 +18,8 @@ from alice_spool.engine.shapes import build_parts, write_model_folder
 from alice_spool.engine.speed import optimise
 from alice_spool.engine.tiny import build_tiny_pipeline, create_tiny, create_tiny_lora
 from alice_spool.errors import InvalidParameters
+from alice_spool.library.registry import ModelRegistry
 from alice_spool.memory_plan import MemoryPlan
-from alice_spool.registry import ModelRegistry
 from alice_spool.spec import parse_spec
 
 

@@ -31,7 +31,7 @@ from alice_spool.cli import models as models_cli
 from alice_spool.engine import tiny
 from alice_spool.engine.tiny import create_tiny
 from alice_spool.errors import InvalidParameters
-from alice_spool.registry import TINY_MARKER
+from alice_spool.library.registry import TINY_MARKER
 
 
 class Kind(NamedTuple):

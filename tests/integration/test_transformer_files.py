@@ -18,9 +18,9 @@ from alice_spool.engine.device import choose
 from alice_spool.engine.resident import Engine
 from alice_spool.engine.tiny import create_tiny
 from alice_spool.errors import ModelLoadFailed
-from alice_spool.registry import ModelRegistry
+from alice_spool.library.registry import ModelRegistry
+from alice_spool.library.transformer_files import NotATransformer, classify, read
 from alice_spool.spec import JobSpec
-from alice_spool.transformer_files import NotATransformer, classify, read
 from tests.support.transformer_files import write_gguf, write_safetensors
 
 

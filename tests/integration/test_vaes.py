@@ -20,8 +20,8 @@ from alice_spool.engine.resident import Engine
 from alice_spool.engine.schedulers import make_scheduler
 from alice_spool.engine.tiny import create_tiny, create_tiny_lora
 from alice_spool.errors import InvalidParameters, VaeNotFound
+from alice_spool.library.registry import ModelRegistry
 from alice_spool.outbox import infotext
-from alice_spool.registry import ModelRegistry
 from alice_spool.spec import JobSpec, parse_spec
 from tests.support.vaes import grain_vae, write_vae_file, write_vae_folder
 

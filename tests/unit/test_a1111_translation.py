@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from alice_spool import errors
-from alice_spool.api.dialects.a1111 import generate as a1111
+from alice_spool.api.dialects.a1111 import translate as a1111
 from alice_spool.api.dialects.a1111.options import DEFAULTS, OptionRefused, OwnerOptions, checked
-from alice_spool.registry import ModelInfo, for_family
+from alice_spool.library.registry import ModelInfo, for_family
 from alice_spool.samplers import a1111_samplers, a1111_schedules, from_a1111, normalise
 from alice_spool.spec import JobSpec, parse_spec
 
@@ -21,7 +21,7 @@ OPTIONS = OwnerOptions(None, DEFAULTS)
 
 def spec_of(body: dict[str, Any], options: OwnerOptions = OPTIONS) -> JobSpec:
     try:
-        return parse_spec(a1111.native(a1111._numbers(body), img2img=False, options=options))
+        return parse_spec(a1111.native(a1111.numbers(body), img2img=False, options=options))
     except errors.InvalidParameters as exc:
         raise a1111.in_their_terms(exc) from None
 
@@ -157,11 +157,11 @@ def test_the_hires_sampler_resolves_its_own_automatic_as_a1111_does() -> None:
 
 
 def test_true_and_false_sent_as_text_are_read_as_a1111_reads_them() -> None:
-    assert spec_of(a1111._numbers({"prompt": "x", "enable_hr": "true"})).hires is not None
-    assert spec_of(a1111._numbers({"prompt": "x", "enable_hr": "false"})).hires is None
-    assert a1111._numbers({"send_images": "False"})["send_images"] is False
+    assert spec_of(a1111.numbers({"prompt": "x", "enable_hr": "true"})).hires is not None
+    assert spec_of(a1111.numbers({"prompt": "x", "enable_hr": "false"})).hires is None
+    assert a1111.numbers({"send_images": "False"})["send_images"] is False
     with pytest.raises(errors.InvalidParameters) as refused:
-        a1111._numbers({"enable_hr": "perhaps"})
+        a1111.numbers({"enable_hr": "perhaps"})
     assert refused.value.field == "enable_hr"
 
 
@@ -172,7 +172,7 @@ FLUX_DEV = ModelInfo("sd/flux-dev", "flux-dev", Path("flux-dev"), "diffusers", "
 def flux_spec_of(body: dict[str, Any]) -> JobSpec:
     """A txt2img body for a FLUX.1 dev model, as the door translates and queues it."""
     try:
-        fields = a1111.native(a1111._numbers(body), img2img=False, options=OPTIONS, family="flux")
+        fields = a1111.native(a1111.numbers(body), img2img=False, options=OPTIONS, family="flux")
         return for_family(parse_spec(fields), FLUX_DEV)
     except errors.InvalidParameters as exc:
         raise a1111.in_their_terms(exc, "flux") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from alice_spool.loras import lora_family
+from alice_spool.library.loras import lora_family
 
 
 def header(*keys: str) -> dict[str, object]:

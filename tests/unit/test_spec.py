@@ -494,7 +494,7 @@ def test_the_steps_check_uses_the_default_steps_and_strength() -> None:
     server's): the door makes it when it knows the model (registry.for_family)."""
     from pathlib import Path
 
-    from alice_spool.registry import ModelInfo, for_family
+    from alice_spool.library.registry import ModelInfo, for_family
 
     few = replace(BUILTIN_DEFAULTS, default_steps=1)
     left = parse_spec({"prompt": "x", "init_image": IMAGE}, few)  # 1 step at 0.75

@@ -22,9 +22,9 @@ from starlette.responses import Response
 from ... import __version__, errors, inputs
 from ...config import Settings
 from ...downloads.sources import SourceSettings
+from ...library.registry import ModelRegistry
 from ...outbox import image_name
 from ...records import BatchEnqueued, DownloadRecord, Enqueued, JobRecord, NewJob
-from ...registry import ModelRegistry
 from ...spec import JobSpec, check_priority_cap
 from ...states import JobStatus, Source
 from ...store import Store, new_id

@@ -10,9 +10,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ... import removal
-from ...loras import LoraInfo
-from ...registry import FAMILY_NAMES, ModelInfo
+from ...library import removal
+from ...library.loras import LoraInfo
+from ...library.registry import FAMILY_NAMES, ModelInfo
 from ..edge.context import Api, route
 
 RECOMMENDED = {

@@ -13,7 +13,8 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ... import errors, removal
+from ... import errors
+from ...library import removal
 from ...records import GalleryItem
 from ...store.gallery import MAX_TAG_LENGTH, MAX_TAGS, clean_tags
 from ..edge.context import Api, image_url, owner_of, principal_of, route, scope_of

@@ -4,6 +4,7 @@ and CivitAI's preview images passed through (`/v1/models/thumbnail`)."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
@@ -135,6 +136,42 @@ async def thumbnail(request: Request, api: Api, client: str | None) -> Response:
 # -- ALICE's routes, in ALICE's shapes ---------------------------------------------------
 
 
+def _alice_civitai_item(item: dict[str, Any], base: str) -> dict[str, Any]:
+    """One CivitAI model in ALICE's search answer, each file with CivitAI's own link
+    (without a token: it needs the caller's own key; downloads through us need none)."""
+    return {
+        "id": item["id"],
+        "name": item["name"],
+        "type": item["type"],
+        "creator": item["creator"],
+        "images": item["images"],
+        "rating": item["rating"],
+        "download_count": item["downloads"],
+        "tags": item["tags"],
+        "nsfw": item["nsfw"],
+        "versions": [
+            {
+                "id": version["id"],
+                "name": version["name"],
+                "baseModel": version["base_model"],
+                "files": [
+                    {
+                        "id": f["id"],
+                        "name": f["name"],
+                        "sizeKB": f["size_kb"],
+                        # CivitAI's own link, without a token (it needs the
+                        # caller's own key; downloads through us need none)
+                        "downloadUrl": f"{base}/api/download/models/{version['id']}"
+                        f"?fileId={f['id']}",
+                    }
+                    for f in version["files"]
+                ],
+            }
+            for version in item["versions"]
+        ],
+    }
+
+
 @route()
 async def alice_search_civitai(request: Request, api: Api, client: str | None) -> Response:
     body = alice_body(
@@ -173,40 +210,7 @@ async def alice_search_civitai(request: Request, api: Api, client: str | None) -
 
     page = await run_in_threadpool(work)
     base = api.settings.models.civitai_url
-    data = [
-        {
-            "id": item["id"],
-            "name": item["name"],
-            "type": item["type"],
-            "creator": item["creator"],
-            "images": item["images"],
-            "rating": item["rating"],
-            "download_count": item["downloads"],
-            "tags": item["tags"],
-            "nsfw": item["nsfw"],
-            "versions": [
-                {
-                    "id": version["id"],
-                    "name": version["name"],
-                    "baseModel": version["base_model"],
-                    "files": [
-                        {
-                            "id": f["id"],
-                            "name": f["name"],
-                            "sizeKB": f["size_kb"],
-                            # CivitAI's own link, without a token (it needs the
-                            # caller's own key; downloads through us need none)
-                            "downloadUrl": f"{base}/api/download/models/{version['id']}"
-                            f"?fileId={f['id']}",
-                        }
-                        for f in version["files"]
-                    ],
-                }
-                for version in item["versions"]
-            ],
-        }
-        for item in page.data
-    ]
+    data = [_alice_civitai_item(item, base) for item in page.data]
     more = page.next_cursor is not None
     return JSONResponse(
         {"object": "list", "data": data, "page": number, "has_more": more, "cached": False}

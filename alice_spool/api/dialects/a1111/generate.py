@@ -1,15 +1,12 @@
-"""AUTOMATIC1111's API (`/sdapi/v1/txt2img`, `/img2img`; DESIGN section 14): a thin
-translator. Its bodies become a `JobSpec` queued like every other door's (source
-`a1111`), the answer waits for the job and is shaped as A1111 shapes it (base64 images
-in the client's `samples_format`, `parameters`, `info` as a JSON string with the seeds
-and infotexts). Sampler and schedule type, hires fix and clip skip map onto the spec's
-own fields; the client's options (a1111_options.py) fill in what a body leaves out."""
+"""AUTOMATIC1111's txt2img and img2img: its body, translated (`translate`), is queued
+like every other door's job (source `a1111`); the answer waits for the job and is shaped
+as A1111 shapes it (base64 images in the client's `samples_format`, `parameters`, `info`
+as a JSON string with the seeds and infotexts)."""
 
 from __future__ import annotations
 
 import io
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 
 from .... import __version__, errors, inputs
 from ....records import JobRecord
-from ....samplers import SCHEDULES, from_a1111, to_a1111
+from ....samplers import to_a1111
 from ....spec import JobSpec, parse_spec
 from ...edge.context import Api, owner_of, route
 from ...edge.http import require_object
@@ -36,331 +33,7 @@ from .options import (
     keep,
     owner_options,
 )
-
-# A1111's API defaults for what a body leaves out (its request models'), echoed back
-# in `parameters` with what the body gave.
-COMMON: dict[str, Any] = {
-    "prompt": "",
-    "negative_prompt": "",
-    "styles": [],
-    "seed": -1,
-    "subseed": -1,
-    "subseed_strength": 0,
-    "seed_resize_from_h": -1,
-    "seed_resize_from_w": -1,
-    "sampler_name": None,
-    "scheduler": None,
-    "batch_size": 1,
-    "n_iter": 1,
-    "steps": 50,
-    "cfg_scale": 7.0,
-    "width": 512,
-    "height": 512,
-    "restore_faces": None,
-    "tiling": None,
-    "do_not_save_samples": False,
-    "do_not_save_grid": False,
-    "eta": None,
-    "denoising_strength": 0.75,
-    "override_settings": None,
-    "override_settings_restore_afterwards": True,
-    "refiner_checkpoint": None,
-    "refiner_switch_at": None,
-    "disable_extra_networks": False,
-    "comments": None,
-    "sampler_index": "Euler",
-    "script_name": None,
-    "script_args": [],
-    "send_images": True,
-    "save_images": False,
-    "alwayson_scripts": {},
-    "infotext": None,
-}
-TXT2IMG: dict[str, Any] = {
-    **COMMON,
-    "enable_hr": False,
-    "firstphase_width": 0,
-    "firstphase_height": 0,
-    "hr_scale": 2.0,
-    "hr_upscaler": None,
-    "hr_second_pass_steps": 0,
-    "hr_resize_x": 0,
-    "hr_resize_y": 0,
-    "hr_checkpoint_name": None,
-    "hr_sampler_name": None,
-    "hr_scheduler": None,
-    "hr_prompt": "",
-    "hr_negative_prompt": "",
-    "force_task_id": None,
-}
-IMG2IMG: dict[str, Any] = {
-    **COMMON,
-    "init_images": None,
-    "resize_mode": 0,
-    "image_cfg_scale": None,
-    "mask": None,
-    "mask_blur_x": 4,
-    "mask_blur_y": 4,
-    "mask_blur": None,
-    "mask_round": True,
-    "inpainting_fill": 0,
-    "inpaint_full_res": True,
-    "inpaint_full_res_padding": 0,
-    "inpainting_mask_invert": 0,
-    "initial_noise_multiplier": None,
-    "latent_mask": None,
-    "force_task_id": None,
-}
-# What A1111 can do and this server cannot: refused when asked for, never ignored.
-_UNSUPPORTED = {
-    "restore_faces": "face restoration",
-    "tiling": "tiling",
-    "script_name": "scripts",
-    "alwayson_scripts": "extensions' scripts",
-    "refiner_checkpoint": "a refiner",
-    "subseed_strength": "variation seeds",
-    "firstphase_width": "the old hires fix's first-pass size",
-    "firstphase_height": "the old hires fix's first-pass size",
-    "latent_mask": "a separate latent mask",
-}
-_SAME = ("", "Use same checkpoint", "Use same sampler", "Use same scheduler")
-# A1111 takes numbers as text too ("7.0"), and whole numbers as floats (15.0).
-_WHOLE = ("steps", "width", "height", "batch_size", "n_iter", "seed", "hr_second_pass_steps",
-          "hr_resize_x", "hr_resize_y", "clip_skip", "seed_resize_from_w",
-          "seed_resize_from_h")  # fmt: skip
-_REAL = ("cfg_scale", "distilled_cfg_scale", "denoising_strength", "hr_scale", "subseed_strength")
-
-
-_FLAGS = ("enable_hr", "send_images", "save_images", "restore_faces", "tiling",
-          "override_settings_restore_afterwards", "inpainting_mask_invert",
-          "do_not_save_samples", "do_not_save_grid")  # fmt: skip
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
-
-
-def _numbers(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The body with numbers given as text read as numbers, whole floats as ints where
-    A1111 wants an integer, and true/false given as text as booleans (its request
-    models coerce all three)."""
-    fields = dict(body)
-    for name in _FLAGS:
-        value = fields.get(name)
-        if isinstance(value, str):
-            text = value.strip().lower()
-            if text not in _TRUE + _FALSE:
-                raise errors.InvalidParameters(
-                    f"{name} must be true or false, got {value!r}", field=name
-                )
-            fields[name] = text in _TRUE
-    for name in (*_WHOLE, *_REAL):
-        value = fields.get(name)
-        if isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                raise errors.InvalidParameters(
-                    f"{name} must be a number, got {value!r}", field=name
-                ) from None
-        if name in _WHOLE and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if value is not None:
-            fields[name] = value
-    return fields
-
-
-def _count(body: Mapping[str, Any], name: str) -> int:
-    value = body.get(name)
-    value = COMMON[name] if value is None else value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise errors.InvalidParameters(f"{name} must be a whole number >= 1", field=name)
-    return value
-
-
-def _given(value: Any) -> bool:
-    return value not in (None, False, "", 0, {}, [])
-
-
-def _clip_skip(body: Mapping[str, Any], options: OwnerOptions) -> int:
-    """`override_settings.CLIP_stop_at_last_layers`, else `clip_skip` (SD.Next's and
-    SillyTavern's), else the client's option."""
-    value = body.get("clip_skip")
-    override = body.get("override_settings") or {}
-    if value is None or "CLIP_stop_at_last_layers" in override:
-        return options.clip_skip
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 12:
-        raise errors.InvalidParameters(
-            "clip_skip must be a whole number from 1 to 12", field="clip_skip"
-        )
-    return value
-
-
-def _automatic(body: Mapping[str, Any]) -> bool:
-    """Whether the first pass's schedule type was left to A1111's Automatic: none given
-    (or Automatic) and none in the sampler's name (`DPM++ 2M Karras`)."""
-    if str(body.get("scheduler") or "automatic").strip().lower() != "automatic":
-        return False
-    name = str(body.get("sampler_name") or body.get("sampler_index") or "").strip().lower()
-    spellings = {s.name for s in SCHEDULES} | {s.label.lower() for s in SCHEDULES}
-    return not any(name.endswith(" " + spelling) for spelling in spellings - {"automatic"})
-
-
-def _hires(body: Mapping[str, Any], scheduler: str) -> dict[str, Any]:
-    """A1111's hires fix fields as the native `hires` object."""
-    if _given(body.get("hr_checkpoint_name")) and body["hr_checkpoint_name"] not in _SAME:
-        raise errors.InvalidParameters(
-            "a second-pass checkpoint (hr_checkpoint_name) is not supported here",
-            field="hr_checkpoint_name",
-        )
-    hires: dict[str, Any] = {
-        "upscaler": body.get("hr_upscaler") or "Latent",
-        "steps": body.get("hr_second_pass_steps") or 0,
-        "strength": body.get("denoising_strength")
-        if body.get("denoising_strength") is not None
-        else COMMON["denoising_strength"],
-    }
-    resize = (body.get("hr_resize_x") or 0, body.get("hr_resize_y") or 0)
-    if resize != (0, 0):
-        hires.update({"width": resize[0] or None, "height": resize[1] or None, "scale": None})
-    else:
-        hires["scale"] = body.get("hr_scale") if body.get("hr_scale") is not None else 2.0
-    sampler, schedule = body.get("hr_sampler_name"), body.get("hr_scheduler")
-    if (sampler not in (None, *_SAME)) or (schedule not in (None, *_SAME)):
-        first_sampler, first_schedule = to_a1111(scheduler)
-        if schedule in (None, *_SAME) and _automatic(body):
-            # A1111 keeps the first pass's "Automatic", which the second pass's sampler
-            # then resolves as its own (Euler a first, DPM++ 2M second: Karras).
-            first_schedule = "Automatic"
-        hires["scheduler"] = from_a1111(
-            sampler if sampler not in (None, *_SAME) else first_sampler,
-            schedule if schedule not in (None, *_SAME) else first_schedule,
-            sampler_field="hr_sampler_name",
-            schedule_field="hr_scheduler",
-        )
-    for field, ours in (("hr_prompt", "prompt"), ("hr_negative_prompt", "negative_prompt")):
-        if isinstance(body.get(field), str) and body[field].strip():
-            hires[ours] = body[field]
-    return hires
-
-
-def native(
-    body: Mapping[str, Any], *, img2img: bool, options: OwnerOptions, family: str | None = None
-) -> dict[str, Any]:
-    """A1111's body as this server's request (`parse_spec` checks it); for a FLUX.1
-    model (`family`, the model's it will run on), its guidance as Forge reads it."""
-    for name, what in _UNSUPPORTED.items():
-        if _given(body.get(name)):
-            raise errors.InvalidParameters(f"{what} ({name}) is not supported here", field=name)
-    for name in ("seed_resize_from_w", "seed_resize_from_h"):
-        if isinstance(body.get(name), int | float) and body[name] > 0:
-            raise errors.InvalidParameters(
-                f"resizing the seed ({name}) is not supported here", field=name
-            )
-    seed = body.get("seed")
-    scheduler = from_a1111(
-        body.get("sampler_name") or body.get("sampler_index") or COMMON["sampler_index"],
-        body.get("scheduler"),
-    )
-    fields: dict[str, Any] = {
-        "prompt": body.get("prompt") or "",
-        "negative_prompt": body.get("negative_prompt") or "",
-        "steps": COMMON["steps"] if body.get("steps") is None else body["steps"],
-        "guidance_scale": COMMON["cfg_scale"]
-        if body.get("cfg_scale") is None
-        else body["cfg_scale"],
-        "width": body.get("width") or COMMON["width"],
-        "height": body.get("height") or COMMON["height"],
-        "seed": None if seed in (-1, None, "") else seed,
-        "scheduler": scheduler,
-        "n": _count(body, "batch_size") * _count(body, "n_iter"),
-    }
-    if family == "flux":
-        del fields["guidance_scale"]
-        fields.update(_flux_guidance(body))
-    clip_skip = _clip_skip(body, options)
-    if clip_skip > 1:
-        fields["clip_skip"] = clip_skip
-    if options.checkpoint is not None:
-        fields["model"] = options.checkpoint
-    if options.vae is not None:
-        fields["vae"] = options.vae
-    if not img2img and body.get("enable_hr"):
-        fields["hires"] = _hires(body, scheduler)
-    if img2img:
-        given = body.get("init_images")
-        if not isinstance(given, list) or not given:
-            raise errors.InvalidParameters(
-                "init_images must be a list with one base64 image", field="init_images"
-            )
-        if len(given) > 1:
-            raise errors.InvalidParameters("one init image a request here", field="init_images")
-        fields["init_image"] = given[0]
-        if body.get("mask") is not None:
-            fields["mask_image"] = body["mask"]
-        strength = body.get("denoising_strength")
-        fields["strength"] = COMMON["denoising_strength"] if strength is None else strength
-    return fields
-
-
-def _flux_guidance(body: Mapping[str, Any]) -> dict[str, Any]:
-    """Forge's FLUX.1 fields: `distilled_cfg_scale` is the model's distilled guidance
-    (left to the model when absent: 3.5 for dev), and `cfg_scale` the true CFG, which
-    runs the negative prompt: 1 (off) unless above it, as Forge runs it."""
-    fields: dict[str, Any] = {}
-    distilled = body.get("distilled_cfg_scale")
-    if distilled is not None:
-        fields["guidance_scale"] = distilled
-    cfg = body.get("cfg_scale")
-    number = isinstance(cfg, int | float) and not isinstance(cfg, bool)
-    if cfg is not None and not (number and 0 <= cfg <= 1):
-        # above 1: true CFG; not a number, negative, NaN or over the limit: refused by
-        # the parser, naming cfg_scale
-        fields["true_cfg_scale"] = cfg
-    return fields
-
-
-# Our request's fields by the names A1111's clients sent them under, for its errors.
-_THEIR_NAMES = {
-    "hires.upscaler": "hr_upscaler",
-    "hires.scale": "hr_scale",
-    "hires.width": "hr_resize_x",
-    "hires.height": "hr_resize_y",
-    "hires.steps": "hr_second_pass_steps",
-    "hires.strength": "denoising_strength",
-    "hires.scheduler": "hr_sampler_name",
-    "hires.prompt": "hr_prompt",
-    "hires.negative_prompt": "hr_negative_prompt",
-    "hires": "enable_hr",
-    "guidance_scale": "cfg_scale",
-    "true_cfg_scale": "cfg_scale",
-    "strength": "denoising_strength",
-    "init_image": "init_images",
-    "mask_image": "mask",
-    "n": "batch_size",
-    "vae": "sd_vae",
-}
-
-
-# A FLUX.1 model's guidance fields, by Forge's names for them.
-_THEIR_FLUX_NAMES = {**_THEIR_NAMES, "guidance_scale": "distilled_cfg_scale"}
-
-
-def in_their_terms(
-    exc: errors.InvalidParameters, family: str | None = None
-) -> errors.InvalidParameters:
-    """A refusal of the translated request, naming the field as the client sent it
-    (and true CFG, which a FLUX.1 refusal may mention, as `cfg_scale`)."""
-    names = _THEIR_FLUX_NAMES if family == "flux" else _THEIR_NAMES
-    field = str(exc.details.get("field") or "")
-    message = exc.message
-    if family == "flux" and field != "true_cfg_scale":
-        message = _renamed(message, "true_cfg_scale", "cfg_scale")
-    theirs = names.get(field)
-    if theirs is None:
-        return exc if message == exc.message else type(exc)(message, **exc.details)
-    return type(exc)(_renamed(message, field, theirs), field=theirs)  # the same kind
-
-
-def _renamed(message: str, ours: str, theirs: str) -> str:
-    return re.sub(rf"(?<![\w./]){re.escape(ours)}(?![\w/])", theirs, message)
+from .translate import IMG2IMG, TXT2IMG, in_their_terms, is_given, native, numbers
 
 
 def _inverted(fields: dict[str, Any], staged: inputs.Staged) -> dict[str, Any]:
@@ -390,6 +63,27 @@ def _family_of(api: Api, checkpoint: str | None) -> str | None:
         return None
 
 
+# What `info` has fields of its own for: not repeated in `extra_generation_params`.
+_FIXED = {"Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Denoising strength",
+          "Clip skip", "VAE hash", "VAE"}  # fmt: skip
+
+
+def _first_pass_size(spec: JobSpec, result: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The size the first pass made: the request's, else the record's, else the image's."""
+    first_pass = result.get("first_pass") or {}
+    images = result.get("images") or [{}]
+    width = spec.width or first_pass.get("width") or images[0].get("width")
+    height = spec.height or first_pass.get("height") or images[0].get("height")
+    return width, height
+
+
+def _strength(spec: JobSpec, body: Mapping[str, Any]) -> Any:
+    """img2img's strength, else the hires pass's, else what the body said."""
+    if spec.strength is not None:
+        return spec.strength
+    return spec.hires.strength if spec.hires is not None else body.get("denoising_strength")
+
+
 def _info(
     done: JobRecord,
     spec: JobSpec,
@@ -404,16 +98,10 @@ def _info(
     images = result.get("images") or []
     vae = result.get("vae") or {}
     seeds = [int(image.get("seed", 0)) for image in images]
-    first_pass = result.get("first_pass") or {}
-    width = spec.width or first_pass.get("width") or (images[0].get("width") if images else None)
-    height = (
-        spec.height or first_pass.get("height") or (images[0].get("height") if images else None)
-    )
+    width, height = _first_pass_size(spec, result)
     sampler, _ = to_a1111(spec.scheduler)
-    fixed = {"Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Denoising strength",
-             "Clip skip", "VAE hash", "VAE"}  # fmt: skip
     extra = (
-        {k: v for k, v in infotext_settings(texts[0]).items() if k not in fixed} if texts else {}
+        {k: v for k, v in infotext_settings(texts[0]).items() if k not in _FIXED} if texts else {}
     )
     return {
         "prompt": spec.prompt,
@@ -440,9 +128,7 @@ def _info(
         "sd_vae_hash": str(vae.get("sha256") or "")[:10] or None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": spec.strength
-        if spec.strength is not None
-        else (spec.hires.strength if spec.hires is not None else body.get("denoising_strength")),
+        "denoising_strength": _strength(spec, body),
         "extra_generation_params": extra,
         "index_of_first_image": 0,
         "infotexts": texts,
@@ -466,7 +152,7 @@ def encoded(png: bytes, options: OwnerOptions) -> str:
 
 
 async def _generate(request: Request, api: Api, client: str | None, *, img2img: bool) -> Response:
-    body = _numbers(require_object(await api.read_body(request, images=img2img)))
+    body = numbers(require_object(await api.read_body(request, images=img2img)))
     owner = owner_of(request)
     override = body.get("override_settings") or {}
     if not isinstance(override, dict):
@@ -479,7 +165,7 @@ async def _generate(request: Request, api: Api, client: str | None, *, img2img: 
     fields = native(body, img2img=img2img, options=options, family=family)
     try:
         fields, staged = await run_in_threadpool(api.take_images, fields)
-        if img2img and _given(body.get("inpainting_mask_invert")):
+        if img2img and is_given(body.get("inpainting_mask_invert")):
             fields = await run_in_threadpool(_inverted, fields, staged)
         spec = parse_spec(fields, api.settings.generation)
     except errors.InvalidParameters as exc:

@@ -16,8 +16,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from .... import aliases, errors, inputs
+from ....library.registry import ModelInfo
 from ....records import JobRecord
-from ....registry import ModelInfo
 from ....spec import SPEC_FIELDS, JobSpec, normalise_model_id, parse_spec
 from ....states import Source
 from ...edge.context import Api, bucket_of, route

@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .... import aliases, errors, inputs
+from ....library.registry import ModelInfo
 from ....records import JobRecord
-from ....registry import ModelInfo
 from ....spec import JobSpec, load_json, parse_spec
 from ...edge.context import Api, route
 from ...edge.http import read_bytes, require_object, wait_for_job

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..spec import MODEL_PREFIX
 from . import transformer_files
 from .families import FAMILY_NAMES, NATIVE, defaults, is_flow
 from .safetensors_file import read_safetensors_header
-from .spec import MODEL_PREFIX
 
 TINY_MARKER = "alice_spool_tiny"  # written into model_index.json by `models create-tiny`
 TINY_NATIVE = 64  # the tiny models' size (FLUX's pipeline says 1024 whatever the model)

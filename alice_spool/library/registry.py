@@ -16,7 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidParameters, ModelNotFound
+from ..errors import InvalidParameters, ModelNotFound
+from ..spec import JobSpec, normalise_model_id
 from .families import FAMILY_NAMES, NATIVE
 from .family_rules import for_family
 from .loras import LoraRegistry
@@ -28,7 +29,6 @@ from .model_files import (
     read_single_file,
     read_transformer_file,
 )
-from .spec import JobSpec, normalise_model_id
 from .vaes import VaeRegistry
 
 # What other modules import from here: a model's description and the family rules.

@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from .errors import InvalidParameters
+from ..errors import InvalidParameters
+from ..spec import IGNORED, JobSpec, check_denoising_steps
 from .families import FAMILY_NAMES, defaults, is_flow
 from .model_files import FLOW_SCHEDULERS, ModelInfo
-from .spec import IGNORED, JobSpec, check_denoising_steps
 
 
 def for_family(spec: JobSpec, model: ModelInfo) -> JobSpec:

@@ -17,12 +17,12 @@ import shutil
 import socket
 from pathlib import Path
 
-from .errors import LoraNotFound, ModelNotFound
+from ..errors import LoraNotFound, ModelNotFound
+from ..records import GalleryItem
+from ..spec import MODEL_PREFIX
+from ..store import Store
 from .loras import LoraInfo
-from .records import GalleryItem
 from .registry import ModelInfo, ModelRegistry
-from .spec import MODEL_PREFIX
-from .store import Store
 
 ASIDE = ".deleting-"  # a dot-name: no registry lists it
 # A gallery image aside: `.deleting-<host>.<pid>.<hex>-<name>` (before the deleter was

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidParameters, VaeNotFound
+from ..errors import InvalidParameters, VaeNotFound
+from ..spec import VAE_PREFIX, normalise_vae_id
 from .safetensors_file import read_safetensors_header
-from .spec import VAE_PREFIX, normalise_vae_id
 
 VAES_DIR = "vae"
 WEIGHTS = "diffusion_pytorch_model.safetensors"  # a diffusers folder's weights

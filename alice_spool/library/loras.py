@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidParameters, LoraNotFound
+from ..errors import InvalidParameters, LoraNotFound
+from ..spec import LORA_PREFIX, normalise_lora_id
 from .safetensors_file import read_safetensors_header
-from .spec import LORA_PREFIX, normalise_lora_id
 
 LORAS_DIR = "loras"
 
