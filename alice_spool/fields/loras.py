@@ -19,6 +19,8 @@ from .parsers import (
 
 # `<lora:name:scale>` in a prompt (A1111's and ALICE's tag); the scale is optional.
 _LORA_TAG = re.compile(r"<lora:([^:<>]+?)(?::([^:<>]*))?>", re.IGNORECASE)
+# What a tag taken out leaves: a run of spaces, a space before a comma.
+_SPACES, _SPACED_COMMA = re.compile(r"\s{2,}"), re.compile(r"\s+,")
 
 
 def _lora_scale(name: str, value: Any) -> float:
@@ -114,7 +116,7 @@ def lora_set(
 
     text = _LORA_TAG.sub(tag, prompt)
     if text != prompt:
-        text = re.sub(r"\s+,", ",", re.sub(r"\s{2,}", " ", text)).strip(" ,")
+        text = _SPACED_COMMA.sub(",", _SPACES.sub(" ", text)).strip(" ,")
         if not text.strip():
             raise InvalidParameters("prompt has nothing but LoRA tags", field="prompt")
     seen: set[str] = set()
