@@ -1,4 +1,4 @@
-"""What a model will need of a card, and how it is fitted in (DESIGN sections 9 and 17):
+"""What a model will need of a card, and how it is fitted in:
 `runner.memory` (attention and VAE slicing, whole-model or layer-by-layer CPU offload),
 and for the transformer families `runner.quantize` (the transformer and the T5 encoder
 in fp8, int8 or nf4) and `runner.offload` (model or group offload). Pure: the engine

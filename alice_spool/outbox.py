@@ -1,4 +1,4 @@
-"""The outbox (DESIGN section 6): one directory per finished job, `outbox/<job_id>/`, that
+"""The outbox: one directory per finished job, `outbox/<job_id>/`, that
 appears whole or not at all.
 
 Each job's files are written under a temporary dot-name, fsynced, and renamed into place;
@@ -225,7 +225,7 @@ class Outbox:
     """Writes and reads job directories under one root.
 
     Each directory belongs to the claim of the job that wrote it (`result["claim"]`, the
-    job's `claims` when it was claimed, a number that only grows; DESIGN section 15). A
+    job's `claims` when it was claimed, a number that only grows). A
     runner whose lease lapsed while another runner took the job over holds an earlier
     claim: whatever it writes or removes late never touches the later claim's files.
     """

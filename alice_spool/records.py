@@ -239,7 +239,7 @@ class RunnerReport:
 
 @dataclass(frozen=True)
 class DownloadRecord:
-    """A snapshot of one model download (DESIGN section 11)."""
+    """A snapshot of one model download."""
 
     id: str
     source: str
@@ -270,7 +270,7 @@ class DownloadRecord:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        """As the API shows a download (DESIGN section 11)."""
+        """As the API shows a download."""
         error = (
             {"code": self.error_code, "message": self.error_message} if self.error_code else None
         )
@@ -293,7 +293,7 @@ class DownloadRecord:
 
 @dataclass(frozen=True)
 class KeyRecord:
-    """An API key as the store keeps it: never the key itself (DESIGN section 13)."""
+    """An API key as the store keeps it: never the key itself."""
 
     id: str
     name: str
@@ -352,7 +352,7 @@ class InviteRecord:
 
 @dataclass(frozen=True)
 class GalleryItem:
-    """One gallery image (DESIGN section 13), with what its job asked and made."""
+    """One gallery image, with what its job asked and made."""
 
     id: str  # <job id>-<index>
     job_id: str

@@ -1,4 +1,4 @@
-"""Retention (DESIGN section 6): finished jobs' outbox directories older than
+"""Retention: finished jobs' outbox directories older than
 `retention.days`, or beyond `retention.max_storage_gb` (oldest first), are deleted, and
 their jobs marked `images_expired_at`. A directory of a job that is not finished (queued
 again, or running) is never touched; one whose job was purged from the table goes by

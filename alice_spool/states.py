@@ -26,7 +26,7 @@ class Source(enum.StrEnum):
     OPENAI = "openai"
     INBOX = "inbox"
     CLI = "cli"
-    # The other servers' dialects (DESIGN section 14): jobs their clients asked for.
+    # The other servers' dialects: jobs their clients asked for.
     A1111 = "a1111"
     ABLEREFUSAL = "ablerefusal"
     GTX1060 = "gtx1060"

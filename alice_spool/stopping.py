@@ -1,4 +1,4 @@
-"""How SIGTERM and SIGINT stop a process (DESIGN section 16).
+"""How SIGTERM and SIGINT stop a process.
 
 The first signal is a *warm* stop (finish up, give the jobs held back to the queue). A
 repeat within `REPEAT_WINDOW_S` of the first is the same stop delivered twice: a signal

@@ -1,4 +1,4 @@
-"""How much the spool keeps on disk (the web UI's Admin page, DESIGN section 13): the
+"""How much the spool keeps on disk (the web UI's Admin page): the
 outbox, the models, the stored image inputs, the inbox and the database, and the free
 space of each folder's file system."""
 

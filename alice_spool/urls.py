@@ -1,4 +1,4 @@
-"""Fetching what an http(s) URL names under the address rules of DESIGN section 11: only
+"""Fetching what an http(s) URL names under the address rules: only
 http and https; every hop (the URL and each redirect) resolved and refused
 (`forbidden_url`) if any of its addresses is not a global one (an IPv6 address that
 embeds an IPv4 one judged by that IPv4 address), unless `models.allow_private_urls` or

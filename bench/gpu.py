@@ -28,7 +28,7 @@ again with diffusers' own schedulers (one Brownian tree per call) as
 `stock_diffusers_images_per_s`.
 
 The flow shapes (FLUX.1 dev and schnell, SD 3.5 Large) need a CUDA GPU and run in
-bfloat16, at their family's steps, guidance and Euler scheduler (DESIGN section 17):
+bfloat16, at their family's steps, guidance and Euler scheduler:
 the request files leave guidance to the model, as a client would, and the bare calls
 use the same values (no negative prompt for FLUX.1, whose guidance is distilled; an
 empty one for SD 3.5, as the spool runs it). `--quantize` fits their transformer and

@@ -1,4 +1,4 @@
-"""The HTTP API (DESIGN section 7): a Starlette app over the store. It never imports
+"""The HTTP API: a Starlette app over the store. It never imports
 torch; it talks to the runner only through the database and the outbox.
 
 `create_app(settings, store, registry)` builds it; `alice-spool api` and `alice-spool

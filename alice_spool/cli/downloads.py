@@ -1,4 +1,4 @@
-"""Model downloads from the command line (DESIGN section 11): `models pull` queues a
+"""Model downloads from the command line: `models pull` queues a
 durable download and follows it (a progress bar on a terminal, JSON lines with
 `--json`), running it in the command when no worker takes it; `models downloads`,
 `models cancel` and `models search`; and `alice-spool downloader`, the download workers

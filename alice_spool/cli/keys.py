@@ -1,4 +1,4 @@
-"""`alice-spool keys`: API keys in the database (DESIGN section 13). A key is printed
+"""`alice-spool keys`: API keys in the database. A key is printed
 once, when it is made, and never again (only its SHA-256 is kept); this is how the
 first admin key is made: on the server itself, never over HTTP."""
 

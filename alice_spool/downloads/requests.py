@@ -1,5 +1,5 @@
-"""A download as the doors ask for it, checked before anything is queued (DESIGN
-section 11): the native body (`{"source": ..., ...}`), and `models pull`'s REF
+"""A download as the doors ask for it, checked before anything is queued: the native
+body (`{"source": ..., ...}`), and `models pull`'s REF
 (`org/repo[@rev]`, `hf:org/repo[@rev][:file]`, `civitai:MODEL_ID[@VERSION_ID]` or an
 http(s) URL). A malformed request, a URL the address rules refuse, or a name that is
 already installed is an error now (4xx), not a failed download later."""

@@ -1,4 +1,4 @@
-"""The model sources (DESIGN section 11) as the download worker and the search routes
+"""The model sources as the download worker and the search routes
 see them: what each needs from the settings (endpoints, tokens, the address rules), and
 the plan of a download of each source. Tokens live only here and in `Access`: they
 are sent in headers and never written into a plan, a row, a log line or an error."""

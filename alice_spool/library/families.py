@@ -1,5 +1,5 @@
 """The model families the spool knows and what each takes when a request leaves it to
-the model (DESIGN section 17). Pure: the registry reads a model's family from its files,
+the model. Pure: the registry reads a model's family from its files,
 the doors and the engine read here what that family means.
 
 | family | native | steps / guidance when a request gives none | schedulers |

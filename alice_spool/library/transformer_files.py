@@ -1,4 +1,4 @@
-"""A FLUX.1 or SD 3.x transformer in one file (DESIGN section 17): a `.safetensors`
+"""A FLUX.1 or SD 3.x transformer in one file: a `.safetensors`
 checkpoint (Black Forest Labs' and Stability's releases, ComfyUI's, or a diffusers
 transformer saved alone) or a `.gguf` quantization (city96's and others'), told by its
 tensor names, never by its file name. Such a file holds the transformer only (or the

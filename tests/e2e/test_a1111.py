@@ -1,4 +1,4 @@
-"""AUTOMATIC1111's API (DESIGN section 14) against a real `serve` on the tiny model,
+"""AUTOMATIC1111's API against a real `serve` on the tiny model,
 driven by `webuiapi`, the Python client A1111's users have: txt2img, img2img with a
 mask, models and the checkpoint option, samplers and schedulers, progress while a job
 runs, interrupt; and what it refuses, in A1111's error shape."""

@@ -1,4 +1,4 @@
-"""AUTOMATIC1111's API against a real `serve` on the tiny model (DESIGN section 14): what
+"""AUTOMATIC1111's API against a real `serve` on the tiny model: what
 A1111's own API tests send (its v1.10 `test/` bodies, written here from what they send),
 hires fix and clip skip as A1111's clients ask for them (and at the native door), and
 what a Discord bot sends (numbers as text, the old `sampler_index`, `png-info` on every

@@ -1,4 +1,4 @@
-"""AUTOMATIC1111's API as the clients people point at it call it (DESIGN section 14),
+"""AUTOMATIC1111's API as the clients people point at it call it,
 against a real `serve` on the tiny models: SillyTavern's and Open WebUI's call
 sequences replayed as their code makes them (their headers, bodies and order), the
 options object round trip, and the behaviours A1111's own API tests check."""

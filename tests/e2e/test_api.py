@@ -1253,7 +1253,7 @@ def test_input_image_urls_are_fetched_under_the_address_rules(
 
 def test_the_download_routes_queue_list_read_and_cancel(make_bare: Callable[..., Bare]) -> None:
     """Every bad body is a 400 naming its field with nothing queued (a loopback URL is
-    forbidden_url at once); a good one is 202 with the download in DESIGN's shape; list,
+    forbidden_url at once); a good one is 202 with the download in the native shape; list,
     read, cancel (again: the same), and a finished one's cancel is 409."""
     bare = make_bare()
     post = lambda path, body: httpx.post(bare.url + path, json=body, timeout=10)  # noqa: E731

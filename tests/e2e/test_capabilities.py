@@ -1,7 +1,7 @@
 """What a job id is worth to someone who is not its owner: nothing. `/health` names no job
 without an admin's key, an image URL carries a secret of its own (a known or chosen job id
 opens no image), a client-chosen id is its owner's alone, an id is never probeable through
-a page cursor, and only an admin moves the default model (DESIGN sections 7 and 13)."""
+a page cursor, and only an admin moves the default model."""
 
 from __future__ import annotations
 

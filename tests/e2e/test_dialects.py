@@ -1,8 +1,8 @@
-"""The AbleRefusal, GTX 1060 and REST plan APIs and ALICE's small routes (DESIGN section
-14) against a real `serve` on the tiny model: each seed document's own request
-examples sent as written, every dialect's refusals in its own error shape (never a
-500), their jobs in `GET /v1/jobs` with their `source`, and the REST plan's WebSocket
-progress stream with a real client."""
+"""The AbleRefusal, GTX 1060 and REST plan APIs and ALICE's small routes against a real
+`serve` on the tiny model: each seed document's own request examples sent as written,
+every dialect's refusals in its own error shape (never a 500), their jobs in `GET
+/v1/jobs` with their `source`, and the REST plan's WebSocket progress stream with a real
+client."""
 
 from __future__ import annotations
 

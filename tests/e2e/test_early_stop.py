@@ -1,4 +1,4 @@
-"""A stop at any moment of a command's start-up (DESIGN section 16): SIGTERM or SIGINT
+"""A stop at any moment of a command's start-up: SIGTERM or SIGINT
 sent right after exec, while the command still imports its libraries, is a clean stop
 for the commands that stop on signals, and the default death for the others.
 

@@ -1,4 +1,4 @@
-"""The gallery's doors and its faults (DESIGN section 13): a date with no time in UTC,
+"""The gallery's doors and its faults: a date with no time in UTC,
 text no database can store, more tag filters than ALICE allows, each a 400 naming the
 parameter that leaves the node in service, while a real database fault still marks it
 degraded; and an image whose delete a crash cut short is whole again once the server

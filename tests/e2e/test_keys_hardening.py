@@ -1,4 +1,4 @@
-"""Keys and web sessions, hardened (DESIGN section 13): a session lives only as long as
+"""Keys and web sessions, hardened: a session lives only as long as
 the key it was opened with (a restart with a replaced or removed configured key ends
 it), a key's name is unique across configured and stored keys, rate limits and stream
 slots are kept per key and never per name, every credential in a URL setting is masked

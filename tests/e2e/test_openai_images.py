@@ -1,5 +1,5 @@
-"""OpenAI's images API as OpenAI's own clients call it (DESIGN section 7, issue: model
-names, output formats, variations), with the official `openai` SDK against a real `serve`
+"""OpenAI's images API as OpenAI's own clients call it (model names, output formats,
+variations), with the official `openai` SDK against a real `serve`
 on two tiny models: OpenAI's image model names at generations, edits, variations and
 chat; a configured alias to the other model; each output format decoded; the answer
 shapes of gpt-image and DALL-E names; and every refused value on an in-process server,

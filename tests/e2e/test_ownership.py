@@ -1,4 +1,4 @@
-"""Ownership (DESIGN section 13) on every route that reads or steers a job, a batch, a
+"""Ownership on every route that reads or steers a job, a batch, a
 download or a gallery image: a table of route x role x owner. A user sees and steers
 only their own (another's id is a 404 exactly like an id that does not exist), an
 admin everything, no key nothing; a shared image is seen by all and changed only by its

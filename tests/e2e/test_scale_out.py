@@ -1,4 +1,4 @@
-"""Scale-out (DESIGN section 15), with real processes on the real tiny pipeline:
+"""Scale-out, with real processes on the real tiny pipeline:
 
 - `runner.devices`: serve starts and supervises one runner per device, each with its own
   name (two CPU "devices" here), and /health shows each;

@@ -1,7 +1,7 @@
 """Stopping `serve` as systemd and a terminal do: a signal to its whole process group
 (`os.killpg`) in the middle of a multi-second job. Each stop must put the job back in the
 queue with no attempt counted, leave the database consistent and the outbox clean, and
-the job must still succeed in the end (DESIGN section 16)."""
+the job must still succeed in the end."""
 
 from __future__ import annotations
 

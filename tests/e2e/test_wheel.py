@@ -1,5 +1,5 @@
 """Install as users do: build the wheel, install it into a fresh virtual environment and
-run the daemon from there, far from this checkout (DESIGN section 16).
+run the daemon from there, far from this checkout.
 
 The new environment gets only the wheel; its dependencies (torch and the rest, already on
 this disk) are reached through a path file naming this environment's site-packages, so

@@ -1,4 +1,4 @@
-"""FLUX.1 and SD 3.x (DESIGN section 17), on their tiny random-weight models and the real
+"""FLUX.1 and SD 3.x, on their tiny random-weight models and the real
 diffusers pipelines: the registry lists them with their family, variant and defaults;
 the door fills what a request left to the model with the family's own and refuses what
 the family cannot do; the engine makes images that follow the seed, come out the same

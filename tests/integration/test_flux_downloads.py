@@ -1,5 +1,5 @@
 """A FLUX.1-shaped Hugging Face repository through the download manager, from the Hub
-stand-in on 127.0.0.1 (DESIGN section 11): its transformer and T5 encoder sharded as the
+stand-in on 127.0.0.1: its transformer and T5 encoder sharded as the
 real repositories have them, with the decoys they carry (a single-file checkpoint and the
 autoencoder at the root, a GGUF file, an fp8 variant, images). The download fetches
 exactly the pipeline's files, the registry lists the model as FLUX.1 schnell, and the

@@ -1,4 +1,4 @@
-"""FLUX.1's guidance and its other variants (DESIGN section 17), on tiny random-weight
+"""FLUX.1's guidance and its other variants, on tiny random-weight
 models and the real diffusers pipelines: true CFG runs the negative prompt, which without
 it is refused; a T5 prompt length within the family's limit; what a family has no use
 for runs without it and is recorded; a Kontext model edits an image after the prompt, a

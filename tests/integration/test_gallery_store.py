@@ -1,4 +1,4 @@
-"""The gallery's rows in the store (DESIGN section 13), on SQLite and, with
+"""The gallery's rows in the store, on SQLite and, with
 ALICE_TEST_DATABASE_URL, on PostgreSQL: written when a job succeeds, seen by scope,
 shared until a given time, tagged, searched, counted and deleted; and the other
 per-user rows beside them: web sessions and the dialects' client options."""

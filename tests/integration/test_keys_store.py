@@ -1,4 +1,4 @@
-"""API keys and invites in the store (DESIGN section 13): only a key's SHA-256 is kept,
+"""API keys and invites in the store: only a key's SHA-256 is kept,
 names are unique, revoked keys stay listed, `last used` is written at most once a
 minute, and an invite is spent in the same transaction that makes its user key."""
 

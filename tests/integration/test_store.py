@@ -786,7 +786,7 @@ def test_a_lock_held_past_the_deadline_is_database_busy(
     assert store.counts()[JobStatus.QUEUED] == 0
 
 
-# -- fair share between owners (DESIGN section 13) ----------------------------------------
+# -- fair share between owners ----------------------------------------
 
 
 def claim_one(store: Store) -> JobRecord:

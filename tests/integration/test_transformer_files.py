@@ -1,4 +1,4 @@
-"""FLUX.1 and SD 3.x transformers in one file (DESIGN section 17): `.gguf` and
+"""FLUX.1 and SD 3.x transformers in one file: `.gguf` and
 `.safetensors` files under <models>/ are told by their tensors (never their names),
 listed with family and variant, and run with the components of an installed model of the
 same family and variant; without one, the load says which repository to install. On the

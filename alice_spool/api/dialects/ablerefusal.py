@@ -1,4 +1,4 @@
-"""The AbleRefusal API (`reference/ablerefusal-spec.md`, DESIGN section 14): a thin
+"""The AbleRefusal API: a thin
 translator. A generation is queued (source `ablerefusal`) and answered at once with its
 id; its status, progress and results are read from the job; its `/outputs/` are the
 spool's `/images/`. Its own limits (width and

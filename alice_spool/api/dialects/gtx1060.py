@@ -1,4 +1,4 @@
-"""The GTX 1060 API (`reference/gtx1060-api-design.md`, DESIGN section 14): a thin
+"""The GTX 1060 API: a thin
 translator. `POST /generate` queues the job (source `gtx1060`) and answers when it is
 done with one base64 PNG and its metadata. Its own limits (prompt 1..500 characters,
 steps 1..50, width and height 256..768 in multiples of 64, seed 0..2**32-1) and error

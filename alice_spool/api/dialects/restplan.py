@@ -1,4 +1,4 @@
-"""The REST plan's API (`reference/rest-api-plan.md`, DESIGN section 14): a thin
+"""The REST plan's API: a thin
 translator. txt2img and img2img queue the job (source `restplan`) and answer when it
 is done with one base64 PNG, its seed, model and latency; the WebSocket
 `/stream/generate/txt2img` sends the job's steps as they happen, then the image. The

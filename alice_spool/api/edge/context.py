@@ -66,7 +66,7 @@ class Api:
 
     @property
     def sources(self) -> SourceSettings:
-        """The model sources' endpoints and tokens (DESIGN section 11)."""
+        """The model sources' endpoints and tokens."""
         return SourceSettings.from_settings(self.settings)
 
     @property

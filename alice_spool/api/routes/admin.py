@@ -1,4 +1,4 @@
-"""What the web UI's Admin page reads (DESIGN section 13): the effective configuration
+"""What the web UI's Admin page reads: the effective configuration
 with every secret masked, storage use, and the live web sessions (which an admin may
 end)."""
 

@@ -1,4 +1,4 @@
-"""Keys, invites and registration over HTTP (DESIGN section 13), in ALICE's shapes:
+"""Keys, invites and registration over HTTP, in ALICE's shapes:
 admins make, list, revoke and delete keys and invites; anyone may ask who they are and
 how registration works, and register a user key when `server.registration` allows it.
 No route ever makes a key without an admin's key (or an invite): the first admin key is

@@ -1,4 +1,4 @@
-"""The installed models and LoRAs, one at a time (DESIGN section 11): details, ALICE's
+"""The installed models and LoRAs, one at a time: details, ALICE's
 `info` shape, delete (queued jobs for a deleted model fail `model_not_found`; a runner
 that has it loaded unloads it), and ALICE's LoRA list."""
 

@@ -1,4 +1,4 @@
-"""The download routes (DESIGN section 11): queue a model download from Hugging Face,
+"""The download routes: queue a model download from Hugging Face,
 CivitAI or a URL (202; the workers inside `serve`/`api` run it), list, read, follow
 (server-sent events) and cancel them (searching the sources: search.py). ALICE's routes
 give the same in ALICE's shapes (reference/alice-today.md)."""

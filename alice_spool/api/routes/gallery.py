@@ -1,4 +1,4 @@
-"""The gallery (DESIGN section 13) in ALICE's shapes: each image of a succeeded job,
+"""The gallery in ALICE's shapes: each image of a succeeded job,
 `<job id>-<i>`, listed for its owner (an admin sees all; a public image everyone, until
 its share expires), with privacy, tags and delete. The image URLs themselves stay
 unguessable capability URLs that need no key (SAM fetches them without one)."""

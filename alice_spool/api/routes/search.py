@@ -1,4 +1,4 @@
-"""Model search (DESIGN section 11): CivitAI and the Hub searched through their APIs,
+"""Model search: CivitAI and the Hub searched through their APIs,
 natively (`GET /v1/models/search`) and in ALICE's shapes (`POST /v1/models/search/...`),
 and CivitAI's preview images passed through (`/v1/models/thumbnail`)."""
 

@@ -1,4 +1,4 @@
-"""AUTOMATIC1111's API (`/sdapi/v1/`): what its clients list and poll (DESIGN section 14).
+"""AUTOMATIC1111's API (`/sdapi/v1/`): what its clients list and poll.
 Models, samplers, schedule types, LoRAs, VAEs, upscalers: what exists here, in A1111's
 shapes; progress, interrupt and skip for the asking client's own jobs; and the lists of
 what this server has none of (face restorers, styles, embeddings, hypernetworks),

@@ -1,5 +1,5 @@
 """AUTOMATIC1111's API (`/sdapi/v1/`): its error shape, checkpoint titles and options
-object (DESIGN section 14).
+object.
 
 `GET /sdapi/v1/options` answers A1111 1.10's whole options object with its default
 values (`options.json`, as a fresh A1111 answers it), overlaid with what this
