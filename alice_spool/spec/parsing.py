@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import InvalidParameters
 from ..fields import normalise_model_id
 from .job import FAMILY_FIELDS, JobSpec, Request
-from .request import GenerationRequest, JobRequest, request_model, spec_model, validate
+from .request import GenerationRequest, request_model, spec_model, validate
 from .settings import BUILTIN_DEFAULTS, GenerationDefaults
 
 
@@ -38,7 +38,6 @@ def parse_spec(
 def parse_request(data: Any, defaults: GenerationDefaults = BUILTIN_DEFAULTS) -> Request:
     """A request from a file or the CLI: a spec plus an optional `id` (its idempotency key)."""
     request = validate(request_model(defaults), data)
-    assert isinstance(request, JobRequest)
     return Request(spec=spec_of(request), idempotency_key=request.id)
 
 

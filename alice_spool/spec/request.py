@@ -10,7 +10,7 @@ import functools
 import math
 import operator
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Self, cast
+from typing import Annotated, Any, ClassVar, Self, TypeVar, cast
 
 from pydantic import (
     BaseModel,
@@ -405,7 +405,10 @@ def request_model(defaults: GenerationDefaults = BUILTIN_DEFAULTS) -> type[JobRe
     return cast(type[JobRequest], _model(JobRequest, _settings_of(defaults)))
 
 
-def validate(model: type[GenerationRequest], data: Any) -> GenerationRequest:
+_Request = TypeVar("_Request", bound=GenerationRequest)
+
+
+def validate(model: type[_Request], data: Any) -> _Request:
     """`data` as `model` validates and normalises it; refused, the first error as the
     `InvalidParameters` that names its field."""
     try:
