@@ -221,11 +221,14 @@ class Enqueueing(StoreBase):
         )
 
         if idempotency_key is None:
+            # Made before the transaction: writers queue for SQLite's one write lock,
+            # and whatever is done while holding it, every other writer waits for.
+            made = Enqueued(JobRecord.from_mapping({**_UNSET, **row}), created=True)
 
             def work(conn: Connection) -> Enqueued:
                 self.check_room(conn, 1)
                 conn.execute(_INSERT, row)
-                return Enqueued(JobRecord.from_mapping({**_UNSET, **row}), created=True)
+                return made
 
             return _logged(self.db.write(work))
 
