@@ -7,6 +7,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable
 from datetime import datetime
+from itertools import chain
 
 from sqlalchemy import Connection, select
 
@@ -111,8 +112,7 @@ def _add(conn: Connection, amounts: dict[str, float]) -> None:
     if statement is None:
         statement = _UPSERTS[key] = _upsert(*key)
     # By name: concurrent writers (PostgreSQL) lock the rows in one order, never crosswise.
-    names = sorted(amounts)
-    conn.exec_driver_sql(statement, tuple(x for n in names for x in (n, amounts[n])))
+    conn.exec_driver_sql(statement, tuple(chain.from_iterable(sorted(amounts.items()))))
 
 
 class Counters(StoreBase):
