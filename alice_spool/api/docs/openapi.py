@@ -8,11 +8,11 @@ from typing import Any
 
 from starlette.routing import Route
 
-from ... import hires, spec
+from ... import spec
 from ...downloads.civitai import SORTS as _CIVITAI_SORTS
 from ...downloads.civitai import TYPES as _CIVITAI_TYPES
 from ...downloads.huggingface import SORTS as _HF_SORTS
-from ...spec import SPEC_FIELDS
+from ...spec import SPEC_FIELDS, request_json_schema
 from ...states import DownloadStatus, JobStatus, Source
 from ...store.keys import KEY_NAME, MAX_RATE_LIMIT
 from ..dialects.formats import FORMATS
@@ -77,256 +77,6 @@ def _optional(schema: dict[str, Any]) -> dict[str, Any]:
     return {**schema, "type": [kind, "null"]} if isinstance(kind, str) else schema
 
 
-def spec_schema(generation: Any) -> dict[str, Any]:
-    """A request's fields with this server's limits and defaults (the web UI's submit
-    form is built from it)."""
-    sizes = _sizes()
-    optional: dict[str, dict[str, Any]] = {
-        "negative_prompt": {"type": "string", "default": "", "pattern": r"^[^\x00]*$"},
-        "model": {
-            "type": "string",
-            "pattern": "^$|" + _MODEL_ID,  # "" is the default model, as null is
-            "example": "sd/tiny",
-            "description": "an installed model; the default model when left out or empty",
-        },
-        "width": {
-            "type": "integer",
-            "multipleOf": spec.SIZE_MULTIPLE,
-            "minimum": spec.SIZE_MIN,
-            "maximum": spec.SIZE_MAX,
-            "description": "the model's native size when left out",
-        },
-        "height": {
-            "type": "integer",
-            "multipleOf": spec.SIZE_MULTIPLE,
-            "minimum": spec.SIZE_MIN,
-            "maximum": spec.SIZE_MAX,
-        },
-        "size": {
-            "type": "string",
-            "pattern": f"^({sizes})x({sizes})$",
-            "example": "512x512",
-            "description": "WIDTHxHEIGHT, instead of both",
-        },
-        "steps": {
-            "type": "integer",
-            "minimum": 1,
-            "maximum": generation.max_steps,
-            "default": generation.default_steps,
-        },
-        "guidance_scale": {
-            "type": "number",
-            "minimum": 0,
-            "maximum": spec.GUIDANCE_MAX,
-            "default": generation.default_guidance_scale,
-        },
-        "seed": {
-            "type": "integer",
-            "minimum": -1,
-            "maximum": spec.SEED_MAX,
-            "description": "random when -1 or left out (and recorded)",
-        },
-        "scheduler": {
-            "type": "string",
-            "enum": list(spec.SCHEDULERS),
-            "default": generation.default_scheduler,
-        },
-        "n": {"type": "integer", "minimum": 1, "maximum": generation.max_n, "default": 1},
-        "priority": {
-            "type": "integer",
-            "minimum": spec.PRIORITY_MIN,
-            "maximum": spec.PRIORITY_MAX,
-            "default": 0,
-            "description": "higher runs first; a user's key may set at most "
-            "users.max_priority (an admin's key any)",
-        },
-        "loras": {
-            "type": "array",
-            "maxItems": generation.max_loras,
-            "items": {
-                "anyOf": [
-                    {"type": "string", "pattern": _LORA_ID},
-                    {
-                        "type": "object",
-                        "required": ["name"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "name": {"type": "string", "pattern": _LORA_ID},
-                            "scale": _optional(_LORA_SCALE),
-                        },
-                    },
-                ]
-            },
-            "description": "LoRAs from <models>/loras/ (GET /v1/loras), each named once; "
-            "prompt tags <lora:name:scale> count too",
-        },
-        "lora_paths": {
-            "type": "array",
-            "maxItems": generation.max_loras,
-            "items": {"type": "string", "maxLength": 1024, "pattern": _LORA_PATH},
-            "description": "ALICE's: LoRA file names (the name is the file's)",
-        },
-        "lora_scales": {
-            "type": "array",
-            "items": _optional(_LORA_SCALE),
-            "description": "ALICE's: the scale of each lora_paths entry (1 when missing; "
-            "one without an entry applies to nothing)",
-        },
-        "hires": _hires_schema(generation),
-        "clip_skip": {
-            "type": "integer",
-            "minimum": 1,
-            "maximum": spec.CLIP_SKIP_MAX,
-            "default": 1,
-            "description": "A1111's: stop at the Nth CLIP layer from the end (1: the last)",
-        },
-        "true_cfg_scale": {
-            "type": ["number", "null"],
-            "minimum": 1,
-            "maximum": spec.GUIDANCE_MAX,
-            "default": 1,
-            "description": "FLUX.1: classifier-free guidance over the negative prompt, which "
-            "its distilled guidance (guidance_scale) lacks; above 1 it runs the model twice a "
-            "step, and a FLUX.1 request with a negative_prompt needs it; 1 or null: off. Other "
-            "families' guidance_scale is that already: there it is ignored, and the job "
-            "records so (client_fields.ignored)",
-        },
-        "max_sequence_length": {
-            "type": ["integer", "null"],
-            "minimum": 1,
-            "maximum": spec.SEQUENCE_MAX,
-            "description": "FLUX.1 and SD 3.x: the prompt's length in T5 tokens (FLUX.1 "
-            "schnell at most 256); null: the pipeline's own (512 or 256). Ignored, and "
-            "recorded so, by families without a T5 encoder",
-        },
-        "vae": {
-            "type": ["string", "null"],
-            "pattern": r"^(vae/)?" + _NAME,
-            "example": "vae/vae-ft-mse-840000-ema-pruned",
-            "description": "a VAE from <models>/vae/ (vae/<name>, or its file name) in place "
-            "of the model's own; null, Automatic or None: the model's own",
-        },
-        "id": {
-            "type": "string",
-            "maxLength": spec.IDEMPOTENCY_KEY_MAX_CHARS,
-            "pattern": _TEXT,
-            "description": "idempotency key: not blank; no NUL characters",
-        },
-    }
-    return {
-        "type": "object",
-        "required": ["prompt"],
-        "additionalProperties": False,  # an unknown field is refused (a typo protection)
-        # `size` is instead of `width` and `height`, never with them
-        "not": {
-            "anyOf": [
-                {"required": ["size", "width"]},
-                {"required": ["size", "height"]},
-                {  # one spelling of LoRAs or the other
-                    "required": ["loras", "lora_paths"],
-                    "properties": {"loras": {"type": "array"}, "lora_paths": {"type": "array"}},
-                },
-            ]
-        },
-        "properties": {
-            "prompt": {
-                "type": "string",
-                "maxLength": spec.PROMPT_MAX_CHARS,
-                "pattern": _TEXT,
-                "description": "not blank; no NUL characters",
-            },
-            **{name: _optional(field) for name, field in optional.items()},
-        },
-    }
-
-
-def _hires_schema(generation: Any) -> dict[str, Any]:
-    """`hires` (hires.py): its settings, or a shorthand."""
-    side = {
-        "anyOf": [
-            {"type": "integer", "minimum": spec.SIZE_MIN, "maximum": spec.SIZE_MAX},
-            {"enum": [0, None]},
-        ],
-        "description": f"{spec.SIZE_MIN}..{spec.SIZE_MAX}, rounded down to a multiple of 8; "
-        "0 or null: from the other side and the first pass's aspect",
-    }
-    text = {
-        "type": ["string", "null"],
-        "maxLength": spec.PROMPT_MAX_CHARS,
-        "pattern": "^[^\\x00]*$",
-    }
-    scaled = {"type": "number"}
-    settings = {
-        "type": "object",
-        "additionalProperties": False,
-        # a scale, or a width and/or height: never both
-        "not": {
-            "anyOf": [
-                {
-                    "required": ["scale", side_name],
-                    "properties": {"scale": scaled, side_name: {"type": "integer", "minimum": 1}},
-                }
-                for side_name in ("width", "height")
-            ]
-        },
-        "properties": {
-            "scale": {
-                "type": ["number", "null"],
-                "minimum": 1,
-                "maximum": hires.SCALE_MAX,
-                "default": hires.DEFAULT_SCALE,
-                "description": "the target: the first pass's size times this (not with "
-                "width or height; 1: a second pass at the same size)",
-            },
-            "width": side,
-            "height": side,
-            "upscaler": {
-                "type": "string",
-                "enum": [upscaler.name for upscaler in hires.UPSCALERS],
-                "default": hires.DEFAULT_UPSCALER,
-                "description": "A1111's names (any case): Latent ones upscale the latents",
-            },
-            "steps": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": generation.max_steps,
-                "default": 0,
-                "description": "the second pass's steps; 0: as many as the first pass",
-            },
-            "strength": {
-                "anyOf": [
-                    {"type": "number", "minimum": 0, "maximum": 0},
-                    {
-                        "type": "number",
-                        "minimum": hires.min_strength(generation.max_steps),
-                        "maximum": 1,
-                    },
-                ],
-                "default": hires.DEFAULT_STRENGTH,
-                "description": "the second pass's denoising strength; 0: the upscale alone",
-            },
-            "scheduler": {
-                "type": ["string", "null"],
-                "enum": [*spec.SCHEDULERS, None],
-                "description": "the second pass's; null: the first pass's",
-            },
-            "prompt": {**text, "description": "null or empty: the job's"},
-            "negative_prompt": {**text, "description": "null or empty: the job's"},
-        },
-    }
-    return {
-        "anyOf": [
-            settings,
-            {"type": "string", "pattern": f"^{hires.SHORTHAND}$", "example": "2x"},
-            {"type": "number", "minimum": 1, "maximum": hires.SCALE_MAX},
-            {"type": "boolean"},
-            {"type": "null"},
-        ],
-        "description": "hires fix (txt2img only): a second pass, as img2img, at a larger "
-        "size: settings, a scale (2x, 1.5) or a size (1024x768); true: the defaults",
-    }
-
-
 def openai_image_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """OpenAI's image-API fields (openai_fields.py), and `model` and `size` as its
     clients send them, over the request's own `fields` (each may be null: left out)."""
@@ -384,7 +134,7 @@ def openai_image_fields(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _bodies(generation: Any) -> dict[str, dict[str, Any]]:
-    request = spec_schema(generation)
+    request = request_json_schema(generation)
     return {
         "/v1/jobs": request,
         "/v1/images/generations": {
@@ -884,7 +634,7 @@ def _image_form(bodies: dict[str, Any], path: str) -> dict[str, Any]:
     """OpenAI's image edits and variations forms: files, and the request's fields and
     OpenAI's as text (a variation has no prompt and no mask)."""
     fields = bodies["/v1/jobs"]["properties"]
-    skip: tuple[str, ...] = ("prompt", "init_image", "mask_image", "id", "loras")
+    skip: tuple[str, ...] = ("prompt", "init_image", "mask_image", "id", "loras", "num_images")
     skip += ("lora_paths", "lora_scales")
     skip += ("width", "height")  # OpenAI's form has size
     text = {name: field for name, field in fields.items() if name not in skip}
