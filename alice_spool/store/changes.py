@@ -1,4 +1,4 @@
-"""Wake-ups (DESIGN section 15): one watcher per process tells every waiter there (an idle
+"""Wake-ups: one watcher per process tells every waiter there (an idle
 runner, a request waiting for its job, an event stream, `alice-spool wait`) when what it
 waits for may have changed, so that none of them polls the database on its own.
 

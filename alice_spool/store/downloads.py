@@ -1,4 +1,4 @@
-"""Model downloads (DESIGN section 11) as durable rows: queued by the doors, claimed by a
+"""Model downloads as durable rows: queued by the doors, claimed by a
 download worker as the runner claims jobs (one atomic `UPDATE ... RETURNING`; `SKIP
 LOCKED` on PostgreSQL), held under a lease renewed with each progress report, finished
 once, and put back in the queue when their worker died, keeping the bytes they had

@@ -1,4 +1,4 @@
-"""The gallery (DESIGN section 13): one row per image of a succeeded job, written in the
+"""The gallery: one row per image of a succeeded job, written in the
 transaction that succeeds it, with its owner, privacy (public until a time) and tags.
 
 Who sees what is decided here, in SQL: `scope` is the owner a user's request may see

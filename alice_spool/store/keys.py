@@ -1,4 +1,4 @@
-"""API keys and invite codes (DESIGN section 13) as rows: a key is made here and shown
+"""API keys and invite codes as rows: a key is made here and shown
 once (only its SHA-256 is kept, so it is looked up by hash, never compared as text);
 `last used` is written at most once a minute; revoked keys stay listed. An invite is
 used up in the same transaction that makes the user key it gives, so two people can

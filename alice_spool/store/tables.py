@@ -118,14 +118,14 @@ class Job(Base):
     images: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     # When retention deleted the job's outbox directory (its images are gone).
     images_expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    # Whose job it is (DESIGN section 13): the submitting key's `Principal.owner`; None
+    # Whose job it is: the submitting key's `Principal.owner`; None
     # for the admin's (the inbox's, the CLI's, an open server's).
     owner: Mapped[str | None] = mapped_column(String(80))
     # How many times it was claimed; never decreases (unlike `attempts`): the fence of
-    # its outbox directory (DESIGN section 15).
+    # its outbox directory.
     claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The secret its image URLs carry (128 random bits, never derived from the id); None
-    # for a job from before it existed, whose links keep their old form (DESIGN section 7).
+    # for a job from before it existed, whose links keep their old form.
     image_secret: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
@@ -222,7 +222,7 @@ class Counter(Base):
 class Served(Base):
     """When the runners last took a job of each owner (`Job.owner`; "" for the admin's
     jobs: the inbox's, the CLI's, an open server's): the claim serves the
-    owner served least recently first, at equal priority (DESIGN section 13)."""
+    owner served least recently first, at equal priority."""
 
     __tablename__ = "served"
 
@@ -234,7 +234,7 @@ _DOWNLOAD_QUEUED = text("status = 'queued'")
 
 
 class Download(Base):
-    """A model download (DESIGN section 11): the row is the truth, so a restart resumes
+    """A model download: the row is the truth, so a restart resumes
     every unfinished one and two workers never take the same (claimed as jobs are)."""
 
     __tablename__ = "downloads"
@@ -279,7 +279,7 @@ class Download(Base):
 
 
 class ApiKey(Base):
-    """An API key (DESIGN section 13): only its SHA-256 is kept; the key itself is shown
+    """An API key: only its SHA-256 is kept; the key itself is shown
     once, when it is made."""
 
     __tablename__ = "api_keys"
@@ -319,7 +319,7 @@ class Invite(Base):
 
 
 class WebSession(Base):
-    """A web session (DESIGN section 13): its cookie holds a random id, of which only
+    """A web session: its cookie holds a random id, of which only
     the SHA-256 is kept, never the key that opened it."""
 
     __tablename__ = "sessions"
@@ -341,7 +341,7 @@ def include_in_comparison(obj: Any, name: str | None, type_: str, *_: Any) -> bo
 
 
 class GalleryImage(Base):
-    """One image of a succeeded job in the gallery (DESIGN section 13), id
+    """One image of a succeeded job in the gallery, id
     `<job id>-<index>`: written in the transaction that succeeds the job, gone when the
     image is deleted or retention deletes its job's directory."""
 
@@ -378,7 +378,7 @@ class GalleryTag(Base):
 
 
 class ClientOption(Base):
-    """A client's own setting in a dialect that has them (DESIGN section 14): A1111's
+    """A client's own setting in a dialect that has them: A1111's
     `sd_model_checkpoint`, per owner ("" for the admin's), kept across restarts and
     shared by every API node."""
 
