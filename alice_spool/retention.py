@@ -112,7 +112,7 @@ def apply_retention(
 def _finished_entries(store: Store, dirs: dict[str, Path], report: RetentionReport) -> list[Entry]:
     """The job directories retention may delete, oldest first; those of jobs not finished
     (running again, or queued for a retry) are noted as kept."""
-    jobs = {job.id: job for job in store.get_many(list(dirs), missing_ok=True)}
+    jobs = {job.id: job for job in store.jobs.get_many(list(dirs), missing_ok=True)}
     entries: list[Entry] = []
     for job_id, path in dirs.items():
         job = jobs.get(job_id)
@@ -175,7 +175,7 @@ def _delete(
         shutil.rmtree(dirs[job_id], ignore_errors=True)
         if data_dir is not None:
             inputs.remove(data_dir, job_id)
-    store.mark_images_expired(report.deleted, now=now)
+    store.jobs.mark_images_expired(report.deleted, now=now)
     log.info(
         "retention: deleted %d job director(ies) (%d by age, %d by size), %.1f MB freed",
         len(report.deleted),
@@ -198,7 +198,7 @@ def _orphan_inputs(store: Store, data_dir: Path, now: datetime) -> list[str]:
             continue
         if entry.is_dir() and changed < now - ORPHAN_INPUTS_AFTER:
             old.append(entry.name)
-    known = {job.id for job in store.get_many(old, missing_ok=True)}
+    known = {job.id for job in store.jobs.get_many(old, missing_ok=True)}
     return [job_id for job_id in old if job_id not in known]
 
 
@@ -236,7 +236,7 @@ def finish_deletions(
             continue  # gone meanwhile
         if not leftovers:
             continue
-        job = next(iter(store.get_many([directory.name], missing_ok=True)), None)
+        job = next(iter(store.jobs.get_many([directory.name], missing_ok=True)), None)
         listed = {
             image["file"]
             for image in ((job.result or {}).get("images") or [] if job is not None else [])

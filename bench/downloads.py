@@ -96,7 +96,7 @@ def manager(url: str, root: Path, round_: int) -> float:
     store = Store.open(f"sqlite:///{root / 'downloads.db'}")
     migrate.upgrade(store.db)
     models = root / f"models-{round_}"
-    store.queue_download("url", {"url": url}, name=f"base-{round_}")
+    store.downloads.queue_download("url", {"url": url}, name=f"base-{round_}")
     worker = DownloadWorker(
         store, models, WorkerOptions(owner="bench"), SourceSettings(allow_private_urls=True)
     )

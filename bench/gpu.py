@@ -263,7 +263,7 @@ class Spool:
                 raise TimeoutError(f"{len(unresolved) + len(files)} jobs not finished")
             if unresolved and time.monotonic() - looked_up > 0.1:
                 looked_up = time.monotonic()
-                for job in self.store.list_jobs(limit=10_000).jobs:
+                for job in self.store.jobs.list_jobs(limit=10_000).jobs:
                     if job.idempotency_key in unresolved:
                         unresolved.discard(job.idempotency_key)
                         files.append(self.outbox.job_dir(job.id) / RESULT)
@@ -274,7 +274,7 @@ class Spool:
         wanted = set(keys)
         while any(
             job.status.value in ("queued", "running")
-            for job in self.store.list_jobs(limit=10_000).jobs
+            for job in self.store.jobs.list_jobs(limit=10_000).jobs
             if job.idempotency_key in wanted
         ):
             if time.monotonic() > deadline:
@@ -598,7 +598,7 @@ def main() -> None:
             spool.wait(spool.drop(args, args.jobs), timeout=3600)
             speeds["c"] = args.jobs / (time.perf_counter() - started)
             log.info("(c) spool, %d jobs: %.3f images/s", args.jobs, speeds["c"])
-            finished = spool.store.list_jobs(limit=10_000).jobs
+            finished = spool.store.jobs.list_jobs(limit=10_000).jobs
             batches_run = {
                 (j.result or {}).get("timings", {}).get("batch_images") for j in finished
             }

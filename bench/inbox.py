@@ -66,7 +66,7 @@ def latency(root: Path, args: argparse.Namespace) -> dict[str, float]:
             dropped = datetime.now(UTC)
             drop(inbox.directory, f"single-{i}.json", request(i))
             deadline = time.monotonic() + 10
-            while not (page := store.list_jobs(limit=1)).jobs or page.jobs[0].client != (
+            while not (page := store.jobs.list_jobs(limit=1)).jobs or page.jobs[0].client != (
                 f"single-{i}.json"
             ):
                 assert time.monotonic() < deadline, "the watcher did not take the file"
@@ -109,7 +109,7 @@ def burst(root: Path, args: argparse.Namespace) -> dict[str, float]:
         written = time.perf_counter()
         wait_for(inbox, args.burst)
         done = time.perf_counter()
-        assert writer.returncode == 0 and sum(store.counts().values()) == args.burst
+        assert writer.returncode == 0 and sum(store.jobs.counts().values()) == args.burst
     finally:
         inbox.stop()
         store.db.close()

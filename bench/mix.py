@@ -136,7 +136,7 @@ def mix_runner(engine: Engine, jobs: list[Job], root: Path, max_batch: int, name
             data_dir,
             staged,
             job_id,
-            lambda given, spec=spec: store.enqueue(spec, source="cli", job_id=given),
+            lambda given, spec=spec: store.jobs.enqueue(spec, source="cli", job_id=given),
             lambda done, job_id=job_id: done.job.id == job_id,
         )
     runner = Runner(
@@ -149,7 +149,7 @@ def mix_runner(engine: Engine, jobs: list[Job], root: Path, max_batch: int, name
     started = time.perf_counter()
     runner.run()
     elapsed = time.perf_counter() - started
-    counts = store.counts()
+    counts = store.jobs.counts()
     assert counts[JobStatus.SUCCEEDED] == len(jobs), counts
     db.close()
     return elapsed

@@ -95,13 +95,13 @@ def served_job(root: Path) -> str:
     settings = load_settings(None, env={}, overrides={"paths.data_dir": str(root / "var")})
     store = Store.open(settings.database_url)
     migrate.upgrade(store.db)
-    queued = store.enqueue(parse_spec({"prompt": "a fox", "model": "sd/tiny"}), source="cli")
-    (taken,) = store.claim_batch("bench", 1, lease_s=30)
+    queued = store.jobs.enqueue(parse_spec({"prompt": "a fox", "model": "sd/tiny"}), source="cli")
+    (taken,) = store.leases.claim_batch("bench", 1, lease_s=30)
     folder = root / "var" / "outbox" / taken.id
     folder.mkdir(parents=True)
     name = f"{taken.id}-0.png"
     (folder / name).write_bytes(picture(512))
-    done = store.succeed(taken.id, "bench", {"images": [{"file": name}]})
+    done = store.leases.succeed(taken.id, "bench", {"images": [{"file": name}]})
     store.close()
     assert done.id == queued.job.id
     return image_url("", name, done.image_secret)

@@ -102,7 +102,7 @@ def through_runner(
     migrate.upgrade(db)
     store = Store(db, max_queue=1_000_000)
     for spec in specs:
-        store.enqueue(spec, source="cli")
+        store.jobs.enqueue(spec, source="cli")
     runner = Runner(
         store,
         Outbox(root / f"outbox-{name}"),
@@ -113,7 +113,7 @@ def through_runner(
     started = time.perf_counter()
     runner.run()  # returns once every job is claimed and every write is done
     elapsed = time.perf_counter() - started
-    counts = store.counts()
+    counts = store.jobs.counts()
     assert counts[JobStatus.SUCCEEDED] == len(specs), counts
     db.close()
     return elapsed
@@ -152,9 +152,9 @@ def wake_ups(engine: Engine, url: str, root: Path, args: argparse.Namespace) -> 
         # from before the enqueue (its transaction included: a bound from above; taken
         # after the commit, a runner this quick often claims before the clock is read)
         committed = datetime.now(UTC)
-        job = store.enqueue(spec, source="cli").job
+        job = store.jobs.enqueue(spec, source="cli").job
         deadline = time.monotonic() + 10
-        while (record := store.get(job.id)).status is not JobStatus.SUCCEEDED:
+        while (record := store.jobs.get(job.id)).status is not JobStatus.SUCCEEDED:
             assert time.monotonic() < deadline, "the runner did not wake"
             time.sleep(0.01)
         assert record.started_at is not None
@@ -211,7 +211,7 @@ def idle_runners(
     ]
     try:
         deadline = time.monotonic() + 300
-        while sum(r.state == "idle" for r in store.runners()) < count:
+        while sum(r.state == "idle" for r in store.leases.runners()) < count:
             assert time.monotonic() < deadline, "the runners did not all come up"
             assert all(p.poll() is None for p in processes), "a runner exited"
             time.sleep(0.5)

@@ -69,18 +69,18 @@ def claims_per_s(store: Store, claim, per_claim: int, jobs: int) -> tuple[float,
             if not taken:
                 raise SystemExit("the queue ran out: give --batch at least 4 x --jobs")
             for job in taken:
-                store.succeed(job.id, "bench", {"images": []})
+                store.leases.succeed(job.id, "bench", {"images": []})
             done += len(taken)
         return done / (time.perf_counter() - start), latencies
 
 
 def by_queue_order(store: Store, limit: int) -> list:
-    return store.claim_batch("bench", limit, lease_s=60)
+    return store.leases.claim_batch("bench", limit, lease_s=60)
 
 
 def as_the_runner(fair: bool):
     """The runner's claim: a head job and its batch mates, up to `max_images` images."""
-    return lambda store, images: store.claim_compatible(
+    return lambda store, images: store.leases.claim_compatible(
         "bench", max_images=images, lease_s=60, fair=fair
     )
 
@@ -102,11 +102,11 @@ def enqueues(synchronous: str, args: argparse.Namespace, directory: Path) -> tup
     start = time.perf_counter()
     with store.db.pinned():
         for i in range(args.jobs):
-            store.enqueue(spec, source="cli", idempotency_key=f"single-{i}")
+            store.jobs.enqueue(spec, source="cli", idempotency_key=f"single-{i}")
     single_s = time.perf_counter() - start
     start = time.perf_counter()
     for i in range(args.jobs):
-        store.enqueue(spec, source="api", idempotency_key=f"pooled-{i}")
+        store.jobs.enqueue(spec, source="api", idempotency_key=f"pooled-{i}")
     pooled_s = time.perf_counter() - start
 
     # 2. One batch of `--batch` lines, all or nothing.
@@ -118,12 +118,12 @@ def enqueues(synchronous: str, args: argparse.Namespace, directory: Path) -> tup
     start = time.perf_counter()
     items = [NewJob(r.spec, r.idempotency_key) for r in parse_jsonl(lines, "bench.jsonl")]
     parsed_s = time.perf_counter() - start
-    batch = batch_store.enqueue_batch(items, source="inbox")
+    batch = batch_store.jobs.enqueue_batch(items, source="inbox")
     batch_total_s = time.perf_counter() - start
     assert len(batch.job_ids) == args.batch
     store_only = fresh_store(directory, f"batch2-{synchronous}.db", synchronous)
     start = time.perf_counter()
-    store_only.enqueue_batch(items, source="inbox")
+    store_only.jobs.enqueue_batch(items, source="inbox")
     batch_store_s = time.perf_counter() - start
     return {
         "single_enqueues_per_s": round(args.jobs / single_s),
@@ -141,7 +141,7 @@ def owners(synchronous: str, args: argparse.Namespace, directory: Path) -> dict:
     for fair in (False, True):
         store = fresh_store(directory, f"owners-{fair}-{synchronous}.db", synchronous)
         for o in range(args.owners):  # one call queues one owner's jobs
-            store.enqueue_keyed(
+            store.jobs.enqueue_keyed(
                 [NewJob(JobSpec(prompt=f"owner job {i}", steps=20, seed=i), f"o-{i}",
                         owner=f"owner-{o}") for i in range(o, args.batch, args.owners)],
                 source="api",
@@ -198,7 +198,7 @@ def _enqueue_worker(url: str, count: int, tag: str, start: multiprocessing.Event
     spec = JobSpec(prompt="a lighthouse at dusk", steps=25)
     start.wait()
     for i in range(count):
-        store.enqueue(spec, source="api", idempotency_key=f"{tag}-{i}")
+        store.jobs.enqueue(spec, source="api", idempotency_key=f"{tag}-{i}")
     store.close()
 
 
@@ -209,9 +209,9 @@ def _claim_worker(
     claimed = 0
     start.wait()
     with store.db.pinned():
-        while jobs := store.claim_compatible(name, max_images=1, lease_s=60):
+        while jobs := store.leases.claim_compatible(name, max_images=1, lease_s=60):
             for job in jobs:
-                store.succeed(job.id, name, {"images": []})
+                store.leases.succeed(job.id, name, {"images": []})
                 claimed += 1
     store.close()
     done.put(claimed)

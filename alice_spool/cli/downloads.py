@@ -80,7 +80,7 @@ def models_pull(
     store = app.store
     unfinished = [
         d
-        for d in store.list_downloads(statuses=UNFINISHED, limit=500)
+        for d in store.downloads.list_downloads(statuses=UNFINISHED, limit=500)
         if _same_request(d, asked.source, asked.reference)
     ]
     if unfinished:  # pulled before and cut short: that download goes on
@@ -88,7 +88,7 @@ def models_pull(
         note(f"resuming download {download.id}")
     else:
         asked.check_name_free(Path(app.settings.paths.models))
-        download = store.queue_download(
+        download = store.downloads.queue_download(
             asked.source, asked.reference, kind=asked.kind, name=asked.name, client="cli"
         )
     done = _follow(app, download, sources, as_json=as_json)
@@ -106,10 +106,10 @@ def _follow(app: App, download: DownloadRecord, sources: Any, *, as_json: bool) 
     stop = threading.Event()
     runner: threading.Thread | None = None
     deadline = time.monotonic() + HANDOFF_S
-    current = store.get_download(download.id)
+    current = store.downloads.get_download(download.id)
     while current.status is DownloadStatus.QUEUED and time.monotonic() < deadline:
         time.sleep(0.1)
-        current = store.get_download(download.id)
+        current = store.downloads.get_download(download.id)
     if current.status is DownloadStatus.QUEUED:
         runner = _run_here(app, download.id, sources, stop)
     elif not as_json:
@@ -117,12 +117,12 @@ def _follow(app: App, download: DownloadRecord, sources: Any, *, as_json: bool) 
     show = _Shown(as_json)
     try:
         while True:
-            current = store.get_download(download.id)
+            current = store.downloads.get_download(download.id)
             show.update(current)
             if current.status.finished:
                 break
             if runner is not None and not runner.is_alive():  # handed back, or lost
-                current = store.get_download(download.id)
+                current = store.downloads.get_download(download.id)
                 if not current.status.finished:
                     raise DownloadFailed(f"download {download.id} stopped: {current.status.value}")
             time.sleep(FOLLOW_EVERY_S)
@@ -147,7 +147,9 @@ def _run_here(
     from ..downloads.worker import DownloadWorker, WorkerOptions
 
     options = WorkerOptions(owner=f"{socket.gethostname()}/{os.getpid()}/pull")
-    held = app.store.claim_download(options.owner, lease_s=options.lease_s, download_id=download_id)
+    held = app.store.downloads.claim_download(
+        options.owner, lease_s=options.lease_s, download_id=download_id
+    )
     if held is None:  # a worker elsewhere took it first: follow that one
         return None
     worker = DownloadWorker(app.store, Path(app.settings.paths.models), options, sources)
@@ -225,7 +227,7 @@ def models_downloads(app: App, statuses: tuple[str, ...], limit: int, as_json: b
     """The model downloads, newest first."""
     from ..terminal import table
 
-    found = app.store.list_downloads(
+    found = app.store.downloads.list_downloads(
         statuses=[DownloadStatus(s) for s in statuses] or None, limit=limit
     )
     if as_json:
@@ -250,7 +252,7 @@ def models_downloads(app: App, statuses: tuple[str, ...], limit: int, as_json: b
 def models_cancel(app: App, download_id: str) -> None:
     """Cancel a download: queued, at once; running, at its worker's next report (the
     partial files are removed)."""
-    found = app.store.cancel_download(download_id)
+    found = app.store.downloads.cancel_download(download_id)
     asked = found.status is not DownloadStatus.CANCELLED
     click.echo(f"{found.id}: {'cancel asked' if asked else 'cancelled'}")
 

@@ -64,7 +64,7 @@ def list_command(
         if source not in (None, Source.INBOX.value) or client is not None:
             raise click.UsageError("--source-file stands for --source inbox --client NAME")
         source, client = Source.INBOX.value, Path(source_file).name
-    page = app.store.list_jobs(
+    page = app.store.jobs.list_jobs(
         statuses=statuses or None,
         batch_id=batch_id,
         model=normalise_model_id(model) if model else None,
@@ -91,7 +91,7 @@ def list_command(
 @pass_app
 def show(app: App, job_id: str, as_json: bool) -> None:
     """Show one job in full."""
-    job = app.store.get(job_id)
+    job = app.store.jobs.get(job_id)
     if as_json:
         emit_json(job.to_dict())
     else:
@@ -110,7 +110,7 @@ def cancel(app: App, job_id: str | None, batch_id: str | None, as_json: bool) ->
     if (job_id is None) == (batch_id is None):
         raise click.UsageError("give a JOB_ID or --batch, not both")
     if batch_id is not None:
-        report = app.store.cancel_batch(batch_id)
+        report = app.store.jobs.cancel_batch(batch_id)
         if as_json:
             emit_json({"batch_id": batch_id, **report.__dict__})
         else:
@@ -120,7 +120,7 @@ def cancel(app: App, job_id: str | None, batch_id: str | None, as_json: bool) ->
             )
         return
     assert job_id is not None
-    job = app.store.cancel(job_id)
+    job = app.store.jobs.cancel(job_id)
     if as_json:
         emit_json(job.to_dict())
     else:
@@ -141,14 +141,14 @@ def retry(app: App, job_id: str | None, failed: bool, batch_id: str | None, as_j
     if batch_id is not None and not failed:
         raise click.UsageError("--batch goes with --failed")
     if failed:
-        ids = app.store.retry_failed(batch_id=batch_id)
+        ids = app.store.jobs.retry_failed(batch_id=batch_id)
         if as_json:
             emit_json({"retried": ids})
         else:
             click.echo(f"{len(ids)} failed job(s) queued again")
         return
     assert job_id is not None
-    job = app.store.retry(job_id)
+    job = app.store.jobs.retry(job_id)
     if as_json:
         emit_json(job.to_dict())
     else:
@@ -162,7 +162,7 @@ def retry(app: App, job_id: str | None, failed: bool, batch_id: str | None, as_j
 @pass_app
 def priority(app: App, job_id: str, value: int, as_json: bool) -> None:
     """Set a queued job's priority to N (-100..100; higher runs first)."""
-    job = app.store.set_priority(job_id, value)
+    job = app.store.jobs.set_priority(job_id, value)
     if as_json:
         emit_json(job.to_dict())
     else:
@@ -183,8 +183,8 @@ def wait(
         raise click.UsageError("give JOB_IDs or --batch, not both")
     extra: dict[str, Any] = {}
     if batch_id is not None:
-        job_ids, extra = tuple(app.store.batch_job_ids(batch_id)), {"batch_id": batch_id}
-    final = app.store.wait_for(list(job_ids), timeout_s=timeout)
+        job_ids, extra = tuple(app.store.jobs.batch_job_ids(batch_id)), {"batch_id": batch_id}
+    final = app.store.jobs.wait_for(list(job_ids), timeout_s=timeout)
     finish_waiting(final, as_json, extra)
 
 
@@ -195,7 +195,7 @@ def wait(
 def batch_report(app: App, batch_id: str, as_json: bool) -> None:
     """Summarise a batch: counts by state, each failure with its reason, and where each
     finished job's files are. Exits 1 unless every job succeeded."""
-    jobs = app.store.get_many(app.store.batch_job_ids(batch_id))
+    jobs = app.store.jobs.get_many(app.store.jobs.batch_job_ids(batch_id))
     counts = {status.value: 0 for status in JobStatus}
     for job in jobs:
         counts[job.status.value] += 1
@@ -241,7 +241,7 @@ def batch_report(app: App, batch_id: str, as_json: bool) -> None:
 @pass_app
 def stats(app: App, window: str, as_json: bool) -> None:
     """Queue depth by state, and throughput and mean wait/run time over a window."""
-    result = app.store.stats(window_s=parse_duration(window, "window").total_seconds())
+    result = app.store.jobs.stats(window_s=parse_duration(window, "window").total_seconds())
     if as_json:
         emit_json(result.to_dict())
         return
@@ -289,7 +289,7 @@ def purge(
     if (older_than is None) == (before_text is None):
         raise click.UsageError("give --older-than or --before (or --images)")
     before = parse_when(older_than or before_text or "", "older-than" if older_than else "before")
-    ids = app.store.purge(before=before, dry_run=dry_run)
+    ids = app.store.jobs.purge(before=before, dry_run=dry_run)
     if not dry_run:
         from .. import inputs
 

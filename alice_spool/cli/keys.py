@@ -41,7 +41,7 @@ def keys_add(app: App, name: str, admin: bool, rate_limit: int | None, as_json: 
     """Make a key and print it (this once). A name any key has, here or in
     [server.api_keys], is refused."""
     role = "admin" if admin else "user"
-    record, secret = app.store.add_key(
+    record, secret = app.store.keys.add_key(
         name,
         role=role,
         rate_limit_per_minute=rate_limit,
@@ -62,7 +62,7 @@ def keys_ls(app: App, as_json: bool) -> None:
     """The keys in the database (not the key itself: that is never kept)."""
     from ..terminal import table
 
-    found = app.store.list_keys()
+    found = app.store.keys.list_keys()
     if as_json:
         emit_json([k.to_dict() for k in found])
         return
@@ -83,7 +83,7 @@ def keys_ls(app: App, as_json: bool) -> None:
 @pass_app
 def keys_revoke(app: App, name: str) -> None:
     """Revoke a key (by name or id): refused from now on, still listed."""
-    record = app.store.revoke_key(name)
+    record = app.store.keys.revoke_key(name)
     click.echo(f"revoked {record.name}")
 
 
@@ -95,7 +95,7 @@ def keys_revoke(app: App, name: str) -> None:
 def keys_invite(app: App, uses: int, expires: str | None, as_json: bool) -> None:
     """Make an invite code for POST /v1/auth/register (server.registration = invite)."""
     until = utcnow() + parse_duration(expires) if expires else None
-    record, code = app.store.create_invite(uses=uses, expires_at=until, created_by="cli")
+    record, code = app.store.keys.create_invite(uses=uses, expires_at=until, created_by="cli")
     if as_json:
         emit_json({"code": code, **record.to_dict()})
         return

@@ -196,7 +196,7 @@ def submit(
     else:
         job_ids, extra = _submit_one(app, prompt, request_file, given, as_json=as_json, wait=wait)
     if wait:
-        final = app.store.wait_for(job_ids, timeout_s=timeout)
+        final = app.store.jobs.wait_for(job_ids, timeout_s=timeout)
         finish_waiting(final, as_json, extra)
 
 
@@ -205,7 +205,7 @@ def _submit_batch(
 ) -> tuple[list[str], dict[str, Any]]:
     """Queue a JSONL batch and say so; (its job ids, what a wait's answer adds)."""
     text, name = _read_text(batch_file, "batch file")
-    batch = app.store.enqueue_batch(_read_batch(text, name, app), source=Source.CLI)
+    batch = app.store.jobs.enqueue_batch(_read_batch(text, name, app), source=Source.CLI)
     if as_json and not wait:
         emit_json(
             {
@@ -252,7 +252,7 @@ def _submit_one(
         Path(app.settings.paths.data_dir),
         staged,
         job_id,
-        lambda given_id: app.store.enqueue(
+        lambda given_id: app.store.jobs.enqueue(
             spec,
             source=Source.CLI,
             client=client,

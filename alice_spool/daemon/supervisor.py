@@ -165,7 +165,7 @@ class Supervisor:
         if time.monotonic() - self.started_at < within_s:
             return True
         now = datetime.now(UTC)
-        mine = [r for r in store.runners() if r.owner.split("/")[1:2] == [str(process.pid)]]
+        mine = [r for r in store.leases.runners() if r.owner.split("/")[1:2] == [str(process.pid)]]
         return any(r.age_s(now) < within_s for r in mine)
 
     def begin_stop(self) -> None:

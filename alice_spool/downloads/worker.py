@@ -99,11 +99,11 @@ class DownloadWorker:
         """What this worker held when it last stopped goes back in the queue (its bytes
         kept); the staging files of downloads that ended meanwhile (cancelled while
         their worker was down, say) are removed. Returns the ids put back."""
-        back = self.store.requeue_download_orphans(owner=self.options.owner)
+        back = self.store.downloads.requeue_download_orphans(owner=self.options.owner)
         staging = self.models_dir / files.STAGING_DIR
         for entry in sorted(staging.iterdir()) if staging.is_dir() else []:
             try:
-                ended = self.store.get_download(entry.name).status.finished
+                ended = self.store.downloads.get_download(entry.name).status.finished
             except DownloadNotFound:
                 ended = True
             if ended:
@@ -118,12 +118,14 @@ class DownloadWorker:
         self.start()
         while not stop.is_set():
             if self.run_once() is None:
-                self.store.requeue_download_orphans()
+                self.store.downloads.requeue_download_orphans()
                 stop.wait(self.options.poll_s)
 
     def run_once(self) -> DownloadRecord | None:
         """Claim one queued download and run it to its end; None if none was queued."""
-        claimed = self.store.claim_download(self.options.owner, lease_s=self.options.lease_s)
+        claimed = self.store.downloads.claim_download(
+            self.options.owner, lease_s=self.options.lease_s
+        )
         if claimed is None:
             return None
         return self.run_download(claimed)
@@ -140,7 +142,7 @@ class DownloadWorker:
             return self._run(download)
         except LeaseLost:
             log.warning("download %s was taken over; leaving it", download.id)
-            return self.store.get_download(download.id)
+            return self.store.downloads.get_download(download.id)
 
     # -- one download ----------------------------------------------------------------------
 
@@ -164,8 +166,8 @@ class DownloadWorker:
                 installed = self._install(download, plan, fetched, staging)
         except Released:
             log.info("download %s handed back on stop; it resumes later", download.id)
-            self.store.requeue_download_orphans(owner=self.options.owner)
-            return self.store.get_download(download.id)
+            self.store.downloads.requeue_download_orphans(owner=self.options.owner)
+            return self.store.downloads.get_download(download.id)
         except Stopped:
             shutil.rmtree(staging, ignore_errors=True)
             log.info("download %s cancelled", download.id)
@@ -212,7 +214,7 @@ class DownloadWorker:
         if owner is None or owner.startswith("config:"):
             return True
         try:
-            key = self.store.get_key(owner)
+            key = self.store.keys.get_key(owner)
         except SpoolError:
             return False  # the key is gone: nobody vouches for it
         return key.id == owner and key.role == "admin"
@@ -238,7 +240,7 @@ class DownloadWorker:
             return Plan.from_dict(kept)
         reference = {k: v for k, v in download.reference.items() if k != "plan"}
         plan = self.sources.plan(download.source, reference, download.kind, download.name)
-        self.store.plan_download(
+        self.store.downloads.plan_download(
             download.id,
             self.options.owner,
             plan.to_dict(),
@@ -405,7 +407,7 @@ class DownloadWorker:
         speed: float | None,
         status: DownloadStatus = DownloadStatus.DOWNLOADING,
     ) -> DownloadRecord:
-        return self.store.download_progress(
+        return self.store.downloads.download_progress(
             download.id,
             self.options.owner,
             bytes_done=done,
@@ -423,7 +425,7 @@ class DownloadWorker:
         model: str | None = None,
         error: SpoolError | None = None,
     ) -> DownloadRecord:
-        return self.store.finish_download(
+        return self.store.downloads.finish_download(
             download.id, self.options.owner, status, model=model, error=error
         )
 

@@ -96,7 +96,7 @@ class Taker:
             for ready, job_id in zip(group, job_ids, strict=True)
         ]
         try:
-            answers = self.store.enqueue_keyed(items, source=Source.INBOX)
+            answers = self.store.jobs.enqueue_keyed(items, source=Source.INBOX)
         except BaseException:
             self._drop_inputs(job_ids, set())
             raise
@@ -122,7 +122,7 @@ class Taker:
             for i, (r, job_id) in enumerate(zip(ready.requests, job_ids, strict=True), start=1)
         ]
         try:
-            batch = self.store.enqueue_batch(items, source=Source.INBOX)
+            batch = self.store.jobs.enqueue_batch(items, source=Source.INBOX)
         except (InvalidParameters, IdempotencyConflict) as exc:
             self._drop_inputs(job_ids, set())
             self.reject(ready.path, exc)

@@ -67,7 +67,7 @@ def delete_model(
     model = find_model(registry, model_id)
     aside = _move_aside(model.path)
     error = ModelNotFound(f"model {model.id} was deleted", model=model.id)
-    failed = store.fail_queued_for_model(model.id, error)
+    failed = store.jobs.fail_queued_for_model(model.id, error)
     _remove(aside)
     if registry.chosen_default() == model.id:
         registry.default_file.unlink(missing_ok=True)
@@ -113,14 +113,14 @@ def _running(pid: int) -> bool:
 def delete_image(store: Store, outbox: Path, image_id: str, *, scope: str | None) -> GalleryItem:
     """Delete a gallery image that `scope` may change: its file, its row and tags, and
     its place in its job's `image_urls`."""
-    item = store.check_changeable(image_id, scope=scope)
+    item = store.gallery.check_changeable(image_id, scope=scope)
     path = outbox / item.job_id / item.file
     aside = None
     if path.is_file() and not path.is_symlink():
         aside = path.with_name(f"{ASIDE}{_host()}.{os.getpid()}.{secrets.token_hex(4)}-{path.name}")
         os.rename(path, aside)  # its URL 404s at once
     try:
-        gone = store.delete_image(image_id, scope=scope)
+        gone = store.gallery.delete_image(image_id, scope=scope)
     except BaseException:
         if aside is not None:
             os.rename(aside, path)

@@ -193,7 +193,7 @@ class Runner(Monitoring):
             if waited < self.options.switch_model_after_s
             else utcnow() - timedelta(seconds=self.options.switch_model_after_s)
         )
-        jobs = self.store.claim_compatible(
+        jobs = self.store.leases.claim_compatible(
             self.owner,
             max_images=self.options.max_batch,
             lease_s=self.options.lease_s,
@@ -382,5 +382,5 @@ class Runner(Monitoring):
         if result is None or result.get("status") != "succeeded":
             return False
         log.info("job %s was already written; finishing it", job.id, extra={"job_id": job.id})
-        self._finish(job.id, lambda: self.store.succeed(job.id, self.owner, result))
+        self._finish(job.id, lambda: self.store.leases.succeed(job.id, self.owner, result))
         return True

@@ -67,7 +67,7 @@ class Monitoring(Finishing):
         self._last_report = self._report_key() if running is None else None
         info_of = getattr(self.generator, "device_info", None)
         info: dict[str, Any] = info_of() if info_of is not None else {}
-        self.store.report_runner(
+        self.store.leases.report_runner(
             RunnerReport(
                 name=self.options.name,
                 owner=self.owner,
@@ -98,8 +98,8 @@ class Monitoring(Finishing):
     def _rescue_orphans(self, held_by: str | None = None) -> None:
         """Requeue the jobs of runners whose leases expired (another host's runner that
         died, say); the ones out of attempts fail, with a result.json saying so."""
-        report = self.store.requeue_orphans(held_by=held_by)
-        for job in self.store.get_many(report.exhausted):
+        report = self.store.leases.requeue_orphans(held_by=held_by)
+        for job in self.store.jobs.get_many(report.exhausted):
             self._write_failure(job, None)
         if report.requeued or report.exhausted or held_by is not None:
             log.info(
@@ -117,16 +117,18 @@ class Monitoring(Finishing):
             return
         progress = (running.step, running.total)
         if progress != running.reported and running.total:
-            beat = self.store.set_progress(self.owner, running.job_ids, *progress)
+            beat = self.store.leases.set_progress(self.owner, running.job_ids, *progress)
             running.reported = progress
         else:
-            beat = self.store.heartbeat(self.owner, running.job_ids, lease_s=self.options.lease_s)
+            beat = self.store.leases.heartbeat(
+                self.owner, running.job_ids, lease_s=self.options.lease_s
+            )
         self._note(beat.cancel_requested, beat.lost(running.job_ids))
 
     def _renew_leases(self) -> None:
         with self._lock:
             held = list(self._held)
-        beat = self.store.heartbeat(self.owner, held, lease_s=self.options.lease_s)
+        beat = self.store.leases.heartbeat(self.owner, held, lease_s=self.options.lease_s)
         self._note(beat.cancel_requested, beat.lost(held))
 
     def _note(self, cancelled: frozenset[str], lost: set[str]) -> None:
@@ -139,7 +141,9 @@ class Monitoring(Finishing):
                     log.warning("lost the lease of job %s", job_id, extra={"job_id": job_id})
             to_cancel = [job_id for job_id in cancelled if job_id in self._held]
         for job_id in to_cancel:
-            self._finish(job_id, functools.partial(self.store.finish_cancelled, job_id, self.owner))
+            self._finish(
+                job_id, functools.partial(self.store.leases.finish_cancelled, job_id, self.owner)
+            )
 
     def _hung(self, running: Running) -> None:
         """The device has not come back from a call long past its deadline: fail its jobs
@@ -163,7 +167,12 @@ class Monitoring(Finishing):
                 self._finish(
                     job_id,
                     functools.partial(
-                        self.store.fail, job_id, self.owner, error.code, message, result=result
+                        self.store.leases.fail,
+                        job_id,
+                        self.owner,
+                        error.code,
+                        message,
+                        result=result,
                     ),
                 )
             except SpoolError as exc:  # the database is away too: its lease will lapse

@@ -52,7 +52,7 @@ class Finishing(RunnerState):
             self._write_failure(job, result)
         done = self._finish(
             job.id,
-            lambda: self.store.fail(
+            lambda: self.store.leases.fail(
                 job.id,
                 self.owner,
                 error.code,
@@ -81,7 +81,7 @@ class Finishing(RunnerState):
     def _release(self, job_ids: list[str]) -> None:
         if not job_ids:
             return
-        self.store.release(self.owner, job_ids)
+        self.store.leases.release(self.owner, job_ids)
         with self._lock:
             for job_id in job_ids:
                 self._held.pop(job_id, None)
@@ -218,8 +218,8 @@ class Finishing(RunnerState):
             result = self.outbox.read_result(job.id) or result
         self.faults.crash_point("after_outbox_write")
         self.faults.crash_point("before_succeed")
-        done = self._finish(job.id, lambda: self.store.succeed(job.id, self.owner, result))
-        if done is None and self.store.get(job.id).status is JobStatus.CANCELLED:
+        done = self._finish(job.id, lambda: self.store.leases.succeed(job.id, self.owner, result))
+        if done is None and self.store.jobs.get(job.id).status is JobStatus.CANCELLED:
             # cancelled while its files were being written: ours go (a later claim's stay)
             self.outbox.remove(job.id, claim=job.claims)
 

@@ -66,7 +66,8 @@ def get_job(conn: Connection, job_id: str) -> JobRecord:
 
 
 class StoreBase:
-    """Holds the database and the limits every part of the store applies."""
+    """What every repository of the store shares: the database, the limits every part
+    applies, and the process's watcher of the database."""
 
     def __init__(self, db: Database, *, max_queue: int = 10_000, max_attempts: int = 3) -> None:
         self.db = db
@@ -123,3 +124,30 @@ class StoreBase:
                 f"the queue is full ({queued} queued, limit {self.max_queue}); try again later"
             )
         self._queued_estimate = (queued, now, adding)
+
+
+class Repository:
+    """One concern's operations (jobs, leases, downloads, ...), over the store's shared
+    core."""
+
+    def __init__(self, core: StoreBase) -> None:
+        self.core = core
+
+    @property
+    def db(self) -> Database:
+        return self.core.db
+
+    @property
+    def max_queue(self) -> int:
+        return self.core.max_queue
+
+    @property
+    def max_attempts(self) -> int:
+        return self.core.max_attempts
+
+    @property
+    def changes(self) -> Changes:
+        return self.core.changes
+
+    def check_room(self, conn: Connection, adding: int) -> None:
+        self.core.check_room(conn, adding)

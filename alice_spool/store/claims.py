@@ -32,7 +32,7 @@ from sqlalchemy import (
 from ..records import JobRecord
 from ..spec import JobSpec
 from ..states import JobStatus
-from ._base import COLUMNS, StoreBase, utcnow, when
+from ._base import COLUMNS, Repository, utcnow, when
 from .fair import fair_head, note_served
 from .tables import Job
 
@@ -227,7 +227,7 @@ def _in_claim_order(rows: Iterable[Row[Any]]) -> list[JobRecord]:
     return [JobRecord.from_row(r) for r in sorted(rows, key=lambda r: (-r.priority, r.seq))]
 
 
-class Claiming(StoreBase):
+class Claiming(Repository):
     """Take queued jobs for a runner: the next ones, or a head job and its batch mates."""
 
     def claim_batch(

@@ -18,7 +18,7 @@ from .. import errors
 from ..records import BatchCancelReport, JobRecord
 from ..spec import parse_priority
 from ..states import FINISHED, JobStatus
-from ._base import COLUMNS, StoreBase, chunks, get_job, utcnow
+from ._base import COLUMNS, Repository, chunks, get_job, utcnow
 from .counters import count_finished, count_records
 from .gallery import forget_jobs
 from .tables import Job
@@ -68,7 +68,7 @@ def _refuse(current: JobRecord, allowed: str) -> errors.IllegalTransition:
     )
 
 
-class Control(StoreBase):
+class Control(Repository):
     """Cancel, retry, reprioritise, purge."""
 
     def cancel(self, job_id: str, *, now: datetime | None = None) -> JobRecord:

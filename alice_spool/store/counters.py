@@ -13,7 +13,7 @@ from sqlalchemy import Connection, select
 
 from ..records import JobRecord
 from ..states import JobStatus
-from ._base import StoreBase, chunks
+from ._base import Repository, chunks
 from .tables import Counter, Job
 
 # Histogram bounds, in seconds (the last, +Inf, is every job).
@@ -115,7 +115,7 @@ def _add(conn: Connection, amounts: dict[str, float]) -> None:
     conn.exec_driver_sql(statement, tuple(chain.from_iterable(sorted(amounts.items()))))
 
 
-class Counters(StoreBase):
+class Counters(Repository):
     def counters(self) -> dict[str, float]:
         """Every total, by name (`jobs_finished:<state>`, `images`, and for each of
         `job_wait_seconds` and `job_run_seconds` its `:count`, `:sum` and `:le:<bound>`)."""

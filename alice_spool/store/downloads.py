@@ -14,7 +14,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from .. import errors
 from ..records import DownloadRecord
 from ..states import DOWNLOAD_KINDS, DOWNLOAD_SOURCES, DownloadStatus
-from ._base import StoreBase, new_id, utcnow
+from ._base import Repository, new_id, utcnow
 from .tables import Download, UTCDateTime
 
 _COLUMNS = tuple(Download.__table__.columns)
@@ -74,7 +74,7 @@ def _change_held(
     return _get(conn, download_id)
 
 
-class Downloads(StoreBase):
+class Downloads(Repository):
     def queue_download(
         self,
         source: str,

@@ -19,7 +19,7 @@ from ..records import (
 )
 from ..spec import JobSpec
 from ..states import JobStatus, Source
-from ._base import COLUMNS, StoreBase, chunks, new_id, new_secret, owner_scope, utcnow
+from ._base import COLUMNS, Repository, chunks, new_id, new_secret, owner_scope, utcnow
 from .tables import Job
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def _logged(done: Enqueued) -> Enqueued:
     return done
 
 
-class Enqueueing(StoreBase):
+class Enqueueing(Repository):
     """Queue jobs: one, or a batch all or nothing."""
 
     def _row(

@@ -27,7 +27,7 @@ from sqlalchemy import (
 
 from .. import errors
 from ..records import GalleryItem, GalleryPage, JobRecord
-from ._base import StoreBase, chunks, utcnow
+from ._base import Repository, chunks, utcnow
 from .tables import GalleryImage, GalleryTag, Job
 
 MAX_TAGS = 20
@@ -115,7 +115,7 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-class Gallery(StoreBase):
+class Gallery(Repository):
     """The gallery's rows: list, one image, privacy, tags, delete, tag counts, stats."""
 
     def gallery_page(

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, delete, func, insert, or_, select, update
 from .. import errors
 from ..records import InviteRecord, KeyRecord
 from ..states import ROLES
-from ._base import StoreBase, new_id, utcnow
+from ._base import Repository, new_id, utcnow
 from .tables import ApiKey, Invite, WebSession
 
 KEY_PREFIX = "sd-"  # as ALICE's keys
@@ -48,7 +48,7 @@ def _key(conn: Connection, key: str) -> KeyRecord:
     return KeyRecord.from_row(row)
 
 
-class Keys(StoreBase):
+class Keys(Repository):
     def add_key(
         self,
         name: str,

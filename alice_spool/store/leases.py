@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Update, bindparam, case, or_, update
 from .. import errors
 from ..records import Heartbeat, JobRecord, OrphanReport
 from ..states import JobStatus
-from ._base import COLUMNS, StoreBase, chunks, get_job, utcnow, when
+from ._base import COLUMNS, Repository, chunks, get_job, utcnow, when
 from .counters import count_finished, count_records
 from .gallery import add_images
 from .tables import Job
@@ -134,7 +134,7 @@ def _rescue(conn: Connection, expired: Update, now: datetime) -> OrphanReport:
     return OrphanReport(requeued, exhausted, cancelled)
 
 
-class Leasing(StoreBase):
+class Leasing(Repository):
     """Heartbeat, progress, finish, release, rescue orphans."""
 
     def heartbeat(

@@ -10,11 +10,11 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ._base import StoreBase
+from ._base import Repository
 from .tables import ClientOption
 
 
-class Options(StoreBase):
+class Options(Repository):
     def client_option(self, owner: str | None, name: str) -> str | None:
         """The owner's setting (None: the admin's), if it set one."""
         query = select(ClientOption.value).where(

@@ -15,12 +15,12 @@ from ..records import (
     Stats,
 )
 from ..states import FINISHED, JobStatus, Source
-from ._base import COLUMNS, StoreBase, chunks, get_job, owner_scope, utcnow
+from ._base import COLUMNS, Repository, chunks, get_job, owner_scope, utcnow
 from .changes import WAKE_AT_LEAST_S
 from .tables import Job
 
 
-class Queries(StoreBase):
+class Queries(Repository):
     """Read jobs, pages, counts and statistics; wait for jobs to finish."""
 
     def get(self, job_id: str) -> JobRecord:

@@ -8,13 +8,13 @@ from dataclasses import asdict
 from sqlalchemy import Connection, insert, select, update
 
 from ..records import RunnerReport
-from ._base import StoreBase
+from ._base import Repository
 from .tables import Runner
 
 _COLUMNS = tuple(Runner.__table__.columns)
 
 
-class Runners(StoreBase):
+class Runners(Repository):
     def report_runner(self, report: RunnerReport) -> None:
         values = asdict(report)
 

@@ -31,8 +31,8 @@ def png() -> bytes:
 def keyed(make_bare: Callable[..., Bare]) -> tuple[Bare, dict[str, dict[str, str]]]:
     """A server with a configured admin key and two users' stored keys."""
     bare = make_bare(**{"server.api_keys": {"ops": ADMIN}})
-    _, alice = bare.store.add_key("alice", role="user")
-    _, bob = bare.store.add_key("bob", role="user")
+    _, alice = bare.store.keys.add_key("alice", role="user")
+    _, bob = bare.store.keys.add_key("bob", role="user")
     return bare, {
         "admin": {"Authorization": f"Bearer {ADMIN}"},
         "alice": {"X-Api-Key": alice},
@@ -42,13 +42,13 @@ def keyed(make_bare: Callable[..., Bare]) -> tuple[Bare, dict[str, dict[str, str
 
 def run_to_the_end(bare: Bare, job_id: str) -> None:
     """What a runner does: the image in the job's outbox directory, then succeed."""
-    (taken,) = bare.store.claim_batch("t-runner", 1, lease_s=30)
+    (taken,) = bare.store.leases.claim_batch("t-runner", 1, lease_s=30)
     assert taken.id == job_id
     directory = bare.outbox / job_id
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{job_id}-0.png").write_bytes(png())
     result = {"images": [{"file": f"{job_id}-0.png", "seed": 1, "width": 8, "height": 8}]}
-    bare.store.succeed(job_id, "t-runner", result)
+    bare.store.leases.succeed(job_id, "t-runner", result)
 
 
 def test_health_names_no_job_without_an_admins_key(make_bare: Callable[..., Bare]) -> None:
@@ -56,7 +56,7 @@ def test_health_names_no_job_without_an_admins_key(make_bare: Callable[..., Bare
     job = httpx.post(bare.url + "/v1/jobs", json={"prompt": "a secret plan"}, headers=keys["alice"])
     job_id = job.json()["id"]
     now = datetime.now(UTC)
-    bare.store.report_runner(
+    bare.store.leases.report_runner(
         RunnerReport(
             name="gpu0",
             owner="host/123/lease-token-abc",
@@ -107,7 +107,7 @@ def test_an_image_url_carries_a_secret_that_a_known_job_id_does_not_give(
     run_to_the_end(bare, job_id)
     view = httpx.get(f"{bare.url}/v1/jobs/{job_id}", headers=keys["alice"]).json()
     (url,) = view["image_urls"]
-    job_secret = bare.store.get(job_id).image_secret
+    job_secret = bare.store.jobs.get(job_id).image_secret
     assert job_secret is not None and len(job_secret) == 32 and int(job_secret, 16) >= 0
     assert job_secret not in job_id and job_id not in job_secret  # 128 bits of its own
     secret = image_secret(job_secret, f"{job_id}-0.png")  # the image's, from the job's
@@ -123,7 +123,7 @@ def test_an_image_url_carries_a_secret_that_a_known_job_id_does_not_give(
     other = httpx.post(bare.url + "/v1/jobs", json={"prompt": "mine"}, headers=keys["bob"])
     other_id = other.json()["id"]
     run_to_the_end(bare, other_id)
-    other_job_secret = bare.store.get(other_id).image_secret
+    other_job_secret = bare.store.jobs.get(other_id).image_secret
     other_secret = image_secret(other_job_secret, f"{other_id}-0.png")
     assert httpx.get(f"{bare.url}/images/{other_secret}/{other_id}-0.png").status_code == 200
     refused = [
@@ -233,7 +233,7 @@ def test_the_inbox_batch_and_a_users_job_share_an_id_without_a_conflict(
     assert users.status_code == 202
     from alice_spool.records import NewJob
 
-    (answer,) = bare.store.enqueue_keyed(
+    (answer,) = bare.store.jobs.enqueue_keyed(
         [NewJob(make_spec("from the inbox", model="sd/tiny"), "nightly", "night.json")],  # type: ignore[arg-type]
         source="inbox",
     )
@@ -327,14 +327,14 @@ def test_sharing_one_image_of_a_job_opens_none_of_its_others(
     bare, keys = keyed(make_bare)
     made = httpx.post(bare.url + "/v1/jobs", json={"prompt": "two", "n": 2}, headers=keys["alice"])
     job_id = made.json()["id"]
-    (taken,) = bare.store.claim_batch("t-runner", 1, lease_s=30)
+    (taken,) = bare.store.leases.claim_batch("t-runner", 1, lease_s=30)
     folder = bare.outbox / job_id
     folder.mkdir(parents=True)
     images = []
     for i in range(2):
         (folder / f"{job_id}-{i}.png").write_bytes(png())
         images.append({"file": f"{job_id}-{i}.png", "seed": i, "width": 8, "height": 8})
-    bare.store.succeed(taken.id, "t-runner", {"images": images})
+    bare.store.leases.succeed(taken.id, "t-runner", {"images": images})
     shared = httpx.patch(
         f"{bare.url}/v1/gallery/{job_id}-0/privacy",
         json={"isPublic": True, "expiresInHours": 1},

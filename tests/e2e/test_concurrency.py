@@ -44,14 +44,14 @@ def test_many_writers_and_claimers_lose_nothing(store: Store, db_url: str, tmp_p
         assert "database is locked" not in stderr
         assert worker.returncode == 0, stderr[-3000:]
 
-    counts = store.counts()
+    counts = store.jobs.counts()
     assert counts[JobStatus.SUCCEEDED] == TOTAL
     assert sum(counts.values()) == TOTAL
 
     finished = Counter(line for out in outs for line in out.read_text().split())
     assert len(finished) == TOTAL and set(finished.values()) == {1}  # each exactly once
 
-    jobs = store.list_jobs(limit=10_000).jobs
+    jobs = store.jobs.list_jobs(limit=10_000).jobs
     assert {j.id for j in jobs} == set(finished)
     assert {j.attempts for j in jobs} == {1}
     assert {j.result["runner"] for j in jobs} <= {f"claimer-{i}" for i in range(CLAIMERS)}

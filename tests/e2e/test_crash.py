@@ -49,37 +49,37 @@ def after_leases_expire() -> object:
 def test_killed_runner_jobs_run_again_with_attempts_counted(
     store: Store, db_url: str, tmp_path: Path
 ) -> None:
-    ids = [store.enqueue(JobSpec(prompt=f"p{i}"), source="cli").job.id for i in range(3)]
+    ids = [store.jobs.enqueue(JobSpec(prompt=f"p{i}"), source="cli").job.id for i in range(3)]
     held = crash_while_holding(db_url, tmp_path, "doomed", 3)
     assert sorted(held) == sorted(ids)
-    assert {j.status for j in store.get_many(ids)} == {JobStatus.RUNNING}
+    assert {j.status for j in store.jobs.get_many(ids)} == {JobStatus.RUNNING}
 
-    report = store.requeue_orphans(now=after_leases_expire())
+    report = store.leases.requeue_orphans(now=after_leases_expire())
     assert sorted(report.requeued) == sorted(ids) and not report.exhausted
-    assert {(j.status, j.attempts) for j in store.get_many(ids)} == {(JobStatus.QUEUED, 1)}
+    assert {(j.status, j.attempts) for j in store.jobs.get_many(ids)} == {(JobStatus.QUEUED, 1)}
 
-    claimed = store.claim_batch("survivor", 10, lease_s=60)
+    claimed = store.leases.claim_batch("survivor", 10, lease_s=60)
     assert sorted(j.id for j in claimed) == sorted(ids)
     for job in claimed:
         assert job.attempts == 2
-        store.succeed(job.id, "survivor", {"ok": True})
-    assert store.counts()[JobStatus.SUCCEEDED] == 3
+        store.leases.succeed(job.id, "survivor", {"ok": True})
+    assert store.jobs.counts()[JobStatus.SUCCEEDED] == 3
 
 
 def test_jobs_that_keep_killing_runners_fail_attempts_exhausted(
     store: Store, db_url: str, tmp_path: Path
 ) -> None:
     ids = [
-        store.enqueue(JobSpec(prompt=f"poison {i}"), source="cli", max_attempts=2).job.id
+        store.jobs.enqueue(JobSpec(prompt=f"poison {i}"), source="cli", max_attempts=2).job.id
         for i in range(2)
     ]
     crash_while_holding(db_url, tmp_path, "first", 2)
-    assert sorted(store.requeue_orphans(now=after_leases_expire()).requeued) == sorted(ids)
+    assert sorted(store.leases.requeue_orphans(now=after_leases_expire()).requeued) == sorted(ids)
     crash_while_holding(db_url, tmp_path, "second", 2)
-    report = store.requeue_orphans(now=after_leases_expire())
+    report = store.leases.requeue_orphans(now=after_leases_expire())
     assert sorted(report.exhausted) == sorted(ids) and not report.requeued
-    for job in store.get_many(ids):
+    for job in store.jobs.get_many(ids):
         assert job.status is JobStatus.FAILED
         assert (job.error_code, job.attempts) == ("attempts_exhausted", 2)
-    assert store.claim_batch("anyone", 10, lease_s=60) == []
+    assert store.leases.claim_batch("anyone", 10, lease_s=60) == []
     assert store.db.integrity_check() == ["ok"]

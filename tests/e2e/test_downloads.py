@@ -281,7 +281,7 @@ def test_no_token_appears_in_any_answer_or_log_line(live: Served, sources: Sourc
     for token in (HF_TOKEN, CIVITAI_TOKEN):
         assert token not in text
         assert token not in log
-    stored = Store.open(f"sqlite:///{live.root / 'var' / 'alice.db'}").list_downloads()
+    stored = Store.open(f"sqlite:///{live.root / 'var' / 'alice.db'}").downloads.list_downloads()
     assert not any(
         HF_TOKEN in json.dumps(d.reference) or CIVITAI_TOKEN in json.dumps(d.reference)
         for d in stored
@@ -334,7 +334,7 @@ def test_two_downloader_processes_never_take_one_download(tmp_path: Path) -> Non
         subprocess.run([*base, "db", "upgrade"], check=True, capture_output=True, cwd=tmp_path)
         store = Store.open(f"sqlite:///{tmp_path / 'var' / 'alice.db'}")
         made = [
-            store.queue_download("url", {"url": remote.url + path}, name=f"m{i}")
+            store.downloads.queue_download("url", {"url": remote.url + path}, name=f"m{i}")
             for i, path in enumerate(bodies)
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("ALICE_")}
@@ -357,13 +357,14 @@ def test_two_downloader_processes_never_take_one_download(tmp_path: Path) -> Non
                 timeout=90,
             )
             wait_until(
-                lambda: all(store.get_download(d.id).status.finished for d in made), timeout=90
+                lambda: all(store.downloads.get_download(d.id).status.finished for d in made),
+                timeout=90,
             )
         finally:
             for worker in workers:
                 worker.send_signal(signal.SIGTERM)
             codes = [worker.wait(30) for worker in workers]
-        rows = [store.get_download(d.id) for d in made]
+        rows = [store.downloads.get_download(d.id) for d in made]
         assert [(r.status.value, r.attempts) for r in rows] == [("succeeded", 1)] * 6
         owners = {r.id: r.finished_at for r in rows}
         assert len(owners) == 6

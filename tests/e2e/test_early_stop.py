@@ -128,7 +128,7 @@ def test_a_command_that_does_not_stop_by_itself_still_dies_of_a_signal_at_start(
     """`wait` on a job that never finishes, signalled at once: the signal held while it
     started is delivered when it knows it is not a command that stops by itself (death
     by SIGTERM; SIGINT: click's "Aborted!", exit 1), not swallowed into a long wait."""
-    job = store.enqueue(make_spec(), source="cli").job
+    job = store.jobs.enqueue(make_spec(), source="cli").job
     argv = [
         sys.executable,
         "-m",

@@ -31,22 +31,22 @@ PNG = b"\x89PNG\r\n\x1a\n a picture"
 
 def succeeded(store: Store, outbox: Path, n: int = 1) -> str:
     """A job that succeeded with `n` images in its outbox directory: its id."""
-    job = store.enqueue(JobSpec(prompt="a lighthouse", model="sd/tiny", n=n), source="api").job
-    (claimed,) = store.claim_batch("r", 1, lease_s=60)
+    job = store.jobs.enqueue(JobSpec(prompt="a lighthouse", model="sd/tiny", n=n), source="api").job
+    (claimed,) = store.leases.claim_batch("r", 1, lease_s=60)
     assert claimed.id == job.id
     (outbox / job.id).mkdir(parents=True)
     files = []
     for i in range(n):
         (outbox / job.id / f"{job.id}-{i}.png").write_bytes(PNG)
         files.append({"file": f"{job.id}-{i}.png", "seed": i, "width": 8, "height": 8})
-    store.succeed(job.id, "r", {"images": files})
+    store.leases.succeed(job.id, "r", {"images": files})
     return job.id
 
 
 def a_runner_reports(store: Store) -> None:
     """As a runner does every few seconds: /readyz needs one."""
     now = datetime.now(UTC)
-    store.report_runner(
+    store.leases.report_runner(
         RunnerReport(name="r", owner="host/1/x", started_at=now, heartbeat_at=now, state="idle")
     )
 
@@ -163,7 +163,7 @@ store = Store.open(url)
 def crash(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 if where == "before the commit":
-    store.delete_image = crash
+    store.gallery.delete_image = crash
 else:
     removal._remove = crash
 removal.delete_image(store, Path(outbox), image_id, scope=None)
@@ -194,7 +194,7 @@ def test_a_delete_a_crash_cut_short_is_settled_when_the_server_starts(tmp_path: 
             [*argv, f"{job_id}-{index}", where], cwd=tmp_path, env=env, timeout=120
         )
         assert killed.returncode == -signal.SIGKILL
-    assert store.gallery_files([job_id]) == [f"{job_id}-0"]  # listed, its file aside: a 404
+    assert store.gallery.gallery_files([job_id]) == [f"{job_id}-0"]  # listed, its file aside: a 404
     assert [p.name for p in directory.iterdir() if not p.name.startswith(".")] == []
     assert len([p for p in directory.iterdir() if p.name.startswith(".deleting-")]) == 2
 

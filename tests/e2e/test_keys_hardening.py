@@ -72,7 +72,7 @@ def test_a_configured_keys_session_ends_when_a_restart_replaces_or_removes_the_k
     )
     assert minted.status_code == 401 and minted.json()["error"]["code"] == "unauthorized"
     assert with_cookie(replaced.url, ADMIN, cookie).status_code == 401
-    assert replaced.store.list_keys() == [] and session_rows(replaced.store) == []  # ended
+    assert replaced.store.keys.list_keys() == [] and session_rows(replaced.store) == []  # ended
     assert with_cookie(first.url, ADMIN, cookie).status_code == 401  # on every node
     # The new key's session works, until a restart whose configuration has no `ops`.
     second = log_in(replaced.url, "k-ops-second")
@@ -86,7 +86,7 @@ def test_a_stored_keys_session_ends_with_its_key_and_old_sessions_are_checked_to
     make_bare: Callable[..., Bare],
 ) -> None:
     bare = make_bare(**{"server.api_keys": {"ops": "k-ops"}})
-    record, alice = bare.store.add_key("alice")
+    record, alice = bare.store.keys.add_key("alice")
     cookie = log_in(bare.url, alice)
     assert with_cookie(bare.url, "/v1/jobs", cookie).status_code == 200
     (row,) = session_rows(bare.store)
@@ -94,24 +94,24 @@ def test_a_stored_keys_session_ends_with_its_key_and_old_sessions_are_checked_to
         row["key_id"] == record.id
         and row["key_sha256"] == hashlib.sha256(alice.encode()).hexdigest()
     )
-    bare.store.delete_key(record.id)
+    bare.store.keys.delete_key(record.id)
     assert with_cookie(bare.url, "/v1/jobs", cookie).status_code == 401
     # Sessions opened before their key's SHA-256 was recorded: a stored key's is
     # still checked by the key's id; a configured key's cannot be checked and ends.
-    _, bob_key = bare.store.add_key("bob")
-    bob = bare.store.key_for_secret(bob_key)
+    _, bob_key = bare.store.keys.add_key("bob")
+    bob = bare.store.keys.key_for_secret(bob_key)
     assert bob is not None
-    old_stored = bare.store.open_session("bob", "user", bob.id, max_s=600)
-    old_configured = bare.store.open_session("ops", "admin", None, max_s=600)
+    old_stored = bare.store.keys.open_session("bob", "user", bob.id, max_s=600)
+    old_configured = bare.store.keys.open_session("ops", "admin", None, max_s=600)
     assert with_cookie(bare.url, "/v1/jobs", old_stored).status_code == 200
     assert with_cookie(bare.url, ADMIN, old_configured).status_code == 401
-    bare.store.revoke_key("bob")
+    bare.store.keys.revoke_key("bob")
     assert with_cookie(bare.url, "/v1/jobs", old_stored).status_code == 401
 
 
 def test_a_session_spends_its_keys_own_rate_limit(make_bare: Callable[..., Bare]) -> None:
     bare = make_bare(**{"server.api_keys": {"ops": "k-ops"}})
-    _, limited = bare.store.add_key("slow", rate_limit_per_minute=5)  # bursts of 5
+    _, limited = bare.store.keys.add_key("slow", rate_limit_per_minute=5)  # bursts of 5
     cookie = log_in(bare.url, limited)
     statuses = [with_cookie(bare.url, "/v1/jobs", cookie).status_code for _ in range(7)]
     assert statuses[:5] == [200] * 5 and statuses[-1] == 429
@@ -135,18 +135,18 @@ def test_no_key_takes_a_name_another_key_has(
         )  # fmt: skip
     generate = opened.url + "/v1/auth/keys/generate"
     assert httpx.post(generate, json={"name": "Ops"}, headers=ops).status_code == 409
-    assert opened.store.list_keys() == []
+    assert opened.store.keys.list_keys() == []
     assert httpx.post(generate, json={"name": "alice"}, headers=ops).status_code == 201
     assert httpx.post(generate, json={"name": "ALICE"}, headers=ops).status_code == 409
     joined = httpx.post(opened.url + "/v1/auth/register", json={"name": "walk-in"})
     assert joined.status_code == 201, joined.text
     # By invite: a taken name spends nothing of the invite.
     invited = make_bare(**config, **{"server.registration": "invite"})
-    _, code = invited.store.create_invite(uses=1)
+    _, code = invited.store.keys.create_invite(uses=1)
     for name in ("ops", "alice"):
         body = {"name": name, "invite_code": code}
         assert httpx.post(invited.url + "/v1/auth/register", json=body).status_code == 409
-    (invite,) = invited.store.list_invites()
+    (invite,) = invited.store.keys.list_invites()
     assert invite.uses_left == 1
     body = {"name": "eve", "invite_code": code}
     assert httpx.post(invited.url + "/v1/auth/register", json=body).status_code == 201
@@ -166,7 +166,7 @@ def test_two_keys_of_one_name_share_neither_stream_slots_nor_rate_limits(
     """A stored key named as a configured one is made before the configuration named
     it (the store alone cannot know); each still has its own slots and bucket."""
     bare = make_bare(**{"server.api_keys": {"ops": "k-ops"}})
-    _, twin = bare.store.add_key("ops")  # a user's key that has the admin's name
+    _, twin = bare.store.keys.add_key("ops")  # a user's key that has the admin's name
     admin, user = {"X-Api-Key": "k-ops"}, {"X-Api-Key": twin}
     job = httpx.post(bare.url + "/v1/jobs", json={"prompt": "waits"}, headers=user).json()
     events = f"{bare.url}/v1/jobs/{job['id']}/events"
@@ -204,14 +204,14 @@ def test_lone_surrogates_and_limits_out_of_range_are_400s_naming_the_field(
     make_bare: Callable[..., Bare],
 ) -> None:
     bare = make_bare(**{"server.api_keys": {"ops": "k-ops"}, "server.registration": "invite"})
-    _, code = bare.store.create_invite(uses=1)
+    _, code = bare.store.keys.create_invite(uses=1)
     refused_naming(raw_post(bare.url + "/v1/auth/login", rb'{"key": "\ud800"}'), "key")
     refused_naming(raw_post(bare.url + "/v1/auth/login", rb'{"key": "sd-\udfff-x"}'), "key")
     register = bare.url + "/v1/auth/register"
     refused_naming(raw_post(register, rb'{"name": "eve", "invite_code": "\ud800"}'), "invite_code")
     body = b'{"name": "\\ud800", "invite_code": "%s"}' % code.encode()
     refused_naming(raw_post(register, body), "name")
-    (invite,) = bare.store.list_invites()
+    (invite,) = bare.store.keys.list_invites()
     assert invite.uses_left == 1  # nothing spent
     # A paired surrogate is just a character: a name of plain characters is asked.
     paired = raw_post(register, b'{"name": "\\ud83d\\ude00", "invite_code": "%s"}' % code.encode())
@@ -222,7 +222,7 @@ def test_lone_surrogates_and_limits_out_of_range_are_400s_naming_the_field(
     for limit in ("1e30", "-1", "1.5", '"5"', "true", "1000001", "1e400"):
         body = b'{"name": "sam", "rateLimitPerMinute": %s}' % limit.encode()
         refused_naming(raw_post(generate, body, ops), "rateLimitPerMinute")
-    assert bare.store.list_keys() == []
+    assert bare.store.keys.list_keys() == []
     for limit in (0, 1_000_000):
         made = httpx.post(
             generate, json={"name": f"sam{limit}", "rateLimitPerMinute": limit}, headers=ops

@@ -411,7 +411,7 @@ def bare(make_bare: Callable[..., Bare]) -> Bare:
 
 
 def _queued(bare: Bare) -> int:
-    return len(bare.store.list_jobs(limit=100).jobs)
+    return len(bare.store.jobs.list_jobs(limit=100).jobs)
 
 
 def _multipart(url: str, path: str, files: dict[str, Any], data: dict[str, str]) -> httpx.Response:
@@ -496,7 +496,7 @@ def test_a_user_that_looks_like_a_number_stays_text(bare: Bare) -> None:
         {"user": "12345", "style": "vivid", "n": "2"},
     )  # fmt: skip
     assert answer.status_code == 504  # no runner here: its job stays queued
-    (queued,) = bare.store.list_jobs(limit=10).jobs
+    (queued,) = bare.store.jobs.list_jobs(limit=10).jobs
     assert dict(queued.spec.client_fields) == {"user": "12345", "style": "vivid"}
     assert (queued.spec.n, queued.spec.prompt, queued.spec.strength) == (2, "", 0.6)
 
@@ -523,7 +523,7 @@ def test_a_stream_whose_job_does_not_finish_ends_with_an_error_event(bare: Bare)
     with pytest.raises(openai.APIError, match="did not finish") as failed:
         list(api.images.generate(model="gpt-image-1", prompt="x", size="64x64", stream=True))
     assert failed.value.body["code"] == "timeout"
-    (queued,) = bare.store.list_jobs(limit=10).jobs
+    (queued,) = bare.store.jobs.list_jobs(limit=10).jobs
     assert queued.status.value == "queued"
 
 
@@ -535,7 +535,7 @@ def test_each_stream_gives_its_slot_back(make_bare: Callable[..., Bare]) -> None
     for _ in range(3):
         with pytest.raises(openai.APIError, match="did not finish"):
             list(api.images.generate(model="gpt-image-1", prompt="x", size="64x64", stream=True))
-    assert len(bare.store.list_jobs(limit=10).jobs) == 3
+    assert len(bare.store.jobs.list_jobs(limit=10).jobs) == 3
 
 
 def test_a_flux_model_at_every_door(site: Served) -> None:

@@ -40,9 +40,9 @@ class World:
 
 
 def keyed(bare: Bare) -> dict[str, dict[str, str]]:
-    _, root = bare.store.add_key("root", role="admin")
-    _, alice = bare.store.add_key("alice", role="user")
-    _, bob = bare.store.add_key("bob", role="user")
+    _, root = bare.store.keys.add_key("root", role="admin")
+    _, alice = bare.store.keys.add_key("alice", role="user")
+    _, bob = bare.store.keys.add_key("bob", role="user")
     return {
         "admin": {"Authorization": f"Bearer {root}"},
         "alice": {"X-Api-Key": alice},
@@ -58,7 +58,7 @@ def png() -> bytes:
 
 def finish_as_runner(bare: Bare, job_id: str) -> None:
     """What a runner does for the job: images in its outbox directory, then succeed."""
-    (taken,) = bare.store.claim_batch("t-runner", 1, lease_s=30)
+    (taken,) = bare.store.leases.claim_batch("t-runner", 1, lease_s=30)
     assert taken.id == job_id
     directory = bare.outbox / job_id
     directory.mkdir(parents=True, exist_ok=True)
@@ -66,14 +66,14 @@ def finish_as_runner(bare: Bare, job_id: str) -> None:
     for i in range(2):
         (directory / f"{job_id}-{i}.png").write_bytes(png())
         files.append({"file": f"{job_id}-{i}.png", "seed": 10 + i, "width": 8, "height": 8})
-    bare.store.succeed(job_id, "t-runner", {"images": files, "timings": {"generate_s": 0.5}})
+    bare.store.leases.succeed(job_id, "t-runner", {"images": files, "timings": {"generate_s": 0.5}})
 
 
 def world(bare: Bare, headers: dict[str, str], n: int) -> World:
     post = lambda path, body: httpx.post(bare.url + path, json=body, headers=headers)  # noqa: E731
     first = {"prompt": f"a red fox {n}", "steps": 2, "n": 2}
     done = post("/v1/jobs", first).json()["id"]
-    bare.store.set_priority(done, 100)  # claimed first (a user's key may not ask for it)
+    bare.store.jobs.set_priority(done, 100)  # claimed first (a user's key may not ask for it)
     finish_as_runner(bare, done)
     init = base64.b64encode(png()).decode()
     queued = post("/v1/jobs", {"prompt": f"queued {n}", "steps": 2, "init_image": init})
@@ -112,13 +112,13 @@ ROUTES: list[tuple[str, str, Any, int]] = [
 
 def unchanged(store: Store, w: World) -> tuple[Any, ...]:
     """What a refused request must not have changed."""
-    queued, done = store.get(w.queued), store.get(w.done)
-    image = store.gallery_page(scope=None, search=None).items
+    queued, done = store.jobs.get(w.queued), store.jobs.get(w.done)
+    image = store.gallery.gallery_page(scope=None, search=None).items
     return (
         queued.status,
         queued.priority,
         done.status,
-        store.get_download(w.download).status,
+        store.downloads.get_download(w.download).status,
         [(i.id, i.public_until, i.tags) for i in image],
     )
 
@@ -165,7 +165,7 @@ def test_lists_show_a_user_only_their_own(make_bare: Callable[..., Bare]) -> Non
     bare = make_bare()
     who = keyed(bare)
     mine, theirs = world(bare, who["alice"], 1), world(bare, who["bob"], 2)
-    inbox = bare.store.enqueue(
+    inbox = bare.store.jobs.enqueue(
         JobSpec(prompt="from the inbox"), source="inbox", client="c.json"
     ).job
 
@@ -238,8 +238,8 @@ def test_a_shared_image_is_seen_by_all_until_it_expires_and_changed_only_by_its_
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
     # The share ends: listed for its owner only again (a given clock, in the store).
     later = datetime.now(UTC) + timedelta(hours=2)
-    assert bare.store.gallery_page(scope="someone-else", now=later).total == 0
-    assert bare.store.gallery_stats(now=later) == {
+    assert bare.store.gallery.gallery_page(scope="someone-else", now=later).total == 0
+    assert bare.store.gallery.gallery_stats(now=later) == {
         "total": 2,
         "public": 0,
         "private": 1,
@@ -284,7 +284,7 @@ def test_gallery_tags_search_filters_paging_and_delete(make_bare: Callable[..., 
     assert [i["id"] for i in newest] == [f"{w.done}-{i}" for w in reversed(worlds) for i in (0, 1)]
     item = newest[-2]
     assert item["prompt"] == "a red fox 0" and item["seed"] == 10 and item["width"] == 8
-    secret = image_secret(bare.store.get(worlds[0].done).image_secret, f"{images[0]}.png")
+    secret = image_secret(bare.store.jobs.get(worlds[0].done).image_secret, f"{images[0]}.png")
     assert item["url"].endswith(f"/images/{secret}/{images[0]}.png")
     assert item["tags"] == ["fox", "red"]
     assert item["isOwner"] is True and item["generationTime"] == 0.5
@@ -326,10 +326,10 @@ def test_retention_takes_the_gallery_rows_with_the_files(make_bare: Callable[...
     bare = make_bare()
     who = keyed(bare)
     w = world(bare, who["alice"], 1)
-    assert bare.store.gallery_files([w.done]) == [f"{w.done}-0", f"{w.done}-1"]
-    bare.store.mark_images_expired([w.done])
-    assert bare.store.gallery_files([w.done]) == []
-    assert bare.store.get(w.done).status is JobStatus.SUCCEEDED
+    assert bare.store.gallery.gallery_files([w.done]) == [f"{w.done}-0", f"{w.done}-1"]
+    bare.store.jobs.mark_images_expired([w.done])
+    assert bare.store.gallery.gallery_files([w.done]) == []
+    assert bare.store.jobs.get(w.done).status is JobStatus.SUCCEEDED
 
 
 def test_the_servers_own_things_are_an_admins_to_change(make_bare: Callable[..., Bare]) -> None:
@@ -425,10 +425,10 @@ def test_dialect_jobs_batch_with_other_doors_and_outlive_their_server(
         bare.url + "/api/v1/generate", json={**same, "sampler": "euler_a", "cfg_scale": 7.5}
     ).json()
     assert able["status"] == "queued"
-    taken = bare.store.claim_compatible("r", max_images=8, lease_s=60)
+    taken = bare.store.leases.claim_compatible("r", max_images=8, lease_s=60)
     assert {j.id for j in taken} == {native["id"], able["id"]}  # one pipeline call
     assert {j.source.value for j in taken} == {"api", "ablerefusal"}
-    bare.store.release("r", [j.id for j in taken])
+    bare.store.leases.release("r", [j.id for j in taken])
     second = make_bare()  # the same data directory and database, another server
     shown = httpx.get(f"{second.url}/api/v1/generate/{able['id']}").json()
     assert shown == {"id": able["id"], "status": "queued", "progress": 0, "results": []}

@@ -36,8 +36,8 @@ def keyed(make_bare: Callable[..., Bare]) -> tuple[Bare, dict[str, dict[str, str
     """A server whose waiting routes give up after a second (no runner takes the jobs);
     a stored admin, a configured admin and a user."""
     bare = make_bare(**{"server.request_timeout_s": 1.0, "server.api_keys": {"ops": CONFIGURED}})
-    _, root = bare.store.add_key("root", role="admin")
-    _, user = bare.store.add_key("pat", role="user")
+    _, root = bare.store.keys.add_key("root", role="admin")
+    _, user = bare.store.keys.add_key("pat", role="user")
     return bare, {
         "admin": {"Authorization": f"Bearer {root}"},
         "configured": {"X-Api-Key": CONFIGURED},
@@ -51,7 +51,9 @@ def post(bare: Bare, path: str, headers: dict[str, str], **kwargs: Any) -> httpx
 
 def priorities(bare: Bare, client: str) -> list[int]:
     return sorted(
-        job.spec.priority for job in bare.store.list_jobs(limit=500).jobs if job.client == client
+        job.spec.priority
+        for job in bare.store.jobs.list_jobs(limit=500).jobs
+        if job.client == client
     )
 
 
@@ -119,7 +121,7 @@ def test_changing_a_priority_is_capped_for_a_user_and_not_for_an_admin(
     path = f"/v1/jobs/{job}/priority"
     refused = post(bare, path, keys["user"], json={"priority": 50})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "priority"
-    assert bare.store.get(job).spec.priority == 0
+    assert bare.store.jobs.get(job).spec.priority == 0
     assert post(bare, path, keys["user"], json={"priority": -3}).json()["priority"] == -3
     assert post(bare, path, keys["admin"], json={"priority": 50}).json()["priority"] == 50
     assert post(bare, path, keys["configured"], json={"priority": 99}).json()["priority"] == 99
@@ -135,7 +137,7 @@ def test_an_open_server_has_no_cap(make_bare: Callable[..., Bare]) -> None:
 
 def test_the_cap_is_configured(make_bare: Callable[..., Bare]) -> None:
     capped = make_bare(**{"users.max_priority": 10})
-    _, user = capped.store.add_key("pat", role="user")
+    _, user = capped.store.keys.add_key("pat", role="user")
     headers = {"X-Api-Key": user}
     assert _job(capped, headers, 10).status_code == 202  # the cap itself
     refused = _job(capped, headers, 11)
@@ -211,7 +213,7 @@ def test_img2img_without_a_denoising_step_is_refused_at_every_door(
             },
         )
         assert chat.status_code == 400 and chat.json()["error"]["param"] == "strength"
-    assert bare.store.list_jobs(limit=50).jobs == []  # nothing queued
+    assert bare.store.jobs.list_jobs(limit=50).jobs == []  # nothing queued
 
     for steps, strength in ((2, 0.75), (5, 0.2)):  # one step: queued
         native = post(
@@ -235,7 +237,7 @@ def test_img2img_without_a_denoising_step_is_refused_at_every_door(
             },
         )
         assert a1111.status_code != 400, a1111.text  # queued; no runner: it times out
-    queued = bare.store.list_jobs(limit=50).jobs
+    queued = bare.store.jobs.list_jobs(limit=50).jobs
     assert sorted((j.spec.steps, j.spec.strength) for j in queued) == [
         (2, 0.75),
         (2, 0.75),

@@ -71,7 +71,7 @@ class Site:
         # model), which these tests of the runner's bookkeeping have no use for.
         fields = {"steps": 2, "width": 64, "height": 64, "scheduler": "euler", **fields}
         spec = JobSpec(prompt=prompt, **fields)
-        return self.store.enqueue(spec, source="cli").job
+        return self.store.jobs.enqueue(spec, source="cli").job
 
     def start(self, *args: str, faults: Sequence[str] = ()) -> BaseProcess:
         """`alice-spool [FAULTS] runner ARGS` (FAULTS: the hidden fault-injection options)."""
@@ -122,7 +122,7 @@ def pixels(path: Path) -> np.ndarray:
 
 
 def status(site: Site, job: JobRecord) -> JobStatus:
-    return site.store.get(job.id).status
+    return site.store.jobs.get(job.id).status
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -136,7 +136,7 @@ def assert_each_succeeded_once(site: Site, jobs: list[JobRecord]) -> None:
     """Every job succeeded, with exactly one complete outbox directory whose files match
     its result, and nothing else is in the outbox."""
     for job in jobs:
-        done = site.store.get(job.id)
+        done = site.store.jobs.get(job.id)
         assert done.status is JobStatus.SUCCEEDED, (job.id, done.status, done.error_message)
         result = json.loads((site.outbox / job.id / RESULT).read_text())
         assert result == done.result and result["status"] == "succeeded"
@@ -164,7 +164,7 @@ def test_alice_spool_runner_end_to_end(site: Site) -> None:
     assert finished.returncode == 0, finished.stderr.decode()
     assert_each_succeeded_once(site, [cat, wide])
 
-    done = site.store.get(cat.id)
+    done = site.store.jobs.get(cat.id)
     assert done.attempts == 1 and done.lease_owner is None
     assert done.started_at is not None and done.finished_at is not None
     assert done.created_at <= done.started_at <= done.finished_at
@@ -205,14 +205,14 @@ def test_a_crash_at_any_point_loses_and_repeats_nothing(site: Site, point: str) 
         site.drain()
         assert_each_succeeded_once(site, jobs)
         assert site.leftovers() == []
-    attempts = [site.store.get(j.id).attempts for j in jobs]
+    attempts = [site.store.jobs.get(j.id).attempts for j in jobs]
     assert max(attempts) == 2 and attempts.count(2) >= 10  # each crash hit a job
 
 
 def test_a_sigkill_storm(site: Site) -> None:
     """200 jobs; the runner is killed at random moments ten times and restarted each time.
     All 200 succeed once, and exactly the jobs it held when killed ran more than once."""
-    site.store.max_attempts = 20
+    site.store.core.max_attempts = 20
     jobs = [site.submit(f"storm {i}", seed=i, n=1 + (i % 7 == 0)) for i in range(200)]
     rng = random.Random(20261122)
     held_when_killed: set[str] = set()
@@ -222,12 +222,12 @@ def test_a_sigkill_storm(site: Site) -> None:
         os.kill(process.pid, signal.SIGKILL)
         process.join(10)
         assert process.exitcode == -signal.SIGKILL
-        running = site.store.list_jobs(statuses=[JobStatus.RUNNING], limit=1000).jobs
+        running = site.store.jobs.list_jobs(statuses=[JobStatus.RUNNING], limit=1000).jobs
         held_when_killed |= {j.id for j in running}
     site.drain()
     assert_each_succeeded_once(site, jobs)
     assert site.leftovers() == []
-    reran = {j.id for j in jobs if site.store.get(j.id).attempts > 1}
+    reran = {j.id for j in jobs if site.store.jobs.get(j.id).attempts > 1}
     assert reran == held_when_killed and held_when_killed
 
 
@@ -245,18 +245,18 @@ def test_a_sigkill_mid_flux_job_loses_nothing_and_the_next_runner_finishes_it(
     registry = ModelRegistry(models)
     long = registry.with_model(parse_spec({**fields, "steps": 150, "seed": 3}))
     assert (long.scheduler, long.guidance_scale) == ("euler", 0.0)  # the family's
-    killed = site.store.enqueue(long, source="cli").job
+    killed = site.store.jobs.enqueue(long, source="cli").job
     process = site.start()
-    wait_until(lambda: (site.store.get(killed.id).progress_step or 0) > 2, timeout=60)
+    wait_until(lambda: (site.store.jobs.get(killed.id).progress_step or 0) > 2, timeout=60)
     os.kill(process.pid, signal.SIGKILL)
     process.join(10)
     assert process.exitcode == -signal.SIGKILL
     assert status(site, killed) is JobStatus.RUNNING  # held by the dead runner
     short = registry.with_model(parse_spec({**fields, "seed": 4}))
-    clean = site.store.enqueue(short, source="cli").job
+    clean = site.store.jobs.enqueue(short, source="cli").job
     site.drain()
     assert_each_succeeded_once(site, [killed, clean])
-    done = site.store.get(killed.id)
+    done = site.store.jobs.get(killed.id)
     assert done.attempts == 2 and done.result["spec"]["model"] == "sd/flux-schnell"
     assert site.leftovers() == []
 
@@ -267,12 +267,12 @@ def test_a_sigkill_mid_flux_job_loses_nothing_and_the_next_runner_finishes_it(
 def test_sigterm_mid_batch_releases_the_jobs_and_exits_cleanly(site: Site) -> None:
     jobs = [site.submit(f"long {i}", steps=150, n=2) for i in range(2)]
     process = site.start()
-    wait_until(lambda: (site.store.get(jobs[0].id).progress_step or 0) > 0)
+    wait_until(lambda: (site.store.jobs.get(jobs[0].id).progress_step or 0) > 0)
     os.kill(process.pid, signal.SIGTERM)
     process.join(30)
     assert process.exitcode == 0
     for job in jobs:
-        again = site.store.get(job.id)
+        again = site.store.jobs.get(job.id)
         assert (again.status, again.attempts, again.lease_owner) == (JobStatus.QUEUED, 0, None)
     assert list(site.outbox.iterdir()) == []
 
@@ -307,11 +307,11 @@ def test_cancel_a_running_job(site: Site) -> None:
     long = site.submit("cancel me", steps=150, n=2)
     after = site.submit("then me", steps=3)
     process = site.start("--exit-when-idle")
-    wait_until(lambda: (site.store.get(long.id).progress_step or 0) > 0)
-    site.store.cancel(long.id)
+    wait_until(lambda: (site.store.jobs.get(long.id).progress_step or 0) > 0)
+    site.store.jobs.cancel(long.id)
     process.join(60)
     assert process.exitcode == 0
-    cancelled = site.store.get(long.id)
+    cancelled = site.store.jobs.get(long.id)
     assert cancelled.status is JobStatus.CANCELLED
     assert cancelled.progress_step is not None and cancelled.progress_step < 150
     assert not (site.outbox / long.id).exists()
@@ -323,7 +323,7 @@ def test_a_job_for_a_missing_model_fails_and_the_runner_goes_on(site: Site) -> N
     missing = site.submit("where is it", model="sd/not-installed")
     fine = site.submit("here it is")
     site.drain()
-    failed = site.store.get(missing.id)
+    failed = site.store.jobs.get(missing.id)
     assert (failed.status, failed.error_code) == (JobStatus.FAILED, "model_not_found")
     result = json.loads((site.outbox / missing.id / RESULT).read_text())
     assert result["status"] == "failed" and result["error"]["code"] == "model_not_found"
@@ -335,7 +335,7 @@ def test_simulated_out_of_memory_splits_and_recovers(site: Site) -> None:
     assert site.run("--exit-when-idle", faults=["--inject-oom-above=1"]) == 0
     assert_each_succeeded_once(site, jobs)
     for job in jobs:
-        assert site.store.get(job.id).result["timings"]["batch_images"] == 1
+        assert site.store.jobs.get(job.id).result["timings"]["batch_images"] == 1
 
     reference = site.submit("oom 1", seed=10, n=2)  # the same job, no memory limit
     site.drain()
@@ -352,9 +352,9 @@ def test_a_poisoned_job_ends_attempts_exhausted(site: Site) -> None:
     job = site.submit("poison")
     for _ in range(3):
         assert site.run(faults=["--crash-at=after_claim"]) == CRASH_EXIT_CODE
-    assert site.store.get(job.id).attempts == 3
+    assert site.store.jobs.get(job.id).attempts == 3
     site.drain()
-    failed = site.store.get(job.id)
+    failed = site.store.jobs.get(job.id)
     assert (failed.status, failed.error_code) == (JobStatus.FAILED, "attempts_exhausted")
     result = json.loads((site.outbox / job.id / RESULT).read_text())
     assert result["error"]["code"] == "attempts_exhausted"

@@ -195,7 +195,7 @@ def test_three_runners_two_apis_and_an_inbox_on_postgresql_lose_nothing_and_run_
     total = 2 * JOBS_PER_API + JOBS_BY_INBOX
 
     def succeeded() -> int:
-        return store.counts()[JobStatus.SUCCEEDED]
+        return store.jobs.counts()[JobStatus.SUCCEEDED]
 
     wait_until(lambda: succeeded() >= total // 4, timeout=240)
     for name in ("r1", "r2"):  # two runner hosts die midway; new ones take their place
@@ -204,15 +204,15 @@ def test_three_runners_two_apis_and_an_inbox_on_postgresql_lose_nothing_and_run_
         nodes.append(Node(root, name, "runner", "--device", "cpu", "--name", name))
 
     def all_done() -> bool:
-        counts = store.counts()
+        counts = store.jobs.counts()
         assert counts[JobStatus.FAILED] == 0 and counts[JobStatus.CANCELLED] == 0
         return counts[JobStatus.SUCCEEDED] == total
 
     wait_until(all_done, timeout=420)
-    jobs = store.list_jobs(limit=1000).jobs
+    jobs = store.jobs.list_jobs(limit=1000).jobs
     assert len(jobs) == total and all(job.status is JobStatus.SUCCEEDED for job in jobs)
     assert sum(job.source.value == "inbox" for job in jobs) == JOBS_BY_INBOX
-    totals = store.counters()  # counted in each finishing transaction: finished once each
+    totals = store.counters.counters()  # counted in each finishing transaction: finished once each
     assert (totals["jobs_finished:succeeded"], totals["images"]) == (total, total)
     outbox = root / "shared" / "outbox"
     directories = sorted(p.name for p in outbox.iterdir() if not p.name.startswith("."))

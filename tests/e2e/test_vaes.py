@@ -42,7 +42,7 @@ def test_a_native_job_with_a_vae_runs_and_a_missing_one_is_refused(
     assert (
         error["message"] == "vae: vae/nope is not installed in <models>/vae/ (installed: vae/grain)"
     )
-    assert not any(bare.store.counts().values())
+    assert not any(bare.store.jobs.counts().values())
 
     created = [post({**request, "vae": "grain.safetensors"}), post(request)]
     assert [c.status_code for c in created] == [202, 202], created[0].text
@@ -50,7 +50,7 @@ def test_a_native_job_with_a_vae_runs_and_a_missing_one_is_refused(
     engine = Engine(ModelRegistry(bare.models), choose("cpu"))
     options = RunnerOptions(name="vae-test", exit_when_idle=True)
     Runner(bare.store, Outbox(bare.outbox), engine, options, lock_dir=tmp_path).run()
-    assert [bare.store.get(job_id).status.value for job_id in job_ids] == ["succeeded"] * 2
+    assert [bare.store.jobs.get(job_id).status.value for job_id in job_ids] == ["succeeded"] * 2
 
     result = json.loads((bare.outbox / job_ids[0] / "result.json").read_text())
     sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()

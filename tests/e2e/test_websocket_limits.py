@@ -59,7 +59,7 @@ def queue_and_leave(bare: Bare, headers: dict[str, str]) -> None:
 
 
 def user_key(bare: Bare, name: str = "pat", **options: Any) -> dict[str, str]:
-    _, key = bare.store.add_key(name, role="user", **options)
+    _, key = bare.store.keys.add_key(name, role="user", **options)
     return {"X-Api-Key": key}
 
 
@@ -72,7 +72,7 @@ def test_a_keys_rate_limit_holds_over_the_socket(make_bare: Callable[..., Bare])
     assert code == 1013  # try again later
     assert [(m["type"], m["code"]) for m in messages] == [("error", "rate_limit_exceeded")]
     assert "try again" in messages[0]["detail"]
-    assert len(bare.store.list_jobs(limit=50).jobs) == 5  # the sixth was never queued
+    assert len(bare.store.jobs.list_jobs(limit=50).jobs) == 5  # the sixth was never queued
     over_http = httpx.get(bare.url + "/v1/jobs", headers=headers, timeout=10)
     assert over_http.status_code == 429  # one bucket for both
 
@@ -88,15 +88,15 @@ def test_an_open_socket_is_a_stream(make_bare: Callable[..., Bare]) -> None:
         with connect(url, additional_headers=headers, open_timeout=10) as first:
             for socket in (first, second):
                 socket.send(REQUEST)
-            wait_until(lambda: len(bare.store.list_jobs(limit=50).jobs) == 2, timeout=10)
+            wait_until(lambda: len(bare.store.jobs.list_jobs(limit=50).jobs) == 2, timeout=10)
             messages, code = talk(bare, headers, REQUEST)
             assert code == 1013
             assert messages[0]["code"] == "rate_limit_exceeded"
             assert "max_streams_per_client" in messages[0]["detail"]
-            job = bare.store.list_jobs(limit=50).jobs[0].id
+            job = bare.store.jobs.list_jobs(limit=50).jobs[0].id
             sse = httpx.get(f"{bare.url}/v1/jobs/{job}/events", headers=headers, timeout=10)
             assert sse.status_code == 429  # the sockets hold both slots
-            assert len(bare.store.list_jobs(limit=50).jobs) == 2
+            assert len(bare.store.jobs.list_jobs(limit=50).jobs) == 2
             queue_and_leave(bare, user_key(bare, "lee"))  # another key's slots are its own
 
         def admitted() -> bool:  # the closed socket's slot is free again
@@ -120,7 +120,7 @@ def test_a_silent_socket_is_closed_after_the_body_deadline(
     assert code == 1008
     assert [(m["type"], m["code"]) for m in messages] == [("error", "request_timeout")]
     assert "server.body_timeout_s" in messages[0]["detail"]
-    assert bare.store.list_jobs(limit=5).jobs == []
+    assert bare.store.jobs.list_jobs(limit=5).jobs == []
 
 
 def test_max_connections_holds_for_sockets(make_bare: Callable[..., Bare]) -> None:
@@ -154,7 +154,7 @@ def test_what_is_no_request_gets_an_error_and_a_close_code(
         assert messages[0]["type"] == "error" and messages[0]["detail"]
     deep = talk(bare, {}, "[" * 2000 + "]" * 2000)[0][0]["detail"]
     assert "nested too deeply" in deep
-    assert bare.store.list_jobs(limit=5).jobs == []
+    assert bare.store.jobs.list_jobs(limit=5).jobs == []
 
 
 def test_a_wrong_key_is_still_refused_at_the_handshake(make_bare: Callable[..., Bare]) -> None:

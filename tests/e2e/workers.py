@@ -23,7 +23,7 @@ def enqueue(url: str, name: str, count: str) -> None:
     store = Store.open(url, max_queue=1_000_000)
     for i in range(int(count)):
         spec = JobSpec(prompt=f"{name} #{i}", steps=4)
-        store.enqueue(spec, source="cli", client=name, idempotency_key=f"{name}-{i}")
+        store.jobs.enqueue(spec, source="cli", client=name, idempotency_key=f"{name}-{i}")
 
 
 def drain(url: str, owner: str, total: str, out: str, deadline_s: str = "300") -> None:
@@ -31,13 +31,13 @@ def drain(url: str, owner: str, total: str, out: str, deadline_s: str = "300") -
     deadline = time.monotonic() + float(deadline_s)
     with store.db.pinned(), Path(out).open("a") as finished:
         while time.monotonic() < deadline:
-            jobs = store.claim_batch(owner, 8, lease_s=60)
+            jobs = store.leases.claim_batch(owner, 8, lease_s=60)
             for job in jobs:
-                store.succeed(job.id, owner, {"runner": owner, "attempt": job.attempts})
+                store.leases.succeed(job.id, owner, {"runner": owner, "attempt": job.attempts})
                 finished.write(job.id + "\n")
             finished.flush()
             if not jobs:
-                if store.counts()[JobStatus.SUCCEEDED] >= int(total):
+                if store.jobs.counts()[JobStatus.SUCCEEDED] >= int(total):
                     return
                 time.sleep(0.005)
     sys.exit(f"{owner}: deadline passed before {total} jobs succeeded")
@@ -45,7 +45,7 @@ def drain(url: str, owner: str, total: str, out: str, deadline_s: str = "300") -
 
 def hold(url: str, owner: str, count: str, ready: str) -> None:
     store = Store.open(url)
-    jobs = store.claim_batch(owner, int(count), lease_s=1)
+    jobs = store.leases.claim_batch(owner, int(count), lease_s=1)
     Path(ready + ".tmp").write_text("\n".join(j.id for j in jobs))
     Path(ready + ".tmp").rename(ready)
     while True:

@@ -32,7 +32,7 @@ def other(db_url: str, store: Store) -> Iterator[Store]:
 
 
 def submit(store: Store, prompt: str = "a fox") -> str:
-    return store.enqueue(JobSpec(prompt=prompt, steps=4, seed=1), source="cli").job.id
+    return store.jobs.enqueue(JobSpec(prompt=prompt, steps=4, seed=1), source="cli").job.id
 
 
 def test_a_waiter_wakes_when_its_job_changes_elsewhere_and_only_then(
@@ -46,10 +46,10 @@ def test_a_waiter_wakes_when_its_job_changes_elsewhere_and_only_then(
         # the first reading after subscribing may wake each once: taken here
         watching_mine.wait(0.5)
         watching_theirs.wait(0.5)
-        other.cancel(mine)
+        other.jobs.cancel(mine)
         assert watching_mine.wait(WOKEN_WITHIN_S)
         assert not watching_theirs.wait(1.0)  # another job changed, not this one
-        other.cancel(theirs)
+        other.jobs.cancel(theirs)
         assert watching_theirs.wait(WOKEN_WITHIN_S)
 
 
@@ -57,12 +57,12 @@ def test_progress_wakes_its_waiters_and_a_lease_renewal_does_not(
     store: Store, other: Store
 ) -> None:
     job_id = submit(store)
-    [claimed] = other.claim_batch("r/1/x", 1, lease_s=60)
+    [claimed] = other.leases.claim_batch("r/1/x", 1, lease_s=60)
     with store.changes.watch(jobs=[job_id]) as changes:
         changes.wait(0.5)
-        other.set_progress("r/1/x", [job_id], 1, 4)
+        other.leases.set_progress("r/1/x", [job_id], 1, 4)
         assert changes.wait(WOKEN_WITHIN_S)
-        other.heartbeat("r/1/x", [claimed.id], lease_s=60)
+        other.leases.heartbeat("r/1/x", [claimed.id], lease_s=60)
         assert not changes.wait(1.5)
 
 
@@ -73,11 +73,11 @@ def test_a_queue_waiter_wakes_for_new_and_returned_jobs_not_for_progress(
         queue.wait(0.5)
         job_id = submit(other)
         assert queue.wait(WOKEN_WITHIN_S)
-        other.claim_batch("r/1/x", 1, lease_s=60)
+        other.leases.claim_batch("r/1/x", 1, lease_s=60)
         queue.wait(0.5)  # SQLite: the queue's signature changed (a job left it)
-        other.set_progress("r/1/x", [job_id], 2, 4)
+        other.leases.set_progress("r/1/x", [job_id], 2, 4)
         assert not queue.wait(1.5)
-        other.release("r/1/x", [job_id])  # back in the queue
+        other.leases.release("r/1/x", [job_id])  # back in the queue
         assert queue.wait(WOKEN_WITHIN_S)
 
 
@@ -87,7 +87,7 @@ def test_a_coroutine_waits_without_a_thread_and_is_woken(store: Store, other: St
     async def wait() -> bool:
         with store.changes.watch(jobs=[job_id], loop=asyncio.get_running_loop()) as changes:
             await changes.wait_async(0.5)
-            threading.Timer(0.2, other.cancel, [job_id]).start()
+            threading.Timer(0.2, other.jobs.cancel, [job_id]).start()
             return await changes.wait_async(WOKEN_WITHIN_S)
 
     assert asyncio.run(wait())
@@ -95,9 +95,9 @@ def test_a_coroutine_waits_without_a_thread_and_is_woken(store: Store, other: St
 
 def test_store_wait_for_returns_when_the_jobs_finish_elsewhere(store: Store, other: Store) -> None:
     ids = [submit(store, f"job {i}") for i in range(3)]
-    threading.Timer(0.3, lambda: [other.cancel(job_id) for job_id in ids]).start()
+    threading.Timer(0.3, lambda: [other.jobs.cancel(job_id) for job_id in ids]).start()
     started = time.monotonic()
-    final = store.wait_for(ids, timeout_s=10)
+    final = store.jobs.wait_for(ids, timeout_s=10)
     assert [job.id for job in final] == ids and all(job.finished for job in final)
     assert time.monotonic() - started < WOKEN_WITHIN_S
 

@@ -29,7 +29,7 @@ def test_writes_are_folded_into_the_file_by_the_checkpointer(tmp_path: Path) -> 
         assert db._checkpointer is not None
         before, size = db._checkpointer.passes, path.stat().st_size
         for i in range(100):  # well under the fallback: no writer checkpoints
-            store.enqueue(parse_spec({"prompt": f"p{i}"}), source="cli")
+            store.jobs.enqueue(parse_spec({"prompt": f"p{i}"}), source="cli")
         deadline = time.monotonic() + 10
         while db._checkpointer.passes == before and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -38,7 +38,7 @@ def test_writes_are_folded_into_the_file_by_the_checkpointer(tmp_path: Path) -> 
         while path.stat().st_size == size and time.monotonic() < deadline:
             time.sleep(0.05)  # the pass that ran may have started before the last write
         assert path.stat().st_size > size  # the new rows' pages are in the file itself
-        assert store.counts()  # and the database reads as before
+        assert store.jobs.counts()  # and the database reads as before
     finally:
         store.close()
 
@@ -47,7 +47,7 @@ def test_closing_the_database_stops_its_checkpointer(tmp_path: Path) -> None:
     known = set(checkpointers())
     db = Database.open(f"sqlite:///{tmp_path / 'alice.db'}")
     migrate.upgrade(db)
-    Store(db).enqueue(parse_spec({"prompt": "p"}), source="cli")
+    Store(db).jobs.enqueue(parse_spec({"prompt": "p"}), source="cli")
     started = [t for t in checkpointers() if t not in known]
     assert len(started) == 1
     db.close()

@@ -18,12 +18,12 @@ def spec(prompt: str, n: int = 1) -> JobSpec:
 
 
 def claim_one(store: Store, owner: str = "r") -> str:
-    (job,) = store.claim_batch(owner, 1, lease_s=60)
+    (job,) = store.leases.claim_batch(owner, 1, lease_s=60)
     return job.id
 
 
 def finished(store: Store) -> dict[str, float]:
-    totals = store.counters()
+    totals = store.counters.counters()
     return {
         state: totals.get(f"jobs_finished:{state}", 0)
         for state in ("succeeded", "failed", "cancelled")
@@ -31,36 +31,36 @@ def finished(store: Store) -> dict[str, float]:
 
 
 def test_every_way_to_finish_is_counted_once(store: Store) -> None:
-    assert store.counters() == {}
+    assert store.counters.counters() == {}
     for i in range(9):
-        store.enqueue(spec(f"job {i}", n=2 if i == 0 else 1), source="cli")
+        store.jobs.enqueue(spec(f"job {i}", n=2 if i == 0 else 1), source="cli")
 
     done = claim_one(store)  # 1. succeeds (2 images)
-    store.succeed(done, "r", {"images": []})
+    store.leases.succeed(done, "r", {"images": []})
     failed = claim_one(store)  # 2. fails for good
-    store.fail(failed, "r", "generation_failed", "broken")
+    store.leases.fail(failed, "r", "generation_failed", "broken")
     again = claim_one(store)  # 3. a retryable failure with attempts left: not finished
-    store.fail(again, "r", "gpu_out_of_memory", "oom", retryable=True)
+    store.leases.fail(again, "r", "gpu_out_of_memory", "oom", retryable=True)
     assert finished(store) == {"succeeded": 1, "failed": 1, "cancelled": 0}
 
-    queued = store.list_jobs(statuses=["queued"], oldest_first=True, limit=100).jobs
-    store.cancel(queued[-1].id)  # 4. cancelled while queued
+    queued = store.jobs.list_jobs(statuses=["queued"], oldest_first=True, limit=100).jobs
+    store.jobs.cancel(queued[-1].id)  # 4. cancelled while queued
     running = claim_one(store)  # 5. cancelled while running, stopped by its runner
-    store.cancel(running)
-    store.finish_cancelled(running, "r")
+    store.jobs.cancel(running)
+    store.leases.finish_cancelled(running, "r")
     released = claim_one(store)  # 6. cancelled, then given back at shutdown
-    store.cancel(released)
-    store.release("r", [released])
+    store.jobs.cancel(released)
+    store.leases.release("r", [released])
     orphan = claim_one(store, owner="dead/1/x")  # 7. its runner died on its last attempt
     store.db.write(
         lambda c: c.exec_driver_sql(
             f"UPDATE jobs SET attempts = max_attempts WHERE id = '{orphan}'"
         )
     )
-    store.requeue_orphans(held_by="dead/")
+    store.leases.requeue_orphans(held_by="dead/")
     assert finished(store) == {"succeeded": 1, "failed": 2, "cancelled": 3}
 
-    totals = store.counters()
+    totals = store.counters.counters()
     assert totals["images"] == 2
     for histogram in ("job_wait_seconds", "job_run_seconds"):
         assert totals[f"{histogram}:count"] == 1  # succeeded jobs only
@@ -68,17 +68,19 @@ def test_every_way_to_finish_is_counted_once(store: Store) -> None:
         assert totals[f"{histogram}:sum"] >= 0
 
     # Never lowered: a retry queues a failed job again; purging deletes finished jobs.
-    store.retry(failed)
-    store.purge(before=utcnow() + timedelta(days=1))
+    store.jobs.retry(failed)
+    store.jobs.purge(before=utcnow() + timedelta(days=1))
     assert finished(store) == {"succeeded": 1, "failed": 2, "cancelled": 3}
-    assert store.counters()["images"] == 2
+    assert store.counters.counters()["images"] == 2
 
 
 def test_a_cancelled_batch_counts_its_queued_jobs(store: Store) -> None:
     from alice_spool.records import NewJob
 
-    batch = store.enqueue_batch([NewJob(spec(f"b{i}"), None, None) for i in range(3)], source="cli")
+    batch = store.jobs.enqueue_batch(
+        [NewJob(spec(f"b{i}"), None, None) for i in range(3)], source="cli"
+    )
     claim_one(store)  # one is running: it is only asked to stop
-    report = store.cancel_batch(batch.batch_id)
+    report = store.jobs.cancel_batch(batch.batch_id)
     assert report.cancelled == 2
     assert finished(store)["cancelled"] == 2

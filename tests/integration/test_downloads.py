@@ -78,7 +78,7 @@ def worker(
 
 def queue(store: Store, remote: Remote, path: str, **fields: object):
     reference = {"url": remote.url + path, **fields.pop("reference", {})}  # type: ignore[dict-item]
-    return store.queue_download("url", reference, **fields)  # type: ignore[arg-type]
+    return store.downloads.queue_download("url", reference, **fields)  # type: ignore[arg-type]
 
 
 def leftovers(models: Path) -> list[str]:
@@ -145,7 +145,7 @@ def test_a_worker_that_died_mid_file_is_resumed_by_the_next_without_the_done_byt
     store: Store, remote: Remote, models: Path, checkpoint_bytes: bytes
 ) -> None:
     made = queue(store, remote, "/base.safetensors")
-    held = store.claim_download("host/1", lease_s=60)
+    held = store.downloads.claim_download("host/1", lease_s=60)
     part, validator, _ = staged(files.staging_dir(models, made.id), PART)
 
     class Died(Exception):
@@ -230,7 +230,7 @@ def test_a_stopping_worker_hands_its_download_back_with_its_bytes(
     stopping = worker(store, models)
     stopping._stop = threading.Event()
     stopping._stop.set()  # as WorkerPool.stop sets it while the transfer runs
-    held = store.claim_download("host/1", lease_s=60)
+    held = store.downloads.claim_download("host/1", lease_s=60)
     back = stopping.run_download(held)
     assert (back.status, back.lease_owner) == (DownloadStatus.QUEUED, None)
     kept = (files.staging_dir(models, made.id) / PART).stat().st_size
@@ -245,7 +245,7 @@ def test_a_starting_worker_removes_the_files_of_downloads_that_ended(
 ) -> None:
     waiting = queue(store, remote, "/a")
     gone = queue(store, remote, "/b")
-    store.cancel_download(gone.id)  # cancelled while no worker ran
+    store.downloads.cancel_download(gone.id)  # cancelled while no worker ran
     for name in (waiting.id, gone.id, "0" * 30):  # the last: no row at all
         (files.staging_dir(models, name) / PART).parent.mkdir(parents=True)
         (files.staging_dir(models, name) / PART).write_bytes(b"partial")
@@ -265,8 +265,10 @@ def test_a_cancel_stops_the_download_and_removes_its_files(
     store: Store, remote: Remote, models: Path
 ) -> None:
     made = queue(store, remote, "/base.safetensors")
-    held = store.claim_download("host/1", lease_s=60)
-    store.cancel_download(made.id)  # asked while it runs: the worker sees it at its report
+    held = store.downloads.claim_download("host/1", lease_s=60)
+    store.downloads.cancel_download(
+        made.id
+    )  # asked while it runs: the worker sees it at its report
     ended = worker(store, models).run_download(held)
     assert ended.status is DownloadStatus.CANCELLED
     assert leftovers(models) == [] and not (models / "base.safetensors").exists()
@@ -406,10 +408,10 @@ def test_only_an_admins_real_model_takes_the_smoke_test_models_place_as_default(
     remote.files["/base.safetensors"] = made.read_bytes()  # an SD 1.x checkpoint
     smoke_test_model(models)
     assert ModelRegistry(models).default().id == "sd/tiny"  # worked out, and so pinned
-    store.add_key("someone", role="user")
-    user = store.get_key("someone")
-    store.add_key("boss", role="admin")
-    boss = store.get_key("boss")
+    store.keys.add_key("someone", role="user")
+    user = store.keys.get_key("someone")
+    store.keys.add_key("boss", role="admin")
+    boss = store.keys.get_key("boss")
     # A user's download leaves the default where it is, smoke-test model or not.
     queue(store, remote, "/base.safetensors", name="users-model", owner=user.id)
     assert worker(store, models).run_once().model == "sd/users-model"

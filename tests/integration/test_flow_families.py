@@ -225,7 +225,7 @@ def test_a_mixed_queue_runs_every_job_on_its_own_model_with_few_switches(
     store = Store(database, max_queue=100, max_attempts=3)
     order = ["tiny", "flux-schnell", "sd3", "tiny", "flux-schnell", "sd3"]
     jobs = [
-        store.enqueue(queued(registry, model=m, width=64, height=64, seed=i), source="cli").job
+        store.jobs.enqueue(queued(registry, model=m, width=64, height=64, seed=i), source="cli").job
         for i, m in enumerate(order)
     ]
     runner = Runner(
@@ -237,7 +237,7 @@ def test_a_mixed_queue_runs_every_job_on_its_own_model_with_few_switches(
     )
     runner.run()
     for job, model in zip(jobs, order, strict=True):
-        done = store.get(job.id)
+        done = store.jobs.get(job.id)
         assert done.status is JobStatus.SUCCEEDED, (model, done.error_message)
         ran = (done.result or {})["spec"]
         assert ran["model"] == f"sd/{model}"

@@ -130,8 +130,8 @@ def test_a_runner_records_the_step_cache_and_the_sd_families_run_uncached(
     create_tiny(models, "tiny", replace=True)
     engine = cached_engine(models, "taylorseer")
     store = Store(database, max_queue=10, max_attempts=1)
-    flux = store.enqueue(many_steps(), source="cli").job
-    sd = store.enqueue(
+    flux = store.jobs.enqueue(many_steps(), source="cli").job
+    sd = store.jobs.enqueue(
         JobSpec(prompt="a fox", model="sd/tiny", width=64, height=64, steps=2, seed=1),
         source="cli",
     ).job
@@ -142,7 +142,7 @@ def test_a_runner_records_the_step_cache_and_the_sd_families_run_uncached(
         RunnerOptions(name="cached", exit_when_idle=True),
         lock_dir=tmp_path,
     ).run()
-    flux_result, sd_result = (store.get(j.id).result or {} for j in (flux, sd))
+    flux_result, sd_result = (store.jobs.get(j.id).result or {} for j in (flux, sd))
     assert flux_result["status"] == sd_result["status"] == "succeeded"
     assert flux_result["cache"] == "taylorseer"
     assert "cache" not in sd_result  # a UNet has no step cache: as a plain job's result

@@ -93,7 +93,7 @@ def test_a_flux_repository_installs_exactly_its_pipeline_files_and_runs(
     store: Store, hub: Hub, flux_files: dict[str, bytes], tmp_path: Path
 ) -> None:
     models = tmp_path / "models"
-    store.queue_download("huggingface", {"repo": "black-forest-labs/tiny-flux-schnell"})
+    store.downloads.queue_download("huggingface", {"repo": "black-forest-labs/tiny-flux-schnell"})
     done = run(store, models, hub)
     assert done.status is DownloadStatus.SUCCEEDED, done.error_message
     folder = models / "tiny-flux-schnell"
@@ -112,11 +112,11 @@ def test_a_flux_repository_installs_exactly_its_pipeline_files_and_runs(
 
 def test_a_gated_flux_repository_needs_the_token(store: Store, hub: Hub, tmp_path: Path) -> None:
     models = tmp_path / "models"
-    store.queue_download("huggingface", {"repo": "black-forest-labs/tiny-flux-dev"})
+    store.downloads.queue_download("huggingface", {"repo": "black-forest-labs/tiny-flux-dev"})
     refused = run(store, models, hub)
     assert (refused.status, refused.error_code) == (DownloadStatus.FAILED, "unauthorized")
     assert "models.hf_token" in (refused.error_message or "")
-    store.queue_download("huggingface", {"repo": "black-forest-labs/tiny-flux-dev"})
+    store.downloads.queue_download("huggingface", {"repo": "black-forest-labs/tiny-flux-dev"})
     done = run(store, models, hub, hf_token=hub.token)
     assert done.status is DownloadStatus.SUCCEEDED, done.error_message
     assert ModelRegistry(models).get("sd/tiny-flux-dev").family == "flux"

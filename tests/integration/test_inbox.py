@@ -93,7 +93,7 @@ def request(prompt: str = "a cat", **fields: Any) -> str:
 
 
 def jobs(store: Store) -> list:
-    return store.list_jobs(limit=10_000).jobs
+    return store.jobs.list_jobs(limit=10_000).jobs
 
 
 def settled(inbox: Inbox, total: int) -> Callable[[], bool]:
@@ -115,7 +115,7 @@ def test_a_renamed_in_file_becomes_one_job(store: Store, watching: Inbox, inbox_
     assert job.spec.prompt == "a cat" and job.spec.steps == 30
     assert job.spec.model == job.model == "sd/base"  # the default, named at enqueue
     assert not (inbox_dir / "cat.json").exists()
-    assert store.list_jobs(source=Source.INBOX, client="cat.json").jobs == [job]
+    assert store.jobs.list_jobs(source=Source.INBOX, client="cat.json").jobs == [job]
 
 
 def test_a_jsonl_file_is_one_batch(store: Store, watching: Inbox, inbox_dir: Path) -> None:

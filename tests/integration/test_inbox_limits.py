@@ -53,7 +53,7 @@ def test_img2img_without_a_denoising_step_is_rejected_with_its_reason(
         assert (error["code"], error["field"]) == ("invalid_parameters", "strength")
         assert f"strength {strength:g} with steps {steps}" in error["message"]
         assert error["message"].startswith(name)
-    taken = {job.spec.prompt: job.spec for job in store.list_jobs(limit=10).jobs}
+    taken = {job.spec.prompt: job.spec for job in store.jobs.list_jobs(limit=10).jobs}
     assert sorted(taken) == ["c", "d"]
     assert (taken["c"].steps, taken["c"].strength) == (5, 0.2)
     assert taken["d"].priority == 100  # no cap at the operator's door

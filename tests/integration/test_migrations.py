@@ -94,13 +94,13 @@ def test_downgrade_to_base_and_up_again(tmp_path: Path, make_spec) -> None:
     path = tmp_path / "a.db"
     db = Database.open(f"sqlite:///{path}")
     migrate.upgrade(db)
-    Store(db).enqueue(make_spec(), source="cli")
+    Store(db).jobs.enqueue(make_spec(), source="cli")
     state = migrate.downgrade(db, "base")
     assert state.current is None and not state.has_tables
     assert schema_sql(path) == {}
     assert migrate.upgrade(db).up_to_date
     assert migrate.schema_drift(db) == []
-    assert sum(Store(db).counts().values()) == 0
+    assert sum(Store(db).jobs.counts().values()) == 0
 
 
 def _old_database(
@@ -154,9 +154,9 @@ def test_jobs_queued_before_0002_keep_their_image_count_and_run_alone(tmp_path: 
         ).all()
     )
     assert [tuple(r) for r in rows] == [("old0", 3, None), ("old1", 1, None)]
-    (first,) = store.claim_compatible("r", max_images=8, lease_s=60)
+    (first,) = store.leases.claim_compatible("r", max_images=8, lease_s=60)
     assert first.id == "old0" and first.spec.n == 3
-    assert [j.id for j in store.claim_compatible("r", max_images=8, lease_s=60)] == ["old1"]
+    assert [j.id for j in store.leases.claim_compatible("r", max_images=8, lease_s=60)] == ["old1"]
     db.close()
 
 
@@ -171,7 +171,7 @@ def test_jobs_finished_before_0005_are_counted_from_the_start(tmp_path: Path) ->
             for status, n in (("succeeded", 3), ("succeeded", 1), ("failed", 1))
         ],
     )
-    totals = Store(db).counters()
+    totals = Store(db).counters.counters()
     assert totals == {"jobs_finished:succeeded": 2, "jobs_finished:failed": 1, "images": 4}
     db.close()
 
@@ -205,14 +205,14 @@ def test_jobs_made_before_0010_get_their_key_as_owner_and_their_images_a_gallery
         key,
     )  # fmt: skip
     store = Store(db)
-    assert [store.get(f"old{i}").owner for i in range(3)] == ["a" * 30, None, None]
-    page = store.gallery_page(scope="a" * 30)
+    assert [store.jobs.get(f"old{i}").owner for i in range(3)] == ["a" * 30, None, None]
+    page = store.gallery.gallery_page(scope="a" * 30)
     assert [(i.id, i.prompt, i.owner) for i in page.items] == [
         ("old0-0", "an old fox", "a" * 30),
         ("old0-1", "an old fox", "a" * 30),
     ]
     assert page.items[0].created_at.isoformat() == "2026-11-01T12:01:00+00:00"
-    assert store.gallery_files(["old2"]) == []
+    assert store.gallery.gallery_files(["old2"]) == []
     db.close()
 
 
@@ -238,14 +238,14 @@ def test_0015_old_jobs_keep_no_secret_keys_become_per_owner_and_unverifiable_ses
         *sessions,
     )  # fmt: skip
     store = Store(db)
-    assert store.get("old0").image_secret is None
+    assert store.jobs.get("old0").image_secret is None
     with db.engine.connect() as conn:
         left = conn.exec_driver_sql("SELECT key_id, key_sha256 FROM sessions").all()
     assert left == [("b" * 30, None)]
     spec = parse_spec({"prompt": "x", "model": "sd/tiny"})
     with pytest.raises(errors.IdempotencyConflict):  # u1's key, taken by its old job
-        store.enqueue(spec, source="api", idempotency_key="nightly", owner="u1")
-    admins = store.enqueue(spec, source="cli", idempotency_key="nightly")  # another's: free
+        store.jobs.enqueue(spec, source="api", idempotency_key="nightly", owner="u1")
+    admins = store.jobs.enqueue(spec, source="cli", idempotency_key="nightly")  # another's: free
     assert admins.created and admins.job.image_secret is not None
     # Back to one key for all: the later of two owners' equal keys is let go, jobs kept.
     assert migrate.downgrade(db, "0014").current == "0014"
@@ -343,8 +343,8 @@ def test_postgresql_every_revision_down_and_up_keeping_the_jobs(
     db = Database.open(fresh_postgres)
     try:
         migrate.upgrade(db)
-        job = Store(db).enqueue(make_spec("kept"), source="cli").job
-        Store(db).claim_batch("r/1/x", 1, lease_s=60)  # claimed once: claims 1
+        job = Store(db).jobs.enqueue(make_spec("kept"), source="cli").job
+        Store(db).leases.claim_batch("r/1/x", 1, lease_s=60)  # claimed once: claims 1
         script = ScriptDirectory.from_config(migrate.alembic_config())
         newest_first = [r.revision for r in script.walk_revisions()]
         for revision in newest_first[1 : newest_first.index("0009") + 1]:
@@ -352,7 +352,7 @@ def test_postgresql_every_revision_down_and_up_keeping_the_jobs(
         for revision in reversed(newest_first[: newest_first.index("0009")]):
             assert migrate.upgrade(db, revision).current == revision
         assert migrate.schema_drift(db) == []
-        again = Store(db).get(job.id)
+        again = Store(db).jobs.get(job.id)
         assert again.spec.prompt == "kept" and again.attempts == 1
         assert again.claims == 1  # 0013 counts each attempt so far as a claim
         state = migrate.downgrade(db, "base")

@@ -118,7 +118,7 @@ def test_an_out_of_memory_call_is_freed_before_its_halves_run(
 
     engine.generate = watched  # type: ignore[method-assign]
     store = Store(database, max_queue=100, max_attempts=3)
-    job = store.enqueue(spec(n=2, model="tiny"), source="cli").job
+    job = store.jobs.enqueue(spec(n=2, model="tiny"), source="cli").job
     runner = Runner(
         store,
         Outbox(tmp_path / "outbox"),
@@ -127,7 +127,7 @@ def test_an_out_of_memory_call_is_freed_before_its_halves_run(
         lock_dir=tmp_path,
     )
     runner.run()
-    done = store.get(job.id)
+    done = store.jobs.get(job.id)
     assert done.status is JobStatus.SUCCEEDED and done.attempts == 1
     assert len(alive_at_each_call) == 3  # 2 images: out of memory; then 1 and 1
     assert alive_at_each_call == [False, False, False]

@@ -22,13 +22,13 @@ NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 def finished(store: Store, outbox: Outbox, prompt: str, *, days_ago: float, size: int) -> JobRecord:
     """A job that succeeded `days_ago`, with `size` bytes of images in its directory."""
-    job = store.enqueue(JobSpec(prompt=prompt), source="cli").job
+    job = store.jobs.enqueue(JobSpec(prompt=prompt), source="cli").job
     when = NOW - timedelta(days=days_ago)
-    (claimed,) = store.claim_batch("r", 1, lease_s=60, now=when - timedelta(seconds=5))
+    (claimed,) = store.leases.claim_batch("r", 1, lease_s=60, now=when - timedelta(seconds=5))
     assert claimed.id == job.id
     outbox.write(job.id, {"status": "succeeded"})
     (outbox.job_dir(job.id) / f"{job.id}-0.png").write_bytes(b"x" * size)
-    return store.succeed(job.id, "r", {"images": [{"file": f"{job.id}-0.png"}]}, now=when)
+    return store.leases.succeed(job.id, "r", {"images": [{"file": f"{job.id}-0.png"}]}, now=when)
 
 
 def test_by_age_and_by_size_oldest_first(store: Store, tmp_path: Path) -> None:
@@ -39,10 +39,10 @@ def test_by_age_and_by_size_oldest_first(store: Store, tmp_path: Path) -> None:
     new = finished(store, outbox, "new", days_ago=1, size=4000)
     # A job whose complete directory is there but which runs again (its runner died
     # before recording it): never touched, however old and big.
-    rerun = store.enqueue(JobSpec(prompt="rerun"), source="cli").job
+    rerun = store.jobs.enqueue(JobSpec(prompt="rerun"), source="cli").job
     outbox.write(rerun.id, {"status": "succeeded"})
     (outbox.job_dir(rerun.id) / "big.png").write_bytes(b"y" * 50_000)
-    store.claim_batch("r2", 1, lease_s=60)
+    store.leases.claim_batch("r2", 1, lease_s=60)
 
     limit_gb = 9000 / GB  # room for two of the 4000-byte directories
     preview = apply_retention(store, outbox, days=7, max_storage_gb=limit_gb, dry_run=True, now=NOW)
@@ -56,10 +56,10 @@ def test_by_age_and_by_size_oldest_first(store: Store, tmp_path: Path) -> None:
     )  # + result.json
     assert sorted(p.name for p in outbox.root.iterdir()) == sorted([middle.id, new.id, rerun.id])
     for job in (ancient, old):
-        assert store.get(job.id).images_expired_at == NOW
-        assert store.get(job.id).to_dict()["images_expired_at"] == "2026-11-22T12:00:00Z"
-    assert store.get(new.id).images_expired_at is None
-    assert store.get(rerun.id).status is JobStatus.RUNNING
+        assert store.jobs.get(job.id).images_expired_at == NOW
+        assert store.jobs.get(job.id).to_dict()["images_expired_at"] == "2026-11-22T12:00:00Z"
+    assert store.jobs.get(new.id).images_expired_at is None
+    assert store.jobs.get(rerun.id).status is JobStatus.RUNNING
 
     again = apply_retention(store, outbox, days=7, max_storage_gb=limit_gb, now=NOW)
     assert again.deleted == []  # within the limits now
@@ -69,8 +69,8 @@ def test_zero_means_no_limit_and_orphans_follow_the_rules(store: Store, tmp_path
     outbox = Outbox(tmp_path / "outbox")
     job = finished(store, outbox, "kept", days_ago=400, size=10)
     assert apply_retention(store, outbox, days=0, max_storage_gb=0, now=NOW).deleted == []
-    store.purge(before=NOW)  # the row is gone, the directory stays
-    assert store.list_jobs().jobs == []
+    store.jobs.purge(before=NOW)  # the row is gone, the directory stays
+    assert store.jobs.list_jobs().jobs == []
     report = apply_retention(
         store, outbox, days=7, max_storage_gb=0, now=datetime.now(UTC) + timedelta(days=30)
     )
@@ -86,7 +86,7 @@ def test_inputs_go_with_their_job_and_orphans_after_an_hour(store: Store, tmp_pa
     staged = inputs.Staged({"init_image": inputs.Decoded("init_image", b"png", "png", 8, 8)})
     old = finished(store, outbox, "old", days_ago=30, size=10)
     kept = finished(store, outbox, "kept", days_ago=1, size=10)
-    queued = store.enqueue(JobSpec(prompt="waiting"), source="cli").job
+    queued = store.jobs.enqueue(JobSpec(prompt="waiting"), source="cli").job
     for job_id in (old.id, kept.id, queued.id, "f" * 30, "e" * 30):
         inputs.store(data_dir, job_id, staged)
     hour_ago = (NOW - timedelta(minutes=61)).timestamp()
@@ -116,8 +116,8 @@ def test_a_gallery_delete_cut_short_by_a_crash_is_finished_or_undone(
     listed = finished(store, outbox, "listed", days_ago=1, size=10)
     forgotten = finished(store, outbox, "forgotten", days_ago=1, size=10)
     image = f"{forgotten.id}-0.png"
-    [image_id] = store.gallery_files([forgotten.id])
-    store.delete_image(image_id, scope=None)  # committed: the job no longer lists it
+    [image_id] = store.gallery.gallery_files([forgotten.id])
+    store.gallery.delete_image(image_id, scope=None)  # committed: the job no longer lists it
     for job in (listed, forgotten):
         name = f"{job.id}-0.png"
         (outbox.job_dir(job.id) / name).rename(outbox.job_dir(job.id) / f"{ASIDE}0a1b2c3d-{name}")

@@ -141,7 +141,7 @@ def make_runner(
 
 def submit(store: Store, prompt: str = "a cat", **fields: Any) -> JobRecord:
     spec = JobSpec(prompt=prompt, **{"steps": 4, "seed": 10, **fields})
-    return store.enqueue(spec, source="cli").job
+    return store.jobs.enqueue(spec, source="cli").job
 
 
 @pytest.fixture
@@ -168,7 +168,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def status(store: Store, job: JobRecord) -> JobStatus:
-    return store.get(job.id).status
+    return store.jobs.get(job.id).status
 
 
 # -- the happy path --------------------------------------------------------------------
@@ -184,7 +184,7 @@ def test_compatible_jobs_run_as_one_call_and_each_gets_its_directory(
     assert len(engine.calls) == 1  # four compatible jobs, five images: one call
     assert [s.prompt for s in engine.calls[0]] == ["cat 0", "cat 1", "cat 2", "two cats"]
     for job in [*jobs, two]:
-        done = store.get(job.id)
+        done = store.jobs.get(job.id)
         assert done.status is JobStatus.SUCCEEDED and done.attempts == 1
         result = outbox.read_result(job.id)
         assert result is not None and done.result == result
@@ -302,7 +302,7 @@ def test_calls_never_exceed_what_the_engine_says_fits(
 
     def count_running(specs: Sequence[JobSpec], **kwargs: Any) -> Any:
         made = {spec.prompt for call in engine.calls for spec in call}
-        running = store.list_jobs(statuses=[JobStatus.RUNNING]).jobs
+        running = store.jobs.list_jobs(statuses=[JobStatus.RUNNING]).jobs
         waiting_per_call.append(sorted(j.spec.prompt for j in running if j.spec.prompt not in made))
         return generate(specs, **kwargs)
 
@@ -328,12 +328,12 @@ def test_the_runner_warms_up_before_its_first_claim_and_says_so(
     engine.warming = threading.Event()
     job = submit(store, "waits for the warm-up")
     background(make_runner(exit_when_idle=False))
-    wait_until(lambda: [r.state for r in store.runners()] == ["warming"])
+    wait_until(lambda: [r.state for r in store.leases.runners()] == ["warming"])
     assert status(store, job) is JobStatus.QUEUED and engine.calls == []
     engine.warming.set()
     wait_until(lambda: status(store, job) is JobStatus.SUCCEEDED)
     assert engine.warmed
-    wait_until(lambda: [r.state for r in store.runners()] == ["idle"])
+    wait_until(lambda: [r.state for r in store.leases.runners()] == ["idle"])
 
 
 def test_an_image_that_fits_nowhere_fails_only_its_job(
@@ -342,7 +342,7 @@ def test_an_image_that_fits_nowhere_fails_only_its_job(
     engine.oom_above = 0
     job = submit(store, "too big")
     make_runner().run()
-    failed = store.get(job.id)
+    failed = store.jobs.get(job.id)
     assert (failed.status, failed.error_code) == (JobStatus.FAILED, "gpu_out_of_memory")
     result = outbox.read_result(job.id)
     assert result["status"] == "failed" and result["error"]["code"] == "gpu_out_of_memory"
@@ -357,7 +357,7 @@ def test_a_broken_image_fails_its_job_and_not_the_batch(
     make_runner().run()
     assert len(engine.calls) == 1
     assert status(store, good) is JobStatus.SUCCEEDED
-    assert store.get(bad.id).error_code == "generation_failed"
+    assert store.jobs.get(bad.id).error_code == "generation_failed"
 
 
 def test_a_job_whose_stored_inputs_are_gone_or_damaged_fails_alone(
@@ -375,7 +375,7 @@ def test_a_job_whose_stored_inputs_are_gone_or_damaged_fails_alone(
         fields, staged = inputs.take({**request, "steps": 4, "seed": seed}, 10**6)
         spec, job_id = parse_spec(fields), new_id()
         inputs.store(data_dir, job_id, staged)
-        queued.append(store.enqueue(spec, source="cli", job_id=job_id).job)
+        queued.append(store.jobs.enqueue(spec, source="cli", job_id=job_id).job)
     gone, damaged, fine = queued
     inputs.remove(data_dir, gone.id)
     other = io.BytesIO()
@@ -385,7 +385,7 @@ def test_a_job_whose_stored_inputs_are_gone_or_damaged_fails_alone(
     Runner(store, outbox, engine, options, lock_dir=tmp_path).run()
 
     for job, says in ((gone, "no longer stored"), (damaged, "not the image it was queued")):
-        failed = store.get(job.id)
+        failed = store.jobs.get(job.id)
         assert (failed.status, failed.error_code) == (JobStatus.FAILED, "input_unavailable")
         assert says in failed.error_message and "init_image" in failed.error_message
         assert failed.attempts == 1
@@ -402,7 +402,7 @@ def test_a_job_for_a_missing_model_fails_and_the_runner_goes_on(
     missing = submit(store, "gone", model="sd/removed")
     after = submit(store, "next")
     make_runner().run()
-    failed = store.get(missing.id)
+    failed = store.jobs.get(missing.id)
     assert (failed.status, failed.error_code) == (JobStatus.FAILED, "model_not_found")
     assert "sd/removed" in failed.error_message
     assert outbox.read_result(missing.id)["error"]["code"] == "model_not_found"
@@ -427,7 +427,7 @@ def test_a_failing_outbox_write_leaves_the_job_retryable_and_nothing_half_writte
 
     monkeypatch.setattr(Image.Image, "save", full_disk)
     make_runner(retry_after_s=3600).run()
-    again = store.get(job.id)
+    again = store.jobs.get(job.id)
     assert again.status is JobStatus.QUEUED and again.error_code == "outbox_write_failed"
     assert "No space left on device" in again.error_message
     assert again.not_before is not None and again.not_before > utcnow() + timedelta(minutes=59)
@@ -435,7 +435,7 @@ def test_a_failing_outbox_write_leaves_the_job_retryable_and_nothing_half_writte
 
     store.db.write(lambda c: c.exec_driver_sql("UPDATE jobs SET not_before = NULL"))
     make_runner().run()  # the disk has room again
-    done = store.get(job.id)
+    done = store.jobs.get(job.id)
     assert done.status is JobStatus.SUCCEEDED and done.attempts == 2
     assert len(outbox.read_result(job.id)["images"]) == 2
 
@@ -455,7 +455,7 @@ def test_a_job_failed_for_good_lists_no_images(
     monkeypatch.setattr(Image.Image, "save", full_disk)
     for _ in range(3):  # max_attempts
         make_runner(retry_after_s=0).run()
-    failed = store.get(job.id)
+    failed = store.jobs.get(job.id)
     assert (failed.status, failed.error_code) == (JobStatus.FAILED, "outbox_write_failed")
     assert failed.result is not None and failed.result["images"] == []
     assert outbox.read_result(job.id)["images"] == []
@@ -468,7 +468,7 @@ def test_a_job_that_runs_too_long_fails_with_timeout(
     engine.step_s = 0.05
     job = submit(store, "slow", steps=100)
     make_runner(job_timeout_s=0.3).run()
-    failed = store.get(job.id)
+    failed = store.jobs.get(job.id)
     assert (failed.status, failed.error_code) == (JobStatus.FAILED, "timeout")
     assert outbox.read_result(job.id)["error"]["code"] == "timeout"
     assert failed.progress_step is not None and failed.progress_step < 100
@@ -493,7 +493,7 @@ def test_a_hung_device_fails_the_batch_with_timeout(
     )
     runner.run()
     assert gave_up.is_set()
-    failed = store.get(job.id)
+    failed = store.jobs.get(job.id)
     assert (failed.status, failed.error_code) == (JobStatus.FAILED, "timeout")
     assert "did not return" in failed.error_message
     # Like every finished job: a result.json in its directory, and on the job.
@@ -515,10 +515,10 @@ def test_cancelling_a_running_job_stops_it_at_the_next_step(
     engine.step_s = 0.02
     job = submit(store, "long", steps=500)
     thread = background(make_runner(exit_when_idle=False, progress_s=0.05))
-    wait_until(lambda: (store.get(job.id).progress_step or 0) > 2)
-    store.cancel(job.id)
+    wait_until(lambda: (store.jobs.get(job.id).progress_step or 0) > 2)
+    store.jobs.cancel(job.id)
     wait_until(lambda: status(store, job) is JobStatus.CANCELLED, timeout=5)
-    step = store.get(job.id).progress_step
+    step = store.jobs.get(job.id).progress_step
     assert step is not None and step < 500
     assert not outbox.job_dir(job.id).exists()
     assert thread.is_alive()  # the runner goes on
@@ -534,8 +534,8 @@ def test_a_cancelled_job_leaves_its_batch_mates_alone(
     engine.step_s = 0.02
     keep, drop = submit(store, "keep", steps=40), submit(store, "drop", steps=40)
     background(make_runner(exit_when_idle=False, progress_s=0.05))
-    wait_until(lambda: (store.get(drop.id).progress_step or 0) > 1)
-    store.cancel(drop.id)
+    wait_until(lambda: (store.jobs.get(drop.id).progress_step or 0) > 1)
+    store.jobs.cancel(drop.id)
     wait_until(lambda: status(store, drop) is JobStatus.CANCELLED)
     assert status(store, keep) is JobStatus.RUNNING  # cancelled at once, not after the batch
     wait_until(lambda: status(store, keep) is JobStatus.SUCCEEDED)
@@ -559,7 +559,7 @@ def test_stopping_mid_batch_releases_the_jobs_uncounted(
     thread.join(5)
     assert not thread.is_alive()
     for job in jobs:
-        again = store.get(job.id)
+        again = store.jobs.get(job.id)
         assert (again.status, again.attempts, again.lease_owner) == (JobStatus.QUEUED, 0, None)
     assert list(outbox.root.iterdir()) == []
 
@@ -571,12 +571,12 @@ def test_a_restarted_runner_reruns_its_predecessors_jobs_at_once(
     another runner's live lease is left alone."""
     mine = submit(store, "mine")
     theirs = submit(store, "theirs", steps=5)
-    store.claim_batch("test/999/dead", 1, lease_s=3600)  # takes `mine`, the oldest
-    store.claim_batch("elsewhere/1/x", 1, lease_s=3600)
+    store.leases.claim_batch("test/999/dead", 1, lease_s=3600)  # takes `mine`, the oldest
+    store.leases.claim_batch("elsewhere/1/x", 1, lease_s=3600)
     make_runner().run()
-    done = store.get(mine.id)
+    done = store.jobs.get(mine.id)
     assert done.status is JobStatus.SUCCEEDED and done.attempts == 2
-    assert store.get(theirs.id).lease_owner == "elsewhere/1/x"
+    assert store.jobs.get(theirs.id).lease_owner == "elsewhere/1/x"
 
 
 def test_a_running_runner_rescues_jobs_whose_leases_expired(
@@ -587,22 +587,22 @@ def test_a_running_runner_rescues_jobs_whose_leases_expired(
     """Another host's runner died holding a job: once its lease runs out, this runner
     (which never restarted) requeues and runs it."""
     job = submit(store, "orphan")
-    store.claim_batch("elsewhere/1/x", 1, lease_s=0.5)
+    store.leases.claim_batch("elsewhere/1/x", 1, lease_s=0.5)
     background(make_runner(exit_when_idle=False, lease_s=1.0, progress_s=0.05))
     wait_until(lambda: status(store, job) is JobStatus.SUCCEEDED, timeout=10)
-    assert store.get(job.id).attempts == 2
+    assert store.jobs.get(job.id).attempts == 2
 
 
 def test_a_job_written_before_a_crash_is_finished_from_its_directory(
     store: Store, outbox: Outbox, engine: FakeEngine, make_runner: Callable[..., Runner]
 ) -> None:
     job = submit(store, "written")
-    store.claim_batch("test/999/dead", 1, lease_s=3600)
+    store.leases.claim_batch("test/999/dead", 1, lease_s=3600)
     earlier = {"job_id": job.id, "status": "succeeded", "images": [], "run": "earlier"}
     outbox.write(job.id, earlier)
     make_runner().run()
     assert engine.calls == []
-    done = store.get(job.id)
+    done = store.jobs.get(job.id)
     assert done.status is JobStatus.SUCCEEDED and done.result == earlier
 
 
@@ -624,7 +624,7 @@ def _late_runner(
 
 def _take_over(store: Store, job: JobRecord, outbox: Outbox, tmp_path: Path, engine: Any) -> None:
     time.sleep(0.4)  # the late runner's lease has lapsed
-    assert store.requeue_orphans().requeued == [job.id]
+    assert store.leases.requeue_orphans().requeued == [job.id]
     Runner(
         store, outbox, engine, RunnerOptions(name="next", exit_when_idle=True), lock_dir=tmp_path
     ).run()
@@ -647,7 +647,7 @@ def test_a_late_runner_never_removes_the_directory_of_the_claim_that_took_over(
     go_on.set()
     thread.join(10)
     assert not thread.is_alive()
-    done = store.get(job.id)
+    done = store.jobs.get(job.id)
     assert (done.status, done.claims) == (JobStatus.SUCCEEDED, 2)
     assert outbox.read_result(job.id) == written == done.result
     assert sorted(p.name for p in outbox.job_dir(job.id).iterdir()) == [f"{job.id}-0.png", RESULT]
@@ -671,7 +671,7 @@ def test_a_late_runner_never_overwrites_the_directory_of_the_claim_that_took_ove
     go_on.set()
     thread.join(10)
     assert not thread.is_alive()
-    assert store.get(job.id).status is JobStatus.FAILED
+    assert store.jobs.get(job.id).status is JobStatus.FAILED
     assert outbox.read_result(job.id) == written
     assert [p.name for p in outbox.job_dir(job.id).iterdir()] == [RESULT]  # no late image
     assert [p.name for p in outbox.root.iterdir()] == [job.id]  # nothing staged left
@@ -712,9 +712,9 @@ def test_progress_reaches_the_row_while_a_batch_runs(
     job = submit(store, "steps", steps=150)
     background(make_runner(exit_when_idle=False, progress_s=0.05))
     seen: set[int] = set()
-    wait_until(lambda: seen.add(store.get(job.id).progress_step or 0) or len(seen) > 3)
+    wait_until(lambda: seen.add(store.jobs.get(job.id).progress_step or 0) or len(seen) > 3)
     wait_until(lambda: status(store, job) is JobStatus.SUCCEEDED)
-    done = store.get(job.id)
+    done = store.jobs.get(job.id)
     assert (done.progress_step, done.progress_total) == (150, 150)
     assert len(seen) < 150  # throttled, not one write per step
     assert json.dumps(done.result)  # stored as JSON
@@ -734,18 +734,18 @@ def test_the_runner_reports_itself(
     def busy_with_the_job() -> bool:
         return any(
             r.state == "busy" and r.job_id == job.id and (r.step or 0) > 0 and r.total == 150
-            for r in store.runners()
+            for r in store.leases.runners()
         )
 
     wait_until(busy_with_the_job)
     wait_until(lambda: status(store, job) is JobStatus.SUCCEEDED)
-    wait_until(lambda: store.runners()[0].state == "idle")
-    (report,) = store.runners()
+    wait_until(lambda: store.leases.runners()[0].state == "idle")
+    (report,) = store.leases.runners()
     assert (report.name, report.owner, report.model) == ("test", runner.owner, "sd/a")
     assert report.age_s(utcnow()) < 5
     runner.request_stop()
     thread.join(10)
-    assert store.runners()[0].state == "stopped"
+    assert store.leases.runners()[0].state == "stopped"
 
 
 def test_each_transition_is_one_log_line(
@@ -773,7 +773,7 @@ def test_a_finish_the_database_refused_is_rescued_not_lost(
     lease lapses, and the rescued job is finished from its outbox directory."""
     from alice_spool.errors import DatabaseBusy
 
-    real_succeed = store.succeed
+    real_succeed = store.leases.succeed
     refusals = []
 
     def succeed_once_refused(*args: Any, **kwargs: Any) -> JobRecord:
@@ -782,14 +782,14 @@ def test_a_finish_the_database_refused_is_rescued_not_lost(
             raise DatabaseBusy()
         return real_succeed(*args, **kwargs)
 
-    monkeypatch.setattr(store, "succeed", succeed_once_refused)
+    monkeypatch.setattr(store.leases, "succeed", succeed_once_refused)
     first = submit(store, "refused once")
     background(make_runner(exit_when_idle=False, lease_s=1.0, progress_s=0.05))
     wait_until(lambda: status(store, first) is JobStatus.SUCCEEDED, timeout=15)
     after = submit(store, "the writer lives", steps=5)
     wait_until(lambda: status(store, after) is JobStatus.SUCCEEDED, timeout=15)
     assert refusals == [first.id] and len(engine.calls) == 2  # not generated twice
-    assert store.get(first.id).attempts == 2
+    assert store.jobs.get(first.id).attempts == 2
 
 
 def test_an_idle_runner_asks_its_engine_to_drop_deleted_models(

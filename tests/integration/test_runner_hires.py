@@ -56,7 +56,7 @@ def test_results_and_infotexts_name_the_schedule_types_and_the_first_pass(
 ) -> None:
     hires = spec(scheduler="euler", hires={"scale": 1.5, "steps": 1, "scheduler": "euler_karras"})
     ids = {
-        name: store.enqueue(job, source="cli").job.id
+        name: store.jobs.enqueue(job, source="cli").job.id
         for name, job in {
             "hires": hires,
             "plain": spec(scheduler="dpm++_2m"),
@@ -83,11 +83,11 @@ def test_results_and_infotexts_name_the_schedule_types_and_the_first_pass(
 def test_generation_max_pixels_fails_a_hires_job_at_the_native_size(
     store: Store, models: Path, tmp_path: Path
 ) -> None:
-    job = store.enqueue(spec(hires={"scale": 1.5}), source="cli").job  # 64x64 -> 96x96
-    fits = store.enqueue(spec(hires={"scale": 1.25}), source="cli").job  # 80x80
+    job = store.jobs.enqueue(spec(hires={"scale": 1.5}), source="cli").job  # 64x64 -> 96x96
+    fits = store.jobs.enqueue(spec(hires={"scale": 1.25}), source="cli").job  # 80x80
     run_queue(store, models, tmp_path, max_pixels=96 * 96 - 1)
-    refused = store.get(job.id)
+    refused = store.jobs.get(job.id)
     assert refused.status is JobStatus.FAILED and refused.error_code == "invalid_parameters"
     assert refused.error_message is not None and "hires" in refused.error_message
     assert "9216 pixels; the limit is 9215" in refused.error_message
-    assert store.get(fits.id).status is JobStatus.SUCCEEDED
+    assert store.jobs.get(fits.id).status is JobStatus.SUCCEEDED

@@ -142,7 +142,7 @@ def installed(models: Path) -> list[str]:
 def test_a_diffusers_repository_installs_exactly_the_pipeline_files(
     store: Store, hub: Hub, models: Path, tiny_files: dict[str, bytes]
 ) -> None:
-    store.queue_download("huggingface", {"repo": "org/tiny-sd"})
+    store.downloads.queue_download("huggingface", {"repo": "org/tiny-sd"})
     done = run(store, models, hf(hub))
     assert done.status is DownloadStatus.SUCCEEDED, done.error_message
     assert (done.model, done.kind, done.name) == ("sd/tiny-sd", "diffusers", "tiny-sd")
@@ -163,7 +163,7 @@ def test_a_diffusers_repository_installs_exactly_the_pipeline_files(
 def test_the_fp16_variant_is_fetched_where_wanted_and_installed_under_the_plain_name(
     store: Store, hub: Hub, models: Path, fp16_unet: bytes
 ) -> None:
-    store.queue_download("huggingface", {"repo": "org/tiny-sd"}, name="half")
+    store.downloads.queue_download("huggingface", {"repo": "org/tiny-sd"}, name="half")
     done = run(store, models, hf(hub, hf_variant="fp16"))
     assert done.status is DownloadStatus.SUCCEEDED, done.error_message
     assert (
@@ -187,7 +187,7 @@ def test_the_variant_setting_follows_the_runner_device() -> None:
 def test_a_gated_repository_without_a_token_fails_unauthorized_naming_the_setting(
     store: Store, hub: Hub, models: Path
 ) -> None:
-    store.queue_download("huggingface", {"repo": "org/gated-sd"})
+    store.downloads.queue_download("huggingface", {"repo": "org/gated-sd"})
     done = run(store, models, hf(hub))
     assert (done.status, done.error_code) == (DownloadStatus.FAILED, "unauthorized")
     assert "models.hf_token" in (done.error_message or "")
@@ -198,19 +198,19 @@ def test_a_gated_repository_without_a_token_fails_unauthorized_naming_the_settin
 def test_a_gated_repository_with_its_token_downloads_and_the_token_goes_only_in_the_header(
     store: Store, hub: Hub, models: Path
 ) -> None:
-    store.queue_download("huggingface", {"repo": "org/gated-sd"})
+    store.downloads.queue_download("huggingface", {"repo": "org/gated-sd"})
     done = run(store, models, hf(hub, hf_token=hub.token))
     assert done.status is DownloadStatus.SUCCEEDED, done.error_message
     files = [(path, auth) for _, path, auth in hub.files.requests if "/resolve/" in path]
     assert files and all(auth == f"Bearer {hub.token}" for _, auth in files)
-    row = json.dumps(store.get_download(done.id).reference) + json.dumps(done.to_dict())
+    row = json.dumps(store.downloads.get_download(done.id).reference) + json.dumps(done.to_dict())
     assert hub.token not in row and not any(hub.token in path for _, path, _ in hub.files.requests)
 
 
 def test_a_wrong_token_for_a_gated_repository_says_the_token_has_no_access(
     store: Store, hub: Hub, models: Path
 ) -> None:
-    store.queue_download("huggingface", {"repo": "org/gated-sd"})
+    store.downloads.queue_download("huggingface", {"repo": "org/gated-sd"})
     done = run(store, models, hf(hub, hf_token="hf_not_the_right_one"))
     assert (done.status, done.error_code) == (DownloadStatus.FAILED, "unauthorized")
     assert "has no access" in (done.error_message or "")
@@ -238,7 +238,7 @@ def test_bad_hugging_face_references_fail_with_their_code_and_install_nothing(
     code: str,
     words: str,
 ) -> None:
-    store.queue_download("huggingface", reference)
+    store.downloads.queue_download("huggingface", reference)
     done = run(store, models, hf(hub, hf_token=token))
     assert (done.status, done.error_code) == (DownloadStatus.FAILED, code), done.error_message
     assert words in (done.error_message or "")
@@ -250,7 +250,7 @@ def test_a_file_whose_bytes_differ_from_the_listing_fails_and_installs_nothing(
 ) -> None:
     body = tiny_files["vae/diffusion_pytorch_model.safetensors"]
     hub.corrupt["org/tiny-sd/vae/diffusion_pytorch_model.safetensors"] = body[:-8] + b"\0" * 8
-    store.queue_download("huggingface", {"repo": "org/tiny-sd"})
+    store.downloads.queue_download("huggingface", {"repo": "org/tiny-sd"})
     done = run(store, models, hf(hub))
     assert (done.status, done.error_code) == (DownloadStatus.FAILED, "download_failed")
     assert "SHA-256" in (done.error_message or "")
@@ -260,7 +260,9 @@ def test_a_file_whose_bytes_differ_from_the_listing_fails_and_installs_nothing(
 def test_a_lora_file_of_a_repository_lands_among_the_loras(
     store: Store, hub: Hub, models: Path, lora_bytes: bytes
 ) -> None:
-    store.queue_download("huggingface", {"repo": "org/tiny-lora"})  # its one safetensors file
+    store.downloads.queue_download(
+        "huggingface", {"repo": "org/tiny-lora"}
+    )  # its one safetensors file
     done = run(store, models, hf(hub))
     assert done.status is DownloadStatus.SUCCEEDED, done.error_message
     assert done.model == "lora/tiny-lora"
@@ -273,7 +275,7 @@ def test_a_dropped_connection_resumes_the_file_with_range(
 ) -> None:
     key = "org/tiny-sd/unet/diffusion_pytorch_model.safetensors"
     hub.files.drop_after[key] = 20_000
-    store.queue_download("huggingface", {"repo": "org/tiny-sd"})
+    store.downloads.queue_download("huggingface", {"repo": "org/tiny-sd"})
     done = run(store, models, hf(hub))
     assert done.status is DownloadStatus.SUCCEEDED, done.error_message
     asked = hub.files.ranges[key]
@@ -289,7 +291,7 @@ def test_a_server_that_ignores_range_restarts_the_file_from_zero(
     key = "org/tiny-sd/unet/diffusion_pytorch_model.safetensors"
     hub.files.drop_after[key] = 20_000
     hub.files.honour_ranges = False
-    store.queue_download("huggingface", {"repo": "org/tiny-sd"})
+    store.downloads.queue_download("huggingface", {"repo": "org/tiny-sd"})
     done = run(store, models, hf(hub))
     assert done.status is DownloadStatus.SUCCEEDED, done.error_message
     assert len(hub.files.ranges[key]) == 2  # asked to resume, answered 200, taken whole
@@ -300,7 +302,7 @@ def test_a_server_that_ignores_range_restarts_the_file_from_zero(
 def test_a_restarted_worker_fetches_no_file_it_had_verified(
     store: Store, hub: Hub, models: Path
 ) -> None:
-    made = store.queue_download("huggingface", {"repo": "org/tiny-sd"})
+    made = store.downloads.queue_download("huggingface", {"repo": "org/tiny-sd"})
 
     class Died(BaseException):  # as a SIGKILL leaves it: files on disk, the row held
         pass
@@ -320,7 +322,7 @@ def test_a_restarted_worker_fetches_no_file_it_had_verified(
     with pytest.raises(Died):
         first.run_once()
     before, asked_before = fetched(), len(hub.files.requests)
-    assert store.get_download(made.id).status is DownloadStatus.DOWNLOADING
+    assert store.downloads.get_download(made.id).status is DownloadStatus.DOWNLOADING
     again = worker(store, models, hf(hub))
     assert again.start() == [made.id]
     done = again.run_once()
@@ -338,7 +340,7 @@ def test_an_installed_name_fails_model_exists_before_anything_is_fetched(
 ) -> None:
     (models / "tiny-sd").mkdir(parents=True)
     (models / "tiny-sd" / "keep.txt").write_text("mine")
-    store.queue_download("huggingface", {"repo": "org/tiny-sd"})
+    store.downloads.queue_download("huggingface", {"repo": "org/tiny-sd"})
     done = run(store, models, hf(hub))
     assert (done.status, done.error_code) == (DownloadStatus.FAILED, "model_exists")
     assert not any("/resolve/" in path for _, path, _ in hub.files.requests)
@@ -436,7 +438,7 @@ def cv(service: Civitai, *, token: bool = True, **fields: Any) -> SourceSettings
 def test_a_civitai_lora_lands_among_the_loras_and_the_storage_host_never_sees_the_token(
     store: Store, civitai_service: Civitai, models: Path, lora_bytes: bytes
 ) -> None:
-    store.queue_download("civitai", {"model_id": 1})
+    store.downloads.queue_download("civitai", {"model_id": 1})
     done = run(store, models, cv(civitai_service))
     assert done.status is DownloadStatus.SUCCEEDED, done.error_message
     assert (done.model, done.kind, done.name) == ("lora/inkStyle_v1", "lora", "inkStyle_v1")
@@ -445,14 +447,14 @@ def test_a_civitai_lora_lands_among_the_loras_and_the_storage_host_never_sees_th
     assert to_civitai == [f"Bearer {civitai_service.token}"]
     assert civitai_service.storage is not None
     assert [auth for _, _, auth in civitai_service.storage.files.requests] == [None]
-    stored = json.dumps(store.get_download(done.id).reference)
+    stored = json.dumps(store.downloads.get_download(done.id).reference)
     assert civitai_service.token not in stored and "sig=" not in stored
 
 
 def test_a_civitai_checkpoint_by_version_id_lands_in_the_models_folder(
     store: Store, civitai_service: Civitai, models: Path, checkpoint: bytes
 ) -> None:
-    store.queue_download("civitai", {"version_id": 20}, name="dream")
+    store.downloads.queue_download("civitai", {"version_id": 20}, name="dream")
     done = run(store, models, cv(civitai_service))
     assert done.status is DownloadStatus.SUCCEEDED, done.error_message
     assert done.model == "sd/dream"
@@ -481,7 +483,7 @@ def test_bad_civitai_downloads_fail_with_their_code_and_install_nothing(
     code: str,
     words: str,
 ) -> None:
-    store.queue_download("civitai", reference)
+    store.downloads.queue_download("civitai", reference)
     done = run(store, models, cv(civitai_service, token=token))
     assert (done.status, done.error_code) == (DownloadStatus.FAILED, code), done.error_message
     assert words in (done.error_message or "")
@@ -536,8 +538,8 @@ def test_civitai_search_uses_cursors_and_filters_types_again_on_our_side(
 def test_a_civitai_file_by_its_id_and_a_version_by_its_id_name_the_same_file(
     store: Store, civitai_service: Civitai, models: Path, lora_bytes: bytes
 ) -> None:
-    store.queue_download("civitai", {"model_id": 1, "file_id": 11}, name="by-file")
-    store.queue_download("civitai", {"version_id": 10}, name="by-version")
+    store.downloads.queue_download("civitai", {"model_id": 1, "file_id": 11}, name="by-file")
+    store.downloads.queue_download("civitai", {"version_id": 10}, name="by-version")
     for _ in range(2):
         done = run(store, models, cv(civitai_service))
         assert done.status is DownloadStatus.SUCCEEDED, done.error_message
@@ -553,7 +555,7 @@ def test_civitais_redirect_to_a_private_storage_host_is_refused_and_never_follow
     """Only the configured CivitAI is trusted (here on loopback); its storage host is
     another port on loopback, which the address rules refuse without
     `models.allow_private_urls`: the download fails at that hop, never asking it."""
-    store.queue_download("civitai", {"model_id": 1})
+    store.downloads.queue_download("civitai", {"model_id": 1})
     done = run(store, models, cv(civitai_service, allow_private_urls=False))
     assert (done.status, done.error_code) == (DownloadStatus.FAILED, "forbidden_url")
     assert civitai_service.storage is not None

@@ -28,12 +28,12 @@ def at(seconds: float) -> datetime:
 
 
 def enqueue(store: Store, spec: JobSpec, **kw) -> JobRecord:
-    return store.enqueue(spec, source=kw.pop("source", Source.CLI), **kw).job
+    return store.jobs.enqueue(spec, source=kw.pop("source", Source.CLI), **kw).job
 
 
 def running(store: Store, make_spec: Spec, owner: str = "r1", **kw) -> JobRecord:
     job = enqueue(store, make_spec(**kw), now=at(0))
-    (claimed,) = store.claim_batch(owner, 1, lease_s=30, now=at(1))
+    (claimed,) = store.leases.claim_batch(owner, 1, lease_s=30, now=at(1))
     assert claimed.id == job.id
     return claimed
 
@@ -44,7 +44,7 @@ def running(store: Store, make_spec: Spec, owner: str = "r1", **kw) -> JobRecord
 def test_enqueue_records_every_column(store: Store, make_spec: Spec) -> None:
     spec = make_spec("a fox", model="tiny", steps=10, n=2, priority=5)
     job = enqueue(store, spec, client="alice", now=at(0))
-    assert store.get(job.id) == job
+    assert store.jobs.get(job.id) == job
     assert job.status is JobStatus.QUEUED and not job.finished
     assert (job.source, job.client, job.priority) == (Source.CLI, "alice", 5)
     assert job.created_at == at(0) and job.created_at.tzinfo is not None
@@ -66,8 +66,8 @@ def test_timestamps_round_trip_as_utc(store: Store, make_spec: Spec) -> None:
         __import__("datetime").timezone(timedelta(hours=2))
     )
     job = enqueue(store, make_spec(), now=local)
-    assert store.get(job.id).created_at == T0 + timedelta(hours=2)
-    assert store.get(job.id).created_at.utcoffset() == timedelta(0)
+    assert store.jobs.get(job.id).created_at == T0 + timedelta(hours=2)
+    assert store.jobs.get(job.id).created_at.utcoffset() == timedelta(0)
 
 
 def test_naive_timestamps_are_refused(store: Store, make_spec: Spec) -> None:
@@ -76,11 +76,11 @@ def test_naive_timestamps_are_refused(store: Store, make_spec: Spec) -> None:
 
 
 def test_idempotent_enqueue_returns_the_first_job(store: Store, make_spec: Spec) -> None:
-    first = store.enqueue(make_spec(), source="api", idempotency_key="k1")
-    again = store.enqueue(make_spec(), source="api", idempotency_key="k1")
+    first = store.jobs.enqueue(make_spec(), source="api", idempotency_key="k1")
+    again = store.jobs.enqueue(make_spec(), source="api", idempotency_key="k1")
     assert first.created and not again.created
     assert again.job == first.job
-    assert store.counts()[JobStatus.QUEUED] == 1
+    assert store.jobs.counts()[JobStatus.QUEUED] == 1
 
 
 def test_same_key_different_request_is_a_conflict(store: Store, make_spec: Spec) -> None:
@@ -88,48 +88,48 @@ def test_same_key_different_request_is_a_conflict(store: Store, make_spec: Spec)
     with pytest.raises(errors.IdempotencyConflict) as info:
         enqueue(store, make_spec(steps=11), idempotency_key="k1")
     assert first.id in info.value.message
-    assert store.counts()[JobStatus.QUEUED] == 1
+    assert store.jobs.counts()[JobStatus.QUEUED] == 1
 
 
 def test_batch_is_one_transaction_with_one_batch_id(store: Store, make_spec: Spec) -> None:
     items = [NewJob(make_spec(f"p{i}"), f"key-{i}", "nightly.jsonl") for i in range(5)]
-    batch = store.enqueue_batch(items, source=Source.INBOX, now=at(0))
+    batch = store.jobs.enqueue_batch(items, source=Source.INBOX, now=at(0))
     assert batch.created and len(batch.job_ids) == 5
-    jobs = store.get_many(batch.job_ids)
+    jobs = store.jobs.get_many(batch.job_ids)
     assert {j.batch_id for j in jobs} == {batch.batch_id}
     assert [j.spec.prompt for j in jobs] == [f"p{i}" for i in range(5)]
     assert {(j.source, j.client, j.status) for j in jobs} == {
         (Source.INBOX, "nightly.jsonl", JobStatus.QUEUED)
     }
-    assert store.batch_counts(batch.batch_id)[JobStatus.QUEUED] == 5
-    listed = store.list_jobs(batch_id=batch.batch_id, oldest_first=True).jobs
+    assert store.jobs.batch_counts(batch.batch_id)[JobStatus.QUEUED] == 5
+    listed = store.jobs.list_jobs(batch_id=batch.batch_id, oldest_first=True).jobs
     assert [j.id for j in listed] == batch.job_ids
 
 
 def test_repeated_batch_returns_the_first(store: Store, make_spec: Spec) -> None:
     items = [NewJob(make_spec(f"p{i}"), f"key-{i}") for i in range(3)]
-    first = store.enqueue_batch(items, source="inbox")
-    again = store.enqueue_batch(items, source="inbox")
+    first = store.jobs.enqueue_batch(items, source="inbox")
+    again = store.jobs.enqueue_batch(items, source="inbox")
     assert not again.created and again.batch_id == first.batch_id
     assert again.job_ids == first.job_ids
-    assert sum(store.counts().values()) == 3
+    assert sum(store.jobs.counts().values()) == 3
 
 
 def test_batch_overlapping_an_earlier_one_is_refused_whole(store: Store, make_spec: Spec) -> None:
-    store.enqueue_batch([NewJob(make_spec("a"), "k1")], source="inbox")
+    store.jobs.enqueue_batch([NewJob(make_spec("a"), "k1")], source="inbox")
     mixed = [NewJob(make_spec("new"), "k-new"), NewJob(make_spec("a"), "k1")]
     with pytest.raises(errors.IdempotencyConflict, match="'k1'"):
-        store.enqueue_batch(mixed, source="inbox")
-    assert sum(store.counts().values()) == 1  # nothing of the second batch went in
+        store.jobs.enqueue_batch(mixed, source="inbox")
+    assert sum(store.jobs.counts().values()) == 1  # nothing of the second batch went in
 
 
 def test_batch_refuses_empty_and_repeated_keys(store: Store, make_spec: Spec) -> None:
     with pytest.raises(errors.InvalidParameters, match="at least one"):
-        store.enqueue_batch([], source="cli")
+        store.jobs.enqueue_batch([], source="cli")
     twice = [NewJob(make_spec("a"), "same"), NewJob(make_spec("b"), "same")]
     with pytest.raises(errors.InvalidParameters, match="'same' more than once"):
-        store.enqueue_batch(twice, source="cli")
-    assert sum(store.counts().values()) == 0
+        store.jobs.enqueue_batch(twice, source="cli")
+    assert sum(store.jobs.counts().values()) == 0
 
 
 def test_queue_limit(store: Store, make_spec: Spec) -> None:
@@ -139,27 +139,27 @@ def test_queue_limit(store: Store, make_spec: Spec) -> None:
     with pytest.raises(errors.QueueFull):
         enqueue(small, make_spec())
     with pytest.raises(errors.QueueFull):
-        small.enqueue_batch([NewJob(make_spec())], source="cli")
-    small.claim_batch("r", 1, lease_s=10)  # running jobs do not count
+        small.jobs.enqueue_batch([NewJob(make_spec())], source="cli")
+    small.leases.claim_batch("r", 1, lease_s=10)  # running jobs do not count
     enqueue(small, make_spec())
 
 
 def test_a_repeat_is_answered_even_when_the_queue_is_full(store: Store, make_spec: Spec) -> None:
     small = Store(store.db, max_queue=2)
-    first = small.enqueue(make_spec("a"), source="api", idempotency_key="k1")
-    small.enqueue(make_spec("b"), source="api", idempotency_key="k2")
-    again = small.enqueue(make_spec("a"), source="api", idempotency_key="k1")
+    first = small.jobs.enqueue(make_spec("a"), source="api", idempotency_key="k1")
+    small.jobs.enqueue(make_spec("b"), source="api", idempotency_key="k2")
+    again = small.jobs.enqueue(make_spec("a"), source="api", idempotency_key="k1")
     assert again.job.id == first.job.id and not again.created
     with pytest.raises(errors.IdempotencyConflict):
-        small.enqueue(make_spec("changed"), source="api", idempotency_key="k1")
+        small.jobs.enqueue(make_spec("changed"), source="api", idempotency_key="k1")
     with pytest.raises(errors.QueueFull):
-        small.enqueue(make_spec("c"), source="api", idempotency_key="k3")
+        small.jobs.enqueue(make_spec("c"), source="api", idempotency_key="k3")
 
 
 def test_new_job_rows_set_exactly_the_inserted_columns(store: Store, make_spec: Spec) -> None:
     from alice_spool.store.enqueue import _NEW_COLUMNS, _UNSET
 
-    row = store._row(
+    row = store.jobs._row(
         make_spec(), source=Source.CLI, client=None, key="k", batch_id=None,
         max_attempts=None, not_before=None, now=T0,
     )  # fmt: skip
@@ -169,11 +169,11 @@ def test_new_job_rows_set_exactly_the_inserted_columns(store: Store, make_spec: 
 
 def test_unknown_source_is_refused(store: Store, make_spec: Spec) -> None:
     with pytest.raises(ValueError):
-        store.enqueue(make_spec(), source="fax")
+        store.jobs.enqueue(make_spec(), source="fax")
 
 
 def test_enqueue_keyed_answers_each_item_as_enqueue_would(store: Store, make_spec: Spec) -> None:
-    earlier = store.enqueue(make_spec("fox"), source="inbox", idempotency_key="fox").job
+    earlier = store.jobs.enqueue(make_spec("fox"), source="inbox", idempotency_key="fox").job
     items = [
         NewJob(make_spec("new"), "new", "a.json"),
         NewJob(make_spec("fox"), "fox", "b.json"),  # a repeat of an earlier job
@@ -181,21 +181,21 @@ def test_enqueue_keyed_answers_each_item_as_enqueue_would(store: Store, make_spe
         NewJob(make_spec("new"), "new", "d.json"),  # a repeat within the call
         NewJob(make_spec("other"), "other", "e.json"),
     ]
-    new, repeat, conflict, again, other = store.enqueue_keyed(items, source=Source.INBOX)
+    new, repeat, conflict, again, other = store.jobs.enqueue_keyed(items, source=Source.INBOX)
     assert new.created and other.created and not repeat.created and not again.created
     assert repeat.job.id == earlier.id and again.job.id == new.job.id
     assert (
         isinstance(conflict, errors.IdempotencyConflict)
         and conflict.details["job_id"] == earlier.id
     )
-    assert store.get(new.job.id).client == "a.json"
-    assert store.counts()[JobStatus.QUEUED] == 3
+    assert store.jobs.get(new.job.id).client == "a.json"
+    assert store.jobs.counts()[JobStatus.QUEUED] == 3
     with pytest.raises(ValueError):
-        store.enqueue_keyed([NewJob(make_spec("x"), None, "x.json")], source=Source.INBOX)
+        store.jobs.enqueue_keyed([NewJob(make_spec("x"), None, "x.json")], source=Source.INBOX)
     full = Store(store.db, max_queue=3)
     with pytest.raises(errors.QueueFull):
-        full.enqueue_keyed([NewJob(make_spec("y"), "y", "y.json")], source=Source.INBOX)
-    assert store.enqueue_keyed([], source=Source.INBOX) == []
+        full.jobs.enqueue_keyed([NewJob(make_spec("y"), "y", "y.json")], source=Source.INBOX)
+    assert store.jobs.enqueue_keyed([], source=Source.INBOX) == []
 
 
 # -- claim ------------------------------------------------------------------------------
@@ -207,41 +207,46 @@ def test_claim_order_is_priority_then_fifo(store: Store, make_spec: Spec) -> Non
     b = enqueue(store, make_spec("b"), now=at(1))  # same instant: arrival order decides
     high = enqueue(store, make_spec("high", priority=10), now=at(2))
     c = enqueue(store, make_spec("c"), now=at(3))
-    claimed = store.claim_batch("r1", 3, lease_s=30, now=at(5))
+    claimed = store.leases.claim_batch("r1", 3, lease_s=30, now=at(5))
     assert [j.id for j in claimed] == [high.id, a.id, b.id]
-    assert [j.id for j in store.claim_batch("r1", 5, lease_s=30, now=at(5))] == [c.id, low.id]
-    assert store.claim_batch("r1", 5, lease_s=30, now=at(5)) == []
+    assert [j.id for j in store.leases.claim_batch("r1", 5, lease_s=30, now=at(5))] == [
+        c.id,
+        low.id,
+    ]
+    assert store.leases.claim_batch("r1", 5, lease_s=30, now=at(5)) == []
 
 
 def test_claim_marks_running_with_a_lease(store: Store, make_spec: Spec) -> None:
     enqueue(store, make_spec(), now=at(0))
-    (job,) = store.claim_batch("runner-a", 4, lease_s=30, now=at(10))
+    (job,) = store.leases.claim_batch("runner-a", 4, lease_s=30, now=at(10))
     assert job.status is JobStatus.RUNNING
     assert (job.lease_owner, job.lease_expires_at) == ("runner-a", at(40))
     assert (job.started_at, job.attempts) == (at(10), 1)
-    assert store.get(job.id) == job
+    assert store.jobs.get(job.id) == job
 
 
 def test_claim_honours_not_before(store: Store, make_spec: Spec) -> None:
     later = enqueue(store, make_spec(), not_before=at(100), now=at(0))
-    assert store.claim_batch("r", 5, lease_s=30, now=at(99)) == []
-    assert [j.id for j in store.claim_batch("r", 5, lease_s=30, now=at(100))] == [later.id]
+    assert store.leases.claim_batch("r", 5, lease_s=30, now=at(99)) == []
+    assert [j.id for j in store.leases.claim_batch("r", 5, lease_s=30, now=at(100))] == [later.id]
 
 
 def test_claim_can_stick_to_one_model(store: Store, make_spec: Spec) -> None:
     enqueue(store, make_spec(model="a"), now=at(0))
     b = enqueue(store, make_spec(model="b"), now=at(1))
-    assert [j.id for j in store.claim_batch("r", 5, lease_s=9, model="sd/b")] == [b.id]
+    assert [j.id for j in store.leases.claim_batch("r", 5, lease_s=9, model="sd/b")] == [b.id]
 
 
 def test_claim_of_zero_is_nothing(store: Store, make_spec: Spec) -> None:
     enqueue(store, make_spec())
-    assert store.claim_batch("r", 0, lease_s=5) == []
-    assert store.counts()[JobStatus.QUEUED] == 1
+    assert store.leases.claim_batch("r", 0, lease_s=5) == []
+    assert store.jobs.counts()[JobStatus.QUEUED] == 1
 
 
 def compatible(store: Store, *, max_images: int = 8, seconds: float = 10, **kw) -> list[str]:
-    jobs = store.claim_compatible("r1", max_images=max_images, lease_s=60, now=at(seconds), **kw)
+    jobs = store.leases.claim_compatible(
+        "r1", max_images=max_images, lease_s=60, now=at(seconds), **kw
+    )
     return [job.spec.prompt for job in jobs]
 
 
@@ -272,7 +277,7 @@ def test_a_head_over_the_budget_runs_alone_and_priority_leads(
     enqueue(store, make_spec("urgent", priority=3), now=at(0))
     assert compatible(store, max_images=4) == ["urgent", "small"]
     assert compatible(store, max_images=4) == ["big"]
-    held = store.list_jobs(statuses=[JobStatus.RUNNING]).jobs
+    held = store.jobs.list_jobs(statuses=[JobStatus.RUNNING]).jobs
     assert {j.lease_owner for j in held} == {"r1"} and {j.attempts for j in held} == {1}
 
 
@@ -340,7 +345,7 @@ def test_jobs_queued_before_batch_keys_existed_run_alone(store: Store, make_spec
     store.db.write(lambda conn: conn.exec_driver_sql("UPDATE jobs SET batch_key = NULL"))
     assert compatible(store) == ["old 0"]
     assert compatible(store) == ["old 1"]
-    assert {store.get(j.id).status for j in old} == {JobStatus.RUNNING}
+    assert {store.jobs.get(j.id).status for j in old} == {JobStatus.RUNNING}
 
 
 # -- leases -----------------------------------------------------------------------------
@@ -351,26 +356,26 @@ def test_heartbeat_renews_only_own_leases_and_reports_cancels(
 ) -> None:
     mine = running(store, make_spec, "r1")
     theirs = running(store, make_spec, "r2")
-    store.cancel(mine.id)
-    beat = store.heartbeat("r1", [mine.id, theirs.id, "nope"], lease_s=60, now=at(20))
+    store.jobs.cancel(mine.id)
+    beat = store.leases.heartbeat("r1", [mine.id, theirs.id, "nope"], lease_s=60, now=at(20))
     assert beat.owned == {mine.id} and beat.cancel_requested == {mine.id}
     assert beat.lost([mine.id, theirs.id]) == {theirs.id}
-    assert store.get(mine.id).lease_expires_at == at(80)
-    assert store.get(theirs.id).lease_expires_at == at(31)
-    assert store.heartbeat("r1", [], lease_s=60).owned == frozenset()
+    assert store.jobs.get(mine.id).lease_expires_at == at(80)
+    assert store.jobs.get(theirs.id).lease_expires_at == at(31)
+    assert store.leases.heartbeat("r1", [], lease_s=60).owned == frozenset()
 
 
 def test_progress_is_recorded_for_owned_jobs(store: Store, make_spec: Spec) -> None:
     job = running(store, make_spec)
-    assert store.set_progress("r1", [job.id], 3, 25).owned == {job.id}
-    assert (store.get(job.id).progress_step, store.get(job.id).progress_total) == (3, 25)
-    assert store.set_progress("other", [job.id], 4, 25).owned == set()
-    assert store.get(job.id).progress_step == 3
+    assert store.leases.set_progress("r1", [job.id], 3, 25).owned == {job.id}
+    assert (store.jobs.get(job.id).progress_step, store.jobs.get(job.id).progress_total) == (3, 25)
+    assert store.leases.set_progress("other", [job.id], 4, 25).owned == set()
+    assert store.jobs.get(job.id).progress_step == 3
 
 
 def test_succeed(store: Store, make_spec: Spec) -> None:
     job = running(store, make_spec)
-    done = store.succeed(job.id, "r1", {"images": [{"file": "x.png"}]}, now=at(9))
+    done = store.leases.succeed(job.id, "r1", {"images": [{"file": "x.png"}]}, now=at(9))
     assert done.status is JobStatus.SUCCEEDED and done.finished
     assert done.result == {"images": [{"file": "x.png"}]} and done.finished_at == at(9)
     assert (done.lease_owner, done.lease_expires_at) == (None, None)
@@ -379,83 +384,83 @@ def test_succeed(store: Store, make_spec: Spec) -> None:
 def test_only_the_lease_holder_finishes(store: Store, make_spec: Spec) -> None:
     job = running(store, make_spec, "r1")
     with pytest.raises(errors.LeaseLost, match="no longer holds"):
-        store.succeed(job.id, "r2", {})
+        store.leases.succeed(job.id, "r2", {})
     with pytest.raises(errors.LeaseLost):
-        store.fail(job.id, "r2", "generation_failed", "x")
-    assert store.get(job.id).status is JobStatus.RUNNING
+        store.leases.fail(job.id, "r2", "generation_failed", "x")
+    assert store.jobs.get(job.id).status is JobStatus.RUNNING
 
 
 def test_finishing_twice_is_an_illegal_transition(store: Store, make_spec: Spec) -> None:
     job = running(store, make_spec)
-    store.succeed(job.id, "r1", {})
+    store.leases.succeed(job.id, "r1", {})
     with pytest.raises(errors.IllegalTransition, match="already succeeded"):
-        store.succeed(job.id, "r1", {})
+        store.leases.succeed(job.id, "r1", {})
     with pytest.raises(errors.IllegalTransition):
-        store.fail(job.id, "r1", "generation_failed", "late")
+        store.leases.fail(job.id, "r1", "generation_failed", "late")
     with pytest.raises(errors.JobNotFound):
-        store.succeed("no-such-job", "r1", {})
+        store.leases.succeed("no-such-job", "r1", {})
 
 
 def test_fail_for_good(store: Store, make_spec: Spec) -> None:
     job = running(store, make_spec)
-    failed = store.fail(job.id, "r1", "generation_failed", "NaN in the latents", now=at(5))
+    failed = store.leases.fail(job.id, "r1", "generation_failed", "NaN in the latents", now=at(5))
     assert failed.status is JobStatus.FAILED and failed.finished_at == at(5)
     assert (failed.error_code, failed.error_message) == ("generation_failed", "NaN in the latents")
 
 
 def test_retryable_failure_requeues_while_attempts_remain(store: Store, make_spec: Spec) -> None:
     job = running(store, make_spec)
-    again = store.fail(job.id, "r1", "disk_full", "no space left", retryable=True)
+    again = store.leases.fail(job.id, "r1", "disk_full", "no space left", retryable=True)
     assert again.status is JobStatus.QUEUED and again.finished_at is None
     assert again.error_code == "disk_full"  # the last error stays visible
     for attempt in (2, 3):
-        (claimed,) = store.claim_batch("r1", 1, lease_s=30)
+        (claimed,) = store.leases.claim_batch("r1", 1, lease_s=30)
         assert claimed.attempts == attempt
-        last = store.fail(claimed.id, "r1", "disk_full", "no space left", retryable=True)
+        last = store.leases.fail(claimed.id, "r1", "disk_full", "no space left", retryable=True)
     assert last.status is JobStatus.FAILED and last.attempts == 3
 
 
 def test_release_gives_jobs_back_without_counting(store: Store, make_spec: Spec) -> None:
     keep = running(store, make_spec)
     cancelled = running(store, make_spec)
-    store.cancel(cancelled.id)
-    assert store.release("r1", [keep.id, cancelled.id]) == 1
-    released = store.get(keep.id)
+    store.jobs.cancel(cancelled.id)
+    assert store.leases.release("r1", [keep.id, cancelled.id]) == 1
+    released = store.jobs.get(keep.id)
     assert released.status is JobStatus.QUEUED and released.attempts == 0
     assert released.lease_owner is None
-    assert store.get(cancelled.id).status is JobStatus.CANCELLED
-    assert store.release("r1", []) == 0
+    assert store.jobs.get(cancelled.id).status is JobStatus.CANCELLED
+    assert store.leases.release("r1", []) == 0
 
 
 def test_requeue_orphans(store: Store, make_spec: Spec) -> None:
     orphan = running(store, make_spec)  # lease until at(31)
     alive = enqueue(store, make_spec(), now=at(0))
-    store.claim_batch("r2", 1, lease_s=300, now=at(1))
-    assert store.requeue_orphans(now=at(30)).requeued == []  # not expired yet
-    report = store.requeue_orphans(now=at(32))
+    store.leases.claim_batch("r2", 1, lease_s=300, now=at(1))
+    assert store.leases.requeue_orphans(now=at(30)).requeued == []  # not expired yet
+    report = store.leases.requeue_orphans(now=at(32))
     assert report.requeued == [orphan.id] and not report.exhausted
-    job = store.get(orphan.id)
+    job = store.jobs.get(orphan.id)
     assert job.status is JobStatus.QUEUED and job.attempts == 1 and job.lease_owner is None
-    assert store.get(alive.id).status is JobStatus.RUNNING
+    assert store.jobs.get(alive.id).status is JobStatus.RUNNING
 
 
 def test_orphans_past_max_attempts_fail_exhausted(store: Store, make_spec: Spec) -> None:
     job = enqueue(store, make_spec(), max_attempts=2, now=at(0))
     for attempt in (1, 2):
-        (claimed,) = store.claim_batch("r", 1, lease_s=10, now=at(attempt * 100))
+        (claimed,) = store.leases.claim_batch("r", 1, lease_s=10, now=at(attempt * 100))
         assert claimed.attempts == attempt
-        report = store.requeue_orphans(now=at(attempt * 100 + 11))
+        report = store.leases.requeue_orphans(now=at(attempt * 100 + 11))
     assert report.exhausted == [job.id] and report.requeued == []
-    final = store.get(job.id)
+    final = store.jobs.get(job.id)
     assert final.status is JobStatus.FAILED and final.error_code == "attempts_exhausted"
     assert final.finished_at == at(211)
 
 
 def test_orphan_with_a_pending_cancel_is_cancelled(store: Store, make_spec: Spec) -> None:
     job = running(store, make_spec)
-    store.cancel(job.id)
-    assert store.requeue_orphans(now=at(100)).cancelled == [job.id]
-    assert store.get(job.id).status is JobStatus.CANCELLED
+    store.jobs.cancel(job.id)
+    assert store.leases.requeue_orphans(now=at(100)).cancelled == [job.id]
+    assert store.jobs.get(job.id).status is JobStatus.CANCELLED
 
 
 # -- the user's side ----------------------------------------------------------------------
@@ -463,17 +468,17 @@ def test_orphan_with_a_pending_cancel_is_cancelled(store: Store, make_spec: Spec
 
 def test_cancel_queued_is_immediate(store: Store, make_spec: Spec) -> None:
     job = enqueue(store, make_spec())
-    cancelled = store.cancel(job.id, now=at(3))
+    cancelled = store.jobs.cancel(job.id, now=at(3))
     assert cancelled.status is JobStatus.CANCELLED and cancelled.finished_at == at(3)
-    assert store.claim_batch("r", 5, lease_s=10) == []
-    assert store.cancel(job.id) == cancelled  # cancelling again changes nothing
+    assert store.leases.claim_batch("r", 5, lease_s=10) == []
+    assert store.jobs.cancel(job.id) == cancelled  # cancelling again changes nothing
 
 
 def test_cancel_running_sets_the_flag_then_the_runner_stops(store: Store, make_spec: Spec) -> None:
     job = running(store, make_spec)
-    flagged = store.cancel(job.id)
+    flagged = store.jobs.cancel(job.id)
     assert flagged.status is JobStatus.RUNNING and flagged.cancel_requested
-    stopped = store.finish_cancelled(job.id, "r1", now=at(4))
+    stopped = store.leases.finish_cancelled(job.id, "r1", now=at(4))
     assert stopped.status is JobStatus.CANCELLED and stopped.finished_at == at(4)
 
 
@@ -483,93 +488,93 @@ def test_cancelling_a_finished_job_is_a_clear_error(
 ) -> None:
     job = running(store, make_spec)
     if outcome == "succeed":
-        store.succeed(job.id, "r1", {})
+        store.leases.succeed(job.id, "r1", {})
     else:
-        store.fail(job.id, "r1", "generation_failed", "x")
-    before = store.get(job.id)
+        store.leases.fail(job.id, "r1", "generation_failed", "x")
+    before = store.jobs.get(job.id)
     with pytest.raises(errors.IllegalTransition, match="only queued or running"):
-        store.cancel(job.id)
-    assert store.get(job.id) == before
+        store.jobs.cancel(job.id)
+    assert store.jobs.get(job.id) == before
 
 
 def test_cancel_unknown_job(store: Store) -> None:
     with pytest.raises(errors.JobNotFound, match="no job nope"):
-        store.cancel("nope")
+        store.jobs.cancel("nope")
 
 
 def test_cancel_batch(store: Store, make_spec: Spec) -> None:
-    batch = store.enqueue_batch([NewJob(make_spec(f"p{i}")) for i in range(4)], source="cli")
-    first, second = store.claim_batch("r1", 2, lease_s=30)
-    store.succeed(first.id, "r1", {})
-    report = store.cancel_batch(batch.batch_id)
+    batch = store.jobs.enqueue_batch([NewJob(make_spec(f"p{i}")) for i in range(4)], source="cli")
+    first, second = store.leases.claim_batch("r1", 2, lease_s=30)
+    store.leases.succeed(first.id, "r1", {})
+    report = store.jobs.cancel_batch(batch.batch_id)
     assert (report.cancelled, report.requested, report.untouched) == (2, 1, 1)
-    assert store.get(second.id).cancel_requested
-    counts = store.batch_counts(batch.batch_id)
+    assert store.jobs.get(second.id).cancel_requested
+    counts = store.jobs.batch_counts(batch.batch_id)
     assert counts[JobStatus.CANCELLED] == 2 and counts[JobStatus.SUCCEEDED] == 1
     with pytest.raises(errors.BatchNotFound):
-        store.cancel_batch("nope")
+        store.jobs.cancel_batch("nope")
 
 
 def test_retry_failed_and_cancelled(store: Store, make_spec: Spec) -> None:
     job = running(store, make_spec)
-    store.fail(job.id, "r1", "generation_failed", "x")
-    again = store.retry(job.id)
+    store.leases.fail(job.id, "r1", "generation_failed", "x")
+    again = store.jobs.retry(job.id)
     assert again.status is JobStatus.QUEUED and again.attempts == 0
     assert (again.error_code, again.finished_at, again.result) == (None, None, None)
-    store.cancel(job.id)
-    assert store.retry(job.id).status is JobStatus.QUEUED
+    store.jobs.cancel(job.id)
+    assert store.jobs.retry(job.id).status is JobStatus.QUEUED
 
 
 @pytest.mark.parametrize("state", ["queued", "running", "succeeded"])
 def test_retry_is_only_for_failed_or_cancelled(store: Store, make_spec: Spec, state: str) -> None:
     job = enqueue(store, make_spec())
     if state != "queued":
-        store.claim_batch("r", 1, lease_s=9)
+        store.leases.claim_batch("r", 1, lease_s=9)
     if state == "succeeded":
-        store.succeed(job.id, "r", {})
+        store.leases.succeed(job.id, "r", {})
     with pytest.raises(errors.IllegalTransition, match=f"(is|already) {state}; only failed"):
-        store.retry(job.id)
-    assert store.get(job.id).status.value == state
+        store.jobs.retry(job.id)
+    assert store.jobs.get(job.id).status.value == state
 
 
 def test_retry_failed_in_bulk(store: Store, make_spec: Spec) -> None:
-    batch = store.enqueue_batch([NewJob(make_spec(f"p{i}")) for i in range(3)], source="cli")
+    batch = store.jobs.enqueue_batch([NewJob(make_spec(f"p{i}")) for i in range(3)], source="cli")
     other = enqueue(store, make_spec())
-    for job in store.claim_batch("r", 4, lease_s=9):
-        store.fail(job.id, "r", "generation_failed", "x")
-    assert sorted(store.retry_failed(batch_id=batch.batch_id)) == sorted(batch.job_ids)
-    assert store.get(other.id).status is JobStatus.FAILED
-    assert store.retry_failed() == [other.id]
-    assert store.retry_failed() == []
+    for job in store.leases.claim_batch("r", 4, lease_s=9):
+        store.leases.fail(job.id, "r", "generation_failed", "x")
+    assert sorted(store.jobs.retry_failed(batch_id=batch.batch_id)) == sorted(batch.job_ids)
+    assert store.jobs.get(other.id).status is JobStatus.FAILED
+    assert store.jobs.retry_failed() == [other.id]
+    assert store.jobs.retry_failed() == []
 
 
 def test_set_priority(store: Store, make_spec: Spec) -> None:
     a = enqueue(store, make_spec("a"))
     b = enqueue(store, make_spec("b"))
-    assert store.set_priority(b.id, 50).priority == 50
-    assert store.get(b.id).spec.priority == 50
-    assert store.claim_batch("r", 1, lease_s=9)[0].id == b.id
+    assert store.jobs.set_priority(b.id, 50).priority == 50
+    assert store.jobs.get(b.id).spec.priority == 50
+    assert store.leases.claim_batch("r", 1, lease_s=9)[0].id == b.id
     with pytest.raises(errors.IllegalTransition, match="only a queued job"):
-        store.set_priority(b.id, 1)
+        store.jobs.set_priority(b.id, 1)
     with pytest.raises(errors.InvalidParameters, match="between -100 and 100"):
-        store.set_priority(a.id, 101)
+        store.jobs.set_priority(a.id, 101)
     with pytest.raises(errors.JobNotFound):
-        store.set_priority("nope", 1)
+        store.jobs.set_priority("nope", 1)
 
 
 def test_purge_removes_only_old_finished_jobs(store: Store, make_spec: Spec) -> None:
     old = running(store, make_spec)
-    store.succeed(old.id, "r1", {}, now=at(10))
+    store.leases.succeed(old.id, "r1", {}, now=at(10))
     queued_long_ago = enqueue(store, make_spec(), now=at(0))
     recent = enqueue(store, make_spec(), now=at(0))
-    store.cancel(recent.id, now=at(500))
-    assert store.purge(before=at(100), dry_run=True) == [old.id]
-    assert store.get(old.id)  # a dry run deletes nothing
-    assert store.purge(before=at(100)) == [old.id]
+    store.jobs.cancel(recent.id, now=at(500))
+    assert store.jobs.purge(before=at(100), dry_run=True) == [old.id]
+    assert store.jobs.get(old.id)  # a dry run deletes nothing
+    assert store.jobs.purge(before=at(100)) == [old.id]
     with pytest.raises(errors.JobNotFound):
-        store.get(old.id)
-    assert store.get(queued_long_ago.id).status is JobStatus.QUEUED
-    assert store.get(recent.id).status is JobStatus.CANCELLED
+        store.jobs.get(old.id)
+    assert store.jobs.get(queued_long_ago.id).status is JobStatus.QUEUED
+    assert store.jobs.get(recent.id).status is JobStatus.CANCELLED
 
 
 # -- reading ----------------------------------------------------------------------------
@@ -582,103 +587,107 @@ def test_list_filters_and_pages_newest_first(store: Store, make_spec: Spec) -> N
         )
         for i in range(7)
     ]
-    page = store.list_jobs(limit=3)
+    page = store.jobs.list_jobs(limit=3)
     assert [j.id for j in page.jobs] == [j.id for j in jobs[::-1][:3]]
-    page2 = store.list_jobs(limit=3, before=page.next_cursor)
-    page3 = store.list_jobs(limit=3, before=page2.next_cursor)
+    page2 = store.jobs.list_jobs(limit=3, before=page.next_cursor)
+    page3 = store.jobs.list_jobs(limit=3, before=page2.next_cursor)
     assert [j.id for j in page.jobs + page2.jobs + page3.jobs] == [j.id for j in jobs[::-1]]
     assert page3.next_cursor is None
-    assert {j.model for j in store.list_jobs(model="sd/a").jobs} == {"sd/a"}
-    assert len(store.list_jobs(client="c0").jobs) == 3
-    assert [j.id for j in store.list_jobs(since=at(5)).jobs] == [jobs[6].id, jobs[5].id]
-    store.cancel(jobs[0].id)
-    assert [j.id for j in store.list_jobs(statuses=["cancelled"]).jobs] == [jobs[0].id]
-    assert store.list_jobs(source="api").jobs == []
+    assert {j.model for j in store.jobs.list_jobs(model="sd/a").jobs} == {"sd/a"}
+    assert len(store.jobs.list_jobs(client="c0").jobs) == 3
+    assert [j.id for j in store.jobs.list_jobs(since=at(5)).jobs] == [jobs[6].id, jobs[5].id]
+    store.jobs.cancel(jobs[0].id)
+    assert [j.id for j in store.jobs.list_jobs(statuses=["cancelled"]).jobs] == [jobs[0].id]
+    assert store.jobs.list_jobs(source="api").jobs == []
     with pytest.raises(errors.JobNotFound, match="cursor"):
-        store.list_jobs(before="nope")
+        store.jobs.list_jobs(before="nope")
     with pytest.raises(errors.InvalidParameters):
-        store.list_jobs(limit=0)
+        store.jobs.list_jobs(limit=0)
 
 
 def test_counts_have_every_state(store: Store, make_spec: Spec) -> None:
-    assert store.counts() == dict.fromkeys(JobStatus, 0)
+    assert store.jobs.counts() == dict.fromkeys(JobStatus, 0)
     running(store, make_spec)
     enqueue(store, make_spec())
-    counts = store.counts()
+    counts = store.jobs.counts()
     assert counts[JobStatus.RUNNING] == 1 and counts[JobStatus.QUEUED] == 1
     with pytest.raises(errors.BatchNotFound):
-        store.batch_counts("nope")
+        store.jobs.batch_counts("nope")
 
 
 def test_get_many_keeps_order_and_names_the_missing(store: Store, make_spec: Spec) -> None:
     a, b = enqueue(store, make_spec("a")), enqueue(store, make_spec("b"))
-    assert [j.id for j in store.get_many([b.id, a.id])] == [b.id, a.id]
+    assert [j.id for j in store.jobs.get_many([b.id, a.id])] == [b.id, a.id]
     with pytest.raises(errors.JobNotFound, match="no job zzz"):
-        store.get_many([a.id, "zzz"])
+        store.jobs.get_many([a.id, "zzz"])
 
 
 def test_stats_over_a_window(store: Store, make_spec: Spec) -> None:
     for i, outcome in enumerate(["ok", "ok", "fail"]):
         enqueue(store, make_spec(n=2), now=at(i))
-        (job,) = store.claim_batch("r", 1, lease_s=99, now=at(10 + i))
+        (job,) = store.leases.claim_batch("r", 1, lease_s=99, now=at(10 + i))
         if outcome == "ok":
-            store.succeed(job.id, "r", {}, now=at(14 + i))
+            store.leases.succeed(job.id, "r", {}, now=at(14 + i))
         else:
-            store.fail(job.id, "r", "generation_failed", "x", now=at(14 + i))
+            store.leases.fail(job.id, "r", "generation_failed", "x", now=at(14 + i))
     enqueue(store, make_spec(), now=at(20))
-    stats = store.stats(window_s=60, now=at(60))
+    stats = store.jobs.stats(window_s=60, now=at(60))
     assert stats.counts[JobStatus.QUEUED] == 1
     assert stats.finished[JobStatus.SUCCEEDED] == 2 and stats.finished[JobStatus.FAILED] == 1
     assert stats.images == 4
     assert stats.mean_wait_s == 10.0 and stats.mean_run_s == 4.0
     assert stats.jobs_per_minute == 2.0 and stats.images_per_minute == 4.0
-    assert store.stats(window_s=10, now=at(60)).finished[JobStatus.SUCCEEDED] == 0
+    assert store.jobs.stats(window_s=10, now=at(60)).finished[JobStatus.SUCCEEDED] == 0
     assert stats.to_dict()["depth"]["queued"] == 1
     with pytest.raises(errors.InvalidParameters):
-        store.stats(window_s=0)
+        store.jobs.stats(window_s=0)
 
 
 def test_images_timeline_counts_each_minutes_images(store: Store, make_spec: Spec) -> None:
     for finish_at, n, outcome in [(20, 2, "ok"), (50, 1, "ok"), (170, 3, "ok"), (175, 4, "fail")]:
         enqueue(store, make_spec(n=n), now=at(finish_at - 10))
-        (job,) = store.claim_batch("r", 1, lease_s=999, now=at(finish_at - 5))
+        (job,) = store.leases.claim_batch("r", 1, lease_s=999, now=at(finish_at - 5))
         if outcome == "ok":
-            store.succeed(job.id, "r", {}, now=at(finish_at))
+            store.leases.succeed(job.id, "r", {}, now=at(finish_at))
         else:
-            store.fail(job.id, "r", "generation_failed", "x", now=at(finish_at))
+            store.leases.fail(job.id, "r", "generation_failed", "x", now=at(finish_at))
     # The window is [0 s, 180 s): three minutes, oldest first; failures make no images,
     # and what finished after `now` is not in it.
-    assert store.images_timeline(window_s=180, bucket_s=60, now=at(180)) == [3, 0, 3]
-    assert store.images_timeline(window_s=120, bucket_s=60, now=at(180)) == [0, 3]
-    assert store.images_timeline(window_s=60, bucket_s=30, now=at(60)) == [2, 1]
+    assert store.jobs.images_timeline(window_s=180, bucket_s=60, now=at(180)) == [3, 0, 3]
+    assert store.jobs.images_timeline(window_s=120, bucket_s=60, now=at(180)) == [0, 3]
+    assert store.jobs.images_timeline(window_s=60, bucket_s=30, now=at(60)) == [2, 1]
     for window, bucket in ((0, 60), (60, 0), (86_400, 1)):
         with pytest.raises(errors.InvalidParameters):
-            store.images_timeline(window_s=window, bucket_s=bucket)
+            store.jobs.images_timeline(window_s=window, bucket_s=bucket)
 
 
 def test_batch_job_ids_in_submission_order(store: Store, make_spec: Spec) -> None:
-    batch = store.enqueue_batch([NewJob(make_spec(f"p{i}")) for i in range(5)], source="cli")
+    batch = store.jobs.enqueue_batch([NewJob(make_spec(f"p{i}")) for i in range(5)], source="cli")
     enqueue(store, make_spec("not in the batch"))
-    assert store.batch_job_ids(batch.batch_id) == batch.job_ids
+    assert store.jobs.batch_job_ids(batch.batch_id) == batch.job_ids
     with pytest.raises(errors.BatchNotFound, match="no batch nope"):
-        store.batch_job_ids("nope")
+        store.jobs.batch_job_ids("nope")
 
 
 def test_wait_for_keeps_the_order_asked(store: Store, make_spec: Spec) -> None:
     a, b = enqueue(store, make_spec("a")), enqueue(store, make_spec("b"))
-    for job in store.claim_batch("r", 2, lease_s=60):
-        store.succeed(job.id, "r", {})
-    assert [j.id for j in store.wait_for([b.id, a.id, b.id], timeout_s=1)] == [b.id, a.id, b.id]
+    for job in store.leases.claim_batch("r", 2, lease_s=60):
+        store.leases.succeed(job.id, "r", {})
+    assert [j.id for j in store.jobs.wait_for([b.id, a.id, b.id], timeout_s=1)] == [
+        b.id,
+        a.id,
+        b.id,
+    ]
     with pytest.raises(errors.JobNotFound):
-        store.wait_for([a.id, "nope"], timeout_s=1)
+        store.jobs.wait_for([a.id, "nope"], timeout_s=1)
 
 
 def test_wait_for_returns_when_finished_or_times_out(store: Store, make_spec: Spec) -> None:
     job = running(store, make_spec)
     with pytest.raises(errors.JobTimeout, match="1 of 1"):
-        store.wait_for([job.id], timeout_s=0.2)
-    store.succeed(job.id, "r1", {})
-    (final,) = store.wait_for([job.id], timeout_s=1)
+        store.jobs.wait_for([job.id], timeout_s=0.2)
+    store.leases.succeed(job.id, "r1", {})
+    (final,) = store.jobs.wait_for([job.id], timeout_s=1)
     assert final.status is JobStatus.SUCCEEDED
 
 
@@ -699,9 +708,9 @@ def test_pinned_keeps_one_connection_for_the_thread(store: Store, make_spec: Spe
         with store.db.pinned():  # nested: the same connection
             store.db.write(note)
         with pytest.raises(errors.IllegalTransition):  # an error inside a transaction...
-            store.retry(job.id)
+            store.jobs.retry(job.id)
         store.db.read(note)  # ...leaves the pinned connection usable
-        assert store.get(job.id).status is JobStatus.QUEUED
+        assert store.jobs.get(job.id).status is JobStatus.QUEUED
     assert len({id(c) for c in seen}) == 1
     assert pool.checkedout() == 0  # given back when the block ended
 
@@ -725,7 +734,7 @@ def test_pinned_connections_are_per_thread(store: Store, make_spec: Spec) -> Non
     for thread in threads:
         thread.join()
     assert len({id(c) for c in owners.values()}) == 3
-    assert store.counts()[JobStatus.QUEUED] == 3
+    assert store.jobs.counts()[JobStatus.QUEUED] == 3
 
 
 @pytest.mark.sqlite_only
@@ -751,7 +760,7 @@ def test_full_synchronous_and_busy_timeout_are_configurable(db_url: str, make_sp
 def test_unmigrated_database_says_what_to_do(tmp_path) -> None:
     bare = Store.open(f"sqlite:///{tmp_path / 'bare.db'}")
     with pytest.raises(errors.DatabaseNotMigrated, match="alice-spool db upgrade"):
-        bare.counts()
+        bare.jobs.counts()
 
 
 @pytest.mark.sqlite_only
@@ -766,7 +775,7 @@ def test_writer_waits_for_a_held_lock_instead_of_failing(
     blocker.execute("BEGIN IMMEDIATE")
     threading.Timer(0.5, blocker.execute, args=("COMMIT",)).start()
     job = enqueue(store, make_spec())  # waits for the lock, then succeeds
-    assert store.get(job.id).status is JobStatus.QUEUED
+    assert store.jobs.get(job.id).status is JobStatus.QUEUED
 
 
 @pytest.mark.sqlite_only
@@ -783,39 +792,39 @@ def test_a_lock_held_past_the_deadline_is_database_busy(
             enqueue(impatient, make_spec())
     finally:
         blocker.execute("ROLLBACK")
-    assert store.counts()[JobStatus.QUEUED] == 0
+    assert store.jobs.counts()[JobStatus.QUEUED] == 0
 
 
 # -- fair share between owners ----------------------------------------
 
 
 def claim_one(store: Store) -> JobRecord:
-    (job,) = store.claim_compatible("runner-1", max_images=1, lease_s=60)
-    store.succeed(job.id, "runner-1", {"images": []})
+    (job,) = store.leases.claim_compatible("runner-1", max_images=1, lease_s=60)
+    store.leases.succeed(job.id, "runner-1", {"images": []})
     return job
 
 
 def test_one_owners_long_queue_delays_anothers_job_by_at_most_one_claim(
     store: Store, make_spec: Spec
 ) -> None:
-    a = [store.enqueue(make_spec(f"a{i}", seed=i), source="api", owner="alice").job
+    a = [store.jobs.enqueue(make_spec(f"a{i}", seed=i), source="api", owner="alice").job
          for i in range(20)]  # fmt: skip
     claim_one(store)  # alice's first, as the queue's head
-    b = store.enqueue(make_spec("b", seed=99), source="api", owner="bob").job
+    b = store.jobs.enqueue(make_spec("b", seed=99), source="api", owner="bob").job
     taken = [claim_one(store).id for _ in range(2)]
     assert b.id in taken  # bob's one job starts within the next two claims
     assert taken[0] == b.id  # bob was never served: he goes first
     assert taken[1] == a[1].id
     rest = [claim_one(store).id for _ in range(18)]
     assert rest == [job.id for job in a[2:]]  # alice's, in her own order
-    assert store.counts()[JobStatus.QUEUED] == 0
+    assert store.jobs.counts()[JobStatus.QUEUED] == 0
 
 
 def test_owners_take_turns_and_priority_still_comes_first(store: Store, make_spec: Spec) -> None:
     for owner in ("alice", "bob", None):  # None: the inbox's and the CLI's jobs
         for i in range(3):
-            store.enqueue(make_spec(f"{owner}-{i}", seed=i), source="api", owner=owner)
-    urgent = store.enqueue(make_spec("urgent", priority=10), source="api", owner="alice").job
+            store.jobs.enqueue(make_spec(f"{owner}-{i}", seed=i), source="api", owner=owner)
+    urgent = store.jobs.enqueue(make_spec("urgent", priority=10), source="api", owner="alice").job
     assert claim_one(store).id == urgent.id  # priority first, whoever's it is
     order = [claim_one(store).owner for _ in range(9)]
     # Never served before all (by name: "" is no key's), then the least recently served:
@@ -827,9 +836,9 @@ def test_owners_take_turns_and_priority_still_comes_first(store: Store, make_spe
 def test_compatible_jobs_of_different_owners_still_share_a_call(
     store: Store, make_spec: Spec
 ) -> None:
-    jobs = [store.enqueue(make_spec(f"p{i}", seed=i), source="api", owner=owner).job
+    jobs = [store.jobs.enqueue(make_spec(f"p{i}", seed=i), source="api", owner=owner).job
             for i, owner in enumerate(["alice", "bob", "carol", "alice"])]  # fmt: skip
-    taken = store.claim_compatible("runner-1", max_images=8, lease_s=60)
+    taken = store.leases.claim_compatible("runner-1", max_images=8, lease_s=60)
     assert sorted(j.id for j in taken) == sorted(j.id for j in jobs)  # one call for all
     served = dict(store.db.read(lambda c: c.execute(text("SELECT owner, 1 FROM served")).all()))
     assert set(served) == {"alice", "bob", "carol"}  # each owner batched along was served
@@ -839,8 +848,10 @@ def test_the_owner_and_not_the_client_name_decides_the_turns(store: Store, make_
     # CLI and inbox jobs name their file or user as `client`, but all are the admin's:
     # one owner, however many names; a key's jobs are its own owner's.
     for i in range(3):
-        store.enqueue(make_spec(f"cli{i}", seed=i), source="cli", client=f"file{i}.json")
-    keyed = store.enqueue(make_spec("k", seed=7), source="api", client="bob", owner="k-bob").job
+        store.jobs.enqueue(make_spec(f"cli{i}", seed=i), source="cli", client=f"file{i}.json")
+    keyed = store.jobs.enqueue(
+        make_spec("k", seed=7), source="api", client="bob", owner="k-bob"
+    ).job
     order = [claim_one(store) for _ in range(4)]
     assert [j.owner for j in order] == [None, "k-bob", None, None]
     assert order[1].id == keyed.id
@@ -863,22 +874,24 @@ def test_idempotency_lookups_search_the_per_owner_index(store: Store) -> None:
 
 def test_each_owners_idempotency_key_is_its_own(store: Store, make_spec: Spec) -> None:
     spec = make_spec("a harbour", model="sd/tiny")
-    admins = store.enqueue(spec, source=Source.CLI, idempotency_key="nightly")
-    users = store.enqueue(spec, source=Source.API, idempotency_key="nightly", owner="u1")
+    admins = store.jobs.enqueue(spec, source=Source.CLI, idempotency_key="nightly")
+    users = store.jobs.enqueue(spec, source=Source.API, idempotency_key="nightly", owner="u1")
     assert admins.created and users.created and admins.job.id != users.job.id
-    again = store.enqueue(spec, source=Source.API, idempotency_key="nightly", owner="u1")
+    again = store.jobs.enqueue(spec, source=Source.API, idempotency_key="nightly", owner="u1")
     assert not again.created and again.job.id == users.job.id
-    assert store.get_by_key("u1", "nightly").id == users.job.id
-    assert store.get_by_key(None, "nightly").id == admins.job.id
+    assert store.jobs.get_by_key("u1", "nightly").id == users.job.id
+    assert store.jobs.get_by_key(None, "nightly").id == admins.job.id
     with pytest.raises(errors.JobNotFound):
-        store.get_by_key("u2", "nightly")
+        store.jobs.get_by_key("u2", "nightly")
     with pytest.raises(errors.IdempotencyConflict):
-        store.enqueue(make_spec("other"), source=Source.API, idempotency_key="nightly", owner="u1")
+        store.jobs.enqueue(
+            make_spec("other"), source=Source.API, idempotency_key="nightly", owner="u1"
+        )
     batch = [NewJob(spec, "n-1", owner="u2"), NewJob(spec, "n-2", owner="u2")]
-    first = store.enqueue_batch(batch, source=Source.API)
-    repeat = store.enqueue_batch(batch, source=Source.API)
+    first = store.jobs.enqueue_batch(batch, source=Source.API)
+    repeat = store.jobs.enqueue_batch(batch, source=Source.API)
     assert first.created and not repeat.created and repeat.batch_id == first.batch_id
-    admins_batch = store.enqueue_batch(
+    admins_batch = store.jobs.enqueue_batch(
         [NewJob(spec, "n-1"), NewJob(spec, "n-2")], source=Source.INBOX
     )
     assert admins_batch.created and admins_batch.batch_id != first.batch_id

@@ -47,7 +47,7 @@ def statements(store: Store) -> Iterator[list[str]]:
 
 def queue(store: Store, make_spec: Spec, count: int, owner: str | None = None) -> None:
     for i in range(count):
-        store.enqueue(make_spec(f"{owner}-{i}", seed=i), source=Source.API, owner=owner)
+        store.jobs.enqueue(make_spec(f"{owner}-{i}", seed=i), source=Source.API, owner=owner)
 
 
 # -- statements per operation -----------------------------------------------------------
@@ -58,13 +58,13 @@ def test_a_claim_in_queue_order_is_one_statement_and_a_success_two(
 ) -> None:
     queue(store, make_spec, 10)
     with statements(store) as sent:
-        (job,) = store.claim_batch("r1", 1, lease_s=60)
+        (job,) = store.leases.claim_batch("r1", 1, lease_s=60)
     assert len(sent) == 1  # UPDATE ... RETURNING
     with statements(store) as sent:
-        store.succeed(job.id, "r1", {"images": []})
+        store.leases.succeed(job.id, "r1", {"images": []})
     assert len(sent) == 2  # the job, then every total it adds to in one upsert
     with statements(store) as sent:
-        jobs = store.claim_batch("r1", 8, lease_s=60)
+        jobs = store.leases.claim_batch("r1", 8, lease_s=60)
     assert len(jobs) == 8 and len(sent) == 1
 
 
@@ -72,10 +72,10 @@ def test_a_success_with_images_adds_them_to_the_gallery_in_one_more(
     store: Store, make_spec: Spec
 ) -> None:
     queue(store, make_spec, 1)
-    (job,) = store.claim_batch("r1", 1, lease_s=60)
+    (job,) = store.leases.claim_batch("r1", 1, lease_s=60)
     images = [{"file": f"{job.id}-{i}.png"} for i in range(2)]
     with statements(store) as sent:
-        store.succeed(job.id, "r1", {"images": images})
+        store.leases.succeed(job.id, "r1", {"images": images})
     assert len(sent) == 3
 
 
@@ -87,7 +87,7 @@ def test_the_runners_fair_claim_is_three_statements_however_many_owners(
         queue(store, make_spec, 3, owner)
     for _ in range(3):  # the head of the queue, then heads chosen from behind it
         with statements(store) as sent:
-            jobs = store.claim_compatible("r1", max_images=images, lease_s=60)
+            jobs = store.leases.claim_compatible("r1", max_images=images, lease_s=60)
         assert len(jobs) == images
         # the head (fair share), the claim of it and its batch mates, who was served
         assert len(sent) == 3
@@ -99,7 +99,7 @@ def test_a_claim_in_strict_queue_order_is_three_statements_too(
     queue(store, make_spec, 4, "alice")
     queue(store, make_spec, 4, "bob")
     with statements(store) as sent:
-        jobs = store.claim_compatible("r1", max_images=8, lease_s=60, fair=False)
+        jobs = store.leases.claim_compatible("r1", max_images=8, lease_s=60, fair=False)
     assert len(jobs) == 8 and len(sent) == 3
 
 
@@ -187,7 +187,7 @@ def test_the_fair_claim_follows_its_rules_on_random_queues(
                 priority=rng.choice([0, 0, 0, 1]),
             )  # fmt: skip
             later = at(clock + 5) if rng.random() < 0.15 else None
-            job = store.enqueue(
+            job = store.jobs.enqueue(
                 spec, source=Source.API, owner=rng.choice(owners), not_before=later, now=at(clock)
             ).job
             seq += 1
@@ -195,7 +195,7 @@ def test_the_fair_claim_follows_its_rules_on_random_queues(
         clock += 1
         budget = rng.choice([1, 2, 4, 8])
         allowed = expected_claims(queued, served, budget, at(clock))
-        taken = store.claim_compatible("r1", max_images=budget, lease_s=600, now=at(clock))
+        taken = store.leases.claim_compatible("r1", max_images=budget, lease_s=600, now=at(clock))
         assert {j.id for j in taken} in allowed
         for job in taken:
             served[job.owner or ""] = at(clock)

@@ -140,7 +140,7 @@ def test_the_api_refuses_them_at_every_door_that_fetches(make_bare: Callable[...
                 assert answer.status_code == 400, (path, address, answer.text)
                 error = answer.json()["error"]
                 assert (error["code"], error["param"]) == ("forbidden_url", field), (path, address)
-    assert bare.store.list_downloads() == []
+    assert bare.store.downloads.list_downloads() == []
 
 
 def test_the_inbox_refuses_them(tmp_path: Path, store: Store) -> None:
@@ -245,4 +245,4 @@ def test_a_malformed_url_is_a_400_naming_url_at_every_door(make_bare: Callable[.
                 assert (error["code"], error["param"]) == ("invalid_parameters", "url"), url
         answer = http.get("/v1/models/thumbnail", params={"url": "http://[::1"})
         assert answer.status_code == 400 and answer.json()["error"]["param"] == "url"
-    assert bare.store.list_downloads() == []
+    assert bare.store.downloads.list_downloads() == []

@@ -83,11 +83,15 @@ def served_image_job(bare: Bare, image: Any = None) -> tuple[str, str]:
 
     from alice_spool.spec import parse_spec
 
-    job = bare.store.enqueue(parse_spec({"prompt": "an image", "model": "sd/tiny"}), source="cli")
-    (taken,) = bare.store.claim_batch("t-runner", 1, lease_s=30)
+    job = bare.store.jobs.enqueue(
+        parse_spec({"prompt": "an image", "model": "sd/tiny"}), source="cli"
+    )
+    (taken,) = bare.store.leases.claim_batch("t-runner", 1, lease_s=30)
     assert taken.id == job.job.id
     folder = bare.outbox / taken.id
     folder.mkdir(parents=True, exist_ok=True)
     (image or Image.new("RGB", (8, 8))).save(folder / f"{taken.id}-0.png")
-    done = bare.store.succeed(taken.id, "t-runner", {"images": [{"file": f"{taken.id}-0.png"}]})
+    done = bare.store.leases.succeed(
+        taken.id, "t-runner", {"images": [{"file": f"{taken.id}-0.png"}]}
+    )
     return taken.id, image_url(bare.url, f"{taken.id}-0.png", done.image_secret)

@@ -127,7 +127,7 @@ async def get_generation(request: Request, api: Api, client: str | None) -> Resp
 async def cancel(request: Request, api: Api, client: str | None) -> Response:
     """Cancel a generation: queued at once, processing at its next step."""
     job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
-    job = await run_in_threadpool(api.store.cancel, job.id)
+    job = await run_in_threadpool(api.store.jobs.cancel, job.id)
     return JSONResponse({"id": job.id, "status": STATES[job.status]})
 
 
@@ -137,8 +137,8 @@ async def queue(request: Request, api: Api, client: str | None) -> Response:
     scope = scope_of(request)
 
     def read() -> dict[str, Any]:
-        counts = api.store.counts()
-        mine = api.store.list_jobs(
+        counts = api.store.jobs.counts()
+        mine = api.store.jobs.list_jobs(
             statuses=[JobStatus.QUEUED, JobStatus.RUNNING], owner=scope, limit=100
         )
         return {

@@ -264,7 +264,7 @@ async def _generate(websocket: WebSocket, api: Api, body: Any, client: str | Non
         last = None
         with watching(api.store, jobs=[job_id]) as changes:
             while True:
-                job = await run_in_threadpool(api.store.get, job_id)
+                job = await run_in_threadpool(api.store.jobs.get, job_id)
                 if job.progress_total and (job.progress_step, job.progress_total) != last:
                     last = (job.progress_step, job.progress_total)
                     await websocket.send_json(

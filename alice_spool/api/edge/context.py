@@ -114,7 +114,7 @@ class Api:
             Path(self.settings.paths.data_dir),
             staged,
             job_id,
-            lambda given: self.store.enqueue(
+            lambda given: self.store.jobs.enqueue(
                 spec,
                 source=source,
                 client=client,
@@ -138,7 +138,7 @@ class Api:
                     inputs.store(data_dir, str(job.job_id), staged)
                     stored.append(str(job.job_id))
                 jobs.append(job)
-            batch = self.store.enqueue_batch(jobs, source=source)
+            batch = self.store.jobs.enqueue_batch(jobs, source=source)
         except BaseException:
             for job_id in stored:
                 inputs.remove(data_dir, job_id)
@@ -152,7 +152,7 @@ class Api:
         as a job that does not exist (ids must not be probeable). In a worker thread."""
         scope = scope_of(request)
         try:
-            job = self.store.get(job_id)
+            job = self.store.jobs.get(job_id)
         except errors.JobNotFound:
             job = self._job_by_chosen_id(request, job_id)
         if scope is not None and job.owner != scope:
@@ -170,12 +170,12 @@ class Api:
             owners.append(None)
         for candidate in owners:
             with contextlib.suppress(errors.JobNotFound):
-                return self.store.get_by_key(candidate, key)
+                return self.store.jobs.get_by_key(candidate, key)
         raise errors.JobNotFound(f"no job {key}", job_id=key)
 
     def visible_download(self, request: Request, download_id: str) -> DownloadRecord:
         """`visible_job` for a download."""
-        found = self.store.get_download(download_id)
+        found = self.store.downloads.get_download(download_id)
         scope = scope_of(request)
         if scope is not None and found.owner != scope:
             raise errors.DownloadNotFound(f"no download {download_id}", download_id=download_id)
@@ -244,7 +244,7 @@ class Api:
         if match is None or (secret is not None and not IMAGE_SECRET.fullmatch(secret)):
             raise missing
         try:
-            job = self.store.get(match["job"])
+            job = self.store.jobs.get(match["job"])
         except errors.JobNotFound:
             raise missing from None
         if job.image_secret is None:

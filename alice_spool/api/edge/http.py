@@ -252,7 +252,7 @@ class Keys:
             return False
         now = self.clock()
         if self._stored is None or now - self._stored[0] >= self.recheck_s:
-            self._stored = (now, self.store.any_keys())
+            self._stored = (now, self.store.keys.any_keys())
         return self._stored[1]
 
     def identify(self, request: HTTPConnection) -> Principal | None:
@@ -287,7 +287,9 @@ class Keys:
         """A web session's principal. A change it asks for must come from this server's
         own pages: an `Origin` (or, without one, a `Referer`) of this very host."""
         assert self.store is not None
-        found = self.store.session(cookie, idle_s=self.session_idle_s, configured=self._configured)
+        found = self.store.keys.session(
+            cookie, idle_s=self.session_idle_s, configured=self._configured
+        )
         if found is None:
             raise errors.Unauthorized("the session has ended: log in again")
         # A WebSocket (which has no method) is held to the same rule as a change.
@@ -312,7 +314,7 @@ class Keys:
         if found is not None:
             return Principal(found, "admin", key_sha256=self._configured[found])
         store = self.store
-        stored = store.key_for_secret(given) if store is not None else None
+        stored = store.keys.key_for_secret(given) if store is not None else None
         if store is None or stored is None:
             raise errors.Unauthorized("the API key is not valid")
         if not stored.enabled:
@@ -320,7 +322,7 @@ class Keys:
         now = self.clock()
         if now - self._touched.get(stored.id, -1e9) >= 60:  # the row: at most once a minute
             self._touched[stored.id] = now
-            store.touch_key(stored.id)
+            store.keys.touch_key(stored.id)
         return Principal(
             stored.name, stored.role, stored.id, stored.rate_limit_per_minute, digest(given)
         )
@@ -332,7 +334,7 @@ async def wait_for_job(store: Store, job_id: str, timeout_s: float) -> JobRecord
     deadline = time.monotonic() + timeout_s
     with watching(store, jobs=[job_id]) as changes:
         while True:
-            job = await run_in_threadpool(store.get, job_id)
+            job = await run_in_threadpool(store.jobs.get, job_id)
             if job.finished:
                 return job
             left = deadline - time.monotonic()

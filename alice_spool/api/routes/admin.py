@@ -40,7 +40,7 @@ async def list_sessions(request: Request, api: Api, client: str | None) -> Respo
     """The live web sessions: `{data: [{id, name, role, key_id, created_at,
     last_seen_at, expires_at}]}` (`id` is a handle, never the cookie)."""
     idle = api.settings.server.session_idle_s
-    found = await run_in_threadpool(lambda: api.store.list_sessions(idle_s=idle))
+    found = await run_in_threadpool(lambda: api.store.keys.list_sessions(idle_s=idle))
     data = [{k: _iso(v) for k, v in row.items()} for row in found]
     return JSONResponse({"object": "list", "data": data})
 
@@ -49,6 +49,6 @@ async def list_sessions(request: Request, api: Api, client: str | None) -> Respo
 async def end_session(request: Request, api: Api, client: str | None) -> Response:
     """End a web session by its handle: its browser must log in again."""
     handle = request.path_params["session_id"]
-    if not await run_in_threadpool(api.store.end_session, handle):
+    if not await run_in_threadpool(api.store.keys.end_session, handle):
         raise errors.SessionNotFound(f"no session {handle}")
     return JSONResponse({"success": True})

@@ -37,7 +37,7 @@ async def generate_key(request: Request, api: Api, client: str | None) -> Respon
     admin = typed(body, "isAdmin", bool)
     limit = bounded(body, "rateLimitPerMinute", None, 0, MAX_RATE_LIMIT, whole=True)
     record, secret = await run_in_threadpool(
-        lambda: api.store.add_key(
+        lambda: api.store.keys.add_key(
             name or "",
             role="admin" if admin else "user",
             rate_limit_per_minute=limit,
@@ -51,7 +51,7 @@ async def generate_key(request: Request, api: Api, client: str | None) -> Respon
 @route(admin=True)
 async def list_keys(request: Request, api: Api, client: str | None) -> Response:
     """Every key: those in the database (revoked ones too), and the configured ones."""
-    stored = await run_in_threadpool(api.store.list_keys)
+    stored = await run_in_threadpool(api.store.keys.list_keys)
     configured = [
         {
             "id": None,
@@ -69,13 +69,13 @@ async def list_keys(request: Request, api: Api, client: str | None) -> Response:
 
 @route(admin=True)
 async def revoke_key(request: Request, api: Api, client: str | None) -> Response:
-    found = await run_in_threadpool(api.store.revoke_key, request.path_params["key_id"])
+    found = await run_in_threadpool(api.store.keys.revoke_key, request.path_params["key_id"])
     return JSONResponse({"success": True, "info": found.to_dict()})
 
 
 @route(admin=True)
 async def delete_key(request: Request, api: Api, client: str | None) -> Response:
-    found = await run_in_threadpool(api.store.delete_key, request.path_params["key_id"])
+    found = await run_in_threadpool(api.store.keys.delete_key, request.path_params["key_id"])
     return JSONResponse({"success": True, "id": found.id})
 
 
@@ -128,7 +128,7 @@ async def register(request: Request, api: Api, client: str | None) -> Response:
         raise errors.InvalidParameters("an invite_code is required", field="invite_code")
     try:
         record, secret = await run_in_threadpool(
-            lambda: api.store.register(
+            lambda: api.store.keys.register(
                 name or "",
                 invite_code=code if mode == "invite" else None,
                 reserved=api.settings.server.api_keys,
@@ -152,21 +152,21 @@ async def create_invite(request: Request, api: Api, client: str | None) -> Respo
         )
     expires = utcnow() + timedelta(hours=hours) if hours is not None else None
     record, code = await run_in_threadpool(
-        lambda: api.store.create_invite(uses=uses, expires_at=expires, created_by=client)
+        lambda: api.store.keys.create_invite(uses=uses, expires_at=expires, created_by=client)
     )
     return JSONResponse({"code": code, **record.to_dict()}, status_code=201)
 
 
 @route(admin=True)
 async def list_invites(request: Request, api: Api, client: str | None) -> Response:
-    found = await run_in_threadpool(api.store.list_invites)
+    found = await run_in_threadpool(api.store.keys.list_invites)
     return JSONResponse({"object": "list", "data": [i.to_dict() for i in found]})
 
 
 @route(admin=True)
 async def delete_invite(request: Request, api: Api, client: str | None) -> Response:
     """By the invite's id or its code."""
-    found = await run_in_threadpool(api.store.delete_invite, request.path_params["code"])
+    found = await run_in_threadpool(api.store.keys.delete_invite, request.path_params["code"])
     return JSONResponse({"success": True, "id": found.id})
 
 
@@ -192,7 +192,7 @@ async def login(request: Request, api: Api, client: str | None) -> Response:
         raise
     server = api.settings.server
     session = await run_in_threadpool(
-        lambda: api.store.open_session(
+        lambda: api.store.keys.open_session(
             principal.name,
             principal.role,
             principal.key_id,
@@ -225,7 +225,7 @@ async def login(request: Request, api: Api, client: str | None) -> Response:
 async def logout(request: Request, api: Api, client: str | None) -> Response:
     """End this browser's session (its cookie cleared)."""
     cookie = request.cookies.get(SESSION_COOKIE)
-    ended = bool(cookie) and await run_in_threadpool(api.store.close_session, cookie or "")
+    ended = bool(cookie) and await run_in_threadpool(api.store.keys.close_session, cookie or "")
     answer = JSONResponse({"success": True, "ended": ended})
     answer.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return answer

@@ -38,7 +38,7 @@ async def _queue(
     def work() -> DownloadRecord:
         asked = requests.parse(body, allow_private_urls=sources.allow_private_urls)
         asked.check_name_free(Path(api.settings.paths.models))
-        return api.store.queue_download(
+        return api.store.downloads.queue_download(
             asked.source,
             asked.reference,
             kind=asked.kind,
@@ -75,7 +75,9 @@ async def list_downloads(request: Request, api: Api, client: str | None) -> Resp
     """Downloads, newest first; `status` (repeatable) filters, `limit` (1..500)."""
     statuses, limit = _statuses(request), query_int(request, "limit", 100, 1, MAX_PAGE)
     found = await run_in_threadpool(
-        lambda: api.store.list_downloads(statuses=statuses, limit=limit, owner=scope_of(request))
+        lambda: api.store.downloads.list_downloads(
+            statuses=statuses, limit=limit, owner=scope_of(request)
+        )
     )
     return JSONResponse({"object": "list", "data": [d.to_dict() for d in found]})
 
@@ -95,7 +97,7 @@ async def cancel_download(request: Request, api: Api, client: str | None) -> Res
     found = await run_in_threadpool(
         api.visible_download, request, request.path_params["download_id"]
     )
-    found = await run_in_threadpool(api.store.cancel_download, found.id)
+    found = await run_in_threadpool(api.store.downloads.cancel_download, found.id)
     return JSONResponse(found.to_dict())
 
 
@@ -116,7 +118,7 @@ async def _events(api: Api, download_id: str, holder: str) -> AsyncIterator[dict
         last: dict[str, Any] | None = None
         with watching(api.store, downloads=[download_id]) as changes:
             while True:
-                found = await run_in_threadpool(api.store.get_download, download_id)
+                found = await run_in_threadpool(api.store.downloads.get_download, download_id)
                 shown = found.to_dict()
                 if shown != last:
                     last = shown
@@ -242,7 +244,7 @@ async def alice_download_url(request: Request, api: Api, client: str | None) -> 
 @route()
 async def alice_download_status(request: Request, api: Api, client: str | None) -> Response:
     found = await run_in_threadpool(
-        lambda: api.store.list_downloads(limit=MAX_PAGE, owner=scope_of(request))
+        lambda: api.store.downloads.list_downloads(limit=MAX_PAGE, owner=scope_of(request))
     )
     return JSONResponse({"object": "list", "data": [alice_task(d) for d in found]})
 
@@ -260,6 +262,6 @@ async def alice_cancel_download(request: Request, api: Api, client: str | None) 
     found = await run_in_threadpool(
         api.visible_download, request, request.path_params["download_id"]
     )
-    found = await run_in_threadpool(api.store.cancel_download, found.id)
+    found = await run_in_threadpool(api.store.downloads.cancel_download, found.id)
     # Running, it stops at its worker's next report: cancelled as far as the caller goes.
     return JSONResponse({"status": "cancelled", "task_id": found.id})

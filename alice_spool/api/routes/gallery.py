@@ -82,7 +82,7 @@ async def list_gallery(request: Request, api: Api, client: str | None) -> Respon
     if model is not None and "/" not in model:
         model = f"sd/{model}"
     page = await run_in_threadpool(
-        lambda: api.store.gallery_page(
+        lambda: api.store.gallery.gallery_page(
             scope=scope_of(request),
             own_only=not query_flag(query.get("include_public"), "include_public", True),
             public_only=not query_flag(query.get("include_private"), "include_private", True),
@@ -111,7 +111,7 @@ async def get_image(request: Request, api: Api, client: str | None) -> Response:
     """One image of the gallery, if the key may see it."""
     image_id = _image_id(request)
     item = await run_in_threadpool(
-        lambda: api.store.gallery_image(image_id, scope=scope_of(request))
+        lambda: api.store.gallery.gallery_image(image_id, scope=scope_of(request))
     )
     return JSONResponse(_view(api, request, item))
 
@@ -135,7 +135,7 @@ async def set_privacy(request: Request, api: Api, client: str | None) -> Respons
         )
     until = datetime.now(UTC) + timedelta(hours=hours) if public else None
     item = await run_in_threadpool(
-        lambda: api.store.set_privacy(image_id, until, scope=scope_of(request))
+        lambda: api.store.gallery.set_privacy(image_id, until, scope=scope_of(request))
     )
     return JSONResponse(
         {
@@ -156,7 +156,7 @@ async def set_tags(request: Request, api: Api, client: str | None) -> Response:
         raise errors.InvalidParameters("tags is required", field="tags")
     tags = clean_tags(body["tags"])
     item = await run_in_threadpool(
-        lambda: api.store.set_tags(image_id, tags, scope=scope_of(request))
+        lambda: api.store.gallery.set_tags(image_id, tags, scope=scope_of(request))
     )
     return JSONResponse({"success": True, "tags": list(item.tags)})
 
@@ -175,7 +175,7 @@ async def delete_image(request: Request, api: Api, client: str | None) -> Respon
 async def list_tags(request: Request, api: Api, client: str | None) -> Response:
     """The tags of the images the key may see, most used first: `{tags: [{name, count}],
     total}`."""
-    found = await run_in_threadpool(lambda: api.store.gallery_tags(scope=scope_of(request)))
+    found = await run_in_threadpool(lambda: api.store.gallery.gallery_tags(scope=scope_of(request)))
     tags = [{"name": name, "count": count} for name, count in found]
     return JSONResponse({"tags": tags, "total": len(tags)})
 
@@ -184,4 +184,4 @@ async def list_tags(request: Request, api: Api, client: str | None) -> Response:
 async def stats(request: Request, api: Api, client: str | None) -> Response:
     """Every image (an admin's key): `{total, public, private, expired}` (expired: shared
     once, the share over)."""
-    return JSONResponse(await run_in_threadpool(api.store.gallery_stats))
+    return JSONResponse(await run_in_threadpool(api.store.gallery.gallery_stats))

@@ -62,7 +62,7 @@ async def list_jobs(request: Request, api: Api, client: str | None) -> Response:
     if source is not None and source not in {s.value for s in Source}:
         raise errors.InvalidParameters(f"unknown source {source!r}", field="source")
     page = await run_in_threadpool(
-        lambda: api.store.list_jobs(
+        lambda: api.store.jobs.list_jobs(
             statuses=statuses or None,
             batch_id=query.get("batch_id"),
             model=query.get("model"),
@@ -108,7 +108,7 @@ async def job_input(request: Request, api: Api, client: str | None) -> Response:
 async def cancel_job(request: Request, api: Api, client: str | None) -> Response:
     """Queued: cancelled at once. Running: stops at its next step."""
     job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
-    job = await run_in_threadpool(api.store.cancel, job.id)
+    job = await run_in_threadpool(api.store.jobs.cancel, job.id)
     return JSONResponse(api.job_view(request, job))
 
 
@@ -116,7 +116,7 @@ async def cancel_job(request: Request, api: Api, client: str | None) -> Response
 async def retry_job(request: Request, api: Api, client: str | None) -> Response:
     """Queue a failed or cancelled job again (409 for a job in another state)."""
     job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
-    job = await run_in_threadpool(api.store.retry, job.id)
+    job = await run_in_threadpool(api.store.jobs.retry, job.id)
     return JSONResponse(api.job_view(request, job))
 
 
@@ -130,7 +130,7 @@ async def set_priority(request: Request, api: Api, client: str | None) -> Respon
     # Another's job first: its id gets the 404 of an unknown one, whatever the body asks.
     job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
     check_priority(request, priority)
-    job = await run_in_threadpool(lambda: api.store.set_priority(job.id, priority))
+    job = await run_in_threadpool(lambda: api.store.jobs.set_priority(job.id, priority))
     return JSONResponse(api.job_view(request, job))
 
 
@@ -143,8 +143,8 @@ async def stats(request: Request, api: Api, client: str | None) -> Response:
 
     def read() -> dict[str, Any]:
         return {
-            **api.store.stats(window_s=window).to_dict(),
-            "images_per_minute_series": api.store.images_timeline(
+            **api.store.jobs.stats(window_s=window).to_dict(),
+            "images_per_minute_series": api.store.jobs.images_timeline(
                 window_s=window, bucket_s=window / 60
             ),
         }
@@ -178,7 +178,7 @@ async def _progress_events(
     last: tuple[Any, ...] = ()
     with watching(api.store, jobs=[job_id]) as changes:
         while True:
-            job = await run_in_threadpool(api.store.get, job_id)
+            job = await run_in_threadpool(api.store.jobs.get, job_id)
             state = (job.status, job.progress_step, job.progress_total)
             if state != last:
                 last = state
@@ -230,8 +230,8 @@ async def create_batch(request: Request, api: Api, client: str | None) -> Respon
 async def get_batch(request: Request, api: Api, client: str | None) -> Response:
     """A batch: its jobs, and how many are in each state."""
     batch_id = request.path_params["batch_id"]
-    job_ids = await run_in_threadpool(api.store.batch_job_ids, batch_id)
-    jobs = await run_in_threadpool(api.store.get_many, job_ids)
+    job_ids = await run_in_threadpool(api.store.jobs.batch_job_ids, batch_id)
+    jobs = await run_in_threadpool(api.store.jobs.get_many, job_ids)
     scope = scope_of(request)
     if scope is not None and any(job.owner != scope for job in jobs):  # one owner's
         raise errors.BatchNotFound(f"no batch {batch_id}", batch_id=batch_id)

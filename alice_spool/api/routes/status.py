@@ -37,11 +37,11 @@ def _snapshot(api: Api, *, with_stats: bool) -> dict[str, Any]:
     """One read of what /health (cheap: polled often) or /metrics (also the last hour's
     finished jobs) shows."""
     now = datetime.now(UTC)
-    counts = api.store.counts()
-    reports = api.store.runners()
+    counts = api.store.jobs.counts()
+    reports = api.store.leases.runners()
     live = live_runners(reports, now)
-    stats = api.store.stats(window_s=3600) if with_stats else None
-    totals = api.store.counters() if with_stats else {}
+    stats = api.store.jobs.stats(window_s=3600) if with_stats else None
+    totals = api.store.counters.counters() if with_stats else {}
     return {
         "now": now,
         "counts": counts,

@@ -53,14 +53,14 @@ def test_submit_with_loras_and_show_lists_them(run, store: Store, data_dir: Path
             data_dir / "models" / "loras" / f"{name}.safetensors",
         )
     job_id = ok(run("submit", "a fox <lora:glow>", "--lora", "grain:0.5")).strip()
-    job = store.get(job_id)
+    job = store.jobs.get(job_id)
     assert job.spec.prompt == "a fox"
     assert job.spec.loras == (("lora/glow", 1.0), ("lora/grain", 0.5))
     text = ok(run("show", job_id))
     assert "lora/glow at 1" in text and "lora/grain at 0.5" in text
     fails(run("submit", "x", "--lora", "nope"), 3, "lora/nope is not installed", "[lora_not_found]")
     fails(run("submit", "x", "--lora", "grain:9"), 3, "between -4 and 4", "[invalid_parameters]")
-    assert sum(store.counts().values()) == 1  # the refused ones queued nothing
+    assert sum(store.jobs.counts().values()) == 1  # the refused ones queued nothing
     listed = json.loads(ok(run("models", "ls", "--json")))["loras"]
     assert [(x["id"], x["family"]) for x in listed] == [("lora/glow", "sd1"), ("lora/grain", "sd1")]
 
@@ -75,7 +75,7 @@ def test_submit_img2img_and_inpainting_from_files(
     job_id = ok(
         run("submit", "a boat", "--init-image", str(tmp_path / "boat.png"), "--strength", "0.4")
     ).strip()
-    job = store.get(job_id)
+    job = store.jobs.get(job_id)
     assert (job.spec.mode, job.spec.strength, job.spec.width, job.spec.height) == (
         "img2img", 0.4, 80, 64,
     )  # fmt: skip
@@ -85,7 +85,7 @@ def test_submit_img2img_and_inpainting_from_files(
         run("submit", "a boat", "--init-image", str(tmp_path / "boat.png"),
             "--mask", str(tmp_path / "mask.png"))
     ).strip()  # fmt: skip
-    assert store.get(masked).spec.mode == "inpaint"
+    assert store.jobs.get(masked).spec.mode == "inpaint"
     request = tmp_path / "request.json"
     request.write_text(json.dumps({"prompt": "from a file", "init_image": "boat.png"}))
     from_file = ok(run("submit", "--file", str(request))).strip()
@@ -94,7 +94,7 @@ def test_submit_img2img_and_inpainting_from_files(
     fails(run("submit", "x", "--init-image", str(tmp_path / "nope.png")), 3, "cannot read")
     (tmp_path / "text.png").write_text("not an image")
     fails(run("submit", "x", "--init-image", str(tmp_path / "text.png")), 3, "not a PNG")
-    assert sum(store.counts().values()) == 3
+    assert sum(store.jobs.counts().values()) == 3
     assert len(list((data_dir / "inputs").iterdir())) == 3  # nothing left by the refusals
 
 
@@ -115,10 +115,10 @@ def test_submit_takes_alices_input_image_urls_under_the_address_rules(
             json.dumps({"prompt": "a boat", "input_image_urls": [f"{remote.url}/boat.png"]})
         )
         fails(run("submit", "--file", str(request)), 3, "forbidden_url")
-        assert remote.requests == [] and sum(store.counts().values()) == 0
+        assert remote.requests == [] and sum(store.jobs.counts().values()) == 0
         allowed = ["--set", "models.allow_private_urls=true"]
         job_id = ok(run(*allowed, "submit", "--file", str(request))).strip()
-    job = store.get(job_id)
+    job = store.jobs.get(job_id)
     assert (job.spec.mode, job.spec.width, job.spec.height) == ("img2img", 80, 64)
     assert (data_dir / "inputs" / job_id / "init.png").read_bytes() == buffer.getvalue()
 
@@ -148,17 +148,17 @@ def test_submit_names_the_default_model_and_refuses_an_unknown_one(
     run, store: Store, data_dir: Path
 ) -> None:
     job_id = ok(run("submit", "a fox")).strip()
-    assert store.get(job_id).spec.model == "sd/a"  # the default, named at enqueue
+    assert store.jobs.get(job_id).spec.model == "sd/a"  # the default, named at enqueue
     assert "sd/a" in ok(run("ls"))
     batch = data_dir / "batch.jsonl"
     batch.write_text('{"prompt": "x"}\n{"prompt": "y", "model": "tiny"}\n')
     ok(run("submit", "--batch", str(batch)))
-    assert sorted(j.spec.model for j in store.list_jobs().jobs) == ["sd/a", "sd/a", "sd/tiny"]
+    assert sorted(j.spec.model for j in store.jobs.list_jobs().jobs) == ["sd/a", "sd/a", "sd/tiny"]
 
     fails(run("submit", "a fox", "--model", "nope"), 3, "model sd/nope is not installed")
     batch.write_text('{"prompt": "x"}\n{"prompt": "y", "model": "nope"}\n')
     fails(run("submit", "--batch", str(batch)), 3, "batch.jsonl line 2: model sd/nope")
-    assert sum(store.counts().values()) == 3  # nothing of the refused ones
+    assert sum(store.jobs.counts().values()) == 3  # nothing of the refused ones
 
 
 def test_submitting_the_same_id_twice_is_a_no_op(run, store: Store) -> None:
@@ -167,7 +167,7 @@ def test_submitting_the_same_id_twice_is_a_no_op(run, store: Store) -> None:
     assert ok(again).strip() == first
     assert "already submitted" in again.stderr
     fails(run("submit", "y", "--id", "k"), 3, "[idempotency_conflict]")
-    assert sum(store.counts().values()) == 1
+    assert sum(store.jobs.counts().values()) == 1
 
 
 @pytest.mark.parametrize(
@@ -186,7 +186,7 @@ def test_submitting_the_same_id_twice_is_a_no_op(run, store: Store) -> None:
 def test_bad_values_are_one_clear_line(run, store: Store, args: list[str], fragment: str) -> None:
     stderr = fails(run("submit", *args), 3, fragment, "[invalid_parameters]")
     assert len(stderr.strip().splitlines()) == 1
-    assert sum(store.counts().values()) == 0
+    assert sum(store.jobs.counts().values()) == 0
 
 
 @pytest.mark.parametrize(
@@ -207,10 +207,10 @@ def test_submit_a_request_file_and_stdin(run, store: Store, tmp_path: Path) -> N
     request = tmp_path / "r.json"
     request.write_text(json.dumps({"prompt": "from a file", "steps": 9, "id": "file-1"}))
     job_id = ok(run("submit", "--file", str(request))).strip()
-    job = store.get(job_id)
+    job = store.jobs.get(job_id)
     assert (job.spec.steps, job.client, job.idempotency_key) == (9, "r.json", "file-1")
     piped = ok(run("submit", "--file", "-", input='{"prompt": "piped"}')).strip()
-    assert store.get(piped).spec.prompt == "piped"
+    assert store.jobs.get(piped).spec.prompt == "piped"
 
 
 @pytest.mark.parametrize(
@@ -227,7 +227,7 @@ def test_bad_request_files(run, store: Store, tmp_path: Path, content, fragment:
     request.write_bytes(content if isinstance(content, bytes) else content.encode())
     fails(run("submit", "--file", str(request)), 3, fragment)
     fails(run("submit", "--file", str(tmp_path / "missing.json")), 3, "does not exist")
-    assert sum(store.counts().values()) == 0
+    assert sum(store.jobs.counts().values()) == 0
 
 
 def test_submit_a_batch(run, store: Store, tmp_path: Path) -> None:
@@ -237,11 +237,11 @@ def test_submit_a_batch(run, store: Store, tmp_path: Path) -> None:
     result = run("submit", "--batch", str(batch_file))
     batch_id = ok(result).strip()
     assert "queued 5 job(s)" in result.stderr
-    counts = store.batch_counts(batch_id)
+    counts = store.jobs.batch_counts(batch_id)
     assert counts[JobStatus.QUEUED] == 5
     again = run("submit", "--batch", str(batch_file), "--json")
     assert json.loads(ok(again))["batch_id"] == batch_id  # the same batch: a no-op
-    assert sum(store.counts().values()) == 5
+    assert sum(store.jobs.counts().values()) == 5
 
 
 def test_a_bad_line_rejects_the_whole_batch(run, store: Store, tmp_path: Path) -> None:
@@ -252,7 +252,7 @@ def test_a_bad_line_rejects_the_whole_batch(run, store: Store, tmp_path: Path) -
     fails(run("submit", "--batch", str(batch_file)), 3, "line 2", "invalid JSON")
     batch_file.write_text("\n\n")
     fails(run("submit", "--batch", str(batch_file)), 3, "holds no requests")
-    assert sum(store.counts().values()) == 0
+    assert sum(store.jobs.counts().values()) == 0
 
 
 def test_ls_filters_and_json(run, store: Store) -> None:
@@ -282,12 +282,12 @@ def test_cancel_retry_priority(run, store: Store) -> None:
     assert "cancelled" in ok(run("cancel", job_id))
     fails(run("priority", job_id, "1"), 3, "[invalid_state]")
     assert "queued again" in ok(run("retry", job_id))
-    (claimed,) = store.claim_batch("r", 1, lease_s=60)
+    (claimed,) = store.leases.claim_batch("r", 1, lease_s=60)
     assert "stopping at the next step" in ok(run("cancel", job_id))
-    store.finish_cancelled(claimed.id, "r")
+    store.leases.finish_cancelled(claimed.id, "r")
     ok(run("retry", job_id))
-    (claimed,) = store.claim_batch("r", 1, lease_s=60)
-    store.succeed(claimed.id, "r", {})
+    (claimed,) = store.leases.claim_batch("r", 1, lease_s=60)
+    store.leases.succeed(claimed.id, "r", {})
     fails(run("cancel", job_id), 3, "already succeeded", "[invalid_state]")
     fails(run("retry", job_id), 3, "only failed or cancelled")
     fails(run("show", "nope"), 3, "no job nope", "[not_found]")
@@ -303,17 +303,17 @@ def test_cancel_and_retry_in_bulk(run, store: Store, tmp_path: Path) -> None:
     assert report["cancelled"] == 3
     fails(run("cancel", "--batch", "nope"), 3, "no batch nope")
     other = ok(run("submit", "other")).strip()
-    (claimed,) = store.claim_batch("r", 1, lease_s=60)
-    store.fail(claimed.id, "r", "generation_failed", "boom")
+    (claimed,) = store.leases.claim_batch("r", 1, lease_s=60)
+    store.leases.fail(claimed.id, "r", "generation_failed", "boom")
     assert json.loads(ok(run("retry", "--failed", "--json")))["retried"] == [other]
 
 
 def test_wait_exit_codes(run, store: Store) -> None:
     good, bad = ok(run("submit", "good")).strip(), ok(run("submit", "bad")).strip()
     fails(run("wait", good, "--timeout", "0.2"), 4, "still unfinished", "[timeout]")
-    first, second = store.claim_batch("r", 2, lease_s=60)
-    store.succeed(first.id, "r", {})
-    store.fail(second.id, "r", "generation_failed", "all black")
+    first, second = store.leases.claim_batch("r", 2, lease_s=60)
+    store.leases.succeed(first.id, "r", {})
+    store.leases.fail(second.id, "r", "generation_failed", "all black")
     assert json.loads(ok(run("wait", good, "--json")))["ok"] is True
     result = run("wait", good, bad)
     assert result.exit_code == 1 and "generation_failed" in result.stderr
@@ -327,8 +327,8 @@ def test_submit_wait_times_out_without_a_runner(run, store: Store) -> None:
 
 def test_stats_and_purge(run, store: Store) -> None:
     ok(run("submit", "x"))
-    (job,) = store.claim_batch("r", 1, lease_s=60)
-    store.succeed(job.id, "r", {})
+    (job,) = store.leases.claim_batch("r", 1, lease_s=60)
+    store.leases.succeed(job.id, "r", {})
     stats = json.loads(ok(run("stats", "--window", "10m", "--json")))
     assert stats["depth"]["succeeded"] == 1 and stats["finished_in_window"]["succeeded"] == 1
     assert "throughput" in ok(run("stats"))
@@ -336,7 +336,7 @@ def test_stats_and_purge(run, store: Store) -> None:
     assert json.loads(ok(run("purge", "--older-than", "1h", "--json")))["jobs"] == []
     assert "would delete 1" in ok(run("purge", "--before", "2999-01-01", "--dry-run"))
     assert "deleted 1" in ok(run("purge", "--older-than", "0s"))
-    assert sum(store.counts().values()) == 0
+    assert sum(store.jobs.counts().values()) == 0
     assert run("purge").exit_code == 2
 
 
@@ -445,8 +445,8 @@ def test_wait_returns_as_soon_as_the_job_finishes(data_dir: Path) -> None:
     time.sleep(1.0)
     assert waiter.poll() is None  # still waiting
     store = Store.open(f"sqlite:///{data_dir / 'alice.db'}")
-    (job,) = store.claim_batch("r", 1, lease_s=60)
-    store.succeed(job.id, "r", {})
+    (job,) = store.leases.claim_batch("r", 1, lease_s=60)
+    store.leases.succeed(job.id, "r", {})
     stdout, stderr = waiter.communicate(timeout=30)
     assert waiter.returncode == 0, stderr
     assert job_id in stdout and "succeeded" in stdout
@@ -488,11 +488,11 @@ def test_db_backup_while_writing_and_checkpoint(run, store: Store, tmp_path: Pat
     def keep_writing() -> None:
         i = 0
         while not stop.is_set():
-            store.enqueue(JobSpec(prompt=f"during {i}"), source="cli")
+            store.jobs.enqueue(JobSpec(prompt=f"during {i}"), source="cli")
             i += 1
 
     for i in range(50):
-        store.enqueue(JobSpec(prompt=f"before {i}"), source="cli")
+        store.jobs.enqueue(JobSpec(prompt=f"before {i}"), source="cli")
     writer = threading.Thread(target=keep_writing)
     writer.start()
     try:
@@ -506,19 +506,19 @@ def test_db_backup_while_writing_and_checkpoint(run, store: Store, tmp_path: Pat
     assert [p.name for p in copy.parent.iterdir()] == ["copy.db"]  # one file, no temporary
     restored = Store(Database.open(f"sqlite:///{copy}"))
     assert restored.db.integrity_check() == ["ok"]
-    assert 50 <= sum(restored.counts().values()) <= sum(store.counts().values())
+    assert 50 <= sum(restored.jobs.counts().values()) <= sum(store.jobs.counts().values())
     fails(run("db", "backup", str(copy)), 3, "exists already")
     assert "checkpointed" in ok(run("db", "checkpoint"))
 
 
 def test_purge_images_applies_the_retention_settings(run, store: Store, data_dir: Path) -> None:
-    job = store.enqueue(JobSpec(prompt="old"), source="cli").job
-    (claimed,) = store.claim_batch("r", 1, lease_s=60)
+    job = store.jobs.enqueue(JobSpec(prompt="old"), source="cli").job
+    (claimed,) = store.leases.claim_batch("r", 1, lease_s=60)
     assert claimed.id == job.id
     directory = data_dir / "outbox" / job.id
     directory.mkdir(parents=True)
     (directory / f"{job.id}-0.png").write_bytes(b"x" * 100)
-    store.succeed(job.id, "r", {"images": [{"file": f"{job.id}-0.png"}]})
+    store.leases.succeed(job.id, "r", {"images": [{"file": f"{job.id}-0.png"}]})
     report = json.loads(
         ok(
             run(
@@ -533,6 +533,6 @@ def test_purge_images_applies_the_retention_settings(run, store: Store, data_dir
         )
     )
     assert report["deleted_by_size"] == [job.id] and not directory.exists()
-    assert store.get(job.id).images_expired_at is not None
+    assert store.jobs.get(job.id).images_expired_at is not None
     assert "deleted the images of 0 job(s)" in ok(run("purge", "--images"))
     assert run("purge", "--images", "--older-than", "1d").exit_code == 2

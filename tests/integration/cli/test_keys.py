@@ -22,12 +22,12 @@ def test_keys_add_ls_revoke_and_invite(run, data_dir: Path) -> None:
     assert "root" in listing and "admin" in listing and "sam" in listing
     assert secret not in listing and made["key"] not in listing
     store = Store.open(f"sqlite:///{data_dir / 'alice.db'}")
-    assert store.key_for_secret(secret).name == "root"
+    assert store.keys.key_for_secret(secret).name == "root"
     assert ok(run("keys", "revoke", "sam")).strip() == "revoked sam"
     assert [k["enabled"] for k in json.loads(ok(run("keys", "ls", "--json")))] == [True, False]
     fails(run("keys", "revoke", "nobody"), 3, "[not_found]")
     code = ok(run("keys", "invite", "--uses", "2", "--expires", "7d")).strip()
-    (invite,) = store.list_invites()
+    (invite,) = store.keys.list_invites()
     assert invite.uses_left == 2 and invite.hint == code[:4] and invite.expires_at is not None
     fails(run("keys", "invite", "--expires", "soon"), 3, "not a duration")
-    assert store.register("eve", invite_code=code)[0].role == "user"
+    assert store.keys.register("eve", invite_code=code)[0].role == "user"

@@ -117,7 +117,7 @@ def test_pull_a_lora_by_url_resumes_verifies_and_refuses_clearly(
     assert not (data_dir / "models" / "loras" / "style.safetensors").exists()
     listed = json.loads(ok(run("models", "ls", "--json")))
     assert [entry["id"] for entry in listed["loras"]] == ["lora/my-style"]
-    rows = Store.open(f"sqlite:///{data_dir / 'alice.db'}").list_downloads()
+    rows = Store.open(f"sqlite:///{data_dir / 'alice.db'}").downloads.list_downloads()
     assert [(d.status.value, d.error_code) for d in rows] == [
         ("succeeded", None),
         ("failed", "download_failed"),
@@ -164,9 +164,9 @@ def test_search_pull_follow_as_json_list_and_cancel_downloads(
     from alice_spool.store import Store
 
     store = Store.open(f"sqlite:///{data_dir / 'alice.db'}")
-    queued = store.queue_download("civitai", {"model_id": 2})
+    queued = store.downloads.queue_download("civitai", {"model_id": 2})
     assert ok(run("models", "cancel", queued.id)).strip() == f"{queued.id}: cancelled"
-    assert store.get_download(queued.id).status.value == "cancelled"
+    assert store.downloads.get_download(queued.id).status.value == "cancelled"
     fails(run("models", "cancel", queued.id + "0"), 3, "[not_found]")
 
 

@@ -25,15 +25,15 @@ def test_submit_with_hires_and_clip_skip(run, store: Store) -> None:
             "--hires-steps", "10", "--hires-strength", "0.5", "--clip-skip", "2",
         )
     ).strip()  # fmt: skip
-    spec = store.get(job_id).spec
+    spec = store.jobs.get(job_id).spec
     assert spec.hires == HiresFix(scale=2.0, upscaler="Lanczos", steps=10, strength=0.5)
     assert (spec.clip_skip, spec.mode) == (2, "hires")
     sized = ok(run("submit", "a fox", "--hires", "1024x768")).strip()
-    assert store.get(sized).spec.hires == HiresFix(scale=None, width=1024, height=768)
+    assert store.jobs.get(sized).spec.hires == HiresFix(scale=None, width=1024, height=768)
 
 
 def test_hires_options_are_checked(run, store: Store) -> None:
     fails(run("submit", "a fox", "--hires", "9x"), 3, "a scale of 1 to 4")
     fails(run("submit", "a fox", "--hires-steps", "5"), 2, "need --hires")
     fails(run("submit", "a fox", "--hires", "2x", "--hires-upscaler", "ESRGAN"), 3, "upscaler")
-    assert sum(store.counts().values()) == 0
+    assert sum(store.jobs.counts().values()) == 0

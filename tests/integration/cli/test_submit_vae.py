@@ -32,9 +32,9 @@ def installed(data_dir: Path) -> None:
 
 def test_submit_with_a_vae_and_one_that_is_not_installed(run, store: Store) -> None:
     job_id = ok(run("submit", "a fox", "--vae", "kl-f8-anime.safetensors")).strip()
-    assert store.get(job_id).spec.vae == "vae/kl-f8-anime"
+    assert store.jobs.get(job_id).spec.vae == "vae/kl-f8-anime"
     plain = ok(run("submit", "a fox", "--vae", "Automatic")).strip()
-    assert store.get(plain).spec.vae is None
+    assert store.jobs.get(plain).spec.vae is None
     fails(
         run("submit", "a fox", "--vae", "nope"),
         3,
@@ -42,7 +42,7 @@ def test_submit_with_a_vae_and_one_that_is_not_installed(run, store: Store) -> N
         "installed: vae/ft-mse, vae/kl-f8-anime",
         "[vae_not_found]",
     )
-    assert sum(store.counts().values()) == 2
+    assert sum(store.jobs.counts().values()) == 2
 
 
 def test_models_ls_lists_the_vaes(run) -> None:

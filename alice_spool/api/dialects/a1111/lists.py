@@ -220,8 +220,8 @@ async def _running(api: Api, request: Request) -> tuple[JobRecord | None, int]:
     owner = owner_of(request)
 
     def read() -> tuple[JobRecord | None, int]:
-        running = api.store.list_jobs(statuses=[JobStatus.RUNNING], owner=owner, limit=1)
-        counts = api.store.counts(owner=owner)  # one count, however many are queued
+        running = api.store.jobs.list_jobs(statuses=[JobStatus.RUNNING], owner=owner, limit=1)
+        counts = api.store.jobs.counts(owner=owner)  # one count, however many are queued
         return (running.jobs[0] if running.jobs else None), (
             counts[JobStatus.QUEUED] + counts[JobStatus.RUNNING]
         )
@@ -268,9 +268,9 @@ async def _stop(api: Api, request: Request, *, newest_only: bool) -> None:
 
     def stop() -> None:
         limit = 1 if newest_only else 500
-        running = api.store.list_jobs(statuses=[JobStatus.RUNNING], owner=owner, limit=limit)
+        running = api.store.jobs.list_jobs(statuses=[JobStatus.RUNNING], owner=owner, limit=limit)
         for job in running.jobs:
-            api.store.cancel(job.id)
+            api.store.jobs.cancel(job.id)
 
     await run_in_threadpool(stop)
 

@@ -199,8 +199,8 @@ class OwnerOptions:
 
 def owner_options(api: Api, owner: str | None) -> OwnerOptions:
     """The owner's options (blocking: run in a thread)."""
-    chosen = api.store.client_option(owner, CHECKPOINT)
-    return OwnerOptions(chosen, {**DEFAULTS, **api.store.client_options(owner, OPTIONS)})
+    chosen = api.store.options.client_option(owner, CHECKPOINT)
+    return OwnerOptions(chosen, {**DEFAULTS, **api.store.options.client_options(owner, OPTIONS)})
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,9 @@ async def keep(api: Api, request: Request, changes: Changes) -> None:
     """Keep checked options for the request's owner, in one transaction."""
     owner = owner_of(request)
     await run_in_threadpool(
-        lambda: api.store.merge_client_options(owner, OPTIONS, changes.options, also=changes.plain)
+        lambda: api.store.options.merge_client_options(
+            owner, OPTIONS, changes.options, also=changes.plain
+        )
     )
 
 

@@ -243,7 +243,7 @@ async def _chat_stream(
     yield chunk({"role": "assistant", "content": ""})
     with watching(api.store, jobs=[job.id]) as changes:
         while True:
-            current = await run_in_threadpool(api.store.get, job.id)
+            current = await run_in_threadpool(api.store.jobs.get, job.id)
             state = (current.status, current.progress_step, current.progress_total)
             if state != last:
                 last = state
