@@ -155,7 +155,7 @@ def test_a_real_database_fault_still_marks_the_node_degraded(
 CRASH = """
 import os, signal, sys
 from pathlib import Path
-from alice_spool import removal
+from alice_spool.library import removal
 from alice_spool.store import Store
 
 url, outbox, image_id, where = sys.argv[1:]

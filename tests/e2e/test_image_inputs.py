@@ -53,10 +53,10 @@ def test_a_queued_img2img_job_survives_sigkill_and_runs_after_the_restart(
         first.process.wait(30)
     with serve(root, models=tiny_models, split=True) as second:
         wait_until(
-            lambda: second.jobs.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded",
+            lambda: second.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded",
             timeout=180,
         )
-        done = second.jobs.get(f"/v1/jobs/{job_id}").json()
+        done = second.get(f"/v1/jobs/{job_id}").json()
     assert done["spec"]["width"] == 72 and done["spec"]["height"] == 64  # the input's size
     result = json.loads((root / "var" / "outbox" / job_id / "result.json").read_text())
     assert result["mode"] == "img2img" and result["strength"] == 0.5
