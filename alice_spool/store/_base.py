@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import BindParameter, Connection, bindparam, func, literal_column, select
 
@@ -87,13 +87,6 @@ class StoreBase:
             if self._changes is None:
                 self._changes = Changes(self.db)
             return self._changes
-
-    @classmethod
-    def open(
-        cls, url: str, *, max_queue: int = 10_000, max_attempts: int = 3, **database: Any
-    ) -> Self:
-        """A store on its own database (`database` options go to `Database.open`)."""
-        return cls(Database.open(url, **database), max_queue=max_queue, max_attempts=max_attempts)
 
     def close(self) -> None:
         if self._changes is not None:

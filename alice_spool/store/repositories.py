@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import Any, Self
 
 from ..database import Database
-from ._base import StoreBase
-from .changes import Changes
+from ._base import Repository, StoreBase
 from .claims import Claiming
 from .control import Control
 from .counters import Counters
@@ -33,12 +32,13 @@ class Leases(Claiming, Leasing, Runners):
     success or failure, orphans put back, and the runners' reports."""
 
 
-class Store:
+class Store(Repository):
     """Every query and status change, by concern. Each operation is one short
-    transaction and returns frozen records."""
+    transaction and returns frozen records. The store itself reads as a repository
+    (its `db`, limits and `changes` are the shared core's)."""
 
     def __init__(self, db: Database, *, max_queue: int = 10_000, max_attempts: int = 3) -> None:
-        self.core = StoreBase(db, max_queue=max_queue, max_attempts=max_attempts)
+        super().__init__(StoreBase(db, max_queue=max_queue, max_attempts=max_attempts))
         self.jobs = Jobs(self.core)
         self.leases = Leases(self.core)
         self.downloads = Downloads(self.core)
@@ -53,23 +53,6 @@ class Store:
     ) -> Self:
         """A store on its own database (`database` options go to `Database.open`)."""
         return cls(Database.open(url, **database), max_queue=max_queue, max_attempts=max_attempts)
-
-    @property
-    def db(self) -> Database:
-        return self.core.db
-
-    @property
-    def changes(self) -> Changes:
-        """This process's watcher of the database, made on first use."""
-        return self.core.changes
-
-    @property
-    def max_queue(self) -> int:
-        return self.core.max_queue
-
-    @property
-    def max_attempts(self) -> int:
-        return self.core.max_attempts
 
     def close(self) -> None:
         self.core.close()
