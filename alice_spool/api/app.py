@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import (
-    FileResponse,
     HTMLResponse,
     JSONResponse,
     RedirectResponse,
@@ -30,12 +28,10 @@ from starlette.responses import (
 from starlette.routing import Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from .. import errors
 from ..config import Settings
 from ..library.registry import ModelRegistry
 from ..store import Store
 from .dialects import ablerefusal, gtx1060, restplan
-from .dialects import formats as image_formats
 from .dialects.a1111 import generate as a1111
 from .dialects.a1111 import lists as a1111_lists
 from .dialects.a1111 import options as a1111_options
@@ -44,13 +40,14 @@ from .dialects.openai import images as openai_images
 from .docs.docs_page import DOCS_POLICY, render_docs
 from .docs.openapi import describe
 from .edge.context import Api, route
+from .edge.contract import Answer, Contract, methods, multipart_paths
 from .edge.errors import error_response
 from .edge.fetching import fetch_slots
 from .edge.guard import RequestGuard
 from .edge.headers import SecurityHeaders
 from .edge.http import Keys
 from .edge.limits import RateLimiter, stream_slots
-from .routes import admin, auth, catalog, downloads, gallery, native, search, status
+from .routes import admin, auth, catalog, downloads, gallery, images, native, search, status
 
 log = logging.getLogger(__name__)
 
@@ -64,47 +61,26 @@ def web_dir() -> Path | None:
     return next((c for c in candidates if (c / "index.html").is_file()), None)
 
 
-@route(auth=False)
-async def image(request: Request, api: Api, client: str | None) -> Response:
-    """A job's PNG, for anyone holding its URL: the URL carries the job's image secret
-    (128 random bits of its own), so a known job id opens nothing. The same name with
-    `.jpeg` or `.webp` in place of `.png` is that image in that format (the OpenAI
-    door's `output_format`), at `?compression=` 0-100 (100 when left out)."""
-    params = request.path_params
-    stem, _, suffix = params["name"].rpartition(".")
-    converted = suffix in ("jpeg", "webp")
-    name = f"{stem}.png" if converted else params["name"]
-    path = await run_in_threadpool(api.served_image, name, params.get("secret"))
-    # private: a shared cache must not keep serving an image its owner deleted
-    headers = {"Cache-Control": "private, max-age=86400"}
-    if not converted:
-        return FileResponse(path, media_type="image/png", headers=headers)
-    quality = _compression(request.query_params.get("compression"))
-    png = await run_in_threadpool(path.read_bytes)
-    data = await run_in_threadpool(image_formats.convert, png, suffix, quality)
-    return Response(data, media_type=image_formats.FORMATS[suffix][2], headers=headers)
+async def _described(request: Request, api: Api) -> Any:
+    """The description, made once per app (and again when the server's first key makes
+    keys required, which adds the security of each operation)."""
+    required = await run_in_threadpool(lambda: api.keys.required)
+    made: dict[bool, Any] = request.app.state.descriptions
+    if required not in made:
+        made[required] = describe(request.app.routes, api.settings, required, api.version)
+    return made[required]
 
 
-def _compression(text: str | None) -> int:
-    if text is None:
-        return 100
-    if re.fullmatch("[0-9]{1,3}", text) is None or not 0 <= int(text) <= 100:
-        raise errors.InvalidParameters(
-            "compression must be a whole number from 0 to 100", field="compression"
-        )
-    return int(text)
-
-
-@route(auth=False)
+@route(auth=False, contract=Contract(answers={200: Answer({"type": "object"})}))
 async def openapi_json(request: Request, api: Api, client: str | None) -> Response:
     """This description of the API (OpenAPI 3.1)."""
-    return JSONResponse(describe(request.app.routes, api))
+    return JSONResponse(await _described(request, api))
 
 
 @route(auth=False)
 async def docs(request: Request, api: Api, client: str | None) -> Response:
     """The API reference as an HTML page (the same description as /openapi.json)."""
-    page = render_docs(describe(request.app.routes, api))
+    page = render_docs(await _described(request, api))
     return HTMLResponse(page, headers={"Content-Security-Policy": DOCS_POLICY})
 
 
@@ -188,8 +164,8 @@ def routes() -> list[Any]:
         Route("/metrics", status.metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
-        Route("/images/{secret}/{name}", image, methods=["GET"]),
-        Route("/images/{name}", image, methods=["GET"]),  # jobs from before image secrets
+        Route("/images/{secret}/{name}", images.image, methods=["GET"]),
+        Route("/images/{name}", images.image, methods=["GET"]),  # jobs from before image secrets
         Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
         Route("/v1/images/generations", openai_images.image_generations, methods=["POST"]),
         Route("/v1/images/edits", openai_images.image_edits, methods=["POST"]),
@@ -268,8 +244,8 @@ def routes() -> list[Any]:
         Route("/api/v1/queue", ablerefusal.queue, methods=["GET"]),
         Route("/api/v1/models", ablerefusal.models, methods=["GET"]),
         Route("/api/v1/models/load", restplan.load_model, methods=["POST"]),
-        Route("/outputs/{secret}/{name}", image, methods=["GET"], name="ablerefusal_output"),
-        Route("/outputs/{name}", image, methods=["GET"]),  # jobs from before image secrets
+        Route("/outputs/{secret}/{name}", images.image, methods=["GET"], name="ablerefusal_output"),
+        Route("/outputs/{name}", images.image, methods=["GET"]),  # jobs from before image secrets
         Route("/generate", gtx1060.generate, methods=["POST"]),
         Route("/v1/txt2img", restplan.txt2img, methods=["POST"]),
         Route("/v1/img2img", restplan.img2img, methods=["POST"]),
@@ -347,6 +323,7 @@ def create_app(
             Route("/", lambda request: RedirectResponse("/web/"), methods=["GET"]),
             Mount("/web", StaticFiles(directory=files, html=True), name="web"),
         ]
+    table = routes()
     middleware = [
         Middleware(SecurityHeaders, public_url=server.public_url),
         Middleware(
@@ -355,6 +332,7 @@ def create_app(
             public_url=server.public_url,
             allowed=server.allowed_hosts,
             cors_origins=server.cors_origins,
+            multipart=multipart_paths(table),
         ),
     ]
     if server.cors_origins:
@@ -362,16 +340,17 @@ def create_app(
             Middleware(
                 CORSMiddleware,
                 allow_origins=server.cors_origins,
-                allow_methods=["GET", "POST"],
+                allow_methods=methods(table),
                 allow_headers=["Authorization", "X-Api-Key", "Content-Type", "Idempotency-Key"],
             )
         )
     app = Starlette(
-        routes=[*routes(), *web],
+        routes=[*table, *web],
         middleware=middleware,
         exception_handlers={HTTPException: _not_found, Exception: _internal},
     )
     app.state.api = api
+    app.state.descriptions = {}
     return app
 
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from alice_spool import aliases
-from alice_spool.api.dialects import formats as image_formats
 from alice_spool.api.dialects.openai import fields as openai_fields
+from alice_spool.api.edge import formats as image_formats
 from alice_spool.errors import InvalidParameters
 
 # -- model names ----------------------------------------------------------------------------

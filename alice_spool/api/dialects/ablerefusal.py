@@ -41,7 +41,6 @@ def _error_body(exc: errors.SpoolError, status: int) -> Response:
 
 
 ABLEREFUSAL = Dialect("ablerefusal", Source.ABLEREFUSAL, error_body=_error_body)
-error_answer = ABLEREFUSAL.error_answer
 
 
 def native(body: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +98,7 @@ def _view(job: JobRecord) -> dict[str, Any]:
     return view
 
 
-@route(shape=error_answer)
+@route(shape=ABLEREFUSAL)
 async def generate(request: Request, api: Api, client: str | None) -> Response:
     """Queue a generation: `{"id", "status": "queued"}` at once (202)."""
     body = require_object(await api.read_body(request))
@@ -115,7 +114,7 @@ async def generate(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse({"id": job.id, "status": "queued"}, status_code=202)
 
 
-@route(shape=error_answer)
+@route(shape=ABLEREFUSAL)
 async def get_generation(request: Request, api: Api, client: str | None) -> Response:
     """A generation's status (queued, processing, completed, failed, cancelled),
     progress 0..100 and results."""
@@ -123,7 +122,7 @@ async def get_generation(request: Request, api: Api, client: str | None) -> Resp
     return JSONResponse(_view(job))
 
 
-@route(shape=error_answer)
+@route(shape=ABLEREFUSAL)
 async def cancel(request: Request, api: Api, client: str | None) -> Response:
     """Cancel a generation: queued at once, processing at its next step."""
     job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
@@ -131,7 +130,7 @@ async def cancel(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse({"id": job.id, "status": STATES[job.status]})
 
 
-@route(shape=error_answer)
+@route(shape=ABLEREFUSAL)
 async def queue(request: Request, api: Api, client: str | None) -> Response:
     """The queue: how many wait and run, and this client's unfinished generations."""
     scope = scope_of(request)
@@ -150,7 +149,7 @@ async def queue(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse(await run_in_threadpool(read))
 
 
-@route(shape=error_answer)
+@route(shape=ABLEREFUSAL)
 async def models(request: Request, api: Api, client: str | None) -> Response:
     """The installed models."""
     found = await run_in_threadpool(api.registry.scan)

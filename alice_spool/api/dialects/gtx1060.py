@@ -40,7 +40,6 @@ GTX1060 = Dialect(
     },
     error_body=_error_body,
 )
-error_answer = GTX1060.error_answer
 
 
 def native(body: dict[str, Any]) -> dict[str, Any]:
@@ -61,7 +60,7 @@ def native(body: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-@route(shape=error_answer)
+@route(shape=GTX1060)
 async def generate(request: Request, api: Api, client: str | None) -> Response:
     """One image: `{"image_base64", "metadata": {prompt, steps, width, height, seed,
     generation_time_seconds, model_version}}` when it is done."""

@@ -19,6 +19,7 @@ from ...records import JobRecord
 from ...spec import JobSpec
 from ...states import JobStatus, Source
 from ..edge.context import Api, check_priority, owner_of
+from ..edge.contract import ErrorBody, SchemaSource
 from ..edge.errors import spool_error_response, status_of
 from ..edge.http import wait_for_job
 
@@ -33,6 +34,7 @@ class Dialect:
     source: Source
     statuses: Mapping[type[errors.SpoolError], int] = field(default_factory=dict)
     error_body: Callable[[errors.SpoolError, int], Response] | None = None
+    error_model: SchemaSource = ErrorBody  # the schema of `error_body`'s answers
 
     def status(self, exc: errors.SpoolError) -> int:
         return status_of(exc, self.statuses)

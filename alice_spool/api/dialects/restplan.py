@@ -42,7 +42,6 @@ RESTPLAN = Dialect(
     statuses={errors.InvalidParameters: 422, errors.InvalidJson: 422},  # FastAPI's
     error_body=_error_body,
 )
-error_answer = RESTPLAN.error_answer
 
 
 def _model(value: Any) -> str | None:
@@ -103,19 +102,19 @@ async def _answer(request: Request, api: Api, client: str | None, img2img: bool)
     return JSONResponse({**shown, "model_id": done.model, "latency_ms": latency})
 
 
-@route(shape=error_answer)
+@route(shape=RESTPLAN)
 async def txt2img(request: Request, api: Api, client: str | None) -> Response:
     """One image: `{"image" (base64 PNG), "seed", "model_id", "latency_ms"}`."""
     return await _answer(request, api, client, img2img=False)
 
 
-@route(shape=error_answer)
+@route(shape=RESTPLAN)
 async def img2img(request: Request, api: Api, client: str | None) -> Response:
     """txt2img with `image` (base64) and `strength`."""
     return await _answer(request, api, client, img2img=True)
 
 
-@route(shape=error_answer)
+@route(shape=RESTPLAN)
 async def load_model(request: Request, api: Api, client: str | None) -> Response:
     """`{"model_id"}`: an idle runner loads that model now (within a second or so), so
     that its first job does not wait for the load; 404 if it is not installed."""
@@ -128,7 +127,7 @@ async def load_model(request: Request, api: Api, client: str | None) -> Response
     return JSONResponse({"status": "ok", "model_id": spec.model})
 
 
-@route(shape=error_answer)
+@route(shape=RESTPLAN)
 async def list_loras(request: Request, api: Api, client: str | None) -> Response:
     """The installed LoRAs, by the names `lora_path` takes."""
     found = await run_in_threadpool(api.registry.loras.scan)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
@@ -29,6 +29,7 @@ from ...spec import JobSpec, check_priority_cap
 from ...states import JobStatus, Source
 from ...store import Store, new_id
 from . import fetching
+from .contract import Contract, ErrorBody, SchemaSource, query_of, validated
 from .errors import spool_error_response
 from .http import (
     SESSION_COOKIE,
@@ -296,7 +297,7 @@ def image_url(base: str, file: str, job_secret: str | None, folder: str = "image
     return f"{base}/{folder}/{image_secret(job_secret, file)}/{file}"
 
 
-Handler = Callable[[Request, Api, str | None], Awaitable[Response]]
+Handler = Callable[..., Awaitable[Response]]  # (request, api, client, **given)
 
 
 class DatabaseTrouble:
@@ -411,12 +412,23 @@ def check_priority(request: HTTPConnection, priority: int) -> None:
     check_priority_cap(priority, api.settings.users.max_priority)
 
 
+class Shape(Protocol):
+    """How a dialect answers an error: its body (`error_answer`) and that body's
+    schema (`error_model`), for its routes' description."""
+
+    @property
+    def error_model(self) -> SchemaSource: ...
+
+    def error_answer(self, exc: errors.SpoolError) -> Response: ...
+
+
 def route(
     *,
     auth: bool = True,
     admin: bool = False,
     manage: bool = False,
-    shape: Callable[[errors.SpoolError], Response] | None = None,
+    shape: Shape | None = None,
+    contract: Contract | None = None,
 ) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
     """Make `handler(request, api, client)` a Starlette endpoint. `client` is the name of
     the API key used (None when keys are off, or for open routes); who it is, with its
@@ -424,8 +436,11 @@ def route(
     and on an open server too: no key is ever made over HTTP without one). `manage`:
     the server's own things (deleting models, the default model): 403 for a user's key;
     anyone on an open server (one user, local). `shape`: how a dialect answers an
-    error (its own body), instead of `{"error": {message, type, code}}`."""
-    answer_error = shape or spool_error_response
+    error (its own body), instead of `{"error": {message, type, code}}`. `contract`:
+    what the route takes and answers; its query (and its body, where it `takes_body`)
+    is validated here, after the key, and handed to the handler as `query=`/`body=`."""
+    answer_error = shape.error_answer if shape is not None else spool_error_response
+    terms = contract or Contract()
 
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -435,7 +450,12 @@ def route(
                 if auth:
                     principal = await admit(api, request, admin=admin, manage=manage)
                     client = principal.name if principal else None
-                return await handler(request, api, client)
+                given: dict[str, Any] = {}
+                if terms.query is not None:
+                    given["query"] = query_of(terms.query, request.query_params)
+                if terms.takes_body is not None:
+                    given["body"] = validated(terms.takes_body, await api.read_body(request))
+                return await handler(request, api, client, **given)
             except errors.ClientDisconnected as exc:  # nobody to answer: one line, no trace
                 log.info("%s %s: %s", request.method, request.url.path, exc.message)
                 return Response(status_code=400)
@@ -450,6 +470,10 @@ def route(
         endpoint.needs_key = auth  # type: ignore[attr-defined]  # for /openapi.json
         endpoint.admin_only = admin  # type: ignore[attr-defined]
         endpoint.manage_only = manage  # type: ignore[attr-defined]
+        endpoint.contract = terms  # type: ignore[attr-defined]
+        endpoint.error_model = (  # type: ignore[attr-defined]
+            shape.error_model if shape is not None else ErrorBody
+        )
         return endpoint
 
     return wrap

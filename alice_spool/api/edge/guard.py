@@ -43,10 +43,6 @@ def allowed_hosts(bind_host: str, public_url: str, configured: Iterable[str]) ->
     return frozenset()  # bound to every address (or a LAN one), nothing configured
 
 
-# routes whose clients upload files
-MULTIPART_PATHS = frozenset({"/v1/images/edits", "/v1/images/variations"})
-
-
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and "+json" in media)
@@ -61,10 +57,12 @@ class RequestGuard:
         public_url: str = "",
         allowed: Iterable[str] = (),
         cors_origins: Iterable[str] = (),
+        multipart: Iterable[str] = (),
     ) -> None:
         self.app = app
         self.hosts = allowed_hosts(bind_host, public_url, allowed)
         self.origins = {origin.rstrip("/").lower() for origin in cors_origins}
+        self.multipart = frozenset(multipart)  # routes whose clients upload files
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket") and scope["path"].startswith("//"):
@@ -103,7 +101,7 @@ class RequestGuard:
             return None  # no body to check
         content_type = headers.get("content-type")
         media = (content_type or "").split(";", 1)[0].strip().lower()
-        if scope["path"] in MULTIPART_PATHS and media == "multipart/form-data":
+        if scope["path"] in self.multipart and media == "multipart/form-data":
             return None  # OpenAI's shape for uploads; the site checks above still hold
         if content_type is not None and not _is_json(content_type):
             return errors.UnsupportedMediaType(

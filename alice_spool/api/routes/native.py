@@ -5,24 +5,125 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from ... import errors, inputs
+from ...config import Settings
 from ...records import NewJob
-from ...spec import parse_idempotency_key, parse_priority, parse_request
+from ...spec import (
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    parse_idempotency_key,
+    parse_request,
+    request_json_schema,
+)
 from ...states import JobStatus, Source
 from ..edge.context import Api, bucket_of, check_priority, owner_of, route, scope_of
-from ..edge.http import WAKE_AT_LEAST_S, query_int, query_list, require_object, watching
+from ..edge.contract import Answer, Contract, Query
+from ..edge.http import WAKE_AT_LEAST_S, require_object, watching
+from .answers import Job
 
 MAX_PAGE = 500
 
 
-@route()
+class CreatedJob(Job):
+    created: bool  # false: the same request again (its idempotency key), its first job
+
+
+class JobPage(BaseModel):
+    object: Literal["list"]
+    data: list[Job]
+    next_cursor: str | None
+
+
+class JobsQuery(Query):
+    status: list[JobStatus] | None = Field(None, description="repeatable")
+    batch_id: str | None = None
+    model: str | None = None
+    source: Source | None = None
+    limit: int = Field(50, ge=1, le=MAX_PAGE)
+    before: str | None = Field(None, description="the next_cursor of the previous page")
+
+
+class Priority(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    priority: int = Field(
+        ge=PRIORITY_MIN,
+        le=PRIORITY_MAX,
+        description="higher runs first; a user's key may set at most users.max_priority",
+    )
+
+
+class StatsQuery(Query):
+    window_s: int = Field(3600, ge=60, le=86_400)
+
+
+class Stats(BaseModel):
+    object: Literal["stats"]
+    window_s: int
+    depth: dict[str, int]
+    finished_in_window: dict[str, int]
+    images_in_window: int
+    jobs_per_minute: float
+    images_per_minute: float
+    mean_wait_s: float | None
+    mean_run_s: float | None
+    images_per_minute_series: list[float]
+
+
+class Batch(BaseModel):
+    object: Literal["batch"]
+    id: str
+    job_ids: list[str]
+    created: bool
+
+
+class BatchState(BaseModel):
+    object: Literal["batch"]
+    id: str
+    counts: dict[str, int]
+    finished: bool
+    jobs: list[Job]
+
+
+def _request(settings: Settings) -> dict[str, Any]:
+    return request_json_schema(settings.generation)
+
+
+def _batch(settings: Settings) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["requests"],
+        "properties": {"requests": {"type": "array", "minItems": 1, "items": _request(settings)}},
+    }
+
+
+_JOB = Answer(Job)
+
+
+@route(
+    contract=Contract(
+        body=_request,
+        example={"prompt": "a lighthouse at dusk", "steps": 25, "seed": 7},
+        answers={
+            202: Answer(CreatedJob, "Queued"),
+            200: Answer(CreatedJob, "The same request again: its first job"),
+        },
+        errors={
+            404: "the model or a LoRA is not installed",
+            409: "the idempotency key was used for another request",
+            503: "the queue is full, or the database busy (Retry-After)",
+        },
+        link="job_id",
+    )
+)
 async def create_job(request: Request, api: Api, client: str | None) -> Response:
     """Queue one job: 202 with the job and its `Location`; the same `Idempotency-Key`
     (or body `id`) with the same request answers the first job again (200)."""
@@ -49,27 +150,19 @@ async def create_job(request: Request, api: Api, client: str | None) -> Response
     return JSONResponse(view, status_code=202 if done.created else 200, headers=headers)
 
 
-@route()
-async def list_jobs(request: Request, api: Api, client: str | None) -> Response:
+@route(contract=Contract(query=JobsQuery, answers={200: Answer(JobPage)}))
+async def list_jobs(request: Request, api: Api, client: str | None, query: JobsQuery) -> Response:
     """Jobs, newest first: filter by `status` (repeatable), `batch_id`, `model`, `source`;
     page with `limit` and `before` (the `next_cursor` of the previous page)."""
-    query = request.query_params
-    statuses = query_list(request, "status", max_items=len(JobStatus), max_length=20, commas=False)
-    for status in statuses:
-        if status not in {s.value for s in JobStatus}:
-            raise errors.InvalidParameters(f"unknown status {status!r}", field="status")
-    source = query.get("source")
-    if source is not None and source not in {s.value for s in Source}:
-        raise errors.InvalidParameters(f"unknown source {source!r}", field="source")
     page = await run_in_threadpool(
         lambda: api.store.jobs.list_jobs(
-            statuses=statuses or None,
-            batch_id=query.get("batch_id"),
-            model=query.get("model"),
-            source=source,
+            statuses=query.status or None,
+            batch_id=query.batch_id,
+            model=query.model,
+            source=query.source,
             owner=scope_of(request),
-            before=query.get("before"),
-            limit=query_int(request, "limit", 50, 1, MAX_PAGE),
+            before=query.before,
+            limit=query.limit,
         )
     )
     return JSONResponse(
@@ -81,14 +174,14 @@ async def list_jobs(request: Request, api: Api, client: str | None) -> Response:
     )
 
 
-@route()
+@route(contract=Contract(answers={200: _JOB}))
 async def get_job(request: Request, api: Api, client: str | None) -> Response:
     """One job: its state, progress, request, result and `image_urls`."""
     job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
     return JSONResponse(api.job_view(request, job))
 
 
-@route()
+@route(contract=Contract(answers={200: Answer(description="the image", media="image/*")}))
 async def job_input(request: Request, api: Api, client: str | None) -> Response:
     """An img2img or inpainting job's input as it was sent: `init` or `mask`."""
     job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
@@ -104,7 +197,7 @@ async def job_input(request: Request, api: Api, client: str | None) -> Response:
     return FileResponse(path, media_type=kind, headers={"Cache-Control": "max-age=86400"})
 
 
-@route()
+@route(contract=Contract(answers={200: _JOB}, errors={409: "the job has finished"}))
 async def cancel_job(request: Request, api: Api, client: str | None) -> Response:
     """Queued: cancelled at once. Running: stops at its next step."""
     job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
@@ -112,7 +205,7 @@ async def cancel_job(request: Request, api: Api, client: str | None) -> Response
     return JSONResponse(api.job_view(request, job))
 
 
-@route()
+@route(contract=Contract(answers={200: _JOB}, errors={409: "the job is not failed or cancelled"}))
 async def retry_job(request: Request, api: Api, client: str | None) -> Response:
     """Queue a failed or cancelled job again (409 for a job in another state)."""
     job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
@@ -120,26 +213,29 @@ async def retry_job(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse(api.job_view(request, job))
 
 
-@route()
-async def set_priority(request: Request, api: Api, client: str | None) -> Response:
+@route(
+    contract=Contract(
+        takes_body=Priority,
+        example={"priority": 10},
+        answers={200: _JOB},
+        errors={409: "the job is no longer queued"},
+    )
+)
+async def set_priority(request: Request, api: Api, client: str | None, body: Priority) -> Response:
     """Change a queued job's priority: `{"priority": N}`, -100..100, higher runs first."""
-    body = require_object(await api.read_body(request))
-    if "priority" not in body:
-        raise errors.InvalidParameters("priority is required", field="priority")
-    priority = parse_priority(body["priority"])
     # Another's job first: its id gets the 404 of an unknown one, whatever the body asks.
     job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
-    check_priority(request, priority)
-    job = await run_in_threadpool(lambda: api.store.jobs.set_priority(job.id, priority))
+    check_priority(request, body.priority)
+    job = await run_in_threadpool(lambda: api.store.jobs.set_priority(job.id, body.priority))
     return JSONResponse(api.job_view(request, job))
 
 
-@route()
-async def stats(request: Request, api: Api, client: str | None) -> Response:
+@route(contract=Contract(query=StatsQuery, answers={200: Answer(Stats)}))
+async def stats(request: Request, api: Api, client: str | None, query: StatsQuery) -> Response:
     """The queue now (jobs by state) and the last hour: jobs finished by state, images
     made, mean wait and run times, and images per minute (`images_per_minute_series`,
     60 numbers, oldest minute first)."""
-    window = query_int(request, "window_s", 3600, 60, 86_400)
+    window = query.window_s
 
     def read() -> dict[str, Any]:
         return {
@@ -152,7 +248,12 @@ async def stats(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse({"object": "stats", **await run_in_threadpool(read)})
 
 
-@route()
+@route(
+    contract=Contract(
+        answers={200: Answer(description="progress events, then done", media="text/event-stream")},
+        errors={429: "too many open streams (server.max_streams_per_client)"},
+    )
+)
 async def job_events(request: Request, api: Api, client: str | None) -> Response:
     """Server-sent events: `progress` whenever the job's status or step changes, then
     one `done` with the whole job when it ends."""
@@ -195,7 +296,22 @@ async def _progress_events(
             await changes.wait_async(WAKE_AT_LEAST_S)
 
 
-@route()
+@route(
+    contract=Contract(
+        body=_batch,
+        example={"requests": [{"prompt": "one"}, {"prompt": "two", "id": "two-1"}]},
+        answers={
+            202: Answer(Batch, "Queued"),
+            200: Answer(Batch, "The same batch again: its first jobs"),
+        },
+        errors={
+            404: "a model or LoRA is not installed",
+            409: "an idempotency key was used for another request",
+            413: "more requests than generation.max_batch_requests",
+        },
+        link="batch_id",
+    )
+)
 async def create_batch(request: Request, api: Api, client: str | None) -> Response:
     """Queue several jobs as one batch, all or nothing: `{"requests": [...]}`."""
     body = require_object(await api.read_body(request, images=True))
@@ -226,7 +342,7 @@ async def create_batch(request: Request, api: Api, client: str | None) -> Respon
     return JSONResponse(view, status_code=202 if batch.created else 200, headers=headers)
 
 
-@route()
+@route(contract=Contract(answers={200: Answer(BatchState)}))
 async def get_batch(request: Request, api: Api, client: str | None) -> Response:
     """A batch: its jobs, and how many are in each state."""
     batch_id = request.path_params["batch_id"]

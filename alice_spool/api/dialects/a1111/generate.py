@@ -19,9 +19,9 @@ from .... import __version__, errors, inputs
 from ....records import JobRecord
 from ....samplers import to_a1111
 from ....spec import JobSpec, parse_spec
+from ...edge import formats as image_formats
 from ...edge.context import Api, owner_of, route
 from ...edge.http import require_object
-from .. import formats as image_formats
 from ..pipeline import base64_text, finished, images_of, png_of, submit
 from .lists import infotext_settings
 from .options import (
@@ -29,7 +29,6 @@ from .options import (
     OwnerOptions,
     check_changes,
     checkpoint_title,
-    error_answer,
     keep,
     owner_options,
 )
@@ -197,7 +196,7 @@ async def _generate(request: Request, api: Api, client: str | None, *, img2img: 
     return JSONResponse({"images": images, "parameters": parameters, "info": json.dumps(info)})
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def txt2img(request: Request, api: Api, client: str | None) -> Response:
     """AUTOMATIC1111's txt2img: queued like any job (hires fix a two-pass job of its
     own), answered when it is done with the images as base64, `parameters` and `info`
@@ -205,7 +204,7 @@ async def txt2img(request: Request, api: Api, client: str | None) -> Response:
     return await _generate(request, api, client, img2img=False)
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def img2img(request: Request, api: Api, client: str | None) -> Response:
     """AUTOMATIC1111's img2img: `init_images` (one), `mask` (white repaints;
     `inpainting_mask_invert` swaps), `denoising_strength`."""

@@ -24,14 +24,14 @@ from ....records import JobRecord
 from ....states import JobStatus
 from ...edge.context import Api, owner_of, route
 from ...edge.http import require_object
-from .options import checkpoint_title, error_answer
+from .options import A1111, checkpoint_title
 
 # A1111's image upscalers are listed with the scale their model makes (4 for ESRGAN);
 # the plain resamplers it lists with 4 too.
 _RESAMPLER_SCALE = 4
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def sd_models(request: Request, api: Api, client: str | None) -> Response:
     """The installed models as A1111 lists checkpoints (`title` is what to set)."""
     models = await run_in_threadpool(api.registry.scan)
@@ -51,7 +51,7 @@ async def sd_models(request: Request, api: Api, client: str | None) -> Response:
     )
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def samplers(request: Request, api: Api, client: str | None) -> Response:
     """The samplers, by A1111's names: each works with every schedule type listed (its
     `options` as A1111 sends them: every value a string, `"True"`)."""
@@ -61,13 +61,13 @@ async def samplers(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse(listed)
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def schedulers(request: Request, api: Api, client: str | None) -> Response:
     """The schedule types (A1111's `scheduler` field): each works with every sampler."""
     return JSONResponse(sampler_names.a1111_schedules())
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def loras(request: Request, api: Api, client: str | None) -> Response:
     """The installed LoRAs, for `<lora:name:scale>` tags in the prompt."""
     found = await run_in_threadpool(api.registry.loras.scan)
@@ -80,7 +80,7 @@ async def loras(request: Request, api: Api, client: str | None) -> Response:
     )
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def upscalers(request: Request, api: Api, client: str | None) -> Response:
     """The image upscalers hires fix takes (`hr_upscaler`): plain resamplers, no
     upscaler models."""
@@ -99,7 +99,7 @@ async def upscalers(request: Request, api: Api, client: str | None) -> Response:
     )
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def latent_upscale_modes(request: Request, api: Api, client: str | None) -> Response:
     """The latent upscale modes hires fix takes (`hr_upscaler`)."""
     return JSONResponse([{"name": upscaler.name} for upscaler in UPSCALERS if upscaler.latent])
@@ -113,7 +113,7 @@ def _installed_vaes(api: Api) -> list[dict[str, Any]]:
     ]
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def sd_vae(request: Request, api: Api, client: str | None) -> Response:
     """The VAEs `sd_vae` takes: `Automatic` and `None` (each model's own), then those
     installed in `<models>/vae/` by file name."""
@@ -121,39 +121,39 @@ async def sd_vae(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse(choices + await run_in_threadpool(_installed_vaes, api))
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def sd_modules(request: Request, api: Api, client: str | None) -> Response:
     """Forge's separate modules: the VAEs installed in `<models>/vae/`."""
     return JSONResponse(await run_in_threadpool(_installed_vaes, api))
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def embeddings(request: Request, api: Api, client: str | None) -> Response:
     """Textual-inversion embeddings: none here (`loaded` and `skipped` empty)."""
     return JSONResponse({"loaded": {}, "skipped": {}})
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def nothing_listed(request: Request, api: Api, client: str | None) -> Response:
     """What this server has none of (face restorers, prompt styles, hypernetworks): an
     empty list."""
     return JSONResponse([])
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def cmd_flags(request: Request, api: Api, client: str | None) -> Response:
     """A1111's command-line flags: `api` and, with keys, `api_auth` (masked)."""
     return JSONResponse({"api": True, "api_auth": "***" if api.keys.required else None})
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def refreshed(request: Request, api: Api, client: str | None) -> Response:
     """Rescan the VAEs (embeddings: none here)."""
     await run_in_threadpool(api.registry.vaes.scan)
     return JSONResponse(None)
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def png_info(request: Request, api: Api, client: str | None) -> Response:
     """The parameters text of a PNG (base64, a `data:` URL too): `info` (the infotext,
     "" when it has none), `items` (its other text chunks) and `parameters` (the
@@ -229,7 +229,7 @@ async def _running(api: Api, request: Request) -> tuple[JobRecord | None, int]:
     return await run_in_threadpool(read)
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def progress(request: Request, api: Api, client: str | None) -> Response:
     """This client's newest running job: `progress` 0..1, `eta_relative` seconds,
     `state` as A1111 has it (`job_count`: its jobs queued or running; `sampling_step`
@@ -275,14 +275,14 @@ async def _stop(api: Api, request: Request, *, newest_only: bool) -> None:
     await run_in_threadpool(stop)
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def interrupt(request: Request, api: Api, client: str | None) -> Response:
     """Stop this client's running jobs (each at its next step)."""
     await _stop(api, request, newest_only=False)
     return JSONResponse(None)
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def skip(request: Request, api: Api, client: str | None) -> Response:
     """Stop this client's newest running job at its next step (A1111 skips to the next
     image of its batch; here a request's images are one job, so skipping ends it)."""
@@ -290,14 +290,14 @@ async def skip(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse(None)
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def refresh_checkpoints(request: Request, api: Api, client: str | None) -> Response:
     """Rescan the models directory."""
     await run_in_threadpool(lambda: api.registry.scan(force=True))
     return JSONResponse(None)
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def refresh_loras(request: Request, api: Api, client: str | None) -> Response:
     """Rescan the LoRAs."""
     await run_in_threadpool(api.registry.loras.scan)

@@ -73,7 +73,6 @@ def _error_body(exc: errors.SpoolError, status: int) -> Response:
 
 
 A1111 = Dialect("a1111", Source.A1111, statuses={OptionRefused: 422}, error_body=_error_body)
-error_answer = A1111.error_answer
 
 
 def model_of(checkpoint: Any, field: str = "sd_model_checkpoint") -> str | None:
@@ -250,7 +249,7 @@ async def _current_checkpoint(api: Api, chosen: str | None) -> str | None:
     return model.id
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def get_options(request: Request, api: Api, client: str | None) -> Response:
     """A1111 1.10's options object: its defaults, overlaid with what this client set;
     `sd_model_checkpoint` is the title of the model its requests use."""
@@ -265,7 +264,7 @@ async def get_options(request: Request, api: Api, client: str | None) -> Respons
     return JSONResponse(values)
 
 
-@route(shape=error_answer)
+@route(shape=A1111)
 async def set_options(request: Request, api: Api, client: str | None) -> Response:
     """Set any of the options, or send the whole object back: `sd_model_checkpoint`
     (checked installed: 404 otherwise) and the other options this server understands

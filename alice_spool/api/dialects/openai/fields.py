@@ -27,7 +27,7 @@ from typing import Any
 
 from .... import errors
 from ....fields import parse_string
-from ..formats import FORMATS
+from ...edge.formats import FORMATS
 
 QUALITIES = ("low", "medium", "high", "xhigh", "max", "auto", "standard", "hd")
 # Steps for each quality, by model family (rows for more families come with them).

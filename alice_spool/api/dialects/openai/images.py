@@ -23,9 +23,9 @@ from .... import aliases, errors, inputs
 from ....library.registry import ModelInfo
 from ....records import JobRecord
 from ....spec import JobSpec, load_json, parse_spec
+from ...edge import formats as image_formats
 from ...edge.context import Api, route
 from ...edge.http import read_bytes, require_object, wait_for_job
-from .. import formats as image_formats
 from ..pipeline import base64_text, finished, finished_or_raise, images_of, png_of
 from . import fields as openai_fields
 from .chat import HeldEvents, enqueue_held
