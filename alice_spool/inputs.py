@@ -30,6 +30,8 @@ from .spec import DEFAULT_STRENGTH
 
 FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 ROLES = ("init_image", "mask_image")
+# Every field `take` reads an image from: a request with none of them has nothing to take.
+IMAGE_FIELDS = (*ROLES, "input_images", "input_image_urls")
 _DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 INPUTS_DIR = "inputs"
@@ -125,6 +127,12 @@ def _strings(fields: dict[str, Any], name: str, what: str) -> list[str]:
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise InvalidParameters(f"{name} must be a list of {what}", field=name)
     return values
+
+
+def carries_images(data: Mapping[str, Any]) -> bool:
+    """Whether `take` has anything to do for this request (a field that may hold an
+    image is there, even null: `take` then says what is wrong with it)."""
+    return any(name in data for name in IMAGE_FIELDS)
 
 
 def take(

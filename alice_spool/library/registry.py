@@ -54,6 +54,9 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._signature: tuple[Any, ...] | None = None
         self._models: dict[str, ModelInfo] = {}
+        # `.default`'s stamp when last read, and what it said: read again when it changes
+        # (it is only ever replaced by a rename, which gives it a new inode).
+        self._chosen: tuple[tuple[int, int, int], str | None] | None = None
 
     def _current_signature(self) -> tuple[Any, ...]:
         """What changes when a model is added, removed or replaced: a stat per entry."""
@@ -128,11 +131,22 @@ class ModelRegistry:
         return self.models_dir / ".default"
 
     def chosen_default(self) -> str | None:
-        """The model `models default NAME` chose, if any."""
+        """The model `models default NAME` chose, if any (a stat per call; the file is
+        read again only when it changed)."""
         try:
-            return self.default_file.read_text(encoding="utf-8").strip() or None
-        except (FileNotFoundError, UnicodeDecodeError):
+            info = self.default_file.stat()
+        except OSError:
             return None
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+        chosen = self._chosen
+        if chosen is not None and chosen[0] == stamp:
+            return chosen[1]
+        try:
+            found = self.default_file.read_text(encoding="utf-8").strip() or None
+        except (FileNotFoundError, UnicodeDecodeError):
+            found = None
+        self._chosen = (stamp, found)
+        return found
 
     def set_default(self, model_id: str) -> ModelInfo:
         """Make a usable model the default (kept in `<models_dir>/.default`)."""
@@ -140,6 +154,7 @@ class ModelRegistry:
         scratch = self.default_file.with_name(".default.tmp")
         scratch.write_text(model.id + "\n", encoding="utf-8")
         scratch.replace(self.default_file)
+        self._chosen = None
         return model
 
     @property
@@ -187,6 +202,7 @@ class ModelRegistry:
         process's, or an admin's made meanwhile: that one stands). The choice that
         stands; None if it could not be written (a read-only models directory: the
         default is then worked out again each time)."""
+        self._chosen = None  # whatever happens here, the file is read again next time
         scratch = self.default_file.with_name(f".default.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             scratch.write_text(model_id + "\n", encoding="utf-8")

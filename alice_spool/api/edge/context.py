@@ -96,6 +96,13 @@ class Api:
             return body, inputs.Staged()
         return inputs.take(body, self.settings.generation.max_input_pixels, fetch=self.fetch)
 
+    async def stage_images(self, body: Any) -> tuple[Any, inputs.Staged]:
+        """`take_images` in a worker thread, for a request that carries an image field;
+        any other request as it is, without a trip to a thread."""
+        if not isinstance(body, dict) or not inputs.carries_images(body):
+            return body, inputs.Staged()
+        return await run_in_threadpool(self.take_images, body)
+
     def enqueue(
         self,
         spec: JobSpec,
@@ -337,7 +344,11 @@ async def admit(
     its key (401), its rate limit (429), and, for `admin` or `manage` routes, its role
     (403). Recorded as the connection's principal; None on an open server."""
     address = api.client_address(connection)
-    principal = await run_in_threadpool(identify, api, connection, address)
+    known, principal = api.keys.known_at_once(connection)
+    if known:
+        api.auth_failures.check(address, spend=False)  # as `identify` does first
+    else:
+        principal = await run_in_threadpool(identify, api, connection, address)
     connection.state.principal = principal
     fetching.fetching_for.set(principal.bucket if principal else address)
     limit = principal.rate_limit_per_minute if principal else None

@@ -255,6 +255,35 @@ class Keys:
             self._stored = (now, self.store.keys.any_keys())
         return self._stored[1]
 
+    def known_at_once(self, request: HTTPConnection) -> tuple[bool, Principal | None]:
+        """(True, who) when `identify` would answer that without the database: an open
+        server whose keys were looked for lately, or a configured key given as the only
+        credential. (False, None) otherwise: ask `identify` in a worker thread."""
+        if not self._keys:
+            stored = self._stored
+            fresh = stored is not None and self.clock() - stored[0] < self.recheck_s
+            if self.store is None or (fresh and stored is not None and not stored[1]):
+                return True, None
+            return False, None
+        headers = request.headers
+        given = headers.get("x-api-key")
+        authorization = headers.get("authorization")
+        if authorization is not None:
+            scheme, _, token = authorization.strip().partition(" ")
+            if scheme.lower() != "bearer" or given is not None:
+                return False, None
+            given = token.strip()
+        if not given:
+            return False, None
+        offered = given.encode("utf-8", "surrogatepass")
+        found = None
+        for name, key in self._keys:  # every key compared, as `principal` does
+            if hmac.compare_digest(offered, key):
+                found = name
+        if found is None:
+            return False, None  # perhaps a stored key: the database says
+        return True, Principal(found, "admin", key_sha256=self._configured[found])
+
     def identify(self, request: HTTPConnection) -> Principal | None:
         """Who the request's key is; None when keys are off. 401 when they are on and
         the request has none, a wrong or revoked one, or two that differ."""

@@ -128,7 +128,7 @@ async def create_job(request: Request, api: Api, client: str | None) -> Response
     """Queue one job: 202 with the job and its `Location`; the same `Idempotency-Key`
     (or body `id`) with the same request answers the first job again (200)."""
     body = require_object(await api.read_body(request, images=True))
-    body, staged = await run_in_threadpool(api.take_images, body)
+    body, staged = await api.stage_images(body)
     parsed = parse_request(body, api.settings.generation)
     check_priority(request, parsed.spec.priority)
     key = parsed.idempotency_key
@@ -321,7 +321,7 @@ async def create_batch(request: Request, api: Api, client: str | None) -> Respon
     items = []
     for index, item in enumerate(requests):
         try:
-            item, staged = await run_in_threadpool(api.take_images, item)
+            item, staged = await api.stage_images(item)
             parsed = parse_request(item, api.settings.generation)
             check_priority(request, parsed.spec.priority)
             spec = await api.resolve_model(parsed.spec)
