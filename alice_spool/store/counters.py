@@ -21,7 +21,19 @@ BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))
 
 
 def bucket_name(histogram: str, bound: float) -> str:
-    return f"{histogram}:le:{'+Inf' if bound == float('inf') else bound}"
+    """A cumulative bucket, as `counters()` gives it: jobs at or under `bound`."""
+    return f"{histogram}:le:{_bound(bound)}"
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else str(bound)
+
+
+def _slot_name(histogram: str, bound: float) -> str:
+    """A stored bucket: jobs over the bound before `bound` and at or under it. A job adds
+    one to one slot (a cumulative bucket would take a row for every bound above it);
+    `counters()` sums the slots into the cumulative buckets Prometheus reads."""
+    return f"{histogram}:in:{_bound(bound)}"
 
 
 # What the totals need of a finished job: (status, created_at, started_at, finished_at,
@@ -55,10 +67,10 @@ def count_records(conn: Connection, jobs: Iterable[JobRecord]) -> None:
     _add(conn, _tally(facts))
 
 
-# Each histogram's names (`:count`, `:sum`, then its buckets in ascending order), made
+# Each histogram's names (`:count`, `:sum`, then its slots in ascending order), made
 # once: this runs for every finished job.
 _HISTOGRAMS = {
-    h: (f"{h}:count", f"{h}:sum", tuple(bucket_name(h, bound) for bound in BUCKETS))
+    h: (f"{h}:count", f"{h}:sum", tuple(_slot_name(h, bound) for bound in BUCKETS))
     for h in ("job_wait_seconds", "job_run_seconds")
 }
 
@@ -77,12 +89,11 @@ def _tally(facts: Iterable[Facts]) -> dict[str, float]:
             ("job_wait_seconds", (started - created).total_seconds()),
             ("job_run_seconds", (finished - started).total_seconds()),
         ):
-            count, total, buckets = _HISTOGRAMS[histogram]
+            count, total, slots = _HISTOGRAMS[histogram]
             tally[count] = tally.get(count, 0.0) + 1
             tally[total] = tally.get(total, 0.0) + seconds
-            # The buckets are cumulative: every bound from the first one it is under.
-            for bucket in buckets[bisect_left(BUCKETS, seconds) :]:
-                tally[bucket] = tally.get(bucket, 0.0) + 1
+            slot = slots[bisect_left(BUCKETS, seconds)]  # the first bound it is under
+            tally[slot] = tally.get(slot, 0.0) + 1
     return tally
 
 
@@ -118,9 +129,21 @@ def _add(conn: Connection, amounts: dict[str, float]) -> None:
 class Counters(Repository):
     def counters(self) -> dict[str, float]:
         """Every total, by name (`jobs_finished:<state>`, `images`, and for each of
-        `job_wait_seconds` and `job_run_seconds` its `:count`, `:sum` and `:le:<bound>`)."""
-        return self.db.read(
+        `job_wait_seconds` and `job_run_seconds` its `:count`, `:sum` and `:le:<bound>`:
+        cumulative, summed from the stored slots, plus the cumulative rows written before
+        the slots were)."""
+        stored = self.db.read(
             lambda conn: {
                 name: value for name, value in conn.execute(select(Counter.name, Counter.value))
             }
         )
+        totals = {name: value for name, value in stored.items() if ":in:" not in name}
+        for histogram, (_count, _sum, slots) in _HISTOGRAMS.items():
+            if not any(slot in stored for slot in slots):
+                continue
+            below = 0.0
+            for bound, slot in zip(BUCKETS, slots, strict=True):
+                below += stored.get(slot, 0.0)
+                name = bucket_name(histogram, bound)
+                totals[name] = totals.get(name, 0.0) + below
+        return totals

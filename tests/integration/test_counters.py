@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import insert, update
 
 from alice_spool.spec import JobSpec
 from alice_spool.store import Store, utcnow
+from alice_spool.store.tables import Counter, Job
 
 pytestmark = pytest.mark.both_databases  # SQLite and PostgreSQL (tests/conftest.py)
 
@@ -84,3 +86,31 @@ def test_a_cancelled_batch_counts_its_queued_jobs(store: Store) -> None:
     report = store.jobs.cancel_batch(batch.batch_id)
     assert report.cancelled == 2
     assert finished(store)["cancelled"] == 2
+
+
+def test_histogram_buckets_are_cumulative_over_old_and_new_rows(store: Store) -> None:
+    """A finished job adds one to the one slot its time falls in; the totals read back
+    are Prometheus' cumulative buckets, and rows a server wrote before the slots (already
+    cumulative) are added as they are."""
+    from alice_spool.store.counters import BUCKETS, bucket_name
+
+    waits = [0.2, 3.0, 3.0, 700.0]  # seconds queued: slots 0.5, 5, 5 and +Inf
+    for index, wait in enumerate(waits):
+        queued = store.jobs.enqueue(spec(f"w{index}"), source="cli").job
+        at = utcnow() - timedelta(seconds=wait)
+        earlier = update(Job).where(Job.id == queued.id).values(created_at=at)
+        store.db.write(lambda c, change=earlier: c.execute(change))
+        store.leases.succeed(claim_one(store), "r", {"images": []})
+    totals = store.counters.counters()
+    wanted = {0.5: 1, 1: 1, 2: 1, 5: 3, 10: 3, 300: 3, 600: 3, float("inf"): 4}
+    for bound, count in wanted.items():
+        assert totals[bucket_name("job_wait_seconds", bound)] == count, bound
+    assert totals["job_wait_seconds:count"] == 4
+    assert not any(":in:" in name for name in totals)  # the slots are not shown
+
+    # A cumulative row from before the slots: added to every bucket's sum as it is.
+    old = insert(Counter).values(name=bucket_name("job_wait_seconds", 5), value=10.0)
+    store.db.write(lambda c: c.execute(old))
+    again = store.counters.counters()
+    assert again[bucket_name("job_wait_seconds", 5)] == 13
+    assert again[bucket_name("job_wait_seconds", BUCKETS[-1])] == 4
