@@ -228,6 +228,13 @@ def test_lone_surrogates_and_limits_out_of_range_are_400s_naming_the_field(
             generate, json={"name": f"sam{limit}", "rateLimitPerMinute": limit}, headers=ops
         )
         assert made.status_code == 201 and made.json()["info"]["rateLimitPerMinute"] == limit
+    invites = bare.url + "/v1/auth/invites"
+    for body in [{"uses": 0}, {"uses": 1001}, {"uses": "2"}, {"expiresHours": 0},
+                 {"expiresHours": True}, {"expiresHours": 8761}]:  # fmt: skip
+        refused_naming(httpx.post(invites, json=body, headers=ops), next(iter(body)))
+    assert len(bare.store.keys.list_invites()) == 1  # the one made above
+    made = httpx.post(invites, json={"uses": 2.0, "expiresHours": 0.5}, headers=ops)
+    assert made.status_code == 201 and made.json()["uses_remaining"] == 2, made.text
 
 
 # -- every credential in every URL setting is masked ---------------------------------------

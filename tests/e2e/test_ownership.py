@@ -266,7 +266,7 @@ def test_gallery_tags_search_filters_paging_and_delete(make_bare: Callable[..., 
     assert tagged.json() == {"success": True, "tags": ["fox", "red"]}
     assert patch(images[2], {"tags": ["fox"]}).status_code == 200
     for bad in [{"tags": "fox"}, {"tags": [1]}, {"tags": [""]}, {"tags": ["x" * 51]},
-                {"tags": [f"t{i}" for i in range(21)]}, {}]:  # fmt: skip
+                {"tags": [f"t{i}" for i in range(21)]}, {"tags": ["fox"] * 21}, {}]:  # fmt: skip
         answer = patch(images[1], bad)
         assert answer.status_code == 400 and answer.json()["error"]["param"] == "tags", bad
     listing = lambda query: httpx.get(  # noqa: E731
@@ -296,15 +296,20 @@ def test_gallery_tags_search_filters_paging_and_delete(make_bare: Callable[..., 
         "?offset=-1",
         "?since=yesterday",
         "?include_public=maybe",
+        "?include_private=",
     ]:
         answer = httpx.get(bare.url + "/v1/gallery" + query, headers=who["alice"])
         assert answer.status_code == 400, query
-    for body in [{}, {"isPublic": "yes"}, {"isPublic": True, "expiresInHours": 0},
-                 {"isPublic": True, "expiresInHours": 169}]:  # fmt: skip
+        assert answer.json()["error"]["param"] == query[1:].split("=")[0], answer.text
+    assert listing("?include_public=FALSE&include_private=1")["total"] == 6  # her own
+    for body, field in [({}, "isPublic"), ({"isPublic": "yes"}, "isPublic"),
+                        ({"isPublic": True, "expiresInHours": 0}, "expiresInHours"),
+                        ({"isPublic": True, "expiresInHours": 169}, "expiresInHours"),
+                        ({"isPublic": True, "expiresInHours": "2"}, "expiresInHours")]:  # fmt: skip
         answer = httpx.patch(
             f"{bare.url}/v1/gallery/{images[0]}/privacy", json=body, headers=who["alice"]
         )
-        assert answer.status_code == 400, body
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == field, body
     # Delete: the file, the record, its place in the job; its URL 404s, with no key.
     url = item["url"]
     assert httpx.get(url).status_code == 200

@@ -7,40 +7,215 @@ made on the server itself (`alice-spool keys add NAME --admin`) or configured.""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StrictBool, StrictFloat
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ... import errors
+from ...config import Settings
 from ...records import KeyRecord
 from ...store import utcnow
 from ...store.keys import MAX_RATE_LIMIT, digest
 from ..edge.context import Api, principal_of, route
-from ..edge.http import SESSION_COOKIE, bounded, require_object, typed
+from ..edge.contract import Answer, Contract, validated
+from ..edge.http import SESSION_COOKIE
+from ..edge.schemas import KEY_NAME_PATTERN
+from .answers import Success
 
 MAX_INVITE_HOURS = 24 * 365
+MAX_INVITE_USES = 1000  # as the store takes them (store.keys.create_invite)
+ALICE = "OpenAI and ALICE"
+
+
+def _whole(value: Any) -> Any:
+    """A JSON number that is whole (3.0 is, as JSON Schema's integers; true is not)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a whole number")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("must be a whole number")
+    return int(value)
+
+
+def _unicode(value: str) -> str:
+    """Text, not half of a surrogate pair (which JSON can escape alone, and which no
+    database, hash or answer can encode)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not text: it holds a lone surrogate (\\ud800-\\udfff)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+KeyName = Annotated[
+    str,
+    Field(
+        pattern=KEY_NAME_PATTERN,
+        description="1..64 letters, digits, space and . _ @ - (a letter or digit first); "
+        "unique without case among every key, configured or stored",
+    ),
+]
+
+
+class NewKey(BaseModel):
+    name: KeyName
+    isAdmin: StrictBool | None = None
+    rateLimitPerMinute: (
+        Annotated[int, Field(ge=0, le=MAX_RATE_LIMIT), BeforeValidator(_whole)] | None
+    ) = Field(None, description="requests a minute (server.rate_limit_per_minute if absent)")
+
+
+class Registration(BaseModel):
+    """Registration's body where `server.registration` is `open` (or `disabled`, which
+    refuses every one)."""
+
+    name: KeyName
+    invite_code: Text | None = Field(None, description="not needed: registration is open")
+
+
+class InvitedRegistration(BaseModel):
+    """Registration's body where `server.registration` is `invite`."""
+
+    name: KeyName
+    invite_code: Text = Field(min_length=1, description="the code an admin gave you")
+
+
+def _registration(settings: Settings) -> type[Registration | InvitedRegistration]:
+    """The body registration takes on this server (whether it needs an invite code)."""
+    return InvitedRegistration if settings.server.registration == "invite" else Registration
+
+
+class Login(BaseModel):
+    key: Text = Field(min_length=1)
+
+
+class NewInvite(BaseModel):
+    uses: Annotated[int, Field(ge=1, le=MAX_INVITE_USES), BeforeValidator(_whole)] | None = 1
+    expiresHours: StrictFloat | None = Field(
+        None, gt=0, le=MAX_INVITE_HOURS, description="none: it never expires"
+    )
+
+
+class KeyInfo(BaseModel):
+    """A key as the store keeps it: never the key itself."""
+
+    id: str
+    name: str
+    role: Literal["admin", "user"]
+    isAdmin: bool
+    enabled: bool
+    createdAt: str
+    lastUsed: str | None
+    revokedAt: str | None
+    rateLimitPerMinute: int | None
+
+
+class MadeKey(BaseModel):
+    key: str  # shown in this answer only
+    info: KeyInfo
+
+
+class ListedKey(BaseModel):
+    """A stored key (`source` database), or a configured one (no id, no dates)."""
+
+    id: str | None
+    name: str
+    role: Literal["admin", "user"]
+    isAdmin: bool
+    enabled: bool
+    source: Literal["config", "database"]
+    createdAt: str | None = None
+    lastUsed: str | None = None
+    revokedAt: str | None = None
+    rateLimitPerMinute: int | None = None
+
+
+class KeyList(BaseModel):
+    object: Literal["list"]
+    data: list[ListedKey]
+
+
+class Revoked(Success):
+    info: KeyInfo
+
+
+class Deleted(Success):
+    id: str
+
+
+class Me(BaseModel):
+    authenticated: bool
+    auth_required: bool
+    access_level: Literal["admin", "user"]
+    is_admin: bool
+    key_id: str | None = None  # a key's: None for a configured one
+    name: str | None = None  # absent on a server with no keys
+
+
+class RegistrationMode(BaseModel):
+    mode: Literal["disabled", "invite", "open"]
+    require_auth: bool
+
+
+class Invite(BaseModel):
+    id: str
+    hint: str  # the code's first characters
+    uses_remaining: int
+    expires_at: str | None
+    created_at: str
+
+
+class MadeInvite(Invite):
+    code: str  # shown in this answer only
+
+
+class InviteList(BaseModel):
+    object: Literal["list"]
+    data: list[Invite]
+
+
+class LoggedIn(BaseModel):
+    authenticated: bool
+    name: str
+    access_level: Literal["admin", "user"]
+    is_admin: bool
+    expires_in_s: float
+
+
+class LoggedOut(Success):
+    ended: bool  # false: this browser had no live session
+
+
+_MADE = "Made: the key or code is in this answer only"
+_NAME_TAKEN = {409: "a key of that name exists, configured or stored (key_exists)"}
 
 
 def _shown(record: KeyRecord, secret: str) -> dict[str, Any]:
     return {"key": secret, "info": record.to_dict()}
 
 
-@route(admin=True)
-async def generate_key(request: Request, api: Api, client: str | None) -> Response:
+@route(
+    admin=True,
+    contract=Contract(
+        takes_body=NewKey,
+        example={"name": "alice", "isAdmin": False},
+        answers={201: Answer(MadeKey, _MADE)},
+        errors=_NAME_TAKEN,
+        tag=ALICE,
+    ),
+)
+async def generate_key(request: Request, api: Api, client: str | None, body: NewKey) -> Response:
     """Make a key (`{"name", "isAdmin"?, "rateLimitPerMinute"?}`): the key is in this
     answer only; the server keeps its SHA-256. A name any key has, configured or
     stored, is `key_exists` (409)."""
-    body = require_object(await api.read_body(request))
-    name = typed(body, "name", str)
-    admin = typed(body, "isAdmin", bool)
-    limit = bounded(body, "rateLimitPerMinute", None, 0, MAX_RATE_LIMIT, whole=True)
     record, secret = await run_in_threadpool(
         lambda: api.store.keys.add_key(
-            name or "",
-            role="admin" if admin else "user",
-            rate_limit_per_minute=limit,
+            body.name,
+            role="admin" if body.isAdmin else "user",
+            rate_limit_per_minute=body.rateLimitPerMinute,
             created_by=client,
             reserved=api.settings.server.api_keys,
         )
@@ -48,7 +223,7 @@ async def generate_key(request: Request, api: Api, client: str | None) -> Respon
     return JSONResponse(_shown(record, secret), status_code=201)
 
 
-@route(admin=True)
+@route(admin=True, contract=Contract(answers={200: Answer(KeyList)}, tag=ALICE))
 async def list_keys(request: Request, api: Api, client: str | None) -> Response:
     """Every key: those in the database (revoked ones too), and the configured ones."""
     stored = await run_in_threadpool(api.store.keys.list_keys)
@@ -67,19 +242,21 @@ async def list_keys(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse({"object": "list", "data": data})
 
 
-@route(admin=True)
+@route(admin=True, contract=Contract(answers={200: Answer(Revoked)}, tag=ALICE))
 async def revoke_key(request: Request, api: Api, client: str | None) -> Response:
+    """Revoke a key: refused from now on, kept in the list."""
     found = await run_in_threadpool(api.store.keys.revoke_key, request.path_params["key_id"])
     return JSONResponse({"success": True, "info": found.to_dict()})
 
 
-@route(admin=True)
+@route(admin=True, contract=Contract(answers={200: Answer(Deleted)}, tag=ALICE))
 async def delete_key(request: Request, api: Api, client: str | None) -> Response:
+    """Delete a key: refused from now on, and gone from the list."""
     found = await run_in_threadpool(api.store.keys.delete_key, request.path_params["key_id"])
     return JSONResponse({"success": True, "id": found.id})
 
 
-@route()
+@route(contract=Contract(answers={200: Answer(Me)}, tag=ALICE))
 async def me(request: Request, api: Api, client: str | None) -> Response:
     """Who this key is; on a server with no keys, everyone is its one (admin) user."""
     principal = principal_of(request)
@@ -104,13 +281,31 @@ async def me(request: Request, api: Api, client: str | None) -> Response:
     )
 
 
-@route(auth=False)
+@route(auth=False, contract=Contract(answers={200: Answer(RegistrationMode)}, tag=ALICE))
 async def registration_mode(request: Request, api: Api, client: str | None) -> Response:
+    """How keys are had here (`server.registration`), and whether the API needs one."""
     required = await run_in_threadpool(lambda: api.keys.required)
     return JSONResponse({"mode": api.settings.server.registration, "require_auth": required})
 
 
-@route(auth=False)
+_GUESSES = "too many wrong keys or codes from this address lately (Retry-After)"
+
+
+@route(
+    auth=False,
+    contract=Contract(
+        body=_registration,
+        example={"name": "bob", "invite_code": "the code an admin gave you"},
+        answers={201: Answer(MadeKey, _MADE)},
+        errors={
+            403: "registration is disabled (server.registration), or the invite code is "
+            "not valid (invite_invalid: unknown, used up or expired)",
+            **_NAME_TAKEN,
+            429: _GUESSES,
+        },
+        tag=ALICE,
+    ),
+)
 async def register(request: Request, api: Api, client: str | None) -> Response:
     """`{"name", "invite_code"}` -> a user key (never an admin's), when
     `server.registration` is `invite` (a valid code spent) or `open`; 403 when it is
@@ -121,15 +316,12 @@ async def register(request: Request, api: Api, client: str | None) -> Response:
     mode = api.settings.server.registration
     if mode == "disabled":
         raise errors.Forbidden("registration is disabled on this server (server.registration)")
-    body = require_object(await api.read_body(request))
-    name = typed(body, "name", str)
-    code = typed(body, "invite_code", str)
-    if mode == "invite" and not code:
-        raise errors.InvalidParameters("an invite_code is required", field="invite_code")
+    body = validated(_registration(api.settings), await api.read_body(request))
+    code = body.invite_code
     try:
         record, secret = await run_in_threadpool(
             lambda: api.store.keys.register(
-                name or "",
+                body.name,
                 invite_code=code if mode == "invite" else None,
                 reserved=api.settings.server.api_keys,
             )
@@ -140,49 +332,63 @@ async def register(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse(_shown(record, secret), status_code=201)
 
 
-@route(admin=True)
-async def create_invite(request: Request, api: Api, client: str | None) -> Response:
+@route(
+    admin=True,
+    contract=Contract(
+        takes_body=NewInvite,
+        example={"uses": 1, "expiresHours": 168},
+        answers={201: Answer(MadeInvite, _MADE)},
+        tag=ALICE,
+    ),
+)
+async def create_invite(
+    request: Request, api: Api, client: str | None, body: NewInvite
+) -> Response:
     """`{"uses"?: 1, "expiresHours"?}` -> the code (shown this once)."""
-    body = require_object(await api.read_body(request))
-    uses = typed(body, "uses", int) or 1
-    hours = typed(body, "expiresHours", (int, float))
-    if hours is not None and not 0 < hours <= MAX_INVITE_HOURS:
-        raise errors.InvalidParameters(
-            f"expiresHours must be 0..{MAX_INVITE_HOURS}", field="expiresHours"
-        )
+    hours = body.expiresHours
     expires = utcnow() + timedelta(hours=hours) if hours is not None else None
     record, code = await run_in_threadpool(
-        lambda: api.store.keys.create_invite(uses=uses, expires_at=expires, created_by=client)
+        lambda: api.store.keys.create_invite(
+            uses=body.uses or 1, expires_at=expires, created_by=client
+        )
     )
     return JSONResponse({"code": code, **record.to_dict()}, status_code=201)
 
 
-@route(admin=True)
+@route(admin=True, contract=Contract(answers={200: Answer(InviteList)}, tag=ALICE))
 async def list_invites(request: Request, api: Api, client: str | None) -> Response:
+    """The invites not yet deleted (never their codes)."""
     found = await run_in_threadpool(api.store.keys.list_invites)
     return JSONResponse({"object": "list", "data": [i.to_dict() for i in found]})
 
 
-@route(admin=True)
+@route(admin=True, contract=Contract(answers={200: Answer(Deleted)}, tag=ALICE))
 async def delete_invite(request: Request, api: Api, client: str | None) -> Response:
     """By the invite's id or its code."""
     found = await run_in_threadpool(api.store.keys.delete_invite, request.path_params["code"])
     return JSONResponse({"success": True, "id": found.id})
 
 
-@route(auth=False)
-async def login(request: Request, api: Api, client: str | None) -> Response:
+@route(
+    auth=False,
+    contract=Contract(
+        takes_body=Login,
+        example={"key": "sd-..."},
+        answers={200: Answer(LoggedIn, "Logged in: the session cookie is set")},
+        errors={401: "the key is not valid, or was revoked", 429: _GUESSES},
+        tag=ALICE,
+    ),
+)
+async def login(request: Request, api: Api, client: str | None, body: Login) -> Response:
     """`{"key"}` -> a web session: an HttpOnly, SameSite=Strict cookie (Secure behind
     HTTPS) holding a random session id, never the key; it ends at logout, after
     `server.session_idle_s` unused, `server.session_max_s` after this login, or as soon
     as the key it was opened with is revoked, deleted, replaced or no longer configured
-    (each use checks it). A wrong key counts against the address as it does anywhere."""
+    (each use checks it). A wrong key counts against the address as it does anywhere;
+    a server with no keys has nothing to log in to (400)."""
     address = api.client_address(request)
     api.auth_failures.check(address, spend=False)
-    body = require_object(await api.read_body(request))
-    key = typed(body, "key", str)
-    if not key:
-        raise errors.InvalidParameters("key is required", field="key")
+    key = body.key
     if not await run_in_threadpool(lambda: api.keys.required):
         raise errors.InvalidParameters("this server has no API keys: there is nothing to log in to")
     try:
@@ -221,7 +427,7 @@ async def login(request: Request, api: Api, client: str | None) -> Response:
     return answer
 
 
-@route(auth=False)
+@route(auth=False, contract=Contract(answers={200: Answer(LoggedOut)}, tag=ALICE))
 async def logout(request: Request, api: Api, client: str | None) -> Response:
     """End this browser's session (its cookie cleared)."""
     cookie = request.cookies.get(SESSION_COOKIE)

@@ -4,8 +4,9 @@ that has it loaded unloads it), and ALICE's LoRA list."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -14,12 +15,80 @@ from ...library import removal
 from ...library.loras import LoraInfo
 from ...library.registry import FAMILY_NAMES, ModelInfo
 from ..edge.context import Api, route
+from ..edge.contract import Answer, Contract
 
 RECOMMENDED = {
     "sd1": ["512x512", "512x768", "768x512"],
     "sd2": ["768x768", "768x1024", "1024x768"],
     "sdxl": ["1024x1024", "832x1216", "1216x832", "896x1152", "1152x896"],
 }
+
+ALICE = "OpenAI and ALICE"
+
+
+class Model(BaseModel):
+    """An installed model, usable or broken."""
+
+    id: str  # sd/<name>
+    object: Literal["model"]
+    name: str
+    created: int  # its folder's mtime
+    owned_by: str
+    family: str | None  # sd1, sd2, sdxl, ...; None: not known
+    family_name: str | None
+    native_size: int | None
+    recommended_sizes: list[str]
+    size_bytes: int
+    format: Literal["diffusers", "single_file", "transformer_file"]
+    status: Literal["ok", "broken"]
+    reason: str | None = None  # why it is broken
+    smoke_test: bool  # the tiny random-weight model: its images are noise
+    default: bool
+
+
+class AliceModelInfo(BaseModel):
+    """ALICE's model info."""
+
+    id: str
+    name: str
+    model_type: str
+    native_resolution: int
+    recommended_resolutions: list[str]
+    size_mb: float
+    created: int
+
+
+class DeletedModel(BaseModel):
+    id: str
+    object: Literal["model"]
+    deleted: bool
+    failed_jobs: list[str]  # its queued jobs, failed model_not_found
+
+
+class Lora(BaseModel):
+    """A LoRA: ALICE's fields (`created`, `sizeMb`, `baseModel`) beside ours."""
+
+    object: Literal["lora"]
+    id: str  # lora/<name>
+    name: str
+    family: str | None
+    size_bytes: int
+    status: Literal["ok", "broken"]
+    reason: str | None = None  # why it is broken
+    created: int  # the file's mtime
+    sizeMb: float
+    baseModel: str
+
+
+class LoraList(BaseModel):
+    object: Literal["list"]
+    data: list[Lora]
+
+
+class DeletedLora(BaseModel):
+    id: str
+    object: Literal["lora"]
+    deleted: bool
 
 
 def _details(model: ModelInfo, api: Api) -> dict[str, Any]:
@@ -47,7 +116,7 @@ def _details(model: ModelInfo, api: Api) -> dict[str, Any]:
     }
 
 
-@route()
+@route(contract=Contract(answers={200: Answer(Model)}, tag=ALICE))
 async def get_model(request: Request, api: Api, client: str | None) -> Response:
     """One installed model (`sd/<name>`, or the name alone), usable or broken."""
     model = await run_in_threadpool(
@@ -56,7 +125,7 @@ async def get_model(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse(_details(model, api))
 
 
-@route()
+@route(contract=Contract(answers={200: Answer(AliceModelInfo)}, tag=ALICE))
 async def model_info(request: Request, api: Api, client: str | None) -> Response:
     """ALICE's `GET /v1/models/{id}/info`."""
     model = await run_in_threadpool(
@@ -76,7 +145,7 @@ async def model_info(request: Request, api: Api, client: str | None) -> Response
     )
 
 
-@route(manage=True)
+@route(manage=True, contract=Contract(answers={200: Answer(DeletedModel)}, tag=ALICE))
 async def delete_model(request: Request, api: Api, client: str | None) -> Response:
     """Delete an installed model: its queued jobs fail `model_not_found` first."""
     model, failed = await run_in_threadpool(
@@ -100,7 +169,7 @@ def lora_views(loras: list[LoraInfo]) -> list[dict[str, Any]]:
     return views
 
 
-@route()
+@route(contract=Contract(answers={200: Answer(LoraList)}, tag=ALICE))
 async def alice_list_loras(request: Request, api: Api, client: str | None) -> Response:
     """ALICE's `GET /v1/models/loras` (as `GET /v1/loras`): `{id, name, created, sizeMb,
     baseModel}` with our own fields beside them."""
@@ -108,8 +177,9 @@ async def alice_list_loras(request: Request, api: Api, client: str | None) -> Re
     return JSONResponse({"object": "list", "data": lora_views(loras)})
 
 
-@route(manage=True)
+@route(manage=True, contract=Contract(answers={200: Answer(DeletedLora)}))
 async def delete_lora(request: Request, api: Api, client: str | None) -> Response:
+    """Delete an installed LoRA (its file); jobs queued with it fail when they run."""
     lora = await run_in_threadpool(
         removal.delete_lora, api.registry, request.path_params["lora_id"]
     )

@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
-import re
-
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-from ... import errors
 from ..edge import formats as image_formats
 from ..edge.context import Api, route
+from ..edge.contract import Answer, Contract, Query
 
 
-@route(auth=False)
-async def image(request: Request, api: Api, client: str | None) -> Response:
+class ImageQuery(Query):
+    compression: int = Field(
+        100, ge=0, le=100, description="a .jpeg or .webp image's quality (a .png ignores it)"
+    )
+
+
+@route(
+    auth=False,
+    contract=Contract(
+        query=ImageQuery,
+        answers={
+            200: Answer(
+                {"type": "string", "format": "binary"},
+                "The image: PNG (image/png); a .jpeg or .webp name, that image as JPEG "
+                "(image/jpeg) or WebP (image/webp)",
+                media="image/*",
+            )
+        },
+    ),
+)
+async def image(request: Request, api: Api, client: str | None, query: ImageQuery) -> Response:
     """A job's PNG, for anyone holding its URL: the URL carries the job's image secret
     (128 random bits of its own), so a known job id opens nothing. The same name with
     `.jpeg` or `.webp` in place of `.png` is that image in that format (the OpenAI
@@ -28,17 +46,6 @@ async def image(request: Request, api: Api, client: str | None) -> Response:
     headers = {"Cache-Control": "private, max-age=86400"}
     if not converted:
         return FileResponse(path, media_type="image/png", headers=headers)
-    quality = _compression(request.query_params.get("compression"))
     png = await run_in_threadpool(path.read_bytes)
-    data = await run_in_threadpool(image_formats.convert, png, suffix, quality)
+    data = await run_in_threadpool(image_formats.convert, png, suffix, query.compression)
     return Response(data, media_type=image_formats.FORMATS[suffix][2], headers=headers)
-
-
-def _compression(text: str | None) -> int:
-    if text is None:
-        return 100
-    if re.fullmatch("[0-9]{1,3}", text) is None or not 0 <= int(text) <= 100:
-        raise errors.InvalidParameters(
-            "compression must be a whole number from 0 to 100", field="compression"
-        )
-    return int(text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -15,6 +15,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -24,9 +25,94 @@ from ...records import RunnerReport
 from ...states import JobStatus
 from ...store.counters import BUCKETS, bucket_name
 from ..edge.context import Api, route, sees_everything
+from ..edge.contract import Answer, Contract, Query
 
 RUNNER_STALE_S = 15.0  # a runner not heard from for this long is taken for dead
 GIB = 1024**3
+ALICE = "OpenAI and ALICE"
+
+
+class Problem(BaseModel):
+    """A database error a request met lately: its kind (an admin sees its message too)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    age_s: float  # how long ago
+    message: str | None = None  # an admin's to see, as the error's other details
+
+
+class Runner(BaseModel):
+    name: str
+    owner: str | None  # host/pid/token: an admin's to see
+    state: str  # idle, warming, busy, stopped; gone: not heard from lately
+    heartbeat_age_s: float
+    device: str | None
+    gpu_name: str | None
+    memory_used: int | None  # bytes; None off a GPU
+    memory_total: int | None
+    model: str | None
+    job_id: str | None  # an admin's to see
+    step: int | None
+    total: int | None
+
+
+class Health(BaseModel):
+    """ALICE's and SAM's fields, in both spellings."""
+
+    status: Literal["ok", "degraded"]  # degraded: a database error in the last minutes
+    problems: list[Problem]
+    version: str
+    gpu_available: bool
+    gpuAvailable: bool
+    models_loaded: int
+    modelsLoaded: int
+    queue_depth: int
+    queueDepth: int
+    runner_alive: bool
+    runner_heartbeat_age_s: float | None
+    runners: list[Runner]
+    uptime_s: float
+    inbox: dict[str, Any] | None = None  # the inbox watcher's, where `serve` runs one
+
+
+class MetricsQuery(Query):
+    format: Literal["prometheus", "json"] | None = Field(
+        None, description="else by Accept (text/plain or OpenMetrics: Prometheus)"
+    )
+
+
+class Metrics(BaseModel):
+    """ALICE's metrics."""
+
+    queueDepth: int
+    activeGenerations: int
+    gpuUtilization: float  # the share of live runners busy
+    gpuMemoryUsed: float  # GiB
+    gpuMemoryTotal: float  # GiB
+    modelsLoaded: int
+    totalGenerations: int
+    avgGenerationTime: float  # seconds, the last hour
+
+
+class Alive(BaseModel):
+    status: Literal["alive"]
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+
+
+class NotReady(BaseModel):
+    status: Literal["not_ready"]
+
+
+class Defaults(BaseModel):
+    steps: int
+    guidance_scale: float
+    scheduler: str
+    width: int
+    height: int
 
 
 def live_runners(reports: list[RunnerReport], now: datetime) -> list[RunnerReport]:
@@ -61,7 +147,7 @@ def _outline(trouble: dict[str, Any]) -> dict[str, Any]:
 DEGRADED_FOR_S = 120.0  # how long /health reports a database error a request met
 
 
-@route(auth=False)
+@route(auth=False, contract=Contract(answers={200: Answer(Health)}))
 async def health(request: Request, api: Api, client: str | None) -> Response:
     """Up, version, GPU, models loaded, queue depth, the runners' liveness."""
     snap = await run_in_threadpool(lambda: _snapshot(api, with_stats=False))
@@ -111,21 +197,24 @@ async def health(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse(body)
 
 
-def _wants_prometheus(request: Request) -> tuple[bool, str]:
-    accept = request.headers.get("accept", "")
-    chosen = request.query_params.getlist("format")
-    if any(value not in ("prometheus", "json") for value in chosen) or len(chosen) > 1:
-        raise errors.InvalidParameters("format must be prometheus or json", field="format")
-    if chosen:
-        return chosen[0] == "prometheus", accept
-    return ("text/plain" in accept or "application/openmetrics-text" in accept), accept
+def _wants_prometheus(chosen: str | None, accept: str) -> bool:
+    if chosen is not None:
+        return chosen == "prometheus"
+    return "text/plain" in accept or "application/openmetrics-text" in accept
 
 
-@route(auth=False)
-async def metrics(request: Request, api: Api, client: str | None) -> Response:
+@route(
+    auth=False,
+    contract=Contract(
+        query=MetricsQuery,
+        answers={200: Answer(Metrics, "ALICE's metrics, or Prometheus text (text/plain)")},
+    ),
+)
+async def metrics(request: Request, api: Api, client: str | None, query: MetricsQuery) -> Response:
     """ALICE's JSON metrics; Prometheus text for `Accept: text/plain` or
     `?format=prometheus`."""
-    prometheus, accept = _wants_prometheus(request)
+    accept = request.headers.get("accept", "")
+    prometheus = _wants_prometheus(query.format, accept)
     snap = await run_in_threadpool(lambda: _snapshot(api, with_stats=True))
     if prometheus:
         registry = CollectorRegistry(auto_describe=False)
@@ -221,7 +310,7 @@ def _histogram(name: str, helptext: str, totals: dict[str, float]) -> HistogramM
     )
 
 
-@route(auth=False)
+@route(auth=False, contract=Contract(answers={200: Answer(Alive)}, tag=ALICE))
 async def livez(request: Request, api: Api, client: str | None) -> Response:
     """ALICE's liveness probe: this process answers."""
     return JSONResponse({"status": "alive"})
@@ -236,7 +325,16 @@ async def _ready(api: Api) -> bool:
     return bool(snap["live"]) and api.database_trouble.recent(DEGRADED_FOR_S) is None
 
 
-@route(auth=False)
+@route(
+    auth=False,
+    contract=Contract(
+        answers={
+            200: Answer(Ready, "Ready"),
+            503: Answer(NotReady, "Not ready: no runner reports, or the database is in trouble"),
+        },
+        tag=ALICE,
+    ),
+)
 async def readyz(request: Request, api: Api, client: str | None) -> Response:
     """ALICE's readiness probe: `{"status": "ready"}`, or 503 while no runner reports
     or the database is in trouble."""
@@ -245,7 +343,7 @@ async def readyz(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse({"status": "not_ready"}, status_code=503)
 
 
-@route()
+@route(contract=Contract(answers={200: Answer(Defaults)}, tag=ALICE))
 async def generation_defaults(request: Request, api: Api, client: str | None) -> Response:
     """ALICE's defaults for a request that leaves them out: steps, guidance, scheduler,
     and the default model's native size."""
