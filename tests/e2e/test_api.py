@@ -1052,6 +1052,13 @@ def test_images_are_served_only_by_their_exact_names(make_bare: Callable[..., Ba
     secret = image.split("/")[-2]
     (bare.outbox.parent / "secret.txt").write_text("no")
     assert httpx.get(image).status_code == 200
+    jpeg = httpx.get(image.replace(".png", ".jpeg") + "?compression=0")
+    assert jpeg.status_code == 200 and jpeg.headers["content-type"] == "image/jpeg"
+    for bad in ("101", "-1", "x"):  # the same refusal whichever format is asked
+        for name in (image, image.replace(".png", ".webp")):
+            refused = httpx.get(f"{name}?compression={bad}")
+            assert refused.status_code == 400, (name, bad)
+            assert refused.json()["error"]["param"] == "compression"
     for attempt in (
         f"/images/{job_id}-0.png",  # without the job's image secret
         f"/images/{secret}/{job_id}-1.png",
