@@ -1379,10 +1379,14 @@ def test_model_and_lora_routes_read_and_delete(make_bare: Callable[..., Bare]) -
     assert httpx.delete(bare.url + "/v1/loras/lora/ink").json()["deleted"] is True
     assert httpx.get(bare.url + "/v1/loras").json()["data"] == []
     assert httpx.delete(bare.url + "/v1/loras/ink").status_code == 404
-    for url in ("http://127.0.0.1:9/a.png", "https://example.com/a.png", ""):
+    for url in ("http://127.0.0.1:9/a.png", "https://example.com/a.png"):
         refused = httpx.get(bare.url + "/v1/models/thumbnail", params={"url": url})
-        assert refused.status_code == 400, url  # only CivitAI's image hosts are fetched
+        assert refused.status_code == 403, url  # only CivitAI's image hosts are fetched
         assert refused.json()["error"]["code"] == "forbidden_url"
+    for params in ({"url": ""}, {"url": "image.civitai.com/a.png"}, {}):
+        refused = httpx.get(bare.url + "/v1/models/thumbnail", params=params)
+        assert refused.status_code == 400, params  # not an http(s) URL at all
+        assert refused.json()["error"]["param"] == "url"
 
 
 def test_alice_civitai_search_pages_by_number_in_both_modes(
@@ -1418,6 +1422,15 @@ def test_alice_civitai_search_pages_by_number_in_both_modes(
         for params in ({"source": "x"}, {"limit": "0"}, {"nsfw": "maybe"}, {"sort": "Best"}):
             refused = httpx.get(bare.url + "/v1/models/search", params=params)
             assert refused.status_code == 400, params
+        asked = len(service.files.requests)
+        for cursor in ("abc", "0", "501"):  # browsing pages by number, 2 a page: 1..500
+            missing = httpx.get(
+                bare.url + "/v1/models/search", params={"limit": 2, "cursor": cursor}
+            )
+            assert missing.status_code == 404 and missing.json()["error"]["param"] == "cursor"
+        far = httpx.post(bare.url + "/v1/models/search/civitai", json={"limit": 100, "page": 11})
+        assert far.status_code == 200 and far.json()["data"] == []  # past CivitAI's numbers
+        assert len(service.files.requests) == asked  # none of them asked CivitAI
 
 
 def test_keys_in_the_database_turn_authentication_on_with_roles(
@@ -1660,6 +1673,89 @@ def instant_runner(store: Store) -> Iterator[None]:
         thread.join(10)
 
 
+@contextlib.contextmanager
+def instant_downloader(store: Store) -> Iterator[None]:
+    """A stand-in download worker: it claims every queued download and fails it at once,
+    fetching nothing, so that a download's events end as a real one's do."""
+    from alice_spool.errors import DownloadFailed
+
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            while (taken := store.downloads.claim_download("instant", lease_s=30)) is not None:
+                store.downloads.finish_download(
+                    taken.id,
+                    "instant",
+                    DownloadStatus.FAILED,
+                    error=DownloadFailed("this test's worker fetches nothing"),
+                )
+            stop.wait(0.02)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+@pytest.fixture
+def model_sources(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """The settings that point a server at stand-ins of CivitAI and the Hugging Face Hub
+    on 127.0.0.1 (tests/support/sources.py: their searches, a preview image), and take
+    a URL download's host as given (`models.allow_private_urls`: nothing resolves it at
+    the door). No name is ever looked up in DNS: while they run, this process (the
+    server's) resolves addresses and `localhost` only, and any other name fails as an
+    unknown one (so a generated host, or CivitAI's image host, never leaves it)."""
+    import ipaddress
+
+    from huggingface_hub import constants
+
+    from tests.support.sources import (
+        Civitai,
+        Hub,
+        Repo,
+        civitai_model,
+        civitai_serving,
+        hub_serving,
+    )
+
+    resolve = socket.getaddrinfo
+
+    def addresses_only(host: Any, *args: Any, **options: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(name.split("%", 1)[0])
+            return resolve(host, *args, **options)
+        if name == "localhost":
+            return resolve(host, *args, **options)
+        raise socket.gaierror(socket.EAI_NONAME, f"{name}: this test looks up no names")
+
+    monkeypatch.setattr(socket, "getaddrinfo", addresses_only)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # conftest keeps it offline
+    hub = Hub(
+        repos={
+            "org/tiny-sd": Repo({"model_index.json": b"{}"}, downloads=50, likes=3),
+            "org/ink-lora": Repo({"a.safetensors": b"\0" * 8}, tags=["diffusers", "lora"]),
+        }
+    )
+    with hub_serving(hub), civitai_serving(Civitai()) as civitai:
+        preview = civitai.url + "/previews/1.png"
+        civitai.images["/previews/1.png"] = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
+        civitai.models = [
+            civitai_model(1, "Ink Style", "LORA", [(11, "ink.safetensors", b"w")], image=preview),
+            civitai_model(2, "Harbour", "Checkpoint", [(21, "harbour.safetensors", b"w")]),
+            civitai_model(3, "Shy", "LORA", [(31, "shy.safetensors", b"w")], nsfw=True),
+        ]
+        yield {
+            "models.civitai_url": civitai.url,
+            "models.hf_endpoint": hub.url,
+            "models.allow_private_urls": "true",
+        }
+
+
 # Each API's routes (an operation's tag in /openapi.json) run as a test of their own.
 API_TAGS = {"native": "alice-spool", "openai": "OpenAI and ALICE", "a1111": "AUTOMATIC1111",
             "restplan": "REST plan", "ablerefusal": "AbleRefusal", "gtx1060": "GTX 1060"}  # fmt: skip
@@ -1667,19 +1763,24 @@ API_TAGS = {"native": "alice-spool", "openai": "OpenAI and ALICE", "a1111": "AUT
 
 @pytest.mark.parametrize("tag", list(API_TAGS.values()), ids=list(API_TAGS))
 def test_schemathesis_finds_the_server_as_its_description_says(
-    make_bare: Callable[..., Bare], tmp_path: Path, tag: str
+    make_bare: Callable[..., Bare],
+    tmp_path: Path,
+    tag: str,
+    model_sources: dict[str, str],
 ) -> None:
     """Every check schemathesis has (the answers' statuses and bodies against their
     schemas, bad data refused, ...) over every operation of one API in /openapi.json,
-    bounded by examples per operation, a fixed seed and a time budget."""
+    bounded by examples per operation, a fixed seed and a time budget. The searches
+    ask stand-ins of CivitAI and the Hub; nothing leaves the machine (model_sources)."""
     bare = make_bare(
         **{
             "server.api_keys": {"ops": "schemathesis-ops-key"},
             "server.request_timeout_s": "5",
             "server.auth_failures_per_minute": "0",  # its missing-key probes are many
+            **model_sources,
         }
     )
-    with instant_runner(bare.store):
+    with instant_runner(bare.store), instant_downloader(bare.store):
         run = subprocess.run(
             [
                 str(Path(sys.executable).with_name("schemathesis")),

@@ -234,6 +234,16 @@ def test_alice_routes_search_queue_report_and_cancel(live: Served, sources: Sour
     assert httpx.delete(f"{live.url}/v1/loras/lora/inkStyle_v1", timeout=10).status_code == 404
     url = seen(post(live, "/v1/models/download/url", {"url": "ftp://example.org/x.safetensors"}))
     assert url.status_code == 400 and url.json()["error"]["param"] == "url"
+    for path, body, field in [  # each refusal names ALICE's own field
+        ("/v1/models/download/civitai", {"modelType": "LORA"}, "modelId"),
+        ("/v1/models/download/civitai", {"versionId": "12a"}, "versionId"),
+        ("/v1/models/download/huggingface", {"modelId": "org/x", "filename": "../x"}, "filename"),
+        ("/v1/models/download/huggingface", {"modelId": "org/x", "revision": "a..b"}, "revision"),
+        ("/v1/models/download/url", {"url": "https://example.org/x", "isLora": 1}, "isLora"),
+        ("/v1/models/search/civitai", {"page": 51}, "page"),
+    ]:
+        refused = seen(post(live, path, body))
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == field, body
 
 
 def test_a_running_download_cancelled_removes_its_partial_files(

@@ -253,8 +253,10 @@ class Hub:
 class Civitai:
     """`models` as CivitAI's API shows them (`items`); `blobs` by file id, served by a
     separate storage host (another port: another origin) behind a 307, as the real one
-    does. Downloads need `Bearer <token>`. Search (`query`) runs in cursor mode and, as
-    CivitAI did until mid-2026, ignores `types` (clients filter themselves)."""
+    does. Downloads need `Bearer <token>`. Search (`query`) runs in cursor mode (its
+    cursors are offsets; one it never gave leads past the end, where CivitAI itself
+    answers 400) and, as CivitAI did until mid-2026, ignores `types` (clients filter
+    themselves)."""
 
     models: list[dict[str, Any]] = field(default_factory=list)
     blobs: dict[int, bytes] = field(default_factory=dict)
@@ -313,7 +315,9 @@ class Civitai:
         items = [m for m in self.models if nsfw or not m["nsfw"]]
         if text:
             items = [m for m in items if text in m["name"].lower()]
-            start = int(query.get("cursor", ["0"])[0] or 0)
+            cursor = query.get("cursor", [""])[0] or "0"
+            # One it never gave (its cursors are offsets) leads past the end.
+            start = int(cursor) if cursor.isascii() and cursor.isdigit() else len(items)
             page = items[start : start + limit]
             more = start + limit < len(items)
             metadata: dict[str, Any] = {"nextCursor": str(start + limit) if more else None}

@@ -4,9 +4,13 @@ and CivitAI's preview images passed through (`/v1/models/thumbnail`)."""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+from pydantic import BaseModel, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic_core import core_schema
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -15,22 +19,102 @@ from ... import errors, urls
 from ...downloads import civitai, huggingface
 from ...downloads.plan import SearchPage
 from ..edge.context import Api, route
-from ..edge.http import query_flag, query_int, query_list
-from .downloads import SEARCH_LIMIT, alice_body
+from ..edge.contract import Answer, Contract, Query
+from ..edge.errors import error_response
+from ..edge.schemas import BLANK
+from .downloads import SEARCH_LIMIT, TAG, AliceBody, HttpUrl, Matching, Text, Whole
+
+MAX_QUERY = 200
+MAX_HUB_SKIP = civitai.PAGE_MODE_END  # past it one search would walk the Hub's listing
+SOURCES_FAILED = "CivitAI or the Hugging Face Hub did not answer as it should"
+
+
+# -- what the searches take -----------------------------------------------------------------
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+_TYPE = "(?:" + "|".join(_any_case(t) for t in civitai.TYPES) + ")"
+_PART = f"[{BLANK}]*(?:{_TYPE}[{BLANK}]*)?"
+# CivitAI's type names in any case, comma-separated; blank parts are left out.
+CivitaiTypes = Annotated[
+    str,
+    Matching(
+        f"^{_PART}(?:,{_PART})*$",
+        f"CivitAI's type names, any case, comma-separated: {', '.join(civitai.TYPES)}",
+    ),
+]
 
 
 def _types(values: list[str]) -> list[str]:
-    """CivitAI's type names, repeated or comma-separated, matched without case."""
+    """CivitAI's own names of the types in `values` (each checked as `CivitaiTypes`)."""
     by_lower = {t.lower(): t for t in civitai.TYPES}
-    chosen = []
-    for value in values:
-        for part in filter(None, (p.strip() for p in value.split(","))):
-            if part.lower() not in by_lower:
-                raise errors.InvalidParameters(
-                    f"unknown type {part!r}: one of {', '.join(civitai.TYPES)}", field="types"
-                )
-            chosen.append(by_lower[part.lower()])
-    return chosen
+    parts = (part.strip() for value in values for part in value.split(","))
+    return list(dict.fromkeys(by_lower[part.lower()] for part in parts if part))
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A string field that is one of `names`, described as their enum."""
+
+    names: tuple[str, ...]
+    what: str
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        def check(value: str) -> str:
+            if value not in self.names:
+                raise ValueError(f"must be one of {', '.join(self.names)}")
+            return value
+
+        return core_schema.no_info_after_validator_function(
+            check, core_schema.str_schema(strict=True)
+        )
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        return {"type": "string", "enum": list(self.names), "description": self.what}
+
+
+CivitaiSort = Annotated[str, OneOf(civitai.SORTS, "CivitAI's order")]
+HubSort = Annotated[str, OneOf(huggingface.SORTS, "the Hub's order")]
+AnySort = Annotated[
+    str,
+    OneOf(
+        civitai.SORTS + huggingface.SORTS,
+        "CivitAI's orders, or the Hub's; a source leaves an order it does not have for its own",
+    ),
+]
+Cursor = Annotated[
+    str, Matching("^[!-~]{0,200}$", "the next_cursor of the previous page (empty: the first)")
+]
+Flag = Annotated[str, Matching("^(?:[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|1|0)$", "true or false")]
+
+
+class SearchQuery(Query):
+    source: Literal["civitai", "huggingface"] = "civitai"
+    query: Text = Field("", max_length=MAX_QUERY, description="words to find (empty: browse)")
+    types: list[CivitaiTypes] = Field(
+        default_factory=list, description="CivitAI's types, repeated or comma-separated"
+    )
+    sort: AnySort | None = None
+    nsfw: Flag = "false"
+    cursor: Cursor = ""
+    limit: int = Field(20, ge=1, le=SEARCH_LIMIT)
+
+
+class NoSuchPage(Exception):
+    """The cursor names no page of this search: it is not one this search gives."""
+
+
+def _check_number(cursor: str, low: int, high: int) -> None:
+    """`NoSuchPage` unless a paging cursor is a number in low..high."""
+    if not cursor.isascii() or not cursor.isdigit() or not low <= int(cursor) <= high:
+        raise NoSuchPage(f"cursor {cursor!r} names no page of this search")
 
 
 def _search(
@@ -42,58 +126,121 @@ def _search(
     sort: str | None,
     nsfw: bool,
     limit: int,
-    cursor: str | None,
+    cursor: str,
 ) -> SearchPage:
-    if len(query) > 200:
-        raise errors.InvalidParameters("query must be at most 200 characters", field="query")
-    if cursor is not None and (len(cursor) > 200 or not cursor.isprintable()):
-        raise errors.InvalidParameters("cursor is not one this server gave", field="cursor")
+    """One page of a search, CivitAI's or the Hub's. Browsing CivitAI pages by number
+    (as far as CivitAI lists by number); a CivitAI search by CivitAI's own cursor; the
+    Hub by how many were shown (at most MAX_HUB_SKIP)."""
     if source == "civitai":
-        if sort is not None and sort not in civitai.SORTS:
-            raise errors.InvalidParameters(
-                f"sort must be one of {', '.join(civitai.SORTS)}", field="sort"
-            )
-        if cursor is not None and not query and not cursor.isdigit():
-            raise errors.InvalidParameters("cursor is not one this server gave", field="cursor")
+        limit = min(limit, civitai.MAX_LIMIT)
+        if cursor and not query:
+            _check_number(cursor, 1, civitai.PAGE_MODE_END // limit)
         return civitai.search(
             api.sources,
             query,
             types=types,
-            sort=sort,
+            sort=sort if sort in civitai.SORTS else None,
             nsfw=nsfw,
-            limit=min(limit, civitai.MAX_LIMIT),
-            cursor=cursor,
+            limit=limit,
+            cursor=cursor or None,
         )
-    if source == "huggingface":
-        if sort is not None and sort not in huggingface.SORTS:
-            raise errors.InvalidParameters(
-                f"sort must be one of {', '.join(huggingface.SORTS)}", field="sort"
-            )
-        if cursor is not None and not cursor.isdigit():
-            raise errors.InvalidParameters("cursor is not one this server gave", field="cursor")
-        return huggingface.search(
-            api.sources, query, sort=sort or "downloads", limit=limit, cursor=cursor
-        )
-    raise errors.InvalidParameters("source must be civitai or huggingface", field="source")
-
-
-@route()
-async def search_models(request: Request, api: Api, client: str | None) -> Response:
-    """`?source=civitai|huggingface&query=&types=&sort=&nsfw=false&cursor=&limit=` ->
-    `{"data": [...], "next_cursor"}` (null on the last page)."""
-    params = request.query_params
-    page = await run_in_threadpool(
-        lambda: _search(
-            api,
-            params.get("source", "civitai"),
-            params.get("query", ""),
-            types=_types(query_list(request, "types", max_items=len(civitai.TYPES), max_length=40)),
-            sort=params.get("sort") or None,
-            nsfw=query_flag(params.get("nsfw"), "nsfw"),
-            limit=query_int(request, "limit", 20, 1, SEARCH_LIMIT),
-            cursor=params.get("cursor") or None,
-        )
+    if cursor:
+        _check_number(cursor, 0, MAX_HUB_SKIP)
+    page = huggingface.search(
+        api.sources,
+        query,
+        sort=sort if sort in huggingface.SORTS else "downloads",
+        limit=limit,
+        cursor=cursor or None,
     )
+    further = page.next_cursor is not None and int(page.next_cursor) <= MAX_HUB_SKIP
+    return SearchPage(page.data, page.next_cursor if further else None)
+
+
+class CivitaiFile(BaseModel):
+    id: int | None
+    name: str | None
+    size_kb: float | None
+    type: str | None
+    format: str | None
+    primary: bool
+
+
+class CivitaiVersion(BaseModel):
+    id: int | None
+    name: str | None
+    base_model: str | None
+    trained_words: list[str]
+    files: list[CivitaiFile]
+
+
+class CivitaiResult(BaseModel):
+    """A CivitAI model as a search shows it."""
+
+    source: Literal["civitai"]
+    id: int | None
+    name: str | None
+    type: str | None
+    installs_as: Literal["checkpoint", "lora"] | None
+    nsfw: bool
+    creator: str | None
+    tags: list[str]
+    thumbnail: str | None
+    images: list[str]
+    downloads: int | None
+    rating: float | None
+    versions: list[CivitaiVersion]
+
+
+class HubResult(BaseModel):
+    """A Hugging Face repository as a search shows it."""
+
+    source: Literal["huggingface"]
+    id: str
+    name: str
+    type: Literal["lora", "diffusers"]
+    author: str
+    downloads: int | None
+    likes: int | None
+    tags: list[str]
+    pipeline_tag: str | None
+    last_modified: str | None
+    gated: bool
+
+
+class ModelSearchResults(BaseModel):
+    object: Literal["list"]
+    data: list[CivitaiResult | HubResult]
+    next_cursor: str | None = Field(description="null on the last page")
+
+
+@route(
+    contract=Contract(
+        query=SearchQuery,
+        answers={200: Answer(ModelSearchResults)},
+        errors={404: "the cursor names no page of this search", 502: SOURCES_FAILED},
+    )
+)
+async def search_models(
+    request: Request, api: Api, client: str | None, query: SearchQuery
+) -> Response:
+    """Search CivitAI or the Hub: `{"data": [...], "next_cursor"}` (null on the last
+    page). `types` and `nsfw` are CivitAI's; a cursor from another search is a 404."""
+    try:
+        page = await run_in_threadpool(
+            lambda: _search(
+                api,
+                query.source,
+                query.query,
+                types=_types(query.types),
+                sort=query.sort,
+                nsfw=query.nsfw.lower() in ("true", "1"),
+                limit=query.limit,
+                cursor=query.cursor,
+            )
+        )
+    except NoSuchPage as exc:
+        return error_response("page_not_found", str(exc), status=404, param="cursor")
     return JSONResponse({"object": "list", "data": page.data, "next_cursor": page.next_cursor})
 
 
@@ -107,33 +254,100 @@ _IMAGE_TYPES = {
 }
 
 
-@route()
-async def thumbnail(request: Request, api: Api, client: str | None) -> Response:
+class ThumbnailQuery(Query):
+    url: HttpUrl = Field(
+        description="a search result's thumbnail: on CivitAI's image host, or the "
+        "configured CivitAI's (models.civitai_url)"
+    )
+
+
+@route(
+    contract=Contract(
+        query=ThumbnailQuery,
+        answers={200: Answer(description="the image", media="image/*")},
+        errors={
+            403: "not CivitAI's image host (forbidden_url), or an address that may not be fetched",
+            502: "CivitAI's image host failed, or answered with something not an image",
+        },
+    )
+)
+async def thumbnail(
+    request: Request, api: Api, client: str | None, query: ThumbnailQuery
+) -> Response:
     """A search result's preview image, fetched by this server from CivitAI's image
-    host (or the configured CivitAI), never from anywhere else: the web UI shows
+    host (or the configured CivitAI), never from anywhere else (403): the web UI shows
     thumbnails under its own strict policy, and a browser never contacts CivitAI."""
-    url = request.query_params.get("url", "")
+    url: str = query.url
     base = urlsplit(api.settings.models.civitai_url).hostname or ""
-    try:
-        host = (urlsplit(url).hostname or "").lower() if url else ""
-    except ValueError:  # "http://[::1": not a URL at all
-        raise errors.InvalidParameters("url is not a valid URL", field="url") from None
-    if host not in (base, *THUMBNAIL_HOSTS):
-        raise errors.ForbiddenUrl("only CivitAI's preview images are fetched", field="url")
+    if (urlsplit(url).hostname or "").lower() not in (base, *THUMBNAIL_HOSTS):
+        return _refused("only CivitAI's preview images are fetched")
     rules = urls.UrlRules.trusting(api.settings.models.civitai_url)  # its origin only
     timeout_s = api.settings.models.fetch_timeout_s
-    body = await run_in_threadpool(
-        lambda: urls.fetch(
-            url, rules, max_bytes=MAX_THUMBNAIL_BYTES, field="url", timeout_s=timeout_s
+    try:
+        body = await run_in_threadpool(
+            lambda: urls.fetch(
+                url, rules, max_bytes=MAX_THUMBNAIL_BYTES, field="url", timeout_s=timeout_s
+            )
         )
-    )
+    except errors.ForbiddenUrl as exc:  # a hop to an address the rules refuse
+        return _refused(exc.message)
+    except errors.InvalidParameters as exc:  # CivitAI failed: not the request's fault
+        raise errors.SourceUnavailable(f"the preview could not be fetched: {exc.message}") from None
     kind = next((t for magic, t in _IMAGE_TYPES.items() if body.startswith(magic)), None)
     if kind is None:
-        raise errors.InvalidParameters("url: the preview is not an image", field="url")
+        raise errors.SourceUnavailable("url: the preview is not an image")
     return Response(body, media_type=kind, headers={"Cache-Control": "private, max-age=86400"})
 
 
+def _refused(message: str) -> Response:
+    return error_response("forbidden_url", message, status=403, param="url")
+
+
 # -- ALICE's routes, in ALICE's shapes ---------------------------------------------------
+
+
+class AliceCivitaiSearch(AliceBody):
+    query: Text = Field("", max_length=MAX_QUERY)
+    types: list[CivitaiTypes] | CivitaiTypes | None = None
+    sort: CivitaiSort | None = None
+    nsfw: bool | None = None
+    limit: Whole = Field(20, ge=1, le=civitai.MAX_LIMIT)
+    page: Whole = Field(1, ge=1, le=50)
+
+
+class AliceCivitaiFile(BaseModel):
+    id: int | None
+    name: str | None
+    sizeKB: float | None
+    downloadUrl: str = Field(description="CivitAI's own link: it needs the caller's key")
+
+
+class AliceCivitaiVersion(BaseModel):
+    id: int | None
+    name: str | None
+    baseModel: str | None
+    files: list[AliceCivitaiFile]
+
+
+class AliceCivitaiModel(BaseModel):
+    id: int | None
+    name: str | None
+    type: str | None
+    creator: str | None
+    images: list[str]
+    rating: float | None
+    download_count: int | None
+    tags: list[str]
+    nsfw: bool
+    versions: list[AliceCivitaiVersion]
+
+
+class AliceCivitaiPage(BaseModel):
+    object: Literal["list"]
+    data: list[AliceCivitaiModel]
+    page: int
+    has_more: bool
+    cached: bool
 
 
 def _alice_civitai_item(item: dict[str, Any], base: str) -> dict[str, Any]:
@@ -159,8 +373,6 @@ def _alice_civitai_item(item: dict[str, Any], base: str) -> dict[str, Any]:
                         "id": f["id"],
                         "name": f["name"],
                         "sizeKB": f["size_kb"],
-                        # CivitAI's own link, without a token (it needs the
-                        # caller's own key; downloads through us need none)
                         "downloadUrl": f"{base}/api/download/models/{version['id']}"
                         f"?fileId={f['id']}",
                     }
@@ -172,36 +384,43 @@ def _alice_civitai_item(item: dict[str, Any], base: str) -> dict[str, Any]:
     }
 
 
-@route()
-async def alice_search_civitai(request: Request, api: Api, client: str | None) -> Response:
-    body = alice_body(
-        await api.read_body(request),
-        {"query": str, "types": (list, str), "sort": str, "nsfw": bool, "limit": int, "page": int},
+@route(
+    contract=Contract(
+        takes_body=AliceCivitaiSearch,
+        example={"query": "", "types": ["LORA"], "sort": "Highest Rated"},
+        answers={200: Answer(AliceCivitaiPage)},
+        errors={502: "CivitAI did not answer as it should"},
+        tag=TAG,
     )
-    types = body.get("types") or []
-    types = _types([types] if isinstance(types, str) else [str(t) for t in types])
-    limit = body.get("limit") or 20
-    number = body.get("page") or 1
-    if not 1 <= limit <= civitai.MAX_LIMIT or not 1 <= number <= 50:
-        raise errors.InvalidParameters("limit must be 1..100 and page 1..50", field="limit")
-    query = body.get("query") or ""
+)
+async def alice_search_civitai(
+    request: Request, api: Api, client: str | None, body: AliceCivitaiSearch
+) -> Response:
+    """CivitAI's models, a page by its number: browsing pages as CivitAI numbers them
+    (as far as it does: further pages are empty); a search walks CivitAI's cursors to
+    the page."""
+    given = body.types or []
+    types = _types([given] if isinstance(given, str) else given)
+    limit, number, query = body.limit, body.page, body.query
+
+    def ask(cursor: str) -> SearchPage:
+        return _search(
+            api,
+            "civitai",
+            query,
+            types=types,
+            sort=body.sort,
+            nsfw=bool(body.nsfw),
+            limit=limit,
+            cursor=cursor,
+        )
 
     def work() -> SearchPage:
-        def ask(cursor: str | None) -> SearchPage:
-            return _search(
-                api,
-                "civitai",
-                query,
-                types=types,
-                sort=body.get("sort"),
-                nsfw=bool(body.get("nsfw")),
-                limit=limit,
-                cursor=cursor,
-            )
-
-        if not query:
-            return ask(str(number))  # browsing pages by number
-        page = ask(None)
+        if not query:  # browsing: pages by number, as far as CivitAI numbers them
+            if number * limit > civitai.PAGE_MODE_END:
+                return SearchPage([], None)
+            return ask(str(number))
+        page = ask("")
         for _ in range(number - 1):  # a search pages by cursor: walk to the page asked for
             if page.next_cursor is None:
                 return SearchPage([], None)
@@ -217,26 +436,52 @@ async def alice_search_civitai(request: Request, api: Api, client: str | None) -
     )
 
 
-@route()
-async def alice_search_huggingface(request: Request, api: Api, client: str | None) -> Response:
-    body = alice_body(
-        await api.read_body(request),
-        {"query": str, "filterTags": list, "sort": str, "limit": int},
+class AliceHubSearch(AliceBody):
+    query: Text = Field("", max_length=MAX_QUERY)
+    filterTags: list[Text] | None = Field(None, description="repositories with every one")
+    sort: HubSort | None = None
+    limit: Whole = Field(20, ge=1, le=SEARCH_LIMIT)
+
+
+class AliceHubModel(BaseModel):
+    id: str
+    author: str
+    last_modified: str | None
+    downloads: int | None
+    likes: int | None
+    tags: list[str]
+    pipeline_tag: str | None
+
+
+class AliceHubPage(BaseModel):
+    object: Literal["list"]
+    data: list[AliceHubModel]
+
+
+@route(
+    contract=Contract(
+        takes_body=AliceHubSearch,
+        example={"query": "stable diffusion", "sort": "downloads"},
+        answers={200: Answer(AliceHubPage)},
+        errors={502: "the Hugging Face Hub did not answer as it should"},
+        tag=TAG,
     )
-    limit = body.get("limit") or 20
-    if not 1 <= limit <= SEARCH_LIMIT:
-        raise errors.InvalidParameters(f"limit must be 1..{SEARCH_LIMIT}", field="limit")
-    tags = [str(t) for t in body.get("filterTags") or []]
+)
+async def alice_search_huggingface(
+    request: Request, api: Api, client: str | None, body: AliceHubSearch
+) -> Response:
+    """The Hub's text-to-image diffusers repositories, in ALICE's shape."""
+    tags = set(body.filterTags or [])
     page = await run_in_threadpool(
         lambda: _search(
             api,
             "huggingface",
-            body.get("query") or "",
+            body.query,
             types=[],
-            sort=body.get("sort"),
+            sort=body.sort,
             nsfw=False,
-            limit=limit,
-            cursor=None,
+            limit=body.limit,
+            cursor="",
         )
     )
     data = [
@@ -250,6 +495,6 @@ async def alice_search_huggingface(request: Request, api: Api, client: str | Non
             "pipeline_tag": item["pipeline_tag"],
         }
         for item in page.data
-        if set(tags) <= set(item["tags"])
+        if tags <= set(item["tags"])
     ]
     return JSONResponse({"object": "list", "data": data})
