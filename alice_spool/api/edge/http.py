@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -89,15 +88,6 @@ def typed(body: dict[str, Any], key: str, kinds: type | tuple[type, ...]) -> Any
     return value
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f]")  # as /openapi.json states it (openapi.py)
-
-
-def is_plain_text(value: str) -> bool:
-    """Text a filter or a tag may be: no control character (a NUL, which PostgreSQL
-    cannot store; a line break), and Unicode text (`_is_text`)."""
-    return _CONTROL.search(value) is None and _is_text(value)
-
-
 def _is_text(value: str) -> bool:
     """Whether a string is Unicode text: JSON lets a client escape half of a surrogate
     pair, which no database, hash or answer can encode."""
@@ -127,51 +117,6 @@ def refuse_unknown(body: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise errors.InvalidParameters(f"unknown field {unknown[0]!r}", field=unknown[0])
-
-
-def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
-    """A whole-number query parameter in low..high (`default` when absent); else 400."""
-    text = request.query_params.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise errors.InvalidParameters(f"{name} must be a whole number", field=name) from None
-    if not low <= value <= high:
-        raise errors.InvalidParameters(f"{name} must be {low}..{high}", field=name)
-    return value
-
-
-def query_flag(text: str | None, field: str, default: bool = False) -> bool:
-    """A true/false query parameter (`true`, `false`, `1`, `0`, any case)."""
-    if text is None:
-        return default
-    if text.lower() not in ("true", "false", "1", "0"):
-        raise errors.InvalidParameters(f"{field} must be true or false", field=field)
-    return text.lower() in ("true", "1")
-
-
-def query_list(
-    request: Request, name: str, *, max_items: int, max_length: int, commas: bool = True
-) -> list[str]:
-    """A list-valued query parameter, bounded at the door (a thousand values would make
-    a query the database refuses): repeated, and with `commas` comma-separated too;
-    trimmed, empty ones dropped, repeats kept once. More than `max_items` different
-    values, or one longer than `max_length` or with a control character: 400 naming it."""
-    values: list[str] = []
-    for given in request.query_params.getlist(name):
-        values.extend(part.strip() for part in (given.split(",") if commas else [given]))
-    values = list(dict.fromkeys(value for value in values if value))
-    if len(values) > max_items:
-        raise errors.InvalidParameters(f"{name} takes at most {max_items} values", field=name)
-    if any(len(value) > max_length or not is_plain_text(value) for value in values):
-        raise errors.InvalidParameters(
-            f"each value of {name} is text of at most {max_length} characters, "
-            "without control characters",
-            field=name,
-        )
-    return values
 
 
 def _basic_password(token: str) -> str:
