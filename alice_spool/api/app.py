@@ -121,6 +121,7 @@ class SpoolId(Convertor[str]):
     (ALICE's `/v1/models/download/status`) or an id."""
 
     regex = "[0-9a-f]{30}"
+    schema: dict[str, Any] = {"type": "string", "pattern": f"^{regex}$"}
 
     def convert(self, value: str) -> str:
         return value
@@ -136,6 +137,7 @@ class ImageId(SpoolId):
     """A gallery image's id, `<job id>-<index>`: never `/v1/gallery/tags` or `stats`."""
 
     regex = "[0-9a-f]{30}-[0-9]{1,2}"
+    schema = {"type": "string", "pattern": f"^{regex}$"}
 
 
 register_url_convertor("image_id", ImageId())

@@ -111,7 +111,7 @@ def _civitai(body: dict[str, Any], name: str | None) -> DownloadRequest:
         value = body.get(key)
         if value is None:
             continue
-        if isinstance(value, str) and value.isdigit():
+        if isinstance(value, str) and value.isascii() and value.isdigit():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**53:
             raise InvalidParameters(f"{key} must be a positive integer", field=key)
@@ -148,7 +148,7 @@ def from_ref(ref: str) -> dict[str, Any]:
         if version:
             body["version_id"] = version
         for key in ("model_id", "version_id"):
-            if key in body and not str(body[key]).isdigit():
+            if key in body and not (str(body[key]).isascii() and str(body[key]).isdigit()):
                 raise InvalidParameters(
                     f"{ref!r}: civitai:MODEL_ID[@VERSION_ID] takes numbers", field="ref"
                 )

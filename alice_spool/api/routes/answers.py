@@ -58,7 +58,7 @@ class Download(BaseModel):
 
     id: str
     source: str
-    kind: str
+    kind: str | None  # null until its source says
     name: str | None
     status: DownloadStatus
     bytes_done: int

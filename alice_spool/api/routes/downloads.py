@@ -259,15 +259,9 @@ def native_body(raw: Any) -> dict[str, Any]:
 # -- what they answer ------------------------------------------------------------------------
 
 
-class DownloadShown(Download):
-    """A model download as the API shows it (`kind`: null until its source says)."""
-
-    kind: str | None  # type: ignore[assignment]
-
-
 class DownloadPage(BaseModel):
     object: Literal["list"]
-    data: list[DownloadShown]
+    data: list[Download]
 
 
 class DownloadsQuery(Query):
@@ -275,7 +269,7 @@ class DownloadsQuery(Query):
     limit: int = Field(100, ge=1, le=MAX_PAGE)
 
 
-_SHOWN = Answer(DownloadShown)
+_SHOWN = Answer(Download)
 _EVENTS = Answer(description="progress events, then done", media="text/event-stream")
 _TAKEN = "a model of that name is already installed"
 _FINISHED = "the download has finished"
@@ -308,7 +302,7 @@ async def _queue(
     contract=Contract(
         body=DownloadBody,
         example={"source": "huggingface", "repo": "stabilityai/sd-turbo"},
-        answers={202: Answer(DownloadShown, "Queued")},
+        answers={202: Answer(Download, "Queued")},
         errors={409: _TAKEN},
         link="download_id",
     )
