@@ -138,8 +138,11 @@ def _responses(
         answer: Answer = contract.answer(status)
         described: dict[str, Any] = {"description": answer.description}
         schema = schemas.of(answer.schema, "serialization")
-        if schema is not None or answer.media != "application/json":
-            described["content"] = {answer.media: {"schema": schema or {}}}
+        if schema is not None or answer.media != "application/json" or answer.also:
+            described["content"] = {answer.media: {"schema": schema or {}}} | {
+                media: {"schema": schemas.of(other, "serialization") or {}}
+                for media, other in answer.also.items()
+            }
         answers[str(status)] = described
     for status, text in sorted(_error_statuses(item, method, contract, needs_key).items()):
         answers.setdefault(str(status), {"description": text, "content": error})

@@ -42,11 +42,13 @@ class ErrorBody(BaseModel):
 @dataclass(frozen=True)
 class Answer:
     """One status a route answers: the body's schema (None: any, or not JSON), its
-    media type, and what it means."""
+    media type (and others it may be given in: `also`), and what it means."""
 
     schema: SchemaSource | None = None
     description: str = "OK"
     media: str = "application/json"
+    # The same answer in other media types, as the request's Accept chooses: type -> schema.
+    also: Mapping[str, SchemaSource | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

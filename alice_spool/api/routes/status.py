@@ -207,7 +207,16 @@ def _wants_prometheus(chosen: str | None, accept: str) -> bool:
     auth=False,
     contract=Contract(
         query=MetricsQuery,
-        answers={200: Answer(Metrics, "ALICE's metrics, or Prometheus text (text/plain)")},
+        answers={
+            200: Answer(
+                Metrics,
+                "ALICE's metrics, or Prometheus text (text/plain) or OpenMetrics",
+                also={
+                    "text/plain": {"type": "string"},
+                    "application/openmetrics-text": {"type": "string"},
+                },
+            )
+        },
     ),
 )
 async def metrics(request: Request, api: Api, client: str | None, query: MetricsQuery) -> Response:
