@@ -249,6 +249,48 @@ def test_models_lists_and_retrieves_the_aliases(site: Served) -> None:
         api.models.retrieve("midjourney-v7")
 
 
+def test_every_answer_is_as_the_description_says(site: Served, tmp_path: Path) -> None:
+    """Each door's answer, checked against its schema in /openapi.json: the images in
+    either API's shape (generations, edits, variations), the chat completion, the
+    model list and one model, the LoRAs, a rescan, the default model chosen."""
+    jsonschema_rs = pytest.importorskip("jsonschema_rs")
+    document = site.get("/openapi.json").json()
+
+    def check(path: str, method: str, answer: httpx.Response) -> None:
+        assert answer.status_code == 200, answer.text
+        described = document["paths"][path][method]["responses"]["200"]["content"]
+        schema = {**described["application/json"]["schema"], "components": document["components"]}
+        jsonschema_rs.validator_for(schema).validate(answer.json())
+
+    def post(path: str, **options: Any) -> httpx.Response:
+        return httpx.post(f"{site.url}{path}", headers=HEADERS, timeout=180, **options)
+
+    image = photo(tmp_path / "photo.png").read_bytes()
+    for name in ("gpt-image-1", "dall-e-3"):
+        body = {"model": name, "prompt": "a fox", "size": "64x64", **SMALL}
+        check("/v1/images/generations", "post", post("/v1/images/generations", json=body))
+        form = {"model": name, "prompt": "a fox", "steps": "2"}
+        edited = post("/v1/images/edits", files={"image": ("a.png", image)}, data=form)
+        check("/v1/images/edits", "post", edited)
+        varied = post(
+            "/v1/images/variations",
+            files={"image": ("a.png", image)},
+            data={"model": name, "steps": "2"},
+        )
+        check("/v1/images/variations", "post", varied)
+    chat = {"messages": [{"role": "user", "content": "a fox"}], "metadata": SMALL}
+    check("/v1/chat/completions", "post", post("/v1/chat/completions", json=chat))
+    for path in ("/v1/models", "/v1/loras"):
+        check(path, "get", site.get(path, headers=HEADERS))
+    check("/v1/models/{name}", "get", site.get("/v1/models/dall-e-3", headers=HEADERS))
+    check("/v1/models/refresh", "post", post("/v1/models/refresh"))
+    check("/v1/models/default", "post", post("/v1/models/default", json={"model": "sd/tiny"}))
+    edits = document["paths"]["/v1/images/edits"]["post"]
+    assert {"415", "504"} <= set(edits["responses"])  # not a form; the job not done in time
+    form = edits["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["properties"]["image"]["format"] == "binary" and "mask" in form["properties"]
+
+
 # -- fields ---------------------------------------------------------------------------------
 
 

@@ -1,6 +1,8 @@
-"""OpenAI's image-API fields (api/openai_fields.py), its model names (aliases.py) and the
-answer's image formats (api/image_formats.py): every value OpenAI documents taken or
-refused with the field named, the quality table, and the infotext kept in each format."""
+"""OpenAI's image-API fields (api/dialects/openai/fields.py), its model names (aliases.py)
+and the answer's image formats (api/edge/formats.py): every value OpenAI documents taken
+or refused with the field named, the quality table, the infotext kept in each format; the
+chat's image parameters; and the request bodies' schemas, which take what the fields take
+and refuse what they refuse."""
 
 from __future__ import annotations
 
@@ -13,7 +15,11 @@ from PIL import Image, PngImagePlugin
 from alice_spool import aliases
 from alice_spool.api.dialects.openai import fields as openai_fields
 from alice_spool.api.edge import formats as image_formats
+from alice_spool.config import Settings
 from alice_spool.errors import InvalidParameters
+from alice_spool.spec import BUILTIN_DEFAULTS
+
+jsonschema_rs = pytest.importorskip("jsonschema_rs")
 
 # -- model names ----------------------------------------------------------------------------
 
@@ -111,6 +117,8 @@ def test_numbers_and_flags_are_json_numbers_and_flags() -> None:
     they spell); digits of other scripts are refused, never a 500."""
     fields, _ = openai_fields.take({"output_compression": 55, "stream": True})
     assert (fields.output_compression, fields.stream) == (55, True)
+    whole, _ = openai_fields.take({"output_compression": 55.0, "partial_images": 2.0})
+    assert (whole.output_compression, whole.partial_images) == (55, 2)  # JSON's 55.0 is 55
     for name, value in [("output_compression", "55"), ("output_compression", "\u00b2"),
                         ("partial_images", "--5"), ("stream", "true")]:  # fmt: skip
         with pytest.raises(InvalidParameters) as refused:
@@ -248,3 +256,77 @@ def test_compression_is_the_encoders_quality() -> None:
     small = image_formats.convert(out.getvalue(), "jpeg", 5)
     large = image_formats.convert(out.getvalue(), "jpeg", 100)
     assert len(small) * 3 < len(large)
+
+
+# -- the chat's image parameters --------------------------------------------------------------
+
+
+def test_each_parameter_object_is_checked_and_a_later_one_wins() -> None:
+    """sam_config, samConfig, then metadata: a later object's field replaces an earlier
+    one's and its other spellings; keys that are no request field are left alone."""
+    body = {
+        "sam_config": {"n": 2, "width": 64, "height": 96, "steps": 3, "loras": ["ink"]},
+        "samConfig": {"num_images": 3, "size": "128x128", "lora_paths": ["a/grain.safetensors"]},
+        "metadata": {"steps": 5, "user_id": "x", "prompt": 7},
+    }
+    merged = openai_fields.chat_parameters(body, BUILTIN_DEFAULTS)
+    assert merged == {
+        "num_images": 3,
+        "size": "128x128",
+        "lora_paths": ["a/grain.safetensors"],
+        "steps": 5,
+        "prompt": 7,  # the messages' text takes its place
+    }
+    assert openai_fields.chat_parameters({"metadata": None}, BUILTIN_DEFAULTS) == {}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"samConfig": {"steps": 0}, "metadata": {"steps": 7}}, "steps"),
+        ({"sam_config": {"n": 1, "num_images": 2}}, "num_images"),
+        ({"metadata": {"model": "a/b"}}, "model"),
+        ({"metadata": [1]}, "metadata"),
+    ],
+)  # fmt: skip
+def test_a_bad_parameter_is_refused_even_where_a_later_object_gives_another(
+    body: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidParameters) as refused:
+        openai_fields.chat_parameters(body, BUILTIN_DEFAULTS)
+    assert refused.value.details["field"] == field
+
+
+# -- the bodies' schemas ----------------------------------------------------------------------
+
+
+def test_the_generations_schema_takes_what_the_door_takes() -> None:
+    schema = openai_fields.generations_schema(Settings())
+    valid = jsonschema_rs.validator_for(schema).is_valid
+    assert valid({"prompt": "x", "model": " dall-e-3 ", "size": "auto", "width": 64})
+    assert valid({"prompt": "x", "quality": "hd", "output_format": "jpg", "user": None})
+    assert valid({"prompt": "x", "model": "", "background": "auto", "partial_images": 3})
+    for refused in (
+        {"prompt": "x", "size": "512x512", "width": 64},  # size and width: one of them
+        {"prompt": "x", "background": "transparent"},
+        {"prompt": "x", "output_format": "gif"},
+        {"prompt": "x", "model": "a/b"},
+        {"prompt": "x", "frame_count": 2},
+        {"prompt": "x", "id": "a"},
+        {"size": "auto"},
+    ):
+        assert not valid(refused), refused
+
+
+def test_the_forms_schemas_say_which_files_and_fields_each_takes() -> None:
+    edits = openai_fields.edits_form(Settings())
+    variations = openai_fields.variations_form(Settings())
+    assert {"image", "image[]", "mask", "prompt"} <= set(edits["properties"])
+    assert edits["properties"]["image"]["format"] == "binary"
+    assert not {"mask", "prompt", "init_image"} & set(variations["properties"])
+    assert variations["properties"]["strength"]["default"] == openai_fields.VARIATION_STRENGTH
+    valid = jsonschema_rs.validator_for(variations).is_valid
+    assert valid({"image": "…", "n": 2, "size": "auto", "stream": False})
+    assert not valid({"image": "…", "stream": True})  # a variation is not streamed
+    assert not valid({"image": "…", "image[]": "…"})  # one image
+    assert not valid({"n": 2})

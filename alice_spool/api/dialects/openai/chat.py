@@ -1,5 +1,5 @@
 """The OpenAI-shaped doors: chat completions (ALICE's and SAM's) and the model list (the
-images API: openai_images.py)."""
+images API: images.py), with what each takes and answers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -18,71 +20,84 @@ from starlette.types import Receive, Scope, Send
 from .... import aliases, errors, inputs
 from ....library.registry import ModelInfo
 from ....records import JobRecord
-from ....spec import SPEC_FIELDS, JobSpec, normalise_model_id, parse_spec
+from ....spec import JobSpec, normalise_model_id, parse_spec
 from ....states import Source
 from ...edge.context import Api, bucket_of, route
+from ...edge.contract import Answer, Contract, Query
 from ...edge.http import WAKE_AT_LEAST_S, require_object, watching
+from ...edge.schemas import MODEL_ID
 from ...routes import catalog
 from ..pipeline import Dialect, finished, finished_or_raise, submit
+from .fields import chat_parameters, chat_schema, last_user_text
 
-# Where a chat request carries the image parameters (SAM sends `metadata`).
-_CONFIG_KEYS = ("sam_config", "samConfig", "metadata")
+TAG = "OpenAI and ALICE"
+WAITS = "the job did not finish in server.request_timeout_s (it stays queued: GET /v1/jobs/<id>)"
+# What every door that queues a job may answer beyond the errors of every route.
+QUEUES = {
+    404: "the model, a LoRA or the VAE is not installed",
+    409: "the job was cancelled before it finished",
+    503: "the queue is full, or the database busy (Retry-After)",
+    504: WAITS,
+}
 
 
-# What else the chat's parameter objects may hold: OpenAI's size, ALICE's names.
-_CONFIG_EXTRAS = (
-    "size", "num_images", "lora_paths", "lora_scales", "input_images", "input_image_urls",
-)  # fmt: skip
+class ChatImageParameters(BaseModel):
+    """What the job ran with (its request where it has not run)."""
+
+    prompt: str | None
+    negative_prompt: str | None
+    steps: int | None
+    guidance_scale: float | None
+    seed: int | None
+    model: str | None
+    scheduler: str | None
+    width: int | None
+    height: int | None
+    mode: str
+    input_image_count: int
+    job_id: str
 
 
-def _last_user_text(messages: Any) -> str:
-    if not isinstance(messages, list) or not messages:
-        raise errors.InvalidParameters("messages must be a non-empty list", field="messages")
-    for index, message in enumerate(messages):  # each one well formed, as OpenAI asks
-        where = f"messages[{index}]"
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise errors.InvalidParameters(
-                f"{where} must be an object with a role", field="messages"
-            )
-        content = message.get("content")
-        if isinstance(content, list):
-            if not all(isinstance(part, dict) for part in content):
-                raise errors.InvalidParameters(
-                    f"{where}.content parts must be objects", field="messages"
-                )
-        elif content is not None and not isinstance(content, str):
-            raise errors.InvalidParameters(
-                f"{where}.content must be text, a list of parts, or null", field="messages"
-            )
-    for message in reversed(messages):
-        if message["role"] == "user":
-            content = message.get("content")
-            if isinstance(content, list):  # content parts: take the text ones
-                content = " ".join(
-                    part["text"]
-                    for part in content
-                    if part.get("type") == "text" and isinstance(part.get("text"), str)
-                )
-            if isinstance(content, str) and content.strip():
-                return content
-    raise errors.InvalidParameters("no user message with text in messages", field="messages")
+class ChatReply(BaseModel):
+    role: Literal["assistant"]
+    content: str
+    image_urls: list[str]
+    metadata: ChatImageParameters
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatReply
+    finish_reason: Literal["stop"]
+
+
+class ChatUsage(BaseModel):
+    """The prompt's words as tokens; SAM reads the camel-case names."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    promptTokens: int
+    completionTokens: int
+    totalTokens: int
+
+
+class ChatCompletion(BaseModel):
+    """OpenAI's chat completion, its message the images' URLs."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str | None
+    choices: list[ChatChoice]
+    usage: ChatUsage
 
 
 def chat_spec(body: dict[str, Any], api: Api) -> tuple[JobSpec, inputs.Staged, bool]:
-    """(spec, stream) from a chat request: the prompt is the last user message, the
-    parameters come from `sam_config`, `samConfig` or `metadata` (the spec's fields
-    there are read and checked; other keys, which other clients put in `metadata`, are
-    left alone)."""
-    prompt = _last_user_text(body.get("messages"))
-    config: dict[str, Any] = {}
-    for key in _CONFIG_KEYS:
-        value = body.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, dict):
-            raise errors.InvalidParameters(f"{key} must be an object", field=key)
-        config.update({k: v for k, v in value.items() if k in SPEC_FIELDS or k in _CONFIG_EXTRAS})
-    fields: dict[str, Any] = {**config, "prompt": prompt}
+    """(spec, staged images, stream) from a chat request: the prompt is the last user
+    message's text, the parameters those of `sam_config`, `samConfig` and `metadata`."""
+    prompt = last_user_text(body.get("messages"))
+    fields: dict[str, Any] = {**chat_parameters(body, api.settings.generation), "prompt": prompt}
     asked: str | None = None
     if isinstance(body.get("model"), str):  # an alias, or OpenAI's image model names
         named = aliases.resolve(body["model"], api.settings.models.aliases)
@@ -190,7 +205,25 @@ async def enqueue_held(
     return job, lambda: api.streams.give_back(holder)
 
 
-@route()
+@route(
+    contract=Contract(
+        body=chat_schema,
+        example={
+            "model": "sd/tiny",
+            "messages": [{"role": "user", "content": "a harbour at dawn"}],
+            "metadata": {"steps": 25, "guidance_scale": 7.5, "width": 512, "height": 512},
+        },
+        answers={
+            200: Answer(
+                ChatCompletion,
+                "Done: the images' URLs (with `stream`: chat.completion.chunk events, "
+                "text/event-stream, the last with the URLs, then [DONE])",
+            )
+        },
+        errors={**QUEUES, 429: "rate limited, or too many open streams"},
+        tag=TAG,
+    )
+)
 async def chat_completions(request: Request, api: Api, client: str | None) -> Response:
     """ALICE's and SAM's door: generate, wait, answer a chat completion with image URLs."""
     body = require_object(await api.read_body(request, images=True))
@@ -278,7 +311,27 @@ async def _chat_stream(
     yield "[DONE]"
 
 
-@route()
+class LoraView(BaseModel):
+    """An installed LoRA: ours (`family`, `size_bytes`, `status`) and ALICE's names."""
+
+    object: Literal["lora"]
+    id: str
+    name: str
+    family: str | None
+    size_bytes: int
+    status: Literal["ok", "broken"]
+    reason: str | SkipJsonSchema[None] = Field(None, description="why it is broken")
+    created: int
+    sizeMb: float
+    baseModel: str
+
+
+class LoraList(BaseModel):
+    object: Literal["list"]
+    data: list[LoraView]
+
+
+@route(contract=Contract(answers={200: Answer(LoraList)}, tag=TAG))
 async def list_loras(request: Request, api: Api, client: str | None) -> Response:
     """The installed LoRAs (`<models>/loras/*.safetensors`) with the model family each
     was made for; a request names them in `loras` or as `<lora:name:scale>` tags."""
@@ -286,18 +339,64 @@ async def list_loras(request: Request, api: Api, client: str | None) -> Response
     return JSONResponse({"object": "list", "data": catalog.lora_views(loras)})
 
 
-@route()
-async def list_models(request: Request, api: Api, client: str | None) -> Response:
+class FamilyDefaults(BaseModel):
+    """What a model runs with when a request gives none (None: the server's)."""
+
+    steps: int | None
+    guidance_scale: float | None
+    scheduler: str | None
+
+
+class ModelView(BaseModel):
+    """An installed model (or an alias: `alias_of` the model it stands for), as OpenAI
+    lists models, with what it is."""
+
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    family: str | None
+    variant: str | None
+    defaults: FamilyDefaults
+    schedulers: list[str] | None = Field(description="the ones it takes; null: every one")
+    native_size: int | None
+    size_bytes: int
+    format: str
+    status: Literal["ok", "broken"]
+    default: bool | SkipJsonSchema[None] = Field(None, description="in the list, models only")
+    smoke_test: bool
+    reason: str | SkipJsonSchema[None] = Field(None, description="why it is broken")
+    note: str | SkipJsonSchema[None] = Field(None, description="a smoke-test model's")
+    alias: bool | SkipJsonSchema[None] = Field(None, description="aliases only: true")
+    alias_of: str | SkipJsonSchema[None] = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelView]
+
+
+class ModelsQuery(Query):
+    include_broken: str = Field(
+        "false",
+        pattern="^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|1|0)$",
+        description="true (or 1, any case): the unusable models too, with the reason",
+    )
+
+    @property
+    def broken_too(self) -> bool:
+        return self.include_broken.lower() in ("true", "1")
+
+
+@route(contract=Contract(query=ModelsQuery, answers={200: Answer(ModelList)}, tag=TAG))
+async def list_models(
+    request: Request, api: Api, client: str | None, query: ModelsQuery
+) -> Response:
     """The installed models, as OpenAI lists models (plus what they are), then the
     aliases (`alias_of`: the model each stands for): the configured ones
     (`[models.aliases]`) and OpenAI's image model names, which stand for the default
     model; `?include_broken=true` lists the unusable models too, with the reason."""
-    flag = request.query_params.get("include_broken", "false").lower()
-    if flag not in ("true", "false", "1", "0"):
-        raise errors.InvalidParameters(
-            "include_broken must be true or false", field="include_broken"
-        )
-    include_broken = flag in ("true", "1")
+    include_broken = query.broken_too
     models = await run_in_threadpool(api.registry.scan)
     try:
         default = (
@@ -370,7 +469,7 @@ def _alias_entries(
     return entries
 
 
-@route()
+@route(contract=Contract(answers={200: Answer(ModelView)}, tag=TAG))
 async def retrieve_model(request: Request, api: Api, client: str | None) -> Response:
     """One model or alias as OpenAI's `models.retrieve` reads it: an installed model by
     its name (`tiny` for sd/tiny), or an alias (OpenAI's image model names included)."""
@@ -394,14 +493,35 @@ async def retrieve_model(request: Request, api: Api, client: str | None) -> Resp
     return JSONResponse(entry)
 
 
-@route(manage=True)
-async def set_default_model(request: Request, api: Api, client: str | None) -> Response:
+class DefaultModel(BaseModel):
+    model: str = Field(pattern=MODEL_ID, examples=["sd/tiny"], description="an installed model")
+
+
+class DefaultChosen(BaseModel):
+    object: Literal["model"]
+    id: str
+    default: Literal[True]
+
+
+@route(
+    manage=True,
+    contract=Contract(
+        takes_body=DefaultModel,
+        example={"model": "sd/tiny"},
+        answers={200: Answer(DefaultChosen)},
+        errors={
+            404: "the model is not installed, or cannot be used",
+            409: "generation.default_model in the configuration pins the default",
+        },
+        tag=TAG,
+    ),
+)
+async def set_default_model(
+    request: Request, api: Api, client: str | None, body: DefaultModel
+) -> Response:
     """Make an installed model the default for requests that name none:
     `{"model": "sd/<name>"}`. Refused while config.toml pins `generation.default_model`."""
-    body = require_object(await api.read_body(request))
-    wanted = body.get("model")
-    if not isinstance(wanted, str) or not wanted.strip():
-        raise errors.InvalidParameters("model must be a model id such as sd/tiny", field="model")
+    wanted = body.model
     pinned = api.settings.generation.default_model
     if pinned:
         raise errors.IllegalTransition(
@@ -413,7 +533,12 @@ async def set_default_model(request: Request, api: Api, client: str | None) -> R
     return JSONResponse({"object": "model", "id": model.id, "default": True})
 
 
-@route()
+class Rescanned(BaseModel):
+    status: Literal["ok"]
+    models_found: int = Field(description="the usable ones")
+
+
+@route(contract=Contract(answers={200: Answer(Rescanned)}, tag=TAG))
 async def refresh_models(request: Request, api: Api, client: str | None) -> Response:
     """Rescan the models directory (as ALICE does)."""
     models = await run_in_threadpool(api.registry.scan, force=True)

@@ -1,6 +1,6 @@
 """OpenAI's images API as OpenAI's own clients call it: generations, edits and variations
 (multipart, as its SDK sends them), OpenAI's model names (aliases.py), its fields
-(openai_fields.py), and answers in the shape of the API the model name belongs to:
+(fields.py), and answers in the shape of the API the model name belongs to:
 gpt-image names get base64 images with `usage`, DALL-E names and this server's own model
 ids get URLs (by default) with `revised_prompt`."""
 
@@ -11,9 +11,11 @@ import io
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image as PILImage
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
@@ -25,10 +27,11 @@ from ....records import JobRecord
 from ....spec import JobSpec, load_json, parse_spec
 from ...edge import formats as image_formats
 from ...edge.context import Api, route
+from ...edge.contract import Answer, Contract, SchemaSource
 from ...edge.http import read_bytes, require_object, wait_for_job
 from ..pipeline import base64_text, finished, finished_or_raise, images_of, png_of
 from . import fields as openai_fields
-from .chat import HeldEvents, enqueue_held
+from .chat import QUEUES, TAG, HeldEvents, enqueue_held
 from .fields import OpenAIFields
 
 # gpt-image answers count tokens; nothing is counted here.
@@ -39,6 +42,71 @@ _NO_USAGE = {
     "output_tokens_details": {"image_tokens": 0, "text_tokens": 0},
     "total_tokens": 0,
 }
+
+
+class ImageItem(BaseModel):
+    """One image: its URL or its base64, in the asked format."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["url"]}, {"required": ["b64_json"]}]}
+    )
+
+    url: str | SkipJsonSchema[None] = Field(None, description="response_format url")
+    b64_json: str | SkipJsonSchema[None] = Field(None, description="response_format b64_json")
+    revised_prompt: str | SkipJsonSchema[None] = Field(
+        None, description="DALL-E's and this server's model names: the prompt as it ran"
+    )
+
+
+class TokenDetails(BaseModel):
+    image_tokens: int
+    text_tokens: int
+
+
+class ImageUsage(BaseModel):
+    """gpt-image's token counts: nothing is counted here."""
+
+    input_tokens: int
+    input_tokens_details: TokenDetails
+    output_tokens: int
+    output_tokens_details: TokenDetails
+    total_tokens: int
+
+
+class ImagesAnswer(BaseModel):
+    """OpenAI's images response, in the shape of the API the model name belongs to
+    (gpt-image names add their settings and `usage`), with the model that ran and the
+    job's id."""
+
+    created: int
+    data: list[ImageItem]
+    model: str | None
+    job_id: str = Field(description="its record: GET /v1/jobs/<id>")
+    background: Literal["opaque"] | SkipJsonSchema[None] = None
+    output_format: Literal["png", "jpeg", "webp"] | SkipJsonSchema[None] = None
+    quality: Literal["low", "medium", "high", "xhigh", "max"] | SkipJsonSchema[None] = Field(
+        None, description="the highest quality the steps that ran reach"
+    )
+    size: str | SkipJsonSchema[None] = Field(None, description="WxH, or auto when not known")
+    usage: ImageUsage | SkipJsonSchema[None] = None
+
+
+def _contract(
+    *, body: SchemaSource | None = None, form: SchemaSource | None = None, example: Any = None
+) -> Contract:
+    """The images routes' contract: a JSON body or a form, the images or their events."""
+    made = "Done: the images (with `stream`: `<kind>.completed` events, text/event-stream)"
+    errors = dict(QUEUES)
+    if form is not None:
+        errors[415] = "the body is not multipart/form-data"
+    return Contract(
+        body=body,
+        form=form,
+        example=example,
+        answers={200: Answer(ImagesAnswer, made)},
+        errors=errors,
+        tag=TAG,
+    )
 
 
 @dataclass(frozen=True)
@@ -104,7 +172,12 @@ async def _asked(api: Api, fields: dict[str, Any], openai: OpenAIFields) -> Aske
     return Asked(name, model, openai)
 
 
-@route()
+@route(
+    contract=_contract(
+        body=openai_fields.generations_schema,
+        example={"prompt": "a red fox", "size": "512x512", "n": 1},
+    )
+)
 async def image_generations(request: Request, api: Api, client: str | None) -> Response:
     """The OpenAI images API: `prompt`, `model` (an installed model, an alias, or one of
     OpenAI's image model names), `n`, `size` (WxH or auto), `quality`, `output_format`,
@@ -119,7 +192,7 @@ async def image_generations(request: Request, api: Api, client: str | None) -> R
     return await _run(request, api, client, spec, asked, "image_generation")
 
 
-@route()
+@route(contract=_contract(form=openai_fields.edits_form))
 async def image_edits(request: Request, api: Api, client: str | None) -> Response:
     """OpenAI's image edits (multipart, as its SDK sends them): `image`, `mask`
     (optional), `prompt`, `n`, `size`, `response_format`, `model`, OpenAI's other
@@ -142,7 +215,7 @@ async def image_edits(request: Request, api: Api, client: str | None) -> Respons
     return await _run(request, api, client, spec, asked, "image_edit", staged)
 
 
-@route()
+@route(contract=_contract(form=openai_fields.variations_form))
 async def image_variations(request: Request, api: Api, client: str | None) -> Response:
     """OpenAI's image variations (multipart): `image`, `n`, `size`, `response_format`,
     `model`, `user`, plus any request field: img2img of the image with no prompt, at
@@ -241,13 +314,15 @@ async def _answer(request: Request, api: Api, done: JobRecord, asked: Asked) -> 
 def _gpt_image_details(done: JobRecord, asked: Asked) -> dict[str, Any]:
     """What gpt-image's answers add: the settings used, and `usage` (nothing counted)."""
     ran = (done.result or {}).get("spec") or done.spec.to_dict()
+    # A record without the size it ran at (not run by a runner): the model's, if known.
+    width, height = (ran[side] or asked.model.native_size for side in ("width", "height"))
     return {
         "background": "opaque",
         "output_format": asked.fields.suffix,
         "quality": openai_fields.quality_of(
             int(ran["steps"]), asked.model.family, asked.model.variant
         ),
-        "size": f"{ran['width']}x{ran['height']}",
+        "size": f"{width}x{height}" if width and height else "auto",
         "usage": _NO_USAGE,
     }
 
@@ -331,18 +406,10 @@ async def _multipart(request: Request, body: bytes) -> dict[str, str | bytes]:
     return parts
 
 
-# Form fields taken as the text they are (the others are read as JSON where they parse).
-_FORM_TEXT = (
-    "prompt", "negative_prompt", "model", "size", "scheduler", "user", "safety_identifier",
-    "quality", "style", "background", "moderation", "output_format", "response_format",
-    "input_fidelity", "complexity",
-)  # fmt: skip
-
-
 def _form_value(name: str, text: str) -> Any:
     """A form field's text as the request field it stands for: numbers and lists
     from their JSON spelling, names and prompts as they are."""
-    if name in _FORM_TEXT:
+    if name in openai_fields.FORM_TEXT:
         return text
     try:
         return load_json(text)
