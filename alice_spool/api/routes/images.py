@@ -11,6 +11,8 @@ from ..edge import formats as image_formats
 from ..edge.context import Api, route
 from ..edge.contract import Answer, Contract, Query
 
+_BINARY = {"type": "string", "format": "binary"}
+
 
 class ImageQuery(Query):
     compression: int = Field(
@@ -24,10 +26,10 @@ class ImageQuery(Query):
         query=ImageQuery,
         answers={
             200: Answer(
-                {"type": "string", "format": "binary"},
-                "The image: PNG (image/png); a .jpeg or .webp name, that image as JPEG "
-                "(image/jpeg) or WebP (image/webp)",
-                media="image/*",
+                _BINARY,
+                "The image: PNG; for a .jpeg or .webp name, that image as JPEG or WebP",
+                media="image/png",
+                also={"image/jpeg": _BINARY, "image/webp": _BINARY},
             )
         },
     ),
