@@ -126,6 +126,8 @@ def test_ablerefusal_refusals_cancel_and_queue(site: Served) -> None:
         ({**good, "sampler": "nope"}, "scheduler"),
         ({**good, "width": 65}, "width"),
         ({**good, "colour": "red"}, "colour"),
+        ({**good, "negative_prompt": False}, "negative_prompt"),  # never taken as none
+        ({**good, "model": 0}, "model"),
     ]:
         answer = post(site, "/api/v1/generate", body)
         assert answer.status_code == 400, (body, answer.text)
@@ -218,6 +220,12 @@ def test_the_rest_plans_examples_as_written(site: Served) -> None:
         ("/v1/txt2img", {"prompt": "x", "lora_path": "nope"}, "lora"),
         ("/v1/txt2img", {"prompt": "x", "sampler": "euler"}, "sampler"),
         ("/v1/img2img", {"prompt": "x"}, "image"),
+        ("/v1/img2img", {"prompt": "x", "image": "not an image"}, "image"),
+        ("/v1/img2img", {"prompt": "x", "image": image, "strength": 5e-324}, "strength"),
+        ("/v1/txt2img", {"prompt": "x", "negative_prompt": 0}, "negative_prompt"),
+        ("/v1/txt2img", {"prompt": "x", "lora_scale": "high"}, "lora_scale"),  # no lora_path
+        ("/v1/txt2img", {"prompt": "x", "lora_path": 7}, "lora_path"),
+        ("/v1/models/load", {"model_id": ""}, "model_id"),
     ]:
         answer = post(site, path, body)
         assert 400 <= answer.status_code < 500, (body, answer.text)

@@ -7,20 +7,24 @@ with the details, 404 with the list of models."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, Field, RootModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ... import errors
+from ...config import Settings
 from ...records import JobRecord
-from ...spec import parse_spec
+from ...spec import parse_spec, request_json_schema
 from ...states import JobStatus, Source
 from ..edge.context import Api, image_url, route, scope_of
+from ..edge.contract import Answer, Contract, ErrorBody
 from ..edge.http import bounded, refuse_unknown, require_object
 from .pipeline import Dialect, submit
 
+TAG = "AbleRefusal"
 STATES = {
     JobStatus.QUEUED: "queued",
     JobStatus.RUNNING: "processing",
@@ -28,8 +32,27 @@ STATES = {
     JobStatus.FAILED: "failed",
     JobStatus.CANCELLED: "cancelled",
 }
+State = Literal["queued", "processing", "completed", "failed", "cancelled"]
 _FIELDS = {"prompt", "negative_prompt", "width", "height", "steps", "cfg_scale", "sampler",
            "seed", "batch_size", "model"}  # fmt: skip
+# AbleRefusal's own limits (within the spool's, which may be lower: generation.max_*).
+STEPS = (1, 150)
+CFG_SCALE = (1.0, 30.0)
+BATCH_SIZE = (1, 4)
+
+
+class AbleRefusalError(BaseModel):
+    """AbleRefusal's error body; a missing model's adds `models`, what is installed."""
+
+    error: str
+    code: str
+    details: dict[str, Any] = Field(description="the field at fault, and what else is known")
+    models: list[str] | None = None
+
+
+class AbleRefusalErrors(RootModel[AbleRefusalError | ErrorBody]):
+    """Its error answers: its own body; what is refused before any of its routes runs
+    (an unknown path's 404, the guard's 403, 415 and 421) has the server's own."""
 
 
 def _error_body(exc: errors.SpoolError, status: int) -> Response:
@@ -40,7 +63,104 @@ def _error_body(exc: errors.SpoolError, status: int) -> Response:
     return JSONResponse(body, status_code=status)
 
 
-ABLEREFUSAL = Dialect("ablerefusal", Source.ABLEREFUSAL, error_body=_error_body)
+ABLEREFUSAL = Dialect(
+    "ablerefusal", Source.ABLEREFUSAL, error_body=_error_body, error_model=AbleRefusalErrors
+)
+
+
+class AbleRefusalQueued(BaseModel):
+    id: str
+    status: Literal["queued"]
+
+
+class AbleRefusalMetadata(BaseModel):
+    prompt: str
+    negative_prompt: str
+    width: int | None
+    height: int | None
+    steps: int
+    cfg_scale: float
+    sampler: str
+    model: str | None
+
+
+class AbleRefusalResult(BaseModel):
+    image_url: str = Field(description="/outputs/<secret>/<file>: no key needed")
+    seed: int | None
+    metadata: AbleRefusalMetadata
+
+
+class AbleRefusalGeneration(BaseModel):
+    id: str
+    status: State
+    progress: int = Field(ge=0, le=100)
+    results: list[AbleRefusalResult]
+    error: str | None = Field(None, description="why it failed (only then)")
+
+
+class AbleRefusalCancelled(BaseModel):
+    id: str
+    status: State
+
+
+class AbleRefusalJob(BaseModel):
+    id: str
+    status: State
+
+
+class AbleRefusalQueue(BaseModel):
+    queued: int
+    processing: int
+    jobs: list[AbleRefusalJob] = Field(description="this client's unfinished generations")
+
+
+class AbleRefusalModel(BaseModel):
+    id: str
+    name: str
+    family: str | None
+
+
+class AbleRefusalModels(BaseModel):
+    models: list[AbleRefusalModel]
+
+
+class AbleRefusalHealth(BaseModel):
+    status: Literal["healthy"]
+
+
+def _body(settings: Settings) -> dict[str, Any]:
+    """AbleRefusal's generation body: its names and limits over the request's rules."""
+    generation = settings.generation
+    request = request_json_schema(generation)["properties"]
+
+    def limited(schema: dict[str, Any], low: float, high: float, default: float) -> Any:
+        return {**schema, "minimum": low, "maximum": high, "default": default}
+
+    sampler = request["scheduler"]
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["prompt", "width", "height"],
+        "properties": {
+            "prompt": request["prompt"],
+            "negative_prompt": request["negative_prompt"],
+            "width": {**request["width"], "type": "integer"},
+            "height": {**request["height"], "type": "integer"},
+            "steps": limited(request["steps"], STEPS[0], min(STEPS[1], generation.max_steps), 20),
+            "cfg_scale": limited(request["guidance_scale"], *CFG_SCALE, 7.5),
+            "sampler": {
+                **sampler,
+                "enum": [*sampler["enum"], "", None],
+                "default": "euler_a",
+                "description": "euler_a when null or empty; " + sampler["description"],
+            },
+            "seed": request["seed"],
+            "batch_size": limited(
+                request["n"], BATCH_SIZE[0], min(BATCH_SIZE[1], generation.max_n), 1
+            ),
+            "model": request["model"],
+        },
+    }
 
 
 def native(body: dict[str, Any]) -> dict[str, Any]:
@@ -52,16 +172,16 @@ def native(body: dict[str, Any]) -> dict[str, Any]:
     seed = body.get("seed", -1)
     fields = {
         "prompt": body["prompt"],
-        "negative_prompt": body.get("negative_prompt") or "",
+        "negative_prompt": body.get("negative_prompt"),
         "width": body["width"],
         "height": body["height"],
-        "steps": bounded(body, "steps", 20, 1, 150, whole=True),
-        "guidance_scale": bounded(body, "cfg_scale", 7.5, 1.0, 30.0, whole=False),
-        "scheduler": body.get("sampler") or "euler_a",
+        "steps": bounded(body, "steps", 20, *STEPS, whole=True),
+        "guidance_scale": bounded(body, "cfg_scale", 7.5, *CFG_SCALE, whole=False),
+        "scheduler": body.get("sampler") if body.get("sampler") not in (None, "") else "euler_a",
         "seed": None if seed == -1 else seed,
-        "n": bounded(body, "batch_size", 1, 1, 4, whole=True),
+        "n": bounded(body, "batch_size", 1, *BATCH_SIZE, whole=True),
     }
-    if body.get("model"):
+    if body.get("model") is not None:
         fields["model"] = body["model"]
     return fields
 
@@ -90,7 +210,7 @@ def _view(job: JobRecord) -> dict[str, Any]:
                 },
             }
             for image in images
-            if not image.get("deleted")
+            if "file" in image and not image.get("deleted")
         ],
     }
     if job.error_code:
@@ -98,7 +218,23 @@ def _view(job: JobRecord) -> dict[str, Any]:
     return view
 
 
-@route(shape=ABLEREFUSAL)
+@route(
+    shape=ABLEREFUSAL,
+    contract=Contract(
+        body=_body,
+        example={
+            "prompt": "a beautiful sunset over mountains",
+            "width": 512,
+            "height": 512,
+            "steps": 20,
+            "cfg_scale": 7.5,
+        },
+        answers={202: Answer(AbleRefusalQueued, "Queued")},
+        errors={404: "the model (its answer lists the installed ones) or a LoRA is not installed"},
+        tag=TAG,
+        link="job_id",
+    ),
+)
 async def generate(request: Request, api: Api, client: str | None) -> Response:
     """Queue a generation: `{"id", "status": "queued"}` at once (202)."""
     body = require_object(await api.read_body(request))
@@ -114,7 +250,7 @@ async def generate(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse({"id": job.id, "status": "queued"}, status_code=202)
 
 
-@route(shape=ABLEREFUSAL)
+@route(shape=ABLEREFUSAL, contract=Contract(answers={200: Answer(AbleRefusalGeneration)}, tag=TAG))
 async def get_generation(request: Request, api: Api, client: str | None) -> Response:
     """A generation's status (queued, processing, completed, failed, cancelled),
     progress 0..100 and results."""
@@ -122,7 +258,14 @@ async def get_generation(request: Request, api: Api, client: str | None) -> Resp
     return JSONResponse(_view(job))
 
 
-@route(shape=ABLEREFUSAL)
+@route(
+    shape=ABLEREFUSAL,
+    contract=Contract(
+        answers={200: Answer(AbleRefusalCancelled)},
+        errors={409: "the generation has finished"},
+        tag=TAG,
+    ),
+)
 async def cancel(request: Request, api: Api, client: str | None) -> Response:
     """Cancel a generation: queued at once, processing at its next step."""
     job = await run_in_threadpool(api.visible_job, request, request.path_params["job_id"])
@@ -130,7 +273,7 @@ async def cancel(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse({"id": job.id, "status": STATES[job.status]})
 
 
-@route(shape=ABLEREFUSAL)
+@route(shape=ABLEREFUSAL, contract=Contract(answers={200: Answer(AbleRefusalQueue)}, tag=TAG))
 async def queue(request: Request, api: Api, client: str | None) -> Response:
     """The queue: how many wait and run, and this client's unfinished generations."""
     scope = scope_of(request)
@@ -149,7 +292,7 @@ async def queue(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse(await run_in_threadpool(read))
 
 
-@route(shape=ABLEREFUSAL)
+@route(shape=ABLEREFUSAL, contract=Contract(answers={200: Answer(AbleRefusalModels)}, tag=TAG))
 async def models(request: Request, api: Api, client: str | None) -> Response:
     """The installed models."""
     found = await run_in_threadpool(api.registry.scan)
@@ -164,6 +307,7 @@ async def models(request: Request, api: Api, client: str | None) -> Response:
     )
 
 
-@route(auth=False)
+@route(auth=False, contract=Contract(answers={200: Answer(AbleRefusalHealth)}, tag=TAG))
 async def health(request: Request, api: Api, client: str | None) -> Response:
+    """Always `{"status": "healthy"}` while the server answers (no key needed)."""
     return JSONResponse({"status": "healthy"})

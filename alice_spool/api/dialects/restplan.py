@@ -10,26 +10,55 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, Field, RootModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ... import errors
+from ...config import Settings
 from ...records import JobRecord
-from ...spec import MODEL_PREFIX, load_json, parse_spec
+from ...spec import (
+    DEFAULT_STRENGTH,
+    LORA_SCALE_MAX,
+    LORA_SCALE_MIN,
+    MODEL_PREFIX,
+    GenerationDefaults,
+    load_json,
+    normalise_lora_id,
+    normalise_model_id,
+    parse_spec,
+    request_json_schema,
+)
 from ...states import Source
 from ..edge.context import Api, admit, bucket_of, route
-from ..edge.http import WAKE_AT_LEAST_S, refuse_unknown, require_object, watching
+from ..edge.contract import Answer, Contract, ErrorBody
+from ..edge.http import WAKE_AT_LEAST_S, bounded, refuse_unknown, require_object, watching
+from ..edge.schemas import LORA_ID, MODEL_ID
 from .pipeline import Dialect, base64_text, finished, finished_or_raise, images_of, png_of, submit
 
 log = logging.getLogger(__name__)
 
 _FIELDS = {"prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed",
            "width", "height", "model_id", "lora_path", "lora_scale"}  # fmt: skip
+TAG = "REST plan"
+
+
+class RestPlanError(BaseModel):
+    """The REST plan's error body, FastAPI's `{"detail"}` with this server's code."""
+
+    detail: str
+    code: str
+
+
+class RestPlanErrors(RootModel[RestPlanError | ErrorBody]):
+    """Its error answers: its own body; what is refused before any of its routes runs
+    (an unknown path's 404, the guard's 403, 415 and 421) has the server's own."""
 
 
 def _error_body(exc: errors.SpoolError, status: int) -> Response:
@@ -41,7 +70,35 @@ RESTPLAN = Dialect(
     Source.RESTPLAN,
     statuses={errors.InvalidParameters: 422, errors.InvalidJson: 422},  # FastAPI's
     error_body=_error_body,
+    error_model=RestPlanErrors,
 )
+
+
+class RestPlanImage(BaseModel):
+    """txt2img's and img2img's answer: the image and how it was made."""
+
+    image: str = Field(description="the PNG, base64")
+    seed: int | None
+    model_id: str | None = Field(description="sd/<name>")
+    latency_ms: int = Field(description="from the request to the answer")
+
+
+class RestPlanLoad(BaseModel):
+    """`{"model_id"}`: `sd/<name>` or `<name>`; other fields are ignored."""
+
+    model_id: str = Field(
+        description="checked as a model id (sd/<name>, or <name>: one path component)",
+        json_schema_extra={"pattern": MODEL_ID, "examples": ["sd-xl-base"]},
+    )
+
+
+class RestPlanLoaded(BaseModel):
+    status: Literal["ok"]
+    model_id: str = Field(description="sd/<name>")
+
+
+class RestPlanLoras(BaseModel):
+    loras: list[str] = Field(description="the names lora_path takes")
 
 
 def _model(value: Any) -> str | None:
@@ -52,13 +109,23 @@ def _model(value: Any) -> str | None:
     return value if value.startswith(MODEL_PREFIX) else MODEL_PREFIX + value
 
 
+def _lora(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """`lora_path` (a LoRA's name; null or empty: none) at `lora_scale` (checked even
+    without one: a wrong value is never passed over)."""
+    scale = bounded(body, "lora_scale", 1.0, LORA_SCALE_MIN, LORA_SCALE_MAX, whole=False)
+    given = body.get("lora_path")
+    if given in (None, ""):
+        return None
+    return [{"name": normalise_lora_id(given, "lora_path"), "scale": scale}]
+
+
 def native(body: dict[str, Any], *, img2img: bool = False) -> dict[str, Any]:
     allowed = _FIELDS | ({"image", "strength"} if img2img else set())
     refuse_unknown(body, allowed)
     seed = body.get("seed", -1)
     fields: dict[str, Any] = {
         "prompt": body.get("prompt"),
-        "negative_prompt": body.get("negative_prompt") or "",
+        "negative_prompt": body.get("negative_prompt"),
         "seed": None if seed in (-1, None) else seed,
     }
     for theirs, ours in (("num_inference_steps", "steps"), ("guidance_scale", "guidance_scale"),
@@ -68,9 +135,9 @@ def native(body: dict[str, Any], *, img2img: bool = False) -> dict[str, Any]:
     model = _model(body.get("model_id"))
     if model is not None:
         fields["model"] = model
-    if body.get("lora_path"):
-        lora = str(body["lora_path"])
-        fields["loras"] = [{"name": lora, "scale": body.get("lora_scale", 1.0)}]
+    loras = _lora(body)
+    if loras is not None:
+        fields["loras"] = loras
     if img2img:
         if not body.get("image"):
             raise errors.InvalidParameters("image (base64) is required", field="image")
@@ -80,15 +147,182 @@ def native(body: dict[str, Any], *, img2img: bool = False) -> dict[str, Any]:
     return fields
 
 
+# -- the bodies' schemas ------------------------------------------------------------------
+
+# An example input image (a grey 64x64 PNG): the one value img2img's schema lists, as no
+# schema can say which strings are images (any PNG, JPEG or WebP is taken).
+EXAMPLE_IMAGE = (
+    "iVBORw0KGgoAAAANSUhEUgAAAEAAAABACAIAAAAlC+aJAAAATUlEQVR42u3PQQ0AAAgEIDX5RTeFDzdoQCep"
+    "z6aeExAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQELi3oiwCAJt186UAAAAA"
+    "SUVORK5CYII="
+)
+
+
+def _txt2img_body(settings: Settings) -> dict[str, Any]:
+    """The txt2img body: the native request's rules under the plan's names."""
+    request = request_json_schema(settings.generation)["properties"]
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["prompt"],
+        "properties": {
+            "prompt": request["prompt"],
+            "negative_prompt": request["negative_prompt"],
+            "num_inference_steps": request["steps"],
+            "guidance_scale": request["guidance_scale"],
+            "seed": request["seed"],
+            "width": request["width"],
+            "height": request["height"],
+            "model_id": {
+                "type": ["string", "null"],
+                "pattern": f"^$|{MODEL_ID}",
+                "description": "sd/<name> or <name>; the default model when null or empty",
+            },
+            "lora_path": {
+                "type": ["string", "null"],
+                "pattern": f"^$|{LORA_ID}",
+                "description": "an installed LoRA's name (GET /v1/loras/list); none when "
+                "null or empty",
+            },
+            "lora_scale": {
+                "type": ["number", "null"],
+                "minimum": LORA_SCALE_MIN,
+                "maximum": LORA_SCALE_MAX,
+                "default": 1,
+            },
+        },
+    }
+
+
+def _img2img_body(settings: Settings) -> dict[str, Any]:
+    """txt2img's body with `image` and `strength` (the prompt may be blank), and the
+    steps a strength needs (`_steps_for_strength`)."""
+    body = _txt2img_body(settings)
+    generation = settings.generation
+    request = request_json_schema(generation)["properties"]
+    prompt = {
+        "type": "string",
+        "maxLength": request["prompt"]["maxLength"],
+        "pattern": "^[^\\x00]*$",
+        "description": "may be blank; no NUL characters",
+    }
+    strength = {
+        "type": ["number", "null"],
+        "minimum": least_strength(generation.max_steps),
+        "maximum": 1,
+        "default": DEFAULT_STRENGTH,
+        "description": "how much to change the image: int(steps x strength) of the steps "
+        "run, and at least one must (steps left out: generation.default_steps, or the "
+        "model family's own: FLUX.1's, SD 3.x's)",
+    }
+    image = {
+        "enum": [EXAMPLE_IMAGE],
+        "description": "a PNG, JPEG or WebP image as base64 (or a data URL), of at most "
+        "generation.max_input_pixels; the output takes its size unless width and height "
+        "are given. A schema cannot tell an image from other text: it lists one example",
+    }
+    properties = {**body["properties"], "prompt": prompt, "image": image, "strength": strength}
+    return {
+        **body,
+        "required": ["prompt", "image"],
+        "properties": properties,
+        "allOf": _steps_for_strength(generation.max_steps, generation.default_steps),
+        "description": f"allOf: the least strength for each number of steps up to "
+        f"{EXACT_STEPS}; past them, for each band of steps, its fewest steps' least (the "
+        "server takes a little less for the band's others: int(steps x strength) >= 1)",
+    }
+
+
+# The steps up to which the schema states each one's least strength; past them, one rule
+# for each band of steps a fifth apart, which asks the least strength of its fewest
+# steps (a little more than the server asks of the band's others): a rule for every
+# number of steps is more than schema tools take apart (schemathesis stops near 35).
+EXACT_STEPS = 20
+
+
+def _steps_for_strength(max_steps: int, default_steps: int) -> list[dict[str, Any]]:
+    """The least strength each number of steps takes (null is 0.75); steps left out or
+    null are `default_steps` (the model family's own where it has one)."""
+    rules = [
+        _band(steps, steps, least_strength(steps))
+        for steps in range(1, min(EXACT_STEPS, max_steps) + 1)
+    ]
+    low = EXACT_STEPS + 1
+    while low <= max_steps:
+        high = min(max_steps, low * 6 // 5)
+        rules.append(_band(low, high, least_strength(low)))
+        low = high + 1
+    left_out = {"properties": {"num_inference_steps": {"type": "null"}}}
+    rules.append({"if": left_out, "then": _strength_from(least_strength(default_steps))})
+    return rules
+
+
+def _band(low: int, high: int, least: float) -> dict[str, Any]:
+    steps: dict[str, Any] = (
+        {"const": low} if low == high else {"type": "integer", "minimum": low, "maximum": high}
+    )
+    given = {"required": ["num_inference_steps"], "properties": {"num_inference_steps": steps}}
+    return {"if": given, "then": _strength_from(least)}
+
+
+def _strength_from(least: float) -> dict[str, Any]:
+    if least > DEFAULT_STRENGTH:  # left out it is 0.75, too little: it must be given
+        strength = {"type": "number", "minimum": least}
+        return {"required": ["strength"], "properties": {"strength": strength}}
+    return {"properties": {"strength": {"minimum": least}}}
+
+
+def least_strength(steps: int) -> float:
+    """The least strength that leaves `steps` one to run: int(steps x it) >= 1, in
+    floating point as diffusers computes it."""
+    least = 1 / steps
+    while steps * least < 1:
+        least = math.nextafter(least, 2.0)
+    while steps * math.nextafter(least, 0.0) >= 1:
+        least = math.nextafter(least, 0.0)
+    return least
+
+
+def strength_runs(fields: dict[str, Any], generation: GenerationDefaults) -> None:
+    """Refuse a strength too small to leave a step to run even at generation.max_steps
+    (the request's own check names the steps it needs; past the most there are none,
+    and a strength near 0 would overflow it). Other values are the request's to check."""
+    strength = fields.get("strength")
+    if isinstance(strength, bool) or not isinstance(strength, int | float):
+        return
+    least = least_strength(generation.max_steps)
+    if 0 < strength < least:
+        raise errors.InvalidParameters(
+            f"strength {strength:g} leaves no denoising step even at the most steps "
+            f"(generation.max_steps, {generation.max_steps}); the least is {least:.6g}",
+            field="strength",
+        )
+
+
+# -- the routes ------------------------------------------------------------------------------
+
+
 async def _queue(request: Any, api: Api, body: Any, client: str | None, img2img: bool) -> str:
     fields = native(require_object(body), img2img=img2img)
-    fields, staged = await run_in_threadpool(api.take_images, fields)
+    try:
+        fields, staged = await run_in_threadpool(api.take_images, fields)
+    except errors.InvalidParameters as exc:  # said in the plan's name for it
+        if exc.field != "init_image":
+            raise
+        message = exc.message.replace("init_image", "image")
+        raise errors.InvalidParameters(message, field="image") from None
+    if img2img:
+        strength_runs(fields, api.settings.generation)
     spec = parse_spec(fields, api.settings.generation)
     return (await submit(request, api, spec, RESTPLAN, client, staged)).id
 
 
 async def _image(api: Api, done: JobRecord) -> dict[str, Any]:
-    (image,) = images_of(done) or [{}]
+    """The job's one image and its seed; 404 if it has none left."""
+    shown = [image for image in images_of(done) if "file" in image and not image.get("deleted")]
+    if not shown:
+        raise errors.ImageNotFound(f"job {done.id} has no image (deleted, or expired)")
+    image = shown[0]
     return {"image": base64_text(await png_of(api, image)), "seed": image.get("seed")}
 
 
@@ -102,32 +336,74 @@ async def _answer(request: Request, api: Api, client: str | None, img2img: bool)
     return JSONResponse({**shown, "model_id": done.model, "latency_ms": latency})
 
 
-@route(shape=RESTPLAN)
+_WAITING = {
+    404: "the model or LoRA is not installed, or the job's image is gone",
+    409: "the job was cancelled while the request waited",
+    422: "invalid JSON or parameters (FastAPI's status)",
+    504: "the job did not finish in server.request_timeout_s (it stays queued)",
+}
+
+
+@route(
+    shape=RESTPLAN,
+    contract=Contract(
+        body=_txt2img_body,
+        example={
+            "prompt": "A beautiful sunset over mountains",
+            "model_id": "sd-xl-base",
+            "num_inference_steps": 25,
+            "guidance_scale": 7.5,
+        },
+        answers={200: Answer(RestPlanImage)},
+        errors=_WAITING,
+        tag=TAG,
+    ),
+)
 async def txt2img(request: Request, api: Api, client: str | None) -> Response:
     """One image: `{"image" (base64 PNG), "seed", "model_id", "latency_ms"}`."""
     return await _answer(request, api, client, img2img=False)
 
 
-@route(shape=RESTPLAN)
+@route(
+    shape=RESTPLAN,
+    contract=Contract(
+        body=_img2img_body,
+        example={"prompt": "a red fox", "image": EXAMPLE_IMAGE, "strength": 0.5},
+        answers={200: Answer(RestPlanImage)},
+        errors=_WAITING,
+        tag=TAG,
+    ),
+)
 async def img2img(request: Request, api: Api, client: str | None) -> Response:
     """txt2img with `image` (base64) and `strength`."""
     return await _answer(request, api, client, img2img=True)
 
 
-@route(shape=RESTPLAN)
-async def load_model(request: Request, api: Api, client: str | None) -> Response:
+@route(
+    shape=RESTPLAN,
+    contract=Contract(
+        takes_body=RestPlanLoad,
+        example={"model_id": "sd-2-1"},
+        answers={200: Answer(RestPlanLoaded)},
+        errors={404: "the model is not installed", 422: "invalid JSON or model_id"},
+        tag=TAG,
+    ),
+)
+async def load_model(
+    request: Request, api: Api, client: str | None, body: RestPlanLoad
+) -> Response:
     """`{"model_id"}`: an idle runner loads that model now (within a second or so), so
     that its first job does not wait for the load; 404 if it is not installed."""
-    body = require_object(await api.read_body(request))
-    model = _model(body.get("model_id"))
+    model = _model(body.model_id)
     if model is None:
         raise errors.InvalidParameters("model_id is required", field="model_id")
+    model = normalise_model_id(model, "model_id")
     spec = await api.resolve_model(parse_spec({"prompt": "check", "model": model}))
     await run_in_threadpool(api.registry.request_preload, str(spec.model))
     return JSONResponse({"status": "ok", "model_id": spec.model})
 
 
-@route(shape=RESTPLAN)
+@route(shape=RESTPLAN, contract=Contract(answers={200: Answer(RestPlanLoras)}, tag=TAG))
 async def list_loras(request: Request, api: Api, client: str | None) -> Response:
     """The installed LoRAs, by the names `lora_path` takes."""
     found = await run_in_threadpool(api.registry.loras.scan)
