@@ -217,7 +217,9 @@ async def enqueue_held(
             200: Answer(
                 ChatCompletion,
                 "Done: the images' URLs (with `stream`: chat.completion.chunk events, "
-                "text/event-stream, the last with the URLs, then [DONE])",
+                "the last with the URLs, then [DONE]; an `error` one if the job fails or "
+                "is not done in server.request_timeout_s)",
+                also={"text/event-stream": None},
             )
         },
         errors={**QUEUES, 429: "rate limited, or too many open streams"},

@@ -95,7 +95,10 @@ def _contract(
     *, body: SchemaSource | None = None, form: SchemaSource | None = None, example: Any = None
 ) -> Contract:
     """The images routes' contract: a JSON body or a form, the images or their events."""
-    made = "Done: the images (with `stream`: `<kind>.completed` events, text/event-stream)"
+    made = (
+        "Done: the images (with `stream`: one `<kind>.completed` event per image, or an "
+        "`error` one if the job fails or is not done in server.request_timeout_s)"
+    )
     errors = dict(QUEUES)
     if form is not None:
         errors[415] = "the body is not multipart/form-data"
@@ -103,7 +106,7 @@ def _contract(
         body=body,
         form=form,
         example=example,
-        answers={200: Answer(ImagesAnswer, made)},
+        answers={200: Answer(ImagesAnswer, made, also={"text/event-stream": None})},
         errors=errors,
         tag=TAG,
     )
