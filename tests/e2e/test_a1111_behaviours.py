@@ -2,7 +2,7 @@
 A1111's own API tests send (its v1.10 `test/` bodies, written here from what they send),
 hires fix and clip skip as A1111's clients ask for them (and at the native door), and
 what a Discord bot sends (numbers as text, the old `sampler_index`, `png-info` on every
-image)."""
+image), and what is taken and what refused, field by field."""
 
 from __future__ import annotations
 
@@ -223,3 +223,31 @@ def test_a_native_hires_job_with_clip_skip_runs_end_to_end(site: Served) -> None
     parameters = image.info["parameters"]
     assert "Size: 64x64" in parameters and "Clip skip: 2" in parameters
     assert "Hires upscale: 1.5, Hires steps: 1, Hires upscaler: Latent (antialiased)" in parameters
+
+
+def test_what_a1111_takes_is_taken_and_the_rest_refused_naming_the_field(site: Served) -> None:
+    """What asks for nothing of what this server cannot do is taken; every other value
+    is refused, naming the field (and /openapi.json says which: tests/e2e/test_api.py
+    runs schemathesis over it)."""
+    nothing_asked = {"restore_faces": "no", "tiling": 0, "alwayson_scripts": {},
+                     "script_name": "", "firstphase_width": 0, "subseed_strength": "0",
+                     "seed_resize_from_w": -1, "sampler_index": "Euler",
+                     "steps": "2.0"}  # fmt: skip
+    made = call(site, "POST", "/sdapi/v1/txt2img", TXT2IMG | nothing_asked)
+    assert json.loads(made["info"])["steps"] == 2
+    for change, field in [
+        ({"restore_faces": 1}, "restore_faces"),
+        ({"alwayson_scripts": {"ADetailer": {"args": []}}}, "alwayson_scripts"),
+        ({"seed": "1e3"}, "seed"),
+        ({"cfg_scale": "inf"}, "cfg_scale"),
+        ({"override_settings": []}, "override_settings"),
+        ({"enable_hr": 2}, "enable_hr"),
+        ({"sampler_name": "Euler", "sampler_index": "Nope"}, "sampler_index"),
+        ({"negative_prompt": 0}, "negative_prompt"),
+    ]:
+        refused = post(site, "/sdapi/v1/txt2img", TXT2IMG | change)
+        assert refused.status_code == 400 and refused.json()["body"] == field, refused.text
+    for options, field in [({"sd_model_checkpoint": "../x"}, "sd_model_checkpoint"),
+                           ({"sd_vae": ".x"}, "sd_vae")]:  # fmt: skip
+        missing = post(site, "/sdapi/v1/options", options)  # no such name: none installed
+        assert missing.status_code == 404 and missing.json()["body"] == field, missing.text

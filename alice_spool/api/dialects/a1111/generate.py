@@ -21,11 +21,15 @@ from ....samplers import to_a1111
 from ....spec import JobSpec, parse_spec
 from ...edge import formats as image_formats
 from ...edge.context import Api, owner_of, route
+from ...edge.contract import Answer, Contract
 from ...edge.http import require_object
 from ..pipeline import base64_text, finished, images_of, png_of, submit
+from .answers import generated
+from .body import EXAMPLE_IMAGE, img2img_schema, txt2img_schema
 from .lists import infotext_settings
 from .options import (
     A1111,
+    TAG,
     OwnerOptions,
     check_changes,
     checkpoint_title,
@@ -151,13 +155,9 @@ def encoded(png: bytes, options: OwnerOptions) -> str:
 
 
 async def _generate(request: Request, api: Api, client: str | None, *, img2img: bool) -> Response:
-    body = numbers(require_object(await api.read_body(request, images=img2img)))
+    body = numbers(require_object(await api.read_body(request, images=img2img)), img2img=img2img)
     owner = owner_of(request)
     override = body.get("override_settings") or {}
-    if not isinstance(override, dict):
-        raise errors.InvalidParameters(
-            "override_settings must be an object", field="override_settings"
-        )
     stored = await run_in_threadpool(owner_options, api, owner)
     options = stored.overridden(override)
     family = await run_in_threadpool(_family_of, api, options.checkpoint)
@@ -191,12 +191,37 @@ async def _generate(request: Request, api: Api, client: str | None, *, img2img: 
             images.append(await run_in_threadpool(encoded, png, options))
     known = IMG2IMG if img2img else TXT2IMG
     parameters = {**known, **{k: v for k, v in body.items() if k in known}}
-    parameters.update(init_images=None, mask=None)
+    if img2img:  # (the images are not sent back)
+        parameters.update(init_images=None, mask=None)
     info = _info(done, done.spec, body, texts, family)
     return JSONResponse({"images": images, "parameters": parameters, "info": json.dumps(info)})
 
 
-@route(shape=A1111)
+_WAITS = {
+    404: "the checkpoint, a LoRA or the VAE is not installed",
+    409: "the job was cancelled (interrupt, skip) while the request waited",
+    422: "an override_settings value of the wrong type",
+    504: "the job did not finish in server.request_timeout_s (it stays queued: /v1/jobs)",
+}
+
+
+@route(
+    shape=A1111,
+    contract=Contract(
+        body=txt2img_schema,
+        answers={200: Answer(generated("A1111Txt2Img", list(TXT2IMG)))},
+        errors=_WAITS,
+        example={
+            "prompt": "a lighthouse at dusk",
+            "steps": 20,
+            "sampler_name": "Euler a",
+            "width": 512,
+            "height": 512,
+            "seed": 7,
+        },
+        tag=TAG,
+    ),
+)
 async def txt2img(request: Request, api: Api, client: str | None) -> Response:
     """AUTOMATIC1111's txt2img: queued like any job (hires fix a two-pass job of its
     own), answered when it is done with the images as base64, `parameters` and `info`
@@ -204,7 +229,22 @@ async def txt2img(request: Request, api: Api, client: str | None) -> Response:
     return await _generate(request, api, client, img2img=False)
 
 
-@route(shape=A1111)
+@route(
+    shape=A1111,
+    contract=Contract(
+        body=img2img_schema,
+        answers={200: Answer(generated("A1111Img2Img", list(IMG2IMG)))},
+        errors=_WAITS,
+        example={
+            "prompt": "a red fox",
+            "init_images": [EXAMPLE_IMAGE],
+            "denoising_strength": 0.6,
+            "width": 64,
+            "height": 64,
+        },
+        tag=TAG,
+    ),
+)
 async def img2img(request: Request, api: Api, client: str | None) -> Response:
     """AUTOMATIC1111's img2img: `init_images` (one), `mask` (white repaints;
     `inpainting_mask_invert` swaps), `denoising_strength`."""

@@ -23,15 +23,60 @@ from ....hires import UPSCALERS
 from ....records import JobRecord
 from ....states import JobStatus
 from ...edge.context import Api, owner_of, route
+from ...edge.contract import Answer, Contract
 from ...edge.http import require_object
-from .options import A1111, checkpoint_title
+from .answers import (
+    NOTHING,
+    NULL,
+    A1111Checkpoints,
+    A1111Embeddings,
+    A1111Flags,
+    A1111LatentModes,
+    A1111Loras,
+    A1111PngInfo,
+    A1111Progress,
+    A1111Samplers,
+    A1111Schedules,
+    A1111Upscalers,
+    A1111Vaes,
+)
+from .options import A1111, TAG, checkpoint_title
+
+
+def _answers(answer: Any) -> Contract:
+    """A route's contract: what it answers (200), in the AUTOMATIC1111 API."""
+    return Contract(
+        answers={200: answer if isinstance(answer, Answer) else Answer(answer)}, tag=TAG
+    )
+
+
+_DONE = Answer(NULL, "Done (A1111 answers null)")
+# A PNG with an infotext (8x8), for the schema to list: any image PIL reads is taken,
+# which no schema can tell from other text.
+EXAMPLE_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAVXRFWHRwYXJhbWV0ZXJzAGEgbGlnaHRob3Vz"
+    "ZQpTdGVwczogMjAsIFNhbXBsZXI6IEV1bGVyIGEsIENGRyBzY2FsZTogNywgU2VlZDogMSwgU2l6ZTogOHg4"
+    "JuzruAAAABVJREFUeNpjrJi2hQEbYGLAAQanBABi5wHSLBK2SgAAAABJRU5ErkJggg=="
+)
+_PNG_INFO_BODY = {
+    "type": "object",
+    "required": ["image"],
+    "properties": {
+        "image": {
+            "type": "string",
+            "enum": [EXAMPLE_PNG, f"data:image/png;base64,{EXAMPLE_PNG}"],
+            "description": "an image as base64 (a data: URL too): any PIL reads. A schema "
+            "cannot tell an image from other text: it lists an example",
+        }
+    },
+}
 
 # A1111's image upscalers are listed with the scale their model makes (4 for ESRGAN);
 # the plain resamplers it lists with 4 too.
 _RESAMPLER_SCALE = 4
 
 
-@route(shape=A1111)
+@route(shape=A1111, contract=_answers(A1111Checkpoints))
 async def sd_models(request: Request, api: Api, client: str | None) -> Response:
     """The installed models as A1111 lists checkpoints (`title` is what to set)."""
     models = await run_in_threadpool(api.registry.scan)
@@ -51,7 +96,7 @@ async def sd_models(request: Request, api: Api, client: str | None) -> Response:
     )
 
 
-@route(shape=A1111)
+@route(shape=A1111, contract=_answers(A1111Samplers))
 async def samplers(request: Request, api: Api, client: str | None) -> Response:
     """The samplers, by A1111's names: each works with every schedule type listed (its
     `options` as A1111 sends them: every value a string, `"True"`)."""
@@ -61,13 +106,13 @@ async def samplers(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse(listed)
 
 
-@route(shape=A1111)
+@route(shape=A1111, contract=_answers(A1111Schedules))
 async def schedulers(request: Request, api: Api, client: str | None) -> Response:
     """The schedule types (A1111's `scheduler` field): each works with every sampler."""
     return JSONResponse(sampler_names.a1111_schedules())
 
 
-@route(shape=A1111)
+@route(shape=A1111, contract=_answers(A1111Loras))
 async def loras(request: Request, api: Api, client: str | None) -> Response:
     """The installed LoRAs, for `<lora:name:scale>` tags in the prompt."""
     found = await run_in_threadpool(api.registry.loras.scan)
@@ -80,7 +125,7 @@ async def loras(request: Request, api: Api, client: str | None) -> Response:
     )
 
 
-@route(shape=A1111)
+@route(shape=A1111, contract=_answers(A1111Upscalers))
 async def upscalers(request: Request, api: Api, client: str | None) -> Response:
     """The image upscalers hires fix takes (`hr_upscaler`): plain resamplers, no
     upscaler models."""
@@ -99,7 +144,7 @@ async def upscalers(request: Request, api: Api, client: str | None) -> Response:
     )
 
 
-@route(shape=A1111)
+@route(shape=A1111, contract=_answers(A1111LatentModes))
 async def latent_upscale_modes(request: Request, api: Api, client: str | None) -> Response:
     """The latent upscale modes hires fix takes (`hr_upscaler`)."""
     return JSONResponse([{"name": upscaler.name} for upscaler in UPSCALERS if upscaler.latent])
@@ -113,7 +158,7 @@ def _installed_vaes(api: Api) -> list[dict[str, Any]]:
     ]
 
 
-@route(shape=A1111)
+@route(shape=A1111, contract=_answers(A1111Vaes))
 async def sd_vae(request: Request, api: Api, client: str | None) -> Response:
     """The VAEs `sd_vae` takes: `Automatic` and `None` (each model's own), then those
     installed in `<models>/vae/` by file name."""
@@ -121,39 +166,47 @@ async def sd_vae(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse(choices + await run_in_threadpool(_installed_vaes, api))
 
 
-@route(shape=A1111)
+@route(shape=A1111, contract=_answers(A1111Vaes))
 async def sd_modules(request: Request, api: Api, client: str | None) -> Response:
     """Forge's separate modules: the VAEs installed in `<models>/vae/`."""
     return JSONResponse(await run_in_threadpool(_installed_vaes, api))
 
 
-@route(shape=A1111)
+@route(shape=A1111, contract=_answers(A1111Embeddings))
 async def embeddings(request: Request, api: Api, client: str | None) -> Response:
     """Textual-inversion embeddings: none here (`loaded` and `skipped` empty)."""
     return JSONResponse({"loaded": {}, "skipped": {}})
 
 
-@route(shape=A1111)
+@route(shape=A1111, contract=_answers(NOTHING))
 async def nothing_listed(request: Request, api: Api, client: str | None) -> Response:
     """What this server has none of (face restorers, prompt styles, hypernetworks): an
     empty list."""
     return JSONResponse([])
 
 
-@route(shape=A1111)
+@route(shape=A1111, contract=_answers(A1111Flags))
 async def cmd_flags(request: Request, api: Api, client: str | None) -> Response:
     """A1111's command-line flags: `api` and, with keys, `api_auth` (masked)."""
     return JSONResponse({"api": True, "api_auth": "***" if api.keys.required else None})
 
 
-@route(shape=A1111)
+@route(shape=A1111, contract=_answers(_DONE))
 async def refreshed(request: Request, api: Api, client: str | None) -> Response:
     """Rescan the VAEs (embeddings: none here)."""
     await run_in_threadpool(api.registry.vaes.scan)
     return JSONResponse(None)
 
 
-@route(shape=A1111)
+@route(
+    shape=A1111,
+    contract=Contract(
+        body=_PNG_INFO_BODY,
+        answers={200: Answer(A1111PngInfo)},
+        example={"image": EXAMPLE_PNG},
+        tag=TAG,
+    ),
+)
 async def png_info(request: Request, api: Api, client: str | None) -> Response:
     """The parameters text of a PNG (base64, a `data:` URL too): `info` (the infotext,
     "" when it has none), `items` (its other text chunks) and `parameters` (the
@@ -229,7 +282,7 @@ async def _running(api: Api, request: Request) -> tuple[JobRecord | None, int]:
     return await run_in_threadpool(read)
 
 
-@route(shape=A1111)
+@route(shape=A1111, contract=_answers(A1111Progress))
 async def progress(request: Request, api: Api, client: str | None) -> Response:
     """This client's newest running job: `progress` 0..1, `eta_relative` seconds,
     `state` as A1111 has it (`job_count`: its jobs queued or running; `sampling_step`
@@ -275,14 +328,14 @@ async def _stop(api: Api, request: Request, *, newest_only: bool) -> None:
     await run_in_threadpool(stop)
 
 
-@route(shape=A1111)
+@route(shape=A1111, contract=_answers(_DONE))
 async def interrupt(request: Request, api: Api, client: str | None) -> Response:
     """Stop this client's running jobs (each at its next step)."""
     await _stop(api, request, newest_only=False)
     return JSONResponse(None)
 
 
-@route(shape=A1111)
+@route(shape=A1111, contract=_answers(_DONE))
 async def skip(request: Request, api: Api, client: str | None) -> Response:
     """Stop this client's newest running job at its next step (A1111 skips to the next
     image of its batch; here a request's images are one job, so skipping ends it)."""
@@ -290,14 +343,14 @@ async def skip(request: Request, api: Api, client: str | None) -> Response:
     return JSONResponse(None)
 
 
-@route(shape=A1111)
+@route(shape=A1111, contract=_answers(_DONE))
 async def refresh_checkpoints(request: Request, api: Api, client: str | None) -> Response:
     """Rescan the models directory."""
     await run_in_threadpool(lambda: api.registry.scan(force=True))
     return JSONResponse(None)
 
 
-@route(shape=A1111)
+@route(shape=A1111, contract=_answers(_DONE))
 async def refresh_loras(request: Request, api: Api, client: str | None) -> Response:
     """Rescan the LoRAs."""
     await run_in_threadpool(api.registry.loras.scan)

@@ -7,7 +7,8 @@ owner set. `POST` takes any part of it, or all of it back: the options this serv
 understands take effect for the owner's A1111 requests (`sd_model_checkpoint`,
 `CLIP_stop_at_last_layers`, `samples_format`, `jpeg_quality`, `webp_lossless`,
 `sd_vae`); the others are kept and echoed, never refused. A value of the wrong type for
-an understood option is a 422 in FastAPI's shape, as A1111's request validation gives.
+an understood option is a 422 in FastAPI's shape, as A1111's request validation gives;
+a checkpoint or VAE that is not installed (or could not be: not a name) is a 404.
 Options live in the `client_options` table, per owner: every API node sees them."""
 
 from __future__ import annotations
@@ -18,15 +19,19 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from pydantic import BaseModel, RootModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .... import errors
-from ....spec import CLIP_SKIP_MAX, MODEL_PREFIX, JobSpec, normalise_vae_id
+from ....spec import CLIP_SKIP_MAX, MODEL_PREFIX, normalise_model_id, normalise_vae_id
 from ....states import Source
 from ...edge.context import Api, owner_of, route
+from ...edge.contract import Answer, Contract, ErrorBody
 from ..pipeline import Dialect
+from .numeric import number_schema, whole_of
+from .spellings import words
 
 CHECKPOINT = "a1111.sd_model_checkpoint"  # the client option: A1111's current checkpoint
 OPTIONS = "a1111.options"  # the client option: the rest of the options object it set
@@ -40,10 +45,36 @@ _LABELS = frozenset(
 # What A1111 writes itself when it loads a model: sent back, it changes nothing.
 _STATE = frozenset(("sd_checkpoint_hash",))
 SAMPLES_FORMATS = ("png", "jpg", "jpeg", "webp")
+TAG = "AUTOMATIC1111"  # the API these routes are, in /openapi.json
 
 
 class OptionRefused(errors.InvalidParameters):
     """An understood option given a value of the wrong type or range (422)."""
+
+
+class A1111FieldFault(BaseModel):
+    """One refused value, as FastAPI names it: `["body", field]`."""
+
+    loc: list[str]
+    msg: str
+    type: str
+
+
+class A1111Error(BaseModel):
+    """A1111's error body: `error` (the status's name, `BadRequest`, or the error's),
+    `detail` and `errors` (what is wrong), `body` (the field, "" for none), and this
+    server's `code`; a refused option value (422) has FastAPI's `detail`, a list."""
+
+    error: str
+    detail: str | list[A1111FieldFault]
+    body: str
+    errors: str
+    code: str
+
+
+class A1111ErrorAnswer(RootModel[A1111Error | ErrorBody]):
+    """An error from an A1111 route in its shape; the refusals made before any route
+    runs (another host or site, a body that is not JSON) in this server's own."""
 
 
 def _error_body(exc: errors.SpoolError, status: int) -> Response:
@@ -72,11 +103,18 @@ def _error_body(exc: errors.SpoolError, status: int) -> Response:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-A1111 = Dialect("a1111", Source.A1111, statuses={OptionRefused: 422}, error_body=_error_body)
+A1111 = Dialect(
+    "a1111",
+    Source.A1111,
+    statuses={OptionRefused: 422},
+    error_body=_error_body,
+    error_model=A1111ErrorAnswer,
+)
 
 
 def model_of(checkpoint: Any, field: str = "sd_model_checkpoint") -> str | None:
-    """A model id from A1111's checkpoint title (`name`, `name.safetensors [hash]`)."""
+    """A model id from A1111's checkpoint title (`name`, `name.safetensors [hash]`); a
+    title that is no model's name names none installed (404)."""
     if checkpoint is None or checkpoint == "":
         return None
     if not isinstance(checkpoint, str):
@@ -86,7 +124,12 @@ def model_of(checkpoint: Any, field: str = "sd_model_checkpoint") -> str | None:
         title = title[: title.rindex(" [")]
     for suffix in (".safetensors", ".ckpt"):
         title = title.removesuffix(suffix)
-    return title if title.startswith(MODEL_PREFIX) else MODEL_PREFIX + title
+    try:
+        return normalise_model_id(title if title.startswith(MODEL_PREFIX) else MODEL_PREFIX + title)
+    except errors.InvalidParameters:
+        raise errors.ModelNotFound(
+            f"no checkpoint is titled {checkpoint!r} (GET /sdapi/v1/sd-models)", field=field
+        ) from None
 
 
 def checkpoint_title(model_id: str) -> str:
@@ -103,17 +146,17 @@ DEFAULTS: Mapping[str, Any] = _defaults()
 
 
 def _whole(name: str, value: Any, low: int, high: int) -> int:
-    """An integer option: a number (A1111 answers them as floats: 2.0) or its text."""
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise OptionRefused(f"{name} must be a number, got {value!r}", field=name) from None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise OptionRefused(f"{name} must be a number", field=name)
-    if not float(value).is_integer() or not low <= value <= high:
+    """An integer option: a number (A1111 answers them as floats: 2.0) or its decimal
+    text (numeric.py); never null."""
+    try:
+        number = whole_of(name, value)
+    except errors.InvalidParameters:
+        raise OptionRefused(f"{name} must be a number, got {value!r}", field=name) from None
+    if number is None:
+        raise OptionRefused(f"{name} must be a number, not null", field=name)
+    if isinstance(number, float) or not low <= number <= high:  # (whole_of made 2.0 an int)
         raise OptionRefused(f"{name} must be a whole number from {low} to {high}", field=name)
-    return int(value)
+    return int(number)
 
 
 def _format(name: str, value: Any) -> str:
@@ -130,12 +173,18 @@ def _flag(name: str, value: Any) -> bool:
 
 def _vae(name: str, value: Any) -> str:
     """`Automatic` or `None` (the model's own VAE), or an installed VAE's name (checked
-    installed when kept, and again when a request uses it)."""
+    installed when kept, and again when a request uses it; one no VAE can have names
+    none installed)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return "Automatic"
     if not isinstance(value, str):
         raise OptionRefused(f"{name} must be a string", field=name)
-    normalise_vae_id(value, name)  # a name a VAE can have
+    try:
+        normalise_vae_id(value, name)
+    except errors.InvalidParameters:
+        raise errors.VaeNotFound(
+            f"no VAE is named {value!r} (GET /sdapi/v1/sd-vae)", field=name
+        ) from None
     return value.strip()
 
 
@@ -149,10 +198,61 @@ UNDERSTOOD: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
+_CHECKPOINT_TEXT = (
+    "a checkpoint's title (GET /sdapi/v1/sd-models), `name [hash]` and `name.safetensors` "
+    "too; null or empty: none chosen. One not installed: 404"
+)
+_VAE_TEXT = (
+    "Automatic or None (any case), blank or null: the model's own; else an installed VAE's "
+    "file name (GET /sdapi/v1/sd-vae). One not installed: 404"
+)
+
+
+def changes_schema() -> dict[str, Any]:
+    """Options as POST options and `override_settings` take them: any of A1111's (an
+    extension's too), the understood ones of their types."""
+    return {
+        "type": "object",
+        "properties": {
+            "sd_model_checkpoint": {"type": ["string", "null"], "description": _CHECKPOINT_TEXT},
+            "CLIP_stop_at_last_layers": number_schema(1, CLIP_SKIP_MAX, whole=True, nullable=False),
+            "samples_format": {"type": "string", "pattern": words(SAMPLES_FORMATS)},
+            "jpeg_quality": number_schema(1, 100, whole=True, nullable=False),
+            "webp_lossless": {"type": "boolean"},
+            "sd_vae": {"type": ["string", "null"], "description": _VAE_TEXT},
+        },
+        "description": "any of A1111's options (GET /sdapi/v1/options); those this server "
+        "understands take effect (a value of the wrong type: 422), the rest are kept and "
+        "answered back",
+        "examples": [{"sd_model_checkpoint": "tiny", "CLIP_stop_at_last_layers": 2}],
+    }
+
+
+def answer_schema() -> dict[str, Any]:
+    """GET options' answer: every option A1111 1.10 has, and any other a client set."""
+    return {
+        "type": "object",
+        "required": sorted(DEFAULTS),
+        "properties": {
+            "sd_model_checkpoint": {
+                "type": ["string", "null"],
+                "description": "the title of the model this client's requests use (null: "
+                "none installed)",
+            },
+            "CLIP_stop_at_last_layers": {"type": "number", "minimum": 1, "maximum": CLIP_SKIP_MAX},
+            "samples_format": {"enum": list(SAMPLES_FORMATS)},
+            "jpeg_quality": {"type": "number", "minimum": 1, "maximum": 100},
+            "webp_lossless": {"type": "boolean"},
+            "sd_vae": {"type": "string"},
+        },
+        "description": "A1111 1.10's options: its defaults, overlaid with what this client set",
+    }
+
+
 def checked(changes: Mapping[str, Any]) -> dict[str, Any]:
     """Options as a client sent them, ready to keep: understood ones checked and
-    normalised (422 or 400 otherwise), A1111's labels and state left out, the model
-    (`sd_model_checkpoint`) left to the caller."""
+    normalised (422 otherwise; 404 for a VAE no file can be), A1111's labels and state
+    left out, the model (`sd_model_checkpoint`) left to the caller."""
     kept: dict[str, Any] = {}
     for name, value in changes.items():
         if name in _LABELS or name in _STATE or name == "sd_model_checkpoint":
@@ -224,8 +324,12 @@ async def check_changes(api: Api, changes: Mapping[str, Any]) -> Changes:
     plain: dict[str, str] = {}
     model = model_of(changes.get("sd_model_checkpoint"))
     if model is not None:
-        spec = await api.resolve_model(JobSpec(prompt="check", model=model))  # 404 if missing
-        plain[CHECKPOINT] = str(spec.model)
+        try:
+            found = await run_in_threadpool(api.registry.get, model)
+        except errors.ModelNotFound as exc:
+            details = {**exc.details, "field": "sd_model_checkpoint"}
+            raise errors.ModelNotFound(exc.message, **details) from None
+        plain[CHECKPOINT] = found.id
     return Changes(kept, plain)
 
 
@@ -249,7 +353,7 @@ async def _current_checkpoint(api: Api, chosen: str | None) -> str | None:
     return model.id
 
 
-@route(shape=A1111)
+@route(shape=A1111, contract=Contract(answers={200: Answer(answer_schema())}, tag=TAG))
 async def get_options(request: Request, api: Api, client: str | None) -> Response:
     """A1111 1.10's options object: its defaults, overlaid with what this client set;
     `sd_model_checkpoint` is the title of the model its requests use."""
@@ -264,7 +368,19 @@ async def get_options(request: Request, api: Api, client: str | None) -> Respons
     return JSONResponse(values)
 
 
-@route(shape=A1111)
+@route(
+    shape=A1111,
+    contract=Contract(
+        body=changes_schema(),
+        answers={200: Answer({"type": "null"}, "Set (A1111 answers null)")},
+        errors={
+            404: "the checkpoint or VAE is not installed",
+            422: "a value of the wrong type for an option this server understands",
+        },
+        example={"sd_model_checkpoint": "tiny"},
+        tag=TAG,
+    ),
+)
 async def set_options(request: Request, api: Api, client: str | None) -> Response:
     """Set any of the options, or send the whole object back: `sd_model_checkpoint`
     (checked installed: 404 otherwise) and the other options this server understands

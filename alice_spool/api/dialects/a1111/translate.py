@@ -11,6 +11,7 @@ from typing import Any
 
 from .... import errors
 from ....samplers import SCHEDULES, from_a1111, to_a1111
+from .body import SAME, checked
 from .options import OwnerOptions
 
 # A1111's API defaults for what a body leaves out (its request models'), echoed back
@@ -87,60 +88,13 @@ IMG2IMG: dict[str, Any] = {
     "latent_mask": None,
     "force_task_id": None,
 }
-# What A1111 can do and this server cannot: refused when asked for, never ignored.
-_UNSUPPORTED = {
-    "restore_faces": "face restoration",
-    "tiling": "tiling",
-    "script_name": "scripts",
-    "alwayson_scripts": "extensions' scripts",
-    "refiner_checkpoint": "a refiner",
-    "subseed_strength": "variation seeds",
-    "firstphase_width": "the old hires fix's first-pass size",
-    "firstphase_height": "the old hires fix's first-pass size",
-    "latent_mask": "a separate latent mask",
-}
-_SAME = ("", "Use same checkpoint", "Use same sampler", "Use same scheduler")
-# A1111 takes numbers as text too ("7.0"), and whole numbers as floats (15.0).
-_WHOLE = ("steps", "width", "height", "batch_size", "n_iter", "seed", "hr_second_pass_steps",
-          "hr_resize_x", "hr_resize_y", "clip_skip", "seed_resize_from_w",
-          "seed_resize_from_h")  # fmt: skip
-_REAL = ("cfg_scale", "distilled_cfg_scale", "denoising_strength", "hr_scale", "subseed_strength")
 
 
-_FLAGS = ("enable_hr", "send_images", "save_images", "restore_faces", "tiling",
-          "override_settings_restore_afterwards", "inpainting_mask_invert",
-          "do_not_save_samples", "do_not_save_grid")  # fmt: skip
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
-
-
-def numbers(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The body with numbers given as text read as numbers, whole floats as ints where
-    A1111 wants an integer, and true/false given as text as booleans (its request
-    models coerce all three)."""
-    fields = dict(body)
-    for name in _FLAGS:
-        value = fields.get(name)
-        if isinstance(value, str):
-            text = value.strip().lower()
-            if text not in _TRUE + _FALSE:
-                raise errors.InvalidParameters(
-                    f"{name} must be true or false, got {value!r}", field=name
-                )
-            fields[name] = text in _TRUE
-    for name in (*_WHOLE, *_REAL):
-        value = fields.get(name)
-        if isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                raise errors.InvalidParameters(
-                    f"{name} must be a number, got {value!r}", field=name
-                ) from None
-        if name in _WHOLE and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if value is not None:
-            fields[name] = value
-    return fields
+def numbers(body: Mapping[str, Any], *, img2img: bool = False) -> dict[str, Any]:
+    """The body with each field this server reads checked (body.py), numbers and
+    true/false given as text read as numbers and booleans, whole floats as ints where
+    A1111 wants an integer (its request models coerce all three)."""
+    return checked(body, img2img=img2img)
 
 
 def _count(body: Mapping[str, Any], name: str) -> int:
@@ -180,12 +134,7 @@ def _automatic(body: Mapping[str, Any]) -> bool:
 
 
 def _hires(body: Mapping[str, Any], scheduler: str) -> dict[str, Any]:
-    """A1111's hires fix fields as the native `hires` object."""
-    if is_given(body.get("hr_checkpoint_name")) and body["hr_checkpoint_name"] not in _SAME:
-        raise errors.InvalidParameters(
-            "a second-pass checkpoint (hr_checkpoint_name) is not supported here",
-            field="hr_checkpoint_name",
-        )
+    """A1111's hires fix fields (checked: body.py) as the native `hires` object."""
     hires: dict[str, Any] = {
         "upscaler": body.get("hr_upscaler") or "Latent",
         "steps": body.get("hr_second_pass_steps") or 0,
@@ -199,15 +148,15 @@ def _hires(body: Mapping[str, Any], scheduler: str) -> dict[str, Any]:
     else:
         hires["scale"] = body.get("hr_scale") if body.get("hr_scale") is not None else 2.0
     sampler, schedule = body.get("hr_sampler_name"), body.get("hr_scheduler")
-    if (sampler not in (None, *_SAME)) or (schedule not in (None, *_SAME)):
+    if (sampler not in (None, *SAME)) or (schedule not in (None, *SAME)):
         first_sampler, first_schedule = to_a1111(scheduler)
-        if schedule in (None, *_SAME) and _automatic(body):
+        if schedule in (None, *SAME) and _automatic(body):
             # A1111 keeps the first pass's "Automatic", which the second pass's sampler
             # then resolves as its own (Euler a first, DPM++ 2M second: Karras).
             first_schedule = "Automatic"
         hires["scheduler"] = from_a1111(
-            sampler if sampler not in (None, *_SAME) else first_sampler,
-            schedule if schedule not in (None, *_SAME) else first_schedule,
+            sampler if sampler not in (None, *SAME) else first_sampler,
+            schedule if schedule not in (None, *SAME) else first_schedule,
             sampler_field="hr_sampler_name",
             schedule_field="hr_scheduler",
         )
@@ -220,16 +169,9 @@ def _hires(body: Mapping[str, Any], scheduler: str) -> dict[str, Any]:
 def native(
     body: Mapping[str, Any], *, img2img: bool, options: OwnerOptions, family: str | None = None
 ) -> dict[str, Any]:
-    """A1111's body as this server's request (`parse_spec` checks it); for a FLUX.1
-    model (`family`, the model's it will run on), its guidance as Forge reads it."""
-    for name, what in _UNSUPPORTED.items():
-        if is_given(body.get(name)):
-            raise errors.InvalidParameters(f"{what} ({name}) is not supported here", field=name)
-    for name in ("seed_resize_from_w", "seed_resize_from_h"):
-        if isinstance(body.get(name), int | float) and body[name] > 0:
-            raise errors.InvalidParameters(
-                f"resizing the seed ({name}) is not supported here", field=name
-            )
+    """A1111's body, checked (`numbers`), as this server's request (`parse_spec`
+    checks it); for a FLUX.1 model (`family`, the model's it will run on), its guidance
+    as Forge reads it."""
     seed = body.get("seed")
     scheduler = from_a1111(
         body.get("sampler_name") or body.get("sampler_index") or COMMON["sampler_index"],
