@@ -231,7 +231,7 @@ def _scale(name: str, value: Any) -> float:
 
 def _side(name: str, value: Any) -> int | None:
     """A target side: rounded down to a multiple of 8 when used, as A1111's latents are."""
-    if value is None or value == 0:  # 0: A1111's "from the other side"
+    if value is None or (value == 0 and not isinstance(value, bool)):  # 0: "the other side"
         return None
     return parse_integer(name, value, SIZE_MIN, SIZE_MAX)
 
@@ -280,6 +280,7 @@ class SecondPassStrength(FieldType):
             "anyOf": [
                 {"type": "number", "minimum": 0, "maximum": 0},
                 {"type": "number", "minimum": lowest, "maximum": 1},
+                {"type": "null"},
             ]
         }
 

@@ -154,10 +154,21 @@ class ModelName(SpoolId):
     path segment that is not a word another /v1/models/ route owns."""
 
     regex = f"(?!(?:{'|'.join(_MODEL_WORDS)})$)[^/]+"
-    schema = {"type": "string", "not": {"enum": list(_MODEL_WORDS)}}
+    schema = {"type": "string", "pattern": f"^{regex}$"}
 
 
 register_url_convertor("model_name", ModelName())
+
+
+class LoraName(SpoolId):
+    """A LoRA's id after /v1/loras/ (`lora/<name>` or `<name>`): never `list`, the REST
+    plan's route."""
+
+    regex = "(?!list$).+"
+    schema = {"type": "string", "pattern": f"^{regex}$"}
+
+
+register_url_convertor("lora_name", LoraName())
 
 
 def routes() -> list[Any]:
@@ -205,7 +216,7 @@ def routes() -> list[Any]:
         Route("/v1/models/sd/{name}", catalog.delete_model, methods=["DELETE"]),
         # OpenAI's models.retrieve: an alias (dall-e-3), or a model by its bare name.
         Route("/v1/models/{name:model_name}", openai.retrieve_model, methods=["GET"]),
-        Route("/v1/loras/{lora_id:path}", catalog.delete_lora, methods=["DELETE"]),
+        Route("/v1/loras/{lora_id:lora_name}", catalog.delete_lora, methods=["DELETE"]),
         Route("/v1/jobs", native.create_job, methods=["POST"]),
         Route("/v1/jobs", native.list_jobs, methods=["GET"]),
         Route("/v1/jobs/{job_id}", native.get_job, methods=["GET"]),

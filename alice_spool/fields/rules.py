@@ -285,7 +285,12 @@ class Loras(FieldType):
             },
         }
         named = {"type": "string", "pattern": LORA_ID_PATTERN}
-        return {"type": "array", "maxItems": self.most, "items": {"anyOf": [named, entry]}}
+        return {
+            "type": "array",
+            "maxItems": self.most,
+            "uniqueItems": True,  # a LoRA named twice is refused
+            "items": {"anyOf": [named, entry]},
+        }
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -299,7 +304,7 @@ class LoraPaths(FieldType):
 
     def describe(self) -> dict[str, Any]:
         path = {"type": "string", "maxLength": 1024, "pattern": LORA_PATH_PATTERN}
-        return {"type": "array", "maxItems": self.most, "items": path}
+        return {"type": "array", "maxItems": self.most, "uniqueItems": True, "items": path}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -82,7 +82,13 @@ def check_denoising_steps(steps: int, strength: float) -> None:
     none, diffusers fails (every time, on every try)."""
     if denoising_steps(steps, strength) >= 1:
         return
-    fewest = math.ceil(1 / strength)
+    try:
+        fewest = math.ceil(1 / strength)
+    except OverflowError:  # a strength so small (5e-324) that no step count is enough
+        raise InvalidParameters(
+            f"strength {strength:g} leaves no denoising step at any steps: raise it",
+            field="strength",
+        ) from None
     while denoising_steps(fewest, strength) < 1:  # float rounding: 49 * (1 / 49) < 1
         fewest += 1
     raise InvalidParameters(
@@ -208,7 +214,7 @@ class GenerationRequest(BaseModel):
     ] = None
     scheduler: Annotated[
         str | None,
-        SchedulerName(shown=DEFAULT_SCHEDULER),
+        SchedulerName(shown=DEFAULT_SCHEDULER, null_listed=True),
         Field(description="also as other SD tools spell them (DPM++ 2M Karras, Euler a)"),
     ] = None
     n: Annotated[int | None, Integer(low=1, high=N_MAX, shown=1), Field(description="images")] = (
