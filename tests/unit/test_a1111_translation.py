@@ -284,7 +284,7 @@ VALUES: dict[str, list[Any]] = {
     "hr_prompt": ["sharp", "", None, 5, "\x00"],
     "hr_negative_prompt": ["soft", None, 7],
     "init_images": [[IMAGE], [f"data:image/png;base64,{IMAGE}"], [], [IMAGE, IMAGE], None,
-                    ["@@@"], IMAGE, [5]],
+                    ["@@@"], IMAGE, [5], [None], [""]],
     "mask": [IMAGE, None, "", 5, "@@@"],
     "inpainting_mask_invert": FLAGS,
 }  # fmt: skip
@@ -417,3 +417,12 @@ def test_sampler_and_schedule_patterns_take_what_from_a1111_takes() -> None:
             except errors.InvalidParameters:
                 taken = False
             assert bool(pattern.search(text)) == taken, text
+
+
+def test_a_lone_surrogate_is_refused_as_no_answer_could_carry_it_back() -> None:
+    for body, field in [({"prompt": "x", "styles": ["\ud800"]}, "styles"),
+                        ({"prompt": "x", "comments": {"\udfff": 1}}, "comments")]:  # fmt: skip
+        with pytest.raises(errors.InvalidParameters) as refused:
+            a1111.numbers(body)
+        assert refused.value.field == field
+    assert a1111.numbers({"prompt": "x", "styles": ["\U0001f98a"]})["styles"] == ["\U0001f98a"]

@@ -27,7 +27,7 @@ from ....spec import (
 )
 from .numeric import below_value, span_text, span_value
 from .options import changes_schema
-from .rules import TRUTHY, Flag, Named, Number, Rule, Side, Taken, Text, Unset
+from .rules import TRUTHY, Flag, Named, Number, Rule, Side, Taken, Text, Unset, all_text
 from .spellings import sampler_pattern, schedule_pattern, words
 
 # A1111's words for "as the first pass" in the hires fix's own choices.
@@ -194,7 +194,9 @@ IMG2IMG_ONLY: dict[str, Rule] = {
 
 def checked(body: Mapping[str, Any], *, img2img: bool) -> dict[str, Any]:
     """The body with each field it reads checked (refusals name the field as sent),
-    numbers and true/false given as text read as numbers and booleans."""
+    numbers and true/false given as text read as numbers and booleans; no field holds
+    a lone surrogate (`parameters` echoes them)."""
+    all_text(body)
     fields = dict(body)
     rules = {**SHARED, **(IMG2IMG_ONLY if img2img else TXT2IMG_ONLY)}
     for name, rule in rules.items():

@@ -31,6 +31,7 @@ from ...edge.context import Api, owner_of, route
 from ...edge.contract import Answer, Contract, ErrorBody
 from ..pipeline import Dialect
 from .numeric import number_schema, whole_of
+from .rules import all_text
 from .spellings import words
 
 CHECKPOINT = "a1111.sd_model_checkpoint"  # the client option: A1111's current checkpoint
@@ -388,5 +389,6 @@ async def set_options(request: Request, api: Api, client: str | None) -> Respons
     body = await api.read_body(request)
     if not isinstance(body, dict):
         raise OptionRefused("the options must be a JSON object", field="")
+    all_text(body)  # (kept, and answered back by GET)
     await keep(api, request, await check_changes(api, body))
     return JSONResponse(None)

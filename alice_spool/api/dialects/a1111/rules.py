@@ -4,8 +4,9 @@ each checks a value as the server reads it, and states the same rule as JSON sch
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,23 @@ from .numeric import number_of, number_schema, span_text, values_text, whole_of
 from .spellings import FALSE, TRUE, false_text, flag_text, true_text
 
 _NO_NUL = "^[^\\x00]*$"
+
+
+def all_text(body: Mapping[str, Any]) -> None:
+    """Every string of `body` (its keys too) is Unicode text: one with a lone surrogate
+    (`\\ud800`) is refused, naming its field, as no answer or stored option could carry
+    it back (A1111 echoes fields, and keeps options)."""
+    for name, value in body.items():
+        field = name.encode("utf-8", "replace").decode("utf-8")
+        try:
+            json.dumps({name: value}, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise errors.InvalidParameters(
+                f"{field} is not text: it holds a lone surrogate (\\ud800-\\udfff)",
+                field=field,
+            ) from None
+        except RecursionError:
+            raise errors.InvalidParameters(f"{field} is nested too deeply", field=field) from None
 
 
 def same(value: Any, allowed: tuple[Any, ...]) -> bool:

@@ -204,7 +204,7 @@ def native(
         fields["hires"] = _hires(body, scheduler)
     if img2img:
         given = body.get("init_images")
-        if not isinstance(given, list) or not given:
+        if not isinstance(given, list) or not given or given[0] is None:
             raise errors.InvalidParameters(
                 "init_images must be a list with one base64 image", field="init_images"
             )
