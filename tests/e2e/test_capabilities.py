@@ -14,7 +14,7 @@ import httpx
 from PIL import Image
 from sqlalchemy import text
 
-from alice_spool.api.edge.context import image_secret
+from alice_spool.api.edge.services import image_secret
 from alice_spool.records import RunnerReport
 from tests.support.bare import Bare
 from tests.support.fake_model import write_fake_model

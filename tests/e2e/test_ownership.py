@@ -19,7 +19,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from alice_spool.api.edge.context import image_secret
+from alice_spool.api.edge.services import image_secret
 from alice_spool.masking import masked_url
 from alice_spool.spec import JobSpec
 from alice_spool.states import JobStatus

@@ -14,8 +14,8 @@ import uvicorn
 
 from alice_spool import migrate
 from alice_spool.api import create_app
-from alice_spool.api.edge.context import image_url
 from alice_spool.api.edge.deadline import http_protocol
+from alice_spool.api.edge.services import image_url
 from alice_spool.config import load_settings
 from alice_spool.store import Store
 from tests.support.live_server import free_port, wait_until

@@ -19,9 +19,10 @@ from ...config import Settings
 from ...records import JobRecord
 from ...spec import parse_spec, request_json_schema
 from ...states import JobStatus, Source
-from ..edge.context import Api, image_url, route, scope_of
+from ..edge.context import Api, route, scope_of
 from ..edge.contract import Answer, Contract, ErrorBody
 from ..edge.http import bounded, refuse_unknown, require_object
+from ..edge.services import image_url
 from .pipeline import Dialect, submit
 
 TAG = "AbleRefusal"
@@ -240,7 +241,7 @@ async def generate(request: Request, api: Api, client: str | None) -> Response:
     body = require_object(await api.read_body(request))
     spec = parse_spec(native(body), api.settings.generation)
     try:
-        spec = await api.resolve_model(spec)
+        spec = await api.submissions.resolve_model(spec)
     except errors.ModelNotFound as exc:
         models = await run_in_threadpool(api.registry.scan)
         raise errors.ModelNotFound(

@@ -62,7 +62,7 @@ async def submit(
         check_priority(request, spec.priority)
     owner = owner_of(request)
     queued = await run_in_threadpool(
-        lambda: api.enqueue(
+        lambda: api.submissions.enqueue(
             spec, staged or inputs.Staged(), source=dialect.source, client=client, owner=owner
         )
     )
@@ -93,7 +93,7 @@ def images_of(job: JobRecord) -> list[dict[str, Any]]:
 
 async def png_of(api: Api, image: Mapping[str, Any]) -> bytes:
     """One image's PNG, as the runner wrote it (read in a worker thread)."""
-    return await run_in_threadpool(api.image_path(image["file"]).read_bytes)
+    return await run_in_threadpool(api.image_files.path(image["file"]).read_bytes)
 
 
 def base64_text(data: bytes) -> str:

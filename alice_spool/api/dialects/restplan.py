@@ -305,7 +305,7 @@ def strength_runs(fields: dict[str, Any], generation: GenerationDefaults) -> Non
 async def _queue(request: Any, api: Api, body: Any, client: str | None, img2img: bool) -> str:
     fields = native(require_object(body), img2img=img2img)
     try:
-        fields, staged = await run_in_threadpool(api.take_images, fields)
+        fields, staged = await api.submissions.stage_images(fields)
     except errors.InvalidParameters as exc:  # said in the plan's name for it
         if exc.field != "init_image":
             raise
@@ -398,7 +398,7 @@ async def load_model(
     if model is None:
         raise errors.InvalidParameters("model_id is required", field="model_id")
     model = normalise_model_id(model, "model_id")
-    spec = await api.resolve_model(parse_spec({"prompt": "check", "model": model}))
+    spec = await api.submissions.resolve_model(parse_spec({"prompt": "check", "model": model}))
     await run_in_threadpool(api.registry.request_preload, str(spec.model))
     return JSONResponse({"status": "ok", "model_id": spec.model})
 

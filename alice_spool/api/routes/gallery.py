@@ -25,9 +25,10 @@ from starlette.responses import JSONResponse, Response
 from ...library import removal
 from ...records import GalleryItem
 from ...store.gallery import MAX_TAG_LENGTH, MAX_TAGS, clean_tags
-from ..edge.context import Api, image_url, owner_of, principal_of, route, scope_of
+from ..edge.context import Api, owner_of, principal_of, route, scope_of
 from ..edge.contract import Answer, Contract, Query
 from ..edge.schemas import BLANK, NO_CONTROL
+from ..edge.services import image_url
 from .answers import Success
 
 MAX_PAGE = 200

@@ -43,7 +43,7 @@ async def image(request: Request, api: Api, client: str | None, query: ImageQuer
     stem, _, suffix = params["name"].rpartition(".")
     converted = suffix in ("jpeg", "webp")
     name = f"{stem}.png" if converted else params["name"]
-    path = await run_in_threadpool(api.served_image, name, params.get("secret"))
+    path = await run_in_threadpool(api.image_files.served, name, params.get("secret"))
     # private: a shared cache must not keep serving an image its owner deleted
     headers = {"Cache-Control": "private, max-age=86400"}
     if not converted:

@@ -128,7 +128,7 @@ async def create_job(request: Request, api: Api, client: str | None) -> Response
     """Queue one job: 202 with the job and its `Location`; the same `Idempotency-Key`
     (or body `id`) with the same request answers the first job again (200)."""
     body = require_object(await api.read_body(request, images=True))
-    body, staged = await api.stage_images(body)
+    body, staged = await api.submissions.stage_images(body)
     parsed = parse_request(body, api.settings.generation)
     check_priority(request, parsed.spec.priority)
     key = parsed.idempotency_key
@@ -136,7 +136,7 @@ async def create_job(request: Request, api: Api, client: str | None) -> Response
     if header is not None:
         key = parse_idempotency_key(header, "Idempotency-Key")
     done = await run_in_threadpool(  # one trip to a worker thread: check, store, commit
-        lambda: api.enqueue(
+        lambda: api.submissions.enqueue(
             parsed.spec,
             staged,
             source=Source.API,
@@ -321,17 +321,17 @@ async def create_batch(request: Request, api: Api, client: str | None) -> Respon
     items = []
     for index, item in enumerate(requests):
         try:
-            item, staged = await api.stage_images(item)
+            item, staged = await api.submissions.stage_images(item)
             parsed = parse_request(item, api.settings.generation)
             check_priority(request, parsed.spec.priority)
-            spec = await api.resolve_model(parsed.spec)
+            spec = await api.submissions.resolve_model(parsed.spec)
         except errors.SpoolError as exc:
             details = {**exc.details, "index": index}
             raise type(exc)(f"requests[{index}]: {exc.message}", **details) from None
         items.append(
             (NewJob(spec, parsed.idempotency_key, client, owner=owner_of(request)), staged)
         )
-    batch = await run_in_threadpool(api.enqueue_batch, items, Source.API)
+    batch = await run_in_threadpool(api.submissions.enqueue_batch, items, Source.API)
     view = {
         "object": "batch",
         "id": batch.batch_id,

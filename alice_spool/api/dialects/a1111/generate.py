@@ -163,7 +163,7 @@ async def _generate(request: Request, api: Api, client: str | None, *, img2img: 
     family = await run_in_threadpool(_family_of, api, options.checkpoint)
     fields = native(body, img2img=img2img, options=options, family=family)
     try:
-        fields, staged = await run_in_threadpool(api.take_images, fields)
+        fields, staged = await api.submissions.stage_images(fields)
         if img2img and is_given(body.get("inpainting_mask_invert")):
             fields = await run_in_threadpool(_inverted, fields, staged)
         spec = parse_spec(fields, api.settings.generation)

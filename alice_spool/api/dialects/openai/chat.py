@@ -110,7 +110,7 @@ def chat_spec(body: dict[str, Any], api: Api) -> tuple[JobSpec, inputs.Staged, b
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise errors.InvalidParameters("stream must be true or false", field="stream")
-    fields, staged = api.take_images(fields)  # ALICE's input_images, and init_image
+    fields, staged = api.submissions.take_images(fields)  # ALICE's input_images, and init_image
     spec = parse_spec(fields, api.settings.generation)
     if asked is not None:  # the job records the name asked for; its model, what ran
         spec = replace(spec, client_fields=(("model", asked),))

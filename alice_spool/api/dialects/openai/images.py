@@ -213,7 +213,7 @@ async def image_edits(request: Request, api: Api, client: str | None) -> Respons
     fields["init_image"] = base64.b64encode(init).decode()
     if repaint is not None:
         fields["mask_image"] = base64.b64encode(repaint).decode()
-    fields, staged = await run_in_threadpool(api.take_images, fields)
+    fields, staged = await api.submissions.stage_images(fields)
     spec = replace(parse_spec(fields, api.settings.generation), client_fields=asked.recorded())
     return await _run(request, api, client, spec, asked, "image_edit", staged)
 
@@ -243,7 +243,7 @@ async def image_variations(request: Request, api: Api, client: str | None) -> Re
     fields["init_image"] = base64.b64encode(image).decode()
     if fields.get("strength") is None:
         fields["strength"] = openai_fields.VARIATION_STRENGTH
-    fields, staged = await run_in_threadpool(api.take_images, fields)
+    fields, staged = await api.submissions.stage_images(fields)
     spec = replace(parse_spec(fields, api.settings.generation), client_fields=asked.recorded())
     return await _run(request, api, client, spec, asked, "image_variation", staged)
 
