@@ -40,8 +40,8 @@ import httpx
 from api import free_port, percentile  # bench/api.py, beside this script
 from PIL import Image, ImageFilter, PngImagePlugin
 
-from alice_spool.api.dialects.formats import convert
-from alice_spool.api.edge.context import image_url
+from alice_spool.api.edge.formats import convert
+from alice_spool.api.edge.services import image_url
 
 PARTS = ("formats", "door")
 KEY = "bench-openai-key"
