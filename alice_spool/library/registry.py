@@ -54,9 +54,12 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._signature: tuple[Any, ...] | None = None
         self._models: dict[str, ModelInfo] = {}
-        # `.default`'s stamp when last read, and what it said: read again when it changes
-        # (it is only ever replaced by a rename, which gives it a new inode).
-        self._chosen: tuple[tuple[int, int, int], str | None] | None = None
+        # `.default`'s stamp when last read, what it said and when: read again when the
+        # stamp changes, and at least every CHOSEN_RECHECK_S (a stamp can miss a change:
+        # a rewrite within one timestamp tick, or a network file system's cached stat).
+        self._chosen: tuple[tuple[int, ...], str | None, float] | None = None
+
+    CHOSEN_RECHECK_S = 2.0
 
     def _current_signature(self) -> tuple[Any, ...]:
         """What changes when a model is added, removed or replaced: a stat per entry."""
@@ -132,20 +135,21 @@ class ModelRegistry:
 
     def chosen_default(self) -> str | None:
         """The model `models default NAME` chose, if any (a stat per call; the file is
-        read again only when it changed)."""
+        read again when it changed, or every CHOSEN_RECHECK_S)."""
         try:
             info = self.default_file.stat()
         except OSError:
             return None
-        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
         chosen = self._chosen
-        if chosen is not None and chosen[0] == stamp:
+        now = time.monotonic()
+        if chosen is not None and chosen[0] == stamp and now - chosen[2] < self.CHOSEN_RECHECK_S:
             return chosen[1]
         try:
             found = self.default_file.read_text(encoding="utf-8").strip() or None
         except (FileNotFoundError, UnicodeDecodeError):
             found = None
-        self._chosen = (stamp, found)
+        self._chosen = (stamp, found, now)
         return found
 
     def set_default(self, model_id: str) -> ModelInfo:

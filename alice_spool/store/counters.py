@@ -108,7 +108,7 @@ def _upsert(rows: int, paramstyle: str) -> str:
 
 
 # Built once for each number of totals and driver. This runs in every transaction that
-# finishes a job, with about 30 totals for a succeeded one: a statement that SQLAlchemy
+# finishes a job, with 8 totals for a succeeded one: a statement that SQLAlchemy
 # builds is compiled afresh each time (it does not cache a multi-row INSERT), and even a
 # cached one spent more on its 60 parameters than the database spent on the rows; the
 # driver takes them as they are.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,26 @@ def test_header_reader_refuses_non_safetensors(tmp_path: Path) -> None:
     path.write_bytes(struct.pack("<Q", 2**40) + b"{}")
     with pytest.raises(ValueError, match="no safetensors header"):
         read_safetensors_header(path)
+
+
+def test_the_chosen_default_is_read_again_when_it_changes(tmp_path: Path) -> None:
+    """The choice is cached by its file's stat: another process's `models default`
+    (a rename) is seen at once, a rewrite in place too; a change a stat cannot tell
+    apart (the same stamp) within CHOSEN_RECHECK_S."""
+    for name in ("alpha", "gamma"):
+        fake_folder(tmp_path / name, "StableDiffusionPipeline", {"cross_attention_dim": 768})
+    registry = ModelRegistry(tmp_path)
+    other = ModelRegistry(tmp_path)  # another process, sharing the directory
+    other.set_default("alpha")
+    assert registry.default().id == "sd/alpha"
+    other.set_default("gamma")  # a rename: a new inode
+    assert registry.default().id == "sd/gamma"
+    registry.default_file.write_text("sd/alpha\n", encoding="utf-8")  # in place
+    assert registry.default().id == "sd/alpha"
+    # What the cache holds for the file's stamp, as if a stat had missed a change:
+    assert registry._chosen is not None
+    stamp = registry._chosen[0]
+    registry._chosen = (stamp, "sd/gamma", time.monotonic())  # read just now: trusted
+    assert registry.default().id == "sd/gamma"
+    registry._chosen = (stamp, "sd/gamma", time.monotonic() - registry.CHOSEN_RECHECK_S)
+    assert registry.default().id == "sd/alpha"  # too old to trust: the file is read

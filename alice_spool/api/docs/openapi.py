@@ -11,8 +11,10 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.routing import Route
 
+from ... import errors
 from ...spec import SPEC_FIELDS
 from ..edge.contract import Answer, Contract, ErrorBody, SchemaSource, api_routes, contract_of
+from ..edge.errors import status_of
 
 _CONVERTOR = re.compile(r"\{(\w+):\w+\}")
 _UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
@@ -35,6 +37,15 @@ class Schemas:
             self._made[key] = self._make(source, mode)
         return self._made[key]
 
+    def _component(self, name: str, schema: dict[str, Any], suffix: str = "") -> str:
+        """`schema` under `name` in components (or `name` + `suffix`, when `name` is
+        another schema's); the name it is under."""
+        for candidate in (name, name + suffix):
+            known = self.components.setdefault(candidate, schema)
+            if known == schema:
+                return candidate
+        raise ValueError(f"two different schemas are named {name}")
+
     def _make(self, source: Any, mode: str) -> dict[str, Any]:
         if isinstance(source, type) and issubclass(source, BaseModel):
             schema = source.model_json_schema(
@@ -42,9 +53,10 @@ class Schemas:
                 mode=mode,  # type: ignore[arg-type]
             )
             for name, part in schema.pop("$defs", {}).items():
-                known = self.components.setdefault(name, part)
-                if known != part:
-                    raise ValueError(f"two different schemas are named {name}")
+                self._component(name, part)
+            if mode == "serialization":  # an answer: shared by many routes, described once
+                name = self._component(source.__name__, schema, suffix="Answer")
+                return {"$ref": f"#/components/schemas/{name}"}
             return schema
         if isinstance(source, Mapping):
             return dict(source)
@@ -55,16 +67,18 @@ def _error_statuses(
     item: Route, method: str, contract: Contract, needs_key: bool
 ) -> dict[int, str]:
     """The error statuses the route gives: those of every route with its traits (a key,
-    a body, a path parameter), then its contract's own."""
+    a body, a path parameter), each as its dialect answers it, then its contract's own.
+    (The guard's refusals, before any route, are the same everywhere: 403, 415, 421.)"""
     endpoint = item.endpoint
+    status = getattr(endpoint, "error_status", status_of)
     statuses = {
         421: "not this server's host name (server.allowed_hosts)",
-        503: "the database is busy, or its disk full (Retry-After)",
+        status(errors.DatabaseBusy()): "the database is busy, or its disk full (Retry-After)",
     }
     if needs_key:
-        statuses[401] = "a valid API key is needed"
+        statuses[status(errors.Unauthorized(""))] = "a valid API key is needed"
     if getattr(endpoint, "needs_key", True):
-        statuses[429] = "rate limited (keys, failed keys, open streams)"
+        statuses[status(errors.RateLimited(""))] = "rate limited (keys, failed keys, streams)"
     if getattr(endpoint, "admin_only", False):
         statuses[403] = "an admin's key is needed (and on a server with no keys)"
     elif getattr(endpoint, "manage_only", False):
@@ -72,15 +86,14 @@ def _error_statuses(
     elif method in _UNSAFE:
         statuses[403] = "a change requested from another site"
     if contract.query is not None:
-        statuses[400] = "invalid query parameters"
+        statuses[status(errors.InvalidParameters(""))] = "invalid query parameters"
     if item.param_convertors:
-        statuses[404] = "no such thing at this path"
+        statuses[status(errors.JobNotFound(""))] = "no such thing at this path"
     if contract.body_schema is not None or contract.form is not None:
-        statuses |= {
-            400: "invalid JSON or parameters",
-            408: "the body did not arrive in time",
-            413: "the body is too large",
-        }
+        statuses[status(errors.InvalidParameters(""))] = "invalid parameters"
+        statuses[status(errors.InvalidJson(""))] = "invalid JSON, or parameters"
+        statuses[status(errors.RequestTimeout(""))] = "the body did not arrive in time"
+        statuses[status(errors.BodyTooLarge(""))] = "the body is too large"
     if contract.body_schema is not None:
         statuses[415] = "the body is not JSON"
     return statuses | dict(contract.errors)
@@ -132,7 +145,7 @@ def _is_array(schema: dict[str, Any]) -> bool:
 def _responses(
     item: Route, method: str, contract: Contract, needs_key: bool, schemas: Schemas
 ) -> dict[str, Any]:
-    error = {"application/json": {"schema": schemas.of(_error_model(item))}}
+    error = {"application/json": {"schema": schemas.of(_error_model(item), "serialization")}}
     answers: dict[str, Any] = {}
     for status in contract.answers:
         answer: Answer = contract.answer(status)

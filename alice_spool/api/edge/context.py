@@ -26,7 +26,7 @@ from ...states import JobStatus
 from ...store import Store
 from . import fetching
 from .contract import Contract, ErrorBody, SchemaSource, query_of, validated
-from .errors import spool_error_response
+from .errors import spool_error_response, status_of
 from .http import (
     SESSION_COOKIE,
     Keys,
@@ -295,6 +295,8 @@ class Shape(Protocol):
     @property
     def error_model(self) -> SchemaSource: ...
 
+    def status(self, exc: errors.SpoolError) -> int: ...
+
     def error_answer(self, exc: errors.SpoolError) -> Response: ...
 
 
@@ -349,6 +351,9 @@ def route(
         endpoint.contract = terms  # type: ignore[attr-defined]
         endpoint.error_model = (  # type: ignore[attr-defined]
             shape.error_model if shape is not None else ErrorBody
+        )
+        endpoint.error_status = (  # type: ignore[attr-defined]  # its dialect's statuses
+            shape.status if shape is not None else status_of
         )
         return endpoint
 

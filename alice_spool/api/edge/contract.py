@@ -64,7 +64,8 @@ class Contract:
       errors; `errors`: the error statuses the route gives of its own, with what each
       means (the ones every route of its kind gives are added by the description);
     - `example`: a request body to show; `tag`: which API the route belongs to;
-    - `links`: the member routes a created thing's id leads to (`{"job_id": "/v1/jobs"}`).
+    - `link`: the path parameter a created thing's id fills in its member routes
+      (`"job_id"`: the answer's `id` is the `{job_id}` of `/v1/jobs/{job_id}/...`).
     """
 
     query: type[BaseModel] | None = None
@@ -95,31 +96,46 @@ class Query(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-def validated(model: type[Q], data: Any, where: str = "") -> Q:
+def validated(model: type[Q], data: Any) -> Q:
     """`data` as `model`, or the first fault as a 400 naming its field."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise invalid(exc, where) from None
+        raise invalid(exc) from None
 
 
-def invalid(exc: ValidationError, where: str = "") -> errors.InvalidParameters:
+_NAME_MAX = 64  # a client's unknown key is shown this far, no further
+
+
+def invalid(exc: ValidationError) -> errors.InvalidParameters:
     """A pydantic fault as this server's 400: the field it is in (`param`: the top
-    one), and what is wrong."""
-    first = exc.errors(include_url=False)[0]
-    path = ".".join(str(part) for part in first["loc"])
-    top = str(first["loc"][0]) if first["loc"] else (where or None)
-    name = path or where or "the request"
-    message = first["msg"]
-    if first["type"] == "missing":
+    one), and what is wrong. Of the faults in the first faulty field, a rule's own
+    message wins over a type's (a field that takes a list or one value reports why the
+    value is wrong, not that it is not a list)."""
+    faults = exc.errors(include_url=False)
+    first = faults[0]
+    same = [fault for fault in faults if fault["loc"][:1] == first["loc"][:1]]
+    fault = next((f for f in same if f["type"] == "value_error"), first)
+    # The field's path: names and indexes (a union's branch tags are not a client's).
+    parts = [
+        str(part)[:_NAME_MAX]
+        for part in fault["loc"]
+        if isinstance(part, int) or fault["type"] == "extra_forbidden" or part.isidentifier()
+    ]
+    path = ".".join(parts)
+    top = parts[0] if parts else None
+    message = fault["msg"]
+    if not parts and fault["type"] in ("model_type", "dict_type", "model_attributes_type"):
+        return errors.InvalidParameters("the request body must be a JSON object")
+    if fault["type"] == "missing":
         message = "is required"
-    elif first["type"] == "extra_forbidden":
+    elif fault["type"] == "extra_forbidden":
         return errors.InvalidParameters(f"unknown field {path!r}", field=top)
     elif message.startswith("Value error, "):
         message = message.removeprefix("Value error, ")
     else:
         message = message[:1].lower() + message[1:]
-    return errors.InvalidParameters(f"{name}: {message}", field=top)
+    return errors.InvalidParameters(f"{path or 'the request'}: {message}", field=top)
 
 
 def query_of(model: type[Q], params: QueryParams) -> Q:
