@@ -1209,7 +1209,7 @@ async function submitPage(page) {
         installed(models).map((m) => h("option", { value: m.id, selected: m.id === earlier.model }, m.id)))),
       label("Scheduler", h("select", { name: "scheduler", id: "f-scheduler" },
         h("option", { value: "" }, "the model's"),
-        schema.scheduler.enum.map((s) => h("option", { value: s, selected: s === earlier.scheduler }, s))))),
+        schema.scheduler.enum.filter((s) => s !== null).map((s) => h("option", { value: s, selected: s === earlier.scheduler }, s))))),
     h("div", { class: "row" },
       label("Width", number("width", { placeholder: "native" })),
       label("Height", number("height", { placeholder: "native" })),
