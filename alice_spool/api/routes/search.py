@@ -22,7 +22,8 @@ from ..edge.context import Api, route
 from ..edge.contract import Answer, Contract, Query
 from ..edge.errors import error_response
 from ..edge.schemas import BLANK
-from .downloads import SEARCH_LIMIT, TAG, AliceBody, HttpUrl, Matching, Text, Whole
+from .download_bodies import HttpUrl, Matching, Text, Whole
+from .downloads import SEARCH_LIMIT, TAG, AliceBody
 
 MAX_QUERY = 200
 MAX_HUB_SKIP = civitai.PAGE_MODE_END  # past it one search would walk the Hub's listing
