@@ -37,6 +37,7 @@ from .dialects.a1111 import lists as a1111_lists
 from .dialects.a1111 import options as a1111_options
 from .dialects.openai import chat as openai
 from .dialects.openai import images as openai_images
+from .dialects.openai import models as openai_models
 from .docs.docs_page import DOCS_POLICY, render_docs
 from .docs.openapi import describe
 from .edge.context import Api, route
@@ -183,10 +184,10 @@ def routes() -> list[Any]:
         Route("/v1/images/generations", openai_images.image_generations, methods=["POST"]),
         Route("/v1/images/edits", openai_images.image_edits, methods=["POST"]),
         Route("/v1/images/variations", openai_images.image_variations, methods=["POST"]),
-        Route("/v1/models", openai.list_models, methods=["GET"]),
-        Route("/v1/models/refresh", openai.refresh_models, methods=["POST"]),
-        Route("/v1/loras", openai.list_loras, methods=["GET"]),
-        Route("/v1/models/default", openai.set_default_model, methods=["POST"]),
+        Route("/v1/models", openai_models.list_models, methods=["GET"]),
+        Route("/v1/models/refresh", openai_models.refresh_models, methods=["POST"]),
+        Route("/v1/loras", openai_models.list_loras, methods=["GET"]),
+        Route("/v1/models/default", openai_models.set_default_model, methods=["POST"]),
         Route("/v1/models/search", search.search_models, methods=["GET"]),
         Route("/v1/models/thumbnail", search.thumbnail, methods=["GET"]),
         Route("/v1/models/loras", catalog.alice_list_loras, methods=["GET"]),
@@ -215,7 +216,7 @@ def routes() -> list[Any]:
         Route("/v1/models/sd/{name}", catalog.get_model, methods=["GET"]),
         Route("/v1/models/sd/{name}", catalog.delete_model, methods=["DELETE"]),
         # OpenAI's models.retrieve: an alias (dall-e-3), or a model by its bare name.
-        Route("/v1/models/{name:model_name}", openai.retrieve_model, methods=["GET"]),
+        Route("/v1/models/{name:model_name}", openai_models.retrieve_model, methods=["GET"]),
         Route("/v1/loras/{lora_id:lora_name}", catalog.delete_lora, methods=["DELETE"]),
         Route("/v1/jobs", native.create_job, methods=["POST"]),
         Route("/v1/jobs", native.list_jobs, methods=["GET"]),
