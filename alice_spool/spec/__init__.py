@@ -62,6 +62,7 @@ from .request import GenerationRequest as GenerationRequest
 from .request import JobRequest as JobRequest
 from .request import check_denoising_steps as check_denoising_steps
 from .request import denoising_steps as denoising_steps
+from .request import least_strength as least_strength
 from .request import request_json_schema as request_json_schema
 from .request import request_model as request_model
 from .request import spec_model as spec_model

@@ -77,6 +77,17 @@ def denoising_steps(steps: int, strength: float) -> int:
     return min(int(steps * strength), steps)
 
 
+def least_strength(steps: int) -> float:
+    """The least strength that leaves `steps` one step to run, int(steps x it) >= 1, in
+    floating point as `denoising_steps` (and diffusers) computes it."""
+    least = 1 / steps
+    while steps * least < 1:
+        least = math.nextafter(least, 2.0)
+    while steps * math.nextafter(least, 0.0) >= 1:
+        least = math.nextafter(least, 0.0)
+    return least
+
+
 def check_denoising_steps(steps: int, strength: float) -> None:
     """An img2img or inpainting request must leave at least one step to run; with
     none, diffusers fails (every time, on every try)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from typing import Any, Literal
 
@@ -29,6 +28,7 @@ from ...spec import (
     LORA_SCALE_MIN,
     MODEL_PREFIX,
     GenerationDefaults,
+    least_strength,
     load_json,
     normalise_lora_id,
     normalise_model_id,
@@ -270,17 +270,6 @@ def _strength_from(least: float) -> dict[str, Any]:
         strength = {"type": "number", "minimum": least}
         return {"required": ["strength"], "properties": {"strength": strength}}
     return {"properties": {"strength": {"minimum": least}}}
-
-
-def least_strength(steps: int) -> float:
-    """The least strength that leaves `steps` one to run: int(steps x it) >= 1, in
-    floating point as diffusers computes it."""
-    least = 1 / steps
-    while steps * least < 1:
-        least = math.nextafter(least, 2.0)
-    while steps * math.nextafter(least, 0.0) >= 1:
-        least = math.nextafter(least, 0.0)
-    return least
 
 
 def strength_runs(fields: dict[str, Any], generation: GenerationDefaults) -> None:

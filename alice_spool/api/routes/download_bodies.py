@@ -66,6 +66,31 @@ class Matching:
         return shown | {"description": self.what}
 
 
+@dataclass(frozen=True)
+class OneOf:
+    """A string field that is one of `names`, described as their enum."""
+
+    names: tuple[str, ...]
+    what: str
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        def check(value: str) -> str:
+            if value not in self.names:
+                raise ValueError(f"must be one of {', '.join(self.names)}")
+            return value
+
+        return core_schema.no_info_after_validator_function(
+            check, core_schema.str_schema(strict=True)
+        )
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        return {"type": "string", "enum": list(self.names), "description": self.what}
+
+
 def _utf8(value: str) -> str:
     try:  # JSON may escape half a surrogate pair, which no URL or row can hold
         value.encode("utf-8")

@@ -5,12 +5,10 @@ and CivitAI's preview images passed through (`/v1/models/thumbnail`)."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
-from pydantic_core import core_schema
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -22,7 +20,7 @@ from ..edge.context import Api, route
 from ..edge.contract import Answer, Contract, Query
 from ..edge.errors import error_response
 from ..edge.schemas import BLANK
-from .download_bodies import HttpUrl, Matching, Text, Whole
+from .download_bodies import HttpUrl, Matching, OneOf, Text, Whole
 from .downloads import SEARCH_LIMIT, TAG, AliceBody
 
 MAX_QUERY = 200
@@ -54,31 +52,6 @@ def _types(values: list[str]) -> list[str]:
     by_lower = {t.lower(): t for t in civitai.TYPES}
     parts = (part.strip() for value in values for part in value.split(","))
     return list(dict.fromkeys(by_lower[part.lower()] for part in parts if part))
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """A string field that is one of `names`, described as their enum."""
-
-    names: tuple[str, ...]
-    what: str
-
-    def __get_pydantic_core_schema__(
-        self, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        def check(value: str) -> str:
-            if value not in self.names:
-                raise ValueError(f"must be one of {', '.join(self.names)}")
-            return value
-
-        return core_schema.no_info_after_validator_function(
-            check, core_schema.str_schema(strict=True)
-        )
-
-    def __get_pydantic_json_schema__(
-        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
-    ) -> dict[str, Any]:
-        return {"type": "string", "enum": list(self.names), "description": self.what}
 
 
 CivitaiSort = Annotated[str, OneOf(civitai.SORTS, "CivitAI's order")]

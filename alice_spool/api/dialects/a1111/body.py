@@ -8,7 +8,6 @@ has it. What this server cannot do is refused when asked for, never ignored."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -24,6 +23,7 @@ from ....spec import (
     SIZE_MAX,
     SIZE_MULTIPLE,
     STEPS_MAX,
+    least_strength,
 )
 from .numeric import below_value, span_text, span_value
 from .options import changes_schema
@@ -231,17 +231,6 @@ def image_schema(description: str) -> dict[str, Any]:
         "enum": [EXAMPLE_IMAGE, f"data:image/png;base64,{EXAMPLE_IMAGE}"],
         "description": f"{description}: {_IMAGE_TEXT}",
     }
-
-
-def least_strength(steps: int) -> float:
-    """The least strength that leaves `steps` a step to run, int(steps x it) >= 1, in
-    floating point as the check computes it."""
-    least = 1 / steps
-    while steps * least < 1:
-        least = math.nextafter(least, 2.0)
-    while steps * math.nextafter(least, 0.0) >= 1:
-        least = math.nextafter(least, 0.0)
-    return least
 
 
 def _steps_at_most(steps: int) -> dict[str, Any]:
